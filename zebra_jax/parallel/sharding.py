@@ -1,0 +1,95 @@
+"""Mesh (data, fsdp, tensor) and the logical-axis rule table.
+
+Parameters carry logical axis names (see models/layers.py). `DEFAULT_RULES` maps each name to the mesh
+axes it may be split over, tried in order; a mesh axis already used by another dimension of the same
+tensor, absent from the mesh, or not dividing the dimension is skipped (that dimension stays
+replicated). Layout experiments change the rules, never the model code.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> candidate mesh axes, in order of preference.
+DEFAULT_RULES: dict[str, tuple[str, ...]] = {
+    "vocab": ("tensor",),
+    "embed": ("fsdp",),
+    "mlp": ("tensor",),
+    "q_heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "q_lora": ("tensor",),
+    "kv_lora": (),
+    "mamba_in": ("tensor",),
+    "mamba_inner": ("tensor",),
+    "mamba_conv": ("tensor",),
+    "mamba_heads": (),
+    "conv_kernel": (),
+    "norm": (),
+    # activations
+    "batch": ("data", "fsdp"),
+    "length": (),
+}
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices cannot be split into mesh sizes {sizes}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "
+                     f"{int(np.prod(sizes))} devices, have {len(devices)}")
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def logical_to_pspec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                     rules: Mapping[str, Sequence[str]] = DEFAULT_RULES) -> P:
+  used: set[str] = set()
+  spec = []
+  for name, dim in zip(axes, shape):
+    chosen = None
+    for mesh_axis in (rules.get(name, ()) if name else ()):
+      size = mesh.shape.get(mesh_axis, 1)
+      if mesh_axis in used or size == 1 or dim % size:
+        continue
+      chosen = mesh_axis
+      used.add(mesh_axis)
+      break
+    spec.append(chosen)
+  return P(*spec)
+
+
+def param_shardings(model_or_state, mesh: Mesh, rules=DEFAULT_RULES):
+  """NamedShardings for every variable of a model (or nnx.State), from its logical axes.
+
+  Returns a State of the same structure whose variables hold NamedShardings, so it lines up leaf for
+  leaf with the state (usable as jit in/out_shardings and with jax.device_put).
+  """
+  state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
+
+  def one(var):
+    axes = var.get_metadata().get("out_sharding")
+    spec = logical_to_pspec(axes, var.shape, mesh, rules) if axes else P()
+    return var.replace(NamedSharding(mesh, spec))
+
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.Module:
+  """Places every variable of `model` on `mesh` according to the rules (in place), returns it."""
+  state = nnx.state(model)
+  nnx.update(model, jax.device_put(state, param_shardings(state, mesh, rules)))
+  return model

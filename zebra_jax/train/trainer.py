@@ -1,0 +1,292 @@
+"""The generic training-stage runner shared by every distillation stage.
+
+    split model -> (trainable, frozen) -> shard over the mesh -> restore-or-init optimiser
+    -> jitted step (grad accumulation, clipping, AdamW) -> loop with progress, metrics, checkpoints
+
+A stage supplies a `loss_fn(student, teachers, batch) -> (loss, metrics)` written against NNX modules;
+here it is wrapped into a pure function of parameter States so `jax.jit` sees explicit in/out
+shardings and donates the optimiser state. A stage killed at any step and restarted gives the same
+parameters and loss curve as an uninterrupted run (same seed): the data iterator state is
+checkpointed with the parameters and there is no other randomness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from zebra_jax.parallel.sharding import DEFAULT_RULES, param_shardings
+from zebra_jax.train.checkpoint import StageCheckpointer, abstract_like
+from zebra_jax.train.metrics import MetricsWriter, is_writer, peak_flops_per_device, plot_loss_curve
+from zebra_jax.train.optim import make_optimizer
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN/inf; the run stopped without writing a checkpoint of the bad state."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint of the current step was written before stopping."""
+
+
+class BatchIterator(Protocol):
+  def __next__(self) -> dict[str, np.ndarray]: ...
+  def get_state(self) -> Any: ...
+  def set_state(self, state: Any) -> None: ...
+
+
+@dataclasses.dataclass
+class TrainSpec:
+  steps: int
+  lr: float
+  batch_size: int                 # sequences per optimiser step (global)
+  seq_len: int
+  grad_accum: int = 1             # micro-batches per step; batch_size % grad_accum == 0
+  warmup_frac: float = 0.01
+  weight_decay: float = 0.0
+  grad_clip: float | None = 1.0
+  log_every: int = 10
+  checkpoint_every: int = 100
+  keep_last: int = 2
+  async_checkpoint: bool = True
+  progress: bool = True
+
+  def validate(self, mesh: Mesh, where: str) -> None:
+    def bad(msg):
+      raise ValueError(f"{where}: {msg}")
+    if self.steps <= 0:
+      bad(f"steps must be positive, got {self.steps}")
+    if self.batch_size <= 0 or self.grad_accum <= 0 or self.batch_size % self.grad_accum:
+      bad(f"batch_size={self.batch_size} is not a multiple of grad_accum={self.grad_accum}")
+    micro = self.batch_size // self.grad_accum
+    shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    if micro % shards:
+      bad(f"micro-batch {micro} (batch_size/grad_accum) is not divisible by the mesh's "
+          f"data x fsdp = {shards} devices")
+    if not self.lr > 0 or not math.isfinite(self.lr):
+      bad(f"lr must be a positive number, got {self.lr}")
+
+
+LossFn = Callable[[nnx.Module, dict, dict], tuple[jax.Array, dict]]
+
+
+def split_trainable(model: nnx.Module, trainable: Callable[[tuple, Any], bool] | None):
+  """(graphdef, trainable State, frozen State). `trainable(path, var)` selects parameters."""
+  filt = nnx.Param if trainable is None else nnx.All(nnx.Param, trainable)
+  graphdef, train_state, frozen = nnx.split(model, filt, ...)
+  return graphdef, train_state, frozen
+
+
+def _place(tree, shardings):
+  return jax.device_put(tree, shardings)
+
+
+def _state_shardings(state, mesh, rules):
+  return param_shardings(state, mesh, rules)
+
+
+class StageTrainer:
+  """Runs one training stage; see the module docstring."""
+
+  def __init__(self, *, name: str, workdir: str, model: nnx.Module, loss_fn: LossFn,
+               spec: TrainSpec, mesh: Mesh, teachers: dict[str, nnx.Module] | None = None,
+               trainable: Callable[[tuple, Any], bool] | None = None,
+               flops_per_token: float | None = None, rules=DEFAULT_RULES):
+    spec.validate(mesh, f"stage {name!r}")
+    self.name, self.spec, self.mesh, self.rules = name, spec, mesh, rules
+    self.dir = os.path.join(workdir, name)
+    self.model = model
+    self.flops_per_token = flops_per_token
+    self.graphdef, trainable_state, frozen_state = split_trainable(model, trainable)
+    if not jax.tree.leaves(trainable_state):
+      raise ValueError(f"stage {name!r}: the trainable filter selects no parameters")
+    teachers = teachers or {}
+    self.teacher_defs = {k: nnx.split(t) for k, t in teachers.items()}
+
+    # Shard everything by the logical-axis rules.
+    self.tr_shard = _state_shardings(trainable_state, mesh, rules)
+    self.fr_shard = _state_shardings(frozen_state, mesh, rules)
+    self.trainable = _place(trainable_state, self.tr_shard)
+    self.frozen = _place(frozen_state, self.fr_shard)
+    self.teacher_states = {}
+    for k, (_, st) in self.teacher_defs.items():
+      self.teacher_states[k] = _place(st, _state_shardings(st, mesh, rules))
+    self.batch_shard = NamedSharding(mesh, P(None, ("data", "fsdp"), None))
+
+    self.optimizer = make_optimizer(spec.lr, spec.steps, warmup_frac=spec.warmup_frac,
+                                    weight_decay=spec.weight_decay, grad_clip=spec.grad_clip)
+    self.opt_state = jax.jit(self.optimizer.init)(self.trainable)
+    self.opt_shard = jax.tree.map(lambda x: x.sharding, self.opt_state)
+    self._step_fn = self._build_step(loss_fn)
+
+  # -- the jitted step ---------------------------------------------------------------------------
+  def _build_step(self, loss_fn: LossFn):
+    graphdef, teacher_defs, optimizer = self.graphdef, self.teacher_defs, self.optimizer
+    accum = self.spec.grad_accum
+
+    def micro_loss(trainable, frozen, teacher_states, batch):
+      model = nnx.merge(graphdef, trainable, frozen)
+      teachers = {k: nnx.merge(teacher_defs[k][0], teacher_states[k]) for k in teacher_states}
+      return loss_fn(model, teachers, batch)
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def step(trainable, opt_state, frozen, teacher_states, batch):
+      # batch leaves are (accum, micro, ...): accumulate gradients over the leading axis.
+      def body(carry, mb):
+        g_acc, l_acc, m_acc = carry
+        (loss, metrics), g = grad_fn(trainable, frozen, teacher_states, mb)
+        g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+        m_acc = jax.tree.map(lambda a, b: a + b, m_acc, metrics)
+        return (g_acc, l_acc + loss, m_acc), None
+
+      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
+      first = jax.tree.map(lambda x: x[0], batch)
+      _, m_shape = jax.eval_shape(lambda: micro_loss(trainable, frozen, teacher_states, first))
+      m0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+      (grads, loss, metrics), _ = jax.lax.scan(body, (zeros, 0.0, m0), batch)
+      grads = jax.tree.map(lambda g: g / accum, grads)
+      loss = loss / accum
+      metrics = jax.tree.map(lambda m: m / accum, metrics)
+      grad_norm = optax.global_norm(grads)
+      updates, opt_state = optimizer.update(grads, opt_state, trainable)
+      trainable = optax.apply_updates(trainable, updates)
+      out = {"loss": loss, "grad_norm": grad_norm, **metrics}
+      return trainable, opt_state, out
+
+    teacher_shard = jax.tree.map(lambda x: x.sharding, self.teacher_states)
+    return jax.jit(
+        step,
+        in_shardings=(self.tr_shard, self.opt_shard, self.fr_shard, teacher_shard,
+                      self.batch_shard),
+        out_shardings=(self.tr_shard, self.opt_shard, None),
+        donate_argnums=(0, 1))
+
+  def lower(self, batch_shapes: dict[str, jax.ShapeDtypeStruct]):
+    """Lowers the step for the given (accum, micro, T) batch shapes (ahead-of-time compilation)."""
+    abstract = lambda t: abstract_like(t)
+    return self._step_fn.lower(abstract(self.trainable), abstract(self.opt_state),
+                               abstract(self.frozen), abstract(self.teacher_states), batch_shapes)
+
+  # -- the loop ----------------------------------------------------------------------------------
+  def _device_batch(self, batch: dict[str, np.ndarray]):
+    accum = self.spec.grad_accum
+
+    def shape(x):
+      x = np.asarray(x)
+      if x.shape[0] % accum:
+        raise ValueError(f"batch of {x.shape[0]} sequences is not divisible by grad_accum={accum}")
+      return x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
+
+    host = {k: shape(v) for k, v in batch.items()}
+    if jax.process_count() == 1:
+      return jax.device_put(host, self.batch_shard)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_shard, x), host)
+
+  def run(self, data: BatchIterator) -> nnx.Module:
+    spec = self.spec
+    ckpt = StageCheckpointer(os.path.join(self.dir, "checkpoints"), keep_last=spec.keep_last,
+                             async_save=spec.async_checkpoint)
+    start = ckpt.latest_step() or 0
+    if start:
+      target = {"trainable": abstract_like(self.trainable), "opt_state": abstract_like(self.opt_state)}
+      restored, data_state = ckpt.restore(start, target)
+      self.trainable, self.opt_state = restored["trainable"], restored["opt_state"]
+      data.set_state(data_state)
+      if is_writer():
+        print(f"[{self.name}] resumed from step {start}")
+    writer = MetricsWriter(self.dir, resume_step=start)
+    peak = peak_flops_per_device()
+    tokens_per_step = spec.batch_size * spec.seq_len
+
+    preempted = {"flag": False}
+    old_handler = None
+    try:
+      old_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.__setitem__("flag", True))
+    except ValueError:  # not the main thread: no preemption handling
+      pass
+
+    bar = None
+    if spec.progress and is_writer():
+      from tqdm.auto import tqdm
+      bar = tqdm(total=spec.steps, initial=start, desc=self.name, dynamic_ncols=True)
+    pending: list[tuple[int, dict]] = []
+    t_last, steps_since = time.perf_counter(), 0
+
+    def flush(step_now):
+      """Fetch pending metrics, stop on non-finite loss, log. Returns the last metrics."""
+      nonlocal t_last, steps_since
+      last = None
+      for s, m in pending:
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        if not all(math.isfinite(v) for v in m.values()):
+          bad = {k: v for k, v in m.items() if not math.isfinite(v)}
+          raise NonFiniteLossError(
+              f"[{self.name}] non-finite metrics at step {s}: {bad}. Stopped without saving; the last "
+              f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower the learning "
+              "rate or check the data, then rerun the same command to resume from it.")
+        last = (s, m)
+      pending.clear()
+      if last is None:
+        return None
+      s, m = last
+      dt = time.perf_counter() - t_last
+      tok_s = tokens_per_step * steps_since / dt if dt > 0 else 0.0
+      m["tokens_per_s"] = tok_s
+      m["lr"] = float(self.optimizer_lr(s))
+      if peak and self.flops_per_token:
+        m["mfu"] = self.flops_per_token * tok_s / (peak * jax.device_count())
+      writer.write(s, m)
+      t_last, steps_since = time.perf_counter(), 0
+      if bar is not None:
+        bar.set_postfix({k: f"{v:.4g}" for k, v in m.items()
+                         if k in ("loss", "tokens_per_s", "mfu", "grad_norm")})
+      return m
+
+    step = start
+    try:
+      while step < spec.steps:
+        batch = self._device_batch(next(data))
+        self.trainable, self.opt_state, metrics = self._step_fn(
+            self.trainable, self.opt_state, self.frozen, self.teacher_states, batch)
+        step += 1
+        steps_since += 1
+        pending.append((step, metrics))
+        if bar is not None:
+          bar.update(1)
+        at_ckpt = step % spec.checkpoint_every == 0 or step == spec.steps or preempted["flag"]
+        if step % spec.log_every == 0 or at_ckpt:
+          flush(step)
+        if at_ckpt:
+          ckpt.save(step, {"trainable": self.trainable, "opt_state": self.opt_state},
+                    data.get_state(), force=True)
+        if preempted["flag"]:
+          ckpt.wait()
+          raise Preempted(f"[{self.name}] SIGTERM: saved step {step} to {ckpt.directory}; rerun the "
+                          "same command to resume")
+      ckpt.wait()
+    finally:
+      if bar is not None:
+        bar.close()
+      writer.close()
+      ckpt.close()
+      if old_handler is not None:
+        signal.signal(signal.SIGTERM, old_handler)
+    plot_loss_curve(self.dir, f"{self.name} loss")
+    nnx.update(self.model, self.trainable)
+    return self.model
+
+  def optimizer_lr(self, step: int) -> float:
+    from zebra_jax.train.optim import lr_schedule
+    return lr_schedule(self.spec.lr, self.spec.steps, self.spec.warmup_frac)(step)
