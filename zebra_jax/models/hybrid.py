@@ -55,6 +55,7 @@ class CausalLM(nnx.Module):
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
     self.config = config
+    self.remat = False  # recompute each block in the backward pass (set by the trainer)
     pd, dt = dtype_of(config.param_dtype), dtype_of(config.dtype)
     d = config.hidden_size
     self.embed_tokens = Embed(config.vocab_size, d, rngs=rngs, dtype=dt, param_dtype=pd)
@@ -81,13 +82,19 @@ class CausalLM(nnx.Module):
     B, T = tokens_BT.shape[:2]
     return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None], (B, T))
 
+  def _block_fn(self):
+    def apply(block, h, positions):
+      return block(h, positions)
+    return nnx.remat(apply) if self.remat else apply
+
   # -- full forward ----------------------------------------------------------------------------
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None) -> jax.Array:
     if positions_BT is None:
       positions_BT = self.default_positions(tokens_BT)
     h = self.embed(tokens_BT)
+    apply = self._block_fn()
     for block in self.layers:
-      h, _ = block(h, positions_BT)
+      h, _ = apply(block, h, positions_BT)
     return self.logits(h)
 
   def forward_with_intermediates(self, tokens_BT, positions_BT=None):
@@ -101,8 +108,9 @@ class CausalLM(nnx.Module):
       positions_BT = self.default_positions(tokens_BT)
     h = self.embed(tokens_BT)
     hidden, mixer_outs = [h], []
+    apply = self._block_fn()
     for block in self.layers:
-      h, m = block(h, positions_BT)
+      h, m = apply(block, h, positions_BT)
       hidden.append(h)
       mixer_outs.append(m)
     return self.logits(h), hidden, mixer_outs

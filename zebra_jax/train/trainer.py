@@ -117,7 +117,9 @@ class StageTrainer:
     # Shard everything by the logical-axis rules.
     self.tr_shard = _state_shardings(trainable_state, mesh, rules)
     self.fr_shard = _state_shardings(frozen_state, mesh, rules)
-    self.trainable = _place(trainable_state, self.tr_shard)
+    # Own copies: the trainable buffers are donated each step and must not alias a teacher's
+    # (init_hybrid copies teacher arrays into the student without duplicating them).
+    self.trainable = jax.tree.map(jnp.copy, _place(trainable_state, self.tr_shard))
     self.frozen = _place(frozen_state, self.fr_shard)
     self.teacher_states = {}
     for k, (_, st) in self.teacher_defs.items():

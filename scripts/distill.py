@@ -1,0 +1,66 @@
+"""Staged, sharded, resumable distillation of a Zebra / MambaInLlama hybrid from a Llama teacher.
+
+  python scripts/distill.py --config configs/smollm2_135m.py --workdir workdir/smollm2
+  python scripts/distill.py --config configs/tiny.py --workdir /tmp/tiny --config.kd.steps=50
+  python scripts/distill.py --config configs/zebra_3b.py --aot-topology v5p:4x4x4
+
+Rerunning the same command resumes: finished stages (their artifact exists in the workdir) are
+skipped and an interrupted stage continues from its last checkpoint. SIGTERM saves and exits (143).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "python config file with get_config()",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: workdir/<config name>)")
+_AOT = flags.DEFINE_string("aot_topology", None,
+                           "ahead-of-time compile every stage for a TPU topology (e.g. v5p:4x4x4) "
+                           "with libtpu on this machine, print per-chip memory, then exit")
+_NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "disable progress bars")
+_COORD = flags.DEFINE_string("coordinator", None, "multi-process: coordinator host:port "
+                             "(jax.distributed.initialize); on TPU pods leave unset, it is automatic")
+_NPROC = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
+_PID = flags.DEFINE_integer("process_id", None, "multi-process: this process's id")
+
+
+def main(argv):
+  del argv
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  cfg = _CONFIG.value
+  if cfg is None:
+    raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
+  if _AOT.value:
+    from zebra_jax.distill.aot import aot_report
+    aot_report(cfg, _AOT.value)
+    return
+  import jax
+  if _COORD.value or _NPROC.value:
+    jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
+                               process_id=_PID.value)
+  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+  from zebra_jax.distill.pipeline import run_pipeline
+  from zebra_jax.train.trainer import NonFiniteLossError, Preempted
+
+  workdir = _WORKDIR.value or cfg.workdir or os.path.join("workdir", cfg.name)
+  try:
+    run_pipeline(cfg, workdir, progress=not _NO_PROGRESS.value)
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(143)
+  except NonFiniteLossError as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(3)
+
+
+if __name__ == "__main__":
+  app.run(main)

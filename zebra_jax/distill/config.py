@@ -1,0 +1,105 @@
+"""The distillation run config: an ml_collections ConfigDict built by `configs/*.py:get_config()`.
+
+`base_config()` holds every field with its default; a recipe file overrides what it needs. The
+command line overrides any field (`--config.kd.lr=1e-4`). `validate(cfg)` runs before anything is
+loaded or compiled and names the offending field.
+
+Fields
+  name, seed, workdir
+  teacher.path        ILD teacher = the model the student is built from (HF dir, .gguf, .bin, saved
+                      zebra-jax dir, "smollm2" for the real SmolLM2-135M-Instruct from PyPI, or
+                      "random:<preset>" for a randomly initialised teacher of a preset's shape)
+  teacher.overrides   LlamaConfig fields for a random teacher (e.g. a tiny shape)
+  kd_teacher.path     end-to-end KD teacher (None = same as teacher); may be larger, same vocabulary
+  model.*             HybridConfig fields of the student (mla_layers, kv_lora_rank, ...); n_mla is the
+                      MLA budget when the select stage places layers
+  data.*              source, seq_len, heldout_fraction, shuffle seed
+  mesh.data/fsdp/tensor
+  train.*             defaults shared by all training stages (dtype, clip, warmup, logging, ckpt)
+  ild/kd/dpo/stepwise.*  per-stage steps, lr, batch_size, grad_accum (+ stage-specific fields)
+  select.*            method ("smart" | "explicit" | "uniform"), calibration batches
+  stages              ordered list of stages to run
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+STAGES = ("teacher", "ild_mla", "ild_mamba", "select", "assemble", "kd", "dpo", "stepwise")
+
+
+def _stage(steps, lr, batch_size, grad_accum=1, **extra):
+  return ml_collections.ConfigDict(dict(steps=steps, lr=lr, batch_size=batch_size,
+                                        grad_accum=grad_accum, **extra))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "run"
+  c.seed = 0
+  c.workdir = ""
+  c.teacher = ml_collections.ConfigDict(dict(path="smollm2", dtype="bfloat16", overrides={}))
+  c.kd_teacher = ml_collections.ConfigDict(dict(path=None, dtype="bfloat16", overrides={}))
+  c.model = ml_collections.ConfigDict(dict(
+      mla_layers=None, n_mla=None, attn_layers=(), kv_lora_rank=None, q_lora_rank=None,
+      qk_rope_head_dim=None, qk_nope_head_dim=None, v_head_dim=None, use_full_kv_head=False,
+      mla_rope_scaling=None, d_state=None, headdim=None, ngroups=None, chunk_size=256,
+      kv_energy_ratio=None, q_energy_ratio=None))
+  c.data = ml_collections.ConfigDict(dict(
+      source="default", seq_len=2048, heldout_fraction=0.02, shuffle_seed=42,
+      ild_fraction=0.2, dpo_path=None, tokenizer=None))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.train = ml_collections.ConfigDict(dict(
+      dtype="bfloat16", param_dtype="float32", warmup_frac=0.01, weight_decay=0.0,
+      grad_clip=1.0, log_every=10, checkpoint_every=200, keep_last=2, async_checkpoint=True,
+      remat=False, impl="auto", eval_batches=4))
+  c.ild = _stage(1000, 2e-4, 96, loss="l2")
+  c.select = ml_collections.ConfigDict(dict(method="smart", calib_batches=4, batch_size=8))
+  c.kd = _stage(1000, 8e-5, 192, kl_weight=1.0, ce_weight=0.0, temperature=1.0)
+  c.dpo = _stage(100, 5e-7, 32, beta=0.01, max_len=1024, max_prompt_len=512, warmup_frac=0.1)
+  c.stepwise = _stage(1000, 8e-5, 64, kl_weight=1.0, ce_weight=0.0,
+                      schedule=(), freeze_mlp=True)
+  c.stages = ["teacher", "ild_mla", "ild_mamba", "select", "assemble", "kd"]
+  return c
+
+
+class RunConfigError(ValueError):
+  """A run config that cannot work; the message names the field."""
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  def bad(msg):
+    raise RunConfigError(msg)
+
+  unknown = [s for s in c.stages if s not in STAGES]
+  if unknown:
+    bad(f"stages: unknown stage(s) {unknown}; known: {list(STAGES)}")
+  if c.data.seq_len < 2:
+    bad(f"data.seq_len must be >= 2, got {c.data.seq_len}")
+  for name in ("ild", "kd", "dpo", "stepwise"):
+    s = c[name]
+    if s.steps <= 0:
+      bad(f"{name}.steps must be positive, got {s.steps}")
+    if not s.lr > 0:
+      bad(f"{name}.lr must be positive, got {s.lr}")
+    if s.batch_size <= 0 or s.batch_size % s.grad_accum:
+      bad(f"{name}.batch_size={s.batch_size} must be a positive multiple of "
+          f"{name}.grad_accum={s.grad_accum}")
+  if c.ild.loss not in ("l2", "mse"):
+    bad(f"ild.loss must be 'l2' or 'mse', got {c.ild.loss!r}")
+  if c.select.method not in ("smart", "explicit", "uniform"):
+    bad(f"select.method must be 'smart', 'explicit' or 'uniform', got {c.select.method!r}")
+  if "select" in c.stages and c.select.method != "explicit" and not c.model.n_mla:
+    bad("model.n_mla (the MLA layer budget) must be set when select.method is "
+        f"{c.select.method!r}")
+  if ("select" not in c.stages or c.select.method == "explicit") and "assemble" in c.stages \
+      and c.model.mla_layers is None:
+    bad("model.mla_layers must be set when the select stage does not choose them")
+  if "dpo" in c.stages and not c.data.dpo_path:
+    bad("data.dpo_path (a local jsonl of {prompt, chosen, rejected}) is required by the dpo stage")
+  if "stepwise" in c.stages and not c.stepwise.schedule:
+    bad("stepwise.schedule must list the attention layers to keep at each phase")
+  for k in ("data", "fsdp", "tensor"):
+    v = c.mesh[k]
+    if v == 0 or v < -1:
+      bad(f"mesh.{k} must be a positive size or -1, got {v}")

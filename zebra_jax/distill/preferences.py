@@ -1,0 +1,77 @@
+"""Preference pairs for DPO from a local jsonl: {"prompt": str | messages, "chosen": str,
+"rejected": str} per line. Each pair becomes two token rows (prompt + response) padded to max_len,
+with masks selecting the response tokens; prompts are left-truncated to max_prompt_len (as TRL does)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+  return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def load_pairs(path: str, tokenizer, max_len: int, max_prompt_len: int):
+  from zebra_jax.data.tokenize import eos_id, render_chat
+
+  pairs = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+        prompt, chosen, rejected = rec["prompt"], rec["chosen"], rec["rejected"]
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{n}: expected JSON with 'prompt', 'chosen', 'rejected' ({e})") from e
+      if isinstance(prompt, list):
+        prompt = render_chat(tokenizer, prompt, where=f"{path}:{n}")
+      p = _encode(tokenizer, prompt)[-max_prompt_len:]
+      eos = eos_id(tokenizer)
+      rows = []
+      for resp in (chosen, rejected):
+        r = (_encode(tokenizer, resp) + [eos])[: max_len - len(p)]
+        ids = np.zeros(max_len, np.int32)
+        mask = np.zeros(max_len, np.int32)
+        ids[: len(p) + len(r)] = p + r
+        mask[len(p): len(p) + len(r)] = 1
+        rows.append((ids, mask))
+      pairs.append(rows)
+  if not pairs:
+    raise ValueError(f"{path}: no preference pairs")
+  return pairs
+
+
+class PreferenceIterator:
+  """Deterministic shuffled epochs over the pairs; state = (epoch, position)."""
+
+  def __init__(self, pairs, batch_size: int, seed: int):
+    if batch_size > len(pairs):
+      raise ValueError(f"dpo batch_size={batch_size} exceeds the {len(pairs)} preference pairs")
+    self.pairs, self.batch_size, self.seed = pairs, batch_size, seed
+    self.epoch, self.pos = 0, 0
+
+  def _order(self):
+    return np.random.default_rng(self.seed + self.epoch).permutation(len(self.pairs))
+
+  def __next__(self):
+    if self.pos + self.batch_size > len(self.pairs):
+      self.epoch, self.pos = self.epoch + 1, 0
+    idx = self._order()[self.pos: self.pos + self.batch_size]
+    self.pos += self.batch_size
+    pick = [self.pairs[i] for i in idx]
+    return {"chosen": np.stack([p[0][0] for p in pick]), "chosen_mask": np.stack([p[0][1] for p in pick]),
+            "rejected": np.stack([p[1][0] for p in pick]),
+            "rejected_mask": np.stack([p[1][1] for p in pick])}
+
+  def get_state(self):
+    return {"epoch": self.epoch, "pos": self.pos}
+
+  def set_state(self, state):
+    self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+def preference_iterator(path, tokenizer, *, batch_size, max_len, max_prompt_len, seed):
+  return PreferenceIterator(load_pairs(path, tokenizer, max_len, max_prompt_len), batch_size, seed)

@@ -1,0 +1,86 @@
+"""SMART layer placement: where the N MLA layers go in a Zebra hybrid.
+
+Sensitivity: start from the pure-Mamba2 ILD student, swap one layer at a time for its MLA ILD version
+and measure how much the KL to the teacher drops on a calibration set; the drop is that layer's score.
+Placement: among layouts with terminal preservation (MLA at layer 0 and at L-2, as every released
+Zebra model has) and near-uniform spacing (every gap between consecutive MLA layers is floor or ceil
+of (L-2)/(N-1)), pick the one with the largest total score. Only the positions of the larger gaps are
+free, so a small dynamic programme finds the best layout exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _check_budget(n_layers: int, n_mla: int) -> None:
+  if not 2 <= n_mla <= n_layers - 1:
+    raise ValueError(f"the MLA budget n_mla={n_mla} must be in [2, {n_layers - 1}] for {n_layers} "
+                     "layers (terminal preservation puts MLA at layers 0 and L-2)")
+
+
+def uniform_placement(n_layers: int, n_mla: int) -> tuple[int, ...]:
+  """Layers 0 and L-2 plus near-uniform gaps, larger gaps spread evenly (no scores needed)."""
+  _check_budget(n_layers, n_mla)
+  span = n_layers - 2
+  return tuple(int(round(i * span / (n_mla - 1))) for i in range(n_mla))
+
+
+def smart_placement(scores: Sequence[float], n_mla: int) -> tuple[int, ...]:
+  """The terminal-preserving, near-uniform layout maximising the summed sensitivity scores."""
+  n_layers = len(scores)
+  _check_budget(n_layers, n_mla)
+  span, gaps = n_layers - 2, n_mla - 1
+  small = span // gaps
+  n_big = span - small * gaps  # gaps of size small+1
+  # best[i][k]: best score with MLA #i placed after i gaps of which k were big (position i*small+k).
+  neg = -np.inf
+  best = np.full((n_mla, n_big + 1), neg)
+  choice = np.zeros((n_mla, n_big + 1), dtype=np.int64)
+  best[0][0] = scores[0]
+  for i in range(1, n_mla):
+    for k in range(0, min(i, n_big) + 1):
+      pos = i * small + k
+      cands = [(best[i - 1][k], k)]  # this gap small
+      if k > 0:
+        cands.append((best[i - 1][k - 1], k - 1))  # this gap big
+      val, prev = max(cands, key=lambda c: c[0])
+      if val > neg:
+        best[i][k] = val + scores[pos]
+        choice[i][k] = prev
+  layers, k = [], n_big
+  for i in range(n_mla - 1, -1, -1):
+    layers.append(i * small + k)
+    k = choice[i][k]
+  return tuple(sorted(int(i) for i in layers))
+
+
+def mean_kl(teacher, student, batches: Iterable[dict]) -> float:
+  """Per-token forward KL(teacher || student) averaged over calibration batches."""
+  from zebra_jax.train.losses import forward_kl
+
+  from flax import nnx
+
+  @nnx.jit
+  def one(t, s, tokens):
+    return forward_kl(t(tokens), s(tokens))
+
+  vals = [float(one(teacher, student, jnp.asarray(b["tokens"]))) for b in batches]
+  return float(np.mean(vals))
+
+
+def sensitivity_scores(teacher, mla_model, mamba_model, batches: Sequence[dict]) -> np.ndarray:
+  """score[l] = KL(all-Mamba2) - KL(all-Mamba2 with layer l taken from the MLA student)."""
+  from flax import nnx
+
+  base = mean_kl(teacher, mamba_model, batches)
+  scores = []
+  for l in range(len(mamba_model.layers)):
+    swapped = nnx.clone(mamba_model)
+    swapped.layers[l] = nnx.clone(mla_model.layers[l])
+    scores.append(base - mean_kl(teacher, swapped, batches))
+  return np.asarray(scores)
