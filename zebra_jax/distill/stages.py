@@ -142,6 +142,8 @@ def assemble_hybrid(teacher: CausalLM, mla_model: CausalLM, mamba_model: CausalL
   norm and LM head from the teacher (reference 4.5)."""
   for src, kind in ((mla_model, "mla"), (mamba_model, "mamba2")):
     need = [i for i, t in enumerate(config.layer_types()) if t == kind]
+    if not need:
+      continue
     have = [i for i, t in enumerate(src.config.layer_types()) if t == kind]
     missing = sorted(set(need) - set(have))
     if missing:
@@ -152,13 +154,13 @@ def assemble_hybrid(teacher: CausalLM, mla_model: CausalLM, mamba_model: CausalL
           **(config.mla_layer_ranks or {}), i: mla_model.config.mla_ranks(i)})
   hybrid = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
   state = nnx.state(hybrid)
-  src_states = {"mla": nnx.state(mla_model), "mamba2": nnx.state(mamba_model),
-                "teacher": nnx.state(teacher)}
+  src_states = {"mla": mla_model and nnx.state(mla_model),
+                "mamba2": mamba_model and nnx.state(mamba_model), "teacher": nnx.state(teacher)}
   flat = {}
   for path, var in nnx.to_flat_state(state):
     if path[0] == "layers":
       kind = config.layer_types()[path[1]]
-      src = src_states[kind]
+      src = src_states["teacher" if kind == "attention" else kind]
     else:
       src = src_states["teacher"]
     value = _lookup(src, path)
@@ -179,12 +181,28 @@ def _lookup(state, path):
 
 
 def run_assemble(ctx: RunContext) -> None:
+  """Blocks come from the ILD students when those stages are part of the run, else straight from
+  the initialisers (X-EcoMLA: SVD init, then KD, no ILD)."""
   with open(artifact(ctx, "select")) as f:
     layers = tuple(json.load(f)["mla_layers"])
   teacher = ctx.teacher()
   config = ctx.student_config(mla_layers=layers, attn_layers=tuple(ctx.cfg.model.attn_layers))
-  hybrid = assemble_hybrid(teacher, ctx.load_artifact("ild_mla"), ctx.load_artifact("ild_mamba"),
-                           config)
+  m = ctx.cfg.model
+
+  def source(kind):
+    stage = f"ild_{kind}"
+    if stage in ctx.cfg.stages:
+      return ctx.load_artifact(stage)
+    L = teacher.config.num_hidden_layers
+    all_layers = ctx.student_config(mla_layers=tuple(range(L)) if kind == "mla" else (),
+                                    attn_layers=())
+    return init_hybrid(teacher, all_layers, seed=ctx.cfg.seed, q_energy_ratio=m.q_energy_ratio,
+                       kv_energy_ratio=m.kv_energy_ratio)
+
+  kinds = set(config.layer_types())
+  mla_model = source("mla") if "mla" in kinds else None
+  mamba_model = source("mamba") if "mamba2" in kinds else None
+  hybrid = assemble_hybrid(teacher, mla_model, mamba_model, config)
   save_model(hybrid, artifact(ctx, "assemble"), overwrite=True)
 
 
@@ -204,7 +222,8 @@ def kd_loss_fn(kl_weight: float, ce_weight: float, temperature: float):
   return loss_fn
 
 
-def run_kd(ctx: RunContext, source_stage: str = "assemble", stage: str = "kd") -> None:
+def run_kd(ctx: RunContext, stage: str = "kd") -> None:
+  source_stage = "stepwise" if "stepwise" in ctx.cfg.stages else "assemble"
   student = ctx.load_artifact(source_stage)
   ctx.set_remat(student)
   teacher = ctx.kd_teacher()

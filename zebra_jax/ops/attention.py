@@ -29,8 +29,23 @@ def causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, *, scale: float, q_offset
   return out.reshape(B, T, H, v_BSGV.shape[-1])
 
 
+# (impl, backend) -> kernel with the signature of causal_attention_reference. Filled by kernel modules.
+_KERNELS: dict[tuple[str, str], object] = {}
+
+
 def causal_attention(q_BTHK, k_BSGK, v_BSGV, *, scale: float, impl: str = "auto"):
-  """Dispatch point for training/prefill attention. Only the reference exists on every backend."""
+  """Dispatch point for training/prefill attention.
+
+  "reference" always runs the jnp oracle; "auto" uses a registered kernel for this backend when one
+  exists, else the reference; "pallas" never falls back silently.
+  """
   if impl not in ("auto", "reference", "pallas"):
     raise ValueError(f"impl={impl!r} must be 'auto', 'reference' or 'pallas'")
+  backend = jax.default_backend()
+  kernel = _KERNELS.get(("pallas", backend))
+  if impl == "pallas" and kernel is None:
+    raise NotImplementedError(f"causal_attention(impl='pallas'): no Pallas attention kernel is "
+                              f"registered for backend {backend!r}; use impl='reference' or 'auto'")
+  if impl in ("pallas", "auto") and kernel is not None:
+    return kernel(q_BTHK, k_BSGK, v_BSGV, scale=scale)
   return causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, scale=scale)

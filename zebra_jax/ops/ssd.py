@@ -1,0 +1,104 @@
+"""Mamba2 SSD scan and single-step update: the one place that picks an implementation.
+
+Models call `ssd_scan` / `ssd_step` with `impl` from the config:
+* "reference": the pure-JAX oracle in `kernels_pallas.ssd.reference` (every backend);
+* "pallas": the Pallas kernel registered for the current backend; an error if there is none (an
+  explicit request never falls back silently);
+* "auto": the Pallas kernel when one is registered for the backend and supports the call, else the
+  reference.
+
+Kernels register in `_KERNELS`, keyed by (impl, backend) with backend as `jax.default_backend()`
+names it ("cpu", "gpu", "tpu"). No Pallas SSD kernel exists yet, so today every call runs the
+reference. Shapes and semantics (same for every implementation):
+
+  x (b, l, h, p), dt (b, l, h) raw, A (h,) negative, B/C (b, l, g, n) with head i reading group
+  i // (h // g); D, dt_bias None or (h,); initial_state None or (b, h, p, n).
+  dt_eff = softplus(dt + dt_bias);  S_t = exp(dt_eff A) S_{t-1} + dt_eff x_t B_t^T;
+  y_t = S_t C_t + D x_t.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+
+from kernels_pallas.ssd.reference import ssd_scan_reference, ssd_step_reference
+
+IMPLS = ("auto", "reference", "pallas")
+
+
+@dataclasses.dataclass(frozen=True)
+class SSDKernel:
+  """An implementation of the scan (and optionally the decode step).
+
+  `scan` and `step` take exactly the arguments of `ssd_scan_reference` / `ssd_step_reference`.
+  `supports(**call_kwargs) -> str | None` returns why a call cannot be handled (None = it can);
+  "auto" then uses the reference and an explicit request raises with that reason.
+  """
+
+  scan: Callable
+  step: Callable | None = None
+  supports: Callable[..., str | None] | None = None
+
+
+_REFERENCE = SSDKernel(scan=ssd_scan_reference, step=ssd_step_reference)
+
+# (impl, backend) -> SSDKernel. The reference runs everywhere and is resolved without a lookup.
+_KERNELS: dict[tuple[str, str], SSDKernel] = {}
+
+
+def register_kernel(impl: str, backend: str, kernel: SSDKernel) -> None:
+  """Adds (or replaces) the kernel used for `impl` on `backend` (e.g. ("pallas", "gpu"))."""
+  if impl not in IMPLS or impl in ("auto", "reference"):
+    raise ValueError(f"kernels register under a concrete non-reference impl, got {impl!r}")
+  _KERNELS[(impl, backend)] = kernel
+
+
+def available_impls(backend: str | None = None) -> tuple[str, ...]:
+  """The concrete implementations usable on `backend` (default: the current one)."""
+  backend = backend or jax.default_backend()
+  return ("reference",) + tuple(sorted(i for (i, b) in _KERNELS if b == backend))
+
+
+def _resolve(impl: str, op: str, call: dict) -> Callable:
+  if impl not in IMPLS:
+    raise ValueError(f"impl={impl!r} must be one of {IMPLS}")
+  if impl == "reference":
+    return getattr(_REFERENCE, op)
+  backend = jax.default_backend()
+  kernel = _KERNELS.get(("pallas", backend))
+  fn = None if kernel is None else getattr(kernel, op)
+  why = None
+  if fn is None:
+    why = (f"no Pallas SSD {op} kernel is registered for backend {backend!r} yet "
+           f"(available here: {', '.join(available_impls(backend))})")
+  elif kernel.supports is not None:
+    why = kernel.supports(op=op, **call)
+  if why is None:
+    return fn
+  if impl == "pallas":
+    raise NotImplementedError(f"ssd_{op}(impl='pallas'): {why}; use impl='reference' or 'auto'")
+  return getattr(_REFERENCE, op)
+
+
+def ssd_scan(x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True,
+             initial_state=None, chunk_size: int = 256, return_final_state: bool = False,
+             impl: str = "auto"):
+  """Chunked SSD scan. Returns y (b, l, h, p) in x.dtype, plus the float32 final state
+  (b, h, p, n) when `return_final_state`."""
+  kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
+            chunk_size=chunk_size, return_final_state=return_final_state)
+  fn = _resolve(impl, "scan", dict(x=x, dt=dt, A=A, B=B, C=C, **kw))
+  return fn(x, dt, A, B, C, **kw)
+
+
+def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True,
+             impl: str = "auto"):
+  """One decode step: state (b, h, p, n), x (b, h, p), dt (b, h), B/C (b, g, n).
+
+  Returns (y (b, h, p) in x.dtype, new_state (b, h, p, n) float32)."""
+  kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
+  fn = _resolve(impl, "step", dict(state=state, x=x, dt=dt, A=A, B=B, C=C, **kw))
+  return fn(state, x, dt, A, B, C, **kw)
