@@ -1,0 +1,267 @@
+"""The Grain input pipeline for distillation: documents -> split -> process shard -> shuffle -> repeat ->
+tokenise (+EOS) -> concatenate-then-split packing -> batches of (global_batch // process_count, seq_len) int32.
+
+  it = make_iterator("corpus.jsonl", tokenizer, seq_len=2048, global_batch=64, seed=42)
+  batch = next(it)   # {"tokens", "segment_ids", "positions"}: np.int32 [B_local, seq_len]
+  state = it.get_state()          # JSON-able; also what grain.checkpoint.CheckpointSave(it) writes
+  it2 = make_iterator(...same arguments...); it2.set_state(state)   # continues exactly where `it` stopped
+
+Held-out split: document i is held out iff a splitmix64 hash of (split_seed, i) falls below heldout_fraction.
+It depends only on the document's index, so it is identical for every seed/process count, for the jsonl and
+the pre-tokenised ArrayRecord form of the same corpus, and stays put when documents are appended.
+Shuffling: a Grain index shuffle per epoch (seeded by `seed`, reseeded each epoch) over this process's documents.
+Process sharding: process p reads documents p, p + P, p + 2P, ... of the split (disjoint, together all of it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import grain
+import numpy as np
+
+from zebra_jax.data import packing, sources, tokenize
+
+STATE_VERSION = 1
+SPLITS = ("train", "heldout")
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+  """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+  with np.errstate(over="ignore"):
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
+    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
+    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
+    return x ^ (x >> np.uint64(31))
+
+
+def heldout_mask(num_documents: int, heldout_fraction: float, split_seed: int = 0) -> np.ndarray:
+  """bool [num_documents]: True for held-out documents (hash of (split_seed, index) < fraction)."""
+  if not 0.0 <= heldout_fraction < 1.0:
+    raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+  idx = np.arange(num_documents, dtype=np.uint64)
+  with np.errstate(over="ignore"):
+    salted = idx ^ _splitmix64(np.full((), int(split_seed) % (1 << 64), np.uint64))
+  u = (_splitmix64(salted) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+  return u < heldout_fraction
+
+
+def split_indices(num_documents: int, split: str, heldout_fraction: float, split_seed: int = 0) -> np.ndarray:
+  """Document indices (int64, ascending) of `split` ("train" or "heldout")."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  mask = heldout_mask(num_documents, heldout_fraction, split_seed)
+  idx = np.flatnonzero(mask if split == "heldout" else ~mask)
+  if idx.size == 0:
+    raise ValueError(
+      f"the {split!r} split is empty: {num_documents} documents with heldout_fraction={heldout_fraction} "
+      f"(split_seed={split_seed}); use a larger corpus or change heldout_fraction"
+    )
+  return idx
+
+
+def process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  """(index, count) of this process; defaults to jax.process_index()/process_count()."""
+  if process_index is None or process_count is None:
+    import jax
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+  return int(process_index), int(process_count)
+
+
+class PipelineIterator(grain.DatasetIterator):
+  """Top of the pipeline: yields batches and owns the checkpoint format.
+
+  get_state() -> {"version", "pipeline": the arguments that decide the data order, "grain": Grain's nested
+  state as JSON data}. set_state() refuses a state made by a differently configured pipeline (other seed,
+  batch, seq_len, split, process layout or corpus size) rather than silently yielding different data.
+  """
+
+  def __init__(self, parent: grain.DatasetIterator, fingerprint: dict[str, Any]):
+    super().__init__(parent)
+    self.fingerprint = fingerprint
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._parent)
+
+  def get_state(self) -> dict[str, Any]:
+    return {
+      "version": STATE_VERSION,
+      "pipeline": dict(self.fingerprint),
+      "grain": packing.json_state(self._parent.get_state()),
+    }
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "grain" not in state:
+      raise ValueError(f"not a zebra_jax data iterator state (version {STATE_VERSION}): {str(state)[:200]}")
+    saved = state.get("pipeline", {})
+    diff = {k: (saved.get(k), v) for k, v in self.fingerprint.items() if saved.get(k) != v}
+    if diff:
+      detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
+      raise ValueError(f"data iterator state was saved by a differently configured pipeline ({detail})")
+    self._parent.set_state(packing.grain_state(state["grain"]))
+
+
+class _PipelineDataset(grain.IterDataset):
+  def __init__(self, parent: grain.IterDataset, fingerprint: dict[str, Any]):
+    super().__init__(parent)
+    self._fingerprint = fingerprint
+
+  def __iter__(self) -> PipelineIterator:
+    return PipelineIterator(self._parent.__iter__(), self._fingerprint)
+
+  def __str__(self) -> str:
+    return f"ZebraDataPipeline({self._fingerprint})"
+
+
+def _check_tokenizer(source, tokenizer) -> int | None:
+  """Vocabulary size to range-check ids against; checks pre-tokenised metadata against the tokenizer."""
+  meta = getattr(source, "metadata", None) or {}
+  if tokenizer is None:
+    return meta.get("vocab_size")
+  vocab = tokenize.vocab_size(tokenizer)
+  if meta:
+    if meta.get("vocab_size") is not None and int(meta["vocab_size"]) != vocab:
+      raise ValueError(
+        f"pre-tokenised data has vocab_size={meta['vocab_size']} (tokenizer {meta.get('tokenizer')!r}) but "
+        f"the tokenizer {tokenize.tokenizer_name(tokenizer)!r} has {vocab}"
+      )
+    if meta.get("eos_token_id") is not None and int(meta["eos_token_id"]) != tokenize.eos_id(tokenizer):
+      raise ValueError(
+        f"pre-tokenised data has eos_token_id={meta['eos_token_id']} but the tokenizer has "
+        f"{tokenize.eos_id(tokenizer)}"
+      )
+  return vocab
+
+
+def make_dataset(
+  source: Any,
+  tokenizer: Any = None,
+  *,
+  seq_len: int,
+  global_batch: int,
+  split: str = "train",
+  heldout_fraction: float = 0.01,
+  split_seed: int = 0,
+  seed: int = 0,
+  num_epochs: int | None = None,
+  shuffle: bool = True,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  paragraphs: bool = False,
+  prefetch: int = 0,
+) -> grain.IterDataset:
+  """The packed, sharded, shuffled batch dataset; iterate it for a PipelineIterator.
+
+  source: a source object or a spec for sources.open_source (path, list of paths, "default", "hf:NAME").
+  tokenizer: the teacher's tokenizer (or a spec for tokenize.load_tokenizer); may be None only when every
+    document is already tokenised (ArrayRecord shards).
+  num_epochs: None repeats forever (training); an int stops after that many passes, the last row padded
+    (segment_ids 0) and an incomplete last batch dropped.
+  process_index/process_count: default to jax's; each process gets global_batch // process_count rows.
+  prefetch: batches prepared ahead in a background thread (0 = none); the saved state is still the consumer's.
+  """
+  if int(seq_len) <= 1:
+    raise ValueError(f"seq_len must be > 1, got {seq_len}")
+  if int(global_batch) <= 0:
+    raise ValueError(f"global_batch must be positive, got {global_batch}")
+  pidx, pcount = process_info(process_index, process_count)
+  if global_batch % pcount:
+    raise ValueError(f"global_batch={global_batch} is not divisible by process_count={pcount}")
+  if num_epochs is not None and int(num_epochs) <= 0:
+    raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
+  src = sources.open_source(source, paragraphs=paragraphs)
+  if len(src) == 0:
+    raise ValueError(f"empty corpus: {getattr(src, 'name', src)!r} has no documents")
+  if tokenizer is not None:
+    tokenizer = tokenize.load_tokenizer(tokenizer)
+  vocab = _check_tokenizer(src, tokenizer)
+
+  indices = split_indices(len(src), split, heldout_fraction, split_seed)
+  shard = indices[pidx::pcount]
+  if shard.size == 0:
+    raise ValueError(f"process {pidx} of {pcount} gets no documents: the {split!r} split has only {indices.size}")
+  name = getattr(src, "name", type(src).__name__)
+
+  def load(doc_index) -> dict[str, np.ndarray]:
+    doc_index = int(doc_index)
+    where = f"{name} document {doc_index}"
+    doc = src[doc_index]
+    if tokenizer is None and not isinstance(doc, np.ndarray):
+      raise ValueError(f"{where} is text: pass a tokenizer (only pre-tokenised data can go without one)")
+    ids = tokenize.encode_document(tokenizer, doc, where=where)
+    if vocab is not None and ids.size and (ids.max() >= vocab or ids.min() < 0):
+      raise ValueError(f"{where}: token id {int(ids.max())} outside the vocabulary of size {vocab}")
+    return {"tokens": ids}
+
+  ds = grain.MapDataset.source(shard)
+  if shuffle:
+    ds = ds.shuffle(seed=int(seed))
+  ds = ds.repeat(num_epochs)  # reseeds the shuffle each epoch
+  docs = ds.map(load).to_iter_dataset()
+  local_batch = global_batch // pcount
+  batches = packing.pack(docs, int(seq_len)).batch(local_batch, drop_remainder=True)
+  if prefetch < 0:
+    raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+  if prefetch:
+    batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=int(prefetch))
+  fingerprint = {
+    "num_documents": len(src),
+    "split": split,
+    "heldout_fraction": float(heldout_fraction),
+    "split_seed": int(split_seed),
+    "seed": int(seed),
+    "shuffle": bool(shuffle),
+    "num_epochs": num_epochs,
+    "seq_len": int(seq_len),
+    "global_batch": int(global_batch),
+    "process_index": pidx,
+    "process_count": pcount,
+  }
+  return _PipelineDataset(batches, fingerprint)
+
+
+def make_iterator(source: Any, tokenizer: Any = None, **kwargs) -> PipelineIterator:
+  """iter(make_dataset(...)): see make_dataset for the arguments."""
+  return iter(make_dataset(source, tokenizer, **kwargs))
+
+
+# --- iterator state as JSON (the training loop may instead hand the iterator to
+# grain.checkpoint.CheckpointSave / CheckpointRestore inside an Orbax CheckpointManager) ---
+
+
+def iterator_state(it: PipelineIterator) -> dict[str, Any]:
+  """JSON-able state of the iterator (json.dumps works on it)."""
+  return it.get_state()
+
+
+def restore_iterator(it: PipelineIterator, state: dict[str, Any]) -> PipelineIterator:
+  """Sets `it` (a freshly made iterator of the same pipeline) to `state`; returns it."""
+  it.set_state(state)
+  return it
+
+
+def save_iterator_state(it: PipelineIterator, path: str | os.PathLike) -> None:
+  """Writes the state as JSON, atomically (temp file + rename)."""
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump(iterator_state(it), f)
+  os.replace(tmp, path)
+
+
+def load_iterator_state(it: PipelineIterator, path: str | os.PathLike) -> PipelineIterator:
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"data iterator state not found: {path}")
+  with open(path) as f:
+    return restore_iterator(it, json.load(f))

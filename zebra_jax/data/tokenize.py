@@ -1,0 +1,157 @@
+"""Tokenisation of documents with the teacher's tokenizer.
+
+A tokenizer here is anything with the small interface the pipeline uses (a transformers tokenizer has it):
+
+  encode(text, add_special_tokens=bool) -> list[int]
+  apply_chat_template(messages, tokenize=False) -> str
+  eos_token_id: int
+  __len__() -> vocabulary size (including added tokens)
+
+Every document becomes its token ids followed by one EOS, the separator the reference's packing
+(TRL ConstantLengthDataset) puts between documents.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+# A document: plain text, {"text": str}, {"messages": [{"role", "content"}, ...]}, or already-tokenised ids
+# (an integer numpy array, as read back from ArrayRecord shards; EOS is already there).
+Document = Any
+
+
+class ByteTokenizer:
+  """UTF-8 byte-level tokenizer: ids 0..255 are bytes, then BOS and EOS.
+
+  No download and no vocabulary file: useful for the tiny CPU config, for smoke runs without a teacher
+  tokenizer, and in tests. The chat template is a plain-text rendering ("<|role|>\\ncontent\\n" per turn).
+  """
+
+  def __init__(self, add_bos: bool = False):
+    self.bos_token_id = 256
+    self.eos_token_id = 257
+    self.pad_token_id = self.eos_token_id
+    self.add_bos = add_bos
+    self.name_or_path = "byte"
+    self.chat_template = "byte-plain"
+
+  def __len__(self) -> int:
+    return 258
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self)
+
+  def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    ids = list(text.encode("utf-8"))
+    if add_special_tokens and self.add_bos:
+      ids = [self.bos_token_id] + ids
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
+
+  def apply_chat_template(self, messages, tokenize: bool = False, **kwargs):
+    text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
+    return self.encode(text, add_special_tokens=False) if tokenize else text
+
+
+def load_tokenizer(spec: Any):
+  """Returns a tokenizer from `spec`.
+
+  spec: a tokenizer object (returned as is), "byte" (ByteTokenizer), a Hugging Face directory / hub name
+  (transformers' AutoTokenizer), or a .gguf file (`zebra_jax.convert.load_tokenizer` when the converter provides
+  it, else AutoTokenizer with gguf_file=).
+  """
+  if not isinstance(spec, (str, os.PathLike)):
+    return spec
+  spec = os.fspath(spec)
+  if spec == "byte":
+    return ByteTokenizer()
+  from transformers import AutoTokenizer
+
+  if spec.endswith(".gguf"):
+    if not os.path.isfile(spec):
+      raise FileNotFoundError(f"tokenizer GGUF file not found: {spec}")
+    try:  # the converter owns GGUF reading; use it when it exists
+      from zebra_jax.convert import load_tokenizer as convert_load_tokenizer  # type: ignore
+    except ImportError:
+      convert_load_tokenizer = None
+    if convert_load_tokenizer is not None:
+      return convert_load_tokenizer(spec)
+    return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(spec)), gguf_file=os.path.basename(spec))
+  if spec.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(spec)):
+    raise FileNotFoundError(f"tokenizer directory not found: {spec}")
+  if os.path.isfile(spec):
+    raise ValueError(f"{spec} is a file: pass the tokenizer's directory, or a .gguf file")
+  try:
+    return AutoTokenizer.from_pretrained(os.path.expanduser(spec))
+  except OSError as e:
+    raise OSError(f"could not load a tokenizer from {spec!r}: {e}") from e
+
+
+def vocab_size(tokenizer) -> int:
+  """Number of token ids the tokenizer can produce (base vocabulary plus added tokens)."""
+  return int(len(tokenizer))
+
+
+def eos_id(tokenizer) -> int:
+  eos = getattr(tokenizer, "eos_token_id", None)
+  if eos is None:
+    raise ValueError(f"tokenizer {tokenizer_name(tokenizer)!r} has no eos_token_id; documents are separated by EOS")
+  return int(eos)
+
+
+def tokenizer_name(tokenizer) -> str:
+  return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def render_chat(tokenizer, messages: Sequence[Mapping[str, Any]], *, where: str = "") -> str:
+  """Renders a conversation with the tokenizer's chat template (no generation prompt)."""
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError(
+      f"{where or 'document'}: chat messages need a tokenizer with a chat_template; "
+      f"{tokenizer_name(tokenizer)!r} has none"
+    )
+  for i, m in enumerate(messages):
+    if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+      raise ValueError(
+        f"{where or 'document'}: message {i} must be an object with 'role' and 'content', got {m!r}"
+      )
+  return tokenizer.apply_chat_template(list(messages), tokenize=False)
+
+
+def encode_document(tokenizer, doc: Document, *, where: str = "") -> np.ndarray:
+  """Token ids (int32) of one document with EOS appended.
+
+  Plain text is encoded with the tokenizer's special tokens (a BOS if the tokenizer adds one); chat is rendered
+  with the chat template, which already holds the model's BOS/turn markers, and encoded without adding more.
+  Already-tokenised documents (integer arrays) are returned as int32 unchanged.
+  """
+  if isinstance(doc, np.ndarray):
+    if doc.ndim != 1 or not np.issubdtype(doc.dtype, np.integer):
+      raise ValueError(f"{where or 'document'}: token array must be 1-D integer, got {doc.dtype}{doc.shape}")
+    return doc.astype(np.int32, copy=False)
+  if isinstance(doc, Mapping):
+    if "text" in doc:
+      doc = doc["text"]
+    elif "messages" in doc:
+      text = render_chat(tokenizer, doc["messages"], where=where)
+      ids = tokenizer.encode(text, add_special_tokens=False)
+      return _with_eos(ids, tokenizer)
+    else:
+      raise ValueError(f"{where or 'document'}: expected a 'text' or 'messages' field, got keys {sorted(doc)}")
+  if not isinstance(doc, str):
+    raise ValueError(f"{where or 'document'}: expected text, got {type(doc).__name__}")
+  return _with_eos(tokenizer.encode(doc, add_special_tokens=True), tokenizer)
+
+
+def _with_eos(ids, tokenizer) -> np.ndarray:
+  out = np.empty(len(ids) + 1, dtype=np.int32)
+  out[:-1] = ids
+  out[-1] = eos_id(tokenizer)
+  return out
