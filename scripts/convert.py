@@ -1,0 +1,59 @@
+"""Convert a Llama checkpoint (HF safetensors / torch .bin directory, or a GGUF file) to zebra-jax.
+
+    python scripts/convert.py --input path/to/hf_dir_or_model.gguf --output converted/ \
+        [--dtype bfloat16|float32] [--overwrite]
+
+Reads every tensor (progress bar), checks it against the config, prints a config summary and the
+parameter count, and writes `config.json` + an Orbax parameter checkpoint that
+`zebra_jax.convert.load_model` (or `from_pretrained`) reads back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+try:
+  import zebra_jax  # noqa: F401  (installed with `pip install -e .`)
+except ImportError:  # running from a source checkout without installation
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--input", required=True, help="HF checkpoint directory, .gguf file, or .bin directory")
+  p.add_argument("--output", required=True, help="directory to write (config.json + params/)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                 help="compute and parameter storage dtype of the converted model")
+  p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+  args = p.parse_args(argv)
+
+  from zebra_jax.config import ConfigError
+  from zebra_jax.convert import CheckpointError, from_pretrained, save_model
+
+  if os.path.exists(args.output) and not args.overwrite:
+    print(f"error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
+    return 2
+  try:
+    model = from_pretrained(args.input, dtype=args.dtype, progress=True)
+  except (CheckpointError, ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+
+  import jax
+  from flax import nnx
+  c = model.config
+  n_params = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  print(f"config: {c.num_hidden_layers} layers, hidden {c.hidden_size}, intermediate "
+        f"{c.intermediate_size}, heads {c.num_attention_heads} (kv {c.num_key_value_heads}, head_dim "
+        f"{c.head_dim}), vocab {c.vocab_size}, rope_theta {c.rope_theta}, rope_scaling "
+        f"{c.rope_scaling}, tied embeddings {c.tie_word_embeddings}, dtype {c.param_dtype}")
+  print(f"parameters: {n_params:,}")
+  out = save_model(model, args.output, overwrite=args.overwrite)
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,177 @@
+"""Save / load a converted `CausalLM`: `config.json` plus an Orbax checkpoint of its parameters.
+
+Layout of a saved directory:
+    config.json   model.config.to_json() (carries "__class__": LlamaConfig / HybridConfig)
+    params/       Orbax StandardCheckpointer checkpoint of the parameter tree as a pure dict
+                  (string keys, e.g. {"layers": {"0": {"mixer": {"q_proj": {"kernel": ...}}}}})
+
+A pure dict (not an `nnx.State`) keeps the on-disk tree independent of flax's State internals.
+The directory is written under a temporary sibling name and renamed into place, so an interrupted
+save never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+
+import jax
+from flax import nnx
+
+from zebra_jax.config import ConfigError, LlamaConfig
+from zebra_jax.convert import CheckpointError
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def is_saved_model(directory: str) -> bool:
+  """True for a directory written by `save_model` (HF directories also have config.json)."""
+  cfg = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isdir(os.path.join(directory, PARAMS_DIR)) or not os.path.isfile(cfg):
+    return False
+  try:
+    with open(cfg) as f:
+      return "__class__" in json.load(f)
+  except ValueError:
+    return True  # ours but corrupted: let load_model report it
+
+
+def _param_tree(model: nnx.Module) -> dict:
+  """{str key: ... : array} of every nnx.Param, keys stringified (nnx.List indices are ints)."""
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  tree: dict = {}
+  for path, var in flat:
+    node = tree
+    for p in path[:-1]:
+      node = node.setdefault(str(p), {})
+    node[str(path[-1])] = var.get_value()
+  return tree
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+  out = {}
+  for k, v in tree.items():
+    key = f"{prefix}.{k}" if prefix else k
+    if isinstance(v, dict):
+      out.update(_flatten(v, key))
+    else:
+      out[key] = v
+  return out
+
+
+def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> str:
+  """Writes `model.config` and the model's nnx.Param state to `directory`; returns its path."""
+  import orbax.checkpoint as ocp
+
+  directory = os.path.abspath(os.fspath(directory))
+  config = getattr(model, "config", None)
+  if not isinstance(config, LlamaConfig):
+    raise ValueError("save_model needs a model with a LlamaConfig/HybridConfig in model.config")
+  if os.path.exists(directory):
+    if not overwrite:
+      raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
+    if not os.path.isdir(directory):
+      raise FileExistsError(f"{directory} exists and is not a directory")
+  other = {p: type(v).__name__ for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))
+           if not isinstance(v, nnx.RngState)}
+  if other:
+    raise ValueError(f"save_model stores nnx.Param only; the model also has {other}")
+
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex[:8]}")
+  try:
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+      f.write(config.to_json())
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, PARAMS_DIR), _param_tree(model))
+      ckptr.wait_until_finished()
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.rename(tmp, directory)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return directory
+
+
+def load_config(directory: str) -> LlamaConfig:
+  path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{directory}: missing {CONFIG_FILE}; not a directory written by save_model")
+  try:
+    with open(path) as f:
+      return LlamaConfig.from_json(f.read())
+  except (ValueError, TypeError, KeyError, ConfigError) as e:
+    raise CheckpointError(f"{path}: cannot be read as a model config ({type(e).__name__}: {e})") from None
+
+
+def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
+               param_dtype: str | None = None, impl: str | None = None):
+  """Restores a `save_model` directory into a CausalLM built abstractly (no random init).
+
+  `dtype` overrides the compute dtype (and, unless `param_dtype` is given, the parameter dtype);
+  `impl` overrides the op implementation. Raises CheckpointError naming what is missing or broken.
+  """
+  import orbax.checkpoint as ocp
+  from zebra_jax.convert.hf import abstract_params, materialise
+
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"{directory}: no such directory")
+  config = load_config(directory)
+  params_dir = os.path.join(directory, PARAMS_DIR)
+  if not os.path.isdir(params_dir):
+    raise CheckpointError(f"{directory}: missing the Orbax parameter checkpoint {PARAMS_DIR}/")
+
+  abstract = abstract_params(config)  # shapes/dtypes as saved
+  expected = abstract[3]
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target: dict = {}
+  for path, sds in expected.items():
+    node = target
+    parts = path.split(".")
+    for p in parts[:-1]:
+      node = node.setdefault(p, {})
+    # An explicit sharding: restore onto this host's device, whatever device saved it.
+    node[parts[-1]] = jax.ShapeDtypeStruct(sds.shape, sds.dtype, sharding=device)
+
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      meta = ckptr.metadata(params_dir)
+      tree_meta = getattr(meta, "item_metadata", meta)
+      tree_meta = getattr(tree_meta, "tree", tree_meta)
+      if not isinstance(tree_meta, Mapping):
+        raise CheckpointError(f"{params_dir}: the Orbax checkpoint metadata is missing or unreadable "
+                              "(corrupted or incomplete checkpoint)")
+      saved = {k: tuple(v.shape) for k, v in _flatten(dict(tree_meta)).items()}
+      problems = [f"missing {k}" for k in sorted(set(expected) - set(saved))]
+      problems += [f"unexpected {k}" for k in sorted(set(saved) - set(expected))]
+      problems += [f"{k}: saved shape {saved[k]}, config needs {tuple(expected[k].shape)}"
+                   for k in sorted(set(saved) & set(expected)) if saved[k] != tuple(expected[k].shape)]
+      if problems:
+        raise CheckpointError(f"{params_dir} does not match {CONFIG_FILE}:\n  - " + "\n  - ".join(problems))
+      restored = ckptr.restore(params_dir, target)
+  except CheckpointError:
+    raise
+  except Exception as e:  # orbax / tensorstore raise many types for truncated or missing files
+    msg = str(e).strip().splitlines()
+    raise CheckpointError(f"{params_dir}: cannot restore the Orbax checkpoint (corrupted or "
+                          f"incomplete?): {type(e).__name__}: {msg[0] if msg else ''}") from e
+
+  values = _flatten(restored)
+  if dtype is not None or param_dtype is not None or impl is not None:
+    new_dtype = dtype or config.dtype
+    new = config.replace(dtype=new_dtype, param_dtype=param_dtype or dtype or config.param_dtype,
+                         impl=impl or config.impl)
+    if new != config:
+      return materialise(new, values)
+  return materialise(config, values, abstract)
+
+
+__all__ = ["save_model", "load_model", "load_config", "is_saved_model"]
