@@ -8,8 +8,12 @@ Models call `ssd_scan` / `ssd_step` with `impl` from the config:
   reference.
 
 Kernels register in `_KERNELS`, keyed by (impl, backend) with backend as `jax.default_backend()`
-names it ("cpu", "gpu", "tpu"). No Pallas SSD kernel exists yet, so today every call runs the
-reference. Shapes and semantics (same for every implementation):
+names it ("cpu", "gpu", "tpu"). Registered at import (bottom of this file): the Mosaic TPU kernel on
+"tpu" and the GPU kernel (Pallas, Triton lowering) on "gpu", each with the `supports` check of the
+shapes, chunk sizes and dtypes it was verified on (AOT-compiled for v5e/v5p/v6e and interpreted on
+CPU; run and checked on an H100). Nothing is registered for "cpu": there every call runs the
+reference. The decode step of both is the reference update (one token is bound by reading the
+state once; XLA fuses it). Shapes and semantics (same for every implementation):
 
   x (b, l, h, p), dt (b, l, h) raw, A (h,) negative, B/C (b, l, g, n) with head i reading group
   i // (h // g); D, dt_bias None or (h,); initial_state None or (b, h, p, n).
@@ -102,3 +106,27 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool =
   kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
   fn = _resolve(impl, "step", dict(state=state, x=x, dt=dt, A=A, B=B, C=C, **kw))
   return fn(state, x, dt, A, B, C, **kw)
+
+
+def _register_pallas_kernels() -> None:
+  """Registers kernels_pallas.ssd's kernels for the backends they were verified on."""
+  import functools
+
+  from kernels_pallas.ssd import api as ssd_api
+  from kernels_pallas.ssd.gpu import gpu_supports
+  from kernels_pallas.ssd.tpu import tpu_supports
+
+  def supports_for(scan_supports):
+    def supports(op: str, **call) -> str | None:
+      return None if op == "step" else scan_supports(**call)
+    return supports
+
+  step = functools.partial(ssd_api.ssd_step, impl="reference")
+  for backend, kernel_impl, scan_supports in (("tpu", "pallas_tpu", tpu_supports),
+                                              ("gpu", "pallas_gpu", gpu_supports)):
+    register_kernel("pallas", backend, SSDKernel(
+        scan=functools.partial(ssd_api.ssd_scan, impl=kernel_impl), step=step,
+        supports=supports_for(scan_supports)))
+
+
+_register_pallas_kernels()

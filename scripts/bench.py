@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Benchmarks of zebra-jax.
+
+    python scripts/bench.py kernels --family ssd [--append docs/benchmarks.md] [family options]
+
+`kernels` runs one or more kernel families (`--family` may repeat) and prints one markdown section
+per family: a table of shape, implementation, time, GB/s (or TFLOP/s) and the ratio to the peer
+measured in the same run, under a line naming the device, the library versions and the date.
+`--append PATH` appends the sections to PATH (docs/benchmarks.md is append-only). Options the
+dispatcher does not know are passed to the family (see `python -m kernels_pallas.<family>.bench -h`).
+
+Adding a family: write `bench_<name>(argv) -> str` below (it parses its own options and returns
+its markdown section) and decorate it with `@family("<name>")`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+# Two frameworks may share the GPU in one run (the JAX kernels and the PyTorch/Triton peers):
+# let JAX allocate on demand instead of reserving most of the memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FAMILIES: dict[str, Callable[[list[str]], str]] = {}
+
+
+def family(name: str):
+  def register(fn):
+    FAMILIES[name] = fn
+    return fn
+  return register
+
+
+@family("ssd")
+def bench_ssd(argv: list[str]) -> str:
+  """Mamba2 SSD chunked scan: Pallas GPU kernel vs mamba_ssm (Triton) vs the pure-JAX reference."""
+  from kernels_pallas.ssd import bench
+  return bench.main(argv)
+
+
+@family("mla")
+def bench_mla(argv: list[str]) -> str:
+  """Absorbed MLA decode: Pallas kernel vs the HBM copy ceiling and an XLA decode."""
+  from kernels_pallas.mla import bench
+  return bench.main(argv)
+
+
+@family("attention")
+def bench_attention(argv: list[str]) -> str:
+  """Causal prefill/training attention with MLA head sizes vs cuDNN."""
+  from kernels_pallas.attention import bench
+  return bench.main(argv)
+
+
+def kernels(args: argparse.Namespace, rest: list[str]) -> None:
+  sections = []
+  for name in args.family or sorted(FAMILIES):
+    sections.append(FAMILIES[name](rest))
+  if args.append:
+    with open(args.append, "a") as f:
+      for s in sections:
+        f.write("\n" + s)
+    print(f"appended {len(sections)} section(s) to {args.append}")
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  k = sub.add_parser("kernels", help="kernel benchmarks against their peers")
+  k.add_argument("--family", action="append", choices=sorted(FAMILIES),
+                 help="benchmark family (repeatable; default: all)")
+  k.add_argument("--append", default=None, help="append the markdown sections to this file")
+  sub.add_parser("generate", help="decode throughput: teacher vs GQA+Mamba2 vs Zebra "
+                 "(options: python scripts/bench.py generate -h)", add_help=False)
+  args, rest = parser.parse_known_args(argv)
+  if args.command == "kernels":
+    kernels(args, rest)
+  elif args.command == "generate":
+    from zebra_jax.infer import bench as generate_bench
+    generate_bench.main(rest)
+
+
+if __name__ == "__main__":
+  main()
