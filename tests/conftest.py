@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
+
+# With libtpu installed (the `tpu-aot` extra, for ahead-of-time TPU compilation on a CPU machine) jax
+# would try to open a TPU at import. Tests run on the CPU unless told otherwise; TPU topologies for AOT
+# compilation are still available. Several test processes may load libtpu at once.
+if importlib.util.find_spec("libtpu") is not None:
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 @pytest.fixture(scope="session")
