@@ -1,0 +1,7 @@
+"""Causal training/prefill attention with MLA head sizes: jnp oracle, Pallas TPU flash kernel,
+splash (TPU) and cuDNN (GPU) options."""
+
+from kernels_pallas.attention.api import flash_attention
+from kernels_pallas.attention.reference import causal_attention_reference
+
+__all__ = ["flash_attention", "causal_attention_reference"]
