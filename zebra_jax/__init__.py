@@ -33,6 +33,8 @@ _EXPORTS = {
     "kv_bytes_per_token": "zebra_jax.accounting",
     "param_count": "zebra_jax.accounting",
     "flops_per_token": "zebra_jax.accounting",
+    "generate": "zebra_jax.infer",
+    "export_pretrained": "zebra_jax.export",
 }
 _SUBMODULES = ("presets", "accounting", "ops", "models", "convert", "init", "config")
 

@@ -25,6 +25,9 @@ def supports(q_BTHK, k_BSGK, v_BSGV) -> str | None:
   K, V = q_BTHK.shape[-1], v_BSGV.shape[-1]
   if K > 256 or V > 256 or K % 8 or V % 8:
     return f"head dims qk={K}, v={V} (need multiples of 8, at most 256)"
+  T, S = q_BTHK.shape[1], k_BSGK.shape[1]
+  if T % 64 or S % 64:  # jax's cuDNN flash path rejects other lengths (seen on the H100: 2047)
+    return f"sequence lengths q={T}, kv={S} (cuDNN flash attention needs multiples of 64)"
   return None
 
 

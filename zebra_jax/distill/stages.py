@@ -75,9 +75,10 @@ def ild_loss_fn(kind: str):
     hidden = [jax.lax.stop_gradient(h) for h in hidden]
     mixer_outs = [jax.lax.stop_gradient(m) for m in mixer_outs]
     L = len(student.layers)
+    apply = student._block_fn()  # honours train.remat like the full forward
     block_loss, mixer_loss = 0.0, 0.0
     for l, block in enumerate(student.layers):
-      h_out, m_out = block(hidden[l], pos)
+      h_out, m_out = apply(block, hidden[l], pos)
       target = hidden[l + 1]
       if l == L - 1:
         h_out, target = student.norm(h_out), jax.lax.stop_gradient(teacher.norm(target))
@@ -128,7 +129,7 @@ def run_select(ctx: RunContext) -> None:
          "scores": None if scores is None else [float(s) for s in scores]}
   path = artifact(ctx, "select")
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
+  tmp = f"{path}.tmp{jax.process_index()}"  # every process writes the same layout
   with open(tmp, "w") as f:
     json.dump(out, f, indent=2)
   os.replace(tmp, path)
@@ -208,14 +209,16 @@ def run_assemble(ctx: RunContext) -> None:
 
 # -- end-to-end knowledge distillation -------------------------------------------------------------
 def kd_loss_fn(kl_weight: float, ce_weight: float, temperature: float):
+  """KL on every position of the packed row (no targets needed); CE on next-token targets. The
+  whole row is the input so the sequence length stays the configured one (kernel-friendly)."""
+
   def loss_fn(student, teachers, batch):
     tokens = batch["tokens"]
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    pos = _positions(inputs)
-    t_logits = jax.lax.stop_gradient(teachers["teacher"](inputs, pos))
-    s_logits = student(inputs, pos)
+    pos = _positions(tokens)
+    t_logits = jax.lax.stop_gradient(teachers["teacher"](tokens, pos))
+    s_logits = student(tokens, pos)
     kl = losses.forward_kl(t_logits, s_logits, temperature=temperature)
-    ce = losses.cross_entropy(s_logits, targets)
+    ce = losses.cross_entropy(s_logits[:, :-1], tokens[:, 1:])
     loss = kl_weight * kl + (ce_weight * ce if ce_weight else 0.0)
     return loss, {"kl": kl, "ce": ce}
 
@@ -231,7 +234,7 @@ def run_kd(ctx: RunContext, stage: str = "kd") -> None:
     raise ValueError(f"kd: teacher vocab_size={teacher.config.vocab_size} differs from the student's "
                      f"{student.config.vocab_size}; KD compares logits token for token")
   k = ctx.cfg.kd
-  spec = _spec(ctx, k, ctx.cfg.data.seq_len - 1)
+  spec = _spec(ctx, k, ctx.cfg.data.seq_len)
   trainer = StageTrainer(
       name=stage, workdir=ctx.workdir, model=student,
       loss_fn=kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature), spec=spec, mesh=ctx.mesh,
@@ -244,7 +247,7 @@ def run_kd(ctx: RunContext, stage: str = "kd") -> None:
 # -- DPO ---------------------------------------------------------------------------------------------
 def dpo_loss_fn(beta: float):
   def logps(model, tokens, mask):
-    logits = model(tokens[:, :-1], _positions(tokens[:, :-1]))
+    logits = model(tokens, _positions(tokens))[:, :-1]
     return losses.sequence_logprob(logits, tokens[:, 1:], mask[:, 1:].astype(jnp.float32))
 
   def loss_fn(policy, teachers, batch):
@@ -299,7 +302,7 @@ def run_stepwise(ctx: RunContext) -> None:
         return False
       return not (freeze_mlp and "mlp" in names)
 
-    spec = _spec(ctx, s, ctx.cfg.data.seq_len - 1)
+    spec = _spec(ctx, s, ctx.cfg.data.seq_len)
     trainer = StageTrainer(
         name=stage, workdir=ctx.workdir, model=student,
         loss_fn=kd_loss_fn(s.kl_weight, s.ce_weight, 1.0), spec=spec, mesh=ctx.mesh,

@@ -1,0 +1,122 @@
+"""Generate text with a zebra-jax model (Llama teacher or MLA / Mamba2 hybrid), streaming to stdout.
+
+    python scripts/generate.py --checkpoint smollm2 --prompt "What is the capital of France?" --chat
+    python scripts/generate.py --checkpoint path/to/hf_dir_or.gguf --prompt "Once upon a time" \
+        [--max-new-tokens 128] [--temperature 0.7 --top-p 0.9 --top-k 50 --seed 0]
+    python scripts/generate.py --checkpoint saved_hybrid/ --tokenizer path/to/teacher_hf_dir ...
+    python scripts/generate.py --checkpoint smollm2 --draft path/to/small --num-draft-tokens 4 ...
+
+--checkpoint: a directory written by save_model, an HF directory, a .gguf file, or `smollm2`
+(SmolLM2-135M-Instruct GGUF, fetched once into ~/.cache/zebra_jax). --tokenizer defaults to the
+checkpoint (a save_model directory holds no tokenizer: pass the teacher's). --chat wraps the prompt
+in the tokenizer's chat template (one user turn, generation prompt added). Generation stops at the
+tokenizer's / config's EOS tokens. With --draft, speculative decoding runs (no streaming; the
+acceptance statistics are printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+try:
+  import zebra_jax  # noqa: F401
+except ImportError:  # running from a source checkout without installation
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _resolve(path: str) -> str:
+  if path.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
+    from zebra_jax.assets import smollm2_gguf_path
+    return smollm2_gguf_path()
+  return path
+
+
+def _stop_tokens(tokenizer, config) -> tuple[int, ...]:
+  ids = set()
+  eos = config.eos_token_id
+  if eos is not None:
+    ids.update([eos] if isinstance(eos, int) else eos)
+  if getattr(tokenizer, "eos_token_id", None) is not None:
+    ids.add(int(tokenizer.eos_token_id))
+  return tuple(sorted(ids))
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--checkpoint", required=True)
+  p.add_argument("--tokenizer", default=None, help="HF dir or .gguf (default: the checkpoint)")
+  p.add_argument("--prompt", required=True)
+  p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
+  p.add_argument("--system", default=None, help="optional system message (with --chat)")
+  p.add_argument("--max-new-tokens", type=int, default=128)
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  p.add_argument("--top-k", type=int, default=None)
+  p.add_argument("--top-p", type=float, default=None)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+  p.add_argument("--stream-every", type=int, default=8, help="decode steps per streamed chunk")
+  p.add_argument("--prefill-chunk", type=int, default=512)
+  p.add_argument("--draft", default=None, help="draft checkpoint for speculative decoding")
+  p.add_argument("--num-draft-tokens", type=int, default=4)
+  args = p.parse_args(argv)
+
+  from zebra_jax.config import ConfigError
+  from zebra_jax.convert import CheckpointError, from_pretrained, load_tokenizer
+  from zebra_jax.infer import generate, stream
+
+  ckpt = _resolve(args.checkpoint)
+  try:
+    model = from_pretrained(ckpt, dtype=args.dtype)
+    tokenizer = load_tokenizer(_resolve(args.tokenizer) if args.tokenizer else ckpt)
+    draft = from_pretrained(_resolve(args.draft), dtype=args.dtype) if args.draft else None
+  except (CheckpointError, ConfigError, OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+
+  if args.chat:
+    if not getattr(tokenizer, "chat_template", None):
+      print("error: this tokenizer has no chat template; drop --chat", file=sys.stderr)
+      return 1
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+  else:
+    ids = tokenizer(args.prompt)["input_ids"]
+  stops = _stop_tokens(tokenizer, model.config)
+  kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+            stop_tokens=stops, prefill_chunk=args.prefill_chunk)
+
+  t0 = time.perf_counter()
+  if draft is not None:
+    out, stats = generate(model, [ids], args.max_new_tokens, draft=draft,
+                          num_draft_tokens=args.num_draft_tokens, return_stats=True, **kw)
+    print(tokenizer.decode(out[0], skip_special_tokens=True))
+    print(f"[{len(out[0])} tokens in {time.perf_counter() - t0:.2f}s; acceptance "
+          f"{stats['acceptance_rate']:.1%}, {stats['tokens_per_round']:.2f} tokens per target call]",
+          file=sys.stderr)
+    return 0
+
+  generated: list[int] = []
+  printed = ""
+  for chunk in stream(model, [ids], args.max_new_tokens, every=args.stream_every, **kw):
+    generated += chunk[0]
+    text = tokenizer.decode([t for t in generated if t not in stops], skip_special_tokens=True)
+    # print only the stable new suffix (a partial UTF-8 sequence decodes to U+FFFD until complete)
+    if text.startswith(printed) and not text.endswith("\ufffd"):
+      sys.stdout.write(text[len(printed):])
+      sys.stdout.flush()
+      printed = text
+  if text != printed:
+    sys.stdout.write(text[len(printed):] if text.startswith(printed) else "\n" + text)
+  sys.stdout.write("\n")
+  dt = time.perf_counter() - t0
+  print(f"[{len(generated)} tokens in {dt:.2f}s including compilation]", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,272 @@
+"""Generation: cached prefill/decode against the full-sequence forward, the no-cache oracle, the
+accounting formula, sampling filters against numpy, and greedy generation against transformers.
+
+The oracle for every cached logit is `model(whole sequence)` run on each sequence alone (no padding),
+which tests/test_mla.py, test_mamba2.py and test_convert.py check against float64 numpy and
+transformers. Weights are scaled up so attention is sharp and the logits are far from uniform.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from zebra_jax import accounting, presets
+from zebra_jax.config import HybridConfig, LlamaConfig
+from zebra_jax.infer import (cache_bytes_per_token, cache_nbytes, decode_step, filter_logits,
+                             generate, init_cache, prefill, sample, state_bytes_per_sequence,
+                             stream)
+from zebra_jax.infer.decode import pad_prompts
+from zebra_jax.infer.sampling import SamplingConfig
+from zebra_jax.models.hybrid import CausalLM
+
+V = 64
+LLAMA = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+             num_key_value_heads=2, rms_norm_eps=1e-5, impl="reference")
+MLA = dict(q_lora_rank=16, kv_lora_rank=16)
+CONFIGS = {
+    "llama": lambda: LlamaConfig(num_hidden_layers=2, **LLAMA),
+    "mla": lambda: HybridConfig(num_hidden_layers=2, mla_layers=(0, 1), use_lora_layer_norm=True,
+                                **MLA, **LLAMA),
+    "mamba2": lambda: HybridConfig(num_hidden_layers=2, chunk_size=4, **LLAMA),
+    "mixed": lambda: HybridConfig(num_hidden_layers=3, mla_layers=(0,), attn_layers=(2,),
+                                  chunk_size=4, **MLA, **LLAMA),
+}
+PROMPT_LENS = (7, 13, 2)  # ragged
+
+
+def make_model(config, seed=0, scale=2.0):
+  """Random model with matrices scaled up (sharp attention, non-trivial logits)."""
+  model = CausalLM(config, rngs=nnx.Rngs(seed))
+  state = nnx.state(model, nnx.Param)
+  nnx.update(model, jax.tree.map(lambda p: p * scale if p.ndim >= 2 else p, state))
+  return model
+
+
+def prompts_for(lens, seed=0):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(0, V, n).tolist() for n in lens]
+
+
+@functools.lru_cache(maxsize=None)
+def shared_model(kind):
+  """One model per config kind for the whole file (nothing here mutates a model)."""
+  return make_model(CONFIGS[kind]())
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _forward(state, tokens, *, graphdef):
+  return nnx.merge(graphdef, state)(tokens)
+
+
+def full_logits(model, seq, pad_to=32):
+  """model(seq) on the sequence alone; right-padded to one length so one compile serves all
+  (the model is causal, so positions < len(seq) do not see the padding)."""
+  graphdef, state = nnx.split(model)
+  tokens = np.zeros((1, pad_to), np.int32)
+  tokens[0, :len(seq)] = seq
+  return np.asarray(_forward(state, jnp.asarray(tokens), graphdef=graphdef)[0, :len(seq)], np.float64)
+
+
+def rel(a, ref):
+  return float(np.abs(np.asarray(a, np.float64) - ref).max() / np.abs(ref).max())
+
+
+# ------------------------------------------------------------------------------------------------
+# incremental decoding == full forward
+# ------------------------------------------------------------------------------------------------
+# prefill chunk 4 < prompt lengths 7 and 13 (three chunks, the last one partial); None = one pass
+@pytest.mark.parametrize("kind,chunk", [(k, 4) for k in CONFIGS] + [("mixed", None)])
+def test_incremental_logits_match_full_forward(kind, chunk):
+  model = shared_model(kind)
+  config = model.config
+  prompts = prompts_for(PROMPT_LENS)
+  forced = np.random.default_rng(1).integers(0, V, (len(prompts), 5))
+  tokens, lengths = pad_prompts(prompts, V)
+  cache = init_cache(config, len(prompts), 24)
+  pre, cache = prefill(model, cache, tokens, lengths, chunk=chunk, all_logits=True)
+  np.testing.assert_array_equal(np.asarray(cache.lengths), lengths)
+  steps = []
+  for i in range(forced.shape[1]):
+    logits, cache = decode_step(model, cache, forced[:, i])
+    steps.append(np.asarray(logits))
+  np.testing.assert_array_equal(np.asarray(cache.lengths), lengths + forced.shape[1])
+  for b, p in enumerate(prompts):
+    ref = full_logits(model, p + forced[b].tolist())
+    n = len(p)
+    assert rel(pre[b, :n], ref[:n]) < 1e-4, f"prefill logits of sequence {b}"
+    inc = np.stack([s[b] for s in steps])
+    assert rel(inc, ref[n:]) < 1e-4, f"decode logits of sequence {b}"
+
+
+def test_decode_uses_absorbed_mla_kernel_dispatch(monkeypatch):
+  """Single-token MLA decode goes through ops.mla.mla_decode (where Pallas kernels register)."""
+  from zebra_jax.infer import decode as decode_mod
+  calls = []
+  real = decode_mod.mla_decode
+
+  def spy(*args, **kw):
+    calls.append(args[2].shape)
+    return real(*args, **kw)
+
+  monkeypatch.setattr(decode_mod, "mla_decode", spy)
+  config = CONFIGS["mla"]().replace(vocab_size=V + 8)  # fresh shapes: nothing cached by jit
+  model = make_model(config)
+  cache = init_cache(config, 2, 16)
+  tokens, lengths = pad_prompts(prompts_for((3, 5)), V)
+  _, cache = prefill(model, cache, tokens, lengths)
+  decode_step(model, cache, np.array([1, 2]))
+  assert calls and calls[0] == (2, 16, config.kv_lora_rank + config.qk_rope_head_dim)
+
+
+# ------------------------------------------------------------------------------------------------
+# generate: cached == uncached oracle, stop tokens, streaming
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.9, top_k=20, top_p=0.9, seed=3)],
+                         ids=["greedy", "sampled"])
+def test_generate_cache_equals_no_cache(sampling):
+  model = shared_model("mixed")
+  prompts = prompts_for(PROMPT_LENS, seed=2)
+  with_cache = generate(model, prompts, 10, stop_tokens=(), prefill_chunk=4, **sampling)
+  without = generate(model, prompts, 10, stop_tokens=(), use_cache=False, **sampling)
+  assert with_cache == without
+  assert all(len(o) == 10 for o in with_cache)
+  assert len({tuple(o) for o in with_cache}) == len(prompts)
+
+
+def test_stop_tokens_and_streaming():
+  model = shared_model("mixed")
+  prompts = prompts_for(PROMPT_LENS, seed=2)
+  free = generate(model, prompts, 10, stop_tokens=())
+  stop = free[0][3]
+  expected = []
+  for o in free:
+    cut = o.index(stop) + 1 if stop in o else len(o)
+    expected.append(o[:cut])
+  assert generate(model, prompts, 10, stop_tokens=[stop]) == expected
+  assert generate(model, prompts, 10, stop_tokens=[stop], use_cache=False) == expected
+  pieces = list(stream(model, prompts, 10, stop_tokens=[stop], every=3))
+  assert [sum((p[b] for p in pieces), []) for b in range(len(prompts))] == expected
+  assert len(pieces[0][0]) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# cache memory == accounting formula
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "zebra_1b_4mla12m2", "zebra_8b_8mla24m2",
+                                  "x_ecomla_1b_r64", "mamba2_in_llama_8b_attn25"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_cache_bytes_match_accounting(name, dtype):
+  config = presets.get_preset(name)
+  B, S = 3, 40
+  cache = jax.eval_shape(lambda: init_cache(config, B, S, dtype))  # shapes only, nothing allocated
+  per_token = cache_bytes_per_token(cache)
+  assert per_token == accounting.kv_bytes_per_token(config, dtype)
+  # the whole cache: B * S rows plus the Mamba2 states (conv keeps d_conv - 1 columns here)
+  itemsize = jnp.dtype(dtype).itemsize
+  state = 0
+  if isinstance(config, HybridConfig):
+    for _ in config.mamba_layers:
+      state += config.mamba_nheads * config.headdim * config.d_state * 4
+      state += (config.d_conv - 1) * config.mamba_conv_dim * itemsize
+  assert state_bytes_per_sequence(cache) == state
+  assert cache_nbytes(cache) == B * S * per_token + B * state
+
+
+def test_cache_bytes_per_layer_ranks_real_arrays():
+  config = HybridConfig(num_hidden_layers=3, mla_layers=(0, 2), attn_layers=(1,),
+                        mla_layer_ranks={2: (None, 8)}, **MLA, **LLAMA)
+  cache = init_cache(config, 2, 8)
+  assert cache.layers[0].rows.shape == (2, 8, 16 + 4) and cache.layers[2].rows.shape == (2, 8, 8 + 4)
+  assert cache_bytes_per_token(cache) == accounting.kv_bytes_per_token(config, "float32") == \
+      (20 + 2 * 2 * 8 + 12) * 4
+
+
+# ------------------------------------------------------------------------------------------------
+# sampling filters against numpy
+# ------------------------------------------------------------------------------------------------
+def np_filter(logits, temperature, top_k, top_p):
+  x = logits.astype(np.float64) / temperature
+  out = np.full_like(x, -np.inf)
+  for b in range(x.shape[0]):
+    row = x[b].copy()
+    if top_k:
+      kth = np.sort(row)[::-1][top_k - 1]
+      row[row < kth] = -np.inf
+    if top_p is not None:
+      p = np.exp(row - row.max())
+      p /= p.sum()
+      order = np.argsort(-p, kind="stable")
+      keep, mass = [], 0.0
+      for i in order:
+        keep.append(i)
+        mass += p[i]
+        if mass >= top_p:
+          break
+      mask = np.full(row.shape, -np.inf)
+      mask[keep] = 0.0
+      row = row + mask
+    out[b] = row
+  return out
+
+
+@pytest.mark.parametrize("t,k,p", [(1.0, 5, None), (0.7, None, 0.8), (1.3, 12, 0.5), (1.0, 1, None),
+                                   (2.0, None, 0.05)])
+def test_filter_logits_matches_numpy(t, k, p):
+  logits = np.random.default_rng(0).normal(size=(4, 30)).astype(np.float32) * 3
+  ours = np.asarray(filter_logits(jnp.asarray(logits), t, k, p))
+  ref = np_filter(logits, t, k, p)
+  np.testing.assert_array_equal(np.isinf(ours), np.isinf(ref))
+  np.testing.assert_allclose(ours[~np.isinf(ours)], ref[~np.isinf(ref)], rtol=1e-6)
+  if k and p is None:
+    assert (np.isfinite(ours).sum(-1) == k).all()
+
+
+def test_sampling_distribution_and_greedy():
+  logits = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+  cfg = SamplingConfig(temperature=0.8, top_k=4, top_p=0.9)
+  keys = jax.random.split(jax.random.PRNGKey(0), 20000)
+  draws = np.asarray(jax.vmap(lambda k: sample(logits, k, cfg))(keys))[:, 0]
+  ref = np_filter(np.asarray(logits), 0.8, 4, 0.9)[0]
+  ref = np.exp(ref - ref.max())
+  ref /= ref.sum()
+  freq = np.bincount(draws, minlength=6) / len(draws)
+  assert np.abs(freq - ref).max() < 0.015
+  assert freq[ref == 0].sum() == 0
+  assert int(sample(logits, keys[0], SamplingConfig())[0]) == 0
+  with pytest.raises(ValueError):
+    SamplingConfig(top_p=0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# a converted Llama's greedy generation == transformers greedy generation
+# ------------------------------------------------------------------------------------------------
+def test_greedy_matches_transformers(tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from zebra_jax.convert import from_pretrained
+  cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=128, rms_norm_eps=1e-5, eos_token_id=5,
+                                 bos_token_id=1, rope_theta=10000.0)
+  torch.manual_seed(0)
+  hf = transformers.LlamaForCausalLM(cfg).eval()
+  g = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for name, p in hf.named_parameters():
+      p.copy_((1.0 + 0.2 * torch.randn(p.shape, generator=g)) if "norm" in name
+              else 0.3 * torch.randn(p.shape, generator=g))
+  hf.save_pretrained(tmp_path)
+  model = from_pretrained(str(tmp_path))
+  prompts = prompts_for((6, 11, 3), seed=4)
+  ours = generate(model, prompts, 12)  # stops at the config's eos (5), as transformers does
+  for b, p in enumerate(prompts):
+    with torch.no_grad():
+      out = hf.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=5,
+                        pad_token_id=0, attention_mask=torch.ones(1, len(p), dtype=torch.long))
+    assert ours[b] == out[0, len(p):].tolist(), f"prompt {b}"

@@ -1,0 +1,287 @@
+"""Decode-throughput benchmark: Llama teacher vs MambaInLlama-style (GQA + Mamba2) vs Zebra (MLA +
+Mamba2) of one size, all through zebra_jax.infer in the same run (`scripts/bench.py generate`).
+
+Follows the reference's `benchmark_generation_speed.py --random_context` (reference 8.4): random
+weights, the cache filled with random rows up to the context length (prefill skipped) and random
+Mamba2 states, then timed greedy decode steps (the jitted while loop of `generate`: embedding,
+every layer, final norm, LM head, argmax) after a warm-up that compiles. Throughput =
+batch * steps / seconds. Scaled to one GPU and a device-time budget:
+
+* context sweep: batch 48, contexts 4k..32k (and more with --contexts), `--steps` decode steps
+  (default 64) at each instead of the reference's 1024 (the per-step cost is constant to within
+  steps / context);
+* batch sweep: batches 8..512 at `--batch-context` (default 4096, the mean context of generating
+  8k tokens from a 1-token prompt as in speed.sh; reported as such).
+
+The cache is allocated for context + warm-up + steps rows exactly, since attention cost follows the
+allocated length (GQA) or the live length (MLA Pallas kernel). Memory columns: the cache measured on
+its arrays (`cache_nbytes`), the per-token bytes (== accounting.kv_bytes_per_token), and the device's
+peak bytes in use after the measurement (cumulative over the process: runs go in increasing size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from zebra_jax import accounting, presets
+from zebra_jax.infer.cache import (Cache, cache_bytes_per_token, cache_nbytes, init_cache,
+                                   state_bytes_per_sequence)
+from zebra_jax.infer.decode import _Carry, _decode_loop, stop_array
+from zebra_jax.infer.sampling import SamplingConfig
+from zebra_jax.models.hybrid import CausalLM
+
+_TINY = presets.llama_3_2_1b().replace(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      vocab_size=256)
+SIZES = {
+    # name: (teacher, MambaInLlama-style hybrid, Zebra hybrid); same teacher shape, same 4:12 mix
+    "1b": (lambda: presets.llama_3_2_1b(instruct=True),
+           lambda: presets.mamba_in_llama(presets.llama_3_2_1b(instruct=True), attn_every=4),
+           lambda: presets.get_preset("zebra_1b_4mla12m2")),
+    # a CPU smoke test of the harness
+    "tiny": (lambda: _TINY, lambda: presets.mamba_in_llama(_TINY, attn_every=4),
+             lambda: presets.zebra(_TINY, (0,), q_lora_rank=32, kv_lora_rank=16, yarn_factor=32)),
+    "3b": (lambda: presets.llama_3_2_3b(instruct=True),
+           lambda: presets.mamba_in_llama(presets.llama_3_2_3b(instruct=True), attn_every=2),
+           lambda: presets.get_preset("zebra_3b_14mla14m2")),
+    "8b": (lambda: presets.llama_3_1_8b(instruct=True),
+           lambda: presets.mamba_in_llama(presets.llama_3_1_8b(instruct=True), attn_every=4),
+           lambda: presets.get_preset("zebra_8b_8mla24m2")),
+}
+MODEL_NAMES = ("teacher", "mil", "zebra")
+LABELS = {"teacher": "Llama teacher (GQA)", "mil": "MambaInLlama-style (GQA + Mamba2)",
+          "zebra": "Zebra (MLA + Mamba2)"}
+
+
+def random_model(config, seed: int = 0):
+  """A CausalLM with random weights made on the device in one jitted call (no host init)."""
+  abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
+  graphdef, abs_state = nnx.split(abstract)
+  leaves, treedef = jax.tree.flatten(abs_state)
+
+  @jax.jit
+  def make(key):
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for k, leaf in zip(keys, leaves):
+      if leaf.ndim >= 2:
+        out.append((0.02 * jax.random.normal(k, leaf.shape, jnp.float32)).astype(leaf.dtype))
+      else:  # norms, A_log, D, dt_bias, biases
+        out.append(jnp.ones(leaf.shape, leaf.dtype) + 0.01 * jax.random.normal(k, leaf.shape,
+                                                                               leaf.dtype))
+    return out
+
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, make(jax.random.PRNGKey(seed))))
+
+
+def random_cache(config, batch: int, max_len: int, context: int, seed: int = 1) -> Cache:
+  """Cache of random rows / states (like the reference's randn) with every length = context."""
+  shapes = jax.eval_shape(lambda: init_cache(config, batch, max_len))
+  leaves, treedef = jax.tree.flatten(shapes)
+
+  @jax.jit
+  def make(key):
+    keys = jax.random.split(key, len(leaves))
+    out = [(0.5 * jax.random.normal(k, l.shape, jnp.float32)).astype(l.dtype)
+           if jnp.issubdtype(l.dtype, jnp.floating) else jnp.full(l.shape, context, l.dtype)
+           for k, l in zip(keys, leaves)]
+    return jax.tree.unflatten(treedef, out)
+
+  return make(jax.random.PRNGKey(seed))
+
+
+def decode_throughput(model, batch: int, context: int, steps: int, warmup: int = 4) -> dict:
+  """Times `steps` greedy decode steps at `context` (after `warmup` steps that compile)."""
+  config = model.config
+  max_len = context + warmup + steps
+  cache = random_cache(config, batch, max_len, context)
+  per_token = cache_bytes_per_token(cache)
+  nbytes = cache_nbytes(cache)
+  graphdef, state = nnx.split(model)
+  logits = jax.random.normal(jax.random.PRNGKey(2), (batch, config.vocab_size), jnp.float32
+                             ).astype(config.dtype)
+  carry = _Carry(jnp.int32(0), cache, logits, jnp.zeros((batch,), bool),
+                 jnp.zeros((batch, warmup + steps), jnp.int32))
+  kw = dict(graphdef=graphdef, sampling=SamplingConfig(), pad_id=0)
+  stops, key = stop_array(()), jax.random.PRNGKey(0)
+  t0 = time.perf_counter()
+  carry = _decode_loop(state, carry, jnp.int32(warmup), key, stops, **kw)
+  jax.block_until_ready(carry.out)
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  carry = _decode_loop(state, carry, jnp.int32(warmup + steps), key, stops, **kw)
+  jax.block_until_ready(carry.out)
+  dt = time.perf_counter() - t0
+  assert int(carry.i) == warmup + steps
+  stats = jax.devices()[0].memory_stats() or {}
+  return {"batch": batch, "context": context, "steps": steps, "seconds": dt,
+          "tokens_per_s": batch * steps / dt, "ms_per_step": 1e3 * dt / steps,
+          "cache_bytes": nbytes, "cache_bytes_per_token": per_token,
+          "formula_bytes_per_token": accounting.kv_bytes_per_token(config, config.dtype),
+          "state_bytes_per_seq": state_bytes_per_sequence(cache),
+          "peak_bytes": stats.get("peak_bytes_in_use"), "warmup_compile_s": compile_s}
+
+
+def _run(name, model, batch, context, steps, results):
+  try:
+    r = decode_throughput(model, batch, context, steps)
+  except Exception as e:  # noqa: BLE001  (OOM etc.: record and go on)
+    msg = str(e).splitlines()[0][:160]
+    r = {"batch": batch, "context": context, "steps": steps, "error": msg}
+  r["model"] = name
+  results.append(r)
+  print(json.dumps(r), flush=True)
+  return r
+
+
+def _gib(x):
+  return "-" if x is None else f"{x / 2**30:.2f}"
+
+
+def markdown(results, meta) -> str:
+  lines = [f"## Decode throughput ({meta['size']} shapes, {meta['dtype']}, random weights and "
+           f"random context)", "",
+           f"{meta['device']}; jax {meta['jax']}; {meta['date']}. `python scripts/bench.py generate "
+           f"{meta['argv']}`. Greedy decode steps of the jitted loop after a compiling warm-up; "
+           f"{meta['steps']} timed steps per point; prefill skipped (reference `random_context`).",
+           ""]
+  for sweep, key in (("context sweep", "context"), ("batch sweep", "batch")):
+    rows = [r for r in results if r.get("sweep") == sweep]
+    if not rows:
+      continue
+    fixed = "batch" if key == "context" else "context"
+    lines += [f"### {sweep} ({fixed} {rows[0][fixed]})", "",
+              f"| {key} | model | tokens/s | ms/step | vs teacher | vs MambaInLlama | cache GiB | "
+              f"cache B/token (= formula) | peak GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for v in sorted({r[key] for r in rows}):
+      at = {r["model"]: r for r in rows if r[key] == v}
+      for m in MODEL_NAMES:
+        r = at.get(m)
+        if r is None:
+          continue
+        if "error" in r:
+          lines.append(f"| {v} | {LABELS[m]} | {r['error'][:60]} | | | | | | |")
+          continue
+        ratio = lambda o: (f"{r['tokens_per_s'] / at[o]['tokens_per_s']:.2f}x"
+                           if o in at and "tokens_per_s" in at[o] else "-")
+        ok = "✓" if r["cache_bytes_per_token"] == r["formula_bytes_per_token"] else "✗"
+        lines.append(f"| {v} | {LABELS[m]} | {r['tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} | "
+                     f"{ratio('teacher')} | {ratio('mil')} | {_gib(r['cache_bytes'])} | "
+                     f"{r['cache_bytes_per_token']} {ok} | {_gib(r['peak_bytes'])} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def truncated_draft(model, n_layers: int):
+  """A draft made of the target's first `n_layers` blocks with its embeddings, norm and head."""
+  c = model.config
+  kw = dict(num_hidden_layers=n_layers)
+  if hasattr(c, "mla_layers"):
+    kw.update(mla_layers=tuple(i for i in c.mla_layers if i < n_layers),
+              attn_layers=tuple(i for i in c.attn_layers if i < n_layers))
+  draft = nnx.eval_shape(lambda: CausalLM(c.replace(**kw), rngs=nnx.Rngs(0)))
+  graphdef, _ = nnx.split(draft)
+  src = nnx.state(model)
+  state = nnx.state(draft)
+  state["embed_tokens"] = src["embed_tokens"]
+  state["norm"] = src["norm"]
+  if "lm_head" in src and src["lm_head"] is not None:
+    state["lm_head"] = src["lm_head"]
+  for i in range(n_layers):
+    state["layers"][i] = src["layers"][i]
+  return nnx.merge(graphdef, state)
+
+
+def speculative_bench(target, draft, prompts, max_new: int, k_values=(2, 4, 6), repeats: int = 2):
+  """Wall time of plain greedy vs speculative greedy `generate` (compiled first), outputs checked
+  equal; returns a list of dicts with the speedup and acceptance statistics per K."""
+  from zebra_jax.infer.decode import generate
+
+  def timed(**kw):
+    generate(target, prompts, max_new, stop_tokens=(), **kw)  # compile
+    best, out = float("inf"), None
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      out = generate(target, prompts, max_new, stop_tokens=(), **kw)
+      best = min(best, time.perf_counter() - t0)
+    return best, out
+
+  base_s, base = timed()
+  rows = [{"K": 0, "seconds": base_s, "speedup": 1.0}]
+  for K in k_values:
+    s, (out, stats) = timed(draft=draft, num_draft_tokens=K, return_stats=True)
+    rows.append({"K": K, "seconds": s, "speedup": base_s / s, "identical": out == base,
+                 "acceptance_rate": stats["acceptance_rate"],
+                 "tokens_per_round": stats["tokens_per_round"], "accept_hist": stats["accept_hist"]})
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def main(argv=None) -> str:
+  p = argparse.ArgumentParser(prog="bench.py generate", description=__doc__.splitlines()[0])
+  p.add_argument("--size", default="1b", choices=sorted(SIZES))
+  p.add_argument("--models", default=",".join(MODEL_NAMES))
+  p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+  p.add_argument("--batch", type=int, default=48, help="batch of the context sweep")
+  p.add_argument("--contexts", default="4096,8192,16384,32768")
+  p.add_argument("--batches", default="8,16,32,64,128,256,512", help="'' skips the batch sweep")
+  p.add_argument("--batch-context", type=int, default=4096)
+  p.add_argument("--steps", type=int, default=64)
+  p.add_argument("--json", default=None, help="write every result as JSON here")
+  p.add_argument("--append", default=None, help="append the markdown section to this file")
+  args = p.parse_args(argv)
+
+  models = [m.strip() for m in args.models.split(",") if m.strip()]
+  unknown = sorted(set(models) - set(MODEL_NAMES))
+  if unknown:
+    raise SystemExit(f"unknown --models {unknown}; choose from {MODEL_NAMES}")
+  contexts = [int(x) for x in args.contexts.split(",") if x]
+  batches = [int(x) for x in args.batches.split(",") if x]
+  builders = dict(zip(MODEL_NAMES, SIZES[args.size]))
+  built = {}
+  for name in models:  # all resident: every sweep point measures the three models back to back
+    config = builders[name]().replace(dtype=args.dtype, param_dtype=args.dtype)
+    built[name] = random_model(config)
+    print(f"# {name}: {LABELS[name]}, {config.num_hidden_layers} layers {config.layer_types()}",
+          flush=True)
+  limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+  param_bytes = sum(x.size * x.dtype.itemsize for m in built.values()
+                    for x in jax.tree.leaves(nnx.state(m)))
+  results = []
+  points = ([("context sweep", args.batch, c) for c in contexts]
+            + [("batch sweep", b, args.batch_context) for b in batches])
+  for sweep, batch, ctx in points:
+    for name, model in built.items():
+      config = model.config
+      shapes = jax.eval_shape(lambda: init_cache(config, batch, ctx + 4 + args.steps))
+      need = cache_nbytes(shapes) + param_bytes + 4 * batch * config.vocab_size * 4 + 2**31
+      t0 = time.perf_counter()
+      if limit and need > limit:  # would not fit: say so instead of spending minutes failing
+        r = {"batch": batch, "context": ctx, "steps": args.steps, "model": name,
+             "error": f"skipped: needs ~{need / 2**30:.0f} GiB of {limit / 2**30:.0f} GiB"}
+        results.append(r)
+        print(json.dumps(r), flush=True)
+      else:
+        r = _run(name, model, batch, ctx, args.steps, results)
+      r["sweep"] = sweep
+      r["wall_s"] = time.perf_counter() - t0
+  meta = {"size": args.size, "dtype": args.dtype, "steps": args.steps,
+          "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+          "jax": jax.__version__, "date": datetime.date.today().isoformat(),
+          "argv": " ".join(argv or [])}
+  md = markdown(results, meta)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"meta": meta, "results": results}, f, indent=1)
+  if args.append:
+    with open(args.append, "a") as f:
+      f.write("\n" + md)
+  print(md)
+  return md

@@ -1,0 +1,147 @@
+"""Decode caches: preallocated pytrees, one entry per layer, plus per-sequence lengths.
+
+Per layer kind (B batch, S max_len):
+  attention  KVCache(k, v)           (B, n_kv, S, d_h) each, compute dtype           GQA K/V (K rotated)
+  mla        LatentCache(rows)       (B, S, r_kv + d_r), compute dtype               [N_kv(c_kv) | rope(k_pe)]
+  mamba2     MambaState(ssm, conv)   ssm (B, nheads, headdim, d_state) float32,
+                                     conv (B, d_conv - 1, conv_dim) compute dtype     the last pre-conv inputs
+`Cache.lengths[b]` counts the tokens of sequence b already in the cache; rows at positions >= length
+are stale (never read: attention masks them, Mamba2 keeps no rows) and get overwritten, which is how a
+sequence is rolled back (speculative decoding) or how right-padded prompts are handled.
+
+Every array has logical axis names (`cache_logical_axes`), mapped to a mesh by the same rule table as
+the parameters (`cache_shardings`): batch over data/fsdp, kv heads and Mamba conv channels over tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+
+from zebra_jax.config import LlamaConfig
+from zebra_jax.models.layers import dtype_of
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  # (B, G, S, K): heads before length so the decode dot products read the cache in its stored
+  # layout (a (B, S, G, K) cache made XLA transpose the whole cache every step).
+  k: jax.Array  # (B, G, S, K) rotated keys
+  v: jax.Array  # (B, G, S, K)
+  AXES = {"k": ("batch", "kv_heads", "length", None), "v": ("batch", "kv_heads", "length", None)}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LatentCache:
+  rows: jax.Array  # (B, S, r_kv + d_r): [kv_a_layernorm(c_kv) | rope(k_pe)]
+  AXES = {"rows": ("batch", "length", "kv_lora")}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class MambaState:
+  ssm: jax.Array   # (B, nheads, headdim, d_state) float32
+  conv: jax.Array  # (B, d_conv - 1, conv_dim): last pre-conv [x | B | C] inputs, oldest first
+  AXES = {"ssm": ("batch", "mamba_heads", None, None), "conv": ("batch", None, "mamba_conv")}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Cache:
+  layers: tuple  # one KVCache / LatentCache / MambaState per decoder layer
+  lengths: jax.Array  # (B,) int32
+
+  @property
+  def batch_size(self) -> int:
+    return int(self.lengths.shape[0])
+
+  @property
+  def max_len(self) -> int:
+    for lc in self.layers:
+      if isinstance(lc, KVCache):
+        return int(lc.k.shape[2])
+      if isinstance(lc, LatentCache):
+        return int(lc.rows.shape[1])
+    return 0  # a pure Mamba2 stack has no length axis
+
+
+def init_cache(config: LlamaConfig, batch_size: int, max_len: int, dtype=None) -> Cache:
+  """Zero cache for `batch_size` sequences of up to `max_len` tokens (lengths 0).
+
+  `dtype` (default: the config's compute dtype) is the element type of the K/V / latent rows and of the
+  conv state; the SSM state is always float32 as the scan accumulates in float32.
+  """
+  if batch_size < 1 or max_len < 1:
+    raise ValueError(f"need batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
+  dt = dtype_of(config.dtype) if dtype is None else jnp.dtype(dtype)
+  B, S = batch_size, max_len
+  layers = []
+  for i, kind in enumerate(config.layer_types()):
+    if kind == "attention":
+      shape = (B, config.num_key_value_heads, S, config.head_dim)
+      layers.append(KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt)))
+    elif kind == "mla":
+      _, r_kv = config.mla_ranks(i)
+      layers.append(LatentCache(jnp.zeros((B, S, r_kv + config.qk_rope_head_dim), dt)))
+    elif kind == "mamba2":
+      layers.append(MambaState(
+          jnp.zeros((B, config.mamba_nheads, config.headdim, config.d_state), jnp.float32),
+          jnp.zeros((B, config.d_conv - 1, config.mamba_conv_dim), dt)))
+    else:
+      raise ValueError(f"unknown mixer type {kind!r} for layer {i}")
+  return Cache(tuple(layers), jnp.zeros((B,), jnp.int32))
+
+
+def _leaves_with_axes(cache: Cache):
+  for lc in cache.layers:
+    for name, axes in type(lc).AXES.items():
+      yield getattr(lc, name), axes
+
+
+def cache_bytes_per_token(cache: Cache) -> int:
+  """Bytes the cache holds per token per sequence, measured on its arrays: every array with a length
+  axis contributes nbytes / (batch * max_len). Equals `accounting.kv_bytes_per_token(config, dtype)`."""
+  total = 0
+  for arr, axes in _leaves_with_axes(cache):
+    if "length" in axes:
+      B, S = arr.shape[0], arr.shape[axes.index("length")]
+      per, rem = divmod(arr.size * arr.dtype.itemsize, B * S)
+      assert rem == 0
+      total += per
+  return total
+
+
+def state_bytes_per_sequence(cache: Cache) -> int:
+  """Bytes per sequence of the arrays without a length axis (Mamba2 SSM and conv states)."""
+  return sum(arr.size * arr.dtype.itemsize // arr.shape[0]
+             for arr, axes in _leaves_with_axes(cache) if "length" not in axes)
+
+
+def cache_nbytes(cache: Cache) -> int:
+  """Total bytes of the cache arrays (lengths excluded)."""
+  return sum(arr.size * arr.dtype.itemsize for arr, _ in _leaves_with_axes(cache))
+
+
+def cache_logical_axes(cache: Cache) -> Cache:
+  """A Cache-shaped pytree whose leaves are the logical axis tuples of the arrays."""
+  layers = tuple(type(lc)(**type(lc).AXES) for lc in cache.layers)
+  return Cache(layers, ("batch",))
+
+
+def cache_shardings(cache: Cache, mesh, rules=None) -> Cache:
+  """NamedShardings for every cache array from its logical axes (same rules as the parameters)."""
+  from zebra_jax.parallel.sharding import DEFAULT_RULES, logical_to_pspec
+  rules = DEFAULT_RULES if rules is None else rules
+  axes = cache_logical_axes(cache)
+  is_axes = lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+  return jax.tree.map(lambda a, arr: NamedSharding(mesh, logical_to_pspec(a, arr.shape, mesh, rules)),
+                      axes, cache, is_leaf=is_axes)
+
+
+def shard_cache(cache: Cache, mesh, rules=None) -> Cache:
+  return jax.device_put(cache, cache_shardings(cache, mesh, rules))

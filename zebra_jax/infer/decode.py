@@ -1,0 +1,509 @@
+"""Prefill and decode over the compressed caches, and the public `generate`.
+
+One function, `forward_chunk(model, cache, tokens_BT, n_valid_B, mode=...)`, runs T new tokens per
+sequence through the stack starting at each sequence's own cache length, writes their cache rows and
+returns logits. Per mixer:
+
+* attention: K/V rows written at positions lengths[b] + t; attention over the cache with the mask
+  key_pos <= query_pos.
+* MLA: the [latent | rotated rope key] rows are written. Prefill ("fresh" / "extend") decompresses
+  them through kv_b_proj and runs ordinary attention (reference 8.2); "decode" uses the absorbed path
+  (reference 1.6): q_nope_h @ W_UK_g into the latent, `ops.mla.mla_decode` over the cache (T = 1;
+  a jnp multi-query version for the T = K+1 tokens of speculative verification), the latent context
+  mapped back through W_UV_g, then out_proj. Query head h uses kv head g = h // (H/G).
+* Mamba2: a masked chunked SSD scan (prefill / verification) or `ssd_step` (decode, T = 1).
+
+Ragged batches (design choice): prompts are RIGHT-padded to a common length and each sequence keeps
+its own length. Attention/MLA rows of pad tokens land at positions >= the sequence's length, are never
+read (masks use per-query positions) and are overwritten by the next real tokens. Mamba2 would absorb
+pad tokens into its state, so pad steps are masked out of the scan: their x is set to 0 and their raw
+dt to -1e4, which makes softplus(dt + dt_bias) exactly 0, hence exp(dt*A) = 1 and dt*x*B = 0: the SSM
+state passes through them unchanged, bit for bit. The conv state is taken as the d_conv - 1 pre-conv
+inputs just before each sequence's first pad token (a per-sequence window of [old conv state | chunk]).
+Left padding would instead shift every position and need the same Mamba2 masking anyway.
+
+Modes: "fresh" (empty cache, e.g. the first prefill chunk: attention only over the chunk itself,
+through `ops.attention.causal_attention`, so prefill kernels apply), "extend" (a later prefill chunk:
+attention over the whole cache with a per-query mask, MLA decompressing the cache), "decode"
+(absorbed MLA; T = 1 uses the single-token Mamba2 step and `mla_decode`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from zebra_jax.infer.cache import Cache, KVCache, LatentCache, MambaState, init_cache
+from zebra_jax.infer.sampling import SamplingConfig, sample
+from zebra_jax.models import rope
+from zebra_jax.models.attention import rope_for
+from zebra_jax.ops.attention import causal_attention
+from zebra_jax.ops.mla import mla_decode
+from zebra_jax.ops.ssd import ssd_scan, ssd_step
+
+MODES = ("fresh", "extend", "decode")
+# Raw dt of masked Mamba2 steps: softplus(-1e4 + dt_bias) == 0.0 exactly in float32 (and -1e4 is
+# representable in bfloat16 / float16).
+_MASKED_DT = -1e4
+
+
+# ------------------------------------------------------------------------------------------------
+# pieces
+# ------------------------------------------------------------------------------------------------
+def _write_rows(buf_BS, rows_BT, start_B, axis: int = 0):
+  """buf[b, ..., start[b] : start[b] + T (on `axis` of the per-sequence array), ...] = rows[b].
+
+  The caller guarantees start + T <= S (XLA would clamp the start)."""
+  one = lambda buf, rows, s: jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), s,
+                                                                 axis)
+  return jax.vmap(one)(buf_BS, rows_BT, start_B)
+
+
+def _masked_attention(q_BTHK, k_BGSK, v_BGSV, kv_len_BT, scale):
+  """softmax(q k^T * scale) v over the first kv_len[b, t] keys of each query (GQA sharing).
+
+  Keys / values are (B, G, S, K) as the cache stores them."""
+  B, T, H, K = q_BTHK.shape
+  G, S = k_BGSK.shape[1], k_BGSK.shape[2]
+  q = q_BTHK.reshape(B, T, G, H // G, K)
+  scores = jnp.einsum("btgrk,bgsk->bgrts", q, k_BGSK.astype(q.dtype),
+                      preferred_element_type=jnp.float32) * scale
+  valid_BTS = jnp.arange(S)[None, None, :] < kv_len_BT[:, :, None]
+  scores = jnp.where(valid_BTS[:, None, None], scores, -jnp.inf)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  out = jnp.einsum("bgrts,bgsv->btgrv", probs, v_BGSV.astype(q.dtype))
+  return out.reshape(B, T, H, v_BGSV.shape[-1])
+
+
+def _absorbed_attention(q_latent_BTHR, q_rope_BTHK, cache_BSC, kv_len_BT, scale):
+  """Multi-query absorbed MLA over the latent cache (per-query lengths); the T > 1 twin of mla_decode."""
+  R = q_latent_BTHR.shape[-1]
+  f32 = jnp.float32
+  latent, k_rope = cache_BSC[..., :R].astype(f32), cache_BSC[..., R:].astype(f32)
+  scores = (jnp.einsum("bthr,bsr->bths", q_latent_BTHR.astype(f32), latent)
+            + jnp.einsum("bthk,bsk->bths", q_rope_BTHK.astype(f32), k_rope)) * scale
+  valid = jnp.arange(cache_BSC.shape[1])[None, None, None, :] < kv_len_BT[:, :, None, None]
+  probs = jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1)
+  return jnp.einsum("bths,bsr->bthr", probs, latent).astype(q_latent_BTHR.dtype)
+
+
+def _attention_layer(mixer, x_BTD, positions_BT, kv_len_BT, lc: KVCache, lengths_B, mode):
+  c = mixer.config
+  B, T, _ = x_BTD.shape
+  H, G, K = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+  q = mixer.q_proj(x_BTD).reshape(B, T, H, K)
+  k = mixer.k_proj(x_BTD).reshape(B, T, G, K)
+  v = mixer.v_proj(x_BTD).reshape(B, T, G, K)
+  inv_freq, factor = rope_for(K, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
+  cos, sin = rope.rope_cos_sin(positions_BT, inv_freq, factor)
+  q, k = rope.apply_rope_half(q, cos, sin), rope.apply_rope_half(k, cos, sin)
+  k_BGTK, v_BGTK = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)   # rows in the cache layout
+  new = KVCache(_write_rows(lc.k, k_BGTK, lengths_B, axis=1),
+                _write_rows(lc.v, v_BGTK, lengths_B, axis=1))
+  if mode == "fresh":
+    out = causal_attention(q, k, v, scale=K**-0.5, impl=c.impl)
+  else:
+    out = _masked_attention(q, new.k, new.v, kv_len_BT, K**-0.5)
+  return mixer.o_proj(out.reshape(B, T, H * K)), new
+
+
+def _mla_layer(mixer, x_BTD, positions_BT, kv_len_BT, lc: LatentCache, lengths_B, mode):
+  c = mixer.config
+  B, T, _ = x_BTD.shape
+  H, G, d_n, d_v = c.num_attention_heads, c.mla_kv_heads, c.qk_nope_head_dim, c.v_head_dim
+  cos_sin = mixer.rope_cos_sin(positions_BT)
+  rows_BTC = mixer.latent_cache_rows(x_BTD, positions_BT, cos_sin)
+  new = LatentCache(_write_rows(lc.rows, rows_BTC, lengths_B))
+  q_nope, q_pe = mixer.queries(x_BTD, positions_BT, cos_sin)
+  scale = mixer.softmax_scale
+  if mode in ("fresh", "extend"):
+    k_BSGK, v_BSGV = mixer.decompress(rows_BTC if mode == "fresh" else new.rows)
+    q_BTHK = jnp.concatenate([q_nope, q_pe.astype(q_nope.dtype)], axis=-1)
+    if mode == "fresh":
+      out = causal_attention(q_BTHK, k_BSGK, v_BSGV, scale=scale, impl=c.impl)
+    else:
+      out = _masked_attention(q_BTHK, jnp.swapaxes(k_BSGK, 1, 2), jnp.swapaxes(v_BSGV, 1, 2),
+                              kv_len_BT, scale)
+  else:
+    w_uk, w_uv = mixer.kv_b_views()                      # (r_kv, G, d_n), (r_kv, G, d_v)
+    dt = q_nope.dtype
+    R = w_uk.shape[0]
+    q_nope_g = q_nope.reshape(B, T, G, H // G, d_n)
+    q_latent = jnp.einsum("btgin,rgn->btgir", q_nope_g, w_uk.astype(dt)).reshape(B, T, H, R)
+    if T == 1:
+      ctx = mla_decode(q_latent[:, 0], q_pe[:, 0].astype(dt), new.rows, kv_len_BT[:, 0],
+                       scale=scale, impl=c.impl)[:, None]
+    else:
+      ctx = _absorbed_attention(q_latent, q_pe, new.rows, kv_len_BT, scale)
+    out = jnp.einsum("btgir,rgv->btgiv", ctx.reshape(B, T, G, H // G, R).astype(dt),
+                     w_uv.astype(dt)).reshape(B, T, H, d_v)
+  return mixer.out_proj(out.reshape(B, T, H * d_v)), new
+
+
+def _conv_window(conv_BKC, xBC_BTC, n_B):
+  """The d_conv-1 pre-conv inputs ending just before step n[b] of the chunk (per sequence)."""
+  K1 = conv_BKC.shape[1]
+  full = jnp.concatenate([conv_BKC, xBC_BTC.astype(conv_BKC.dtype)], axis=1)
+  return jax.vmap(lambda f, n: jax.lax.dynamic_slice_in_dim(f, n, K1, 0))(full, n_B)
+
+
+def mamba_scan(mixer, xBC_BTC, dt_BTH, state: MambaState, n_valid_B):
+  """Masked Mamba2 scan of pre-conv inputs from `state`: steps t >= n_valid[b] leave the state untouched.
+
+  Returns (y_BTHP, new MambaState after each sequence's n_valid steps). Also the replay used by
+  speculative decoding (cached per-step inputs from a checkpoint state).
+  """
+  c = mixer.config
+  T = xBC_BTC.shape[1]
+  xBC_conv, _ = mixer.conv1d(xBC_BTC, state.conv)
+  x, Bm, Cm = mixer._split_heads(jax.nn.silu(xBC_conv))
+  valid_BT = jnp.arange(T)[None, :] < n_valid_B[:, None]
+  x = jnp.where(valid_BT[:, :, None, None], x, 0)
+  dt = jnp.where(valid_BT[:, :, None], dt_BTH, jnp.asarray(_MASKED_DT, dt_BTH.dtype))
+  y, ssm = ssd_scan(x, dt, mixer._A(), Bm, Cm, D=mixer.D[...], dt_bias=mixer.dt_bias[...],
+                    dt_softplus=True, initial_state=state.ssm, chunk_size=min(c.chunk_size, T),
+                    return_final_state=True, impl=c.impl)
+  return y, MambaState(ssm, _conv_window(state.conv, xBC_BTC, n_valid_B))
+
+
+def _mamba_layer(mixer, x_BTD, lc: MambaState, n_valid_B, mode):
+  c = mixer.config
+  B, T, _ = x_BTD.shape
+  z, xBC, dt = mixer._split_proj(mixer.in_proj(x_BTD))
+  if mode == "decode" and T == 1:  # every sequence advances by its one token
+    xBC_c, conv = mixer.conv1d.step(xBC[:, 0], lc.conv)
+    x, Bm, Cm = mixer._split_heads(jax.nn.silu(xBC_c))
+    y, ssm = ssd_step(lc.ssm, x, dt[:, 0], mixer._A(), Bm, Cm, D=mixer.D[...],
+                      dt_bias=mixer.dt_bias[...], dt_softplus=True, impl=c.impl)
+    y, new = y[:, None], MambaState(ssm, conv)
+  else:
+    y, new = mamba_scan(mixer, xBC, dt, lc, n_valid_B)
+  out = mixer.out_proj(mixer.norm(y.reshape(B, T, c.d_inner), z))
+  return out, new, (xBC, dt)
+
+
+# ------------------------------------------------------------------------------------------------
+# the cached forward
+# ------------------------------------------------------------------------------------------------
+def forward_chunk(model, cache: Cache, tokens_BT, n_valid_B=None, *, mode: str = "decode",
+                  logits: str = "all"):
+  """Runs tokens_BT (B, T) at positions cache.lengths[b] + t through `model` with the cache.
+
+  n_valid_B (default T): how many of the T tokens are real per sequence (right padding); the new
+  lengths are lengths + n_valid. `logits`: "all" -> (B, T, V); "last" -> (B, V) at each sequence's
+  last valid token; "none" -> None.
+  Returns (logits, new_cache, records): records[l] is (pre-conv xBC (B,T,C), raw dt (B,T,H)) for Mamba2
+  layers and None otherwise (the per-step inputs speculative decoding replays).
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} must be one of {MODES}")
+  B, T = tokens_BT.shape
+  if len(cache.layers) != len(model.layers):
+    raise ValueError(f"cache has {len(cache.layers)} layers, the model {len(model.layers)}")
+  lengths = cache.lengths
+  n_valid = jnp.full((B,), T, jnp.int32) if n_valid_B is None else n_valid_B.astype(jnp.int32)
+  positions = lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+  kv_len = positions + 1
+  h = model.embed(tokens_BT)
+  layers, records = [], []
+  for block, lc in zip(model.layers, cache.layers):
+    x = block.input_layernorm(h)
+    kind = block.mixer_type
+    rec = None
+    if kind == "attention":
+      y, lc = _attention_layer(block.mixer, x, positions, kv_len, lc, lengths, mode)
+    elif kind == "mla":
+      y, lc = _mla_layer(block.mixer, x, positions, kv_len, lc, lengths, mode)
+    else:
+      y, lc, rec = _mamba_layer(block.mixer, x, lc, n_valid, mode)
+    layers.append(lc)
+    records.append(rec)
+    h = h + y
+    h = h + block.mlp(block.post_attention_layernorm(h))
+  new_cache = Cache(tuple(layers), lengths + n_valid)
+  if logits == "all":
+    out = model.logits(h)
+  elif logits == "last":
+    idx = jnp.clip(n_valid - 1, 0, T - 1)
+    out = model.logits(jnp.take_along_axis(h, idx[:, None, None], axis=1))[:, 0]
+  elif logits == "none":
+    out = None
+  else:
+    raise ValueError(f"logits={logits!r} must be 'all', 'last' or 'none'")
+  return out, new_cache, tuple(records)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mode", "logits"), donate_argnames=("cache",))
+def _chunk_jit(state, cache, tokens_BT, n_valid_B, *, graphdef, mode, logits):
+  model = nnx.merge(graphdef, state)
+  out, cache, _ = forward_chunk(model, cache, tokens_BT, n_valid_B, mode=mode, logits=logits)
+  return out, cache
+
+
+def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = None,
+            all_logits: bool = False):
+  """Processes right-padded prompts (B, T) with true lengths, `chunk` tokens per call (None: one pass).
+
+  Returns (logits, cache): logits (B, V) at each sequence's last prompt token, or (B, T, V) for every
+  position when `all_logits` (pad positions hold garbage). The first chunk on an empty cache runs the
+  plain causal attention ("fresh"); later chunks attend over the cache ("extend").
+  """
+  tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
+  lengths_B = np.asarray(lengths_B, np.int64)
+  B, T = tokens_BT.shape
+  if lengths_B.shape != (B,) or lengths_B.min() < 1 or lengths_B.max() > T:
+    raise ValueError(f"lengths must be ({B},) in [1, {T}], got {lengths_B.tolist()}")
+  start = np.asarray(cache.lengths)
+  if cache.max_len and start.max() + T > cache.max_len:
+    raise ValueError(f"cache max_len={cache.max_len} cannot hold {start.max()} + {T} tokens")
+  chunk = T if chunk is None else int(chunk)
+  if chunk < 1:
+    raise ValueError(f"prefill chunk must be >= 1, got {chunk}")
+  if T > chunk and (not cache.max_len or start.max() + _round_up(T, chunk) <= cache.max_len):
+    # pad to whole chunks (pad tokens are masked anyway): one compiled shape for every chunk
+    tokens_BT = jnp.pad(tokens_BT, ((0, 0), (0, _round_up(T, chunk) - T)))
+    T = tokens_BT.shape[1]
+  graphdef, state = nnx.split(model)
+  fresh = not start.any()
+  outs, last = [], None
+  for c0 in range(0, T, chunk):
+    tk = tokens_BT[:, c0:c0 + chunk]
+    n_valid = np.clip(lengths_B - c0, 0, tk.shape[1]).astype(np.int32)
+    mode = "fresh" if (c0 == 0 and fresh) else "extend"
+    out, cache = _chunk_jit(state, cache, tk, jnp.asarray(n_valid), graphdef=graphdef, mode=mode,
+                            logits="all" if all_logits else "last")
+    if all_logits:
+      outs.append(out)
+    else:
+      last = out if last is None else jnp.where(jnp.asarray(n_valid > 0)[:, None], out, last)
+  return (jnp.concatenate(outs, axis=1) if all_logits else last), cache
+
+
+def decode_step(model, cache: Cache, tokens_B):
+  """One token per sequence at position cache.lengths[b]: (logits (B, V), new cache)."""
+  graphdef, state = nnx.split(model)
+  return _chunk_jit(state, cache, jnp.asarray(tokens_B, jnp.int32)[:, None], None,
+                    graphdef=graphdef, mode="decode", logits="last")
+
+
+# ------------------------------------------------------------------------------------------------
+# the jitted decode loop
+# ------------------------------------------------------------------------------------------------
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _Carry:
+  i: jax.Array          # next step index
+  cache: Cache
+  logits: jax.Array     # (B, V) logits for step i
+  done: jax.Array       # (B,) bool
+  out: jax.Array        # (B, max_new) generated tokens (pad after a stop token)
+
+
+def stop_array(stop_tokens) -> jax.Array:
+  """Stop tokens as a traced int32 array padded with -1 to a multiple of 8 (fewer recompiles)."""
+  n = _round_up(max(len(stop_tokens), 1), 8)
+  return jnp.asarray(list(stop_tokens) + [-1] * (n - len(stop_tokens)), jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "pad_id"),
+                   donate_argnames=("carry",))
+def _decode_loop(state, carry: _Carry, i_end, key, stops, *, graphdef, sampling, pad_id):
+  """Steps i .. i_end-1 (fewer if every sequence stopped): sample, record, feed the token back."""
+  model = nnx.merge(graphdef, state)
+
+  def cond(c):
+    return (c.i < i_end) & ~jnp.all(c.done)
+
+  def body(c):
+    tok = sample(c.logits, jax.random.fold_in(key, c.i), sampling)
+    tok = jnp.where(c.done, pad_id, tok)
+    out = jax.lax.dynamic_update_slice_in_dim(c.out, tok[:, None], c.i, axis=1)
+    done = c.done | jnp.isin(tok, stops)
+    logits, cache, _ = forward_chunk(model, c.cache, tok[:, None], mode="decode", logits="last")
+    return _Carry(c.i + 1, cache, logits, done, out)
+
+  return jax.lax.while_loop(cond, body, carry)
+
+
+# ------------------------------------------------------------------------------------------------
+# public entry points
+# ------------------------------------------------------------------------------------------------
+def resolve_stop_tokens(config, stop_tokens) -> tuple[int, ...]:
+  """None -> the config's eos_token_id(s); an int or iterable -> those; () -> never stop early."""
+  if stop_tokens is None:
+    eos = config.eos_token_id
+    stop_tokens = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+  elif isinstance(stop_tokens, (int, np.integer)):
+    stop_tokens = (int(stop_tokens),)
+  return tuple(sorted({int(t) for t in stop_tokens}))
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_id: int = 0,
+                multiple: int = 1):
+  """Right-pads token-id lists into (B, T) int32 (T rounded up to `multiple`) and their lengths."""
+  if isinstance(prompts, (str, bytes)) or not len(prompts):
+    raise ValueError("prompts must be a non-empty list of token-id lists")
+  rows = [np.asarray(p, np.int64).reshape(-1) for p in prompts]
+  for i, r in enumerate(rows):
+    if r.size == 0:
+      raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+    if r.min() < 0 or r.max() >= vocab_size:
+      raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size})")
+  lengths = np.asarray([r.size for r in rows], np.int32)
+  T = -(-int(lengths.max()) // multiple) * multiple
+  tokens = np.full((len(rows), T), pad_id, np.int32)
+  for i, r in enumerate(rows):
+    tokens[i, :r.size] = r
+  return tokens, lengths
+
+
+def truncate_at_stop(tokens, stop_tokens) -> list[int]:
+  out = []
+  for t in np.asarray(tokens).tolist():
+    out.append(int(t))
+    if t in stop_tokens:
+      break
+  return out
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def _check_common(model, max_new_tokens, pad_id):
+  if not hasattr(model, "config") or not hasattr(model, "layers"):
+    raise ValueError("model must be a zebra_jax CausalLM")
+  if int(max_new_tokens) < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if not 0 <= pad_id < model.config.vocab_size:
+    raise ValueError(f"pad_id={pad_id} is outside the vocabulary")
+
+
+def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_k=None,
+           top_p=None, seed: int = 0, stop_tokens=None, max_len: int | None = None,
+           prefill_chunk: int | None = 512, every: int = 16, pad_id: int = 0,
+           cache_dtype=None) -> Iterator[list[list[int]]]:
+  """Yields, every `every` steps, the new tokens of each sequence (lists; empty once it stopped).
+
+  Same arguments and the same token stream as `generate(..., use_cache=True)` (without a draft).
+  """
+  _check_common(model, max_new_tokens, pad_id)
+  config = model.config
+  sampling = SamplingConfig(temperature, top_k, top_p)
+  stops = resolve_stop_tokens(config, stop_tokens)
+  tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id, multiple=8)
+  B, T = tokens.shape
+  need = int(lengths.max()) + int(max_new_tokens)
+  if max_len is None:  # room for whole prefill chunks too (one compiled chunk shape)
+    max_len = _round_up(max(need, _round_up(T, prefill_chunk or T)), 64)
+  elif max_len < need:
+    raise ValueError(f"max_len={max_len} < longest prompt {lengths.max()} + max_new_tokens "
+                     f"{max_new_tokens}")
+  if T > max_len:  # the 8-multiple padding must fit too
+    tokens = tokens[:, :max_len]
+    T = max_len
+  cache = init_cache(config, B, max_len, cache_dtype)
+  logits, cache = prefill(model, cache, tokens, lengths, chunk=prefill_chunk)
+  graphdef, state = nnx.split(model)
+  key = jax.random.PRNGKey(seed)
+  carry = _Carry(jnp.int32(0), cache, logits, jnp.zeros((B,), bool),
+                 jnp.full((B, max_new_tokens), pad_id, jnp.int32))
+  finished = [False] * B
+  i0 = 0
+  while i0 < max_new_tokens:
+    i1 = min(i0 + max(1, int(every)), max_new_tokens)
+    carry = _decode_loop(state, carry, jnp.int32(i1), key, stop_array(stops), graphdef=graphdef,
+                         sampling=sampling, pad_id=pad_id)
+    out = np.asarray(carry.out[:, i0:i1])
+    chunk = []
+    for b in range(B):
+      toks = [] if finished[b] else truncate_at_stop(out[b], stops)
+      if any(t in stops for t in toks):
+        finished[b] = True
+      chunk.append(toks)
+    yield chunk
+    if all(finished):
+      return
+    i0 = i1
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _full_forward_at(state, buf_BS, idx_B, *, graphdef):
+  logits = nnx.merge(graphdef, state)(buf_BS)
+  return jnp.take_along_axis(logits, idx_B[:, None, None], axis=1)[:, 0]
+
+
+_sample_jit = jax.jit(sample, static_argnames=("sampling",))
+
+
+def _generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad_id):
+  """The oracle: every step reruns the model over the whole (right-padded) sequence."""
+  config = model.config
+  tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id)
+  B = tokens.shape[0]
+  S = int(lengths.max()) + int(max_new_tokens)
+  buf = np.full((B, S), pad_id, np.int32)
+  buf[:, :tokens.shape[1]] = tokens
+  buf, lengths = jnp.asarray(buf), jnp.asarray(lengths)
+  graphdef, state = nnx.split(model)
+  key = jax.random.PRNGKey(seed)
+  stops_arr = stop_array(stops)
+  done = jnp.zeros((B,), bool)
+  outs = []
+  for i in range(max_new_tokens):
+    logits = _full_forward_at(state, buf, lengths - 1, graphdef=graphdef)
+    tok = jnp.where(done, pad_id, _sample_jit(logits, jax.random.fold_in(key, i), sampling))
+    outs.append(tok)
+    done = done | jnp.isin(tok, stops_arr)
+    buf = buf.at[jnp.arange(B), lengths].set(tok)
+    lengths = lengths + 1
+    if bool(jnp.all(done)):
+      break
+  out = np.stack([np.asarray(t) for t in outs], axis=1)
+  return [truncate_at_stop(out[b], stops) for b in range(B)]
+
+
+def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_k=None,
+             top_p=None, seed: int = 0, use_cache: bool = True, draft=None, num_draft_tokens: int = 4,
+             stop_tokens=None, max_len: int | None = None, prefill_chunk: int | None = 512,
+             pad_id: int = 0, return_stats: bool = False, cache_dtype=None):
+  """Generates up to `max_new_tokens` tokens after each prompt (a list of token-id lists).
+
+  Returns a list of generated token-id lists (a stop token, when produced, is the last element), or
+  (tokens, stats) when `return_stats`. temperature 0 is greedy; top_k / top_p filter sampling; `seed`
+  fixes the random stream. `stop_tokens` None means the config's eos_token_id, () never stops early.
+  use_cache=False recomputes the full sequence every step (oracle; same sampling stream).
+  `draft` (a smaller CausalLM with the same vocabulary) turns on speculative decoding with
+  `num_draft_tokens` proposals per round; stats then hold the acceptance statistics.
+  `max_len` is the cache length (default: longest prompt + max_new_tokens, rounded up);
+  `prefill_chunk` the prompt tokens per prefill call (None: the whole prompt at once).
+  """
+  _check_common(model, max_new_tokens, pad_id)
+  sampling = SamplingConfig(temperature, top_k, top_p)
+  stops = resolve_stop_tokens(model.config, stop_tokens)
+  if draft is not None:
+    if not use_cache:
+      raise ValueError("speculative decoding (draft=...) needs use_cache=True")
+    from zebra_jax.infer.speculative import speculative_generate
+    out, stats = speculative_generate(model, draft, prompts, max_new_tokens, sampling=sampling,
+                                      seed=seed, num_draft_tokens=num_draft_tokens, stops=stops,
+                                      max_len=max_len, prefill_chunk=prefill_chunk, pad_id=pad_id,
+                                      cache_dtype=cache_dtype)
+    return (out, stats) if return_stats else out
+  if use_cache:
+    pieces = list(stream(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+                         top_p=top_p, seed=seed, stop_tokens=stops, max_len=max_len,
+                         prefill_chunk=prefill_chunk, every=max_new_tokens, pad_id=pad_id,
+                         cache_dtype=cache_dtype))
+    out = [sum((p[b] for p in pieces), []) for b in range(len(prompts))]
+  else:
+    out = _generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad_id)
+  if return_stats:
+    return out, {"new_tokens": sum(len(o) for o in out)}
+  return out
