@@ -45,9 +45,11 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", param_dtype
   """Loads a Llama checkpoint as a `CausalLM` (config in `model.config`).
 
   `path`: an HF directory (config.json + model.safetensors / sharded safetensors + index /
-  pytorch_model.bin [sharded]), a `.gguf` file (or a directory holding exactly one), or a directory
-  written by `save_model`. `dtype` is the compute dtype; `param_dtype` the storage dtype of the
-  parameters (default: same as `dtype`). Parameters are cast on the host while reading.
+  pytorch_model.bin [sharded]), a `.gguf` file (or a directory holding exactly one), a directory
+  written by `save_model`, or a hybrid directory (`export_pretrained` output, Zebra-Llama reference
+  layout with hybrid_config.json, MambaInLlama layout with mamba_config.json; see hybrid_import).
+  `dtype` is the compute dtype; `param_dtype` the storage dtype of the parameters (default: same
+  as `dtype`). Parameters are cast on the host while reading.
   `progress` shows a tqdm bar over the tensors.
   """
   path = os.fspath(path)
@@ -60,6 +62,11 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", param_dtype
     from zebra_jax.convert.gguf import from_gguf
     return from_gguf(gguf_file, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
   if os.path.isdir(path):
+    from zebra_jax.convert.hybrid_import import detect_format, from_hybrid_directory
+    fmt = detect_format(path)  # exported hybrids, Zebra-Llama reference and MambaInLlama layouts
+    if fmt is not None:
+      return from_hybrid_directory(path, fmt, dtype=dtype, param_dtype=param_dtype, impl=impl,
+                                   progress=progress)
     from zebra_jax.convert.hf import from_hf_directory
     return from_hf_directory(path, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
   raise CheckpointError(f"{path}: not a checkpoint directory or a .gguf file")

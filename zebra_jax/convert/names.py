@@ -68,6 +68,43 @@ GGUF_TO_HF: tuple[Rule, ...] = (
 GGUF_CONFIG_TENSORS: tuple[str, ...] = (r"rope_freqs\.weight",)
 
 
+# Hybrid checkpoints (Zebra-Llama reference layout, also MambaInLlama's Mamba2 / attention names; see
+# zebra_jax/export and docs/export.md). Per mixer type: the torch sub-module of the decoder layer and
+# (torch tensor suffix, NNX path under `layers.N.mixer`, transform torch -> NNX). Optional entries
+# (q_proj without q_lora, the LoRA layernorms, conv bias) only exist when the config has them.
+HYBRID_MIXER_NAMES: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
+    "attention": ("self_attn", (
+        ("q_proj.weight", "q_proj.kernel", "transpose"),
+        ("k_proj.weight", "k_proj.kernel", "transpose"),
+        ("v_proj.weight", "v_proj.kernel", "transpose"),
+        ("o_proj.weight", "o_proj.kernel", "transpose"))),
+    "mla": ("mla", (
+        ("q_proj.weight", "q_proj.kernel", "transpose"),
+        ("q_a_proj.weight", "q_a_proj.kernel", "transpose"),
+        ("q_a_layernorm.weight", "q_a_layernorm.weight", "identity"),
+        ("q_b_proj.weight", "q_b_proj.kernel", "transpose"),
+        ("kv_a_proj_with_mqa.weight", "kv_a_proj_with_mqa.kernel", "transpose"),
+        ("kv_a_layernorm.weight", "kv_a_layernorm.weight", "identity"),
+        ("kv_b_proj.weight", "kv_b_proj.kernel", "transpose"),
+        ("out_proj.weight", "out_proj.kernel", "transpose"))),
+    "mamba2": ("mamba", (
+        ("in_proj.weight", "in_proj.kernel", "transpose"),        # rows [z | x | B | C | dt]
+        ("conv1d.weight", "conv1d.kernel", "conv_weight"),        # (C, 1, K) <-> (K, C)
+        ("conv1d.bias", "conv1d.bias", "identity"),
+        ("A_log", "A_log", "identity"),
+        ("D", "D", "identity"),
+        ("dt_bias", "dt_bias", "identity"),
+        ("norm.weight", "norm.weight", "identity"),
+        ("out_proj.weight", "out_proj.kernel", "transpose"))),
+}
+
+# Torch name -> NNX path rules for hybrids: the Llama table plus the MLA / Mamba2 mixers.
+HYBRID_TO_NNX: tuple[Rule, ...] = HF_TO_NNX + tuple(
+    Rule(rf"model\.layers\.(\d+)\.{prefix}\.{re.escape(src)}", "layers.{0}.mixer." + dst, tf)
+    for kind, (prefix, entries) in HYBRID_MIXER_NAMES.items() if kind != "attention"
+    for src, dst, tf in entries)
+
+
 # -- transforms ----------------------------------------------------------------------------------
 def unpermute_rope_rows(w_OI: np.ndarray, n_heads: int) -> np.ndarray:
   """Inverse of llama.cpp's `permute`: per head, rows (pair j, member m) -> (member m, pair j).
@@ -99,6 +136,8 @@ TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
                     lambda s: tuple(s)),
     "unpermute_k": (lambda x, ctx: unpermute_rope_rows(x, ctx["num_key_value_heads"]),
                     lambda s: tuple(s)),
+    # torch depthwise Conv1d weight (C, 1, K) -> our conv kernel (K, C).
+    "conv_weight": (lambda x, ctx: x[:, 0, :].T, lambda s: (s[1], 1, s[0])),
 }
 
 

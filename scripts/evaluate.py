@@ -1,0 +1,183 @@
+"""Evaluate a zebra-jax model: perplexity, teacher agreement, KV cache, needle in a haystack, lm-eval.
+
+    python scripts/evaluate.py perplexity --checkpoint CKPT --files a.txt b.txt [--tokenizer TOK]
+        [--max-length 2048] [--stride 1024] [--batch-size 8] [--dtype float32] [--json out.json]
+    python scripts/evaluate.py agreement --checkpoint STUDENT --teacher TEACHER --files a.txt ...
+    python scripts/evaluate.py kv (--checkpoint CKPT | --preset zebra_3b_6mla22m2) [--seq-lens 2048]
+    python scripts/evaluate.py needle --checkpoint CKPT [--tokenizer TOK] --lengths 1024 4096 16384
+        [--depths 0 0.25 0.5 0.75 1] [--trials 2] [--max-new-tokens 12] [--no-cache]
+    python scripts/evaluate.py lm-eval --model zebra_jax --model_args checkpoint=CKPT --tasks ...
+
+CKPT is anything `zebra_jax.from_pretrained` reads (saved dir, HF dir, GGUF, exported hybrid). The
+tokenizer defaults to the checkpoint directory's. `lm-eval` passes everything after it to
+lm-eval's own command line with the "zebra_jax" model registered. Results print as text; --json
+also writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+try:
+  import zebra_jax  # noqa: F401  (installed with `pip install -e .`)
+except ImportError:  # running from a source checkout without installation
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load(path, dtype):
+  from zebra_jax.convert import from_pretrained
+  return from_pretrained(path, dtype=dtype, progress=True)
+
+
+def _tokenizer(tok, ckpt):
+  from zebra_jax.convert import load_tokenizer
+  return load_tokenizer(tok or ckpt)
+
+
+def _config_only(path: str):
+  """The model config without reading weights, where the format allows it."""
+  from zebra_jax.convert import is_saved_model
+  from zebra_jax.convert.hybrid_import import detect_format, load_hybrid_config
+  if os.path.isdir(path):
+    if is_saved_model(path):
+      from zebra_jax.convert.orbax_io import load_config
+      return load_config(path)
+    if detect_format(path):
+      return load_hybrid_config(path)
+    if os.path.isfile(os.path.join(path, "config.json")):
+      from zebra_jax.convert.hf import load_hf_config
+      return load_hf_config(path)
+  return _load(path, "float32").config
+
+
+def _dump(res, path):
+  if path:
+    def default(o):
+      return o.item() if hasattr(o, "item") else str(o)
+    if isinstance(res, dict) and any(isinstance(k, tuple) for k in res.get("accuracy", {})):
+      res = {**res, "accuracy": {f"{L}@{d}": v for (L, d), v in res["accuracy"].items()}}
+    with open(path, "w") as f:
+      json.dump(res, f, indent=2, default=default)
+    print(f"wrote {path}")
+
+
+def _texts_to_tokens(tok, files, add_bos=True):
+  from zebra_jax.eval.ppl import encode_text
+  seqs = []
+  for p in files:
+    with open(p, encoding="utf-8") as f:
+      seqs.append(encode_text(tok, f.read(), add_bos))
+  return seqs
+
+
+def cmd_perplexity(a):
+  from zebra_jax.eval import perplexity_of_files
+  model = _load(a.checkpoint, a.dtype)
+  res = perplexity_of_files(model, _tokenizer(a.tokenizer, a.checkpoint), a.files,
+                            max_length=a.max_length, stride=a.stride, batch_size=a.batch_size)
+  for e in res["per_sequence"]:
+    print(f"{e['file']}: ppl {e['perplexity']:.4f} over {e['tokens']} tokens, "
+          f"{e['bits_per_byte']:.4f} bits/byte")
+  print(f"all: ppl {res['perplexity']:.4f} over {res['tokens']} tokens, "
+        f"{res['bits_per_byte']:.4f} bits/byte")
+  _dump(res, a.json)
+
+
+def cmd_agreement(a):
+  from zebra_jax.eval import teacher_agreement
+  student, teacher = _load(a.checkpoint, a.dtype), _load(a.teacher, a.dtype)
+  seqs = _texts_to_tokens(_tokenizer(a.tokenizer, a.teacher), a.files)
+  res = teacher_agreement(student, teacher, seqs, max_length=a.max_length, stride=a.stride,
+                          batch_size=a.batch_size)
+  print(f"top-1 agreement {100 * res['top1']:.2f}%, mean KL(teacher||student) {res['kl']:.4f} nats "
+        f"over {res['tokens']} tokens; ppl student {res['student_perplexity']:.3f}, teacher "
+        f"{res['teacher_perplexity']:.3f}")
+  _dump(res, a.json)
+
+
+def cmd_kv(a):
+  from zebra_jax import presets
+  from zebra_jax.eval import format_kv_report, kv_cache_report
+  if (a.checkpoint is None) == (a.preset is None):
+    raise SystemExit("error: give exactly one of --checkpoint / --preset")
+  config = presets.get_preset(a.preset) if a.preset else _config_only(a.checkpoint)
+  teacher = presets.get_preset(a.teacher_preset) if a.teacher_preset else None
+  res = kv_cache_report(config, teacher, seq_lens=a.seq_lens, batch=a.batch, dtype=a.cache_dtype)
+  print(format_kv_report(res))
+  _dump(res, a.json)
+
+
+def cmd_needle(a):
+  from zebra_jax.eval import format_needle_grid, needle_in_a_haystack
+  model = _load(a.checkpoint, a.dtype)
+  res = needle_in_a_haystack(model, _tokenizer(a.tokenizer, a.checkpoint), a.lengths, a.depths,
+                             trials=a.trials, max_new_tokens=a.max_new_tokens, seed=a.seed,
+                             batch_size=a.batch_size, use_cache=not a.no_cache)
+  print(format_needle_grid(res))
+  _dump(res, a.json)
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and argv[0] == "lm-eval":
+    from zebra_jax.eval.lm_eval_adapter import main as lm_main
+    lm_main(argv[1:])
+    return 0
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  sub = p.add_subparsers(dest="cmd", required=True)
+
+  def common(sp, ckpt=True):
+    if ckpt:
+      sp.add_argument("--checkpoint", required=True)
+      sp.add_argument("--tokenizer", default=None)
+      sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    sp.add_argument("--json", default=None, help="also write the results here")
+
+  sp = sub.add_parser("perplexity", help="perplexity of text files")
+  common(sp)
+  sp.add_argument("--files", nargs="+", required=True)
+  sp.add_argument("--max-length", type=int, default=2048)
+  sp.add_argument("--stride", type=int, default=None)
+  sp.add_argument("--batch-size", type=int, default=8)
+  sp.set_defaults(fn=cmd_perplexity)
+
+  sp = sub.add_parser("agreement", help="top-1 agreement and KL against a teacher")
+  common(sp)
+  sp.add_argument("--teacher", required=True)
+  sp.add_argument("--files", nargs="+", required=True)
+  sp.add_argument("--max-length", type=int, default=2048)
+  sp.add_argument("--stride", type=int, default=None)
+  sp.add_argument("--batch-size", type=int, default=4)
+  sp.set_defaults(fn=cmd_agreement)
+
+  sp = sub.add_parser("kv", help="KV-cache report from the config")
+  common(sp, ckpt=False)
+  sp.add_argument("--checkpoint", default=None)
+  sp.add_argument("--preset", default=None)
+  sp.add_argument("--teacher-preset", default=None)
+  sp.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 32768, 131072])
+  sp.add_argument("--batch", type=int, default=1)
+  sp.add_argument("--cache-dtype", default="bfloat16")
+  sp.set_defaults(fn=cmd_kv)
+
+  sp = sub.add_parser("needle", help="needle in a haystack (pass-key retrieval)")
+  common(sp)
+  sp.add_argument("--lengths", type=int, nargs="+", required=True)
+  sp.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+  sp.add_argument("--trials", type=int, default=1)
+  sp.add_argument("--max-new-tokens", type=int, default=12)
+  sp.add_argument("--batch-size", type=int, default=8)
+  sp.add_argument("--seed", type=int, default=0)
+  sp.add_argument("--no-cache", action="store_true", help="recompute instead of using the caches")
+  sp.set_defaults(fn=cmd_needle)
+
+  args = p.parse_args(argv)
+  args.fn(args)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

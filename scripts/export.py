@@ -1,0 +1,88 @@
+"""Export a zebra-jax model (or any checkpoint `from_pretrained` reads) to a PyTorch / HF directory.
+
+    python scripts/export.py --checkpoint <saved dir | HF dir | .gguf | hybrid dir> --out DIR \
+        [--format hf|mambainllama|zebra_reference] [--dtype bfloat16] [--tokenizer DIR] [--max-shard-size 5GB] \
+        [--base-model NAME] [--weights safetensors|pytorch_model.bin] [--overwrite]
+
+format "hf": a plain Llama becomes a LlamaForCausalLM directory; a hybrid becomes a transformers
+remote-code directory (`AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`).
+format "mambainllama": config.json + mamba_config.json in the MambaInLlama layout (GQA + Mamba2).
+format "zebra_reference": config.json (Llama) + hybrid_config.json + tensors, no remote code.
+See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+try:
+  import zebra_jax  # noqa: F401  (installed with `pip install -e .`)
+except ImportError:  # running from a source checkout without installation
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--checkpoint", required=True,
+                 help="a save_model directory, HF directory, .gguf file or exported hybrid directory")
+  p.add_argument("--out", required=True, help="directory to write")
+  p.add_argument("--format", default="hf", choices=("hf", "mambainllama", "zebra_reference"))
+  p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                 help="stored dtype (default: the model's parameter dtype: as saved for a "
+                      "zebra-jax checkpoint, float32 for other sources)")
+  p.add_argument("--tokenizer", default=None,
+                 help="directory with tokenizer files to copy (default: the checkpoint's, if any)")
+  p.add_argument("--max-shard-size", default="5GB")
+  p.add_argument("--base-model", default=None,
+                 help="mambainllama / zebra_reference: _name_or_path of the base Llama")
+  p.add_argument("--weights", default="safetensors", choices=("safetensors", "pytorch_model.bin"),
+                 help="mambainllama: weight file format")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+  args = p.parse_args(argv)
+
+  from zebra_jax.config import ConfigError
+  from zebra_jax.convert import CheckpointError, from_pretrained
+  from zebra_jax.export import export_pretrained
+  from zebra_jax.export.io import _TOKENIZER_FILES
+
+  try:
+    # Load in the checkpoint's own dtype: an Orbax dir knows it; other sources load as float32 and
+    # --dtype picks the stored dtype.
+    model = from_pretrained(args.checkpoint, dtype="float32", progress=True) \
+        if not _is_saved(args.checkpoint) else from_pretrained(args.checkpoint)
+  except (CheckpointError, ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  tokenizer = args.tokenizer
+  if tokenizer is None and os.path.isdir(args.checkpoint) and any(
+      os.path.isfile(os.path.join(args.checkpoint, f)) for f in _TOKENIZER_FILES):
+    tokenizer = args.checkpoint
+  extra = {}
+  if args.format == "mambainllama":
+    extra = dict(base_model=args.base_model, weights=args.weights)
+  elif args.format == "zebra_reference":
+    extra = dict(base_model=args.base_model)
+  try:
+    out = export_pretrained(model, args.out, format=args.format, dtype=args.dtype,
+                            tokenizer=tokenizer, max_shard_size=args.max_shard_size,
+                            overwrite=args.overwrite, **extra)
+  except (ValueError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  kinds = model.config.layer_types()
+  counts = ", ".join(f"{k}: {kinds.count(k)}" for k in sorted(set(kinds)))
+  print(f"exported {len(kinds)} layers ({counts}) as {args.format} to {out}")
+  for f in sorted(os.listdir(out)):
+    print(f"  {f}  {os.path.getsize(os.path.join(out, f)):,} bytes")
+  return 0
+
+
+def _is_saved(path: str) -> bool:
+  from zebra_jax.convert import is_saved_model
+  return os.path.isdir(path) and is_saved_model(path)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
