@@ -16,6 +16,7 @@ def get_config():
   c = base_config()
   c.name = "mamba_in_llama_1b"
   c.teacher.path = teacher_path("ZEBRA_LLAMA_1B", "Llama-3.2-1B-Instruct")
+  c.teacher.preset = "llama-3.2-1b-instruct"  # shape for --aot_topology without the weights
   c.model.attn_layers = (3, 7, 11, 15)
   c.data.seq_len = 2048
   c.mesh.update(data=1, fsdp=-1, tensor=1)

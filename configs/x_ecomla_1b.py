@@ -16,7 +16,9 @@ def get_config():
   c = base_config()
   c.name = "x_ecomla_1b"
   c.teacher.path = teacher_path("ZEBRA_LLAMA_1B", "Llama-3.2-1B-Instruct")
+  c.teacher.preset = "llama-3.2-1b-instruct"  # shape for --aot_topology without the weights
   c.kd_teacher.path = teacher_path("ZEBRA_LLAMA_8B", "Llama-3.1-8B-Instruct")
+  c.kd_teacher.preset = "llama-3.1-8b-instruct"  # shape for --aot_topology without the weights
   c.model.mla_layers = tuple(range(16))
   c.model.kv_lora_rank = 64
   c.model.q_lora_rank = 1424

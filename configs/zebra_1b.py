@@ -17,7 +17,9 @@ def get_config():
   c = base_config()
   c.name = "zebra_1b"
   c.teacher.path = teacher_path("ZEBRA_LLAMA_1B", "Llama-3.2-1B-Instruct")
+  c.teacher.preset = "llama-3.2-1b-instruct"  # shape for --aot_topology without the weights
   c.kd_teacher.path = teacher_path("ZEBRA_LLAMA_8B", "Llama-3.1-8B-Instruct")
+  c.kd_teacher.preset = "llama-3.1-8b-instruct"  # shape for --aot_topology without the weights
   c.model.mla_layers = (0, 5, 10, 14)
   c.model.n_mla = 4
   c.model.kv_lora_rank = 128

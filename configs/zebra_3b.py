@@ -2,9 +2,11 @@
 
   ZEBRA_LLAMA_3B=/models/Llama-3.2-3B-Instruct ZEBRA_LLAMA_8B=/models/Llama-3.1-8B-Instruct \
       python scripts/distill.py --config configs/zebra_3b.py --workdir gs://bucket/zebra_3b
-  python scripts/distill.py --config configs/zebra_3b.py --aot-topology v5p:4x4x4   # compile check
+  python scripts/distill.py --config configs/zebra_3b.py --aot-topology v5p:2x4x4   # compile check
 
-Hardware: a TPU v5p-128 pod slice (64 chips, fsdp over all of them) or 8 x 80 GB GPUs. Produces
+Hardware: a TPU v5p-64 slice (32 chips, fsdp over all of them: 3 of the 96 sequences per chip,
+docs/aot.md has the compiled per-chip memory) or 8 x 80 GB GPUs. 64 chips need
+--config.mesh.tensor=2 (96 sequences do not split 64 ways). Produces
 Zebra-3B-6MLA-22M2: 3.39B parameters, KV cache 2.01% (published average 59.75 after 9B tokens).
 """
 
@@ -17,7 +19,9 @@ def get_config():
   c = base_config()
   c.name = "zebra_3b"
   c.teacher.path = teacher_path("ZEBRA_LLAMA_3B", "Llama-3.2-3B-Instruct")
+  c.teacher.preset = "llama-3.2-3b-instruct"  # shape for --aot_topology without the weights
   c.kd_teacher.path = teacher_path("ZEBRA_LLAMA_8B", "Llama-3.1-8B-Instruct")
+  c.kd_teacher.preset = "llama-3.1-8b-instruct"  # shape for --aot_topology without the weights
   c.model.mla_layers = (0, 5, 10, 16, 21, 26)
   c.model.n_mla = 6
   c.model.kv_lora_rank = 128

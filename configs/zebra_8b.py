@@ -17,6 +17,7 @@ def get_config():
   c = base_config()
   c.name = "zebra_8b"
   c.teacher.path = teacher_path("ZEBRA_LLAMA_8B", "Llama-3.1-8B-Instruct")
+  c.teacher.preset = "llama-3.1-8b-instruct"  # shape for --aot_topology without the weights
   c.model.mla_layers = (0, 4, 8, 12, 16, 20, 25, 30)
   c.model.n_mla = 8
   c.model.kv_lora_rank = 160

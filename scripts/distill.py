@@ -24,6 +24,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: workdir
 _AOT = flags.DEFINE_string("aot_topology", None,
                            "ahead-of-time compile every stage for a TPU topology (e.g. v5p:4x4x4) "
                            "with libtpu on this machine, print per-chip memory, then exit")
+flags.DEFINE_alias("aot-topology", "aot_topology")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "disable progress bars")
 _COORD = flags.DEFINE_string("coordinator", None, "multi-process: coordinator host:port "
                              "(jax.distributed.initialize); on TPU pods leave unset, it is automatic")
@@ -39,9 +40,13 @@ def main(argv):
   if cfg is None:
     raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
   if _AOT.value:
-    from zebra_jax.distill.aot import aot_report
-    aot_report(cfg, _AOT.value)
-    return
+    from zebra_jax.distill.aot import AOTError, aot_report
+    try:
+      report = aot_report(cfg, _AOT.value)
+    except AOTError as e:  # no libtpu, bad topology name, unreadable teacher without a preset
+      print(f"--aot_topology: {e}", file=sys.stderr)
+      sys.exit(2)
+    sys.exit(0 if report.fits else 1)  # 1: a stage does not fit (named in the report)
   import jax
   if _COORD.value or _NPROC.value:
     jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,

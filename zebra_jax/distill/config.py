@@ -10,7 +10,10 @@ Fields
                       zebra-jax dir, "smollm2" for the real SmolLM2-135M-Instruct from PyPI, or
                       "random:<preset>" for a randomly initialised teacher of a preset's shape)
   teacher.overrides   LlamaConfig fields for a random teacher (e.g. a tiny shape)
+  teacher.preset      zebra_jax.presets name of the teacher's shape (e.g. "llama-3.2-3b-instruct"),
+                      used by `--aot_topology` when teacher.path cannot be read on this machine
   kd_teacher.path     end-to-end KD teacher (None = same as teacher); may be larger, same vocabulary
+  kd_teacher.preset   as teacher.preset, for the KD teacher
   model.*             HybridConfig fields of the student (mla_layers, kv_lora_rank, ...); n_mla is the
                       MLA budget when the select stage places layers
   data.*              source, seq_len, heldout_fraction, shuffle seed
@@ -38,8 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.name = "run"
   c.seed = 0
   c.workdir = ""
-  c.teacher = ml_collections.ConfigDict(dict(path="smollm2", dtype="bfloat16", overrides={}))
-  c.kd_teacher = ml_collections.ConfigDict(dict(path=None, dtype="bfloat16", overrides={}))
+  c.teacher = ml_collections.ConfigDict(dict(path="smollm2", dtype="bfloat16", overrides={},
+                                               preset=None))
+  c.kd_teacher = ml_collections.ConfigDict(dict(path=None, dtype="bfloat16", overrides={},
+                                                  preset=None))
   c.model = ml_collections.ConfigDict(dict(
       mla_layers=None, n_mla=None, attn_layers=(), kv_lora_rank=None, q_lora_rank=None,
       qk_rope_head_dim=None, qk_nope_head_dim=None, v_head_dim=None, use_full_kv_head=False,
@@ -59,7 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dpo = _stage(100, 5e-7, 32, beta=0.01, max_len=1024, max_prompt_len=512, warmup_frac=0.1)
   c.stepwise = _stage(1000, 8e-5, 64, kl_weight=1.0, ce_weight=0.0,
                       schedule=(), freeze_mlp=True)
-  c.stages = ["teacher", "ild_mla", "ild_mamba", "select", "assemble", "kd"]
+  # A tuple, so `--config.stages="('teacher', 'ild_mla')"` works (ml_collections cannot override
+  # list fields); recipes may still assign lists, which become tuples.
+  c.stages = ("teacher", "ild_mla", "ild_mamba", "select", "assemble", "kd")
   return c
 
 

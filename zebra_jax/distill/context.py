@@ -22,6 +22,46 @@ _STUDENT_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_h
                    "ngroups", "chunk_size")
 
 
+def teacher_config(tcfg, which: str = "teacher") -> LlamaConfig:
+  """A teacher's LlamaConfig without loading its weights (for checks before anything runs): from a
+  random preset (+ overrides), a save_model directory, GGUF metadata or an HF config.json."""
+  from zebra_jax import presets
+  from zebra_jax.convert import resolve_gguf
+  from zebra_jax.convert.orbax_io import is_saved_model, load_config
+
+  path = tcfg.path
+  if isinstance(path, str) and path.startswith("random:"):
+    try:
+      base = presets.get_preset(path.split(":", 1)[1])
+    except KeyError as e:
+      raise ValueError(f"{which}.path={path!r}: {e}") from None
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(LlamaConfig)}
+    fields.update(dict(tcfg.overrides or {}))
+    return LlamaConfig(**fields)
+  if path == "smollm2":
+    return presets.get_preset("smollm2-135m-instruct")
+  if not isinstance(path, str) or not os.path.exists(path):
+    raise ValueError(f"{which}.path={path!r} does not exist (expected an HF directory, a .gguf, "
+                     "a saved zebra-jax model, 'smollm2' or 'random:<preset>')")
+  if os.path.isdir(path) and is_saved_model(path):
+    return load_config(path)
+  gguf_file = resolve_gguf(path)
+  if gguf_file is not None:
+    from zebra_jax.convert.gguf import _reader, gguf_config
+    return gguf_config(_reader(gguf_file), gguf_file)[0]
+  from zebra_jax.convert.hf import load_hf_config
+  return load_hf_config(path)
+
+
+def same_teacher(cfg) -> bool:
+  """Whether the KD teacher is the ILD teacher: kd_teacher.path unset, or the same path with the
+  same overrides (two random teachers of one preset but different shapes are different)."""
+  k, t = cfg.kd_teacher, cfg.teacher
+  if k.path in (None, ""):
+    return True
+  return k.path == t.path and dict(k.overrides or {}) == dict(t.overrides or {})
+
+
 class RunContext:
 
   def __init__(self, cfg, workdir: str, *, progress: bool = True, mesh=None):
@@ -75,18 +115,30 @@ class RunContext:
     return self._teacher
 
   def kd_teacher(self) -> CausalLM:
-    if self.cfg.kd_teacher.path in (None, "", self.cfg.teacher.path):
+    if same_teacher(self.cfg):
       return self.teacher()
     if self._kd_teacher is None:
       self._kd_teacher = self.load_teacher_source(self.cfg.kd_teacher)
     return self._kd_teacher
 
-  def student_config(self, **layers) -> HybridConfig:
+  def teacher_config(self) -> LlamaConfig:
+    """The ILD teacher's config without loading its weights (the artifact's, once it exists)."""
+    art = os.path.join(self.workdir, "teacher", "model")
+    if self._teacher is not None:
+      return self._teacher.config
+    if os.path.exists(art):
+      from zebra_jax.convert.orbax_io import load_config
+      return load_config(art)
+    return teacher_config(self.cfg.teacher, "teacher")
+
+  def student_config(self, base: LlamaConfig | None = None, **layers) -> HybridConfig:
+    """The student's HybridConfig on the teacher's shape (`base`: a teacher config to use instead
+    of loading the teacher)."""
     m = self.cfg.model
     fields = {k: m[k] for k in _STUDENT_FIELDS if m.get(k) is not None}
     if fields.get("mla_rope_scaling") is not None:
       fields["mla_rope_scaling"] = dict(fields["mla_rope_scaling"])
-    base = self.teacher().config
+    base = base if base is not None else self.teacher().config
     base = dataclasses.replace(base, **self._compute(self.cfg.train.dtype))
     return HybridConfig.from_llama(base, **fields, **layers)
 
@@ -125,15 +177,17 @@ class RunContext:
   def _seed_for(self, purpose: str) -> int:
     return self.cfg.data.shuffle_seed + sum(map(ord, purpose))
 
-  def batches(self, purpose: str, batch_size: int, split: str = "train"):
+  def batches(self, purpose: str, batch_size: int, split: str = "train", **kwargs):
     from zebra_jax.data import make_iterator
     d = self.cfg.data
     return make_iterator(d.source, self.tokenizer(), seq_len=d.seq_len, global_batch=batch_size,
                          split=split, heldout_fraction=d.heldout_fraction,
-                         seed=self._seed_for(purpose))
+                         seed=self._seed_for(purpose), **kwargs)
 
   def calibration_batches(self, n: int, batch_size: int) -> list[dict]:
-    it = self.batches("calibration", batch_size, split="heldout")
+    # The same batches on every process (not a per-process shard), so that every process measures
+    # the same sensitivities and picks the same layout.
+    it = self.batches("calibration", batch_size, split="heldout", process_index=0, process_count=1)
     return [next(it) for _ in range(n)]
 
   def preference_batches(self, batch_size: int):
@@ -141,4 +195,5 @@ class RunContext:
     d = self.cfg.dpo
     return preference_iterator(self.cfg.data.dpo_path, self.tokenizer(), batch_size=batch_size,
                                max_len=d.max_len, max_prompt_len=d.max_prompt_len,
-                               seed=self._seed_for("dpo"))
+                               seed=self._seed_for("dpo"), process_index=jax.process_index(),
+                               process_count=jax.process_count())

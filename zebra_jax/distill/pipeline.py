@@ -8,13 +8,91 @@ import time
 
 from zebra_jax import accounting
 from zebra_jax.distill import stages
-from zebra_jax.distill.config import validate
-from zebra_jax.distill.context import RunContext
+from zebra_jax.distill.config import RunConfigError, validate
+from zebra_jax.distill.context import RunContext, same_teacher, teacher_config
+
+TRAINING_STAGES = ("ild_mla", "ild_mamba", "kd", "dpo", "stepwise")
+
+
+def preflight(ctx: RunContext) -> None:
+  """Checks that need the teachers' shapes and the mesh, run before the first stage so that a bad
+  config fails before anything is loaded or compiled. Reads configs only (no weights). Raises
+  RunConfigError naming the field."""
+  from zebra_jax.config import ConfigError
+  from zebra_jax.distill import select as select_lib
+
+  cfg, mesh = ctx.cfg, ctx.mesh
+  try:
+    teacher = ctx.teacher_config()
+  except (ValueError, OSError) as e:
+    raise RunConfigError(f"teacher.path: {e}") from None
+  L = teacher.num_hidden_layers
+
+  def student(field: str, **layers):
+    try:
+      return ctx.student_config(base=teacher, **layers)
+    except ConfigError as e:
+      raise RunConfigError(f"{field}: {e}") from None
+
+  stages_ = list(cfg.stages)
+  m = cfg.model
+  if "ild_mla" in stages_:
+    student("model (the pure-MLA ILD student)", mla_layers=tuple(range(L)), attn_layers=())
+  if "ild_mamba" in stages_:
+    student("model (the pure-Mamba2 ILD student)", mla_layers=(), attn_layers=())
+  final = None
+  if "assemble" in stages_:
+    if "select" in stages_ and cfg.select.method != "explicit":
+      try:
+        layers = select_lib.uniform_placement(L, m.n_mla)  # any valid layout: checks the budget
+      except ValueError as e:
+        raise RunConfigError(f"model.n_mla: {e}") from None
+    else:
+      layers = tuple(m.mla_layers)
+    final = student("model.mla_layers / model.attn_layers", mla_layers=layers,
+                    attn_layers=tuple(m.attn_layers))
+  if "stepwise" in stages_:
+    for phase, attn in enumerate(cfg.stepwise.schedule):
+      final = student(f"stepwise.schedule[{phase}]", mla_layers=(), attn_layers=tuple(attn))
+  if "kd" in stages_ and not same_teacher(cfg):
+    try:
+      kd = teacher_config(cfg.kd_teacher, "kd_teacher")
+    except (ValueError, OSError) as e:
+      preset = cfg.kd_teacher.get("preset", None)
+      if not preset:  # the kd stage could not load it either: say so before hours of ILD
+        raise RunConfigError(f"kd_teacher.path: {e}") from None
+      from zebra_jax import presets
+      kd = presets.get_preset(preset)  # the weights may arrive before the kd stage starts
+      ctx.log(f"[preflight] {e}; checked the kd stage against kd_teacher.preset={preset!r}")
+    vocab = (final or teacher).vocab_size
+    if kd.vocab_size != vocab:
+      raise RunConfigError(f"kd_teacher: vocab_size={kd.vocab_size} differs from the student's "
+                           f"{vocab} (teacher.path's vocabulary); KD compares logits token for "
+                           "token")
+  if "dpo" in stages_ and not os.path.exists(cfg.data.dpo_path):
+    raise RunConfigError(f"data.dpo_path={cfg.data.dpo_path!r} does not exist")
+  import jax
+  shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+  for stage in TRAINING_STAGES:
+    if stage not in stages_:
+      continue
+    name = "ild" if stage.startswith("ild") else stage
+    s = cfg[name]
+    micro = s.batch_size // s.grad_accum
+    if micro % shards:
+      raise RunConfigError(
+          f"{name}.batch_size={s.batch_size} / {name}.grad_accum={s.grad_accum} = micro-batch "
+          f"{micro} is not divisible by the mesh's data x fsdp = {mesh.shape.get('data', 1)} x "
+          f"{mesh.shape.get('fsdp', 1)} = {shards} (mesh.data, mesh.fsdp)")
+    if s.batch_size % jax.process_count():
+      raise RunConfigError(f"{name}.batch_size={s.batch_size} is not divisible by the "
+                           f"{jax.process_count()} processes")
 
 
 def run_pipeline(cfg, workdir: str, *, progress: bool = True, mesh=None) -> dict:
   validate(cfg)
   ctx = RunContext(cfg, workdir, progress=progress, mesh=mesh)
+  preflight(ctx)
   os.makedirs(ctx.workdir, exist_ok=True)
   if ctx.cfg is not None and hasattr(cfg, "to_json"):
     with open(os.path.join(ctx.workdir, "config.json"), "w") as f:
@@ -67,7 +145,10 @@ def _summary(ctx, cfg, ran, skipped, seconds):
     if rows:
       stage_cfg = cfg.get(name.split("_")[0] if name.startswith(("ild", "stepwise")) else name)
       if stage_cfg is not None and "batch_size" in stage_cfg:
+        # DPO reads a chosen and a rejected row of max_len per pair; the others seq_len rows.
+        row_tokens = 2 * cfg.dpo.max_len if name == "dpo" else cfg.data.seq_len
         tokens[name] = {"steps": rows[-1]["step"], "last_loss": rows[-1].get("loss"),
-                        "tokens_seen": rows[-1]["step"] * stage_cfg.batch_size * cfg.data.seq_len}
+                        "tokens_seen": rows[-1]["step"] * stage_cfg.batch_size * row_tokens}
   out["training"] = tokens
+  out["tokens_seen"] = sum(t["tokens_seen"] for t in tokens.values())
   return out

@@ -45,12 +45,17 @@ def load_pairs(path: str, tokenizer, max_len: int, max_prompt_len: int):
 
 
 class PreferenceIterator:
-  """Deterministic shuffled epochs over the pairs; state = (epoch, position)."""
+  """Deterministic shuffled epochs over the pairs; state = (epoch, position). `batch_size` is the
+  global batch: process p of P yields rows [p*B/P, (p+1)*B/P) of each global batch."""
 
-  def __init__(self, pairs, batch_size: int, seed: int):
+  def __init__(self, pairs, batch_size: int, seed: int, process_index: int = 0,
+               process_count: int = 1):
     if batch_size > len(pairs):
       raise ValueError(f"dpo batch_size={batch_size} exceeds the {len(pairs)} preference pairs")
+    if batch_size % process_count:
+      raise ValueError(f"dpo batch_size={batch_size} is not divisible by {process_count} processes")
     self.pairs, self.batch_size, self.seed = pairs, batch_size, seed
+    self.process_index, self.process_count = process_index, process_count
     self.epoch, self.pos = 0, 0
 
   def _order(self):
@@ -61,6 +66,8 @@ class PreferenceIterator:
       self.epoch, self.pos = self.epoch + 1, 0
     idx = self._order()[self.pos: self.pos + self.batch_size]
     self.pos += self.batch_size
+    local = self.batch_size // self.process_count
+    idx = idx[self.process_index * local:(self.process_index + 1) * local]
     pick = [self.pairs[i] for i in idx]
     return {"chosen": np.stack([p[0][0] for p in pick]), "chosen_mask": np.stack([p[0][1] for p in pick]),
             "rejected": np.stack([p[1][0] for p in pick]),
@@ -73,5 +80,7 @@ class PreferenceIterator:
     self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
-def preference_iterator(path, tokenizer, *, batch_size, max_len, max_prompt_len, seed):
-  return PreferenceIterator(load_pairs(path, tokenizer, max_len, max_prompt_len), batch_size, seed)
+def preference_iterator(path, tokenizer, *, batch_size, max_len, max_prompt_len, seed,
+                        process_index: int = 0, process_count: int = 1):
+  return PreferenceIterator(load_pairs(path, tokenizer, max_len, max_prompt_len), batch_size, seed,
+                            process_index, process_count)

@@ -13,6 +13,7 @@ from flax import nnx
 
 from zebra_jax.config import LlamaConfig
 from zebra_jax.models.layers import MLP, Embed, Linear, RMSNorm, dtype_of
+from zebra_jax.parallel.sharding import constrain_batch
 
 
 def make_mixer(config: LlamaConfig, layer_idx: int, kind: str, rngs: nnx.Rngs) -> nnx.Module:
@@ -41,10 +42,11 @@ class DecoderBlock(nnx.Module):
     self.mlp = MLP(d, config.intermediate_size, rngs=rngs, dtype=dt, param_dtype=pd)
 
   def __call__(self, h_BTD: jax.Array, positions_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
-    mixer_out = self.mixer(self.input_layernorm(h_BTD), positions_BT)
+    h_BTD = constrain_batch(h_BTD)  # batch-sharded activations under the trainer's mesh
+    mixer_out = constrain_batch(self.mixer(self.input_layernorm(h_BTD), positions_BT))
     h_BTD = h_BTD + mixer_out
     h_BTD = h_BTD + self.mlp(self.post_attention_layernorm(h_BTD))
-    return h_BTD, mixer_out
+    return constrain_batch(h_BTD), mixer_out
 
 
 class CausalLM(nnx.Module):
@@ -85,7 +87,9 @@ class CausalLM(nnx.Module):
   def _block_fn(self):
     def apply(block, h, positions):
       return block(h, positions)
-    return nnx.remat(apply) if self.remat else apply
+    # graph_updates=False: blocks hold no mutable state, and writing their (unchanged) Params back
+    # from inside the checkpoint trace fails under jit/grad (TraceContextError).
+    return nnx.remat(apply, graph_updates=False) if self.remat else apply
 
   # -- full forward ----------------------------------------------------------------------------
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None) -> jax.Array:

@@ -8,6 +8,8 @@ replicated). Layout experiments change the rules, never the model code.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Mapping, Sequence
 
 import jax
@@ -93,3 +95,33 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.Modul
   state = nnx.state(model)
   nnx.update(model, jax.device_put(state, param_shardings(state, mesh, rules)))
   return model
+
+
+# -- activations -----------------------------------------------------------------------------------
+_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("zebra_activation_mesh",
+                                                                  default=None)
+
+
+@contextlib.contextmanager
+def activation_mesh(mesh: Mesh | None):
+  """While tracing under this context, `constrain_batch` pins activations to `mesh`."""
+  token = _ACTIVATION_MESH.set(mesh)
+  try:
+    yield
+  finally:
+    _ACTIVATION_MESH.reset(token)
+
+
+def constrain_batch(x):
+  """Splits an activation's leading (batch) axis over data x fsdp, the batch's layout, when traced
+  under `activation_mesh` (the trainer's step is); a no-op otherwise. Without it XLA's sharding
+  propagation may follow the fsdp-sharded weights instead and keep every chip's activations for
+  the whole batch."""
+  mesh = _ACTIVATION_MESH.get()
+  if mesh is None:
+    return x
+  axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
+  size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  if not axes or x.shape[0] % size:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(axes)))

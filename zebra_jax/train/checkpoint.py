@@ -7,10 +7,12 @@ latest checkpoint is always a good one.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -28,8 +30,12 @@ class StageCheckpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: Any, *, force: bool = False) -> None:
+    """`data_state` is this process's iterator state; every process calls save (collective)."""
+    # Orbax writes JSON items from the primary process only, and each process reads its own data
+    # shard: gather every process's iterator state so each can restore its own.
+    data = {"per_process": _gather_json(data_state)}
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)), force=force)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
     """Restores into `abstract_state` (a pytree of jax.ShapeDtypeStruct with shardings)."""
@@ -40,7 +46,16 @@ class StageCheckpointer:
       raise RuntimeError(f"cannot restore checkpoint step {step} from {self.directory}: "
                          f"{type(e).__name__}: {e}. Delete that step directory to fall back to an "
                          "earlier checkpoint, or the stage directory to start the stage over.") from e
-    return out["state"], out["data"]
+    data = out["data"]
+    if isinstance(data, dict) and "per_process" in data:
+      states = data["per_process"]
+      if len(states) != jax.process_count():
+        raise RuntimeError(
+            f"checkpoint step {step} in {self.directory} was written by {len(states)} processes, "
+            f"this run has {jax.process_count()}: each process's data position cannot be carried "
+            "over to a different process count. Rerun with the original process count.")
+      data = states[jax.process_index()]
+    return out["state"], data
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -48,6 +63,20 @@ class StageCheckpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _gather_json(obj: Any) -> list:
+  """[obj of process 0, obj of process 1, ...] on every process (JSON-able objects)."""
+  if jax.process_count() == 1:
+    return [obj]
+  from jax.experimental import multihost_utils
+  raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray([raw.size], np.int32))
+  sizes = np.asarray(sizes).reshape(-1)
+  buf = np.zeros(int(sizes.max()), np.uint8)
+  buf[:raw.size] = raw
+  every = np.asarray(multihost_utils.process_allgather(buf))
+  return [json.loads(every[i, :int(n)].tobytes().decode()) for i, n in enumerate(sizes)]
 
 
 def abstract_like(tree: Any) -> Any:

@@ -42,11 +42,13 @@ class MetricsWriter:
       return
     os.makedirs(directory, exist_ok=True)
     # On resume drop lines past the restored step, so the curve has no duplicated or orphan points.
+    # A line torn by a hard kill mid-write is dropped too.
     if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
-      with open(self.path, "w") as f:
+      kept = [json.dumps(r) + "\n" for r in _parse_rows(self.path)
+              if r.get("step", 0) <= resume_step]
+      with open(self.path + ".tmp", "w") as f:
         f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
     try:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
@@ -73,8 +75,20 @@ def read_metrics(directory: str) -> list[dict]:
   path = os.path.join(directory, "metrics.jsonl")
   if not os.path.exists(path):
     return []
+  return _parse_rows(path)
+
+
+def _parse_rows(path: str) -> list[dict]:
+  """The rows of a metrics.jsonl; a line that does not parse (torn by a kill) is skipped."""
+  rows = []
   with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+    for line in f:
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue
+  return rows
 
 
 def plot_loss_curve(directory: str, title: str, key: str = "loss") -> str | None:

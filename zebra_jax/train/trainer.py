@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from zebra_jax.parallel.sharding import DEFAULT_RULES, param_shardings
+from zebra_jax.parallel.sharding import DEFAULT_RULES, activation_mesh, param_shardings
 from zebra_jax.train.checkpoint import StageCheckpointer, abstract_like
 from zebra_jax.train.metrics import MetricsWriter, is_writer, peak_flops_per_device, plot_loss_curve
 from zebra_jax.train.optim import make_optimizer
@@ -96,6 +96,84 @@ def _state_shardings(state, mesh, rules):
   return param_shardings(state, mesh, rules)
 
 
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batch leaves are (grad_accum, micro, ...): the micro-batch axis is split over data x fsdp."""
+  return NamedSharding(mesh, P(None, ("data", "fsdp"), None))
+
+
+def optimizer_state_shardings(optimizer: optax.GradientTransformation, trainable_state,
+                              trainable_shardings, mesh: Mesh):
+  """Shardings of `optimizer.init(trainable_state)`: every parameter-shaped leaf (Adam mu/nu) is
+  sharded like its parameter, everything else (step counts) replicated. `trainable_state` may be
+  abstract (ShapeDtypeStructs). Without this, jit places the zeros of `optimizer.init` on one
+  device, whatever the parameters' layout."""
+  abstract = jax.eval_shape(optimizer.init, trainable_state)
+  replicated = NamedSharding(mesh, P())
+  return optax.tree_utils.tree_map_params(
+      optimizer, lambda _, s: s, abstract, trainable_shardings,
+      transform_non_params=lambda _: replicated)
+
+
+def build_train_step(graphdef, teacher_graphdefs: dict, optimizer: optax.GradientTransformation,
+                     loss_fn: LossFn, grad_accum: int, *, trainable_shardings, opt_shardings,
+                     frozen_shardings, teacher_shardings: dict, batch_shardings):
+  """The jitted optimiser step `StageTrainer` runs, built from graphdefs and shardings alone, so it
+  can be lowered for abstract (nnx.eval_shape) models and compile-only devices (distill/aot.py).
+
+    step(trainable, opt_state, frozen, teacher_states, batch) -> (trainable, opt_state, metrics)
+
+  batch leaves are (grad_accum, micro, ...); gradients are accumulated over the leading axis in
+  float32. `teacher_graphdefs` maps the loss_fn's teacher names to graphdefs; trainable and
+  opt_state are donated. Activations are pinned to `batch_shardings`' mesh while tracing.
+  """
+  accum = grad_accum
+
+  def micro_loss(trainable, frozen, teacher_states, batch):
+    model = nnx.merge(graphdef, trainable, frozen)
+    teachers = {k: nnx.merge(teacher_graphdefs[k], teacher_states[k]) for k in teacher_states}
+    return loss_fn(model, teachers, batch)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def step(trainable, opt_state, frozen, teacher_states, batch):
+    # batch leaves are (accum, micro, ...): accumulate gradients over the leading axis.
+    def body(carry, mb):
+      g_acc, l_acc, m_acc = carry
+      (loss, metrics), g = grad_fn(trainable, frozen, teacher_states, mb)
+      g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+      m_acc = jax.tree.map(lambda a, b: a + b, m_acc, metrics)
+      return (g_acc, l_acc + loss, m_acc), None
+
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
+    first = jax.tree.map(lambda x: x[0], batch)
+    _, m_shape = jax.eval_shape(lambda: micro_loss(trainable, frozen, teacher_states, first))
+    m0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+    (grads, loss, metrics), _ = jax.lax.scan(body, (zeros, 0.0, m0), batch)
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    loss = loss / accum
+    metrics = jax.tree.map(lambda m: m / accum, metrics)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    # param_norm is inf/NaN when an update overflowed the weights (loss and grads still finite):
+    # the non-finite check then stops the run before that state is checkpointed.
+    out = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.global_norm(trainable),
+           **metrics}
+    return trainable, opt_state, out
+
+  def step_on_mesh(*args):
+    # Trace with the models' activations pinned to the batch layout (parallel.constrain_batch).
+    with activation_mesh(batch_shardings.mesh):
+      return step(*args)
+
+  return jax.jit(
+      step_on_mesh,
+      in_shardings=(trainable_shardings, opt_shardings, frozen_shardings, teacher_shardings,
+                    batch_shardings),
+      out_shardings=(trainable_shardings, opt_shardings, None),
+      donate_argnums=(0, 1))
+
+
 class StageTrainer:
   """Runs one training stage; see the module docstring."""
 
@@ -124,56 +202,22 @@ class StageTrainer:
     self.teacher_states = {}
     for k, (_, st) in self.teacher_defs.items():
       self.teacher_states[k] = _place(st, _state_shardings(st, mesh, rules))
-    self.batch_shard = NamedSharding(mesh, P(None, ("data", "fsdp"), None))
+    self.batch_shard = batch_sharding(mesh)
 
     self.optimizer = make_optimizer(spec.lr, spec.steps, warmup_frac=spec.warmup_frac,
                                     weight_decay=spec.weight_decay, grad_clip=spec.grad_clip)
-    self.opt_state = jax.jit(self.optimizer.init)(self.trainable)
-    self.opt_shard = jax.tree.map(lambda x: x.sharding, self.opt_state)
+    self.opt_shard = optimizer_state_shardings(self.optimizer, self.trainable, self.tr_shard, mesh)
+    self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shard)(self.trainable)
     self._step_fn = self._build_step(loss_fn)
 
   # -- the jitted step ---------------------------------------------------------------------------
   def _build_step(self, loss_fn: LossFn):
-    graphdef, teacher_defs, optimizer = self.graphdef, self.teacher_defs, self.optimizer
-    accum = self.spec.grad_accum
-
-    def micro_loss(trainable, frozen, teacher_states, batch):
-      model = nnx.merge(graphdef, trainable, frozen)
-      teachers = {k: nnx.merge(teacher_defs[k][0], teacher_states[k]) for k in teacher_states}
-      return loss_fn(model, teachers, batch)
-
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-
-    def step(trainable, opt_state, frozen, teacher_states, batch):
-      # batch leaves are (accum, micro, ...): accumulate gradients over the leading axis.
-      def body(carry, mb):
-        g_acc, l_acc, m_acc = carry
-        (loss, metrics), g = grad_fn(trainable, frozen, teacher_states, mb)
-        g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
-        m_acc = jax.tree.map(lambda a, b: a + b, m_acc, metrics)
-        return (g_acc, l_acc + loss, m_acc), None
-
-      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
-      first = jax.tree.map(lambda x: x[0], batch)
-      _, m_shape = jax.eval_shape(lambda: micro_loss(trainable, frozen, teacher_states, first))
-      m0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-      (grads, loss, metrics), _ = jax.lax.scan(body, (zeros, 0.0, m0), batch)
-      grads = jax.tree.map(lambda g: g / accum, grads)
-      loss = loss / accum
-      metrics = jax.tree.map(lambda m: m / accum, metrics)
-      grad_norm = optax.global_norm(grads)
-      updates, opt_state = optimizer.update(grads, opt_state, trainable)
-      trainable = optax.apply_updates(trainable, updates)
-      out = {"loss": loss, "grad_norm": grad_norm, **metrics}
-      return trainable, opt_state, out
-
-    teacher_shard = jax.tree.map(lambda x: x.sharding, self.teacher_states)
-    return jax.jit(
-        step,
-        in_shardings=(self.tr_shard, self.opt_shard, self.fr_shard, teacher_shard,
-                      self.batch_shard),
-        out_shardings=(self.tr_shard, self.opt_shard, None),
-        donate_argnums=(0, 1))
+    return build_train_step(
+        self.graphdef, {k: gd for k, (gd, _) in self.teacher_defs.items()}, self.optimizer,
+        loss_fn, self.spec.grad_accum, trainable_shardings=self.tr_shard,
+        opt_shardings=self.opt_shard, frozen_shardings=self.fr_shard,
+        teacher_shardings=jax.tree.map(lambda x: x.sharding, self.teacher_states),
+        batch_shardings=self.batch_shard)
 
   def lower(self, batch_shapes: dict[str, jax.ShapeDtypeStruct]):
     """Lowers the step for the given (accum, micro, T) batch shapes (ahead-of-time compilation)."""
@@ -226,8 +270,10 @@ class StageTrainer:
     pending: list[tuple[int, dict]] = []
     t_last, steps_since = time.perf_counter(), 0
 
-    def flush(step_now):
-      """Fetch pending metrics, stop on non-finite loss, log. Returns the last metrics."""
+    def flush(step_now, write=True):
+      """Fetch pending metrics, stop on non-finite loss, log (when `write`). Returns the last
+      metrics. Checkpoint-only flushes (preemption) check without writing, so a resumed run logs
+      exactly the rows of an uninterrupted one."""
       nonlocal t_last, steps_since
       last = None
       for s, m in pending:
@@ -240,7 +286,7 @@ class StageTrainer:
               "rate or check the data, then rerun the same command to resume from it.")
         last = (s, m)
       pending.clear()
-      if last is None:
+      if last is None or not write:
         return None
       s, m = last
       dt = time.perf_counter() - t_last
@@ -268,8 +314,9 @@ class StageTrainer:
         if bar is not None:
           bar.update(1)
         at_ckpt = step % spec.checkpoint_every == 0 or step == spec.steps or preempted["flag"]
-        if step % spec.log_every == 0 or at_ckpt:
-          flush(step)
+        at_log = step % spec.log_every == 0 or step == spec.steps
+        if at_log or at_ckpt:
+          flush(step, write=at_log)
         if at_ckpt:
           ckpt.save(step, {"trainable": self.trainable, "opt_state": self.opt_state},
                     data.get_state(), force=True)
@@ -285,6 +332,9 @@ class StageTrainer:
       ckpt.close()
       if old_handler is not None:
         signal.signal(signal.SIGTERM, old_handler)
+    if preempted["flag"]:  # SIGTERM after the last step: its checkpoint is saved, stop anyway
+      raise Preempted(f"[{self.name}] SIGTERM: finished and saved step {step} to {ckpt.directory}; "
+                      "rerun the same command to resume")
     plot_loss_curve(self.dir, f"{self.name} loss")
     nnx.update(self.model, self.trainable)
     return self.model

@@ -1,0 +1,561 @@
+"""The distillation pipeline end to end on CPU (configs/tiny.py), resume after kills, the NaN stop,
+invalid configs failing before anything compiles, and the same steps on 8 simulated devices and in
+2 processes.
+
+Runs of scripts/distill.py are subprocesses sharing one persistent compilation cache, so only the
+first run of each step compiles. The same file is the worker script of the multi-device and
+multi-process checks (`python tests/test_distill.py mesh|proc ...`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DISTILL = os.path.join(ROOT, "scripts", "distill.py")
+TRAINED = ("ild_mla", "ild_mamba", "kd", "dpo")
+ALL_STAGES = ["teacher", "ild_mla", "ild_mamba", "select", "assemble", "kd", "dpo"]
+# configs/tiny.py, shortened; log every step so the first row is the initial model's loss.
+FAST = dict(ild_steps=16, kd_steps=16, dpo_steps=4)
+FAST_FLAGS = ["--config.ild.steps=16", "--config.kd.steps=16", "--config.dpo.steps=4",
+              "--config.train.log_every=1", "--config.train.checkpoint_every=4"]
+TIMEOUT = 600
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _env(cache: str | None = None, **extra) -> dict:
+  env = dict(os.environ)
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.update(extra)
+  return env
+
+
+def _cmd(workdir, *flags):
+  return [sys.executable, DISTILL, "--config", os.path.join(ROOT, "configs", "tiny.py"),
+          "--workdir", str(workdir), "--no_progress", *FAST_FLAGS, *flags]
+
+
+def distill(workdir, cache, *flags, check=True) -> subprocess.CompletedProcess:
+  r = subprocess.run(_cmd(workdir, *flags), env=_env(cache), capture_output=True, text=True,
+                     timeout=TIMEOUT, cwd=ROOT)
+  if check and r.returncode != 0:
+    raise AssertionError(
+        f"distill.py exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+  return r
+
+
+def rows(workdir, stage) -> list[dict]:
+  path = os.path.join(str(workdir), stage, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass  # a line being written right now
+  return out
+
+
+def curve(workdir, stage):
+  """The metric rows without the timing-dependent throughput."""
+  return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")}
+          for r in rows(workdir, stage)]
+
+
+def kill_when(workdir, cache, stage, step, sig, *flags):
+  """Starts distill.py, sends `sig` once `stage` has logged `step`; returns (returncode, output)."""
+  p = subprocess.Popen(_cmd(workdir, *flags), env=_env(cache), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+  deadline = time.time() + TIMEOUT
+  try:
+    while time.time() < deadline:
+      if p.poll() is not None:
+        out = p.stdout.read()
+        raise AssertionError(f"run ended (rc {p.returncode}) before {stage} logged step {step}:\n"
+                             f"{out[-4000:]}")
+      r = rows(workdir, stage)
+      if r and r[-1]["step"] >= step:
+        p.send_signal(sig)
+        break
+      time.sleep(0.02)
+    out, _ = p.communicate(timeout=TIMEOUT)
+  finally:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+  return p.returncode, out
+
+
+def load_params(path) -> dict:
+  from flax import nnx
+
+  from zebra_jax.convert.orbax_io import load_model
+  m = load_model(path)
+  return {".".join(map(str, p)): np.asarray(v.get_value())
+          for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))}
+
+
+def assert_same_params(a_path, b_path):
+  a, b = load_params(a_path), load_params(b_path)
+  assert a.keys() == b.keys()
+  for k in a:
+    assert np.array_equal(a[k], b[k]), f"{k} differs: max |diff| {np.abs(a[k] - b[k]).max()}"
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+# -- 1. the tiny config end to end -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, jax_cache):
+  """One uninterrupted run of every stage: the subject of the end-to-end test and the reference of
+  the resume test."""
+  workdir = tmp_path_factory.mktemp("tiny_ref")
+  t0 = time.time()
+  r = distill(workdir, jax_cache)
+  with open(workdir / "summary.json") as f:
+    summary = json.load(f)
+  return workdir, summary, r, time.time() - t0
+
+
+def test_tiny_config_runs_every_stage_and_losses_fall(tiny_run):
+  workdir, summary, _, _ = tiny_run
+  for stage in ALL_STAGES:
+    name = "placement.json" if stage == "select" else "model"
+    assert os.path.exists(workdir / stage / name), f"{stage} artifact missing"
+  for stage in TRAINED:
+    png = workdir / stage / "loss_curve.png"
+    assert png.exists(), f"{stage}: no loss_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = rows(workdir, stage)
+    steps = {"ild_mla": 16, "ild_mamba": 16, "kd": 16, "dpo": 4}[stage]
+    assert [x["step"] for x in r] == list(range(1, steps + 1)), stage
+    assert all(math.isfinite(x["loss"]) for x in r)
+
+  # ILD: the summed block + mixer distances fall clearly.
+  for stage in ("ild_mla", "ild_mamba"):
+    r = rows(workdir, stage)
+    assert r[-1]["loss"] < 0.8 * r[0]["loss"], (stage, r[0]["loss"], r[-1]["loss"])
+  # KD: the random teacher is close to uniform, so KL starts small (~1e-2) and CE stays near
+  # log(vocab) and is no signal; KL itself must fall. Rows are single steps, so compare the mean
+  # of the first three with the mean of the last three.
+  kd = rows(workdir, "kd")
+  first, last = np.mean([x["kl"] for x in kd[:3]]), np.mean([x["kl"] for x in kd[-3:]])
+  assert last < 0.8 * first, (first, last)
+  # DPO starts from policy == reference: the sigmoid loss is exactly log 2 at the first step.
+  assert abs(rows(workdir, "dpo")[0]["loss"] - math.log(2)) < 1e-5
+
+  with open(workdir / "select" / "placement.json") as f:
+    placement = json.load(f)
+  assert placement["method"] == "smart" and len(placement["scores"]) == 4
+  assert placement["mla_layers"][0] == 0 and placement["mla_layers"][-1] == 2  # terminal layers
+
+
+def test_summary_reports_cache_params_tokens_and_time(tiny_run):
+  workdir, summary, _, seconds = tiny_run
+  assert [s for s, _ in summary["stages_run"]] == ALL_STAGES
+  assert 0 < summary["wall_time_s"] <= seconds + 1
+  with open(workdir / "dpo" / "model" / "config.json") as f:
+    final = json.load(f)
+  # KV% = N_MLA (r_kv + d_r) / (L 2 n_kv d_h), reference 9.2, from the final model's own config.
+  n_mla = len(final["mla_layers"])
+  want = n_mla * (final["kv_lora_rank"] + final["qk_rope_head_dim"]) / (
+      final["num_hidden_layers"] * 2 * final["num_key_value_heads"] * final["head_dim"])
+  assert summary["kv_cache_fraction"] == pytest.approx(want, rel=1e-12)
+  assert summary["mla_layers"] == final["mla_layers"]
+  params = load_params(workdir / "dpo" / "model")
+  assert summary["params"] == sum(v.size for v in params.values())
+  seq = 64
+  assert summary["training"]["kd"]["tokens_seen"] == 16 * 8 * seq
+  assert summary["training"]["ild_mla"]["tokens_seen"] == 16 * 8 * seq
+  assert summary["training"]["dpo"]["tokens_seen"] == 4 * 4 * 2 * 64
+  assert summary["tokens_seen"] == sum(t["tokens_seen"] for t in summary["training"].values())
+
+
+def test_rerun_skips_every_stage(tiny_run, jax_cache):
+  workdir, _, _, _ = tiny_run
+  before = {s: os.path.getmtime(workdir / s) for s in ALL_STAGES}
+  r = distill(workdir, jax_cache)
+  for stage in ALL_STAGES:
+    assert f"[{stage}] artifact exists, skipping" in r.stdout
+  with open(workdir / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["stages_run"] == [] and summary["stages_skipped"] == ALL_STAGES
+  assert {s: os.path.getmtime(workdir / s) for s in ALL_STAGES} == before
+
+
+# -- 2. resume after kills, across stage boundaries ------------------------------------------------
+def test_killed_runs_resume_to_the_uninterrupted_result(tiny_run, jax_cache, tmp_path):
+  ref, _, _, _ = tiny_run
+  work = tmp_path / "killed"
+  # A hard kill mid-ILD (no chance to save): resumes from the step-4 checkpoint and replays.
+  rc, out = kill_when(work, jax_cache, "ild_mla", 6, signal.SIGKILL)
+  assert rc == -signal.SIGKILL, out[-3000:]
+  assert not (work / "ild_mla" / "model").exists()
+  # SIGTERM in a later stage (kd, after select and assemble): saves that step and exits 143.
+  rc, out = kill_when(work, jax_cache, "kd", 5, signal.SIGTERM)
+  assert rc == 143, out[-3000:]
+  assert "SIGTERM: saved step" in out
+  assert not (work / "kd" / "model").exists()
+  killed_at = max(int(d) for d in os.listdir(work / "kd" / "checkpoints") if d.isdigit())
+  assert 5 <= killed_at < 16 and killed_at == rows(work, "kd")[-1]["step"]
+  assert (work / "assemble" / "model").exists()
+  # Finish.
+  r = distill(work, jax_cache)
+  assert "[kd] resumed from step" in r.stdout and "[ild_mla] artifact exists, skipping" in r.stdout
+
+  for stage in TRAINED:
+    assert curve(work, stage) == curve(ref, stage), f"{stage} loss curve differs"
+  for stage in ("teacher", "ild_mla", "ild_mamba", "assemble", "kd", "dpo"):
+    assert_same_params(work / stage / "model", ref / stage / "model")
+  with open(work / "select" / "placement.json") as a, open(ref / "select" / "placement.json") as b:
+    assert json.load(a) == json.load(b)
+
+
+# -- 3. NaN stops the run, the last good checkpoint survives ---------------------------------------
+def test_exploding_lr_stops_with_exit_3_and_keeps_the_good_checkpoint(tmp_path, jax_cache):
+  """Warmup over 8 steps: update 1 uses lr 0 (checkpoint 1 = the initial weights), update 2 uses
+  1.25e29 and blows the weights up."""
+  work = tmp_path / "nan"
+  r = distill(work, jax_cache, "--config.stages=('teacher', 'ild_mla', 'ild_mamba')",
+              "--config.ild.lr=1e30", "--config.train.warmup_frac=0.5",
+              "--config.train.checkpoint_every=1", check=False)
+  assert r.returncode == 3, r.stderr[-3000:]
+  assert "non-finite metrics at step 2" in r.stderr, r.stderr[-3000:]
+  assert "last good checkpoint is step 1" in r.stderr
+  assert not (work / "ild_mla" / "model").exists() and not (work / "ild_mamba").exists()
+  ckdir = work / "ild_mla" / "checkpoints"
+  assert sorted(int(d) for d in os.listdir(ckdir) if d.isdigit()) == [1]
+  # Checkpoint 1 holds finite, sane weights (the teacher-initialised student, as lr(0) = 0).
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(str(ckdir), item_names=("state", "data")) as mgr:
+    state = mgr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  leaves = [np.asarray(x) for x in __import__("jax").tree.leaves(state["trainable"])]
+  assert leaves and all(np.all(np.isfinite(x)) and np.abs(x).max() < 1e3 for x in leaves)
+  assert all(math.isfinite(x["loss"]) for x in rows(work, "ild_mla"))
+
+
+# -- 6. invalid configs fail before anything runs --------------------------------------------------
+def _tiny(**changes):
+  sys.path.insert(0, ROOT)
+  from configs.tiny import get_config
+  c = get_config()
+  for key, value in changes.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"kd_teacher.path": "random:smollm2-135m",
+      "kd_teacher.overrides": dict(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2)},
+     r"kd_teacher: vocab_size=256 differs from the student's 320"),
+    ({"select.method": "explicit", "model.mla_layers": (0, 7)},
+     r"model.mla_layers.*\[7\] out of range \[0, 4\)"),
+    ({"model.n_mla": 4}, r"model.n_mla"),
+    ({"stages": ["teacher", "ild_mla", "distill"]}, r"stages: unknown stage\(s\) \['distill'\]"),
+    ({"data.dpo_path": None}, r"data.dpo_path"),
+    ({"data.dpo_path": "/nonexistent/prefs.jsonl"}, r"data.dpo_path=.*does not exist"),
+    ({"stages": ["teacher", "stepwise", "kd"], "stepwise.schedule": ((1, 5),)},
+     r"stepwise.schedule\[0\].*attn_layers.*\[5\] out of range"),
+    ({"model.kv_lora_rank": 12}, r"kv_lora_rank=12 is not a multiple"),
+    ({"kd.batch_size": 6, "kd.grad_accum": 4}, r"kd.batch_size=6.*kd.grad_accum=4"),
+])
+def test_invalid_config_fails_before_any_stage_runs(tmp_path, monkeypatch, changes, match):
+  from zebra_jax.distill import pipeline, stages
+  from zebra_jax.distill.config import RunConfigError
+
+  def must_not_run(ctx):
+    raise AssertionError("a stage started although the config is invalid")
+
+  for name in list(stages.RUNNERS):
+    monkeypatch.setitem(stages.RUNNERS, name, must_not_run)
+  with pytest.raises(RunConfigError, match=match):
+    pipeline.run_pipeline(_tiny(**changes), str(tmp_path / "w"), progress=False)
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_kd_teacher_with_the_same_vocabulary_passes_preflight(tmp_path, monkeypatch):
+  from zebra_jax.distill import pipeline, stages
+  ran = []
+  for name in list(stages.RUNNERS):
+    monkeypatch.setitem(stages.RUNNERS, name, lambda ctx, name=name: ran.append(name))
+  monkeypatch.setattr(pipeline, "_summary", lambda *a: {})
+  c = _tiny(**{"kd_teacher.path": "random:smollm2-135m",
+               "kd_teacher.overrides": dict(vocab_size=320, hidden_size=96, intermediate_size=128,
+                                            num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2)})
+  pipeline.run_pipeline(c, str(tmp_path / "w"), progress=False)
+  assert ran == ALL_STAGES
+
+
+def test_preference_batches_are_split_by_process():
+  """Each of P processes yields its slice of the global DPO batch (not a copy of the whole)."""
+  from zebra_jax.data import ByteTokenizer
+  from zebra_jax.distill.preferences import preference_iterator
+  kw = dict(batch_size=4, max_len=64, max_prompt_len=32, seed=3)
+  path = os.path.join(ROOT, "configs", "data", "tiny_preferences.jsonl")
+  full = preference_iterator(path, ByteTokenizer(), **kw)
+  parts = [preference_iterator(path, ByteTokenizer(), process_index=p, process_count=2, **kw)
+           for p in (0, 1)]
+  for _ in range(7):  # crosses epoch boundaries
+    f, a, b = next(full), next(parts[0]), next(parts[1])
+    for k in f:
+      assert a[k].shape[0] == 2
+      np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), f[k])
+  assert parts[0].get_state() == parts[1].get_state() == full.get_state()
+
+
+# -- 4. 8 simulated devices = 1 device -------------------------------------------------------------
+def test_eight_device_mesh_gives_the_losses_of_one_device(tmp_path, jax_cache):
+  out = tmp_path / "mesh.json"
+  r = subprocess.run([sys.executable, os.path.abspath(__file__), "mesh", str(tmp_path), str(out)],
+                     env=_env(jax_cache, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                     capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+  res = json.loads(out.read_text())
+  assert res["devices"] == 8
+  assert {"tensor", "fsdp"} <= set(res["sharded_axes"]), res["sharded_axes"]
+  one, eight = res["losses"]["1"], res["losses"]["8"]
+  assert len(one) == len(eight) == 3
+  for a, b in zip(one, eight):
+    for k in ("loss", "kl", "ce", "grad_norm"):
+      assert b[k] == pytest.approx(a[k], rel=1e-5), (k, a, b)
+  # Adam's step g / (|g| + eps) amplifies rounding where |g| ~ eps: a handful of weights differ by a
+  # few 1e-6 (lr = 1e-3); a wrong gradient would move many weights by ~lr.
+  np.testing.assert_allclose(res["params"]["8"], res["params"]["1"], rtol=0, atol=5e-5)
+  assert "kd.batch_size=6" in res["preflight_error"] and "mesh.data" in res["preflight_error"]
+
+
+# -- 5. 2 processes (jax.distributed, CPU collectives) = 1 process ---------------------------------
+def test_two_processes_give_the_losses_of_one_and_resume(tmp_path, jax_cache):
+  # The 1-process reference first: the workers then find its eager-op compilations in the cache.
+  ref_out = tmp_path / "ref.json"
+  ref = subprocess.run([sys.executable, os.path.abspath(__file__), "proc", str(tmp_path / "one"),
+                        str(ref_out), "0", "1", "0"], env=_env(jax_cache), capture_output=True,
+                       text=True, timeout=TIMEOUT, cwd=ROOT)
+  assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+  port = free_port()
+  procs, outs, logs = [], [], []
+  for pid in range(2):
+    out, log = tmp_path / f"proc{pid}.json", tmp_path / f"proc{pid}.log"
+    outs.append(out)
+    logs.append(log)
+    with open(log, "w") as f:  # a file, not a pipe nobody reads while we wait
+      procs.append(subprocess.Popen(
+          [sys.executable, os.path.abspath(__file__), "proc", str(tmp_path / "two"), str(out),
+           str(pid), "2", str(port)], env=_env(jax_cache), stdout=f, stderr=subprocess.STDOUT,
+          cwd=ROOT))
+  # A failed worker leaves its peer waiting at a barrier for minutes: stop the peer at once.
+  deadline = time.time() + TIMEOUT
+  while time.time() < deadline and any(p.poll() is None for p in procs):
+    if any(p.poll() not in (None, 0) for p in procs):
+      break
+    time.sleep(0.2)
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+  for p, log in zip(procs, logs):
+    p.wait()
+    text = "\n".join(l for l in log.read_text().splitlines() if "Gloo" not in l)
+    assert p.returncode == 0, text[-5000:]
+  one = json.loads(ref_out.read_text())
+  two = [json.loads(o.read_text()) for o in outs]
+  assert two[0]["process_count"] == 2 and one["process_count"] == 1
+  assert two[0]["resumed_from"] == two[1]["resumed_from"] == 4
+  assert len(two[0]["rows"]) == len(one["rows"]) == 6
+  for a, b in zip(one["rows"], two[0]["rows"]):
+    assert a["step"] == b["step"]
+    for k in ("loss", "kl", "grad_norm"):
+      assert b[k] == pytest.approx(a[k], rel=1e-5), (k, a, b)
+  np.testing.assert_allclose(two[0]["params"], one["params"], rtol=0, atol=5e-5)  # see 8 devices
+  np.testing.assert_array_equal(two[0]["params"], two[1]["params"])
+
+
+# -- workers ---------------------------------------------------------------------------------------
+def _tiny_models(mla_layers=(0,)):
+  """A small random Llama teacher and a hybrid student initialised from it (MLA + Mamba2)."""
+  from flax import nnx
+
+  from zebra_jax.config import HybridConfig, LlamaConfig
+  from zebra_jax.init import init_hybrid
+  from zebra_jax.models.hybrid import CausalLM
+  tc = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+  teacher = CausalLM(tc, rngs=nnx.Rngs(0))
+  sc = HybridConfig.from_llama(tc, mla_layers=mla_layers, kv_lora_rank=16, q_lora_rank=16,
+                               chunk_size=8)
+  return teacher, init_hybrid(teacher, sc, seed=0)
+
+
+def _global_batch(pos, batch, length=17):
+  return np.random.default_rng([7, pos]).integers(0, 64, (batch, length)).astype(np.int32)
+
+
+class _ProcessBatches:
+  """Global batch `pos` split by process (process p gets rows [p*B/P, (p+1)*B/P)); the state names
+  the process so restoring another process's position fails loudly."""
+
+  def __init__(self, batch, pid, nproc, crash_at=None):
+    self.batch, self.pid, self.nproc, self.pos, self.crash_at = batch, pid, nproc, 0, crash_at
+
+  def __next__(self):
+    if self.crash_at is not None and self.pos + 1 == self.crash_at:
+      raise RuntimeError("injected failure")
+    g = _global_batch(self.pos, self.batch)
+    self.pos += 1
+    n = self.batch // self.nproc
+    return {"tokens": g[self.pid * n:(self.pid + 1) * n]}
+
+  def get_state(self):
+    return {"pos": self.pos, "process": self.pid}
+
+  def set_state(self, s):
+    if s["process"] != self.pid:
+      raise ValueError(f"process {self.pid} was given process {s['process']}'s data state")
+    self.pos = s["pos"]
+
+
+def _flat_params(model):
+  from flax import nnx
+  leaves = [np.asarray(v.get_value(), np.float64).ravel()
+            for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+  return np.concatenate(leaves).tolist()
+
+
+def _worker_mesh(workdir, out):
+  import jax
+
+  from zebra_jax.distill import stages
+  from zebra_jax.distill.config import RunConfigError
+  from zebra_jax.distill.pipeline import run_pipeline
+  from zebra_jax.parallel import make_mesh
+  from zebra_jax.train.metrics import read_metrics
+  from zebra_jax.train.trainer import StageTrainer, TrainSpec
+
+  class Batches:
+    def __init__(self):
+      self.pos = 0
+
+    def __next__(self):
+      self.pos += 1
+      return {"tokens": _global_batch(self.pos, 8)}
+
+    def get_state(self):
+      return {"pos": self.pos}
+
+    def set_state(self, s):
+      self.pos = s["pos"]
+
+  res = {"devices": jax.device_count(), "losses": {}, "params": {}}
+  meshes = {"1": make_mesh(1, 1, 1, devices=jax.devices()[:1]), "8": make_mesh(2, 2, 2)}
+  for name, mesh in meshes.items():
+    teacher, student = _tiny_models()
+    spec = TrainSpec(steps=3, lr=1e-3, batch_size=8, seq_len=16, grad_accum=2, warmup_frac=0.0,
+                     log_every=1, checkpoint_every=100, async_checkpoint=False, progress=False)
+    tr = StageTrainer(name=f"kd_{name}", workdir=workdir, model=student,
+                      loss_fn=stages.kd_loss_fn(1.0, 0.5, 1.0), spec=spec, mesh=mesh,
+                      teachers={"teacher": teacher})
+    if name == "8":
+      res["sharded_axes"] = sorted({a for leaf in jax.tree.leaves(tr.trainable)
+                                    for part in leaf.sharding.spec if part
+                                    for a in ((part,) if isinstance(part, str) else part)})
+    tr.run(Batches())
+    res["losses"][name] = read_metrics(os.path.join(workdir, f"kd_{name}"))
+    res["params"][name] = _flat_params(student)
+  # Preflight sees the 2 x 2 x 2 mesh: a micro-batch of 6 / 1 rows does not split over 4.
+  sys.path.insert(0, ROOT)
+  from configs.tiny import get_config
+  c = get_config()
+  c.mesh.update(data=2, fsdp=2, tensor=2)
+  c.kd.batch_size = 6
+  try:
+    run_pipeline(c, os.path.join(workdir, "bad"), progress=False)
+    res["preflight_error"] = ""
+  except RunConfigError as e:
+    res["preflight_error"] = str(e)
+  with open(out, "w") as f:
+    json.dump(res, f)
+
+
+def _worker_process(workdir, out, pid, nproc, port):
+  import jax
+  if nproc > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc,
+                               process_id=pid)
+  from zebra_jax.distill import stages
+  from zebra_jax.parallel import make_mesh
+  from zebra_jax.train.metrics import read_metrics
+  from zebra_jax.train.trainer import StageTrainer, TrainSpec
+
+  assert jax.process_count() == nproc and jax.local_device_count() == 1
+  mesh = make_mesh(-1, 1, 1)  # data axis over every process's device
+  spec = TrainSpec(steps=6, lr=1e-3, batch_size=4, seq_len=16, warmup_frac=0.0, log_every=1,
+                   checkpoint_every=2, keep_last=3, async_checkpoint=True, progress=False)
+
+  from flax import nnx
+  teacher, student0 = _tiny_models()
+
+  def trainer():  # a fresh copy of the initial student each time
+    student = nnx.clone(student0)
+    return student, StageTrainer(name="kd", workdir=workdir, model=student,
+                                 loss_fn=stages.kd_loss_fn(1.0, 0.5, 1.0), spec=spec, mesh=mesh,
+                                 teachers={"teacher": teacher})
+
+  resumed_from = None
+  if nproc > 1:  # crash while fetching step 5's batch (checkpoint 4 is the latest), then resume
+    _, tr = trainer()
+    try:
+      tr.run(_ProcessBatches(4, pid, nproc, crash_at=5))
+      raise AssertionError("the injected failure did not stop the run")
+    except RuntimeError as e:
+      assert "injected failure" in str(e), e
+    ckdir = os.path.join(workdir, "kd", "checkpoints")
+    resumed_from = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
+  student, tr = trainer()
+  tr.run(_ProcessBatches(4, pid, nproc))
+  res = {"process_count": jax.process_count(), "resumed_from": resumed_from,
+         "rows": read_metrics(os.path.join(workdir, "kd")) if pid == 0 else None,
+         "params": _flat_params(student)}
+  with open(out, "w") as f:
+    json.dump(res, f)
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, ROOT)
+  if sys.argv[1] == "mesh":
+    _worker_mesh(sys.argv[2], sys.argv[3])
+  elif sys.argv[1] == "proc":
+    _worker_process(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
+  else:
+    raise SystemExit(f"unknown worker {sys.argv[1]!r}")

@@ -1,0 +1,346 @@
+"""The training-stage runner: gradient accumulation, trainable filters, the learning-rate schedule,
+keep-last-K checkpoints, metrics on resume, and the non-finite guard."""
+
+import json
+import math
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from zebra_jax.config import LlamaConfig
+from zebra_jax.models.hybrid import CausalLM
+from zebra_jax.parallel import make_mesh
+from zebra_jax.train import losses
+from zebra_jax.train.checkpoint import StageCheckpointer
+from zebra_jax.train.metrics import MetricsWriter, read_metrics
+from zebra_jax.train.optim import lr_schedule, make_optimizer
+from zebra_jax.train.trainer import NonFiniteLossError, Preempted, StageTrainer, TrainSpec
+
+CFG = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+T = 12
+MESH = None
+
+
+def mesh1():
+  global MESH
+  if MESH is None:
+    MESH = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  return MESH
+
+
+def model(seed=0):
+  return CausalLM(CFG, rngs=nnx.Rngs(seed))
+
+
+def params_np(m):
+  return {".".join(map(str, p)): np.asarray(v.get_value())
+          for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))}
+
+
+def ce_loss(student, teachers, batch):
+  tokens = batch["tokens"]
+  logits = student(tokens[:, :-1])
+  ce = losses.cross_entropy(logits, tokens[:, 1:])
+  return ce, {"ce": ce}
+
+
+class Batches:
+  """Deterministic synthetic batches with a resumable position; `poison` marks a step whose loss
+  the poisoned loss function turns into NaN."""
+
+  def __init__(self, batch_size, seed=0, poison_at=None):
+    self.batch_size, self.seed, self.pos, self.poison_at = batch_size, seed, 0, poison_at
+
+  def __next__(self):
+    rng = np.random.default_rng([self.seed, self.pos])
+    self.pos += 1
+    b = {"tokens": rng.integers(0, CFG.vocab_size, (self.batch_size, T)).astype(np.int32)}
+    if self.poison_at is not None:
+      # (B, T) like tokens: the trainer shards every batch leaf as (accum, micro, T).
+      b["poison"] = np.full((self.batch_size, T), float(self.pos == self.poison_at), np.float32)
+    return b
+
+  def get_state(self):
+    return {"pos": self.pos}
+
+  def set_state(self, s):
+    self.pos = int(s["pos"])
+
+
+def spec(**kw):
+  base = dict(steps=3, lr=1e-3, batch_size=4, seq_len=T, warmup_frac=0.0, grad_clip=None,
+              log_every=1, checkpoint_every=100, keep_last=2, async_checkpoint=False,
+              progress=False)
+  base.update(kw)
+  return TrainSpec(**base)
+
+
+def run(tmp, name, m, sp, data, loss_fn=ce_loss, **kw):
+  """Runs one stage; returns its metrics rows (the model is updated in place)."""
+  tr = StageTrainer(name=name, workdir=str(tmp), model=m, loss_fn=loss_fn, spec=sp, mesh=mesh1(),
+                    **kw)
+  tr.run(data)
+  return read_metrics(os.path.join(str(tmp), name))
+
+
+def curve(rows):
+  """Metric rows without the timing-dependent throughput."""
+  return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
+
+
+# -- gradient accumulation ------------------------------------------------------------------------
+def test_grad_accumulation_equals_one_big_batch(tmp_path):
+  m0 = model()
+  init = params_np(m0)
+  # Reference for step 1, computed here: full-batch loss and gradient norm.
+  tokens = jnp.asarray(next(Batches(4))["tokens"])
+
+  def full_loss(params):
+    mm = nnx.merge(nnx.graphdef(m0), params, nnx.state(m0, nnx.Not(nnx.Param)))
+    return losses.cross_entropy(mm(tokens[:, :-1]), tokens[:, 1:])
+
+  loss1, g1 = jax.jit(jax.value_and_grad(full_loss))(nnx.state(m0, nnx.Param))
+
+  results = {}
+  for accum in (1, 2):
+    m = model()
+    results[accum] = (run(tmp_path, f"accum{accum}", m, spec(grad_accum=accum), Batches(4)),
+                      params_np(m))
+  rows1, p1 = results[1]
+  np.testing.assert_allclose(rows1[0]["loss"], float(loss1), rtol=1e-6)
+  np.testing.assert_allclose(rows1[0]["grad_norm"], float(optax.global_norm(g1)), rtol=1e-5)
+  assert max(np.abs(p1[k] - init[k]).max() for k in p1) > 1e-4  # training moved the weights
+  for accum in (2,):
+    rows, p = results[accum]
+    assert len(rows) == len(rows1) == 3
+    for r, r1 in zip(rows, rows1):
+      for k in ("loss", "ce", "grad_norm", "lr"):
+        np.testing.assert_allclose(r[k], r1[k], rtol=2e-5, err_msg=f"accum={accum} {k}")
+    for k in p1:
+      np.testing.assert_allclose(p[k], p1[k], atol=2e-6, err_msg=f"accum={accum} {k}")
+
+
+def test_batch_must_split_into_micro_batches(tmp_path):
+  with pytest.raises(ValueError, match="grad_accum"):
+    StageTrainer(name="bad", workdir=str(tmp_path), model=model(), loss_fn=ce_loss,
+                 spec=spec(batch_size=6, grad_accum=4), mesh=mesh1())
+
+
+# -- trainable filter ----------------------------------------------------------------------------
+def test_trainable_filter_leaves_frozen_parameters_bitwise_unchanged(tmp_path):
+  m = model()
+  init = params_np(m)
+
+  def trainable(path, _var):
+    names = list(map(str, path))
+    return not ("mlp" in names or "embed_tokens" in names)
+
+  # weight decay would move frozen parameters too if they reached the optimiser
+  run(tmp_path, "frozen", m, spec(steps=3, weight_decay=0.1), Batches(4), trainable=trainable)
+  after = params_np(m)
+  frozen = [k for k in init if ".mlp." in k or k.startswith("embed_tokens")]
+  free = [k for k in init if k not in frozen]
+  assert frozen and free
+  for k in frozen:
+    assert np.array_equal(after[k], init[k]), f"frozen {k} changed"
+  for k in free:
+    assert not np.array_equal(after[k], init[k]), f"trainable {k} did not change"
+
+
+def test_trainable_filter_selecting_nothing_is_an_error(tmp_path):
+  with pytest.raises(ValueError, match="selects no parameters"):
+    StageTrainer(name="none", workdir=str(tmp_path), model=model(), loss_fn=ce_loss, spec=spec(),
+                 mesh=mesh1(), trainable=lambda path, var: False)
+
+
+# -- learning-rate schedule ----------------------------------------------------------------------
+def _hf_cosine(lr, total, warmup, t):
+  """transformers.get_cosine_schedule_with_warmup, written out."""
+  if t < warmup:
+    return lr * t / warmup
+  return lr * 0.5 * (1.0 + math.cos(math.pi * (t - warmup) / (total - warmup)))
+
+
+@pytest.mark.parametrize("total,frac,warmup", [(100, 0.1, 10), (50, 0.01, 1), (1000, 0.01, 10),
+                                               (20, 0.0, 0)])
+def test_lr_schedule_is_linear_warmup_then_cosine_to_zero(total, frac, warmup):
+  lr = 3e-4
+  sched = lr_schedule(lr, total, frac)
+  for t in range(total + 1):
+    np.testing.assert_allclose(float(sched(t)), _hf_cosine(lr, total, warmup, t), rtol=1e-5,
+                               atol=lr * 1e-6, err_msg=f"step {t}")
+
+
+def test_adamw_applies_the_schedule_from_the_first_update():
+  """With a constant gradient Adam's bias-corrected step is exactly lr(t) * g / (|g| + eps), so the
+  parameter trajectory exposes which learning rate each update used (t = 0 for the first one)."""
+  lr, total, eps = 1e-2, 10, 1e-8
+  opt = make_optimizer(lr, total, warmup_frac=0.2, grad_clip=None, eps=eps)
+  g = jnp.asarray([1.0, -2.0, 0.5], jnp.float32)
+  p = jnp.zeros(3, jnp.float32)
+  state = opt.init(p)
+  want = np.zeros(3)
+  for t in range(total):
+    upd, state = opt.update(g, state, p)
+    p = optax.apply_updates(p, upd)
+    want -= _hf_cosine(lr, total, 2, t) * np.asarray(g) / (np.abs(np.asarray(g)) + eps)
+    np.testing.assert_allclose(np.asarray(p), want, rtol=1e-5, atol=1e-9, err_msg=f"update {t}")
+
+
+# -- checkpoints, resume, metrics ----------------------------------------------------------------
+def _checkpoint_steps(directory):
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_checkpoints_keep_last_k(tmp_path, async_save):
+  m = model()
+  sp = spec(steps=5, checkpoint_every=1, keep_last=2, async_checkpoint=async_save)
+  run(tmp_path, "ck", m, sp, Batches(4))
+  ckdir = tmp_path / "ck" / "checkpoints"
+  assert _checkpoint_steps(ckdir) == [4, 5]
+  # The newest checkpoint holds the final parameters and the data position.
+  tr = StageTrainer(name="ck", workdir=str(tmp_path), model=model(), loss_fn=ce_loss,
+                    spec=spec(steps=5), mesh=mesh1())
+  ck = StageCheckpointer(str(ckdir), keep_last=2, async_save=False)
+  from zebra_jax.train.checkpoint import abstract_like
+  restored, data_state = ck.restore(5, {"trainable": abstract_like(tr.trainable),
+                                        "opt_state": abstract_like(tr.opt_state)})
+  ck.close()
+  assert data_state == {"pos": 5}
+  final = params_np(m)
+  for p, v in nnx.to_flat_state(restored["trainable"]):
+    assert np.array_equal(np.asarray(v.get_value()), final[".".join(map(str, p))])
+
+
+class Crash(RuntimeError):
+  pass
+
+
+class CrashingBatches(Batches):
+  def __init__(self, batch_size, crash_at):
+    super().__init__(batch_size)
+    self.crash_at = crash_at
+
+  def __next__(self):
+    if self.pos + 1 == self.crash_at:
+      raise Crash(f"injected failure fetching batch {self.crash_at}")
+    return super().__next__()
+
+
+class SigtermBatches(Batches):
+  """Sends this process SIGTERM while fetching batch `at` (as a TPU preemption notice would)."""
+
+  def __init__(self, batch_size, at):
+    super().__init__(batch_size)
+    self.at = at
+
+  def __next__(self):
+    if self.pos + 1 == self.at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return super().__next__()
+
+
+@pytest.mark.parametrize("how", ["crash", "sigterm"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, how):
+  sp = spec(steps=7, checkpoint_every=3, log_every=2, warmup_frac=0.2)
+  m_ref = model()
+  rows_ref = run(tmp_path / "ref", "stage", m_ref, sp, Batches(4))
+  assert [r["step"] for r in rows_ref] == [2, 4, 6, 7]
+
+  stage_dir = tmp_path / "int" / "stage"
+  if how == "crash":  # crash fetching step 6's batch: the last checkpoint is step 3, 4-5 replay
+    with pytest.raises(Crash):
+      run(tmp_path / "int", "stage", model(), sp, CrashingBatches(4, crash_at=6))
+    assert _checkpoint_steps(stage_dir / "checkpoints") == [3]
+  else:  # SIGTERM during step 5: that step finishes and is saved, then the run stops
+    with pytest.raises(Preempted, match="saved step 5"):
+      run(tmp_path / "int", "stage", model(), sp, SigtermBatches(4, at=5))
+    assert _checkpoint_steps(stage_dir / "checkpoints") == [3, 5]
+  assert [r["step"] for r in read_metrics(stage_dir)] == [2, 4]  # no extra row at the kill
+
+  m = model()
+  rows = run(tmp_path / "int", "stage", m, sp, Batches(4))
+  assert curve(rows) == curve(rows_ref)
+  ref = params_np(m_ref)
+  for k, v in params_np(m).items():
+    assert np.array_equal(v, ref[k]), k
+
+
+def test_sigterm_while_the_last_checkpoint_is_written_still_stops_the_run(tmp_path, monkeypatch):
+  """A preemption notice that lands after the last step (while the checkpointer closes) must not be
+  swallowed: the stage is complete on disk, the run stops with Preempted, a rerun finishes it."""
+  close = StageCheckpointer.close
+
+  def close_with_sigterm(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    close(self)
+
+  monkeypatch.setattr(StageCheckpointer, "close", close_with_sigterm)
+  with pytest.raises(Preempted, match="finished and saved step 3"):
+    run(tmp_path, "stage", model(), spec(steps=3), Batches(4))
+  monkeypatch.setattr(StageCheckpointer, "close", close)
+  assert _checkpoint_steps(tmp_path / "stage" / "checkpoints") == [3]
+  m = model()
+  rows = run(tmp_path, "stage", m, spec(steps=3), Batches(4))  # resumes at the end: no step runs
+  assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_metrics_resume_drops_rows_after_the_checkpoint_and_a_torn_last_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  rows = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
+  path.write_text("\n".join(rows) + "\n" + '{"step": 5, "lo')  # killed mid-write
+  w = MetricsWriter(str(tmp_path), resume_step=3)
+  w.write(4, {"loss": 0.5})
+  w.close()
+  assert [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path))] == \
+      [(1, 1.0), (2, 0.5), (3, 1.0 / 3), (4, 0.5)]
+
+
+# -- non-finite guard ----------------------------------------------------------------------------
+def poisoned_loss(student, teachers, batch):
+  loss, metrics = ce_loss(student, teachers, batch)
+  return loss * jnp.where(batch["poison"][0, 0] > 0, jnp.nan, 1.0), metrics
+
+
+def test_nan_loss_stops_before_checkpointing_the_bad_state(tmp_path):
+  sp = spec(steps=8, checkpoint_every=2, log_every=4, keep_last=10)
+  # Poison step 5 (neither a log nor a checkpoint step): the step-6 checkpoint's check catches it.
+  with pytest.raises(NonFiniteLossError, match="step 5") as e:
+    run(tmp_path / "bad", "stage", model(), sp, Batches(4, poison_at=5), loss_fn=poisoned_loss)
+  assert "checkpoint is step 4" in str(e.value)
+  bad_dir = tmp_path / "bad" / "stage"
+  assert _checkpoint_steps(bad_dir / "checkpoints") == [2, 4]
+  assert all(math.isfinite(r["loss"]) for r in read_metrics(bad_dir))
+  # The surviving step-4 checkpoint is bitwise the one a clean run writes.
+  run(tmp_path / "good", "stage", model(), sp, Batches(4, poison_at=10**9), loss_fn=poisoned_loss)
+  from zebra_jax.train.checkpoint import abstract_like
+  tr = StageTrainer(name="x", workdir=str(tmp_path / "x"), model=model(), loss_fn=ce_loss, spec=sp,
+                    mesh=mesh1())
+  target = {"trainable": abstract_like(tr.trainable), "opt_state": abstract_like(tr.opt_state)}
+  got = []
+  for d in (bad_dir, tmp_path / "good" / "stage"):
+    ck = StageCheckpointer(str(d / "checkpoints"), async_save=False, keep_last=10)
+    got.append(ck.restore(4, target))
+    ck.close()
+  (a, da), (b, db) = got
+  assert da == db == {"pos": 4}
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_update_that_overflows_the_parameters_is_never_checkpointed(tmp_path):
+  """lr = 1e39 is a finite Python float but inf in float32: step 1's loss and gradient are finite,
+  the updated parameters are not. The run must stop before saving them."""
+  sp = spec(steps=4, lr=1e39, checkpoint_every=1, log_every=1)
+  with pytest.raises(NonFiniteLossError, match="step 1"):
+    run(tmp_path, "stage", model(), sp, Batches(4))
+  ckdir = tmp_path / "stage" / "checkpoints"
+  assert not os.path.exists(ckdir) or _checkpoint_steps(ckdir) == []
