@@ -313,14 +313,15 @@ class StageTrainer:
         pending.append((step, metrics))
         if bar is not None:
           bar.update(1)
-        at_ckpt = step % spec.checkpoint_every == 0 or step == spec.steps or preempted["flag"]
+        stop = preempted["flag"]  # read once: the signal may land anywhere in this iteration
+        at_ckpt = step % spec.checkpoint_every == 0 or step == spec.steps or stop
         at_log = step % spec.log_every == 0 or step == spec.steps
         if at_log or at_ckpt:
           flush(step, write=at_log)
         if at_ckpt:
           ckpt.save(step, {"trainable": self.trainable, "opt_state": self.opt_state},
                     data.get_state(), force=True)
-        if preempted["flag"]:
+        if stop:
           ckpt.wait()
           raise Preempted(f"[{self.name}] SIGTERM: saved step {step} to {ckpt.directory}; rerun the "
                           "same command to resume")
