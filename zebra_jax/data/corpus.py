@@ -32,10 +32,10 @@ HELDOUT_FRACTION = 0.05
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> str:
-  """cache_dir, else $ZEBRA_JAX_CACHE, else ~/.cache/zebra_jax."""
-  if cache_dir is not None:
-    return os.fspath(cache_dir)
-  return os.environ.get("ZEBRA_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zebra_jax")
+    """cache_dir, else $ZEBRA_JAX_CACHE, else ~/.cache/zebra_jax (shared with zebra_jax.assets)."""
+    from zebra_jax.assets import resolve_cache_dir
+
+    return resolve_cache_dir(cache_dir)
 
 
 def _clean(text: str) -> str:
