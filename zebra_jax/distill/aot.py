@@ -1,26 +1,28 @@
 """Ahead-of-time compilation of every training stage for a TPU topology, on a machine without a TPU.
 
-    python scripts/distill.py --config configs/zebra_3b.py --aot_topology v5p:2x4x4
+    python scripts/distill.py --config configs/zebra_3b.py --aot-topology v5p:2x4x4
 
 libtpu describes the topology (`jax.experimental.topologies.get_topology_desc`) as compile-only
 devices; the mesh of `cfg.mesh` is laid over them. For each training stage the student, teachers and
 optimiser state are built abstractly (`nnx.eval_shape` / `jax.eval_shape`: no weights are read or
 allocated, so an 8B teacher costs nothing), sharded by the same logical rules, and the *same* jitted
 step the trainer runs (`train.trainer.build_train_step` with the stage's loss function, batch,
-sequence length, gradient accumulation and remat) is lowered and compiled by the TPU compiler. The
-report gives, per chip: argument / output / temporary memory from `compiled.memory_analysis()`
-against the chip's HBM, FLOPs and bytes from `compiled.cost_analysis()` next to the model FLOPs of
-`accounting.flops_per_token`, and a roofline step time max(FLOPs / peak, bytes / HBM bandwidth).
+sequence length, gradient accumulation and remat) is traced, lowered and compiled by the TPU
+compiler. The report gives, per chip: argument / output / temporary memory from
+`compiled.memory_analysis()` against the chip's HBM; FLOPs three ways (the model FLOPs of
+`accounting.flops_per_token`, the matmul FLOPs the traced step executes incl. backward and remat,
+and XLA's `cost_analysis()`); and a roofline step time max(FLOPs / peak, HBM bytes / bandwidth).
+docs/aot.md explains the numbers and records the Zebra runs.
 
 Where the training code and the design disagree on a dtype, the larger choice is compiled so that
-"fits" here means it fits there (see `_student_param_dtype` and `_teacher_dtypes`).
-Kernel dispatch (`ops.attention`, `ops.ssd`) keys on `jax.default_backend()`, which is the CPU on
-this machine, so the compiled step uses the pure-JAX reference attention / SSD rather than TPU
-Pallas kernels; the reference materialises attention scores, so memory is an upper bound there.
+"fits" here means it fits there (see `_student_param_dtype` and `_teacher_dtypes`). Kernel dispatch
+is made to see the TPU while tracing (`dispatch_as`), so `impl="auto"` picks the Pallas TPU kernels
+a pod run would; where they cannot be used the step falls back to the pure-JAX ops, with a note.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -77,8 +79,11 @@ def parse_topology(name: str) -> tuple[ChipSpec, tuple[int, ...]]:
 def _quiet_libtpu_env() -> None:
   """libtpu probes the GCE metadata server and TPU_* variables for a real slice; on a CPU machine
   that only prints warnings. Fills in neutral values unless the user set them."""
+  # ALLOW_MULTIPLE_LIBTPU_LOAD: compile-only use needs no exclusive TPU lock, so several AOT runs
+  # (or test workers) may load libtpu at once.
   for k, v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
-               ("TPU_WORKER_ID", "0"), ("TPU_ACCELERATOR_TYPE", "v5p-8")):
+               ("TPU_WORKER_ID", "0"), ("TPU_ACCELERATOR_TYPE", "v5p-8"),
+               ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
     os.environ.setdefault(k, v)
 
 
@@ -285,7 +290,7 @@ def stage_plans(cfg) -> list[StagePlan]:
             return False
           return not (freeze_mlp and "mlp" in names)
 
-        spec = _spec(cfg, sw, T - 1)
+        spec = _spec(cfg, sw, T)
         plans.append(StagePlan(f"stepwise_{phase}", s, {"teacher": ild_teacher},
                                stages.kd_loss_fn(sw.kl_weight, sw.ce_weight, 1.0), trainable, spec,
                                _tokens(spec, T), notes=notes))
@@ -301,7 +306,7 @@ def stage_plans(cfg) -> list[StagePlan]:
         raise AOTError(f"kd: teacher vocab_size={tcfg.vocab_size} differs from the student's "
                        f"{s.vocab_size} (kd_teacher.path / kd_teacher.preset)")
       k = cfg.kd
-      spec = _spec(cfg, k, T - 1)
+      spec = _spec(cfg, k, T)
       plans.append(StagePlan("kd", s, {"teacher": tcfg},
                              stages.kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature), None, spec,
                              _tokens(spec, T), notes=notes + extra + tnote))
@@ -311,7 +316,7 @@ def stage_plans(cfg) -> list[StagePlan]:
       policy, extra = (final_student, ()) if final_student is not None else assembled()
       # The reference is a frozen copy reloaded with load_model(dtype=train.dtype).
       reference = _with_dtypes(policy, t.dtype, t.dtype, t.impl)
-      spec = _spec(cfg, d, d.max_len - 1)
+      spec = _spec(cfg, d, d.max_len)
       micro = spec.batch_size // spec.grad_accum
       shape = (spec.grad_accum, micro, d.max_len)
       batch = {k: (shape, "int32") for k in ("chosen", "chosen_mask", "rejected", "rejected_mask")}
@@ -338,6 +343,7 @@ class StageReport:
   xla_bytes: float | None = None      # per device HBM traffic, from cost_analysis
   model_flops: float | None = None    # per device per step, accounting.flops_per_token
   exec_flops: float = 0.0             # per device per step, matmuls of the traced step (+ remat)
+  pallas_calls: dict = dataclasses.field(default_factory=dict)  # TPU kernels in the step
   roofline_s: float | None = None
   bound: str = ""
   model_step_s: float | None = None   # model FLOPs at peak
@@ -365,6 +371,21 @@ class AOTReport:
   @property
   def failed(self) -> list[str]:
     return [s.name for s in self.stages if not s.fits]
+
+
+@contextlib.contextmanager
+def dispatch_as(backend: str):
+  """`ops.attention` / `ops.ssd` choose kernels by `jax.default_backend()`, which is the CPU on
+  this host. While the step is traced for a TPU topology it answers `backend`, so `impl="auto"`
+  picks the Pallas TPU kernels a run on the pod would use (the Pallas calls lower for the TPU
+  devices of the mesh). `train.impl="reference"` still forces the pure-JAX ops."""
+  import jax
+  original = jax.default_backend
+  jax.default_backend = lambda: backend
+  try:
+    yield
+  finally:
+    jax.default_backend = original
 
 
 def _abstract_model(config, remat: bool):
@@ -449,6 +470,23 @@ def jaxpr_matmul_flops(jaxpr) -> float:
   return total
 
 
+def _pallas_calls(jaxpr) -> dict[str, int]:
+  """{kernel name: number of pallas_call equations} in a jaxpr, recursively (scan bodies once)."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  out: dict[str, int] = {}
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      info = eqn.params.get("name_and_src_info") or eqn.params.get("name") or "pallas_call"
+      name = str(getattr(info, "name", info)).split(" ")[0]
+      out[name] = out.get(name, 0) + 1
+      continue
+    for v in eqn.params.values():
+      for j in _sub_jaxprs(v):
+        for k, n in _pallas_calls(j).items():
+          out[k] = out.get(k, 0) + n
+  return out
+
+
 def _count(state) -> int:
   import jax
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(state)))
@@ -486,10 +524,11 @@ def compile_stage(plan: StagePlan, mesh, chip: ChipSpec, devices_per_chip: int, 
   opt_shard = optimizer_state_shardings(optimizer, tr_state, tr_shard, mesh)
   opt_state = jax.eval_shape(optimizer.init, tr_state)
   b_shard = batch_sharding(mesh)
-  step = build_train_step(graphdef, {k: gd for k, (gd, _) in teacher_defs.items()}, optimizer,
-                          plan.loss_fn, spec.grad_accum, trainable_shardings=tr_shard,
-                          opt_shardings=opt_shard, frozen_shardings=fr_shard,
-                          teacher_shardings=te_shard, batch_shardings=b_shard)
+  def make_step():
+    return build_train_step(graphdef, {k: gd for k, (gd, _) in teacher_defs.items()}, optimizer,
+                            plan.loss_fn, spec.grad_accum, trainable_shardings=tr_shard,
+                            opt_shardings=opt_shard, frozen_shardings=fr_shard,
+                            teacher_shardings=te_shard, batch_shardings=b_shard)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=b_shard)
            for k, (shape, dtype) in plan.batch.items()}
 
@@ -508,11 +547,25 @@ def compile_stage(plan: StagePlan, mesh, chip: ChipSpec, devices_per_chip: int, 
 
   t0 = time.perf_counter()
   try:
-    traced = step.trace(_sds(tr_state, tr_shard), _sds(opt_state, opt_shard),
-                        _sds(fr_state, fr_shard),
-                        {k: _sds(st, te_shard[k]) for k, (_, st) in teacher_defs.items()}, batch)
+    args = (_sds(tr_state, tr_shard), _sds(opt_state, opt_shard), _sds(fr_state, fr_shard),
+            {k: _sds(st, te_shard[k]) for k, (_, st) in teacher_defs.items()}, batch)
+    try:
+      with dispatch_as("tpu"):
+        traced = make_step().trace(*args)
+        lowered = traced.lower()
+    except NotImplementedError as e:
+      if "partition" not in str(e) and "shard_map" not in str(e):
+        raise
+      # The Pallas TPU kernels are called inside the GSPMD-partitioned step without a shard_map,
+      # which Mosaic cannot partition: a pod run with impl="auto" fails the same way.
+      report.notes += (f"the Pallas TPU kernels cannot be used in this sharded step ({e}); "
+                       "compiled with the pure-JAX ops (a pod run needs "
+                       "--config.train.impl=reference until the kernel calls are shard_mapped)",)
+      traced = make_step().trace(*args)
+      lowered = traced.lower()
     report.exec_flops = jaxpr_matmul_flops(traced.jaxpr) / n_dev
-    compiled = traced.lower().compile()
+    report.pallas_calls = _pallas_calls(traced.jaxpr)
+    compiled = lowered.compile()
   except Exception as e:  # the TPU compiler refuses programs that exceed HBM
     msg = str(e)
     if "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower():
@@ -608,6 +661,8 @@ def format_stage(r: StageReport) -> str:
       lines.append(f"  roofline step time {_secs(r.roofline_s)} ({r.bound}-bound; HBM traffic "
                    f"{_bytes(r.xla_bytes)}); model FLOPs at peak {_secs(r.model_step_s)} "
                    f"-> MFU <= {100 * r.model_step_s / r.roofline_s:.0f}%")
+  kernels = ", ".join(f"{k} x{n}" for k, n in sorted(r.pallas_calls.items()))
+  lines.append(f"  Pallas TPU kernels traced: {kernels or 'none (pure-JAX ops)'}")
   lines += [f"  note: {n}" for n in r.notes]
   return "\n".join(lines)
 

@@ -1,0 +1,161 @@
+"""`--aot_topology`: ahead-of-time compilation of every stage for a TPU topology, without a TPU.
+
+The compile tests need libtpu (`pip install -e .[tpu-aot]`) and are skipped only when it is not
+importable; the config / error-path tests run everywhere. Expected memory comes from parameter
+counts (`accounting.param_count`, arithmetic on the config) times dtype sizes, not from the code
+under test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from configs import tiny, zebra_3b  # noqa: E402
+from zebra_jax import accounting, presets  # noqa: E402
+from zebra_jax.distill import aot  # noqa: E402
+
+HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(
+    not HAVE_LIBTPU, reason="libtpu is not installed: pip install -e .[tpu-aot] to run the TPU "
+                            "ahead-of-time compile tests")
+MiB = 1024 ** 2
+
+
+# -- no libtpu needed ------------------------------------------------------------------------------
+def test_parse_topology():
+  chip, dims = aot.parse_topology("v5p:4x4x4")
+  assert chip.name == "TPU v5p" and dims == (4, 4, 4)
+  assert aot.parse_topology("v5e:16x16")[0].hbm_bytes == 16 * 1024 ** 3
+  assert aot.parse_topology("v6e:8x8")[0].hbm_bytes == 32 * 1024 ** 3
+  with pytest.raises(aot.AOTError, match="form"):
+    aot.parse_topology("v5p-128")
+  with pytest.raises(aot.AOTError, match="chip"):
+    aot.parse_topology("v9z:2x2")
+
+
+def test_missing_libtpu_names_the_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, "libtpu", None)  # makes `import libtpu` raise ImportError
+  with pytest.raises(aot.AOTError, match=r"pip install -e \.\[tpu-aot\]"):
+    aot.topology_devices("v5e:2x2")
+
+
+def test_teacher_preset_used_when_path_unreadable():
+  cfg = zebra_3b.get_config()
+  cfg.teacher.path = "/nonexistent/Llama-3.2-3B-Instruct"
+  cfg.kd_teacher.path = "/nonexistent/Llama-3.1-8B-Instruct"
+  plans = {p.name: p for p in aot.stage_plans(cfg)}
+  assert list(plans) == ["ild_mla", "ild_mamba", "kd"]
+  kd = plans["kd"]
+  # The KD student is the released Zebra-3B-6MLA-22M2 (published 3.39B parameters) and its
+  # teacher the 8B Llama; the ILD teacher is the 3B Llama.
+  want = presets.get_preset("zebra_3b_6mla22m2")
+  assert kd.student.layer_types() == want.layer_types()
+  assert accounting.param_count(kd.student) == accounting.param_count(want)
+  assert round(accounting.param_count(kd.student) / 1e9, 2) == 3.39
+  assert kd.teachers["teacher"].num_hidden_layers == 32 and kd.teachers["teacher"].hidden_size == 4096
+  assert plans["ild_mla"].teachers["teacher"].hidden_size == 3072
+  assert kd.student.param_dtype == "float32" and kd.student.dtype == "bfloat16"
+  assert plans["ild_mla"].batch["tokens"][0] == (1, 96, 2048)
+
+  cfg.kd_teacher.preset = None
+  with pytest.raises(aot.AOTError, match="kd_teacher.preset"):
+    aot.stage_plans(cfg)
+
+
+# -- compiled for TPU --------------------------------------------------------------------------------
+def _tiny(**mesh):
+  cfg = tiny.get_config()
+  cfg.mesh.update(**mesh)
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_v5e():
+  """configs/tiny.py compiled for a 2x2 v5e slice (data=4): (config, report, printed lines)."""
+  cfg, lines = _tiny(), []
+  return cfg, aot.aot_report(cfg, "v5e:2x2", print_fn=lines.append), "\n".join(lines)
+
+
+@needs_libtpu
+def test_tiny_all_stages_fit_v5e(tiny_v5e):
+  cfg, report, out = tiny_v5e
+  assert report.fits and report.failed == []
+  assert report.num_devices == 4 and report.mesh_shape == {"data": 4, "fsdp": 1, "tensor": 1}
+  assert [s.name for s in report.stages] == ["ild_mla", "ild_mamba", "kd", "dpo"]
+  for s in report.stages:
+    assert s.error is None
+    assert 0 < s.total_bytes < 0.95 * 16 * 1024 ** 3
+    assert s.total_bytes >= s.argument_bytes + s.temp_bytes - s.alias_bytes
+    assert s.xla_flops and s.xla_flops > 0 and s.roofline_s and s.roofline_s > 0
+    assert f"[{s.name}] FITS" in out
+  assert "per-chip memory" in out and "roofline step time" in out
+
+  # data=4 replicates the parameters: the KD step's arguments hold the float32 student, its
+  # AdamW mu and nu and the float32 teacher whole on every chip, plus 2 x 64 tokens. TPU layouts
+  # pad small arrays (norm vectors, Mamba's per-head scalars, the 4-wide conv) to tiles, so the
+  # compiled sizes may exceed the unpadded count, by about a quarter at these tiny widths.
+  kd, plan = report.stages[2], aot.stage_plans(cfg)[2]
+  student = 4 * accounting.param_count(plan.student)
+  want = 3 * student + 4 * accounting.param_count(plan.teachers["teacher"]) + 2 * 64 * 4
+  assert want <= kd.argument_bytes <= 1.35 * want, (kd.argument_bytes, want)
+  # Donation: the updated student and optimiser state reuse the argument buffers.
+  assert 3 * student <= kd.alias_bytes <= 1.35 * 3 * student, (kd.alias_bytes, 3 * student)
+
+
+@needs_libtpu
+def test_fsdp_shards_params_and_optimizer_state(tiny_v5e):
+  """fsdp=4 splits the student, its AdamW state and the teacher 4 ways (every tiny matrix has a
+  dimension divisible by 4), so the KD step's arguments shrink to about a quarter of the
+  replicated (data=4) layout; only tile padding of small vectors keeps them above it. Optimiser
+  state left whole on each chip would keep over half."""
+  quiet = lambda s: None
+  replicated = tiny_v5e[1].stages[2]
+  cfg = _tiny(data=1, fsdp=-1)
+  r1 = aot.aot_report(cfg, "v5e:2x2", stages=["kd"], print_fn=quiet).stages[0]
+  plan = aot.stage_plans(cfg)[2]
+  whole = 4 * (3 * accounting.param_count(plan.student)
+               + accounting.param_count(plan.teachers["teacher"]))
+  assert r1.argument_bytes >= whole / 4
+  assert r1.argument_bytes < 0.45 * replicated.argument_bytes, (r1.argument_bytes,
+                                                                 replicated.argument_bytes)
+
+  # Gradient accumulation: same work per step, counted over every micro-batch.
+  cfg.kd.grad_accum = 2
+  r2 = aot.aot_report(cfg, "v5e:2x2", stages=["kd"], print_fn=quiet).stages[0]
+  assert abs(r2.exec_flops - r1.exec_flops) < 1e-6 * r1.exec_flops, (r1.exec_flops, r2.exec_flops)
+  assert abs(r2.xla_flops - r1.xla_flops) < 0.05 * r1.xla_flops, (r1.xla_flops, r2.xla_flops)
+  # Executed matmul FLOPs vs the model FLOPs of the config: the step also runs the full causal
+  # square in the reference attention, so a little more, never less.
+  assert 1.0 <= r1.exec_flops / r1.model_flops < 1.5, (r1.exec_flops, r1.model_flops)
+
+
+@needs_libtpu
+def test_cli_exits_nonzero_naming_the_stage_that_does_not_fit():
+  """Hidden 8192 / MLP 32768 makes the 4-layer teacher and the student built from it 3.2B float32
+  parameters each (13 GB, x3 with AdamW for the student), replicated on every 16 GiB v5e chip by
+  the tiny config's data-parallel mesh: the script exits 1 and names the stage."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "distill.py"),
+         "--config", os.path.join(ROOT, "configs", "tiny.py"), "--aot-topology", "v5e:2x2",
+         "--config.teacher.overrides.hidden_size=8192",
+         "--config.teacher.overrides.intermediate_size=32768", "--config.stages=['teacher','kd']"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 1, out[-3000:]
+  assert "[kd] DOES NOT FIT" in out and "does not fit v5e:2x2: stage(s) kd" in out, out[-3000:]
+
+
+def test_cli_bad_topology_is_a_clear_error():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "distill.py"),
+         "--config", os.path.join(ROOT, "configs", "tiny.py"), "--aot_topology", "v5p-128"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+  assert proc.returncode == 2 and "v5p:4x4x4" in proc.stderr, proc.stderr[-2000:]
