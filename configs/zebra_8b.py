@@ -2,10 +2,12 @@
 
   ZEBRA_LLAMA_8B=/models/Llama-3.1-8B-Instruct \
       python scripts/distill.py --config configs/zebra_8b.py --workdir gs://bucket/zebra_8b
+  python scripts/distill.py --config configs/zebra_8b.py --aot-topology v5p:2x2x4   # compile check
 
-Hardware: a TPU v5p-256 slice or 8+ x 80 GB GPUs with fsdp. Produces Zebra-8B-8MLA-24M2: 8.38B
-parameters, KV cache 2.73% (r_kv 160; published average 64.12 after 11B tokens). The teacher is the
-model itself for both ILD and KD.
+Hardware: a TPU v5p-32 slice (16 chips, fsdp over all of them; the ILD batch of 48 and KD batch of
+64 split 16 ways; docs/aot.md has the compiled per-chip memory) or 8+ x 80 GB GPUs with fsdp.
+Produces Zebra-8B-8MLA-24M2: 8.38B parameters, KV cache 2.73% (r_kv 160; published average 64.12
+after 11B tokens). The teacher is the model itself for both ILD and KD.
 """
 
 from configs._teachers import teacher_path

@@ -256,10 +256,10 @@ def stage_plans(cfg) -> list[StagePlan]:
                                    attn_layers=tuple(attn_layers))
 
   def kd_teacher():
-    k = cfg.kd_teacher
-    if k.path in (None, "", cfg.teacher.path):
+    from zebra_jax.distill.context import same_teacher
+    if same_teacher(cfg):  # RunContext.kd_teacher() returns the ILD teacher
       return ild_teacher, ()
-    config, src = _teacher_config(k, "kd_teacher")
+    config, src = _teacher_config(cfg.kd_teacher, "kd_teacher")
     return _with_dtypes(config, *_teacher_dtypes(cfg, "kd_teacher"), t.impl), (f"KD teacher: {src}",)
 
   def assembled():
