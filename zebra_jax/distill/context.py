@@ -146,7 +146,8 @@ class RunContext:
     path = os.path.join(self.workdir, stage, "model")
     if not os.path.exists(path):
       raise FileNotFoundError(f"stage {stage!r} has no artifact at {path}; run that stage first")
-    return load_model(path, dtype=self.cfg.train.dtype)
+    # bf16 (train.dtype) compute over fp32 (train.param_dtype) master weights, as when the stage began
+    return load_model(path, dtype=self.cfg.train.dtype, param_dtype=self.cfg.train.param_dtype)
 
   def set_remat(self, model: CausalLM) -> None:
     model.remat = bool(self.cfg.train.remat)
