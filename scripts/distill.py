@@ -51,8 +51,9 @@ def main(argv):
   if _COORD.value or _NPROC.value:
     jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
                                process_id=_PID.value)
-  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get(
+      "MEGASCALE_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()  # a multi-host TPU slice: jax finds the coordinator itself
   from zebra_jax.distill.pipeline import run_pipeline
   from zebra_jax.train.trainer import NonFiniteLossError, Preempted
 

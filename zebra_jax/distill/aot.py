@@ -76,15 +76,26 @@ def parse_topology(name: str) -> tuple[ChipSpec, tuple[int, ...]]:
   return CHIPS[gen], tuple(int(d) for d in m.group(2).split("x"))
 
 
-def _quiet_libtpu_env() -> None:
+@contextlib.contextmanager
+def _quiet_libtpu_env():
   """libtpu probes the GCE metadata server and TPU_* variables for a real slice; on a CPU machine
-  that only prints warnings. Fills in neutral values unless the user set them."""
+  that only prints warnings. Fills in neutral values unless the user set them, and takes them out
+  again afterwards: left in os.environ they would make child processes (a later distill.py run)
+  believe they are on a TPU slice."""
   # ALLOW_MULTIPLE_LIBTPU_LOAD: compile-only use needs no exclusive TPU lock, so several AOT runs
   # (or test workers) may load libtpu at once.
+  added = []
   for k, v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
                ("TPU_WORKER_ID", "0"), ("TPU_ACCELERATOR_TYPE", "v5p-8"),
                ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
-    os.environ.setdefault(k, v)
+    if k not in os.environ:
+      os.environ[k] = v
+      added.append(k)
+  try:
+    yield
+  finally:
+    for k in added:
+      os.environ.pop(k, None)
 
 
 def topology_devices(topology_name: str) -> list:
@@ -104,9 +115,9 @@ def topology_devices(topology_name: str) -> list:
       jax.config.update("jax_platforms", "cpu")
     except Exception:  # backends already initialised: keep them
       pass
-  _quiet_libtpu_env()
   try:
-    desc = topologies.get_topology_desc(platform="tpu", topology_name=topology_name)
+    with _quiet_libtpu_env():
+      desc = topologies.get_topology_desc(platform="tpu", topology_name=topology_name)
   except Exception as e:
     raise AOTError(f"libtpu rejected topology {topology_name!r}: {e}") from None
   return list(desc.devices)
