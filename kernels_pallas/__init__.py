@@ -4,7 +4,7 @@
   `ssd_step` (decode), next to `ssd_scan_reference` (the oracle).
 * `kernels_pallas.mla`: absorbed MLA decode over the latent cache, `mla_decode` (TPU + GPU kernels).
 * `kernels_pallas.attention`: causal training/prefill attention with MLA head sizes,
-  `flash_attention` (our TPU flash kernel, splash on TPU, cuDNN on GPU).
+  `flash_attention` (our TPU and GPU flash kernels, splash on TPU, cuDNN on GPU).
 
 Models never import kernels directly: they call `zebra_jax.ops`, which picks an implementation per
 backend and shape.

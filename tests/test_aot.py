@@ -119,6 +119,9 @@ def test_fsdp_shards_params_and_optimizer_state(tiny_v5e):
   quiet = lambda s: None
   replicated = tiny_v5e[1].stages[2]
   cfg = _tiny(data=1, fsdp=-1)
+  # Pure-JAX ops here, so that the executed matmuls below are the reference attention's exact
+  # causal square (the flash kernel pads T=64 to a 128 block and is counted block by block).
+  cfg.train.impl = "reference"
   r1 = aot.aot_report(cfg, "v5e:2x2", stages=["kd"], print_fn=quiet).stages[0]
   plan = aot.stage_plans(cfg)[2]
   whole = 4 * (3 * accounting.param_count(plan.student)
@@ -135,6 +138,50 @@ def test_fsdp_shards_params_and_optimizer_state(tiny_v5e):
   # Executed matmul FLOPs vs the model FLOPs of the config: the step also runs the full causal
   # square in the reference attention, so a little more, never less.
   assert 1.0 <= r1.exec_flops / r1.model_flops < 1.5, (r1.exec_flops, r1.model_flops)
+
+
+@needs_libtpu
+def test_tiny_v5e_auto_uses_flash_attention_inside_sharded_step(tiny_v5e):
+  """train.impl="auto" on a TPU picks our flash kernel for the tiny config's attention (its SSD
+  shapes, headdim 16 and chunk 16, are not ones the TPU scan kernel takes, so the scan is pure
+  JAX); the data=4 mesh runs it per shard."""
+  _, report, out = tiny_v5e
+  flash = {"flash_attention_fwd", "flash_attention_dkv", "flash_attention_dq"}
+  for s in report.stages:
+    # ild_mamba differentiates no attention: only the teacher's forward runs the kernel.
+    want = {"flash_attention_fwd"} if s.name == "ild_mamba" else flash
+    assert want <= set(s.pallas_calls), (s.name, s.pallas_calls)
+    assert not any(k.startswith("ssd_") for k in s.pallas_calls), (s.name, s.pallas_calls)
+  assert "cannot be used in this sharded step" not in out
+
+
+@needs_libtpu
+@pytest.mark.parametrize("impl", ["auto", "pallas"])
+def test_pallas_kernels_compile_in_partitioned_step(impl):
+  """A small hybrid with the TPU kernels' head sizes (head_dim = headdim = d_state = 64, chunk 128)
+  compiled for v5e:2x2 on a data=1 x fsdp=2 x tensor=2 mesh: impl auto and pallas both put the
+  flash attention and SSD scan kernels (forward and backward) into every stage's partitioned step,
+  through shard_map (batch over fsdp, heads over tensor); Mosaic refuses kernels that GSPMD would
+  have to partition, so the compile itself is the check. Every stage fits and the executed matmuls
+  are at least the model FLOPs (the kernels are counted per grid step, masked blocks included)."""
+  cfg = _tiny(data=1, fsdp=2, tensor=2)
+  cfg.teacher.overrides.update(head_dim=64)
+  cfg.model.update(chunk_size=128, kv_lora_rank=64, q_lora_rank=64)
+  cfg.data.seq_len = 128
+  cfg.train.impl = impl
+  lines = []
+  report = aot.aot_report(cfg, "v5e:2x2", stages=["ild_mla", "ild_mamba", "kd"],
+                          print_fn=lines.append)
+  out = "\n".join(lines)
+  assert report.fits and report.mesh_shape == {"data": 1, "fsdp": 2, "tensor": 2}, out
+  flash = {"flash_attention_fwd", "flash_attention_dkv", "flash_attention_dq"}
+  ssd = {"ssd_fwd_tpu", "ssd_bwd_tpu"}
+  # ILD trains one mixer kind against the attention teacher (forward only); KD's hybrid has both.
+  want = {"ild_mla": flash, "ild_mamba": {"flash_attention_fwd"} | ssd, "kd": flash | ssd}
+  for s in report.stages:
+    assert want[s.name] <= set(s.pallas_calls), (s.name, s.pallas_calls)
+    assert s.exec_flops >= s.model_flops, (s.name, s.exec_flops, s.model_flops)
+  assert "Pallas TPU kernels traced: flash_attention_dkv" in out, out
 
 
 @needs_libtpu

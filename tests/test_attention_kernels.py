@@ -147,11 +147,14 @@ def test_gpu_cudnn_mla_paths_agree():
 
 @on_gpu
 @pytest.mark.gpu
-def test_gpu_float32_auto_uses_reference_and_pallas_refuses():
+def test_gpu_float32_auto_uses_reference_and_cudnn_refuses():
+  # (impl="pallas" on GPU is our flash_gpu kernel, which takes float32: tests/test_flash_gpu.py.)
   rng = np.random.default_rng(9)
   q, k, v, do = make(rng, 1, 33, 2, 1, 16, 8, jnp.float32)
   out = ops_attention.causal_attention(q, k, v, scale=0.2)
-  ref = kernels_pallas.causal_attention_reference(q, k, v, scale=0.2)
+  expect = ops_attention.auto_kernel("gpu", q, k, v)
+  ref = (kernels_pallas.causal_attention_reference(q, k, v, scale=0.2) if expect == "reference"
+         else ops_attention._KERNELS[(expect, "gpu")].fn(q, k, v, scale=0.2))
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
   with pytest.raises(NotImplementedError, match="dtype"):
-    ops_attention.causal_attention(q, k, v, scale=0.2, impl="pallas")
+    ops_attention.causal_attention(q, k, v, scale=0.2, impl="cudnn")

@@ -1,5 +1,5 @@
-"""Causal training/prefill attention with MLA head sizes: jnp oracle, Pallas TPU flash kernel,
-splash (TPU) and cuDNN (GPU) options."""
+"""Causal training/prefill attention with MLA head sizes: jnp oracle, Pallas flash kernels for TPU
+(Mosaic, `flash_tpu`) and GPU (Triton lowering, `flash_gpu`), splash (TPU) and cuDNN (GPU) options."""
 
 from kernels_pallas.attention.api import flash_attention
 from kernels_pallas.attention.reference import causal_attention_reference

@@ -17,7 +17,8 @@ docs/aot.md explains the numbers and records the Zebra runs.
 Where the training code and the design disagree on a dtype, the larger choice is compiled so that
 "fits" here means it fits there (see `_student_param_dtype` and `_teacher_dtypes`). Kernel dispatch
 is made to see the TPU while tracing (`dispatch_as`), so `impl="auto"` picks the Pallas TPU kernels
-a pod run would; where they cannot be used the step falls back to the pure-JAX ops, with a note.
+a pod run would (flash attention, the SSD scan where its `tpu_supports` accepts the shapes); the ops
+run them per shard through `shard_map` inside the partitioned step, as on the pod.
 """
 
 from __future__ import annotations
@@ -389,7 +390,8 @@ def dispatch_as(backend: str):
   """`ops.attention` / `ops.ssd` choose kernels by `jax.default_backend()`, which is the CPU on
   this host. While the step is traced for a TPU topology it answers `backend`, so `impl="auto"`
   picks the Pallas TPU kernels a run on the pod would use (the Pallas calls lower for the TPU
-  devices of the mesh). `train.impl="reference"` still forces the pure-JAX ops."""
+  devices of the mesh, per shard inside shard_map). `train.impl="reference"` still forces the
+  pure-JAX ops."""
   import jax
   original = jax.default_backend
   jax.default_backend = lambda: backend
@@ -454,11 +456,16 @@ def _sub_jaxprs(value):
 
 
 def jaxpr_matmul_flops(jaxpr) -> float:
-  """FLOPs of every dot_general / convolution a jaxpr executes (2 per multiply-add), recursing into
-  jit / remat / custom-derivative calls, scan bodies times their length, the largest cond branch
-  and while bodies once. Run on the traced train step it counts the backward pass and remat's
-  recomputation exactly, independently of the compiler's cost model; elementwise work is left out
-  as in `accounting.flops_per_token`."""
+  """FLOPs of every dot_general / convolution a jaxpr executes (2 per multiply-add), summed over the
+  devices, recursing into jit / remat / custom-derivative calls, scan bodies times their length, the
+  largest cond branch and while bodies once. Run on the traced train step it counts the backward
+  pass and remat's recomputation exactly, independently of the compiler's cost model; elementwise
+  work is left out as in `accounting.flops_per_token`.
+
+  A `shard_map` body holds per-shard shapes and runs on each device of its manual axes: counted
+  times their size. A Pallas kernel counts its `cost_estimate` when it gives FLOPs, else its body
+  times the grid size: an upper bound for kernels that skip grid steps (the causal flash kernels
+  skip the key blocks above the diagonal, about half of their matmul work)."""
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:
@@ -475,9 +482,20 @@ def jaxpr_matmul_flops(jaxpr) -> float:
       total += 2.0 * math.prod(out) * math.prod(rhs) / out_features
     elif name == "cond":
       total += max((jaxpr_matmul_flops(b) for b in eqn.params["branches"]), default=0.0)
+    elif name == "pallas_call":
+      estimate = getattr(eqn.params.get("cost_estimate"), "flops", None)
+      grid = tuple(getattr(eqn.params.get("grid_mapping"), "grid", ()) or ())
+      total += (float(estimate) if estimate else
+                jaxpr_matmul_flops(eqn.params["jaxpr"]) * math.prod(int(g) for g in grid))
     else:
       sub = sum(jaxpr_matmul_flops(j) for v in eqn.params.values() for j in _sub_jaxprs(v))
-      total += sub * (eqn.params.get("length", 1) if name == "scan" else 1)
+      if name == "scan":
+        sub *= eqn.params.get("length", 1)
+      elif name == "shard_map":
+        mesh = eqn.params["mesh"]
+        manual = eqn.params.get("newly_manual_axes") or mesh.axis_names
+        sub *= math.prod(mesh.shape[a] for a in manual)
+      total += sub
   return total
 
 
@@ -560,18 +578,9 @@ def compile_stage(plan: StagePlan, mesh, chip: ChipSpec, devices_per_chip: int, 
   try:
     args = (_sds(tr_state, tr_shard), _sds(opt_state, opt_shard), _sds(fr_state, fr_shard),
             {k: _sds(st, te_shard[k]) for k, (_, st) in teacher_defs.items()}, batch)
-    try:
-      with dispatch_as("tpu"):
-        traced = make_step().trace(*args)
-        lowered = traced.lower()
-    except NotImplementedError as e:
-      if "partition" not in str(e) and "shard_map" not in str(e):
-        raise
-      # The Pallas TPU kernels are called inside the GSPMD-partitioned step without a shard_map,
-      # which Mosaic cannot partition: a pod run with impl="auto" fails the same way.
-      report.notes += (f"the Pallas TPU kernels cannot be used in this sharded step ({e}); "
-                       "compiled with the pure-JAX ops (a pod run needs "
-                       "--config.train.impl=reference until the kernel calls are shard_mapped)",)
+    # impl="auto" picks the kernels a pod run would; the ops call them through shard_map under the
+    # step's activation mesh (Mosaic refuses kernels that GSPMD would have to partition).
+    with dispatch_as("tpu"):
       traced = make_step().trace(*args)
       lowered = traced.lower()
     report.exec_flops = jaxpr_matmul_flops(traced.jaxpr) / n_dev

@@ -19,6 +19,12 @@ state once; XLA fuses it). Shapes and semantics (same for every implementation):
   i // (h // g); D, dt_bias None or (h,); initial_state None or (b, h, p, n).
   dt_eff = softplus(dt + dt_bias);  S_t = exp(dt_eff A) S_{t-1} + dt_eff x_t B_t^T;
   y_t = S_t C_t + D x_t.
+
+Inside the trainer's partitioned step (traced under `parallel.activation_mesh` with more than one
+device) a Pallas scan is called through `shard_map` (Mosaic kernels cannot be partitioned by
+GSPMD): batch split over data x fsdp; heads over tensor when it divides the heads and either divides
+the groups (B/C split alike) or there is one group (B/C replicated); length and state dims whole.
+Without a mesh, or on one device, the kernel is called directly.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import dataclasses
 from typing import Callable
 
 import jax
+from jax.sharding import PartitionSpec as P
 
 from kernels_pallas.ssd.reference import ssd_scan_reference, ssd_step_reference
+from zebra_jax.parallel import sharding as _sharding
 
 IMPLS = ("auto", "reference", "pallas")
 
@@ -95,7 +103,40 @@ def ssd_scan(x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True,
   kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
             chunk_size=chunk_size, return_final_state=return_final_state)
   fn = _resolve(impl, "scan", dict(x=x, dt=dt, A=A, B=B, C=C, **kw))
-  return fn(x, dt, A, B, C, **kw)
+  if fn is _REFERENCE.scan:  # pure JAX: GSPMD partitions it like the rest of the step
+    return fn(x, dt, A, B, C, **kw)
+  return _scan_per_shard(fn, x, dt, A, B, C, **kw)
+
+
+def _scan_per_shard(fn, x, dt, A, B, C, *, D, dt_bias, dt_softplus, initial_state, chunk_size,
+                    return_final_state):
+  """fn(x, dt, A, B, C, ...), per shard under the trainer's activation mesh (module docstring)."""
+  static = dict(dt_softplus=dt_softplus, chunk_size=chunk_size,
+                return_final_state=return_final_state)
+  mesh = _sharding.kernel_mesh()
+  if mesh is None:
+    return fn(x, dt, A, B, C, D=D, dt_bias=dt_bias, initial_state=initial_state, **static)
+  b = _sharding.batch_axes(mesh, x.shape[0])
+  n_heads, n_groups = x.shape[2], B.shape[2]
+  # Head i reads group i // (h/g): contiguous head blocks read contiguous group blocks when the
+  # tensor size divides g (same ratio per shard); with one group every shard reads it whole.
+  h = _sharding.head_axis(mesh, n_heads, n_groups) or (
+      _sharding.head_axis(mesh, n_heads) if n_groups == 1 else None)
+  g = h if h is not None and n_groups > 1 else None
+  head_vec = P(h)
+  optional = {"D": (D, head_vec), "dt_bias": (dt_bias, head_vec),
+              "initial_state": (initial_state, P(b, h, None, None))}
+  names = [k for k, (v, _) in optional.items() if v is not None]
+  in_specs = (P(b, None, h, None), P(b, None, h), head_vec, P(b, None, g, None),
+              P(b, None, g, None)) + tuple(optional[k][1] for k in names)
+  y_spec = P(b, None, h, None)
+  out_specs = (y_spec, P(b, h, None, None)) if return_final_state else y_spec
+
+  def per_shard(x, dt, A, B, C, *opt):
+    return fn(x, dt, A, B, C, **dict(zip(names, opt)), **static)
+
+  return _sharding.shard_map(per_shard, mesh=mesh, in_specs=in_specs, out_specs=out_specs)(
+      x, dt, A, B, C, *(optional[k][0] for k in names))
 
 
 def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True,
@@ -104,6 +145,7 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool =
 
   Returns (y (b, h, p) in x.dtype, new_state (b, h, p, n) float32)."""
   kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
+  # (No shard_map here: every registered step is the pure-JAX reference update.)
   fn = _resolve(impl, "step", dict(state=state, x=x, dt=dt, A=A, B=B, C=C, **kw))
   return fn(state, x, dt, A, B, C, **kw)
 

@@ -1,9 +1,14 @@
 """Mesh (data, fsdp, tensor) and the logical-axis rule table.
 
 Parameters carry logical axis names (see models/layers.py). `DEFAULT_RULES` maps each name to the mesh
-axes it may be split over, tried in order; a mesh axis already used by another dimension of the same
-tensor, absent from the mesh, or not dividing the dimension is skipped (that dimension stays
-replicated). Layout experiments change the rules, never the model code.
+axes it may be split over, tried in order; a candidate may also be a tuple of mesh axes (the dimension
+split over their product). A mesh axis already used by another dimension of the same tensor, absent
+from the mesh, or not dividing the dimension is skipped (that dimension stays replicated). Layout
+experiments change the rules, never the model code.
+
+Pallas kernels (Mosaic) cannot be partitioned by GSPMD; `kernel_mesh` / `batch_axes` / `head_axis` /
+`shard_map` are what the ops layer (zebra_jax/ops) uses to run them per shard inside the trainer's
+partitioned step.
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "mlp": ("tensor",),
     "q_heads": ("tensor",),
     "kv_heads": ("tensor",),
-    "q_lora": ("tensor",),
-    "kv_lora": (),
+    # The low-rank MLA dims: fsdp first, so q_b_proj / kv_b_proj (lora, heads) are split over fsdp
+    # on their input dim like every other projection (heads over tensor); q_a / kv_a (embed, lora)
+    # have fsdp on embed already and keep their layout (q_lora -> tensor there).
+    "q_lora": ("fsdp", "tensor"),
+    "kv_lora": ("fsdp",),
     "mamba_in": ("tensor",),
     "mamba_inner": ("tensor",),
     "mamba_conv": ("tensor",),
@@ -35,7 +43,7 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "conv_kernel": (),
     "norm": (),
     # activations
-    "batch": ("data", "fsdp"),
+    "batch": (("data", "fsdp"), "data", "fsdp"),   # as batch_sharding / constrain_batch
     "length": (),
 }
 
@@ -58,17 +66,20 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
 
 
 def logical_to_pspec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                     rules: Mapping[str, Sequence[str]] = DEFAULT_RULES) -> P:
+                     rules: Mapping[str, Sequence[str | tuple[str, ...]]] = DEFAULT_RULES) -> P:
+  """PartitionSpec of one array from its logical axes (see the module docstring)."""
   used: set[str] = set()
   spec = []
   for name, dim in zip(axes, shape):
     chosen = None
-    for mesh_axis in (rules.get(name, ()) if name else ()):
-      size = mesh.shape.get(mesh_axis, 1)
-      if mesh_axis in used or size == 1 or dim % size:
+    for cand in (rules.get(name, ()) if name else ()):
+      group = (cand,) if isinstance(cand, str) else tuple(cand)
+      group = tuple(a for a in group if mesh.shape.get(a, 1) > 1)  # size-1 axes split nothing
+      size = int(np.prod([mesh.shape[a] for a in group])) if group else 1
+      if not group or used.intersection(group) or dim % size:
         continue
-      chosen = mesh_axis
-      used.add(mesh_axis)
+      chosen = group[0] if len(group) == 1 else group
+      used.update(group)
       break
     spec.append(chosen)
   return P(*spec)
@@ -125,3 +136,40 @@ def constrain_batch(x):
   if not axes or x.shape[0] % size:
     return x
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(axes)))
+
+
+# -- Pallas kernels inside the partitioned step ----------------------------------------------------
+def kernel_mesh() -> Mesh | None:
+  """The activation mesh while tracing under `activation_mesh` with more than one device, else None.
+
+  Mosaic (Pallas TPU) kernels cannot be partitioned by GSPMD ("Mosaic kernels cannot be
+  automatically partitioned"), so under such a mesh the ops call them through `shard_map`."""
+  mesh = _ACTIVATION_MESH.get()
+  return mesh if mesh is not None and mesh.devices.size > 1 else None
+
+
+def batch_axes(mesh: Mesh, batch: int) -> str | tuple[str, ...] | None:
+  """Mesh axes a leading batch dimension of size `batch` is split over inside a kernel's
+  shard_map: data x fsdp (the batch layout of the step), else whichever one of them divides it,
+  else None (replicated: every device then runs the whole batch, correct but redundant)."""
+  spec = logical_to_pspec(("batch",), (batch,), mesh)
+  return spec[0]
+
+
+def head_axis(mesh: Mesh, *head_counts: int) -> str | None:
+  """Returns "tensor" when the mesh has a tensor axis > 1 dividing every given head count (query and kv
+  heads, so each shard keeps whole GQA groups), else None (heads replicated)."""
+  t = mesh.shape.get("tensor", 1)
+  return "tensor" if t > 1 and all(n % t == 0 for n in head_counts) else None
+
+
+def shard_map(f, *, mesh: Mesh, in_specs, out_specs):
+  """`jax.shard_map` (jax >= 0.8; `check_vma`) or, on older jax,
+  `jax.experimental.shard_map.shard_map` (`check_rep`). Replication checking is off: the kernels
+  are opaque custom calls (and custom VJPs) to it; with it off, shard_map's transpose sums the
+  cotangents of inputs that are replicated over some mesh axes, so gradients stay exact."""
+  new = getattr(jax, "shard_map", None)
+  if new is not None:
+    return new(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+  from jax.experimental.shard_map import shard_map as legacy  # jax < 0.8
+  return legacy(f, mesh, in_specs, out_specs, check_rep=False)
