@@ -1,6 +1,7 @@
 """The distillation pipeline end to end on CPU (configs/tiny.py), resume after kills, the NaN stop,
-invalid configs failing before anything compiles, and the same steps on 8 simulated devices and in
-2 processes.
+invalid configs failing before anything compiles, the same steps on 8 simulated devices and in
+2 processes, the whole pipeline in 2 processes, the disjoint ILD / KD data split, summaries merged
+over reruns and batch fields of any rank.
 
 Runs of scripts/distill.py are subprocesses sharing one persistent compilation cache, so only the
 first run of each step compiles. The same file is the worker script of the multi-device and
@@ -25,10 +26,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILL = os.path.join(ROOT, "scripts", "distill.py")
 TRAINED = ("ild_mla", "ild_mamba", "kd", "dpo")
 ALL_STAGES = ["teacher", "ild_mla", "ild_mamba", "select", "assemble", "kd", "dpo"]
-# configs/tiny.py, shortened; log every step so the first row is the initial model's loss.
+# configs/tiny.py, shortened; log every step so the first row is the initial model's loss. Two data
+# shards: the batches of a 2-process run, so the 1-process runs here are also its reference.
 FAST = dict(ild_steps=16, kd_steps=16, dpo_steps=4)
 FAST_FLAGS = ["--config.ild.steps=16", "--config.kd.steps=16", "--config.dpo.steps=4",
-              "--config.train.log_every=1", "--config.train.checkpoint_every=4"]
+              "--config.train.log_every=1", "--config.train.checkpoint_every=4",
+              "--config.data.num_shards=2"]
 TIMEOUT = 600
 
 
@@ -196,16 +199,51 @@ def test_summary_reports_cache_params_tokens_and_time(tiny_run):
   assert summary["tokens_seen"] == sum(t["tokens_seen"] for t in summary["training"].values())
 
 
-def test_rerun_skips_every_stage(tiny_run, jax_cache):
-  workdir, _, _, _ = tiny_run
+def test_rerun_skips_every_stage_and_keeps_the_stage_timings(tiny_run, jax_cache):
+  workdir, first, _, _ = tiny_run
   before = {s: os.path.getmtime(workdir / s) for s in ALL_STAGES}
+  t0 = time.time()
   r = distill(workdir, jax_cache)
+  rerun_seconds = time.time() - t0
   for stage in ALL_STAGES:
     assert f"[{stage}] artifact exists, skipping" in r.stdout
   with open(workdir / "summary.json") as f:
     summary = json.load(f)
   assert summary["stages_run"] == [] and summary["stages_skipped"] == ALL_STAGES
   assert {s: os.path.getmtime(workdir / s) for s in ALL_STAGES} == before
+  # Every stage keeps the seconds it took in the first run; wall time adds this run's.
+  ran = {s: t for s, t in first["stages_run"]}
+  assert summary["stage_time_s"] == first["stage_time_s"] == ran
+  assert sum(ran.values()) > 1.0
+  extra = summary["wall_time_s"] - first["wall_time_s"]
+  assert 0 <= extra <= rerun_seconds + 0.1, (first["wall_time_s"], summary["wall_time_s"])
+  assert first["runs"] == 1 and summary["runs"] == 2
+  # The rest of the summary describes the same final model.
+  for k in ("final_model", "mla_layers", "kv_cache_fraction", "params", "training", "tokens_seen"):
+    assert summary[k] == first[k], k
+
+
+def test_summary_merge_keeps_skipped_stages_and_replaces_rerun_ones(tmp_path):
+  """A stage that runs again (its artifact was deleted) gets its new time, the others keep theirs,
+  a summary from before stage_time_s existed is read from its stages_run, and wall time adds up."""
+  from zebra_jax.distill import pipeline
+  from zebra_jax.distill.context import RunContext
+  cfg = _tiny()
+  ctx = RunContext(cfg, str(tmp_path))
+  old = {"stages_run": [["teacher", 1.0], ["ild_mla", 20.0], ["ild_mamba", 21.0]],
+         "stages_skipped": [], "wall_time_s": 42.0}
+  s1 = pipeline._summary(ctx, cfg, [("select", 3.0), ("assemble", 0.5)], ["teacher", "ild_mla"],
+                         4.0, old)
+  assert s1["stage_time_s"] == {"teacher": 1.0, "ild_mla": 20.0, "ild_mamba": 21.0,
+                                "select": 3.0, "assemble": 0.5}
+  assert list(s1["stage_time_s"]) == ["teacher", "ild_mla", "ild_mamba", "select", "assemble"]
+  assert s1["wall_time_s"] == 46.0 and s1["runs"] == 2
+  s2 = pipeline._summary(ctx, cfg, [("ild_mla", 7.5)], [], 8.0, json.loads(json.dumps(s1)))
+  assert s2["stage_time_s"]["ild_mla"] == 7.5 and s2["stage_time_s"]["select"] == 3.0
+  assert s2["wall_time_s"] == 54.0 and s2["runs"] == 3
+  fresh = pipeline._summary(ctx, cfg, [("teacher", 2.0)], [], 2.5, {})
+  assert fresh["stage_time_s"] == {"teacher": 2.0} and fresh["wall_time_s"] == 2.5
+  assert fresh["runs"] == 1
 
 
 # -- 2. resume after kills, across stage boundaries ------------------------------------------------
@@ -289,6 +327,13 @@ def _tiny(**changes):
      r"stepwise.schedule\[0\].*attn_layers.*\[5\] out of range"),
     ({"model.kv_lora_rank": 12}, r"kv_lora_rank=12 is not a multiple"),
     ({"kd.batch_size": 6, "kd.grad_accum": 4}, r"kd.batch_size=6.*kd.grad_accum=4"),
+    # 781 scenes, 766 train: a 1e-4 fraction puts none in the ILD part (a KD part too small
+    # would only come after hours of ILD: both are checked before anything runs).
+    ({"data.ild_fraction": 1e-4}, r"data.ild_fraction=0.0001 leaves the ILD part .* empty"),
+    ({"data.ild_fraction": 0.99999}, r"data.ild_fraction=0.99999 leaves the KD part .* empty"),
+    ({"data.ild_fraction": 1.5}, r"data.ild_fraction=1.5 must be in \[0, 1\]"),
+    ({"data.num_shards": 3}, r"ild.batch_size=8 is not divisible by the 3 data shards "
+                             r"\(data.num_shards\)"),
 ])
 def test_invalid_config_fails_before_any_stage_runs(tmp_path, monkeypatch, changes, match):
   from zebra_jax.distill import pipeline, stages
@@ -399,6 +444,216 @@ def test_two_processes_give_the_losses_of_one_and_resume(tmp_path, jax_cache):
       assert b[k] == pytest.approx(a[k], rel=1e-5), (k, a, b)
   np.testing.assert_allclose(two[0]["params"], one["params"], rtol=0, atol=5e-5)  # see 8 devices
   np.testing.assert_array_equal(two[0]["params"], two[1]["params"])
+
+
+def _run_processes(cmds, logs, env, timeout=TIMEOUT):
+  """Starts one process per command (output to its log file) and waits for all; a failed one
+  leaves its peers waiting at a barrier for minutes, so they are stopped at once. Returns the
+  return codes."""
+  procs = []
+  for cmd, log in zip(cmds, logs):
+    with open(log, "w") as f:  # a file, not a pipe nobody reads while we wait
+      procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT))
+  deadline = time.time() + timeout
+  while time.time() < deadline and any(p.poll() is None for p in procs):
+    if any(p.poll() not in (None, 0) for p in procs):
+      break
+    time.sleep(0.2)
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+  return [p.wait() for p in procs]
+
+
+def _log_text(path) -> str:
+  return "\n".join(l for l in open(path).read().splitlines() if "Gloo" not in l)
+
+
+# -- 5b. the whole pipeline in 2 processes = 1 process ---------------------------------------------
+def test_whole_pipeline_in_two_processes_matches_one_process(tiny_run, tmp_path, jax_cache):
+  """scripts/distill.py --config configs/tiny.py as 2 jax.distributed processes (CPU collectives,
+  one device each) against the 1-process tiny_run with the same flags. Both read the same batches
+  (data.num_shards=2: the global batch depends on the shard count, not the process count), so they
+  differ only in float summation order: with 2 processes each micro-batch is split over 2 devices,
+  every device sums its rows and the gradients are all-reduced, where 1 device sums all rows at
+  once. Losses must agree to 1e-5 relative (measured: ~2e-7); weights as in the 8-device test."""
+  one = tiny_run[0]
+  two = tmp_path / "two"
+  port = free_port()
+  # One checkpoint per stage (fewer collective saves; checkpoints do not change the numbers).
+  cmds = [_cmd(two, "--config.train.checkpoint_every=16", "--coordinator", f"127.0.0.1:{port}",
+               "--num_processes", "2", "--process_id", str(pid)) for pid in range(2)]
+  logs = [tmp_path / f"distill{pid}.log" for pid in range(2)]
+  codes = _run_processes(cmds, logs, _env(jax_cache))
+  for code, log in zip(codes, logs):
+    assert code == 0, _log_text(log)[-6000:]
+
+  # Every artifact, written once, nothing half-written left behind.
+  for stage in ALL_STAGES:
+    name = "placement.json" if stage == "select" else "model"
+    assert (two / stage / name).exists(), f"{stage} artifact missing"
+  for stage in ("teacher", "ild_mla", "ild_mamba", "assemble", "kd", "dpo"):
+    assert (two / stage / "model" / "config.json").exists()
+    assert (two / stage / "model" / "params").is_dir()
+  for stage in TRAINED:
+    assert (two / stage / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stage
+    steps = {"ild_mla": 16, "ild_mamba": 16, "kd": 16, "dpo": 4}[stage]
+    assert [r["step"] for r in rows(two, stage)] == list(range(1, steps + 1)), stage
+    ckpts = sorted(int(d) for d in os.listdir(two / stage / "checkpoints") if d.isdigit())
+    assert ckpts == [steps], (stage, ckpts)
+  leftovers = [os.path.join(d, n) for d, dirs, files in os.walk(two) for n in dirs + files
+               if ".tmp" in n or "orbax-checkpoint-tmp" in n]
+  assert not leftovers, leftovers
+  with open(two / "config.json") as f:
+    assert json.load(f)["data"]["num_shards"] == 2
+  with open(two / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["processes"] == 2 and [s for s, _ in summary["stages_run"]] == ALL_STAGES
+  assert '"wall_time_s"' in _log_text(logs[0]) and '"wall_time_s"' not in _log_text(logs[1])
+
+  # The same run as 1 process: every loss, the placement, the final weights.
+  for stage in TRAINED:
+    for a, b in zip(rows(one, stage), rows(two, stage)):
+      assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (stage, a, b)
+  kd_one, kd_two = rows(one, "kd")[-1], rows(two, "kd")[-1]
+  assert kd_two["kl"] == pytest.approx(kd_one["kl"], rel=1e-5), (kd_one, kd_two)
+  with open(one / "select" / "placement.json") as a, open(two / "select" / "placement.json") as b:
+    pa, pb = json.load(a), json.load(b)
+  assert pa["mla_layers"] == pb["mla_layers"]
+  np.testing.assert_allclose(pb["scores"], pa["scores"], rtol=1e-3, atol=1e-8)
+  for stage in ("ild_mla", "kd", "dpo"):
+    a, b = load_params(one / stage / "model"), load_params(two / stage / "model")
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_allclose(b[k], a[k], rtol=0, atol=5e-5, err_msg=f"{stage} {k}")
+  assert_same_params(one / "teacher" / "model", two / "teacher" / "model")
+
+
+# -- 7. disjoint ILD / KD data ----------------------------------------------------------------------
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+  """splitmix64's finaliser on a python int (an independent copy of the documented hash)."""
+  x = (x + 0x9E3779B97F4A7C15) & _M64
+  x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+  x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+  return x ^ (x >> 31)
+
+
+def _unit(i: int, salt: int) -> float:
+  return (_splitmix64(i ^ _splitmix64(salt)) >> 11) / float(1 << 53)
+
+
+def _expected_parts(n: int, heldout: float, ild: float, split_seed: int = 0):
+  """(held-out, ILD, KD) document ids as docs/data.md defines them."""
+  held = {i for i in range(n) if _unit(i, split_seed) < heldout}
+  train = [i for i in range(n) if i not in held]
+  ild_ids = {i for i in train if _unit(i, split_seed ^ 0x494C44) < ild}
+  return held, ild_ids, set(train) - ild_ids
+
+
+def _ids_seen(it, max_batches=None) -> set:
+  seen, count = set(), 0
+  for batch in it:
+    seen |= set(batch["tokens"][batch["segment_ids"] > 0].tolist())
+    count += 1
+    if max_batches is not None and count >= max_batches:
+      break
+  return seen
+
+
+def test_ild_and_kd_parts_are_disjoint_deterministic_and_keep_out_held_out_documents():
+  from zebra_jax.data import ListSource
+  from zebra_jax.data.pipeline import make_iterator
+  n = 2000
+  src = ListSource([np.full(3, i, np.int32) for i in range(n)])  # every token is its document id
+  held, ild, kd = _expected_parts(n, 0.05, 0.2)
+  assert abs(len(ild) / (len(ild) + len(kd)) - 0.2) < 0.03  # the fraction, met on average
+  # One epoch, one row per batch: every document of the part is seen (the last row padded).
+  kw = dict(seq_len=4, global_batch=1, split="train", heldout_fraction=0.05, ild_fraction=0.2,
+            num_epochs=1, process_index=0, process_count=1)
+  seen = {part: _ids_seen(make_iterator(src, None, part=part, seed=5, **kw))
+          for part in ("ild", "kd")}
+  assert seen["ild"] == ild and seen["kd"] == kd
+  assert not seen["ild"] & seen["kd"] and not (seen["ild"] | seen["kd"]) & held
+  # The same parts on every process layout and shuffle seed (a hash of the index, nothing else).
+  for part, want in (("ild", ild), ("kd", kd)):
+    per_process = [_ids_seen(make_iterator(src, None, part=part, seed=9, **{
+        **kw, "global_batch": 2, "process_index": p, "process_count": 2})) for p in range(2)]
+    assert not per_process[0] & per_process[1]
+    # Two rows per batch: a process's last odd row may be dropped, nothing else.
+    assert per_process[0] | per_process[1] <= want
+    assert len(want - (per_process[0] | per_process[1])) <= 4
+  # 0 and 1 mean no split: both parts read every train document.
+  for fraction in (0.0, 1.0):
+    for part in ("ild", "kd"):
+      got = _ids_seen(make_iterator(src, None, part=part, seed=5,
+                                    **{**kw, "ild_fraction": fraction}))
+      assert got == ild | kd, (fraction, part)
+  # A split with an empty side is an error naming the config field, whichever part is asked for.
+  for fraction, side in ((1e-6, "ILD"), (1 - 1e-6, "KD")):
+    for part in ("ild", "kd"):
+      with pytest.raises(ValueError, match=f"data.ild_fraction=.* leaves the {side} part"):
+        make_iterator(src, None, part=part, seed=5, **{**kw, "ild_fraction": fraction})
+  with pytest.raises(ValueError, match="split='heldout' has no parts"):
+    make_iterator(src, None, part="ild", **{**kw, "split": "heldout"})
+
+
+def test_stages_read_their_part_ild_kd_stepwise_and_held_out_calibration(tmp_path):
+  """RunContext.batches: ild -> the ILD part, kd and stepwise phases -> the KD part, calibration ->
+  held-out documents; data.ild_fraction=0 lets ILD read every train document."""
+  import re
+
+  from zebra_jax.distill.context import RunContext
+  n = 400
+  path = tmp_path / "docs.jsonl"
+  path.write_text("".join(json.dumps({"text": f"doc{i:04d} " * 3}) + "\n" for i in range(n)))
+  held, ild, kd = _expected_parts(n, 0.05, 0.2)
+
+  def seen(ctx, purpose, batches, **kw):
+    it = ctx.batches(purpose, 8, **kw)
+    ids = set()
+    for _ in range(batches):
+      for row in next(it)["tokens"]:
+        text = bytes(int(t) if t < 256 else 32 for t in row).decode()
+        ids |= {int(m) for m in re.findall(r"doc(\d{4})", text)}
+    return ids
+
+  cfg = _tiny(**{"data.source": str(path), "data.heldout_fraction": 0.05,
+                 "data.ild_fraction": 0.2})
+  ctx = RunContext(cfg, str(tmp_path / "w"))
+  assert seen(ctx, "ild", 12) == ild  # ~3 epochs of the ILD part
+  for purpose in ("kd", "stepwise_0"):
+    got = seen(ctx, purpose, 12)
+    assert got <= kd and len(got) > len(kd) // 2, purpose
+  assert seen(ctx, "calibration", 3, split="heldout") <= held
+  cfg0 = _tiny(**{"data.source": str(path), "data.heldout_fraction": 0.05, "data.ild_fraction": 0.0})
+  got = seen(RunContext(cfg0, str(tmp_path / "w0")), "ild", 12)
+  assert got <= ild | kd and got & kd and got & ild
+
+
+# -- 8. batch fields of any rank ---------------------------------------------------------------------
+def test_trainer_shards_each_batch_field_by_its_rank(tmp_path, jax_cache):
+  """A per-row `lengths` field (rank 1) next to the (rows, T) tokens, on 4 simulated devices with
+  grad accumulation: same losses and weights as 1 device, and the first loss equals a float64
+  numpy evaluation of the masked loss on the initial model."""
+  out = tmp_path / "ranks.json"
+  r = subprocess.run([sys.executable, os.path.abspath(__file__), "ranks", str(tmp_path), str(out)],
+                     env=_env(jax_cache, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+                     capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+  res = json.loads(out.read_text())
+  assert res["lengths_spec"] == [None, ["data", "fsdp"]] and res["tokens_spec"] == [
+      None, ["data", "fsdp"], None]
+  one, four = res["losses"]["1"], res["losses"]["4"]
+  assert len(one) == len(four) == 3
+  for a, b in zip(one, four):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
+  assert one[0]["loss"] == pytest.approx(res["reference_loss"], rel=1e-5)
+  assert abs(res["unmasked_loss"] - res["reference_loss"]) > 1e-3  # the lengths matter
+  np.testing.assert_allclose(res["params"]["4"], res["params"]["1"], rtol=0, atol=5e-5)
+  assert "needs the same leading row axis" in res["scalar_error"]
 
 
 # -- workers ---------------------------------------------------------------------------------------
@@ -551,10 +806,93 @@ def _worker_process(workdir, out, pid, nproc, port):
     json.dump(res, f)
 
 
+def _masked_ce_loss(student, teachers, batch):
+  """Mean over rows of the next-token CE over each row's first lengths[b] tokens."""
+  import jax.numpy as jnp
+  tokens, lengths = batch["tokens"], batch["lengths"]
+  logits = student(tokens, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
+  logp = jax_log_softmax(logits[:, :-1].astype(jnp.float32))
+  tok_logp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  mask = (jnp.arange(tokens.shape[1] - 1)[None, :] < (lengths[:, None] - 1)).astype(jnp.float32)
+  per_row = -(tok_logp * mask).sum(1) / mask.sum(1)
+  return per_row.mean(), {}
+
+
+def jax_log_softmax(x):
+  import jax
+  return jax.nn.log_softmax(x, axis=-1)
+
+
+def _rank_batch(pos, rows=8, length=17):
+  tokens = _global_batch(pos, rows, length)
+  lengths = np.random.default_rng([11, pos]).integers(4, length + 1, rows).astype(np.int32)
+  return {"tokens": tokens, "lengths": lengths}
+
+
+def _worker_ranks(workdir, out):
+  import jax
+  from flax import nnx
+  from jax.sharding import PartitionSpec as P
+
+  from zebra_jax.parallel import make_mesh
+  from zebra_jax.train.metrics import read_metrics
+  from zebra_jax.train.trainer import StageTrainer, TrainSpec
+
+  class Batches:
+    def __init__(self):
+      self.pos = 0
+
+    def __next__(self):
+      self.pos += 1
+      return _rank_batch(self.pos)
+
+    def get_state(self):
+      return {"pos": self.pos}
+
+    def set_state(self, s):
+      self.pos = s["pos"]
+
+  # The reference: the initial student's logits, the masked CE in float64 numpy.
+  _, student = _tiny_models()
+  b = _rank_batch(1)
+  logits = np.asarray(student(b["tokens"], np.broadcast_to(np.arange(17), (8, 17))), np.float64)
+  logits = logits[:, :-1]
+  logp = logits - logits.max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  tok = np.take_along_axis(logp, b["tokens"][:, 1:, None].astype(np.int64), -1)[..., 0]
+  mask = np.arange(16)[None, :] < (b["lengths"][:, None] - 1)
+  res = {"reference_loss": float(np.mean(-(tok * mask).sum(1) / mask.sum(1))),
+         "unmasked_loss": float(np.mean(-tok.mean(1))), "losses": {}, "params": {}}
+  meshes = {"1": make_mesh(1, 1, 1, devices=jax.devices()[:1]), "4": make_mesh(2, 2, 1)}
+  for name, mesh in meshes.items():
+    _, student = _tiny_models()
+    spec = TrainSpec(steps=3, lr=1e-3, batch_size=8, seq_len=17, grad_accum=2, warmup_frac=0.0,
+                     log_every=1, checkpoint_every=100, async_checkpoint=False, progress=False)
+    tr = StageTrainer(name=f"ranks_{name}", workdir=workdir, model=student,
+                      loss_fn=_masked_ce_loss, spec=spec, mesh=mesh, teachers={})
+    if name == "4":
+      placed = tr._device_batch(_rank_batch(0))
+      as_list = lambda spec: [list(a) if isinstance(a, tuple) else a for a in spec]
+      res["lengths_spec"] = as_list(placed["lengths"].sharding.spec)
+      res["tokens_spec"] = as_list(placed["tokens"].sharding.spec)
+      try:
+        tr._device_batch({**_rank_batch(0), "scale": np.float32(2.0)})
+        res["scalar_error"] = ""
+      except ValueError as e:
+        res["scalar_error"] = str(e)
+    tr.run(Batches())
+    res["losses"][name] = read_metrics(os.path.join(workdir, f"ranks_{name}"))
+    res["params"][name] = _flat_params(student)
+  with open(out, "w") as f:
+    json.dump(res, f)
+
+
 if __name__ == "__main__":
   sys.path.insert(0, ROOT)
   if sys.argv[1] == "mesh":
     _worker_mesh(sys.argv[2], sys.argv[3])
+  elif sys.argv[1] == "ranks":
+    _worker_ranks(sys.argv[2], sys.argv[3])
   elif sys.argv[1] == "proc":
     _worker_process(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
   else:

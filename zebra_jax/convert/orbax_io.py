@@ -8,6 +8,13 @@ Layout of a saved directory:
 A pure dict (not an `nnx.State`) keeps the on-disk tree independent of flax's State internals.
 The directory is written under a temporary sibling name and renamed into place, so an interrupted
 save never leaves a directory that looks complete.
+
+Multi-process (jax.distributed): every process calls save_model / load_model at the same point
+(Orbax saves and restores are collective). Host-local arrays (a teacher loaded on each process,
+frozen parameters) are made global replicated arrays first, so Orbax writes one copy; globally
+sharded arrays (a trained student) are written shard by shard by their owners. Process 0 alone
+creates the temporary directory, writes config.json and renames it into place; barriers around
+those steps keep every process from seeing a half-written directory.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from flax import nnx
 
 from zebra_jax.config import ConfigError, LlamaConfig
@@ -63,8 +70,33 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
   return out
 
 
+def _sync(tag: str) -> None:
+  """A barrier over every process (no-op in a single-process run)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"zebra_jax.save_model: {tag}")
+
+
+def _global_replicated(x) -> jax.Array:
+  """A host-local value (identical on every process) as a global array replicated over every
+  device of every process: Orbax refuses to write host-local arrays in a multi-process run."""
+  host = np.asarray(x)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("all",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _savable(tree: dict) -> dict:
+  if jax.process_count() == 1:
+    return tree
+  return jax.tree.map(lambda x: x if isinstance(x, jax.Array) and not x.is_fully_addressable
+                      else _global_replicated(x), tree)
+
+
 def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> str:
-  """Writes `model.config` and the model's nnx.Param state to `directory`; returns its path."""
+  """Writes `model.config` and the model's nnx.Param state to `directory`; returns its path.
+
+  In a multi-process run every process must call it (collective); see the module docstring."""
   import orbax.checkpoint as ocp
 
   directory = os.path.abspath(os.fspath(directory))
@@ -81,22 +113,33 @@ def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bo
   if other:
     raise ValueError(f"save_model stores nnx.Param only; the model also has {other}")
 
+  primary = jax.process_index() == 0
   parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex[:8]}")
+  # One name for every process (they write into the same directory); a leftover from an
+  # interrupted save is removed first: the destination is only ever replaced by a rename.
+  tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp")
+  tree = _savable(_param_tree(model))
   try:
-    os.makedirs(tmp)
-    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-      f.write(config.to_json())
+    if primary:
+      os.makedirs(parent, exist_ok=True)
+      if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+      os.makedirs(tmp)
+      with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+    _sync(f"{directory} prepared")
     with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(os.path.join(tmp, PARAMS_DIR), _param_tree(model))
+      ckptr.save(os.path.join(tmp, PARAMS_DIR), tree)
       ckptr.wait_until_finished()
-    if os.path.exists(directory):
-      shutil.rmtree(directory)
-    os.rename(tmp, directory)
+    _sync(f"{directory} written")
+    if primary:
+      if os.path.exists(directory):
+        shutil.rmtree(directory)
+      os.rename(tmp, directory)
   finally:
-    if os.path.exists(tmp):
+    if primary and os.path.exists(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
+  _sync(f"{directory} in place")  # nobody reads the directory before it is complete
   return directory
 
 
@@ -131,7 +174,9 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
 
   abstract = abstract_params(config)  # shapes/dtypes as saved
   expected = abstract[3]
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  # This process's first device (jax.devices()[0] belongs to process 0 in a multi-process run);
+  # every process reads the whole tree, as every process holds the whole teacher / student.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target: dict = {}
   for path, sds in expected.items():
     node = target

@@ -9,8 +9,16 @@ tokenise (+EOS) -> concatenate-then-split packing -> batches of (global_batch //
 Held-out split: document i is held out iff a splitmix64 hash of (split_seed, i) falls below heldout_fraction.
 It depends only on the document's index, so it is identical for every seed/process count, for the jsonl and
 the pre-tokenised ArrayRecord form of the same corpus, and stays put when documents are appended.
-Shuffling: a Grain index shuffle per epoch (seeded by `seed`, reseeded each epoch) over this process's documents.
-Process sharding: process p reads documents p, p + P, p + 2P, ... of the split (disjoint, together all of it).
+ILD / KD parts of the train split (`part="ild"|"kd"`, `ild_fraction`): a second hash of the index, salted
+differently, puts a train document in the ILD part iff it falls below ild_fraction; the KD part is the rest.
+Disjoint, deterministic, never touching the held-out split; ild_fraction 0 or 1 means no split (both parts
+are the whole train split).
+Shuffling: a Grain index shuffle per epoch (seeded by `seed`, reseeded each epoch) over each shard's documents.
+Data shards: the split is cut into `num_shards` (default: the process count) interleaved shards, shard s
+holding documents s, s + S, s + 2S, ...; each is shuffled and packed on its own and gives global_batch // S
+rows of every batch, in shard order. Process p of P reads the contiguous shards [p S/P, (p+1) S/P), so the
+global batch depends on S alone, not on P: a 1-process run with num_shards=2 sees the batches of a
+2-process run. With S = P (the default) process p reads documents p, p + P, ... as before.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from zebra_jax.data import packing, sources, tokenize
 
 STATE_VERSION = 1
 SPLITS = ("train", "heldout")
+PARTS = ("ild", "kd")
+_ILD_SALT = 0x494C44  # "ILD": the ILD/KD hash must not be the held-out hash
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -40,15 +50,54 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def _unit_hash(num_documents: int, salt: int) -> np.ndarray:
+  """float64 [num_documents] in [0, 1): a splitmix64 hash of (salt, document index)."""
+  idx = np.arange(num_documents, dtype=np.uint64)
+  with np.errstate(over="ignore"):
+    salted = idx ^ _splitmix64(np.full((), int(salt) % (1 << 64), np.uint64))
+  return (_splitmix64(salted) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
 def heldout_mask(num_documents: int, heldout_fraction: float, split_seed: int = 0) -> np.ndarray:
   """bool [num_documents]: True for held-out documents (hash of (split_seed, index) < fraction)."""
   if not 0.0 <= heldout_fraction < 1.0:
     raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
-  idx = np.arange(num_documents, dtype=np.uint64)
-  with np.errstate(over="ignore"):
-    salted = idx ^ _splitmix64(np.full((), int(split_seed) % (1 << 64), np.uint64))
-  u = (_splitmix64(salted) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-  return u < heldout_fraction
+  return _unit_hash(num_documents, split_seed) < heldout_fraction
+
+
+def splits_parts(ild_fraction: float) -> bool:
+  """Whether `ild_fraction` splits the train documents into ILD and KD parts (0 and 1: no split)."""
+  if not 0.0 <= ild_fraction <= 1.0:
+    raise ValueError(f"data.ild_fraction must be in [0, 1], got {ild_fraction}")
+  return 0.0 < ild_fraction < 1.0
+
+
+def ild_mask(num_documents: int, ild_fraction: float, split_seed: int = 0) -> np.ndarray:
+  """bool [num_documents]: True for documents of the ILD part (a hash of the index, salted apart from
+  the held-out hash, below ild_fraction). Only meaningful on train documents: part_indices applies it
+  after the held-out split."""
+  splits_parts(ild_fraction)
+  return _unit_hash(num_documents, int(split_seed) ^ _ILD_SALT) < ild_fraction
+
+
+def part_indices(num_documents: int, part: str | None, heldout_fraction: float, ild_fraction: float,
+                 split_seed: int = 0) -> np.ndarray:
+  """Train document indices (int64, ascending) of `part`: "ild", "kd", or None (the whole train split,
+  as also for ild_fraction 0 or 1). Raises ValueError naming data.ild_fraction when the split would
+  leave either part empty (checked for both parts, whichever is asked for)."""
+  train = split_indices(num_documents, "train", heldout_fraction, split_seed)
+  if part is not None and part not in PARTS:
+    raise ValueError(f"part must be one of {PARTS} or None, got {part!r}")
+  if part is None or not splits_parts(ild_fraction):
+    return train
+  in_ild = ild_mask(num_documents, ild_fraction, split_seed)[train]
+  for name, n in (("ILD", int(in_ild.sum())), ("KD", int((~in_ild).sum()))):
+    if n == 0:
+      raise ValueError(
+        f"data.ild_fraction={ild_fraction} leaves the {name} part of the {train.size} train documents "
+        "empty; use a fraction further from 0 and 1 (or 0 / 1 for no split: both parts read all train data)"
+      )
+  return train[in_ild] if part == "ild" else train[~in_ild]
 
 
 def split_indices(num_documents: int, split: str, heldout_fraction: float, split_seed: int = 0) -> np.ndarray:
@@ -103,7 +152,9 @@ class PipelineIterator(grain.DatasetIterator):
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION or "grain" not in state:
       raise ValueError(f"not a zebra_jax data iterator state (version {STATE_VERSION}): {str(state)[:200]}")
     saved = state.get("pipeline", {})
-    diff = {k: (saved.get(k), v) for k, v in self.fingerprint.items() if saved.get(k) != v}
+    keys = set(self.fingerprint) | (set(saved) if isinstance(saved, dict) else set())
+    diff = {k: (saved.get(k), self.fingerprint.get(k)) for k in keys
+            if saved.get(k) != self.fingerprint.get(k)}
     if diff:
       detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
       raise ValueError(f"data iterator state was saved by a differently configured pipeline ({detail})")
@@ -156,6 +207,9 @@ def make_dataset(
   shuffle: bool = True,
   process_index: int | None = None,
   process_count: int | None = None,
+  num_shards: int | None = None,
+  part: str | None = None,
+  ild_fraction: float = 0.0,
   paragraphs: bool = False,
   prefetch: int = 0,
 ) -> grain.IterDataset:
@@ -167,6 +221,10 @@ def make_dataset(
   num_epochs: None repeats forever (training); an int stops after that many passes, the last row padded
     (segment_ids 0) and an incomplete last batch dropped.
   process_index/process_count: default to jax's; each process gets global_batch // process_count rows.
+  num_shards: data shards S (default: process_count); must be a multiple of process_count and divide
+    global_batch. The global batch is the same for every process count with the same S.
+  part, ild_fraction: "ild" / "kd" reads only that part of the train split (see part_indices); None (or
+    ild_fraction 0 or 1) reads the whole split.
   prefetch: batches prepared ahead in a background thread (0 = none); the saved state is still the consumer's.
   """
   if int(seq_len) <= 1:
@@ -176,6 +234,13 @@ def make_dataset(
   pidx, pcount = process_info(process_index, process_count)
   if global_batch % pcount:
     raise ValueError(f"global_batch={global_batch} is not divisible by process_count={pcount}")
+  shards = pcount if num_shards is None else int(num_shards)
+  if shards < 1 or shards % pcount:
+    raise ValueError(f"num_shards={num_shards} must be a positive multiple of process_count={pcount}")
+  if global_batch % shards:
+    raise ValueError(f"global_batch={global_batch} is not divisible by num_shards={shards}")
+  if part is not None and split != "train":
+    raise ValueError(f"part={part!r} splits the train documents; split={split!r} has no parts")
   if num_epochs is not None and int(num_epochs) <= 0:
     raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
   src = sources.open_source(source, paragraphs=paragraphs)
@@ -185,10 +250,15 @@ def make_dataset(
     tokenizer = tokenize.load_tokenizer(tokenizer)
   vocab = _check_tokenizer(src, tokenizer)
 
-  indices = split_indices(len(src), split, heldout_fraction, split_seed)
-  shard = indices[pidx::pcount]
-  if shard.size == 0:
-    raise ValueError(f"process {pidx} of {pcount} gets no documents: the {split!r} split has only {indices.size}")
+  if split == "train":
+    indices = part_indices(len(src), part, heldout_fraction, ild_fraction, split_seed)
+  else:
+    indices = split_indices(len(src), split, heldout_fraction, split_seed)
+  mine = range(pidx * shards // pcount, (pidx + 1) * shards // pcount)
+  for s in mine:
+    if indices[s::shards].size == 0:
+      raise ValueError(f"data shard {s} of {shards} (process {pidx} of {pcount}) gets no documents: the "
+                       f"{split!r} split{f' ({part} part)' if part else ''} has only {indices.size}")
   name = getattr(src, "name", type(src).__name__)
 
   def load(doc_index) -> dict[str, np.ndarray]:
@@ -202,13 +272,19 @@ def make_dataset(
       raise ValueError(f"{where}: token id {int(ids.max())} outside the vocabulary of size {vocab}")
     return {"tokens": ids}
 
-  ds = grain.MapDataset.source(shard)
-  if shuffle:
-    ds = ds.shuffle(seed=int(seed))
-  ds = ds.repeat(num_epochs)  # reseeds the shuffle each epoch
-  docs = ds.map(load).to_iter_dataset()
-  local_batch = global_batch // pcount
-  batches = packing.pack(docs, int(seq_len)).batch(local_batch, drop_remainder=True)
+  def shard_batches(s: int) -> grain.IterDataset:
+    ds = grain.MapDataset.source(indices[s::shards])
+    if shuffle:
+      ds = ds.shuffle(seed=int(seed))
+    ds = ds.repeat(num_epochs)  # reseeds the shuffle each epoch
+    docs = ds.map(load).to_iter_dataset()
+    return packing.pack(docs, int(seq_len)).batch(global_batch // shards, drop_remainder=True)
+
+  if len(mine) == 1:  # the process's rows are one shard's (the state format of S = P)
+    batches = shard_batches(mine[0])
+  else:  # this process's shards side by side; a finite run ends with its shortest shard
+    batches = grain.experimental.ZipIterDataset([shard_batches(s) for s in mine], strict=False)
+    batches = batches.map(lambda rows: {k: np.concatenate([r[k] for r in rows]) for k in rows[0]})
   if prefetch < 0:
     raise ValueError(f"prefetch must be >= 0, got {prefetch}")
   if prefetch:
@@ -226,6 +302,11 @@ def make_dataset(
     "process_index": pidx,
     "process_count": pcount,
   }
+  # Present only when they change the data, so states saved before these options existed still load.
+  if shards != pcount:
+    fingerprint["num_shards"] = shards
+  if part is not None and splits_parts(ild_fraction):
+    fingerprint.update(part=part, ild_fraction=float(ild_fraction))
   return _PipelineDataset(batches, fingerprint)
 
 

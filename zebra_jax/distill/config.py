@@ -16,11 +16,16 @@ Fields
   kd_teacher.preset   as teacher.preset, for the KD teacher
   model.*             HybridConfig fields of the student (mla_layers, kv_lora_rank, ...); n_mla is the
                       MLA budget when the select stage places layers
-  data.*              source, seq_len, heldout_fraction, shuffle seed
+  data.*              source, seq_len, heldout_fraction, shuffle seed, ild_fraction (disjoint ILD / KD
+                      parts of the train documents; 0 or 1: no split), num_shards (data shards;
+                      0: one per process), dpo_path, tokenizer
   mesh.data/fsdp/tensor
   train.*             defaults shared by all training stages (dtype, clip, warmup, logging, ckpt)
   ild/kd/dpo/stepwise.*  per-stage steps, lr, batch_size, grad_accum (+ stage-specific fields)
   select.*            method ("smart" | "explicit" | "uniform"), calibration batches
+  samples.*           teacher-generated training text (the `samples` stage; distill/samples.py):
+                      num_samples, prompt_tokens, max_new_tokens, temperature, top_p, top_k,
+                      batch_size; used when data.source lists "teacher_samples"
   stages              ordered list of stages to run
 """
 
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import ml_collections
 
-STAGES = ("teacher", "ild_mla", "ild_mamba", "select", "assemble", "kd", "dpo", "stepwise")
+STAGES = ("teacher", "samples", "ild_mla", "ild_mamba", "select", "assemble", "kd", "dpo", "stepwise")
 
 
 def _stage(steps, lr, batch_size, grad_accum=1, **extra):
@@ -50,9 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
       qk_rope_head_dim=None, qk_nope_head_dim=None, v_head_dim=None, use_full_kv_head=False,
       mla_rope_scaling=None, d_state=None, headdim=None, ngroups=None, chunk_size=256,
       kv_energy_ratio=None, q_energy_ratio=None))
+  # type_safe=False: data.source is a spec string or a tuple of them (("default", "teacher_samples")).
   c.data = ml_collections.ConfigDict(dict(
       source="default", seq_len=2048, heldout_fraction=0.02, shuffle_seed=42,
-      ild_fraction=0.2, dpo_path=None, tokenizer=None))
+      ild_fraction=0.2, num_shards=0, dpo_path=None, tokenizer=None), type_safe=False)
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.train = ml_collections.ConfigDict(dict(
       dtype="bfloat16", param_dtype="float32", warmup_frac=0.01, weight_decay=0.0,
@@ -60,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
       remat=False, impl="auto", eval_batches=4))
   c.ild = _stage(1000, 2e-4, 96, loss="l2")
   c.select = ml_collections.ConfigDict(dict(method="smart", calib_batches=4, batch_size=8))
+  c.samples = ml_collections.ConfigDict(dict(
+      num_samples=0, prompt_tokens=64, max_new_tokens=960, temperature=1.0, top_p=None,
+      top_k=None, batch_size=256))
   c.kd = _stage(1000, 8e-5, 192, kl_weight=1.0, ce_weight=0.0, temperature=1.0)
   c.dpo = _stage(100, 5e-7, 32, beta=0.01, max_len=1024, max_prompt_len=512, warmup_frac=0.1)
   c.stepwise = _stage(1000, 8e-5, 64, kl_weight=1.0, ce_weight=0.0,
@@ -102,6 +111,26 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if ("select" not in c.stages or c.select.method == "explicit") and "assemble" in c.stages \
       and c.model.mla_layers is None:
     bad("model.mla_layers must be set when the select stage does not choose them")
+  srcs = c.data.source if isinstance(c.data.source, (list, tuple)) else [c.data.source]
+  if "teacher_samples" in srcs:
+    if all(s == "teacher_samples" for s in srcs):
+      bad("data.source lists only 'teacher_samples': prompts need a real source next to it")
+    if "samples" not in c.stages:
+      bad("data.source lists 'teacher_samples' but stages has no 'samples' stage to generate them")
+  if "samples" in c.stages:
+    s = c.samples
+    if s.num_samples <= 0 or s.batch_size <= 0 or s.prompt_tokens <= 0 or s.max_new_tokens <= 0:
+      bad("samples.num_samples, samples.batch_size, samples.prompt_tokens and "
+          "samples.max_new_tokens must be positive when the samples stage runs")
+    if not s.temperature > 0:
+      bad(f"samples.temperature must be positive (sampling, not greedy), got {s.temperature}")
+    if "teacher_samples" not in srcs:
+      bad("stages has 'samples' but data.source does not list 'teacher_samples' to train on them")
+    order = list(c.stages)
+    late = [t for t in ("ild_mla", "ild_mamba", "kd", "stepwise") if t in order
+            and order.index(t) < order.index("samples")]
+    if late:
+      bad(f"stages: 'samples' must come before {late}, which read its data")
   if "dpo" in c.stages and not c.data.dpo_path:
     bad("data.dpo_path (a local jsonl of {prompt, chosen, rejected}) is required by the dpo stage")
   if "stepwise" in c.stages and not c.stepwise.schedule:

@@ -178,17 +178,34 @@ class RunContext:
   def _seed_for(self, purpose: str) -> int:
     return self.cfg.data.shuffle_seed + sum(map(ord, purpose))
 
+  @staticmethod
+  def data_part(purpose: str, split: str = "train") -> str | None:
+    """Which part of the train documents a stage reads (data.ild_fraction splits them, as the
+    reference's 20 / 80 ILD / SFT split): "ild" for the ILD stages, "kd" for every other training
+    purpose (kd, stepwise_<phase>); None for the held-out split (calibration)."""
+    if split != "train":
+      return None
+    return "ild" if purpose == "ild" else "kd"
+
   def batches(self, purpose: str, batch_size: int, split: str = "train", **kwargs):
+    """Packed batches for `purpose` ("ild", "kd", "stepwise_<phase>", "calibration"): the ILD or
+    KD part of the train documents (see data_part; data.ild_fraction 0 or 1: all of them), data
+    shards from data.num_shards, a shuffle seed per purpose."""
     from zebra_jax.data import make_iterator
+    from zebra_jax.distill.samples import resolve_source
     d = self.cfg.data
-    return make_iterator(d.source, self.tokenizer(), seq_len=d.seq_len, global_batch=batch_size,
+    source = resolve_source(self.cfg, self.workdir)  # "teacher_samples" -> the samples artifact
+    kwargs.setdefault("num_shards", d.get("num_shards", 0) or None)  # 0: one shard per process
+    return make_iterator(source, self.tokenizer(), seq_len=d.seq_len, global_batch=batch_size,
                          split=split, heldout_fraction=d.heldout_fraction,
+                         part=self.data_part(purpose, split), ild_fraction=d.ild_fraction,
                          seed=self._seed_for(purpose), **kwargs)
 
   def calibration_batches(self, n: int, batch_size: int) -> list[dict]:
     # The same batches on every process (not a per-process shard), so that every process measures
     # the same sensitivities and picks the same layout.
-    it = self.batches("calibration", batch_size, split="heldout", process_index=0, process_count=1)
+    it = self.batches("calibration", batch_size, split="heldout", process_index=0, process_count=1,
+                      num_shards=1)
     return [next(it) for _ in range(n)]
 
   def preference_batches(self, batch_size: int):

@@ -2,6 +2,7 @@
 writes one artifact (a saved model or a JSON file); the pipeline skips a stage whose artifact exists.
 
   teacher    convert/load the teacher once            -> teacher/model
+  samples    teacher-generated training text (optional) -> samples/teacher_samples.jsonl
   ild_mla    pure-MLA student, per-layer teacher-forced -> ild_mla/model
   ild_mamba  pure-Mamba2 student, same loss           -> ild_mamba/model
   select     SMART placement of the MLA layers        -> select/placement.json
@@ -23,6 +24,7 @@ from flax import nnx
 
 from zebra_jax.config import HybridConfig
 from zebra_jax.convert.orbax_io import save_model
+from zebra_jax.distill import samples as samples_lib
 from zebra_jax.distill import select as select_lib
 from zebra_jax.distill.context import RunContext
 from zebra_jax.init import copy_block_shell, init_hybrid
@@ -32,6 +34,8 @@ from zebra_jax.train.trainer import StageTrainer, TrainSpec
 
 
 def artifact(ctx: RunContext, stage: str) -> str:
+  if stage == "samples":
+    return os.path.join(ctx.workdir, samples_lib.ARTIFACT)
   name = "placement.json" if stage == "select" else "model"
   return os.path.join(ctx.workdir, stage, name)
 
@@ -128,11 +132,12 @@ def run_select(ctx: RunContext) -> None:
   out = {"method": method, "mla_layers": [int(i) for i in layers],
          "scores": None if scores is None else [float(s) for s in scores]}
   path = artifact(ctx, "select")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{jax.process_index()}"  # every process writes the same layout
-  with open(tmp, "w") as f:
-    json.dump(out, f, indent=2)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:  # every process chose the same layout; the pipeline then syncs
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+      json.dump(out, f, indent=2)
+    os.replace(tmp, path)
   ctx.log(f"[select] mla_layers={list(layers)}")
 
 
@@ -316,6 +321,7 @@ def run_stepwise(ctx: RunContext) -> None:
 
 RUNNERS = {
     "teacher": run_teacher,
+    "samples": samples_lib.run_samples,
     "ild_mla": lambda ctx: run_ild(ctx, "mla"),
     "ild_mamba": lambda ctx: run_ild(ctx, "mamba"),
     "select": run_select,

@@ -88,7 +88,18 @@ def split_trainable(model: nnx.Module, trainable: Callable[[tuple, Any], bool] |
   return graphdef, train_state, frozen
 
 
+def _host_value(x):
+  """A host-local array (a model loaded on every process) as numpy: jax refuses to device_put a
+  committed host-local array onto a sharding that spans other processes (a cross-host transfer),
+  while a numpy value is taken as this process's copy of a value every process holds."""
+  if isinstance(x, jax.Array) and x.is_fully_addressable:
+    return np.asarray(x)
+  return x
+
+
 def _place(tree, shardings):
+  if jax.process_count() > 1:
+    tree = jax.tree.map(_host_value, tree)
   return jax.device_put(tree, shardings)
 
 
@@ -96,9 +107,19 @@ def _state_shardings(state, mesh, rules):
   return param_shardings(state, mesh, rules)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batch leaves are (grad_accum, micro, ...): the micro-batch axis is split over data x fsdp."""
-  return NamedSharding(mesh, P(None, ("data", "fsdp"), None))
+def batch_sharding(mesh: Mesh, ndim: int = 3) -> NamedSharding:
+  """A batch leaf of rank `ndim` laid out (grad_accum, micro, ...): the micro-batch axis is split
+  over data x fsdp, the rest replicated. ndim 3: (accum, micro, T) tokens; ndim 2: a per-row
+  field (lengths, per-example weights) reshaped to (accum, micro)."""
+  if ndim < 2:
+    raise ValueError(f"a batch leaf laid out (grad_accum, micro, ...) has rank >= 2, got {ndim}")
+  return NamedSharding(mesh, P(None, ("data", "fsdp"), *([None] * (ndim - 2))))
+
+
+def batch_shardings(mesh: Mesh, batch: dict) -> dict:
+  """Per-field shardings of a (grad_accum, micro, ...) batch (arrays or ShapeDtypeStructs), each by
+  its own rank."""
+  return {k: batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
 
 
 def optimizer_state_shardings(optimizer: optax.GradientTransformation, trainable_state,
@@ -123,10 +144,13 @@ def build_train_step(graphdef, teacher_graphdefs: dict, optimizer: optax.Gradien
     step(trainable, opt_state, frozen, teacher_states, batch) -> (trainable, opt_state, metrics)
 
   batch leaves are (grad_accum, micro, ...); gradients are accumulated over the leading axis in
-  float32. `teacher_graphdefs` maps the loss_fn's teacher names to graphdefs; trainable and
-  opt_state are donated. Activations are pinned to `batch_shardings`' mesh while tracing.
+  float32. `batch_shardings`: one sharding for every leaf (all of one rank) or a dict of them per
+  field (`batch_shardings(mesh, batch)`, fields of different ranks). `teacher_graphdefs` maps the
+  loss_fn's teacher names to graphdefs; trainable and opt_state are donated. Activations are
+  pinned to the batch shardings' mesh while tracing.
   """
   accum = grad_accum
+  batch_mesh = jax.tree.leaves(batch_shardings)[0].mesh
 
   def micro_loss(trainable, frozen, teacher_states, batch):
     model = nnx.merge(graphdef, trainable, frozen)
@@ -163,7 +187,7 @@ def build_train_step(graphdef, teacher_graphdefs: dict, optimizer: optax.Gradien
 
   def step_on_mesh(*args):
     # Trace with the models' activations pinned to the batch layout (parallel.constrain_batch).
-    with activation_mesh(batch_shardings.mesh):
+    with activation_mesh(batch_mesh):
       return step(*args)
 
   return jax.jit(
@@ -202,32 +226,46 @@ class StageTrainer:
     self.teacher_states = {}
     for k, (_, st) in self.teacher_defs.items():
       self.teacher_states[k] = _place(st, _state_shardings(st, mesh, rules))
-    self.batch_shard = batch_sharding(mesh)
+    self._loss_fn = loss_fn
+    self._step_fns = {}  # one jitted step per batch layout ({field: rank}), built on first use
 
     self.optimizer = make_optimizer(spec.lr, spec.steps, warmup_frac=spec.warmup_frac,
                                     weight_decay=spec.weight_decay, grad_clip=spec.grad_clip)
     self.opt_shard = optimizer_state_shardings(self.optimizer, self.trainable, self.tr_shard, mesh)
     self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shard)(self.trainable)
-    self._step_fn = self._build_step(loss_fn)
 
   # -- the jitted step ---------------------------------------------------------------------------
-  def _build_step(self, loss_fn: LossFn):
-    return build_train_step(
-        self.graphdef, {k: gd for k, (gd, _) in self.teacher_defs.items()}, self.optimizer,
-        loss_fn, self.spec.grad_accum, trainable_shardings=self.tr_shard,
-        opt_shardings=self.opt_shard, frozen_shardings=self.fr_shard,
-        teacher_shardings=jax.tree.map(lambda x: x.sharding, self.teacher_states),
-        batch_shardings=self.batch_shard)
+  def _step_fn(self, batch: dict):
+    """The jitted step for this batch's layout (a (grad_accum, micro, ...) leaf per field; each
+    field sharded by its own rank)."""
+    key = tuple(sorted((k, len(v.shape)) for k, v in batch.items()))
+    if key not in self._step_fns:
+      self._step_fns[key] = build_train_step(
+          self.graphdef, {k: gd for k, (gd, _) in self.teacher_defs.items()}, self.optimizer,
+          self._loss_fn, self.spec.grad_accum, trainable_shardings=self.tr_shard,
+          opt_shardings=self.opt_shard, frozen_shardings=self.fr_shard,
+          teacher_shardings=jax.tree.map(lambda x: x.sharding, self.teacher_states),
+          batch_shardings=batch_shardings(self.mesh, batch))
+    return self._step_fns[key]
 
   def lower(self, batch_shapes: dict[str, jax.ShapeDtypeStruct]):
-    """Lowers the step for the given (accum, micro, T) batch shapes (ahead-of-time compilation)."""
+    """Lowers the step for the given (accum, micro, ...) batch shapes (ahead-of-time compilation)."""
     abstract = lambda t: abstract_like(t)
-    return self._step_fn.lower(abstract(self.trainable), abstract(self.opt_state),
-                               abstract(self.frozen), abstract(self.teacher_states), batch_shapes)
+    return self._step_fn(batch_shapes).lower(
+        abstract(self.trainable), abstract(self.opt_state), abstract(self.frozen),
+        abstract(self.teacher_states), batch_shapes)
 
   # -- the loop ----------------------------------------------------------------------------------
   def _device_batch(self, batch: dict[str, np.ndarray]):
+    """This process's rows of every field, (rows, ...) -> (grad_accum, micro, ...), placed on the
+    mesh with the micro-batch axis split over data x fsdp. A field of rank 1 (a length or scalar
+    per row) becomes (grad_accum, micro); a field without a row axis is an error."""
     accum = self.spec.grad_accum
+    rows = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in batch.items()}
+    n = next(iter(rows.values()), None)
+    if any(r is None or r != n for r in rows.values()):
+      raise ValueError(f"[{self.name}] every batch field needs the same leading row axis; got "
+                       f"rows {rows} (a per-batch scalar has no row to shard)")
 
     def shape(x):
       x = np.asarray(x)
@@ -236,9 +274,10 @@ class StageTrainer:
       return x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
 
     host = {k: shape(v) for k, v in batch.items()}
+    shardings = batch_shardings(self.mesh, host)
     if jax.process_count() == 1:
-      return jax.device_put(host, self.batch_shard)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_shard, x), host)
+      return jax.device_put(host, shardings)
+    return {k: jax.make_array_from_process_local_data(shardings[k], x) for k, x in host.items()}
 
   def run(self, data: BatchIterator) -> nnx.Module:
     spec = self.spec
@@ -306,7 +345,7 @@ class StageTrainer:
     try:
       while step < spec.steps:
         batch = self._device_batch(next(data))
-        self.trainable, self.opt_state, metrics = self._step_fn(
+        self.trainable, self.opt_state, metrics = self._step_fn(batch)(
             self.trainable, self.opt_state, self.frozen, self.teacher_states, batch)
         step += 1
         steps_since += 1

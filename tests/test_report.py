@@ -1,0 +1,135 @@
+"""Budgets + ablations sharing the budget-free stages (distill/experiment.py) and the report
+(eval/report.py), on the tiny config.
+
+Checked independently of the code under test: which stage ran where (files and links), that each
+student's blocks come from the right source (ILD students vs the initialisers, compared weight by
+weight), KV fractions against the cache formula written here, and the teacher's self-agreement.
+"""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from zebra_jax.convert.orbax_io import load_model
+from zebra_jax.data import ByteTokenizer
+from zebra_jax.distill.experiment import Variant, plan, run_experiment, variant_config
+from zebra_jax.distill.select import uniform_placement
+from zebra_jax.eval import report
+from zebra_jax.init import init_hybrid
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _tiny():
+  spec = importlib.util.spec_from_file_location("tiny", os.path.join(_HERE, "..", "configs", "tiny.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.ild.steps = 3
+  c.kd.steps = 3
+  c.train.log_every = 1
+  return c
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+  root = tmp_path_factory.mktemp("report")
+  cfg = _tiny()
+  variants = plan([3, 2])
+  summaries = run_experiment(cfg, str(root), variants, progress=False)
+  return cfg, root, variants, summaries
+
+
+def _flat(model, layer):
+  return {p: np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model.layers[layer]))}
+
+
+def test_plan_names_and_order():
+  names = [v.name for v in plan([8, 4])]
+  assert names == ["mla8_smart", "mla4_smart", "mla8_uniform", "mla8_smart_no_ild"]
+  with pytest.raises(ValueError, match="repeat"):
+    plan([8, 8])
+  with pytest.raises(ValueError, match="SMART variant"):
+    variant_config(_tiny(), Variant(3, "smart", ild=False))
+
+
+def test_shared_stages_run_once_and_are_linked(experiment):
+  cfg, root, variants, summaries = experiment
+  assert (root / "shared" / "ild_mla" / "model").exists()
+  for v in variants:
+    wd = root / v.name
+    assert (wd / "kd" / "model").exists(), v.name
+    assert os.path.islink(wd / "teacher")
+    if v.ild:
+      assert os.path.islink(wd / "ild_mla") and os.path.islink(wd / "ild_mamba")
+      assert os.path.realpath(wd / "ild_mla") == str(root / "shared" / "ild_mla")
+    else:
+      assert not os.path.exists(wd / "ild_mla")
+    ran = [s for s, _ in summaries[v.name]["stages_run"]]
+    assert ran == ["select", "assemble", "kd"], (v.name, ran)
+
+
+def test_placements(experiment):
+  cfg, root, variants, summaries = experiment
+  L = cfg.teacher.overrides["num_hidden_layers"]
+  smart = summaries["mla3_smart"]["mla_layers"]
+  assert summaries["mla3_uniform"]["mla_layers"] == list(uniform_placement(L, 3))
+  assert summaries["mla3_smart_no_ild"]["mla_layers"] == smart
+  assert len(summaries["mla2_smart"]["mla_layers"]) == 2
+
+
+def test_blocks_come_from_ild_students_or_the_initialisers(experiment):
+  cfg, root, variants, _ = experiment
+  teacher = load_model(str(root / "shared" / "teacher" / "model"), dtype="float32")
+  ild_mla = load_model(str(root / "shared" / "ild_mla" / "model"), dtype="float32")
+  ild_mamba = load_model(str(root / "shared" / "ild_mamba" / "model"), dtype="float32")
+  with_ild = load_model(str(root / "mla3_smart" / "assemble" / "model"), dtype="float32")
+  no_ild = load_model(str(root / "mla3_smart_no_ild" / "assemble" / "model"), dtype="float32")
+  # The initialisers on the all-MLA / all-Mamba2 shapes of the ILD students (random parts such as
+  # A_log are drawn per model shape, so the reference uses those shapes).
+  init = {"mla": init_hybrid(teacher, ild_mla.config, seed=cfg.seed),
+          "mamba2": init_hybrid(teacher, ild_mamba.config, seed=cfg.seed)}
+  for i, kind in enumerate(with_ild.config.layer_types()):
+    src = _flat(ild_mla if kind == "mla" else ild_mamba, i)
+    for p, v in _flat(with_ild, i).items():
+      np.testing.assert_array_equal(v, src[p], err_msg=f"layer {i} {p}")
+    ref, got, trained = _flat(init[kind], i), _flat(no_ild, i), src
+    for p, v in got.items():
+      np.testing.assert_allclose(v, ref[p], rtol=0, atol=1e-6, err_msg=f"no-ILD layer {i} {p}")
+    assert any(not np.array_equal(got[p], trained[p]) for p in got), f"layer {i}: ILD weights used"
+
+
+def test_evaluation_rows(experiment):
+  cfg, root, variants, _ = experiment
+  tok = ByteTokenizer()
+  heldout = report.heldout_sequences(cfg, tok, limit_tokens=300)
+  assert heldout and sum(map(len, heldout)) >= 300
+  teacher = load_model(str(root / "shared" / "teacher" / "model"), dtype="float32")
+  student = load_model(str(root / "mla3_smart" / "kd" / "model"), dtype="float32")
+  kw = dict(seq_len=cfg.data.seq_len, decode_batch=2, contexts=[16], decode_steps=2,
+            sample_tokens=3, prompts=report.PROMPTS[:2])
+  t = report.evaluate_model(teacher, teacher, tok, heldout, **kw)
+  s = report.evaluate_model(student, teacher, tok, heldout, **kw)
+  assert t["top1"] == 1.0 and abs(t["kl"]) < 1e-6 and t["kv_fraction"] == 1.0
+  assert t["perplexity"] == pytest.approx(s["teacher_perplexity"], rel=1e-6)
+  # cache formula: an MLA layer caches kv_lora_rank + qk_rope_head_dim values per token, an
+  # attention layer 2 * kv_heads * head_dim, a Mamba2 layer nothing that grows with the context.
+  c = student.config
+  n_mla = sum(t_ == "mla" for t_ in c.layer_types())
+  o = cfg.teacher.overrides
+  want = n_mla * (c.kv_lora_rank + c.qk_rope_head_dim) / (
+      o["num_hidden_layers"] * 2 * o["num_key_value_heads"] * o["head_dim"])
+  assert s["kv_fraction"] == pytest.approx(want)
+  assert s["decode"][0]["tokens_per_s"] > 0 and len(s["samples"]) == 2
+  assert 0.0 <= s["top1"] <= 1.0 and s["kl"] > 0
+
+
+def test_write_doc_keeps_prose(tmp_path):
+  doc = tmp_path / "results.md"
+  doc.write_text(f"# R\n\nintro\n\n{report.BEGIN}\nold\n{report.END}\n\noutro\n")
+  report.write_doc(str(doc), "new table")
+  text = doc.read_text()
+  assert "intro" in text and "outro" in text and "new table" in text and "old" not in text

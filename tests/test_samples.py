@@ -1,0 +1,119 @@
+"""The `samples` stage: teacher-generated training text (distill/samples.py).
+
+The continuation is checked against a greedy loop written here over the model's full forward (top_k=1
+makes sampling greedy), the prompts against the train split, and resume against part-file mtimes.
+"""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zebra_jax.data import ByteTokenizer, default_corpus
+from zebra_jax.data.pipeline import split_indices
+from zebra_jax.distill import samples as samples_lib
+from zebra_jax.distill.config import RunConfigError, validate
+from zebra_jax.distill.pipeline import run_pipeline
+
+import importlib.util
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _tiny_config():
+  spec = importlib.util.spec_from_file_location("tiny", os.path.join(_HERE, "..", "configs", "tiny.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.data.source = ("default", "teacher_samples")
+  c.samples.update(num_samples=5, batch_size=2, prompt_tokens=12, max_new_tokens=6,
+                   temperature=1.0, top_k=1)
+  c.stages = ("teacher", "samples")
+  return c
+
+
+def _greedy(model, prompt, n_new):
+  ids = list(prompt)
+  for _ in range(n_new):
+    logits = model(jnp.asarray([ids], jnp.int32))
+    nxt = int(np.argmax(np.asarray(logits[0, -1], np.float64)))
+    ids.append(nxt)
+    if nxt == model.config.eos_token_id:
+      break
+  return ids[len(prompt):]
+
+
+def test_samples_stage_writes_greedy_continuations_of_train_prompts(tmp_path):
+  cfg = _tiny_config()
+  run_pipeline(cfg, str(tmp_path), progress=False)
+  path = tmp_path / samples_lib.ARTIFACT
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  assert len(rows) == cfg.samples.num_samples
+
+  tok = ByteTokenizer()
+  prompts = samples_lib.make_prompts(cfg, tok, cfg.samples.num_samples, cfg.samples.prompt_tokens,
+                                     cfg.seed + 7)
+  docs = default_corpus()
+  train = split_indices(len(docs), "train", cfg.data.heldout_fraction)
+  train_text = "\x00".join(docs[i] for i in train)
+  from zebra_jax.convert.orbax_io import load_model
+  teacher = load_model(str(tmp_path / "teacher" / "model"), dtype="float32")
+  eos = teacher.config.eos_token_id
+  for prompt, row in zip(prompts, rows):
+    ptext = tok.decode(prompt)
+    assert len(prompt) == cfg.samples.prompt_tokens
+    assert ptext in train_text, "prompt is not a window of a training document"
+    new = [t for t in _greedy(teacher, prompt, cfg.samples.max_new_tokens) if t != eos]
+    assert row["text"] == tok.decode(prompt + new)
+
+
+def test_samples_resume_regenerates_only_missing_parts(tmp_path):
+  cfg = _tiny_config()
+  run_pipeline(cfg, str(tmp_path), progress=False)
+  art = tmp_path / samples_lib.ARTIFACT
+  first = art.read_text()
+  parts = sorted((tmp_path / "samples" / "parts").glob("part-*.jsonl"))
+  assert len(parts) == 3  # 5 samples in batches of 2
+  os.remove(art)
+  os.remove(parts[1])
+  kept = {p: os.path.getmtime(p) for p in (parts[0], parts[2])}
+  run_pipeline(cfg, str(tmp_path), progress=False)
+  assert art.read_text() == first
+  assert all(os.path.getmtime(p) == t for p, t in kept.items())
+
+
+def test_training_reads_the_samples(tmp_path):
+  cfg = _tiny_config()
+  run_pipeline(cfg, str(tmp_path), progress=False)
+  src = samples_lib.resolve_source(cfg, str(tmp_path))
+  assert src[0] == "default" and src[1] == str(tmp_path / samples_lib.ARTIFACT)
+  from zebra_jax.data import open_source
+  assert len(open_source(src)) == len(default_corpus()) + cfg.samples.num_samples
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(stages=("teacher", "ild_mla")), "'samples' stage"),
+    (dict(stages=("teacher", "ild_mla", "samples")), "must come before"),
+    (dict(source=("teacher_samples",)), "only 'teacher_samples'"),
+    (dict(num_samples=0), "samples.num_samples"),
+    (dict(temperature=0.0), "samples.temperature"),
+])
+def test_bad_samples_configs_name_the_field(change, field):
+  cfg = _tiny_config()
+  if "stages" in change:
+    cfg.stages = change["stages"]
+  if "source" in change:
+    cfg.data.source = change["source"]
+  for k in ("num_samples", "temperature"):
+    if k in change:
+      cfg.samples[k] = change[k]
+  with pytest.raises(RunConfigError, match=field):
+    validate(cfg)
+
+
+def test_missing_samples_artifact_is_a_clear_error(tmp_path):
+  cfg = _tiny_config()
+  with pytest.raises(FileNotFoundError, match="teacher_samples"):
+    samples_lib.resolve_source(cfg, str(tmp_path))

@@ -1,0 +1,196 @@
+"""Quality and speed of distilled students next to their teacher, as JSON and a markdown report.
+
+Per model (teacher and each student), on the held-out split of the run's REAL sources (never
+trained on; teacher samples excluded):
+  perplexity                      exp(mean NLL) over every held-out token (windows of data.seq_len)
+  top1 / kl                       agreement with the teacher at every position: argmax match rate and
+                                  mean KL(teacher || student) in nats (the KD objective)
+  kv_fraction                     cached values per token vs the teacher's (accounting.kv_cache_fraction)
+  decode tokens/s                 greedy decode at batch B and each context length (infer.bench)
+  samples                         greedy continuations of fixed prompts, side by side
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import time
+
+PROMPTS = (
+    {"chat": "Write a short poem about the sea."},
+    {"chat": "What are three tips for staying healthy?"},
+    {"chat": "Explain in two sentences why the sky is blue."},
+    {"text": "ROMEO. But soft, what light through yonder window breaks?"},
+)
+
+
+def heldout_sequences(cfg, tokenizer, limit_tokens: int | None = None) -> list[list[int]]:
+  """Token ids (BOS first when the tokenizer has one) of the held-out documents of data.source's
+  real sources, in index order; `limit_tokens` stops after that many tokens (smoke runs)."""
+  from zebra_jax.data import sources, tokenize
+  from zebra_jax.data.pipeline import split_indices
+  from zebra_jax.distill.samples import real_sources
+
+  src = sources.open_source(real_sources(cfg))
+  bos = getattr(tokenizer, "bos_token_id", None)
+  eos = tokenize.eos_id(tokenizer)
+  seqs, n = [], 0
+  for i in split_indices(len(src), "heldout", cfg.data.heldout_fraction):
+    ids = [int(t) for t in tokenize.encode_document(tokenizer, src[int(i)]) if int(t) != eos]
+    if bos is not None and (not ids or ids[0] != bos):
+      ids = [bos] + ids  # the first word is scored too
+    seqs.append(ids)
+    n += len(ids)
+    if limit_tokens and n >= limit_tokens:
+      break
+  return seqs
+
+
+def prompt_ids(tokenizer, prompt: dict) -> list[int]:
+  if "chat" in prompt:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt["chat"]}],
+                                         tokenize=False, add_generation_prompt=True)
+    return list(tokenizer.encode(text, add_special_tokens=False))
+  ids = list(tokenizer.encode(prompt["text"], add_special_tokens=False))
+  bos = getattr(tokenizer, "bos_token_id", None)
+  return ([bos] if bos is not None else []) + ids
+
+
+def _decode(tokenizer, ids) -> str:
+  try:
+    return tokenizer.decode(list(ids), skip_special_tokens=True)
+  except TypeError:
+    return tokenizer.decode(list(ids))
+
+
+def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_batch: int,
+                   contexts, decode_steps: int, sample_tokens: int, prompts=PROMPTS) -> dict:
+  """Every measurement of one model (`model is teacher` for the teacher's own row)."""
+  from zebra_jax import accounting
+  from zebra_jax.eval.agreement import teacher_agreement
+  from zebra_jax.infer.bench import decode_throughput
+  from zebra_jax.infer.decode import generate
+
+  t0 = time.time()
+  out = {"kv_fraction": accounting.kv_cache_fraction(model.config, teacher.config),
+         "params": accounting.param_count(model.config)}
+  if hasattr(model.config, "layer_types"):
+    out["layer_types"] = "".join({"mla": "M", "mamba2": "s", "attention": "A"}[t]
+                                 for t in model.config.layer_types())
+  agree = teacher_agreement(model, teacher, heldout, max_length=seq_len)
+  out.update(perplexity=agree["student_perplexity"], teacher_perplexity=agree["teacher_perplexity"],
+             top1=agree["top1"], kl=agree["kl"], heldout_tokens=agree["tokens"])
+  out["decode"] = []
+  for ctx in contexts:
+    try:
+      r = decode_throughput(model, decode_batch, int(ctx), decode_steps)
+      out["decode"].append({k: r[k] for k in ("batch", "context", "tokens_per_s", "ms_per_step",
+                                               "cache_bytes")})
+    except Exception as e:  # noqa: BLE001  (out of memory at a long context: record it, go on)
+      out["decode"].append({"batch": decode_batch, "context": int(ctx),
+                            "error": str(e).splitlines()[0][:200]})
+  ids = [prompt_ids(tokenizer, p) for p in prompts]
+  gens = generate(model, ids, sample_tokens, temperature=0.0)
+  out["samples"] = [{"prompt": p.get("chat", p.get("text")), "completion": _decode(tokenizer, g)}
+                    for p, g in zip(prompts, gens)]
+  out["eval_seconds"] = round(time.time() - t0, 1)
+  return out
+
+
+def environment() -> dict:
+  import jax
+  import flax
+  env = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+         "jax": jax.__version__, "flax": flax.__version__,
+         "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+         "device_count": jax.device_count()}
+  try:
+    import orbax.checkpoint as ocp
+    env["orbax"] = getattr(ocp, "__version__", "?")
+  except ImportError:
+    pass
+  return env
+
+
+# -- markdown ---------------------------------------------------------------------------------------
+def _fmt(x, spec=".2f"):
+  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _decode_at(row, ctx):
+  for d in row.get("decode", []):
+    if d["context"] == ctx:
+      return d.get("tokens_per_s")
+  return None
+
+
+def markdown(results: dict) -> str:
+  """The report: environment, main table, ablations, timings, samples."""
+  env, models, meta = results["environment"], results["models"], results["meta"]
+  teacher = models["teacher"]
+  tppl = teacher["perplexity"]
+  ctxs = meta["contexts"]
+  lines = [f"Run of `{meta['command']}` on {env['device']} ({env['date']}; jax {env['jax']}, "
+           f"flax {env['flax']}, orbax {env.get('orbax', '?')}). Held-out set: "
+           f"{teacher['heldout_tokens']:,} tokens of real text never trained on. Decode: batch "
+           f"{meta['decode_batch']}, greedy, tokens/s at each context.", ""]
+  head = ("| model | kind | layers (M=MLA, s=Mamba2) | KV cache vs teacher | held-out ppl | ppl vs "
+          "teacher | top-1 agreement | KL (nats) | " + " | ".join(
+              f"decode tok/s @{c}" for c in ctxs) + " | speed-up @" + str(ctxs[-1]) + " |")
+  lines += [head, "|" + " --- |" * (8 + len(ctxs) + 1)]
+  t_last = _decode_at(teacher, ctxs[-1])
+  for name, row in models.items():
+    kind = "teacher" if name == "teacher" else results["variants"][name]["kind"]
+    speed = _decode_at(row, ctxs[-1])
+    rel = "-" if name == "teacher" else f"{100 * (row['perplexity'] / tppl - 1):+.1f}%"
+    lines.append(
+        f"| {name} | {kind} | `{row.get('layer_types', 'A' * 0) or 'all attention'}` | "
+        f"{100 * row['kv_fraction']:.2f}% | {_fmt(row['perplexity'])} | {rel} | "
+        f"{'-' if name == 'teacher' else _fmt(100 * row['top1'], '.1f') + '%'} | "
+        f"{'-' if name == 'teacher' else _fmt(row['kl'], '.3f')} | "
+        + " | ".join(_fmt(_decode_at(row, c), ",.0f") for c in ctxs)
+        + f" | {'-' if name == 'teacher' or not (speed and t_last) else f'{speed / t_last:.2f}x'} |")
+  lines += ["", "Wall time (seconds) per piece, the GGUF file to this report:", "",
+            "| piece | seconds |", "| --- | --- |"]
+  for k, v in results["timings"].items():
+    lines.append(f"| {k} | {v:.0f} |")
+  lines.append(f"| **total** | **{sum(results['timings'].values()):.0f}** |")
+  lines += ["", "Samples (greedy, the same prompts for every model):", ""]
+  for i, s in enumerate(teacher["samples"]):
+    lines.append(f"**Prompt:** {s['prompt']}")
+    lines.append("")
+    for name, row in models.items():
+      text = row["samples"][i]["completion"].strip().replace("\n", " / ")
+      lines.append(f"- *{name}*: {text}")
+    lines.append("")
+  return "\n".join(lines)
+
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def write_doc(path: str, body: str) -> None:
+  """Replaces the generated block of `path` (between the markers), keeping the prose around it."""
+  text = ""
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  block = f"{BEGIN}\n{body}\n{END}"
+  if BEGIN in text and END in text:
+    text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+  else:
+    text = (text.rstrip() + "\n\n" if text else "# Results\n\n") + block + "\n"
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def save_json(obj, path: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+  os.replace(tmp, path)
