@@ -5,13 +5,19 @@
         [--max-new-tokens 128] [--temperature 0.7 --top-p 0.9 --top-k 50 --seed 0]
     python scripts/generate.py --checkpoint saved_hybrid/ --tokenizer path/to/teacher_hf_dir ...
     python scripts/generate.py --checkpoint smollm2 --draft path/to/small --num-draft-tokens 4 ...
+    python scripts/generate.py --checkpoint saved_hybrid/ --tokenizer byte --mesh 1,1,2 --prompt "..."
+    python scripts/generate.py --checkpoint saved_hybrid/ --mesh 2,1,1 --prompt "A" --prompt "B"
 
 --checkpoint: a directory written by save_model, an HF directory, a .gguf file, or `smollm2`
 (SmolLM2-135M-Instruct GGUF, fetched once into ~/.cache/zebra_jax). --tokenizer defaults to the
 checkpoint (a save_model directory holds no tokenizer: pass the teacher's). --chat wraps the prompt
 in the tokenizer's chat template (one user turn, generation prompt added). Generation stops at the
 tokenizer's / config's EOS tokens. With --draft, speculative decoding runs (no streaming; the
-acceptance statistics are printed).
+acceptance statistics are printed). --tokenizer byte: the byte-level tokenizer of the tiny configs.
+--prompt may be repeated: the prompts form one batch (printed when all are done, no streaming).
+--mesh data,fsdp,tensor shards the model and its cache over that many local devices (product = the
+device count; one size may be -1): tensor splits heads, data x fsdp split the batch of prompts
+(fsdp also splits the weights); see docs/inference.md.
 """
 
 from __future__ import annotations
@@ -44,11 +50,40 @@ def _stop_tokens(tokenizer, config) -> tuple[int, ...]:
   return tuple(sorted(ids))
 
 
+def parse_mesh(text: str) -> tuple[int, int, int]:
+  """'data,fsdp,tensor' -> three ints (each positive, or one of them -1)."""
+  try:
+    sizes = tuple(int(x) for x in text.split(","))
+  except ValueError:
+    sizes = ()
+  if len(sizes) != 3 or any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+    raise ValueError(f"--mesh {text!r}: expected data,fsdp,tensor sizes such as 1,1,2 (positive; "
+                     "one of them may be -1 for the remaining devices)")
+  return sizes
+
+
+def _load_tokenizer(spec: str):
+  if spec == "byte":
+    from zebra_jax.data import ByteTokenizer
+    return ByteTokenizer()
+  from zebra_jax.convert import load_tokenizer
+  return load_tokenizer(spec)
+
+
+def _decode(tokenizer, ids) -> str:
+  try:
+    return tokenizer.decode(ids, skip_special_tokens=True)
+  except TypeError:  # ByteTokenizer.decode drops special ids itself
+    return tokenizer.decode(ids)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", required=True)
-  p.add_argument("--tokenizer", default=None, help="HF dir or .gguf (default: the checkpoint)")
-  p.add_argument("--prompt", required=True)
+  p.add_argument("--tokenizer", default=None,
+                 help="HF dir, .gguf or 'byte' (default: the checkpoint)")
+  p.add_argument("--prompt", required=True, action="append",
+                 help="repeat for a batch of prompts (then printed at the end, not streamed)")
   p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
   p.add_argument("--system", default=None, help="optional system message (with --chat)")
   p.add_argument("--max-new-tokens", type=int, default=128)
@@ -61,50 +96,66 @@ def main(argv=None) -> int:
   p.add_argument("--prefill-chunk", type=int, default=512)
   p.add_argument("--draft", default=None, help="draft checkpoint for speculative decoding")
   p.add_argument("--num-draft-tokens", type=int, default=4)
+  p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
+                 help="shard the model and cache over local devices, e.g. 1,1,2 (default: one "
+                 "device)")
   args = p.parse_args(argv)
 
   from zebra_jax.config import ConfigError
-  from zebra_jax.convert import CheckpointError, from_pretrained, load_tokenizer
-  from zebra_jax.infer import generate, stream
+  from zebra_jax.convert import CheckpointError, from_pretrained
+  from zebra_jax.infer import generate, shard_for_inference, stream
 
   ckpt = _resolve(args.checkpoint)
   try:
+    mesh = None
+    if args.mesh:
+      from zebra_jax.parallel import make_mesh
+      mesh = make_mesh(*parse_mesh(args.mesh))
     model = from_pretrained(ckpt, dtype=args.dtype)
-    tokenizer = load_tokenizer(_resolve(args.tokenizer) if args.tokenizer else ckpt)
+    tokenizer = _load_tokenizer(_resolve(args.tokenizer) if args.tokenizer else ckpt)
     draft = from_pretrained(_resolve(args.draft), dtype=args.dtype) if args.draft else None
   except (CheckpointError, ConfigError, OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  if mesh is not None:
+    shard_for_inference(model, mesh)
+    print(f"[sharded over {dict(mesh.shape)} = {mesh.devices.size} devices]", file=sys.stderr)
 
-  if args.chat:
-    if not getattr(tokenizer, "chat_template", None):
-      print("error: this tokenizer has no chat template; drop --chat", file=sys.stderr)
-      return 1
+  if args.chat and not getattr(tokenizer, "chat_template", None):
+    print("error: this tokenizer has no chat template; drop --chat", file=sys.stderr)
+    return 1
+
+  def encode(prompt: str) -> list[int]:
+    if not args.chat:
+      return list(tokenizer.encode(prompt))
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": args.prompt}]
+        {"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-  else:
-    ids = tokenizer(args.prompt)["input_ids"]
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+  prompts = [encode(pr) for pr in args.prompt]
   stops = _stop_tokens(tokenizer, model.config)
   kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             stop_tokens=stops, prefill_chunk=args.prefill_chunk)
 
   t0 = time.perf_counter()
-  if draft is not None:
-    out, stats = generate(model, [ids], args.max_new_tokens, draft=draft,
-                          num_draft_tokens=args.num_draft_tokens, return_stats=True, **kw)
-    print(tokenizer.decode(out[0], skip_special_tokens=True))
-    print(f"[{len(out[0])} tokens in {time.perf_counter() - t0:.2f}s; acceptance "
-          f"{stats['acceptance_rate']:.1%}, {stats['tokens_per_round']:.2f} tokens per target call]",
-          file=sys.stderr)
+  if draft is not None or len(prompts) > 1:
+    extra = dict(draft=draft, num_draft_tokens=args.num_draft_tokens) if draft is not None else {}
+    out, stats = generate(model, prompts, args.max_new_tokens, return_stats=True, **extra, **kw)
+    for i, o in enumerate(out):
+      prefix = f"[{i}] " if len(out) > 1 else ""
+      print(prefix + _decode(tokenizer, [t for t in o if t not in stops]))
+    note = (f"; acceptance {stats['acceptance_rate']:.1%}, {stats['tokens_per_round']:.2f} tokens "
+            "per target call" if draft is not None else "")
+    print(f"[{sum(len(o) for o in out)} tokens in {time.perf_counter() - t0:.2f}s including "
+          f"compilation{note}]", file=sys.stderr)
     return 0
 
   generated: list[int] = []
-  printed = ""
-  for chunk in stream(model, [ids], args.max_new_tokens, every=args.stream_every, **kw):
+  printed = text = ""
+  for chunk in stream(model, prompts, args.max_new_tokens, every=args.stream_every, **kw):
     generated += chunk[0]
-    text = tokenizer.decode([t for t in generated if t not in stops], skip_special_tokens=True)
+    text = _decode(tokenizer, [t for t in generated if t not in stops])
     # print only the stable new suffix (a partial UTF-8 sequence decodes to U+FFFD until complete)
     if text.startswith(printed) and not text.endswith("\ufffd"):
       sys.stdout.write(text[len(printed):])

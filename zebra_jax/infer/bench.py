@@ -17,12 +17,17 @@ The cache is allocated for context + warm-up + steps rows exactly, since attenti
 allocated length (GQA) or the live length (MLA Pallas kernel). Memory columns: the cache measured on
 its arrays (`cache_nbytes`), the per-token bytes (== accounting.kv_bytes_per_token), and the device's
 peak bytes in use after the measurement (cumulative over the process: runs go in increasing size).
+
+`--mesh data,fsdp,tensor` shards the weights and the cache over that many local devices (made there
+directly, never whole on one device) and runs the sharded decode loop (docs/inference.md); the
+cache column is then the whole cache and `device0 cache GiB` the part one device holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import time
 
@@ -31,8 +36,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zebra_jax import accounting, presets
-from zebra_jax.infer.cache import (Cache, cache_bytes_per_token, cache_nbytes, init_cache,
-                                   state_bytes_per_sequence)
+from zebra_jax.infer.cache import (Cache, cache_bytes_per_token, cache_nbytes, cache_shardings,
+                                   init_cache, state_bytes_per_sequence)
 from zebra_jax.infer.decode import _Carry, _decode_loop, stop_array
 from zebra_jax.infer.sampling import SamplingConfig
 from zebra_jax.models.hybrid import CausalLM
@@ -60,13 +65,18 @@ LABELS = {"teacher": "Llama teacher (GQA)", "mil": "MambaInLlama-style (GQA + Ma
           "zebra": "Zebra (MLA + Mamba2)"}
 
 
-def random_model(config, seed: int = 0):
-  """A CausalLM with random weights made on the device in one jitted call (no host init)."""
+def random_model(config, seed: int = 0, mesh=None):
+  """A CausalLM with random weights made on the device in one jitted call (no host init); with a
+  mesh, made directly in the sharded layout of `decode.shard_for_inference`."""
   abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
   graphdef, abs_state = nnx.split(abstract)
   leaves, treedef = jax.tree.flatten(abs_state)
+  out_shardings = None
+  if mesh is not None:
+    from zebra_jax.parallel.sharding import param_shardings
+    out_shardings = jax.tree.leaves(param_shardings(abs_state, mesh))
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=out_shardings)
   def make(key):
     keys = jax.random.split(key, len(leaves))
     out = []
@@ -81,12 +91,15 @@ def random_model(config, seed: int = 0):
   return nnx.merge(graphdef, jax.tree.unflatten(treedef, make(jax.random.PRNGKey(seed))))
 
 
-def random_cache(config, batch: int, max_len: int, context: int, seed: int = 1) -> Cache:
-  """Cache of random rows / states (like the reference's randn) with every length = context."""
+def random_cache(config, batch: int, max_len: int, context: int, seed: int = 1,
+                 mesh=None) -> Cache:
+  """Cache of random rows / states (like the reference's randn) with every length = context; with a
+  mesh, made in its sharded layout (`cache_shardings`)."""
   shapes = jax.eval_shape(lambda: init_cache(config, batch, max_len))
   leaves, treedef = jax.tree.flatten(shapes)
+  out_shardings = None if mesh is None else cache_shardings(shapes, mesh)
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=out_shardings)
   def make(key):
     keys = jax.random.split(key, len(leaves))
     out = [(0.5 * jax.random.normal(k, l.shape, jnp.float32)).astype(l.dtype)
@@ -97,19 +110,33 @@ def random_cache(config, batch: int, max_len: int, context: int, seed: int = 1) 
   return make(jax.random.PRNGKey(seed))
 
 
-def decode_throughput(model, batch: int, context: int, steps: int, warmup: int = 4) -> dict:
-  """Times `steps` greedy decode steps at `context` (after `warmup` steps that compile)."""
+def _device0_bytes(cache: Cache) -> int:
+  """Bytes of the cache arrays held by the first device (the whole cache on one device)."""
+  dev = jax.devices()[0]
+  total = 0
+  for arr in jax.tree.leaves(cache.layers):
+    for shard in arr.addressable_shards:
+      if shard.device == dev:
+        total += shard.data.size * shard.data.dtype.itemsize
+  return total
+
+
+def decode_throughput(model, batch: int, context: int, steps: int, warmup: int = 4,
+                      mesh=None) -> dict:
+  """Times `steps` greedy decode steps at `context` (after `warmup` steps that compile); with a
+  mesh (the model sharded on it) the cache and the loop are sharded too."""
   config = model.config
   max_len = context + warmup + steps
-  cache = random_cache(config, batch, max_len, context)
+  cache = random_cache(config, batch, max_len, context, mesh=mesh)
   per_token = cache_bytes_per_token(cache)
   nbytes = cache_nbytes(cache)
+  device0 = _device0_bytes(cache)
   graphdef, state = nnx.split(model)
   logits = jax.random.normal(jax.random.PRNGKey(2), (batch, config.vocab_size), jnp.float32
                              ).astype(config.dtype)
   carry = _Carry(jnp.int32(0), cache, logits, jnp.zeros((batch,), bool),
                  jnp.zeros((batch, warmup + steps), jnp.int32))
-  kw = dict(graphdef=graphdef, sampling=SamplingConfig(), pad_id=0)
+  kw = dict(graphdef=graphdef, sampling=SamplingConfig(), pad_id=0, mesh=mesh)
   stops, key = stop_array(()), jax.random.PRNGKey(0)
   t0 = time.perf_counter()
   carry = _decode_loop(state, carry, jnp.int32(warmup), key, stops, **kw)
@@ -123,15 +150,15 @@ def decode_throughput(model, batch: int, context: int, steps: int, warmup: int =
   stats = jax.devices()[0].memory_stats() or {}
   return {"batch": batch, "context": context, "steps": steps, "seconds": dt,
           "tokens_per_s": batch * steps / dt, "ms_per_step": 1e3 * dt / steps,
-          "cache_bytes": nbytes, "cache_bytes_per_token": per_token,
+          "cache_bytes": nbytes, "cache_bytes_per_token": per_token, "device0_cache_bytes": device0,
           "formula_bytes_per_token": accounting.kv_bytes_per_token(config, config.dtype),
           "state_bytes_per_seq": state_bytes_per_sequence(cache),
           "peak_bytes": stats.get("peak_bytes_in_use"), "warmup_compile_s": compile_s}
 
 
-def _run(name, model, batch, context, steps, results):
+def _run(name, model, batch, context, steps, results, mesh=None):
   try:
-    r = decode_throughput(model, batch, context, steps)
+    r = decode_throughput(model, batch, context, steps, mesh=mesh)
   except Exception as e:  # noqa: BLE001  (OOM etc.: record and go on)
     msg = str(e).splitlines()[0][:160]
     r = {"batch": batch, "context": context, "steps": steps, "error": msg}
@@ -148,7 +175,8 @@ def _gib(x):
 def markdown(results, meta) -> str:
   lines = [f"## Decode throughput ({meta['size']} shapes, {meta['dtype']}, random weights and "
            f"random context)", "",
-           f"{meta['device']}; jax {meta['jax']}; {meta['date']}. `python scripts/bench.py generate "
+           f"{meta['device']}{meta.get('mesh_note', '')}; jax {meta['jax']}; {meta['date']}. "
+           f"`python scripts/bench.py generate "
            f"{meta['argv']}`. Greedy decode steps of the jitted loop after a compiling warm-up; "
            f"{meta['steps']} timed steps per point; prefill skipped (reference `random_context`).",
            ""]
@@ -157,9 +185,12 @@ def markdown(results, meta) -> str:
     if not rows:
       continue
     fixed = "batch" if key == "context" else "context"
+    sharded = bool(meta.get("mesh_note"))
+    dev0 = " device0 cache GiB |" if sharded else ""
     lines += [f"### {sweep} ({fixed} {rows[0][fixed]})", "",
-              f"| {key} | model | tokens/s | ms/step | vs teacher | vs MambaInLlama | cache GiB | "
-              f"cache B/token (= formula) | peak GiB |", "|---|---|---|---|---|---|---|---|---|"]
+              f"| {key} | model | tokens/s | ms/step | vs teacher | vs MambaInLlama | cache GiB |"
+              f"{dev0} cache B/token (= formula) | peak GiB |",
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if sharded else "")]
     for v in sorted({r[key] for r in rows}):
       at = {r["model"]: r for r in rows if r[key] == v}
       for m in MODEL_NAMES:
@@ -167,14 +198,16 @@ def markdown(results, meta) -> str:
         if r is None:
           continue
         if "error" in r:
-          lines.append(f"| {v} | {LABELS[m]} | {r['error'][:60]} | | | | | | |")
+          lines.append(f"| {v} | {LABELS[m]} | {r['error'][:60]} | | | | | | |"
+                       + (" |" if sharded else ""))
           continue
         ratio = lambda o: (f"{r['tokens_per_s'] / at[o]['tokens_per_s']:.2f}x"
                            if o in at and "tokens_per_s" in at[o] else "-")
         ok = "✓" if r["cache_bytes_per_token"] == r["formula_bytes_per_token"] else "✗"
         lines.append(f"| {v} | {LABELS[m]} | {r['tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} | "
                      f"{ratio('teacher')} | {ratio('mil')} | {_gib(r['cache_bytes'])} | "
-                     f"{r['cache_bytes_per_token']} {ok} | {_gib(r['peak_bytes'])} |")
+                     + (f"{_gib(r.get('device0_cache_bytes'))} | " if sharded else "")
+                     + f"{r['cache_bytes_per_token']} {ok} | {_gib(r['peak_bytes'])} |")
     lines.append("")
   return "\n".join(lines)
 
@@ -236,7 +269,19 @@ def main(argv=None) -> str:
   p.add_argument("--steps", type=int, default=64)
   p.add_argument("--json", default=None, help="write every result as JSON here")
   p.add_argument("--append", default=None, help="append the markdown section to this file")
+  p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
+                 help="shard weights and cache over local devices (default: one device)")
   args = p.parse_args(argv)
+  mesh = None
+  if args.mesh:
+    from zebra_jax.parallel import make_mesh
+    try:
+      sizes = tuple(int(x) for x in args.mesh.split(","))
+      mesh = make_mesh(*sizes) if len(sizes) == 3 else None
+    except ValueError as e:
+      raise SystemExit(f"--mesh {args.mesh!r}: {e}") from None
+    if mesh is None:
+      raise SystemExit(f"--mesh {args.mesh!r}: expected data,fsdp,tensor sizes")
 
   models = [m.strip() for m in args.models.split(",") if m.strip()]
   unknown = sorted(set(models) - set(MODEL_NAMES))
@@ -248,12 +293,13 @@ def main(argv=None) -> str:
   built = {}
   for name in models:  # all resident: every sweep point measures the three models back to back
     config = builders[name]().replace(dtype=args.dtype, param_dtype=args.dtype)
-    built[name] = random_model(config)
+    built[name] = random_model(config, mesh=mesh)
     print(f"# {name}: {LABELS[name]}, {config.num_hidden_layers} layers {config.layer_types()}",
           flush=True)
   limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
   param_bytes = sum(x.size * x.dtype.itemsize for m in built.values()
                     for x in jax.tree.leaves(nnx.state(m)))
+  n_dev = 1 if mesh is None else mesh.devices.size
   results = []
   points = ([("context sweep", args.batch, c) for c in contexts]
             + [("batch sweep", b, args.batch_context) for b in batches])
@@ -261,7 +307,9 @@ def main(argv=None) -> str:
     for name, model in built.items():
       config = model.config
       shapes = jax.eval_shape(lambda: init_cache(config, batch, ctx + 4 + args.steps))
-      need = cache_nbytes(shapes) + param_bytes + 4 * batch * config.vocab_size * 4 + 2**31
+      # per device; sharded: assumes an even split (replicated parts make it an underestimate)
+      need = ((cache_nbytes(shapes) + param_bytes) / n_dev + 4 * batch * config.vocab_size * 4
+              + 2**31)
       t0 = time.perf_counter()
       if limit and need > limit:  # would not fit: say so instead of spending minutes failing
         r = {"batch": batch, "context": ctx, "steps": args.steps, "model": name,
@@ -269,13 +317,15 @@ def main(argv=None) -> str:
         results.append(r)
         print(json.dumps(r), flush=True)
       else:
-        r = _run(name, model, batch, ctx, args.steps, results)
+        r = _run(name, model, batch, ctx, args.steps, results, mesh=mesh)
       r["sweep"] = sweep
       r["wall_s"] = time.perf_counter() - t0
   meta = {"size": args.size, "dtype": args.dtype, "steps": args.steps,
           "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
           "jax": jax.__version__, "date": datetime.date.today().isoformat(),
-          "argv": " ".join(argv or [])}
+          "argv": " ".join(argv or []),
+          "mesh_note": "" if mesh is None else
+          f" x {n_dev}, mesh data x fsdp x tensor = {'x'.join(map(str, mesh.devices.shape))}"}
   md = markdown(results, meta)
   if args.json:
     with open(args.json, "w") as f:

@@ -9,8 +9,10 @@ Per layer kind (B batch, S max_len):
 are stale (never read: attention masks them, Mamba2 keeps no rows) and get overwritten, which is how a
 sequence is rolled back (speculative decoding) or how right-padded prompts are handled.
 
-Every array has logical axis names (`cache_logical_axes`), mapped to a mesh by the same rule table as
-the parameters (`cache_shardings`): batch over data/fsdp, kv heads and Mamba conv channels over tensor.
+Every array has logical axis names (`cache_logical_axes`), mapped to a mesh by `CACHE_RULES`
+(`cache_shardings`): the parameters' table with two changes, see below. Batch over data x fsdp (else
+whichever divides it), kv heads, Mamba2 heads and conv channels over tensor. `init_cache(...,
+mesh=mesh)` allocates the cache directly in that layout (no device ever holds the whole cache).
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ from jax.sharding import NamedSharding
 
 from zebra_jax.config import LlamaConfig
 from zebra_jax.models.layers import dtype_of
+from zebra_jax.parallel.sharding import DEFAULT_RULES, logical_to_pspec
+
+# The cache layout: the parameters' rules except
+# * "kv_lora" (the latent channels) is never split: the absorbed decode reads every latent channel
+#   for every head, and the decode kernels (run per shard through shard_map under a mesh) need whole
+#   rows; a split would make every step all-gather the latent cache. The latent cache is therefore
+#   split by batch only (replicated across tensor shards, as every head group reads all of it).
+# * "mamba_heads" goes over tensor: the SSM state (B, heads, headdim, d_state) is the largest Mamba2
+#   state, and splitting it by head keeps each head's recurrence local.
+CACHE_RULES = {**DEFAULT_RULES, "kv_lora": (), "mamba_heads": ("tensor",)}
 
 
 @jax.tree_util.register_dataclass
@@ -70,12 +82,18 @@ class Cache:
     return 0  # a pure Mamba2 stack has no length axis
 
 
-def init_cache(config: LlamaConfig, batch_size: int, max_len: int, dtype=None) -> Cache:
+def init_cache(config: LlamaConfig, batch_size: int, max_len: int, dtype=None, *, mesh=None,
+               rules=None) -> Cache:
   """Zero cache for `batch_size` sequences of up to `max_len` tokens (lengths 0).
 
   `dtype` (default: the config's compute dtype) is the element type of the K/V / latent rows and of the
-  conv state; the SSM state is always float32 as the scan accumulates in float32.
+  conv state; the SSM state is always float32 as the scan accumulates in float32. With a `mesh` the
+  zeros are created already sharded by `cache_shardings(cache, mesh, rules)`.
   """
+  if mesh is not None:
+    make = lambda: init_cache(config, batch_size, max_len, dtype)
+    shardings = cache_shardings(jax.eval_shape(make), mesh, rules)
+    return jax.jit(make, out_shardings=shardings)()
   if batch_size < 1 or max_len < 1:
     raise ValueError(f"need batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
   dt = dtype_of(config.dtype) if dtype is None else jnp.dtype(dtype)
@@ -134,9 +152,9 @@ def cache_logical_axes(cache: Cache) -> Cache:
 
 
 def cache_shardings(cache: Cache, mesh, rules=None) -> Cache:
-  """NamedShardings for every cache array from its logical axes (same rules as the parameters)."""
-  from zebra_jax.parallel.sharding import DEFAULT_RULES, logical_to_pspec
-  rules = DEFAULT_RULES if rules is None else rules
+  """NamedShardings for every cache array (or ShapeDtypeStruct) from its logical axes and `rules`
+  (default `CACHE_RULES`); a mesh axis that does not divide a dimension leaves it replicated."""
+  rules = CACHE_RULES if rules is None else rules
   axes = cache_logical_axes(cache)
   is_axes = lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
   return jax.tree.map(lambda a, arr: NamedSharding(mesh, logical_to_pspec(a, arr.shape, mesh, rules)),
@@ -144,4 +162,14 @@ def cache_shardings(cache: Cache, mesh, rules=None) -> Cache:
 
 
 def shard_cache(cache: Cache, mesh, rules=None) -> Cache:
+  """Places an existing cache on `mesh` by `cache_shardings`."""
   return jax.device_put(cache, cache_shardings(cache, mesh, rules))
+
+
+def cache_mesh(cache: Cache):
+  """The mesh the cache is sharded over (its `lengths` array's NamedSharding), or None when it lives
+  on one device."""
+  s = getattr(cache.lengths, "sharding", None)
+  if isinstance(s, NamedSharding) and s.mesh.devices.size > 1:
+    return s.mesh
+  return None

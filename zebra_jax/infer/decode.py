@@ -26,6 +26,16 @@ Modes: "fresh" (empty cache, e.g. the first prefill chunk: attention only over t
 through `ops.attention.causal_attention`, so prefill kernels apply), "extend" (a later prefill chunk:
 attention over the whole cache with a per-query mask, MLA decompressing the cache), "decode"
 (absorbed MLA; T = 1 uses the single-token Mamba2 step and `mla_decode`).
+
+Sharded generation (design choice: placement decides). A model whose parameters are sharded over a
+(data, fsdp, tensor) mesh (`shard_for_inference(model, mesh)`, or `generate(..., mesh=mesh)` which
+calls it) gets its cache allocated on the same mesh by `cache.CACHE_RULES` (batch over data x fsdp,
+heads and conv channels over tensor). Every jitted call (prefill chunk, decode step, the decode loop)
+is traced under `parallel.activation_mesh(mesh)`, pins the activations' batch axis like the trainer
+(`constrain_batch`) and constrains the cache it returns (and the loop's carried cache) to that same
+layout, so the cache never moves between devices: each device reads and writes only its own batch
+rows and heads. Kernels that GSPMD cannot partition run per shard through shard_map (the ops layer
+does it for prefill attention and the SSD scan; `_mla_decode` here for the absorbed MLA decode).
 """
 
 from __future__ import annotations
@@ -38,14 +48,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from zebra_jax.infer.cache import Cache, KVCache, LatentCache, MambaState, init_cache
+from zebra_jax.infer.cache import (Cache, KVCache, LatentCache, MambaState, cache_mesh,
+                                   cache_shardings, init_cache, shard_cache)
 from zebra_jax.infer.sampling import SamplingConfig, sample
 from zebra_jax.models import rope
 from zebra_jax.models.attention import rope_for
 from zebra_jax.ops.attention import causal_attention
 from zebra_jax.ops.mla import mla_decode
 from zebra_jax.ops.ssd import ssd_scan, ssd_step
+from zebra_jax.parallel import sharding as _sharding
 
 MODES = ("fresh", "extend", "decode")
 # Raw dt of masked Mamba2 steps: softplus(-1e4 + dt_bias) == 0.0 exactly in float32 (and -1e4 is
@@ -93,6 +106,22 @@ def _absorbed_attention(q_latent_BTHR, q_rope_BTHK, cache_BSC, kv_len_BT, scale)
   return jnp.einsum("bths,bsr->bthr", probs, latent).astype(q_latent_BTHR.dtype)
 
 
+def _mla_decode(q_latent_BHR, q_rope_BHK, rows_BSC, kv_len_B, *, scale, impl):
+  """`ops.mla.mla_decode`; under a multi-device activation mesh with a kernel-capable impl, per
+  shard through shard_map (batch over data x fsdp as the cache is laid out, query heads over tensor; every
+  shard reads whole latent rows, which CACHE_RULES never splits), since GSPMD cannot partition a
+  Pallas custom call. The pure-JAX reference is left to GSPMD."""
+  mesh = _sharding.kernel_mesh()
+  call = lambda ql, qr, rows, n: mla_decode(ql, qr, rows, n, scale=scale, impl=impl)
+  if mesh is None or impl == "reference":
+    return call(q_latent_BHR, q_rope_BHK, rows_BSC, kv_len_B)
+  b = _sharding.batch_axes(mesh, q_latent_BHR.shape[0])
+  h = _sharding.head_axis(mesh, q_latent_BHR.shape[1])
+  q_spec = P(b, h, None)
+  return _sharding.shard_map(call, mesh=mesh, in_specs=(q_spec, q_spec, P(b, None, None), P(b)),
+                             out_specs=q_spec)(q_latent_BHR, q_rope_BHK, rows_BSC, kv_len_B)
+
+
 def _attention_layer(mixer, x_BTD, positions_BT, kv_len_BT, lc: KVCache, lengths_B, mode):
   c = mixer.config
   B, T, _ = x_BTD.shape
@@ -137,8 +166,8 @@ def _mla_layer(mixer, x_BTD, positions_BT, kv_len_BT, lc: LatentCache, lengths_B
     q_nope_g = q_nope.reshape(B, T, G, H // G, d_n)
     q_latent = jnp.einsum("btgin,rgn->btgir", q_nope_g, w_uk.astype(dt)).reshape(B, T, H, R)
     if T == 1:
-      ctx = mla_decode(q_latent[:, 0], q_pe[:, 0].astype(dt), new.rows, kv_len_BT[:, 0],
-                       scale=scale, impl=c.impl)[:, None]
+      ctx = _mla_decode(q_latent[:, 0], q_pe[:, 0].astype(dt), new.rows, kv_len_BT[:, 0],
+                        scale=scale, impl=c.impl)[:, None]
     else:
       ctx = _absorbed_attention(q_latent, q_pe, new.rows, kv_len_BT, scale)
     out = jnp.einsum("btgir,rgv->btgiv", ctx.reshape(B, T, G, H // G, R).astype(dt),
@@ -226,6 +255,7 @@ def forward_chunk(model, cache: Cache, tokens_BT, n_valid_B=None, *, mode: str =
     records.append(rec)
     h = h + y
     h = h + block.mlp(block.post_attention_layernorm(h))
+    h = _sharding.constrain_batch(h)
   new_cache = Cache(tuple(layers), lengths + n_valid)
   if logits == "all":
     out = model.logits(h)
@@ -239,11 +269,55 @@ def forward_chunk(model, cache: Cache, tokens_BT, n_valid_B=None, *, mode: str =
   return out, new_cache, tuple(records)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mode", "logits"), donate_argnames=("cache",))
-def _chunk_jit(state, cache, tokens_BT, n_valid_B, *, graphdef, mode, logits):
+# ------------------------------------------------------------------------------------------------
+# sharding
+# ------------------------------------------------------------------------------------------------
+def shard_for_inference(model, mesh: Mesh, rules=None):
+  """Places `model`'s parameters on `mesh` (a `parallel.make_mesh` (data, fsdp, tensor) mesh) by the
+  logical-axis rules (default `parallel.DEFAULT_RULES`, the training layout), in place; returns it.
+  prefill / decode_step / generate / stream then keep the cache on the same mesh."""
+  if not isinstance(mesh, Mesh) or tuple(mesh.axis_names) != _sharding.MESH_AXES:
+    raise ValueError(f"mesh must be a parallel.make_mesh mesh with axes {_sharding.MESH_AXES}, "
+                     f"got {mesh!r}")
+  return _sharding.shard_model(model, mesh, _sharding.DEFAULT_RULES if rules is None else rules)
+
+
+def model_mesh(model) -> Mesh | None:
+  """The mesh of `model`'s parameters when they are sharded over several devices, else None."""
+  shardings = (getattr(x, "sharding", None) for x in jax.tree.leaves(nnx.state(model)))
+  meshes = {s.mesh for s in shardings
+            if isinstance(s, NamedSharding) and s.mesh.devices.size > 1}
+  if len(meshes) > 1:
+    raise ValueError(f"the model's parameters are spread over {len(meshes)} different meshes; "
+                     "place them on one (shard_for_inference)")
+  return meshes.pop() if meshes else None
+
+
+def _mesh_for(model, cache: Cache) -> tuple[Mesh | None, Cache]:
+  """(mesh, cache): the cache's mesh, else the model's (the cache then placed on it)."""
+  mesh = cache_mesh(cache)
+  if mesh is None:
+    mesh = model_mesh(model)
+    if mesh is not None:
+      cache = shard_cache(cache, mesh)
+  return mesh, cache
+
+
+def _constrain_cache(cache: Cache, mesh: Mesh | None) -> Cache:
+  """Pins a traced cache to its layout on `mesh` (a no-op without one): jit outputs and the decode
+  loop's carry keep the layout instead of whatever sharding propagation would pick."""
+  if mesh is None:
+    return cache
+  return jax.lax.with_sharding_constraint(cache, cache_shardings(cache, mesh))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mode", "logits", "mesh"),
+                   donate_argnames=("cache",))
+def _chunk_jit(state, cache, tokens_BT, n_valid_B, *, graphdef, mode, logits, mesh=None):
   model = nnx.merge(graphdef, state)
-  out, cache, _ = forward_chunk(model, cache, tokens_BT, n_valid_B, mode=mode, logits=logits)
-  return out, cache
+  with _sharding.activation_mesh(mesh):
+    out, cache, _ = forward_chunk(model, cache, tokens_BT, n_valid_B, mode=mode, logits=logits)
+  return out, _constrain_cache(cache, mesh)
 
 
 def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = None,
@@ -252,7 +326,8 @@ def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = No
 
   Returns (logits, cache): logits (B, V) at each sequence's last prompt token, or (B, T, V) for every
   position when `all_logits` (pad positions hold garbage). The first chunk on an empty cache runs the
-  plain causal attention ("fresh"); later chunks attend over the cache ("extend").
+  plain causal attention ("fresh"); later chunks attend over the cache ("extend"). A sharded model
+  or cache (see `shard_for_inference`) runs sharded, the cache staying in its layout.
   """
   tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
   lengths_B = np.asarray(lengths_B, np.int64)
@@ -269,6 +344,7 @@ def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = No
     # pad to whole chunks (pad tokens are masked anyway): one compiled shape for every chunk
     tokens_BT = jnp.pad(tokens_BT, ((0, 0), (0, _round_up(T, chunk) - T)))
     T = tokens_BT.shape[1]
+  mesh, cache = _mesh_for(model, cache)
   graphdef, state = nnx.split(model)
   fresh = not start.any()
   outs, last = [], None
@@ -277,7 +353,7 @@ def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = No
     n_valid = np.clip(lengths_B - c0, 0, tk.shape[1]).astype(np.int32)
     mode = "fresh" if (c0 == 0 and fresh) else "extend"
     out, cache = _chunk_jit(state, cache, tk, jnp.asarray(n_valid), graphdef=graphdef, mode=mode,
-                            logits="all" if all_logits else "last")
+                            logits="all" if all_logits else "last", mesh=mesh)
     if all_logits:
       outs.append(out)
     else:
@@ -287,9 +363,10 @@ def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = No
 
 def decode_step(model, cache: Cache, tokens_B):
   """One token per sequence at position cache.lengths[b]: (logits (B, V), new cache)."""
+  mesh, cache = _mesh_for(model, cache)
   graphdef, state = nnx.split(model)
   return _chunk_jit(state, cache, jnp.asarray(tokens_B, jnp.int32)[:, None], None,
-                    graphdef=graphdef, mode="decode", logits="last")
+                    graphdef=graphdef, mode="decode", logits="last", mesh=mesh)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,10 +388,12 @@ def stop_array(stop_tokens) -> jax.Array:
   return jnp.asarray(list(stop_tokens) + [-1] * (n - len(stop_tokens)), jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "pad_id"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "pad_id", "mesh"),
                    donate_argnames=("carry",))
-def _decode_loop(state, carry: _Carry, i_end, key, stops, *, graphdef, sampling, pad_id):
-  """Steps i .. i_end-1 (fewer if every sequence stopped): sample, record, feed the token back."""
+def _decode_loop(state, carry: _Carry, i_end, key, stops, *, graphdef, sampling, pad_id,
+                 mesh=None):
+  """Steps i .. i_end-1 (fewer if every sequence stopped): sample, record, feed the token back.
+  With a mesh the carried cache is pinned to its layout in every iteration (never gathered)."""
   model = nnx.merge(graphdef, state)
 
   def cond(c):
@@ -325,9 +404,11 @@ def _decode_loop(state, carry: _Carry, i_end, key, stops, *, graphdef, sampling,
     tok = jnp.where(c.done, pad_id, tok)
     out = jax.lax.dynamic_update_slice_in_dim(c.out, tok[:, None], c.i, axis=1)
     done = c.done | jnp.isin(tok, stops)
-    logits, cache, _ = forward_chunk(model, c.cache, tok[:, None], mode="decode", logits="last")
-    return _Carry(c.i + 1, cache, logits, done, out)
+    with _sharding.activation_mesh(mesh):
+      logits, cache, _ = forward_chunk(model, c.cache, tok[:, None], mode="decode", logits="last")
+    return _Carry(c.i + 1, _constrain_cache(cache, mesh), logits, done, out)
 
+  carry = dataclasses.replace(carry, cache=_constrain_cache(carry.cache, mesh))
   return jax.lax.while_loop(cond, body, carry)
 
 
@@ -385,15 +466,25 @@ def _check_common(model, max_new_tokens, pad_id):
     raise ValueError(f"pad_id={pad_id} is outside the vocabulary")
 
 
+def _inference_mesh(model, mesh) -> Mesh | None:
+  """`mesh=` of generate / stream: places every parameter there (a no-op for those already there);
+  None -> the model's own mesh when its parameters are sharded (else single device)."""
+  if mesh is None:
+    return model_mesh(model)
+  shard_for_inference(model, mesh)
+  return mesh
+
+
 def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_k=None,
            top_p=None, seed: int = 0, stop_tokens=None, max_len: int | None = None,
            prefill_chunk: int | None = 512, every: int = 16, pad_id: int = 0,
-           cache_dtype=None) -> Iterator[list[list[int]]]:
+           cache_dtype=None, mesh: Mesh | None = None) -> Iterator[list[list[int]]]:
   """Yields, every `every` steps, the new tokens of each sequence (lists; empty once it stopped).
 
   Same arguments and the same token stream as `generate(..., use_cache=True)` (without a draft).
   """
   _check_common(model, max_new_tokens, pad_id)
+  mesh = _inference_mesh(model, mesh)
   config = model.config
   sampling = SamplingConfig(temperature, top_k, top_p)
   stops = resolve_stop_tokens(config, stop_tokens)
@@ -408,7 +499,7 @@ def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top
   if T > max_len:  # the 8-multiple padding must fit too
     tokens = tokens[:, :max_len]
     T = max_len
-  cache = init_cache(config, B, max_len, cache_dtype)
+  cache = init_cache(config, B, max_len, cache_dtype, mesh=mesh)
   logits, cache = prefill(model, cache, tokens, lengths, chunk=prefill_chunk)
   graphdef, state = nnx.split(model)
   key = jax.random.PRNGKey(seed)
@@ -419,7 +510,7 @@ def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top
   while i0 < max_new_tokens:
     i1 = min(i0 + max(1, int(every)), max_new_tokens)
     carry = _decode_loop(state, carry, jnp.int32(i1), key, stop_array(stops), graphdef=graphdef,
-                         sampling=sampling, pad_id=pad_id)
+                         sampling=sampling, pad_id=pad_id, mesh=mesh)
     out = np.asarray(carry.out[:, i0:i1])
     chunk = []
     for b in range(B):
@@ -472,7 +563,8 @@ def _generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pa
 def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_k=None,
              top_p=None, seed: int = 0, use_cache: bool = True, draft=None, num_draft_tokens: int = 4,
              stop_tokens=None, max_len: int | None = None, prefill_chunk: int | None = 512,
-             pad_id: int = 0, return_stats: bool = False, cache_dtype=None):
+             pad_id: int = 0, return_stats: bool = False, cache_dtype=None,
+             mesh: Mesh | None = None):
   """Generates up to `max_new_tokens` tokens after each prompt (a list of token-id lists).
 
   Returns a list of generated token-id lists (a stop token, when produced, is the last element), or
@@ -483,8 +575,12 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
   `num_draft_tokens` proposals per round; stats then hold the acceptance statistics.
   `max_len` is the cache length (default: longest prompt + max_new_tokens, rounded up);
   `prefill_chunk` the prompt tokens per prefill call (None: the whole prompt at once).
+  `mesh` (a `parallel.make_mesh` mesh): shards the model's parameters over it (in place, by
+  `shard_for_inference`) and the cache with them; None keeps the model where it is (sharded
+  parameters -> sharded generation on their mesh).
   """
   _check_common(model, max_new_tokens, pad_id)
+  mesh = _inference_mesh(model, mesh)
   sampling = SamplingConfig(temperature, top_k, top_p)
   stops = resolve_stop_tokens(model.config, stop_tokens)
   if draft is not None:
@@ -494,13 +590,13 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     out, stats = speculative_generate(model, draft, prompts, max_new_tokens, sampling=sampling,
                                       seed=seed, num_draft_tokens=num_draft_tokens, stops=stops,
                                       max_len=max_len, prefill_chunk=prefill_chunk, pad_id=pad_id,
-                                      cache_dtype=cache_dtype)
+                                      cache_dtype=cache_dtype, mesh=mesh)
     return (out, stats) if return_stats else out
   if use_cache:
     pieces = list(stream(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, seed=seed, stop_tokens=stops, max_len=max_len,
                          prefill_chunk=prefill_chunk, every=max_new_tokens, pad_id=pad_id,
-                         cache_dtype=cache_dtype))
+                         cache_dtype=cache_dtype, mesh=mesh))
     out = [sum((p[b] for p in pieces), []) for b in range(len(prompts))]
   else:
     out = _generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad_id)

@@ -29,9 +29,11 @@ import numpy as np
 from flax import nnx
 
 from zebra_jax.infer.cache import Cache, init_cache
-from zebra_jax.infer.decode import (_round_up, forward_chunk, mamba_scan, pad_prompts, prefill,
+from zebra_jax.infer.decode import (_constrain_cache, _round_up, forward_chunk, mamba_scan,
+                                    pad_prompts, prefill, shard_for_inference,
                                     stop_array, truncate_at_stop)
 from zebra_jax.infer.sampling import SamplingConfig, probs, sample
+from zebra_jax.parallel.sharding import activation_mesh
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,13 +163,21 @@ def _spec_round(target, draft, c: _SpecCarry, key, stops_arr, max_new, *, sampli
                                      * active[:, None].astype(jnp.int32), axis=0))
 
 
-@functools.partial(jax.jit, static_argnames=("t_graph", "d_graph", "sampling", "K", "pad_id"),
+@functools.partial(jax.jit,
+                   static_argnames=("t_graph", "d_graph", "sampling", "K", "pad_id", "mesh"),
                    donate_argnames=("carry",))
 def _spec_loop(t_state, d_state, carry, key, stops_arr, max_new, *, t_graph, d_graph, sampling, K,
-               pad_id):
+               pad_id, mesh=None):
   target, draft = nnx.merge(t_graph, t_state), nnx.merge(d_graph, d_state)
-  body = functools.partial(_spec_round, target, draft, key=key, stops_arr=stops_arr,
-                           max_new=max_new, sampling=sampling, K=K, pad_id=pad_id)
+  round_ = functools.partial(_spec_round, target, draft, key=key, stops_arr=stops_arr,
+                             max_new=max_new, sampling=sampling, K=K, pad_id=pad_id)
+
+  def body(c):  # with a mesh, both caches stay in their layout (decode._constrain_cache)
+    with activation_mesh(mesh):
+      c = round_(c)
+    return dataclasses.replace(c, t_cache=_constrain_cache(c.t_cache, mesh),
+                               d_cache=_constrain_cache(c.d_cache, mesh))
+
   cond = lambda c: ~jnp.all(c.done) & (c.round < max_new)
   return jax.lax.while_loop(cond, body, carry)
 
@@ -177,8 +187,9 @@ _sample_jit = jax.jit(sample, static_argnames=("sampling",))
 
 def speculative_generate(target, draft, prompts, max_new_tokens: int, *, sampling: SamplingConfig,
                          seed: int = 0, num_draft_tokens: int = 4, stops=(), max_len=None,
-                         prefill_chunk=512, pad_id: int = 0, cache_dtype=None):
-  """Returns (generated token lists, stats). Called by `generate(..., draft=...)`."""
+                         prefill_chunk=512, pad_id: int = 0, cache_dtype=None, mesh=None):
+  """Returns (generated token lists, stats). Called by `generate(..., draft=...)`, which resolves
+  `mesh` (the target's mesh, or None); the draft is placed on the same mesh."""
   K = int(num_draft_tokens)
   if K < 1:
     raise ValueError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
@@ -194,8 +205,10 @@ def speculative_generate(target, draft, prompts, max_new_tokens: int, *, samplin
     raise ValueError(f"max_len={max_len} < longest prompt + max_new_tokens + num_draft_tokens + 1 "
                      f"= {need}")
   tokens = tokens[:, :max_len]
-  t_cache = init_cache(tc, B, max_len, cache_dtype)
-  d_cache = init_cache(dc, B, max_len, cache_dtype)
+  if mesh is not None:  # the draft joins the target's mesh (a no-op when it is there already)
+    shard_for_inference(draft, mesh)
+  t_cache = init_cache(tc, B, max_len, cache_dtype, mesh=mesh)
+  d_cache = init_cache(dc, B, max_len, cache_dtype, mesh=mesh)
   t_logits, t_cache = prefill(target, t_cache, tokens, lengths, chunk=prefill_chunk)
   _, d_cache = prefill(draft, d_cache, tokens, lengths, chunk=prefill_chunk)
   key = jax.random.PRNGKey(seed)
@@ -209,7 +222,8 @@ def speculative_generate(target, draft, prompts, max_new_tokens: int, *, samplin
   t_graph, t_state = nnx.split(target)
   d_graph, d_state = nnx.split(draft)
   carry = _spec_loop(t_state, d_state, carry, key, stops_arr, jnp.int32(max_new_tokens),
-                     t_graph=t_graph, d_graph=d_graph, sampling=sampling, K=K, pad_id=pad_id)
+                     t_graph=t_graph, d_graph=d_graph, sampling=sampling, K=K, pad_id=pad_id,
+                     mesh=mesh)
   out, n_out = np.asarray(carry.out), np.asarray(carry.n_out)
   result = [truncate_at_stop(out[b, :min(int(n_out[b]), max_new_tokens)], stops) for b in range(B)]
   accepted, drafted, rounds = (np.asarray(carry.accepted), np.asarray(carry.drafted),
