@@ -333,7 +333,8 @@ class StageTrainer:
       m["tokens_per_s"] = tok_s
       m["lr"] = float(self.optimizer_lr(s))
       if peak and self.flops_per_token:
-        m["mfu"] = self.flops_per_token * tok_s / (peak * self.mesh.devices.size)  # the chips this stage runs on
+        # per chip of this stage's mesh (not jax.device_count(): a stage may run on a sub-mesh)
+        m["mfu"] = self.flops_per_token * tok_s / (peak * self.mesh.devices.size)
       writer.write(s, m)
       t_last, steps_since = time.perf_counter(), 0
       if bar is not None:
