@@ -50,18 +50,6 @@ def _stop_tokens(tokenizer, config) -> tuple[int, ...]:
   return tuple(sorted(ids))
 
 
-def parse_mesh(text: str) -> tuple[int, int, int]:
-  """'data,fsdp,tensor' -> three ints (each positive, or one of them -1)."""
-  try:
-    sizes = tuple(int(x) for x in text.split(","))
-  except ValueError:
-    sizes = ()
-  if len(sizes) != 3 or any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
-    raise ValueError(f"--mesh {text!r}: expected data,fsdp,tensor sizes such as 1,1,2 (positive; "
-                     "one of them may be -1 for the remaining devices)")
-  return sizes
-
-
 def _load_tokenizer(spec: str):
   if spec == "byte":
     from zebra_jax.data import ByteTokenizer
@@ -109,7 +97,7 @@ def main(argv=None) -> int:
   try:
     mesh = None
     if args.mesh:
-      from zebra_jax.parallel import make_mesh
+      from zebra_jax.parallel.sharding import make_mesh, parse_mesh
       mesh = make_mesh(*parse_mesh(args.mesh))
     model = from_pretrained(ckpt, dtype=args.dtype)
     tokenizer = _load_tokenizer(_resolve(args.tokenizer) if args.tokenizer else ckpt)

@@ -70,16 +70,6 @@ def parse_devices(text: str) -> list[int]:
   return counts
 
 
-def parse_mesh(text: str) -> tuple[int, int, int]:
-  try:
-    sizes = tuple(int(x) for x in text.split(","))
-  except ValueError:
-    sizes = ()
-  if len(sizes) != 3 or any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
-    raise SystemExit(f"--mesh {text!r}: expected data,fsdp,tensor sizes, positive or one -1")
-  return sizes
-
-
 def resolve_mesh(template: tuple[int, int, int], n: int) -> tuple[int, int, int]:
   """The template's sizes for n devices (-1 takes the rest); an error when they cannot multiply
   to n."""
@@ -245,9 +235,13 @@ def main(argv=None) -> int:
   counts = parse_devices(args.devices)
   if args.steps < 2:
     p.error("--steps must be >= 2 (the first logged interval includes compilation)")
-  template = parse_mesh(args.mesh)
+  cfg = load_config(args.config)  # also puts the checkout on sys.path
+  from zebra_jax.parallel.sharding import parse_mesh
+  try:
+    template = parse_mesh(args.mesh)
+  except ValueError as e:
+    p.error(str(e))
   meshes = {n: resolve_mesh(template, n) for n in counts}
-  cfg = load_config(args.config)
   prereq = prerequisites(cfg.stages, args.stage)
   section = TRAINING[args.stage]
   log_every = args.log_every or max(1, args.steps // 6)

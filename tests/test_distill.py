@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import pytest
+from _runs import metrics_rows, signal_at_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILL = os.path.join(ROOT, "scripts", "distill.py")
@@ -67,17 +68,7 @@ def distill(workdir, cache, *flags, check=True) -> subprocess.CompletedProcess:
 
 
 def rows(workdir, stage) -> list[dict]:
-  path = os.path.join(str(workdir), stage, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
-        pass  # a line being written right now
-  return out
+  return metrics_rows(workdir, stage)
 
 
 def curve(workdir, stage):
@@ -88,26 +79,7 @@ def curve(workdir, stage):
 
 def kill_when(workdir, cache, stage, step, sig, *flags):
   """Starts distill.py, sends `sig` once `stage` has logged `step`; returns (returncode, output)."""
-  p = subprocess.Popen(_cmd(workdir, *flags), env=_env(cache), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-  deadline = time.time() + TIMEOUT
-  try:
-    while time.time() < deadline:
-      if p.poll() is not None:
-        out = p.stdout.read()
-        raise AssertionError(f"run ended (rc {p.returncode}) before {stage} logged step {step}:\n"
-                             f"{out[-4000:]}")
-      r = rows(workdir, stage)
-      if r and r[-1]["step"] >= step:
-        p.send_signal(sig)
-        break
-      time.sleep(0.02)
-    out, _ = p.communicate(timeout=TIMEOUT)
-  finally:
-    if p.poll() is None:
-      p.kill()
-      p.wait()
-  return p.returncode, out
+  return signal_at_step(_cmd(workdir, *flags), _env(cache), workdir, stage, step, sig, TIMEOUT)
 
 
 def load_params(path) -> dict:

@@ -6,11 +6,11 @@ student's blocks come from the right source (ILD students vs the initialisers, c
 weight), KV fractions against the cache formula written here, and the teacher's self-agreement.
 """
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
+from _runs import load_config_file
 from flax import nnx
 
 from zebra_jax.convert.orbax_io import load_model
@@ -20,14 +20,8 @@ from zebra_jax.distill.select import uniform_placement
 from zebra_jax.eval import report
 from zebra_jax.init import init_hybrid
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
 def _tiny():
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(_HERE, "..", "configs", "tiny.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = load_config_file("tiny")
   c.ild.steps = 3
   c.kd.steps = 3
   c.train.log_every = 1

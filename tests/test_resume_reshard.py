@@ -20,16 +20,15 @@ optimiser state or replayed other batches would be off by far more: the loss cha
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from _runs import metrics_rows, signal_at_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILL = os.path.join(ROOT, "scripts", "distill.py")
@@ -67,40 +66,13 @@ def _run(workdir, devices, cache) -> subprocess.CompletedProcess:
 
 
 def _rows(workdir) -> list[dict]:
-  path = os.path.join(str(workdir), "ild_mla", "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
-        pass  # the line being written right now
-  return out
+  return metrics_rows(workdir, "ild_mla")
 
 
 def _kill_at(workdir, devices, cache, step):
   """Runs distill.py and sends SIGTERM once ild_mla has logged `step`: (returncode, output)."""
-  p = subprocess.Popen(_cmd(workdir, devices), env=_env(devices, cache), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-  deadline = time.time() + TIMEOUT
-  try:
-    while time.time() < deadline:
-      if p.poll() is not None:
-        raise AssertionError(f"run ended (rc {p.returncode}) before step {step}:\n"
-                             f"{p.stdout.read()[-4000:]}")
-      r = _rows(workdir)
-      if r and r[-1]["step"] >= step:
-        p.send_signal(signal.SIGTERM)
-        break
-      time.sleep(0.02)
-    out, _ = p.communicate(timeout=TIMEOUT)
-  finally:
-    if p.poll() is None:
-      p.kill()
-      p.wait()
-  return p.returncode, out
+  return signal_at_step(_cmd(workdir, devices), _env(devices, cache), workdir, "ild_mla", step,
+                        signal.SIGTERM, TIMEOUT)
 
 
 def _params(path) -> dict:

@@ -10,6 +10,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _runs import load_config_file
 
 from zebra_jax.data import ByteTokenizer, default_corpus
 from zebra_jax.data.pipeline import split_indices
@@ -17,16 +18,9 @@ from zebra_jax.distill import samples as samples_lib
 from zebra_jax.distill.config import RunConfigError, validate
 from zebra_jax.distill.pipeline import run_pipeline
 
-import importlib.util
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def _tiny_config():
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(_HERE, "..", "configs", "tiny.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = load_config_file("tiny")
   c.data.source = ("default", "teacher_samples")
   c.samples.update(num_samples=5, batch_size=2, prompt_tokens=12, max_new_tokens=6,
                    temperature=1.0, top_k=1)

@@ -53,6 +53,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from kernels_pallas.attention.reference import self_attention_shape_problem
+
 __all__ = ["flash_attention_gpu", "supports", "FlashConfig", "Tiles", "PRESETS", "default_config",
            "parse_config", "head_segments"]
 
@@ -400,12 +402,10 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 def supports(q_BTHK, k_BSGK, v_BSGV) -> str | None:
   """None if the kernel takes these arrays, else why not (shapes, dtypes, head dims)."""
-  if q_BTHK.ndim != 4 or k_BSGK.ndim != 4 or v_BSGV.ndim != 4:
-    return "q, k, v must be 4-D (batch, seq, heads, head_dim)"
+  problem = self_attention_shape_problem(q_BTHK, k_BSGK, v_BSGV)
+  if problem:
+    return problem
   B, T, H, K = q_BTHK.shape
-  if k_BSGK.shape[:2] != (B, T) or v_BSGV.shape[:3] != k_BSGK.shape[:3]:
-    return (f"self-attention only: q {q_BTHK.shape}, k {k_BSGK.shape}, v {v_BSGV.shape} must share "
-            f"batch and sequence")
   if T == 0:
     return "empty sequence"
   if k_BSGK.shape[3] != K:

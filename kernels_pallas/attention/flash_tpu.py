@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from kernels_pallas.attention.reference import self_attention_shape_problem
+
 NT = (((1,), (1,)), ((), ()))  # contract the last dims: a @ b.T
 
 
@@ -257,12 +259,10 @@ _flash_hmajor.defvjp(_flash_hmajor_fwd, _flash_hmajor_bwd)
 
 def supports(q_BTHK, k_BSGK, v_BSGV) -> str | None:
   """None if the kernel handles these shapes, else why not."""
-  if q_BTHK.ndim != 4 or k_BSGK.ndim != 4 or v_BSGV.ndim != 4:
-    return "q, k, v must be 4-D (batch, seq, heads, head_dim)"
+  problem = self_attention_shape_problem(q_BTHK, k_BSGK, v_BSGV)
+  if problem:
+    return problem
   B, T, H, K = q_BTHK.shape
-  if k_BSGK.shape[:2] != (B, T) or v_BSGV.shape[:3] != k_BSGK.shape[:3]:
-    return (f"self-attention only: q {q_BTHK.shape}, k {k_BSGK.shape}, v {v_BSGV.shape} must share "
-            f"batch and sequence")
   if k_BSGK.shape[3] != K:
     return f"q head dim {K} != k head dim {k_BSGK.shape[3]}"
   if k_BSGK.shape[2] == 0 or H % k_BSGK.shape[2]:

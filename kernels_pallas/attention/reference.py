@@ -7,6 +7,18 @@ import jax
 import jax.numpy as jnp
 
 
+def self_attention_shape_problem(q_BTHK, k_BSGK, v_BSGV) -> str | None:
+  """The layout every flash kernel here assumes (4-D, q/k/v sharing batch and sequence, kv heads
+  shared by k and v): None if it holds, else what is wrong. Kernels add their own limits after."""
+  if q_BTHK.ndim != 4 or k_BSGK.ndim != 4 or v_BSGV.ndim != 4:
+    return "q, k, v must be 4-D (batch, seq, heads, head_dim)"
+  B, T = q_BTHK.shape[:2]
+  if k_BSGK.shape[:2] != (B, T) or v_BSGV.shape[:3] != k_BSGK.shape[:3]:
+    return (f"self-attention only: q {q_BTHK.shape}, k {k_BSGK.shape}, v {v_BSGV.shape} must share "
+            f"batch and sequence")
+  return None
+
+
 def causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, *, scale: float, q_offset: int = 0):
   """softmax(q k^T * scale + causal mask) v, query head h reading kv head h // (H/G).
 

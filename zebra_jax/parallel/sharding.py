@@ -48,6 +48,18 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
 }
 
 
+def parse_mesh(text: str) -> tuple[int, int, int]:
+  """'data,fsdp,tensor' (a --mesh flag) -> three sizes for make_mesh (positive, or one -1)."""
+  try:
+    sizes = tuple(int(x) for x in text.split(","))
+  except ValueError:
+    sizes = ()
+  if len(sizes) != 3 or any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+    raise ValueError(f"--mesh {text!r}: expected data,fsdp,tensor sizes such as 1,1,2 (positive; "
+                     "one of them may be -1 for the remaining devices)")
+  return sizes
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
   devices = list(jax.devices() if devices is None else devices)
