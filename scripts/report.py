@@ -5,10 +5,13 @@
 
 Runs the config's budget-free stages once (teacher, samples, ild_mla, ild_mamba), then per budget a
 SMART-placed student (select, assemble, kd), and at the first budget two ablations: uniform placement,
-and no ILD (SMART's layers, blocks straight from the initialisers). Then evaluates the teacher and
-every student on the held-out split (perplexity, top-1 agreement, KL, KV-cache fraction, decode
-tokens/s at batch --decode_batch and each of --contexts, greedy samples) and writes
-<root>/results.json, <root>/results.md and, with --doc, the generated block of that markdown file.
+and no ILD (SMART's layers, blocks straight from the initialisers). Each model is evaluated as
+soon as it exists (the teacher after the shared stages, each student after its KD) on the held-out
+split: perplexity, top-1 agreement, KL, KV-cache fraction, and for the teacher and the main students
+decode tokens/s at batch --decode_batch and each of --contexts plus greedy samples (ablations share
+their main variant's layer mix: quality only, unless --full_eval_ablations). After every evaluation
+it rewrites <root>/results.json, <root>/results.md and, with --doc, the generated block of that
+markdown file, so a run cut short keeps what it measured.
 Any --config.x.y=v override applies to every run. Killed at any point (e.g. a 10-minute job limit),
 the same command resumes: training from its last checkpoint, finished evaluations from their JSON.
 Exit codes as scripts/distill.py: 143 preempted (SIGTERM; rerun to resume), 3 non-finite loss.
@@ -16,6 +19,7 @@ Exit codes as scripts/distill.py: 143 preempted (SIGTERM; rerun to resume), 3 no
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -39,6 +43,8 @@ _DSTEPS = flags.DEFINE_integer("decode_steps", 64, "timed decode steps per measu
 _SAMPLE = flags.DEFINE_integer("sample_tokens", 64, "greedy tokens per sample prompt")
 _HELDOUT = flags.DEFINE_integer("heldout_limit_tokens", 0, "score only about this many held-out "
                                 "tokens (0: all; for smoke runs)")
+_FULL_ABL = flags.DEFINE_bool("full_eval_ablations", False, "also measure decode speed and samples "
+                                "of the ablations (same layer mix as their main variant)")
 _DTYPE = flags.DEFINE_string("eval_dtype", "bfloat16", "compute dtype of the evaluated models")
 _DOC = flags.DEFINE_string("doc", None, "markdown file whose generated results block to replace")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "disable progress bars")
@@ -60,57 +66,83 @@ def main(argv):
   variants = plan(budgets, ablations=_ABL.value)
   root = os.path.abspath(_ROOT.value or os.path.join("workdir", f"{cfg.name}_report"))
   command = "python scripts/report.py " + " ".join(sys.argv[1:])
+  eval_dir = os.path.join(root, "eval")
+  kw = dict(seq_len=cfg.data.seq_len, decode_batch=_DBATCH.value,
+            contexts=[int(c) for c in _CONTEXTS.value], decode_steps=_DSTEPS.value,
+            sample_tokens=_SAMPLE.value)
+  kinds = {v.name: v for v in variants}
+  state = {"models": {}, "summaries": {}}
+
+  def evaluate(name, model_dir):
+    """Evaluates one model (or reads its finished JSON) and rewrites the report with every model
+    evaluated so far, so a run cut short still leaves the numbers it got."""
+    path = os.path.join(eval_dir, f"{name}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        state["models"][name] = json.load(f)
+    else:
+      if "teacher" not in state:
+        from zebra_jax.distill.context import RunContext
+        ctx = RunContext(cfg, os.path.join(root, "shared"), progress=False)
+        state["tok"] = ctx.tokenizer()
+        state["heldout"] = report.heldout_sequences(cfg, state["tok"], _HELDOUT.value or None)
+        state["teacher"] = load_model(os.path.join(root, "shared", "teacher", "model"),
+                                      dtype=_DTYPE.value)
+      teacher = state["teacher"]
+      model = teacher if name == "teacher" else load_model(model_dir, dtype=_DTYPE.value)
+      # Ablations share their main variant's layer mix, so their decode speed is the same; they
+      # are scored for quality only unless --full_eval_ablations.
+      light = name in kinds and kinds[name].kind != "main" and not _FULL_ABL.value
+      print(f"[report] evaluating {name}" + (" (quality only)" if light else ""), flush=True)
+      t0 = time.time()
+      row = report.evaluate_model(model, teacher, state["tok"], state["heldout"], decode=not light,
+                                  samples=not light, **kw)
+      print(f"[report] {name}: ppl {row['perplexity']:.3f} (teacher {row['teacher_perplexity']:.3f})"
+            f", top-1 {row['top1']:.3f}, KL {row['kl']:.4f}, {time.time() - t0:.0f}s", flush=True)
+      os.makedirs(eval_dir, exist_ok=True)
+      report.save_json(row, path)
+      state["models"][name] = row
+    write()
+
+  def write():
+    models, summaries = state["models"], state["summaries"]
+    timings = {f"train {n}": s["wall_time_s"] for n, s in summaries.items()}
+    timings.update({f"eval {n}": m["eval_seconds"] for n, m in models.items()})
+    results = {
+        "environment": report.environment(),
+        "meta": {"command": command, "root": root, "budgets": [int(b) for b in budgets],
+                 "decode_batch": _DBATCH.value, "contexts": kw["contexts"],
+                 "config": cfg.name, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "complete": all(v.name in models for v in variants)},
+        "variants": {v.name: {"kind": v.kind, "budget": v.budget, "placement": v.placement,
+                              "ild": v.ild, "mla_layers": summaries[v.name].get("mla_layers"),
+                              "training": summaries[v.name].get("training")}
+                     for v in variants if v.name in summaries},
+        "models": models, "timings": timings}
+    report.save_json(results, os.path.join(root, "results.json"))
+    md = report.markdown(results)
+    with open(os.path.join(root, "results.md"), "w") as f:
+      f.write(md + "\n")
+    if _DOC.value:
+      report.write_doc(_DOC.value, md)
+    state["md"] = md
+
+  def after(name, summary):
+    state["summaries"][name] = summary
+    if name == "shared":
+      evaluate("teacher", None)
+    else:
+      evaluate(name, os.path.join(root, name, "kd", "model"))
+
   try:
-    summaries = run_experiment(cfg, root, variants, progress=not _NO_PROGRESS.value)
+    run_experiment(cfg, root, variants, progress=not _NO_PROGRESS.value, after_each=after)
   except Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(143)
   except NonFiniteLossError as e:
     print(str(e), file=sys.stderr)
     sys.exit(3)
-
-  from zebra_jax.distill.context import RunContext
-  ctx = RunContext(cfg, os.path.join(root, "shared"), progress=False)
-  tok = ctx.tokenizer()
-  heldout = report.heldout_sequences(cfg, tok, _HELDOUT.value or None)
-  eval_dir = os.path.join(root, "eval")
-  os.makedirs(eval_dir, exist_ok=True)
-  teacher = load_model(os.path.join(root, "shared", "teacher", "model"), dtype=_DTYPE.value)
-  kw = dict(seq_len=cfg.data.seq_len, decode_batch=_DBATCH.value,
-            contexts=[int(c) for c in _CONTEXTS.value], decode_steps=_DSTEPS.value,
-            sample_tokens=_SAMPLE.value)
-  models, timings = {}, {}
-  for name in ["teacher"] + [v.name for v in variants]:
-    path = os.path.join(eval_dir, f"{name}.json")
-    if os.path.exists(path):
-      import json
-      with open(path) as f:
-        models[name] = json.load(f)
-    else:
-      model = teacher if name == "teacher" else load_model(
-          os.path.join(root, name, "kd", "model"), dtype=_DTYPE.value)
-      print(f"[report] evaluating {name}", flush=True)
-      models[name] = report.evaluate_model(model, teacher, tok, heldout, **kw)
-      report.save_json(models[name], path)
-    timings[f"eval {name}"] = models[name]["eval_seconds"]
-  for name, s in summaries.items():
-    timings[f"train {name}"] = s["wall_time_s"]
-  results = {
-      "environment": report.environment(),
-      "meta": {"command": command, "root": root, "budgets": [int(b) for b in budgets],
-               "decode_batch": _DBATCH.value, "contexts": kw["contexts"],
-               "config": cfg.name, "written": time.strftime("%Y-%m-%d %H:%M:%S")},
-      "variants": {v.name: {"kind": v.kind, "budget": v.budget, "placement": v.placement,
-                            "ild": v.ild, "mla_layers": summaries[v.name].get("mla_layers"),
-                            "training": summaries[v.name].get("training")} for v in variants},
-      "models": models, "timings": timings}
-  report.save_json(results, os.path.join(root, "results.json"))
-  md = report.markdown(results)
-  with open(os.path.join(root, "results.md"), "w") as f:
-    f.write(md + "\n")
-  if _DOC.value:
-    report.write_doc(_DOC.value, md)
-  print(md)
+  print(state["md"])
 
 
 if __name__ == "__main__":

@@ -105,8 +105,11 @@ def placement(workdir: str) -> list[int]:
 
 
 def run_experiment(cfg, root: str, variants: list[Variant], *, progress: bool = True,
-                   log=print) -> dict:
-  """Runs the shared stages and every variant; returns {variant name: its summary} plus "shared"."""
+                   log=print, after_each=None) -> dict:
+  """Runs the shared stages and every variant; returns {variant name: its summary} plus "shared".
+
+  `after_each(name, summary)`, if given, is called once the shared stages ("shared") and then each
+  variant are done (scripts/report.py evaluates each model there, before the next one trains)."""
   from zebra_jax.distill.pipeline import run_pipeline
 
   from zebra_jax.distill.config import validate
@@ -128,6 +131,8 @@ def run_experiment(cfg, root: str, variants: list[Variant], *, progress: bool = 
   log(f"[experiment] shared stages {list(_shared_stages(cfg))} in {root}/shared")
   summaries["shared"] = run_pipeline(shared_config(cfg), os.path.join(root, "shared"),
                                      progress=progress)
+  if after_each is not None:
+    after_each("shared", summaries["shared"])
   smart = {}
   for v in variants:
     wd = os.path.join(root, v.name)
@@ -137,4 +142,6 @@ def run_experiment(cfg, root: str, variants: list[Variant], *, progress: bool = 
     summaries[v.name] = run_pipeline(vcfg, wd, progress=progress)
     if v.placement == "smart" and v.ild:
       smart[v.budget] = placement(wd)
+    if after_each is not None:
+      after_each(v.name, summaries[v.name])
   return summaries

@@ -10,11 +10,13 @@ free, so a small dynamic programme finds the best layout exactly.
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 
 def _check_budget(n_layers: int, n_mla: int) -> None:
@@ -61,7 +63,6 @@ def smart_placement(scores: Sequence[float], n_mla: int) -> tuple[int, ...]:
 
 def mean_kl(teacher, student, batches: Iterable[dict]) -> float:
   """Per-token forward KL(teacher || student) averaged over calibration batches."""
-  from flax import nnx
 
   from zebra_jax.train.losses import forward_kl
 
@@ -73,6 +74,25 @@ def mean_kl(teacher, student, batches: Iterable[dict]) -> float:
   return float(np.mean(vals))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_block(graphdef, state, h_BTD, positions_BT):
+  return nnx.merge(graphdef, state)(h_BTD, positions_BT)[0]
+
+
+def _split_blocks(layers) -> list[tuple]:
+  """(graphdef, state) per block. Blocks of one type and one parameter layout share the first such
+  block's graphdef (they differ only in the layer index, which is used at construction), so the
+  L(L+1)/2 block applications below compile once per layout and dispatch without NNX's per-call
+  graph traversal."""
+  canonical, out = {}, []
+  for layer in layers:
+    graphdef, state = nnx.split(layer)
+    leaves, treedef = jax.tree.flatten(state)
+    key = (type(layer.mixer).__name__, treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
+    out.append((canonical.setdefault(key, graphdef), state))
+  return out
+
+
 def sensitivity_scores(teacher, mla_model, mamba_model, batches: Sequence[dict]) -> np.ndarray:
   """score[l] = KL(all-Mamba2) - KL(all-Mamba2 with block l taken from the MLA student).
 
@@ -80,29 +100,30 @@ def sensitivity_scores(teacher, mla_model, mamba_model, batches: Sequence[dict])
   so the L swapped models cost L(L+1)/2 block applications per batch and a handful of compilations
   (not L whole-model compilations).
   """
-  from flax import nnx
-
   from zebra_jax.models.hybrid import CausalLM
   from zebra_jax.train.losses import forward_kl
 
-  block = nnx.jit(lambda b, h, pos: b(h, pos)[0])
   embed = nnx.jit(lambda m, tokens: m.embed(tokens))
   kl_from_hidden = nnx.jit(lambda m, t_logits, h: forward_kl(t_logits, m.logits(h)))
   teacher_logits = nnx.jit(lambda m, tokens: m(tokens))
-  L = len(mamba_model.layers)
+  mamba_blocks = _split_blocks(mamba_model.layers)
+  mla_blocks = _split_blocks(mla_model.layers)
+  L = len(mamba_blocks)
   base, swapped = 0.0, np.zeros(L)
   for b in batches:
     tokens = jnp.asarray(b["tokens"])
     pos = CausalLM.default_positions(tokens)
     t_logits = teacher_logits(teacher, tokens)
     hidden = [embed(mamba_model, tokens)]
-    for l in range(L):
-      hidden.append(block(mamba_model.layers[l], hidden[-1], pos))
+    for g, st in mamba_blocks:
+      hidden.append(_apply_block(g, st, hidden[-1], pos))
     base += float(kl_from_hidden(mamba_model, t_logits, hidden[-1]))
+    kls = []
     for l in range(L):
-      h = block(mla_model.layers[l], hidden[l], pos)
-      for j in range(l + 1, L):
-        h = block(mamba_model.layers[j], h, pos)
-      swapped[l] += float(kl_from_hidden(mamba_model, t_logits, h))
+      h = _apply_block(*mla_blocks[l], hidden[l], pos)
+      for g, st in mamba_blocks[l + 1:]:
+        h = _apply_block(g, st, h, pos)
+      kls.append(kl_from_hidden(mamba_model, t_logits, h))  # no host sync inside the loop
+    swapped += np.array([float(k) for k in kls])
   n = len(batches)
   return base / n - swapped / n

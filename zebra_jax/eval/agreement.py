@@ -51,10 +51,11 @@ def teacher_agreement(student, teacher, sequences: Sequence[Sequence[int]], *,
     raise ValueError("nothing to score: every sequence has fewer than 2 tokens")
   sums = np.zeros(4)
   count = 0
-  items.sort(key=lambda it: len(it[0]))
+  # One padded length for every batch: one compilation of the teacher + student pair (a compile
+  # per length bucket costs far more than the padding on an accelerator).
+  T = _bucket(max(len(w) for w, _ in items), length_multiple)
   for start in range(0, len(items), batch_size):
     chunk = items[start:start + batch_size]
-    T = _bucket(max(len(w) for w, _ in chunk), length_multiple)
     tokens = np.zeros((batch_size, T), np.int32)
     mask = np.zeros((batch_size, T), bool)
     for row, (w, k) in enumerate(chunk):

@@ -67,8 +67,10 @@ def _decode(tokenizer, ids) -> str:
 
 
 def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_batch: int,
-                   contexts, decode_steps: int, sample_tokens: int, prompts=PROMPTS) -> dict:
-  """Every measurement of one model (`model is teacher` for the teacher's own row)."""
+                   contexts, decode_steps: int, sample_tokens: int, prompts=PROMPTS,
+                   decode: bool = True, samples: bool = True) -> dict:
+  """Every measurement of one model (`model is teacher` for the teacher's own row); decode=False
+  and samples=False leave out the decode-throughput and greedy-sample parts."""
   from zebra_jax import accounting
   from zebra_jax.eval.agreement import teacher_agreement
   from zebra_jax.infer.bench import decode_throughput
@@ -84,7 +86,7 @@ def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_b
   out.update(perplexity=agree["student_perplexity"], teacher_perplexity=agree["teacher_perplexity"],
              top1=agree["top1"], kl=agree["kl"], heldout_tokens=agree["tokens"])
   out["decode"] = []
-  for ctx in contexts:
+  for ctx in (contexts if decode else ()):
     try:
       r = decode_throughput(model, decode_batch, int(ctx), decode_steps)
       out["decode"].append({k: r[k] for k in ("batch", "context", "tokens_per_s", "ms_per_step",
@@ -92,10 +94,11 @@ def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_b
     except Exception as e:  # noqa: BLE001  (out of memory at a long context: record it, go on)
       out["decode"].append({"batch": decode_batch, "context": int(ctx),
                             "error": str(e).splitlines()[0][:200]})
-  ids = [prompt_ids(tokenizer, p) for p in prompts]
-  gens = generate(model, ids, sample_tokens, temperature=0.0)
-  out["samples"] = [{"prompt": p.get("chat", p.get("text")), "completion": _decode(tokenizer, g)}
-                    for p, g in zip(prompts, gens)]
+  if samples:
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    gens = generate(model, ids, sample_tokens, temperature=0.0)
+    out["samples"] = [{"prompt": p.get("chat", p.get("text")), "completion": _decode(tokenizer, g)}
+                      for p, g in zip(prompts, gens)]
   out["eval_seconds"] = round(time.time() - t0, 1)
   return out
 
@@ -143,7 +146,7 @@ def markdown(results: dict) -> str:
   lines += [head, "|" + " --- |" * (8 + len(ctxs) + 1)]
   t_last = _decode_at(teacher, ctxs[-1])
   for name, row in models.items():
-    kind = "teacher" if name == "teacher" else results["variants"][name]["kind"]
+    kind = "teacher" if name == "teacher" else results["variants"].get(name, {}).get("kind", "?")
     speed = _decode_at(row, ctxs[-1])
     rel = "-" if name == "teacher" else f"{100 * (row['perplexity'] / tppl - 1):+.1f}%"
     lines.append(
@@ -153,6 +156,11 @@ def markdown(results: dict) -> str:
         f"{'-' if name == 'teacher' else _fmt(row['kl'], '.3f')} | "
         + " | ".join(_fmt(_decode_at(row, c), ",.0f") for c in ctxs)
         + f" | {'-' if name == 'teacher' or not (speed and t_last) else f'{speed / t_last:.2f}x'} |")
+  if any(not row.get("decode") for n, row in models.items() if n != "teacher"):
+    lines += ["", "Rows without decode numbers (ablations) have the same layer mix, hence the same "
+              "decode cost, as their main variant; they are scored for quality only."]
+  if not meta.get("complete", True):
+    lines += ["", "**Partial report**: the run has not finished every variant yet."]
   lines += ["", "Wall time (seconds) per piece, the GGUF file to this report:", "",
             "| piece | seconds |", "| --- | --- |"]
   for k, v in results["timings"].items():
@@ -163,6 +171,8 @@ def markdown(results: dict) -> str:
     lines.append(f"**Prompt:** {s['prompt']}")
     lines.append("")
     for name, row in models.items():
+      if not row.get("samples"):
+        continue
       text = row["samples"][i]["completion"].strip().replace("\n", " / ")
       lines.append(f"- *{name}*: {text}")
     lines.append("")
