@@ -1,7 +1,7 @@
 """Distil at several MLA budgets with ablations, then evaluate every student next to the teacher.
 
   python scripts/report.py --config configs/smollm2_135m.py --root workdir/smollm2_report \
-      --budgets 8,4 --doc docs/results.md
+      --budgets 9,4 --contexts 32768 --doc docs/results.md
 
 Runs the config's budget-free stages once (teacher, samples, ild_mla, ild_mamba), then per budget a
 SMART-placed student (select, assemble, kd), and at the first budget two ablations: uniform placement,

@@ -270,3 +270,32 @@ def test_greedy_matches_transformers(tmp_path):
       out = hf.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=5,
                         pad_token_id=0, attention_mask=torch.ones(1, len(p), dtype=torch.long))
     assert ours[b] == out[0, len(p):].tolist(), f"prompt {b}"
+
+
+def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, monkeypatch):
+  """A model restored by load_model has device-committed weights, so the decode loop's output carry
+  is committed too and the next call compiles again. The timed call must reuse a warm compilation
+  (observed here call by call through jax's cache of the jitted loop), else the throughput would
+  include compile time (it did once: 137 ms 'per step' on an H100 in a docs/results.md run)."""
+  from zebra_jax.convert.orbax_io import load_model, save_model
+  from zebra_jax.infer import bench
+  from zebra_jax.infer.decode import _decode_loop
+
+  if not hasattr(_decode_loop, "_cache_size"):
+    pytest.skip("this jax does not expose the jit cache size")
+  cfg = presets.zebra(bench._TINY, (0,), q_lora_rank=32, kv_lora_rank=16, yarn_factor=32)
+  save_model(bench.random_model(cfg), str(tmp_path / "m"))
+  model = load_model(str(tmp_path / "m"), dtype="bfloat16")
+  calls = []
+
+  def observed(*args, **kw):
+    before = _decode_loop._cache_size()
+    out = _decode_loop(*args, **kw)
+    calls.append((int(args[2]), _decode_loop._cache_size() - before))
+    return out
+
+  monkeypatch.setattr(bench, "_decode_loop", observed)
+  r = bench.decode_throughput(model, 2, 64, steps=4, warmup=4)
+  assert r["steps"] == 4 and r["tokens_per_s"] > 0
+  assert calls[-1][0] == 8, calls            # the timed call runs to warmup + steps
+  assert calls[-1][1] == 0, f"the timed decode call compiled: {calls}"
