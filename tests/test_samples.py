@@ -93,6 +93,7 @@ def test_training_reads_the_samples(tmp_path):
     (dict(source=("teacher_samples",)), "only 'teacher_samples'"),
     (dict(num_samples=0), "samples.num_samples"),
     (dict(temperature=0.0), "samples.temperature"),
+    (dict(chat_fraction=1.5), "samples.chat_fraction"),
 ])
 def test_bad_samples_configs_name_the_field(change, field):
   cfg = _tiny_config()
@@ -100,7 +101,7 @@ def test_bad_samples_configs_name_the_field(change, field):
     cfg.stages = change["stages"]
   if "source" in change:
     cfg.data.source = change["source"]
-  for k in ("num_samples", "temperature"):
+  for k in ("num_samples", "temperature", "chat_fraction"):
     if k in change:
       cfg.samples[k] = change[k]
   with pytest.raises(RunConfigError, match=field):
@@ -111,3 +112,59 @@ def test_missing_samples_artifact_is_a_clear_error(tmp_path):
   cfg = _tiny_config()
   with pytest.raises(FileNotFoundError, match="teacher_samples"):
     samples_lib.resolve_source(cfg, str(tmp_path))
+
+
+# ------------------------------------------------------------------------ chat-template samples
+def test_instruction_prompts_are_seeded_and_never_an_evaluation_prompt():
+  from zebra_jax.distill.instructions import TEMPLATES, TOPICS, instruction_prompts
+  from zebra_jax.eval.report import PROMPTS
+
+  a = instruction_prompts(50, seed=3)
+  assert a == instruction_prompts(50, seed=3) and a != instruction_prompts(50, seed=4)
+  assert len(set(a)) == 50                       # no repeats before the pool is used up
+  pool = len(TEMPLATES) * len(TOPICS)
+  assert len(instruction_prompts(pool + 5, seed=0)) == pool + 5
+  banned = "Write a haiku about volcanoes."
+  assert banned in instruction_prompts(pool, seed=0)
+  assert banned not in instruction_prompts(pool + 5, seed=0, exclude=[banned])
+  evals = {p["chat"] for p in PROMPTS if "chat" in p}
+  assert not evals & set(samples_lib.instruction_prompts_for_samples(pool, seed=1))
+
+
+def test_chat_prompts_need_a_chat_template():
+  from zebra_jax.distill.instructions import chat_prompt_ids
+
+  class NoTemplate:
+    def encode(self, text, add_special_tokens=False):
+      return list(text.encode())
+
+  with pytest.raises(ValueError, match="chat template"):
+    chat_prompt_ids(NoTemplate(), "Explain magnets.")
+  # the byte tokenizer's plain-text template works too
+  ids = chat_prompt_ids(ByteTokenizer(), "Explain magnets.")
+  assert "Explain magnets." in ByteTokenizer().decode(ids)
+
+
+def test_chat_fraction_mixes_chat_prompts_into_the_samples(tmp_path, monkeypatch):
+  cfg = _tiny_config()
+  cfg.samples.update(num_samples=5, chat_fraction=0.4)   # round(5 * 0.4) = 2 chat prompts
+  marks = [list(b"@CHAT-A@"), list(b"@CHAT-B@")]
+  monkeypatch.setattr(samples_lib, "make_chat_prompts", lambda tok, n, seed: marks[:n])
+  run_pipeline(cfg, str(tmp_path), progress=False)
+  with open(tmp_path / samples_lib.ARTIFACT) as f:
+    texts = [json.loads(line)["text"] for line in f]
+  assert len(texts) == 5
+  assert sorted(t[:8] for t in texts if t.startswith("@CHAT-")) == ["@CHAT-A@", "@CHAT-B@"]
+
+
+def test_chat_samples_keep_the_template_markers_through_the_real_tokenizer(smollm2_gguf):
+  from zebra_jax.data import load_tokenizer
+
+  tok = load_tokenizer(smollm2_gguf)
+  [ids] = samples_lib.make_chat_prompts(tok, 1, seed=0)
+  text = samples_lib._decode(tok, ids, keep_special=True)
+  assert "<|im_start|>user" in text and text.rstrip().endswith("<|im_start|>assistant")
+  # the packer re-encodes the text: the turn markers must come back as the same special tokens
+  assert [int(i) for i in tok.encode(text, add_special_tokens=False)] == ids
+  plain = samples_lib._decode(tok, ids, keep_special=False)
+  assert "<|im_start|>" not in plain

@@ -25,7 +25,8 @@ Fields
   select.*            method ("smart" | "explicit" | "uniform"), calibration batches
   samples.*           teacher-generated training text (the `samples` stage; distill/samples.py):
                       num_samples, prompt_tokens, max_new_tokens, temperature, top_p, top_k,
-                      batch_size; used when data.source lists "teacher_samples"
+                      batch_size, chat_fraction (share of chat-template instruction prompts);
+                      used when data.source lists "teacher_samples"
   stages              ordered list of stages to run
 """
 
@@ -68,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.select = ml_collections.ConfigDict(dict(method="smart", calib_batches=4, batch_size=8))
   c.samples = ml_collections.ConfigDict(dict(
       num_samples=0, prompt_tokens=64, max_new_tokens=960, temperature=1.0, top_p=None,
-      top_k=None, batch_size=256))
+      top_k=None, batch_size=256, chat_fraction=0.0))
   c.kd = _stage(1000, 8e-5, 192, kl_weight=1.0, ce_weight=0.0, temperature=1.0)
   c.dpo = _stage(100, 5e-7, 32, beta=0.01, max_len=1024, max_prompt_len=512, warmup_frac=0.1)
   c.stepwise = _stage(1000, 8e-5, 64, kl_weight=1.0, ce_weight=0.0,
@@ -124,6 +125,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "samples.max_new_tokens must be positive when the samples stage runs")
     if not s.temperature > 0:
       bad(f"samples.temperature must be positive (sampling, not greedy), got {s.temperature}")
+    if not 0.0 <= float(s.get("chat_fraction", 0.0) or 0.0) <= 1.0:
+      bad(f"samples.chat_fraction must be in [0, 1], got {s.chat_fraction}")
     if "teacher_samples" not in srcs:
       bad("stages has 'samples' but data.source does not list 'teacher_samples' to train on them")
     order = list(c.stages)

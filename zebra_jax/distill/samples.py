@@ -8,7 +8,9 @@ long KD stage; text sampled from the teacher adds data on which the teacher's di
 construction, the target, at no risk of touching the held-out split. Prompts are windows of
 `samples.prompt_tokens` tokens cut from TRAIN documents of the real sources (never held-out ones),
 continued for `samples.max_new_tokens` tokens at `samples.temperature` (1.0 = the teacher's own
-distribution, which is what forward KL asks the student to match).
+distribution, which is what forward KL asks the student to match). A `samples.chat_fraction` of the
+prompts are instead user messages in the tokenizer's chat template (distill/instructions.py), so an
+instruct teacher's answers, turn markers included, are distilled too.
 
 `data.source` names the generated file with the token "teacher_samples" (e.g.
 `("default", "teacher_samples")`); `resolve_source` swaps in the artifact path. Put real sources
@@ -87,19 +89,40 @@ def make_prompts(cfg, tokenizer, num: int, prompt_tokens: int, seed: int) -> lis
   return prompts
 
 
-def _decode(tokenizer, ids) -> str:
+def _decode(tokenizer, ids, keep_special: bool = False) -> str:
+  """Plain-text samples drop BOS / special tokens (the packer's tokenizer would re-add them as text);
+  chat samples keep the template's turn markers, which the packer's tokenizer encodes back to the
+  same special tokens."""
   ids = [int(i) for i in ids]
-  try:  # transformers: drop BOS / turn markers, which the packer's tokenizer would re-add as text
-    return tokenizer.decode(ids, skip_special_tokens=True)
+  try:
+    return tokenizer.decode(ids, skip_special_tokens=not keep_special)
   except TypeError:  # ByteTokenizer and other minimal tokenizers
     return tokenizer.decode(ids)
 
 
+def instruction_prompts_for_samples(num: int, seed: int) -> list[str]:
+  """`num` user messages (distill/instructions.py), never one of the evaluation prompts."""
+  from zebra_jax.distill.instructions import instruction_prompts
+  from zebra_jax.eval.report import PROMPTS
+
+  return instruction_prompts(num, seed, exclude=[p["chat"] for p in PROMPTS if "chat" in p])
+
+
+def make_chat_prompts(tokenizer, num: int, seed: int) -> list[list[int]]:
+  """`num` instruction prompts in the tokenizer's chat template."""
+  from zebra_jax.distill.instructions import chat_prompt_ids
+
+  return [chat_prompt_ids(tokenizer, m) for m in instruction_prompts_for_samples(num, seed)]
+
+
 def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str, *, batch_size: int,
                      max_new_tokens: int, temperature: float, top_p, top_k, seed: int,
-                     process_index: int = 0, process_count: int = 1, log=print) -> list[str]:
+                     process_index: int = 0, process_count: int = 1, log=print,
+                     chat: list[bool] | None = None) -> list[str]:
   """Generates this process's batches into part files (skipping existing ones); returns the paths
-  of all batches' part files in order."""
+  of all batches' part files in order. `chat[i]` marks chat-template prompts (kept with their turn
+  markers in the text)."""
+  chat = list(chat) if chat is not None else [False] * len(prompts)
   from zebra_jax.infer.decode import generate
 
   parts_dir = os.path.join(workdir, "samples", "parts")
@@ -118,10 +141,11 @@ def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str,
     tmp = f"{paths[b]}.tmp{process_index}"
     n_new = 0
     with open(tmp, "w", encoding="utf-8") as f:
-      for prompt, new in zip(batch, outs):
+      for j, (prompt, new) in enumerate(zip(batch, outs)):
         new = [t for t in new if t not in eos]  # a stop token ends the sample; the packer adds EOS
         n_new += len(new)
-        f.write(json.dumps({"text": _decode(tokenizer, prompt + new)}, ensure_ascii=False) + "\n")
+        text = _decode(tokenizer, prompt + new, keep_special=chat[b * batch_size + j])
+        f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     os.replace(tmp, paths[b])
     dt = time.time() - t0
     log(f"[samples] batch {b + 1}/{n_batches}: {n_new} new tokens in {dt:.1f}s "
@@ -137,12 +161,22 @@ def run_samples(ctx) -> None:
     raise ValueError("samples.num_samples must be positive when the samples stage runs")
   tokenizer = ctx.tokenizer()
   teacher = ctx.teacher()
-  prompts = make_prompts(ctx.cfg, tokenizer, s.num_samples, s.prompt_tokens, ctx.cfg.seed + 7)
+  n_chat = int(round(s.num_samples * float(s.get("chat_fraction", 0.0) or 0.0)))
+  prompts = make_prompts(ctx.cfg, tokenizer, s.num_samples - n_chat, s.prompt_tokens,
+                         ctx.cfg.seed + 7) if s.num_samples > n_chat else []
+  chat = [False] * len(prompts)
+  if n_chat:
+    chat_prompts = make_chat_prompts(tokenizer, n_chat, ctx.cfg.seed + 13)
+    # interleaved in a seeded order, so every batch mixes both kinds (and resumes identically)
+    both = prompts + chat_prompts
+    kinds = chat + [True] * n_chat
+    order = np.random.default_rng(ctx.cfg.seed + 17).permutation(len(both))
+    prompts, chat = [both[i] for i in order], [kinds[i] for i in order]
   paths = generate_samples(
       teacher, tokenizer, prompts, ctx.workdir, batch_size=s.batch_size,
       max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
       seed=ctx.cfg.seed + 11, process_index=jax.process_index(), process_count=jax.process_count(),
-      log=ctx.log)
+      log=ctx.log, chat=chat)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("zebra_jax samples: all parts written")
