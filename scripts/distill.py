@@ -55,17 +55,11 @@ def main(argv):
       "MEGASCALE_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()  # a multi-host TPU slice: jax finds the coordinator itself
   from zebra_jax.distill.pipeline import run_pipeline
-  from zebra_jax.train.trainer import NonFiniteLossError, Preempted
+  from zebra_jax.train.trainer import exit_codes
 
   workdir = _WORKDIR.value or cfg.workdir or os.path.join("workdir", cfg.name)
-  try:
+  with exit_codes():
     run_pipeline(cfg, workdir, progress=not _NO_PROGRESS.value)
-  except Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(143)
-  except NonFiniteLossError as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def main(argv):
   from zebra_jax.convert.orbax_io import load_model
   from zebra_jax.distill.experiment import plan, run_experiment
   from zebra_jax.eval import report
-  from zebra_jax.train.trainer import NonFiniteLossError, Preempted
+  from zebra_jax.train.trainer import exit_codes
 
   budgets = _BUDGETS.value or [cfg.model.n_mla]
   variants = plan(budgets, ablations=_ABL.value)
@@ -134,14 +134,8 @@ def main(argv):
     else:
       evaluate(name, os.path.join(root, name, "kd", "model"))
 
-  try:
+  with exit_codes():
     run_experiment(cfg, root, variants, progress=not _NO_PROGRESS.value, after_each=after)
-  except Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(143)
-  except NonFiniteLossError as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(3)
   print(state["md"])
 
 

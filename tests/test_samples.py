@@ -132,17 +132,15 @@ def test_instruction_prompts_are_seeded_and_never_an_evaluation_prompt():
 
 
 def test_chat_prompts_need_a_chat_template():
-  from zebra_jax.distill.instructions import chat_prompt_ids
-
   class NoTemplate:
     def encode(self, text, add_special_tokens=False):
       return list(text.encode())
 
-  with pytest.raises(ValueError, match="chat template"):
-    chat_prompt_ids(NoTemplate(), "Explain magnets.")
+  with pytest.raises(ValueError, match="chat_template"):
+    samples_lib.make_chat_prompts(NoTemplate(), 1, seed=0)
   # the byte tokenizer's plain-text template works too
-  ids = chat_prompt_ids(ByteTokenizer(), "Explain magnets.")
-  assert "Explain magnets." in ByteTokenizer().decode(ids)
+  [ids] = samples_lib.make_chat_prompts(ByteTokenizer(), 1, seed=0)
+  assert samples_lib.instruction_prompts_for_samples(1, seed=0)[0] in ByteTokenizer().decode(ids)
 
 
 def test_chat_fraction_mixes_chat_prompts_into_the_samples(tmp_path, monkeypatch):

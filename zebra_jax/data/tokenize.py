@@ -110,8 +110,10 @@ def tokenizer_name(tokenizer) -> str:
   return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
-def render_chat(tokenizer, messages: Sequence[Mapping[str, Any]], *, where: str = "") -> str:
-  """Renders a conversation with the tokenizer's chat template (no generation prompt)."""
+def render_chat(tokenizer, messages: Sequence[Mapping[str, Any]], *, where: str = "",
+                add_generation_prompt: bool = False) -> str:
+  """Renders a conversation with the tokenizer's chat template (with add_generation_prompt, ending
+  where the assistant's answer starts)."""
   if not getattr(tokenizer, "chat_template", None):
     raise ValueError(
       f"{where or 'document'}: chat messages need a tokenizer with a chat_template; "
@@ -122,6 +124,8 @@ def render_chat(tokenizer, messages: Sequence[Mapping[str, Any]], *, where: str 
       raise ValueError(
         f"{where or 'document'}: message {i} must be an object with 'role' and 'content', got {m!r}"
       )
+  if add_generation_prompt:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
   return tokenizer.apply_chat_template(list(messages), tokenize=False)
 
 

@@ -125,7 +125,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "samples.max_new_tokens must be positive when the samples stage runs")
     if not s.temperature > 0:
       bad(f"samples.temperature must be positive (sampling, not greedy), got {s.temperature}")
-    if not 0.0 <= float(s.get("chat_fraction", 0.0) or 0.0) <= 1.0:
+    if not 0.0 <= s.chat_fraction <= 1.0:
       bad(f"samples.chat_fraction must be in [0, 1], got {s.chat_fraction}")
     if "teacher_samples" not in srcs:
       bad("stages has 'samples' but data.source does not list 'teacher_samples' to train on them")

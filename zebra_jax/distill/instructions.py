@@ -59,15 +59,4 @@ def instruction_prompts(num: int, seed: int, exclude=()) -> list[str]:
   return [pool[int(order[i % len(pool)])] for i in range(num)]
 
 
-def chat_prompt_ids(tokenizer, message: str) -> list[int]:
-  """The tokenizer's chat template around one user message, ready for the assistant's answer."""
-  if not callable(getattr(tokenizer, "apply_chat_template", None)) or not getattr(
-      tokenizer, "chat_template", None):
-    raise ValueError(f"samples.chat_fraction > 0 needs a tokenizer with a chat template; "
-                     f"{type(tokenizer).__name__} has none (use chat_fraction=0)")
-  text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                       add_generation_prompt=True)
-  return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
-
-
-__all__ = ["instruction_prompts", "chat_prompt_ids", "TEMPLATES", "TOPICS"]
+__all__ = ["instruction_prompts", "TEMPLATES", "TOPICS"]

@@ -109,10 +109,10 @@ def instruction_prompts_for_samples(num: int, seed: int) -> list[str]:
 
 
 def make_chat_prompts(tokenizer, num: int, seed: int) -> list[list[int]]:
-  """`num` instruction prompts in the tokenizer's chat template."""
-  from zebra_jax.distill.instructions import chat_prompt_ids
+  """`num` instruction prompts in the tokenizer's chat template, as the evaluation's are built."""
+  from zebra_jax.eval.report import prompt_ids
 
-  return [chat_prompt_ids(tokenizer, m) for m in instruction_prompts_for_samples(num, seed)]
+  return [prompt_ids(tokenizer, {"chat": m}) for m in instruction_prompts_for_samples(num, seed)]
 
 
 def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str, *, batch_size: int,
@@ -161,7 +161,7 @@ def run_samples(ctx) -> None:
     raise ValueError("samples.num_samples must be positive when the samples stage runs")
   tokenizer = ctx.tokenizer()
   teacher = ctx.teacher()
-  n_chat = int(round(s.num_samples * float(s.get("chat_fraction", 0.0) or 0.0)))
+  n_chat = int(round(s.num_samples * s.chat_fraction))
   prompts = make_prompts(ctx.cfg, tokenizer, s.num_samples - n_chat, s.prompt_tokens,
                          ctx.cfg.seed + 7) if s.num_samples > n_chat else []
   chat = [False] * len(prompts)

@@ -51,9 +51,10 @@ def heldout_sequences(cfg, tokenizer, limit_tokens: int | None = None) -> list[l
 
 def prompt_ids(tokenizer, prompt: dict) -> list[int]:
   if "chat" in prompt:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt["chat"]}],
-                                         tokenize=False, add_generation_prompt=True)
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    from zebra_jax.data.tokenize import render_chat
+    text = render_chat(tokenizer, [{"role": "user", "content": prompt["chat"]}],
+                       where="prompt", add_generation_prompt=True)
+    return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
   ids = list(tokenizer.encode(prompt["text"], add_special_tokens=False))
   bos = getattr(tokenizer, "bos_token_id", None)
   return ([bos] if bos is not None else []) + ids

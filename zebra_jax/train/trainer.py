@@ -12,10 +12,12 @@ checkpointed with the parameters and there is no other randomness.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Iterator, Protocol
 
@@ -38,6 +40,23 @@ class NonFiniteLossError(RuntimeError):
 
 class Preempted(RuntimeError):
   """SIGTERM arrived; a checkpoint of the current step was written before stopping."""
+
+
+EXIT_PREEMPTED, EXIT_NON_FINITE = 143, 3
+
+
+@contextlib.contextmanager
+def exit_codes():
+  """For the scripts: a run that stops on Preempted exits 143 (rerun to resume) and one that stops
+  on NonFiniteLossError exits 3, each with its message on stderr instead of a traceback."""
+  try:
+    yield
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
+  except NonFiniteLossError as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(EXIT_NON_FINITE)
 
 
 class BatchIterator(Protocol):
