@@ -40,11 +40,13 @@ def get_config(budget: str = "9"):
   c.data.source = ("default", "teacher_samples")
   c.data.seq_len = 2048
   c.data.heldout_fraction = 0.05
-  c.samples.update(num_samples=2048, prompt_tokens=64, max_new_tokens=960, temperature=1.0,
-                   batch_size=256)
+  # half the teacher's samples answer instruction prompts in its chat template, so the students
+  # learn the format they are prompted with (the first H100 run, all Shakespeare, looped on them)
+  c.samples.update(num_samples=3072, prompt_tokens=64, max_new_tokens=960, temperature=1.0,
+                   batch_size=256, chat_fraction=0.5)
   c.train.checkpoint_every = 250
   c.ild.update(steps=200, lr=2e-4, batch_size=16)
   c.select.update(method="smart", calib_batches=4, batch_size=4)
-  c.kd.update(steps=500, lr=8e-5, batch_size=16)
+  c.kd.update(steps=600, lr=8e-5, batch_size=16)
   c.stages = ("teacher", "samples", "ild_mla", "ild_mamba", "select", "assemble", "kd")
   return c

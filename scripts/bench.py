@@ -2,6 +2,8 @@
 """Benchmarks of zebra-jax.
 
     python scripts/bench.py kernels --family ssd [--append docs/benchmarks.md] [family options]
+    python scripts/bench.py generate [--append docs/benchmarks.md]      # decode throughput
+    python scripts/bench.py speculative [--append docs/benchmarks.md]   # speculative decoding
 
 `kernels` runs one or more kernel families (`--family` may repeat) and prints one markdown section
 per family: a table of shape, implementation, time, GB/s (or TFLOP/s) and the ratio to the peer
@@ -77,12 +79,17 @@ def main(argv=None) -> None:
   k.add_argument("--append", default=None, help="append the markdown sections to this file")
   sub.add_parser("generate", help="decode throughput: teacher vs GQA+Mamba2 vs Zebra "
                  "(options: python scripts/bench.py generate -h)", add_help=False)
+  sub.add_parser("speculative", help="speculative decoding of a real target with a distilled "
+                 "truncated draft (options: python scripts/bench.py speculative -h)", add_help=False)
   args, rest = parser.parse_known_args(argv)
   if args.command == "kernels":
     kernels(args, rest)
   elif args.command == "generate":
     from zebra_jax.infer import bench as generate_bench
     generate_bench.main(rest)
+  elif args.command == "speculative":
+    from zebra_jax.infer import spec_bench
+    spec_bench.main(rest)
 
 
 if __name__ == "__main__":

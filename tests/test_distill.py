@@ -572,9 +572,10 @@ def test_ild_and_kd_parts_are_disjoint_deterministic_and_keep_out_held_out_docum
     make_iterator(src, None, part="ild", **{**kw, "split": "heldout"})
 
 
-def test_stages_read_their_part_ild_kd_stepwise_and_held_out_calibration(tmp_path):
-  """RunContext.batches: ild -> the ILD part, kd and stepwise phases -> the KD part, calibration ->
-  held-out documents; data.ild_fraction=0 lets ILD read every train document."""
+def test_stages_read_their_part_ild_kd_stepwise_and_calibration(tmp_path):
+  """RunContext.batches: ild -> the ILD part, kd and stepwise phases -> the KD part; SMART
+  calibration -> train documents of the KD part, never held-out ones; data.ild_fraction=0 lets ILD
+  read every train document."""
   import re
 
   from zebra_jax.distill.context import RunContext
@@ -599,7 +600,12 @@ def test_stages_read_their_part_ild_kd_stepwise_and_held_out_calibration(tmp_pat
   for purpose in ("kd", "stepwise_0"):
     got = seen(ctx, purpose, 12)
     assert got <= kd and len(got) > len(kd) // 2, purpose
-  assert seen(ctx, "calibration", 3, split="heldout") <= held
+  calib = set()
+  for b in ctx.calibration_batches(6, 8):
+    for row in b["tokens"]:
+      text = bytes(int(t) if t < 256 else 32 for t in row).decode()
+      calib |= {int(m) for m in re.findall(r"doc(\d{4})", text)}
+  assert calib and calib <= kd and not calib & held
   cfg0 = _tiny(**{"data.source": str(path), "data.heldout_fraction": 0.05, "data.ild_fraction": 0.0})
   got = seen(RunContext(cfg0, str(tmp_path / "w0")), "ild", 12)
   assert got <= ild | kd and got & kd and got & ild

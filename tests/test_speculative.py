@@ -163,3 +163,59 @@ def test_commit_replays_accepted_prefix():
     seq = p + np.asarray(chunk[b, :int(keep[b])]).tolist() + [int(nxt[b])]
     ref = np.asarray(nnx.jit(lambda m, t: m(t))(target, jnp.asarray([seq]))[0, -1])
     np.testing.assert_allclose(np.asarray(logits[b]), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark's draft: the target's first layers, distilled to the target
+# ------------------------------------------------------------------------------------------------
+def test_truncated_draft_is_the_targets_first_layers():
+  from zebra_jax.infer.spec_bench import truncated_draft
+  target = make_target("hybrid")
+  tokens = jnp.asarray([PROMPTS[1]])
+  got = truncated_draft(target, 2)(tokens)
+  want = truncated(target, 2)(tokens)  # built block by block (the helper above)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+  assert truncated_draft(target, 2).config.mla_layers == (0,)
+  with pytest.raises(ValueError, match="draft layers must be in"):
+    truncated_draft(target, 4)
+
+
+def test_distill_draft_lowers_kl_and_keeps_speculative_greedy_exact():
+  from zebra_jax.infer.spec_bench import distill_draft, draft_kl, pack_rows, truncated_draft
+  target = make_target("hybrid")
+  rng = np.random.default_rng(3)
+  prompts = [rng.integers(0, V, 4).tolist() for _ in range(48)]
+  seqs = [p + o for p, o in zip(prompts, generate(target, prompts, 28, temperature=1.0, seed=2))]
+  tokens, mask = pack_rows(seqs + [[1, 2, 3]], 32)
+  assert tokens.shape == (49, 32) and mask[-1].sum() == 3 and tokens[-1, 3:].sum() == 0
+  train, held = (tokens[:40], mask[:40]), (tokens[40:48], mask[40:48])
+
+  draft = truncated_draft(target, 1)
+  # draft_kl against float64 numpy on the same logits
+  t64 = np.asarray(target(jnp.asarray(held[0])), np.float64)
+  d64 = np.asarray(draft(jnp.asarray(held[0])), np.float64)
+  lp = t64 - np.log(np.exp(t64 - t64.max(-1, keepdims=True)).sum(-1, keepdims=True)) - t64.max(-1, keepdims=True)
+  lq = d64 - np.log(np.exp(d64 - d64.max(-1, keepdims=True)).sum(-1, keepdims=True)) - d64.max(-1, keepdims=True)
+  kl_np = ((np.exp(lp) * (lp - lq)).sum(-1) * held[1]).sum() / held[1].sum()
+  kl0 = draft_kl(target, draft, *held, batch_size=3)
+  np.testing.assert_allclose(kl0, kl_np, rtol=1e-4)
+
+  target_logits = np.asarray(target(jnp.asarray(held[0])))
+  plain = generate(target, PROMPTS, 16)
+  _, stats0 = generate(target, PROMPTS, 16, draft=draft, num_draft_tokens=3, return_stats=True)
+  losses = distill_draft(target, draft, *train, steps=80, lr=3e-3, batch_size=8, log=None)
+  assert len(losses) == 80 and np.mean(losses[-10:]) < np.mean(losses[:10])
+  kl1 = draft_kl(target, draft, *held)
+  assert kl1 < 0.8 * kl0, (kl0, kl1)  # on rows it never saw (measured 1.47 -> 1.03)
+  np.testing.assert_array_equal(np.asarray(target(jnp.asarray(held[0]))), target_logits)  # untouched
+  spec, stats1 = generate(target, PROMPTS, 16, draft=draft, num_draft_tokens=3, return_stats=True)
+  assert spec == plain
+  assert stats1["acceptance_rate"] >= stats0["acceptance_rate"], (stats0, stats1)
+
+
+def test_distill_draft_refuses_too_few_rows():
+  from zebra_jax.infer.spec_bench import distill_draft, truncated_draft
+  target = make_target("mamba2")
+  with pytest.raises(ValueError, match="at least batch_size=8 rows"):
+    distill_draft(target, truncated_draft(target, 1), np.zeros((4, 8), np.int32),
+                  np.ones((4, 8), np.float32), steps=2, batch_size=8)

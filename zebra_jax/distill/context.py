@@ -182,7 +182,7 @@ class RunContext:
   def data_part(purpose: str, split: str = "train") -> str | None:
     """Which part of the train documents a stage reads (data.ild_fraction splits them, as the
     reference's 20 / 80 ILD / SFT split): "ild" for the ILD stages, "kd" for every other training
-    purpose (kd, stepwise_<phase>); None for the held-out split (calibration)."""
+    purpose (kd, stepwise_<phase>, calibration); None for the held-out split."""
     if split != "train":
       return None
     return "ild" if purpose == "ild" else "kd"
@@ -203,8 +203,9 @@ class RunContext:
 
   def calibration_batches(self, n: int, batch_size: int) -> list[dict]:
     # The same batches on every process (not a per-process shard), so that every process measures
-    # the same sensitivities and picks the same layout.
-    it = self.batches("calibration", batch_size, split="heldout", process_index=0, process_count=1,
+    # the same sensitivities and picks the same layout. Train documents (the KD part), never the
+    # held-out split: the evaluation must not have helped choose the layer positions.
+    it = self.batches("calibration", batch_size, split="train", process_index=0, process_count=1,
                       num_shards=1)
     return [next(it) for _ in range(n)]
 

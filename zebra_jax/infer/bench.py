@@ -237,51 +237,6 @@ def markdown(results, meta) -> str:
   return "\n".join(lines)
 
 
-def truncated_draft(model, n_layers: int):
-  """A draft made of the target's first `n_layers` blocks with its embeddings, norm and head."""
-  c = model.config
-  kw = dict(num_hidden_layers=n_layers)
-  if hasattr(c, "mla_layers"):
-    kw.update(mla_layers=tuple(i for i in c.mla_layers if i < n_layers),
-              attn_layers=tuple(i for i in c.attn_layers if i < n_layers))
-  draft = nnx.eval_shape(lambda: CausalLM(c.replace(**kw), rngs=nnx.Rngs(0)))
-  graphdef, _ = nnx.split(draft)
-  src = nnx.state(model)
-  state = nnx.state(draft)
-  state["embed_tokens"] = src["embed_tokens"]
-  state["norm"] = src["norm"]
-  if "lm_head" in src and src["lm_head"] is not None:
-    state["lm_head"] = src["lm_head"]
-  for i in range(n_layers):
-    state["layers"][i] = src["layers"][i]
-  return nnx.merge(graphdef, state)
-
-
-def speculative_bench(target, draft, prompts, max_new: int, k_values=(2, 4, 6), repeats: int = 2):
-  """Wall time of plain greedy vs speculative greedy `generate` (compiled first), outputs checked
-  equal; returns a list of dicts with the speedup and acceptance statistics per K."""
-  from zebra_jax.infer.decode import generate
-
-  def timed(**kw):
-    generate(target, prompts, max_new, stop_tokens=(), **kw)  # compile
-    best, out = float("inf"), None
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      out = generate(target, prompts, max_new, stop_tokens=(), **kw)
-      best = min(best, time.perf_counter() - t0)
-    return best, out
-
-  base_s, base = timed()
-  rows = [{"K": 0, "seconds": base_s, "speedup": 1.0}]
-  for K in k_values:
-    s, (out, stats) = timed(draft=draft, num_draft_tokens=K, return_stats=True)
-    rows.append({"K": K, "seconds": s, "speedup": base_s / s, "identical": out == base,
-                 "acceptance_rate": stats["acceptance_rate"],
-                 "tokens_per_round": stats["tokens_per_round"], "accept_hist": stats["accept_hist"]})
-    print(json.dumps(rows[-1]), flush=True)
-  return rows
-
-
 def main(argv=None) -> str:
   p = argparse.ArgumentParser(prog="bench.py generate", description=__doc__.splitlines()[0])
   p.add_argument("--size", default="1b", choices=sorted(SIZES))
