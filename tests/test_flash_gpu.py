@@ -193,7 +193,9 @@ def test_dispatch_table_registers_ours_and_cudnn_on_gpu():
   fp32 = (f32(1, 33, 2, 16), f32(1, 33, 1, 16), f32(1, 33, 1, 8))
   expect = next((n for n in ops_attention._AUTO["gpu"]
                  if ops_attention._KERNELS[(n, "gpu")].supports(*fp32) is None), "reference")
-  assert ops_attention.auto_kernel("gpu", *fp32) == expect
+  assert ops_attention.auto_kernel("gpu", *fp32) == expect == "pallas"
+  odd = (bf(1, 1000, 6, 128), bf(1, 1000, 2, 128), bf(1, 1000, 2, 128))  # T % 64 != 0: not cuDNN
+  assert ops_attention.auto_kernel("gpu", *odd) == "pallas"
   assert ops_attention.auto_kernel("cpu", *zebra) == "reference"
 
 

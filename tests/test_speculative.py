@@ -219,3 +219,10 @@ def test_distill_draft_refuses_too_few_rows():
   with pytest.raises(ValueError, match="at least batch_size=8 rows"):
     distill_draft(target, truncated_draft(target, 1), np.zeros((4, 8), np.int32),
                   np.ones((4, 8), np.float32), steps=2, batch_size=8)
+
+
+def test_agreeing_prefix():
+  from zebra_jax.infer.spec_bench import agreeing_prefix
+  assert agreeing_prefix([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 5]]) == 1.0
+  assert agreeing_prefix([[1, 9, 3], [4, 5]], [[1, 2, 3], [4, 5]]) == 3 / 5  # 1 of 3, 2 of 2
+  assert agreeing_prefix([[1, 2]], [[1, 2, 3, 4]]) == 0.5  # stopped early

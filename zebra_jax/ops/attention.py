@@ -69,12 +69,12 @@ register_kernel("pallas", "gpu", AttentionKernel(_flash_gpu.flash_attention_gpu,
 _VERIFIED = {"pallas": ("tpu", "gpu"), "splash": ("tpu",), "cudnn": ("gpu",)}
 
 # "auto" order per backend (first kernel whose `supports` takes the call; else the reference).
-# GPU decision: cuDNN only, for now. flash_gpu is verified on the H100 but not yet timed there, and
-# the order is the benchmark's call: list it first if `scripts/bench.py kernels --family attention`
-# shows it at least as fast as cuDNN at the Zebra shapes (fwd and fwd+bwd, 2k-8k), else after cuDNN,
-# where it takes what cuDNN refuses (float32, lengths that are not multiples of 64, head dims that
-# are not multiples of 8). Until then impl="pallas" selects it explicitly.
-_AUTO = {"tpu": ("pallas",), "gpu": ("cudnn",)}
+# GPU decision, from `scripts/bench.py kernels --family attention` on an H100 (2026-11-24,
+# docs/benchmarks.md): flash_gpu runs at 0.63-0.87x cuDNN's TFLOP/s at the Zebra shapes (2k-8k, fwd
+# and fwd+bwd), so cuDNN goes first; flash_gpu follows and takes what cuDNN refuses (float32, lengths
+# that are not multiples of 64, head dims that are not multiples of 8), where the alternative is the
+# XLA reference at 0.05-0.2x cuDNN. impl="pallas" selects it everywhere it applies.
+_AUTO = {"tpu": ("pallas",), "gpu": ("cudnn", "pallas")}
 
 
 def auto_kernel(backend: str, q_BTHK, k_BSGK, v_BSGV) -> str:
