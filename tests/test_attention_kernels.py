@@ -153,7 +153,7 @@ def test_gpu_cudnn_mla_paths_agree():
 
 @on_gpu
 @pytest.mark.gpu
-def test_gpu_float32_auto_uses_reference_and_cudnn_refuses():
+def test_gpu_float32_auto_takes_the_next_kernel_and_cudnn_refuses():
   # (impl="pallas" on GPU is our flash_gpu kernel, which takes float32: tests/test_flash_gpu.py.)
   rng = np.random.default_rng(9)
   q, k, v, do = make(rng, 1, 33, 2, 1, 16, 8, jnp.float32)
