@@ -94,6 +94,7 @@ def test_training_reads_the_samples(tmp_path):
     (dict(num_samples=0), "samples.num_samples"),
     (dict(temperature=0.0), "samples.temperature"),
     (dict(chat_fraction=1.5), "samples.chat_fraction"),
+    (dict(chat_temperature=0.0), "samples.chat_temperature"),
 ])
 def test_bad_samples_configs_name_the_field(change, field):
   cfg = _tiny_config()
@@ -101,7 +102,7 @@ def test_bad_samples_configs_name_the_field(change, field):
     cfg.stages = change["stages"]
   if "source" in change:
     cfg.data.source = change["source"]
-  for k in ("num_samples", "temperature", "chat_fraction"):
+  for k in ("num_samples", "temperature", "chat_fraction", "chat_temperature"):
     if k in change:
       cfg.samples[k] = change[k]
   with pytest.raises(RunConfigError, match=field):
@@ -153,6 +154,29 @@ def test_chat_fraction_mixes_chat_prompts_into_the_samples(tmp_path, monkeypatch
     texts = [json.loads(line)["text"] for line in f]
   assert len(texts) == 5
   assert sorted(t[:8] for t in texts if t.startswith("@CHAT-")) == ["@CHAT-A@", "@CHAT-B@"]
+
+
+def test_chat_temperature_samples_chat_prompts_at_their_own_temperature(tmp_path, monkeypatch):
+  import zebra_jax.infer.decode as decode_lib
+  cfg = _tiny_config()
+  cfg.samples.update(num_samples=5, chat_fraction=0.4, temperature=1.0, chat_temperature=0.25)
+  marks = [list(b"@CHAT-A@"), list(b"@CHAT-B@")]
+  monkeypatch.setattr(samples_lib, "make_chat_prompts", lambda tok, n, seed: marks[:n])
+  calls, real = [], decode_lib.generate
+
+  def spy(model, prompts, n, **kw):
+    calls.append((kw["temperature"], [bytes(p[:8]) for p in prompts]))
+    return real(model, prompts, n, **kw)
+
+  monkeypatch.setattr(decode_lib, "generate", spy)
+  run_pipeline(cfg, str(tmp_path), progress=False)
+  for temp, heads in calls:
+    chat = [h.startswith(b"@CHAT-") for h in heads]
+    assert all(chat) if temp == 0.25 else not any(chat) and temp == 1.0, calls
+  assert sum(len(h) for t, h in calls if t == 0.25) == 2 and sum(len(h) for _, h in calls) == 5
+  with open(tmp_path / samples_lib.ARTIFACT) as f:  # plain prompts first, then the chat ones
+    texts = [json.loads(line)["text"] for line in f]
+  assert [t.startswith("@CHAT-") for t in texts] == [False, False, False, True, True]
 
 
 def test_chat_samples_keep_the_template_markers_through_the_real_tokenizer(smollm2_gguf):

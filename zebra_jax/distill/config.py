@@ -25,7 +25,8 @@ Fields
   select.*            method ("smart" | "explicit" | "uniform"), calibration batches
   samples.*           teacher-generated training text (the `samples` stage; distill/samples.py):
                       num_samples, prompt_tokens, max_new_tokens, temperature, top_p, top_k,
-                      batch_size, chat_fraction (share of chat-template instruction prompts);
+                      batch_size, chat_fraction (share of chat-template instruction prompts),
+                      chat_temperature (their sampling temperature; None: temperature);
                       used when data.source lists "teacher_samples"
   stages              ordered list of stages to run
 """
@@ -42,24 +43,32 @@ def _stage(steps, lr, batch_size, grad_accum=1, **extra):
                                         grad_accum=grad_accum, **extra))
 
 
+def _unset(kind):
+  """An unset field of a known type: None until given, and `--config.<field>=...` can set it (a
+  plain None default cannot be overridden from the command line by ml_collections)."""
+  return ml_collections.config_dict.placeholder(kind)
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "run"
   c.seed = 0
   c.workdir = ""
   c.teacher = ml_collections.ConfigDict(dict(path="smollm2", dtype="bfloat16", overrides={},
-                                               preset=None))
-  c.kd_teacher = ml_collections.ConfigDict(dict(path=None, dtype="bfloat16", overrides={},
-                                                  preset=None))
+                                               preset=_unset(str)))
+  c.kd_teacher = ml_collections.ConfigDict(dict(path=_unset(str), dtype="bfloat16", overrides={},
+                                                  preset=_unset(str)))
   c.model = ml_collections.ConfigDict(dict(
-      mla_layers=None, n_mla=None, attn_layers=(), kv_lora_rank=None, q_lora_rank=None,
-      qk_rope_head_dim=None, qk_nope_head_dim=None, v_head_dim=None, use_full_kv_head=False,
-      mla_rope_scaling=None, d_state=None, headdim=None, ngroups=None, chunk_size=256,
-      kv_energy_ratio=None, q_energy_ratio=None))
+      mla_layers=_unset(tuple), n_mla=_unset(int), attn_layers=(), kv_lora_rank=_unset(int),
+      q_lora_rank=_unset(int), qk_rope_head_dim=_unset(int), qk_nope_head_dim=_unset(int),
+      v_head_dim=_unset(int), use_full_kv_head=False, mla_rope_scaling=None, d_state=_unset(int),
+      headdim=_unset(int), ngroups=_unset(int), chunk_size=256, kv_energy_ratio=_unset(float),
+      q_energy_ratio=_unset(float)))
   # type_safe=False: data.source is a spec string or a tuple of them (("default", "teacher_samples")).
   c.data = ml_collections.ConfigDict(dict(
       source="default", seq_len=2048, heldout_fraction=0.02, shuffle_seed=42,
-      ild_fraction=0.2, num_shards=0, dpo_path=None, tokenizer=None), type_safe=False)
+      ild_fraction=0.2, num_shards=0, dpo_path=_unset(str), tokenizer=_unset(str)),
+      type_safe=False)
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.train = ml_collections.ConfigDict(dict(
       dtype="bfloat16", param_dtype="float32", warmup_frac=0.01, weight_decay=0.0,
@@ -68,8 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.ild = _stage(1000, 2e-4, 96, loss="l2")
   c.select = ml_collections.ConfigDict(dict(method="smart", calib_batches=4, batch_size=8))
   c.samples = ml_collections.ConfigDict(dict(
-      num_samples=0, prompt_tokens=64, max_new_tokens=960, temperature=1.0, top_p=None,
-      top_k=None, batch_size=256, chat_fraction=0.0))
+      num_samples=0, prompt_tokens=64, max_new_tokens=960, temperature=1.0, top_p=_unset(float),
+      top_k=_unset(int), batch_size=256, chat_fraction=0.0, chat_temperature=_unset(float)))
   c.kd = _stage(1000, 8e-5, 192, kl_weight=1.0, ce_weight=0.0, temperature=1.0)
   c.dpo = _stage(100, 5e-7, 32, beta=0.01, max_len=1024, max_prompt_len=512, warmup_frac=0.1)
   c.stepwise = _stage(1000, 8e-5, 64, kl_weight=1.0, ce_weight=0.0,
@@ -127,6 +136,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
       bad(f"samples.temperature must be positive (sampling, not greedy), got {s.temperature}")
     if not 0.0 <= s.chat_fraction <= 1.0:
       bad(f"samples.chat_fraction must be in [0, 1], got {s.chat_fraction}")
+    ct = s.get("chat_temperature", None)
+    if ct is not None and not ct > 0:
+      bad(f"samples.chat_temperature must be positive or None (= samples.temperature), got {ct}")
     if "teacher_samples" not in srcs:
       bad("stages has 'samples' but data.source does not list 'teacher_samples' to train on them")
     order = list(c.stages)

@@ -10,7 +10,9 @@ construction, the target, at no risk of touching the held-out split. Prompts are
 continued for `samples.max_new_tokens` tokens at `samples.temperature` (1.0 = the teacher's own
 distribution, which is what forward KL asks the student to match). A `samples.chat_fraction` of the
 prompts are instead user messages in the tokenizer's chat template (distill/instructions.py), so an
-instruct teacher's answers, turn markers included, are distilled too.
+instruct teacher's answers, turn markers included, are distilled too; `samples.chat_temperature`
+(None: `samples.temperature`) samples those answers at their own temperature (a small teacher's
+temperature-1 answers drift into invented words).
 
 `data.source` names the generated file with the token "teacher_samples" (e.g.
 `("default", "teacher_samples")`); `resolve_source` swaps in the artifact path. Put real sources
@@ -118,10 +120,12 @@ def make_chat_prompts(tokenizer, num: int, seed: int) -> list[list[int]]:
 def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str, *, batch_size: int,
                      max_new_tokens: int, temperature: float, top_p, top_k, seed: int,
                      process_index: int = 0, process_count: int = 1, log=print,
-                     chat: list[bool] | None = None) -> list[str]:
+                     chat: list[bool] | None = None,
+                     chat_temperature: float | None = None) -> list[str]:
   """Generates this process's batches into part files (skipping existing ones); returns the paths
   of all batches' part files in order. `chat[i]` marks chat-template prompts (kept with their turn
-  markers in the text)."""
+  markers in the text); they are sampled at `chat_temperature` (None: `temperature`), the rows of a
+  batch with one temperature in one `generate` call each."""
   chat = list(chat) if chat is not None else [False] * len(prompts)
   from zebra_jax.infer.decode import generate
 
@@ -136,8 +140,15 @@ def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str,
       continue
     t0 = time.time()
     batch = prompts[b * batch_size:(b + 1) * batch_size]
-    outs = generate(teacher, batch, max_new_tokens, temperature=temperature, top_p=top_p,
-                    top_k=top_k, seed=seed + b)
+    temps = [chat_temperature if chat_temperature is not None and chat[b * batch_size + j]
+             else temperature for j in range(len(batch))]
+    outs = [None] * len(batch)
+    for k, temp in enumerate(sorted(set(temps))):
+      rows = [j for j, t in enumerate(temps) if t == temp]
+      got = generate(teacher, [batch[j] for j in rows], max_new_tokens, temperature=temp,
+                     top_p=top_p, top_k=top_k, seed=seed + b + 1_000_003 * k)
+      for j, o in zip(rows, got):
+        outs[j] = o
     tmp = f"{paths[b]}.tmp{process_index}"
     n_new = 0
     with open(tmp, "w", encoding="utf-8") as f:
@@ -165,18 +176,26 @@ def run_samples(ctx) -> None:
   prompts = make_prompts(ctx.cfg, tokenizer, s.num_samples - n_chat, s.prompt_tokens,
                          ctx.cfg.seed + 7) if s.num_samples > n_chat else []
   chat = [False] * len(prompts)
+  chat_temperature = s.get("chat_temperature", None)
+  if chat_temperature == s.temperature:
+    chat_temperature = None
   if n_chat:
     chat_prompts = make_chat_prompts(tokenizer, n_chat, ctx.cfg.seed + 13)
-    # interleaved in a seeded order, so every batch mixes both kinds (and resumes identically)
     both = prompts + chat_prompts
     kinds = chat + [True] * n_chat
-    order = np.random.default_rng(ctx.cfg.seed + 17).permutation(len(both))
+    if chat_temperature is None:
+      # interleaved in a seeded order, so every batch mixes both kinds (and resumes identically)
+      order = np.random.default_rng(ctx.cfg.seed + 17).permutation(len(both))
+    else:
+      # two temperatures: plain prompts first, then chat prompts, so that every batch but the one
+      # at the boundary is one `generate` call
+      order = np.arange(len(both))
     prompts, chat = [both[i] for i in order], [kinds[i] for i in order]
   paths = generate_samples(
       teacher, tokenizer, prompts, ctx.workdir, batch_size=s.batch_size,
       max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
       seed=ctx.cfg.seed + 11, process_index=jax.process_index(), process_count=jax.process_count(),
-      log=ctx.log, chat=chat)
+      log=ctx.log, chat=chat, chat_temperature=chat_temperature)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("zebra_jax samples: all parts written")
