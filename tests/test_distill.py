@@ -809,8 +809,6 @@ def _rank_batch(pos, rows=8, length=17):
 
 def _worker_ranks(workdir, out):
   import jax
-  from flax import nnx
-  from jax.sharding import PartitionSpec as P
 
   from zebra_jax.parallel import make_mesh
   from zebra_jax.train.metrics import read_metrics
