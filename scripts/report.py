@@ -40,7 +40,10 @@ _ABL = flags.DEFINE_bool("ablations", True, "also run uniform placement and no-I
 _CONTEXTS = flags.DEFINE_list("contexts", ["8192"], "decode-throughput context lengths")
 _DBATCH = flags.DEFINE_integer("decode_batch", 48, "decode-throughput batch size")
 _DSTEPS = flags.DEFINE_integer("decode_steps", 64, "timed decode steps per measurement")
-_SAMPLE = flags.DEFINE_integer("sample_tokens", 64, "greedy tokens per sample prompt")
+_SAMPLE = flags.DEFINE_integer("sample_tokens", 64, "new tokens per sample prompt")
+_STEMP = flags.DEFINE_float("sample_temperature", 0.7, "also show samples drawn at this temperature "
+                            "(with --sample_top_p; 0: greedy samples only)")
+_STOPP = flags.DEFINE_float("sample_top_p", 0.9, "nucleus of the drawn samples")
 _HELDOUT = flags.DEFINE_integer("heldout_limit_tokens", 0, "score only about this many held-out "
                                 "tokens (0: all; for smoke runs)")
 _FULL_ABL = flags.DEFINE_bool("full_eval_ablations", False, "also measure decode speed and samples "
@@ -69,7 +72,9 @@ def main(argv):
   eval_dir = os.path.join(root, "eval")
   kw = dict(seq_len=cfg.data.seq_len, decode_batch=_DBATCH.value,
             contexts=[int(c) for c in _CONTEXTS.value], decode_steps=_DSTEPS.value,
-            sample_tokens=_SAMPLE.value)
+            sample_tokens=_SAMPLE.value,
+            sampling=(dict(temperature=_STEMP.value, top_p=_STOPP.value, seed=0)
+                      if _STEMP.value > 0 else None))
   kinds = {v.name: v for v in variants}
   state = {"models": {}, "summaries": {}}
 

@@ -106,7 +106,13 @@ def test_evaluation_rows(experiment):
   kw = dict(seq_len=cfg.data.seq_len, decode_batch=2, contexts=[16], decode_steps=2,
             sample_tokens=3, prompts=report.PROMPTS[:2])
   t = report.evaluate_model(teacher, teacher, tok, heldout, **kw)
-  s = report.evaluate_model(student, teacher, tok, heldout, **kw)
+  draw = dict(temperature=0.7, top_p=0.9, seed=0)
+  s = report.evaluate_model(student, teacher, tok, heldout, sampling=draw, **kw)
+  assert "sampled" not in t and s["sampled"]["settings"] == draw
+  ids = [report.prompt_ids(tok, p) for p in report.PROMPTS[:2]]
+  from zebra_jax.infer.decode import generate
+  assert [x["completion"] for x in s["sampled"]["samples"]] == [
+      tok.decode(g) for g in generate(student, ids, 3, **draw)]
   assert t["top1"] == 1.0 and abs(t["kl"]) < 1e-6 and t["kv_fraction"] == 1.0
   assert t["perplexity"] == pytest.approx(s["teacher_perplexity"], rel=1e-6)
   # cache formula: an MLA layer caches kv_lora_rank + qk_rope_head_dim values per token, an
@@ -119,6 +125,29 @@ def test_evaluation_rows(experiment):
   assert s["kv_fraction"] == pytest.approx(want)
   assert s["decode"][0]["tokens_per_s"] > 0 and len(s["samples"]) == 2
   assert 0.0 <= s["top1"] <= 1.0 and s["kl"] > 0
+
+
+def test_markdown_shows_greedy_and_drawn_samples_for_every_model():
+  def row(ppl, tag, drawn=True):
+    r = {"perplexity": ppl, "teacher_perplexity": 10.0, "top1": 0.5, "kl": 0.1, "kv_fraction": 0.04,
+         "heldout_tokens": 100, "decode": [], "eval_seconds": 1.0,
+         "samples": [{"prompt": "P1", "completion": f"greedy {tag}"}]}
+    if drawn:
+      r["sampled"] = {"settings": {"temperature": 0.7, "top_p": 0.9, "seed": 0},
+                      "samples": [{"prompt": "P1", "completion": f"drawn {tag}\nline 2"}]}
+    return r
+
+  results = {"environment": {"device": "cpu", "date": "d", "jax": "j", "flax": "f"},
+             "meta": {"command": "c", "decode_batch": 2, "contexts": [16]},
+             "models": {"teacher": row(10.0, "T"), "mla1": row(12.0, "S"),
+                        "ablation": row(13.0, "X", drawn=False)},
+             "variants": {"mla1": {"kind": "main"}, "ablation": {"kind": "ablation"}},
+             "timings": {"train": 1.0}}
+  md = report.markdown(results)
+  greedy, drawn = md.split("Samples drawn with temperature 0.7, top_p 0.9, seed 0")
+  assert "- *teacher*: greedy T" in greedy and "- *mla1*: greedy S" in greedy
+  assert "- *teacher*: drawn T / line 2" in drawn and "- *mla1*: drawn S / line 2" in drawn
+  assert "drawn X" not in md and "greedy X" in greedy
 
 
 def test_write_doc_keeps_prose(tmp_path):

@@ -69,9 +69,11 @@ def _decode(tokenizer, ids) -> str:
 
 def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_batch: int,
                    contexts, decode_steps: int, sample_tokens: int, prompts=PROMPTS,
-                   decode: bool = True, samples: bool = True) -> dict:
+                   decode: bool = True, samples: bool = True, sampling: dict | None = None) -> dict:
   """Every measurement of one model (`model is teacher` for the teacher's own row); decode=False
-  and samples=False leave out the decode-throughput and greedy-sample parts."""
+  and samples=False leave out the decode-throughput and sample parts. Samples are greedy, and
+  also drawn with `sampling` (generate's temperature / top_p / top_k / seed) when given: small
+  models loop under greedy decoding, so both are shown, with the same settings for every model."""
   from zebra_jax import accounting
   from zebra_jax.eval.agreement import teacher_agreement
   from zebra_jax.infer.bench import decode_throughput
@@ -100,6 +102,11 @@ def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_b
     gens = generate(model, ids, sample_tokens, temperature=0.0)
     out["samples"] = [{"prompt": p.get("chat", p.get("text")), "completion": _decode(tokenizer, g)}
                       for p, g in zip(prompts, gens)]
+    if sampling:
+      gens = generate(model, ids, sample_tokens, **sampling)
+      out["sampled"] = {"settings": dict(sampling), "samples": [
+          {"prompt": p.get("chat", p.get("text")), "completion": _decode(tokenizer, g)}
+          for p, g in zip(prompts, gens)]}
   out["eval_seconds"] = round(time.time() - t0, 1)
   return out
 
@@ -168,16 +175,25 @@ def markdown(results: dict) -> str:
     lines.append(f"| {k} | {v:.0f} |")
   lines.append(f"| **total** | **{sum(results['timings'].values()):.0f}** |")
   lines += ["", "Samples (greedy, the same prompts for every model):", ""]
-  for i, s in enumerate(teacher["samples"]):
-    lines.append(f"**Prompt:** {s['prompt']}")
-    lines.append("")
-    for name, row in models.items():
-      if not row.get("samples"):
-        continue
-      text = row["samples"][i]["completion"].strip().replace("\n", " / ")
-      lines.append(f"- *{name}*: {text}")
-    lines.append("")
+  lines += _sample_lines(models, lambda row: row.get("samples"))
+  if "sampled" in teacher:
+    st = teacher["sampled"]["settings"]
+    lines += ["Samples drawn with " + ", ".join(f"{k} {v}" for k, v in st.items())
+              + " (the same settings and seed for every model):", ""]
+    lines += _sample_lines(models, lambda row: row.get("sampled", {}).get("samples"))
   return "\n".join(lines)
+
+
+def _sample_lines(models: dict, get) -> list[str]:
+  lines = []
+  first = next(iter(models.values()))
+  for i, s in enumerate(get(first) or []):
+    lines += [f"**Prompt:** {s['prompt']}", ""]
+    for name, row in models.items():
+      if get(row):
+        lines.append(f"- *{name}*: {get(row)[i]['completion'].strip().replace(chr(10), ' / ')}")
+    lines.append("")
+  return lines
 
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
