@@ -136,9 +136,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
       bad(f"samples.temperature must be positive (sampling, not greedy), got {s.temperature}")
     if not 0.0 <= s.chat_fraction <= 1.0:
       bad(f"samples.chat_fraction must be in [0, 1], got {s.chat_fraction}")
-    ct = s.get("chat_temperature", None)
-    if ct is not None and not ct > 0:
-      bad(f"samples.chat_temperature must be positive or None (= samples.temperature), got {ct}")
+    if s.chat_temperature is not None and not s.chat_temperature > 0:
+      bad(f"samples.chat_temperature must be positive or None (= samples.temperature), "
+          f"got {s.chat_temperature}")
     if "teacher_samples" not in srcs:
       bad("stages has 'samples' but data.source does not list 'teacher_samples' to train on them")
     order = list(c.stages)

@@ -176,9 +176,7 @@ def run_samples(ctx) -> None:
   prompts = make_prompts(ctx.cfg, tokenizer, s.num_samples - n_chat, s.prompt_tokens,
                          ctx.cfg.seed + 7) if s.num_samples > n_chat else []
   chat = [False] * len(prompts)
-  chat_temperature = s.get("chat_temperature", None)
-  if chat_temperature == s.temperature:
-    chat_temperature = None
+  chat_temperature = None if s.chat_temperature == s.temperature else s.chat_temperature
   if n_chat:
     chat_prompts = make_chat_prompts(tokenizer, n_chat, ctx.cfg.seed + 13)
     both = prompts + chat_prompts

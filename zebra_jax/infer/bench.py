@@ -237,6 +237,19 @@ def markdown(results, meta) -> str:
   return "\n".join(lines)
 
 
+def write_report(md: str, meta: dict, results, *, json_path=None, append_path=None) -> str:
+  """The benchmarks' common ending: {meta, results} as JSON, the markdown section appended to a
+  file (docs/benchmarks.md is append-only) and printed."""
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump({"meta": meta, "results": results}, f, indent=1)
+  if append_path:
+    with open(append_path, "a") as f:
+      f.write("\n" + md)
+  print(md)
+  return md
+
+
 def main(argv=None) -> str:
   p = argparse.ArgumentParser(prog="bench.py generate", description=__doc__.splitlines()[0])
   p.add_argument("--size", default="1b", choices=sorted(SIZES))
@@ -306,12 +319,5 @@ def main(argv=None) -> str:
           "argv": " ".join(argv or []),
           "mesh_note": "" if mesh is None else
           f" x {n_dev}, mesh data x fsdp x tensor = {'x'.join(map(str, mesh.devices.shape))}"}
-  md = markdown(results, meta)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"meta": meta, "results": results}, f, indent=1)
-  if args.append:
-    with open(args.append, "a") as f:
-      f.write("\n" + md)
-  print(md)
-  return md
+  return write_report(markdown(results, meta), meta, results, json_path=args.json,
+                      append_path=args.append)

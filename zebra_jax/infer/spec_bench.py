@@ -240,7 +240,6 @@ def main(argv=None) -> str:
   eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
   bench_prompts = [prompt_ids(tok, q) for q in PROMPTS]
 
-  rows_NT = mask_NT = None
   if args.draft_steps > 0:  # the target answers instruction prompts: the draft's training text
     t0 = time.perf_counter()
     prompts = make_chat_prompts(tok, args.train_prompts, seed=1234)
@@ -256,7 +255,7 @@ def main(argv=None) -> str:
     held_NT, held_mask = rows_NT[-32:], mask_NT[-32:]  # KL measured on rows not trained on
     rows_NT, mask_NT = rows_NT[:-32], mask_NT[:-32]
 
-  sections, record = [], []
+  record = []
   for n_layers in [int(x) for x in args.draft_layers.split(",") if x]:
     draft = truncated_draft(target, n_layers)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(draft, nnx.Param)))
@@ -281,18 +280,11 @@ def main(argv=None) -> str:
       by_batch[b] = speculative_bench(target, draft, prompts, args.max_new,
                                       k_values=[int(k) for k in args.k.split(",")],
                                       repeats=args.repeats)
-    sections.append({"draft": desc, "by_batch": by_batch})
     record.append({"draft_layers": n_layers, "draft": desc, "by_batch": by_batch})
   meta = {"target": "SmolLM2-135M-Instruct" if args.target == "smollm2" else args.target,
           "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
           "date": datetime.date.today().isoformat(), "jax": jax.__version__, "dtype": args.dtype,
           "max_new": args.max_new, "n_prompts": len(bench_prompts), "argv": " ".join(argv or [])}
-  md = markdown(sections, meta)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"meta": meta, "results": record}, f, indent=1)
-  if args.append:
-    with open(args.append, "a") as f:
-      f.write("\n" + md)
-  print(md)
-  return md
+  from zebra_jax.infer.bench import write_report
+  return write_report(markdown(record, meta), meta, record, json_path=args.json,
+                      append_path=args.append)
