@@ -148,23 +148,26 @@ def markdown(results: dict) -> str:
            f"flax {env['flax']}, orbax {env.get('orbax', '?')}). Held-out set: "
            f"{teacher['heldout_tokens']:,} tokens of real text never trained on. Decode: batch "
            f"{meta['decode_batch']}, greedy, tokens/s at each context.", ""]
-  head = ("| model | kind | layers (M=MLA, s=Mamba2) | KV cache vs teacher | held-out ppl | ppl vs "
-          "teacher | top-1 agreement | KL (nats) | " + " | ".join(
-              f"decode tok/s @{c}" for c in ctxs) + " | speed-up @" + str(ctxs[-1]) + " |")
-  lines += [head, "|" + " --- |" * (8 + len(ctxs) + 1)]
-  t_last = _decode_at(teacher, ctxs[-1])
+  # `--contexts ''` (quality only) leaves out the decode columns
+  speed_cols = [f"decode tok/s @{c}" for c in ctxs] + ([f"speed-up @{ctxs[-1]}"] if ctxs else [])
+  head = "| " + " | ".join(["model", "kind", "layers (M=MLA, s=Mamba2)", "KV cache vs teacher",
+                             "held-out ppl", "ppl vs teacher", "top-1 agreement", "KL (nats)"]
+                            + speed_cols) + " |"
+  lines += [head, "|" + " --- |" * (8 + len(speed_cols))]
+  t_last = _decode_at(teacher, ctxs[-1]) if ctxs else None
   for name, row in models.items():
     kind = "teacher" if name == "teacher" else results["variants"].get(name, {}).get("kind", "?")
-    speed = _decode_at(row, ctxs[-1])
     rel = "-" if name == "teacher" else f"{100 * (row['perplexity'] / tppl - 1):+.1f}%"
-    lines.append(
-        f"| {name} | {kind} | `{row.get('layer_types', 'A' * 0) or 'all attention'}` | "
-        f"{100 * row['kv_fraction']:.2f}% | {_fmt(row['perplexity'])} | {rel} | "
-        f"{'-' if name == 'teacher' else _fmt(100 * row['top1'], '.1f') + '%'} | "
-        f"{'-' if name == 'teacher' else _fmt(row['kl'], '.3f')} | "
-        + " | ".join(_fmt(_decode_at(row, c), ",.0f") for c in ctxs)
-        + f" | {'-' if name == 'teacher' or not (speed and t_last) else f'{speed / t_last:.2f}x'} |")
-  if any(not row.get("decode") for n, row in models.items() if n != "teacher"):
+    cells = [name, kind, f"`{row.get('layer_types', 'A' * 0) or 'all attention'}`",
+             f"{100 * row['kv_fraction']:.2f}%", _fmt(row["perplexity"]), rel,
+             "-" if name == "teacher" else _fmt(100 * row["top1"], ".1f") + "%",
+             "-" if name == "teacher" else _fmt(row["kl"], ".3f")]
+    cells += [_fmt(_decode_at(row, c), ",.0f") for c in ctxs]
+    if ctxs:
+      speed = _decode_at(row, ctxs[-1])
+      cells.append("-" if name == "teacher" or not (speed and t_last) else f"{speed / t_last:.2f}x")
+    lines.append("| " + " | ".join(cells) + " |")
+  if ctxs and any(not row.get("decode") for n, row in models.items() if n != "teacher"):
     lines += ["", "Rows without decode numbers (ablations) have the same layer mix, hence the same "
               "decode cost, as their main variant; they are scored for quality only."]
   if not meta.get("complete", True):
