@@ -150,6 +150,26 @@ def test_markdown_shows_greedy_and_drawn_samples_for_every_model():
   assert "drawn X" not in md and "greedy X" in greedy
 
 
+def test_markdown_without_decode_contexts_is_a_quality_only_table():
+  """`--contexts ''` (quality only, e.g. a learning-rate sweep): no decode or speed-up columns,
+  and every row has as many cells as the header (the first version indexed contexts[-1])."""
+  def row(ppl):
+    return {"perplexity": ppl, "teacher_perplexity": 10.0, "top1": 0.5, "kl": 0.1,
+            "kv_fraction": 0.04, "heldout_tokens": 100, "decode": [], "eval_seconds": 1.0,
+            "samples": []}
+
+  results = {"environment": {"device": "cpu", "date": "d", "jax": "j", "flax": "f"},
+             "meta": {"command": "c", "decode_batch": 2, "contexts": []},
+             "models": {"teacher": row(10.0), "mla1": row(12.5)},
+             "variants": {"mla1": {"kind": "main"}}, "timings": {"train": 1.0}}
+  md = report.markdown(results)
+  table = [line for line in md.splitlines() if line.startswith("| ") and "held-out ppl" in line
+           or line.startswith("| teacher |") or line.startswith("| mla1 |")]
+  assert len(table) == 3 and "decode" not in table[0] and "speed-up" not in table[0]
+  assert {line.count("|") for line in table} == {9}
+  assert "| 12.50 | +25.0% |" in table[2]
+
+
 def test_write_doc_keeps_prose(tmp_path):
   doc = tmp_path / "results.md"
   doc.write_text(f"# R\n\nintro\n\n{report.BEGIN}\nold\n{report.END}\n\noutro\n")
