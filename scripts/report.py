@@ -37,7 +37,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "python config file wi
 _ROOT = flags.DEFINE_string("root", None, "experiment directory (default: workdir/<name>_report)")
 _BUDGETS = flags.DEFINE_list("budgets", None, "MLA layer budgets (default: the config's model.n_mla)")
 _ABL = flags.DEFINE_bool("ablations", True, "also run uniform placement and no-ILD at the first budget")
-_CONTEXTS = flags.DEFINE_list("contexts", ["8192"], "decode-throughput context lengths")
+_CONTEXTS = flags.DEFINE_list("contexts", ["8192"], "decode-throughput context lengths ('': "
+                               "none, quality only)")
 _DBATCH = flags.DEFINE_integer("decode_batch", 48, "decode-throughput batch size")
 _DSTEPS = flags.DEFINE_integer("decode_steps", 64, "timed decode steps per measurement")
 _SAMPLE = flags.DEFINE_integer("sample_tokens", 64, "new tokens per sample prompt")
@@ -51,6 +52,9 @@ _FULL_ABL = flags.DEFINE_bool("full_eval_ablations", False, "also measure decode
 _DTYPE = flags.DEFINE_string("eval_dtype", "bfloat16", "compute dtype of the evaluated models")
 _DOC = flags.DEFINE_string("doc", None, "markdown file whose generated results block to replace")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "disable progress bars")
+_SHARED_FROM = flags.DEFINE_string("shared_from", None, "another report root whose finished shared "
+                                   "stages (teacher, samples, ILD) to link instead of running them; "
+                                   "refused if made with other settings for those stages")
 
 
 def main(argv):
@@ -111,13 +115,15 @@ def main(argv):
 
   def write():
     models, summaries = state["models"], state["summaries"]
-    timings = {f"train {n}": s["wall_time_s"] for n, s in summaries.items()}
+    timings = {(f"train {n} (linked from {_SHARED_FROM.value})" if n == "shared" and _SHARED_FROM.value
+                else f"train {n}"): s["wall_time_s"] for n, s in summaries.items()}
     timings.update({f"eval {n}": m["eval_seconds"] for n, m in models.items()})
     results = {
         "environment": report.environment(),
         "meta": {"command": command, "root": root, "budgets": [int(b) for b in budgets],
                  "decode_batch": _DBATCH.value, "contexts": kw["contexts"],
                  "config": cfg.name, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "shared_from": _SHARED_FROM.value,
                  "complete": all(v.name in models for v in variants)},
         "variants": {v.name: {"kind": v.kind, "budget": v.budget, "placement": v.placement,
                               "ild": v.ild, "mla_layers": summaries[v.name].get("mla_layers"),
@@ -140,7 +146,8 @@ def main(argv):
       evaluate(name, os.path.join(root, name, "kd", "model"))
 
   with exit_codes():
-    run_experiment(cfg, root, variants, progress=not _NO_PROGRESS.value, after_each=after)
+    run_experiment(cfg, root, variants, progress=not _NO_PROGRESS.value, after_each=after,
+                   shared_from=_SHARED_FROM.value)
   print(state["md"])
 
 

@@ -15,7 +15,8 @@ from flax import nnx
 
 from zebra_jax.convert.orbax_io import load_model
 from zebra_jax.data import ByteTokenizer
-from zebra_jax.distill.experiment import Variant, plan, run_experiment, variant_config
+from zebra_jax.distill.experiment import (Variant, plan, run_experiment, shared_settings_diff,
+                                         variant_config)
 from zebra_jax.distill.select import uniform_placement
 from zebra_jax.eval import report
 from zebra_jax.init import init_hybrid
@@ -64,6 +65,46 @@ def test_shared_stages_run_once_and_are_linked(experiment):
       assert not os.path.exists(wd / "ild_mla")
     ran = [s for s, _ in summaries[v.name]["stages_run"]]
     assert ran == ["select", "assemble", "kd"], (v.name, ran)
+
+
+def test_shared_from_links_a_finished_root_and_refuses_other_settings(experiment, tmp_path):
+  """A KD sweep: a second root borrows the first one's shared stages (nothing there reruns or
+  changes) and runs only select / assemble / kd with its own KD settings; a config that differs
+  in a setting the shared stages read (ild.lr) is refused before anything is created."""
+  cfg, root, _, _ = experiment
+  shared = root / "shared"
+  before = {p: os.path.getmtime(p) for p in shared.rglob("*") if p.is_file()}
+  sweep = _tiny()
+  sweep.kd.lr = cfg.kd.lr * 3
+  out = run_experiment(sweep, str(tmp_path / "lr3x"), plan([2], ablations=False), progress=False,
+                       shared_from=str(root))
+  assert os.path.islink(tmp_path / "lr3x" / "shared")
+  assert os.path.realpath(tmp_path / "lr3x" / "shared") == str(shared)
+  assert [s for s, _ in out["mla2_smart"]["stages_run"]] == ["select", "assemble", "kd"]
+  assert (tmp_path / "lr3x" / "mla2_smart" / "kd" / "model").exists()
+  assert {p: os.path.getmtime(p) for p in shared.rglob("*") if p.is_file()} == before
+
+  other = _tiny()
+  other.ild.lr = cfg.ild.lr * 2
+  with pytest.raises(ValueError, match=r"ild\.lr"):
+    run_experiment(other, str(tmp_path / "bad"), plan([2], ablations=False), progress=False,
+                   shared_from=str(root))
+  assert not os.path.lexists(tmp_path / "bad" / "shared")
+  with pytest.raises(FileNotFoundError, match="not finished"):
+    run_experiment(sweep, str(tmp_path / "c"), plan([2], ablations=False), progress=False,
+                   shared_from=str(tmp_path / "nothing_here"))
+
+
+def test_shared_settings_diff_ignores_only_what_the_shared_stages_never_read():
+  a = {"name": "x", "kd": {"lr": 1.0}, "model": {"n_mla": 9, "kv_lora_rank": 16},
+       "samples": {"temperature": 1.0}, "select": {"method": "smart"}}
+  b = {"name": "y", "kd": {"lr": 2.0}, "model": {"n_mla": 4, "kv_lora_rank": 16},
+       "samples": {"temperature": 1.0}, "select": {"method": "uniform"}}
+  assert shared_settings_diff(a, b) == []
+  b["samples"]["temperature"] = 0.7
+  b["model"]["kv_lora_rank"] = 32
+  assert shared_settings_diff(a, b) == ["model.kv_lora_rank: 16 != 32",
+                                        "samples.temperature: 1.0 != 0.7"]
 
 
 def test_placements(experiment):

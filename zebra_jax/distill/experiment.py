@@ -12,6 +12,10 @@ only what differs (select, assemble, kd):
                                (ablation; X-EcoMLA's recipe: init then KD)
 
 Every piece is a `run_pipeline` call, so a killed run resumes where it stopped when rerun.
+
+`shared_from=<another root>` links `<root>/shared` to that root's finished shared stages instead of
+running them (a sweep over KD settings pays for the teacher samples and ILD once); it refuses a
+source made with different settings for anything those stages read (`shared_settings_diff`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ import json
 import os
 
 SHARED_STAGES = ("teacher", "samples", "ild_mla", "ild_mamba")
+# Config fields the shared stages never read (flattened names; a prefix covers its section): two
+# configs that differ only here can share one <root>/shared. The ILD students are all-MLA and
+# all-Mamba2, so the budget and placement are not read either.
+NOT_READ_BY_SHARED = ("name", "workdir", "stages", "select", "kd", "kd_teacher", "dpo", "stepwise",
+                      "model.n_mla", "model.mla_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +108,67 @@ def link_shared(root: str, workdir: str, stages) -> None:
     os.symlink(target, dst)
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def shared_settings_diff(cfg_a: dict, cfg_b: dict) -> list[str]:
+  """The fields read by the shared stages on which two run configs (as JSON dicts) differ, e.g.
+  ["ild.lr: 0.0002 != 0.001"]; empty when one root's shared stages can serve the other."""
+  a, b = _flatten(cfg_a), _flatten(cfg_b)
+  skip = lambda k: any(k == n or k.startswith(n + ".") for n in NOT_READ_BY_SHARED)
+  return [f"{k}: {a.get(k, '<missing>')!r} != {b.get(k, '<missing>')!r}"
+          for k in sorted(set(a) | set(b)) if not skip(k) and a.get(k) != b.get(k)]
+
+
+def borrow_shared(cfg, root: str, source_root: str) -> dict:
+  """Links <root>/shared -> <source_root>/shared after checking that the source's shared stages
+  are all finished and were made with the same shared settings; returns the source's summary.
+  Raises (creating nothing) otherwise."""
+  from zebra_jax.distill import stages
+  from zebra_jax.distill.context import RunContext
+
+  root, src = os.path.abspath(root), os.path.abspath(os.path.join(source_root, "shared"))
+  if src == os.path.join(root, "shared"):
+    raise ValueError(f"shared_from={source_root!r} is this experiment's own root")
+  ctx = RunContext(shared_config(cfg), src, progress=False)
+  missing = [s for s in _shared_stages(cfg) if not os.path.exists(stages.artifact(ctx, s))]
+  if missing:
+    raise FileNotFoundError(f"{src}: shared stages {missing} are not finished; run that "
+                            "experiment first (or drop shared_from)")
+  with open(os.path.join(src, "config.json")) as f:
+    theirs = json.load(f)
+  diff = shared_settings_diff(json.loads(cfg.to_json()), theirs)
+  if diff:
+    raise ValueError(f"{src} was made with other settings for the shared stages (this config != "
+                     f"that one): {'; '.join(diff)}")
+  dst = os.path.join(root, "shared")
+  if os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src):
+    pass
+  elif os.path.lexists(dst):
+    raise FileExistsError(f"{dst} exists and is not a link to {src}; use another root")
+  else:
+    os.makedirs(root, exist_ok=True)
+    os.symlink(src, dst)
+  with open(os.path.join(src, "summary.json")) as f:
+    return json.load(f)
+
+
 def placement(workdir: str) -> list[int]:
   with open(os.path.join(workdir, "select", "placement.json")) as f:
     return list(json.load(f)["mla_layers"])
 
 
 def run_experiment(cfg, root: str, variants: list[Variant], *, progress: bool = True,
-                   log=print, after_each=None) -> dict:
+                   log=print, after_each=None, shared_from: str | None = None) -> dict:
   """Runs the shared stages and every variant; returns {variant name: its summary} plus "shared".
+  With `shared_from`, the shared stages of that root are linked instead (module docstring).
 
   `after_each(name, summary)`, if given, is called once the shared stages ("shared") and then each
   variant are done (scripts/report.py evaluates each model there, before the next one trains)."""
@@ -126,11 +188,16 @@ def run_experiment(cfg, root: str, variants: list[Variant], *, progress: bool = 
     vcfg = variant_config(cfg, v, smart_layers=stand_in)
     validate(vcfg)
     preflight(RunContext(vcfg, os.path.join(root, v.name), progress=False))
-  os.makedirs(root, exist_ok=True)
   summaries = {}
-  log(f"[experiment] shared stages {list(_shared_stages(cfg))} in {root}/shared")
-  summaries["shared"] = run_pipeline(shared_config(cfg), os.path.join(root, "shared"),
-                                     progress=progress)
+  if shared_from:
+    summaries["shared"] = borrow_shared(cfg, root, shared_from)
+    log(f"[experiment] shared stages {list(_shared_stages(cfg))} linked from "
+        f"{os.path.realpath(os.path.join(root, 'shared'))}")
+  else:
+    os.makedirs(root, exist_ok=True)
+    log(f"[experiment] shared stages {list(_shared_stages(cfg))} in {root}/shared")
+    summaries["shared"] = run_pipeline(shared_config(cfg), os.path.join(root, "shared"),
+                                       progress=progress)
   if after_each is not None:
     after_each("shared", summaries["shared"])
   smart = {}
