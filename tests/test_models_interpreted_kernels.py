@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from test_models_gpu import BASE, grads, rel  # the GPU test's model and helpers
+
 from kernels_pallas.attention import flash_gpu
 from kernels_pallas.ssd import api as ssd_api
 from kernels_pallas.ssd.gpu import gpu_supports
@@ -27,13 +29,6 @@ from zebra_jax.config import HybridConfig
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.ops import attention as ops_attention
 from zebra_jax.ops import ssd as ops_ssd
-
-# The GPU test's model: head sizes every GPU kernel takes (MLA qk 96 / v 64; Mamba2 headdim 64,
-# dstate 64, chunk 64; GQA head 64).
-BASE = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, mla_layers=(0,), attn_layers=(3,),
-            q_lora_rank=64, kv_lora_rank=64, qk_rope_head_dim=32, qk_nope_head_dim=64,
-            v_head_dim=64, d_state=64, headdim=64, chunk_size=64, eos_token_id=None)
 
 
 @pytest.fixture
@@ -61,18 +56,6 @@ def gpu_kernels_on_cpu(monkeypatch):
   monkeypatch.setitem(ops_attention._KERNELS, ("pallas", "cpu"),
                       ops_attention.AttentionKernel(attention, flash_gpu.supports))
   return calls
-
-
-def rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def grads(model, tokens):
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  loss = lambda p: jnp.mean(jax.nn.logsumexp(
-      nnx.merge(graphdef, p, rest)(tokens).astype(jnp.float32), axis=-1))
-  return jax.tree.leaves(jax.grad(loss)(params))
 
 
 def test_float32_hybrid_with_interpreted_gpu_kernels_matches_reference(gpu_kernels_on_cpu):
