@@ -59,12 +59,13 @@ def _param_tree(model: nnx.Module) -> dict:
   return tree
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+def flatten_dotted(tree: dict, prefix: str = "") -> dict[str, object]:
+  """{"a": {"b": 1}} -> {"a.b": 1} (checkpoint trees here; run configs in distill/experiment.py)."""
   out = {}
   for k, v in tree.items():
     key = f"{prefix}.{k}" if prefix else k
     if isinstance(v, dict):
-      out.update(_flatten(v, key))
+      out.update(flatten_dotted(v, key))
     else:
       out[key] = v
   return out
@@ -194,7 +195,7 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
       if not isinstance(tree_meta, Mapping):
         raise CheckpointError(f"{params_dir}: the Orbax checkpoint metadata is missing or unreadable "
                               "(corrupted or incomplete checkpoint)")
-      saved = {k: tuple(v.shape) for k, v in _flatten(dict(tree_meta)).items()}
+      saved = {k: tuple(v.shape) for k, v in flatten_dotted(dict(tree_meta)).items()}
       problems = [f"missing {k}" for k in sorted(set(expected) - set(saved))]
       problems += [f"unexpected {k}" for k in sorted(set(saved) - set(expected))]
       problems += [f"{k}: saved shape {saved[k]}, config needs {tuple(expected[k].shape)}"
@@ -209,7 +210,7 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
     raise CheckpointError(f"{params_dir}: cannot restore the Orbax checkpoint (corrupted or "
                           f"incomplete?): {type(e).__name__}: {msg[0] if msg else ''}") from e
 
-  values = _flatten(restored)
+  values = flatten_dotted(restored)
   if dtype is not None or param_dtype is not None or impl is not None:
     new_dtype = dtype or config.dtype
     new = config.replace(dtype=new_dtype, param_dtype=param_dtype or dtype or config.param_dtype,

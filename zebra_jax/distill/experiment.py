@@ -108,20 +108,12 @@ def link_shared(root: str, workdir: str, stages) -> None:
     os.symlink(target, dst)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def shared_settings_diff(cfg_a: dict, cfg_b: dict) -> list[str]:
   """The fields read by the shared stages on which two run configs (as JSON dicts) differ, e.g.
   ["ild.lr: 0.0002 != 0.001"]; empty when one root's shared stages can serve the other."""
-  a, b = _flatten(cfg_a), _flatten(cfg_b)
+  from zebra_jax.convert.orbax_io import flatten_dotted
+
+  a, b = flatten_dotted(cfg_a), flatten_dotted(cfg_b)
   skip = lambda k: any(k == n or k.startswith(n + ".") for n in NOT_READ_BY_SHARED)
   return [f"{k}: {a.get(k, '<missing>')!r} != {b.get(k, '<missing>')!r}"
           for k in sorted(set(a) | set(b)) if not skip(k) and a.get(k) != b.get(k)]
@@ -149,11 +141,9 @@ def borrow_shared(cfg, root: str, source_root: str) -> dict:
     raise ValueError(f"{src} was made with other settings for the shared stages (this config != "
                      f"that one): {'; '.join(diff)}")
   dst = os.path.join(root, "shared")
-  if os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src):
-    pass
-  elif os.path.lexists(dst):
-    raise FileExistsError(f"{dst} exists and is not a link to {src}; use another root")
-  else:
+  if not (os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src)):
+    if os.path.lexists(dst):
+      raise FileExistsError(f"{dst} exists and is not a link to {src}; use another root")
     os.makedirs(root, exist_ok=True)
     os.symlink(src, dst)
   with open(os.path.join(src, "summary.json")) as f:

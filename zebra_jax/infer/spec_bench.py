@@ -140,7 +140,7 @@ def agreeing_prefix(outs, refs) -> float:
   total = agree = 0
   for o, r in zip(outs, refs):
     n = next((i for i, (a, b) in enumerate(zip(o, r)) if a != b), min(len(o), len(r)))
-    agree, total = agree + (n if list(o) != list(r) else len(r)), total + len(r)
+    agree, total = agree + n, total + len(r)
   return agree / max(total, 1)
 
 
