@@ -11,7 +11,7 @@ which the SMART-vs-uniform ablation means something. MLA ranks are X-EcoMLA's
 SmolLM-135M setting (kv_lora_rank 16, q_lora_rank 400, rope/nope/v 32/32/64): 48 cached values per
 token and MLA layer against the teacher's 384 per layer.
 
-Hardware: one GPU (H100: 22 minutes for scripts/report.py with both budgets, both ablations and the
+Hardware: one GPU (H100: 23 minutes for scripts/report.py with both budgets, both ablations and the
 evaluation, measured; docs/results.md) or a CPU for a smoke run
 with e.g. `--config.samples.num_samples=4 --config.samples.max_new_tokens=16 --config.ild.steps=5
 --config.kd.steps=5 --config.data.seq_len=256`. Teacher: the SmolLM2 GGUF from the PyPI wheel
