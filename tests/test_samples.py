@@ -148,7 +148,7 @@ def test_chat_fraction_mixes_chat_prompts_into_the_samples(tmp_path, monkeypatch
   cfg = _tiny_config()
   cfg.samples.update(num_samples=5, chat_fraction=0.4)   # round(5 * 0.4) = 2 chat prompts
   marks = [list(b"@CHAT-A@"), list(b"@CHAT-B@")]
-  monkeypatch.setattr(samples_lib, "make_chat_prompts", lambda tok, n, seed: marks[:n])
+  monkeypatch.setattr(samples_lib, "make_chat_prompts", lambda tok, n, seed, *rest: marks[:n])
   run_pipeline(cfg, str(tmp_path), progress=False)
   with open(tmp_path / samples_lib.ARTIFACT) as f:
     texts = [json.loads(line)["text"] for line in f]
@@ -161,7 +161,7 @@ def test_chat_temperature_samples_chat_prompts_at_their_own_temperature(tmp_path
   cfg = _tiny_config()
   cfg.samples.update(num_samples=5, chat_fraction=0.4, temperature=1.0, chat_temperature=0.25)
   marks = [list(b"@CHAT-A@"), list(b"@CHAT-B@")]
-  monkeypatch.setattr(samples_lib, "make_chat_prompts", lambda tok, n, seed: marks[:n])
+  monkeypatch.setattr(samples_lib, "make_chat_prompts", lambda tok, n, seed, *rest: marks[:n])
   calls, real = [], decode_lib.generate
 
   def spy(model, prompts, n, **kw):
@@ -190,3 +190,38 @@ def test_chat_samples_keep_the_template_markers_through_the_real_tokenizer(smoll
   assert [int(i) for i in tok.encode(text, add_special_tokens=False)] == ids
   plain = samples_lib._decode(tok, ids, keep_special=False)
   assert "<|im_start|>" not in plain
+
+
+def test_passage_prompts_wrap_a_passage_of_a_training_document():
+  from zebra_jax.distill.instructions import PASSAGE_TEMPLATES, cut_passage, passage_prompts
+  docs = [("Paragraph %d of document %d. " % (p, d)) * 12 + "\n\n" for d in range(5) for p in range(4)]
+  docs = ["".join(docs[i:i + 4]) for i in range(0, 20, 4)] + [{"messages": []}, "too short"]
+  out = passage_prompts(docs, 40, seed=3)
+  assert out == passage_prompts(docs, 40, seed=3) and out != passage_prompts(docs, 40, seed=4)
+  used = set()
+  for msg in out:
+    tpl = next(t for t in PASSAGE_TEMPLATES
+               if msg.startswith(t.split("{p}")[0]) and msg.endswith(t.split("{p}")[1]))
+    used.add(tpl)
+    head, tail = tpl.split("{p}")
+    passage = msg[len(head):len(msg) - len(tail)]
+    assert 300 <= len(passage) <= 1200 and any(passage in d for d in docs if isinstance(d, str))
+  assert len(used) >= 5  # the tasks vary
+  assert cut_passage("short", np.random.default_rng(0)) == ""
+  with pytest.raises(ValueError, match="at least 300 characters"):
+    passage_prompts(["tiny"], 1, seed=0)
+
+
+def test_passage_fraction_builds_chat_prompts_from_train_documents_only(tmp_path):
+  cfg = _tiny_config()
+  cfg.samples.passage_fraction = 1.0
+  docs = samples_lib.train_documents(cfg)
+  corpus = default_corpus()
+  held = set(split_indices(len(corpus), "heldout", cfg.data.heldout_fraction))
+  assert len(docs) == len(corpus) - len(held) and all(corpus[i] not in docs for i in held)
+  ids = samples_lib.make_chat_prompts(ByteTokenizer(), 6, seed=0, documents=docs,
+                                      passage_fraction=0.5)
+  texts = [ByteTokenizer().decode(i) for i in ids]
+  from_docs = [t for t in texts if any(line and line in d for d in docs
+                                       for line in t.split("\n")[2:3] if len(line) > 40)]
+  assert len(texts) == 6 and len(from_docs) >= 1

@@ -344,3 +344,36 @@ def test_update_that_overflows_the_parameters_is_never_checkpointed(tmp_path):
     run(tmp_path, "stage", model(), sp, Batches(4))
   ckdir = tmp_path / "stage" / "checkpoints"
   assert not os.path.exists(ckdir) or _checkpoint_steps(ckdir) == []
+
+
+def test_kd_freeze_groups_train_only_the_named_complement(tmp_path):
+  """kd.freeze=("embed", "mlp"): the recipe's KD trains mixers and norms only (MambaInLlama keeps
+  the MLPs); every parameter lands in exactly one group, judged by its path here, independently."""
+  from zebra_jax.distill.stages import frozen_filter, param_group
+  m = model()
+  init = params_np(m)
+  expect = {k: ("embed" if k.startswith(("embed_tokens", "lm_head")) else "mlp" if ".mlp." in k
+                else "mixer" if ".mixer." in k else "norm") for k in init}
+  got = {".".join(map(str, p)): param_group(p)
+         for p, _ in nnx.to_flat_state(nnx.state(m, nnx.Param))}
+  assert got == expect and set(expect.values()) == {"embed", "mlp", "mixer", "norm"}
+  run(tmp_path, "kd_freeze", m, spec(steps=2), Batches(4), trainable=frozen_filter(("embed", "mlp")))
+  after = params_np(m)
+  for k, group in expect.items():
+    assert np.array_equal(after[k], init[k]) == (group in ("embed", "mlp")), (k, group)
+  with pytest.raises(ValueError, match="unknown parameter group"):
+    frozen_filter(("mlps",))
+
+
+def test_kd_freeze_config_is_validated():
+  from zebra_jax.distill.config import RunConfigError, base_config, validate
+  c = base_config()
+  c.model.n_mla = 1
+  c.kd.freeze = ("embed", "attention")
+  with pytest.raises(RunConfigError, match="kd.freeze: unknown parameter group"):
+    validate(c)
+  c.kd.freeze = ("embed", "mlp", "norm", "mixer")
+  with pytest.raises(RunConfigError, match="nothing would train"):
+    validate(c)
+  c.kd.freeze = ("embed", "mlp")
+  validate(c)

@@ -296,12 +296,7 @@ def stage_plans(cfg) -> list[StagePlan]:
       for phase, attn_layers in enumerate(sw.schedule):
         s = student((), attn_layers)
 
-        def trainable(path, _var, freeze_mlp=sw.freeze_mlp):  # as stages.run_stepwise
-          names = list(map(str, path))
-          if "embed_tokens" in names or "lm_head" in names:
-            return False
-          return not (freeze_mlp and "mlp" in names)
-
+        trainable = stages.frozen_filter(("embed", "mlp") if sw.freeze_mlp else ("embed",))
         spec = _spec(cfg, sw, T)
         plans.append(StagePlan(f"stepwise_{phase}", s, {"teacher": ild_teacher},
                                stages.kd_loss_fn(sw.kl_weight, sw.ce_weight, 1.0), trainable, spec,
@@ -320,7 +315,8 @@ def stage_plans(cfg) -> list[StagePlan]:
       k = cfg.kd
       spec = _spec(cfg, k, T)
       plans.append(StagePlan("kd", s, {"teacher": tcfg},
-                             stages.kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature), None, spec,
+                             stages.kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature),
+                             stages.frozen_filter(k.freeze), spec,
                              _tokens(spec, T), notes=notes + extra + tnote))
       final_student = s
     elif name == "dpo":

@@ -21,12 +21,15 @@ Fields
                       0: one per process), dpo_path, tokenizer
   mesh.data/fsdp/tensor
   train.*             defaults shared by all training stages (dtype, clip, warmup, logging, ckpt)
-  ild/kd/dpo/stepwise.*  per-stage steps, lr, batch_size, grad_accum (+ stage-specific fields)
+  ild/kd/dpo/stepwise.*  per-stage steps, lr, batch_size, grad_accum (+ stage-specific fields;
+                      kd.freeze: parameter groups KD does not train, of embed / mlp / norm / mixer)
   select.*            method ("smart" | "explicit" | "uniform"), calibration batches
   samples.*           teacher-generated training text (the `samples` stage; distill/samples.py):
                       num_samples, prompt_tokens, max_new_tokens, temperature, top_p, top_k,
                       batch_size, chat_fraction (share of chat-template instruction prompts),
-                      chat_temperature (their sampling temperature; None: temperature);
+                      chat_temperature (their sampling temperature; None: temperature),
+                      passage_fraction (share of chat prompts that are tasks about a passage of
+                      a training document: summarise, explain, continue, questions);
                       used when data.source lists "teacher_samples"
   stages              ordered list of stages to run
 """
@@ -35,6 +38,8 @@ from __future__ import annotations
 
 import ml_collections
 
+# Parameter groups a stage can freeze (`kd.freeze`); distill/stages.py maps paths to them.
+PARAM_GROUPS = ("embed", "mlp", "norm", "mixer")
 STAGES = ("teacher", "samples", "ild_mla", "ild_mamba", "select", "assemble", "kd", "dpo", "stepwise")
 
 
@@ -78,8 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.select = ml_collections.ConfigDict(dict(method="smart", calib_batches=4, batch_size=8))
   c.samples = ml_collections.ConfigDict(dict(
       num_samples=0, prompt_tokens=64, max_new_tokens=960, temperature=1.0, top_p=_unset(float),
-      top_k=_unset(int), batch_size=256, chat_fraction=0.0, chat_temperature=_unset(float)))
-  c.kd = _stage(1000, 8e-5, 192, kl_weight=1.0, ce_weight=0.0, temperature=1.0)
+      top_k=_unset(int), batch_size=256, chat_fraction=0.0, chat_temperature=_unset(float),
+      passage_fraction=0.0))
+  # kd.freeze: parameter groups KD leaves as assembled ("embed", "mlp", "norm", "mixer"; stages.py)
+  c.kd = _stage(1000, 8e-5, 192, kl_weight=1.0, ce_weight=0.0, temperature=1.0, freeze=())
   c.dpo = _stage(100, 5e-7, 32, beta=0.01, max_len=1024, max_prompt_len=512, warmup_frac=0.1)
   c.stepwise = _stage(1000, 8e-5, 64, kl_weight=1.0, ce_weight=0.0,
                       schedule=(), freeze_mlp=True)
@@ -111,6 +118,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if s.batch_size <= 0 or s.batch_size % s.grad_accum:
       bad(f"{name}.batch_size={s.batch_size} must be a positive multiple of "
           f"{name}.grad_accum={s.grad_accum}")
+  bad_groups = [g for g in c.kd.freeze if g not in PARAM_GROUPS]
+  if bad_groups:
+    bad(f"kd.freeze: unknown parameter group(s) {bad_groups}; groups: {list(PARAM_GROUPS)}")
+  if set(PARAM_GROUPS) <= set(c.kd.freeze):
+    bad("kd.freeze freezes every parameter group; nothing would train")
   if c.ild.loss not in ("l2", "mse"):
     bad(f"ild.loss must be 'l2' or 'mse', got {c.ild.loss!r}")
   if c.select.method not in ("smart", "explicit", "uniform"):
@@ -136,6 +148,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       bad(f"samples.temperature must be positive (sampling, not greedy), got {s.temperature}")
     if not 0.0 <= s.chat_fraction <= 1.0:
       bad(f"samples.chat_fraction must be in [0, 1], got {s.chat_fraction}")
+    if not 0.0 <= s.passage_fraction <= 1.0:
+      bad(f"samples.passage_fraction must be in [0, 1], got {s.passage_fraction}")
     if s.chat_temperature is not None and not s.chat_temperature > 0:
       bad(f"samples.chat_temperature must be positive or None (= samples.temperature), "
           f"got {s.chat_temperature}")

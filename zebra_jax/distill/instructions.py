@@ -1,4 +1,5 @@
-"""Instruction prompts for chat-formatted teacher samples (`samples.chat_fraction`).
+"""Instruction prompts for chat-formatted teacher samples (`samples.chat_fraction`): task templates x
+topics, and tasks about a passage cut from a training document (`samples.passage_fraction`).
 
 An instruct teacher distilled on plain text alone leaves the student unused to its chat template:
 the SmolLM2 run in docs/results.md trained on Shakespeare and continuations of Shakespeare, and its
@@ -44,6 +45,32 @@ TOPICS = (
     "theatre", "a rainy day", "windmills", "octopuses", "the history of maps", "solar panels",
     "yoga", "the Amazon rainforest", "chocolate", "memory", "fireflies", "sailing", "glaciers",
     "museums", "jazz", "the immune system", "origami", "honesty", "city parks", "the stars",
+    "databases", "spreadsheets", "password security", "version control", "web browsers",
+    "operating systems", "email etiquette", "writing a resume", "public speaking", "budgeting",
+    "first aid", "healthy breakfasts", "composting", "renting an apartment", "job interviews",
+    "the French Revolution", "the Industrial Revolution", "democracy", "taxes", "inflation",
+    "climate change", "electricity", "batteries", "airplanes", "satellites", "DNA", "bacteria",
+    "fractions", "probability", "the Pythagorean theorem", "grammar", "Shakespeare's plays",
+    "film music", "photography", "knitting", "woodworking", "the postal service", "football",
+    "tennis", "board games", "meditation", "pets", "dogs", "cats", "rivers", "islands",
+    "coral reefs", "wind power", "nuclear energy", "the stock market", "insurance", "libraries",
+    "newspapers", "translation", "programming languages", "sorting algorithms", "the command line",
+    "unit testing", "spreadsheets formulas", "cloud computing", "search engines", "social media",
+)
+
+# Tasks about a passage of real text (summarise, explain, continue, answer questions): the teacher's
+# answers ground the distillation data in the training sources' subjects and registers.
+PASSAGE_TEMPLATES = (
+    "Summarise the following passage in two or three sentences.\n\n{p}",
+    "Explain what this text is about to someone new to the subject.\n\n{p}",
+    "Read the passage below and say what its main point is.\n\n{p}",
+    "Continue this text for another paragraph, in the same style.\n\n{p}",
+    "Write three questions about this passage and answer each one.\n\n{p}",
+    "List the key terms in this passage and define each briefly.\n\n{p}",
+    "Rewrite this passage in plain, simple English.\n\n{p}",
+    "{p}\n\nWhat would a reader learn from the text above?",
+    "{p}\n\nExplain the text above step by step.",
+    "{p}\n\nWhat is the tone of this passage, and why?",
 )
 
 
@@ -59,4 +86,43 @@ def instruction_prompts(num: int, seed: int, exclude=()) -> list[str]:
   return [pool[int(order[i % len(pool)])] for i in range(num)]
 
 
-__all__ = ["instruction_prompts", "TEMPLATES", "TOPICS"]
+def cut_passage(text: str, rng: np.random.Generator, min_chars: int = 300,
+                max_chars: int = 1200) -> str:
+  """A passage of `text` that starts at a paragraph (or line) boundary and ends at the last
+  paragraph, line or sentence boundary before `max_chars`; '' when the text is shorter than
+  `min_chars`."""
+  text = text.strip()
+  if len(text) < min_chars:
+    return ""
+  starts = [0] + [i + 1 for i, ch in enumerate(text[:-min_chars]) if ch == "\n"]
+  start = starts[int(rng.integers(len(starts)))]
+  window = text[start:start + max_chars]
+  if len(window) < max_chars:
+    return window.strip()
+  for sep in ("\n\n", "\n", ". "):
+    cut = window.rfind(sep, min_chars)
+    if cut > 0:
+      return window[:cut + (1 if sep == ". " else 0)].strip()
+  return window.strip()
+
+
+def passage_prompts(documents, num: int, seed: int, min_chars: int = 300,
+                    max_chars: int = 1200) -> list[str]:
+  """`num` user messages, each a passage template around a passage of a random document of
+  `documents` (plain-text ones; chats are skipped), deterministic in `seed`."""
+  if num <= 0:
+    return []
+  texts = [d for d in documents if isinstance(d, str) and len(d.strip()) >= min_chars]
+  if not texts:
+    raise ValueError(f"passage prompts need documents of at least {min_chars} characters; none found")
+  rng = np.random.default_rng(seed)
+  out = []
+  while len(out) < num:
+    passage = cut_passage(texts[int(rng.integers(len(texts)))], rng, min_chars, max_chars)
+    if passage:
+      out.append(PASSAGE_TEMPLATES[int(rng.integers(len(PASSAGE_TEMPLATES)))].format(p=passage))
+  return out
+
+
+__all__ = ["instruction_prompts", "passage_prompts", "cut_passage", "TEMPLATES", "TOPICS",
+           "PASSAGE_TEMPLATES"]

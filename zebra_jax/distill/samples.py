@@ -68,19 +68,28 @@ def resolve_source(cfg, workdir: str):
   return out[0] if len(out) == 1 else out
 
 
-def make_prompts(cfg, tokenizer, num: int, prompt_tokens: int, seed: int) -> list[list[int]]:
-  """`num` prompts of at most `prompt_tokens` ids, each a window at a random offset of a random
-  train-split document of the real sources (deterministic in `seed`)."""
-  from zebra_jax.data import sources, tokenize
+def train_documents(cfg) -> list:
+  """The train-split documents of the real sources (what prompts and passages are cut from; never
+  a held-out document)."""
+  from zebra_jax.data import sources
   from zebra_jax.data.pipeline import split_indices
 
   src = sources.open_source(real_sources(cfg))
-  train = split_indices(len(src), "train", cfg.data.heldout_fraction)
+  return [src[int(i)] for i in split_indices(len(src), "train", cfg.data.heldout_fraction)]
+
+
+def make_prompts(cfg, tokenizer, num: int, prompt_tokens: int, seed: int,
+                 documents: list | None = None) -> list[list[int]]:
+  """`num` prompts of at most `prompt_tokens` ids, each a window at a random offset of a random
+  train-split document of the real sources (deterministic in `seed`)."""
+  from zebra_jax.data import tokenize
+
+  docs = train_documents(cfg) if documents is None else documents
   rng = np.random.default_rng(seed)
   eos = tokenize.eos_id(tokenizer)
   prompts = []
-  for doc_index in rng.choice(train, size=num, replace=True):
-    ids = tokenize.encode_document(tokenizer, src[int(doc_index)], where=f"document {doc_index}")
+  for doc_index in rng.choice(len(docs), size=num, replace=True):
+    ids = tokenize.encode_document(tokenizer, docs[int(doc_index)], where=f"document {doc_index}")
     ids = [int(i) for i in ids if int(i) != eos]  # the document's EOS is not a prompt token
     start = int(rng.integers(0, max(1, len(ids) - prompt_tokens + 1)))
     window = ids[start:start + prompt_tokens]
@@ -110,11 +119,19 @@ def instruction_prompts_for_samples(num: int, seed: int) -> list[str]:
   return instruction_prompts(num, seed, exclude=[p["chat"] for p in PROMPTS if "chat" in p])
 
 
-def make_chat_prompts(tokenizer, num: int, seed: int) -> list[list[int]]:
-  """`num` instruction prompts in the tokenizer's chat template, as the evaluation's are built."""
+def make_chat_prompts(tokenizer, num: int, seed: int, documents: list | None = None,
+                      passage_fraction: float = 0.0) -> list[list[int]]:
+  """`num` user messages in the tokenizer's chat template, as the evaluation's are built: a
+  `passage_fraction` of them are tasks about a passage of `documents` (summarise, explain,
+  continue, questions; distill/instructions.py), the rest task templates x topics; seeded order."""
+  from zebra_jax.distill.instructions import passage_prompts
   from zebra_jax.eval.report import prompt_ids
 
-  return [prompt_ids(tokenizer, {"chat": m}) for m in instruction_prompts_for_samples(num, seed)]
+  n_passage = int(round(num * passage_fraction))
+  messages = (instruction_prompts_for_samples(num - n_passage, seed)
+              + passage_prompts(documents or [], n_passage, seed + 1))
+  order = np.random.default_rng(seed + 2).permutation(len(messages))
+  return [prompt_ids(tokenizer, {"chat": messages[int(i)]}) for i in order]
 
 
 def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str, *, batch_size: int,
@@ -173,12 +190,14 @@ def run_samples(ctx) -> None:
   tokenizer = ctx.tokenizer()
   teacher = ctx.teacher()
   n_chat = int(round(s.num_samples * s.chat_fraction))
+  documents = train_documents(ctx.cfg)
   prompts = make_prompts(ctx.cfg, tokenizer, s.num_samples - n_chat, s.prompt_tokens,
-                         ctx.cfg.seed + 7) if s.num_samples > n_chat else []
+                         ctx.cfg.seed + 7, documents) if s.num_samples > n_chat else []
   chat = [False] * len(prompts)
   chat_temperature = None if s.chat_temperature == s.temperature else s.chat_temperature
   if n_chat:
-    chat_prompts = make_chat_prompts(tokenizer, n_chat, ctx.cfg.seed + 13)
+    chat_prompts = make_chat_prompts(tokenizer, n_chat, ctx.cfg.seed + 13, documents,
+                                     s.passage_fraction)
     both = prompts + chat_prompts
     kinds = chat + [True] * n_chat
     if chat_temperature is None:

@@ -25,6 +25,7 @@ from flax import nnx
 from zebra_jax.config import HybridConfig
 from zebra_jax.convert.orbax_io import save_model
 from zebra_jax.distill import samples as samples_lib
+from zebra_jax.distill.config import PARAM_GROUPS
 from zebra_jax.distill import select as select_lib
 from zebra_jax.distill.context import RunContext
 from zebra_jax.init import copy_block_shell, init_hybrid
@@ -50,9 +51,29 @@ def _spec(ctx: RunContext, stage_cfg, seq_len: int) -> TrainSpec:
                    async_checkpoint=t.async_checkpoint, progress=ctx.progress)
 
 
-def _not_embedding(path, _var) -> bool:
-  """Everything but the token embedding and the LM head (ILD and stepwise never touch them)."""
-  return not any(p in ("embed_tokens", "lm_head") for p in map(str, path))
+def param_group(path) -> str:
+  """The group of a parameter path: 'embed' (token embedding, LM head), 'mlp', 'norm' (RMSNorms)
+  or 'mixer' (attention, MLA, Mamba2)."""
+  names = list(map(str, path))
+  if "embed_tokens" in names or "lm_head" in names:
+    return "embed"
+  if "mlp" in names:
+    return "mlp"
+  if "mixer" in names:
+    return "mixer"
+  return "norm"
+
+
+def frozen_filter(freeze):
+  """A trainable-filter that leaves the groups in `freeze` (a subset of PARAM_GROUPS) untouched."""
+  freeze = tuple(freeze)
+  bad = [g for g in freeze if g not in PARAM_GROUPS]
+  if bad:
+    raise ValueError(f"unknown parameter group(s) {bad} to freeze; groups: {list(PARAM_GROUPS)}")
+  return lambda path, _var: param_group(path) not in freeze
+
+
+_not_embedding = frozen_filter(("embed",))  # ILD never touches the embedding and the LM head
 
 
 def _positions(tokens_BT):
@@ -243,7 +264,7 @@ def run_kd(ctx: RunContext, stage: str = "kd") -> None:
   trainer = StageTrainer(
       name=stage, workdir=ctx.workdir, model=student,
       loss_fn=kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature), spec=spec, mesh=ctx.mesh,
-      teachers={"teacher": teacher},
+      teachers={"teacher": teacher}, trainable=frozen_filter(k.freeze),
       flops_per_token=ctx.flops_per_token(student.config, teacher.config))
   trainer.run(ctx.batches("kd", spec.batch_size))
   save_model(student, artifact(ctx, stage), overwrite=True)
@@ -301,12 +322,7 @@ def run_stepwise(ctx: RunContext) -> None:
           nnx.update(dst, nnx.state(src))
     ctx.set_remat(student)
 
-    def trainable(path, _var, freeze_mlp=s.freeze_mlp):
-      names = list(map(str, path))
-      if "embed_tokens" in names or "lm_head" in names:
-        return False
-      return not (freeze_mlp and "mlp" in names)
-
+    trainable = frozen_filter(("embed", "mlp") if s.freeze_mlp else ("embed",))
     spec = _spec(ctx, s, ctx.cfg.data.seq_len)
     trainer = StageTrainer(
         name=stage, workdir=ctx.workdir, model=student,
