@@ -7,11 +7,14 @@
     python scripts/evaluate.py needle --checkpoint CKPT [--tokenizer TOK] --lengths 1024 4096 16384
         [--depths 0 0.25 0.5 0.75 1] [--trials 2] [--max-new-tokens 12] [--no-cache]
     python scripts/evaluate.py lm-eval --model zebra_jax --model_args checkpoint=CKPT --tasks ...
+    python scripts/evaluate.py suite --checkpoint CKPT [CKPT ...] [--teacher T|smollm2] [--out DIR]
+        [--max_tokens 60000] [--tasks wn_definitions ...] [--no_chat] [--no_mc] [--limit N]
 
 CKPT is anything `zebra_jax.from_pretrained` reads (saved dir, HF dir, GGUF, exported hybrid). The
 tokenizer defaults to the checkpoint directory's. `lm-eval` passes everything after it to
 lm-eval's own command line with the "zebra_jax" model registered. Results print as text; --json
-also writes them as JSON.
+also writes them as JSON. `suite` is the multi-domain held-out evaluation of docs/evaluation.md
+(students next to their teacher; writes suite.json, suite.md and suite.png under --out).
 """
 
 from __future__ import annotations
@@ -120,6 +123,38 @@ def cmd_needle(a):
   _dump(res, a.json)
 
 
+def cmd_suite(a):
+  from zebra_jax.eval.suite import recorded_teacher, run_suite
+  students = list(a.checkpoint)
+  if a.labels:
+    if len(a.labels) != len(students):
+      raise SystemExit(f"error: {len(a.labels)} --labels for {len(students)} checkpoints")
+    students = list(zip(a.labels, students))
+  teacher = a.teacher
+  if teacher is None:
+    first = students[0][1] if isinstance(students[0], tuple) else students[0].split("=")[-1]
+    teacher = recorded_teacher(first)
+    if teacher is None:
+      raise SystemExit("error: --teacher is required (no teacher recorded next to the checkpoint: "
+                       "<workdir>/teacher/model)")
+    print(f"teacher: {teacher} (recorded next to {first})")
+  run_config = None
+  if a.run_config:
+    import ml_collections
+    with open(a.run_config) as f:
+      run_config = ml_collections.ConfigDict(json.load(f))
+  res = run_suite(students, teacher, a.out, tokenizer=a.tokenizer, max_tokens=a.max_tokens or None,
+                  seq_len=a.seq_len, tasks=a.tasks, chat=not a.no_chat, mc=not a.no_mc,
+                  chat_tokens=a.chat_tokens, dtype=a.dtype, batch_size=a.batch_size,
+                  lm_eval_batch_size=a.lm_eval_batch_size, limit=a.limit, run_config=run_config,
+                  cache_dir=a.cache_dir)
+  with open(os.path.join(a.out, "suite.md")) as f:
+    print(f.read())
+  print(f"wrote {os.path.join(a.out, 'suite.json')}, suite.md, suite.png "
+        f"({res['meta']['seconds']:.0f}s)")
+  _dump(res, a.json)
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv and argv[0] == "lm-eval":
@@ -173,6 +208,32 @@ def main(argv=None) -> int:
   sp.add_argument("--seed", type=int, default=0)
   sp.add_argument("--no-cache", action="store_true", help="recompute instead of using the caches")
   sp.set_defaults(fn=cmd_needle)
+
+  sp = sub.add_parser("suite", help="multi-domain held-out evaluation next to the teacher "
+                      "(docs/evaluation.md)")
+  sp.add_argument("--checkpoint", "--checkpoint2", dest="checkpoint", action="extend", nargs="+",
+                  required=True, help="student checkpoint(s), or label=checkpoint; repeatable")
+  sp.add_argument("--labels", nargs="+", default=None, help="one label per checkpoint")
+  sp.add_argument("--teacher", default=None, help="teacher checkpoint or 'smollm2' (default: "
+                  "<workdir>/teacher/model recorded next to the first checkpoint)")
+  sp.add_argument("--tokenizer", default=None, help="default: the run config's, else the teacher's")
+  sp.add_argument("--out", default="workdir/suite")
+  sp.add_argument("--max_tokens", "--max-tokens", type=int, default=60_000,
+                  help="tokens scored per domain (0: all)")
+  sp.add_argument("--seq_len", "--seq-len", type=int, default=2048)
+  sp.add_argument("--tasks", nargs="+", default=None, help="multiple-choice tasks (default: all)")
+  sp.add_argument("--limit", type=int, default=None, help="lm-eval --limit: items per task")
+  sp.add_argument("--no_chat", "--no-chat", action="store_true")
+  sp.add_argument("--no_mc", "--no-mc", action="store_true", help="skip the lm-eval tasks")
+  sp.add_argument("--chat_tokens", type=int, default=128)
+  sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  sp.add_argument("--batch_size", type=int, default=8)
+  sp.add_argument("--lm_eval_batch_size", type=int, default=32)
+  sp.add_argument("--run_config", default=None, help="a run's config.json for the in-domain rows "
+                  "(default: the one recorded next to the first checkpoint)")
+  sp.add_argument("--cache_dir", default=None)
+  sp.add_argument("--json", default=None, help="also write the results here")
+  sp.set_defaults(fn=cmd_suite)
 
   args = p.parse_args(argv)
   args.fn(args)

@@ -12,6 +12,11 @@ decode tokens/s at batch --decode_batch and each of --contexts plus greedy sampl
 their main variant's layer mix: quality only, unless --full_eval_ablations). After every evaluation
 it rewrites <root>/results.json, <root>/results.md and, with --doc, the generated block of that
 markdown file, so a run cut short keeps what it measured.
+Once every variant is trained, the multi-domain suite (zebra_jax/eval/suite.py, docs/evaluation.md)
+runs for the teacher and every student: per-domain perplexity / top-1 / KL on the held-out sources
+and the validation split of the training sources, zero-shot multiple-choice tasks through the lm-eval
+command line (% of the teacher's accuracy retained), chat answers; its tables and chart
+(<root>/suite/suite.png, copied next to --doc) join the report (--nosuite: leave it out).
 Any --config.x.y=v override applies to every run. Killed at any point (e.g. a 10-minute job limit),
 the same command resumes: training from its last checkpoint, finished evaluations from their JSON.
 Exit codes as scripts/distill.py: 143 preempted (SIGTERM; rerun to resume), 3 non-finite loss.
@@ -37,6 +42,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "python config file wi
 _ROOT = flags.DEFINE_string("root", None, "experiment directory (default: workdir/<name>_report)")
 _BUDGETS = flags.DEFINE_list("budgets", None, "MLA layer budgets (default: the config's model.n_mla)")
 _ABL = flags.DEFINE_bool("ablations", True, "also run uniform placement and no-ILD at the first budget")
+_ABL_LIST = flags.DEFINE_list("ablation_list", None, "ablations to run at the first budget instead "
+                              "of --ablations' two: any of uniform, no_ild, kd_all (KD trains every "
+                              "parameter group)")
 _CONTEXTS = flags.DEFINE_list("contexts", ["8192"], "decode-throughput context lengths ('': "
                                "none, quality only)")
 _DBATCH = flags.DEFINE_integer("decode_batch", 48, "decode-throughput batch size")
@@ -52,6 +60,14 @@ _FULL_ABL = flags.DEFINE_bool("full_eval_ablations", False, "also measure decode
 _DTYPE = flags.DEFINE_string("eval_dtype", "bfloat16", "compute dtype of the evaluated models")
 _DOC = flags.DEFINE_string("doc", None, "markdown file whose generated results block to replace")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "disable progress bars")
+_SUITE = flags.DEFINE_bool("suite", True, "run the multi-domain suite once every model is trained")
+_SUITE_TOKENS = flags.DEFINE_integer("suite_max_tokens", 60_000, "suite: tokens scored per domain "
+                                     "(0: all)")
+_SUITE_TASKS = flags.DEFINE_list("suite_tasks", None, "suite: multiple-choice tasks (default: all)")
+_SUITE_LIMIT = flags.DEFINE_integer("suite_limit", 0, "suite: lm-eval items per task (0: all; smoke "
+                                    "runs)")
+_SUITE_CHAT = flags.DEFINE_bool("suite_chat", True, "suite: chat answers of every model")
+_SUITE_BATCH = flags.DEFINE_integer("suite_lm_eval_batch", 32, "suite: lm-eval batch size")
 _SHARED_FROM = flags.DEFINE_string("shared_from", None, "another report root whose finished shared "
                                    "stages (teacher, samples, ILD) to link instead of running them; "
                                    "refused if made with other settings for those stages")
@@ -70,7 +86,7 @@ def main(argv):
   from zebra_jax.train.trainer import exit_codes
 
   budgets = _BUDGETS.value or [cfg.model.n_mla]
-  variants = plan(budgets, ablations=_ABL.value)
+  variants = plan(budgets, ablations=_ABL_LIST.value if _ABL_LIST.value is not None else _ABL.value)
   root = os.path.abspath(_ROOT.value or os.path.join("workdir", f"{cfg.name}_report"))
   command = "python scripts/report.py " + " ".join(sys.argv[1:])
   eval_dir = os.path.join(root, "eval")
@@ -130,12 +146,22 @@ def main(argv):
                               "training": summaries[v.name].get("training")}
                      for v in variants if v.name in summaries},
         "models": models, "timings": timings}
+    if "suite" in state:
+      results["suite"] = state["suite"]
+      timings["suite (all models)"] = state["suite"]["meta"]["seconds"]
     report.save_json(results, os.path.join(root, "results.json"))
-    md = report.markdown(results)
+    md = report.markdown(results, chart=os.path.join("suite", "suite.png"))
     with open(os.path.join(root, "results.md"), "w") as f:
       f.write(md + "\n")
     if _DOC.value:
-      report.write_doc(_DOC.value, md)
+      chart = None
+      png = os.path.join(root, "suite", "suite.png")
+      if "suite" in state and os.path.exists(png):
+        import shutil
+        stem = os.path.splitext(os.path.basename(_DOC.value))[0]
+        chart = f"{stem}_suite.png"
+        shutil.copyfile(png, os.path.join(os.path.dirname(os.path.abspath(_DOC.value)), chart))
+      report.write_doc(_DOC.value, report.markdown(results, chart=chart))
     state["md"] = md
 
   def after(name, summary):
@@ -145,9 +171,25 @@ def main(argv):
     else:
       evaluate(name, os.path.join(root, name, "kd", "model"))
 
+  def run_suite():
+    """The multi-domain suite for the teacher and every student (finished models reused)."""
+    from zebra_jax.eval import suite
+    print("[report] multi-domain suite", flush=True)
+    state["suite"] = suite.run_suite(
+        [(v.name, os.path.join(root, v.name, "kd", "model")) for v in variants],
+        os.path.join(root, "shared", "teacher", "model"), os.path.join(root, "suite"),
+        tokenizer=suite.tokenizer_spec(cfg), run_config=cfg, max_tokens=_SUITE_TOKENS.value or None,
+        seq_len=cfg.data.seq_len, tasks=_SUITE_TASKS.value or None, limit=_SUITE_LIMIT.value or None,
+        chat=_SUITE_CHAT.value, chat_tokens=_SAMPLE.value, dtype=_DTYPE.value,
+        lm_eval_batch_size=_SUITE_BATCH.value,
+        log=lambda m: print(m, flush=True))
+    write()
+
   with exit_codes():
     run_experiment(cfg, root, variants, progress=not _NO_PROGRESS.value, after_each=after,
                    shared_from=_SHARED_FROM.value)
+    if _SUITE.value:
+      run_suite()
   print(state["md"])
 
 

@@ -9,6 +9,9 @@ tokenise (+EOS) -> concatenate-then-split packing -> batches of (global_batch //
 Held-out split: document i is held out iff a splitmix64 hash of (split_seed, i) falls below heldout_fraction.
 It depends only on the document's index, so it is identical for every seed/process count, for the jsonl and
 the pre-tokenised ArrayRecord form of the same corpus, and stays put when documents are appended.
+Weighted mixes (`source={"shakespeare": 1.0, "django_docs": 0.5}`, registry.MixSource): each source is
+split on its own document indices first, then its train documents are repeated by its weight (passes
+per epoch; fractional parts keep a hash-chosen subset), so a repeated document is never held out.
 ILD / KD parts of the train split (`part="ild"|"kd"`, `ild_fraction`): a second hash of the index, salted
 differently, puts a train document in the ILD part iff it falls below ild_fraction; the KD part is the rest.
 Disjoint, deterministic, never touching the held-out split; ild_fraction 0 or 1 means no split (both parts
@@ -23,6 +26,7 @@ global batch depends on S alone, not on P: a 1-process run with num_shards=2 see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -37,6 +41,7 @@ STATE_VERSION = 1
 SPLITS = ("train", "heldout")
 PARTS = ("ild", "kd")
 _ILD_SALT = 0x494C44  # "ILD": the ILD/KD hash must not be the held-out hash
+_MIX_SALT = 0x4D4958  # "MIX": which documents a fractional mix weight keeps
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -98,6 +103,67 @@ def part_indices(num_documents: int, part: str | None, heldout_fraction: float, 
         "empty; use a fraction further from 0 and 1 (or 0 / 1 for no split: both parts read all train data)"
       )
   return train[in_ild] if part == "ild" else train[~in_ild]
+
+
+def _name_salt(name: str) -> int:
+  return int.from_bytes(hashlib.sha1(str(name).encode("utf-8")).digest()[:8], "little")
+
+
+def repeat_indices(indices: np.ndarray, weight: float, num_documents: int, salt: int) -> np.ndarray:
+  """`indices` (original document indices of one source) repeated `weight` times: floor(weight) full
+  copies, plus the documents whose hash of (salt, original index) falls below the fractional part
+  (a fixed, hash-chosen subset: weight 0.25 = a quarter, 2.0 = every document twice)."""
+  if not weight >= 0:
+    raise ValueError(f"a mix weight must be >= 0, got {weight}")
+  full, frac = int(np.floor(weight)), float(weight - np.floor(weight))
+  parts = [indices] * full
+  if frac > 0:
+    chosen = _unit_hash(num_documents, salt ^ _MIX_SALT)[indices] < frac
+    parts.append(indices[chosen])
+  return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def mix_indices(lengths: list[int], weights: list[float], split: str = "train", part: str | None = None,
+                heldout_fraction: float = 0.01, ild_fraction: float = 0.0, split_seed: int = 0,
+                names: list[str] | None = None) -> np.ndarray:
+  """Global document indices (into the sources laid end to end) of a weighted mix.
+
+  Each source k of lengths[k] documents is split on its OWN document indices, before any repetition:
+  held-out iff heldout_mask(lengths[k], heldout_fraction, split_seed), ILD / KD by ild_mask, exactly
+  as a corpus of that source alone. The "heldout" split takes each source's held-out documents once
+  (sources of weight 0 are skipped); the train split (or part) repeats each source's train documents
+  by its weight (repeat_indices), so a repeated document can never be a held-out one."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  if part is not None and part not in PARTS:
+    raise ValueError(f"part must be one of {PARTS} or None, got {part!r}")
+  names = names or [str(k) for k in range(len(lengths))]
+  use_parts = part is not None and splits_parts(ild_fraction)
+  out, offset, counts = [], 0, {"ILD": 0, "KD": 0}
+  for name, n, w in zip(names, lengths, weights):
+    held = heldout_mask(n, heldout_fraction, split_seed)
+    if split == "heldout":
+      idx = np.flatnonzero(held) if w > 0 else np.zeros(0, np.int64)
+    else:
+      train = ~held
+      if use_parts:
+        ild = ild_mask(n, ild_fraction, split_seed)
+        if w > 0:
+          counts["ILD"] += int((train & ild).sum())
+          counts["KD"] += int((train & ~ild).sum())
+        train &= ild if part == "ild" else ~ild
+      idx = repeat_indices(np.flatnonzero(train), float(w), n, _name_salt(name))
+    out.append(idx.astype(np.int64) + offset)
+    offset += n
+  for pname, cnt in counts.items():
+    if use_parts and cnt == 0:
+      raise ValueError(f"data.ild_fraction={ild_fraction} leaves the {pname} part of the mix's train "
+                       "documents empty; use a fraction further from 0 and 1 (or 0 / 1 for no split)")
+  idx = np.concatenate(out) if out else np.zeros(0, np.int64)
+  if idx.size == 0:
+    raise ValueError(f"the {split!r} split{f' ({part} part)' if part else ''} of the mix {dict(zip(names, weights))} "
+                     f"is empty (heldout_fraction={heldout_fraction}, split_seed={split_seed})")
+  return idx
 
 
 def split_indices(num_documents: int, split: str, heldout_fraction: float, split_seed: int = 0) -> np.ndarray:
@@ -215,7 +281,8 @@ def make_dataset(
 ) -> grain.IterDataset:
   """The packed, sharded, shuffled batch dataset; iterate it for a PipelineIterator.
 
-  source: a source object or a spec for sources.open_source (path, list of paths, "default", "hf:NAME").
+  source: a source object or a spec for sources.open_source (path, list of paths, "default", "hf:NAME",
+    "source:NAME" of the registry, or a dict {name or spec: weight} for a weighted mix; see mix_indices).
   tokenizer: the teacher's tokenizer (or a spec for tokenize.load_tokenizer); may be None only when every
     document is already tokenised (ArrayRecord shards).
   num_epochs: None repeats forever (training); an int stops after that many passes, the last row padded
@@ -250,7 +317,11 @@ def make_dataset(
     tokenizer = tokenize.load_tokenizer(tokenizer)
   vocab = _check_tokenizer(src, tokenizer)
 
-  if split == "train":
+  mix = src.mix_fingerprint() if hasattr(src, "mix_fingerprint") else None
+  if mix is not None:  # a weighted mix (registry.MixSource): split per source, then repeat by weight
+    indices = mix_indices(src.lengths, src.weights, split, part if split == "train" else None,
+                          heldout_fraction, ild_fraction, split_seed, names=src.names)
+  elif split == "train":
     indices = part_indices(len(src), part, heldout_fraction, ild_fraction, split_seed)
   else:
     indices = split_indices(len(src), split, heldout_fraction, split_seed)
@@ -307,6 +378,8 @@ def make_dataset(
     fingerprint["num_shards"] = shards
   if part is not None and splits_parts(ild_fraction):
     fingerprint.update(part=part, ild_fraction=float(ild_fraction))
+  if mix is not None:  # [[name, weight, documents], ...]: resuming with another mix is refused
+    fingerprint["mix"] = mix
   return _PipelineDataset(batches, fingerprint)
 
 

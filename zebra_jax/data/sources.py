@@ -329,11 +329,16 @@ class ConcatSource:
 def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = None):
   """Builds a document source from a spec.
 
-  spec: a source object (returned as is); a list of specs (concatenated); "default" (the embedded default
-  corpus, see zebra_jax.data.corpus); "hf:NAME[:SPLIT]" (Hugging Face datasets); a *.jsonl/*.json file; a
+  spec: a source object (returned as is); a list of specs (concatenated); a dict {name or spec: weight}
+  (a weighted mix, zebra_jax.data.registry.open_mix); "default" (the embedded default corpus, see
+  zebra_jax.data.corpus); "source:NAME" (a source of zebra_jax.data.registry; held-out ones refused); "hf:NAME[:SPLIT]" (Hugging Face datasets); a *.jsonl/*.json file; a
   *.txt/*.md file; an ArrayRecord shard, glob or directory with shards (also cloud URLs); a directory of text
   files. `paragraphs` applies to text files.
   """
+  if isinstance(spec, Mapping) or type(spec).__name__ in ("ConfigDict", "FrozenConfigDict"):
+    from zebra_jax.data.registry import open_mix
+
+    return open_mix(dict(spec.items()), cache_dir, paragraphs=paragraphs)
   if isinstance(spec, (list, tuple)):
     srcs = [open_source(s, paragraphs=paragraphs, cache_dir=cache_dir) for s in spec]
     return srcs[0] if len(srcs) == 1 else ConcatSource(srcs)
@@ -346,6 +351,10 @@ def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = 
     from zebra_jax.data.corpus import default_corpus
 
     return ListSource(default_corpus(cache_dir), name="default")
+  if spec.startswith("source:"):  # a registry source (held-out evaluation sources are refused)
+    from zebra_jax.data.registry import resolve_spec
+
+    return resolve_spec(spec, "data.source", cache_dir)
   if spec.startswith("hf:"):
     name, _, split = spec[3:].partition(":")
     return HFDatasetSource(name, split or "train")
@@ -362,5 +371,5 @@ def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = 
   _check_exists(spec, "data source")
   raise ValueError(
     f"cannot tell the format of {spec}: use *.jsonl, *.txt/*.md, *{ARRAY_RECORD_SUFFIX}, a directory, "
-    "'default' or 'hf:NAME'"
+    "'default', 'source:NAME' or 'hf:NAME'"
   )

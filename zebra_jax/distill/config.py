@@ -18,7 +18,12 @@ Fields
                       MLA budget when the select stage places layers
   data.*              source, seq_len, heldout_fraction, shuffle seed, ild_fraction (disjoint ILD / KD
                       parts of the train documents; 0 or 1: no split), num_shards (data shards;
-                      0: one per process), dpo_path, tokenizer
+                      0: one per process), dpo_path, tokenizer;
+                      mix: {name: weight} of registry sources (zebra_jax/data/registry.py) and
+                      "teacher_samples", weight = passes per epoch over the source's train documents
+                      (also "name=w,name=w" on the command line); empty: data.source alone.
+                      data.source may also name one registry source: "source:django_docs".
+                      Held-out evaluation sources (registry.heldout_sources()) are refused.
   mesh.data/fsdp/tensor
   train.*             defaults shared by all training stages (dtype, clip, warmup, logging, ckpt)
   ild/kd/dpo/stepwise.*  per-stage steps, lr, batch_size, grad_accum (+ stage-specific fields;
@@ -69,9 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
       v_head_dim=_unset(int), use_full_kv_head=False, mla_rope_scaling=None, d_state=_unset(int),
       headdim=_unset(int), ngroups=_unset(int), chunk_size=256, kv_energy_ratio=_unset(float),
       q_energy_ratio=_unset(float)))
-  # type_safe=False: data.source is a spec string or a tuple of them (("default", "teacher_samples")).
+  # type_safe=False: data.source is a spec string or a tuple of them (("default", "teacher_samples"));
+  # data.mix is "" (no mix), a dict {name: weight} (recipes) or "name=w,name=w" (command line).
   c.data = ml_collections.ConfigDict(dict(
-      source="default", seq_len=2048, heldout_fraction=0.02, shuffle_seed=42,
+      source="default", mix="", seq_len=2048, heldout_fraction=0.02, shuffle_seed=42,
       ild_fraction=0.2, num_shards=0, dpo_path=_unset(str), tokenizer=_unset(str)),
       type_safe=False)
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -133,7 +139,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if ("select" not in c.stages or c.select.method == "explicit") and "assemble" in c.stages \
       and c.model.mla_layers is None:
     bad("model.mla_layers must be set when the select stage does not choose them")
+  from zebra_jax.data.registry import check_config_sources, parse_mix  # noqa: PLC0415
+  try:
+    check_config_sources(c.data.source, c.data.get("mix", ""))
+    mix = parse_mix(c.data.get("mix", ""))
+  except ValueError as e:
+    bad(str(e))
   srcs = c.data.source if isinstance(c.data.source, (list, tuple)) else [c.data.source]
+  mixed = [k for k, w in mix.items() if w > 0]
+  if "teacher_samples" in mixed:
+    if "samples" not in c.stages:
+      bad("data.mix names 'teacher_samples' but stages has no 'samples' stage to generate them")
+    if all(s == "teacher_samples" for s in srcs):
+      bad("data.source lists only 'teacher_samples': prompts need a real source next to it")
+  srcs_or_mix = list(srcs) + mixed
   if "teacher_samples" in srcs:
     if all(s == "teacher_samples" for s in srcs):
       bad("data.source lists only 'teacher_samples': prompts need a real source next to it")
@@ -153,8 +172,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if s.chat_temperature is not None and not s.chat_temperature > 0:
       bad(f"samples.chat_temperature must be positive or None (= samples.temperature), "
           f"got {s.chat_temperature}")
-    if "teacher_samples" not in srcs:
-      bad("stages has 'samples' but data.source does not list 'teacher_samples' to train on them")
+    if "teacher_samples" not in srcs_or_mix:
+      bad("stages has 'samples' but neither data.source nor data.mix lists 'teacher_samples' to "
+          "train on them")
     order = list(c.stages)
     late = [t for t in ("ild_mla", "ild_mamba", "kd", "stepwise") if t in order
             and order.index(t) < order.index("samples")]

@@ -187,14 +187,33 @@ class RunContext:
       return None
     return "ild" if purpose == "ild" else "kd"
 
+  def data_source(self):
+    """What the pipeline reads: data.mix as a dict {name or path: weight} ("teacher_samples" replaced
+    by the samples stage's artifact) when a mix is set, else data.source (teacher samples resolved)."""
+    from zebra_jax.data.registry import SAMPLES_TOKEN, parse_mix
+    from zebra_jax.distill.samples import ARTIFACT, resolve_source
+    mix = parse_mix(self.cfg.data.get("mix", ""))
+    if not mix:
+      return resolve_source(self.cfg, self.workdir)  # "teacher_samples" -> the samples artifact
+    out = {}
+    for name, w in mix.items():
+      if name == SAMPLES_TOKEN:
+        path = os.path.join(self.workdir, ARTIFACT)
+        if not os.path.exists(path):
+          raise FileNotFoundError(f"data.mix names {SAMPLES_TOKEN!r} but {path} does not exist: add "
+                                  "'samples' to stages before the training stages")
+        name = path
+      out[name] = w
+    return out
+
   def batches(self, purpose: str, batch_size: int, split: str = "train", **kwargs):
     """Packed batches for `purpose` ("ild", "kd", "stepwise_<phase>", "calibration"): the ILD or
     KD part of the train documents (see data_part; data.ild_fraction 0 or 1: all of them), data
-    shards from data.num_shards, a shuffle seed per purpose."""
+    shards from data.num_shards, a shuffle seed per purpose. With data.mix, each source is split on
+    its own document indices and its train documents repeated by its weight (pipeline.mix_indices)."""
     from zebra_jax.data import make_iterator
-    from zebra_jax.distill.samples import resolve_source
     d = self.cfg.data
-    source = resolve_source(self.cfg, self.workdir)  # "teacher_samples" -> the samples artifact
+    source = self.data_source()  # data.mix / data.source, "teacher_samples" -> the samples artifact
     kwargs.setdefault("num_shards", d.get("num_shards", 0) or None)  # 0: one shard per process
     return make_iterator(source, self.tokenizer(), seq_len=d.seq_len, global_batch=batch_size,
                          split=split, heldout_fraction=d.heldout_fraction,

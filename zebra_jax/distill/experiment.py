@@ -38,29 +38,43 @@ class Variant:
   budget: int               # MLA layers
   placement: str            # "smart" | "uniform"
   ild: bool = True          # False: blocks from the initialisers (placement from the SMART variant)
+  kd_all: bool = False      # True: KD trains every parameter group (kd.freeze=())
 
   @property
   def name(self) -> str:
-    return f"mla{self.budget}_{self.placement}" + ("" if self.ild else "_no_ild")
+    return (f"mla{self.budget}_{self.placement}" + ("" if self.ild else "_no_ild")
+            + ("_kd_all" if self.kd_all else ""))
 
   @property
   def kind(self) -> str:
     if not self.ild:
       return "ablation: no ILD"
+    if self.kd_all:
+      return "ablation: KD trains all parameters"
     return "main" if self.placement == "smart" else "ablation: uniform placement"
 
 
-def plan(budgets, ablations: bool = True) -> list[Variant]:
-  """The main SMART student per budget, then (at the first budget) uniform placement and no ILD."""
+ABLATIONS = ("uniform", "no_ild", "kd_all")
+
+
+def plan(budgets, ablations=True) -> list[Variant]:
+  """The main SMART student per budget, then ablations at the first budget: `ablations` True means
+  uniform placement and no ILD, False none, or a list of names from ABLATIONS ("kd_all": KD trains
+  every parameter, to measure what kd.freeze buys)."""
   budgets = [int(b) for b in budgets]
   if not budgets:
     raise ValueError("at least one MLA budget is needed")
   if len(set(budgets)) != len(budgets):
     raise ValueError(f"budgets {budgets} repeat a value")
-  out = [Variant(b, "smart") for b in budgets]
-  if ablations:
-    out += [Variant(budgets[0], "uniform"), Variant(budgets[0], "smart", ild=False)]
-  return out
+  names = (("uniform", "no_ild") if ablations is True else () if ablations is False
+           else tuple(ablations))
+  unknown = [a for a in names if a not in ABLATIONS]
+  if unknown:
+    raise ValueError(f"unknown ablation(s) {unknown}; known: {list(ABLATIONS)}")
+  b0 = budgets[0]
+  made = {"uniform": Variant(b0, "uniform"), "no_ild": Variant(b0, "smart", ild=False),
+          "kd_all": Variant(b0, "smart", kd_all=True)}
+  return [Variant(b, "smart") for b in budgets] + [made[a] for a in names]
 
 
 def _shared_stages(cfg) -> tuple[str, ...]:
@@ -78,6 +92,8 @@ def variant_config(cfg, v: Variant, smart_layers=None):
   c = copy.deepcopy(cfg)
   c.name = f"{cfg.name}_{v.name}"
   c.model.n_mla = v.budget
+  if v.kd_all:
+    c.kd.freeze = ()
   shared = _shared_stages(cfg)
   tail = ("select", "assemble", "kd")
   if v.ild:

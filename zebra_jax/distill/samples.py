@@ -70,10 +70,19 @@ def resolve_source(cfg, workdir: str):
 
 def train_documents(cfg) -> list:
   """The train-split documents of the real sources (what prompts and passages are cut from; never
-  a held-out document)."""
+  a held-out document): with data.mix, every source of the mix but the teacher samples, each split
+  on its own document indices as the pipeline splits it; else data.source."""
   from zebra_jax.data import sources
   from zebra_jax.data.pipeline import split_indices
+  from zebra_jax.data.registry import parse_mix
 
+  mix = parse_mix(cfg.data.get("mix", ""))
+  if mix:
+    out = []
+    for name in (n for n in mix if n != SAMPLES_TOKEN):
+      src = sources.open_source(name if os.path.exists(name) else f"source:{name}")
+      out += [src[int(i)] for i in split_indices(len(src), "train", cfg.data.heldout_fraction)]
+    return out
   src = sources.open_source(real_sources(cfg))
   return [src[int(i)] for i in split_indices(len(src), "train", cfg.data.heldout_fraction)]
 

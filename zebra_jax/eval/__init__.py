@@ -6,6 +6,8 @@
     print(zeval.format_kv_report(zeval.kv_cache_report(model.config)))
     print(zeval.format_needle_grid(zeval.needle_in_a_haystack(model, tok, [1024, 4096])))
 
+Multi-domain suite (held-out sources, zero-shot tasks through lm-eval, chat): `run_suite`, see
+docs/evaluation.md.
 The lm-eval-harness model ("zebra_jax") lives in `zebra_jax.eval.lm_eval_adapter` (needs lm-eval).
 CLI: scripts/evaluate.py. See docs/export.md.
 """
@@ -23,6 +25,8 @@ _EXPORTS = {
     "needle_in_a_haystack": "zebra_jax.eval.needle",
     "make_needle_prompt": "zebra_jax.eval.needle",
     "format_needle_grid": "zebra_jax.eval.needle",
+    "run_suite": "zebra_jax.eval.suite",
+    "build_tasks": "zebra_jax.eval.tasks",
 }
 
 __all__ = sorted(_EXPORTS)

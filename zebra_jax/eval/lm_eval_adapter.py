@@ -14,8 +14,8 @@ encoded with the tokenizer's default special tokens, continuations split off the
 left-truncated to `max_length`, perplexity uses lm-eval's disjoint rolling windows. Generation is
 greedy through `zebra_jax.generate` (compressed caches), cut at the `until` strings and EOS.
 
-model_args: checkpoint (anything `zebra_jax.from_pretrained` reads), tokenizer (default: the
-checkpoint directory), dtype (float32), batch_size (8), max_length (default: the config's
+model_args: checkpoint (anything `zebra_jax.from_pretrained` reads, or "smollm2"), tokenizer
+(default: the checkpoint directory; "byte": zebra_jax.data.ByteTokenizer), dtype (float32), batch_size (8), max_length (default: the config's
 max_position_embeddings, at most 4096), max_gen_toks (256), use_cache (true), add_bos_token.
 """
 
@@ -31,6 +31,14 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from zebra_jax.eval.scoring import TokenScorer
+
+
+def _resolve(spec: str) -> str:
+  """"smollm2" names the SmolLM2-135M-Instruct GGUF (fetched into the cache if missing)."""
+  if spec == "smollm2":
+    from zebra_jax.assets import smollm2_gguf_path
+    return smollm2_gguf_path()
+  return spec
 
 
 def _bool(v) -> bool:
@@ -57,13 +65,18 @@ class ZebraJaxLM(TemplateLM):
       if checkpoint is None:
         raise ValueError("zebra_jax model needs checkpoint=<path> (or model=<CausalLM>)")
       from zebra_jax.convert import from_pretrained
+      checkpoint = _resolve(checkpoint)
       model = from_pretrained(checkpoint, dtype=dtype)
     if tokenizer is None or isinstance(tokenizer, str):
-      from zebra_jax.convert import load_tokenizer
       src = tokenizer or checkpoint
       if src is None:
         raise ValueError("zebra_jax model needs tokenizer=<path> when given a model object")
-      tokenizer = load_tokenizer(src)
+      if src == "byte":
+        from zebra_jax.data import ByteTokenizer
+        tokenizer = ByteTokenizer()
+      else:
+        from zebra_jax.convert import load_tokenizer
+        tokenizer = load_tokenizer(_resolve(src))
     self.model, self.tokenizer = model, tokenizer
     # "auto" / "auto:N" (lm-eval's batch-size search) fall back to 8: shapes are bucketed anyway
     bs = 8 if batch_size is None or str(batch_size).startswith("auto") else int(batch_size)
@@ -108,14 +121,17 @@ class ZebraJaxLM(TemplateLM):
       kw["add_special_tokens"] = add_special_tokens
     elif self.add_bos_token is not None:
       kw["add_special_tokens"] = self.add_bos_token
-    bos = self.tokenizer.bos_token
+    bos = getattr(self.tokenizer, "bos_token", None)
     if add_special_tokens is None and bos and string.startswith(bos):
       kw["add_special_tokens"] = False  # the string already carries its BOS
     ids = list(self.tokenizer.encode(string, **kw))
     return ids[-left_truncate_len:] if left_truncate_len else ids
 
   def tok_decode(self, tokens: Sequence[int], skip_special_tokens: bool = True) -> str:
-    return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special_tokens)
+    try:
+      return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special_tokens)
+    except TypeError:  # zebra_jax.data.ByteTokenizer: bytes only, specials always dropped
+      return self.tokenizer.decode(list(tokens))
 
   # -- scoring -----------------------------------------------------------------------------------
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):

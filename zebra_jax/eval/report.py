@@ -8,6 +8,8 @@ trained on; teacher samples excluded):
   kv_fraction                     cached values per token vs the teacher's (accounting.kv_cache_fraction)
   decode tokens/s                 greedy decode at batch B and each context length (infer.bench)
   samples                         greedy continuations of fixed prompts, side by side
+The held-out split of the run's own sources is the in-domain row; `results["suite"]` (when present,
+eval/suite.py) adds the multi-domain section: held-out sources, zero-shot tasks, chat answers.
 """
 
 from __future__ import annotations
@@ -138,15 +140,18 @@ def _decode_at(row, ctx):
   return None
 
 
-def markdown(results: dict) -> str:
-  """The report: environment, main table, ablations, timings, samples."""
+def markdown(results: dict, chart: str | None = None) -> str:
+  """The report: environment, main table, ablations, timings, samples, and the multi-domain suite
+  when results has one (`chart`: the path of its PNG as the markdown should link it)."""
   env, models, meta = results["environment"], results["models"], results["meta"]
   teacher = models["teacher"]
   tppl = teacher["perplexity"]
   ctxs = meta["contexts"]
   lines = [f"Run of `{meta['command']}` on {env['device']} ({env['date']}; jax {env['jax']}, "
-           f"flax {env['flax']}, orbax {env.get('orbax', '?')}). Held-out set: "
-           f"{teacher['heldout_tokens']:,} tokens of real text never trained on. Decode: batch "
+           f"flax {env['flax']}, orbax {env.get('orbax', '?')}). Held-out ppl, top-1 and KL: the "
+           f"in-domain held-out split of data.source, {teacher['heldout_tokens']:,} tokens never "
+           "trained on" + ("; the multi-domain suite below adds held-out sources" if
+                           results.get("suite") else "") + f". Decode: batch "
            f"{meta['decode_batch']}, greedy, tokens/s at each context.", ""]
   # `--contexts ''` (quality only) leaves out the decode columns
   speed_cols = [f"decode tok/s @{c}" for c in ctxs] + ([f"speed-up @{ctxs[-1]}"] if ctxs else [])
@@ -184,6 +189,9 @@ def markdown(results: dict) -> str:
     lines += ["Samples drawn with " + ", ".join(f"{k} {v}" for k, v in st.items())
               + " (the same settings and seed for every model):", ""]
     lines += _sample_lines(models, lambda row: row.get("sampled", {}).get("samples"))
+  if results.get("suite"):
+    from zebra_jax.eval.suite import suite_markdown
+    lines += ["", suite_markdown(results["suite"], chart=chart)]
   return "\n".join(lines)
 
 

