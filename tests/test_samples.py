@@ -225,3 +225,13 @@ def test_passage_fraction_builds_chat_prompts_from_train_documents_only(tmp_path
   from_docs = [t for t in texts if any(line and line in d for d in docs
                                        for line in t.split("\n")[2:3] if len(line) > 40)]
   assert len(texts) == 6 and len(from_docs) >= 1
+
+
+def test_instruction_topics_avoid_the_suites_chat_prompts():
+  from zebra_jax.distill.instructions import TOPICS
+  from zebra_jax.eval.suite import CHAT_PROMPTS
+  words = {w.strip("?.,:").lower() for p in CHAT_PROMPTS for w in p.split() if len(w) > 6}
+  for topic in TOPICS:
+    assert not ({w.lower() for w in topic.split() if len(w) > 6} & words), topic
+  prompts = samples_lib.instruction_prompts_for_samples(2000, seed=0)
+  assert not set(prompts) & set(CHAT_PROMPTS)

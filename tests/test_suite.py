@@ -329,3 +329,35 @@ def test_suite_end_to_end(fake_registry, tmp_path):
   again = suite.run_suite([("small", s_ckpt)], t_ckpt, str(out), **kw)
   assert os.path.getmtime(out / "models" / "small.json") == stamp
   assert again["models"]["small"]["domains"] == res["models"]["small"]["domains"]
+
+
+def test_suite_cut_short_keeps_finished_sections(fake_registry, tmp_path, monkeypatch):
+  """A suite killed during a model's chat answers keeps that model's domain rows on disk; the
+  rerun computes only the chat answers (the device's time limit cut the first GPU suite there)."""
+  import ml_collections
+  t_ckpt = save_model(_model(0), tmp_path / "teacher")
+  s_ckpt = save_model(_model(1, scale=1.5), tmp_path / "student")
+  run_cfg = ml_collections.ConfigDict({"data": {"source": "default", "tokenizer": "byte"},
+                                       "teacher": {"path": "byte"}})
+  out = tmp_path / "suite"
+  kw = dict(max_tokens=200, seq_len=256, mc=False, chat_tokens=2, run_config=run_cfg,
+            log=lambda *_: None)
+  real_chat, real_domains = suite.chat_answers, suite.score_domains
+
+  def cut(model, *a, **k):
+    if cut.calls == 1:   # the second chat call (the student's): the job is killed
+      raise KeyboardInterrupt
+    cut.calls += 1
+    return real_chat(model, *a, **k)
+
+  cut.calls = 0
+  monkeypatch.setattr(suite, "chat_answers", cut)
+  with pytest.raises(KeyboardInterrupt):
+    suite.run_suite([("small", s_ckpt)], t_ckpt, str(out), **kw)
+  saved = json.loads((out / "models" / "small.json").read_text())
+  assert "domains" in saved and "chat" not in saved
+  monkeypatch.setattr(suite, "chat_answers", real_chat)
+  monkeypatch.setattr(suite, "score_domains", lambda *a, **k: pytest.fail("domains recomputed"))
+  res = suite.run_suite([("small", s_ckpt)], t_ckpt, str(out), **kw)
+  assert res["models"]["small"]["domains"] == saved["domains"]
+  assert len(res["models"]["small"]["chat"]["greedy"]) == len(suite.CHAT_PROMPTS)

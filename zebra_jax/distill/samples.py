@@ -121,11 +121,14 @@ def _decode(tokenizer, ids, keep_special: bool = False) -> str:
 
 
 def instruction_prompts_for_samples(num: int, seed: int) -> list[str]:
-  """`num` user messages (distill/instructions.py), never one of the evaluation prompts."""
+  """`num` user messages (distill/instructions.py), never one of the evaluation prompts (the
+  report's samples and the suite's chat prompts; the topics avoid the suite's subjects too)."""
   from zebra_jax.distill.instructions import instruction_prompts
   from zebra_jax.eval.report import PROMPTS
+  from zebra_jax.eval.suite import CHAT_PROMPTS
 
-  return instruction_prompts(num, seed, exclude=[p["chat"] for p in PROMPTS if "chat" in p])
+  return instruction_prompts(num, seed, exclude=[p["chat"] for p in PROMPTS if "chat" in p]
+                             + list(CHAT_PROMPTS))
 
 
 def make_chat_prompts(tokenizer, num: int, seed: int, documents: list | None = None,

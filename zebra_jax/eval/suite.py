@@ -440,34 +440,50 @@ def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | N
   teacher_model = None
 
   def evaluate(label: str, ckpt: str) -> dict:
+    """One model's sections (domains, tasks, chat), each saved to models/<label>.json as soon as it
+    is done, so a run cut short keeps what it measured and a rerun computes only what is missing."""
     nonlocal teacher_model
+    from zebra_jax.eval.report import save_json
     path = os.path.join(out_dir, "models", f"{label}.json")
     want = {**settings, "checkpoint": os.path.abspath(ckpt) if os.path.exists(ckpt) else ckpt}
+    sections = ["domains"] + (["tasks"] if task_names else []) + (["chat"] if chat else [])
+    row = {"label": label, "settings": want}
     if os.path.exists(path):
       with open(path) as f:
-        row = json.load(f)
-      if row.get("settings") == json.loads(json.dumps(want)):
-        log(f"[suite] {label}: reusing {path}")
-        return row
+        saved = json.load(f)
+      if saved.get("settings") == json.loads(json.dumps(want)):
+        row = saved
+        if all(k in row for k in sections):
+          log(f"[suite] {label}: reusing {path}")
+          return row
+        log(f"[suite] {label}: reusing {[k for k in sections if k in row]} from {path}")
     t0 = time.time()
-    if teacher_model is None:
-      teacher_model = _load_model(teacher, dtype)
-    model = teacher_model if label == "teacher" else _load_model(ckpt, dtype)
-    log(f"[suite] {label}: domains")
-    row = {"label": label, "settings": want,
-           "domains": score_domains(model, teacher_model, doms, seq_len=seq_len,
-                                    batch_size=batch_size)}
-    if task_names:
+    model = None
+
+    def models_loaded():
+      nonlocal teacher_model, model
+      if teacher_model is None:
+        teacher_model = _load_model(teacher, dtype)
+      if model is None:
+        model = teacher_model if label == "teacher" else _load_model(ckpt, dtype)
+      return model
+
+    if "domains" not in row:
+      log(f"[suite] {label}: domains")
+      row["domains"] = score_domains(models_loaded(), teacher_model, doms, seq_len=seq_len,
+                                     batch_size=batch_size)
+      save_json(row, path)
+    if task_names and "tasks" not in row:
       log(f"[suite] {label}: {len(task_names)} lm-eval tasks")
       row["tasks"] = run_lm_eval(ckpt, task_names, task_dir, os.path.join(out_dir, "lm_eval", label),
                                  tokenizer=tok_spec, dtype=lm_eval_dtype or dtype,
                                  batch_size=lm_eval_batch_size, max_length=seq_len, limit=limit,
                                  log=log)
-    if chat:
+      save_json(row, path)
+    if chat and "chat" not in row:
       log(f"[suite] {label}: chat answers")
-      row["chat"] = chat_answers(model, tok, max_new_tokens=chat_tokens)
-    row["seconds"] = round(time.time() - t0, 1)
-    from zebra_jax.eval.report import save_json
+      row["chat"] = chat_answers(models_loaded(), tok, max_new_tokens=chat_tokens)
+    row["seconds"] = round(row.get("seconds", 0.0) + time.time() - t0, 1)
     save_json(row, path)
     return row
 
