@@ -21,6 +21,8 @@ max_position_embeddings, at most 4096), max_gen_toks (256), use_cache (true), ad
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Sequence
 
 import lm_eval.models  # noqa: F401  registers the built-in models first: lm-eval only does so
@@ -144,7 +146,12 @@ class ZebraJaxLM(TemplateLM):
       seqs.append(seq)
       n_cont.append(len(cont))
     out = []
-    for (lp, greedy), k in zip(self.scorer.logprobs(seqs), n_cont):
+    t0 = time.time()
+    scored = self.scorer.logprobs(seqs)
+    # to the log (suite.run_lm_eval keeps it): where an lm-eval run spends its time
+    print(f"[zebra_jax] scored {len(seqs)} requests ({sum(map(len, seqs)):,} tokens) in "
+          f"{time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+    for (lp, greedy), k in zip(scored, n_cont):
       res = (float(lp[-k:].sum()), bool(greedy[-k:].all()))
       out.append(res)
     for (key, _, _), res in zip(requests, out):

@@ -304,12 +304,18 @@ def run_lm_eval(checkpoint: str, tasks: Sequence[str], include_path: str, output
   env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
   log(f"[suite] lm-eval: {' '.join(cmd)}")
   t0 = time.time()
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
-  with open(os.path.join(output_path, "lm_eval.log"), "w") as f:
-    f.write(f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+  log_path = os.path.join(output_path, "lm_eval.log")
+  with open(log_path, "w") as f:  # written as the child runs, so a killed run leaves its log
+    f.write(f"$ {' '.join(cmd)}\n")
+    f.flush()
+    proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                          cwd=REPO, env=env)
   if proc.returncode != 0:
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
-    raise RuntimeError(f"lm-eval exited {proc.returncode} after {time.time() - t0:.0f}s:\n{tail}")
+    with open(log_path) as f:
+      tail = "\n".join(f.read().strip().splitlines()[-25:])
+    raise RuntimeError(f"lm-eval exited {proc.returncode} after {time.time() - t0:.0f}s "
+                       f"({log_path}):\n{tail}")
+  log(f"[suite] lm-eval done in {time.time() - t0:.0f}s")
   return parse_lm_eval_output(output_path, tasks)
 
 
