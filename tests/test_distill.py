@@ -169,6 +169,14 @@ def test_summary_reports_cache_params_tokens_and_time(tiny_run):
   assert summary["training"]["ild_mla"]["tokens_seen"] == 16 * 8 * seq
   assert summary["training"]["dpo"]["tokens_seen"] == 4 * 4 * 2 * 64
   assert summary["tokens_seen"] == sum(t["tokens_seen"] for t in summary["training"].values())
+  # each ILD / KD stage records how many passes it made over the distinct tokens of its part
+  for stage, part in (("ild_mla", "ild"), ("ild_mamba", "ild"), ("kd", "kd")):
+    with open(workdir / stage / "data_budget.json") as f:
+      budget = json.load(f)
+    assert budget["tokens_read"] == summary["training"][stage]["tokens_seen"]
+    assert budget["passes"] == pytest.approx(budget["tokens_read"] / budget["distinct_tokens"],
+                                             abs=1e-3)
+    assert 0 < budget["distinct_tokens"] <= budget["tokens"]
 
 
 def test_rerun_skips_every_stage_and_keeps_the_stage_timings(tiny_run, jax_cache):

@@ -270,3 +270,30 @@ def test_real_wordnet_source():
   assert len(synsets) > 100_000
   docs = R.source_documents("wordnet")
   assert 200_000 < sum(map(len, docs)) < 2_500_000
+
+
+def test_epoch_tokens_counts_repeats_and_distinct_tokens(tmp_path, monkeypatch):
+  """pipeline.epoch_tokens (a stage's data_budget.json): byte-tokenizer counts written out by hand
+  (UTF-8 bytes + the EOS the packer appends; the byte tokenizer adds no BOS to plain text), repeated documents counted per repeat in "tokens" and once
+  in "distinct_tokens"."""
+  from zebra_jax.data import ByteTokenizer
+  from zebra_jax.data.pipeline import epoch_tokens
+  reg, cache = _fake_registry(tmp_path)
+  monkeypatch.setattr(R, "SOURCES", reg)
+  monkeypatch.setenv("ZEBRA_JAX_CACHE", cache)
+  jsonl = tmp_path / "samples.jsonl"
+  texts = [f"sample {i} " * (5 + i) for i in range(8)]
+  jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  a_docs, b_docs = R.source_documents("a", cache), R.source_documents("b", cache)
+  n = lambda t: len(t.encode("utf-8")) + 1  # noqa: E731
+  got = epoch_tokens({"a": 2.0, "b": 1.0, str(jsonl): 1.0}, ByteTokenizer(), heldout_fraction=0.0)
+  distinct = sum(map(n, a_docs + b_docs + texts))
+  assert got["distinct_tokens"] == distinct
+  assert got["tokens"] == distinct + sum(map(n, a_docs))
+  assert got["documents"] == 2 * len(a_docs) + len(b_docs) + len(texts)
+  # the ILD part and the KD part of the same mix: disjoint, together the whole train split
+  ild = epoch_tokens({"a": 1.0, "b": 1.0, str(jsonl): 1.0}, ByteTokenizer(), part="ild",
+                     heldout_fraction=0.0, ild_fraction=0.5)
+  kd = epoch_tokens({"a": 1.0, "b": 1.0, str(jsonl): 1.0}, ByteTokenizer(), part="kd",
+                    heldout_fraction=0.0, ild_fraction=0.5)
+  assert ild["distinct_tokens"] + kd["distinct_tokens"] == distinct

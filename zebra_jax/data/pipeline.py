@@ -259,6 +259,34 @@ def _check_tokenizer(source, tokenizer) -> int | None:
   return vocab
 
 
+def selected_indices(src, split: str = "train", part: str | None = None, heldout_fraction: float = 0.01,
+                     ild_fraction: float = 0.0, split_seed: int = 0) -> np.ndarray:
+  """The document indices of `src` that one epoch of `split` / `part` reads (repeated by mix weight)."""
+  if hasattr(src, "mix_fingerprint"):  # a weighted mix (registry.MixSource): split per source, then repeat
+    return mix_indices(src.lengths, src.weights, split, part if split == "train" else None,
+                       heldout_fraction, ild_fraction, split_seed, names=src.names)
+  if split == "train":
+    return part_indices(len(src), part, heldout_fraction, ild_fraction, split_seed)
+  return split_indices(len(src), split, heldout_fraction, split_seed)
+
+
+def epoch_tokens(source: Any, tokenizer: Any, *, split: str = "train", part: str | None = None,
+                 heldout_fraction: float = 0.01, ild_fraction: float = 0.0, split_seed: int = 0,
+                 paragraphs: bool = False) -> dict:
+  """Tokens in one epoch of what make_dataset reads with these arguments (EOS included): "tokens"
+  counts repeated documents each time, "distinct_tokens" once. A stage reading T tokens makes
+  T / distinct_tokens passes over its data (docs/data.md: the recipe keeps that at most 2)."""
+  src = sources.open_source(source, paragraphs=paragraphs)
+  tokenizer = tokenize.load_tokenizer(tokenizer) if tokenizer is not None else None
+  indices = selected_indices(src, split, part, heldout_fraction, ild_fraction, split_seed)
+  counts = {}
+  for i in np.unique(indices):
+    counts[int(i)] = len(tokenize.encode_document(tokenizer, src[int(i)], where=f"document {i}"))
+  return {"tokens": int(sum(counts[int(i)] for i in indices)),
+          "distinct_tokens": int(sum(counts.values())), "documents": int(indices.size),
+          "distinct_documents": len(counts)}
+
+
 def make_dataset(
   source: Any,
   tokenizer: Any = None,
@@ -318,13 +346,7 @@ def make_dataset(
   vocab = _check_tokenizer(src, tokenizer)
 
   mix = src.mix_fingerprint() if hasattr(src, "mix_fingerprint") else None
-  if mix is not None:  # a weighted mix (registry.MixSource): split per source, then repeat by weight
-    indices = mix_indices(src.lengths, src.weights, split, part if split == "train" else None,
-                          heldout_fraction, ild_fraction, split_seed, names=src.names)
-  elif split == "train":
-    indices = part_indices(len(src), part, heldout_fraction, ild_fraction, split_seed)
-  else:
-    indices = split_indices(len(src), split, heldout_fraction, split_seed)
+  indices = selected_indices(src, split, part, heldout_fraction, ild_fraction, split_seed)
   mine = range(pidx * shards // pcount, (pidx + 1) * shards // pcount)
   for s in mine:
     if indices[s::shards].size == 0:

@@ -220,6 +220,32 @@ class RunContext:
                          part=self.data_part(purpose, split), ild_fraction=d.ild_fraction,
                          seed=self._seed_for(purpose), **kwargs)
 
+  def data_budget(self, stage: str, purpose: str, spec) -> dict:
+    """How many passes a training stage makes over its data: the tokens it reads (steps x batch x
+    seq_len) over the distinct tokens of its part (pipeline.epoch_tokens). Logged and written to
+    <stage>/data_budget.json once (process 0), so a recipe's "each token at most twice" is a number
+    in the workdir, not an estimate. Counting tokenises the part once (seconds for ~10M tokens)."""
+    path = os.path.join(self.workdir, stage, "data_budget.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    from zebra_jax.data.pipeline import epoch_tokens
+    d = self.cfg.data
+    counts = epoch_tokens(self.data_source(), self.tokenizer(), split="train",
+                          part=self.data_part(purpose), heldout_fraction=d.heldout_fraction,
+                          ild_fraction=d.ild_fraction)
+    reads = int(spec.steps) * int(spec.batch_size) * int(spec.seq_len)
+    budget = {**counts, "tokens_read": reads,
+              "passes": round(reads / max(1, counts["distinct_tokens"]), 3)}
+    self.log(f"[{stage}] reads {reads:,} tokens of a part with {counts['distinct_tokens']:,} "
+             f"distinct tokens: {budget['passes']:.2f} passes")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path + ".tmp", "w") as f:
+        json.dump(budget, f, indent=2)
+      os.replace(path + ".tmp", path)
+    return budget
+
   def calibration_batches(self, n: int, batch_size: int) -> list[dict]:
     # The same batches on every process (not a per-process shard), so that every process measures
     # the same sensitivities and picks the same layout. Train documents (the KD part), never the

@@ -130,6 +130,7 @@ def run_ild(ctx: RunContext, mixer: str) -> None:
       name=stage, workdir=ctx.workdir, model=student, loss_fn=ild_loss_fn(ctx.cfg.ild.loss),
       spec=spec, mesh=ctx.mesh, teachers={"teacher": teacher}, trainable=_not_embedding,
       flops_per_token=ctx.flops_per_token(student.config, teacher.config, backward_fraction=1.0))
+  ctx.data_budget(stage, "ild", spec)
   trainer.run(ctx.batches("ild", spec.batch_size))
   save_model(student, artifact(ctx, stage), overwrite=True)
 
@@ -266,6 +267,7 @@ def run_kd(ctx: RunContext, stage: str = "kd") -> None:
       loss_fn=kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature), spec=spec, mesh=ctx.mesh,
       teachers={"teacher": teacher}, trainable=frozen_filter(k.freeze),
       flops_per_token=ctx.flops_per_token(student.config, teacher.config))
+  ctx.data_budget(stage, "kd", spec)
   trainer.run(ctx.batches("kd", spec.batch_size))
   save_model(student, artifact(ctx, stage), overwrite=True)
 
