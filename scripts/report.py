@@ -44,7 +44,7 @@ _BUDGETS = flags.DEFINE_list("budgets", None, "MLA layer budgets (default: the c
 _ABL = flags.DEFINE_bool("ablations", True, "also run uniform placement and no-ILD at the first budget")
 _ABL_LIST = flags.DEFINE_list("ablation_list", None, "ablations to run at the first budget instead "
                               "of --ablations' two: any of uniform, no_ild, kd_all (KD trains every "
-                              "parameter group)")
+                              "parameter group), kd_freeze (KD freezes embeddings and MLPs)")
 _CONTEXTS = flags.DEFINE_list("contexts", ["8192"], "decode-throughput context lengths ('': "
                                "none, quality only)")
 _DBATCH = flags.DEFINE_integer("decode_batch", 48, "decode-throughput batch size")

@@ -51,6 +51,24 @@ def test_plan_names_and_order():
     variant_config(_tiny(), Variant(3, "smart", ild=False))
 
 
+def test_kd_ablations_set_kd_freeze_and_refuse_a_copy_of_the_main_variant():
+  """kd_all trains everything, kd_freeze freezes embeddings and MLPs (MambaInLlama); the one that
+  equals the config's own kd.freeze would train the main variant twice and is refused."""
+  cfg = _tiny()
+  cfg.kd.freeze = ()
+  names = [v.name for v in plan([3], ablations=["kd_freeze"])]
+  assert names == ["mla3_smart", "mla3_smart_kd_freeze"]
+  frozen = variant_config(cfg, plan([3], ablations=["kd_freeze"])[1])
+  assert tuple(frozen.kd.freeze) == ("embed", "mlp")
+  assert tuple(cfg.kd.freeze) == ()  # the base config is not modified
+  with pytest.raises(ValueError, match="kd_all.*already has kd.freeze"):
+    variant_config(cfg, plan([3], ablations=["kd_all"])[1])
+  cfg.kd.freeze = ("embed", "mlp")
+  assert tuple(variant_config(cfg, plan([3], ablations=["kd_all"])[1]).kd.freeze) == ()
+  with pytest.raises(ValueError, match="kd_freeze.*already has kd.freeze"):
+    variant_config(cfg, plan([3], ablations=["kd_freeze"])[1])
+
+
 def test_shared_stages_run_once_and_are_linked(experiment):
   cfg, root, variants, summaries = experiment
   assert (root / "shared" / "ild_mla" / "model").exists()

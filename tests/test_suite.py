@@ -202,6 +202,27 @@ def test_build_tasks_writes_lm_eval_tasks(fake_registry, tmp_path):
   assert (tmp_path / "again" / "wn_definitions.jsonl").read_text() == first
 
 
+def test_ensure_tasks_rebuilds_a_moved_task_folder(fake_registry, tmp_path):
+  """Task YAMLs name their data by absolute path: a folder built elsewhere and copied in (as a
+  GPU run once did) is rebuilt in place instead of pointing lm-eval at files that are not there."""
+  import shutil
+  import yaml
+  built = tmp_path / "built"
+  tasks.build_tasks(str(built), only=["wn_definitions"])
+  moved = tmp_path / "moved"
+  shutil.copytree(built, moved)
+  shutil.rmtree(built)
+  msgs = []
+  have = suite.ensure_tasks(str(moved), ["wn_definitions"], log=msgs.append)
+  assert set(have) == {"wn_definitions"} and any("rebuilding" in m for m in msgs)
+  cfg = yaml.safe_load((moved / "wn_definitions.yaml").read_text())
+  data = cfg["dataset_kwargs"]["data_files"]["test"]
+  assert data == str(moved / "wn_definitions.jsonl") and os.path.exists(data)
+  msgs.clear()
+  assert set(suite.ensure_tasks(str(moved), ["wn_definitions"], log=msgs.append)) == {"wn_definitions"}
+  assert msgs == []  # in place now: reused as is
+
+
 # -- retained % ------------------------------------------------------------------------------------
 def test_retained_arithmetic():
   teacher = {"a": {"acc": 0.50, "acc_norm": 0.40}, "b": {"acc": 0.80, "acc_norm": 0.60},

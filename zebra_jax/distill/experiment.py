@@ -39,11 +39,12 @@ class Variant:
   placement: str            # "smart" | "uniform"
   ild: bool = True          # False: blocks from the initialisers (placement from the SMART variant)
   kd_all: bool = False      # True: KD trains every parameter group (kd.freeze=())
+  kd_freeze: bool = False   # True: KD freezes embeddings and MLPs (MambaInLlama; kd.freeze=KD_FREEZE)
 
   @property
   def name(self) -> str:
     return (f"mla{self.budget}_{self.placement}" + ("" if self.ild else "_no_ild")
-            + ("_kd_all" if self.kd_all else ""))
+            + ("_kd_all" if self.kd_all else "") + ("_kd_freeze" if self.kd_freeze else ""))
 
   @property
   def kind(self) -> str:
@@ -51,16 +52,20 @@ class Variant:
       return "ablation: no ILD"
     if self.kd_all:
       return "ablation: KD trains all parameters"
+    if self.kd_freeze:
+      return "ablation: KD freezes embeddings and MLPs"
     return "main" if self.placement == "smart" else "ablation: uniform placement"
 
 
-ABLATIONS = ("uniform", "no_ild", "kd_all")
+ABLATIONS = ("uniform", "no_ild", "kd_all", "kd_freeze")
+KD_FREEZE = ("embed", "mlp")  # the kd_freeze ablation: MambaInLlama trains only the new mixers
 
 
 def plan(budgets, ablations=True) -> list[Variant]:
   """The main SMART student per budget, then ablations at the first budget: `ablations` True means
   uniform placement and no ILD, False none, or a list of names from ABLATIONS ("kd_all": KD trains
-  every parameter, to measure what kd.freeze buys)."""
+  every parameter, "kd_freeze": KD freezes embeddings and MLPs; whichever differs from the
+  config's kd.freeze measures what freezing buys or costs)."""
   budgets = [int(b) for b in budgets]
   if not budgets:
     raise ValueError("at least one MLA budget is needed")
@@ -73,7 +78,8 @@ def plan(budgets, ablations=True) -> list[Variant]:
     raise ValueError(f"unknown ablation(s) {unknown}; known: {list(ABLATIONS)}")
   b0 = budgets[0]
   made = {"uniform": Variant(b0, "uniform"), "no_ild": Variant(b0, "smart", ild=False),
-          "kd_all": Variant(b0, "smart", kd_all=True)}
+          "kd_all": Variant(b0, "smart", kd_all=True),
+          "kd_freeze": Variant(b0, "smart", kd_freeze=True)}
   return [Variant(b, "smart") for b in budgets] + [made[a] for a in names]
 
 
@@ -92,8 +98,12 @@ def variant_config(cfg, v: Variant, smart_layers=None):
   c = copy.deepcopy(cfg)
   c.name = f"{cfg.name}_{v.name}"
   c.model.n_mla = v.budget
-  if v.kd_all:
-    c.kd.freeze = ()
+  if v.kd_all or v.kd_freeze:
+    freeze = () if v.kd_all else KD_FREEZE
+    if tuple(cfg.kd.freeze) == freeze:
+      raise ValueError(f"ablation {v.name}: the config already has kd.freeze={freeze}, so it would "
+                       f"train the main variant again; use the other KD ablation (kd_all / kd_freeze)")
+    c.kd.freeze = freeze
   shared = _shared_stages(cfg)
   tail = ("select", "assemble", "kd")
   if v.ild:

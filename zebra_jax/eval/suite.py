@@ -390,6 +390,27 @@ def _load_model(ckpt: str, dtype: str):
   return from_pretrained(resolve_checkpoint(ckpt), dtype=dtype)
 
 
+def ensure_tasks(task_dir: str, tasks: Sequence[str] | None = None, *, cache_dir=None,
+                 log=print) -> dict:
+  """{task: index entry} of the lm-eval tasks in task_dir, built there first when missing, when
+  `tasks` asks for more, or when the folder was built elsewhere (its YAMLs name absolute paths)."""
+  from zebra_jax.eval.tasks import build_tasks
+  index = os.path.join(task_dir, "tasks.json")
+  have = {}
+  if os.path.exists(index):
+    with open(index) as f:
+      saved = json.load(f)
+    if saved.get("dir") == os.path.abspath(task_dir):
+      have = saved["tasks"]
+    else:
+      log(f"[suite] {task_dir} was built in {saved.get('dir')}; rebuilding its tasks here")
+  if not have or (tasks and not set(tasks) <= set(have)):
+    build_tasks(task_dir, cache_dir=cache_dir, only=tasks, log=log)
+    with open(index) as f:
+      have = json.load(f)["tasks"]
+  return have
+
+
 def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | None = None,
               max_tokens: int | None = 60_000, seq_len: int = 2048, tasks: Sequence[str] | None = None,
               chat: bool = True, chat_tokens: int = 128, dtype: str = "float32",
@@ -423,16 +444,7 @@ def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | N
   task_names: list[str] = []
   task_dir = os.path.join(out_dir, "tasks")
   if mc:
-    from zebra_jax.eval.tasks import build_tasks
-    index = os.path.join(task_dir, "tasks.json")
-    have = {}
-    if os.path.exists(index):
-      with open(index) as f:
-        have = json.load(f)["tasks"]
-    if not have or (tasks and not set(tasks) <= set(have)):
-      build_tasks(task_dir, cache_dir=cache_dir, only=tasks, log=log)
-      with open(index) as f:
-        have = json.load(f)["tasks"]
+    have = ensure_tasks(task_dir, tasks, cache_dir=cache_dir, log=log)
     task_names = [t for t in (tasks or list(have)) if t in have]
     missing = set(tasks or ()) - set(task_names)
     if missing:

@@ -376,7 +376,10 @@ def build_tasks(out_dir: str, cache_dir=None, *, max_items: int = MAX_ITEMS,
     names.append(name)
     index[name] = {"items": len(items), **meta}
   with open(os.path.join(out_dir, "tasks.json"), "w") as f:
-    json.dump({"seed": seed, "max_items": max_items, "tasks": index}, f, indent=2)
+    # "dir": the task YAMLs name their data files by absolute path, so a copied or moved task
+    # folder must be rebuilt where it now is (suite.ensure_tasks checks this)
+    json.dump({"seed": seed, "max_items": max_items, "dir": os.path.abspath(out_dir),
+               "tasks": index}, f, indent=2)
   return names
 
 
