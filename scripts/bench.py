@@ -59,6 +59,14 @@ def bench_attention(argv: list[str]) -> str:
   return bench.main(argv)
 
 
+@family("kd_loss")
+def bench_kd_loss(argv: list[str]) -> str:
+  """KD output-head loss + gradient: full logits (train/losses.py) vs chunked with a custom VJP
+  (train/fused_losses.py), time and XLA temp memory at the smollm2 / Zebra-1B / Zebra-8B heads."""
+  from zebra_jax.train import loss_bench
+  return loss_bench.main(argv)
+
+
 def kernels(args: argparse.Namespace, rest: list[str]) -> None:
   sections = []
   for name in args.family or sorted(FAMILIES):

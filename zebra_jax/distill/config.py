@@ -92,8 +92,12 @@ def base_config() -> ml_collections.ConfigDict:
       top_k=_unset(int), batch_size=256, chat_fraction=0.0, chat_temperature=_unset(float),
       passage_fraction=0.0))
   # kd.freeze: parameter groups KD leaves as assembled ("embed", "mlp", "norm", "mixer"; stages.py)
-  c.kd = _stage(1000, 8e-5, 192, kl_weight=1.0, ce_weight=0.0, temperature=1.0, freeze=())
-  c.dpo = _stage(100, 5e-7, 32, beta=0.01, max_len=1024, max_prompt_len=512, warmup_frac=0.1)
+  # loss_impl: "logits" builds both models' full logits; "fused" computes the same losses from the
+  # final hidden states loss_chunk tokens at a time (train/fused_losses.py; no (B, T, V) tensor)
+  c.kd = _stage(1000, 8e-5, 192, kl_weight=1.0, ce_weight=0.0, temperature=1.0, freeze=(),
+                loss_impl="logits", loss_chunk=1024)
+  c.dpo = _stage(100, 5e-7, 32, beta=0.01, max_len=1024, max_prompt_len=512, warmup_frac=0.1,
+                 loss_impl="logits", loss_chunk=1024)
   c.stepwise = _stage(1000, 8e-5, 64, kl_weight=1.0, ce_weight=0.0,
                       schedule=(), freeze_mlp=True)
   # A tuple, so `--config.stages="('teacher', 'ild_mla')"` works (ml_collections cannot override
@@ -124,6 +128,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if s.batch_size <= 0 or s.batch_size % s.grad_accum:
       bad(f"{name}.batch_size={s.batch_size} must be a positive multiple of "
           f"{name}.grad_accum={s.grad_accum}")
+  for name in ("kd", "dpo"):
+    if c[name].loss_impl not in ("logits", "fused"):
+      bad(f"{name}.loss_impl must be 'logits' or 'fused', got {c[name].loss_impl!r}")
+    if c[name].loss_chunk < 1:
+      bad(f"{name}.loss_chunk must be >= 1 token, got {c[name].loss_chunk}")
   bad_groups = [g for g in c.kd.freeze if g not in PARAM_GROUPS]
   if bad_groups:
     bad(f"kd.freeze: unknown parameter group(s) {bad_groups}; groups: {list(PARAM_GROUPS)}")

@@ -30,7 +30,7 @@ from zebra_jax.distill import select as select_lib
 from zebra_jax.distill.context import RunContext
 from zebra_jax.init import copy_block_shell, init_hybrid
 from zebra_jax.models.hybrid import CausalLM
-from zebra_jax.train import losses
+from zebra_jax.train import fused_losses, losses
 from zebra_jax.train.trainer import StageTrainer, TrainSpec
 
 
@@ -235,14 +235,26 @@ def run_assemble(ctx: RunContext) -> None:
 
 
 # -- end-to-end knowledge distillation -------------------------------------------------------------
-def kd_loss_fn(kl_weight: float, ce_weight: float, temperature: float):
+def kd_loss_fn(kl_weight: float, ce_weight: float, temperature: float, impl: str = "logits",
+               chunk: int = fused_losses.DEFAULT_CHUNK):
   """KL on every position of the packed row (no targets needed); CE on next-token targets. The
-  whole row is the input so the sequence length stays the configured one (kernel-friendly)."""
+  whole row is the input so the sequence length stays the configured one (kernel-friendly).
+  impl "logits": both models' full logits, then the losses (train/losses.py); "fused": the same
+  losses from the final hidden states, `chunk` tokens at a time (train/fused_losses.py)."""
+  _check_loss_impl(impl)
 
   def loss_fn(student, teachers, batch):
     tokens = batch["tokens"]
     pos = _positions(tokens)
-    t_logits = jax.lax.stop_gradient(teachers["teacher"](tokens, pos))
+    teacher = teachers["teacher"]
+    if impl == "fused":
+      ht = jax.lax.stop_gradient(teacher.final_hidden(tokens, pos))
+      loss, kl, ce = fused_losses.kd_loss(
+          student.final_hidden(tokens, pos), student.head_DV(), ht,
+          jax.lax.stop_gradient(teacher.head_DV()), tokens, kl_weight=kl_weight,
+          ce_weight=ce_weight, temperature=temperature, chunk=chunk)
+      return loss, {"kl": kl, "ce": ce}
+    t_logits = jax.lax.stop_gradient(teacher(tokens, pos))
     s_logits = student(tokens, pos)
     kl = losses.forward_kl(t_logits, s_logits, temperature=temperature)
     ce = losses.cross_entropy(s_logits[:, :-1], tokens[:, 1:])
@@ -250,6 +262,14 @@ def kd_loss_fn(kl_weight: float, ce_weight: float, temperature: float):
     return loss, {"kl": kl, "ce": ce}
 
   return loss_fn
+
+
+def _check_loss_impl(impl: str) -> None:
+  if impl not in LOSS_IMPLS:
+    raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {impl!r}")
+
+
+LOSS_IMPLS = ("logits", "fused")
 
 
 def run_kd(ctx: RunContext, stage: str = "kd") -> None:
@@ -264,7 +284,8 @@ def run_kd(ctx: RunContext, stage: str = "kd") -> None:
   spec = _spec(ctx, k, ctx.cfg.data.seq_len)
   trainer = StageTrainer(
       name=stage, workdir=ctx.workdir, model=student,
-      loss_fn=kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature), spec=spec, mesh=ctx.mesh,
+      loss_fn=kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature, k.loss_impl, k.loss_chunk),
+      spec=spec, mesh=ctx.mesh,
       teachers={"teacher": teacher}, trainable=frozen_filter(k.freeze),
       flops_per_token=ctx.flops_per_token(student.config, teacher.config))
   ctx.data_budget(stage, "kd", spec)
@@ -273,8 +294,15 @@ def run_kd(ctx: RunContext, stage: str = "kd") -> None:
 
 
 # -- DPO ---------------------------------------------------------------------------------------------
-def dpo_loss_fn(beta: float):
+def dpo_loss_fn(beta: float, impl: str = "logits", chunk: int = fused_losses.DEFAULT_CHUNK):
+  """Sigmoid DPO on sequence log-probs; impl as in kd_loss_fn."""
+  _check_loss_impl(impl)
+
   def logps(model, tokens, mask):
+    if impl == "fused":
+      h = model.final_hidden(tokens, _positions(tokens))[:, :-1]
+      return fused_losses.sequence_logprob(h, model.head_DV(), tokens[:, 1:],
+                                           mask[:, 1:].astype(jnp.float32), chunk=chunk)
     logits = model(tokens, _positions(tokens))[:, :-1]
     return losses.sequence_logprob(logits, tokens[:, 1:], mask[:, 1:].astype(jnp.float32))
 
@@ -296,7 +324,8 @@ def run_dpo(ctx: RunContext) -> None:
   d = ctx.cfg.dpo
   spec = _spec(ctx, d, d.max_len)
   trainer = StageTrainer(
-      name="dpo", workdir=ctx.workdir, model=policy, loss_fn=dpo_loss_fn(d.beta), spec=spec,
+      name="dpo", workdir=ctx.workdir, model=policy,
+      loss_fn=dpo_loss_fn(d.beta, d.loss_impl, d.loss_chunk), spec=spec,
       mesh=ctx.mesh, teachers={"reference": reference},
       flops_per_token=None)
   trainer.run(ctx.preference_batches(spec.batch_size))

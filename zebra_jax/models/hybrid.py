@@ -79,6 +79,13 @@ class CausalLM(nnx.Module):
       return self.embed_tokens.attend(h_BTD)
     return self.lm_head(h_BTD)
 
+  def head_DV(self) -> jax.Array:
+    """The output head as one (hidden, vocab) matrix in the compute dtype (the embedding's transpose
+    when tied): what the chunked losses (train/fused_losses.py) multiply the final hidden states by."""
+    if self.lm_head is None:
+      return self.embed_tokens.embedding[...].astype(self.embed_tokens.dtype).T
+    return self.lm_head.kernel[...].astype(self.lm_head.dtype)
+
   @staticmethod
   def default_positions(tokens_BT: jax.Array) -> jax.Array:
     B, T = tokens_BT.shape[:2]
@@ -93,13 +100,21 @@ class CausalLM(nnx.Module):
 
   # -- full forward ----------------------------------------------------------------------------
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None) -> jax.Array:
+    return self.logits(self.last_hidden(tokens_BT, positions_BT))
+
+  def last_hidden(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None) -> jax.Array:
+    """The last block's output (batch, seq, hidden), before the final norm and the head."""
     if positions_BT is None:
       positions_BT = self.default_positions(tokens_BT)
     h = self.embed(tokens_BT)
     apply = self._block_fn()
     for block in self.layers:
       h, _ = apply(block, h, positions_BT)
-    return self.logits(h)
+    return h
+
+  def final_hidden(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None) -> jax.Array:
+    """The final-norm hidden states (batch, seq, hidden): logits = final_hidden @ head_DV()."""
+    return self.norm(self.last_hidden(tokens_BT, positions_BT))
 
   def forward_with_intermediates(self, tokens_BT, positions_BT=None):
     """Logits plus every block's input hidden state and mixer output.
