@@ -4,6 +4,8 @@
     python scripts/bench.py kernels --family ssd [--append docs/benchmarks.md] [family options]
     python scripts/bench.py generate [--append docs/benchmarks.md]      # decode throughput
     python scripts/bench.py speculative [--append docs/benchmarks.md]   # speculative decoding
+    python scripts/bench.py train --stage kd --student zebra_1b_4mla12m2 --teacher llama-3.1-8b-instruct \
+        --seq-len 2048 --batch 8 [--append docs/benchmarks.md]         # one distillation step
 
 `kernels` runs one or more kernel families (`--family` may repeat) and prints one markdown section
 per family: a table of shape, implementation, time, GB/s (or TFLOP/s) and the ratio to the peer
@@ -89,12 +91,18 @@ def main(argv=None) -> None:
                  "(options: python scripts/bench.py generate -h)", add_help=False)
   sub.add_parser("speculative", help="speculative decoding of a real target with a distilled "
                  "truncated draft (options: python scripts/bench.py speculative -h)", add_help=False)
+  sub.add_parser("train", help="one distillation step (kd / ild_mla / ild_mamba) at preset shapes "
+                 "with random weights: tokens/s, MFU, memory, breakdown (options: python "
+                 "scripts/bench.py train -h)", add_help=False)
   args, rest = parser.parse_known_args(argv)
   if args.command == "kernels":
     kernels(args, rest)
   elif args.command == "generate":
     from zebra_jax.infer import bench as generate_bench
     generate_bench.main(rest)
+  elif args.command == "train":
+    from zebra_jax.train import step_bench
+    step_bench.main(rest)
   elif args.command == "speculative":
     from zebra_jax.infer import spec_bench
     spec_bench.main(rest)

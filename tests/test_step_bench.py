@@ -1,0 +1,60 @@
+"""`scripts/bench.py train` (zebra_jax/train/step_bench.py) on CPU with small configs: the step
+runs for KD (full-logits and fused losses, whose first-step losses agree) and ILD, and the MFU and
+table arithmetic is checked by hand."""
+
+import jax
+import pytest
+
+from zebra_jax import accounting
+from zebra_jax.config import HybridConfig, LlamaConfig
+from zebra_jax.train import step_bench
+
+SMALL = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, impl="reference", eos_token_id=None)
+HYBRID = dict(mla_layers=(0,), q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
+              qk_nope_head_dim=8, v_head_dim=16, d_state=16, headdim=16, chunk_size=16)
+
+
+def test_kd_step_bench_rows_and_equal_first_losses():
+  student = HybridConfig(**SMALL, **HYBRID)
+  teacher = LlamaConfig(**{**SMALL, "num_hidden_layers": 3})
+  rows = step_bench.run("kd", student, teacher, seq_len=32, batch=2, impls=("logits", "fused"),
+                        ce_weight=0.5, chunk=24, iters=2, breakdown=False)
+  assert [r["impl"] for r in rows] == ["logits", "fused"]
+  # same weights, same tokens: the first step's loss agrees (bf16 logits vs float32 accumulation)
+  assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=2e-2)
+  for r in rows:
+    assert r["step_ms"] > 0 and r["tokens_per_s"] == pytest.approx(2 * 32 / (r["step_ms"] / 1e3))
+    assert r["mfu"] is None  # no peak FLOP/s known for a CPU
+    assert r["memory_gib"] is None or r["memory_gib"] > 0
+  md = step_bench.markdown(rows, "python scripts/bench.py train")
+  assert md.count("\n| kd | custom | custom | 2 x 32 |") == 2
+
+
+def test_ild_step_bench_runs_the_all_mla_student():
+  student = HybridConfig(**SMALL, **HYBRID)
+  rows = step_bench.run("ild_mla", student, LlamaConfig(**SMALL), seq_len=32, batch=2, iters=1)
+  assert len(rows) == 1 and rows[0]["loss"] > 0
+  for k in ("teacher_fwd_ms", "student_fwd_bwd_ms", "optimizer_ms"):  # the breakdown ran
+    assert rows[0][k] > 0
+
+
+def test_mfu_uses_accounting_flops_and_the_device_peak():
+  class Dev:
+    device_kind = "NVIDIA H200"
+  assert step_bench.peak_flops(Dev()) == 989e12
+  Dev.device_kind = "TPU v5 lite"
+  assert step_bench.peak_flops(Dev()) == 197e12
+  assert step_bench.peak_flops(jax.devices()[0]) is None
+  s = HybridConfig(**SMALL, **HYBRID)
+  # the step's FLOPs: 3x the student's forward (fwd + bwd) + the teacher's forward, per token
+  fwd = sum(accounting.flops_breakdown(s, 32).values())
+  assert accounting.flops_per_token(s, 32, training=True) == pytest.approx(3 * fwd)
+
+
+def test_unknown_stage_and_vocab_mismatch_are_refused():
+  student = HybridConfig(**SMALL, **HYBRID)
+  with pytest.raises(SystemExit, match="--stage"):
+    step_bench.build("dpo", student, None)
+  with pytest.raises(SystemExit, match="vocab"):
+    step_bench.build("kd", student, LlamaConfig(**{**SMALL, "vocab_size": 500}))

@@ -1,0 +1,236 @@
+"""`python scripts/bench.py train`: one distillation step at preset shapes, random weights, synthetic
+tokens (no checkpoint, no data), with its throughput, MFU, memory and a breakdown.
+
+    python scripts/bench.py train --stage kd --student zebra_1b_4mla12m2 \
+        --teacher llama-3.1-8b-instruct --seq-len 2048 --batch 8 [--loss-impl logits,fused] \
+        [--steps 10] [--append docs/benchmarks.md]
+    python scripts/bench.py train --stage ild_mla --student zebra_1b_4mla12m2 --batch 16
+
+Stages: kd (the student preset against --teacher; KL, + CE with --ce-weight), ild_mla / ild_mamba
+(the all-MLA / all-Mamba2 version of the student against the Llama it is built from: the ILD loss
+of distill/stages.py). Each --loss-impl (kd only) is one row, so the first row is the peer of the
+others in the same run ("logits" = today's full-logits loss).
+
+Columns: step time (median wall ms of the jitted step: forward, backward, AdamW update, parameters
+donated), tokens/s, MFU = tokens/s x (student fwd+bwd + teacher fwd FLOPs per token, from
+`zebra_jax.accounting`) / the device's dense bf16 peak, XLA's compiled memory of the step
+(arguments + temporaries + outputs: what it needs at its peak, from `memory_analysis`), and the
+breakdown: teacher forward, student forward+backward with the loss, the optimizer update, each
+jitted and timed alone (their sum exceeds the step, which XLA schedules as one program).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from zebra_jax import accounting, presets
+from zebra_jax.config import HybridConfig
+from zebra_jax.models.hybrid import CausalLM
+
+# dense bf16 peak FLOP/s by device kind (substring match, first wins)
+PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("v6", 918e12),
+              ("v5p", 459e12), ("v5 lite", 197e12), ("v5e", 197e12), ("v4", 275e12))
+
+
+def peak_flops(device) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  return next((f for k, f in PEAK_FLOPS if k.lower() in kind.lower()), None)
+
+
+def _median_ms(fn, args, iters):
+  jax.block_until_ready(fn(*args))
+  ts = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    ts.append((time.perf_counter() - t0) * 1e3)
+  return statistics.median(ts)
+
+
+def _base_of(student: str):
+  """The Llama a Zebra preset is built from (the ILD teacher)."""
+  table = presets._ZEBRA_TABLE
+  if student.lower() not in table:
+    raise SystemExit(f"--stage ild_* needs a Zebra student preset (one of {sorted(table)}), got "
+                     f"{student!r}")
+  return table[student.lower()][0](instruct=True)
+
+
+def _name(spec) -> str:
+  return spec if isinstance(spec, str) else "custom"
+
+
+def _with_dtypes(cfg, param_dtype: str):
+  return dataclasses.replace(cfg, dtype="bfloat16", param_dtype=param_dtype)
+
+
+def _config(spec):
+  return presets.get_preset(spec) if isinstance(spec, str) else spec
+
+
+def build(stage: str, student, teacher):
+  """(student config, teacher config) of the stage, bf16 compute; the student keeps float32
+  parameters (as training does), the teacher bfloat16. student / teacher: preset names or
+  configs; for ild_* the teacher defaults to the Llama the Zebra student preset is built from."""
+  s_cfg = _config(student)
+  if stage == "kd":
+    if teacher is None:
+      raise SystemExit("--stage kd needs --teacher (a preset name)")
+    t_cfg = _config(teacher)
+    if t_cfg.vocab_size != s_cfg.vocab_size:
+      raise SystemExit(f"teacher vocab {t_cfg.vocab_size} != student vocab {s_cfg.vocab_size}")
+  elif stage in ("ild_mla", "ild_mamba"):
+    t_cfg = _config(teacher) if teacher is not None else _base_of(student)
+    if not isinstance(s_cfg, HybridConfig):
+      raise SystemExit(f"{student!r} is not a hybrid preset")
+    L = s_cfg.num_hidden_layers
+    s_cfg = dataclasses.replace(s_cfg, mla_layers=tuple(range(L)) if stage == "ild_mla" else (),
+                                attn_layers=())
+  else:
+    raise SystemExit(f"--stage must be kd, ild_mla or ild_mamba, got {stage!r}")
+  return _with_dtypes(s_cfg, "float32"), _with_dtypes(t_cfg, "bfloat16")
+
+
+def loss_fn_for(stage: str, impl: str, ce_weight: float, chunk: int):
+  from zebra_jax.distill import stages
+  if stage == "kd":
+    return stages.kd_loss_fn(1.0, ce_weight, 1.0, impl, chunk)
+  return stages.ild_loss_fn("l2")
+
+
+def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: int,
+        impls=("logits",), ce_weight: float = 0.0, chunk: int = 1024, iters: int = 10,
+        remat: bool = False, breakdown: bool = True) -> list[dict]:
+  from zebra_jax.train.optim import make_optimizer
+  s_cfg, t_cfg = build(stage, student, teacher)
+  s_model = CausalLM(s_cfg, rngs=nnx.Rngs(0))
+  s_model.remat = remat
+  t_model = CausalLM(t_cfg, rngs=nnx.Rngs(1))
+  t_graph, t_state = nnx.split(t_model)
+  tokens = jax.random.randint(jax.random.PRNGKey(2), (batch, seq_len), 0, s_cfg.vocab_size,
+                              jnp.int32)
+  batch_d = {"tokens": tokens}
+  flops = batch * seq_len * (accounting.flops_per_token(s_cfg, seq_len, training=True)
+                             + accounting.flops_per_token(t_cfg, seq_len, training=False))
+  peak = peak_flops(jax.devices()[0])
+  opt = make_optimizer(1e-4, 1000)
+  rows = []
+  for impl in (impls if stage == "kd" else ("-",)):
+    loss_fn = loss_fn_for(stage, impl if stage == "kd" else "logits", ce_weight, chunk)
+    graph, params, rest = nnx.split(s_model, nnx.Param, ...)
+    params = jax.tree.map(jnp.copy, params)  # the step donates its parameters: keep the model's
+    opt_state = opt.init(params)
+
+    def loss_of(p, ts, b):
+      return loss_fn(nnx.merge(graph, p, rest), {"teacher": nnx.merge(t_graph, ts)}, b)[0]
+
+    def step(p, o, ts, b):
+      loss, g = jax.value_and_grad(loss_of)(p, ts, b)
+      updates, o = opt.update(g, o, p)
+      return optax.apply_updates(p, updates), o, loss
+
+    step_c = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, t_state, batch_d).compile()
+    mem = step_c.memory_analysis()
+    mem_gib = None
+    if mem is not None:
+      mem_gib = sum(getattr(mem, k, 0) or 0 for k in ("argument_size_in_bytes", "temp_size_in_bytes",
+                                                       "output_size_in_bytes")) / 2**30
+    state = [params, opt_state]
+
+    def timed_step():
+      state[0], state[1], loss = step_c(state[0], state[1], t_state, batch_d)
+      return loss
+
+    loss0 = float(timed_step())
+    step_ms = _median_ms(lambda: timed_step(), (), iters)
+    tps = batch * seq_len / (step_ms / 1e3)
+    row = {"stage": stage, "student": _name(student), "teacher": _name(teacher)
+           if teacher is not None else "its base Llama", "seq_len": seq_len, "batch": batch,
+           "impl": impl, "step_ms": step_ms, "tokens_per_s": tps,
+           "mfu": None if peak is None else flops / (step_ms / 1e3) / peak, "memory_gib": mem_gib,
+           "teacher_fwd_ms": None, "student_fwd_bwd_ms": None, "optimizer_ms": None, "loss": loss0}
+    rows.append(row)
+    if not breakdown:
+      continue
+    # breakdown, each part jitted alone
+    if stage == "kd":
+      t_fwd = jax.jit(lambda ts, b: nnx.merge(t_graph, ts).final_hidden(b["tokens"]))
+    else:
+      t_fwd = jax.jit(lambda ts, b: nnx.merge(t_graph, ts).forward_with_intermediates(b["tokens"])[1])
+    teacher_ms = _median_ms(t_fwd, (t_state, batch_d), iters)
+    grad_fn = jax.jit(jax.value_and_grad(loss_of))
+    grad_ms = _median_ms(grad_fn, (state[0], t_state, batch_d), iters)
+    grads = grad_fn(state[0], t_state, batch_d)[1]
+    upd = jax.jit(lambda g, o, p: opt.update(g, o, p))
+    opt_ms = _median_ms(upd, (grads, state[1], state[0]), iters)
+    row.update(teacher_fwd_ms=teacher_ms, student_fwd_bwd_ms=grad_ms, optimizer_ms=opt_ms)
+    del state, grads
+  return rows
+
+
+def _ms(x) -> str:
+  return "-" if x is None else f"{x:.1f}"
+
+
+def markdown(rows, command: str) -> str:
+  import flax
+  dev = jax.devices()[0]
+  head = (f"### Training step: `{command}`\n\n{dev.device_kind} ({jax.default_backend()}), jax "
+          f"{jax.__version__}, flax {flax.__version__}, python {platform.python_version()}, "
+          f"{datetime.date.today().isoformat()}. Random weights, synthetic tokens; student float32 "
+          "parameters, bf16 compute; teacher bf16. MFU counts student fwd+bwd and teacher fwd FLOPs "
+          "(`zebra_jax.accounting`); memory is XLA's compiled arguments + temporaries + outputs.\n\n"
+          "| stage | student | teacher | batch x seq | loss impl | step ms | tokens/s | MFU | "
+          "memory GiB | teacher fwd ms | student fwd+bwd ms | optimizer ms |\n"
+          "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+  out = []
+  for r in rows:
+    mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    mem = "-" if r["memory_gib"] is None else f"{r['memory_gib']:.1f}"
+    out.append(f"| {r['stage']} | {r['student']} | {r['teacher']} | {r['batch']} x {r['seq_len']} | "
+               f"{r['impl']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mem} | "
+               f"{_ms(r['teacher_fwd_ms'])} | {_ms(r['student_fwd_bwd_ms'])} | "
+               f"{_ms(r['optimizer_ms'])} |")
+  return head + "\n".join(out) + "\n"
+
+
+def main(argv=None) -> str:
+  p = argparse.ArgumentParser(prog="scripts/bench.py train", description=__doc__.splitlines()[0])
+  p.add_argument("--stage", default="kd", choices=("kd", "ild_mla", "ild_mamba"))
+  p.add_argument("--student", default="zebra_1b_4mla12m2", help="a preset name (zebra_jax.presets)")
+  p.add_argument("--teacher", default="llama-3.1-8b-instruct", help="KD teacher preset")
+  p.add_argument("--seq-len", type=int, default=2048)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--loss-impl", default="logits,fused", help="kd: comma list of logits / fused")
+  p.add_argument("--loss-chunk", type=int, default=1024)
+  p.add_argument("--ce-weight", type=float, default=0.0)
+  p.add_argument("--remat", action="store_true", help="recompute each block in the backward pass")
+  p.add_argument("--steps", type=int, default=10, help="timed steps (median)")
+  p.add_argument("--append", default=None, help="append the markdown section to this file")
+  a = p.parse_args(argv)
+  impls = tuple(i for i in a.loss_impl.split(",") if i)
+  rows = run(a.stage, a.student, a.teacher if a.stage == "kd" else None, seq_len=a.seq_len,
+             batch=a.batch, impls=impls, ce_weight=a.ce_weight, chunk=a.loss_chunk, iters=a.steps,
+             remat=a.remat)
+  cmd = "python scripts/bench.py train " + " ".join(argv if argv is not None else [])
+  md = markdown(rows, cmd.strip())
+  print(md)
+  if a.append:
+    with open(a.append, "a") as f:
+      f.write("\n" + md)
+    print(f"appended to {a.append}")
+  return md
+
+
+if __name__ == "__main__":
+  main()
