@@ -49,7 +49,7 @@ def _rel(a, b):
   return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
 
 
-@pytest.mark.parametrize("temp,chunk", [(1.0, 16), (2.0, 16), (1.0, 128), (0.7, 5)])
+@pytest.mark.parametrize("temp,chunk", [(1.0, 128), (0.7, 5)])
 def test_kd_kl_ce_values_and_gradients(temp, chunk):
   hs, ws, ht, wt, tokens, _ = _data()
   kl, ce = fl.kd_kl_ce(hs, ws, ht, wt, tokens, temperature=temp, chunk=chunk)
@@ -134,8 +134,7 @@ def test_shape_errors_name_the_problem():
     fl.kl_and_logprobs(hs.reshape(-1, D), ws, ht.reshape(-1, D), wt[:, :50], tokens.reshape(-1))
 
 
-@pytest.mark.parametrize("tied", [True, False])
-@pytest.mark.parametrize("stage", ["kd", "dpo"])
+@pytest.mark.parametrize("tied,stage", [(True, "kd"), (False, "dpo")])
 def test_stage_losses_fused_equal_logits(tied, stage):
   """The KD and DPO stage losses with loss_impl="fused" give the "logits" path's loss and the same
   gradient for every student parameter (float32 models, tied and untied heads)."""
@@ -176,8 +175,7 @@ def test_stage_losses_fused_equal_logits(tied, stage):
     stages.kd_loss_fn(1.0, 0.0, 1.0, "chunked")
 
 
-@pytest.mark.parametrize("temp,chunk,kl_w,ce_w", [(1.0, 16, 1.0, 0.0), (2.0, 16, 1.0, 0.4),
-                                                  (1.0, 5, 0.5, 1.0), (0.7, 128, 0.0, 1.0)])
+@pytest.mark.parametrize("temp,chunk,kl_w,ce_w", [(2.0, 16, 1.0, 0.4), (1.0, 5, 0.5, 1.0)])
 def test_kd_loss_gradient_formed_in_forward_equals_autodiff(temp, chunk, kl_w, ce_w):
   """kd_loss (d loss / d logits formed in the forward pass) against float64 values and autodiff of
   the naive loss; kl and ce come back as metrics (no gradient)."""
