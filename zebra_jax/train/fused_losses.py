@@ -58,6 +58,15 @@ def _check(h_ND, w_DV, what: str):
                      f"(tokens, D) @ (D, vocab)")
 
 
+def _check_pair(hs_ND, ws_DV, ht_ND, wt_DV):
+  """Student and teacher operands: each a valid (tokens, D) @ (D, vocab), same tokens and vocab."""
+  _check(hs_ND, ws_DV, "student")
+  _check(ht_ND, wt_DV, "teacher")
+  if ht_ND.shape[0] != hs_ND.shape[0] or wt_DV.shape[1] != ws_DV.shape[1]:
+    raise ValueError(f"teacher hidden {ht_ND.shape} / head {wt_DV.shape} do not match the student's "
+                     f"{hs_ND.shape} / {ws_DV.shape} (same tokens, same vocabulary)")
+
+
 # -- per-token log-probabilities (CE, DPO) ---------------------------------------------------------
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def token_logprobs(h_ND, w_DV, targets_N, chunk: int = DEFAULT_CHUNK):
@@ -112,11 +121,7 @@ def kl_and_logprobs(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, temperature: float = 
 
 
 def _kl_fwd(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, temperature, chunk):
-  _check(hs_ND, ws_DV, "student")
-  _check(ht_ND, wt_DV, "teacher")
-  if ht_ND.shape[0] != hs_ND.shape[0] or wt_DV.shape[1] != ws_DV.shape[1]:
-    raise ValueError(f"teacher hidden {ht_ND.shape} / head {wt_DV.shape} do not match the student's "
-                     f"{hs_ND.shape} / {ws_DV.shape} (same tokens, same vocabulary)")
+  _check_pair(hs_ND, ws_DV, ht_ND, wt_DV)
   n, inv_t = hs_ND.shape[0], 1.0 / temperature
 
   def one(args):
@@ -178,11 +183,7 @@ def _kd_loss_fwd(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, ce_mask_N, kl_weight, ce
   per-token terms, so its gradient is known before any cotangent arrives: form d loss / d logits
   per chunk here and multiply it straight into d hidden and d W (4 head matmuls in all, as the
   full-logits path; the per-token VJPs above recompute the logits instead)."""
-  _check(hs_ND, ws_DV, "student")
-  _check(ht_ND, wt_DV, "teacher")
-  if ht_ND.shape[0] != hs_ND.shape[0] or wt_DV.shape[1] != ws_DV.shape[1]:
-    raise ValueError(f"teacher hidden {ht_ND.shape} / head {wt_DV.shape} do not match the student's "
-                     f"{hs_ND.shape} / {ws_DV.shape} (same tokens, same vocabulary)")
+  _check_pair(hs_ND, ws_DV, ht_ND, wt_DV)
   n, inv_t = hs_ND.shape[0], 1.0 / temperature
   ce_mask_N = ce_mask_N.astype(jnp.float32)
   ce_count = jnp.maximum(jnp.sum(ce_mask_N), 1.0)

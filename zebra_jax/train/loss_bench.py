@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from zebra_jax.train import fused_losses, losses
+from zebra_jax.train.step_bench import median_ms
 
 # name: (tokens, student hidden, teacher hidden, vocabulary)
 SHAPES = {
@@ -57,16 +56,6 @@ def _fused_loss(chunk):
   return f
 
 
-def _median_ms(fn, args, iters):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - t0) * 1e3)
-  return statistics.median(times)
-
-
 def run(shapes, chunks, iters: int = 10, tokens_override: int | None = None) -> list[dict]:
   rows = []
   for name in shapes:
@@ -80,7 +69,7 @@ def run(shapes, chunks, iters: int = 10, tokens_override: int | None = None) -> 
       compiled = step.lower(*args).compile()
       mem = compiled.memory_analysis()
       temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-      ms = _median_ms(compiled, args, iters)
+      ms = median_ms(compiled, args, iters)
       val = float(compiled(*args)[0])
       base = base or (ms, temp, val)
       rows.append({"shape": name, "tokens": n, "impl": label, "ms": ms,

@@ -47,7 +47,8 @@ def peak_flops(device) -> float | None:
   return next((f for k, f in PEAK_FLOPS if k.lower() in kind.lower()), None)
 
 
-def _median_ms(fn, args, iters):
+def median_ms(fn, args, iters):
+  """Median wall milliseconds of fn(*args) over `iters` calls, after one untimed call."""
   jax.block_until_ready(fn(*args))
   ts = []
   for _ in range(iters):
@@ -152,7 +153,7 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
       return loss
 
     loss0 = float(timed_step())
-    step_ms = _median_ms(lambda: timed_step(), (), iters)
+    step_ms = median_ms(timed_step, (), iters)
     tps = batch * seq_len / (step_ms / 1e3)
     row = {"stage": stage, "student": _name(student), "teacher": _name(teacher)
            if teacher is not None else "its base Llama", "seq_len": seq_len, "batch": batch,
@@ -167,12 +168,12 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
       t_fwd = jax.jit(lambda ts, b: nnx.merge(t_graph, ts).final_hidden(b["tokens"]))
     else:
       t_fwd = jax.jit(lambda ts, b: nnx.merge(t_graph, ts).forward_with_intermediates(b["tokens"])[1])
-    teacher_ms = _median_ms(t_fwd, (t_state, batch_d), iters)
+    teacher_ms = median_ms(t_fwd, (t_state, batch_d), iters)
     grad_fn = jax.jit(jax.value_and_grad(loss_of))
-    grad_ms = _median_ms(grad_fn, (state[0], t_state, batch_d), iters)
+    grad_ms = median_ms(grad_fn, (state[0], t_state, batch_d), iters)
     grads = grad_fn(state[0], t_state, batch_d)[1]
     upd = jax.jit(lambda g, o, p: opt.update(g, o, p))
-    opt_ms = _median_ms(upd, (grads, state[1], state[0]), iters)
+    opt_ms = median_ms(upd, (grads, state[1], state[0]), iters)
     row.update(teacher_fwd_ms=teacher_ms, student_fwd_bwd_ms=grad_ms, optimizer_ms=opt_ms)
     del state, grads
   return rows
