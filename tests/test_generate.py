@@ -139,6 +139,24 @@ def test_generate_cache_equals_no_cache(sampling):
   assert len({tuple(o) for o in with_cache}) == len(prompts)
 
 
+def test_bucketed_prompts_share_one_compiled_decode_loop_and_match_the_oracle():
+  """What the samples stage does: prompts padded to a multiple of 16 and a fixed cache length, so
+  batches whose longest prompts differ (5 vs 13 tokens) reuse one compiled prefill and one decode
+  loop; tokens equal the no-cache oracle's."""
+  from zebra_jax.infer import decode as decode_lib
+
+  model = shared_model("mixed")
+  jitted = (decode_lib._decode_loop, decode_lib._chunk_jit)
+  before = [f._cache_size() for f in jitted]
+  for lens, seed in (((5, 3), 4), ((13, 5), 5)):
+    prompts = prompts_for(lens, seed=seed)
+    got = generate(model, prompts, 6, stop_tokens=(), pad_multiple=16, max_len=32)
+    assert got == generate(model, prompts, 6, stop_tokens=(), use_cache=False)
+  assert [f._cache_size() - b for f, b in zip(jitted, before)] == [1, 1]
+  with pytest.raises(ValueError, match="pad_multiple"):
+    generate(model, prompts, 6, pad_multiple=0)
+
+
 def test_stop_tokens_and_streaming():
   model = shared_model("mixed")
   prompts = prompts_for(PROMPT_LENS, seed=2)

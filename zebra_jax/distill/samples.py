@@ -36,6 +36,11 @@ import numpy as np
 
 SAMPLES_TOKEN = "teacher_samples"
 ARTIFACT = os.path.join("samples", "teacher_samples.jsonl")
+PROMPT_BUCKET = 128   # prompt lengths and cache sizes are rounded up to multiples of this
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
 
 
 def _as_list(spec) -> list:
@@ -174,8 +179,14 @@ def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str,
     outs = [None] * len(batch)
     for k, temp in enumerate(sorted(set(temps))):
       rows = [j for j, t in enumerate(temps) if t == temp]
+      # prompts padded to a multiple of PROMPT_BUCKET and the cache sized from that padded length,
+      # so batches whose longest prompts differ by a few tokens share one compiled prefill / decode
+      # loop (each new shape costs seconds of compilation)
+      padded = _round_up(max(len(batch[j]) for j in rows), PROMPT_BUCKET)
       got = generate(teacher, [batch[j] for j in rows], max_new_tokens, temperature=temp,
-                     top_p=top_p, top_k=top_k, seed=seed + b + 1_000_003 * k)
+                     top_p=top_p, top_k=top_k, seed=seed + b + 1_000_003 * k,
+                     pad_multiple=PROMPT_BUCKET,
+                     max_len=_round_up(padded + max_new_tokens, PROMPT_BUCKET))
       for j, o in zip(rows, got):
         outs[j] = o
     tmp = f"{paths[b]}.tmp{process_index}"

@@ -478,17 +478,20 @@ def _inference_mesh(model, mesh) -> Mesh | None:
 def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_k=None,
            top_p=None, seed: int = 0, stop_tokens=None, max_len: int | None = None,
            prefill_chunk: int | None = 512, every: int = 16, pad_id: int = 0,
-           cache_dtype=None, mesh: Mesh | None = None) -> Iterator[list[list[int]]]:
+           cache_dtype=None, mesh: Mesh | None = None,
+           pad_multiple: int = 8) -> Iterator[list[list[int]]]:
   """Yields, every `every` steps, the new tokens of each sequence (lists; empty once it stopped).
 
   Same arguments and the same token stream as `generate(..., use_cache=True)` (without a draft).
   """
+  if int(pad_multiple) < 1:
+    raise ValueError(f"pad_multiple must be >= 1, got {pad_multiple}")
   _check_common(model, max_new_tokens, pad_id)
   mesh = _inference_mesh(model, mesh)
   config = model.config
   sampling = SamplingConfig(temperature, top_k, top_p)
   stops = resolve_stop_tokens(config, stop_tokens)
-  tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id, multiple=8)
+  tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id, multiple=int(pad_multiple))
   B, T = tokens.shape
   need = int(lengths.max()) + int(max_new_tokens)
   if max_len is None:  # room for whole prefill chunks too (one compiled chunk shape)
@@ -564,7 +567,7 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
              top_p=None, seed: int = 0, use_cache: bool = True, draft=None, num_draft_tokens: int = 4,
              stop_tokens=None, max_len: int | None = None, prefill_chunk: int | None = 512,
              pad_id: int = 0, return_stats: bool = False, cache_dtype=None,
-             mesh: Mesh | None = None):
+             mesh: Mesh | None = None, pad_multiple: int = 8):
   """Generates up to `max_new_tokens` tokens after each prompt (a list of token-id lists).
 
   Returns a list of generated token-id lists (a stop token, when produced, is the last element), or
@@ -575,6 +578,8 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
   `num_draft_tokens` proposals per round; stats then hold the acceptance statistics.
   `max_len` is the cache length (default: longest prompt + max_new_tokens, rounded up);
   `prefill_chunk` the prompt tokens per prefill call (None: the whole prompt at once).
+  `pad_multiple`: prompts are right-padded to a multiple of it; with a fixed `max_len`, a larger
+  multiple means fewer distinct shapes, so fewer compilations over many batches (teacher samples).
   `mesh` (a `parallel.make_mesh` mesh): shards the model's parameters over it (in place, by
   `shard_for_inference`) and the cache with them; None keeps the model where it is (sharded
   parameters -> sharded generation on their mesh).
@@ -596,7 +601,7 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     pieces = list(stream(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, seed=seed, stop_tokens=stops, max_len=max_len,
                          prefill_chunk=prefill_chunk, every=max_new_tokens, pad_id=pad_id,
-                         cache_dtype=cache_dtype, mesh=mesh))
+                         cache_dtype=cache_dtype, mesh=mesh, pad_multiple=pad_multiple))
     out = [sum((p[b] for p in pieces), []) for b in range(len(prompts))]
   else:
     out = _generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad_id)
