@@ -50,6 +50,13 @@ def test_mfu_uses_accounting_flops_and_the_device_peak():
   # the step's FLOPs: 3x the student's forward (fwd + bwd) + the teacher's forward, per token
   fwd = sum(accounting.flops_breakdown(s, 32).values())
   assert accounting.flops_per_token(s, 32, training=True) == pytest.approx(3 * fwd)
+  t = LlamaConfig(**SMALL)
+  t_fwd = sum(accounting.flops_breakdown(t, 32).values())
+  assert accounting.distill_flops_per_token(s, t, 32) == pytest.approx(3 * fwd + t_fwd)
+  # ILD runs no LM head: 2 * vocab * hidden per token out of both forwards (x3 for the student)
+  head = 2 * 384 * 64
+  assert accounting.distill_flops_per_token(s, t, 32, heads=False) == pytest.approx(
+      3 * (fwd - head) + (t_fwd - head))
 
 
 def test_unknown_stage_and_vocab_mismatch_are_refused():

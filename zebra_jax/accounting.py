@@ -228,6 +228,11 @@ def flops_breakdown(config: LlamaConfig, seq_len: int) -> dict[str, float]:
   return out
 
 
+def head_flops_per_token(config: LlamaConfig) -> float:
+  """Forward FLOPs of the LM head per token (2 * vocab * hidden; part of `matmul` above)."""
+  return 2.0 * config.vocab_size * config.hidden_size
+
+
 def flops_per_token(config: LlamaConfig, seq_len: int, training: bool = True) -> float:
   """Model FLOPs per token at sequence length `seq_len` (see `flops_breakdown` for the terms).
 
@@ -237,6 +242,20 @@ def flops_per_token(config: LlamaConfig, seq_len: int, training: bool = True) ->
   """
   fwd = sum(flops_breakdown(config, seq_len).values())
   return 3.0 * fwd if training else fwd
+
+
+def distill_flops_per_token(student: LlamaConfig, teacher: LlamaConfig, seq_len: int,
+                            heads: bool = True) -> float:
+  """Model FLOPs per token of one distillation step: the student's forward + backward and the
+  teacher's forward. heads=False for ILD, which compares block outputs: neither model runs its LM
+  head there (XLA drops the teacher's unused logits), so its 2 * vocab * hidden per token is taken
+  out of both (x3 for the student)."""
+  s = flops_per_token(student, seq_len, training=True)
+  t = flops_per_token(teacher, seq_len, training=False)
+  if not heads:
+    s -= 3 * head_flops_per_token(student)
+    t -= head_flops_per_token(teacher)
+  return s + t
 
 
 # ------------------------------------------------------------------------------------------------

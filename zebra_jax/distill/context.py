@@ -152,11 +152,10 @@ class RunContext:
   def set_remat(self, model: CausalLM) -> None:
     model.remat = bool(self.cfg.train.remat)
 
-  def flops_per_token(self, student_cfg, teacher_cfg, backward_fraction: float = 1.0) -> float:
-    """Training FLOPs per token: student fwd+bwd plus the teacher's forward."""
-    T = self.cfg.data.seq_len
-    return (accounting.flops_per_token(student_cfg, T, training=True)
-            + accounting.flops_per_token(teacher_cfg, T, training=False))
+  def flops_per_token(self, student_cfg, teacher_cfg, heads: bool = True) -> float:
+    """Training FLOPs per token: student fwd+bwd plus the teacher's forward (heads=False: ILD)."""
+    return accounting.distill_flops_per_token(student_cfg, teacher_cfg, self.cfg.data.seq_len,
+                                              heads=heads)
 
   # -- data ----------------------------------------------------------------------------------------
   def tokenizer(self):

@@ -129,7 +129,7 @@ def run_ild(ctx: RunContext, mixer: str) -> None:
   trainer = StageTrainer(
       name=stage, workdir=ctx.workdir, model=student, loss_fn=ild_loss_fn(ctx.cfg.ild.loss),
       spec=spec, mesh=ctx.mesh, teachers={"teacher": teacher}, trainable=_not_embedding,
-      flops_per_token=ctx.flops_per_token(student.config, teacher.config, backward_fraction=1.0))
+      flops_per_token=ctx.flops_per_token(student.config, teacher.config, heads=False))
   ctx.data_budget(stage, "ild", spec)
   trainer.run(ctx.batches("ild", spec.batch_size))
   save_model(student, artifact(ctx, stage), overwrite=True)
