@@ -54,12 +54,18 @@ def main(argv):
   elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get(
       "MEGASCALE_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()  # a multi-host TPU slice: jax finds the coordinator itself
+  from zebra_jax.distill.config import RunConfigError
   from zebra_jax.distill.pipeline import run_pipeline
+  from zebra_jax.distill.workdir import WorkdirBusy
   from zebra_jax.train.trainer import exit_codes
 
   workdir = _WORKDIR.value or cfg.workdir or os.path.join("workdir", cfg.name)
-  with exit_codes():
-    run_pipeline(cfg, workdir, progress=not _NO_PROGRESS.value)
+  try:
+    with exit_codes():
+      run_pipeline(cfg, workdir, progress=not _NO_PROGRESS.value)
+  except (RunConfigError, WorkdirBusy) as e:  # a config or workdir problem: one line, exit 2
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

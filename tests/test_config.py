@@ -32,6 +32,8 @@ def test_layer_kinds_and_json_round_trip():
 @pytest.mark.parametrize("kw, match", [
     (dict(mla_layers=(0, 4)), r"mla_layers has layer indices \[4\] out of range"),
     (dict(mla_layers=(1, 1)), r"mla_layers lists layers \[1\] more than once"),
+    (dict(mla_layers=(0.7,)), r"mla_layers has indices \[0\.7\] that are not whole layer numbers"),
+    (dict(attn_layers="12"), r"attn_layers must be a sequence of layer indices"),
     (dict(mla_layers=(1,), attn_layers=(1,)), r"layers \[1\] are in both"),
     (dict(mla_layers=(0,), kv_lora_rank=72), r"kv_lora_rank=72 must be in \[1, 64\]"),
     (dict(mla_layers=(0,), q_lora_rank=128), r"q_lora_rank=128 must be in \[1, 64\]"),

@@ -317,3 +317,20 @@ def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, mo
   assert r["steps"] == 4 and r["tokens_per_s"] > 0
   assert calls[-1][0] == 8, calls            # the timed call runs to warmup + steps
   assert calls[-1][1] == 0, f"the timed decode call compiled: {calls}"
+
+
+def test_bad_prompts_are_refused_with_a_message():
+  """Issue 18 item 6: a flat list is not three prompts, float ids are not truncated, and positions
+  past max_position_embeddings are not silently extrapolated."""
+  model = shared_model("mixed")
+  with pytest.raises(ValueError, match="flat list of 3 numbers"):
+    generate(model, [1, 2, 3], 2)
+  with pytest.raises(ValueError, match="prompt 1 holds non-integer token ids"):
+    generate(model, [[1, 2], [3.5, 4.0]], 2)
+  limit = model.config.max_position_embeddings
+  with pytest.raises(ValueError, match=f"exceeds max_position_embeddings={limit}"):
+    generate(model, [[1] * 4], limit - 3)
+  with pytest.raises(ValueError, match=f"exceeds max_position_embeddings={limit}"):
+    list(stream(model, [[1] * 4], limit - 3))
+  assert generate(model, [[1.0, 2.0]], 2, stop_tokens=()) == generate(model, [[1, 2]], 2,
+                                                                      stop_tokens=())

@@ -246,6 +246,10 @@ def load_hf_config(path: str | os.PathLike, **overrides) -> LlamaConfig:
 def _sorted_unique_layers(name: str, layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]:
   if layers is None:
     return ()
+  if isinstance(layers, (str, bytes)):
+    _check(False, f"{name} must be a sequence of layer indices, got the string {layers!r}")
+  frac = [i for i in layers if isinstance(i, bool) or not float(i).is_integer()]
+  _check(not frac, f"{name} has indices {frac} that are not whole layer numbers")
   layers = tuple(int(i) for i in layers)
   bad = [i for i in layers if not 0 <= i < n_layers]
   _check(not bad, f"{name} has layer indices {bad} out of range [0, {n_layers})")

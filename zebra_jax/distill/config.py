@@ -64,6 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.name = "run"
   c.seed = 0
   c.workdir = ""
+  # a rerun whose settings differ from the workdir's config.json under stages that already hold
+  # artifacts or checkpoints is refused unless this is True (distill/workdir.py)
+  c.accept_config_changes = False
   c.teacher = ml_collections.ConfigDict(dict(path="smollm2", dtype="bfloat16", overrides={},
                                                preset=_unset(str)))
   c.kd_teacher = ml_collections.ConfigDict(dict(path=_unset(str), dtype="bfloat16", overrides={},

@@ -26,13 +26,6 @@ import json
 import os
 
 SHARED_STAGES = ("teacher", "samples", "ild_mla", "ild_mamba")
-# Config fields the shared stages never read (flattened names; a prefix covers its section): two
-# configs that differ only here can share one <root>/shared. The ILD students are all-MLA and
-# all-Mamba2, so the budget and placement are not read either.
-NOT_READ_BY_SHARED = ("name", "workdir", "stages", "select", "kd", "kd_teacher", "dpo", "stepwise",
-                      "model.n_mla", "model.mla_layers")
-
-
 @dataclasses.dataclass(frozen=True)
 class Variant:
   budget: int               # MLA layers
@@ -136,13 +129,12 @@ def link_shared(root: str, workdir: str, stages) -> None:
 
 def shared_settings_diff(cfg_a: dict, cfg_b: dict) -> list[str]:
   """The fields read by the shared stages on which two run configs (as JSON dicts) differ, e.g.
-  ["ild.lr: 0.0002 != 0.001"]; empty when one root's shared stages can serve the other."""
-  from zebra_jax.convert.orbax_io import flatten_dotted
+  ["ild.lr: 0.0002 != 0.001"]; empty when one root's shared stages can serve the other (the
+  placement and the later stages' settings are not read by them: `workdir.stage_reads`)."""
+  from zebra_jax.distill.workdir import changed_fields, stage_reads
 
-  a, b = flatten_dotted(cfg_a), flatten_dotted(cfg_b)
-  skip = lambda k: any(k == n or k.startswith(n + ".") for n in NOT_READ_BY_SHARED)
-  return [f"{k}: {a.get(k, '<missing>')!r} != {b.get(k, '<missing>')!r}"
-          for k in sorted(set(a) | set(b)) if not skip(k) and a.get(k) != b.get(k)]
+  return [f"{k}: {a!r} != {b!r}" for k, (a, b) in changed_fields(cfg_a, cfg_b).items()
+          if any(stage_reads(s, k) for s in SHARED_STAGES)]
 
 
 def borrow_shared(cfg, root: str, source_root: str) -> dict:

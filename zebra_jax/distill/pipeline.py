@@ -6,6 +6,9 @@ meet at a barrier after each stage, so none checks or reads an artifact another 
 
 summary.json is rewritten after every stage and merged with the previous run's: a stage skipped now
 keeps the seconds it took when it ran (`stage_time_s`), `wall_time_s` is the sum over all runs.
+
+One run per workdir at a time, and a rerun with settings other than config.json's under stages that
+already hold state is refused unless `accept_config_changes` (distill/workdir.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from zebra_jax import accounting
 from zebra_jax.distill import stages
 from zebra_jax.distill.config import RunConfigError, validate
 from zebra_jax.distill.context import RunContext, same_teacher, teacher_config
+from zebra_jax.distill.workdir import WorkdirBusy, WorkdirLock, check_settings
 
 TRAINING_STAGES = ("ild_mla", "ild_mamba", "kd", "dpo", "stepwise")
 
@@ -176,8 +180,40 @@ def run_pipeline(cfg, workdir: str, *, progress: bool = True, mesh=None) -> dict
   preflight(ctx)
   if jax.process_index() == 0:
     os.makedirs(ctx.workdir, exist_ok=True)
-  if hasattr(cfg, "to_json"):
-    _write_json(os.path.join(ctx.workdir, "config.json"), cfg.to_json(indent=2))
+  # one run per workdir: process 0 holds the lock for all of a multi-process run, and tells the
+  # others whether it got it (so that they stop too rather than wait at the first barrier)
+  lock = WorkdirLock(ctx.workdir, log=ctx.log, enabled=jax.process_index() == 0)
+  busy = None
+  try:
+    lock.acquire()
+  except WorkdirBusy as e:
+    busy = e
+  if not _all_agree(busy is None):
+    raise busy or WorkdirBusy(f"{ctx.workdir}: process 0 could not take the workdir lock (its "
+                              "message says whose it is)")
+  try:
+    if hasattr(cfg, "to_json"):
+      # every process reads config.json before process 0 rewrites it, so all refuse together
+      check_settings(ctx.workdir, cfg.to_json(), list(cfg.stages),
+                     bool(cfg.get("accept_config_changes", False)), log=ctx.log,
+                     keep_old=jax.process_index() == 0)
+      _sync("settings checked")
+      _write_json(os.path.join(ctx.workdir, "config.json"), cfg.to_json(indent=2))
+    return _run_stages(ctx, cfg)
+  finally:
+    lock.release()
+
+
+def _all_agree(ok: bool) -> bool:
+  """Process 0's `ok`, on every process (itself in a single-process run)."""
+  if jax.process_count() == 1:
+    return ok
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
+def _run_stages(ctx: RunContext, cfg) -> dict:
   prev = _previous_summary(ctx)
   _sync("start")  # the workdir exists and every process has read the previous summary
   t0 = time.time()

@@ -430,7 +430,17 @@ def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_id: int =
   """Right-pads token-id lists into (B, T) int32 (T rounded up to `multiple`) and their lengths."""
   if isinstance(prompts, (str, bytes)) or not len(prompts):
     raise ValueError("prompts must be a non-empty list of token-id lists")
-  rows = [np.asarray(p, np.int64).reshape(-1) for p in prompts]
+  if all(np.ndim(p) == 0 for p in prompts):
+    raise ValueError(f"prompts must be a list of token-id lists, got a flat list of "
+                     f"{len(prompts)} numbers; for one prompt pass [[...]]")
+  rows = []
+  for i, p in enumerate(prompts):
+    a = np.asarray(p)
+    if a.size and not (np.issubdtype(a.dtype, np.integer)
+                       or (np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)))):
+      raise ValueError(f"prompt {i} holds non-integer token ids (dtype {a.dtype}); token ids are "
+                       "whole numbers")
+    rows.append(a.astype(np.int64).reshape(-1))
   for i, r in enumerate(rows):
     if r.size == 0:
       raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
@@ -466,6 +476,16 @@ def _check_common(model, max_new_tokens, pad_id):
     raise ValueError(f"pad_id={pad_id} is outside the vocabulary")
 
 
+def _check_positions(config, longest_prompt: int, max_new_tokens: int) -> None:
+  """Positions past max_position_embeddings are outside what the model (and its RoPE) was built
+  for: refused rather than silently extrapolated."""
+  limit = getattr(config, "max_position_embeddings", None)
+  if limit and longest_prompt + max_new_tokens > limit:
+    raise ValueError(f"the longest prompt ({longest_prompt} tokens) + max_new_tokens "
+                     f"({max_new_tokens}) exceeds max_position_embeddings={limit}; shorten the "
+                     "prompt or ask for fewer tokens")
+
+
 def _inference_mesh(model, mesh) -> Mesh | None:
   """`mesh=` of generate / stream: places every parameter there (a no-op for those already there);
   None -> the model's own mesh when its parameters are sharded (else single device)."""
@@ -494,6 +514,7 @@ def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top
   tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id, multiple=int(pad_multiple))
   B, T = tokens.shape
   need = int(lengths.max()) + int(max_new_tokens)
+  _check_positions(config, int(lengths.max()), int(max_new_tokens))
   if max_len is None:  # room for whole prefill chunks too (one compiled chunk shape)
     max_len = _round_up(max(need, _round_up(T, prefill_chunk or T)), 64)
   elif max_len < need:
@@ -585,6 +606,8 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
   parameters -> sharded generation on their mesh).
   """
   _check_common(model, max_new_tokens, pad_id)
+  tokens, lengths = pad_prompts(prompts, model.config.vocab_size, pad_id)  # checks the prompts
+  _check_positions(model.config, int(lengths.max()), int(max_new_tokens))
   mesh = _inference_mesh(model, mesh)
   sampling = SamplingConfig(temperature, top_k, top_p)
   stops = resolve_stop_tokens(model.config, stop_tokens)
