@@ -157,6 +157,24 @@ def test_bucketed_prompts_share_one_compiled_decode_loop_and_match_the_oracle():
     generate(model, prompts, 6, pad_multiple=0)
 
 
+def test_generation_in_rounds_equals_one_call_and_stopped_rows_leave():
+  """distill/samples.generate_in_rounds: 3 rounds of 2 tokens, batches of 2 regrouped as rows stop,
+  greedy (top_k=1): the tokens of one 6-token `generate` call, cut after the stop token."""
+  from zebra_jax.distill.samples import generate_in_rounds
+
+  model = shared_model("mixed")
+  prompts = prompts_for((5, 3, 9), seed=6)
+  free = generate(model, prompts, 6, stop_tokens=())
+  stop = free[0][2]  # prompt 0 stops in round 2; the others may too, wherever `stop` comes
+  expected = [o[:o.index(stop) + 1] if stop in o else o for o in free]
+  got = generate_in_rounds(model, prompts, 6, round_tokens=2, batch_size=2, temperature=1.0,
+                           top_p=None, top_k=1, seed=0, stop_tokens=[stop])
+  assert got == expected
+  with pytest.raises(ValueError, match="must divide"):
+    generate_in_rounds(model, prompts, 6, round_tokens=4, batch_size=2, temperature=1.0,
+                       top_p=None, top_k=1, seed=0, stop_tokens=[stop])
+
+
 def test_stop_tokens_and_streaming():
   model = shared_model("mixed")
   prompts = prompts_for(PROMPT_LENS, seed=2)

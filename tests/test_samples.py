@@ -39,8 +39,13 @@ def _greedy(model, prompt, n_new):
   return ids[len(prompt):]
 
 
-def test_samples_stage_writes_greedy_continuations_of_train_prompts(tmp_path):
+@pytest.mark.parametrize("rounds", [dict(), dict(round_tokens=2, round_batches=2)],
+                         ids=["one_call_per_batch", "in_rounds"])
+def test_samples_stage_writes_greedy_continuations_of_train_prompts(tmp_path, rounds):
+  """In rounds (2 new tokens per round, batches of 2 regrouped over parts of 2 batches), greedy
+  continuations are the same as in one call: a continuation depends on its prefix only."""
   cfg = _tiny_config()
+  cfg.samples.update(**rounds)
   run_pipeline(cfg, str(tmp_path), progress=False)
   path = tmp_path / samples_lib.ARTIFACT
   rows = [json.loads(l) for l in path.read_text().splitlines()]
@@ -95,6 +100,8 @@ def test_training_reads_the_samples(tmp_path):
     (dict(temperature=0.0), "samples.temperature"),
     (dict(chat_fraction=1.5), "samples.chat_fraction"),
     (dict(chat_temperature=0.0), "samples.chat_temperature"),
+    (dict(round_tokens=4), "samples.round_tokens must be 0 \\(off\\) or divide"),  # 6 % 4
+    (dict(round_tokens=2, round_batches=0), "samples.round_batches"),
 ])
 def test_bad_samples_configs_name_the_field(change, field):
   cfg = _tiny_config()
@@ -102,7 +109,8 @@ def test_bad_samples_configs_name_the_field(change, field):
     cfg.stages = change["stages"]
   if "source" in change:
     cfg.data.source = change["source"]
-  for k in ("num_samples", "temperature", "chat_fraction", "chat_temperature"):
+  for k in ("num_samples", "temperature", "chat_fraction", "chat_temperature", "round_tokens",
+            "round_batches"):
     if k in change:
       cfg.samples[k] = change[k]
   with pytest.raises(RunConfigError, match=field):

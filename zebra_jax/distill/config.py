@@ -34,7 +34,10 @@ Fields
                       batch_size, chat_fraction (share of chat-template instruction prompts),
                       chat_temperature (their sampling temperature; None: temperature),
                       passage_fraction (share of chat prompts that are tasks about a passage of
-                      a training document: summarise, explain, continue, questions);
+                      a training document: summarise, explain, continue, questions),
+                      round_tokens (0: one generate call per batch; else new tokens per round,
+                      the finished rows leaving between rounds) and round_batches (batches per
+                      part when generating in rounds);
                       used when data.source lists "teacher_samples"
   stages              ordered list of stages to run
 """
@@ -93,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.samples = ml_collections.ConfigDict(dict(
       num_samples=0, prompt_tokens=64, max_new_tokens=960, temperature=1.0, top_p=_unset(float),
       top_k=_unset(int), batch_size=256, chat_fraction=0.0, chat_temperature=_unset(float),
-      passage_fraction=0.0))
+      passage_fraction=0.0, round_tokens=0, round_batches=8))
   # kd.freeze: parameter groups KD leaves as assembled ("embed", "mlp", "norm", "mixer"; stages.py)
   # loss_impl: "logits" builds both models' full logits; "fused" computes the same losses from the
   # final hidden states loss_chunk tokens at a time (train/fused_losses.py; no (B, T, V) tensor)
@@ -181,6 +184,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
       bad(f"samples.chat_fraction must be in [0, 1], got {s.chat_fraction}")
     if not 0.0 <= s.passage_fraction <= 1.0:
       bad(f"samples.passage_fraction must be in [0, 1], got {s.passage_fraction}")
+    if s.round_tokens < 0 or (s.round_tokens and s.max_new_tokens % s.round_tokens):
+      bad(f"samples.round_tokens must be 0 (off) or divide samples.max_new_tokens="
+          f"{s.max_new_tokens}, got {s.round_tokens}")
+    if s.round_batches < 1:
+      bad(f"samples.round_batches must be >= 1, got {s.round_batches}")
     if s.chat_temperature is not None and not s.chat_temperature > 0:
       bad(f"samples.chat_temperature must be positive or None (= samples.temperature), "
           f"got {s.chat_temperature}")

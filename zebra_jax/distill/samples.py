@@ -151,55 +151,108 @@ def make_chat_prompts(tokenizer, num: int, seed: int, documents: list | None = N
   return [prompt_ids(tokenizer, {"chat": messages[int(i)]}) for i in order]
 
 
+def generate_in_rounds(model, prompts: list[list[int]], max_new_tokens: int, *, round_tokens: int,
+                       batch_size: int, temperature: float, top_p, top_k, seed: int,
+                       stop_tokens) -> list[list[int]]:
+  """Sampled continuations of `prompts` (each as `generate` returns it: a stop token, when produced,
+  last), `round_tokens` new tokens per round: after each round the sequences that stopped leave,
+  and the rest, prompt + what they have so far, are regrouped into full batches for the next round.
+
+  Why: a batch decodes until its longest answer stops, so one batch of chat prompts whose answers
+  run from 20 to 512 tokens spends most of its steps on a few rows. Continuing a sequence from its
+  prefix draws from the same distribution (sampling is Markov in the prefix), so the samples are
+  the same in law as one `generate` call per batch; only the random stream differs. Shapes stay
+  few: every call has `batch_size` rows (the last batch of a round padded with copies of its first
+  row, discarded), `round_tokens` new tokens, one cache length, prompts in PROMPT_BUCKET buckets.
+  """
+  from zebra_jax.infer.decode import generate
+
+  if max_new_tokens % round_tokens:
+    raise ValueError(f"samples.round_tokens={round_tokens} must divide samples.max_new_tokens="
+                     f"{max_new_tokens}")
+  stops = set(stop_tokens)
+  longest = _round_up(max(len(p) for p in prompts), PROMPT_BUCKET)
+  max_len = _round_up(longest + max_new_tokens, PROMPT_BUCKET)
+  new = [[] for _ in prompts]
+  active = list(range(len(prompts)))
+  for r in range(max_new_tokens // round_tokens):
+    still = []
+    for c, c0 in enumerate(range(0, len(active), batch_size)):
+      rows = active[c0:c0 + batch_size]
+      inputs = [list(prompts[i]) + new[i] for i in rows]
+      inputs += [inputs[0]] * (batch_size - len(rows))
+      got = generate(model, inputs, round_tokens, temperature=temperature, top_p=top_p,
+                     top_k=top_k, seed=seed + 7_919 * r + c, stop_tokens=tuple(stops),
+                     pad_multiple=PROMPT_BUCKET, max_len=max_len)
+      for i, g in zip(rows, got):
+        new[i] += g
+        if not (g and g[-1] in stops):
+          still.append(i)
+    active = still
+    if not active:
+      break
+  return new
+
+
 def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str, *, batch_size: int,
                      max_new_tokens: int, temperature: float, top_p, top_k, seed: int,
                      process_index: int = 0, process_count: int = 1, log=print,
-                     chat: list[bool] | None = None,
-                     chat_temperature: float | None = None) -> list[str]:
-  """Generates this process's batches into part files (skipping existing ones); returns the paths
-  of all batches' part files in order. `chat[i]` marks chat-template prompts (kept with their turn
-  markers in the text); they are sampled at `chat_temperature` (None: `temperature`), the rows of a
-  batch with one temperature in one `generate` call each."""
+                     chat: list[bool] | None = None, chat_temperature: float | None = None,
+                     round_tokens: int = 0, round_batches: int = 8) -> list[str]:
+  """Generates this process's parts into part files (skipping existing ones); returns the paths
+  of all part files in order. `chat[i]` marks chat-template prompts (kept with their turn markers
+  in the text); they are sampled at `chat_temperature` (None: `temperature`), the rows of a part
+  with one temperature together. A part is one batch of `batch_size` prompts in one `generate`
+  call; with `round_tokens` > 0 it is `round_batches` batches generated in rounds
+  (`generate_in_rounds`)."""
   chat = list(chat) if chat is not None else [False] * len(prompts)
-  from zebra_jax.infer.decode import generate
+  from zebra_jax.infer.decode import generate, resolve_stop_tokens
 
   parts_dir = os.path.join(workdir, "samples", "parts")
   os.makedirs(parts_dir, exist_ok=True)
   eos = teacher.config.eos_token_id
   eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
-  n_batches = -(-len(prompts) // batch_size)
-  paths = [os.path.join(parts_dir, f"part-{b:05d}.jsonl") for b in range(n_batches)]
-  for b in range(process_index, n_batches, process_count):
+  stops = resolve_stop_tokens(teacher.config, None)
+  part_size = batch_size * (round_batches if round_tokens else 1)
+  n_parts = -(-len(prompts) // part_size)
+  paths = [os.path.join(parts_dir, f"part-{b:05d}.jsonl") for b in range(n_parts)]
+  for b in range(process_index, n_parts, process_count):
     if os.path.exists(paths[b]):
       continue
     t0 = time.time()
-    batch = prompts[b * batch_size:(b + 1) * batch_size]
-    temps = [chat_temperature if chat_temperature is not None and chat[b * batch_size + j]
-             else temperature for j in range(len(batch))]
-    outs = [None] * len(batch)
+    part = prompts[b * part_size:(b + 1) * part_size]
+    temps = [chat_temperature if chat_temperature is not None and chat[b * part_size + j]
+             else temperature for j in range(len(part))]
+    outs = [None] * len(part)
     for k, temp in enumerate(sorted(set(temps))):
       rows = [j for j, t in enumerate(temps) if t == temp]
-      # prompts padded to a multiple of PROMPT_BUCKET and the cache sized from that padded length,
-      # so batches whose longest prompts differ by a few tokens share one compiled prefill / decode
-      # loop (each new shape costs seconds of compilation)
-      padded = _round_up(max(len(batch[j]) for j in rows), PROMPT_BUCKET)
-      got = generate(teacher, [batch[j] for j in rows], max_new_tokens, temperature=temp,
-                     top_p=top_p, top_k=top_k, seed=seed + b + 1_000_003 * k,
-                     pad_multiple=PROMPT_BUCKET,
-                     max_len=_round_up(padded + max_new_tokens, PROMPT_BUCKET))
+      if round_tokens:
+        got = generate_in_rounds(teacher, [part[j] for j in rows], max_new_tokens,
+                                 round_tokens=round_tokens, batch_size=batch_size,
+                                 temperature=temp, top_p=top_p, top_k=top_k,
+                                 seed=seed + 1_000 * b + 1_000_003 * k, stop_tokens=stops)
+      else:
+        # prompts padded to a multiple of PROMPT_BUCKET and the cache sized from that padded
+        # length, so batches whose longest prompts differ by a few tokens share one compiled
+        # prefill / decode loop (each new shape costs seconds of compilation)
+        padded = _round_up(max(len(part[j]) for j in rows), PROMPT_BUCKET)
+        got = generate(teacher, [part[j] for j in rows], max_new_tokens, temperature=temp,
+                       top_p=top_p, top_k=top_k, seed=seed + b + 1_000_003 * k,
+                       pad_multiple=PROMPT_BUCKET,
+                       max_len=_round_up(padded + max_new_tokens, PROMPT_BUCKET))
       for j, o in zip(rows, got):
         outs[j] = o
     tmp = f"{paths[b]}.tmp{process_index}"
     n_new = 0
     with open(tmp, "w", encoding="utf-8") as f:
-      for j, (prompt, new) in enumerate(zip(batch, outs)):
+      for j, (prompt, new) in enumerate(zip(part, outs)):
         new = [t for t in new if t not in eos]  # a stop token ends the sample; the packer adds EOS
         n_new += len(new)
-        text = _decode(tokenizer, prompt + new, keep_special=chat[b * batch_size + j])
+        text = _decode(tokenizer, prompt + new, keep_special=chat[b * part_size + j])
         f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     os.replace(tmp, paths[b])
     dt = time.time() - t0
-    log(f"[samples] batch {b + 1}/{n_batches}: {n_new} new tokens in {dt:.1f}s "
+    log(f"[samples] part {b + 1}/{n_parts}: {n_new} new tokens in {dt:.1f}s "
         f"({n_new / max(dt, 1e-9):,.0f} tokens/s)")
   return paths
 
@@ -235,7 +288,8 @@ def run_samples(ctx) -> None:
       teacher, tokenizer, prompts, ctx.workdir, batch_size=s.batch_size,
       max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
       seed=ctx.cfg.seed + 11, process_index=jax.process_index(), process_count=jax.process_count(),
-      log=ctx.log, chat=chat, chat_temperature=chat_temperature)
+      log=ctx.log, chat=chat, chat_temperature=chat_temperature,
+      round_tokens=s.get("round_tokens", 0) or 0, round_batches=s.get("round_batches", 8))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("zebra_jax samples: all parts written")
