@@ -336,6 +336,38 @@ def test_nan_loss_stops_before_checkpointing_the_bad_state(tmp_path):
     assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_rows_are_read_one_step_late_and_equal_the_synchronous_ones(tmp_path, monkeypatch):
+  """A log step's metrics are fetched after the next step is dispatched (the device is never idle
+  for logging), yet the rows are those of log steps 2, 4, 6, 7 with their own values: the losses
+  equal a run that logs every step (which, with checkpoints every step, reads each at once); a NaN
+  at a log step is still reported at that step."""
+  import zebra_jax.train.trainer as trainer_lib
+
+  order, real = [], trainer_lib.jax.device_get
+
+  def spy(x):
+    order.append(("get", len(dispatched)))
+    return real(x)
+
+  dispatched = []
+  orig_batch = trainer_lib.StageTrainer._device_batch
+  monkeypatch.setattr(trainer_lib.StageTrainer, "_device_batch",
+                      lambda self, b: dispatched.append(1) or orig_batch(self, b))
+  monkeypatch.setattr(trainer_lib.jax, "device_get", spy)
+  lagged = run(tmp_path / "lag", "s", model(), spec(steps=7, log_every=2), Batches(4))
+  monkeypatch.setattr(trainer_lib.jax, "device_get", real)
+  assert [r["step"] for r in lagged] == [2, 4, 6, 7]
+  # step 2's metrics are read once step 3's batch was placed (dispatched), not before
+  assert order[0] == ("get", 3)
+  every = run(tmp_path / "sync", "s", model(), spec(steps=7, log_every=1, checkpoint_every=1),
+              Batches(4))
+  by_step = {r["step"]: r for r in curve(every)}
+  assert curve(lagged) == [by_step[s] for s in (2, 4, 6, 7)]
+  with pytest.raises(NonFiniteLossError, match="step 4"):
+    run(tmp_path / "nan", "s", model(), spec(steps=7, log_every=2),
+        Batches(4, poison_at=4), loss_fn=poisoned_loss)
+
+
 def test_update_that_overflows_the_parameters_is_never_checkpointed(tmp_path):
   """lr = 1e39 is a finite Python float but inf in float32: step 1's loss and gradient are finite,
   the updated parameters are not. The run must stop before saving them."""

@@ -328,13 +328,15 @@ class StageTrainer:
     pending: list[tuple[int, dict]] = []
     t_last, steps_since = time.perf_counter(), 0
 
-    def flush(step_now, write=True):
-      """Fetch pending metrics, stop on non-finite loss, log (when `write`). Returns the last
-      metrics. Checkpoint-only flushes (preemption) check without writing, so a resumed run logs
-      exactly the rows of an uninterrupted one."""
+    def flush(upto, write=True):
+      """Fetch the pending metrics of steps <= `upto`, stop on non-finite loss, log the row of the
+      last of them (when `write`). Checkpoint-only flushes (preemption) check without writing, so
+      a resumed run logs exactly the rows of an uninterrupted one."""
       nonlocal t_last, steps_since
       last = None
-      for s, m in pending:
+      done = [(s, m) for s, m in pending if s <= upto]
+      pending[:] = [(s, m) for s, m in pending if s > upto]
+      for s, m in done:
         m = {k: float(v) for k, v in jax.device_get(m).items()}
         if not all(math.isfinite(v) for v in m.values()):
           bad = {k: v for k, v in m.items() if not math.isfinite(v)}
@@ -343,27 +345,30 @@ class StageTrainer:
               f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower the learning "
               "rate or check the data, then rerun the same command to resume from it.")
         last = (s, m)
-      pending.clear()
       if last is None or not write:
         return None
       s, m = last
+      # steps finished since the last row: the lagged row's step, not the one just dispatched
+      steps_done = steps_since - sum(1 for p in pending)
       dt = time.perf_counter() - t_last
-      tok_s = tokens_per_step * steps_since / dt if dt > 0 else 0.0
+      tok_s = tokens_per_step * steps_done / dt if dt > 0 else 0.0
       m["tokens_per_s"] = tok_s
       m["lr"] = float(self.optimizer_lr(s))
       if peak and self.flops_per_token:
         # per chip of this stage's mesh (not jax.device_count(): a stage may run on a sub-mesh)
         m["mfu"] = self.flops_per_token * tok_s / (peak * self.mesh.devices.size)
       writer.write(s, m)
-      t_last, steps_since = time.perf_counter(), 0
+      t_last, steps_since = time.perf_counter(), steps_since - steps_done
       if bar is not None:
         bar.set_postfix({k: f"{v:.4g}" for k, v in m.items()
                          if k in ("loss", "tokens_per_s", "mfu", "grad_norm")})
       return m
 
     step = start
+    log_due = None  # a log step whose row is written one step later (see below)
     try:
       while step < spec.steps:
+        # the next batch is read and placed while the device still runs the step before
         batch = self._device_batch(next(data))
         self.trainable, self.opt_state, metrics = self._step_fn(batch)(
             self.trainable, self.opt_state, self.frozen, self.teacher_states, batch)
@@ -375,8 +380,20 @@ class StageTrainer:
         stop = preempted["flag"]  # read once: the signal may land anywhere in this iteration
         at_ckpt = step % spec.checkpoint_every == 0 or step == spec.steps or stop
         at_log = step % spec.log_every == 0 or step == spec.steps
-        if at_log or at_ckpt:
+        if at_ckpt:
+          # a checkpoint waits for this step anyway: check and log everything first
+          if log_due is not None:
+            flush(log_due)
           flush(step, write=at_log)
+          log_due = None
+        else:
+          # Reading a step's metrics waits for that step; reading them one step late leaves the
+          # device a queued step to run meanwhile, so logging never idles it.
+          if log_due is not None:
+            flush(log_due)
+            log_due = None
+          if at_log:
+            log_due = step
         if at_ckpt:
           ckpt.save(step, {"trainable": self.trainable, "opt_state": self.opt_state},
                     data.get_state(), force=True)
