@@ -217,6 +217,33 @@ def test_tied_head_that_differs_is_refused(tmp_path):
     from_pretrained(tmp_path)
 
 
+def test_non_finite_weights_are_refused_by_name(tmp_path):
+  """Issue 18 item 5: a NaN / inf tensor in an HF checkpoint, a GGUF or a saved model is named on
+  load (it used to load and give NaN logits)."""
+  sd = _saved_tensors(tmp_path)
+  sd["model.layers.1.mlp.up_proj.weight"][3, :2] = np.nan
+  sd["model.norm.weight"][0] = np.inf
+  save_file(sd, str(tmp_path / "model.safetensors"))
+  with pytest.raises(CheckpointError, match=r"non-finite weights in 2 tensor") as e:
+    from_pretrained(tmp_path)
+  assert "model.layers.1.mlp.up_proj.weight: 2 of" in str(e.value)
+  assert "model.norm.weight: 1 of" in str(e.value)
+  hf = make_hf(seed=3)
+  with torch.no_grad():
+    hf.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+  os.makedirs(tmp_path / "g")
+  write_gguf(tmp_path / "g" / "tiny.gguf", hf)
+  with pytest.raises(CheckpointError, match=r"blk\.0\.ffn_down\.weight: 1 of"):
+    from_pretrained(tmp_path / "g" / "tiny.gguf")
+  good = make_hf(seed=4)
+  good.save_pretrained(tmp_path / "ok")
+  model = from_pretrained(tmp_path / "ok")
+  model.norm.weight[...] = model.norm.weight[...].at[1].set(jnp.nan)
+  save_model(model, tmp_path / "saved")
+  with pytest.raises(CheckpointError, match=r"norm\.weight: 1 of"):
+    load_model(tmp_path / "saved")
+
+
 def test_index_naming_a_missing_shard(tmp_path):
   make_hf().save_pretrained(tmp_path, max_shard_size="20KB")
   os.remove(tmp_path / "model-00002-of-{:05d}.safetensors".format(

@@ -275,6 +275,7 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, LazyTensor], *, sourc
                           f"vocab {config.vocab_size}):\n  " + "\n  ".join(parts))
 
   values: dict[str, jax.Array] = {}
+  nonfinite: list[str] = []
   order = sorted(plan, key=_natural_key)
   bar = _progress(len(order) + (tied_head is not None),
                   f"reading {os.path.basename(os.path.normpath(source))}", progress)
@@ -286,6 +287,7 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, LazyTensor], *, sourc
     x = np.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise CheckpointError(f"{src_name}: dtype {x.dtype} is not a floating point type")
+    nonfinite += nonfinite_report({src_name: x})
     values[path] = jnp.asarray(x, dtype=expected[path].dtype)  # one tensor at a time, as param_dtype
     bar.update(1)
   if tied_head is not None:
@@ -302,7 +304,31 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, LazyTensor], *, sourc
                             f"{names.HF_EMBEDDING}; set tie_word_embeddings=false to keep both")
     bar.update(1)
   bar.close()
+  if nonfinite:
+    raise CheckpointError(nonfinite_message(source, nonfinite))
   return materialise(config, values, abstract)
+
+
+def nonfinite_report(arrays: Mapping[str, object]) -> list[str]:
+  """"name: k of n values are NaN / inf" for every array holding any (a corrupt or badly converted
+  checkpoint would otherwise load and give NaN logits)."""
+  out = []
+  for name, x in arrays.items():
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      continue
+    if isinstance(x, jax.Array):  # counted where it lives (no copy of the weights to the host)
+      bad = int(jnp.size(x) - jnp.count_nonzero(jnp.isfinite(x)))
+    else:
+      bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+      out.append(f"{name}: {bad:,} of {x.size:,} values are NaN / inf")
+  return out
+
+
+def nonfinite_message(source: str, items: list[str]) -> str:
+  shown = items[:10] + ([f"... and {len(items) - 10} more"] if len(items) > 10 else [])
+  return (f"checkpoint {source} holds non-finite weights in {len(items)} tensor(s) (corrupted "
+          "file or a broken conversion):\n  " + "\n  ".join(shown))
 
 
 def _natural_key(path: str):

@@ -211,6 +211,10 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
                           f"incomplete?): {type(e).__name__}: {msg[0] if msg else ''}") from e
 
   values = flatten_dotted(restored)
+  from zebra_jax.convert.hf import nonfinite_message, nonfinite_report
+  bad = nonfinite_report(values)
+  if bad:
+    raise CheckpointError(nonfinite_message(directory, bad))
   if dtype is not None or param_dtype is not None or impl is not None:
     new_dtype = dtype or config.dtype
     new = config.replace(dtype=new_dtype, param_dtype=param_dtype or dtype or config.param_dtype,

@@ -44,6 +44,8 @@ Fields
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 # Parameter groups a stage can freeze (`kd.freeze`); distill/stages.py maps paths to them.
@@ -129,8 +131,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     s = c[name]
     if s.steps <= 0:
       bad(f"{name}.steps must be positive, got {s.steps}")
-    if not s.lr > 0:
-      bad(f"{name}.lr must be positive, got {s.lr}")
+    if not (s.lr > 0 and math.isfinite(s.lr)):
+      bad(f"{name}.lr must be a positive finite number, got {s.lr}")
     if s.batch_size <= 0 or s.batch_size % s.grad_accum:
       bad(f"{name}.batch_size={s.batch_size} must be a positive multiple of "
           f"{name}.grad_accum={s.grad_accum}")
