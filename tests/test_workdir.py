@@ -135,3 +135,34 @@ def test_distill_script_prints_one_line_and_exits_2_on_a_busy_workdir(tmp_path):
   assert p.returncode == 2, p.stderr[-2000:]
   assert "Traceback" not in p.stderr
   assert f"error: {tmp_path} is in use by pid {live.pid}" in p.stderr
+
+
+def test_sigterm_during_a_stages_setup_exits_143_with_a_message(tmp_path):
+  """Issue 18 item 8: SIGTERM while ild_mla loads and compiles (before its first step, where the
+  trainer's own handler is not installed yet) used to kill the run with -15 and no word."""
+  import signal
+  import time
+
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  p = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "distill.py"), "--config",
+                        os.path.join(ROOT, "configs", "tiny.py"), "--workdir", str(tmp_path),
+                        "--config.stages=('teacher', 'ild_mla')", "--no_progress"],
+                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  out = []
+  try:
+    for line in p.stdout:
+      out.append(line)
+      if "[ild_mla] starting" in line:
+        time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        break
+    rest, _ = p.communicate(timeout=300)
+  finally:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+  text = "".join(out) + rest
+  assert p.returncode == 143, text[-3000:]
+  assert "SIGTERM while in stage 'ild_mla'" in text and "Traceback" not in text
+  assert not os.path.exists(tmp_path / "ild_mla" / "model")
+  assert not os.path.exists(tmp_path / ".lock")  # the lock is released on the way out

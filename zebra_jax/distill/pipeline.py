@@ -213,7 +213,33 @@ def _all_agree(ok: bool) -> bool:
   return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
+def _sigterm_outside_training(current: dict):
+  """A SIGTERM handler for the whole run: outside a stage's training loop (loading, compiling,
+  sampling, selection) it stops the run as a preemption (exit 143 from the scripts) with a message.
+  The training loop installs its own handler, which saves the step first, and restores this one."""
+  def handler(*_):
+    from zebra_jax.train.trainer import Preempted
+    raise Preempted(f"SIGTERM while {current['where']}: stopped before anything of it was saved; "
+                    "rerun the same command to continue (finished stages are kept)")
+  return handler
+
+
 def _run_stages(ctx: RunContext, cfg) -> dict:
+  import signal
+  import threading
+
+  current = {"where": "starting the run"}
+  old = None
+  if threading.current_thread() is threading.main_thread():
+    old = signal.signal(signal.SIGTERM, _sigterm_outside_training(current))
+  try:
+    return _run_stage_loop(ctx, cfg, current)
+  finally:
+    if old is not None:
+      signal.signal(signal.SIGTERM, old)
+
+
+def _run_stage_loop(ctx: RunContext, cfg, current: dict) -> dict:
   prev = _previous_summary(ctx)
   _sync("start")  # the workdir exists and every process has read the previous summary
   t0 = time.time()
@@ -225,6 +251,7 @@ def _run_stages(ctx: RunContext, cfg) -> dict:
       ctx.log(f"[{stage}] artifact exists, skipping")
       continue
     ctx.log(f"[{stage}] starting")
+    current["where"] = f"in stage {stage!r} (outside its training steps)"
     ts = time.time()
     stages.RUNNERS[stage](ctx)
     ran.append((stage, round(time.time() - ts, 1)))
