@@ -274,6 +274,74 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, how):
     assert np.array_equal(v, ref[k]), k
 
 
+def _damage(path, size, how):
+  with open(path, "r+b") as f:
+    if how == "garbled":
+      f.seek(size // 2)
+      f.write(np.random.default_rng(0).integers(0, 256, min(4096, size // 4), np.uint8).tobytes())
+    else:
+      f.truncate(size // 3)
+
+
+@pytest.mark.parametrize("damage", ["garbled", "unreadable", "values"])
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, damage):
+  """Issue 18 item 7: the newest checkpoint's largest file is garbled in place (same size, 4 KiB of
+  noise) or cut short, or its arrays read back with other values than were saved (simulated by
+  changing the stored fingerprint: the reader's own checks catch the first two here). The resume
+  notices, sets the step aside, resumes from the one before, and ends where an uninterrupted run
+  ends."""
+  sp = spec(steps=7, checkpoint_every=3, log_every=2, keep_last=5)
+  m_ref = model()
+  rows_ref = run(tmp_path / "ref", "stage", m_ref, sp, Batches(4))
+  stage_dir = tmp_path / "int" / "stage"
+  with pytest.raises(Crash):
+    run(tmp_path / "int", "stage", model(), sp, CrashingBatches(4, crash_at=7))
+  assert _checkpoint_steps(stage_dir / "checkpoints") == [3, 6]
+  files = [os.path.join(r, f) for r, _, fs in os.walk(stage_dir / "checkpoints" / "6") for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  size = os.path.getsize(biggest)
+  if damage == "values":
+    data_dir = stage_dir / "checkpoints" / "6" / "data"
+    [meta] = [str(data_dir / f) for f in os.listdir(data_dir)
+              if "fingerprint" in (data_dir / f).read_text(errors="ignore")]
+    with open(meta) as f:
+      saved = json.load(f)
+    key = sorted(saved["fingerprint"])[0]
+    saved["fingerprint"][key][0] ^= 1
+    with open(meta, "w") as f:
+      json.dump(saved, f)
+  else:
+    _damage(biggest, size, damage)
+  capsys.readouterr()
+  m = model()
+  rows = run(tmp_path / "int", "stage", m, sp, Batches(4))
+  out = capsys.readouterr().out
+  assert "checkpoint step 6" in out and "trying the previous checkpoint" in out, out
+  if damage == "values":
+    assert "does not match its fingerprint" in out
+  assert "resumed from step 3" in out
+  assert (stage_dir / "corrupt_checkpoints" / "6").is_dir()
+  assert curve(rows) == curve(rows_ref)
+  ref = params_np(m_ref)
+  for k, v in params_np(m).items():
+    assert np.array_equal(v, ref[k]), k
+
+
+def test_fingerprints_are_exact_and_see_any_changed_value():
+  from zebra_jax.train.checkpoint import fingerprint
+  x = np.arange(12, dtype=np.float32).reshape(3, 4)
+  tree = {"a": jnp.asarray(x), "b": jnp.asarray(x, jnp.bfloat16), "n": jnp.int32(7)}
+  fp = fingerprint(tree)
+  bits = x.view(np.uint32).reshape(-1).astype(np.uint64)  # the same sums in numpy, mod 2**32
+  assert fp["['a']"] == [int(bits.sum() % 2**32),
+                         int((bits * np.arange(1, 13, dtype=np.uint64)).sum() % 2**32)]
+  y = x.copy()
+  y[1, 2] = np.nextafter(y[1, 2], np.float32(100))  # one ulp
+  assert fingerprint({"a": jnp.asarray(y)})["['a']"] != fp["['a']"]
+  swapped = x.reshape(-1)[[1, 0] + list(range(2, 12))].reshape(3, 4)
+  assert fingerprint({"a": jnp.asarray(swapped)})["['a']"][1] != fp["['a']"][1]
+
+
 def test_sigterm_while_the_last_checkpoint_is_written_still_stops_the_run(tmp_path, monkeypatch):
   """A preemption notice that lands after the last step (while the checkpointer closes) must not be
   swallowed: the stage is complete on disk, the run stops with Preempted, a rerun finishes it."""

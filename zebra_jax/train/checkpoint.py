@@ -1,8 +1,11 @@
 """One Orbax CheckpointManager per training stage: params, optimiser state, step and the data
 iterator state, saved together (async, keep-last-K) so a killed stage resumes exactly.
 
-A checkpoint is only ever written after its losses were checked finite (see trainer.py), so the
-latest checkpoint is always a good one.
+A checkpoint is only ever written after its losses were checked finite (see trainer.py). Each one
+also stores a fingerprint of its arrays (two wrapping integer sums of their bit patterns per leaf,
+exact and independent of the sharding), checked after a restore: a checkpoint whose files were
+damaged but still read (or no longer read) is set aside under `<stage>/corrupt_checkpoints/` and
+the previous good step is used instead, with a message (`restore_latest_good`).
 """
 
 from __future__ import annotations
@@ -12,8 +15,40 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+class CheckpointCorrupt(RuntimeError):
+  """A checkpoint step that cannot be restored or does not match its fingerprint."""
+
+
+def _leaf_fingerprint(x) -> jax.Array:
+  """(sum of the bit patterns, sum of bit pattern x (index + 1)), both wrapping uint32."""
+  x = jnp.asarray(x)
+  size = x.dtype.itemsize
+  if size == 8:
+    u = jax.lax.bitcast_convert_type(x, jnp.uint32)  # (..., 2)
+  elif size in (1, 2, 4):
+    u = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size])
+  else:
+    raise TypeError(f"no fingerprint for dtype {x.dtype}")
+  u = u.reshape(-1).astype(jnp.uint32)
+  idx = jnp.arange(1, u.size + 1, dtype=jnp.uint32)
+  return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * idx, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _fingerprints(tree):
+  return jax.tree.map(_leaf_fingerprint, tree)
+
+
+def fingerprint(tree: Any) -> dict[str, list[int]]:
+  """{leaf path: [two uint32 sums]} of a pytree of arrays (computed where the arrays live)."""
+  fps = jax.device_get(_fingerprints(tree))
+  flat = jax.tree_util.tree_flatten_with_path(fps)[0]
+  return {jax.tree_util.keystr(path): [int(v) for v in np.asarray(fp)] for path, fp in flat}
 
 
 class StageCheckpointer:
@@ -33,7 +68,7 @@ class StageCheckpointer:
     """`data_state` is this process's iterator state; every process calls save (collective)."""
     # Orbax writes JSON items from the primary process only, and each process reads its own data
     # shard: gather every process's iterator state so each can restore its own.
-    data = {"per_process": _gather_json(data_state)}
+    data = {"per_process": _gather_json(data_state), "fingerprint": fingerprint(state)}
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)), force=force)
 
@@ -43,10 +78,18 @@ class StageCheckpointer:
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types; name the directory and step for the user
-      raise RuntimeError(f"cannot restore checkpoint step {step} from {self.directory}: "
-                         f"{type(e).__name__}: {e}. Delete that step directory to fall back to an "
-                         "earlier checkpoint, or the stage directory to start the stage over.") from e
+      first = str(e).strip().splitlines()
+      raise CheckpointCorrupt(f"cannot restore checkpoint step {step} from {self.directory}: "
+                              f"{type(e).__name__}: {first[0] if first else ''}") from e
     data = out["data"]
+    saved_fp = data.get("fingerprint") if isinstance(data, dict) else None
+    if saved_fp is not None:  # checkpoints written before fingerprints have none
+      got = fingerprint(out["state"])
+      bad = sorted(k for k in set(saved_fp) | set(got) if saved_fp.get(k) != got.get(k))
+      if bad:
+        raise CheckpointCorrupt(f"checkpoint step {step} in {self.directory} does not match its "
+                                f"fingerprint in {len(bad)} array(s) (e.g. {bad[0]}): its files "
+                                "were damaged after it was written")
     if isinstance(data, dict) and "per_process" in data:
       states = data["per_process"]
       if len(states) != jax.process_count():
@@ -56,6 +99,35 @@ class StageCheckpointer:
             "over to a different process count. Rerun with the original process count.")
       data = states[jax.process_index()]
     return out["state"], data
+
+  def restore_latest_good(self, abstract_state: Any, log=print) -> tuple[int, Any, Any]:
+    """(step, state, data state) of the newest step that restores and matches its fingerprint, or
+    (0, None, None) when none does. Each step that fails is moved to
+    `<stage>/corrupt_checkpoints/<step>` (process 0; kept for inspection, never deleted) with a
+    message, and the next older one is tried."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, data = self.restore(step, abstract_state)
+        return step, state, data
+      except CheckpointCorrupt as e:
+        aside = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints", str(step))
+        log(f"{e}; moved to {aside}, trying the previous checkpoint")
+        self._set_aside(step, aside)
+    return 0, None, None
+
+  def _set_aside(self, step: int, aside: str) -> None:
+    self.manager.wait_until_finished()
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      dst = aside
+      n = 1
+      while os.path.exists(dst):
+        dst, n = f"{aside}.{n}", n + 1
+      os.rename(os.path.join(self.directory, str(step)), dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"zebra_jax checkpoint {step} set aside")
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

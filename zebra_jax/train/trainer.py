@@ -302,14 +302,17 @@ class StageTrainer:
     spec = self.spec
     ckpt = StageCheckpointer(os.path.join(self.dir, "checkpoints"), keep_last=spec.keep_last,
                              async_save=spec.async_checkpoint)
-    start = ckpt.latest_step() or 0
-    if start:
+    start = 0
+    if ckpt.latest_step():
       target = {"trainable": abstract_like(self.trainable), "opt_state": abstract_like(self.opt_state)}
-      restored, data_state = ckpt.restore(start, target)
-      self.trainable, self.opt_state = restored["trainable"], restored["opt_state"]
-      data.set_state(data_state)
-      if is_writer():
-        print(f"[{self.name}] resumed from step {start}")
+      say = (lambda m: print(f"[{self.name}] {m}")) if is_writer() else (lambda m: None)
+      start, restored, data_state = ckpt.restore_latest_good(target, log=say)
+      if start:
+        self.trainable, self.opt_state = restored["trainable"], restored["opt_state"]
+        data.set_state(data_state)
+        say(f"resumed from step {start}")
+      else:
+        say("no checkpoint could be restored: the stage starts over")
     writer = MetricsWriter(self.dir, resume_step=start)
     peak = peak_flops_per_device()
     tokens_per_step = spec.batch_size * spec.seq_len
