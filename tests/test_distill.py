@@ -179,6 +179,60 @@ def test_summary_reports_cache_params_tokens_and_time(tiny_run):
     assert 0 < budget["distinct_tokens"] <= budget["tokens"]
 
 
+MODEL_STAGES = ("teacher", "ild_mla", "ild_mamba", "assemble", "kd", "dpo")
+
+
+def _script(name):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"{name}_script",
+                                                os.path.join(ROOT, "scripts", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_every_model_carries_its_tokenizer_generation_config_and_provenance(tiny_run, tmp_path,
+                                                                            capsys):
+  """Each stage's model holds HF tokenizer files that plain transformers loads (the byte tokenizer
+  of configs/tiny.py: ids are the UTF-8 bytes), generation_config.json and provenance.json; the
+  tools then need no --tokenizer: generate.py, evaluate.py perplexity, export.py (whose directory
+  holds the tokenizer too)."""
+  from tokenizers import Tokenizer
+  from transformers import AutoTokenizer
+  workdir, summary, _, _ = tiny_run
+  text = "Zebra: héllo wörld\n  🙂"
+  commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
+  for stage in MODEL_STAGES:
+    d = workdir / stage / "model"
+    tok = AutoTokenizer.from_pretrained(d)
+    assert tok(text)["input_ids"] == list(text.encode("utf-8")), stage
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == \
+        "<|user|>\nhi\n"
+    assert json.loads((d / "generation_config.json").read_text())["eos_token_id"] == 257
+    prov = json.loads((d / "provenance.json").read_text())
+    assert prov["teacher"]["path"] == "random:smollm2-135m" and prov["config"] == "tiny"
+    assert prov["stage"] == stage and prov["data"] == {"source": "default", "mix": ""}
+    assert prov["tokenizer"] == "byte"
+    if commit.returncode == 0:
+      assert prov["git_commit"].startswith(commit.stdout.strip())
+  assert prov["kv_cache_fraction"] == summary["kv_cache_fraction"]  # dpo: the final model
+  assert json.loads((workdir / "teacher" / "model" / "provenance.json").read_text())[
+      "kv_cache_fraction"] == 1.0
+
+  final = str(workdir / "dpo" / "model")
+  capsys.readouterr()
+  assert _script("generate").main(["--checkpoint", final, "--prompt", "The", "--max-new-tokens",
+                                   "3"]) == 0
+  (tmp_path / "doc.txt").write_text(text * 3)
+  assert _script("evaluate").main(["perplexity", "--checkpoint", final, "--files",
+                                   str(tmp_path / "doc.txt"), "--max-length", "32"]) == 0
+  assert f"over {len(text.encode()) * 3} tokens" in capsys.readouterr().out
+  out = tmp_path / "export"
+  assert _script("export").main(["--checkpoint", final, "--out", str(out)]) == 0
+  assert Tokenizer.from_file(str(out / "tokenizer.json")).encode(text).ids == list(text.encode())
+  assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 257
+
+
 def test_rerun_skips_every_stage_and_keeps_the_stage_timings(tiny_run, jax_cache):
   workdir, first, _, _ = tiny_run
   before = {s: os.path.getmtime(workdir / s) for s in ALL_STAGES}
