@@ -59,7 +59,8 @@ def _config_only(path: str):
   if ck.kind == "hf":
     from zebra_jax.convert.hf import load_hf_config
     return load_hf_config(ck.path)
-  return _load(ck.path, "float32").config
+  from zebra_jax.convert.gguf import _reader, gguf_config
+  return gguf_config(_reader(ck.path), ck.path)[0]  # the GGUF's metadata, no tensors read
 
 
 def _dump(res, path):

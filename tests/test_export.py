@@ -616,6 +616,38 @@ def test_export_is_all_or_nothing_and_checks_the_tokenizer_first(mixed, tmp_path
   assert not (tmp_path / "none").exists()
 
 
+def test_one_resolver_for_every_checkpoint_kind(mixed, tmp_path, monkeypatch, capsys):
+  """resolve_checkpoint (behind from_pretrained and every script) tells a saved model, an HF
+  directory, an exported hybrid, a .gguf and the named `smollm2` (in the cache) apart; anything
+  else gets one error that lists what was tried."""
+  from zebra_jax.assets import SMOLLM2_FILE
+  from zebra_jax.convert import resolve_checkpoint, save_model
+  model, out = mixed
+  assert resolve_checkpoint(out) == ("hybrid", out, "zebra_hf")
+  saved = save_model(model, tmp_path / "saved")
+  assert resolve_checkpoint(saved) == ("saved", saved, None)
+  llama = export_pretrained(scaled_model(LlamaConfig(num_hidden_layers=1, **BASE)), tmp_path / "hf")
+  assert resolve_checkpoint(llama) == ("hf", llama, None)
+  (tmp_path / "g").mkdir()
+  (tmp_path / "g" / "m.gguf").write_bytes(b"GGUF")
+  assert resolve_checkpoint(tmp_path / "g") == ("gguf", str(tmp_path / "g" / "m.gguf"), None)
+  monkeypatch.setenv("ZEBRA_JAX_CACHE", str(tmp_path / "cache"))
+  (tmp_path / "cache").mkdir()
+  (tmp_path / "cache" / SMOLLM2_FILE).write_bytes(b"GGUF")  # already fetched: no download
+  for name in ("smollm2", "SmolLM2-135M-Instruct"):
+    assert resolve_checkpoint(name) == ("gguf", str(tmp_path / "cache" / SMOLLM2_FILE), None)
+  kinds = ("named checkpoint (smollm2", "save_model", ".gguf", "zebra_llama", "Hugging Face")
+  (tmp_path / "empty").mkdir()
+  for bad in (tmp_path / "empty", tmp_path / "missing"):
+    with pytest.raises(CheckpointError) as e:
+      from_pretrained(bad)
+    assert all(k in str(e.value) for k in kinds), str(e.value)
+  assert _export_script().main(["--checkpoint", str(tmp_path / "missing"), "--out",
+                                str(tmp_path / "o")]) == 1
+  err = capsys.readouterr().err
+  assert all(k in err for k in kinds) and "Traceback" not in err
+
+
 def test_export_script(mixed, tmp_path):
   """scripts/export.py --checkpoint <any from_pretrained path> --out DIR --dtype bfloat16, the
   tokenizer from an HF tokenizer directory: the output's tokenizer reads the same ids."""

@@ -26,7 +26,10 @@ DECODE_STEPS = 6
 
 @pytest.fixture(scope="module")
 def ours(smollm2_gguf):
-  return from_pretrained(smollm2_gguf)
+  # The named checkpoint, as the README's snippet loads it (the same file, from the cache).
+  from zebra_jax.convert import resolve_checkpoint
+  assert resolve_checkpoint("smollm2").path == smollm2_gguf
+  return from_pretrained("smollm2")
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +142,15 @@ def test_gguf_tokenizer_is_saved_and_exported_as_hf_files(smollm2_gguf, smollm2_
   assert script.main(["--checkpoint", bare, "--out", str(tmp_path / "out"), "--tokenizer",
                       smollm2_gguf]) == 0
   _same_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "out"), smollm2_tokenizer)
+
+
+def test_evaluate_reads_the_named_checkpoint(smollm2_gguf, capsys):
+  """`smollm2` works in every script; here evaluate.py kv (config from the GGUF metadata alone)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "evaluate_script", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts",
+                                      "evaluate.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  assert script.main(["kv", "--checkpoint", "smollm2", "--seq-lens", "2048"]) == 0
+  assert "100.00% of the GQA teacher" in capsys.readouterr().out
