@@ -126,11 +126,11 @@ def load_tokenizer(path: str | os.PathLike):
   """The tokenizer of a checkpoint or tokenizer source, local files only (no hub): "byte"
   (ByteTokenizer), a named checkpoint ("smollm2"), a .gguf file, a saved model or exported
   directory (its own tokenizer files), or an HF tokenizer directory."""
-  from transformers import AutoTokenizer
   path = os.fspath(path)
   if path == "byte":
     from zebra_jax.data.tokenize import ByteTokenizer
     return ByteTokenizer()
+  from transformers import AutoTokenizer
   path = named_checkpoint(path) or os.path.expanduser(path)
   gguf_file = resolve_gguf(path)
   if gguf_file is not None:

@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Sequence
 import ml_dtypes
 import numpy as np
 
+from zebra_jax.convert.model_files import TOKENIZER_FILES as _TOKENIZER_FILES
+
 _ST_NAMES = {
     np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
     np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.int64): "I64", np.dtype(np.int32): "I32",
@@ -157,9 +159,6 @@ def write_json(path: str, obj) -> None:
   with open(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")
-
-
-from zebra_jax.convert.model_files import TOKENIZER_FILES as _TOKENIZER_FILES  # noqa: E402
 
 
 def resolve_tokenizer(tokenizer):
