@@ -225,7 +225,8 @@ def main(argv=None) -> int:
   sp.add_argument("--labels", nargs="+", default=None, help="one label per checkpoint")
   sp.add_argument("--teacher", default=None, help="teacher checkpoint or 'smollm2' (default: "
                   "<workdir>/teacher/model recorded next to the first checkpoint)")
-  sp.add_argument("--tokenizer", default=None, help="default: the run config's, else the teacher's")
+  sp.add_argument("--tokenizer", default=None, help="default: the first checkpoint's own, else the "
+                  "run config's, else the teacher's")
   sp.add_argument("--out", default="workdir/suite")
   sp.add_argument("--max_tokens", "--max-tokens", type=int, default=60_000,
                   help="tokens scored per domain (0: all)")

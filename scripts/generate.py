@@ -35,9 +35,16 @@ except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _stop_tokens(tokenizer, config) -> tuple[int, ...]:
+def _stop_tokens(tokenizer, config, checkpoint: str) -> tuple[int, ...]:
+  """The checkpoint's generation_config.json eos ids (a saved model's are its tokenizer's), else
+  the config's; plus the tokenizer's eos."""
+  import json
   ids = set()
   eos = config.eos_token_id
+  gen = os.path.join(checkpoint, "generation_config.json")
+  if os.path.isfile(gen):
+    with open(gen) as f:
+      eos = json.load(f).get("eos_token_id", eos)
   if eos is not None:
     ids.update([eos] if isinstance(eos, int) else eos)
   if getattr(tokenizer, "eos_token_id", None) is not None:
@@ -78,7 +85,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   from zebra_jax.config import ConfigError
-  from zebra_jax.convert import CheckpointError, from_pretrained, load_tokenizer
+  from zebra_jax.convert import CheckpointError, from_pretrained, load_tokenizer, resolve_checkpoint
   from zebra_jax.infer import generate, shard_for_inference, stream
 
   try:
@@ -109,7 +116,7 @@ def main(argv=None) -> int:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
   prompts = [encode(pr) for pr in args.prompt]
-  stops = _stop_tokens(tokenizer, model.config)
+  stops = _stop_tokens(tokenizer, model.config, resolve_checkpoint(args.checkpoint).path)
   kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             stop_tokens=stops, prefill_chunk=args.prefill_chunk)
 
