@@ -5,7 +5,9 @@
 
 Reads every tensor (progress bar), checks it against the config, prints a config summary and the
 parameter count, and writes `config.json` + an Orbax parameter checkpoint that
-`zebra_jax.convert.load_model` (or `from_pretrained`) reads back.
+`zebra_jax.convert.load_model` (or `from_pretrained`) reads back, with the input's tokenizer as HF
+files (--tokenizer picks another source), generation_config.json and provenance.json next to it.
+--input is anything `zebra_jax.from_pretrained` reads, `smollm2` included.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ def main(argv=None) -> int:
   p.add_argument("--output", required=True, help="directory to write (config.json + params/)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                  help="compute and parameter storage dtype of the converted model")
+  p.add_argument("--tokenizer", default=None,
+                 help="tokenizer to store with the model: HF dir, .gguf, smollm2 or byte (default: "
+                 "the input's own; without one the model is saved with a warning)")
   p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
   args = p.parse_args(argv)
 
   from zebra_jax.config import ConfigError
-  from zebra_jax.convert import CheckpointError, from_pretrained, save_model
+  from zebra_jax.convert import CheckpointError, from_pretrained, load_tokenizer, save_model
+  from zebra_jax.convert.model_files import provenance
 
   if os.path.exists(args.output) and not args.overwrite:
     print(f"error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
@@ -40,6 +46,15 @@ def main(argv=None) -> int:
   except (CheckpointError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  try:
+    tokenizer = load_tokenizer(args.tokenizer or args.input)
+  except Exception as e:  # noqa: BLE001  transformers raises many types for a missing tokenizer
+    if args.tokenizer:
+      print(f"error: --tokenizer {args.tokenizer}: {type(e).__name__}: {e}", file=sys.stderr)
+      return 1
+    tokenizer = None
+    print(f"warning: {args.input} has no tokenizer transformers can load ({type(e).__name__}); "
+          "the model is saved without one (pass --tokenizer to store one)", file=sys.stderr)
 
   import jax
   from flax import nnx
@@ -50,7 +65,9 @@ def main(argv=None) -> int:
         f"{c.head_dim}), vocab {c.vocab_size}, rope_theta {c.rope_theta}, rope_scaling "
         f"{c.rope_scaling}, tied embeddings {c.tie_word_embeddings}, dtype {c.param_dtype}")
   print(f"parameters: {n_params:,}")
-  out = save_model(model, args.output, overwrite=args.overwrite)
+  out = save_model(model, args.output, overwrite=args.overwrite, tokenizer=tokenizer,
+                   provenance=provenance(c, teacher={"path": args.input}, config="convert",
+                                         stage="convert", tokenizer=args.tokenizer or args.input))
   print(f"wrote {out}")
   return 0
 

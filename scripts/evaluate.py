@@ -10,8 +10,9 @@
     python scripts/evaluate.py suite --checkpoint CKPT [CKPT ...] [--teacher T|smollm2] [--out DIR]
         [--max_tokens 60000] [--tasks wn_definitions ...] [--no_chat] [--no_mc] [--limit N]
 
-CKPT is anything `zebra_jax.from_pretrained` reads (saved dir, HF dir, GGUF, exported hybrid). The
-tokenizer defaults to the checkpoint directory's. `lm-eval` passes everything after it to
+CKPT is anything `zebra_jax.from_pretrained` reads (saved dir, HF dir, GGUF, exported hybrid, or
+smollm2). The tokenizer defaults to the checkpoint's own files (a distilled model carries its
+teacher's; `agreement` falls back to the teacher's, `suite` to the run config's). `lm-eval` passes everything after it to
 lm-eval's own command line with the "zebra_jax" model registered. Results print as text; --json
 also writes them as JSON. `suite` is the multi-domain held-out evaluation of docs/evaluation.md
 (students next to their teacher; writes suite.json, suite.md and suite.png under --out).
@@ -35,25 +36,31 @@ def _load(path, dtype):
   return from_pretrained(path, dtype=dtype, progress=True)
 
 
-def _tokenizer(tok, ckpt):
-  from zebra_jax.convert import load_tokenizer
-  return load_tokenizer(tok or ckpt)
+def _tokenizer(tok, ckpt, fallback=None):
+  from zebra_jax.convert import CheckpointError, load_tokenizer
+  try:
+    return load_tokenizer(tok or ckpt)
+  except CheckpointError:
+    if tok or fallback is None:
+      raise
+    return load_tokenizer(fallback)
 
 
 def _config_only(path: str):
   """The model config without reading weights, where the format allows it."""
-  from zebra_jax.convert import is_saved_model
-  from zebra_jax.convert.hybrid_import import detect_format, load_hybrid_config
-  if os.path.isdir(path):
-    if is_saved_model(path):
-      from zebra_jax.convert.orbax_io import load_config
-      return load_config(path)
-    if detect_format(path):
-      return load_hybrid_config(path)
-    if os.path.isfile(os.path.join(path, "config.json")):
-      from zebra_jax.convert.hf import load_hf_config
-      return load_hf_config(path)
-  return _load(path, "float32").config
+  from zebra_jax.convert import resolve_checkpoint
+  ck = resolve_checkpoint(path)
+  if ck.kind == "saved":
+    from zebra_jax.convert.orbax_io import load_config
+    return load_config(ck.path)
+  if ck.kind == "hybrid":
+    from zebra_jax.convert.hybrid_import import load_hybrid_config
+    return load_hybrid_config(ck.path)
+  if ck.kind == "hf":
+    from zebra_jax.convert.hf import load_hf_config
+    return load_hf_config(ck.path)
+  from zebra_jax.convert.gguf import _reader, gguf_config
+  return gguf_config(_reader(ck.path), ck.path)[0]  # the GGUF's metadata, no tensors read
 
 
 def _dump(res, path):
@@ -92,7 +99,7 @@ def cmd_perplexity(a):
 def cmd_agreement(a):
   from zebra_jax.eval import teacher_agreement
   student, teacher = _load(a.checkpoint, a.dtype), _load(a.teacher, a.dtype)
-  seqs = _texts_to_tokens(_tokenizer(a.tokenizer, a.teacher), a.files)
+  seqs = _texts_to_tokens(_tokenizer(a.tokenizer, a.checkpoint, fallback=a.teacher), a.files)
   res = teacher_agreement(student, teacher, seqs, max_length=a.max_length, stride=a.stride,
                           batch_size=a.batch_size)
   print(f"top-1 agreement {100 * res['top1']:.2f}%, mean KL(teacher||student) {res['kl']:.4f} nats "
@@ -166,8 +173,10 @@ def main(argv=None) -> int:
 
   def common(sp, ckpt=True):
     if ckpt:
-      sp.add_argument("--checkpoint", required=True)
-      sp.add_argument("--tokenizer", default=None)
+      sp.add_argument("--checkpoint", required=True,
+                      help="saved model dir, HF dir, exported hybrid dir, .gguf or smollm2")
+      sp.add_argument("--tokenizer", default=None,
+                      help="HF dir, .gguf, smollm2 or byte (default: the checkpoint's own)")
       sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     sp.add_argument("--json", default=None, help="also write the results here")
 
@@ -216,7 +225,8 @@ def main(argv=None) -> int:
   sp.add_argument("--labels", nargs="+", default=None, help="one label per checkpoint")
   sp.add_argument("--teacher", default=None, help="teacher checkpoint or 'smollm2' (default: "
                   "<workdir>/teacher/model recorded next to the first checkpoint)")
-  sp.add_argument("--tokenizer", default=None, help="default: the run config's, else the teacher's")
+  sp.add_argument("--tokenizer", default=None, help="default: the first checkpoint's own, else the "
+                  "run config's, else the teacher's")
   sp.add_argument("--out", default="workdir/suite")
   sp.add_argument("--max_tokens", "--max-tokens", type=int, default=60_000,
                   help="tokens scored per domain (0: all)")
@@ -236,7 +246,12 @@ def main(argv=None) -> int:
   sp.set_defaults(fn=cmd_suite)
 
   args = p.parse_args(argv)
-  args.fn(args)
+  from zebra_jax.convert import CheckpointError
+  try:
+    args.fn(args)
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   return 0
 
 

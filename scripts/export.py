@@ -1,8 +1,14 @@
 """Export a zebra-jax model (or any checkpoint `from_pretrained` reads) to a PyTorch / HF directory.
 
-    python scripts/export.py --checkpoint <saved dir | HF dir | .gguf | hybrid dir> --out DIR \
-        [--format hf|mambainllama|zebra_reference] [--dtype bfloat16] [--tokenizer DIR] [--max-shard-size 5GB] \
-        [--base-model NAME] [--weights safetensors|pytorch_model.bin] [--overwrite]
+    python scripts/export.py --checkpoint <saved dir | HF dir | .gguf | hybrid dir | smollm2> \
+        --out DIR [--format hf|mambainllama|zebra_reference] [--dtype bfloat16] [--tokenizer TOK] \
+        [--max-shard-size 5GB] [--base-model NAME] [--weights safetensors|pytorch_model.bin] \
+        [--overwrite]
+
+The directory always holds the tokenizer (HF files): the checkpoint's own (a distilled model carries
+its teacher's), else --tokenizer (an HF tokenizer directory, the teacher's .gguf, smollm2 or byte);
+without either nothing is written. It is written aside and swapped in at the end: a failed export
+leaves --out as it was.
 
 format "hf": a plain Llama becomes a LlamaForCausalLM directory; a hybrid becomes a transformers
 remote-code directory (`AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`).
@@ -33,7 +39,8 @@ def main(argv=None) -> int:
                  help="stored dtype (default: the model's parameter dtype: as saved for a "
                       "zebra-jax checkpoint, float32 for other sources)")
   p.add_argument("--tokenizer", default=None,
-                 help="directory with tokenizer files to copy (default: the checkpoint's, if any)")
+                 help="tokenizer to include: an HF tokenizer directory, a .gguf, smollm2 or byte "
+                      "(default: the checkpoint's own)")
   p.add_argument("--max-shard-size", default="5GB")
   p.add_argument("--base-model", default=None,
                  help="mambainllama / zebra_reference: _name_or_path of the base Llama")
@@ -43,22 +50,37 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   from zebra_jax.config import ConfigError
-  from zebra_jax.convert import CheckpointError, from_pretrained
+  from zebra_jax.convert import CheckpointError, from_pretrained, resolve_checkpoint
   from zebra_jax.export import export_pretrained
-  from zebra_jax.export.io import _TOKENIZER_FILES
+  from zebra_jax.export.io import check_out_dir, resolve_tokenizer
 
+  # Everything that can fail cheaply fails before a weight is read or written.
+  try:
+    check_out_dir(args.out, args.overwrite)
+  except FileExistsError as e:
+    print(f"error: {str(e).replace('overwrite=True', '--overwrite')}", file=sys.stderr)
+    return 1
+  try:
+    ckpt = resolve_checkpoint(args.checkpoint)
+    tokenizer = resolve_tokenizer(args.tokenizer or ckpt.path)
+  except CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except ValueError as e:
+    if args.tokenizer:
+      print(f"error: --tokenizer: {e}", file=sys.stderr)
+    else:
+      print(f"error: {args.checkpoint} carries no tokenizer; pass --tokenizer (an HF tokenizer "
+            "directory, the teacher's .gguf, smollm2 or byte)", file=sys.stderr)
+    return 1
   try:
     # Load in the checkpoint's own dtype: an Orbax dir knows it; other sources load as float32 and
     # --dtype picks the stored dtype.
-    model = from_pretrained(args.checkpoint, dtype="float32", progress=True) \
-        if not _is_saved(args.checkpoint) else from_pretrained(args.checkpoint)
+    model = from_pretrained(ckpt.path) if ckpt.kind == "saved" else \
+        from_pretrained(ckpt.path, dtype="float32", progress=True)
   except (CheckpointError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  tokenizer = args.tokenizer
-  if tokenizer is None and os.path.isdir(args.checkpoint) and any(
-      os.path.isfile(os.path.join(args.checkpoint, f)) for f in _TOKENIZER_FILES):
-    tokenizer = args.checkpoint
   extra = {}
   if args.format == "mambainllama":
     extra = dict(base_model=args.base_model, weights=args.weights)
@@ -69,7 +91,7 @@ def main(argv=None) -> int:
                             tokenizer=tokenizer, max_shard_size=args.max_shard_size,
                             overwrite=args.overwrite, **extra)
   except (ValueError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {str(e).replace('overwrite=True', '--overwrite')}", file=sys.stderr)
     return 1
   kinds = model.config.layer_types()
   counts = ", ".join(f"{k}: {kinds.count(k)}" for k in sorted(set(kinds)))
@@ -77,11 +99,6 @@ def main(argv=None) -> int:
   for f in sorted(os.listdir(out)):
     print(f"  {f}  {os.path.getsize(os.path.join(out, f)):,} bytes")
   return 0
-
-
-def _is_saved(path: str) -> bool:
-  from zebra_jax.convert import is_saved_model
-  return os.path.isdir(path) and is_saved_model(path)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@
     python scripts/generate.py --checkpoint saved_hybrid/ --tokenizer byte --mesh 1,1,2 --prompt "..."
     python scripts/generate.py --checkpoint saved_hybrid/ --mesh 2,1,1 --prompt "A" --prompt "B"
 
---checkpoint: a directory written by save_model, an HF directory, a .gguf file, or `smollm2`
-(SmolLM2-135M-Instruct GGUF, fetched once into ~/.cache/zebra_jax). --tokenizer defaults to the
-checkpoint (a save_model directory holds no tokenizer: pass the teacher's). --chat wraps the prompt
+--checkpoint: anything `zebra_jax.from_pretrained` reads: a directory written by save_model (every
+stage of a distillation run), an HF directory, an exported hybrid, a .gguf file, or `smollm2`
+(SmolLM2-135M-Instruct GGUF, fetched once into $ZEBRA_JAX_CACHE, else ~/.cache/zebra_jax).
+--tokenizer defaults to the checkpoint's own tokenizer files (a distilled model carries its
+teacher's; models saved before that need --tokenizer). --chat wraps the prompt
 in the tokenizer's chat template (one user turn, generation prompt added). Generation stops at the
 tokenizer's / config's EOS tokens. With --draft, speculative decoding runs (no streaming; the
 acceptance statistics are printed). --tokenizer byte: the byte-level tokenizer of the tiny configs.
@@ -33,29 +35,21 @@ except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _resolve(path: str) -> str:
-  if path.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
-    from zebra_jax.assets import smollm2_gguf_path
-    return smollm2_gguf_path()
-  return path
-
-
-def _stop_tokens(tokenizer, config) -> tuple[int, ...]:
+def _stop_tokens(tokenizer, config, checkpoint: str) -> tuple[int, ...]:
+  """The checkpoint's generation_config.json eos ids (a saved model's are its tokenizer's), else
+  the config's; plus the tokenizer's eos."""
+  import json
   ids = set()
   eos = config.eos_token_id
+  gen = os.path.join(checkpoint, "generation_config.json")
+  if os.path.isfile(gen):
+    with open(gen) as f:
+      eos = json.load(f).get("eos_token_id", eos)
   if eos is not None:
     ids.update([eos] if isinstance(eos, int) else eos)
   if getattr(tokenizer, "eos_token_id", None) is not None:
     ids.add(int(tokenizer.eos_token_id))
   return tuple(sorted(ids))
-
-
-def _load_tokenizer(spec: str):
-  if spec == "byte":
-    from zebra_jax.data import ByteTokenizer
-    return ByteTokenizer()
-  from zebra_jax.convert import load_tokenizer
-  return load_tokenizer(spec)
 
 
 def _decode(tokenizer, ids) -> str:
@@ -67,9 +61,10 @@ def _decode(tokenizer, ids) -> str:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--checkpoint", required=True)
+  p.add_argument("--checkpoint", required=True,
+                 help="saved model dir, HF dir, exported hybrid dir, .gguf or smollm2")
   p.add_argument("--tokenizer", default=None,
-                 help="HF dir, .gguf or 'byte' (default: the checkpoint)")
+                 help="HF dir, .gguf, smollm2 or 'byte' (default: the checkpoint's own)")
   p.add_argument("--prompt", required=True, action="append",
                  help="repeat for a batch of prompts (then printed at the end, not streamed)")
   p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
@@ -90,18 +85,17 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
 
   from zebra_jax.config import ConfigError
-  from zebra_jax.convert import CheckpointError, from_pretrained
+  from zebra_jax.convert import CheckpointError, from_pretrained, load_tokenizer, resolve_checkpoint
   from zebra_jax.infer import generate, shard_for_inference, stream
 
-  ckpt = _resolve(args.checkpoint)
   try:
     mesh = None
     if args.mesh:
       from zebra_jax.parallel.sharding import make_mesh, parse_mesh
       mesh = make_mesh(*parse_mesh(args.mesh))
-    model = from_pretrained(ckpt, dtype=args.dtype)
-    tokenizer = _load_tokenizer(_resolve(args.tokenizer) if args.tokenizer else ckpt)
-    draft = from_pretrained(_resolve(args.draft), dtype=args.dtype) if args.draft else None
+    model = from_pretrained(args.checkpoint, dtype=args.dtype)
+    tokenizer = load_tokenizer(args.tokenizer or args.checkpoint)
+    draft = from_pretrained(args.draft, dtype=args.dtype) if args.draft else None
   except (CheckpointError, ConfigError, OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -122,7 +116,7 @@ def main(argv=None) -> int:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
   prompts = [encode(pr) for pr in args.prompt]
-  stops = _stop_tokens(tokenizer, model.config)
+  stops = _stop_tokens(tokenizer, model.config, resolve_checkpoint(args.checkpoint).path)
   kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             stop_tokens=stops, prefill_chunk=args.prefill_chunk)
 

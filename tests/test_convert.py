@@ -463,8 +463,13 @@ def test_corrupted_checkpoint_raises_clear_error(tmp_path):
 
 # -- CLI --------------------------------------------------------------------------------------------
 def test_convert_cli_end_to_end(tmp_path):
+  from tokenizers import Tokenizer as RawTokenizer, models, pre_tokenizers
   hf = make_hf(seed=12)
   hf.save_pretrained(tmp_path / "hf")
+  raw = RawTokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+  raw.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="w0", eos_token="w1")
+  tok.save_pretrained(tmp_path / "hf")
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   cmd = [sys.executable, os.path.join(REPO, "scripts", "convert.py"), "--input", str(tmp_path / "hf"),
          "--output", str(tmp_path / "out")]
@@ -475,5 +480,11 @@ def test_convert_cli_end_to_end(tmp_path):
   assert "2 layers, hidden 32" in proc.stdout
   ids = tokens(12)
   assert rel_err(our_logits(load_model(tmp_path / "out"), ids), hf_logits(hf, ids)) < 1e-4
+  # The input's tokenizer is stored with the model (HF files), with the provenance.
+  words = "w5 w90 w1"
+  assert transformers.AutoTokenizer.from_pretrained(tmp_path / "out")(words)["input_ids"] == \
+      tok(words)["input_ids"]
+  with open(tmp_path / "out" / "provenance.json") as f:
+    assert json.load(f)["teacher"] == {"path": str(tmp_path / "hf")}
   again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
   assert again.returncode != 0 and "--overwrite" in again.stderr

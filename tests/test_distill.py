@@ -169,6 +169,13 @@ def test_summary_reports_cache_params_tokens_and_time(tiny_run):
   assert summary["training"]["ild_mla"]["tokens_seen"] == 16 * 8 * seq
   assert summary["training"]["dpo"]["tokens_seen"] == 4 * 4 * 2 * 64
   assert summary["tokens_seen"] == sum(t["tokens_seen"] for t in summary["training"].values())
+  # Finished stages keep their model, not their optimizer-state checkpoints; the disk each stage's
+  # directory holds is reported.
+  for stage in ALL_STAGES:
+    assert not (workdir / stage / "checkpoints").exists(), stage
+    on_disk = sum(p.stat().st_size for p in (workdir / stage).rglob("*") if p.is_file())
+    assert summary["disk_bytes"][stage] == on_disk > 0, stage
+  assert summary["disk_bytes_total"] >= sum(summary["disk_bytes"].values())
   # each ILD / KD stage records how many passes it made over the distinct tokens of its part
   for stage, part in (("ild_mla", "ild"), ("ild_mamba", "ild"), ("kd", "kd")):
     with open(workdir / stage / "data_budget.json") as f:
@@ -177,6 +184,60 @@ def test_summary_reports_cache_params_tokens_and_time(tiny_run):
     assert budget["passes"] == pytest.approx(budget["tokens_read"] / budget["distinct_tokens"],
                                              abs=1e-3)
     assert 0 < budget["distinct_tokens"] <= budget["tokens"]
+
+
+MODEL_STAGES = ("teacher", "ild_mla", "ild_mamba", "assemble", "kd", "dpo")
+
+
+def _script(name):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"{name}_script",
+                                                os.path.join(ROOT, "scripts", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_every_model_carries_its_tokenizer_generation_config_and_provenance(tiny_run, tmp_path,
+                                                                            capsys):
+  """Each stage's model holds HF tokenizer files that plain transformers loads (the byte tokenizer
+  of configs/tiny.py: ids are the UTF-8 bytes), generation_config.json and provenance.json; the
+  tools then need no --tokenizer: generate.py, evaluate.py perplexity, export.py (whose directory
+  holds the tokenizer too)."""
+  from tokenizers import Tokenizer
+  from transformers import AutoTokenizer
+  workdir, summary, _, _ = tiny_run
+  text = "Zebra: héllo wörld\n  🙂"
+  commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
+  for stage in MODEL_STAGES:
+    d = workdir / stage / "model"
+    tok = AutoTokenizer.from_pretrained(d)
+    assert tok(text)["input_ids"] == list(text.encode("utf-8")), stage
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == \
+        "<|user|>\nhi\n"
+    assert json.loads((d / "generation_config.json").read_text())["eos_token_id"] == 257
+    prov = json.loads((d / "provenance.json").read_text())
+    assert prov["teacher"]["path"] == "random:smollm2-135m" and prov["config"] == "tiny"
+    assert prov["stage"] == stage and prov["data"] == {"source": "default", "mix": ""}
+    assert prov["tokenizer"] == "byte"
+    if commit.returncode == 0:
+      assert prov["git_commit"].startswith(commit.stdout.strip())
+  assert prov["kv_cache_fraction"] == summary["kv_cache_fraction"]  # dpo: the final model
+  assert json.loads((workdir / "teacher" / "model" / "provenance.json").read_text())[
+      "kv_cache_fraction"] == 1.0
+
+  final = str(workdir / "dpo" / "model")
+  capsys.readouterr()
+  assert _script("generate").main(["--checkpoint", final, "--prompt", "The", "--max-new-tokens",
+                                   "3"]) == 0
+  (tmp_path / "doc.txt").write_text(text * 3)
+  assert _script("evaluate").main(["perplexity", "--checkpoint", final, "--files",
+                                   str(tmp_path / "doc.txt"), "--max-length", "32"]) == 0
+  assert f"over {len(text.encode()) * 3} tokens" in capsys.readouterr().out
+  out = tmp_path / "export"
+  assert _script("export").main(["--checkpoint", final, "--out", str(out)]) == 0
+  assert Tokenizer.from_file(str(out / "tokenizer.json")).encode(text).ids == list(text.encode())
+  assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 257
 
 
 def test_rerun_skips_every_stage_and_keeps_the_stage_timings(tiny_run, jax_cache):
@@ -201,6 +262,26 @@ def test_rerun_skips_every_stage_and_keeps_the_stage_timings(tiny_run, jax_cache
   # The rest of the summary describes the same final model.
   for k in ("final_model", "mla_layers", "kv_cache_fraction", "params", "training", "tokens_seen"):
     assert summary[k] == first[k], k
+
+
+def test_finished_stages_drop_their_checkpoints_unless_kept(tmp_path):
+  """train.keep_checkpoints=False (the default) deletes <stage>/checkpoints (stepwise: also each
+  phase's) once the stage's model is saved; True keeps them."""
+  from zebra_jax.distill import pipeline
+  from zebra_jax.distill.context import RunContext
+  for keep in (False, True):
+    cfg = _tiny()
+    cfg.train.keep_checkpoints = keep
+    cfg.stepwise.schedule = ((0, 1), (0,))
+    ctx = RunContext(cfg, str(tmp_path / str(keep)))
+    made = [tmp_path / str(keep) / d / "checkpoints" / "4" for d in ("kd", "stepwise_0", "stepwise_1")]
+    for d in made:
+      d.mkdir(parents=True)
+      (d / "state").write_bytes(b"0" * 10)
+    pipeline.drop_checkpoints(ctx, "kd")
+    pipeline.drop_checkpoints(ctx, "stepwise")
+    assert [d.exists() for d in made] == [keep] * 3
+    assert (tmp_path / str(keep) / "kd").is_dir()
 
 
 def test_summary_merge_keeps_skipped_stages_and_replaces_rerun_ones(tmp_path):
@@ -480,8 +561,7 @@ def test_whole_pipeline_in_two_processes_matches_one_process(tiny_run, tmp_path,
     assert (two / stage / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stage
     steps = {"ild_mla": 16, "ild_mamba": 16, "kd": 16, "dpo": 4}[stage]
     assert [r["step"] for r in rows(two, stage)] == list(range(1, steps + 1)), stage
-    ckpts = sorted(int(d) for d in os.listdir(two / stage / "checkpoints") if d.isdigit())
-    assert ckpts == [steps], (stage, ckpts)
+    assert not (two / stage / "checkpoints").exists(), stage  # dropped once the model is saved
   leftovers = [os.path.join(d, n) for d, dirs, files in os.walk(two) for n in dirs + files
                if ".tmp" in n or "orbax-checkpoint-tmp" in n]
   assert not leftovers, leftovers

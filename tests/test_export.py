@@ -576,16 +576,95 @@ def test_export_refuses_overwrite_and_bad_format(mixed, tmp_path):
     export_pretrained(model, tmp_path / "z", format="onnx")
 
 
+def _export_script():
+  import importlib.util
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location("export_script",
+                                                os.path.join(repo, "scripts", "export.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_export_is_all_or_nothing_and_checks_the_tokenizer_first(mixed, tmp_path, capsys):
+  """A bad tokenizer source fails before anything is written; an export that fails midway leaves
+  the existing directory as it was; the CLI names its flags and refuses a checkpoint without a
+  tokenizer (the export must be a complete HF directory)."""
+  model, out = mixed
+  with pytest.raises(ValueError, match="no tokenizer"):
+    export_pretrained(model, tmp_path / "new", tokenizer=str(tmp_path / "nowhere.gguf"))
+  assert not (tmp_path / "new").exists()
+  keep = tmp_path / "keep"
+  keep.mkdir()
+  (keep / "old.txt").write_text("old")
+
+  class Broken:  # fails while the tokenizer is written, after every weight
+    def save_pretrained(self, d):
+      raise RuntimeError("disk full")
+
+  with pytest.raises(RuntimeError, match="disk full"):
+    export_pretrained(model, keep, tokenizer=Broken(), overwrite=True)
+  assert sorted(os.listdir(keep)) == ["old.txt"]
+  assert sorted(os.listdir(tmp_path)) == ["keep"]  # no temporary directory left behind
+
+  script = _export_script()
+  assert script.main(["--checkpoint", out, "--out", str(keep)]) == 1
+  err = capsys.readouterr().err
+  assert "--overwrite" in err and "overwrite=True" not in err
+  assert script.main(["--checkpoint", out, "--out", str(tmp_path / "none")]) == 1
+  assert "pass --tokenizer" in capsys.readouterr().err
+  assert not (tmp_path / "none").exists()
+
+
+def test_one_resolver_for_every_checkpoint_kind(mixed, tmp_path, monkeypatch, capsys):
+  """resolve_checkpoint (behind from_pretrained and every script) tells a saved model, an HF
+  directory, an exported hybrid, a .gguf and the named `smollm2` (in the cache) apart; anything
+  else gets one error that lists what was tried."""
+  from zebra_jax.assets import SMOLLM2_FILE
+  from zebra_jax.convert import resolve_checkpoint, save_model
+  model, out = mixed
+  assert resolve_checkpoint(out) == ("hybrid", out, "zebra_hf")
+  saved = save_model(model, tmp_path / "saved")
+  assert resolve_checkpoint(saved) == ("saved", saved, None)
+  llama = export_pretrained(scaled_model(LlamaConfig(num_hidden_layers=1, **BASE)), tmp_path / "hf")
+  assert resolve_checkpoint(llama) == ("hf", llama, None)
+  (tmp_path / "g").mkdir()
+  (tmp_path / "g" / "m.gguf").write_bytes(b"GGUF")
+  assert resolve_checkpoint(tmp_path / "g") == ("gguf", str(tmp_path / "g" / "m.gguf"), None)
+  monkeypatch.setenv("ZEBRA_JAX_CACHE", str(tmp_path / "cache"))
+  (tmp_path / "cache").mkdir()
+  (tmp_path / "cache" / SMOLLM2_FILE).write_bytes(b"GGUF")  # already fetched: no download
+  for name in ("smollm2", "SmolLM2-135M-Instruct"):
+    assert resolve_checkpoint(name) == ("gguf", str(tmp_path / "cache" / SMOLLM2_FILE), None)
+  kinds = ("named checkpoint (smollm2", "save_model", ".gguf", "zebra_llama", "Hugging Face")
+  (tmp_path / "empty").mkdir()
+  for bad in (tmp_path / "empty", tmp_path / "missing"):
+    with pytest.raises(CheckpointError) as e:
+      from_pretrained(bad)
+    assert all(k in str(e.value) for k in kinds), str(e.value)
+  assert _export_script().main(["--checkpoint", str(tmp_path / "missing"), "--out",
+                                str(tmp_path / "o")]) == 1
+  err = capsys.readouterr().err
+  assert all(k in err for k in kinds) and "Traceback" not in err
+
+
 def test_export_script(mixed, tmp_path):
-  """scripts/export.py --checkpoint <any from_pretrained path> --out DIR --dtype bfloat16."""
+  """scripts/export.py --checkpoint <any from_pretrained path> --out DIR --dtype bfloat16, the
+  tokenizer from an HF tokenizer directory: the output's tokenizer reads the same ids."""
   _, out = mixed
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   dst = tmp_path / "script_out"
+  tok = word_tokenizer()
+  tok.save_pretrained(tmp_path / "tok")
   proc = subprocess.run([sys.executable, os.path.join(repo, "scripts", "export.py"), "--checkpoint",
-                         out, "--out", str(dst), "--dtype", "bfloat16"],
+                         out, "--out", str(dst), "--dtype", "bfloat16", "--tokenizer",
+                         str(tmp_path / "tok")],
                         capture_output=True, text=True, timeout=300,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-3000:]
+  from tokenizers import Tokenizer
+  words = "w3 w17 w63 w0"
+  assert Tokenizer.from_file(str(dst / "tokenizer.json")).encode(words).ids == tok(words)["input_ids"]
   hdr = read_safetensors_header(os.path.join(dst, "model.safetensors"))[0]
   assert hdr["model.layers.0.mla.q_a_proj.weight"]["dtype"] == "BF16"
   assert os.path.exists(os.path.join(dst, "modeling_zebra.py"))

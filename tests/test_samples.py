@@ -187,10 +187,8 @@ def test_chat_temperature_samples_chat_prompts_at_their_own_temperature(tmp_path
   assert [t.startswith("@CHAT-") for t in texts] == [False, False, False, True, True]
 
 
-def test_chat_samples_keep_the_template_markers_through_the_real_tokenizer(smollm2_gguf):
-  from zebra_jax.data import load_tokenizer
-
-  tok = load_tokenizer(smollm2_gguf)
+def test_chat_samples_keep_the_template_markers_through_the_real_tokenizer(smollm2_tokenizer):
+  tok = smollm2_tokenizer  # what zebra_jax.data.load_tokenizer(<the .gguf>) returns, loaded once
   [ids] = samples_lib.make_chat_prompts(tok, 1, seed=0)
   text = samples_lib._decode(tok, ids, keep_special=True)
   assert "<|im_start|>user" in text and text.rstrip().endswith("<|im_start|>assistant")

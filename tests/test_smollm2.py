@@ -19,13 +19,17 @@ pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
 from zebra_jax.convert import from_pretrained, load_tokenizer  # noqa: E402
+from zebra_jax.convert.model_files import provenance  # noqa: E402
 
 DECODE_STEPS = 6
 
 
 @pytest.fixture(scope="module")
 def ours(smollm2_gguf):
-  return from_pretrained(smollm2_gguf)
+  # The named checkpoint, as the README's snippet loads it (the same file, from the cache).
+  from zebra_jax.convert import resolve_checkpoint
+  assert resolve_checkpoint("smollm2").path == smollm2_gguf
+  return from_pretrained("smollm2")
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +41,8 @@ def reference(smollm2_gguf):
 
 
 @pytest.fixture(scope="module")
-def prompt_ids(smollm2_gguf) -> list[int]:
-  tok = load_tokenizer(smollm2_gguf)
+def prompt_ids(smollm2_tokenizer) -> list[int]:
+  tok = smollm2_tokenizer  # transformers' own GGUF tokenizer = load_tokenizer(<the .gguf>)
   messages = [{"role": "system", "content": "You are a concise assistant."},
               {"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
   text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -82,3 +86,71 @@ def test_logits_and_greedy_tokens_match_transformers(ours, reference, prompt_ids
     assert ours_next == ref_next, f"step {step}: ours {ours_next} vs transformers {ref_next}"
     buf[0, n + step] = ours_next
     ref_ids.append(ref_next)
+
+
+# -- a GGUF teacher's tokenizer travels with the models as Hugging Face files -------------------------
+TEXTS = ["Hello world! Ça va? 東京 🙂", "  two  spaces\nand a newline", "<|im_start|>user\nhi<|im_end|>"]
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of Peru?"}]
+
+
+def _tiny_on_smollm2_vocab():
+  from flax import nnx
+
+  from zebra_jax.config import LlamaConfig
+  from zebra_jax.models.hybrid import CausalLM
+  return CausalLM(LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32,
+                              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                              bos_token_id=1, eos_token_id=2, tie_word_embeddings=True),
+                  rngs=nnx.Rngs(0))
+
+
+def _same_tokenizer(got, want):
+  for t in TEXTS:
+    assert list(got(t)["input_ids"]) == list(want(t)["input_ids"]), t
+  assert got.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == \
+      want.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+  assert (got.bos_token_id, got.eos_token_id, len(got)) == (want.bos_token_id, want.eos_token_id,
+                                                            len(want))
+
+
+def test_gguf_tokenizer_is_saved_and_exported_as_hf_files(smollm2_gguf, smollm2_tokenizer, tmp_path):
+  """A model saved with the GGUF's tokenizer (as every pipeline stage is) and export.py from it with
+  --tokenizer <the .gguf> both hold HF tokenizer files that plain transformers loads into the
+  tokenizer transformers reads from the GGUF itself: same ids, chat template, special tokens."""
+  import json
+
+  from transformers import AutoTokenizer
+
+  from zebra_jax.convert import save_model
+  model = _tiny_on_smollm2_vocab()
+  saved = save_model(model, tmp_path / "saved", tokenizer=smollm2_tokenizer,
+                     provenance=provenance(model.config, teacher={"path": "smollm2"}))
+  _same_tokenizer(AutoTokenizer.from_pretrained(saved), smollm2_tokenizer)
+  with open(os.path.join(saved, "tokenizer_config.json")) as f:
+    assert json.load(f)["chat_template"] == smollm2_tokenizer.chat_template  # for transformers 4.x
+  with open(os.path.join(saved, "generation_config.json")) as f:
+    assert json.load(f) == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+
+  # export.py: a checkpoint without tokenizer files, the tokenizer from the GGUF.
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "export_script", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "export.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  bare = save_model(model, tmp_path / "bare")
+  assert not os.path.exists(os.path.join(bare, "tokenizer.json"))
+  assert script.main(["--checkpoint", bare, "--out", str(tmp_path / "out"), "--tokenizer",
+                      smollm2_gguf]) == 0
+  _same_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "out"), smollm2_tokenizer)
+
+
+def test_evaluate_reads_the_named_checkpoint(smollm2_gguf, capsys):
+  """`smollm2` works in every script; here evaluate.py kv (config from the GGUF metadata alone)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "evaluate_script", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts",
+                                      "evaluate.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  assert script.main(["kv", "--checkpoint", "smollm2", "--seq-lens", "2048"]) == 0
+  assert "100.00% of the GQA teacher" in capsys.readouterr().out

@@ -2,9 +2,12 @@
 
 Public API (imported lazily so `import zebra_jax` stays cheap):
 
-  from_pretrained(path, dtype=...)   HF dir (safetensors / .bin), .gguf, or a saved zebra-jax dir -> CausalLM
-  load_tokenizer(path)               the teacher's tokenizer from a local HF dir or GGUF
-  save_model / load_model            Orbax checkpoint of a model plus its config
+  from_pretrained(path, dtype=...)   "smollm2", HF dir (safetensors / .bin), .gguf, exported hybrid or a
+                                     saved zebra-jax dir -> CausalLM
+  resolve_checkpoint(path)           which of those `path` is (one error listing what was tried)
+  load_tokenizer(path)               the tokenizer of any of those (a saved model carries its teacher's)
+  save_model / load_model            Orbax checkpoint of a model plus its config (and tokenizer files,
+                                     generation_config.json, provenance.json)
   LlamaConfig, HybridConfig          configurations (validated, HF field names)
   CausalLM, Llama                    the decoder stack (attention / MLA / Mamba2 mixers per layer)
   init_hybrid(teacher, config)       SVD-initialised MLA + attention-initialised Mamba2 from a teacher
@@ -26,6 +29,7 @@ _EXPORTS = {
     "init_hybrid": "zebra_jax.init",
     "from_pretrained": "zebra_jax.convert",
     "load_tokenizer": "zebra_jax.convert",
+    "resolve_checkpoint": "zebra_jax.convert",
     "CheckpointError": "zebra_jax.convert",
     "save_model": "zebra_jax.convert.orbax_io",
     "load_model": "zebra_jax.convert.orbax_io",

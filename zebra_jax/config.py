@@ -18,6 +18,7 @@ from typing import Any, Literal, Sequence
 MixerType = Literal["attention", "mla", "mamba2"]
 _DTYPES = ("float32", "bfloat16", "float16")
 _ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+CLASS_KEY = "zebra_jax_class"  # which config class a saved config.json holds
 
 
 class ConfigError(ValueError):
@@ -129,13 +130,17 @@ class LlamaConfig:
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
-    d["__class__"] = type(self).__name__
+    # Not "__class__" (the key of older files, still read): transformers' AutoTokenizer reads a
+    # saved model's config.json and cannot take that key.
+    d[CLASS_KEY] = type(self).__name__
     return d
 
   @staticmethod
   def from_dict(d: dict) -> "LlamaConfig":
     d = dict(d)
-    cls = {"LlamaConfig": LlamaConfig, "HybridConfig": HybridConfig}[d.pop("__class__", "LlamaConfig")]
+    name = d.pop(CLASS_KEY, None) or d.pop("__class__", "LlamaConfig")
+    d.pop("__class__", None)
+    cls = {"LlamaConfig": LlamaConfig, "HybridConfig": HybridConfig}[name]
     for k in ("mla_layers", "attn_layers"):
       if k in d and d[k] is not None:
         d[k] = tuple(d[k])

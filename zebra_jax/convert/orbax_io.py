@@ -1,9 +1,12 @@
 """Save / load a converted `CausalLM`: `config.json` plus an Orbax checkpoint of its parameters.
 
 Layout of a saved directory:
-    config.json   model.config.to_json() (carries "__class__": LlamaConfig / HybridConfig)
+    config.json   model.config.to_json() (carries "zebra_jax_class": LlamaConfig / HybridConfig;
+                  "__class__" in directories saved before)
     params/       Orbax StandardCheckpointer checkpoint of the parameter tree as a pure dict
                   (string keys, e.g. {"layers": {"0": {"mixer": {"q_proj": {"kernel": ...}}}}})
+    tokenizer.json, tokenizer_config.json, ...   the tokenizer as HF files (when given)
+    generation_config.json, provenance.json      see model_files.py
 
 A pure dict (not an `nnx.State`) keeps the on-disk tree independent of flax's State internals.
 The directory is written under a temporary sibling name and renamed into place, so an interrupted
@@ -28,7 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from zebra_jax.config import ConfigError, LlamaConfig
+from zebra_jax.config import CLASS_KEY, ConfigError, LlamaConfig
 from zebra_jax.convert import CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -42,7 +45,8 @@ def is_saved_model(directory: str) -> bool:
     return False
   try:
     with open(cfg) as f:
-      return "__class__" in json.load(f)
+      cfg = json.load(f)
+    return isinstance(cfg, dict) and (CLASS_KEY in cfg or "__class__" in cfg)
   except ValueError:
     return True  # ours but corrupted: let load_model report it
 
@@ -94,9 +98,13 @@ def _savable(tree: dict) -> dict:
                       else _global_replicated(x), tree)
 
 
-def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> str:
+def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bool = False,
+               tokenizer=None, provenance: dict | None = None) -> str:
   """Writes `model.config` and the model's nnx.Param state to `directory`; returns its path.
 
+  `tokenizer` (a transformers tokenizer or ByteTokenizer) is written as HF tokenizer files next to
+  the weights, so that tools need no --tokenizer; generation_config.json always, provenance.json
+  when `provenance` is given (model_files.py). All inside the same atomic save.
   In a multi-process run every process must call it (collective); see the module docstring."""
   import orbax.checkpoint as ocp
 
@@ -128,6 +136,8 @@ def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bo
       os.makedirs(tmp)
       with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
         f.write(config.to_json())
+      from zebra_jax.convert.model_files import write_model_files
+      write_model_files(tmp, config, tokenizer, provenance)
     _sync(f"{directory} prepared")
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, PARAMS_DIR), tree)

@@ -59,37 +59,70 @@ class ByteTokenizer:
     text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages)
     return self.encode(text, add_special_tokens=False) if tokenize else text
 
+  # The same chat rendering in Jinja, for the HF files below.
+  JINJA_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+
+  def to_transformers(self):
+    """The same ids as a transformers fast tokenizer: byte-level BPE with no merges, byte b -> id b,
+    then "<|bos|>" 256 and "<|eos|>" 257 (unlike this class it also reads those two strings in text
+    as the special tokens). Lets a model trained on bytes carry ordinary HF tokenizer files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    chars = _bytes_to_unicode()
+    tok = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
+                                   pad_token="<|eos|>")
+    fast.chat_template = self.JINJA_TEMPLATE
+    return fast
+
+  def save_pretrained(self, directory: str):
+    return self.to_transformers().save_pretrained(directory)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's byte -> printable character table (what the ByteLevel pre-tokenizer emits)."""
+  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+      range(ord("®"), ord("ÿ") + 1))
+  cs, n = list(bs), 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return dict(zip(bs, map(chr, cs)))
+
 
 def load_tokenizer(spec: Any):
   """Returns a tokenizer from `spec`.
 
-  spec: a tokenizer object (returned as is), "byte" (ByteTokenizer), a Hugging Face directory / hub name
-  (transformers' AutoTokenizer), or a .gguf file (`zebra_jax.convert.load_tokenizer` when the converter provides
-  it, else AutoTokenizer with gguf_file=).
+  spec: a tokenizer object (returned as is), "byte" (ByteTokenizer), a named checkpoint ("smollm2"), a
+  .gguf file, a local directory (an HF tokenizer directory, a saved or exported model with its tokenizer
+  files; `zebra_jax.convert.load_tokenizer`), or a Hugging Face hub name (AutoTokenizer).
   """
   if not isinstance(spec, (str, os.PathLike)):
     return spec
   spec = os.fspath(spec)
   if spec == "byte":
     return ByteTokenizer()
-  from transformers import AutoTokenizer
+  from zebra_jax.convert import NAMED_CHECKPOINTS, load_tokenizer as convert_load_tokenizer
 
+  if spec.lower() in NAMED_CHECKPOINTS:
+    return convert_load_tokenizer(spec)
   if spec.endswith(".gguf"):
     if not os.path.isfile(spec):
       raise FileNotFoundError(f"tokenizer GGUF file not found: {spec}")
-    try:  # the converter owns GGUF reading; use it when it exists
-      from zebra_jax.convert import load_tokenizer as convert_load_tokenizer  # type: ignore
-    except ImportError:
-      convert_load_tokenizer = None
-    if convert_load_tokenizer is not None:
-      return convert_load_tokenizer(spec)
-    return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(spec)), gguf_file=os.path.basename(spec))
+    return convert_load_tokenizer(spec)
   if spec.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(spec)):
     raise FileNotFoundError(f"tokenizer directory not found: {spec}")
   if os.path.isfile(spec):
     raise ValueError(f"{spec} is a file: pass the tokenizer's directory, or a .gguf file")
+  if os.path.isdir(os.path.expanduser(spec)):
+    return convert_load_tokenizer(spec)
+  from transformers import AutoTokenizer
   try:
-    return AutoTokenizer.from_pretrained(os.path.expanduser(spec))
+    return AutoTokenizer.from_pretrained(spec)
   except OSError as e:
     raise OSError(f"could not load a tokenizer from {spec!r}: {e}") from e
 

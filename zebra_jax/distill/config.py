@@ -25,7 +25,10 @@ Fields
                       data.source may also name one registry source: "source:django_docs".
                       Held-out evaluation sources (registry.heldout_sources()) are refused.
   mesh.data/fsdp/tensor
-  train.*             defaults shared by all training stages (dtype, clip, warmup, logging, ckpt)
+  train.*             defaults shared by all training stages (dtype, clip, warmup, logging, ckpt);
+                      keep_checkpoints: keep a stage's optimizer-state checkpoints once its model
+                      is saved (False, the default: deleted, a finished stage is skipped on its
+                      model alone; True: kept, e.g. to continue training a stage by hand)
   ild/kd/dpo/stepwise.*  per-stage steps, lr, batch_size, grad_accum (+ stage-specific fields;
                       kd.freeze: parameter groups KD does not train, of embed / mlp / norm / mixer)
   select.*            method ("smart" | "explicit" | "uniform"), calibration batches
@@ -92,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       dtype="bfloat16", param_dtype="float32", warmup_frac=0.01, weight_decay=0.0,
       grad_clip=1.0, log_every=10, checkpoint_every=200, keep_last=2, async_checkpoint=True,
-      remat=False, impl="auto", eval_batches=4))
+      keep_checkpoints=False, remat=False, impl="auto", eval_batches=4))
   c.ild = _stage(1000, 2e-4, 96, loss="l2")
   c.select = ml_collections.ConfigDict(dict(method="smart", calib_batches=4, batch_size=8))
   c.samples = ml_collections.ConfigDict(dict(

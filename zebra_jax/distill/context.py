@@ -88,7 +88,6 @@ class RunContext:
     from flax import nnx
 
     from zebra_jax import presets
-    from zebra_jax.assets import smollm2_gguf_path
     from zebra_jax.convert import from_pretrained
 
     path = tcfg.path
@@ -100,9 +99,7 @@ class RunContext:
       fields.update(dict(tcfg.overrides or {}))
       fields.update(self._compute(tcfg.dtype))
       return CausalLM(LlamaConfig(**fields), rngs=nnx.Rngs(self.cfg.seed + 1000))
-    if path == "smollm2":
-      path = smollm2_gguf_path()
-    return from_pretrained(path, **self._compute(tcfg.dtype))
+    return from_pretrained(path, **self._compute(tcfg.dtype))  # "smollm2" included
 
   def teacher(self) -> CausalLM:
     """The ILD teacher (the model the student is built from), from the `teacher` stage artifact."""
@@ -142,6 +139,37 @@ class RunContext:
     base = dataclasses.replace(base, **self._compute(self.cfg.train.dtype))
     return HybridConfig.from_llama(base, **fields, **layers)
 
+  def save(self, model: CausalLM, path: str, stage: str) -> None:
+    """Saves a stage's model with the run's tokenizer files, generation config and provenance
+    next to its weights, so that every tool can use the artifact alone."""
+    from zebra_jax.convert.orbax_io import save_model
+    save_model(model, path, overwrite=True, tokenizer=self.tokenizer_or_none(),
+               provenance=self.provenance(model.config, stage))
+
+  def provenance(self, config, stage: str) -> dict:
+    from zebra_jax.convert.model_files import provenance
+    c, d = self.cfg, self.cfg.data
+
+    def plain(v):  # ConfigDicts and tuples as JSON values
+      return v.to_dict() if hasattr(v, "to_dict") else list(v) if isinstance(v, tuple) else v
+
+    def source(t):
+      return None if t.path in (None, "") else {
+          "path": t.path, "overrides": plain(t.overrides) or None, "dtype": t.dtype}
+
+    return provenance(config, teacher=source(c.teacher), kd_teacher=source(c.kd_teacher),
+                      tokenizer=d.get("tokenizer", None) or c.teacher.path, config=c.name,
+                      stage=stage, data={"source": plain(d.source), "mix": plain(d.get("mix", ""))},
+                      seed=c.seed, workdir=self.workdir)
+
+  def tokenizer_or_none(self):
+    """The run's tokenizer, or None (logged) for a random teacher without data.tokenizer."""
+    try:
+      return self.tokenizer()
+    except ValueError as e:
+      self.log(f"[save] the model is saved without tokenizer files: {e}")
+      return None
+
   def load_artifact(self, stage: str) -> CausalLM:
     path = os.path.join(self.workdir, stage, "model")
     if not os.path.exists(path):
@@ -168,10 +196,7 @@ class RunContext:
         raise ValueError("a random teacher has no tokenizer: set data.tokenizer ('byte', a GGUF or "
                          "an HF directory)")
       else:
-        if spec == "smollm2":
-          from zebra_jax.assets import smollm2_gguf_path
-          spec = smollm2_gguf_path()
-        self._tokenizer = load_tokenizer(spec)
+        self._tokenizer = load_tokenizer(spec)  # "smollm2", a .gguf, a directory
     return self._tokenizer
 
   def _seed_for(self, purpose: str) -> int:

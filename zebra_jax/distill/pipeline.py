@@ -5,7 +5,12 @@ saves and loads are shared); process 0 alone writes config.json and summary.json
 meet at a barrier after each stage, so none checks or reads an artifact another is still writing.
 
 summary.json is rewritten after every stage and merged with the previous run's: a stage skipped now
-keeps the seconds it took when it ran (`stage_time_s`), `wall_time_s` is the sum over all runs.
+keeps the seconds it took when it ran (`stage_time_s`), `wall_time_s` is the sum over all runs;
+`disk_bytes` is what each stage's directory holds now (and `disk_bytes_total` the workdir).
+
+A stage is finished when its artifact (saved model or JSON) exists; its optimizer-state checkpoints
+(<stage>/checkpoints, 3x the trainable parameters in float32 per kept step) are then deleted unless
+train.keep_checkpoints, also those left by a run stopped between the save and the deletion.
 
 One run per workdir at a time, and a rerun with settings other than config.json's under stages that
 already hold state is refused unless `accept_config_changes` (distill/workdir.py).
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -249,6 +255,7 @@ def _run_stage_loop(ctx: RunContext, cfg, current: dict) -> dict:
     if os.path.exists(stages.artifact(ctx, stage)):
       skipped.append(stage)
       ctx.log(f"[{stage}] artifact exists, skipping")
+      drop_checkpoints(ctx, stage)
       continue
     ctx.log(f"[{stage}] starting")
     current["where"] = f"in stage {stage!r} (outside its training steps)"
@@ -257,6 +264,7 @@ def _run_stage_loop(ctx: RunContext, cfg, current: dict) -> dict:
     ran.append((stage, round(time.time() - ts, 1)))
     ctx.log(f"[{stage}] done in {time.time() - ts:.1f}s")
     _sync(f"{stage} done")
+    drop_checkpoints(ctx, stage)
     # After every stage, so that a run stopped later keeps the timings of the stages it finished.
     _write_json(summary_path, _summary(ctx, cfg, ran, skipped, time.time() - t0, prev))
   summary = _summary(ctx, cfg, ran, skipped, time.time() - t0, prev)
@@ -264,6 +272,44 @@ def _run_stage_loop(ctx: RunContext, cfg, current: dict) -> dict:
   _write_json(summary_path, summary)
   _sync("summary written")
   return summary
+
+
+def stage_dirs(ctx, stage: str) -> list[str]:
+  """The directories a stage writes: <stage>/, and stepwise_<phase>/ for stepwise."""
+  dirs = [os.path.join(ctx.workdir, stage)]
+  if stage == "stepwise":
+    dirs += [os.path.join(ctx.workdir, f"stepwise_{i}")
+             for i in range(len(ctx.cfg.stepwise.schedule))]
+  return [d for d in dirs if os.path.isdir(d)]
+
+
+def drop_checkpoints(ctx, stage: str) -> None:
+  """Deletes a finished stage's optimizer-state checkpoints (its saved model is what a rerun
+  skips on) unless train.keep_checkpoints. Process 0 deletes after every process has finished the
+  stage (the pipeline's barrier)."""
+  if ctx.cfg.train.get("keep_checkpoints", False) or jax.process_index() != 0:
+    return
+  for d in stage_dirs(ctx, stage):
+    ck = os.path.join(d, "checkpoints")
+    if os.path.isdir(ck):
+      freed = dir_bytes(ck)
+      shutil.rmtree(ck, ignore_errors=True)
+      ctx.log(f"[{stage}] deleted the optimizer-state checkpoints in {ck} ({freed / 1e6:,.0f} MB; "
+              "train.keep_checkpoints=True keeps them)")
+
+
+def dir_bytes(path: str) -> int:
+  """Bytes of the regular files under `path` (symlinks inside are not followed)."""
+  total = 0
+  for root, _, files in os.walk(path):
+    for f in files:
+      p = os.path.join(root, f)
+      if not os.path.islink(p):
+        try:
+          total += os.path.getsize(p)
+        except OSError:  # removed meanwhile
+          pass
+  return total
 
 
 def _final_model_stage(ctx, cfg):
@@ -315,4 +361,8 @@ def _summary(ctx, cfg, ran, skipped, seconds, prev: dict | None = None):
                         "tokens_seen": rows[-1]["step"] * stage_cfg.batch_size * row_tokens}
   out["training"] = tokens
   out["tokens_seen"] = sum(t["tokens_seen"] for t in tokens.values())
+  # What each stage's directories hold now (a stage linked in from elsewhere counts where it is).
+  out["disk_bytes"] = {s: sum(dir_bytes(d) for d in stage_dirs(ctx, s)) for s in cfg.stages
+                       if stage_dirs(ctx, s)}
+  out["disk_bytes_total"] = dir_bytes(ctx.workdir)
   return out

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zebra_jax.config import HybridConfig
-from zebra_jax.convert.orbax_io import save_model
 from zebra_jax.distill import samples as samples_lib
 from zebra_jax.distill.config import PARAM_GROUPS
 from zebra_jax.distill import select as select_lib
@@ -83,7 +82,7 @@ def _positions(tokens_BT):
 # -- teacher ---------------------------------------------------------------------------------------
 def run_teacher(ctx: RunContext) -> None:
   model = ctx.load_teacher_source(ctx.cfg.teacher)
-  save_model(model, artifact(ctx, "teacher"), overwrite=True)
+  ctx.save(model, artifact(ctx, "teacher"), "teacher")
 
 
 # -- intermediate-layer distillation ---------------------------------------------------------------
@@ -132,7 +131,7 @@ def run_ild(ctx: RunContext, mixer: str) -> None:
       flops_per_token=ctx.flops_per_token(student.config, teacher.config, heads=False))
   ctx.data_budget(stage, "ild", spec)
   trainer.run(ctx.batches("ild", spec.batch_size))
-  save_model(student, artifact(ctx, stage), overwrite=True)
+  ctx.save(student, artifact(ctx, stage), stage)
 
 
 # -- layer selection -------------------------------------------------------------------------------
@@ -231,7 +230,7 @@ def run_assemble(ctx: RunContext) -> None:
   mla_model = source("mla") if "mla" in kinds else None
   mamba_model = source("mamba") if "mamba2" in kinds else None
   hybrid = assemble_hybrid(teacher, mla_model, mamba_model, config)
-  save_model(hybrid, artifact(ctx, "assemble"), overwrite=True)
+  ctx.save(hybrid, artifact(ctx, "assemble"), "assemble")
 
 
 # -- end-to-end knowledge distillation -------------------------------------------------------------
@@ -290,7 +289,7 @@ def run_kd(ctx: RunContext, stage: str = "kd") -> None:
       flops_per_token=ctx.flops_per_token(student.config, teacher.config))
   ctx.data_budget(stage, "kd", spec)
   trainer.run(ctx.batches("kd", spec.batch_size))
-  save_model(student, artifact(ctx, stage), overwrite=True)
+  ctx.save(student, artifact(ctx, stage), stage)
 
 
 # -- DPO ---------------------------------------------------------------------------------------------
@@ -329,7 +328,7 @@ def run_dpo(ctx: RunContext) -> None:
       mesh=ctx.mesh, teachers={"reference": reference},
       flops_per_token=None)
   trainer.run(ctx.preference_batches(spec.batch_size))
-  save_model(policy, artifact(ctx, "dpo"), overwrite=True)
+  ctx.save(policy, artifact(ctx, "dpo"), "dpo")
 
 
 # -- MambaInLlama stepwise replacement -------------------------------------------------------------
@@ -361,9 +360,9 @@ def run_stepwise(ctx: RunContext) -> None:
         teachers={"teacher": teacher}, trainable=trainable,
         flops_per_token=ctx.flops_per_token(student.config, teacher.config))
     trainer.run(ctx.batches(f"stepwise_{phase}", spec.batch_size))
-    save_model(student, artifact(ctx, stage), overwrite=True)
+    ctx.save(student, artifact(ctx, stage), stage)
     previous = student
-  save_model(previous, artifact(ctx, "stepwise"), overwrite=True)
+  ctx.save(previous, artifact(ctx, "stepwise"), "stepwise")
 
 
 RUNNERS = {

@@ -14,9 +14,10 @@ encoded with the tokenizer's default special tokens, continuations split off the
 left-truncated to `max_length`, perplexity uses lm-eval's disjoint rolling windows. Generation is
 greedy through `zebra_jax.generate` (compressed caches), cut at the `until` strings and EOS.
 
-model_args: checkpoint (anything `zebra_jax.from_pretrained` reads, or "smollm2"), tokenizer
-(default: the checkpoint directory; "byte": zebra_jax.data.ByteTokenizer), dtype (float32), batch_size (8), max_length (default: the config's
-max_position_embeddings, at most 4096), max_gen_toks (256), use_cache (true), add_bos_token.
+model_args: checkpoint (anything `zebra_jax.from_pretrained` reads, "smollm2" included), tokenizer
+(default: the checkpoint's own tokenizer files; "byte": zebra_jax.data.ByteTokenizer), dtype
+(float32), batch_size (8), max_length (default: the config's max_position_embeddings, at most
+4096), max_gen_toks (256), use_cache (true), add_bos_token.
 """
 
 from __future__ import annotations
@@ -33,14 +34,6 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from zebra_jax.eval.scoring import TokenScorer
-
-
-def _resolve(spec: str) -> str:
-  """"smollm2" names the SmolLM2-135M-Instruct GGUF (fetched into the cache if missing)."""
-  if spec == "smollm2":
-    from zebra_jax.assets import smollm2_gguf_path
-    return smollm2_gguf_path()
-  return spec
 
 
 def _bool(v) -> bool:
@@ -67,18 +60,13 @@ class ZebraJaxLM(TemplateLM):
       if checkpoint is None:
         raise ValueError("zebra_jax model needs checkpoint=<path> (or model=<CausalLM>)")
       from zebra_jax.convert import from_pretrained
-      checkpoint = _resolve(checkpoint)
-      model = from_pretrained(checkpoint, dtype=dtype)
+      model = from_pretrained(checkpoint, dtype=dtype)  # "smollm2" too (convert.resolve_checkpoint)
     if tokenizer is None or isinstance(tokenizer, str):
       src = tokenizer or checkpoint
       if src is None:
         raise ValueError("zebra_jax model needs tokenizer=<path> when given a model object")
-      if src == "byte":
-        from zebra_jax.data import ByteTokenizer
-        tokenizer = ByteTokenizer()
-      else:
-        from zebra_jax.convert import load_tokenizer
-        tokenizer = load_tokenizer(_resolve(src))
+      from zebra_jax.convert import load_tokenizer
+      tokenizer = load_tokenizer(src)  # "byte", "smollm2", a .gguf, a directory
     self.model, self.tokenizer = model, tokenizer
     # "auto" / "auto:N" (lm-eval's batch-size search) fall back to 8: shapes are bucketed anyway
     bs = 8 if batch_size is None or str(batch_size).startswith("auto") else int(batch_size)

@@ -52,11 +52,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # -- checkpoints -----------------------------------------------------------------------------------
 def resolve_checkpoint(spec: str) -> str:
-  """"smollm2" -> the SmolLM2-135M-Instruct GGUF path (fetched if missing); else `spec`."""
-  if spec == "smollm2":
-    from zebra_jax.assets import smollm2_gguf_path
-    return smollm2_gguf_path()
-  return os.fspath(spec)
+  """A named checkpoint ("smollm2") -> its local path (zebra_jax.convert.named_checkpoint); else
+  `spec` as given (from_pretrained resolves the rest)."""
+  from zebra_jax.convert import named_checkpoint
+  return named_checkpoint(spec) or os.fspath(spec)
 
 
 def _workdir_of(ckpt: str) -> str | None:
@@ -93,9 +92,13 @@ def recorded_teacher(ckpt: str) -> str | None:
   return path if isinstance(path, str) and not path.startswith("random:") else None
 
 
-def tokenizer_spec(cfg=None, teacher: str | None = None) -> str:
-  """A tokenizer spec string that both this process and the lm-eval subprocess can load: the run
-  config's data.tokenizer, else its teacher.path, else the teacher checkpoint."""
+def tokenizer_spec(cfg=None, teacher: str | None = None, student: str | None = None) -> str:
+  """A tokenizer spec string that both this process and the lm-eval subprocess can load: the
+  student checkpoint's own tokenizer files, else the run config's data.tokenizer, else its
+  teacher.path, else the teacher checkpoint."""
+  from zebra_jax.convert.model_files import has_tokenizer
+  if student is not None and os.path.isdir(student) and has_tokenizer(student):
+    return os.path.abspath(student)
   spec = None
   if cfg is not None:
     spec = cfg.data.get("tokenizer", None) or cfg.teacher.get("path", None)
@@ -422,7 +425,8 @@ def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | N
   students: a checkpoint, a list of checkpoints / (label, checkpoint) pairs / "label=checkpoint",
   or {label: checkpoint}. teacher: a checkpoint or "smollm2"; None: the first student's recorded
   teacher (<workdir>/teacher/model). tokenizer: a spec both this process and lm-eval load ("byte",
-  a GGUF, an HF dir; default: from run_config, else the teacher). run_config: a run config whose
+  a GGUF, an HF dir; default: the first student's own files, else from run_config, else the
+  teacher). run_config: a run config whose
   data section gives the in-domain rows (default: the first student's recorded one). tasks: task
   names to run (default: every task build_tasks makes); mc=False skips the lm-eval part, chat=False
   the chat answers; limit: lm-eval --limit (items per task, smoke runs)."""
@@ -433,7 +437,7 @@ def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | N
       raise ValueError("no teacher given and none recorded next to the students; pass teacher=")
   if run_config is None and students:
     run_config = run_config_of(students[0][1])
-  tok_spec = tokenizer or tokenizer_spec(run_config, teacher)
+  tok_spec = tokenizer or tokenizer_spec(run_config, teacher, students[0][1] if students else None)
   tok = _load_tokenizer(tok_spec)
   out_dir = os.path.abspath(out_dir)
   os.makedirs(os.path.join(out_dir, "models"), exist_ok=True)

@@ -18,6 +18,7 @@ See docs/export.md.
 from __future__ import annotations
 
 import os
+import shutil
 
 FORMATS = ("hf", "mambainllama", "zebra_reference")
 
@@ -28,32 +29,50 @@ def export_pretrained(model, out_dir: str | os.PathLike, format: str = "hf", dty
   """Writes `model` as a PyTorch checkpoint directory; returns its absolute path.
 
   `dtype` (None: the model's parameter dtype; "float32" / "bfloat16" / "float16") is the stored
-  dtype (Mamba2 A_log / D / dt_bias always stay float32). `tokenizer`: a transformers tokenizer or a
-  directory with tokenizer files, copied alongside. `max_shard_size` splits the safetensors into
-  shards + index beyond that size. `overwrite` replaces a non-empty `out_dir`. MambaInLlama extras
-  (kwargs): `base_model` (written as `_name_or_path`), `weights="safetensors"|"pytorch_model.bin"`;
-  zebra_reference extras: `base_model`.
+  dtype (Mamba2 A_log / D / dt_bias always stay float32). `tokenizer`: a transformers tokenizer,
+  a directory with tokenizer files (copied alongside, with its generation_config.json), a .gguf,
+  "smollm2" or "byte" (written as HF tokenizer files); checked before anything is written.
+  `max_shard_size` splits the safetensors into shards + index beyond that size. `overwrite`
+  replaces a non-empty `out_dir`. The directory is written aside and swapped in at the end, so a
+  failed export leaves `out_dir` as it was. MambaInLlama extras (kwargs): `base_model` (written as
+  `_name_or_path`), `weights="safetensors"|"pytorch_model.bin"`; zebra_reference extras:
+  `base_model`.
   """
   from zebra_jax.config import LlamaConfig
+  from zebra_jax.convert.model_files import GENERATION_CONFIG, generation_config
+  from zebra_jax.export import io
   config = getattr(model, "config", None)
   if not isinstance(config, LlamaConfig):
     raise ValueError("export_pretrained needs a zebra_jax CausalLM (model.config is a LlamaConfig)")
-  common = dict(dtype=dtype, tokenizer=tokenizer, max_shard_size=max_shard_size, overwrite=overwrite)
-  if format == "hf":
-    if kwargs:
-      raise TypeError(f"unexpected arguments for format='hf': {sorted(kwargs)}")
-    if set(config.layer_types()) == {"attention"}:
+  if format not in FORMATS:
+    raise ValueError(f"format={format!r} must be one of {FORMATS}")
+  if format == "hf" and kwargs:
+    raise TypeError(f"unexpected arguments for format='hf': {sorted(kwargs)}")
+  out_dir = io.check_out_dir(out_dir, overwrite)
+  tokenizer = io.resolve_tokenizer(tokenizer)  # a bad source fails before any weight is written
+  common = dict(dtype=dtype, tokenizer=tokenizer, max_shard_size=max_shard_size, overwrite=True)
+
+  def write(tmp: str) -> None:
+    if format == "hf" and set(config.layer_types()) == {"attention"}:
       from zebra_jax.export.hf_llama import export_llama
-      return export_llama(model, out_dir, **common)
-    from zebra_jax.export.hf_hybrid import export_hybrid
-    return export_hybrid(model, out_dir, **common)
-  if format == "mambainllama":
-    from zebra_jax.export.mambainllama import export_mambainllama
-    return export_mambainllama(model, out_dir, **common, **kwargs)
-  if format == "zebra_reference":
-    from zebra_jax.export.hf_hybrid import export_zebra_reference
-    return export_zebra_reference(model, out_dir, **common, **kwargs)
-  raise ValueError(f"format={format!r} must be one of {FORMATS}")
+      export_llama(model, tmp, **common)
+    elif format == "hf":
+      from zebra_jax.export.hf_hybrid import export_hybrid
+      export_hybrid(model, tmp, **common)
+    elif format == "mambainllama":
+      from zebra_jax.export.mambainllama import export_mambainllama
+      export_mambainllama(model, tmp, **common, **kwargs)
+    else:
+      from zebra_jax.export.hf_hybrid import export_zebra_reference
+      export_zebra_reference(model, tmp, **common, **kwargs)
+    # The tokenizer's ids are the ones generation must stop at (model_files.generation_config).
+    src_gen = os.path.join(tokenizer, GENERATION_CONFIG) if isinstance(tokenizer, str) else None
+    if src_gen and os.path.isfile(src_gen):
+      shutil.copyfile(src_gen, os.path.join(tmp, GENERATION_CONFIG))
+    elif tokenizer is not None and generation_config(config, tokenizer):
+      io.write_json(os.path.join(tmp, GENERATION_CONFIG), generation_config(config, tokenizer))
+
+  return io.write_aside(out_dir, write)
 
 
 __all__ = ["export_pretrained", "FORMATS"]

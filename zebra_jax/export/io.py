@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Sequence
 import ml_dtypes
 import numpy as np
 
+from zebra_jax.convert.model_files import TOKENIZER_FILES as _TOKENIZER_FILES
+
 _ST_NAMES = {
     np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
     np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.int64): "I64", np.dtype(np.int32): "I32",
@@ -159,29 +161,74 @@ def write_json(path: str, obj) -> None:
     f.write("\n")
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                    "chat_template.jinja", "chat_template.json")
+def resolve_tokenizer(tokenizer):
+  """What save_tokenizer will write, checked before any weight is: None, a directory holding
+  tokenizer files (copied as they are), or a tokenizer object (a transformers tokenizer or
+  ByteTokenizer; "byte", a .gguf, "smollm2" or a model directory without plain tokenizer files
+  are loaded into one). Raises ValueError naming the source."""
+  if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
+    if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
+      raise TypeError("tokenizer must be a transformers tokenizer, a ByteTokenizer or a path, got "
+                      f"{type(tokenizer).__name__}")
+    return tokenizer
+  from zebra_jax.convert import CheckpointError, load_tokenizer
+  from zebra_jax.convert.model_files import has_tokenizer
+  src = os.fspath(tokenizer)
+  if os.path.isdir(src) and has_tokenizer(src):
+    return src
+  try:
+    return load_tokenizer(src)
+  except Exception as e:  # noqa: BLE001  transformers raises many types for a missing tokenizer
+    msg = str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}"
+    raise ValueError(f"tokenizer={src!r}: no tokenizer there ({msg})") from None
 
 
 def save_tokenizer(tokenizer, out_dir: str) -> list[str]:
-  """A transformers tokenizer (save_pretrained) or a directory whose tokenizer files are copied."""
+  """Writes what resolve_tokenizer returned: a directory's tokenizer files are copied, a tokenizer
+  object is saved as HF files (model_files.write_tokenizer)."""
+  from zebra_jax.convert.model_files import write_tokenizer
+  tokenizer = resolve_tokenizer(tokenizer)
   if tokenizer is None:
     return []
-  if isinstance(tokenizer, (str, os.PathLike)):
-    src = os.fspath(tokenizer)
-    if not os.path.isdir(src):
-      raise ValueError(f"tokenizer={src!r} is not a directory of tokenizer files")
-    found = [f for f in _TOKENIZER_FILES if os.path.isfile(os.path.join(src, f))]
-    if not found:
-      raise ValueError(f"{src} holds none of the tokenizer files {list(_TOKENIZER_FILES)}")
+  if isinstance(tokenizer, str):
+    found = [f for f in _TOKENIZER_FILES if os.path.isfile(os.path.join(tokenizer, f))]
     for f in found:
-      shutil.copyfile(os.path.join(src, f), os.path.join(out_dir, f))
+      shutil.copyfile(os.path.join(tokenizer, f), os.path.join(out_dir, f))
     return found
-  if not hasattr(tokenizer, "save_pretrained"):
-    raise TypeError("tokenizer must be a transformers tokenizer or a directory, got "
-                    f"{type(tokenizer).__name__}")
-  return list(tokenizer.save_pretrained(out_dir))
+  return write_tokenizer(tokenizer, out_dir)
+
+
+def check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> str:
+  """The absolute path of `out_dir` after checking that it may be written (FileExistsError)."""
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  if os.path.exists(out_dir):
+    if not os.path.isdir(out_dir):
+      raise FileExistsError(f"{out_dir} exists and is not a directory")
+    if os.listdir(out_dir) and not overwrite:
+      raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True to replace its contents")
+  return out_dir
+
+
+def write_aside(out_dir: str, write: Callable[[str], object]) -> str:
+  """All-or-nothing: `write(tmp)` fills a temporary sibling directory, which then replaces
+  `out_dir` (an interrupted or failed export leaves `out_dir` as it was)."""
+  parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
+  tmp, old = os.path.join(parent, f".{base}.export-tmp"), os.path.join(parent, f".{base}.export-old")
+  os.makedirs(parent, exist_ok=True)
+  for d in (tmp, old):
+    if os.path.exists(d):
+      shutil.rmtree(d)
+  try:
+    os.makedirs(tmp)
+    write(tmp)
+    if os.path.exists(out_dir):
+      os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+  finally:
+    for d in (tmp, old):
+      if os.path.exists(d):
+        shutil.rmtree(d, ignore_errors=True)
+  return out_dir
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> str:
@@ -198,4 +245,5 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> str:
 
 
 __all__ = ["PlannedTensor", "parse_size", "write_safetensors", "write_weights", "write_pytorch_bin",
-           "shard_plan", "save_tokenizer", "write_json", "prepare_out_dir", "np_dtype"]
+           "shard_plan", "save_tokenizer", "resolve_tokenizer", "write_json", "prepare_out_dir",
+           "check_out_dir", "write_aside", "np_dtype"]

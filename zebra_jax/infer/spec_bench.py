@@ -230,10 +230,7 @@ def main(argv=None) -> str:
   from zebra_jax.eval.report import PROMPTS, prompt_ids
   from zebra_jax.infer.decode import generate
 
-  path = args.target
-  if path == "smollm2":
-    from zebra_jax.assets import smollm2_gguf_path
-    path = smollm2_gguf_path()
+  path = args.target  # "smollm2" included: convert.resolve_checkpoint
   target = from_pretrained(path, dtype=args.dtype)
   tok = load_tokenizer(path)
   eos = target.config.eos_token_id
