@@ -18,6 +18,10 @@ Public API (imported lazily so `import zebra_jax` stays cheap):
 
 import importlib
 
+from zebra_jax._platforms import quiet_libtpu
+
+quiet_libtpu()  # before anything initialises a jax backend (zebra_jax/_platforms.py says why)
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
