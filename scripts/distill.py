@@ -32,6 +32,35 @@ _NPROC = flags.DEFINE_integer("num_processes", None, "multi-process: number of p
 _PID = flags.DEFINE_integer("process_id", None, "multi-process: this process's id")
 
 
+_HELP_ARGS = ("-h", "-?", "--help", "--helpshort", "-help")
+
+
+def print_help() -> None:
+  """--help: what absl prints, plus every `--config.*` field with its default; exits 0."""
+  import textwrap
+
+  from zebra_jax.convert.orbax_io import flatten_dotted
+  from zebra_jax.distill.config import base_config
+
+  print(__doc__.strip() + "\n\nflags:")
+  for name in ("config", "workdir", "aot_topology", "no_progress", "coordinator", "num_processes",
+               "process_id"):
+    f = flags.FLAGS[name]
+    default = "" if f.default is None else f" (default: {f.default})"
+    print(f"  --{name}: {f.help}{default}")
+  print("\n--config.<section>.<field>=VALUE overrides one field of the config file's get_config(), "
+        "e.g. --config.kd.steps=50\n--config.stages=\"('teacher', 'ild_mla')\"; the fields, with "
+        "base_config()'s defaults (a config file sets its own):")
+  by_section: dict[str, list[str]] = {}
+  for k, v in flatten_dotted(base_config().to_dict()).items():
+    section, _, field = k.partition(".")
+    by_section.setdefault(section if field else "", []).append(f"{field or section}={v!r}")
+  for section, fields in by_section.items():
+    line = (f"  {section}: " if section else "  ") + ", ".join(fields)
+    print(textwrap.fill(line, 100, subsequent_indent="      "))
+  print("\nFull descriptions: zebra_jax/distill/config.py; exit codes: docs/reliability.md.")
+
+
 def main(argv):
   del argv
   from absl import logging
@@ -69,4 +98,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  if any(a in _HELP_ARGS for a in sys.argv[1:]):  # absl's --help exits 1 and lists no config field
+    print_help()
+    sys.exit(0)
   app.run(main)

@@ -105,7 +105,9 @@ def plot_loss_curve(directory: str, title: str, key: str = "loss") -> str | None
   except ImportError:
     return None
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1.2)
+  # markers when there are few points: a one-point line is invisible
+  ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1.2,
+          marker="o" if len(rows) < 30 else None, ms=4)
   ax.set_xlabel("step")
   ax.set_ylabel(key)
   ax.set_title(title)
