@@ -15,6 +15,16 @@ if importlib.util.find_spec("libtpu") is not None:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
+# Most of the CPU suite's time is XLA compiling small programs, where LLVM's optimisation passes
+# cost far more than the programs take to run. jax's `jax_disable_most_optimizations` (XLA backend
+# optimisation level 0, no expensive LLVM passes; the HLO passes, hence what every program computes,
+# are unchanged) about halves the compile time. Only for CPU runs (GPU / TPU tests and benchmarks
+# keep the optimising backend); set in the environment, so the subprocesses the tests start
+# (scripts, multi-device workers) inherit it; JAX_DISABLE_MOST_OPTIMIZATIONS=0 restores the default.
+if os.environ.get("JAX_PLATFORMS") == "cpu":
+  os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> str:
   """Path of the real SmolLM2-135M-Instruct Q4_1 GGUF (downloaded once per machine into the cache:

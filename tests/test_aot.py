@@ -156,14 +156,19 @@ def test_tiny_v5e_auto_uses_flash_attention_inside_sharded_step(tiny_v5e):
 
 
 @needs_libtpu
-@pytest.mark.parametrize("impl", ["auto", "pallas"])
-def test_pallas_kernels_compile_in_partitioned_step(impl):
+def test_pallas_kernels_compile_in_partitioned_step():
   """A small hybrid with the TPU kernels' head sizes (head_dim = headdim = d_state = 64, chunk 128)
-  compiled for v5e:2x2 on a data=1 x fsdp=2 x tensor=2 mesh: impl auto and pallas both put the
-  flash attention and SSD scan kernels (forward and backward) into every stage's partitioned step,
-  through shard_map (batch over fsdp, heads over tensor); Mosaic refuses kernels that GSPMD would
-  have to partition, so the compile itself is the check. Every stage fits and the executed matmuls
-  are at least the model FLOPs (the kernels are counted per grid step, masked blocks included)."""
+  compiled for v5e:2x2 on a data=1 x fsdp=2 x tensor=2 mesh: impl auto puts the flash attention and
+  SSD scan kernels (forward and backward) into every stage's partitioned step, through shard_map
+  (batch over fsdp, heads over tensor); Mosaic refuses kernels that GSPMD would have to partition,
+  so the compile itself is the check. Every stage fits and the executed matmuls are at least the
+  model FLOPs (the kernels are counted per grid step, masked blocks included).
+
+  impl="auto" only (not also "pallas"): when every kernel's `supports` accepts the call, as the
+  assertions below show it does here, both impls dispatch to the same kernel functions
+  (`ops.attention.causal_attention`, `ops.ssd._resolve`), so "pallas" traced and compiled the
+  identical programs a second time."""
+  impl = "auto"
   cfg = _tiny(data=1, fsdp=2, tensor=2)
   cfg.teacher.overrides.update(head_dim=64)
   cfg.model.update(chunk_size=128, kv_lora_rank=64, q_lora_rank=64)

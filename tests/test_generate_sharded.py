@@ -1,10 +1,10 @@
 """Sharded generation: a tiny MLA + Mamba2 + GQA hybrid with its parameters and cache sharded over
 (data, fsdp, tensor) meshes of 8 simulated CPU devices generates the tokens of the unsharded model.
 
-The multi-device work runs in two subprocesses with
+The multi-device work runs in one subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (this file is the worker: `python
-tests/test_generate_sharded.py meshes|extras OUT.json`), which write what they saw to JSON files;
-the tests below check it. "meshes": generation, caches and the compiled decode loop on meshes
+tests/test_generate_sharded.py both OUT.json`), which writes what it saw to a JSON file; the
+tests below check it. "meshes": generation, caches and the compiled decode loop on meshes
 8x1x1, 2x2x2 and 1x1x8; "extras": impl="auto" (the MLA decode through shard_map), speculative
 decoding and the decode benchmark on a mesh. References are independent of the sharded code
 path: greedy tokens of the no-cache oracle (`use_cache=False`: the full forward rerun over the whole
@@ -41,24 +41,27 @@ def _env(**extra) -> dict:
   return env
 
 
-def _work(tmp_path_factory, case: str) -> dict:
-  out = tmp_path_factory.mktemp("sharded_gen") / f"{case}.json"
-  r = subprocess.run([sys.executable, os.path.abspath(__file__), case, str(out)],
+@pytest.fixture(scope="module")
+def both(tmp_path_factory) -> dict:
+  """One worker process for both groups of checks (one start, one oracle): {"meshes": ...,
+  "extras": ...}."""
+  out = tmp_path_factory.mktemp("sharded_gen") / "both.json"
+  r = subprocess.run([sys.executable, os.path.abspath(__file__), "both", str(out)],
                      capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
   return json.loads(out.read_text())
 
 
 @pytest.fixture(scope="module")
-def res(tmp_path_factory):
+def res(both):
   """Generation, caches and compiled loops on every mesh."""
-  return _work(tmp_path_factory, "meshes")
+  return both["meshes"]
 
 
 @pytest.fixture(scope="module")
-def extras(tmp_path_factory):
+def extras(both):
   """impl="auto" (shard_map), speculative decoding and the decode benchmark on a mesh."""
-  return _work(tmp_path_factory, "extras")
+  return both["extras"]
 
 
 def test_sharded_greedy_tokens_equal_the_unsharded_oracle(res):
@@ -231,7 +234,7 @@ def _collectives(hlo_text: str):
   return out
 
 
-def _worker(case: str, out_path: str) -> None:
+def _worker(out_path: str) -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -254,11 +257,6 @@ def _worker(case: str, out_path: str) -> None:
   # Oracle: the unsharded model, no cache (full forward every step), on one device.
   ref_model = _model(config)
   res["oracle"] = generate(ref_model, prompts, NEW, stop_tokens=(), use_cache=False)
-  if case == "extras":
-    _extras(res, config, prompts)
-    with open(out_path, "w") as f:
-      json.dump(res, f)
-    return
   res["unsharded"] = generate(ref_model, prompts, NEW, stop_tokens=())
   # Full-forward logits of every prompt + its greedy continuation (one device): the reference of
   # the sharded prefill / decode_step logits, and the top-2 margins of the greedy choices.
@@ -318,8 +316,10 @@ def _worker(case: str, out_path: str) -> None:
     gather = jax.jit(lambda c: jax.tree.map(
         lambda a: jax.lax.with_sharding_constraint(a * 2, everywhere), c))
     res["gather_control"][name] = _collectives(gather.lower(cache).compile().as_text())
+  extras = {"oracle": res["oracle"]}
+  _extras(extras, config, prompts)
   with open(out_path, "w") as f:
-    json.dump(res, f)
+    json.dump({"meshes": res, "extras": extras}, f)
 
 
 def _extras(res, config, prompts):
@@ -379,8 +379,8 @@ def _save(path: str) -> None:
 
 
 if __name__ == "__main__":
-  if sys.argv[1] in ("meshes", "extras"):
-    _worker(sys.argv[1], sys.argv[2])
+  if sys.argv[1] == "both":
+    _worker(sys.argv[2])
   elif sys.argv[1] == "save":
     _save(sys.argv[2])
   else:
