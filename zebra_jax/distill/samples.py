@@ -43,6 +43,14 @@ def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
+def _cache_len(prompts, max_new_tokens: int) -> int:
+  """The cache length for `prompts` padded to PROMPT_BUCKET plus `max_new_tokens`, so batches whose
+  longest prompts differ by a few tokens share one compiled prefill / decode loop (each new shape
+  costs seconds of compilation)."""
+  return _round_up(_round_up(max(len(p) for p in prompts), PROMPT_BUCKET) + max_new_tokens,
+                   PROMPT_BUCKET)
+
+
 def _as_list(spec) -> list:
   return list(spec) if isinstance(spec, (list, tuple)) else [spec]
 
@@ -171,8 +179,7 @@ def generate_in_rounds(model, prompts: list[list[int]], max_new_tokens: int, *, 
     raise ValueError(f"samples.round_tokens={round_tokens} must divide samples.max_new_tokens="
                      f"{max_new_tokens}")
   stops = set(stop_tokens)
-  longest = _round_up(max(len(p) for p in prompts), PROMPT_BUCKET)
-  max_len = _round_up(longest + max_new_tokens, PROMPT_BUCKET)
+  max_len = _cache_len(prompts, max_new_tokens)
   new = [[] for _ in prompts]
   active = list(range(len(prompts)))
   for r in range(max_new_tokens // round_tokens):
@@ -232,14 +239,10 @@ def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str,
                                  temperature=temp, top_p=top_p, top_k=top_k,
                                  seed=seed + 1_000 * b + 1_000_003 * k, stop_tokens=stops)
       else:
-        # prompts padded to a multiple of PROMPT_BUCKET and the cache sized from that padded
-        # length, so batches whose longest prompts differ by a few tokens share one compiled
-        # prefill / decode loop (each new shape costs seconds of compilation)
-        padded = _round_up(max(len(part[j]) for j in rows), PROMPT_BUCKET)
-        got = generate(teacher, [part[j] for j in rows], max_new_tokens, temperature=temp,
-                       top_p=top_p, top_k=top_k, seed=seed + b + 1_000_003 * k,
-                       pad_multiple=PROMPT_BUCKET,
-                       max_len=_round_up(padded + max_new_tokens, PROMPT_BUCKET))
+        batch = [part[j] for j in rows]
+        got = generate(teacher, batch, max_new_tokens, temperature=temp, top_p=top_p,
+                       top_k=top_k, seed=seed + b + 1_000_003 * k, pad_multiple=PROMPT_BUCKET,
+                       max_len=_cache_len(batch, max_new_tokens))
       for j, o in zip(rows, got):
         outs[j] = o
     tmp = f"{paths[b]}.tmp{process_index}"

@@ -426,8 +426,12 @@ def resolve_stop_tokens(config, stop_tokens) -> tuple[int, ...]:
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_id: int = 0,
-                multiple: int = 1):
-  """Right-pads token-id lists into (B, T) int32 (T rounded up to `multiple`) and their lengths."""
+                multiple: int = 1, *, new_tokens: int = 0, max_positions: int | None = None):
+  """Right-pads token-id lists into (B, T) int32 (T rounded up to `multiple`) and their lengths.
+
+  With `max_positions` (the model's max_position_embeddings), the longest prompt plus `new_tokens`
+  must fit: positions past it are outside what the model (and its RoPE) was built for, so they are
+  refused rather than silently extrapolated."""
   if isinstance(prompts, (str, bytes)) or not len(prompts):
     raise ValueError("prompts must be a non-empty list of token-id lists")
   if all(np.ndim(p) == 0 for p in prompts):
@@ -447,6 +451,10 @@ def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_id: int =
     if r.min() < 0 or r.max() >= vocab_size:
       raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size})")
   lengths = np.asarray([r.size for r in rows], np.int32)
+  if max_positions and int(lengths.max()) + int(new_tokens) > max_positions:
+    raise ValueError(f"the longest prompt ({lengths.max()} tokens) + max_new_tokens ({new_tokens}) "
+                     f"exceeds max_position_embeddings={max_positions}; shorten the prompt or ask "
+                     "for fewer tokens")
   T = -(-int(lengths.max()) // multiple) * multiple
   tokens = np.full((len(rows), T), pad_id, np.int32)
   for i, r in enumerate(rows):
@@ -476,16 +484,6 @@ def _check_common(model, max_new_tokens, pad_id):
     raise ValueError(f"pad_id={pad_id} is outside the vocabulary")
 
 
-def _check_positions(config, longest_prompt: int, max_new_tokens: int) -> None:
-  """Positions past max_position_embeddings are outside what the model (and its RoPE) was built
-  for: refused rather than silently extrapolated."""
-  limit = getattr(config, "max_position_embeddings", None)
-  if limit and longest_prompt + max_new_tokens > limit:
-    raise ValueError(f"the longest prompt ({longest_prompt} tokens) + max_new_tokens "
-                     f"({max_new_tokens}) exceeds max_position_embeddings={limit}; shorten the "
-                     "prompt or ask for fewer tokens")
-
-
 def _inference_mesh(model, mesh) -> Mesh | None:
   """`mesh=` of generate / stream: places every parameter there (a no-op for those already there);
   None -> the model's own mesh when its parameters are sharded (else single device)."""
@@ -511,10 +509,11 @@ def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top
   config = model.config
   sampling = SamplingConfig(temperature, top_k, top_p)
   stops = resolve_stop_tokens(config, stop_tokens)
-  tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id, multiple=int(pad_multiple))
+  tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id, multiple=int(pad_multiple),
+                                new_tokens=max_new_tokens,
+                                max_positions=config.max_position_embeddings)
   B, T = tokens.shape
   need = int(lengths.max()) + int(max_new_tokens)
-  _check_positions(config, int(lengths.max()), int(max_new_tokens))
   if max_len is None:  # room for whole prefill chunks too (one compiled chunk shape)
     max_len = _round_up(max(need, _round_up(T, prefill_chunk or T)), 64)
   elif max_len < need:
@@ -560,7 +559,8 @@ _sample_jit = jax.jit(sample, static_argnames=("sampling",))
 def _generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad_id):
   """The oracle: every step reruns the model over the whole (right-padded) sequence."""
   config = model.config
-  tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id)
+  tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id, new_tokens=max_new_tokens,
+                                max_positions=config.max_position_embeddings)
   B = tokens.shape[0]
   S = int(lengths.max()) + int(max_new_tokens)
   buf = np.full((B, S), pad_id, np.int32)
@@ -606,8 +606,6 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
   parameters -> sharded generation on their mesh).
   """
   _check_common(model, max_new_tokens, pad_id)
-  tokens, lengths = pad_prompts(prompts, model.config.vocab_size, pad_id)  # checks the prompts
-  _check_positions(model.config, int(lengths.max()), int(max_new_tokens))
   mesh = _inference_mesh(model, mesh)
   sampling = SamplingConfig(temperature, top_k, top_p)
   stops = resolve_stop_tokens(model.config, stop_tokens)

@@ -196,7 +196,8 @@ def speculative_generate(target, draft, prompts, max_new_tokens: int, *, samplin
   tc, dc = target.config, draft.config
   if tc.vocab_size != dc.vocab_size:
     raise ValueError(f"draft vocab_size={dc.vocab_size} differs from the target's {tc.vocab_size}")
-  tokens, lengths = pad_prompts(prompts, tc.vocab_size, pad_id, multiple=8)
+  tokens, lengths = pad_prompts(prompts, tc.vocab_size, pad_id, multiple=8,
+                                new_tokens=max_new_tokens, max_positions=tc.max_position_embeddings)
   B, T = tokens.shape
   need = int(lengths.max()) + int(max_new_tokens) + K + 1
   if max_len is None:

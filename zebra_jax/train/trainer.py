@@ -352,7 +352,7 @@ class StageTrainer:
         return None
       s, m = last
       # steps finished since the last row: the lagged row's step, not the one just dispatched
-      steps_done = steps_since - sum(1 for p in pending)
+      steps_done = steps_since - len(pending)
       dt = time.perf_counter() - t_last
       tok_s = tokens_per_step * steps_done / dt if dt > 0 else 0.0
       m["tokens_per_s"] = tok_s
@@ -383,20 +383,16 @@ class StageTrainer:
         stop = preempted["flag"]  # read once: the signal may land anywhere in this iteration
         at_ckpt = step % spec.checkpoint_every == 0 or step == spec.steps or stop
         at_log = step % spec.log_every == 0 or step == spec.steps
-        if at_ckpt:
-          # a checkpoint waits for this step anyway: check and log everything first
-          if log_due is not None:
-            flush(log_due)
-          flush(step, write=at_log)
+        # Reading a step's metrics waits for that step; reading a log step's one step late leaves
+        # the device a queued step to run meanwhile, so logging never idles it. A checkpoint
+        # waits for its step anyway: everything is checked (and logged) before it is saved.
+        if log_due is not None:
+          flush(log_due)
           log_due = None
-        else:
-          # Reading a step's metrics waits for that step; reading them one step late leaves the
-          # device a queued step to run meanwhile, so logging never idles it.
-          if log_due is not None:
-            flush(log_due)
-            log_due = None
-          if at_log:
-            log_due = step
+        if at_ckpt:
+          flush(step, write=at_log)
+        elif at_log:
+          log_due = step
         if at_ckpt:
           ckpt.save(step, {"trainable": self.trainable, "opt_state": self.opt_state},
                     data.get_state(), force=True)
