@@ -477,3 +477,41 @@ def test_kd_freeze_config_is_validated():
     validate(c)
   c.kd.freeze = ("embed", "mlp")
   validate(c)
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+  import errno
+
+  from zebra_jax.train import checkpoint as C
+  from zebra_jax.train.trainer import EXIT_DISK_FULL, exit_codes
+
+  state = {"w": jnp.arange(1024, dtype=jnp.float32)}
+  ck = StageCheckpointer(str(tmp_path / "ck"), async_save=True)
+  ck.save(1, state, {"pos": 1})
+  ck.wait()
+  # not enough free space for the next step: refused before anything is written
+  monkeypatch.setattr(C, "_free_bytes", lambda path: 1000)
+  with pytest.raises(C.DiskFull, match=r"disk full while saving step 2 to .*ck \(it needs about .*"
+                                       r"the last checkpoint, step 1, is intact"):
+    ck.save(2, state, {"pos": 2})
+  monkeypatch.undo()
+  # the disk fills while the writer runs (Orbax wraps the OSError)
+
+  def enospc(*a, **k):
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as e:
+      raise RuntimeError("write failed") from e
+
+  monkeypatch.setattr(ck.manager, "save", enospc)
+  with pytest.raises(C.DiskFull, match="the disk filled while writing.*step 1, is intact"):
+    ck.save(3, state, {"pos": 3})
+  monkeypatch.undo()
+  assert ck.latest_step() == 1
+  got, data = ck.restore(1, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
+  np.testing.assert_array_equal(np.asarray(got["w"]), np.arange(1024, dtype=np.float32))
+  assert data == {"pos": 1}
+  ck.close()
+  with pytest.raises(SystemExit) as e, exit_codes():
+    raise C.DiskFull("disk full while saving step 2")
+  assert e.value.code == EXIT_DISK_FULL == 4

@@ -10,14 +10,48 @@ the previous good step is used instead, with a message (`restore_latest_good`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+class DiskFull(RuntimeError):
+  """A checkpoint could not be written for lack of space; the earlier checkpoints are intact."""
+
+
+# free space kept beyond a checkpoint's size (metadata, the JSON item, other writers)
+DISK_MARGIN_BYTES = 64 << 20
+
+
+def _tree_bytes(tree: Any) -> int:
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree) if hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
+def _free_bytes(path: str) -> int:
+  while not os.path.exists(path):  # the first save creates the directory
+    path = os.path.dirname(path)
+  return shutil.disk_usage(path).free
+
+
+def _is_disk_full(e: BaseException) -> bool:
+  """ENOSPC anywhere in the exception's chain (Orbax wraps the OSError of its writer threads)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
 
 
 class CheckpointCorrupt(RuntimeError):
@@ -68,9 +102,27 @@ class StageCheckpointer:
     """`data_state` is this process's iterator state; every process calls save (collective)."""
     # Orbax writes JSON items from the primary process only, and each process reads its own data
     # shard: gather every process's iterator state so each can restore its own.
+    need = _tree_bytes(state) // jax.process_count() + DISK_MARGIN_BYTES
+    free = _free_bytes(self.directory)
+    if free < need:  # refused before writing: Orbax's writer threads fail noisily on ENOSPC
+      raise self._disk_full(step, f"it needs about {need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB "
+                                  "are free")
     data = {"per_process": _gather_json(data_state), "fingerprint": fingerprint(state)}
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)), force=force)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)), force=force)
+    except Exception as e:
+      if _is_disk_full(e):
+        raise self._disk_full(step, "the disk filled while writing") from e
+      raise
+
+  def _disk_full(self, step: int | None, why: str) -> DiskFull:
+    self.manager.reload()  # a step whose write failed is not finalized: it is not counted
+    last = [s for s in self.manager.all_steps() if s != step]
+    kept = f"the last checkpoint, step {max(last)}, is intact" if last else "no checkpoint was lost"
+    what = f"step {step}" if step is not None else "a checkpoint"
+    return DiskFull(f"disk full while saving {what} to {self.directory} ({why}); {kept}. "
+                    "Free space and rerun the same command to resume")
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
     """Restores into `abstract_state` (a pytree of jax.ShapeDtypeStruct with shardings)."""
@@ -130,11 +182,18 @@ class StageCheckpointer:
     self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # an async save's error surfaces here
+      if _is_disk_full(e):
+        raise self._disk_full(None, "the disk filled while writing") from e
+      raise
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 def _gather_json(obj: Any) -> list:

@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zebra_jax.parallel.sharding import DEFAULT_RULES, activation_mesh, param_shardings
-from zebra_jax.train.checkpoint import StageCheckpointer, abstract_like
+from zebra_jax.train.checkpoint import DiskFull, StageCheckpointer, abstract_like
 from zebra_jax.train.metrics import MetricsWriter, is_writer, peak_flops_per_device, plot_loss_curve
 from zebra_jax.train.optim import make_optimizer
 
@@ -42,13 +42,14 @@ class Preempted(RuntimeError):
   """SIGTERM arrived; a checkpoint of the current step was written before stopping."""
 
 
-EXIT_PREEMPTED, EXIT_NON_FINITE = 143, 3
+EXIT_PREEMPTED, EXIT_NON_FINITE, EXIT_DISK_FULL = 143, 3, 4
 
 
 @contextlib.contextmanager
 def exit_codes():
-  """For the scripts: a run that stops on Preempted exits 143 (rerun to resume) and one that stops
-  on NonFiniteLossError exits 3, each with its message on stderr instead of a traceback."""
+  """For the scripts: a run that stops on Preempted exits 143 (rerun to resume), one that stops
+  on NonFiniteLossError exits 3 and one that stops on DiskFull exits 4, each with its message on
+  stderr instead of a traceback."""
   try:
     yield
   except Preempted as e:
@@ -57,6 +58,9 @@ def exit_codes():
   except NonFiniteLossError as e:
     print(str(e), file=sys.stderr)
     sys.exit(EXIT_NON_FINITE)
+  except DiskFull as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(EXIT_DISK_FULL)
 
 
 class BatchIterator(Protocol):
