@@ -411,6 +411,33 @@ def test_invalid_config_fails_before_any_stage_runs(tmp_path, monkeypatch, chang
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("content,match", [
+    (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n',
+     r"prefs.jsonl:2: expected JSON with 'prompt', 'chosen', 'rejected' \(KeyError"),
+    (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\nnot json\n', r"prefs.jsonl:2: expected JSON"),
+    (b'{"prompt": "a", "chosen": 3, "rejected": "c"}\n', r"prefs.jsonl:1: 'prompt' must be text"),
+    (b"\x80\x81\x00\xff" * 64, r"prefs.jsonl: not UTF-8 text"),
+    (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n', r"dpo batch_size=4 exceeds the 1 "),
+])
+def test_a_malformed_dpo_file_or_unreadable_kd_teacher_fails_before_any_stage(
+    tmp_path, monkeypatch, content, match):
+  from zebra_jax.distill import pipeline, stages
+  from zebra_jax.distill.config import RunConfigError
+
+  for name in list(stages.RUNNERS):
+    monkeypatch.setitem(stages.RUNNERS, name, lambda ctx: pytest.fail("a stage started"))
+  prefs = tmp_path / "prefs.jsonl"
+  prefs.write_bytes(content)
+  with pytest.raises(RunConfigError, match=r"data.dpo_path: .*" + match):
+    pipeline.run_pipeline(_tiny(**{"data.dpo_path": str(prefs), "dpo.batch_size": 4}),
+                          str(tmp_path / "w"), progress=False)
+  # a KD teacher that cannot be read (and no preset to check against) fails first too
+  with pytest.raises(RunConfigError, match=r"kd_teacher.path: .*missing.gguf"):
+    pipeline.run_pipeline(_tiny(**{"kd_teacher.path": str(tmp_path / "missing.gguf")}),
+                          str(tmp_path / "w"), progress=False)
+  assert not (tmp_path / "w").exists()
+
+
 def test_a_kd_teacher_with_the_same_vocabulary_passes_preflight(tmp_path, monkeypatch):
   from zebra_jax.distill import pipeline, stages
   ran = []
@@ -692,6 +719,26 @@ def test_stages_read_their_part_ild_kd_stepwise_and_calibration(tmp_path):
   cfg0 = _tiny(**{"data.source": str(path), "data.heldout_fraction": 0.05, "data.ild_fraction": 0.0})
   got = seen(RunContext(cfg0, str(tmp_path / "w0")), "ild", 12)
   assert got <= ild | kd and got & kd and got & ild
+
+
+def test_a_sequence_longer_than_the_stage_data_is_refused(tmp_path):
+  """data.seq_len above the distinct tokens of a stage's part would train on the same text wrapped
+  around: refused with a line naming the field and the count; a normal length is logged."""
+  from zebra_jax.distill.config import RunConfigError
+  from zebra_jax.distill.context import RunContext
+  from zebra_jax.train.trainer import TrainSpec
+
+  path = tmp_path / "docs.jsonl"
+  path.write_text("".join(json.dumps({"text": f"doc{i:04d} "}) + "\n" for i in range(40)))
+  cfg = _tiny(**{"data.source": str(path), "data.heldout_fraction": 0.05, "data.ild_fraction": 0.2})
+  logged = []
+  ctx = RunContext(cfg, str(tmp_path / "w"))
+  ctx.log = logged.append
+  with pytest.raises(RunConfigError, match=r"data.seq_len=4096 is longer than the \d+ distinct "
+                                           r"tokens of the ild_mla stage's data \(ild part\)"):
+    ctx.data_budget("ild_mla", "ild", TrainSpec(steps=2, lr=1e-3, batch_size=2, seq_len=4096))
+  got = ctx.data_budget("kd", "kd", TrainSpec(steps=50, lr=1e-3, batch_size=2, seq_len=16))
+  assert got["passes"] > 4 and "warning: many repeats" in logged[-1]
 
 
 # -- 8. batch fields of any rank ---------------------------------------------------------------------

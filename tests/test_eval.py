@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import sys
 
 import jax
 import jax.numpy as jnp

@@ -358,7 +358,7 @@ def mambainllama_numpy_forward(directory: str, ids: np.ndarray) -> np.ndarray:
   mc = json.load(open(os.path.join(directory, "mamba_config.json")))
   W = {k: np.asarray(v.load(), np.float64)
        for k, v in safetensors_tensors(os.path.join(directory, "model.safetensors")).items()}
-  d, H, G = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+  H, G = cfg["num_attention_heads"], cfg["num_key_value_heads"]
   K, eps = cfg["head_dim"], cfg["rms_norm_eps"]
   E, X = mc["d_inner"], mc["d_xb"]
   ng, N = mc["ssm_cfg"]["ngroups"], mc["ssm_cfg"]["d_state"]

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 from transformers import LlamaConfig as HFLlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS

@@ -15,6 +15,7 @@ from flax import nnx
 
 from zebra_jax.convert.orbax_io import load_model
 from zebra_jax.data import ByteTokenizer
+from zebra_jax.data.prompts import REPORT_PROMPTS, prompt_ids
 from zebra_jax.distill.experiment import (Variant, plan, run_experiment, shared_settings_diff,
                                          variant_config)
 from zebra_jax.distill.select import uniform_placement
@@ -165,12 +166,12 @@ def test_evaluation_rows(experiment):
   teacher = load_model(str(root / "shared" / "teacher" / "model"), dtype="float32")
   student = load_model(str(root / "mla3_smart" / "kd" / "model"), dtype="float32")
   kw = dict(seq_len=cfg.data.seq_len, decode_batch=2, contexts=[16], decode_steps=2,
-            sample_tokens=3, prompts=report.PROMPTS[:2])
+            sample_tokens=3, prompts=REPORT_PROMPTS[:2])
   t = report.evaluate_model(teacher, teacher, tok, heldout, **kw)
   draw = dict(temperature=0.7, top_p=0.9, seed=0)
   s = report.evaluate_model(student, teacher, tok, heldout, sampling=draw, **kw)
   assert "sampled" not in t and s["sampled"]["settings"] == draw
-  ids = [report.prompt_ids(tok, p) for p in report.PROMPTS[:2]]
+  ids = [prompt_ids(tok, p) for p in REPORT_PROMPTS[:2]]
   from zebra_jax.infer.decode import generate
   assert [x["completion"] for x in s["sampled"]["samples"]] == [
       tok.decode(g) for g in generate(student, ids, 3, **draw)]

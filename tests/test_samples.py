@@ -126,7 +126,7 @@ def test_missing_samples_artifact_is_a_clear_error(tmp_path):
 # ------------------------------------------------------------------------ chat-template samples
 def test_instruction_prompts_are_seeded_and_never_an_evaluation_prompt():
   from zebra_jax.distill.instructions import TEMPLATES, TOPICS, instruction_prompts
-  from zebra_jax.eval.report import PROMPTS
+  from zebra_jax.data.prompts import REPORT_PROMPTS as PROMPTS
 
   a = instruction_prompts(50, seed=3)
   assert a == instruction_prompts(50, seed=3) and a != instruction_prompts(50, seed=4)
@@ -188,13 +188,15 @@ def test_chat_temperature_samples_chat_prompts_at_their_own_temperature(tmp_path
 
 
 def test_chat_samples_keep_the_template_markers_through_the_real_tokenizer(smollm2_tokenizer):
+  from zebra_jax.data.prompts import decode_text
+
   tok = smollm2_tokenizer  # what zebra_jax.data.load_tokenizer(<the .gguf>) returns, loaded once
   [ids] = samples_lib.make_chat_prompts(tok, 1, seed=0)
-  text = samples_lib._decode(tok, ids, keep_special=True)
+  text = decode_text(tok, ids, keep_special=True)
   assert "<|im_start|>user" in text and text.rstrip().endswith("<|im_start|>assistant")
   # the packer re-encodes the text: the turn markers must come back as the same special tokens
   assert [int(i) for i in tok.encode(text, add_special_tokens=False)] == ids
-  plain = samples_lib._decode(tok, ids, keep_special=False)
+  plain = decode_text(tok, ids, keep_special=False)
   assert "<|im_start|>" not in plain
 
 
@@ -235,7 +237,7 @@ def test_passage_fraction_builds_chat_prompts_from_train_documents_only(tmp_path
 
 def test_instruction_topics_avoid_the_suites_chat_prompts():
   from zebra_jax.distill.instructions import TOPICS
-  from zebra_jax.eval.suite import CHAT_PROMPTS
+  from zebra_jax.data.prompts import CHAT_PROMPTS
   words = {w.strip("?.,:").lower() for p in CHAT_PROMPTS for w in p.split() if len(w) > 6}
   for topic in TOPICS:
     assert not ({w.lower() for w in topic.split() if len(w) > 6} & words), topic

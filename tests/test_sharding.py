@@ -8,7 +8,6 @@ import textwrap
 import math
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
 

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
-from zebra_jax.convert import from_pretrained, load_tokenizer  # noqa: E402
+from zebra_jax.convert import from_pretrained  # noqa: E402
 from zebra_jax.convert.model_files import provenance  # noqa: E402
 
 DECODE_STEPS = 6

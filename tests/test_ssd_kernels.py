@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from kernels_pallas import ssd_scan, ssd_step
-from kernels_pallas.ssd import resolve_scan_impl, ssd_scan_reference, ssd_step_reference
+from kernels_pallas.ssd import resolve_scan_impl, ssd_scan_reference
 from kernels_pallas.ssd.common import CoreConfig, prepare_and_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

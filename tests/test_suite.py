@@ -363,7 +363,7 @@ def test_suite_cut_short_keeps_finished_sections(fake_registry, tmp_path, monkey
   out = tmp_path / "suite"
   kw = dict(max_tokens=200, seq_len=256, mc=False, chat_tokens=2, run_config=run_cfg,
             log=lambda *_: None)
-  real_chat, real_domains = suite.chat_answers, suite.score_domains
+  real_chat = suite.chat_answers
 
   def cut(model, *a, **k):
     if cut.calls == 1:   # the second chat call (the student's): the job is killed

@@ -4,7 +4,6 @@ Torch layout W (out x in) = our kernel.T. Every expectation is computed here fro
 weights with numpy (float64), never from the init code's output.
 """
 
-import math
 
 import jax.numpy as jnp
 import numpy as np

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Literal, Sequence
 
@@ -339,7 +338,6 @@ class HybridConfig(LlamaConfig):
     self._validate_hybrid()
 
   def _validate_hybrid(self):
-    d, H = self.hidden_size, self.num_attention_heads
     if self.mla_layers:
       for f in ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
         v = getattr(self, f)

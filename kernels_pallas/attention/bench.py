@@ -101,7 +101,7 @@ def run(seqlens=(2048, 4096, 8192), tokens: int = 16384, iters: int = 10,
         f = functools.partial(fn, scale=scale)
         fwd = jax.jit(f)
 
-        def loss(q, k, v, f=f):
+        def loss(q, k, v, f=f, do=do):
           return jnp.sum(f(q, k, v).astype(jnp.float32) * do.astype(jnp.float32))
 
         fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))

@@ -24,7 +24,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kernels_pallas.mla import decode_gpu, decode_tpu
 from kernels_pallas.mla.reference import mla_decode_reference

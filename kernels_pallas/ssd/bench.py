@@ -133,7 +133,6 @@ def inputs_np(b, l, h, p, g, n, seed=0):
 def jax_fns(impl: str, tuning=None):
     """(fwd, fwd+bwd) jitted JAX callables for one implementation."""
     import jax
-    import jax.numpy as jnp
     from kernels_pallas.ssd import api
     from kernels_pallas.ssd.common import CoreConfig, prepare_and_run
 
@@ -158,7 +157,6 @@ def jax_fns(impl: str, tuning=None):
 
 
 def run(shapes, modes=("fwd", "fwdbwd"), mamba_wheel=None, tunings=(), check=True):
-    import jax
     import jax.numpy as jnp
     rows = []
     mamba = load_mamba(mamba_wheel)

@@ -120,13 +120,6 @@ def unpermute_rope_rows(w_OI: np.ndarray, n_heads: int) -> np.ndarray:
   return w.swapaxes(1, 2).reshape(w_OI.shape)
 
 
-def permute_rope_rows(w_OI: np.ndarray, n_heads: int) -> np.ndarray:
-  """llama.cpp's `permute` (HF rotate-half rows -> adjacent pairs); the inverse of the above."""
-  half = w_OI.shape[0] // n_heads // 2
-  w = w_OI.reshape(n_heads, 2, half, *w_OI.shape[1:])
-  return w.swapaxes(1, 2).reshape(w_OI.shape)
-
-
 # name -> (function(array, ctx) -> array, function(target shape) -> source shape). `ctx` carries
 # the head counts the GGUF permutations need.
 TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
@@ -153,11 +146,6 @@ def match(rules: tuple[Rule, ...], name: str) -> tuple[str, str] | None:
 
 def is_harmless_extra(name: str) -> bool:
   return any(re.fullmatch(p, name) for p in HF_HARMLESS_EXTRAS)
-
-
-def path_tuple(path: str) -> tuple[str | int, ...]:
-  """'layers.3.mixer.q_proj.kernel' -> ('layers', 3, 'mixer', 'q_proj', 'kernel')."""
-  return tuple(int(p) if p.isdigit() else p for p in path.split("."))
 
 
 def path_str(path: tuple) -> str:

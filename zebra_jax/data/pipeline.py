@@ -29,12 +29,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any
 
 import grain
 import numpy as np
 
+from zebra_jax._io import write_json
 from zebra_jax.data import packing, sources, tokenize
 
 STATE_VERSION = 1
@@ -427,12 +427,7 @@ def restore_iterator(it: PipelineIterator, state: dict[str, Any]) -> PipelineIte
 
 def save_iterator_state(it: PipelineIterator, path: str | os.PathLike) -> None:
   """Writes the state as JSON, atomically (temp file + rename)."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(iterator_state(it), f)
-  os.replace(tmp, path)
+  write_json(path, iterator_state(it), indent=None)
 
 
 def load_iterator_state(it: PipelineIterator, path: str | os.PathLike) -> PipelineIterator:

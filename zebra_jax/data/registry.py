@@ -56,6 +56,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from zebra_jax._io import atomic_write
 from zebra_jax.data.fetch import fetch_distribution
 
 CLEANING_VERSION = 1  # bump when extraction / cleaning / dedup change, so caches are rebuilt
@@ -917,12 +918,9 @@ def wordnet_synsets(cache_dir=None) -> list[dict]:
   path = os.path.join(root, f"wordnet-synsets-{src.version}-v{CLEANING_VERSION}.jsonl")
   if not os.path.exists(path):
     synsets = wordnet_synsets_from_archive(src.fetch(cache_dir))
-    os.makedirs(root, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
       for s in synsets:
         f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return synsets
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]

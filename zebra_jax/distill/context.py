@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
 
 import jax
-import numpy as np
 
+from zebra_jax._io import write_json
 from zebra_jax import accounting
 from zebra_jax.config import HybridConfig, LlamaConfig
 from zebra_jax.convert.orbax_io import load_model
@@ -259,15 +258,20 @@ class RunContext:
                           part=self.data_part(purpose), heldout_fraction=d.heldout_fraction,
                           ild_fraction=d.ild_fraction)
     reads = int(spec.steps) * int(spec.batch_size) * int(spec.seq_len)
-    budget = {**counts, "tokens_read": reads,
-              "passes": round(reads / max(1, counts["distinct_tokens"]), 3)}
-    self.log(f"[{stage}] reads {reads:,} tokens of a part with {counts['distinct_tokens']:,} "
-             f"distinct tokens: {budget['passes']:.2f} passes")
+    distinct = counts["distinct_tokens"]
+    if distinct < int(spec.seq_len):  # every sequence would be the same text, wrapped around
+      from zebra_jax.distill.config import RunConfigError
+      raise RunConfigError(
+          f"data.seq_len={spec.seq_len} is longer than the {distinct:,} distinct tokens of the "
+          f"{stage} stage's data ({self.data_part(purpose) or 'train'} part): every sequence would "
+          "repeat the same text; lower data.seq_len or add data")
+    budget = {**counts, "tokens_read": reads, "passes": round(reads / max(1, distinct), 3)}
+    self.log(f"[{stage}] reads {reads:,} tokens of a part with {distinct:,} "
+             f"distinct tokens: {budget['passes']:.2f} passes"
+             + (" (warning: many repeats; more data or fewer steps generalise better)"
+                if budget["passes"] > 4 else ""))
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(path + ".tmp", "w") as f:
-        json.dump(budget, f, indent=2)
-      os.replace(path + ".tmp", path)
+      write_json(path, budget)
     return budget
 
   def calibration_batches(self, n: int, batch_size: int) -> list[dict]:

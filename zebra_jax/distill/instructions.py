@@ -6,7 +6,7 @@ the SmolLM2 run in docs/results.md trained on Shakespeare and continuations of S
 students answered chat prompts with loops. With no dataset hub to draw UltraChat-style prompts from
 (MambaInLlama's SFT data), the prompts are built here from task templates x topics, and the
 teacher's own answers become the training text. Deterministic in the seed; the evaluation prompts of
-`zebra_jax.eval.report.PROMPTS` are never produced (checked in tests/test_samples.py).
+`zebra_jax.data.prompts.REPORT_PROMPTS` are never produced (checked in tests/test_samples.py).
 """
 
 from __future__ import annotations

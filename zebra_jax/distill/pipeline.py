@@ -25,6 +25,7 @@ import time
 
 import jax
 
+from zebra_jax._io import write_json
 from zebra_jax import accounting
 from zebra_jax.distill import stages
 from zebra_jax.distill.config import RunConfigError, validate
@@ -89,8 +90,14 @@ def preflight(ctx: RunContext) -> None:
       raise RunConfigError(f"kd_teacher: vocab_size={kd.vocab_size} differs from the student's "
                            f"{vocab} (teacher.path's vocabulary); KD compares logits token for "
                            "token")
-  if "dpo" in stages_ and not os.path.exists(cfg.data.dpo_path):
-    raise RunConfigError(f"data.dpo_path={cfg.data.dpo_path!r} does not exist")
+  if "dpo" in stages_:
+    from zebra_jax.distill.preferences import check_pairs_file
+    if not os.path.isfile(cfg.data.dpo_path):
+      raise RunConfigError(f"data.dpo_path={cfg.data.dpo_path!r} does not exist or is not a file")
+    try:
+      check_pairs_file(cfg.data.dpo_path, cfg.dpo.batch_size)
+    except ValueError as e:
+      raise RunConfigError(f"data.dpo_path: {e}") from None
   _check_data_split(ctx)
   shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
   for stage in TRAINING_STAGES:
@@ -158,12 +165,8 @@ def _sync(tag: str) -> None:
 
 def _write_json(path: str, obj) -> None:
   """Atomic write from process 0 only (every process holds the same object)."""
-  if jax.process_index() != 0:
-    return
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=2))
-  os.replace(tmp, path)
+  if jax.process_index() == 0:
+    write_json(path, obj)
 
 
 def _previous_summary(ctx: RunContext) -> dict:

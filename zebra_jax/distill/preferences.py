@@ -13,32 +13,60 @@ def _encode(tokenizer, text: str) -> list[int]:
   return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def _records(path: str):
+  """(line number, prompt, chosen, rejected) of each non-empty line; a line that is not a JSON
+  object with a prompt (text or chat messages) and text chosen / rejected answers is an error
+  naming the file and line."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          rec = json.loads(line)
+          prompt, chosen, rejected = rec["prompt"], rec["chosen"], rec["rejected"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+          raise ValueError(f"{path}:{n}: expected JSON with 'prompt', 'chosen', 'rejected' "
+                           f"({type(e).__name__}: {e})") from None
+        if not (isinstance(prompt, (str, list)) and isinstance(chosen, str)
+                and isinstance(rejected, str)):
+          raise ValueError(f"{path}:{n}: 'prompt' must be text or a list of chat messages and "
+                           "'chosen' / 'rejected' text")
+        yield n, prompt, chosen, rejected
+  except UnicodeDecodeError:
+    raise ValueError(f"{path}: not UTF-8 text (expected JSON lines with 'prompt', 'chosen', "
+                     "'rejected')") from None
+
+
+def check_pairs_file(path: str, batch_size: int) -> int:
+  """The number of preference pairs in `path`, after checking every line's form (no tokenizer
+  needed: run before the first stage, so a bad file fails before hours of distillation)."""
+  count = sum(1 for _ in _records(path))
+  if not count:
+    raise ValueError(f"{path}: no preference pairs")
+  if count < batch_size:
+    raise ValueError(f"dpo batch_size={batch_size} exceeds the {count} preference pairs in {path}")
+  return count
+
+
 def load_pairs(path: str, tokenizer, max_len: int, max_prompt_len: int):
   from zebra_jax.data.tokenize import eos_id, render_chat
 
   pairs = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-        prompt, chosen, rejected = rec["prompt"], rec["chosen"], rec["rejected"]
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{n}: expected JSON with 'prompt', 'chosen', 'rejected' ({e})") from e
-      if isinstance(prompt, list):
-        prompt = render_chat(tokenizer, prompt, where=f"{path}:{n}")
-      p = _encode(tokenizer, prompt)[-max_prompt_len:]
-      eos = eos_id(tokenizer)
-      rows = []
-      for resp in (chosen, rejected):
-        r = (_encode(tokenizer, resp) + [eos])[: max_len - len(p)]
-        ids = np.zeros(max_len, np.int32)
-        mask = np.zeros(max_len, np.int32)
-        ids[: len(p) + len(r)] = p + r
-        mask[len(p): len(p) + len(r)] = 1
-        rows.append((ids, mask))
-      pairs.append(rows)
+  for n, prompt, chosen, rejected in _records(path):
+    if isinstance(prompt, list):
+      prompt = render_chat(tokenizer, prompt, where=f"{path}:{n}")
+    p = _encode(tokenizer, prompt)[-max_prompt_len:]
+    eos = eos_id(tokenizer)
+    rows = []
+    for resp in (chosen, rejected):
+      r = (_encode(tokenizer, resp) + [eos])[: max_len - len(p)]
+      ids = np.zeros(max_len, np.int32)
+      mask = np.zeros(max_len, np.int32)
+      ids[: len(p) + len(r)] = p + r
+      mask[len(p): len(p) + len(r)] = 1
+      rows.append((ids, mask))
+    pairs.append(rows)
   if not pairs:
     raise ValueError(f"{path}: no preference pairs")
   return pairs

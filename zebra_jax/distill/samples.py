@@ -34,7 +34,10 @@ import time
 
 import numpy as np
 
-SAMPLES_TOKEN = "teacher_samples"
+from zebra_jax._io import atomic_write
+from zebra_jax.data.prompts import CHAT_PROMPTS, REPORT_PROMPTS, decode_text, prompt_ids, real_sources
+from zebra_jax.data.registry import SAMPLES_TOKEN
+
 ARTIFACT = os.path.join("samples", "teacher_samples.jsonl")
 PROMPT_BUCKET = 128   # prompt lengths and cache sizes are rounded up to multiples of this
 
@@ -51,26 +54,9 @@ def _cache_len(prompts, max_new_tokens: int) -> int:
                    PROMPT_BUCKET)
 
 
-def _as_list(spec) -> list:
-  return list(spec) if isinstance(spec, (list, tuple)) else [spec]
-
-
-def uses_samples(cfg) -> bool:
-  return SAMPLES_TOKEN in _as_list(cfg.data.source)
-
-
-def real_sources(cfg):
-  """data.source without the teacher-samples token (what prompts are cut from)."""
-  specs = [s for s in _as_list(cfg.data.source) if s != SAMPLES_TOKEN]
-  if not specs:
-    raise ValueError(f"data.source={cfg.data.source!r} has no real source to take prompts from "
-                     f"(only {SAMPLES_TOKEN!r})")
-  return specs[0] if len(specs) == 1 else specs
-
-
 def resolve_source(cfg, workdir: str):
   """data.source with "teacher_samples" replaced by the samples stage's artifact."""
-  specs = _as_list(cfg.data.source)
+  specs = list(cfg.data.source) if isinstance(cfg.data.source, (list, tuple)) else [cfg.data.source]
   if SAMPLES_TOKEN not in specs:
     return cfg.data.source
   path = os.path.join(workdir, ARTIFACT)
@@ -122,25 +108,12 @@ def make_prompts(cfg, tokenizer, num: int, prompt_tokens: int, seed: int,
   return prompts
 
 
-def _decode(tokenizer, ids, keep_special: bool = False) -> str:
-  """Plain-text samples drop BOS / special tokens (the packer's tokenizer would re-add them as text);
-  chat samples keep the template's turn markers, which the packer's tokenizer encodes back to the
-  same special tokens."""
-  ids = [int(i) for i in ids]
-  try:
-    return tokenizer.decode(ids, skip_special_tokens=not keep_special)
-  except TypeError:  # ByteTokenizer and other minimal tokenizers
-    return tokenizer.decode(ids)
-
-
 def instruction_prompts_for_samples(num: int, seed: int) -> list[str]:
   """`num` user messages (distill/instructions.py), never one of the evaluation prompts (the
   report's samples and the suite's chat prompts; the topics avoid the suite's subjects too)."""
   from zebra_jax.distill.instructions import instruction_prompts
-  from zebra_jax.eval.report import PROMPTS
-  from zebra_jax.eval.suite import CHAT_PROMPTS
 
-  return instruction_prompts(num, seed, exclude=[p["chat"] for p in PROMPTS if "chat" in p]
+  return instruction_prompts(num, seed, exclude=[p["chat"] for p in REPORT_PROMPTS if "chat" in p]
                              + list(CHAT_PROMPTS))
 
 
@@ -150,7 +123,6 @@ def make_chat_prompts(tokenizer, num: int, seed: int, documents: list | None = N
   `passage_fraction` of them are tasks about a passage of `documents` (summarise, explain,
   continue, questions; distill/instructions.py), the rest task templates x topics; seeded order."""
   from zebra_jax.distill.instructions import passage_prompts
-  from zebra_jax.eval.report import prompt_ids
 
   n_passage = int(round(num * passage_fraction))
   messages = (instruction_prompts_for_samples(num - n_passage, seed)
@@ -245,15 +217,13 @@ def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str,
                        max_len=_cache_len(batch, max_new_tokens))
       for j, o in zip(rows, got):
         outs[j] = o
-    tmp = f"{paths[b]}.tmp{process_index}"
     n_new = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(paths[b]) as f:
       for j, (prompt, new) in enumerate(zip(part, outs)):
         new = [t for t in new if t not in eos]  # a stop token ends the sample; the packer adds EOS
         n_new += len(new)
-        text = _decode(tokenizer, prompt + new, keep_special=chat[b * part_size + j])
+        text = decode_text(tokenizer, prompt + new, keep_special=chat[b * part_size + j])
         f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-    os.replace(tmp, paths[b])
     dt = time.time() - t0
     log(f"[samples] part {b + 1}/{n_parts}: {n_new} new tokens in {dt:.1f}s "
         f"({n_new / max(dt, 1e-9):,.0f} tokens/s)")
@@ -298,15 +268,13 @@ def run_samples(ctx) -> None:
     multihost_utils.sync_global_devices("zebra_jax samples: all parts written")
   if jax.process_index() == 0:
     out = os.path.join(ctx.workdir, ARTIFACT)
-    tmp = out + ".tmp"
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(out) as f:
       for p in paths:
         with open(p, encoding="utf-8") as part:
           for line in part:
             f.write(line)
             n += 1
-    os.replace(tmp, out)
     ctx.log(f"[samples] {n} teacher samples -> {out}")
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils

@@ -11,7 +11,7 @@ free, so a small dynamic programme finds the best layout exactly.
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -59,19 +59,6 @@ def smart_placement(scores: Sequence[float], n_mla: int) -> tuple[int, ...]:
     layers.append(i * small + k)
     k = choice[i][k]
   return tuple(sorted(int(i) for i in layers))
-
-
-def mean_kl(teacher, student, batches: Iterable[dict]) -> float:
-  """Per-token forward KL(teacher || student) averaged over calibration batches."""
-
-  from zebra_jax.train.losses import forward_kl
-
-  @nnx.jit
-  def one(t, s, tokens):
-    return forward_kl(t(tokens), s(tokens))
-
-  vals = [float(one(teacher, student, jnp.asarray(b["tokens"]))) for b in batches]
-  return float(np.mean(vals))
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -22,12 +22,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zebra_jax._io import write_json
 from zebra_jax.config import HybridConfig
 from zebra_jax.distill import samples as samples_lib
 from zebra_jax.distill.config import PARAM_GROUPS
 from zebra_jax.distill import select as select_lib
 from zebra_jax.distill.context import RunContext
-from zebra_jax.init import copy_block_shell, init_hybrid
+from zebra_jax.init import init_hybrid
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.train import fused_losses, losses
 from zebra_jax.train.trainer import StageTrainer, TrainSpec
@@ -154,11 +155,7 @@ def run_select(ctx: RunContext) -> None:
          "scores": None if scores is None else [float(s) for s in scores]}
   path = artifact(ctx, "select")
   if jax.process_index() == 0:  # every process chose the same layout; the pipeline then syncs
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(out, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, out)
   ctx.log(f"[select] mla_layers={list(layers)}")
 
 

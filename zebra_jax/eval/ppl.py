@@ -6,7 +6,6 @@ import math
 import os
 from typing import Sequence
 
-import numpy as np
 
 from zebra_jax.eval.scoring import TokenScorer, rolling_windows
 

@@ -21,20 +21,14 @@ import os
 import platform
 import time
 
-PROMPTS = (
-    {"chat": "Write a short poem about the sea."},
-    {"chat": "What are three tips for staying healthy?"},
-    {"chat": "Explain in two sentences why the sky is blue."},
-    {"text": "ROMEO. But soft, what light through yonder window breaks?"},
-)
-
+from zebra_jax._io import atomic_write
+from zebra_jax.data.prompts import REPORT_PROMPTS, decode_text, prompt_ids, real_sources
 
 def heldout_sequences(cfg, tokenizer, limit_tokens: int | None = None) -> list[list[int]]:
   """Token ids (BOS first when the tokenizer has one) of the held-out documents of data.source's
   real sources, in index order; `limit_tokens` stops after that many tokens (smoke runs)."""
   from zebra_jax.data import sources, tokenize
   from zebra_jax.data.pipeline import split_indices
-  from zebra_jax.distill.samples import real_sources
 
   src = sources.open_source(real_sources(cfg))
   bos = getattr(tokenizer, "bos_token_id", None)
@@ -51,26 +45,8 @@ def heldout_sequences(cfg, tokenizer, limit_tokens: int | None = None) -> list[l
   return seqs
 
 
-def prompt_ids(tokenizer, prompt: dict) -> list[int]:
-  if "chat" in prompt:
-    from zebra_jax.data.tokenize import render_chat
-    text = render_chat(tokenizer, [{"role": "user", "content": prompt["chat"]}],
-                       where="prompt", add_generation_prompt=True)
-    return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
-  ids = list(tokenizer.encode(prompt["text"], add_special_tokens=False))
-  bos = getattr(tokenizer, "bos_token_id", None)
-  return ([bos] if bos is not None else []) + ids
-
-
-def _decode(tokenizer, ids) -> str:
-  try:
-    return tokenizer.decode(list(ids), skip_special_tokens=True)
-  except TypeError:
-    return tokenizer.decode(list(ids))
-
-
 def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_batch: int,
-                   contexts, decode_steps: int, sample_tokens: int, prompts=PROMPTS,
+                   contexts, decode_steps: int, sample_tokens: int, prompts=REPORT_PROMPTS,
                    decode: bool = True, samples: bool = True, sampling: dict | None = None) -> dict:
   """Every measurement of one model (`model is teacher` for the teacher's own row); decode=False
   and samples=False leave out the decode-throughput and sample parts. Samples are greedy, and
@@ -102,12 +78,12 @@ def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_b
   if samples:
     ids = [prompt_ids(tokenizer, p) for p in prompts]
     gens = generate(model, ids, sample_tokens, temperature=0.0)
-    out["samples"] = [{"prompt": p.get("chat", p.get("text")), "completion": _decode(tokenizer, g)}
+    out["samples"] = [{"prompt": p.get("chat", p.get("text")), "completion": decode_text(tokenizer, g)}
                       for p, g in zip(prompts, gens)]
     if sampling:
       gens = generate(model, ids, sample_tokens, **sampling)
       out["sampled"] = {"settings": dict(sampling), "samples": [
-          {"prompt": p.get("chat", p.get("text")), "completion": _decode(tokenizer, g)}
+          {"prompt": p.get("chat", p.get("text")), "completion": decode_text(tokenizer, g)}
           for p, g in zip(prompts, gens)]}
   out["eval_seconds"] = round(time.time() - t0, 1)
   return out
@@ -221,14 +197,10 @@ def write_doc(path: str, body: str) -> None:
     text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
   else:
     text = (text.rstrip() + "\n\n" if text else "# Results\n\n") + block + "\n"
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with atomic_write(path) as f:
     f.write(text)
-  os.replace(tmp, path)
 
 
 def save_json(obj, path: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with atomic_write(path) as f:
     json.dump(obj, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-  os.replace(tmp, path)

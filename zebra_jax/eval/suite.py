@@ -33,19 +33,8 @@ import time
 import types
 from typing import Sequence
 
-CHAT_PROMPTS = (
-    "How do I create a Python virtual environment?",
-    "What is RAID in computer storage?",
-    "Write a short poem about the sea.",
-    "Summarise this paragraph in one sentence: The city council met on Tuesday to discuss the new "
-    "bicycle lanes. Several residents spoke in favour, saying the lanes would make their commutes "
-    "safer, while shop owners worried about losing parking spaces. The council agreed to test the "
-    "lanes on two streets for six months before deciding.",
-    "Explain photosynthesis in simple terms.",
-    "Give three tips for a job interview.",
-    "Translate into French: The weather is beautiful today and we are going to the beach.",
-    "What causes the seasons on Earth?",
-)
+from zebra_jax.data.prompts import CHAT_PROMPTS, decode_text, prompt_ids
+
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "seed": 0}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -346,7 +335,6 @@ def retained(student: dict, teacher: dict, metric: str = "acc") -> dict:
 def chat_answers(model, tokenizer, prompts: Sequence[str] = CHAT_PROMPTS, *, max_new_tokens: int = 128,
                  sampling: dict | None = SAMPLING) -> dict:
   """{"greedy": [answer per prompt], "sampled": [...], "settings": sampling} via zebra_jax.generate."""
-  from zebra_jax.eval.report import _decode, prompt_ids
   from zebra_jax.infer.decode import generate
   ids = [prompt_ids(tokenizer, {"chat": p}) for p in prompts]
   stops = set()
@@ -358,7 +346,7 @@ def chat_answers(model, tokenizer, prompts: Sequence[str] = CHAT_PROMPTS, *, max
 
   def run(**kw):
     gens = generate(model, ids, max_new_tokens, stop_tokens=stops, **kw)
-    return [_decode(tokenizer, [t for t in g if int(t) not in stops]).strip() for g in gens]
+    return [decode_text(tokenizer, [t for t in g if int(t) not in stops]).strip() for g in gens]
 
   out = {"prompts": list(prompts), "greedy": run(temperature=0.0), "max_new_tokens": max_new_tokens}
   if sampling:

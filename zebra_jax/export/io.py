@@ -18,7 +18,7 @@ import re
 import shutil
 import struct
 import sys
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import ml_dtypes
 import numpy as np

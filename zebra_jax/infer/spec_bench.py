@@ -9,7 +9,7 @@ MambaInLlama's recipe in miniature (a draft trained to match the target's next-t
 an untrained truncated draft accepts too few proposals to pay for itself (docs/benchmarks.md).
 
 The timing compares plain greedy `generate` against speculative greedy `generate` with the same
-target on the evaluation prompts (`eval.report.PROMPTS`), after one compiling call each, best of
+target on the evaluation prompts (`data.prompts.REPORT_PROMPTS`), after one compiling call each, best of
 `--repeats`; every speculative output is checked equal to the plain greedy one, token for token.
 """
 
@@ -183,7 +183,7 @@ def markdown(sections, meta) -> str:
   lines = [f"## Speculative decoding, {meta['target']} target ({meta['device']}, {meta['date']})", "",
            f"`python scripts/bench.py speculative {meta['argv']}`; jax {meta['jax']}, "
            f"{meta['dtype']}, greedy, {meta['max_new']} new tokens per prompt, the "
-           f"{meta['n_prompts']} evaluation prompts (`eval.report.PROMPTS`) repeated to the batch; "
+           f"{meta['n_prompts']} evaluation prompts (`data.prompts.REPORT_PROMPTS`) repeated to the batch; "
            "best of the timed calls after a compiling one.", ""]
   for sec in sections:
     lines += [f"Draft: {sec['draft']}.", "",
@@ -227,7 +227,7 @@ def main(argv=None) -> str:
 
   from zebra_jax.convert import from_pretrained, load_tokenizer
   from zebra_jax.distill.samples import make_chat_prompts
-  from zebra_jax.eval.report import PROMPTS, prompt_ids
+  from zebra_jax.data.prompts import REPORT_PROMPTS, prompt_ids
   from zebra_jax.infer.decode import generate
 
   path = args.target  # "smollm2" included: convert.resolve_checkpoint
@@ -235,7 +235,7 @@ def main(argv=None) -> str:
   tok = load_tokenizer(path)
   eos = target.config.eos_token_id
   eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
-  bench_prompts = [prompt_ids(tok, q) for q in PROMPTS]
+  bench_prompts = [prompt_ids(tok, q) for q in REPORT_PROMPTS]
 
   if args.draft_steps > 0:  # the target answers instruction prompts: the draft's training text
     t0 = time.perf_counter()

@@ -110,7 +110,6 @@ class _SpecCarry:
 
 
 def _spec_round(target, draft, c: _SpecCarry, key, stops_arr, max_new, *, sampling, K, pad_id):
-  B = c.pending.shape[0]
   rkey = jax.random.fold_in(key, c.round + 1)
   k_draft, k_acc = jax.random.split(rkey)
   active = ~c.done

@@ -11,6 +11,8 @@ import os
 
 import jax
 
+from zebra_jax._io import atomic_write
+
 # Dense bf16 peak FLOP/s per chip, for MFU. Unknown devices (CPU) report no MFU.
 PEAK_BF16_FLOPS = {
     "H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12,
@@ -46,9 +48,8 @@ class MetricsWriter:
     if os.path.exists(self.path):
       kept = [json.dumps(r) + "\n" for r in _parse_rows(self.path)
               if r.get("step", 0) <= resume_step]
-      with open(self.path + ".tmp", "w") as f:
+      with atomic_write(self.path) as f:
         f.writelines(kept)
-      os.replace(self.path + ".tmp", self.path)
     try:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))

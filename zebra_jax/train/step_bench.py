@@ -177,7 +177,8 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
     # the loss's value_and_grad runs the teacher's forward inside it: the student's share is the rest
     row.update(teacher_fwd_ms=teacher_ms, student_fwd_bwd_ms=max(grad_ms - teacher_ms, 0.0),
                optimizer_ms=opt_ms)
-    del state, grads
+    state.clear()  # frees the arrays (the closure above holds the list)
+    del grads
   return rows
 
 

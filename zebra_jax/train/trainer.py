@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -270,13 +270,6 @@ class StageTrainer:
           teacher_shardings=jax.tree.map(lambda x: x.sharding, self.teacher_states),
           batch_shardings=batch_shardings(self.mesh, batch))
     return self._step_fns[key]
-
-  def lower(self, batch_shapes: dict[str, jax.ShapeDtypeStruct]):
-    """Lowers the step for the given (accum, micro, ...) batch shapes (ahead-of-time compilation)."""
-    abstract = lambda t: abstract_like(t)
-    return self._step_fn(batch_shapes).lower(
-        abstract(self.trainable), abstract(self.opt_state), abstract(self.frozen),
-        abstract(self.teacher_states), batch_shapes)
 
   # -- the loop ----------------------------------------------------------------------------------
   def _device_batch(self, batch: dict[str, np.ndarray]):

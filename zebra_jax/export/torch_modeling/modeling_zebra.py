@@ -27,7 +27,6 @@ the middle of a sequence is not supported. Beam search reorders the cache with `
 """
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
