@@ -146,7 +146,7 @@ def test_bucketed_prompts_share_one_compiled_decode_loop_and_match_the_oracle():
   from zebra_jax.infer import decode as decode_lib
 
   model = shared_model("mixed")
-  jitted = (decode_lib._decode_loop, decode_lib._chunk_jit)
+  jitted = (decode_lib.decode_loop, decode_lib._chunk_jit)
   before = [f._cache_size() for f in jitted]
   for lens, seed in (((5, 3), 4), ((13, 5), 5)):
     prompts = prompts_for(lens, seed=seed)
@@ -315,9 +315,9 @@ def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, mo
   include compile time (it did once: 137 ms 'per step' on an H100 in a docs/results.md run)."""
   from zebra_jax.convert.orbax_io import load_model, save_model
   from zebra_jax.infer import bench
-  from zebra_jax.infer.decode import _decode_loop
+  from zebra_jax.infer.decode import decode_loop
 
-  if not hasattr(_decode_loop, "_cache_size"):
+  if not hasattr(decode_loop, "_cache_size"):
     pytest.skip("this jax does not expose the jit cache size")
   cfg = presets.zebra(bench._TINY, (0,), q_lora_rank=32, kv_lora_rank=16, yarn_factor=32)
   save_model(bench.random_model(cfg), str(tmp_path / "m"))
@@ -325,12 +325,12 @@ def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, mo
   calls = []
 
   def observed(*args, **kw):
-    before = _decode_loop._cache_size()
-    out = _decode_loop(*args, **kw)
-    calls.append((int(args[2]), _decode_loop._cache_size() - before))
+    before = decode_loop._cache_size()
+    out = decode_loop(*args, **kw)
+    calls.append((int(args[2]), decode_loop._cache_size() - before))
     return out
 
-  monkeypatch.setattr(bench, "_decode_loop", observed)
+  monkeypatch.setattr(bench, "decode_loop", observed)
   r = bench.decode_throughput(model, 2, 64, steps=4, warmup=4)
   assert r["steps"] == 4 and r["tokens_per_s"] > 0
   assert calls[-1][0] == 8, calls            # the timed call runs to warmup + steps

@@ -304,9 +304,9 @@ def _worker(out_path: str) -> None:
 
     # The compiled decode loop: which collectives does it run, on which shapes?
     g, st = nnx.split(model)
-    carry = D._Carry(jnp.int32(0), cache, logits, jnp.zeros((8,), bool),
+    carry = D.DecodeCarry(jnp.int32(0), cache, logits, jnp.zeros((8,), bool),
                      jnp.zeros((8, NEW), jnp.int32))
-    hlo = D._decode_loop.lower(st, carry, jnp.int32(NEW), jax.random.PRNGKey(0),
+    hlo = D.decode_loop.lower(st, carry, jnp.int32(NEW), jax.random.PRNGKey(0),
                                D.stop_array(()), graphdef=g,
                                sampling=SamplingConfig(0.0, None, None),
                                pad_id=0, mesh=mesh).compile().as_text()

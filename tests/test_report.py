@@ -172,7 +172,7 @@ def test_evaluation_rows(experiment):
   s = report.evaluate_model(student, teacher, tok, heldout, sampling=draw, **kw)
   assert "sampled" not in t and s["sampled"]["settings"] == draw
   ids = [prompt_ids(tok, p) for p in REPORT_PROMPTS[:2]]
-  from zebra_jax.infer.decode import generate
+  from zebra_jax.infer.generation import generate
   assert [x["completion"] for x in s["sampled"]["samples"]] == [
       tok.decode(g) for g in generate(student, ids, 3, **draw)]
   assert t["top1"] == 1.0 and abs(t["kl"]) < 1e-6 and t["kv_fraction"] == 1.0

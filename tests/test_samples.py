@@ -165,7 +165,7 @@ def test_chat_fraction_mixes_chat_prompts_into_the_samples(tmp_path, monkeypatch
 
 
 def test_chat_temperature_samples_chat_prompts_at_their_own_temperature(tmp_path, monkeypatch):
-  import zebra_jax.infer.decode as decode_lib
+  import zebra_jax.infer.generation as decode_lib
   cfg = _tiny_config()
   cfg.samples.update(num_samples=5, chat_fraction=0.4, temperature=1.0, chat_temperature=0.25)
   marks = [list(b"@CHAT-A@"), list(b"@CHAT-B@")]

@@ -145,7 +145,7 @@ def generate_in_rounds(model, prompts: list[list[int]], max_new_tokens: int, *, 
   few: every call has `batch_size` rows (the last batch of a round padded with copies of its first
   row, discarded), `round_tokens` new tokens, one cache length, prompts in PROMPT_BUCKET buckets.
   """
-  from zebra_jax.infer.decode import generate
+  from zebra_jax.infer.generation import generate
 
   if max_new_tokens % round_tokens:
     raise ValueError(f"samples.round_tokens={round_tokens} must divide samples.max_new_tokens="
@@ -185,7 +185,8 @@ def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str,
   call; with `round_tokens` > 0 it is `round_batches` batches generated in rounds
   (`generate_in_rounds`)."""
   chat = list(chat) if chat is not None else [False] * len(prompts)
-  from zebra_jax.infer.decode import generate, resolve_stop_tokens
+  from zebra_jax.infer.decode import resolve_stop_tokens
+  from zebra_jax.infer.generation import generate
 
   parts_dir = os.path.join(workdir, "samples", "parts")
   os.makedirs(parts_dir, exist_ok=True)

@@ -55,7 +55,7 @@ def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_b
   from zebra_jax import accounting
   from zebra_jax.eval.agreement import teacher_agreement
   from zebra_jax.infer.bench import decode_throughput
-  from zebra_jax.infer.decode import generate
+  from zebra_jax.infer.generation import generate
 
   t0 = time.time()
   out = {"kv_fraction": accounting.kv_cache_fraction(model.config, teacher.config),

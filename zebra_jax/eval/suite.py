@@ -335,7 +335,7 @@ def retained(student: dict, teacher: dict, metric: str = "acc") -> dict:
 def chat_answers(model, tokenizer, prompts: Sequence[str] = CHAT_PROMPTS, *, max_new_tokens: int = 128,
                  sampling: dict | None = SAMPLING) -> dict:
   """{"greedy": [answer per prompt], "sampled": [...], "settings": sampling} via zebra_jax.generate."""
-  from zebra_jax.infer.decode import generate
+  from zebra_jax.infer.generation import generate
   ids = [prompt_ids(tokenizer, {"chat": p}) for p in prompts]
   stops = set()
   eos = model.config.eos_token_id

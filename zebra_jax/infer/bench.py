@@ -38,7 +38,7 @@ from flax import nnx
 from zebra_jax import accounting, presets
 from zebra_jax.infer.cache import (Cache, cache_bytes_per_token, cache_nbytes, cache_shardings,
                                    init_cache, state_bytes_per_sequence)
-from zebra_jax.infer.decode import _Carry, _decode_loop, stop_array
+from zebra_jax.infer.decode import DecodeCarry, decode_loop, stop_array
 from zebra_jax.infer.sampling import SamplingConfig
 from zebra_jax.models.hybrid import CausalLM
 
@@ -133,7 +133,7 @@ def _device0_bytes(cache: Cache) -> int:
 
 def _compiled_count():
   """How many compilations the jitted decode loop holds (None where jax does not say)."""
-  size = getattr(_decode_loop, "_cache_size", None)
+  size = getattr(decode_loop, "_cache_size", None)
   return size() if callable(size) else None
 
 
@@ -150,7 +150,7 @@ def decode_throughput(model, batch: int, context: int, steps: int, warmup: int =
   graphdef, state = nnx.split(model)
   logits = jax.random.normal(jax.random.PRNGKey(2), (batch, config.vocab_size), jnp.float32
                              ).astype(config.dtype)
-  carry = _Carry(jnp.int32(0), cache, logits, jnp.zeros((batch,), bool),
+  carry = DecodeCarry(jnp.int32(0), cache, logits, jnp.zeros((batch,), bool),
                  jnp.zeros((batch, warmup + steps), jnp.int32))
   kw = dict(graphdef=graphdef, sampling=SamplingConfig(), pad_id=0, mesh=mesh)
   stops, key = stop_array(()), jax.random.PRNGKey(0)
@@ -159,13 +159,13 @@ def decode_throughput(model, batch: int, context: int, steps: int, warmup: int =
   # different (committed) sharding when the weights are committed to a device (models restored by
   # load_model are), which is a second compilation. The timed call then reuses the second one.
   half = max(1, warmup // 2)
-  carry = _decode_loop(state, carry, jnp.int32(half), key, stops, **kw)
-  carry = _decode_loop(state, carry, jnp.int32(warmup), key, stops, **kw)
+  carry = decode_loop(state, carry, jnp.int32(half), key, stops, **kw)
+  carry = decode_loop(state, carry, jnp.int32(warmup), key, stops, **kw)
   jax.block_until_ready(carry.out)
   compile_s = time.perf_counter() - t0
   compiled_before = _compiled_count()
   t0 = time.perf_counter()
-  carry = _decode_loop(state, carry, jnp.int32(warmup + steps), key, stops, **kw)
+  carry = decode_loop(state, carry, jnp.int32(warmup + steps), key, stops, **kw)
   jax.block_until_ready(carry.out)
   dt = time.perf_counter() - t0
   assert int(carry.i) == warmup + steps

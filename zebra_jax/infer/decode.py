@@ -1,4 +1,4 @@
-"""Prefill and decode over the compressed caches, and the public `generate`.
+"""Prefill and decode over the compressed caches, and `stream` (generation.py holds `generate`).
 
 One function, `forward_chunk(model, cache, tokens_BT, n_valid_B, mode=...)`, runs T new tokens per
 sequence through the stack starting at each sequence's own cache length, writes their cache rows and
@@ -303,7 +303,7 @@ def _mesh_for(model, cache: Cache) -> tuple[Mesh | None, Cache]:
   return mesh, cache
 
 
-def _constrain_cache(cache: Cache, mesh: Mesh | None) -> Cache:
+def constrain_cache(cache: Cache, mesh: Mesh | None) -> Cache:
   """Pins a traced cache to its layout on `mesh` (a no-op without one): jit outputs and the decode
   loop's carry keep the layout instead of whatever sharding propagation would pick."""
   if mesh is None:
@@ -317,7 +317,7 @@ def _chunk_jit(state, cache, tokens_BT, n_valid_B, *, graphdef, mode, logits, me
   model = nnx.merge(graphdef, state)
   with _sharding.activation_mesh(mesh):
     out, cache, _ = forward_chunk(model, cache, tokens_BT, n_valid_B, mode=mode, logits=logits)
-  return out, _constrain_cache(cache, mesh)
+  return out, constrain_cache(cache, mesh)
 
 
 def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = None,
@@ -340,9 +340,9 @@ def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = No
   chunk = T if chunk is None else int(chunk)
   if chunk < 1:
     raise ValueError(f"prefill chunk must be >= 1, got {chunk}")
-  if T > chunk and (not cache.max_len or start.max() + _round_up(T, chunk) <= cache.max_len):
+  if T > chunk and (not cache.max_len or start.max() + round_up(T, chunk) <= cache.max_len):
     # pad to whole chunks (pad tokens are masked anyway): one compiled shape for every chunk
-    tokens_BT = jnp.pad(tokens_BT, ((0, 0), (0, _round_up(T, chunk) - T)))
+    tokens_BT = jnp.pad(tokens_BT, ((0, 0), (0, round_up(T, chunk) - T)))
     T = tokens_BT.shape[1]
   mesh, cache = _mesh_for(model, cache)
   graphdef, state = nnx.split(model)
@@ -374,7 +374,7 @@ def decode_step(model, cache: Cache, tokens_B):
 # ------------------------------------------------------------------------------------------------
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
-class _Carry:
+class DecodeCarry:
   i: jax.Array          # next step index
   cache: Cache
   logits: jax.Array     # (B, V) logits for step i
@@ -384,13 +384,13 @@ class _Carry:
 
 def stop_array(stop_tokens) -> jax.Array:
   """Stop tokens as a traced int32 array padded with -1 to a multiple of 8 (fewer recompiles)."""
-  n = _round_up(max(len(stop_tokens), 1), 8)
+  n = round_up(max(len(stop_tokens), 1), 8)
   return jnp.asarray(list(stop_tokens) + [-1] * (n - len(stop_tokens)), jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "pad_id", "mesh"),
                    donate_argnames=("carry",))
-def _decode_loop(state, carry: _Carry, i_end, key, stops, *, graphdef, sampling, pad_id,
+def decode_loop(state, carry: DecodeCarry, i_end, key, stops, *, graphdef, sampling, pad_id,
                  mesh=None):
   """Steps i .. i_end-1 (fewer if every sequence stopped): sample, record, feed the token back.
   With a mesh the carried cache is pinned to its layout in every iteration (never gathered)."""
@@ -406,9 +406,9 @@ def _decode_loop(state, carry: _Carry, i_end, key, stops, *, graphdef, sampling,
     done = c.done | jnp.isin(tok, stops)
     with _sharding.activation_mesh(mesh):
       logits, cache, _ = forward_chunk(model, c.cache, tok[:, None], mode="decode", logits="last")
-    return _Carry(c.i + 1, _constrain_cache(cache, mesh), logits, done, out)
+    return DecodeCarry(c.i + 1, constrain_cache(cache, mesh), logits, done, out)
 
-  carry = dataclasses.replace(carry, cache=_constrain_cache(carry.cache, mesh))
+  carry = dataclasses.replace(carry, cache=constrain_cache(carry.cache, mesh))
   return jax.lax.while_loop(cond, body, carry)
 
 
@@ -471,11 +471,11 @@ def truncate_at_stop(tokens, stop_tokens) -> list[int]:
   return out
 
 
-def _round_up(n: int, m: int) -> int:
+def round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
-def _check_common(model, max_new_tokens, pad_id):
+def check_generate_args(model, max_new_tokens, pad_id):
   if not hasattr(model, "config") or not hasattr(model, "layers"):
     raise ValueError("model must be a zebra_jax CausalLM")
   if int(max_new_tokens) < 1:
@@ -484,7 +484,7 @@ def _check_common(model, max_new_tokens, pad_id):
     raise ValueError(f"pad_id={pad_id} is outside the vocabulary")
 
 
-def _inference_mesh(model, mesh) -> Mesh | None:
+def inference_mesh(model, mesh) -> Mesh | None:
   """`mesh=` of generate / stream: places every parameter there (a no-op for those already there);
   None -> the model's own mesh when its parameters are sharded (else single device)."""
   if mesh is None:
@@ -504,8 +504,8 @@ def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top
   """
   if int(pad_multiple) < 1:
     raise ValueError(f"pad_multiple must be >= 1, got {pad_multiple}")
-  _check_common(model, max_new_tokens, pad_id)
-  mesh = _inference_mesh(model, mesh)
+  check_generate_args(model, max_new_tokens, pad_id)
+  mesh = inference_mesh(model, mesh)
   config = model.config
   sampling = SamplingConfig(temperature, top_k, top_p)
   stops = resolve_stop_tokens(config, stop_tokens)
@@ -515,7 +515,7 @@ def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top
   B, T = tokens.shape
   need = int(lengths.max()) + int(max_new_tokens)
   if max_len is None:  # room for whole prefill chunks too (one compiled chunk shape)
-    max_len = _round_up(max(need, _round_up(T, prefill_chunk or T)), 64)
+    max_len = round_up(max(need, round_up(T, prefill_chunk or T)), 64)
   elif max_len < need:
     raise ValueError(f"max_len={max_len} < longest prompt {lengths.max()} + max_new_tokens "
                      f"{max_new_tokens}")
@@ -526,13 +526,13 @@ def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top
   logits, cache = prefill(model, cache, tokens, lengths, chunk=prefill_chunk)
   graphdef, state = nnx.split(model)
   key = jax.random.PRNGKey(seed)
-  carry = _Carry(jnp.int32(0), cache, logits, jnp.zeros((B,), bool),
+  carry = DecodeCarry(jnp.int32(0), cache, logits, jnp.zeros((B,), bool),
                  jnp.full((B, max_new_tokens), pad_id, jnp.int32))
   finished = [False] * B
   i0 = 0
   while i0 < max_new_tokens:
     i1 = min(i0 + max(1, int(every)), max_new_tokens)
-    carry = _decode_loop(state, carry, jnp.int32(i1), key, stop_array(stops), graphdef=graphdef,
+    carry = decode_loop(state, carry, jnp.int32(i1), key, stop_array(stops), graphdef=graphdef,
                          sampling=sampling, pad_id=pad_id, mesh=mesh)
     out = np.asarray(carry.out[:, i0:i1])
     chunk = []
@@ -556,7 +556,7 @@ def _full_forward_at(state, buf_BS, idx_B, *, graphdef):
 _sample_jit = jax.jit(sample, static_argnames=("sampling",))
 
 
-def _generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad_id):
+def generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad_id):
   """The oracle: every step reruns the model over the whole (right-padded) sequence."""
   config = model.config
   tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id, new_tokens=max_new_tokens,
@@ -582,50 +582,3 @@ def _generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pa
       break
   out = np.stack([np.asarray(t) for t in outs], axis=1)
   return [truncate_at_stop(out[b], stops) for b in range(B)]
-
-
-def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_k=None,
-             top_p=None, seed: int = 0, use_cache: bool = True, draft=None, num_draft_tokens: int = 4,
-             stop_tokens=None, max_len: int | None = None, prefill_chunk: int | None = 512,
-             pad_id: int = 0, return_stats: bool = False, cache_dtype=None,
-             mesh: Mesh | None = None, pad_multiple: int = 8):
-  """Generates up to `max_new_tokens` tokens after each prompt (a list of token-id lists).
-
-  Returns a list of generated token-id lists (a stop token, when produced, is the last element), or
-  (tokens, stats) when `return_stats`. temperature 0 is greedy; top_k / top_p filter sampling; `seed`
-  fixes the random stream. `stop_tokens` None means the config's eos_token_id, () never stops early.
-  use_cache=False recomputes the full sequence every step (oracle; same sampling stream).
-  `draft` (a smaller CausalLM with the same vocabulary) turns on speculative decoding with
-  `num_draft_tokens` proposals per round; stats then hold the acceptance statistics.
-  `max_len` is the cache length (default: longest prompt + max_new_tokens, rounded up);
-  `prefill_chunk` the prompt tokens per prefill call (None: the whole prompt at once).
-  `pad_multiple`: prompts are right-padded to a multiple of it; with a fixed `max_len`, a larger
-  multiple means fewer distinct shapes, so fewer compilations over many batches (teacher samples).
-  `mesh` (a `parallel.make_mesh` mesh): shards the model's parameters over it (in place, by
-  `shard_for_inference`) and the cache with them; None keeps the model where it is (sharded
-  parameters -> sharded generation on their mesh).
-  """
-  _check_common(model, max_new_tokens, pad_id)
-  mesh = _inference_mesh(model, mesh)
-  sampling = SamplingConfig(temperature, top_k, top_p)
-  stops = resolve_stop_tokens(model.config, stop_tokens)
-  if draft is not None:
-    if not use_cache:
-      raise ValueError("speculative decoding (draft=...) needs use_cache=True")
-    from zebra_jax.infer.speculative import speculative_generate
-    out, stats = speculative_generate(model, draft, prompts, max_new_tokens, sampling=sampling,
-                                      seed=seed, num_draft_tokens=num_draft_tokens, stops=stops,
-                                      max_len=max_len, prefill_chunk=prefill_chunk, pad_id=pad_id,
-                                      cache_dtype=cache_dtype, mesh=mesh)
-    return (out, stats) if return_stats else out
-  if use_cache:
-    pieces = list(stream(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
-                         top_p=top_p, seed=seed, stop_tokens=stops, max_len=max_len,
-                         prefill_chunk=prefill_chunk, every=max_new_tokens, pad_id=pad_id,
-                         cache_dtype=cache_dtype, mesh=mesh, pad_multiple=pad_multiple))
-    out = [sum((p[b] for p in pieces), []) for b in range(len(prompts))]
-  else:
-    out = _generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad_id)
-  if return_stats:
-    return out, {"new_tokens": sum(len(o) for o in out)}
-  return out

@@ -148,7 +148,7 @@ def speculative_bench(target, draft, prompts, max_new: int, k_values=(2, 4, 6), 
                       log=print):
   """Wall time of plain greedy vs speculative greedy `generate` (compiled first), outputs checked
   equal; returns a list of dicts with the speedup and acceptance statistics per K."""
-  from zebra_jax.infer.decode import generate
+  from zebra_jax.infer.generation import generate
 
   def timed(**kw):
     generate(target, prompts, max_new, stop_tokens=(), **kw)  # compile
@@ -228,7 +228,7 @@ def main(argv=None) -> str:
   from zebra_jax.convert import from_pretrained, load_tokenizer
   from zebra_jax.distill.samples import make_chat_prompts
   from zebra_jax.data.prompts import REPORT_PROMPTS, prompt_ids
-  from zebra_jax.infer.decode import generate
+  from zebra_jax.infer.generation import generate
 
   path = args.target  # "smollm2" included: convert.resolve_checkpoint
   target = from_pretrained(path, dtype=args.dtype)

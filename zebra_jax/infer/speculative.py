@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from zebra_jax.infer.cache import Cache, init_cache
-from zebra_jax.infer.decode import (_constrain_cache, _round_up, forward_chunk, mamba_scan,
+from zebra_jax.infer.decode import (constrain_cache, round_up, forward_chunk, mamba_scan,
                                     pad_prompts, prefill, shard_for_inference,
                                     stop_array, truncate_at_stop)
 from zebra_jax.infer.sampling import SamplingConfig, probs, sample
@@ -174,8 +174,8 @@ def _spec_loop(t_state, d_state, carry, key, stops_arr, max_new, *, t_graph, d_g
   def body(c):  # with a mesh, both caches stay in their layout (decode._constrain_cache)
     with activation_mesh(mesh):
       c = round_(c)
-    return dataclasses.replace(c, t_cache=_constrain_cache(c.t_cache, mesh),
-                               d_cache=_constrain_cache(c.d_cache, mesh))
+    return dataclasses.replace(c, t_cache=constrain_cache(c.t_cache, mesh),
+                               d_cache=constrain_cache(c.d_cache, mesh))
 
   cond = lambda c: ~jnp.all(c.done) & (c.round < max_new)
   return jax.lax.while_loop(cond, body, carry)
@@ -200,7 +200,7 @@ def speculative_generate(target, draft, prompts, max_new_tokens: int, *, samplin
   B, T = tokens.shape
   need = int(lengths.max()) + int(max_new_tokens) + K + 1
   if max_len is None:
-    max_len = _round_up(max(need, _round_up(T, prefill_chunk or T)), 64)
+    max_len = round_up(max(need, round_up(T, prefill_chunk or T)), 64)
   elif max_len < need:
     raise ValueError(f"max_len={max_len} < longest prompt + max_new_tokens + num_draft_tokens + 1 "
                      f"= {need}")
