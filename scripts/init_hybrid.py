@@ -21,6 +21,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zebra_jax.cli import script_errors  # noqa: E402
+
 PROMPTS = [
     "The capital of France is Paris. The capital of Germany is",
     "Photosynthesis is the process by which green plants use sunlight to",
@@ -29,17 +31,24 @@ PROMPTS = [
 ]
 
 
-def parse_layers(text: str | None):
+def parse_layers(text: str | None, flag: str = "--mla-layers"):
   if text is None:
     return None
-  return tuple(int(t) for t in text.split(",") if t.strip() != "")
+  try:
+    return tuple(int(t) for t in text.split(",") if t.strip() != "")
+  except ValueError:
+    from zebra_jax.cli import ScriptError
+    raise ScriptError(f"{flag} {text!r}: expected comma-separated whole layer numbers, e.g. "
+                      "0,5,10") from None
 
 
 def uniform_placement(n_layers: int, n_mla: int) -> tuple[int, ...]:
   """Layer 0 and L-2 are MLA, gaps between consecutive MLA layers differ by at most one (the rule
   every released Zebra layout follows; `distill select` picks the gap positions by sensitivity)."""
   if n_mla < 2 or n_mla > n_layers - 1:
-    raise ValueError(f"need 2 <= n_mla <= {n_layers - 1}, got {n_mla}")
+    from zebra_jax.cli import ScriptError
+    raise ScriptError(f"a {n_layers}-layer teacher has no room for {n_mla} MLA layers placed "
+                      f"uniformly (2 to {n_layers - 1}); pass --mla-layers")
   span = n_layers - 2
   return tuple(round(i * span / (n_mla - 1)) for i in range(n_mla))
 
@@ -65,6 +74,7 @@ def teacher_agreement(teacher, student, tokenizer, prompts=PROMPTS):
   return float(jnp.sum(jnp.where(mask, kl, 0.0))) / n, float(jnp.sum(agree & mask)) / n
 
 
+@script_errors()
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--teacher", default="smollm2", help="teacher path, or 'smollm2' (default)")
@@ -87,16 +97,13 @@ def main(argv=None):
   import zebra_jax
   from zebra_jax import accounting, presets
   from zebra_jax.config import HybridConfig
-  from zebra_jax.convert import CheckpointError, resolve_checkpoint
+  from zebra_jax.convert import resolve_checkpoint
   from zebra_jax.convert.model_files import provenance
 
   t0 = time.time()
-  try:
-    teacher_path = resolve_checkpoint(args.teacher).path
-    teacher = zebra_jax.from_pretrained(teacher_path, dtype=args.dtype)
-    tokenizer = zebra_jax.load_tokenizer(teacher_path)
-  except CheckpointError as e:
-    ap.error(str(e))
+  teacher_path = resolve_checkpoint(args.teacher).path
+  teacher = zebra_jax.from_pretrained(teacher_path, dtype=args.dtype)
+  tokenizer = zebra_jax.load_tokenizer(teacher_path)
   tc = teacher.config
   print(f"teacher: {teacher_path} ({tc.num_hidden_layers} layers, hidden {tc.hidden_size}, "
         f"{accounting.param_count(tc) / 1e6:.1f}M params) loaded in {time.time() - t0:.1f}s")
@@ -113,7 +120,8 @@ def main(argv=None):
       mla = uniform_placement(tc.num_hidden_layers, max(2, tc.num_hidden_layers // 6))
     r_kv = args.kv_lora_rank or max(8, (tc.head_dim // 2 + 7) // 8 * 8)
     r_q = args.q_lora_rank or min(tc.hidden_size, tc.num_attention_heads * tc.head_dim) * 2 // 3 // 8 * 8
-    config = HybridConfig.from_llama(tc, mla_layers=mla, attn_layers=parse_layers(args.attn_layers),
+    config = HybridConfig.from_llama(tc, mla_layers=mla,
+                                     attn_layers=parse_layers(args.attn_layers, "--attn-layers"),
                                      kv_lora_rank=r_kv, q_lora_rank=r_q)
 
   t0 = time.time()

@@ -608,11 +608,13 @@ def test_export_is_all_or_nothing_and_checks_the_tokenizer_first(mixed, tmp_path
   assert sorted(os.listdir(tmp_path)) == ["keep"]  # no temporary directory left behind
 
   script = _export_script()
-  assert script.main(["--checkpoint", out, "--out", str(keep)]) == 1
+  with pytest.raises(SystemExit) as e:
+    script.main(["--checkpoint", out, "--out", str(keep)])
   err = capsys.readouterr().err
-  assert "--overwrite" in err and "overwrite=True" not in err
-  assert script.main(["--checkpoint", out, "--out", str(tmp_path / "none")]) == 1
-  assert "pass --tokenizer" in capsys.readouterr().err
+  assert e.value.code == 2 and "--overwrite" in err and "overwrite=True" not in err
+  with pytest.raises(SystemExit) as e:
+    script.main(["--checkpoint", out, "--out", str(tmp_path / "none")])
+  assert e.value.code == 2 and "pass --tokenizer" in capsys.readouterr().err
   assert not (tmp_path / "none").exists()
 
 
@@ -642,9 +644,10 @@ def test_one_resolver_for_every_checkpoint_kind(mixed, tmp_path, monkeypatch, ca
     with pytest.raises(CheckpointError) as e:
       from_pretrained(bad)
     assert all(k in str(e.value) for k in kinds), str(e.value)
-  assert _export_script().main(["--checkpoint", str(tmp_path / "missing"), "--out",
-                                str(tmp_path / "o")]) == 1
+  with pytest.raises(SystemExit) as e:
+    _export_script().main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
   err = capsys.readouterr().err
+  assert e.value.code == 2
   assert all(k in err for k in kinds) and "Traceback" not in err
 
 

@@ -21,7 +21,8 @@ class CheckpointError(ValueError):
 
 
 # Imported after CheckpointError: the submodules import it from here.
-from zebra_jax.convert.orbax_io import is_saved_model, load_model, save_model  # noqa: E402
+from zebra_jax.convert.orbax_io import (  # noqa: E402
+    PARAMS_DIR, is_incomplete_saved_model, is_saved_model, load_model, save_model)
 
 
 def resolve_gguf(path: str) -> str | None:
@@ -80,6 +81,9 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Checkpoint:
     raise CheckpointError(f"{spec}: no such file or directory, and not a named checkpoint ({tried})")
   if os.path.isdir(path) and is_saved_model(path):
     return Checkpoint("saved", path, None)
+  if os.path.isdir(path) and is_incomplete_saved_model(path):
+    raise CheckpointError(f"{path}: a save_model directory without its parameter checkpoint "
+                          f"{PARAMS_DIR}/ (the save did not finish, or {PARAMS_DIR}/ was moved)")
   gguf_file = resolve_gguf(path)
   if gguf_file is not None:
     return Checkpoint("gguf", gguf_file, None)
@@ -141,7 +145,7 @@ def load_tokenizer(path: str | os.PathLike):
                           f"checkpoint ({', '.join(NAMED_CHECKPOINTS)})")
   from zebra_jax.convert.hybrid_import import detect_format
   from zebra_jax.convert.model_files import has_tokenizer
-  ours = is_saved_model(path) or detect_format(path) is not None
+  ours = is_saved_model(path) or is_incomplete_saved_model(path) or detect_format(path) is not None
   if ours and not has_tokenizer(path):
     raise CheckpointError(
         f"{path} holds no tokenizer files (saved without one, or before models carried their "

@@ -38,17 +38,28 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
 
-def is_saved_model(directory: str) -> bool:
-  """True for a directory written by `save_model` (HF directories also have config.json)."""
-  cfg = os.path.join(directory, CONFIG_FILE)
-  if not os.path.isdir(os.path.join(directory, PARAMS_DIR)) or not os.path.isfile(cfg):
+def _ours(cfg_path: str) -> bool:
+  """Whether config.json at `cfg_path` was written by save_model (a corrupted one counts)."""
+  if not os.path.isfile(cfg_path):
     return False
   try:
-    with open(cfg) as f:
+    with open(cfg_path) as f:
       cfg = json.load(f)
     return isinstance(cfg, dict) and (CLASS_KEY in cfg or "__class__" in cfg)
   except ValueError:
     return True  # ours but corrupted: let load_model report it
+
+
+def is_saved_model(directory: str) -> bool:
+  """True for a directory written by `save_model` (HF directories also have config.json)."""
+  return os.path.isdir(os.path.join(directory, PARAMS_DIR)) and \
+      _ours(os.path.join(directory, CONFIG_FILE))
+
+
+def is_incomplete_saved_model(directory: str) -> bool:
+  """save_model's config.json without its params/ (read as an HF config it only confuses)."""
+  return not os.path.isdir(os.path.join(directory, PARAMS_DIR)) and \
+      _ours(os.path.join(directory, CONFIG_FILE))
 
 
 def _param_tree(model: nnx.Module) -> dict:
