@@ -34,15 +34,20 @@ def main(argv=None) -> int:
   p.add_argument("--tokenizer", default=None,
                  help="tokenizer to store with the model: HF dir, .gguf, smollm2 or byte (default: "
                  "the input's own; without one the model is saved with a warning)")
-  p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an earlier converted model in --output (never other files)")
   args = p.parse_args(argv)
 
+  from zebra_jax._paths import check_output
   from zebra_jax.cli import ScriptError
   from zebra_jax.convert import from_pretrained, load_tokenizer, save_model
   from zebra_jax.convert.model_files import provenance
+  from zebra_jax.convert.orbax_io import SAVED_MODEL_FILES
 
-  if os.path.exists(args.output) and not args.overwrite:
-    raise ScriptError(f"--output {args.output} exists; pass --overwrite to replace it")
+  # before anything is read: --output must not be (or hold, or lie inside) an input, and
+  # --overwrite replaces only an earlier converted model
+  check_output(args.output, inputs=[args.input, args.tokenizer], overwrite=args.overwrite,
+               owned=SAVED_MODEL_FILES, out_flag="--output", overwrite_flag="--overwrite")
   model = from_pretrained(args.input, dtype=args.dtype, progress=True)
   try:
     tokenizer = load_tokenizer(args.tokenizer or args.input)

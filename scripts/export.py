@@ -57,12 +57,12 @@ def main(argv=None) -> int:
   from zebra_jax.export import export_pretrained
   from zebra_jax.export.io import check_out_dir, resolve_tokenizer
 
-  # Everything that can fail cheaply fails before a weight is read or written.
-  try:
-    check_out_dir(args.out, args.overwrite)
-  except FileExistsError as e:
-    raise ScriptError(str(e).replace("overwrite=True", "--overwrite")) from None
+  # Everything that can fail cheaply fails before a weight is read or written: --out must not be
+  # (or hold, or lie inside) the checkpoint or the tokenizer source.
+  flags = dict(out_flag="--out", overwrite_flag="--overwrite")
+  check_out_dir(args.out, args.overwrite, [args.checkpoint, args.tokenizer], **flags)
   ckpt = resolve_checkpoint(args.checkpoint)
+  check_out_dir(args.out, args.overwrite, [ckpt.path], **flags)  # a named one is in the cache
   try:
     tokenizer = resolve_tokenizer(args.tokenizer or ckpt.path)
   except CheckpointError:
@@ -85,10 +85,10 @@ def main(argv=None) -> int:
     out = export_pretrained(model, args.out, format=args.format, dtype=args.dtype,
                             tokenizer=tokenizer, max_shard_size=args.max_shard_size,
                             overwrite=args.overwrite, **extra)
-  except (ValueError, FileExistsError) as e:  # a --max-shard-size or --dtype the writer refuses
-    if exit_code(e) is not None and not isinstance(e, FileExistsError):
+  except ValueError as e:  # a --max-shard-size or --dtype the writer refuses
+    if exit_code(e) is not None:
       raise
-    raise ScriptError(str(e).replace("overwrite=True", "--overwrite")) from None
+    raise ScriptError(str(e)) from None
   kinds = model.config.layer_types()
   counts = ", ".join(f"{k}: {kinds.count(k)}" for k in sorted(set(kinds)))
   print(f"exported {len(kinds)} layers ({counts}) as {args.format} to {out}")

@@ -88,20 +88,26 @@ def main(argv=None):
   ap.add_argument("--q-energy-ratio", type=float, default=None, help="X-EcoMLA dynamic q rank")
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   ap.add_argument("--output", required=True, help="directory for the Orbax checkpoint")
-  ap.add_argument("--overwrite", action="store_true")
+  ap.add_argument("--overwrite", action="store_true",
+                  help="replace an earlier saved model in --output (never other files)")
   args = ap.parse_args(argv)
-
-  if os.path.exists(args.output) and not args.overwrite:
-    ap.error(f"{args.output} exists; pass --overwrite to replace it")
 
   import zebra_jax
   from zebra_jax import accounting, presets
+  from zebra_jax._paths import check_output
   from zebra_jax.config import HybridConfig
   from zebra_jax.convert import resolve_checkpoint
   from zebra_jax.convert.model_files import provenance
+  from zebra_jax.convert.orbax_io import SAVED_MODEL_FILES
 
+  # before the teacher is read: --output is not the teacher (nor holds it, nor lies inside it),
+  # and --overwrite replaces only an earlier saved model
+  flags = dict(overwrite=args.overwrite, owned=SAVED_MODEL_FILES, out_flag="--output",
+               overwrite_flag="--overwrite")
+  check_output(args.output, inputs=[args.teacher], **flags)
   t0 = time.time()
   teacher_path = resolve_checkpoint(args.teacher).path
+  check_output(args.output, inputs=[teacher_path], **flags)  # a named teacher is in the cache
   teacher = zebra_jax.from_pretrained(teacher_path, dtype=args.dtype)
   tokenizer = zebra_jax.load_tokenizer(teacher_path)
   tc = teacher.config

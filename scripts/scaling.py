@@ -272,7 +272,12 @@ def main(argv=None) -> int:
   elif platform == "auto":
     platform = "gpu"  # what the printed commands assume
   if os.path.exists(workdir) and not args.dry_run:
-    shutil.rmtree(workdir)  # every run starts fresh: resumed runs would skew tokens/s
+    # every run starts fresh (resumed runs would skew tokens/s), but only over an earlier
+    # scaling workdir: a directory holding anything else is refused, not emptied
+    from zebra_jax._paths import check_output
+    check_output(workdir, overwrite=True, owned=("prep", "prep.log", "n[0-9]*", "scaling.json"),
+                 out_flag="--workdir", overwrite_flag="a fresh run")
+    shutil.rmtree(workdir)
 
   path, colon, arg = args.config.partition(":")  # the runs' cwd is the repository root
   base = [sys.executable, DISTILL, "--config", os.path.abspath(path) + colon + arg, "--no_progress",

@@ -35,6 +35,7 @@ class ScriptError(Exception):
 # (module, class): a person's problem, exit 2 with one line
 _USER_ERRORS = (
     ("zebra_jax.cli", "ScriptError"),
+    ("zebra_jax._paths", "OutputPathError"),
     ("zebra_jax.config", "ConfigError"),
     ("zebra_jax.convert", "CheckpointError"),
     ("zebra_jax.assets", "AssetError"),

@@ -111,19 +111,23 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", param_dtype
   as `dtype`). Parameters are cast on the host while reading.
   `progress` shows a tqdm bar over the tensors.
   """
+  from zebra_jax._paths import remember_source
   ck = resolve_checkpoint(path)
   if ck.kind == "saved":
-    return load_model(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl)
-  if ck.kind == "gguf":
+    model = load_model(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl)
+  elif ck.kind == "gguf":
     from zebra_jax.convert.gguf import from_gguf
-    return from_gguf(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
-  if ck.kind == "hybrid":
+    model = from_gguf(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
+  elif ck.kind == "hybrid":
     from zebra_jax.convert.hybrid_import import from_hybrid_directory
-    return from_hybrid_directory(ck.path, ck.format, dtype=dtype, param_dtype=param_dtype,
-                                 impl=impl, progress=progress)
-  from zebra_jax.convert.hf import from_hf_directory
-  return from_hf_directory(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl,
-                           progress=progress)
+    model = from_hybrid_directory(ck.path, ck.format, dtype=dtype, param_dtype=param_dtype,
+                                  impl=impl, progress=progress)
+  else:
+    from zebra_jax.convert.hf import from_hf_directory
+    model = from_hf_directory(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl,
+                              progress=progress)
+  # save_model / export_pretrained refuse to write over it (zebra_jax/_paths.py)
+  return remember_source(model, ck.path)
 
 
 def load_tokenizer(path: str | os.PathLike):
