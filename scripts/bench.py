@@ -29,6 +29,8 @@ from typing import Callable
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zebra_jax.cli import script_errors  # noqa: E402
+
 FAMILIES: dict[str, Callable[[list[str]], str]] = {}
 
 
@@ -80,6 +82,7 @@ def kernels(args: argparse.Namespace, rest: list[str]) -> None:
     print(f"appended {len(sections)} section(s) to {args.append}")
 
 
+@script_errors()
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)

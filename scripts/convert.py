@@ -21,7 +21,10 @@ try:
 except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zebra_jax.cli import script_errors  # noqa: E402
 
+
+@script_errors()
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--input", required=True, help="HF checkpoint directory, .gguf file, or .bin directory")
@@ -31,27 +34,26 @@ def main(argv=None) -> int:
   p.add_argument("--tokenizer", default=None,
                  help="tokenizer to store with the model: HF dir, .gguf, smollm2 or byte (default: "
                  "the input's own; without one the model is saved with a warning)")
-  p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an earlier converted model in --output (never other files)")
   args = p.parse_args(argv)
 
-  from zebra_jax.config import ConfigError
-  from zebra_jax.convert import CheckpointError, from_pretrained, load_tokenizer, save_model
+  from zebra_jax._paths import check_output
+  from zebra_jax.cli import ScriptError
+  from zebra_jax.convert import from_pretrained, load_tokenizer, save_model
   from zebra_jax.convert.model_files import provenance
+  from zebra_jax.convert.orbax_io import SAVED_MODEL_FILES
 
-  if os.path.exists(args.output) and not args.overwrite:
-    print(f"error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
-    return 2
-  try:
-    model = from_pretrained(args.input, dtype=args.dtype, progress=True)
-  except (CheckpointError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  # before anything is read: --output must not be (or hold, or lie inside) an input, and
+  # --overwrite replaces only an earlier converted model
+  check_output(args.output, inputs=[args.input, args.tokenizer], overwrite=args.overwrite,
+               owned=SAVED_MODEL_FILES, out_flag="--output", overwrite_flag="--overwrite")
+  model = from_pretrained(args.input, dtype=args.dtype, progress=True)
   try:
     tokenizer = load_tokenizer(args.tokenizer or args.input)
   except Exception as e:  # noqa: BLE001  transformers raises many types for a missing tokenizer
     if args.tokenizer:
-      print(f"error: --tokenizer {args.tokenizer}: {type(e).__name__}: {e}", file=sys.stderr)
-      return 1
+      raise ScriptError(f"--tokenizer {args.tokenizer}: {type(e).__name__}: {e}") from None
     tokenizer = None
     print(f"warning: {args.input} has no tokenizer transformers can load ({type(e).__name__}); "
           "the model is saved without one (pass --tokenizer to store one)", file=sys.stderr)

@@ -18,6 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from zebra_jax.cli import parse_absl_flags, script_errors  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "python config file with get_config()",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: workdir/<config name>)")
@@ -61,6 +63,7 @@ def print_help() -> None:
   print("\nFull descriptions: zebra_jax/distill/config.py; exit codes: docs/reliability.md.")
 
 
+@script_errors()  # exit 2 with one line for config / workdir / data errors, 3, 4, 143 (cli.py)
 def main(argv):
   del argv
   from absl import logging
@@ -69,12 +72,8 @@ def main(argv):
   if cfg is None:
     raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
   if _AOT.value:
-    from zebra_jax.distill.aot import AOTError, aot_report
-    try:
-      report = aot_report(cfg, _AOT.value)
-    except AOTError as e:  # no libtpu, bad topology name, unreadable teacher without a preset
-      print(f"--aot_topology: {e}", file=sys.stderr)
-      sys.exit(2)
+    from zebra_jax.distill.aot import aot_report
+    report = aot_report(cfg, _AOT.value)  # AOTError (no libtpu, bad topology): exit 2, one line
     sys.exit(0 if report.fits else 1)  # 1: a stage does not fit (named in the report)
   import jax
   if _COORD.value or _NPROC.value:
@@ -83,22 +82,14 @@ def main(argv):
   elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get(
       "MEGASCALE_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()  # a multi-host TPU slice: jax finds the coordinator itself
-  from zebra_jax.distill.config import RunConfigError
   from zebra_jax.distill.pipeline import run_pipeline
-  from zebra_jax.distill.workdir import WorkdirBusy
-  from zebra_jax.train.trainer import exit_codes
 
   workdir = _WORKDIR.value or cfg.workdir or os.path.join("workdir", cfg.name)
-  try:
-    with exit_codes():
-      run_pipeline(cfg, workdir, progress=not _NO_PROGRESS.value)
-  except (RunConfigError, WorkdirBusy) as e:  # a config or workdir problem: one line, exit 2
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  run_pipeline(cfg, workdir, progress=not _NO_PROGRESS.value)
 
 
 if __name__ == "__main__":
   if any(a in _HELP_ARGS for a in sys.argv[1:]):  # absl's --help exits 1 and lists no config field
     print_help()
     sys.exit(0)
-  app.run(main)
+  app.run(main, flags_parser=parse_absl_flags)  # a --config.x.y naming no field: one line, exit 2

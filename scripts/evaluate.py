@@ -30,6 +30,8 @@ try:
 except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zebra_jax.cli import ScriptError, script_errors  # noqa: E402
+
 
 def _load(path, dtype):
   from zebra_jax.convert import from_pretrained
@@ -112,7 +114,7 @@ def cmd_kv(a):
   from zebra_jax import presets
   from zebra_jax.eval import format_kv_report, kv_cache_report
   if (a.checkpoint is None) == (a.preset is None):
-    raise SystemExit("error: give exactly one of --checkpoint / --preset")
+    raise ScriptError("kv: give exactly one of --checkpoint / --preset")
   config = presets.get_preset(a.preset) if a.preset else _config_only(a.checkpoint)
   teacher = presets.get_preset(a.teacher_preset) if a.teacher_preset else None
   res = kv_cache_report(config, teacher, seq_lens=a.seq_lens, batch=a.batch, dtype=a.cache_dtype)
@@ -135,15 +137,15 @@ def cmd_suite(a):
   students = list(a.checkpoint)
   if a.labels:
     if len(a.labels) != len(students):
-      raise SystemExit(f"error: {len(a.labels)} --labels for {len(students)} checkpoints")
+      raise ScriptError(f"{len(a.labels)} --labels for {len(students)} checkpoints")
     students = list(zip(a.labels, students))
   teacher = a.teacher
   if teacher is None:
     first = students[0][1] if isinstance(students[0], tuple) else students[0].split("=")[-1]
     teacher = recorded_teacher(first)
     if teacher is None:
-      raise SystemExit("error: --teacher is required (no teacher recorded next to the checkpoint: "
-                       "<workdir>/teacher/model)")
+      raise ScriptError("--teacher is required (no teacher recorded next to the checkpoint: "
+                        "<workdir>/teacher/model)")
     print(f"teacher: {teacher} (recorded next to {first})")
   run_config = None
   if a.run_config:
@@ -162,6 +164,7 @@ def cmd_suite(a):
   _dump(res, a.json)
 
 
+@script_errors()
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv and argv[0] == "lm-eval":
@@ -246,12 +249,7 @@ def main(argv=None) -> int:
   sp.set_defaults(fn=cmd_suite)
 
   args = p.parse_args(argv)
-  from zebra_jax.convert import CheckpointError
-  try:
-    args.fn(args)
-  except CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  args.fn(args)
   return 0
 
 

@@ -28,7 +28,10 @@ try:
 except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zebra_jax.cli import exit_code, script_errors  # noqa: E402
 
+
+@script_errors()
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", required=True,
@@ -49,38 +52,30 @@ def main(argv=None) -> int:
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
   args = p.parse_args(argv)
 
-  from zebra_jax.config import ConfigError
+  from zebra_jax.cli import ScriptError
   from zebra_jax.convert import CheckpointError, from_pretrained, resolve_checkpoint
   from zebra_jax.export import export_pretrained
   from zebra_jax.export.io import check_out_dir, resolve_tokenizer
 
-  # Everything that can fail cheaply fails before a weight is read or written.
+  # Everything that can fail cheaply fails before a weight is read or written: --out must not be
+  # (or hold, or lie inside) the checkpoint or the tokenizer source.
+  flags = dict(out_flag="--out", overwrite_flag="--overwrite")
+  check_out_dir(args.out, args.overwrite, [args.checkpoint, args.tokenizer], **flags)
+  ckpt = resolve_checkpoint(args.checkpoint)
+  check_out_dir(args.out, args.overwrite, [ckpt.path], **flags)  # a named one is in the cache
   try:
-    check_out_dir(args.out, args.overwrite)
-  except FileExistsError as e:
-    print(f"error: {str(e).replace('overwrite=True', '--overwrite')}", file=sys.stderr)
-    return 1
-  try:
-    ckpt = resolve_checkpoint(args.checkpoint)
     tokenizer = resolve_tokenizer(args.tokenizer or ckpt.path)
-  except CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except CheckpointError:
+    raise
   except ValueError as e:
     if args.tokenizer:
-      print(f"error: --tokenizer: {e}", file=sys.stderr)
-    else:
-      print(f"error: {args.checkpoint} carries no tokenizer; pass --tokenizer (an HF tokenizer "
-            "directory, the teacher's .gguf, smollm2 or byte)", file=sys.stderr)
-    return 1
-  try:
-    # Load in the checkpoint's own dtype: an Orbax dir knows it; other sources load as float32 and
-    # --dtype picks the stored dtype.
-    model = from_pretrained(ckpt.path) if ckpt.kind == "saved" else \
-        from_pretrained(ckpt.path, dtype="float32", progress=True)
-  except (CheckpointError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+      raise ScriptError(f"--tokenizer: {e}") from None
+    raise ScriptError(f"{args.checkpoint} carries no tokenizer; pass --tokenizer (an HF tokenizer "
+                      "directory, the teacher's .gguf, smollm2 or byte)") from None
+  # Load in the checkpoint's own dtype: an Orbax dir knows it; other sources load as float32 and
+  # --dtype picks the stored dtype.
+  model = from_pretrained(ckpt.path) if ckpt.kind == "saved" else \
+      from_pretrained(ckpt.path, dtype="float32", progress=True)
   extra = {}
   if args.format == "mambainllama":
     extra = dict(base_model=args.base_model, weights=args.weights)
@@ -90,9 +85,10 @@ def main(argv=None) -> int:
     out = export_pretrained(model, args.out, format=args.format, dtype=args.dtype,
                             tokenizer=tokenizer, max_shard_size=args.max_shard_size,
                             overwrite=args.overwrite, **extra)
-  except (ValueError, FileExistsError) as e:
-    print(f"error: {str(e).replace('overwrite=True', '--overwrite')}", file=sys.stderr)
-    return 1
+  except ValueError as e:  # a --max-shard-size or --dtype the writer refuses
+    if exit_code(e) is not None:
+      raise
+    raise ScriptError(str(e)) from None
   kinds = model.config.layer_types()
   counts = ", ".join(f"{k}: {kinds.count(k)}" for k in sorted(set(kinds)))
   print(f"exported {len(kinds)} layers ({counts}) as {args.format} to {out}")

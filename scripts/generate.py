@@ -34,6 +34,8 @@ try:
 except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zebra_jax.cli import script_errors  # noqa: E402
+
 
 def _stop_tokens(tokenizer, config, checkpoint: str) -> tuple[int, ...]:
   """The checkpoint's generation_config.json eos ids (a saved model's are its tokenizer's), else
@@ -59,6 +61,7 @@ def _decode(tokenizer, ids) -> str:
     return tokenizer.decode(ids)
 
 
+@script_errors()
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", required=True,
@@ -84,28 +87,28 @@ def main(argv=None) -> int:
                  "device)")
   args = p.parse_args(argv)
 
-  from zebra_jax.config import ConfigError
-  from zebra_jax.convert import CheckpointError, from_pretrained, load_tokenizer, resolve_checkpoint
+  from zebra_jax.cli import ScriptError
+  from zebra_jax.convert import from_pretrained, load_tokenizer, resolve_checkpoint
   from zebra_jax.infer import generate, shard_for_inference, stream
 
-  try:
-    mesh = None
-    if args.mesh:
-      from zebra_jax.parallel.sharding import make_mesh, parse_mesh
+  mesh = None
+  if args.mesh:
+    from zebra_jax.parallel.sharding import make_mesh, parse_mesh
+    try:
       mesh = make_mesh(*parse_mesh(args.mesh))
-    model = from_pretrained(args.checkpoint, dtype=args.dtype)
-    tokenizer = load_tokenizer(args.tokenizer or args.checkpoint)
-    draft = from_pretrained(args.draft, dtype=args.dtype) if args.draft else None
-  except (CheckpointError, ConfigError, OSError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    except ValueError as e:  # a malformed template, or more devices than there are
+      msg = str(e)
+      raise ScriptError(msg if msg.startswith("--mesh") else f"--mesh {args.mesh}: {msg}") from None
+  model = from_pretrained(args.checkpoint, dtype=args.dtype)
+  tokenizer = load_tokenizer(args.tokenizer or args.checkpoint)
+  draft = from_pretrained(args.draft, dtype=args.dtype) if args.draft else None
   if mesh is not None:
     shard_for_inference(model, mesh)
     print(f"[sharded over {dict(mesh.shape)} = {mesh.devices.size} devices]", file=sys.stderr)
 
   if args.chat and not getattr(tokenizer, "chat_template", None):
-    print("error: this tokenizer has no chat template; drop --chat", file=sys.stderr)
-    return 1
+    raise ScriptError(f"--chat: the tokenizer of {args.tokenizer or args.checkpoint} has no chat "
+                      "template; drop --chat")
 
   def encode(prompt: str) -> list[int]:
     if not args.chat:

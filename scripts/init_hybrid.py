@@ -21,6 +21,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zebra_jax.cli import script_errors  # noqa: E402
+
 PROMPTS = [
     "The capital of France is Paris. The capital of Germany is",
     "Photosynthesis is the process by which green plants use sunlight to",
@@ -29,17 +31,24 @@ PROMPTS = [
 ]
 
 
-def parse_layers(text: str | None):
+def parse_layers(text: str | None, flag: str = "--mla-layers"):
   if text is None:
     return None
-  return tuple(int(t) for t in text.split(",") if t.strip() != "")
+  try:
+    return tuple(int(t) for t in text.split(",") if t.strip() != "")
+  except ValueError:
+    from zebra_jax.cli import ScriptError
+    raise ScriptError(f"{flag} {text!r}: expected comma-separated whole layer numbers, e.g. "
+                      "0,5,10") from None
 
 
 def uniform_placement(n_layers: int, n_mla: int) -> tuple[int, ...]:
   """Layer 0 and L-2 are MLA, gaps between consecutive MLA layers differ by at most one (the rule
   every released Zebra layout follows; `distill select` picks the gap positions by sensitivity)."""
   if n_mla < 2 or n_mla > n_layers - 1:
-    raise ValueError(f"need 2 <= n_mla <= {n_layers - 1}, got {n_mla}")
+    from zebra_jax.cli import ScriptError
+    raise ScriptError(f"a {n_layers}-layer teacher has no room for {n_mla} MLA layers placed "
+                      f"uniformly (2 to {n_layers - 1}); pass --mla-layers")
   span = n_layers - 2
   return tuple(round(i * span / (n_mla - 1)) for i in range(n_mla))
 
@@ -65,6 +74,7 @@ def teacher_agreement(teacher, student, tokenizer, prompts=PROMPTS):
   return float(jnp.sum(jnp.where(mask, kl, 0.0))) / n, float(jnp.sum(agree & mask)) / n
 
 
+@script_errors()
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--teacher", default="smollm2", help="teacher path, or 'smollm2' (default)")
@@ -78,25 +88,28 @@ def main(argv=None):
   ap.add_argument("--q-energy-ratio", type=float, default=None, help="X-EcoMLA dynamic q rank")
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   ap.add_argument("--output", required=True, help="directory for the Orbax checkpoint")
-  ap.add_argument("--overwrite", action="store_true")
+  ap.add_argument("--overwrite", action="store_true",
+                  help="replace an earlier saved model in --output (never other files)")
   args = ap.parse_args(argv)
-
-  if os.path.exists(args.output) and not args.overwrite:
-    ap.error(f"{args.output} exists; pass --overwrite to replace it")
 
   import zebra_jax
   from zebra_jax import accounting, presets
+  from zebra_jax._paths import check_output
   from zebra_jax.config import HybridConfig
-  from zebra_jax.convert import CheckpointError, resolve_checkpoint
+  from zebra_jax.convert import resolve_checkpoint
   from zebra_jax.convert.model_files import provenance
+  from zebra_jax.convert.orbax_io import SAVED_MODEL_FILES
 
+  # before the teacher is read: --output is not the teacher (nor holds it, nor lies inside it),
+  # and --overwrite replaces only an earlier saved model
+  flags = dict(overwrite=args.overwrite, owned=SAVED_MODEL_FILES, out_flag="--output",
+               overwrite_flag="--overwrite")
+  check_output(args.output, inputs=[args.teacher], **flags)
   t0 = time.time()
-  try:
-    teacher_path = resolve_checkpoint(args.teacher).path
-    teacher = zebra_jax.from_pretrained(teacher_path, dtype=args.dtype)
-    tokenizer = zebra_jax.load_tokenizer(teacher_path)
-  except CheckpointError as e:
-    ap.error(str(e))
+  teacher_path = resolve_checkpoint(args.teacher).path
+  check_output(args.output, inputs=[teacher_path], **flags)  # a named teacher is in the cache
+  teacher = zebra_jax.from_pretrained(teacher_path, dtype=args.dtype)
+  tokenizer = zebra_jax.load_tokenizer(teacher_path)
   tc = teacher.config
   print(f"teacher: {teacher_path} ({tc.num_hidden_layers} layers, hidden {tc.hidden_size}, "
         f"{accounting.param_count(tc) / 1e6:.1f}M params) loaded in {time.time() - t0:.1f}s")
@@ -113,7 +126,8 @@ def main(argv=None):
       mla = uniform_placement(tc.num_hidden_layers, max(2, tc.num_hidden_layers // 6))
     r_kv = args.kv_lora_rank or max(8, (tc.head_dim // 2 + 7) // 8 * 8)
     r_q = args.q_lora_rank or min(tc.hidden_size, tc.num_attention_heads * tc.head_dim) * 2 // 3 // 8 * 8
-    config = HybridConfig.from_llama(tc, mla_layers=mla, attn_layers=parse_layers(args.attn_layers),
+    config = HybridConfig.from_llama(tc, mla_layers=mla,
+                                     attn_layers=parse_layers(args.attn_layers, "--attn-layers"),
                                      kv_lora_rank=r_kv, q_lora_rank=r_q)
 
   t0 = time.time()

@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zebra_jax.cli import ScriptError, script_errors  # noqa: E402
 from zebra_jax.data import sources, tokenize  # noqa: E402
 
 
@@ -40,29 +41,31 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
+@script_errors()
 def main(argv=None) -> int:
   args = parse_args(argv)
   from array_record.python.array_record_module import ArrayRecordWriter
   from tqdm import tqdm
 
   if args.num_shards < 1:
-    raise SystemExit(f"--num-shards must be >= 1, got {args.num_shards}")
+    raise ScriptError(f"--num-shards must be >= 1, got {args.num_shards}")
   src = sources.open_source(args.input, paragraphs=args.paragraphs)
   n_docs = len(src)
   if n_docs == 0:
-    raise SystemExit(f"empty corpus: no documents in {args.input}")
+    raise ScriptError(f"--input {' '.join(args.input)}: no documents (empty corpus)")
   if args.num_shards > n_docs:
-    raise SystemExit(f"--num-shards={args.num_shards} is more than the {n_docs} documents")
+    raise ScriptError(f"--num-shards={args.num_shards} is more than the {n_docs} documents")
   tok = tokenize.load_tokenizer(args.tokenizer)
   vocab, eos = tokenize.vocab_size(tok), tokenize.eos_id(tok)
   if vocab > np.iinfo(np.int32).max:
-    raise SystemExit(f"vocabulary of {vocab} does not fit int32")
+    raise ScriptError(f"--tokenizer {args.tokenizer}: a vocabulary of {vocab} does not fit int32")
 
   os.makedirs(args.output, exist_ok=True)
   if os.path.exists(os.path.join(args.output, sources.METADATA_FILE)) or any(
     f.endswith(sources.ARRAY_RECORD_SUFFIX) for f in os.listdir(args.output)
   ):
-    raise SystemExit(f"{args.output} already holds shards or metadata.json; choose an empty directory")
+    raise ScriptError(f"--output {args.output} already holds shards or metadata.json; choose an empty "
+                      "directory")
 
   # Contiguous runs of documents per shard keep the global order when shards are read in sorted order.
   bounds = np.linspace(0, n_docs, args.num_shards + 1).round().astype(int)

@@ -37,6 +37,8 @@ except ImportError:
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from zebra_jax.cli import parse_absl_flags, script_errors  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "python config file with get_config()",
                                           lock_config=False)
 _ROOT = flags.DEFINE_string("root", None, "experiment directory (default: workdir/<name>_report)")
@@ -73,6 +75,7 @@ _SHARED_FROM = flags.DEFINE_string("shared_from", None, "another report root who
                                    "refused if made with other settings for those stages")
 
 
+@script_errors()  # exit 2 with one line for config / workdir / data errors, 3, 4, 143 (cli.py)
 def main(argv):
   del argv
   from absl import logging
@@ -83,7 +86,6 @@ def main(argv):
   from zebra_jax.convert.orbax_io import load_model
   from zebra_jax.distill.experiment import plan, run_experiment
   from zebra_jax.eval import report
-  from zebra_jax.train.trainer import exit_codes
 
   budgets = _BUDGETS.value or [cfg.model.n_mla]
   variants = plan(budgets, ablations=_ABL_LIST.value if _ABL_LIST.value is not None else _ABL.value)
@@ -185,13 +187,12 @@ def main(argv):
         log=lambda m: print(m, flush=True))
     write()
 
-  with exit_codes():
-    run_experiment(cfg, root, variants, progress=not _NO_PROGRESS.value, after_each=after,
-                   shared_from=_SHARED_FROM.value)
-    if _SUITE.value:
-      run_suite()
+  run_experiment(cfg, root, variants, progress=not _NO_PROGRESS.value, after_each=after,
+                 shared_from=_SHARED_FROM.value)
+  if _SUITE.value:
+    run_suite()
   print(state["md"])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_absl_flags)

@@ -43,6 +43,13 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+try:
+  import zebra_jax  # noqa: F401  (installed with `pip install -e .`)
+except ImportError:  # running from a source checkout without installation
+  sys.path.insert(0, ROOT)
+
+from zebra_jax.cli import ScriptError, script_errors  # noqa: E402  (imports nothing heavy)
+
 DISTILL = os.path.join(ROOT, "scripts", "distill.py")
 TRAINING = {"ild_mla": "ild", "ild_mamba": "ild", "kd": "kd", "dpo": "dpo", "stepwise": "stepwise"}
 
@@ -52,7 +59,7 @@ def load_config(spec: str):
   """`path/to/config.py[:arg]` -> get_config([arg]) (the ml_collections config_file convention)."""
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
-    raise SystemExit(f"--config {spec!r}: {path} does not exist")
+    raise ScriptError(f"--config {spec!r}: {path} does not exist")
   sys.path.insert(0, ROOT)
   mod_spec = importlib.util.spec_from_file_location("_scaling_config", path)
   mod = importlib.util.module_from_spec(mod_spec)
@@ -66,7 +73,7 @@ def parse_devices(text: str) -> list[int]:
   except ValueError:
     counts = []
   if not counts or counts[0] < 1:
-    raise SystemExit(f"--devices {text!r}: expected a list of positive counts such as 1,2,4")
+    raise ScriptError(f"--devices {text!r}: expected a list of positive counts such as 1,2,4")
   return counts
 
 
@@ -80,21 +87,21 @@ def resolve_mesh(template: tuple[int, int, int], n: int) -> tuple[int, int, int]
   sizes = list(template)
   if -1 in sizes:
     if n % known:
-      raise SystemExit(f"--mesh {','.join(map(str, template))}: {n} devices are not a multiple "
-                       f"of {known}")
+      raise ScriptError(f"--mesh {','.join(map(str, template))}: {n} devices are not a multiple "
+                        f"of {known}")
     sizes[sizes.index(-1)] = n // known
   if sizes[0] * sizes[1] * sizes[2] != n:
-    raise SystemExit(f"--mesh {','.join(map(str, template))} needs {known} devices, not {n}: use "
-                     "-1 for one axis")
+    raise ScriptError(f"--mesh {','.join(map(str, template))} needs {known} devices, not {n}: use "
+                      "-1 for one axis")
   return tuple(sizes)
 
 
 def prerequisites(stages, stage: str) -> list[str]:
   stages = list(stages)
   if stage not in stages:
-    raise SystemExit(f"--stage {stage!r} is not in the config's stages {stages}")
+    raise ScriptError(f"--stage {stage!r} is not in the config's stages {stages}")
   if stage not in TRAINING:
-    raise SystemExit(f"--stage {stage!r} is not a training stage ({sorted(TRAINING)})")
+    raise ScriptError(f"--stage {stage!r} is not a training stage ({sorted(TRAINING)})")
   return stages[:stages.index(stage)]
 
 
@@ -111,7 +118,7 @@ def device_env(platform: str, n: int) -> dict:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [x for x in visible.split(",") if x.strip()] if visible else [str(i) for i in range(n)]
     if len(ids) < n:
-      raise SystemExit(f"CUDA_VISIBLE_DEVICES={visible} lists fewer than {n} GPUs")
+      raise ScriptError(f"CUDA_VISIBLE_DEVICES={visible} lists fewer than {n} GPUs")
     return {"CUDA_VISIBLE_DEVICES": ",".join(ids[:n]), "NCCL_NVLS_ENABLE": "0"}
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
@@ -208,6 +215,7 @@ def _link_prep(prep: str, workdir: str, stages) -> None:
     os.symlink(os.path.abspath(src), os.path.join(workdir, s))
 
 
+@script_errors()
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -254,17 +262,22 @@ def main(argv=None) -> int:
     if platform == "auto":
       platform = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}.get(info["backend"])
       if platform is None:
-        raise SystemExit(f"backend {info['backend']!r}: scaling.py splits GPU hosts and the CPU "
-                         "only (a TPU slice cannot be split by environment variable)")
+        raise ScriptError(f"backend {info['backend']!r}: scaling.py splits GPU hosts and the CPU "
+                          "only (a TPU slice cannot be split by environment variable)")
       if platform == "cpu":
         info = probe("cpu", max(counts))
     if info["count"] < max(counts):
-      raise SystemExit(f"{max(counts)} devices requested, {info['count']} {info['kind']} visible")
+      raise ScriptError(f"{max(counts)} devices requested, {info['count']} {info['kind']} visible")
     print(f"[scaling] {platform}: {info['count']} x {info['kind']}, jax {info['jax']}", flush=True)
   elif platform == "auto":
     platform = "gpu"  # what the printed commands assume
   if os.path.exists(workdir) and not args.dry_run:
-    shutil.rmtree(workdir)  # every run starts fresh: resumed runs would skew tokens/s
+    # every run starts fresh (resumed runs would skew tokens/s), but only over an earlier
+    # scaling workdir: a directory holding anything else is refused, not emptied
+    from zebra_jax._paths import check_output
+    check_output(workdir, overwrite=True, owned=("prep", "prep.log", "n[0-9]*", "scaling.json"),
+                 out_flag="--workdir", overwrite_flag="a fresh run")
+    shutil.rmtree(workdir)
 
   path, colon, arg = args.config.partition(":")  # the runs' cwd is the repository root
   base = [sys.executable, DISTILL, "--config", os.path.abspath(path) + colon + arg, "--no_progress",

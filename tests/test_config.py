@@ -92,3 +92,21 @@ def test_hf_config_refuses_everything_it_does_not_implement_in_one_error():
 def test_hf_config_refuses_other_architectures():
   with pytest.raises(ConfigError, match="model_type='qwen2'"):
     llama_config_from_hf({**HF, "model_type": "qwen2"})
+
+
+def test_configs_that_read_wrong_are_refused_by_field():
+  """Issue 18 item 10: a config.json that is a JSON list, one without vocab_size (no default is
+  right for a checkpoint) and `tie_word_embeddings: "false"` (a string, read as true) are refused
+  naming the field, from HF configs and saved ones."""
+  with pytest.raises(ConfigError, match="must be a JSON object of fields, got a list"):
+    llama_config_from_hf([1, 2])
+  no_vocab = {k: v for k, v in HF.items() if k != "vocab_size"}
+  with pytest.raises(ConfigError, match=r"missing field\(s\) \['vocab_size'\]"):
+    llama_config_from_hf(no_vocab)
+  with pytest.raises(ConfigError, match="tie_word_embeddings must be true or false, got 'false'"):
+    llama_config_from_hf({**HF, "tie_word_embeddings": "false"})
+  saved = LlamaConfig(**BASE).to_dict()
+  del saved["vocab_size"]
+  with pytest.raises(ConfigError, match=r"missing field\(s\) \['vocab_size'\]"):
+    LlamaConfig.from_dict(saved)
+  assert llama_config_from_hf({**HF, "tie_word_embeddings": True}).tie_word_embeddings is True

@@ -415,6 +415,57 @@ def test_save_load_round_trip_and_refusals(tmp_path):
   assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]  # no temporary leftovers
 
 
+def _convert_script():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("convert_script",
+                                                os.path.join(REPO, "scripts", "convert.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_convert_never_writes_over_its_input_or_a_users_files(tmp_path, capsys):
+  """Issue 18 item 1: `convert.py --input D --output D --overwrite` replaced the HF directory D
+  (weights, and the user's own files) by an Orbax one and exited 0. An output that is an input,
+  lies inside one or holds one (a .gguf file's directory holds it) is refused before anything is
+  read; --overwrite replaces an earlier converted model, never a directory holding other files;
+  save_model refuses the directory its model was loaded from."""
+  from zebra_jax._paths import OutputPathError
+  d = tmp_path / "D"
+  make_hf(seed=13).save_pretrained(d)
+  (d / "notes.txt").write_text("mine")
+  gguf = tmp_path / "g" / "m.gguf"
+  gguf.parent.mkdir()
+  gguf.write_bytes(b"GGUF")
+  before = sorted(os.listdir(d))
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "notes.txt").write_text("mine")
+  tail = ": an output must not be, hold or lie inside an input; choose another directory"
+  cases = [(d, d, f"is the input itself{tail}"), (d, d / "sub", f"is inside the input {d}{tail}"),
+           (d, tmp_path, f"holds the input {d}{tail}"), (gguf, gguf, f"is the input itself{tail}"),
+           (gguf, gguf.parent, f"holds the input {gguf}{tail}"),
+           (d, other, "holds files zebra-jax did not write (notes.txt); --overwrite replaces only "
+            "an earlier output: move them or choose another directory")]
+  script = _convert_script()
+  capsys.readouterr()  # save_pretrained's progress bar
+  for src, out, how in cases:
+    with pytest.raises(SystemExit) as e:
+      script.main(["--input", str(src), "--output", str(out), "--overwrite"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"error: --output {out} {how}\n", err
+  assert sorted(os.listdir(d)) == before and (d / "notes.txt").read_text() == "mine"
+  assert os.listdir(other) == ["notes.txt"] and gguf.read_bytes() == b"GGUF"
+  model = from_pretrained(d)
+  with pytest.raises(OutputPathError, match="is the input itself"):
+    save_model(model, d, overwrite=True)
+  saved = save_model(model, tmp_path / "saved")
+  with pytest.raises(OutputPathError, match="is the input itself"):
+    save_model(load_model(saved), saved, overwrite=True)
+  save_model(model, saved, overwrite=True)  # an earlier save_model directory is replaced
+  assert sorted(os.listdir(d)) == before
+
+
 def _corrupt_copies(src, tmp_path):
   import shutil
   cases = {}

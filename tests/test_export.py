@@ -596,7 +596,7 @@ def test_export_is_all_or_nothing_and_checks_the_tokenizer_first(mixed, tmp_path
   assert not (tmp_path / "new").exists()
   keep = tmp_path / "keep"
   keep.mkdir()
-  (keep / "old.txt").write_text("old")
+  (keep / "config.json").write_text("old")  # an earlier export, which --overwrite may replace
 
   class Broken:  # fails while the tokenizer is written, after every weight
     def save_pretrained(self, d):
@@ -604,16 +604,53 @@ def test_export_is_all_or_nothing_and_checks_the_tokenizer_first(mixed, tmp_path
 
   with pytest.raises(RuntimeError, match="disk full"):
     export_pretrained(model, keep, tokenizer=Broken(), overwrite=True)
-  assert sorted(os.listdir(keep)) == ["old.txt"]
+  assert sorted(os.listdir(keep)) == ["config.json"] and (keep / "config.json").read_text() == "old"
   assert sorted(os.listdir(tmp_path)) == ["keep"]  # no temporary directory left behind
 
   script = _export_script()
-  assert script.main(["--checkpoint", out, "--out", str(keep)]) == 1
+  with pytest.raises(SystemExit) as e:
+    script.main(["--checkpoint", out, "--out", str(keep)])
   err = capsys.readouterr().err
-  assert "--overwrite" in err and "overwrite=True" not in err
-  assert script.main(["--checkpoint", out, "--out", str(tmp_path / "none")]) == 1
-  assert "pass --tokenizer" in capsys.readouterr().err
+  assert e.value.code == 2 and "--overwrite" in err and "overwrite=True" not in err
+  with pytest.raises(SystemExit) as e:
+    script.main(["--checkpoint", out, "--out", str(tmp_path / "none")])
+  assert e.value.code == 2 and "pass --tokenizer" in capsys.readouterr().err
   assert not (tmp_path / "none").exists()
+
+
+def test_export_never_writes_over_its_input_or_a_users_files(mixed, tmp_path, capsys):
+  """Issue 18 item 1: `export.py --checkpoint D --out D --overwrite` replaced the checkpoint D
+  (its tokenizer and the user's own files with it) by the export. An output that is an input,
+  lies inside one or holds one is refused before anything is read, by the script and by
+  export_pretrained (which knows where its model was loaded from); --overwrite replaces an earlier
+  export, never a directory holding other files."""
+  from zebra_jax._paths import OutputPathError
+  from zebra_jax.convert import save_model
+  from zebra_jax.data.tokenize import ByteTokenizer
+  model, _ = mixed
+  d = tmp_path / "D"
+  save_model(model, d, tokenizer=ByteTokenizer())
+  (d / "notes.txt").write_text("mine")
+  before = sorted(os.listdir(d))
+  script = _export_script()
+  for out, how in ((d, "is the input itself"), (d / "sub", f"is inside the input {d}"),
+                   (tmp_path, f"holds the input {d}")):
+    with pytest.raises(SystemExit) as e:
+      script.main(["--checkpoint", str(d), "--out", str(out), "--overwrite"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == (f"error: --out {out} {how}: an output must not be, hold "
+                                         "or lie inside an input; choose another directory\n")
+  assert sorted(os.listdir(d)) == before and (d / "notes.txt").read_text() == "mine"
+  with pytest.raises(OutputPathError, match="is the input itself"):
+    export_pretrained(from_pretrained(d), d, overwrite=True)
+  with pytest.raises(OutputPathError, match=f"holds the input {d}"):  # the tokenizer's directory
+    export_pretrained(model, tmp_path, tokenizer=str(d), overwrite=True)
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "notes.txt").write_text("mine")
+  with pytest.raises(OutputPathError, match=r"holds files zebra-jax did not write \(notes.txt\)"):
+    export_pretrained(model, other, overwrite=True)
+  assert sorted(os.listdir(d)) == before and os.listdir(other) == ["notes.txt"]
 
 
 def test_one_resolver_for_every_checkpoint_kind(mixed, tmp_path, monkeypatch, capsys):
@@ -642,9 +679,10 @@ def test_one_resolver_for_every_checkpoint_kind(mixed, tmp_path, monkeypatch, ca
     with pytest.raises(CheckpointError) as e:
       from_pretrained(bad)
     assert all(k in str(e.value) for k in kinds), str(e.value)
-  assert _export_script().main(["--checkpoint", str(tmp_path / "missing"), "--out",
-                                str(tmp_path / "o")]) == 1
+  with pytest.raises(SystemExit) as e:
+    _export_script().main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
   err = capsys.readouterr().err
+  assert e.value.code == 2
   assert all(k in err for k in kinds) and "Traceback" not in err
 
 

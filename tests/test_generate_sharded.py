@@ -169,7 +169,7 @@ def test_generate_cli_with_mesh_prints_the_unsharded_text(tmp_path):
   assert mesh.stdout == one.stdout
   bad = subprocess.run(cmd + ["--mesh", "3,1,1"], capture_output=True, text=True, env=_env(),
                        timeout=300, cwd=ROOT)
-  assert bad.returncode == 1 and "needs 3 devices, have 8" in bad.stderr, bad.stderr[-2000:]
+  assert bad.returncode == 2 and "needs 3 devices, have 8" in bad.stderr, bad.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------ worker

@@ -100,9 +100,10 @@ def test_summary_arithmetic_and_argument_errors():
   assert out[1]["loss_rel_diff"] == pytest.approx(0.001)
   assert "| 4 | 2x2x1 | 180 | - | 90.0% | 2.002 | +1.0e-03 |" in sc.table(out)
   assert sc.resolve_mesh((1, -1, 2), 8) == (1, 4, 2)
-  with pytest.raises(SystemExit, match="needs 2 devices, not 1"):
+  from zebra_jax.cli import ScriptError
+  with pytest.raises(ScriptError, match="needs 2 devices, not 1"):
     sc.resolve_mesh((2, 1, 1), 1)
-  with pytest.raises(SystemExit, match="not a training stage"):
+  with pytest.raises(ScriptError, match="not a training stage"):
     sc.prerequisites(("teacher", "select", "kd"), "select")
   assert sc.prerequisites(("teacher", "samples", "ild_mla", "kd"), "ild_mla") == ["teacher",
                                                                                    "samples"]

@@ -101,6 +101,9 @@ class LlamaConfig:
            f"num_attention_heads={self.num_attention_heads} is not a multiple of "
            f"num_key_value_heads={self.num_key_value_heads}")
     _check(self.head_dim % 2 == 0, f"head_dim={self.head_dim} must be even for RoPE")
+    # a JSON string "false" is truthy: only a real boolean says what is tied
+    _check(isinstance(self.tie_word_embeddings, bool),
+           f"tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
     _check(self.rms_norm_eps > 0, f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
     _check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
     _validate_rope_scaling("rope_scaling", self.rope_scaling)
@@ -136,6 +139,10 @@ class LlamaConfig:
 
   @staticmethod
   def from_dict(d: dict) -> "LlamaConfig":
+    _check(isinstance(d, dict),
+           f"a config must be a JSON object of fields, got a {type(d).__name__}")
+    missing = [k for k in _SHAPE_FIELDS if k not in d]  # every saved config has them
+    _check(not missing, f"missing field(s) {missing}")
     d = dict(d)
     name = d.pop(CLASS_KEY, None) or d.pop("__class__", "LlamaConfig")
     d.pop("__class__", None)
@@ -154,6 +161,10 @@ class LlamaConfig:
   def from_json(text: str) -> "LlamaConfig":
     return LlamaConfig.from_dict(json.loads(text))
 
+
+# The shape of a Llama: no default is right for a checkpoint that leaves one out.
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads")
 
 # HF config.json keys that carry no modelling information (bookkeeping, generation defaults).
 _HF_IGNORED_KEYS = frozenset({
@@ -178,8 +189,13 @@ def llama_config_from_hf(hf: dict, **overrides) -> LlamaConfig:
   Accepts both the transformers<5 layout (`rope_theta` + `rope_scaling`) and the 5.x one
   (`rope_parameters`).
   """
+  _check(isinstance(hf, dict),
+         f"a config must be a JSON object of fields, got a {type(hf).__name__}")
   hf = dict(hf)
   problems: list[str] = []
+  missing = [k for k in _SHAPE_FIELDS if hf.get(k) is None and k not in overrides]
+  if missing:
+    problems.append(f"missing field(s) {missing} (a Llama config needs them)")
   model_type = hf.get("model_type", "llama")
   if model_type not in ("llama", "mistral") or (model_type == "mistral" and hf.get("sliding_window")):
     problems.append(f"model_type={model_type!r} (only 'llama' is implemented)")
@@ -224,6 +240,8 @@ def llama_config_from_hf(hf: dict, **overrides) -> LlamaConfig:
   unknown = sorted(k for k in hf if k not in handled and k not in _HF_IGNORED_KEYS)
   if unknown:
     problems.append(f"unsupported config field(s) {unknown}")
+  if len(problems) == 1:
+    raise ConfigError(f"HF config cannot be converted faithfully: {problems[0]}")
   if problems:
     raise ConfigError("HF config cannot be converted faithfully:\n  - " + "\n  - ".join(problems))
 
@@ -234,7 +252,7 @@ def llama_config_from_hf(hf: dict, **overrides) -> LlamaConfig:
       num_key_value_heads=hf.get("num_key_value_heads"), head_dim=hf.get("head_dim"),
       rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(rope_theta or 10000.0),
       rope_scaling=rope_scaling, max_position_embeddings=hf.get("max_position_embeddings", 2048),
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      tie_word_embeddings=hf.get("tie_word_embeddings", False),  # checked: a real boolean
       bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
       pad_token_id=hf.get("pad_token_id"),
   )
@@ -243,8 +261,12 @@ def llama_config_from_hf(hf: dict, **overrides) -> LlamaConfig:
 
 
 def load_hf_config(path: str | os.PathLike, **overrides) -> LlamaConfig:
-  with open(os.path.join(path, "config.json")) as f:
-    return llama_config_from_hf(json.load(f), **overrides)
+  cfg_path = os.path.join(path, "config.json")
+  with open(cfg_path) as f:
+    try:
+      return llama_config_from_hf(json.load(f), **overrides)
+    except ConfigError as e:
+      raise ConfigError(f"{cfg_path}: {e}") from None
 
 
 def _sorted_unique_layers(name: str, layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]:

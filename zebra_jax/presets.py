@@ -197,11 +197,18 @@ PRESETS: dict[str, Callable[[], LlamaConfig]] = {
 }
 
 
+class UnknownPreset(ConfigError, KeyError):
+  """A preset name that is not registered (a KeyError too, as before)."""
+
+  __str__ = BaseException.__str__  # the message, not KeyError's quoted repr
+
+
 def get_preset(name: str) -> LlamaConfig:
-  """The config registered under `name` (case-insensitive). Raises KeyError listing the names."""
+  """The config registered under `name` (case-insensitive). Raises UnknownPreset (a ConfigError
+  and a KeyError) listing the names."""
   key = name.strip().lower()
   if key not in PRESETS:
-    raise KeyError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    raise UnknownPreset(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
   return PRESETS[key]()
 
 

@@ -21,7 +21,8 @@ class CheckpointError(ValueError):
 
 
 # Imported after CheckpointError: the submodules import it from here.
-from zebra_jax.convert.orbax_io import is_saved_model, load_model, save_model  # noqa: E402
+from zebra_jax.convert.orbax_io import (  # noqa: E402
+    PARAMS_DIR, is_incomplete_saved_model, is_saved_model, load_model, save_model)
 
 
 def resolve_gguf(path: str) -> str | None:
@@ -80,6 +81,9 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Checkpoint:
     raise CheckpointError(f"{spec}: no such file or directory, and not a named checkpoint ({tried})")
   if os.path.isdir(path) and is_saved_model(path):
     return Checkpoint("saved", path, None)
+  if os.path.isdir(path) and is_incomplete_saved_model(path):
+    raise CheckpointError(f"{path}: a save_model directory without its parameter checkpoint "
+                          f"{PARAMS_DIR}/ (the save did not finish, or {PARAMS_DIR}/ was moved)")
   gguf_file = resolve_gguf(path)
   if gguf_file is not None:
     return Checkpoint("gguf", gguf_file, None)
@@ -107,19 +111,23 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", param_dtype
   as `dtype`). Parameters are cast on the host while reading.
   `progress` shows a tqdm bar over the tensors.
   """
+  from zebra_jax._paths import remember_source
   ck = resolve_checkpoint(path)
   if ck.kind == "saved":
-    return load_model(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl)
-  if ck.kind == "gguf":
+    model = load_model(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl)
+  elif ck.kind == "gguf":
     from zebra_jax.convert.gguf import from_gguf
-    return from_gguf(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
-  if ck.kind == "hybrid":
+    model = from_gguf(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
+  elif ck.kind == "hybrid":
     from zebra_jax.convert.hybrid_import import from_hybrid_directory
-    return from_hybrid_directory(ck.path, ck.format, dtype=dtype, param_dtype=param_dtype,
-                                 impl=impl, progress=progress)
-  from zebra_jax.convert.hf import from_hf_directory
-  return from_hf_directory(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl,
-                           progress=progress)
+    model = from_hybrid_directory(ck.path, ck.format, dtype=dtype, param_dtype=param_dtype,
+                                  impl=impl, progress=progress)
+  else:
+    from zebra_jax.convert.hf import from_hf_directory
+    model = from_hf_directory(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl,
+                              progress=progress)
+  # save_model / export_pretrained refuse to write over it (zebra_jax/_paths.py)
+  return remember_source(model, ck.path)
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -141,7 +149,7 @@ def load_tokenizer(path: str | os.PathLike):
                           f"checkpoint ({', '.join(NAMED_CHECKPOINTS)})")
   from zebra_jax.convert.hybrid_import import detect_format
   from zebra_jax.convert.model_files import has_tokenizer
-  ours = is_saved_model(path) or detect_format(path) is not None
+  ours = is_saved_model(path) or is_incomplete_saved_model(path) or detect_format(path) is not None
   if ours and not has_tokenizer(path):
     raise CheckpointError(
         f"{path} holds no tokenizer files (saved without one, or before models carried their "

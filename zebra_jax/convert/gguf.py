@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from zebra_jax.config import LlamaConfig, llama_config_from_hf
+from zebra_jax.config import ConfigError, LlamaConfig, llama_config_from_hf
 from zebra_jax.convert import CheckpointError, names
 from zebra_jax.convert.hf import LazyTensor, build_model
 from zebra_jax.models import rope
@@ -198,7 +198,10 @@ def gguf_config(reader, path: str, **overrides) -> tuple[LlamaConfig, set[str]]:
       "bos_token_id": tok("bos_token_id"), "eos_token_id": tok("eos_token_id"),
       "pad_token_id": tok("padding_token_id"),
   }
-  return llama_config_from_hf(hf, **overrides), consumed
+  try:
+    return llama_config_from_hf(hf, **overrides), consumed
+  except ConfigError as e:
+    raise ConfigError(f"{path}: {e}") from None
 
 
 def from_gguf(path: str, *, dtype: str = "float32", param_dtype: str | None = None,

@@ -169,7 +169,10 @@ def load_hf_config(directory: str, **overrides) -> LlamaConfig:
       hf = json.load(f)
     except ValueError as e:
       raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-  return llama_config_from_hf(hf, **overrides)  # raises ConfigError naming unsupported fields
+  try:
+    return llama_config_from_hf(hf, **overrides)  # ConfigError naming unsupported fields
+  except ConfigError as e:
+    raise ConfigError(f"{path}: {e}") from None  # which file, for a person reading one line
 
 
 # -- the shared back end ---------------------------------------------------------------------------

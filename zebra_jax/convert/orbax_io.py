@@ -33,22 +33,38 @@ from flax import nnx
 
 from zebra_jax.config import CLASS_KEY, ConfigError, LlamaConfig
 from zebra_jax.convert import CheckpointError
+from zebra_jax.convert.model_files import GENERATION_CONFIG, PROVENANCE, TOKENIZER_FILES
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+# What a save_model directory may hold (init_report.json: scripts/init_hybrid.py); overwrite=True
+# refuses a directory holding anything else (zebra_jax/_paths.py).
+SAVED_MODEL_FILES = (CONFIG_FILE, PARAMS_DIR, GENERATION_CONFIG, PROVENANCE, "init_report.json",
+                     *TOKENIZER_FILES)
 
 
-def is_saved_model(directory: str) -> bool:
-  """True for a directory written by `save_model` (HF directories also have config.json)."""
-  cfg = os.path.join(directory, CONFIG_FILE)
-  if not os.path.isdir(os.path.join(directory, PARAMS_DIR)) or not os.path.isfile(cfg):
+def _ours(cfg_path: str) -> bool:
+  """Whether config.json at `cfg_path` was written by save_model (a corrupted one counts)."""
+  if not os.path.isfile(cfg_path):
     return False
   try:
-    with open(cfg) as f:
+    with open(cfg_path) as f:
       cfg = json.load(f)
     return isinstance(cfg, dict) and (CLASS_KEY in cfg or "__class__" in cfg)
   except ValueError:
     return True  # ours but corrupted: let load_model report it
+
+
+def is_saved_model(directory: str) -> bool:
+  """True for a directory written by `save_model` (HF directories also have config.json)."""
+  return os.path.isdir(os.path.join(directory, PARAMS_DIR)) and \
+      _ours(os.path.join(directory, CONFIG_FILE))
+
+
+def is_incomplete_saved_model(directory: str) -> bool:
+  """save_model's config.json without its params/ (read as an HF config it only confuses)."""
+  return not os.path.isdir(os.path.join(directory, PARAMS_DIR)) and \
+      _ours(os.path.join(directory, CONFIG_FILE))
 
 
 def _param_tree(model: nnx.Module) -> dict:
@@ -105,18 +121,18 @@ def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bo
   `tokenizer` (a transformers tokenizer or ByteTokenizer) is written as HF tokenizer files next to
   the weights, so that tools need no --tokenizer; generation_config.json always, provenance.json
   when `provenance` is given (model_files.py). All inside the same atomic save.
+  `overwrite` replaces an earlier save_model directory; one holding other files, or the checkpoint
+  `model` was loaded from, is refused (OutputPathError, zebra_jax/_paths.py).
   In a multi-process run every process must call it (collective); see the module docstring."""
   import orbax.checkpoint as ocp
 
-  directory = os.path.abspath(os.fspath(directory))
+  from zebra_jax._paths import check_output, source_of
   config = getattr(model, "config", None)
   if not isinstance(config, LlamaConfig):
     raise ValueError("save_model needs a model with a LlamaConfig/HybridConfig in model.config")
-  if os.path.exists(directory):
-    if not overwrite:
-      raise FileExistsError(f"{directory} already exists; pass overwrite=True to replace it")
-    if not os.path.isdir(directory):
-      raise FileExistsError(f"{directory} exists and is not a directory")
+  # never over the checkpoint the model was read from, nor over files save_model did not write
+  directory = check_output(directory, inputs=[source_of(model)], overwrite=overwrite,
+                           owned=SAVED_MODEL_FILES)
   other = {p: type(v).__name__ for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))
            if not isinstance(v, nnx.RngState)}
   if other:
@@ -127,12 +143,14 @@ def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bo
   # One name for every process (they write into the same directory); a leftover from an
   # interrupted save is removed first: the destination is only ever replaced by a rename.
   tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp")
+  old = os.path.join(parent, f".{os.path.basename(directory)}.old")
   tree = _savable(_param_tree(model))
   try:
     if primary:
       os.makedirs(parent, exist_ok=True)
-      if os.path.exists(tmp):
-        shutil.rmtree(tmp)
+      for d in (tmp, old):
+        if os.path.exists(d):
+          shutil.rmtree(d)
       os.makedirs(tmp)
       with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
         f.write(config.to_json())
@@ -143,13 +161,17 @@ def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bo
       ckptr.save(os.path.join(tmp, PARAMS_DIR), tree)
       ckptr.wait_until_finished()
     _sync(f"{directory} written")
-    if primary:
+    if primary:  # swap: the earlier save is set aside, not deleted, until the new one is in place
       if os.path.exists(directory):
-        shutil.rmtree(directory)
+        os.rename(directory, old)
       os.rename(tmp, directory)
   finally:
-    if primary and os.path.exists(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
+    if primary:
+      if os.path.exists(old) and not os.path.exists(directory):
+        os.rename(old, directory)  # the new save did not make it in: the earlier one stays
+      for d in (tmp, old):
+        if os.path.exists(d):
+          shutil.rmtree(d, ignore_errors=True)
   _sync(f"{directory} in place")  # nobody reads the directory before it is complete
   return directory
 
@@ -225,13 +247,14 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
   bad = nonfinite_report(values)
   if bad:
     raise CheckpointError(nonfinite_message(directory, bad))
+  from zebra_jax._paths import remember_source
   if dtype is not None or param_dtype is not None or impl is not None:
     new_dtype = dtype or config.dtype
     new = config.replace(dtype=new_dtype, param_dtype=param_dtype or dtype or config.param_dtype,
                          impl=impl or config.impl)
     if new != config:
-      return materialise(new, values)
-  return materialise(config, values, abstract)
+      return remember_source(materialise(new, values), directory)
+  return remember_source(materialise(config, values, abstract), directory)
 
 
-__all__ = ["save_model", "load_model", "load_config", "is_saved_model"]
+__all__ = ["save_model", "load_model", "load_config", "is_saved_model", "SAVED_MODEL_FILES"]

@@ -20,6 +20,7 @@ from zebra_jax.data.pipeline import (
 from zebra_jax.data.sources import (
   ArrayRecordSource,
   ConcatSource,
+  DataError,
   HFDatasetSource,
   JsonlSource,
   ListSource,
@@ -32,6 +33,7 @@ __all__ = [
   "ArrayRecordSource",
   "ByteTokenizer",
   "ConcatSource",
+  "DataError",
   "HFDatasetSource",
   "JsonlSource",
   "ListSource",

@@ -27,6 +27,21 @@ TEXT_SUFFIXES = (".txt", ".md", ".text")
 JSONL_SUFFIXES = (".jsonl", ".json")
 
 
+class DataError(ValueError):
+  """A data file or spec that cannot be read as documents; the message names the file (and line)."""
+
+
+def _read_text(path: str) -> str:
+  """A file's UTF-8 text; a binary file is refused by name (not a bare UnicodeDecodeError)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                    f"data files are UTF-8 *.jsonl / *.txt / *.md, or *{ARRAY_RECORD_SUFFIX} shards "
+                    "from scripts/pretokenize.py") from None
+
+
 class ListSource:
   """Documents held in memory."""
 
@@ -52,26 +67,26 @@ def _check_exists(path: str, what: str) -> None:
 
 def _validate_messages(messages: Any, where: str) -> None:
   if not isinstance(messages, list) or not messages:
-    raise ValueError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
+    raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
   for i, m in enumerate(messages):
     if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-      raise ValueError(f"{where}: message {i} must have string 'role' and 'content', got {m!r}")
+      raise DataError(f"{where}: message {i} must have string 'role' and 'content', got {m!r}")
 
 
 def parse_record(obj: Any, where: str, text_field: str = "text", messages_field: str = "messages"):
   """One jsonl/dataset row -> a document (str or {"messages": [...]}), or ValueError naming `where`."""
   if not isinstance(obj, Mapping):
-    raise ValueError(
+    raise DataError(
       f"{where}: expected a JSON object with '{text_field}' or '{messages_field}', got {type(obj).__name__}"
     )
   if text_field in obj and obj[text_field] is not None:
     if not isinstance(obj[text_field], str):
-      raise ValueError(f"{where}: '{text_field}' must be a string, got {type(obj[text_field]).__name__}")
+      raise DataError(f"{where}: '{text_field}' must be a string, got {type(obj[text_field]).__name__}")
     return obj[text_field]
   if messages_field in obj and obj[messages_field] is not None:
     _validate_messages(obj[messages_field], where)
     return {"messages": [{"role": m["role"], "content": m["content"]} for m in obj[messages_field]]}
-  raise ValueError(f"{where}: line has neither '{text_field}' nor '{messages_field}' (keys: {sorted(obj)})")
+  raise DataError(f"{where}: line has neither '{text_field}' nor '{messages_field}' (keys: {sorted(obj)})")
 
 
 class JsonlSource:
@@ -84,20 +99,19 @@ class JsonlSource:
   def __init__(self, paths: str | Sequence[str], text_field: str = "text", messages_field: str = "messages"):
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
-      raise ValueError("JsonlSource: no files given")
+      raise DataError("JsonlSource: no files given")
     self._docs: list[Any] = []
     for path in map(os.fspath, paths):
       _check_exists(path, "jsonl file")
-      with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-          if not line.strip():
-            continue
-          where = f"{path}:{lineno}"
-          try:
-            obj = json.loads(line)
-          except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-          self._docs.append(parse_record(obj, where, text_field, messages_field))
+      for lineno, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+          continue
+        where = f"{path}:{lineno}"
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+        self._docs.append(parse_record(obj, where, text_field, messages_field))
     self.name = ",".join(paths)
     self.metadata = None
 
@@ -137,14 +151,13 @@ class TextSource:
           if f.endswith(TEXT_SUFFIXES)
         )
         if not found:
-          raise ValueError(f"TextSource: no {'/'.join(TEXT_SUFFIXES)} files under directory {path}")
+          raise DataError(f"TextSource: no {'/'.join(TEXT_SUFFIXES)} files under directory {path}")
         files.extend(found)
       else:
         files.append(path)
     self._docs: list[str] = []
     for path in files:
-      with open(path, encoding="utf-8") as f:
-        text = f.read()
+      text = _read_text(path)
       if paragraphs:
         self._docs.extend(split_paragraphs(text))
       elif text.strip():
@@ -172,7 +185,7 @@ def resolve_array_record_paths(paths: str | Sequence[str]) -> tuple[list[str], d
   """Expands directories and glob patterns into a sorted list of shard paths; reads metadata.json if present."""
   paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
   if not paths:
-    raise ValueError("ArrayRecordSource: no paths given")
+    raise DataError("ArrayRecordSource: no paths given")
   shards: list[str] = []
   metadata = None
   for raw in map(os.fspath, paths):
@@ -198,7 +211,7 @@ def resolve_array_record_paths(paths: str | Sequence[str]) -> tuple[list[str], d
     if meta_path.exists():
       meta = json.loads(meta_path.read_text())
       if metadata is not None and _tokenizer_fields(meta) != _tokenizer_fields(metadata):
-        raise ValueError(f"ArrayRecord shards were made with different tokenizers: {meta_path} vs earlier")
+        raise DataError(f"ArrayRecord shards were made with different tokenizers: {meta_path} vs earlier")
       metadata = meta
   return shards, metadata
 
@@ -274,7 +287,7 @@ class HFDatasetSource:
           raise RuntimeError(f"could not load Hugging Face dataset {label!r} (split={split!r}): {e}") from e
       if isinstance(dataset, datasets.DatasetDict):  # load_from_disk of a dict of splits
         if split not in dataset:
-          raise ValueError(f"dataset {label!r} has splits {list(dataset.keys())}, not {split!r}")
+          raise DataError(f"dataset {label!r} has splits {list(dataset.keys())}, not {split!r}")
         dataset = dataset[split]
     else:
       info = getattr(dataset, "info", None)
@@ -304,12 +317,12 @@ class ConcatSource:
 
   def __init__(self, sources: Sequence[Any]):
     if not sources:
-      raise ValueError("ConcatSource: no sources given")
+      raise DataError("ConcatSource: no sources given")
     self.sources = list(sources)
     self._offsets = np.cumsum([0] + [len(s) for s in self.sources])
     metas = [s.metadata for s in self.sources if getattr(s, "metadata", None)]
     if any(_tokenizer_fields(m) != _tokenizer_fields(metas[0]) for m in metas):
-      raise ValueError("ConcatSource: pre-tokenised sources were made with different tokenizers")
+      raise DataError("ConcatSource: pre-tokenised sources were made with different tokenizers")
     self.metadata = metas[0] if metas else None
     self.name = "+".join(s.name for s in self.sources)
 
@@ -369,7 +382,7 @@ def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = 
       return ArrayRecordSource(spec)
     return TextSource(spec, paragraphs=paragraphs)
   _check_exists(spec, "data source")
-  raise ValueError(
+  raise DataError(
     f"cannot tell the format of {spec}: use *.jsonl, *.txt/*.md, *{ARRAY_RECORD_SUFFIX}, a directory, "
     "'default', 'source:NAME' or 'hf:NAME'"
   )

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from zebra_jax.data.sources import DataError
+
 # A document: plain text, {"text": str}, {"messages": [{"role", "content"}, ...]}, or already-tokenised ids
 # (an integer numpy array, as read back from ArrayRecord shards; EOS is already there).
 Document = Any
@@ -117,7 +119,7 @@ def load_tokenizer(spec: Any):
   if spec.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(spec)):
     raise FileNotFoundError(f"tokenizer directory not found: {spec}")
   if os.path.isfile(spec):
-    raise ValueError(f"{spec} is a file: pass the tokenizer's directory, or a .gguf file")
+    raise DataError(f"{spec} is a file: pass the tokenizer's directory, or a .gguf file")
   if os.path.isdir(os.path.expanduser(spec)):
     return convert_load_tokenizer(spec)
   from transformers import AutoTokenizer
@@ -135,7 +137,7 @@ def vocab_size(tokenizer) -> int:
 def eos_id(tokenizer) -> int:
   eos = getattr(tokenizer, "eos_token_id", None)
   if eos is None:
-    raise ValueError(f"tokenizer {tokenizer_name(tokenizer)!r} has no eos_token_id; documents are separated by EOS")
+    raise DataError(f"tokenizer {tokenizer_name(tokenizer)!r} has no eos_token_id; documents are separated by EOS")
   return int(eos)
 
 
@@ -148,13 +150,13 @@ def render_chat(tokenizer, messages: Sequence[Mapping[str, Any]], *, where: str 
   """Renders a conversation with the tokenizer's chat template (with add_generation_prompt, ending
   where the assistant's answer starts)."""
   if not getattr(tokenizer, "chat_template", None):
-    raise ValueError(
+    raise DataError(
       f"{where or 'document'}: chat messages need a tokenizer with a chat_template; "
       f"{tokenizer_name(tokenizer)!r} has none"
     )
   for i, m in enumerate(messages):
     if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
-      raise ValueError(
+      raise DataError(
         f"{where or 'document'}: message {i} must be an object with 'role' and 'content', got {m!r}"
       )
   if add_generation_prompt:
@@ -171,7 +173,7 @@ def encode_document(tokenizer, doc: Document, *, where: str = "") -> np.ndarray:
   """
   if isinstance(doc, np.ndarray):
     if doc.ndim != 1 or not np.issubdtype(doc.dtype, np.integer):
-      raise ValueError(f"{where or 'document'}: token array must be 1-D integer, got {doc.dtype}{doc.shape}")
+      raise DataError(f"{where or 'document'}: token array must be 1-D integer, got {doc.dtype}{doc.shape}")
     return doc.astype(np.int32, copy=False)
   if isinstance(doc, Mapping):
     if "text" in doc:
@@ -181,9 +183,9 @@ def encode_document(tokenizer, doc: Document, *, where: str = "") -> np.ndarray:
       ids = tokenizer.encode(text, add_special_tokens=False)
       return _with_eos(ids, tokenizer)
     else:
-      raise ValueError(f"{where or 'document'}: expected a 'text' or 'messages' field, got keys {sorted(doc)}")
+      raise DataError(f"{where or 'document'}: expected a 'text' or 'messages' field, got keys {sorted(doc)}")
   if not isinstance(doc, str):
-    raise ValueError(f"{where or 'document'}: expected text, got {type(doc).__name__}")
+    raise DataError(f"{where or 'document'}: expected text, got {type(doc).__name__}")
   return _with_eos(tokenizer.encode(doc, add_special_tokens=True), tokenizer)
 
 

@@ -30,7 +30,7 @@ from zebra_jax import accounting
 from zebra_jax.distill import stages
 from zebra_jax.distill.config import RunConfigError, validate
 from zebra_jax.distill.context import RunContext, same_teacher, teacher_config
-from zebra_jax.distill.workdir import WorkdirBusy, WorkdirLock, check_settings
+from zebra_jax.distill.workdir import WorkdirBusy, WorkdirLock, check_settings, check_workdir
 
 TRAINING_STAGES = ("ild_mla", "ild_mamba", "kd", "dpo", "stepwise")
 
@@ -185,6 +185,7 @@ def _previous_summary(ctx: RunContext) -> dict:
 
 def run_pipeline(cfg, workdir: str, *, progress: bool = True, mesh=None) -> dict:
   validate(cfg)
+  check_workdir(workdir)
   ctx = RunContext(cfg, workdir, progress=progress, mesh=mesh)
   preflight(ctx)
   if jax.process_index() == 0:

@@ -47,6 +47,13 @@ class WorkdirBusy(RuntimeError):
   """Another live run holds the workdir."""
 
 
+def check_workdir(workdir: str) -> None:
+  """A workdir must be a directory (or not exist yet): a file there fails by name, before any stage."""
+  workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise RunConfigError(f"workdir {workdir} exists and is not a directory; choose another --workdir")
+
+
 def _pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)

@@ -33,8 +33,10 @@ def export_pretrained(model, out_dir: str | os.PathLike, format: str = "hf", dty
   a directory with tokenizer files (copied alongside, with its generation_config.json), a .gguf,
   "smollm2" or "byte" (written as HF tokenizer files); checked before anything is written.
   `max_shard_size` splits the safetensors into shards + index beyond that size. `overwrite`
-  replaces a non-empty `out_dir`. The directory is written aside and swapped in at the end, so a
-  failed export leaves `out_dir` as it was. MambaInLlama extras (kwargs): `base_model` (written as
+  replaces an earlier export in `out_dir`; a directory holding other files, the checkpoint the
+  model was loaded from or the tokenizer directory (or inside / above either) is refused
+  (zebra_jax/_paths.py). The directory is written aside and swapped in at the end, so a failed
+  export leaves `out_dir` as it was. MambaInLlama extras (kwargs): `base_model` (written as
   `_name_or_path`), `weights="safetensors"|"pytorch_model.bin"`; zebra_reference extras:
   `base_model`.
   """
@@ -48,7 +50,10 @@ def export_pretrained(model, out_dir: str | os.PathLike, format: str = "hf", dty
     raise ValueError(f"format={format!r} must be one of {FORMATS}")
   if format == "hf" and kwargs:
     raise TypeError(f"unexpected arguments for format='hf': {sorted(kwargs)}")
-  out_dir = io.check_out_dir(out_dir, overwrite)
+  from zebra_jax._paths import source_of
+  # never over the checkpoint the model was read from or the tokenizer's directory
+  sources = [source_of(model)] + ([tokenizer] if isinstance(tokenizer, (str, os.PathLike)) else [])
+  out_dir = io.check_out_dir(out_dir, overwrite, sources)
   tokenizer = io.resolve_tokenizer(tokenizer)  # a bad source fails before any weight is written
   common = dict(dtype=dtype, tokenizer=tokenizer, max_shard_size=max_shard_size, overwrite=True)
 

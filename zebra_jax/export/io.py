@@ -18,7 +18,7 @@ import re
 import shutil
 import struct
 import sys
-from typing import Callable, Sequence
+from typing import Iterable, Callable, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -198,15 +198,21 @@ def save_tokenizer(tokenizer, out_dir: str) -> list[str]:
   return write_tokenizer(tokenizer, out_dir)
 
 
-def check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> str:
-  """The absolute path of `out_dir` after checking that it may be written (FileExistsError)."""
-  out_dir = os.path.abspath(os.fspath(out_dir))
-  if os.path.exists(out_dir):
-    if not os.path.isdir(out_dir):
-      raise FileExistsError(f"{out_dir} exists and is not a directory")
-    if os.listdir(out_dir) and not overwrite:
-      raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True to replace its contents")
-  return out_dir
+# What an export directory may hold; overwrite=True refuses one holding anything else
+# (zebra_jax/_paths.py): an export replaces an earlier export, never a user's own files.
+EXPORT_FILES = ("config.json", "hybrid_config.json", "mamba_config.json", "generation_config.json",
+                "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "modeling_*.py", "configuration_*.py", *_TOKENIZER_FILES)
+
+
+def check_out_dir(out_dir: str | os.PathLike, overwrite: bool, inputs: Iterable = (), *,
+                  out_flag: str | None = None, overwrite_flag: str = "overwrite=True") -> str:
+  """The absolute path of `out_dir` once it may be written: not one of `inputs` (the checkpoint,
+  the tokenizer source), inside one or holding one (OutputPathError); empty, or with `overwrite`
+  an earlier export (FileExistsError / OutputPathError)."""
+  from zebra_jax._paths import check_output
+  return check_output(out_dir, inputs=inputs, overwrite=overwrite, owned=EXPORT_FILES,
+                      out_flag=out_flag, overwrite_flag=overwrite_flag)
 
 
 def write_aside(out_dir: str, write: Callable[[str], object]) -> str:
@@ -225,6 +231,8 @@ def write_aside(out_dir: str, write: Callable[[str], object]) -> str:
       os.rename(out_dir, old)
     os.rename(tmp, out_dir)
   finally:
+    if os.path.exists(old) and not os.path.exists(out_dir):
+      os.rename(old, out_dir)  # the new export did not make it in: the earlier one stays
     for d in (tmp, old):
       if os.path.exists(d):
         shutil.rmtree(d, ignore_errors=True)
@@ -232,18 +240,15 @@ def write_aside(out_dir: str, write: Callable[[str], object]) -> str:
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> str:
-  out_dir = os.path.abspath(os.fspath(out_dir))
-  if os.path.exists(out_dir):
-    if not os.path.isdir(out_dir):
-      raise FileExistsError(f"{out_dir} exists and is not a directory")
-    if os.listdir(out_dir):
-      if not overwrite:
-        raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True to replace its contents")
-      shutil.rmtree(out_dir)
+  """`out_dir` created, emptied first when it holds an earlier export and `overwrite` (anything
+  else in it is refused, see check_out_dir)."""
+  out_dir = check_out_dir(out_dir, overwrite)
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    shutil.rmtree(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   return out_dir
 
 
 __all__ = ["PlannedTensor", "parse_size", "write_safetensors", "write_weights", "write_pytorch_bin",
            "shard_plan", "save_tokenizer", "resolve_tokenizer", "write_json", "prepare_out_dir",
-           "check_out_dir", "write_aside", "np_dtype"]
+           "check_out_dir", "write_aside", "np_dtype", "EXPORT_FILES"]

@@ -12,12 +12,10 @@ checkpointed with the parameters and there is no other randomness.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import signal
-import sys
 import time
 from typing import Any, Callable, Protocol
 
@@ -28,8 +26,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from zebra_jax.cli import (  # noqa: F401  (the exit codes, kept importable from here)
+    EXIT_DISK_FULL, EXIT_NON_FINITE, EXIT_PREEMPTED, script_errors)
 from zebra_jax.parallel.sharding import DEFAULT_RULES, activation_mesh, param_shardings
-from zebra_jax.train.checkpoint import DiskFull, StageCheckpointer, abstract_like
+from zebra_jax.train.checkpoint import StageCheckpointer, abstract_like
 from zebra_jax.train.metrics import MetricsWriter, is_writer, peak_flops_per_device, plot_loss_curve
 from zebra_jax.train.optim import make_optimizer
 
@@ -42,25 +42,10 @@ class Preempted(RuntimeError):
   """SIGTERM arrived; a checkpoint of the current step was written before stopping."""
 
 
-EXIT_PREEMPTED, EXIT_NON_FINITE, EXIT_DISK_FULL = 143, 3, 4
-
-
-@contextlib.contextmanager
 def exit_codes():
-  """For the scripts: a run that stops on Preempted exits 143 (rerun to resume), one that stops
-  on NonFiniteLossError exits 3 and one that stops on DiskFull exits 4, each with its message on
-  stderr instead of a traceback."""
-  try:
-    yield
-  except Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(EXIT_PREEMPTED)
-  except NonFiniteLossError as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(EXIT_NON_FINITE)
-  except DiskFull as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(EXIT_DISK_FULL)
+  """For the scripts: zebra_jax.cli.script_errors (Preempted exits 143, NonFiniteLossError 3,
+  DiskFull 4, each with its message instead of a traceback; config and path errors exit 2)."""
+  return script_errors()
 
 
 class BatchIterator(Protocol):

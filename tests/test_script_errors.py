@@ -1,0 +1,149 @@
+"""Errors a person can read (issue 18 item 10): every script ends on a config, path, checkpoint,
+data or workdir problem with one line `error: ...` naming the file / field / flag, exit 2 and no
+traceback (zebra_jax/cli.py); ZEBRA_JAX_DEBUG=1 shows the traceback. The scripts' `main(argv)` run
+in this process (one subprocess: absl parses distill.py's flags before `main`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from _runs import ROOT, load_config_file
+
+from zebra_jax.cli import EXIT_ERROR, ScriptError, script_errors
+from zebra_jax.config import LlamaConfig
+
+SCRIPTS = ("bench", "convert", "distill", "evaluate", "export", "generate", "init_hybrid",
+           "pretokenize", "report", "scaling")
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2)
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(f"{name}_script",
+                                                os.path.join(ROOT, "scripts", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _fails(capsys, main, argv) -> str:
+  """main(argv) must exit 2 with one `error:` line on stderr; returns that line."""
+  with pytest.raises(SystemExit) as e:
+    main(argv)
+  err = capsys.readouterr().err
+  assert e.value.code == EXIT_ERROR, err
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
+  return lines[0]
+
+
+HF = {"model_type": "llama", **TINY, "hidden_act": "silu"}
+
+
+@pytest.mark.parametrize("config, needle", [
+    ([1, 2], "config.json: a config must be a JSON object of fields, got a list"),
+    ({k: v for k, v in HF.items() if k != "vocab_size"}, "config.json: HF config cannot be "
+     "converted faithfully: missing field(s) ['vocab_size']"),
+    ({**HF, "tie_word_embeddings": "false"}, "config.json: tie_word_embeddings must be true or "
+     "false, got 'false'"),
+], ids=["json_list", "no_vocab_size", "tie_string"])
+def test_a_bad_hf_config_is_one_line_naming_the_file_and_field(tmp_path, capsys, config, needle):
+  """A config.json that is a list (was a TypeError traceback), one without vocab_size (a KeyError
+  traceback), `tie_word_embeddings: "false"` (read as true: a confusing error about tied weights).
+  The directory holds config.json alone: the config is read before any weight."""
+  d = tmp_path / "hf"
+  d.mkdir()
+  (d / "config.json").write_text(json.dumps(config))
+  line = _fails(capsys, _script("convert").main, ["--input", str(d), "--output",
+                                                  str(tmp_path / "out")])
+  assert line == f"error: {d}/{needle}" + (" (a Llama config needs them)" if "missing" in needle
+                                            else "")
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_saved_directory_without_params_says_so(tmp_path, capsys):
+  """It was read as an HF config: "unsupported config field(s) ['__class__', ...]"."""
+  d = tmp_path / "saved"
+  d.mkdir()
+  (d / "config.json").write_text(LlamaConfig(**TINY).to_json())
+  line = _fails(capsys, _script("generate").main, ["--checkpoint", str(d), "--prompt", "hi",
+                                                   "--tokenizer", "byte"])
+  assert line == (f"error: {d}: a save_model directory without its parameter checkpoint params/ "
+                  "(the save did not finish, or params/ was moved)")
+
+
+def test_a_binary_data_file_is_named(tmp_path, capsys):
+  """A binary file given as text was a UnicodeDecodeError naming no file."""
+  data = tmp_path / "corpus.txt"
+  data.write_bytes(bytes([0xF8, 0x00, 0x9C]) + os.urandom(256))
+  line = _fails(capsys, _script("pretokenize").main, ["--input", str(data), "--tokenizer", "byte",
+                                                      "--output", str(tmp_path / "shards")])
+  assert line.startswith(f"error: {data}: not UTF-8 text (byte 0xf8 at offset 0)")
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
+  """`--workdir` naming a file was a FileExistsError traceback after the preflight."""
+  from zebra_jax.distill.pipeline import run_pipeline
+  path = tmp_path / "notes.txt"
+  path.write_text("mine")
+  cfg = load_config_file("tiny")
+  with pytest.raises(SystemExit) as e, script_errors():  # as distill.py's main
+    run_pipeline(cfg, str(path), progress=False)
+  err = capsys.readouterr().err
+  assert e.value.code == EXIT_ERROR and "Traceback" not in err
+  assert err == (f"error: workdir {path} exists and is not a directory; choose another "
+                 "--workdir\n")
+  assert path.read_text() == "mine"
+
+
+def test_distill_names_a_config_override_that_is_no_field():
+  """`--config.foo.bar=1` was a KeyError traceback from ml_collections (absl parses the flags
+  before main, so this one runs the script)."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "distill.py"), "--config",
+         os.path.join(ROOT, "configs", "tiny.py")]
+  r = subprocess.run(cmd + ["--config.foo.bar=1", "--config.kd.stepz=5"], env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip() == ("error: --config.foo.bar=1: the config has no field 'foo' (--help "
+                              "lists the fields)")
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, capsys):
+  """ZEBRA_JAX_DEBUG=1: the traceback, then the line, same exit code. An error that is not one of
+  ours (a bug) is not turned into a line."""
+  def bad():
+    raise ScriptError("--x 3: must be even")
+
+  monkeypatch.setenv("ZEBRA_JAX_DEBUG", "1")
+  with pytest.raises(SystemExit) as e:
+    script_errors()(bad)()
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and "Traceback" in err and err.endswith("error: --x 3: must be even\n")
+  monkeypatch.delenv("ZEBRA_JAX_DEBUG")
+  with pytest.raises(ZeroDivisionError):
+    with script_errors():
+      1 / 0
+  missing = os.path.join(ROOT, "no such file")
+  with pytest.raises(SystemExit) as e, script_errors():  # a path given wrong: no [Errno 2]
+    open(missing)
+  assert e.value.code == 2
+  assert capsys.readouterr().err == f"error: {missing}: No such file or directory\n"
+
+
+def test_every_script_uses_the_shared_helper():
+  """One helper, no per-script copies: each script's main is wrapped in script_errors (the absl
+  ones also parse their flags with parse_absl_flags)."""
+  for name in SCRIPTS:
+    with open(os.path.join(ROOT, "scripts", f"{name}.py")) as f:
+      text = f.read()
+    assert re.search(r"^@script_errors\(\).*\ndef main\(", text, re.M), name
+    if "app.run(" in text:
+      assert "flags_parser=parse_absl_flags" in text, name

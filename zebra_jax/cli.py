@@ -1,0 +1,134 @@
+"""How every script in scripts/ ends on an error: one line a person can act on, and an exit code.
+
+    @script_errors()
+    def main(argv=None): ...
+
+| exit | when | stderr |
+| ---: | --- | --- |
+| 2 | a config, path, checkpoint, data, asset or workdir problem (the project's own error types, a file that is missing / in the way / not readable, a bad flag) | `error: ...`, one line naming the file, field or flag |
+| 3 | a non-finite loss (NonFiniteLossError) | its message |
+| 4 | the disk is full (DiskFull) | its message |
+| 143 | SIGTERM (Preempted) | its message |
+
+Anything else is a bug and keeps its traceback. `ZEBRA_JAX_DEBUG=1` in the environment prints the
+traceback of these errors too (same exit code).
+
+The error classes are looked up in the modules already imported (an error of a module that was
+never imported cannot have been raised), so importing this module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+
+EXIT_ERROR, EXIT_NON_FINITE, EXIT_DISK_FULL, EXIT_PREEMPTED = 2, 3, 4, 143
+DEBUG_ENV = "ZEBRA_JAX_DEBUG"
+
+
+class ScriptError(Exception):
+  """A script's own check of its arguments failed; the message names the flag."""
+
+
+# (module, class): a person's problem, exit 2 with one line
+_USER_ERRORS = (
+    ("zebra_jax.cli", "ScriptError"),
+    ("zebra_jax._paths", "OutputPathError"),
+    ("zebra_jax.config", "ConfigError"),
+    ("zebra_jax.convert", "CheckpointError"),
+    ("zebra_jax.assets", "AssetError"),
+    ("zebra_jax.data.sources", "DataError"),
+    ("zebra_jax.data.fetch", "FetchError"),
+    ("zebra_jax.distill.config", "RunConfigError"),
+    ("zebra_jax.distill.aot", "AOTError"),
+    ("zebra_jax.distill.workdir", "WorkdirBusy"),
+    ("zebra_jax.train.checkpoint", "CheckpointCorrupt"),
+)
+# a path given wrong: missing, in the way, not a directory, not readable
+_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+              PermissionError)
+# (module, class, exit code): a run that stopped on purpose, its message as it is
+_STOPS = (
+    ("zebra_jax.train.trainer", "Preempted", EXIT_PREEMPTED),
+    ("zebra_jax.train.trainer", "NonFiniteLossError", EXIT_NON_FINITE),
+    ("zebra_jax.train.checkpoint", "DiskFull", EXIT_DISK_FULL),
+)
+
+
+def debug() -> bool:
+  return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
+def _cls(module: str, name: str):
+  m = sys.modules.get(module)
+  return getattr(m, name, None) if m is not None else None
+
+
+def exit_code(e: BaseException) -> int | None:
+  """The exit code of a script that stops on `e`, None for an error that is a bug."""
+  for module, name, code in _STOPS:
+    cls = _cls(module, name)
+    if cls is not None and isinstance(e, cls):
+      return code
+  user = tuple(c for c in (_cls(m, n) for m, n in _USER_ERRORS) if c is not None)
+  return EXIT_ERROR if isinstance(e, _OS_ERRORS + user) else None
+
+
+def message(e: BaseException) -> str:
+  """`e` as one line for a person: an OSError as `path: reason`, without `[Errno n]`."""
+  if isinstance(e, OSError) and e.filename is not None and e.strerror:
+    return f"{e.filename}: {e.strerror}"
+  return str(e) or type(e).__name__
+
+
+@contextlib.contextmanager
+def script_errors():
+  """Ends the script on a known error with its exit code and one line on stderr (the table above);
+  usable as a decorator of `main`."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001  re-raised below unless it is one of ours
+    code = exit_code(e)
+    if code is None:
+      raise
+    if debug():
+      traceback.print_exc()
+    print(("error: " if code == EXIT_ERROR else "") + message(e), file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_absl_flags(argv: list[str]) -> list[str]:
+  """`app.run(main, flags_parser=parse_absl_flags)`: a bad flag, or a `--config.x.y=v` override
+  that names no config field (ml_collections raises KeyError / AttributeError, a traceback under
+  absl's own parser), is one line and exit 2."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    if debug():
+      traceback.print_exc()
+    print(f"error: {e} (--help lists the flags)", file=sys.stderr)
+  except (KeyError, AttributeError) as e:
+    if debug():
+      traceback.print_exc()
+    arg = e.args[0] if e.args else str(e)
+    while isinstance(arg, BaseException) and arg.args:  # AttributeError(KeyError(message))
+      arg = arg.args[0]
+    text = str(arg)
+    first, _, hint = text.partition("\n")
+    field = first.strip("'\" ")
+    hint = f"; {hint[:1].lower()}{hint[1:]}" if hint else ""
+    given = [a for a in argv[1:] if a.startswith("--config.")
+             and field in a.split("=", 1)[0][len("--config."):].split(".")]
+    if given:
+      print(f"error: {given[0]}: the config has no field {field!r}{hint} (--help lists the "
+            "fields)", file=sys.stderr)
+    else:
+      print(f"error: --config: {type(e).__name__}: {first}{hint}", file=sys.stderr)
+  sys.exit(EXIT_ERROR)
+
+
+__all__ = ["ScriptError", "script_errors", "parse_absl_flags", "exit_code", "message", "debug",
+           "DEBUG_ENV", "EXIT_ERROR", "EXIT_NON_FINITE", "EXIT_DISK_FULL", "EXIT_PREEMPTED"]
