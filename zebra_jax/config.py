@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Literal, Sequence
 
 MixerType = Literal["attention", "mla", "mamba2"]
@@ -119,10 +118,6 @@ class LlamaConfig:
   @property
   def num_layers(self) -> int:
     return self.num_hidden_layers
-
-  @property
-  def q_per_kv(self) -> int:
-    return self.num_attention_heads // self.num_key_value_heads
 
   def layer_types(self) -> tuple[MixerType, ...]:
     return ("attention",) * self.num_hidden_layers
@@ -258,15 +253,6 @@ def llama_config_from_hf(hf: dict, **overrides) -> LlamaConfig:
   )
   kw.update(overrides)
   return LlamaConfig(**kw)
-
-
-def load_hf_config(path: str | os.PathLike, **overrides) -> LlamaConfig:
-  cfg_path = os.path.join(path, "config.json")
-  with open(cfg_path) as f:
-    try:
-      return llama_config_from_hf(json.load(f), **overrides)
-    except ConfigError as e:
-      raise ConfigError(f"{cfg_path}: {e}") from None
 
 
 def _sorted_unique_layers(name: str, layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]:
