@@ -389,6 +389,7 @@ def _tiny(**changes):
     ({"model.kv_lora_rank": 12}, r"kv_lora_rank=12 is not a multiple"),
     ({"kd.batch_size": 6, "kd.grad_accum": 4}, r"kd.batch_size=6.*kd.grad_accum=4"),
     ({"kd.lr": float("inf")}, r"kd.lr must be a positive finite number, got inf"),
+    ({"kd.lr_scale.embed": -0.5}, r"kd.lr_scale.embed must be a finite number >= 0, got -0.5"),
     # 781 scenes, 766 train: a 1e-4 fraction puts none in the ILD part (a KD part too small
     # would only come after hours of ILD: both are checked before anything runs).
     ({"data.ild_fraction": 1e-4}, r"data.ild_fraction=0.0001 leaves the ILD part .* empty"),

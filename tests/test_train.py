@@ -515,3 +515,36 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path,
   with pytest.raises(SystemExit) as e, exit_codes():
     raise C.DiskFull("disk full while saving step 2")
   assert e.value.code == EXIT_DISK_FULL == 4
+
+
+def test_per_group_learning_rates_scale_each_groups_adam_step(tmp_path):
+  """kd.lr_scale: the first AdamW step (no warmup, no decay) moves a parameter by lr * scale *
+  g / (|g| + eps), from numpy; a group at 0 does not move; the stage helper maps paths to groups."""
+  from zebra_jax.distill.stages import group_lr_scale
+  from zebra_jax.train.optim import make_optimizer
+
+  rng = np.random.default_rng(0)
+  params = {"a": jnp.asarray(rng.normal(size=5), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=5), jnp.float32)}
+  g = {k: jnp.asarray(rng.normal(size=5), jnp.float32) for k in params}
+  lr, eps = 1e-2, 1e-8
+  opt = make_optimizer(lr, 10, warmup_frac=0.0, grad_clip=None, eps=eps,
+                       lr_scales={"a": 0.25, "b": 1.0})
+  updates, _ = opt.update(g, opt.init(params), params)
+  for k, s in (("a", 0.25), ("b", 1.0)):
+    gk = np.asarray(g[k], np.float64)
+    np.testing.assert_allclose(np.asarray(updates[k]), -lr * s * gk / (np.abs(gk) + eps), rtol=1e-5)
+
+  assert group_lr_scale({"embed": 1.0, "mlp": 1.0}) is None  # all at 1: the plain optimizer
+  m0, m1 = model(), model()
+  before = params_np(m0)
+  run(tmp_path, "plain", m0, spec(steps=2), Batches(4))
+  run(tmp_path, "scaled", m1, spec(steps=2), Batches(4),
+      lr_scale=group_lr_scale({"embed": 0.0, "mlp": 1.0}))
+  plain, scaled = params_np(m0), params_np(m1)
+  for name in before:
+    if "embed_tokens" in name or "lm_head" in name:  # the "embed" group
+      np.testing.assert_array_equal(scaled[name], before[name])  # scale 0: unchanged
+      assert not np.array_equal(plain[name], before[name])
+    else:  # the other groups train as without scales, up to the embeddings' effect on the loss
+      assert not np.array_equal(scaled[name], before[name]), name

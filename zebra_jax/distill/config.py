@@ -30,7 +30,8 @@ Fields
                       is saved (False, the default: deleted, a finished stage is skipped on its
                       model alone; True: kept, e.g. to continue training a stage by hand)
   ild/kd/dpo/stepwise.*  per-stage steps, lr, batch_size, grad_accum (+ stage-specific fields;
-                      kd.freeze: parameter groups KD does not train, of embed / mlp / norm / mixer)
+                      kd.freeze: parameter groups KD does not train, of embed / mlp / norm / mixer;
+                      kd.lr_scale.<group>: that group's learning-rate multiplier, default 1)
   select.*            method ("smart" | "explicit" | "uniform"), calibration batches
   samples.*           teacher-generated training text (the `samples` stage; distill/samples.py):
                       num_samples, prompt_tokens, max_new_tokens, temperature, top_p, top_k,
@@ -105,8 +106,11 @@ def base_config() -> ml_collections.ConfigDict:
   # kd.freeze: parameter groups KD leaves as assembled ("embed", "mlp", "norm", "mixer"; stages.py)
   # loss_impl: "logits" builds both models' full logits; "fused" computes the same losses from the
   # final hidden states loss_chunk tokens at a time (train/fused_losses.py; no (B, T, V) tensor)
+  # kd.lr_scale: a learning-rate multiplier per parameter group (1: kd.lr; 0: as frozen, but with
+  # optimizer state); MambaInLlama-style gentler embeddings / MLPs without freezing them
   c.kd = _stage(1000, 8e-5, 192, kl_weight=1.0, ce_weight=0.0, temperature=1.0, freeze=(),
-                loss_impl="logits", loss_chunk=1024)
+                loss_impl="logits", loss_chunk=1024,
+                lr_scale=ml_collections.ConfigDict({g: 1.0 for g in PARAM_GROUPS}))
   c.dpo = _stage(100, 5e-7, 32, beta=0.01, max_len=1024, max_prompt_len=512, warmup_frac=0.1,
                  loss_impl="logits", loss_chunk=1024)
   c.stepwise = _stage(1000, 8e-5, 64, kl_weight=1.0, ce_weight=0.0,
@@ -149,6 +153,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     bad(f"kd.freeze: unknown parameter group(s) {bad_groups}; groups: {list(PARAM_GROUPS)}")
   if set(PARAM_GROUPS) <= set(c.kd.freeze):
     bad("kd.freeze freezes every parameter group; nothing would train")
+  scales = dict(c.kd.get("lr_scale", None) or {})
+  unknown = sorted(set(scales) - set(PARAM_GROUPS))
+  if unknown:
+    bad(f"kd.lr_scale: unknown parameter group(s) {unknown}; groups: {list(PARAM_GROUPS)}")
+  for g, v in scales.items():
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
+      bad(f"kd.lr_scale.{g} must be a finite number >= 0, got {v!r}")
   if c.ild.loss not in ("l2", "mse"):
     bad(f"ild.loss must be 'l2' or 'mse', got {c.ild.loss!r}")
   if c.select.method not in ("smart", "explicit", "uniform"):

@@ -64,6 +64,15 @@ def param_group(path) -> str:
   return "norm"
 
 
+def group_lr_scale(scales):
+  """path -> the learning-rate multiplier of its parameter group (`kd.lr_scale`); None when every
+  group is at 1 (the plain optimizer)."""
+  scales = {g: float(v) for g, v in dict(scales or {}).items()}
+  if all(v == 1.0 for v in scales.values()):
+    return None
+  return lambda path: scales.get(param_group(path), 1.0)
+
+
 def frozen_filter(freeze):
   """A trainable-filter that leaves the groups in `freeze` (a subset of PARAM_GROUPS) untouched."""
   freeze = tuple(freeze)
@@ -283,7 +292,8 @@ def run_kd(ctx: RunContext, stage: str = "kd") -> None:
       loss_fn=kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature, k.loss_impl, k.loss_chunk),
       spec=spec, mesh=ctx.mesh,
       teachers={"teacher": teacher}, trainable=frozen_filter(k.freeze),
-      flops_per_token=ctx.flops_per_token(student.config, teacher.config))
+      flops_per_token=ctx.flops_per_token(student.config, teacher.config),
+      lr_scale=group_lr_scale(k.get("lr_scale", None)))
   ctx.data_budget(stage, "kd", spec)
   trainer.run(ctx.batches("kd", spec.batch_size))
   ctx.save(student, artifact(ctx, stage), stage)

@@ -96,6 +96,11 @@ def split_trainable(model: nnx.Module, trainable: Callable[[tuple, Any], bool] |
   return graphdef, train_state, frozen
 
 
+def key_names(key_path) -> tuple:
+  """A jax key path (of a State leaf) as the plain names / indices of an nnx path."""
+  return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in key_path)
+
+
 def _host_value(x):
   """A host-local array (a model loaded on every process) as numpy: jax refuses to device_put a
   committed host-local array onto a sharding that spans other processes (a cross-host transfer),
@@ -212,7 +217,8 @@ class StageTrainer:
   def __init__(self, *, name: str, workdir: str, model: nnx.Module, loss_fn: LossFn,
                spec: TrainSpec, mesh: Mesh, teachers: dict[str, nnx.Module] | None = None,
                trainable: Callable[[tuple, Any], bool] | None = None,
-               flops_per_token: float | None = None, rules=DEFAULT_RULES):
+               flops_per_token: float | None = None, rules=DEFAULT_RULES,
+               lr_scale: Callable[[tuple], float] | None = None):
     spec.validate(mesh, f"stage {name!r}")
     self.name, self.spec, self.mesh, self.rules = name, spec, mesh, rules
     self.dir = os.path.join(workdir, name)
@@ -237,8 +243,12 @@ class StageTrainer:
     self._loss_fn = loss_fn
     self._step_fns = {}  # one jitted step per batch layout ({field: rank}), built on first use
 
+    # lr_scale(path) -> the learning-rate multiplier of the parameter at that path (None: 1)
+    scales = None if lr_scale is None else jax.tree_util.tree_map_with_path(
+        lambda kp, _: float(lr_scale(key_names(kp))), trainable_state)
     self.optimizer = make_optimizer(spec.lr, spec.steps, warmup_frac=spec.warmup_frac,
-                                    weight_decay=spec.weight_decay, grad_clip=spec.grad_clip)
+                                    weight_decay=spec.weight_decay, grad_clip=spec.grad_clip,
+                                    lr_scales=scales)
     self.opt_shard = optimizer_state_shardings(self.optimizer, self.trainable, self.tr_shard, mesh)
     self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shard)(self.trainable)
 
