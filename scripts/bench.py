@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks of zebra-jax.
+r"""Benchmarks of zebra-jax.
 
     python scripts/bench.py kernels --family ssd [--append docs/benchmarks.md] [family options]
     python scripts/bench.py generate [--append docs/benchmarks.md]      # decode throughput
@@ -29,7 +29,7 @@ from typing import Callable
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zebra_jax.cli import script_errors  # noqa: E402
+from zebra_jax.cli import argument_parser, script_errors, with_help_formatter  # noqa: E402
 
 FAMILIES: dict[str, Callable[[list[str]], str]] = {}
 
@@ -84,7 +84,7 @@ def kernels(args: argparse.Namespace, rest: list[str]) -> None:
 
 @script_errors()
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argument_parser(__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
   k = sub.add_parser("kernels", help="kernel benchmarks against their peers")
   k.add_argument("--family", action="append", choices=sorted(FAMILIES),
@@ -97,6 +97,7 @@ def main(argv=None) -> None:
   sub.add_parser("train", help="one distillation step (kd / ild_mla / ild_mamba) at preset shapes "
                  "with random weights: tokens/s, MFU, memory, breakdown (options: python "
                  "scripts/bench.py train -h)", add_help=False)
+  with_help_formatter(parser)
   args, rest = parser.parse_known_args(argv)
   if args.command == "kernels":
     kernels(args, rest)

@@ -1,4 +1,4 @@
-"""Convert a Llama checkpoint (HF safetensors / torch .bin directory, or a GGUF file) to zebra-jax.
+r"""Convert a Llama checkpoint (HF safetensors / torch .bin directory, or a GGUF file) to zebra-jax.
 
     python scripts/convert.py --input path/to/hf_dir_or_model.gguf --output converted/ \
         [--dtype bfloat16|float32] [--overwrite]
@@ -12,7 +12,6 @@ files (--tokenizer picks another source), generation_config.json and provenance.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -21,12 +20,12 @@ try:
 except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zebra_jax.cli import script_errors  # noqa: E402
+from zebra_jax.cli import argument_parser, script_errors  # noqa: E402
 
 
 @script_errors()
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argument_parser(__doc__)
   p.add_argument("--input", required=True, help="HF checkpoint directory, .gguf file, or .bin directory")
   p.add_argument("--output", required=True, help="directory to write (config.json + params/)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),

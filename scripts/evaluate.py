@@ -20,7 +20,6 @@ also writes them as JSON. `suite` is the multi-domain held-out evaluation of doc
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,7 +29,7 @@ try:
 except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zebra_jax.cli import ScriptError, script_errors  # noqa: E402
+from zebra_jax.cli import ScriptError, argument_parser, script_errors, with_help_formatter  # noqa: E402
 
 
 def _load(path, dtype):
@@ -171,7 +170,7 @@ def main(argv=None) -> int:
     from zebra_jax.eval.lm_eval_adapter import main as lm_main
     lm_main(argv[1:])
     return 0
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argument_parser(__doc__)
   sub = p.add_subparsers(dest="cmd", required=True)
 
   def common(sp, ckpt=True):
@@ -180,44 +179,50 @@ def main(argv=None) -> int:
                       help="saved model dir, HF dir, exported hybrid dir, .gguf or smollm2")
       sp.add_argument("--tokenizer", default=None,
                       help="HF dir, .gguf, smollm2 or byte (default: the checkpoint's own)")
-      sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+      sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype")
     sp.add_argument("--json", default=None, help="also write the results here")
 
   sp = sub.add_parser("perplexity", help="perplexity of text files")
   common(sp)
-  sp.add_argument("--files", nargs="+", required=True)
-  sp.add_argument("--max-length", type=int, default=2048)
-  sp.add_argument("--stride", type=int, default=None)
-  sp.add_argument("--batch-size", type=int, default=8)
+  sp.add_argument("--files", nargs="+", required=True, help="UTF-8 text files to score")
+  sp.add_argument("--max-length", type=int, default=2048, help="tokens per scored window")
+  sp.add_argument("--stride", type=int, default=None,
+                  help="tokens between window starts (None: --max-length, no overlap)")
+  sp.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
   sp.set_defaults(fn=cmd_perplexity)
 
   sp = sub.add_parser("agreement", help="top-1 agreement and KL against a teacher")
   common(sp)
-  sp.add_argument("--teacher", required=True)
-  sp.add_argument("--files", nargs="+", required=True)
-  sp.add_argument("--max-length", type=int, default=2048)
-  sp.add_argument("--stride", type=int, default=None)
-  sp.add_argument("--batch-size", type=int, default=4)
+  sp.add_argument("--teacher", required=True, help="the reference model (any --checkpoint form)")
+  sp.add_argument("--files", nargs="+", required=True, help="UTF-8 text files to score")
+  sp.add_argument("--max-length", type=int, default=2048, help="tokens per scored window")
+  sp.add_argument("--stride", type=int, default=None,
+                  help="tokens between window starts (None: --max-length, no overlap)")
+  sp.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
   sp.set_defaults(fn=cmd_agreement)
 
   sp = sub.add_parser("kv", help="KV-cache report from the config")
   common(sp, ckpt=False)
-  sp.add_argument("--checkpoint", default=None)
-  sp.add_argument("--preset", default=None)
-  sp.add_argument("--teacher-preset", default=None)
-  sp.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 32768, 131072])
-  sp.add_argument("--batch", type=int, default=1)
-  sp.add_argument("--cache-dtype", default="bfloat16")
+  sp.add_argument("--checkpoint", default=None, help="a model whose config is reported")
+  sp.add_argument("--preset", default=None, help="or a preset of zebra_jax.presets")
+  sp.add_argument("--teacher-preset", default=None, help="the preset the fractions are taken of")
+  sp.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 32768, 131072],
+                  help="context lengths (tokens) to report the cache size at")
+  sp.add_argument("--batch", type=int, default=1, help="sequences")
+  sp.add_argument("--cache-dtype", default="bfloat16", help="dtype of the cached values")
   sp.set_defaults(fn=cmd_kv)
 
   sp = sub.add_parser("needle", help="needle in a haystack (pass-key retrieval)")
   common(sp)
-  sp.add_argument("--lengths", type=int, nargs="+", required=True)
-  sp.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-  sp.add_argument("--trials", type=int, default=1)
-  sp.add_argument("--max-new-tokens", type=int, default=12)
-  sp.add_argument("--batch-size", type=int, default=8)
-  sp.add_argument("--seed", type=int, default=0)
+  sp.add_argument("--lengths", type=int, nargs="+", required=True,
+                  help="haystack lengths in tokens")
+  sp.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                  help="where the pass key sits, as a fraction of the haystack")
+  sp.add_argument("--trials", type=int, default=1, help="pass keys per length and depth")
+  sp.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated per answer")
+  sp.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+  sp.add_argument("--seed", type=int, default=0, help="seed of the pass keys and filler")
   sp.add_argument("--no-cache", action="store_true", help="recompute instead of using the caches")
   sp.set_defaults(fn=cmd_needle)
 
@@ -230,23 +235,31 @@ def main(argv=None) -> int:
                   "<workdir>/teacher/model recorded next to the first checkpoint)")
   sp.add_argument("--tokenizer", default=None, help="default: the first checkpoint's own, else the "
                   "run config's, else the teacher's")
-  sp.add_argument("--out", default="workdir/suite")
+  sp.add_argument("--out", default="workdir/suite", help="directory for suite.json / .md / .png")
   sp.add_argument("--max_tokens", "--max-tokens", type=int, default=60_000,
                   help="tokens scored per domain (0: all)")
-  sp.add_argument("--seq_len", "--seq-len", type=int, default=2048)
+  sp.add_argument("--seq_len", "--seq-len", type=int, default=2048, help="tokens per scored window")
   sp.add_argument("--tasks", nargs="+", default=None, help="multiple-choice tasks (default: all)")
   sp.add_argument("--limit", type=int, default=None, help="lm-eval --limit: items per task")
-  sp.add_argument("--no_chat", "--no-chat", action="store_true")
+  sp.add_argument("--no_chat", "--no-chat", action="store_true", help="skip the chat answers")
   sp.add_argument("--no_mc", "--no-mc", action="store_true", help="skip the lm-eval tasks")
-  sp.add_argument("--chat_tokens", type=int, default=128)
-  sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  sp.add_argument("--batch_size", type=int, default=8)
-  sp.add_argument("--lm_eval_batch_size", type=int, default=32)
+  sp.add_argument("--chat_tokens", type=int, default=128, help="new tokens per chat answer")
+  sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                  help="compute dtype of every model")
+  sp.add_argument("--batch_size", type=int, default=8, help="windows per forward pass")
+  sp.add_argument("--lm_eval_batch_size", type=int, default=32, help="lm-eval's --batch_size")
   sp.add_argument("--run_config", default=None, help="a run's config.json for the in-domain rows "
                   "(default: the one recorded next to the first checkpoint)")
-  sp.add_argument("--cache_dir", default=None)
+  sp.add_argument("--cache_dir", default=None,
+                  help="where the sources are cached (default: $ZEBRA_JAX_CACHE, ~/.cache/zebra_jax)")
   sp.add_argument("--json", default=None, help="also write the results here")
   sp.set_defaults(fn=cmd_suite)
+  # lm-eval is not an argparse sub-command (its arguments go to lm-eval's own parser): listed here
+  p.epilog = ("lm-eval: everything after `lm-eval` goes to lm-eval's own command line, with the\n"
+              "zebra_jax model registered (`python scripts/evaluate.py lm-eval --help` lists its options):\n"
+              "  python scripts/evaluate.py lm-eval --model zebra_jax --model_args checkpoint=CKPT \\\n"
+              "      --tasks TASKS")
+  with_help_formatter(p)
 
   args = p.parse_args(argv)
   args.fn(args)

@@ -1,4 +1,4 @@
-"""Export a zebra-jax model (or any checkpoint `from_pretrained` reads) to a PyTorch / HF directory.
+r"""Export a zebra-jax model (or any checkpoint `from_pretrained` reads) to a PyTorch / HF directory.
 
     python scripts/export.py --checkpoint <saved dir | HF dir | .gguf | hybrid dir | smollm2> \
         --out DIR [--format hf|mambainllama|zebra_reference] [--dtype bfloat16] [--tokenizer TOK] \
@@ -19,7 +19,6 @@ See docs/export.md.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -28,23 +27,24 @@ try:
 except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zebra_jax.cli import exit_code, script_errors  # noqa: E402
+from zebra_jax.cli import argument_parser, exit_code, script_errors  # noqa: E402
 
 
 @script_errors()
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argument_parser(__doc__)
   p.add_argument("--checkpoint", required=True,
                  help="a save_model directory, HF directory, .gguf file or exported hybrid directory")
   p.add_argument("--out", required=True, help="directory to write")
-  p.add_argument("--format", default="hf", choices=("hf", "mambainllama", "zebra_reference"))
+  p.add_argument("--format", default="hf", choices=("hf", "mambainllama", "zebra_reference"),
+                 help="directory layout (docs/export.md)")
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                  help="stored dtype (default: the model's parameter dtype: as saved for a "
                       "zebra-jax checkpoint, float32 for other sources)")
   p.add_argument("--tokenizer", default=None,
                  help="tokenizer to include: an HF tokenizer directory, a .gguf, smollm2 or byte "
                       "(default: the checkpoint's own)")
-  p.add_argument("--max-shard-size", default="5GB")
+  p.add_argument("--max-shard-size", default="5GB", help="split the weights into files of at most this")
   p.add_argument("--base-model", default=None,
                  help="mambainllama / zebra_reference: _name_or_path of the base Llama")
   p.add_argument("--weights", default="safetensors", choices=("safetensors", "pytorch_model.bin"),

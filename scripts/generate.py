@@ -1,4 +1,4 @@
-"""Generate text with a zebra-jax model (Llama teacher or MLA / Mamba2 hybrid), streaming to stdout.
+r"""Generate text with a zebra-jax model (Llama teacher or MLA / Mamba2 hybrid), streaming to stdout.
 
     python scripts/generate.py --checkpoint smollm2 --prompt "What is the capital of France?" --chat
     python scripts/generate.py --checkpoint path/to/hf_dir_or.gguf --prompt "Once upon a time" \
@@ -24,7 +24,6 @@ device count; one size may be -1): tensor splits heads, data x fsdp split the ba
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -34,7 +33,7 @@ try:
 except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zebra_jax.cli import script_errors  # noqa: E402
+from zebra_jax.cli import argument_parser, script_errors  # noqa: E402
 
 
 def _stop_tokens(tokenizer, config, checkpoint: str) -> tuple[int, ...]:
@@ -63,7 +62,7 @@ def _decode(tokenizer, ids) -> str:
 
 @script_errors()
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argument_parser(__doc__)
   p.add_argument("--checkpoint", required=True,
                  help="saved model dir, HF dir, exported hybrid dir, .gguf or smollm2")
   p.add_argument("--tokenizer", default=None,
@@ -72,16 +71,18 @@ def main(argv=None) -> int:
                  help="repeat for a batch of prompts (then printed at the end, not streamed)")
   p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
   p.add_argument("--system", default=None, help="optional system message (with --chat)")
-  p.add_argument("--max-new-tokens", type=int, default=128)
+  p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt")
   p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-  p.add_argument("--top-k", type=int, default=None)
-  p.add_argument("--top-p", type=float, default=None)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+  p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
+  p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+  p.add_argument("--seed", type=int, default=0, help="seed of the sampling stream")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                 help="compute dtype")
   p.add_argument("--stream-every", type=int, default=8, help="decode steps per streamed chunk")
-  p.add_argument("--prefill-chunk", type=int, default=512)
+  p.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens per prefill call")
   p.add_argument("--draft", default=None, help="draft checkpoint for speculative decoding")
-  p.add_argument("--num-draft-tokens", type=int, default=4)
+  p.add_argument("--num-draft-tokens", type=int, default=4,
+                 help="draft tokens proposed per speculative round")
   p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
                  help="shard the model and cache over local devices, e.g. 1,1,2 (default: one "
                  "device)")

@@ -1,4 +1,4 @@
-"""Compose a hybrid from a pretrained Llama: SVD-initialised MLA + attention-initialised Mamba2.
+r"""Compose a hybrid from a pretrained Llama: SVD-initialised MLA + attention-initialised Mamba2.
 
   python scripts/init_hybrid.py --teacher smollm2 --output workdir/smollm2_zebra_init
   python scripts/init_hybrid.py --teacher /path/to/Llama-3.2-1B-Instruct --mla-layers 0,5,10,14 \
@@ -13,7 +13,6 @@ tokenizer files, generation_config.json and provenance.json next to the weights.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zebra_jax.cli import script_errors  # noqa: E402
+from zebra_jax.cli import argument_parser, script_errors  # noqa: E402
 
 PROMPTS = [
     "The capital of France is Paris. The capital of Germany is",
@@ -76,17 +75,20 @@ def teacher_agreement(teacher, student, tokenizer, prompts=PROMPTS):
 
 @script_errors()
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argument_parser(__doc__)
   ap.add_argument("--teacher", default="smollm2", help="teacher path, or 'smollm2' (default)")
   ap.add_argument("--preset", default=None,
                   help="a HybridConfig preset from zebra_jax.presets (overrides the fields below)")
   ap.add_argument("--mla-layers", default=None, help="comma-separated MLA layer indices")
   ap.add_argument("--attn-layers", default="", help="comma-separated layers kept as GQA attention")
-  ap.add_argument("--kv-lora-rank", type=int, default=None)
-  ap.add_argument("--q-lora-rank", type=int, default=None)
+  ap.add_argument("--kv-lora-rank", type=int, default=None,
+                  help="MLA latent (cached) rank (default: the preset's, else HybridConfig's)")
+  ap.add_argument("--q-lora-rank", type=int, default=None,
+                  help="MLA query rank (default: the preset's, else HybridConfig's)")
   ap.add_argument("--kv-energy-ratio", type=float, default=None, help="X-EcoMLA dynamic kv rank")
   ap.add_argument("--q-energy-ratio", type=float, default=None, help="X-EcoMLA dynamic q rank")
-  ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                  help="parameter dtype of the saved hybrid")
   ap.add_argument("--output", required=True, help="directory for the Orbax checkpoint")
   ap.add_argument("--overwrite", action="store_true",
                   help="replace an earlier saved model in --output (never other files)")

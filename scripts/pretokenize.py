@@ -1,4 +1,4 @@
-"""Tokenise a corpus into ArrayRecord shards of token ids, for zebra_jax.data.ArrayRecordSource.
+r"""Tokenise a corpus into ArrayRecord shards of token ids, for zebra_jax.data.ArrayRecordSource.
 
   python scripts/pretokenize.py --input corpus.jsonl [more.jsonl docs/ ...] --tokenizer PATH_OR_byte \
     --output out_dir [--num-shards 8] [--paragraphs]
@@ -15,7 +15,6 @@ a directory with metadata.json is complete.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,19 +24,19 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zebra_jax.cli import ScriptError, script_errors  # noqa: E402
+from zebra_jax.cli import ScriptError, argument_parser, script_errors  # noqa: E402
 from zebra_jax.data import sources, tokenize  # noqa: E402
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = argument_parser(__doc__)
   p.add_argument("--input", nargs="+", required=True, help="corpus files/directories, 'default' or 'hf:NAME'")
   p.add_argument("--tokenizer", required=True, help="HF tokenizer dir/name, .gguf file, or 'byte'")
   p.add_argument("--output", required=True, help="output directory (created; must not hold shards already)")
-  p.add_argument("--num-shards", type=int, default=1)
+  p.add_argument("--num-shards", type=int, default=1, help="ArrayRecord files to spread the documents over")
   p.add_argument("--paragraphs", action="store_true", help="text files: one document per blank-line paragraph")
   p.add_argument("--prefix", default="data", help="shard file name prefix")
-  p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
   return p.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""Distil at several MLA budgets with ablations, then evaluate every student next to the teacher.
+r"""Distil at several MLA budgets with ablations, then evaluate every student next to the teacher.
 
   python scripts/report.py --config configs/smollm2_135m.py --root workdir/smollm2_report \
       --budgets 9,4 --contexts 32768 --doc docs/results.md
@@ -37,7 +37,7 @@ except ImportError:
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from zebra_jax.cli import parse_absl_flags, script_errors  # noqa: E402
+from zebra_jax.cli import HELP_ARGS, absl_help, parse_absl_flags, script_errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "python config file with get_config()",
                                           lock_config=False)
@@ -195,4 +195,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  if any(a in HELP_ARGS for a in sys.argv[1:]):
+    absl_help(__doc__)
   app.run(main, flags_parser=parse_absl_flags)

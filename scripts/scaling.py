@@ -1,4 +1,4 @@
-"""Multi-device scaling of one training stage: tokens/s, MFU and loss on 1, 2, 4, ... local devices.
+r"""Multi-device scaling of one training stage: tokens/s, MFU and loss on 1, 2, 4, ... local devices.
 
     python scripts/scaling.py --config configs/smollm2_135m.py --devices 1,2 --stage ild_mla \
         --steps 30
@@ -31,7 +31,6 @@ Platforms: gpu (CUDA) and cpu; a TPU slice cannot be split by environment variab
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
 import json
@@ -48,7 +47,7 @@ try:
 except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, ROOT)
 
-from zebra_jax.cli import ScriptError, script_errors  # noqa: E402  (imports nothing heavy)
+from zebra_jax.cli import ScriptError, argument_parser, script_errors  # noqa: E402  (imports nothing heavy)
 
 DISTILL = os.path.join(ROOT, "scripts", "distill.py")
 TRAINING = {"ild_mla": "ild", "ild_mamba": "ild", "kd": "kd", "dpo": "dpo", "stepwise": "stepwise"}
@@ -217,9 +216,7 @@ def _link_prep(prep: str, workdir: str, stages) -> None:
 
 @script_errors()
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="\n".join(__doc__.splitlines()[1:]))
+  p = argument_parser(__doc__)
   p.add_argument("--config", required=True, help="config file[:arg], as for scripts/distill.py")
   p.add_argument("--stage", required=True, help="the training stage to measure, e.g. ild_mla")
   p.add_argument("--devices", default="1,2", help="device counts, e.g. 1,2,4,8")
@@ -228,7 +225,8 @@ def main(argv=None) -> int:
                  help="metric rows every this many steps (default steps/6, at least 1)")
   p.add_argument("--mesh", default="-1,1,1",
                  help="data,fsdp,tensor template, one size may be -1 (then write --mesh=-1,1,2)")
-  p.add_argument("--platform", default="auto", choices=("auto", "gpu", "cpu"))
+  p.add_argument("--platform", default="auto", choices=("auto", "gpu", "cpu"),
+                 help="where to run (auto: the GPUs when present)")
   p.add_argument("--workdir", default=None, help="default workdir/scaling_<name>_<stage>")
   p.add_argument("--append", default=None, metavar="FILE", help="append the table as a section")
   p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")

@@ -19,6 +19,7 @@ never imported cannot have been raised), so importing this module imports nothin
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -55,6 +56,41 @@ _STOPS = (
     ("zebra_jax.train.trainer", "NonFiniteLossError", EXIT_NON_FINITE),
     ("zebra_jax.train.checkpoint", "DiskFull", EXIT_DISK_FULL),
 )
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+  """Every option's default in its help (unless None / False, or the help already says it), and
+  descriptions / epilogs kept as written (their example commands paste as they are)."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if action.default in (None, False) or "default" in text.lower():
+      return text
+    return super()._get_help_string(action)
+
+
+def argument_parser(description: str, **kwargs) -> argparse.ArgumentParser:
+  """The scripts' argparse parser: defaults shown (`HelpFormatter`)."""
+  return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, **kwargs)
+
+
+def with_help_formatter(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+  """Gives every sub-command parser of `parser` the same formatter (argparse does not pass it on)."""
+  for action in parser._actions:  # argparse has no public accessor for the sub-parsers
+    if isinstance(action, argparse._SubParsersAction):
+      for sp in action.choices.values():
+        sp.formatter_class = HelpFormatter
+  return parser
+
+
+HELP_ARGS = ("-h", "-?", "--help", "--helpshort", "-help")
+
+
+def absl_help(doc: str) -> None:
+  """--help of an absl script: its docstring and its own flags, exit 0 (absl's own exits 1)."""
+  from absl import flags
+  print(doc.strip() + "\n\nflags:\n" + flags.FLAGS.main_module_help())
+  sys.exit(0)
 
 
 def debug() -> bool:

