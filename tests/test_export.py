@@ -706,3 +706,17 @@ def test_export_script(mixed, tmp_path):
   hdr = read_safetensors_header(os.path.join(dst, "model.safetensors"))[0]
   assert hdr["model.layers.0.mla.q_a_proj.weight"]["dtype"] == "BF16"
   assert os.path.exists(os.path.join(dst, "modeling_zebra.py"))
+
+
+def test_an_exported_hybrids_tokenizer_loads_without_a_prompt_or_warning(tmp_path):
+  """Issue 17 item 5 / docs/export.md: the two documented ways to load a hybrid's tokenizer."""
+  import warnings
+
+  model = scaled_model(mixed_config())
+  out = export_pretrained(model, tmp_path / "hybrid", tokenizer=word_tokenizer())
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # any warning fails the test
+    plain = transformers.PreTrainedTokenizerFast.from_pretrained(out)
+    auto = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+  assert plain.convert_tokens_to_ids("w7") == auto.convert_tokens_to_ids("w7") == 7
+  assert auto("w3 w5")["input_ids"] == [3, 5]
