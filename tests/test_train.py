@@ -548,3 +548,33 @@ def test_per_group_learning_rates_scale_each_groups_adam_step(tmp_path):
       assert not np.array_equal(plain[name], before[name])
     else:  # the other groups train as without scales, up to the embeddings' effect on the loss
       assert not np.array_equal(scaled[name], before[name]), name
+
+
+def test_the_progress_bar_starts_after_the_compiled_first_step_fresh_or_resumed(tmp_path,
+                                                                                  monkeypatch):
+  """Issue 17 item 5: the bar's clock (rate, ETA) starts once the first step of this process is
+  dispatched, so the compile is not counted; a resumed stage starts it at the restored step + 1."""
+  import tqdm.auto
+
+  bars = []
+
+  class Recorder:
+    def __init__(self, total, initial, **kw):
+      self.total, self.initial, self.updates = total, initial, 0
+      bars.append(self)
+
+    def update(self, n):
+      self.updates += n
+
+    def set_postfix(self, *a, **k):
+      pass
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+  run(tmp_path, "bar", model(), spec(steps=4, checkpoint_every=2, progress=True), Batches(4))
+  assert [(b.total, b.initial, b.updates) for b in bars] == [(4, 1, 3)]
+  # resumed from its step-4 checkpoint with more steps: the bar opens at step 5, counts the rest
+  run(tmp_path, "bar", model(), spec(steps=6, checkpoint_every=2, progress=True), Batches(4))
+  assert [(b.total, b.initial, b.updates) for b in bars[1:]] == [(6, 5, 1)]

@@ -316,10 +316,9 @@ class StageTrainer:
     except ValueError:  # not the main thread: no preemption handling
       pass
 
-    bar = None
-    if spec.progress and is_writer():
-      from tqdm.auto import tqdm
-      bar = tqdm(total=spec.steps, initial=start, desc=self.name, dynamic_ncols=True)
+    # The bar starts after the first step is dispatched (its compile done), so its rate and ETA
+    # count training steps only, fresh or resumed.
+    bar, show_bar = None, spec.progress and is_writer()
     pending: list[tuple[int, dict]] = []
     t_last, steps_since = time.perf_counter(), 0
 
@@ -372,6 +371,9 @@ class StageTrainer:
         pending.append((step, metrics))
         if bar is not None:
           bar.update(1)
+        elif show_bar:
+          from tqdm.auto import tqdm
+          bar = tqdm(total=spec.steps, initial=step, desc=self.name, dynamic_ncols=True)
         stop = preempted["flag"]  # read once: the signal may land anywhere in this iteration
         at_ckpt = step % spec.checkpoint_every == 0 or step == spec.steps or stop
         at_log = step % spec.log_every == 0 or step == spec.steps
