@@ -1,4 +1,5 @@
-"""Helpers shared by the tests that run scripts/distill.py as subprocesses or load config files."""
+"""Helpers shared by the tests that run scripts/distill.py as subprocesses or load scripts and config
+files."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ import subprocess
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(name: str):
+  """scripts/<name>.py as a module (its `main(argv)` runs in this process; each call loads it anew)."""
+  spec = importlib.util.spec_from_file_location(f"_script_{name}",
+                                                os.path.join(ROOT, "scripts", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
 
 
 def load_config_file(name: str, arg: str | None = None):

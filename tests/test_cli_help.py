@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from _runs import ROOT
+from _runs import ROOT, load_script
 
 from zebra_jax.distill.config import base_config
 
@@ -54,17 +54,13 @@ def _parsers_of(name, argv, monkeypatch):
   """The argparse parser(s) a script's main builds (parsing is stopped before anything runs),
   with their sub-command parsers."""
   import argparse
-  import importlib.util
 
   def stop(self, *a, **k):
     raise _Parsed(self)
 
   monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
   monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", stop)
-  spec = importlib.util.spec_from_file_location(f"{name}_help", os.path.join(ROOT, "scripts",
-                                                                             f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  mod = load_script(name)
   try:
     mod.main(argv)
   except _Parsed as e:

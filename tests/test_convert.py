@@ -22,6 +22,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
+from _runs import load_script
+
 from zebra_jax.config import ConfigError  # noqa: E402
 from zebra_jax.convert import CheckpointError, from_pretrained, load_model, save_model  # noqa: E402
 
@@ -415,15 +417,6 @@ def test_save_load_round_trip_and_refusals(tmp_path):
   assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]  # no temporary leftovers
 
 
-def _convert_script():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("convert_script",
-                                                os.path.join(REPO, "scripts", "convert.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def test_convert_never_writes_over_its_input_or_a_users_files(tmp_path, capsys):
   """Issue 18 item 1: `convert.py --input D --output D --overwrite` replaced the HF directory D
   (weights, and the user's own files) by an Orbax one and exited 0. An output that is an input,
@@ -447,7 +440,7 @@ def test_convert_never_writes_over_its_input_or_a_users_files(tmp_path, capsys):
            (gguf, gguf.parent, f"holds the input {gguf}{tail}"),
            (d, other, "holds files zebra-jax did not write (notes.txt); --overwrite replaces only "
             "an earlier output: move them or choose another directory")]
-  script = _convert_script()
+  script = load_script("convert")
   capsys.readouterr()  # save_pretrained's progress bar
   for src, out, how in cases:
     with pytest.raises(SystemExit) as e:

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from _runs import metrics_rows, signal_at_step
+from _runs import load_script, metrics_rows, signal_at_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILL = os.path.join(ROOT, "scripts", "distill.py")
@@ -189,15 +189,6 @@ def test_summary_reports_cache_params_tokens_and_time(tiny_run):
 MODEL_STAGES = ("teacher", "ild_mla", "ild_mamba", "assemble", "kd", "dpo")
 
 
-def _script(name):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(f"{name}_script",
-                                                os.path.join(ROOT, "scripts", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def test_every_model_carries_its_tokenizer_generation_config_and_provenance(tiny_run, tmp_path,
                                                                             capsys):
   """Each stage's model holds HF tokenizer files that plain transformers loads (the byte tokenizer
@@ -228,14 +219,14 @@ def test_every_model_carries_its_tokenizer_generation_config_and_provenance(tiny
 
   final = str(workdir / "dpo" / "model")
   capsys.readouterr()
-  assert _script("generate").main(["--checkpoint", final, "--prompt", "The", "--max-new-tokens",
+  assert load_script("generate").main(["--checkpoint", final, "--prompt", "The", "--max-new-tokens",
                                    "3"]) == 0
   (tmp_path / "doc.txt").write_text(text * 3)
-  assert _script("evaluate").main(["perplexity", "--checkpoint", final, "--files",
+  assert load_script("evaluate").main(["perplexity", "--checkpoint", final, "--files",
                                    str(tmp_path / "doc.txt"), "--max-length", "32"]) == 0
   assert f"over {len(text.encode()) * 3} tokens" in capsys.readouterr().out
   out = tmp_path / "export"
-  assert _script("export").main(["--checkpoint", final, "--out", str(out)]) == 0
+  assert load_script("export").main(["--checkpoint", final, "--out", str(out)]) == 0
   assert Tokenizer.from_file(str(out / "tokenizer.json")).encode(text).ids == list(text.encode())
   assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 257
 

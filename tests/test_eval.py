@@ -22,6 +22,8 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from _runs import load_script
+
 from zebra_jax import presets  # noqa: E402
 from zebra_jax.config import HybridConfig, LlamaConfig  # noqa: E402
 from zebra_jax.eval import (format_kv_report, format_needle_grid, kv_cache_report,  # noqa: E402
@@ -298,21 +300,12 @@ def test_lm_eval_adapter_matches_lm_eval_hf_model(llama, lm_eval_setup):
   assert gen_ours == gen_ref and all("\n" not in g for g in gen_ours)
 
 
-def _evaluate_script():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("evaluate_script",
-                                                os.path.join(REPO, "scripts", "evaluate.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def test_lm_eval_command_line(llama, lm_eval_setup, tmp_path, capsys):
   """`lm_eval --model zebra_jax --model_args checkpoint=...` through `scripts/evaluate.py lm-eval`
   (lm-eval's own command line, run in-process to skip a second JAX start-up)."""
   _, include = lm_eval_setup
   _, out, _ = llama
-  _evaluate_script().main(["lm-eval", "--model", "zebra_jax", "--model_args", f"checkpoint={out}",
+  load_script("evaluate").main(["lm-eval", "--model", "zebra_jax", "--model_args", f"checkpoint={out}",
                            "--batch_size", "4", "--tasks", "zj_mc,zj_ppl", "--include_path",
                            include, "--output_path", str(tmp_path / "res")])
   printed = capsys.readouterr().out
@@ -326,7 +319,7 @@ def test_evaluate_script_kv_and_perplexity(llama, tmp_path, capsys):
   _, out, _ = llama
   p = tmp_path / "doc.txt"
   p.write_text(TEXT)
-  script = _evaluate_script()
+  script = load_script("evaluate")
   assert script.main(["kv", "--preset", "zebra_1b_8mla8m2"]) == 0
   assert "7.81% of the GQA teacher" in capsys.readouterr().out
   assert script.main(["perplexity", "--checkpoint", out, "--files", str(p), "--max-length", "64",

@@ -30,6 +30,8 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from _runs import load_script
+
 from zebra_jax.config import HybridConfig, LlamaConfig  # noqa: E402
 from zebra_jax.convert import CheckpointError, from_pretrained  # noqa: E402
 from zebra_jax.convert.hf import read_safetensors_header, safetensors_tensors  # noqa: E402
@@ -576,16 +578,6 @@ def test_export_refuses_overwrite_and_bad_format(mixed, tmp_path):
     export_pretrained(model, tmp_path / "z", format="onnx")
 
 
-def _export_script():
-  import importlib.util
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location("export_script",
-                                                os.path.join(repo, "scripts", "export.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def test_export_is_all_or_nothing_and_checks_the_tokenizer_first(mixed, tmp_path, capsys):
   """A bad tokenizer source fails before anything is written; an export that fails midway leaves
   the existing directory as it was; the CLI names its flags and refuses a checkpoint without a
@@ -607,7 +599,7 @@ def test_export_is_all_or_nothing_and_checks_the_tokenizer_first(mixed, tmp_path
   assert sorted(os.listdir(keep)) == ["config.json"] and (keep / "config.json").read_text() == "old"
   assert sorted(os.listdir(tmp_path)) == ["keep"]  # no temporary directory left behind
 
-  script = _export_script()
+  script = load_script("export")
   with pytest.raises(SystemExit) as e:
     script.main(["--checkpoint", out, "--out", str(keep)])
   err = capsys.readouterr().err
@@ -632,7 +624,7 @@ def test_export_never_writes_over_its_input_or_a_users_files(mixed, tmp_path, ca
   save_model(model, d, tokenizer=ByteTokenizer())
   (d / "notes.txt").write_text("mine")
   before = sorted(os.listdir(d))
-  script = _export_script()
+  script = load_script("export")
   for out, how in ((d, "is the input itself"), (d / "sub", f"is inside the input {d}"),
                    (tmp_path, f"holds the input {d}")):
     with pytest.raises(SystemExit) as e:
@@ -680,7 +672,7 @@ def test_one_resolver_for_every_checkpoint_kind(mixed, tmp_path, monkeypatch, ca
       from_pretrained(bad)
     assert all(k in str(e.value) for k in kinds), str(e.value)
   with pytest.raises(SystemExit) as e:
-    _export_script().main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    load_script("export").main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
   err = capsys.readouterr().err
   assert e.value.code == 2
   assert all(k in err for k in kinds) and "Traceback" not in err

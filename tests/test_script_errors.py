@@ -5,7 +5,6 @@ in this process (one subprocess: absl parses distill.py's flags before `main`)."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -14,7 +13,7 @@ import sys
 
 import pytest
 
-from _runs import ROOT, load_config_file
+from _runs import ROOT, load_config_file, load_script
 
 from zebra_jax.cli import EXIT_ERROR, ScriptError, script_errors
 from zebra_jax.config import LlamaConfig
@@ -23,14 +22,6 @@ SCRIPTS = ("bench", "convert", "distill", "evaluate", "export", "generate", "ini
            "pretokenize", "report", "scaling")
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2)
-
-
-def _script(name):
-  spec = importlib.util.spec_from_file_location(f"{name}_script",
-                                                os.path.join(ROOT, "scripts", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 def _fails(capsys, main, argv) -> str:
@@ -61,7 +52,7 @@ def test_a_bad_hf_config_is_one_line_naming_the_file_and_field(tmp_path, capsys,
   d = tmp_path / "hf"
   d.mkdir()
   (d / "config.json").write_text(json.dumps(config))
-  line = _fails(capsys, _script("convert").main, ["--input", str(d), "--output",
+  line = _fails(capsys, load_script("convert").main, ["--input", str(d), "--output",
                                                   str(tmp_path / "out")])
   assert line == f"error: {d}/{needle}" + (" (a Llama config needs them)" if "missing" in needle
                                             else "")
@@ -73,7 +64,7 @@ def test_a_saved_directory_without_params_says_so(tmp_path, capsys):
   d = tmp_path / "saved"
   d.mkdir()
   (d / "config.json").write_text(LlamaConfig(**TINY).to_json())
-  line = _fails(capsys, _script("generate").main, ["--checkpoint", str(d), "--prompt", "hi",
+  line = _fails(capsys, load_script("generate").main, ["--checkpoint", str(d), "--prompt", "hi",
                                                    "--tokenizer", "byte"])
   assert line == (f"error: {d}: a save_model directory without its parameter checkpoint params/ "
                   "(the save did not finish, or params/ was moved)")
@@ -83,7 +74,7 @@ def test_a_binary_data_file_is_named(tmp_path, capsys):
   """A binary file given as text was a UnicodeDecodeError naming no file."""
   data = tmp_path / "corpus.txt"
   data.write_bytes(bytes([0xF8, 0x00, 0x9C]) + os.urandom(256))
-  line = _fails(capsys, _script("pretokenize").main, ["--input", str(data), "--tokenizer", "byte",
+  line = _fails(capsys, load_script("pretokenize").main, ["--input", str(data), "--tokenizer", "byte",
                                                       "--output", str(tmp_path / "shards")])
   assert line.startswith(f"error: {data}: not UTF-8 text (byte 0xf8 at offset 0)")
 

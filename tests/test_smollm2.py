@@ -18,6 +18,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
+from _runs import load_script
+
 from zebra_jax.convert import from_pretrained  # noqa: E402
 from zebra_jax.convert.model_files import provenance  # noqa: E402
 
@@ -132,11 +134,7 @@ def test_gguf_tokenizer_is_saved_and_exported_as_hf_files(smollm2_gguf, smollm2_
     assert json.load(f) == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
 
   # export.py: a checkpoint without tokenizer files, the tokenizer from the GGUF.
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "export_script", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "export.py"))
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = load_script("export")
   bare = save_model(model, tmp_path / "bare")
   assert not os.path.exists(os.path.join(bare, "tokenizer.json"))
   assert script.main(["--checkpoint", bare, "--out", str(tmp_path / "out"), "--tokenizer",
@@ -146,11 +144,6 @@ def test_gguf_tokenizer_is_saved_and_exported_as_hf_files(smollm2_gguf, smollm2_
 
 def test_evaluate_reads_the_named_checkpoint(smollm2_gguf, capsys):
   """`smollm2` works in every script; here evaluate.py kv (config from the GGUF metadata alone)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "evaluate_script", os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts",
-                                      "evaluate.py"))
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = load_script("evaluate")
   assert script.main(["kv", "--checkpoint", "smollm2", "--seq-lens", "2048"]) == 0
   assert "100.00% of the GQA teacher" in capsys.readouterr().out
