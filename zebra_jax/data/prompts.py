@@ -51,18 +51,21 @@ def decode_text(tokenizer, ids, keep_special: bool = False) -> str:
     return tokenizer.decode(ids)
 
 
-def _as_list(spec) -> list:
+def source_specs(cfg) -> list:
+  """data.source as a list (one source or several)."""
+  spec = cfg.data.source
   return list(spec) if isinstance(spec, (list, tuple)) else [spec]
 
 
 def real_sources(cfg):
   """data.source without the teacher-samples token (what prompts are cut from, what the held-out
   split of the report reads)."""
-  specs = [s for s in _as_list(cfg.data.source) if s != SAMPLES_TOKEN]
+  specs = [s for s in source_specs(cfg) if s != SAMPLES_TOKEN]
   if not specs:
     raise ValueError(f"data.source={cfg.data.source!r} has no real source to take prompts from "
                      f"(only {SAMPLES_TOKEN!r})")
   return specs[0] if len(specs) == 1 else specs
 
 
-__all__ = ["REPORT_PROMPTS", "CHAT_PROMPTS", "prompt_ids", "decode_text", "real_sources"]
+__all__ = ["REPORT_PROMPTS", "CHAT_PROMPTS", "prompt_ids", "decode_text", "source_specs",
+           "real_sources"]

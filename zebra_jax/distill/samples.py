@@ -35,7 +35,8 @@ import time
 import numpy as np
 
 from zebra_jax._io import atomic_write
-from zebra_jax.data.prompts import CHAT_PROMPTS, REPORT_PROMPTS, decode_text, prompt_ids, real_sources
+from zebra_jax.data.prompts import (CHAT_PROMPTS, REPORT_PROMPTS, decode_text, prompt_ids,
+                                    real_sources, source_specs)
 from zebra_jax.data.registry import SAMPLES_TOKEN
 
 ARTIFACT = os.path.join("samples", "teacher_samples.jsonl")
@@ -56,7 +57,7 @@ def _cache_len(prompts, max_new_tokens: int) -> int:
 
 def resolve_source(cfg, workdir: str):
   """data.source with "teacher_samples" replaced by the samples stage's artifact."""
-  specs = list(cfg.data.source) if isinstance(cfg.data.source, (list, tuple)) else [cfg.data.source]
+  specs = source_specs(cfg)
   if SAMPLES_TOKEN not in specs:
     return cfg.data.source
   path = os.path.join(workdir, ARTIFACT)
