@@ -180,6 +180,24 @@ def _resume_docs(aligned: bool):
   return [words(rng.integers(5, VOCAB, size=int(n))) for n in rng.integers(1, 30, size=23)]
 
 
+def test_close_stops_the_prefetch_thread(tok):
+  """A prefetching iterator runs a thread; close() (what each training stage calls when it ends)
+  stops it, so no thread outlives its stage or is torn down at interpreter exit."""
+  import threading
+
+  before = set(threading.enumerate())
+  it = make_iterator(ListSource(_resume_docs(True)), tok, seq_len=8, global_batch=2, seed=11,
+                     prefetch=2, **common())
+  next(it)
+  started = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+  assert started, "prefetch=2 should read ahead in a background thread"
+  it.close()
+  for t in started:
+    t.join(timeout=10)
+  assert not any(t.is_alive() for t in started)
+  it.close()  # idempotent
+
+
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("k,prefetch", [(0, 0), (1, 0), (5, 0), (13, 0), (6, 3)])
 def test_resume_continues_exactly(tok, tmp_path, aligned, k, prefetch):

@@ -90,6 +90,7 @@ def test_settings_no_finished_stage_read_may_change(tmp_path):
   c.kd.lr = 5e-4                 # kd has not started
   c.model.n_mla = 3              # the placement: read by select / assemble, not by the ILD students
   c.train.log_every = 1          # bookkeeping
+  c.train.prefetch = 0           # bookkeeping too: read ahead or not, the same batches
   with open(os.path.join(wd, "config.json")) as f:
     old = json.load(f)
   fields = workdir_lib.changed_fields(old, json.loads(c.to_json()))

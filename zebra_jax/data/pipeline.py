@@ -207,6 +207,13 @@ class PipelineIterator(grain.DatasetIterator):
   def __next__(self) -> dict[str, np.ndarray]:
     return next(self._parent)
 
+  def close(self) -> None:
+    """Stops a prefetch thread (idempotent); the trainer's stages call it when a stage ends, so no
+    thread outlives its stage or is torn down at interpreter exit."""
+    close = getattr(self._parent, "close", None)
+    if close is not None:
+      close()
+
   def get_state(self) -> dict[str, Any]:
     return {
       "version": STATE_VERSION,

@@ -96,7 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       dtype="bfloat16", param_dtype="float32", warmup_frac=0.01, weight_decay=0.0,
       grad_clip=1.0, log_every=10, checkpoint_every=200, keep_last=2, async_checkpoint=True,
-      keep_checkpoints=False, remat=False, impl="auto", eval_batches=4))
+      keep_checkpoints=False, remat=False, impl="auto", eval_batches=4,
+      # batches tokenised and packed ahead in a background thread (0: in the step loop)
+      prefetch=2))
   c.ild = _stage(1000, 2e-4, 96, loss="l2")
   c.select = ml_collections.ConfigDict(dict(method="smart", calib_batches=4, batch_size=8))
   c.samples = ml_collections.ConfigDict(dict(

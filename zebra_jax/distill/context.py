@@ -238,6 +238,8 @@ class RunContext:
     d = self.cfg.data
     source = self.data_source()  # data.mix / data.source, "teacher_samples" -> the samples artifact
     kwargs.setdefault("num_shards", d.get("num_shards", 0) or None)  # 0: one shard per process
+    if purpose != "calibration":  # training: the next batches are prepared while the device runs
+      kwargs.setdefault("prefetch", int(self.cfg.train.get("prefetch", 0) or 0))
     return make_iterator(source, self.tokenizer(), seq_len=d.seq_len, global_batch=batch_size,
                          split=split, heldout_fraction=d.heldout_fraction,
                          part=self.data_part(purpose, split), ild_fraction=d.ild_fraction,

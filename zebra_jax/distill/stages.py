@@ -14,6 +14,7 @@ writes one artifact (a saved model or a JSON file); the pipeline skips a stage w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -140,7 +141,8 @@ def run_ild(ctx: RunContext, mixer: str) -> None:
       spec=spec, mesh=ctx.mesh, teachers={"teacher": teacher}, trainable=_not_embedding,
       flops_per_token=ctx.flops_per_token(student.config, teacher.config, heads=False))
   ctx.data_budget(stage, "ild", spec)
-  trainer.run(ctx.batches("ild", spec.batch_size))
+  with contextlib.closing(ctx.batches("ild", spec.batch_size)) as data:
+    trainer.run(data)
   ctx.save(student, artifact(ctx, stage), stage)
 
 
@@ -295,7 +297,8 @@ def run_kd(ctx: RunContext, stage: str = "kd") -> None:
       flops_per_token=ctx.flops_per_token(student.config, teacher.config),
       lr_scale=group_lr_scale(k.get("lr_scale", None)))
   ctx.data_budget(stage, "kd", spec)
-  trainer.run(ctx.batches("kd", spec.batch_size))
+  with contextlib.closing(ctx.batches("kd", spec.batch_size)) as data:
+    trainer.run(data)
   ctx.save(student, artifact(ctx, stage), stage)
 
 
@@ -366,7 +369,8 @@ def run_stepwise(ctx: RunContext) -> None:
         loss_fn=kd_loss_fn(s.kl_weight, s.ce_weight, 1.0), spec=spec, mesh=ctx.mesh,
         teachers={"teacher": teacher}, trainable=trainable,
         flops_per_token=ctx.flops_per_token(student.config, teacher.config))
-    trainer.run(ctx.batches(f"stepwise_{phase}", spec.batch_size))
+    with contextlib.closing(ctx.batches(f"stepwise_{phase}", spec.batch_size)) as data:
+      trainer.run(data)
     ctx.save(student, artifact(ctx, stage), stage)
     previous = student
   ctx.save(previous, artifact(ctx, "stepwise"), "stepwise")

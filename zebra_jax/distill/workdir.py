@@ -40,7 +40,7 @@ STAGE_SECTIONS = {
 # fields that change how a run is run or logged, never what it computes
 BOOKKEEPING = ("name", "workdir", "stages", "mesh", "accept_config_changes", "train.log_every",
                "train.checkpoint_every", "train.keep_last", "train.async_checkpoint",
-               "train.eval_batches", "train.keep_checkpoints")
+               "train.eval_batches", "train.keep_checkpoints", "train.prefetch")
 
 
 class WorkdirBusy(RuntimeError):
