@@ -129,6 +129,27 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, capsys):
   assert capsys.readouterr().err == f"error: {missing}: No such file or directory\n"
 
 
+def test_a_value_our_check_refuses_is_one_line_a_deeper_error_keeps_its_traceback(capsys):
+  """A ValueError from a `raise` in zebra_jax (an input check: here SamplingConfig's) was a
+  traceback; now one line and exit 2. One raised deeper (jax's broadcasting inside a zebra_jax
+  function, numpy's reshape) is still a traceback: it may be a bug."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  from zebra_jax.infer.sampling import SamplingConfig
+  from zebra_jax.models import rope
+
+  with pytest.raises(SystemExit) as e, script_errors():
+    SamplingConfig(0.7, top_k=-1)
+  assert e.value.code == EXIT_ERROR
+  assert capsys.readouterr().err == "error: top_k must be a non-negative int or None, got -1\n"
+  with pytest.raises(TypeError), script_errors():
+    rope.apply_rope_half(jnp.zeros((1, 4, 2, 8)), jnp.zeros((1, 5, 4)), jnp.zeros((1, 5, 4)))
+  with pytest.raises(ValueError), script_errors():
+    np.zeros(3).reshape(2)
+  assert capsys.readouterr().err == ""
+
+
 def test_every_script_uses_the_shared_helper():
   """One helper, no per-script copies: each script's main is wrapped in script_errors (the absl
   ones also parse their flags with parse_absl_flags)."""

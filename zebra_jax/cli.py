@@ -5,12 +5,14 @@
 
 | exit | when | stderr |
 | ---: | --- | --- |
-| 2 | a config, path, checkpoint, data, asset or workdir problem (the project's own error types, a file that is missing / in the way / not readable, a bad flag) | `error: ...`, one line naming the file, field or flag |
+| 2 | a config, path, checkpoint, data, asset or workdir problem (the project's own error types, a file that is missing / in the way / not readable, a bad flag, a ValueError / TypeError raised by a check in zebra_jax or scripts/) | `error: ...`, one line naming the file, field or flag |
 | 3 | a non-finite loss (NonFiniteLossError) | its message |
 | 4 | the disk is full (DiskFull) | its message |
 | 143 | SIGTERM (Preempted) | its message |
 
-Anything else is a bug and keeps its traceback. `ZEBRA_JAX_DEBUG=1` in the environment prints the
+Anything else is a bug and keeps its traceback: a ValueError / TypeError counts as a checked input
+only when the statement that raised it is a `raise` in this project's code (so one from numpy, from
+jax, or from a bad `int(...)` in our code stays a traceback). `ZEBRA_JAX_DEBUG=1` in the environment prints the
 traceback of these errors too (same exit code).
 
 The error classes are looked up in the modules already imported (an error of a module that was
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import linecache
 import os
 import sys
 import traceback
@@ -102,6 +105,27 @@ def _cls(module: str, name: str):
   return getattr(m, name, None) if m is not None else None
 
 
+# where the project's own checks live: the package and the scripts beside it
+_OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
+                  + os.sep for d in ("zebra_jax", "scripts"))
+
+
+def raised_by_a_check(e: BaseException) -> bool:
+  """Whether `e` is a ValueError / TypeError that a `raise` statement of zebra_jax or scripts/
+  raised itself: an input check with a message for a person, not a failure deeper down."""
+  if type(e) not in (ValueError, TypeError):  # subclasses (e.g. jax's) are other things
+    return False
+  tb = e.__traceback__
+  if tb is None:
+    return False
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+  if not path.startswith(_OWN_DIRS):
+    return False
+  return linecache.getline(path, tb.tb_lineno).lstrip().startswith("raise ")
+
+
 def exit_code(e: BaseException) -> int | None:
   """The exit code of a script that stops on `e`, None for an error that is a bug."""
   for module, name, code in _STOPS:
@@ -109,7 +133,7 @@ def exit_code(e: BaseException) -> int | None:
     if cls is not None and isinstance(e, cls):
       return code
   user = tuple(c for c in (_cls(m, n) for m, n in _USER_ERRORS) if c is not None)
-  return EXIT_ERROR if isinstance(e, _OS_ERRORS + user) else None
+  return EXIT_ERROR if isinstance(e, _OS_ERRORS + user) or raised_by_a_check(e) else None
 
 
 def message(e: BaseException) -> str:
