@@ -29,6 +29,7 @@ import argparse
 import datetime
 import functools
 import json
+import shlex
 import time
 
 import jax
@@ -318,7 +319,7 @@ def main(argv=None) -> str:
   meta = {"size": args.size, "dtype": args.dtype, "steps": args.steps,
           "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
           "jax": jax.__version__, "date": datetime.date.today().isoformat(),
-          "argv": " ".join(argv or []),
+          "argv": shlex.join(argv or []),
           "mesh_note": "" if mesh is None else
           f" x {n_dev}, mesh data x fsdp x tensor = {'x'.join(map(str, mesh.devices.shape))}"}
   return write_report(markdown(results, meta), meta, results, json_path=args.json,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import time
 
 import jax
@@ -283,7 +284,7 @@ def main(argv=None) -> str:
   meta = {"target": "SmolLM2-135M-Instruct" if args.target == "smollm2" else args.target,
           "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
           "date": datetime.date.today().isoformat(), "jax": jax.__version__, "dtype": args.dtype,
-          "max_new": args.max_new, "n_prompts": len(bench_prompts), "argv": " ".join(argv or [])}
+          "max_new": args.max_new, "n_prompts": len(bench_prompts), "argv": shlex.join(argv or [])}
   from zebra_jax.infer.bench import write_report
   return write_report(markdown(record, meta), meta, record, json_path=args.json,
                       append_path=args.append)

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import datetime
 import platform
+import shlex
 import statistics
 import time
 
@@ -231,7 +232,7 @@ def main(argv=None) -> str:
   rows = run(a.stage, a.student, a.teacher if a.stage == "kd" else None, seq_len=a.seq_len,
              batch=a.batch, impls=impls, ce_weight=a.ce_weight, chunk=a.loss_chunk, iters=a.steps,
              remat=a.remat)
-  cmd = "python scripts/bench.py train " + " ".join(argv if argv is not None else [])
+  cmd = "python scripts/bench.py train " + shlex.join(argv if argv is not None else [])
   md = markdown(rows, cmd.strip())
   print(md)
   if a.append:
