@@ -7,7 +7,9 @@
   `flash_attention` (our TPU and GPU flash kernels, splash on TPU, cuDNN on GPU).
 
 Models never import kernels directly: they call `zebra_jax.ops`, which picks an implementation per
-backend and shape.
+backend and shape (one registry per op, `zebra_jax.ops.dispatch`). The public entries here
+(`ssd_scan`, `ssd_step`, `mla_decode`, `flash_attention`) are thin calls into it; the kernel modules
+themselves never import zebra_jax.
 """
 
 from kernels_pallas.ssd import (ssd_scan, ssd_scan_reference, ssd_sequential_reference, ssd_step,

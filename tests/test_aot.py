@@ -166,8 +166,8 @@ def test_pallas_kernels_compile_in_partitioned_step():
 
   impl="auto" only (not also "pallas"): when every kernel's `supports` accepts the call, as the
   assertions below show it does here, both impls dispatch to the same kernel functions
-  (`ops.attention.causal_attention`, `ops.ssd._resolve`), so "pallas" traced and compiled the
-  identical programs a second time."""
+  (`ops.attention.KERNELS.resolve`, `ops.ssd.SCAN_KERNELS.resolve`), so "pallas" traced and
+  compiled the identical programs a second time."""
   impl = "auto"
   cfg = _tiny(data=1, fsdp=2, tensor=2)
   cfg.teacher.overrides.update(head_dim=64)

@@ -158,9 +158,9 @@ def test_gpu_float32_auto_takes_the_next_kernel_and_cudnn_refuses():
   rng = np.random.default_rng(9)
   q, k, v, do = make(rng, 1, 33, 2, 1, 16, 8, jnp.float32)
   out = ops_attention.causal_attention(q, k, v, scale=0.2)
-  expect = ops_attention.auto_kernel("gpu", q, k, v)
+  expect = ops_attention.KERNELS.auto_impl("gpu", q, k, v)
   ref = (kernels_pallas.causal_attention_reference(q, k, v, scale=0.2) if expect == "reference"
-         else ops_attention._KERNELS[(expect, "gpu")].fn(q, k, v, scale=0.2))
+         else ops_attention.KERNELS.kernels[(expect, "gpu")].fn(q, k, v, scale=0.2))
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
   with pytest.raises(NotImplementedError, match="dtype"):
     ops_attention.causal_attention(q, k, v, scale=0.2, impl="cudnn")

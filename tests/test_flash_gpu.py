@@ -179,24 +179,25 @@ def test_supports_names_the_problem():
 
 
 def test_dispatch_table_registers_ours_and_cudnn_on_gpu():
-  assert ops_attention._KERNELS[("pallas", "gpu")].fn is flash_gpu.flash_attention_gpu
-  assert ops_attention._KERNELS[("cudnn", "gpu")].fn.__name__ == "cudnn_attention"
+  kernels = ops_attention.KERNELS
+  assert kernels.kernels[("pallas", "gpu")].fn is flash_gpu.flash_attention_gpu
+  assert kernels.kernels[("cudnn", "gpu")].fn.__name__ == "cudnn_attention"
   # "auto" on GPU only lists kernels verified on a GPU, each of them registered.
-  for name in ops_attention._AUTO["gpu"]:
-    assert "gpu" in ops_attention._VERIFIED.get(name, ())
-    assert (name, "gpu") in ops_attention._KERNELS
+  for name in kernels.auto["gpu"]:
+    assert "gpu" in kernels.verified.get(name, ())
+    assert (name, "gpu") in kernels.kernels
   bf = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   zebra = (bf(2, 2048, 32, 64), bf(2, 2048, 8, 64), bf(2, 2048, 8, 64))
-  assert ops_attention.auto_kernel("gpu", *zebra) == ops_attention._AUTO["gpu"][0]
+  assert kernels.auto_impl("gpu", *zebra) == kernels.auto["gpu"][0]
   # float32 is outside cuDNN: auto takes the next verified kernel in the order, else the reference.
   fp32 = (f32(1, 33, 2, 16), f32(1, 33, 1, 16), f32(1, 33, 1, 8))
-  expect = next((n for n in ops_attention._AUTO["gpu"]
-                 if ops_attention._KERNELS[(n, "gpu")].supports(*fp32) is None), "reference")
-  assert ops_attention.auto_kernel("gpu", *fp32) == expect == "pallas"
+  expect = next((n for n in kernels.auto["gpu"]
+                 if kernels.kernels[(n, "gpu")].supports(*fp32) is None), "reference")
+  assert kernels.auto_impl("gpu", *fp32) == expect == "pallas"
   odd = (bf(1, 1000, 6, 128), bf(1, 1000, 2, 128), bf(1, 1000, 2, 128))  # T % 64 != 0: not cuDNN
-  assert ops_attention.auto_kernel("gpu", *odd) == "pallas"
-  assert ops_attention.auto_kernel("cpu", *zebra) == "reference"
+  assert kernels.auto_impl("gpu", *odd) == "pallas"
+  assert kernels.auto_impl("cpu", *zebra) == "reference"
 
 
 # ------------------------------------------------------------------------------- real GPU kernel

@@ -17,6 +17,7 @@ from zebra_jax.init.mamba_from_attention import init_mamba2_from_attention
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.models.mamba2 import Mamba2
 from zebra_jax.ops import ssd
+from zebra_jax.ops.dispatch import Kernel
 
 LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
              num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5)
@@ -303,8 +304,8 @@ def test_ssd_registry_routes_auto_and_pallas(monkeypatch):
     return ref(*a, **kw)
 
   reason = [None]
-  kernel = ssd.SSDKernel(scan=fake_scan, supports=lambda **kw: reason[0])
-  monkeypatch.setitem(ssd._KERNELS, ("pallas", jax.default_backend()), kernel)
+  kernel = Kernel(fake_scan, supports=lambda **kw: reason[0])
+  monkeypatch.setitem(ssd.SCAN_KERNELS.kernels, ("pallas", jax.default_backend()), kernel)
   assert "pallas" in ssd.available_impls()
   y_ref = ref(x, dt, A, B, C, chunk_size=4)
   for impl in ("auto", "pallas"):

@@ -12,8 +12,6 @@ The GPU test checks the compiled kernels; this one checks, in CI, that the model
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,12 +21,13 @@ from flax import nnx
 from test_models_gpu import BASE, grads, rel  # the GPU test's model and helpers
 
 from kernels_pallas.attention import flash_gpu
-from kernels_pallas.ssd import api as ssd_api
-from kernels_pallas.ssd.gpu import gpu_supports
+from kernels_pallas.ssd.gpu import gpu_supports, ssd_scan_gpu
+from kernels_pallas.ssd.reference import ssd_step_reference
 from zebra_jax.config import HybridConfig
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.ops import attention as ops_attention
 from zebra_jax.ops import ssd as ops_ssd
+from zebra_jax.ops.dispatch import Kernel
 
 
 @pytest.fixture
@@ -41,20 +40,17 @@ def gpu_kernels_on_cpu(monkeypatch):
 
   def ssd_scan(*args, **kw):
     calls["ssd"] += 1
-    return ssd_api.ssd_scan(*args, impl="pallas_gpu", interpret=True, **kw)
+    return ssd_scan_gpu(*args, interpret=True, **kw)
 
   def attention(q, k, v, *, scale):
     calls["attention"] += 1
     return flash_gpu.flash_attention_gpu(q, k, v, scale=scale, interpret=True)
 
-  def ssd_supports(op, **call):
-    return None if op == "step" else gpu_supports(**call)
-
-  monkeypatch.setitem(ops_ssd._KERNELS, ("pallas", "cpu"), ops_ssd.SSDKernel(
-      scan=ssd_scan, step=functools.partial(ssd_api.ssd_step, impl="reference"),
-      supports=ssd_supports))
-  monkeypatch.setitem(ops_attention._KERNELS, ("pallas", "cpu"),
-                      ops_attention.AttentionKernel(attention, flash_gpu.supports))
+  monkeypatch.setitem(ops_ssd.SCAN_KERNELS.kernels, ("pallas", "cpu"),
+                      Kernel(ssd_scan, gpu_supports))
+  monkeypatch.setitem(ops_ssd.STEP_KERNELS.kernels, ("pallas", "cpu"), Kernel(ssd_step_reference))
+  monkeypatch.setitem(ops_attention.KERNELS.kernels, ("pallas", "cpu"),
+                      Kernel(attention, flash_gpu.supports))
   return calls
 
 

@@ -77,9 +77,10 @@ def _worker(case: str) -> None:
   from jax.sharding import NamedSharding, PartitionSpec as P
 
   from kernels_pallas.attention import flash_tpu, splash
-  from kernels_pallas.ssd import api as ssd_api
+  from kernels_pallas.ssd.tpu import ssd_scan_tpu
   from zebra_jax.ops import attention as ops_attention
   from zebra_jax.ops import ssd as ops_ssd
+  from zebra_jax.ops.dispatch import Kernel
   from zebra_jax.parallel.sharding import activation_mesh, make_mesh
 
   assert len(jax.devices()) == 8, jax.devices()
@@ -139,8 +140,7 @@ def _worker(case: str) -> None:
   SCALE = 0.3
 
   def check_attention(kernel_fn, meshes, B, T, H, G, K, V):
-    ops_attention.register_kernel("pallas", "cpu", ops_attention.AttentionKernel(
-        kernel_fn, flash_tpu.supports))
+    ops_attention.KERNELS.register("pallas", "cpu", Kernel(kernel_fn, flash_tpu.supports))
     op = functools.partial(ops_attention.causal_attention, scale=SCALE, impl="pallas")
     rng = np.random.default_rng([B, T, H, G])
     q, k, v, do = (rng.standard_normal(s).astype(np.float32)
@@ -177,8 +177,8 @@ def _worker(case: str) -> None:
   CHUNK = 8
 
   def check_ssd(meshes, b, l, h, p, g, n):
-    ops_ssd.register_kernel("pallas", "cpu", ops_ssd.SSDKernel(
-        scan=functools.partial(ssd_api.ssd_scan, impl="pallas_tpu", interpret=True)))
+    ops_ssd.SCAN_KERNELS.register("pallas", "cpu", Kernel(
+        functools.partial(ssd_scan_tpu, interpret=True)))
 
     def op(x, dt, A, B, C, D, dt_bias, s0):
       return ops_ssd.ssd_scan(x, dt, A, B, C, D=D, dt_bias=dt_bias, initial_state=s0,
@@ -216,11 +216,11 @@ def _worker(case: str) -> None:
     from zebra_jax.models.hybrid import CausalLM
     from zebra_jax.parallel.sharding import shard_model
 
-    ops_attention.register_kernel("pallas", "cpu", ops_attention.AttentionKernel(
+    ops_attention.KERNELS.register("pallas", "cpu", Kernel(
         functools.partial(flash_tpu.flash_attention_tpu, block_q=8, block_k=8, interpret=True),
         flash_tpu.supports))
-    ops_ssd.register_kernel("pallas", "cpu", ops_ssd.SSDKernel(
-        scan=functools.partial(ssd_api.ssd_scan, impl="pallas_tpu", interpret=True)))
+    ops_ssd.SCAN_KERNELS.register("pallas", "cpu", Kernel(
+        functools.partial(ssd_scan_tpu, interpret=True)))
     base = HybridConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                         num_attention_heads=4, num_key_value_heads=2, kv_lora_rank=16,
                         q_lora_rank=16, mla_layers=(0,), attn_layers=(2,), chunk_size=8,

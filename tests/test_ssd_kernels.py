@@ -24,8 +24,12 @@ import numpy as np
 import pytest
 
 from kernels_pallas import ssd_scan, ssd_step
-from kernels_pallas.ssd import resolve_scan_impl, ssd_scan_reference
+from kernels_pallas.ssd import ssd_scan_reference
 from kernels_pallas.ssd.common import CoreConfig, prepare_and_run
+from kernels_pallas.ssd.gpu import ssd_scan_gpu
+from kernels_pallas.ssd.tpu import ssd_scan_tpu
+from zebra_jax.ops import dispatch_backend
+from zebra_jax.ops import ssd as ops_ssd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ON_GPU = jax.default_backend() == "gpu"
@@ -195,12 +199,24 @@ def test_gpu_kernel_interpret_bf16():
 # --------------------------------------------------------------------------- #
 # Dispatch
 # --------------------------------------------------------------------------- #
+def resolve_scan_impl(impl, *, backend, interpret=False, **call):
+    """The scan `zebra_jax.ops.ssd` runs for `impl` when dispatching for `backend`, by name."""
+    with dispatch_backend(backend):
+        kernel = ops_ssd.SCAN_KERNELS.resolve(impl, caller="ssd_scan", interpret=interpret, **call)
+    if kernel is None:
+        return "reference"
+    fn = getattr(kernel.fn, "func", kernel.fn)  # interpret=True wraps the kernel in a partial
+    return {ssd_scan_tpu: "pallas_tpu", ssd_scan_gpu: "pallas_gpu"}[fn]
+
+
 def test_resolve_impl():
     x = jnp.zeros((1, 512, 32, 64), jnp.bfloat16)
     Bm = jnp.zeros((1, 512, 32, 64), jnp.bfloat16)
     call = dict(x=x, B=Bm, chunk_size=256)
     assert resolve_scan_impl("auto", backend="cpu", **call) == "reference"
-    assert resolve_scan_impl("auto", backend="cpu", interpret=True, **call) == "reference"
+    # interpret=True is the TPU kernel in the interpreter, for "auto" as for "pallas" (the old
+    # kernels_pallas chooser gave the reference for "auto"; nothing called it so).
+    assert resolve_scan_impl("auto", backend="cpu", interpret=True, **call) == "pallas_tpu"
     assert resolve_scan_impl("auto", backend="tpu", **call) == "pallas_tpu"
     assert resolve_scan_impl("auto", backend="gpu", **call) == "pallas_gpu"
     # Shapes the kernels were not verified on fall back to the reference under "auto".
@@ -208,9 +224,10 @@ def test_resolve_impl():
     odd = jnp.zeros((1, 512, 32, 48), jnp.bfloat16)
     assert resolve_scan_impl("auto", backend="gpu", x=odd, B=Bm, chunk_size=256) == "reference"
     assert resolve_scan_impl("pallas", backend="cpu", interpret=True, **call) == "pallas_tpu"
-    with pytest.raises(NotImplementedError, match="no SSD kernel"):
+    with pytest.raises(NotImplementedError, match="no Pallas SSD scan kernel"):
         resolve_scan_impl("pallas", backend="cpu", **call)
-    assert resolve_scan_impl("pallas_gpu", backend="cpu", **call) == "pallas_gpu"
+    # A named kernel on another backend: dispatch for that backend (as the AOT compile does).
+    assert resolve_scan_impl("pallas", backend="gpu", **call) == "pallas_gpu"
     with pytest.raises(ValueError, match="must be one of"):
         resolve_scan_impl("triton", backend="gpu", **call)
 
@@ -236,14 +253,14 @@ def test_step_matches_scan_last_token():
 
 
 def test_ops_registry_uses_kernels_only_on_their_backend():
-    from zebra_jax.ops import ssd as ops_ssd
-    tpu_k, gpu_k = ops_ssd._KERNELS[("pallas", "tpu")], ops_ssd._KERNELS[("pallas", "gpu")]
-    assert ("pallas", "cpu") not in ops_ssd._KERNELS
+    scans = ops_ssd.SCAN_KERNELS.kernels
+    tpu_k, gpu_k = scans[("pallas", "tpu")], scans[("pallas", "gpu")]
+    assert ("pallas", "cpu") not in scans
     x = jnp.zeros((1, 256, 32, 64), jnp.bfloat16)
-    assert tpu_k.supports(op="scan", x=x, B=x, chunk_size=256) is None
-    assert "multiple of 128" in tpu_k.supports(op="scan", x=x, B=x, chunk_size=64)
-    assert gpu_k.supports(op="scan", x=x, B=x, chunk_size=256) is None
-    assert gpu_k.supports(op="step") is None
+    assert tpu_k.supports(x=x, B=x, chunk_size=256) is None
+    assert "multiple of 128" in tpu_k.supports(x=x, B=x, chunk_size=64)
+    assert gpu_k.supports(x=x, B=x, chunk_size=256) is None
+    assert ops_ssd.STEP_KERNELS.kernels[("pallas", "gpu")].supports is None  # the step takes all
     if jax.default_backend() == "cpu":
         assert ops_ssd.available_impls() == ("reference",)
         with pytest.raises(NotImplementedError):
@@ -263,7 +280,7 @@ def _tpu_python():
 AOT_SCRIPT = textwrap.dedent("""
     import json, sys, jax, jax.numpy as jnp
     from jax.experimental import topologies
-    from kernels_pallas.ssd import ssd_scan
+    from kernels_pallas.ssd.tpu import ssd_scan_tpu
     topo_name, cases = sys.argv[1], json.loads(sys.argv[2])
     out = []
     dev = topologies.get_topology_desc(platform="tpu", topology_name=topo_name).devices[0]
@@ -272,8 +289,8 @@ AOT_SCRIPT = textwrap.dedent("""
     for b, l, h, p, g, n, chunk, dtype in cases:
         dt = jnp.dtype(dtype)
         def loss(x, dtv, A, B, C, D, bias, s0):
-            y, s = ssd_scan(x, dtv, A, B, C, D=D, dt_bias=bias, initial_state=s0,
-                            chunk_size=chunk, return_final_state=True, impl="pallas_tpu")
+            y, s = ssd_scan_tpu(x, dtv, A, B, C, D=D, dt_bias=bias, initial_state=s0,
+                                chunk_size=chunk, return_final_state=True)
             return jnp.sum(y.astype(jnp.float32)) + jnp.sum(s)
         args = (S((b, l, h, p), dt), S((b, l, h), jnp.float32), S((h,), jnp.float32),
                 S((b, l, g, n), dt), S((b, l, g, n), dt), S((h,), jnp.float32),
@@ -336,13 +353,13 @@ needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 ])
 def test_gpu_kernel_on_device(shape, chunk, dtype):
     def fn(x, dt, A, B, C, **kw):
-        return ssd_scan(x, dt, A, B, C, chunk_size=chunk, return_final_state=True,
-                        impl="pallas_gpu", **kw)
+        return ssd_scan_gpu(x, dt, A, B, C, chunk_size=chunk, return_final_state=True, **kw)
     check_case(fn, shape, dtype=dtype, chunk=chunk, seed=sum(shape))
 
 
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_auto_picks_kernel():
-    assert resolve_scan_impl("auto", x=jnp.zeros((1, 8, 32, 64), jnp.bfloat16),
+    assert resolve_scan_impl("auto", backend=jax.default_backend(),
+                             x=jnp.zeros((1, 8, 32, 64), jnp.bfloat16),
                              B=jnp.zeros((1, 8, 32, 64), jnp.bfloat16), chunk_size=256) == "pallas_gpu"

@@ -1,5 +1,5 @@
 """Causal softmax attention in plain jnp: the oracle for the attention kernels (moved here from
-zebra_jax/ops/attention.py, which re-exports it, so kernels_pallas never imports zebra_jax)."""
+zebra_jax/ops/attention.py, which re-exports it, so the kernel modules never import zebra_jax)."""
 
 from __future__ import annotations
 

@@ -133,8 +133,9 @@ def inputs_np(b, l, h, p, g, n, seed=0):
 def jax_fns(impl: str, tuning=None):
     """(fwd, fwd+bwd) jitted JAX callables for one implementation."""
     import jax
-    from kernels_pallas.ssd import api
     from kernels_pallas.ssd.common import CoreConfig, prepare_and_run
+    from kernels_pallas.ssd.gpu import ssd_scan_gpu
+    from kernels_pallas.ssd.reference import ssd_scan_reference
 
     if tuning is not None:
         from kernels_pallas.ssd.gpu import ssd_core_gpu
@@ -143,8 +144,10 @@ def jax_fns(impl: str, tuning=None):
             ssd_core_gpu, cfg, x, dt, A, B, C, D=D, dt_bias=bias, dt_softplus=True,
             initial_state=None, return_final_state=False)
     else:
-        scan = lambda x, dt, A, B, C, D, bias: api.ssd_scan(
-            x, dt, A, B, C, D=D, dt_bias=bias, chunk_size=CHUNK, impl=impl)
+        # The kernel by name (the bench times each one, whatever "auto" would pick).
+        named = {"pallas_gpu": ssd_scan_gpu, "reference": ssd_scan_reference}[impl]
+        scan = lambda x, dt, A, B, C, D, bias: named(
+            x, dt, A, B, C, D=D, dt_bias=bias, chunk_size=CHUNK)
 
     fwd = jax.jit(scan)
 

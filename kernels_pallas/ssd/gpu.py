@@ -33,9 +33,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from kernels_pallas.ssd.common import CoreConfig, make_scan
+from kernels_pallas.ssd.common import CoreConfig, make_scan, prepare_and_run
 
-__all__ = ["ssd_core_gpu", "gpu_supports", "GPU_DTYPES"]
+__all__ = ["ssd_scan_gpu", "ssd_core_gpu", "gpu_supports", "GPU_DTYPES"]
 
 f32 = jnp.float32
 _NN = (((1,), (0,)), ((), ()))
@@ -377,3 +377,14 @@ def _bwd(cfg: CoreConfig, x, B, C, dt, acum, D, states, dy, ds_final):
 
 
 ssd_core_gpu = make_scan(_fwd, _bwd)
+
+
+def ssd_scan_gpu(x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True,
+                initial_state=None, chunk_size: int = 256, return_final_state: bool = False,
+                interpret=False):
+    """The chunked scan on the GPU kernel (Pallas, Triton lowering), with the signature and
+    results of `ssd_scan_reference`; `interpret=True` runs it in a Pallas interpreter on any
+    backend. Models reach it through `zebra_jax.ops.ssd`, which decides where it applies (`gpu_supports`)."""
+    return prepare_and_run(ssd_core_gpu, CoreConfig(chunk=chunk_size, interpret=interpret),
+                           x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                           initial_state=initial_state, return_final_state=return_final_state)

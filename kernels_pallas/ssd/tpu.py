@@ -32,9 +32,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels_pallas.ssd.common import CoreConfig, make_scan
+from kernels_pallas.ssd.common import CoreConfig, make_scan, prepare_and_run
 
-__all__ = ["ssd_core_tpu", "tpu_supports", "heads_per_block"]
+__all__ = ["ssd_scan_tpu", "ssd_core_tpu", "tpu_supports", "heads_per_block"]
 
 f32 = jnp.float32
 _NN = (((1,), (0,)), ((), ()))   # a @ b
@@ -343,3 +343,14 @@ def _bwd(cfg: CoreConfig, x, B, C, dt, acum, D, states, dy, ds_final):
 
 
 ssd_core_tpu = make_scan(_fwd, _bwd)
+
+
+def ssd_scan_tpu(x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True,
+                initial_state=None, chunk_size: int = 256, return_final_state: bool = False,
+                interpret=False):
+    """The chunked scan on the Mosaic TPU kernel, with `ssd_scan_reference`'s signature and
+    results; `interpret=True` runs it in a Pallas interpreter on any backend. Models reach it
+    through `zebra_jax.ops.ssd`, which decides where it applies (`tpu_supports`)."""
+    return prepare_and_run(ssd_core_tpu, CoreConfig(chunk=chunk_size, interpret=interpret),
+                           x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                           initial_state=initial_state, return_final_state=return_final_state)

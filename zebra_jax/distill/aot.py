@@ -15,10 +15,10 @@ and XLA's `cost_analysis()`); and a roofline step time max(FLOPs / peak, HBM byt
 docs/aot.md explains the numbers and records the Zebra runs.
 
 Where the training code and the design disagree on a dtype, the larger choice is compiled so that
-"fits" here means it fits there (see `_student_param_dtype` and `_teacher_dtypes`). Kernel dispatch
-is made to see the TPU while tracing (`dispatch_as`), so `impl="auto"` picks the Pallas TPU kernels
-a pod run would (flash attention, the SSD scan where its `tpu_supports` accepts the shapes); the ops
-run them per shard through `shard_map` inside the partitioned step, as on the pod.
+"fits" here means it fits there (see `_student_param_dtype` and `_teacher_dtypes`). Kernels are
+chosen for the TPU while tracing (`ops.dispatch_backend("tpu")`), so `impl="auto"` picks the Pallas
+TPU kernels a pod run would (flash attention, the SSD scan where its `tpu_supports` accepts the
+shapes); the ops run them per shard through `shard_map` inside the partitioned step, as on the pod.
 """
 
 from __future__ import annotations
@@ -381,22 +381,6 @@ class AOTReport:
     return [s.name for s in self.stages if not s.fits]
 
 
-@contextlib.contextmanager
-def dispatch_as(backend: str):
-  """`ops.attention` / `ops.ssd` choose kernels by `jax.default_backend()`, which is the CPU on
-  this host. While the step is traced for a TPU topology it answers `backend`, so `impl="auto"`
-  picks the Pallas TPU kernels a run on the pod would use (the Pallas calls lower for the TPU
-  devices of the mesh, per shard inside shard_map). `train.impl="reference"` still forces the
-  pure-JAX ops."""
-  import jax
-  original = jax.default_backend
-  jax.default_backend = lambda: backend
-  try:
-    yield
-  finally:
-    jax.default_backend = original
-
-
 def _abstract_model(config, remat: bool):
   from flax import nnx
 
@@ -526,6 +510,7 @@ def compile_stage(plan: StagePlan, mesh, chip: ChipSpec, devices_per_chip: int, 
   from flax import nnx
 
   from zebra_jax import accounting
+  from zebra_jax.ops import dispatch_backend
   from zebra_jax.parallel.sharding import DEFAULT_RULES, param_shardings
   from zebra_jax.train.optim import make_optimizer
   from zebra_jax.train.trainer import (batch_sharding, build_train_step,
@@ -574,9 +559,11 @@ def compile_stage(plan: StagePlan, mesh, chip: ChipSpec, devices_per_chip: int, 
   try:
     args = (_sds(tr_state, tr_shard), _sds(opt_state, opt_shard), _sds(fr_state, fr_shard),
             {k: _sds(st, te_shard[k]) for k, (_, st) in teacher_defs.items()}, batch)
-    # impl="auto" picks the kernels a pod run would; the ops call them through shard_map under the
-    # step's activation mesh (Mosaic refuses kernels that GSPMD would have to partition).
-    with dispatch_as("tpu"):
+    # Kernels are chosen for the TPU, not this host's CPU, so impl="auto" picks the kernels a pod
+    # run would; the ops call them through shard_map under the step's activation mesh (Mosaic
+    # refuses kernels that GSPMD would have to partition). train.impl="reference" still forces
+    # the pure-JAX ops.
+    with dispatch_backend("tpu"):
       traced = make_step().trace(*args)
       lowered = traced.lower()
     report.exec_flops = jaxpr_matmul_flops(traced.jaxpr) / n_dev

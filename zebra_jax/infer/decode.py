@@ -35,7 +35,7 @@ is traced under `parallel.activation_mesh(mesh)`, pins the activations' batch ax
 (`constrain_batch`) and constrains the cache it returns (and the loop's carried cache) to that same
 layout, so the cache never moves between devices: each device reads and writes only its own batch
 rows and heads. Kernels that GSPMD cannot partition run per shard through shard_map (the ops layer
-does it for prefill attention and the SSD scan; `_mla_decode` here for the absorbed MLA decode).
+does it for prefill attention, the SSD scan and the absorbed MLA decode, `ops.mla.mla_decode`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from zebra_jax.infer.cache import (Cache, KVCache, LatentCache, MambaState, cache_mesh,
                                    cache_shardings, init_cache, shard_cache)
@@ -106,22 +106,6 @@ def _absorbed_attention(q_latent_BTHR, q_rope_BTHK, cache_BSC, kv_len_BT, scale)
   return jnp.einsum("bths,bsr->bthr", probs, latent).astype(q_latent_BTHR.dtype)
 
 
-def _mla_decode(q_latent_BHR, q_rope_BHK, rows_BSC, kv_len_B, *, scale, impl):
-  """`ops.mla.mla_decode`; under a multi-device activation mesh with a kernel-capable impl, per
-  shard through shard_map (batch over data x fsdp as the cache is laid out, query heads over tensor; every
-  shard reads whole latent rows, which CACHE_RULES never splits), since GSPMD cannot partition a
-  Pallas custom call. The pure-JAX reference is left to GSPMD."""
-  mesh = _sharding.kernel_mesh()
-  call = lambda ql, qr, rows, n: mla_decode(ql, qr, rows, n, scale=scale, impl=impl)
-  if mesh is None or impl == "reference":
-    return call(q_latent_BHR, q_rope_BHK, rows_BSC, kv_len_B)
-  b = _sharding.batch_axes(mesh, q_latent_BHR.shape[0])
-  h = _sharding.head_axis(mesh, q_latent_BHR.shape[1])
-  q_spec = P(b, h, None)
-  return _sharding.shard_map(call, mesh=mesh, in_specs=(q_spec, q_spec, P(b, None, None), P(b)),
-                             out_specs=q_spec)(q_latent_BHR, q_rope_BHK, rows_BSC, kv_len_B)
-
-
 def _attention_layer(mixer, x_BTD, positions_BT, kv_len_BT, lc: KVCache, lengths_B, mode):
   c = mixer.config
   B, T, _ = x_BTD.shape
@@ -166,8 +150,8 @@ def _mla_layer(mixer, x_BTD, positions_BT, kv_len_BT, lc: LatentCache, lengths_B
     q_nope_g = q_nope.reshape(B, T, G, H // G, d_n)
     q_latent = jnp.einsum("btgin,rgn->btgir", q_nope_g, w_uk.astype(dt)).reshape(B, T, H, R)
     if T == 1:
-      ctx = _mla_decode(q_latent[:, 0], q_pe[:, 0].astype(dt), new.rows, kv_len_BT[:, 0],
-                        scale=scale, impl=c.impl)[:, None]
+      ctx = mla_decode(q_latent[:, 0], q_pe[:, 0].astype(dt), new.rows, kv_len_BT[:, 0],
+                       scale=scale, impl=c.impl)[:, None]
     else:
       ctx = _absorbed_attention(q_latent, q_pe, new.rows, kv_len_BT, scale)
     out = jnp.einsum("btgir,rgv->btgiv", ctx.reshape(B, T, G, H // G, R).astype(dt),

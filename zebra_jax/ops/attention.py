@@ -8,12 +8,13 @@ The one place that picks an attention implementation; models only ever call `cau
   (kernels_pallas.attention.flash_gpu); an error where the kernel does not take the call;
 * "splash" (TPU) / "cudnn" (GPU, `jax.nn.dot_product_attention(implementation="cudnn")`): that
   kernel explicitly;
-* "auto": the first kernel of `_AUTO[backend]` whose `supports` accepts the shapes/dtypes, else the
-  reference. Only kernels verified on that backend (`_VERIFIED`) may be listed; the order is the
-  benchmark's decision (see the comment at `_AUTO`).
+* "auto": the first kernel of `KERNELS.auto[backend]` whose `supports` accepts the shapes/dtypes,
+  else the reference. Only kernels verified on that backend (`KERNELS.verified`) may be listed; the
+  order is the benchmark's decision (see the comment at `_AUTO`).
 
-Kernels register in `_KERNELS[(impl, backend)]` as `AttentionKernel(fn, supports)`; fn has the
-signature of `causal_attention_reference` without q_offset.
+Kernels register in `KERNELS` (an `ops.dispatch.Registry`) under (impl, backend) as
+`Kernel(fn, supports)`; fn has the signature of `causal_attention_reference` without q_offset. The
+backend is `ops.dispatch_backend`'s, by default `jax.default_backend()`.
 
 Inside the trainer's partitioned step (traced under `parallel.activation_mesh` with more than one
 device) a kernel is called through `shard_map`: batch split over data x fsdp, heads over tensor when
@@ -23,10 +24,6 @@ partitioned by GSPMD). Without a mesh, or on one device, the kernel is called di
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
-import jax
 from jax.sharding import PartitionSpec as P
 
 from kernels_pallas.attention import cudnn as _cudnn
@@ -34,33 +31,10 @@ from kernels_pallas.attention import flash_gpu as _flash_gpu
 from kernels_pallas.attention import flash_tpu as _flash_tpu
 from kernels_pallas.attention import splash as _splash
 from kernels_pallas.attention.reference import causal_attention_reference
+from zebra_jax.ops.dispatch import Kernel, Registry
 from zebra_jax.parallel import sharding as _sharding
 
-__all__ = ["causal_attention", "causal_attention_reference", "register_kernel", "AttentionKernel",
-           "auto_kernel"]
-
-IMPLS = ("auto", "reference", "pallas", "splash", "cudnn")
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionKernel:
-  fn: Callable
-  supports: Callable[..., str | None] | None = None  # (q, k, v) -> None or why not
-
-
-_KERNELS: dict[tuple[str, str], AttentionKernel] = {}
-
-
-def register_kernel(impl: str, backend: str, kernel: AttentionKernel) -> None:
-  if impl not in IMPLS or impl in ("auto", "reference"):
-    raise ValueError(f"kernels register under a concrete non-reference impl, got {impl!r}")
-  _KERNELS[(impl, backend)] = kernel
-
-
-register_kernel("pallas", "tpu", AttentionKernel(_flash_tpu.flash_attention_tpu, _flash_tpu.supports))
-register_kernel("splash", "tpu", AttentionKernel(_splash.splash_attention_tpu, _flash_tpu.supports))
-register_kernel("cudnn", "gpu", AttentionKernel(_cudnn.cudnn_attention, _cudnn.supports))
-register_kernel("pallas", "gpu", AttentionKernel(_flash_gpu.flash_attention_gpu, _flash_gpu.supports))
+__all__ = ["causal_attention", "causal_attention_reference", "KERNELS"]
 
 # Backends on which each kernel's outputs and gradients were checked against float64 (TPU: the Pallas
 # TPU interpreter + ahead-of-time compiles for v5e/v5p/v6e; GPU: on the H100). docs/kernels.md.
@@ -76,35 +50,25 @@ _VERIFIED = {"pallas": ("tpu", "gpu"), "splash": ("tpu",), "cudnn": ("gpu",)}
 # XLA reference at 0.05-0.2x cuDNN. impl="pallas" selects it everywhere it applies.
 _AUTO = {"tpu": ("pallas",), "gpu": ("cudnn", "pallas")}
 
-
-def auto_kernel(backend: str, q_BTHK, k_BSGK, v_BSGV) -> str:
-  """The impl "auto" runs on `backend` for these arrays: a registered kernel name or "reference"."""
-  for name in _AUTO.get(backend, ()):
-    kernel = _KERNELS.get((name, backend))
-    if kernel is not None and (kernel.supports is None
-                               or kernel.supports(q_BTHK, k_BSGK, v_BSGV) is None):
-      return name
-  return "reference"
+KERNELS = Registry("attention", impls=("auto", "reference", "pallas", "splash", "cudnn"),
+                   auto=_AUTO, verified=_VERIFIED)
+KERNELS.register("pallas", "tpu", Kernel(_flash_tpu.flash_attention_tpu, _flash_tpu.supports))
+KERNELS.register("splash", "tpu", Kernel(_splash.splash_attention_tpu, _flash_tpu.supports))
+KERNELS.register("cudnn", "gpu", Kernel(_cudnn.cudnn_attention, _cudnn.supports))
+KERNELS.register("pallas", "gpu", Kernel(_flash_gpu.flash_attention_gpu, _flash_gpu.supports))
 
 
-def causal_attention(q_BTHK, k_BSGK, v_BSGV, *, scale: float, impl: str = "auto"):
-  """Dispatch point for training/prefill attention (see the module docstring for `impl`)."""
-  if impl not in IMPLS:
-    raise ValueError(f"impl={impl!r} must be one of {IMPLS}")
-  if impl == "reference":
+def causal_attention(q_BTHK, k_BSGK, v_BSGV, *, scale: float, impl: str = "auto",
+                     interpret=False):
+  """Dispatch point for training/prefill attention (see the module docstring for `impl`).
+
+  interpret=True runs the TPU kernel of `impl` in the Pallas TPU interpreter
+  (`Registry.resolve`)."""
+  kernel = KERNELS.resolve(impl, q_BTHK, k_BSGK, v_BSGV, caller="causal_attention",
+                           interpret=interpret)
+  if kernel is None:
     return causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, scale=scale)
-  backend = jax.default_backend()
-  name = auto_kernel(backend, q_BTHK, k_BSGK, v_BSGV) if impl == "auto" else impl
-  if name == "reference":
-    return causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, scale=scale)
-  kernel = _KERNELS.get((name, backend)) if name else None
-  why = (f"no {name!r} attention kernel is registered for backend {backend!r}" if kernel is None
-         else kernel.supports(q_BTHK, k_BSGK, v_BSGV) if kernel.supports else None)
-  if why is None:
-    return _call_kernel(kernel.fn, q_BTHK, k_BSGK, v_BSGV, scale=scale)
-  if impl == "auto":
-    return causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, scale=scale)
-  raise NotImplementedError(f"causal_attention(impl={impl!r}): {why}; use impl='reference' or 'auto'")
+  return _call_kernel(kernel.fn, q_BTHK, k_BSGK, v_BSGV, scale=scale)
 
 
 def _call_kernel(fn, q_BTHK, k_BSGK, v_BSGV, *, scale: float):

@@ -7,13 +7,14 @@ Models call `ssd_scan` / `ssd_step` with `impl` from the config:
 * "auto": the Pallas kernel when one is registered for the backend and supports the call, else the
   reference.
 
-Kernels register in `_KERNELS`, keyed by (impl, backend) with backend as `jax.default_backend()`
-names it ("cpu", "gpu", "tpu"). Registered at import (bottom of this file): the Mosaic TPU kernel on
-"tpu" and the GPU kernel (Pallas, Triton lowering) on "gpu", each with the `supports` check of the
-shapes, chunk sizes and dtypes it was verified on (AOT-compiled for v5e/v5p/v6e and interpreted on
-CPU; run and checked on an H100). Nothing is registered for "cpu": there every call runs the
-reference. The decode step of both is the reference update (one token is bound by reading the
-state once; XLA fuses it). Shapes and semantics (same for every implementation):
+Kernels register in `SCAN_KERNELS` / `STEP_KERNELS` (`ops.dispatch.Registry`s), keyed by (impl,
+backend) with backend as `ops.dispatch.current_backend()` names it ("cpu", "gpu", "tpu"; by default
+`jax.default_backend()`). Registered at import: the Mosaic TPU kernel on "tpu" and the GPU kernel
+(Pallas, Triton lowering) on "gpu", each with the `supports` check of the shapes, chunk sizes and
+dtypes it was verified on (AOT-compiled for v5e/v5p/v6e and interpreted on CPU; run and checked on
+an H100). Nothing is registered for "cpu": there every call runs the reference. The decode step of
+both is the reference update (one token is bound by reading the state once; XLA fuses it). Shapes
+and semantics (same for every implementation):
 
   x (b, l, h, p), dt (b, l, h) raw, A (h,) negative, B/C (b, l, g, n) with head i reading group
   i // (h // g); D, dt_bias None or (h,); initial_state None or (b, h, p, n).
@@ -29,83 +30,53 @@ Without a mesh, or on one device, the kernel is called directly.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
-import jax
 from jax.sharding import PartitionSpec as P
 
+from kernels_pallas.ssd.gpu import gpu_supports, ssd_scan_gpu
 from kernels_pallas.ssd.reference import ssd_scan_reference, ssd_step_reference
+from kernels_pallas.ssd.tpu import ssd_scan_tpu, tpu_supports
+from zebra_jax.ops.dispatch import Kernel, Registry, current_backend
 from zebra_jax.parallel import sharding as _sharding
 
+__all__ = ["ssd_scan", "ssd_step", "ssd_scan_reference", "ssd_step_reference", "SCAN_KERNELS",
+           "STEP_KERNELS", "available_impls"]
+
 IMPLS = ("auto", "reference", "pallas")
+# Any backend may register a "pallas" kernel; "auto" takes it where `supports` agrees.
+_AUTO = {"tpu": ("pallas",), "gpu": ("pallas",), "cpu": ("pallas",)}
+_VERIFIED = {"pallas": ("tpu", "gpu")}
+_MISSING = ("no Pallas SSD {op} kernel is registered for backend {backend!r} yet "
+            "(available here: {available})")
 
-
-@dataclasses.dataclass(frozen=True)
-class SSDKernel:
-  """An implementation of the scan (and optionally the decode step).
-
-  `scan` and `step` take exactly the arguments of `ssd_scan_reference` / `ssd_step_reference`.
-  `supports(**call_kwargs) -> str | None` returns why a call cannot be handled (None = it can);
-  "auto" then uses the reference and an explicit request raises with that reason.
-  """
-
-  scan: Callable
-  step: Callable | None = None
-  supports: Callable[..., str | None] | None = None
-
-
-_REFERENCE = SSDKernel(scan=ssd_scan_reference, step=ssd_step_reference)
-
-# (impl, backend) -> SSDKernel. The reference runs everywhere and is resolved without a lookup.
-_KERNELS: dict[tuple[str, str], SSDKernel] = {}
-
-
-def register_kernel(impl: str, backend: str, kernel: SSDKernel) -> None:
-  """Adds (or replaces) the kernel used for `impl` on `backend` (e.g. ("pallas", "gpu"))."""
-  if impl not in IMPLS or impl in ("auto", "reference"):
-    raise ValueError(f"kernels register under a concrete non-reference impl, got {impl!r}")
-  _KERNELS[(impl, backend)] = kernel
+# Scan kernels take `ssd_scan_reference`'s arguments; `supports(**call)` sees them by name.
+SCAN_KERNELS = Registry("scan", IMPLS, _AUTO, _VERIFIED, missing=_MISSING)
+SCAN_KERNELS.register("pallas", "tpu", Kernel(ssd_scan_tpu, tpu_supports))
+SCAN_KERNELS.register("pallas", "gpu", Kernel(ssd_scan_gpu, gpu_supports))
+# The decode step of every kernel is the reference update (one token is bound by reading the
+# state once; XLA fuses it); registered so that impl="pallas" means the same backends for both.
+STEP_KERNELS = Registry("step", IMPLS, _AUTO, _VERIFIED, missing=_MISSING)
+STEP_KERNELS.register("pallas", "tpu", Kernel(ssd_step_reference))
+STEP_KERNELS.register("pallas", "gpu", Kernel(ssd_step_reference))
 
 
 def available_impls(backend: str | None = None) -> tuple[str, ...]:
-  """The concrete implementations usable on `backend` (default: the current one)."""
-  backend = backend or jax.default_backend()
-  return ("reference",) + tuple(sorted(i for (i, b) in _KERNELS if b == backend))
-
-
-def _resolve(impl: str, op: str, call: dict) -> Callable:
-  if impl not in IMPLS:
-    raise ValueError(f"impl={impl!r} must be one of {IMPLS}")
-  if impl == "reference":
-    return getattr(_REFERENCE, op)
-  backend = jax.default_backend()
-  kernel = _KERNELS.get(("pallas", backend))
-  fn = None if kernel is None else getattr(kernel, op)
-  why = None
-  if fn is None:
-    why = (f"no Pallas SSD {op} kernel is registered for backend {backend!r} yet "
-           f"(available here: {', '.join(available_impls(backend))})")
-  elif kernel.supports is not None:
-    why = kernel.supports(op=op, **call)
-  if why is None:
-    return fn
-  if impl == "pallas":
-    raise NotImplementedError(f"ssd_{op}(impl='pallas'): {why}; use impl='reference' or 'auto'")
-  return getattr(_REFERENCE, op)
+  """The concrete scan implementations usable on `backend` (default: the dispatch backend)."""
+  return SCAN_KERNELS.available(backend or current_backend())
 
 
 def ssd_scan(x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True,
              initial_state=None, chunk_size: int = 256, return_final_state: bool = False,
-             impl: str = "auto"):
+             impl: str = "auto", interpret=False):
   """Chunked SSD scan. Returns y (b, l, h, p) in x.dtype, plus the float32 final state
-  (b, h, p, n) when `return_final_state`."""
+  (b, h, p, n) when `return_final_state`. interpret=True runs the TPU kernel in the Pallas TPU
+  interpreter on any backend (`Registry.resolve`)."""
   kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
             chunk_size=chunk_size, return_final_state=return_final_state)
-  fn = _resolve(impl, "scan", dict(x=x, dt=dt, A=A, B=B, C=C, **kw))
-  if fn is _REFERENCE.scan:  # pure JAX: GSPMD partitions it like the rest of the step
-    return fn(x, dt, A, B, C, **kw)
-  return _scan_per_shard(fn, x, dt, A, B, C, **kw)
+  kernel = SCAN_KERNELS.resolve(impl, caller="ssd_scan", interpret=interpret,
+                               x=x, dt=dt, A=A, B=B, C=C, **kw)
+  if kernel is None:  # pure JAX: GSPMD partitions it like the rest of the step
+    return ssd_scan_reference(x, dt, A, B, C, **kw)
+  return _scan_per_shard(kernel.fn, x, dt, A, B, C, **kw)
 
 
 def _scan_per_shard(fn, x, dt, A, B, C, *, D, dt_bias, dt_softplus, initial_state, chunk_size,
@@ -146,29 +117,8 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool =
   Returns (y (b, h, p) in x.dtype, new_state (b, h, p, n) float32)."""
   kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
   # (No shard_map here: every registered step is the pure-JAX reference update.)
-  fn = _resolve(impl, "step", dict(state=state, x=x, dt=dt, A=A, B=B, C=C, **kw))
+  kernel = STEP_KERNELS.resolve(impl, caller="ssd_step", state=state, x=x, dt=dt, A=A, B=B, C=C,
+                               **kw)
+  fn = ssd_step_reference if kernel is None else kernel.fn
   return fn(state, x, dt, A, B, C, **kw)
 
-
-def _register_pallas_kernels() -> None:
-  """Registers kernels_pallas.ssd's kernels for the backends they were verified on."""
-  import functools
-
-  from kernels_pallas.ssd import api as ssd_api
-  from kernels_pallas.ssd.gpu import gpu_supports
-  from kernels_pallas.ssd.tpu import tpu_supports
-
-  def supports_for(scan_supports):
-    def supports(op: str, **call) -> str | None:
-      return None if op == "step" else scan_supports(**call)
-    return supports
-
-  step = functools.partial(ssd_api.ssd_step, impl="reference")
-  for backend, kernel_impl, scan_supports in (("tpu", "pallas_tpu", tpu_supports),
-                                              ("gpu", "pallas_gpu", gpu_supports)):
-    register_kernel("pallas", backend, SSDKernel(
-        scan=functools.partial(ssd_api.ssd_scan, impl=kernel_impl), step=step,
-        supports=supports_for(scan_supports)))
-
-
-_register_pallas_kernels()
