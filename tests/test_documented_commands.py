@@ -182,3 +182,25 @@ def test_documented_absl_commands_parse(name):
   bad = [f"{where}: `{name}.py {' '.join(argv)}`: {err}"
          for (where, argv), err in zip(cmds, errors) if err]
   assert not bad, "\n".join(bad)
+
+
+def test_the_readme_library_snippet_runs_as_written(tmp_path, smollm2_gguf):
+  """README.md's "Using the library" block, run as a newcomer would paste it: a fresh HOME (no
+  state of ours but the download cache, which the other tests share so the 98 MB GGUF is fetched
+  once per machine: ZEBRA_JAX_CACHE names the directory the fixture fetched it into)."""
+  readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+  section = readme[readme.index("## Using the library"):]
+  code = section[section.index("```python\n") + len("```python\n"):]
+  code = code[:code.index("```")]
+  assert "from_pretrained(\"smollm2\")" in code
+  home = tmp_path / "home"
+  home.mkdir()
+  env = dict(os.environ, HOME=str(home), PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             ZEBRA_JAX_CACHE=os.path.dirname(smollm2_gguf))
+  env.pop("XDG_CACHE_HOME", None)
+  r = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = r.stdout.split()
+  assert round(float(lines[-1]), 4) == 0.0391, r.stdout  # Zebra-1B's KV fraction, as commented
+  assert 0 < float(lines[-2]) < 1, r.stdout
