@@ -39,6 +39,24 @@ def test_ild_step_bench_runs_the_all_mla_student():
     assert rows[0][k] > 0
 
 
+def test_dpo_step_bench_starts_at_log_2_and_counts_both_sequences():
+  """The reference is a bf16 copy of the policy, so the first DPO loss is -log sigmoid(0) = log 2
+  (up to bf16 log-probs); tokens/s and the MFU's FLOPs count the chosen and the rejected rows."""
+  import math
+  student = HybridConfig(**SMALL, **HYBRID)
+  rows = step_bench.run("dpo", student, None, seq_len=32, batch=2, impls=("logits", "fused"),
+                        chunk=24, iters=1)
+  assert [r["impl"] for r in rows] == ["logits", "fused"]
+  for r in rows:
+    assert r["loss"] == pytest.approx(math.log(2), rel=1e-2)
+    assert r["tokens_per_s"] == pytest.approx(2 * 2 * 32 / (r["step_ms"] / 1e3))
+    assert r["teacher"] == "a frozen copy" and r["teacher_fwd_ms"] > 0
+  b = step_bench.synthetic_batch("dpo", 2, 32, 384)
+  assert (b["chosen"][:, :8] == b["rejected"][:, :8]).all()        # a shared prompt
+  assert (b["chosen"][:, 8:] != b["rejected"][:, 8:]).any()
+  assert b["chosen_mask"][:, :8].sum() == 0 and b["chosen_mask"][:, 8:].all()
+
+
 def test_mfu_uses_accounting_flops_and_the_device_peak():
   class Dev:
     device_kind = "NVIDIA H200"
@@ -62,6 +80,6 @@ def test_mfu_uses_accounting_flops_and_the_device_peak():
 def test_unknown_stage_and_vocab_mismatch_are_refused():
   student = HybridConfig(**SMALL, **HYBRID)
   with pytest.raises(SystemExit, match="--stage"):
-    step_bench.build("dpo", student, None)
+    step_bench.build("sft", student, None)
   with pytest.raises(SystemExit, match="vocab"):
     step_bench.build("kd", student, LlamaConfig(**{**SMALL, "vocab_size": 500}))

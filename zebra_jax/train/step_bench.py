@@ -5,11 +5,15 @@ tokens (no checkpoint, no data), with its throughput, MFU, memory and a breakdow
         --teacher llama-3.1-8b-instruct --seq-len 2048 --batch 8 [--loss-impl logits,fused] \
         [--steps 10] [--append docs/benchmarks.md]
     python scripts/bench.py train --stage ild_mla --student zebra_1b_4mla12m2 --batch 16
+    python scripts/bench.py train --stage dpo --student zebra_1b_4mla12m2 --batch 4
 
 Stages: kd (the student preset against --teacher; KL, + CE with --ce-weight), ild_mla / ild_mamba
 (the all-MLA / all-Mamba2 version of the student against the Llama it is built from: the ILD loss
-of distill/stages.py). Each --loss-impl (kd only) is one row, so the first row is the peer of the
-others in the same run ("logits" = today's full-logits loss).
+of distill/stages.py), dpo (the student as policy against a frozen bf16 copy of itself as the
+reference, as the dpo stage runs; each row of the batch is a chosen and a rejected sequence whose
+first quarter is the prompt, masked out of the log-probs; tokens/s counts both sequences). Each
+--loss-impl (kd and dpo) is one row, so the first row is the peer of the others in the same run
+("logits" = today's full-logits loss).
 
 Columns: step time (median wall ms of the jitted step: forward, backward, AdamW update, parameters
 donated), tokens/s, MFU = tokens/s x (student fwd+bwd + teacher fwd FLOPs per token, from
@@ -38,6 +42,8 @@ from zebra_jax.cli import HelpFormatter
 from zebra_jax import accounting, presets
 from zebra_jax.config import HybridConfig
 from zebra_jax.models.hybrid import CausalLM
+
+STAGES = ("kd", "ild_mla", "ild_mamba", "dpo")
 
 # dense bf16 peak FLOP/s by device kind (substring match, first wins)
 PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("v6", 918e12),
@@ -92,6 +98,8 @@ def build(stage: str, student, teacher):
     t_cfg = _config(teacher)
     if t_cfg.vocab_size != s_cfg.vocab_size:
       raise SystemExit(f"teacher vocab {t_cfg.vocab_size} != student vocab {s_cfg.vocab_size}")
+  elif stage == "dpo":  # the reference is the policy's own config (a frozen copy)
+    t_cfg = s_cfg
   elif stage in ("ild_mla", "ild_mamba"):
     t_cfg = _config(teacher) if teacher is not None else _base_of(student)
     if not isinstance(s_cfg, HybridConfig):
@@ -100,7 +108,7 @@ def build(stage: str, student, teacher):
     s_cfg = dataclasses.replace(s_cfg, mla_layers=tuple(range(L)) if stage == "ild_mla" else (),
                                 attn_layers=())
   else:
-    raise SystemExit(f"--stage must be kd, ild_mla or ild_mamba, got {stage!r}")
+    raise SystemExit(f"--stage must be one of {STAGES}, got {stage!r}")
   return _with_dtypes(s_cfg, "float32"), _with_dtypes(t_cfg, "bfloat16")
 
 
@@ -108,7 +116,23 @@ def loss_fn_for(stage: str, impl: str, ce_weight: float, chunk: int):
   from zebra_jax.distill import stages
   if stage == "kd":
     return stages.kd_loss_fn(1.0, ce_weight, 1.0, impl, chunk)
+  if stage == "dpo":
+    return stages.dpo_loss_fn(0.1, impl, chunk)
   return stages.ild_loss_fn("l2")
+
+
+def synthetic_batch(stage: str, batch: int, seq_len: int, vocab: int) -> dict:
+  """Random tokens; for dpo a chosen and a rejected sequence per row that share their first
+  quarter (the prompt), which the masks leave out of the log-probs."""
+  k1, k2 = jax.random.split(jax.random.PRNGKey(2))
+  tokens = jax.random.randint(k1, (batch, seq_len), 0, vocab, jnp.int32)
+  if stage != "dpo":
+    return {"tokens": tokens}
+  prompt = seq_len // 4
+  rejected = jnp.concatenate([tokens[:, :prompt], jax.random.randint(
+      k2, (batch, seq_len - prompt), 0, vocab, jnp.int32)], axis=1)
+  mask = jnp.broadcast_to(jnp.arange(seq_len) >= prompt, (batch, seq_len)).astype(jnp.int32)
+  return {"chosen": tokens, "chosen_mask": mask, "rejected": rejected, "rejected_mask": mask}
 
 
 def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: int,
@@ -120,22 +144,27 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
   s_model.remat = remat
   t_model = CausalLM(t_cfg, rngs=nnx.Rngs(1))
   t_graph, t_state = nnx.split(t_model)
-  tokens = jax.random.randint(jax.random.PRNGKey(2), (batch, seq_len), 0, s_cfg.vocab_size,
-                              jnp.int32)
-  batch_d = {"tokens": tokens}
-  flops = batch * seq_len * accounting.distill_flops_per_token(
-      s_cfg, t_cfg, seq_len, heads=stage == "kd")
+  if stage == "dpo":  # the reference starts as the policy: its weights, in bf16
+    t_state = jax.tree.map(lambda t, p: p.astype(t.dtype), t_state, nnx.state(s_model))
+  batch_d = synthetic_batch(stage, batch, seq_len, s_cfg.vocab_size)
+  # dpo runs policy (fwd + bwd) and reference (fwd) over both sequences of each row
+  rows_per_example = 2 if stage == "dpo" else 1
+  step_tokens = rows_per_example * batch * seq_len
+  flops = step_tokens * accounting.distill_flops_per_token(
+      s_cfg, t_cfg, seq_len, heads=stage in ("kd", "dpo"))
+  role = "reference" if stage == "dpo" else "teacher"
   peak = peak_flops(jax.devices()[0])
   opt = make_optimizer(1e-4, 1000)
   rows = []
-  for impl in (impls if stage == "kd" else ("-",)):
-    loss_fn = loss_fn_for(stage, impl if stage == "kd" else "logits", ce_weight, chunk)
+  with_impls = stage in ("kd", "dpo")
+  for impl in (impls if with_impls else ("-",)):
+    loss_fn = loss_fn_for(stage, impl if with_impls else "logits", ce_weight, chunk)
     graph, params, rest = nnx.split(s_model, nnx.Param, ...)
     params = jax.tree.map(jnp.copy, params)  # the step donates its parameters: keep the model's
     opt_state = opt.init(params)
 
     def loss_of(p, ts, b):
-      return loss_fn(nnx.merge(graph, p, rest), {"teacher": nnx.merge(t_graph, ts)}, b)[0]
+      return loss_fn(nnx.merge(graph, p, rest), {role: nnx.merge(t_graph, ts)}, b)[0]
 
     def step(p, o, ts, b):
       loss, g = jax.value_and_grad(loss_of)(p, ts, b)
@@ -156,9 +185,11 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
 
     loss0 = float(timed_step())
     step_ms = median_ms(timed_step, (), iters)
-    tps = batch * seq_len / (step_ms / 1e3)
-    row = {"stage": stage, "student": _name(student), "teacher": _name(teacher)
-           if teacher is not None else "its base Llama", "seq_len": seq_len, "batch": batch,
+    tps = step_tokens / (step_ms / 1e3)
+    teacher_name = ("a frozen copy" if stage == "dpo" else _name(teacher) if teacher is not None
+                    else "its base Llama")
+    row = {"stage": stage, "student": _name(student), "teacher": teacher_name,
+           "seq_len": seq_len, "batch": batch,
            "impl": impl, "step_ms": step_ms, "tokens_per_s": tps,
            "mfu": None if peak is None else flops / (step_ms / 1e3) / peak, "memory_gib": mem_gib,
            "teacher_fwd_ms": None, "student_fwd_bwd_ms": None, "optimizer_ms": None, "loss": loss0}
@@ -168,6 +199,9 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
     # breakdown, each part jitted alone
     if stage == "kd":
       t_fwd = jax.jit(lambda ts, b: nnx.merge(t_graph, ts).final_hidden(b["tokens"]))
+    elif stage == "dpo":  # the reference's forward over both sequences
+      t_fwd = jax.jit(lambda ts, b: [nnx.merge(t_graph, ts).final_hidden(b[k])
+                                     for k in ("chosen", "rejected")])
     else:
       t_fwd = jax.jit(lambda ts, b: nnx.merge(t_graph, ts).forward_with_intermediates(b["tokens"])[1])
     teacher_ms = median_ms(t_fwd, (t_state, batch_d), iters)
@@ -216,12 +250,15 @@ def markdown(rows, command: str) -> str:
 def main(argv=None) -> str:
   p = argparse.ArgumentParser(prog="scripts/bench.py train", description=__doc__.splitlines()[0],
                               formatter_class=HelpFormatter)
-  p.add_argument("--stage", default="kd", choices=("kd", "ild_mla", "ild_mamba"))
+  p.add_argument("--stage", default="kd", choices=STAGES)
   p.add_argument("--student", default="zebra_1b_4mla12m2", help="a preset name (zebra_jax.presets)")
-  p.add_argument("--teacher", default="llama-3.1-8b-instruct", help="KD teacher preset")
+  p.add_argument("--teacher", default="llama-3.1-8b-instruct",
+                 help="KD teacher preset (ild: default the student's base Llama; dpo: unused, "
+                      "the reference is a frozen copy of the student)")
   p.add_argument("--seq-len", type=int, default=2048)
   p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--loss-impl", default="logits,fused", help="kd: comma list of logits / fused")
+  p.add_argument("--loss-impl", default="logits,fused",
+                 help="kd / dpo: comma list of logits / fused")
   p.add_argument("--loss-chunk", type=int, default=1024)
   p.add_argument("--ce-weight", type=float, default=0.0)
   p.add_argument("--remat", action="store_true", help="recompute each block in the backward pass")
