@@ -46,7 +46,9 @@ _BUDGETS = flags.DEFINE_list("budgets", None, "MLA layer budgets (default: the c
 _ABL = flags.DEFINE_bool("ablations", True, "also run uniform placement and no-ILD at the first budget")
 _ABL_LIST = flags.DEFINE_list("ablation_list", None, "ablations to run at the first budget instead "
                               "of --ablations' two: any of uniform, no_ild, kd_all (KD trains every "
-                              "parameter group), kd_freeze (KD freezes embeddings and MLPs)")
+                              "parameter group), kd_freeze (KD freezes embeddings and MLPs), and KD "
+                              "sweeps kd:<field>=<value> (one KD setting changed, e.g. "
+                              "kd:ce_weight=0.1, kd:lr_scale.mixer=2)")
 _CONTEXTS = flags.DEFINE_list("contexts", ["8192"], "decode-throughput context lengths ('': "
                                "none, quality only)")
 _DBATCH = flags.DEFINE_integer("decode_batch", 48, "decode-throughput batch size")

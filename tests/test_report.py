@@ -72,6 +72,30 @@ def test_kd_ablations_set_kd_freeze_and_refuse_a_copy_of_the_main_variant():
     variant_config(cfg, plan([3], ablations=["kd_freeze"])[1])
 
 
+def test_kd_sweeps_change_one_kd_setting_of_the_main_variant():
+  """`--ablation_list=kd:ce_weight=0.1,kd:lr_scale.mixer=2`: one student per setting next to the
+  main one (same budget and placement rule), the field set in its config only; a field that does
+  not exist, or a value equal to the config's, is refused by name."""
+  cfg = _tiny()
+  variants = plan([3], ablations=["kd:ce_weight=0.1", "kd:lr_scale.mixer=2"])
+  assert [v.name for v in variants] == ["mla3_smart", "mla3_smart_kd_ce_weight0p1",
+                                        "mla3_smart_kd_lr_scale_mixer2"]
+  assert variants[1].kind == "sweep: kd.ce_weight=0.1"
+  ce = variant_config(cfg, variants[1])
+  assert ce.kd.ce_weight == 0.1 and cfg.kd.ce_weight == 0.0  # the base config is not modified
+  assert ce.kd.lr_scale.mixer == 1.0 and tuple(ce.stages[-3:]) == ("select", "assemble", "kd")
+  mixer = variant_config(cfg, variants[2])
+  assert mixer.kd.lr_scale.mixer == 2 and mixer.kd.lr_scale.mlp == 1.0
+  with pytest.raises(ValueError, match="no field kd.ce_wieght"):
+    variant_config(cfg, plan([3], ablations=["kd:ce_wieght=0.1"])[1])
+  with pytest.raises(ValueError, match="kd.ce_weight is already 0.0"):
+    variant_config(cfg, plan([3], ablations=["kd:ce_weight=0.0"])[1])
+  with pytest.raises(ValueError, match="expected kd:<field>=<value>"):
+    plan([3], ablations=["kd:ce_weight"])
+  with pytest.raises(ValueError, match="repeat a variant"):
+    plan([3], ablations=["kd:ce_weight=0.1", "kd:ce_weight=0.1"])
+
+
 def test_shared_stages_run_once_and_are_linked(experiment):
   cfg, root, variants, summaries = experiment
   assert (root / "shared" / "ild_mla" / "model").exists()

@@ -20,12 +20,17 @@ source made with different settings for anything those stages read (`shared_sett
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import copy
 import dataclasses
 import json
 import os
+import re
 
 SHARED_STAGES = ("teacher", "samples", "ild_mla", "ild_mamba")
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
   budget: int               # MLA layers
@@ -33,11 +38,13 @@ class Variant:
   ild: bool = True          # False: blocks from the initialisers (placement from the SMART variant)
   kd_all: bool = False      # True: KD trains every parameter group (kd.freeze=())
   kd_freeze: bool = False   # True: KD freezes embeddings and MLPs (MambaInLlama; kd.freeze=KD_FREEZE)
+  kd_set: tuple = ()        # ((field under kd, value), ...): a KD setting swept ("kd:field=value")
 
   @property
   def name(self) -> str:
     return (f"mla{self.budget}_{self.placement}" + ("" if self.ild else "_no_ild")
-            + ("_kd_all" if self.kd_all else "") + ("_kd_freeze" if self.kd_freeze else ""))
+            + ("_kd_all" if self.kd_all else "") + ("_kd_freeze" if self.kd_freeze else "")
+            + "".join(f"_kd_{_slug(k)}{_slug(v)}" for k, v in self.kd_set))
 
   @property
   def kind(self) -> str:
@@ -47,10 +54,31 @@ class Variant:
       return "ablation: KD trains all parameters"
     if self.kd_freeze:
       return "ablation: KD freezes embeddings and MLPs"
+    if self.kd_set:
+      return "sweep: " + ", ".join(f"kd.{k}={v!r}" for k, v in self.kd_set)
     return "main" if self.placement == "smart" else "ablation: uniform placement"
 
 
 ABLATIONS = ("uniform", "no_ild", "kd_all", "kd_freeze")
+SWEEP_PREFIX = "kd:"  # "kd:ce_weight=0.1", "kd:lr_scale.mixer=2": one KD setting changed
+
+
+def _slug(x) -> str:
+  return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(x)).replace(".", "p") if not isinstance(x, str) \
+      else re.sub(r"[^A-Za-z0-9+-]+", "_", x)
+
+
+def parse_sweep(name: str) -> tuple:
+  """"kd:field=value" -> (("field", value),), value read as a Python literal (else a string)."""
+  body = name[len(SWEEP_PREFIX):]
+  field, eq, text = body.partition("=")
+  if not eq or not field or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", field):
+    raise ValueError(f"sweep {name!r}: expected kd:<field>=<value>, e.g. kd:ce_weight=0.1")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  return ((field, value),)
 KD_FREEZE = ("embed", "mlp")  # the kd_freeze ablation: MambaInLlama trains only the new mixers
 
 
@@ -58,7 +86,8 @@ def plan(budgets, ablations=True) -> list[Variant]:
   """The main SMART student per budget, then ablations at the first budget: `ablations` True means
   uniform placement and no ILD, False none, or a list of names from ABLATIONS ("kd_all": KD trains
   every parameter, "kd_freeze": KD freezes embeddings and MLPs; whichever differs from the
-  config's kd.freeze measures what freezing buys or costs)."""
+  config's kd.freeze measures what freezing buys or costs) and of KD sweeps "kd:field=value" (one
+  KD setting changed from the config's; same shared stages and placement rule)."""
   budgets = [int(b) for b in budgets]
   if not budgets:
     raise ValueError("at least one MLA budget is needed")
@@ -66,14 +95,20 @@ def plan(budgets, ablations=True) -> list[Variant]:
     raise ValueError(f"budgets {budgets} repeat a value")
   names = (("uniform", "no_ild") if ablations is True else () if ablations is False
            else tuple(ablations))
-  unknown = [a for a in names if a not in ABLATIONS]
+  unknown = [a for a in names if a not in ABLATIONS and not a.startswith(SWEEP_PREFIX)]
   if unknown:
-    raise ValueError(f"unknown ablation(s) {unknown}; known: {list(ABLATIONS)}")
+    raise ValueError(f"unknown ablation(s) {unknown}; known: {list(ABLATIONS)} and "
+                     f"{SWEEP_PREFIX}<field>=<value>")
   b0 = budgets[0]
   made = {"uniform": Variant(b0, "uniform"), "no_ild": Variant(b0, "smart", ild=False),
           "kd_all": Variant(b0, "smart", kd_all=True),
           "kd_freeze": Variant(b0, "smart", kd_freeze=True)}
-  return [Variant(b, "smart") for b in budgets] + [made[a] for a in names]
+  out = [Variant(b, "smart") for b in budgets]
+  for a in names:
+    out.append(made[a] if a in made else Variant(b0, "smart", kd_set=parse_sweep(a)))
+  if len({v.name for v in out}) != len(out):
+    raise ValueError(f"ablations {list(names)} repeat a variant")
+  return out
 
 
 def _shared_stages(cfg) -> tuple[str, ...]:
@@ -97,6 +132,20 @@ def variant_config(cfg, v: Variant, smart_layers=None):
       raise ValueError(f"ablation {v.name}: the config already has kd.freeze={freeze}, so it would "
                        f"train the main variant again; use the other KD ablation (kd_all / kd_freeze)")
     c.kd.freeze = freeze
+  for field, value in v.kd_set:
+    *parents, leaf = field.split(".")
+    node = c.kd
+    for part in parents:
+      if part not in node or not hasattr(node[part], "keys"):
+        raise ValueError(f"sweep {v.name}: kd.{field}: the config has no section kd.{part}")
+      node = node[part]
+    if leaf not in node:
+      raise ValueError(f"sweep {v.name}: the config has no field kd.{field}")
+    if node[leaf] == value:
+      raise ValueError(f"sweep {v.name}: kd.{field} is already {value!r}, so it would train the "
+                       "main variant again")
+    with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+      node[leaf] = value
   shared = _shared_stages(cfg)
   tail = ("select", "assemble", "kd")
   if v.ild:
