@@ -93,6 +93,9 @@ def main(argv=None):
   ap.add_argument("--overwrite", action="store_true",
                   help="replace an earlier saved model in --output (never other files)")
   args = ap.parse_args(argv)
+  for flag in ("kv_lora_rank", "q_lora_rank"):  # 0 would silently mean "the default"
+    if getattr(args, flag) is not None and getattr(args, flag) < 1:
+      ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
   import zebra_jax
   from zebra_jax import accounting, presets

@@ -107,6 +107,44 @@ def test_distill_names_a_config_override_that_is_no_field():
                               "lists the fields)")
 
 
+def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
+  """A missing `--config` file was a chained traceback from deep in the run (ml_collections keeps
+  a placeholder that raises on first use); a config whose get_config() raises was its traceback
+  inside the flag error. Both: one line naming the flag and file, exit 2."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config():\n  raise ValueError('boom')\n")
+  for config, want in [(str(tmp_path / "missing.py"), f"error: --config {tmp_path / 'missing.py'}: "
+                        "the config file did not load (no such file)"),
+                       (str(bad), f"error: flag --config={bad}: Error whilst parsing config file: "
+                        "ValueError: boom (ZEBRA_JAX_DEBUG=1 shows the traceback)")]:
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "distill.py"), "--config",
+                        config, "--workdir", str(tmp_path / "w")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip() == want, r.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_tokenizer_name_that_is_nothing_is_refused_at_once(tmp_path, capsys):
+  """`--tokenizer nope` went to the hub (a minute of retries offline) and ended in a traceback."""
+  data = tmp_path / "corpus.txt"
+  data.write_text("some text\n")
+  line = _fails(capsys, load_script("pretokenize").main, ["--input", str(data), "--tokenizer", "nope",
+                                                      "--output", str(tmp_path / "shards")])
+  assert line.startswith("error: could not load a tokenizer from 'nope': expected 'byte', a named "
+                         "checkpoint (smollm2")
+
+
+def test_init_hybrid_refuses_a_zero_rank(tmp_path, capsys):
+  """`--kv-lora-rank 0` was read as "the default" and a hybrid was saved."""
+  with pytest.raises(SystemExit) as e:
+    load_script("init_hybrid").main(["--teacher", "smollm2", "--kv-lora-rank", "0", "--output",
+                                     str(tmp_path / "out")])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.strip().endswith("error: --kv-lora-rank must be >= 1, got 0")
+  assert not (tmp_path / "out").exists()
+
+
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, capsys):
   """ZEBRA_JAX_DEBUG=1: the traceback, then the line, same exit code. An error that is not one of
   ours (a bug) is not turned into a line."""

@@ -159,17 +159,41 @@ def script_errors():
     sys.exit(code)
 
 
+def _check_config_files(flag_values) -> None:
+  """A `--config FILE` that did not load: ml_collections keeps a placeholder that raises on first
+  use, deep in the run, as a two-part traceback. Say so here, naming the flag and the file."""
+  for name in list(flag_values):
+    value = flag_values[name].value
+    if type(value).__name__ != "_ErrorConfig":
+      continue
+    error = object.__getattribute__(value, "_error")
+    text = str(error)
+    reason = ("no such file" if "No such file" in text else
+              text.strip().splitlines()[-1].strip() if text.strip() else type(error).__name__)
+    path = (flag_values[name].serialize().split("=", 1)[-1] or "?")
+    print(f"error: --{name} {path}: the config file did not load ({reason})", file=sys.stderr)
+    sys.exit(EXIT_ERROR)
+
+
 def parse_absl_flags(argv: list[str]) -> list[str]:
   """`app.run(main, flags_parser=parse_absl_flags)`: a bad flag, or a `--config.x.y=v` override
   that names no config field (ml_collections raises KeyError / AttributeError, a traceback under
   absl's own parser), is one line and exit 2."""
   from absl import flags
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    _check_config_files(flags.FLAGS)
+    return rest
   except flags.Error as e:
     if debug():
       traceback.print_exc()
-    print(f"error: {e} (--help lists the flags)", file=sys.stderr)
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # a config file's get_config() raised
+      first = text.split("\n", 1)[0].rstrip(": ")
+      last = [line for line in text.splitlines() if line.strip()][-1].strip()
+      print(f"error: {first}: {last} ({DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+    else:
+      print(f"error: {text} (--help lists the flags)", file=sys.stderr)
   except (KeyError, AttributeError) as e:
     if debug():
       traceback.print_exc()

@@ -101,7 +101,8 @@ def load_tokenizer(spec: Any):
 
   spec: a tokenizer object (returned as is), "byte" (ByteTokenizer), a named checkpoint ("smollm2"), a
   .gguf file, a local directory (an HF tokenizer directory, a saved or exported model with its tokenizer
-  files; `zebra_jax.convert.load_tokenizer`), or a Hugging Face hub name (AutoTokenizer).
+  files; `zebra_jax.convert.load_tokenizer`), or a Hugging Face hub id "owner/name" (AutoTokenizer);
+  anything else is a DataError naming what is accepted.
   """
   if not isinstance(spec, (str, os.PathLike)):
     return spec
@@ -122,11 +123,17 @@ def load_tokenizer(spec: Any):
     raise DataError(f"{spec} is a file: pass the tokenizer's directory, or a .gguf file")
   if os.path.isdir(os.path.expanduser(spec)):
     return convert_load_tokenizer(spec)
+  accepted = (f"'byte', a named checkpoint ({', '.join(sorted(NAMED_CHECKPOINTS))}), a .gguf file, "
+              "a local directory or a Hugging Face hub id (owner/name)")
+  if "/" not in spec:  # not a hub id either: no network round trip (and its retries) for a typo
+    raise DataError(f"could not load a tokenizer from {spec!r}: expected {accepted}")
   from transformers import AutoTokenizer
   try:
     return AutoTokenizer.from_pretrained(spec)
-  except OSError as e:
-    raise OSError(f"could not load a tokenizer from {spec!r}: {e}") from e
+  except OSError as e:  # transformers' hub / offline errors run over several lines
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(f"could not load a tokenizer from {spec!r} as a Hugging Face hub id: {first} "
+                    f"(expected {accepted})") from e
 
 
 def vocab_size(tokenizer) -> int:
