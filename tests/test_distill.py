@@ -106,9 +106,27 @@ def free_port() -> int:
 
 # -- 1. the tiny config end to end -----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, jax_cache):
+def devices_worker(tmp_path_factory, jax_cache):
+  """The simulated-devices worker (see `simulated_devices`), started in the background as soon as
+  the tiny run starts, so the two single-process runs share CI's two cores: (process, log, outs)."""
+  tmp = tmp_path_factory.mktemp("devices")
+  outs = {name: tmp / f"{name}.json" for name in ("mesh", "ranks")}
+  log = open(tmp / "worker.log", "w+")
+  p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "devices", str(tmp),
+                        str(outs["mesh"]), str(outs["ranks"])],
+                       env=_env(jax_cache, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                       stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+  yield p, log, outs
+  if p.poll() is None:
+    p.kill()
+  p.wait()
+  log.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, jax_cache, devices_worker):
   """One uninterrupted run of every stage: the subject of the end-to-end test and the reference of
-  the resume test."""
+  the resume test. (Runs while the simulated-devices worker runs.)"""
   workdir = tmp_path_factory.mktemp("tiny_ref")
   t0 = time.time()
   r = distill(workdir, jax_cache)
@@ -463,17 +481,21 @@ def test_preference_batches_are_split_by_process():
 
 # -- 4. 8 simulated devices = 1 device -------------------------------------------------------------
 @pytest.fixture(scope="module")
-def simulated_devices(tmp_path_factory, jax_cache):
+def simulated_devices(devices_worker):
   """One subprocess with 8 simulated CPU devices runs both multi-device workers (`mesh`: KD on a
   2x2x2 mesh vs 1 device; `ranks`: batch fields of rank 1 and 2 on a 2x2x1 mesh of 4 of those
-  devices vs 1 device): {"mesh": ..., "ranks": ...}, what each wrote."""
-  tmp = tmp_path_factory.mktemp("devices")
-  outs = {name: tmp / f"{name}.json" for name in ("mesh", "ranks")}
-  r = subprocess.run([sys.executable, os.path.abspath(__file__), "devices", str(tmp),
-                      str(outs["mesh"]), str(outs["ranks"])],
-                     env=_env(jax_cache, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-                     capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
-  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+  devices vs 1 device): {"mesh": ..., "ranks": ...}, what each wrote. (Started by
+  `devices_worker`, alongside the tiny run.)"""
+  p, log, outs = devices_worker
+  try:
+    p.wait(timeout=TIMEOUT)
+  finally:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+  log.seek(0)
+  text = log.read()
+  assert p.returncode == 0, text[-8000:]
   return {name: json.loads(out.read_text()) for name, out in outs.items()}
 
 

@@ -1,10 +1,10 @@
 """Sharded generation: a tiny MLA + Mamba2 + GQA hybrid with its parameters and cache sharded over
 (data, fsdp, tensor) meshes of 8 simulated CPU devices generates the tokens of the unsharded model.
 
-The multi-device work runs in one subprocess with
+The multi-device work runs in two concurrent subprocesses with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (this file is the worker: `python
-tests/test_generate_sharded.py both OUT.json`), which writes what it saw to a JSON file; the
-tests below check it. "meshes": generation, caches and the compiled decode loop on meshes
+tests/test_generate_sharded.py meshes|extras OUT.json`), which write what they saw to JSON files;
+the tests below check them. "meshes": generation, caches and the compiled decode loop on meshes
 8x1x1, 2x2x2 and 1x1x8; "extras": impl="auto" (the MLA decode through shard_map), speculative
 decoding and the decode benchmark on a mesh. References are independent of the sharded code
 path: greedy tokens of the no-cache oracle (`use_cache=False`: the full forward rerun over the whole
@@ -43,13 +43,30 @@ def _env(**extra) -> dict:
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory) -> dict:
-  """One worker process for both groups of checks (one start, one oracle): {"meshes": ...,
-  "extras": ...}."""
-  out = tmp_path_factory.mktemp("sharded_gen") / "both.json"
-  r = subprocess.run([sys.executable, os.path.abspath(__file__), "both", str(out)],
-                     capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
-  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
-  return json.loads(out.read_text())
+  """The two groups of checks in two worker processes that run at once (CI has two cores):
+  {"meshes": ..., "extras": ...}. The oracle is computed once, by the "meshes" worker; the extras'
+  tokens are compared with it."""
+  tmp = tmp_path_factory.mktemp("sharded_gen")
+  outs = {group: tmp / f"{group}.json" for group in ("meshes", "extras")}
+  logs = {group: open(tmp / f"{group}.log", "w+") for group in outs}
+  procs = {group: subprocess.Popen([sys.executable, os.path.abspath(__file__), group, str(out)],
+                                   stdout=logs[group], stderr=subprocess.STDOUT, text=True,
+                                   env=_env(), cwd=ROOT)
+           for group, out in outs.items()}
+  try:
+    for group, p in procs.items():
+      p.wait(timeout=600)
+      logs[group].seek(0)
+      assert p.returncode == 0, (group, logs[group].read()[-8000:])
+  finally:
+    for group, p in procs.items():
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+      logs[group].close()
+  got = {group: json.loads(out.read_text()) for group, out in outs.items()}
+  got["extras"]["oracle"] = got["meshes"]["oracle"]
+  return got
 
 
 @pytest.fixture(scope="module")
@@ -159,16 +176,25 @@ def test_generate_cli_with_mesh_prints_the_unsharded_text(tmp_path):
   cmd = [sys.executable, os.path.join(ROOT, "scripts", "generate.py"), "--checkpoint", str(ckpt),
          "--tokenizer", "byte", "--prompt", "To be, or not", "--prompt", "Once", "--max-new-tokens",
          "10"]
-  one = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
-  mesh = subprocess.run(cmd + ["--mesh", "2,1,4"], capture_output=True, text=True, env=_env(),
-                        timeout=300, cwd=ROOT)
+  # the three runs at once (CI has two cores); small outputs, so pipes are fine
+  procs = [subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), cwd=ROOT)
+           for extra in ([], ["--mesh", "2,1,4"], ["--mesh", "3,1,1"])]
+  try:
+    one, mesh, bad = [subprocess.CompletedProcess(p.args, 0, *p.communicate(timeout=300))
+                      for p in procs]
+    for r, p in zip((one, mesh, bad), procs):
+      r.returncode = p.returncode
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
   assert one.returncode == 0, one.stderr[-3000:]
   assert mesh.returncode == 0, mesh.stderr[-3000:]
   assert "sharded over" in mesh.stderr and "8 devices" in mesh.stderr
   assert one.stdout.startswith("[0] ") and "\n[1] " in one.stdout  # two generations (random bytes)
   assert mesh.stdout == one.stdout
-  bad = subprocess.run(cmd + ["--mesh", "3,1,1"], capture_output=True, text=True, env=_env(),
-                       timeout=300, cwd=ROOT)
   assert bad.returncode == 2 and "needs 3 devices, have 8" in bad.stderr, bad.stderr[-2000:]
 
 
@@ -316,10 +342,20 @@ def _worker(out_path: str) -> None:
     gather = jax.jit(lambda c: jax.tree.map(
         lambda a: jax.lax.with_sharding_constraint(a * 2, everywhere), c))
     res["gather_control"][name] = _collectives(gather.lower(cache).compile().as_text())
-  extras = {"oracle": res["oracle"]}
-  _extras(extras, config, prompts)
   with open(out_path, "w") as f:
-    json.dump({"meshes": res, "extras": extras}, f)
+    json.dump(res, f)
+
+
+def _extras_worker(out_path: str) -> None:
+  import jax
+  import numpy as np
+  assert len(jax.devices()) == 8, jax.devices()
+  rng = np.random.default_rng(PROMPT_SEED)  # the prompts of _worker
+  prompts = [rng.integers(0, 64, n).tolist() for n in PROMPT_LENS]
+  res = {}
+  _extras(res, _config(), prompts)
+  with open(out_path, "w") as f:
+    json.dump(res, f)
 
 
 def _extras(res, config, prompts):
@@ -379,8 +415,10 @@ def _save(path: str) -> None:
 
 
 if __name__ == "__main__":
-  if sys.argv[1] == "both":
+  if sys.argv[1] == "meshes":
     _worker(sys.argv[2])
+  elif sys.argv[1] == "extras":
+    _extras_worker(sys.argv[2])
   elif sys.argv[1] == "save":
     _save(sys.argv[2])
   else:

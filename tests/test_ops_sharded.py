@@ -1,8 +1,8 @@
 """Pallas kernels inside the partitioned step: `ops.causal_attention` / `ops.ssd_scan` under the
 trainer's activation mesh run the kernel per shard through `shard_map`.
 
-The cases run one after another in a subprocess with 8 simulated CPU devices (this file is the
-worker: `python tests/test_ops_sharded.py <case> [<case> ...]`). There the TPU kernels are registered for the "cpu"
+The cases run one after another in two concurrent subprocesses with 8 simulated CPU devices each
+(this file is the worker: `python tests/test_ops_sharded.py <case> [<case> ...]`). There the TPU kernels are registered for the "cpu"
 backend in the Pallas TPU interpreter (how the TPU kernels are checked on a CPU), called through the
 ops dispatch inside `jax.jit` under `parallel.activation_mesh(mesh)` with batch-sharded inputs, and
 their outputs and gradients compared with float64 references written here (causal GQA softmax
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -25,21 +26,40 @@ ROOT = os.path.dirname(HERE)
 
 
 CASES = ("attention_flash", "attention_splash", "ssd_groups", "ssd_one_group", "model")
+# The cases split over two worker processes that run at once (the interpreted kernels run on one
+# core each; CI has two), about equally long: the model alone takes as long as the kernels.
+GROUPS = (("attention_flash", "attention_splash", "ssd_one_group"), ("ssd_groups", "model"))
 
 
 @pytest.fixture(scope="module")
 def cases() -> dict:
-  """Every case in one worker process (one start, one jax initialisation): {case: its output};
-  a case that failed has its traceback there and no "CASE OK" line."""
+  """Every case run by one of two concurrent worker processes (one start, one jax initialisation
+  each): {case: its output}; a case that failed has its traceback there and no "CASE OK" line."""
+  assert sorted(c for g in GROUPS for c in g) == sorted(CASES)
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=8",
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  r = subprocess.run([sys.executable, os.path.abspath(__file__), *CASES], capture_output=True,
-                     text=True, env=env, timeout=600, cwd=ROOT)
-  assert r.returncode in (0, 1), (r.stdout[-3000:] + r.stderr[-5000:])
-  parts = r.stdout.split("=== CASE ")[1:]
-  out = {p.split("\n", 1)[0].strip(): p for p in parts}
-  assert set(out) == set(CASES), (r.stdout[-3000:] + r.stderr[-5000:])
+  logs = [tempfile.TemporaryFile("w+") for _ in GROUPS]  # files: a full pipe would stall a worker
+  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *group], stdout=log,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+           for group, log in zip(GROUPS, logs)]
+  out, tails = {}, []
+  try:
+    for p, log in zip(procs, logs):
+      p.wait(timeout=600)
+      log.seek(0)
+      text = log.read()
+      tails.append(text[-8000:])
+      assert p.returncode in (0, 1), tails[-1]
+      out.update({part.split("\n", 1)[0].strip(): part for part in text.split("=== CASE ")[1:]})
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    for log in logs:
+      log.close()
+  assert set(out) == set(CASES), "\n".join(tails)
   return out
 
 

@@ -97,13 +97,38 @@ def runs(tmp_path_factory):
   assert not (killed / "ild_mla" / "model").exists()
   saved = max(int(d) for d in os.listdir(killed / "ild_mla" / "checkpoints") if d.isdigit())
   assert KILL_AT <= saved < STEPS and _rows(killed)[-1]["step"] == saved
-  return {"base": base, "cache": cache, "ref": ref, "killed": killed, "saved": saved}
+  # Both resumes (2 and 8 devices: different programs, nothing to share in the cache) run at once,
+  # on CI's two cores; their tests check what they did.
+  resumed = {}
+  for devices in (2, 8):
+    work = base / f"resumed{devices}"
+    shutil.copytree(killed, work)
+    out, err = open(base / f"resumed{devices}.out", "w+"), open(base / f"resumed{devices}.err", "w+")
+    p = subprocess.Popen(_cmd(work, devices), env=_env(devices, cache), stdout=out, stderr=err,
+                         text=True, cwd=ROOT)
+    resumed[devices] = (work, p, out, err)
+  done = {}
+  try:
+    for devices, (work, p, out, err) in resumed.items():
+      p.wait(timeout=TIMEOUT)
+      out.seek(0)
+      err.seek(0)
+      done[devices] = (work, subprocess.CompletedProcess(p.args, p.returncode, out.read(),
+                                                         err.read()))
+  finally:
+    for work, p, out, err in resumed.values():
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+      out.close()
+      err.close()
+  return {"base": base, "cache": cache, "ref": ref, "killed": killed, "saved": saved,
+          "resumed": done}
 
 
 def _check_resume(runs, devices):
-  work = runs["base"] / f"resumed{devices}"
-  shutil.copytree(runs["killed"], work)
-  r = _run(work, devices, runs["cache"])
+  work, r = runs["resumed"][devices]  # copies of the killed workdir, rerun on `devices`
+  assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
   saved = runs["saved"]
   assert f"[ild_mla] resumed from step {saved}" in r.stdout, r.stdout[-3000:]
   assert "[teacher] artifact exists, skipping" in r.stdout
