@@ -11,10 +11,12 @@ r"""Benchmarks of zebra-jax.
 per family: a table of shape, implementation, time, GB/s (or TFLOP/s) and the ratio to the peer
 measured in the same run, under a line naming the device, the library versions and the date.
 `--append PATH` appends the sections to PATH (docs/benchmarks.md is append-only). Options the
-dispatcher does not know are passed to the family (see `python -m kernels_pallas.<family>.bench -h`).
+dispatcher does not know are passed to the family (see `python -m zebra_jax.bench.<family> -h`).
 
-Adding a family: write `bench_<name>(argv) -> str` below (it parses its own options and returns
-its markdown section) and decorate it with `@family("<name>")`.
+Every benchmark lives in the `zebra_jax.bench` package, one module per sub-command or family.
+Adding a family: write `zebra_jax/bench/<name>.py` with `main(argv) -> str` (it parses its own
+options and returns its markdown section), then `bench_<name>(argv) -> str` below calling it,
+decorated with `@family("<name>")`.
 """
 
 from __future__ import annotations
@@ -44,31 +46,31 @@ def family(name: str):
 @family("ssd")
 def bench_ssd(argv: list[str]) -> str:
   """Mamba2 SSD chunked scan: Pallas GPU kernel vs mamba_ssm (Triton) vs the pure-JAX reference."""
-  from kernels_pallas.ssd import bench
-  return bench.main(argv)
+  from zebra_jax.bench import ssd
+  return ssd.main(argv)
 
 
 @family("mla")
 def bench_mla(argv: list[str]) -> str:
   """Absorbed MLA decode: Pallas kernel vs the HBM copy ceiling and an XLA decode."""
-  from kernels_pallas.mla import bench
-  return bench.main(argv)
+  from zebra_jax.bench import mla
+  return mla.main(argv)
 
 
 @family("attention")
 def bench_attention(argv: list[str]) -> str:
   """Causal prefill/training attention with MLA head sizes: our Pallas GPU flash kernel (autotuned
   over its block presets, `--flash-config` to choose) vs cuDNN, fwd and fwd+bwd TFLOP/s."""
-  from kernels_pallas.attention import bench
-  return bench.main(argv)
+  from zebra_jax.bench import attention
+  return attention.main(argv)
 
 
 @family("kd_loss")
 def bench_kd_loss(argv: list[str]) -> str:
   """KD output-head loss + gradient: full logits (train/losses.py) vs chunked with a custom VJP
   (train/fused_losses.py), time and XLA temp memory at the smollm2 / Zebra-1B / Zebra-8B heads."""
-  from zebra_jax.train import loss_bench
-  return loss_bench.main(argv)
+  from zebra_jax.bench import kd_loss
+  return kd_loss.main(argv)
 
 
 def kernels(args: argparse.Namespace, rest: list[str]) -> None:
@@ -102,14 +104,14 @@ def main(argv=None) -> None:
   if args.command == "kernels":
     kernels(args, rest)
   elif args.command == "generate":
-    from zebra_jax.infer import bench as generate_bench
-    generate_bench.main(rest)
+    from zebra_jax.bench import decode
+    decode.main(rest)
   elif args.command == "train":
-    from zebra_jax.train import step_bench
-    step_bench.main(rest)
+    from zebra_jax.bench import train_step
+    train_step.main(rest)
   elif args.command == "speculative":
-    from zebra_jax.infer import spec_bench
-    spec_bench.main(rest)
+    from zebra_jax.bench import speculative
+    speculative.main(rest)
 
 
 if __name__ == "__main__":

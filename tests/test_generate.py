@@ -314,7 +314,8 @@ def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, mo
   (observed here call by call through jax's cache of the jitted loop), else the throughput would
   include compile time (it did once: 137 ms 'per step' on an H100 in a docs/results.md run)."""
   from zebra_jax.convert.orbax_io import load_model, save_model
-  from zebra_jax.infer import bench
+  from zebra_jax.bench import decode as bench
+  from zebra_jax.eval import throughput
   from zebra_jax.infer.decode import decode_loop
 
   if not hasattr(decode_loop, "_cache_size"):
@@ -330,8 +331,8 @@ def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, mo
     calls.append((int(args[2]), decode_loop._cache_size() - before))
     return out
 
-  monkeypatch.setattr(bench, "decode_loop", observed)
-  r = bench.decode_throughput(model, 2, 64, steps=4, warmup=4)
+  monkeypatch.setattr(throughput, "decode_loop", observed)
+  r = throughput.decode_throughput(model, 2, 64, steps=4, warmup=4)
   assert r["steps"] == 4 and r["tokens_per_s"] > 0
   assert calls[-1][0] == 8, calls            # the timed call runs to warmup + steps
   assert calls[-1][1] == 0, f"the timed decode call compiled: {calls}"

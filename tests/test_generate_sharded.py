@@ -398,7 +398,7 @@ def _extras(res, config, prompts):
                         "draft_on_mesh": model_mesh(draft) == mesh}
 
   # The decode benchmark (scripts/bench.py generate --mesh): weights and cache made sharded.
-  from zebra_jax.infer import bench
+  from zebra_jax.bench import decode as bench
   mesh = make_mesh(8, 1, 1)
   bench_model = bench.random_model(config, mesh=mesh)
   r = bench.decode_throughput(bench_model, 8, 16, 2, warmup=1, mesh=mesh)

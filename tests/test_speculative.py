@@ -169,7 +169,7 @@ def test_commit_replays_accepted_prefix():
 # the benchmark's draft: the target's first layers, distilled to the target
 # ------------------------------------------------------------------------------------------------
 def test_truncated_draft_is_the_targets_first_layers():
-  from zebra_jax.infer.spec_bench import truncated_draft
+  from zebra_jax.bench.speculative import truncated_draft
   target = make_target("hybrid")
   tokens = jnp.asarray([PROMPTS[1]])
   got = truncated_draft(target, 2)(tokens)
@@ -181,7 +181,7 @@ def test_truncated_draft_is_the_targets_first_layers():
 
 
 def test_distill_draft_lowers_kl_and_keeps_speculative_greedy_exact():
-  from zebra_jax.infer.spec_bench import distill_draft, draft_kl, pack_rows, truncated_draft
+  from zebra_jax.bench.speculative import distill_draft, draft_kl, pack_rows, truncated_draft
   target = make_target("hybrid")
   rng = np.random.default_rng(3)
   prompts = [rng.integers(0, V, 4).tolist() for _ in range(48)]
@@ -214,7 +214,7 @@ def test_distill_draft_lowers_kl_and_keeps_speculative_greedy_exact():
 
 
 def test_distill_draft_refuses_too_few_rows():
-  from zebra_jax.infer.spec_bench import distill_draft, truncated_draft
+  from zebra_jax.bench.speculative import distill_draft, truncated_draft
   target = make_target("mamba2")
   with pytest.raises(ValueError, match="at least batch_size=8 rows"):
     distill_draft(target, truncated_draft(target, 1), np.zeros((4, 8), np.int32),
@@ -222,7 +222,7 @@ def test_distill_draft_refuses_too_few_rows():
 
 
 def test_agreeing_prefix():
-  from zebra_jax.infer.spec_bench import agreeing_prefix
+  from zebra_jax.bench.speculative import agreeing_prefix
   assert agreeing_prefix([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 5]]) == 1.0
   assert agreeing_prefix([[1, 9, 3], [4, 5]], [[1, 2, 3], [4, 5]]) == 3 / 5  # 1 of 3, 2 of 2
   assert agreeing_prefix([[1, 2]], [[1, 2, 3, 4]]) == 0.5  # stopped early

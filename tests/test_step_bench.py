@@ -1,4 +1,4 @@
-"""`scripts/bench.py train` (zebra_jax/train/step_bench.py) on CPU with small configs: the step
+"""`scripts/bench.py train` (zebra_jax/bench/train_step.py) on CPU with small configs: the step
 runs for KD (full-logits and fused losses, whose first-step losses agree) and ILD, and the MFU and
 table arithmetic is checked by hand."""
 
@@ -7,7 +7,7 @@ import pytest
 
 from zebra_jax import accounting
 from zebra_jax.config import HybridConfig, LlamaConfig
-from zebra_jax.train import step_bench
+from zebra_jax.bench import train_step as step_bench
 
 SMALL = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, impl="reference", eos_token_id=None)

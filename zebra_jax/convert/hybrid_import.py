@@ -212,13 +212,12 @@ def load_hybrid_config(directory: str, fmt: str | None = None, **overrides) -> H
 def check_tensors(config: HybridConfig, tensors, source: str) -> None:
   """One CheckpointError naming every tensor problem, with layer-type-aware torch names."""
   from zebra_jax.convert.hf import abstract_params
-  from zebra_jax.export.params import INVERSE, torch_name
 
   kinds = config.layer_types()
   expected = {}
   for path, sds in abstract_params(config)[3].items():
-    name, tf = torch_name(path, kinds)
-    expected[name] = INVERSE[tf][1](tuple(sds.shape))
+    name, tf = names.torch_name(path, kinds)
+    expected[name] = names.INVERSE[tf][1](tuple(sds.shape))
   wrong_kind: dict[int, str] = {}
   unexpected, misshaped = [], []
   for name, t in tensors.items():

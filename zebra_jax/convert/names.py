@@ -2,7 +2,8 @@
 
 Every source (safetensors, torch .bin, GGUF) is first expressed in HF names; `HF_TO_NNX` then maps
 each HF tensor to a path in `CausalLM`'s parameter tree plus a per-tensor transform. The export
-direction (NNX -> HF) can use the same table through `nnx_path_to_hf`.
+direction (NNX -> HF) uses the same tables: `nnx_path_to_hf`, `torch_name` (hybrid layers too) and
+`INVERSE` (the transforms reversed); zebra_jax/export builds on them.
 
 Patterns are full-match regexes; `{0}`, `{1}` in a target are the pattern's groups. NNX paths are
 dot-joined (`layers.3.mixer.q_proj.kernel`); integer components index `nnx.List`s.
@@ -133,6 +134,13 @@ TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
     "conv_weight": (lambda x, ctx: x[:, 0, :].T, lambda s: (s[1], 1, s[0])),
 }
 
+# Inverse of TRANSFORMS (NNX -> torch): (array fn, NNX shape -> torch shape).
+INVERSE: dict[str, tuple[Callable, Callable]] = {
+    "identity": (lambda x: x, lambda s: tuple(s)),
+    "transpose": (lambda x: x.T, lambda s: tuple(reversed(s))),
+    "conv_weight": (lambda x: x.T[:, None, :], lambda s: (s[1], 1, s[0])),
+}
+
 
 # -- lookups -------------------------------------------------------------------------------------
 def match(rules: tuple[Rule, ...], name: str) -> tuple[str, str] | None:
@@ -166,3 +174,21 @@ def nnx_path_to_hf(path: str) -> tuple[str, str] | None:
     if re.fullmatch(rule.pattern, source):
       return source, rule.transform
   return None
+
+
+def torch_name(path: str, layer_types) -> tuple[str, str]:
+  """(torch name, transform) of an NNX parameter path; `layer_types[i]` picks the mixer names."""
+  parts = path.split(".")
+  if len(parts) > 3 and parts[0] == "layers" and parts[2] == "mixer":
+    i = int(parts[1])
+    kind = layer_types[i]
+    prefix, entries = HYBRID_MIXER_NAMES[kind]
+    sub = ".".join(parts[3:])
+    for src, dst, tf in entries:
+      if dst == sub:
+        return f"model.layers.{i}.{prefix}.{src}", tf
+    raise KeyError(f"no torch name for {path} ({kind} layer)")
+  hit = nnx_path_to_hf(path)
+  if hit is None:
+    raise KeyError(f"no torch name for parameter {path}")
+  return hit

@@ -6,7 +6,7 @@ trained on; teacher samples excluded):
   top1 / kl                       agreement with the teacher at every position: argmax match rate and
                                   mean KL(teacher || student) in nats (the KD objective)
   kv_fraction                     cached values per token vs the teacher's (accounting.kv_cache_fraction)
-  decode tokens/s                 greedy decode at batch B and each context length (infer.bench)
+  decode tokens/s                 greedy decode at batch B and each context length (eval/throughput)
   samples                         greedy continuations of fixed prompts, side by side
 The held-out split of the run's own sources is the in-domain row; `results["suite"]` (when present,
 eval/suite.py) adds the multi-domain section: held-out sources, zero-shot tasks, chat answers.
@@ -54,7 +54,7 @@ def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_b
   models loop under greedy decoding, so both are shown, with the same settings for every model."""
   from zebra_jax import accounting
   from zebra_jax.eval.agreement import teacher_agreement
-  from zebra_jax.infer.bench import decode_throughput
+  from zebra_jax.eval.throughput import decode_throughput
   from zebra_jax.infer.generation import generate
 
   t0 = time.time()

@@ -1,8 +1,9 @@
 """NNX parameters -> torch-named tensor plans (the export direction of `convert/names.py`).
 
-Names come from the same tables the importers use: `names.HF_TO_NNX` (reverse lookup) for the
-embedding, norms, MLP and LM head, and `names.HYBRID_MIXER_NAMES` for each layer's mixer, chosen by
-the layer's type (MLA and Mamba2 both own an `out_proj`, so the type decides the torch prefix).
+Names and transforms come from `convert/names.py`, which holds both directions of the map:
+`names.torch_name` (from `names.HF_TO_NNX` reversed for the embedding, norms, MLP and LM head, and
+`names.HYBRID_MIXER_NAMES` for each layer's mixer, chosen by the layer's type: MLA and Mamba2 both
+own an `out_proj`, so the type decides the torch prefix) and `names.INVERSE`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,8 @@ from flax import nnx
 
 from zebra_jax.config import LlamaConfig
 from zebra_jax.convert import names
+from zebra_jax.convert.names import INVERSE, torch_name
 from zebra_jax.export.io import PlannedTensor, np_dtype
-
-# Inverse of names.TRANSFORMS (NNX -> torch): (array fn, NNX shape -> torch shape).
-INVERSE: dict[str, tuple[Callable, Callable]] = {
-    "identity": (lambda x: x, lambda s: tuple(s)),
-    "transpose": (lambda x: x.T, lambda s: tuple(reversed(s))),
-    "conv_weight": (lambda x: x.T[:, None, :], lambda s: (s[1], 1, s[0])),
-}
 
 # Tiny precision-critical Mamba2 parameters stay float32 whatever the export dtype (our model keeps
 # them float32 too, so a bf16 export still round-trips bit for bit).
@@ -34,24 +29,6 @@ def flat_params(model: nnx.Module) -> dict[str, jax.Array]:
   """{dotted NNX path: array} of every nnx.Param."""
   return {names.path_str(p): v.get_value()
           for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-
-
-def torch_name(path: str, layer_types) -> tuple[str, str]:
-  """(torch name, transform) of an NNX parameter path; `layer_types[i]` picks the mixer names."""
-  parts = path.split(".")
-  if len(parts) > 3 and parts[0] == "layers" and parts[2] == "mixer":
-    i = int(parts[1])
-    kind = layer_types[i]
-    prefix, entries = names.HYBRID_MIXER_NAMES[kind]
-    sub = ".".join(parts[3:])
-    for src, dst, tf in entries:
-      if dst == sub:
-        return f"model.layers.{i}.{prefix}.{src}", tf
-    raise KeyError(f"no torch name for {path} ({kind} layer)")
-  hit = names.nnx_path_to_hf(path)
-  if hit is None:
-    raise KeyError(f"no torch name for parameter {path}")
-  return hit
 
 
 def _cast(x: np.ndarray, dt: np.dtype) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Benchmark family "kd_loss": the KD output-head loss and its gradient, full logits vs chunked.
 
     python scripts/bench.py kernels --family kd_loss [--loss-shapes smollm2,zebra-1b] [--chunks 1024,4096]
-    (or python -m zebra_jax.train.loss_bench)
+    (or python -m zebra_jax.bench.kd_loss)
 
 One row per (shape, implementation): the step's head part, i.e. KL(teacher || student) + CE from
 the two models' final hidden states (bf16) through their LM heads, and the gradient with respect to
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zebra_jax.train import fused_losses, losses
-from zebra_jax.train.step_bench import median_ms
+from zebra_jax.bench.train_step import median_ms
 
 # name: (tokens, student hidden, teacher hidden, vocabulary)
 SHAPES = {

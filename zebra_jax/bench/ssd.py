@@ -1,6 +1,6 @@
 """Benchmark family "ssd": the chunked SSD scan, ours against mamba_ssm and the pure-JAX reference.
 
-    python -m kernels_pallas.ssd.bench [--shapes zebra|quick|"b,l,h,p,g,n;..."] [--modes fwd,fwdbwd]
+    python -m zebra_jax.bench.ssd [--shapes zebra|quick|"b,l,h,p,g,n;..."] [--modes fwd,fwdbwd]
         [--mamba-wheel .whl/mamba_ssm-2.3.2.post1-py3-none-any.whl] [--tuning "T,warps,stages,blk;..."]
     (or `scripts/bench.py kernels --family ssd ...`)
 

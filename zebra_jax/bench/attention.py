@@ -1,6 +1,6 @@
 """Benchmark family "attention": causal prefill/training attention with MLA head sizes.
 
-    python -m kernels_pallas.attention.bench [--seqlens 2048,4096,8192] [--tokens 16384]
+    python -m zebra_jax.bench.attention [--seqlens 2048,4096,8192] [--tokens 16384]
         [--flash-config A --flash-config fwd=128x64x4x3,dkv=64x64x4x3,dq=64x64x4x3 ...]
         [--attn-shapes zebra-1b,zebra-3b,deepseek,mla-96] [--iters 10] [--out table.md]
     (or `scripts/bench.py kernels --family attention [same options]`)
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from kernels_pallas.attention import cudnn, flash_gpu, flash_tpu, splash
 from kernels_pallas.attention.reference import causal_attention_reference
-from kernels_pallas.mla.bench import markdown_table, time_ms, versions
+from zebra_jax.bench.mla import markdown_table, time_ms, versions
 
 # name -> (label, heads, kv heads, qk head dim, v head dim). Zebra MLA layers keep the teacher's 8
 # kv heads and d_qk = d_nope + d_rope = d_h/2 + d_h/2, d_v = d_h (zebra_jax/presets.py).

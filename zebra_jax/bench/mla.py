@@ -1,6 +1,6 @@
 """Benchmark family "mla": absorbed MLA decode against the HBM copy ceiling and an XLA decode.
 
-    python -m kernels_pallas.mla.bench [--contexts 8192,16384,32768] [--batch 64] [--out table.md]
+    python -m zebra_jax.bench.mla [--contexts 8192,16384,32768] [--batch 64] [--out table.md]
     (or `scripts/bench.py kernels --family mla`)
 
 Rows: one per (shape, implementation). GB/s counts the bytes of the cache read once

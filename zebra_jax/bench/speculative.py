@@ -285,6 +285,6 @@ def main(argv=None) -> str:
           "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
           "date": datetime.date.today().isoformat(), "jax": jax.__version__, "dtype": args.dtype,
           "max_new": args.max_new, "n_prompts": len(bench_prompts), "argv": shlex.join(argv or [])}
-  from zebra_jax.infer.bench import write_report
+  from zebra_jax.bench.decode import write_report
   return write_report(markdown(record, meta), meta, record, json_path=args.json,
                       append_path=args.append)

@@ -1,0 +1,21 @@
+"""Benchmarks of zebra-jax, one module per `scripts/bench.py` sub-command or kernel family.
+
+* `decode`: decode throughput, Llama teacher vs GQA + Mamba2 vs Zebra (`scripts/bench.py generate`).
+* `speculative`: speculative decoding of a real target with a distilled truncated draft
+  (`scripts/bench.py speculative`).
+* `train_step`: one distillation step at preset shapes, tokens/s, MFU, memory
+  (`scripts/bench.py train`).
+* `kd_loss`: the KD output-head loss, full logits vs chunked (`scripts/bench.py kernels --family
+  kd_loss`).
+* `ssd`: the Mamba2 SSD chunked scan against mamba_ssm and the reference (`scripts/bench.py kernels
+  --family ssd`).
+* `mla`: absorbed MLA decode against the HBM copy ceiling and XLA (`scripts/bench.py kernels
+  --family mla`).
+* `attention`: causal prefill/training attention with MLA head sizes against cuDNN
+  (`scripts/bench.py kernels --family attention`).
+
+Each module's `main(argv)` parses its own options (`python scripts/bench.py <sub-command> -h`, or
+`python -m zebra_jax.bench.<name> -h` for the kernel families and `train_step`). This package sits
+at the top, next to scripts/: it imports from infer/, train/, distill/, eval/, data/ and
+kernels_pallas/, and nothing in the library imports it.
+"""
