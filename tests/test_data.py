@@ -180,6 +180,28 @@ def _resume_docs(aligned: bool):
   return [words(rng.integers(5, VOCAB, size=int(n))) for n in rng.integers(1, 30, size=23)]
 
 
+def test_batched_document_lengths_equal_one_by_one_encoding():
+  """epoch_tokens counts a stage's data with document_lengths (plain texts in batches through the
+  fast tokenizer); each count must equal len(encode_document(...)): with a BOS the tokenizer adds,
+  empty and unicode texts, {"text"} records, chat messages, token arrays, and the byte tokenizer."""
+  from tokenizers import processors
+
+  from zebra_jax.data.tokenize import ByteTokenizer, document_lengths, encode_document
+  hf = word_tokenizer()
+  hf._tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A",
+                                                                special_tokens=[("<bos>", BOS)])
+  rng = np.random.default_rng(0)
+  docs = [words(rng.integers(5, VOCAB, size=int(n))) for n in rng.integers(0, 40, size=700)]
+  docs += ["", {"text": "w5 w6"}, np.array([7, 8, 9]),
+           {"messages": [{"role": "user", "content": "w5"}, {"role": "assistant", "content": "w6 w7"}]}]
+  want = [len(encode_document(hf, d)) for d in docs]
+  assert want[0] == len(docs[0].split()) + 2  # BOS and EOS counted
+  assert document_lengths(hf, docs, batch=64) == want
+  texts = ["héllo wörld 🙂", "", "abc"]
+  assert document_lengths(ByteTokenizer(), texts) == [len(encode_document(ByteTokenizer(), t))
+                                                       for t in texts]
+
+
 def test_close_stops_the_prefetch_thread(tok):
   """A prefetching iterator runs a thread; close() (what each training stage calls when it ends)
   stops it, so no thread outlives its stage or is torn down at interpreter exit."""

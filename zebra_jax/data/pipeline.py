@@ -286,9 +286,8 @@ def epoch_tokens(source: Any, tokenizer: Any, *, split: str = "train", part: str
   src = sources.open_source(source, paragraphs=paragraphs)
   tokenizer = tokenize.load_tokenizer(tokenizer) if tokenizer is not None else None
   indices = selected_indices(src, split, part, heldout_fraction, ild_fraction, split_seed)
-  counts = {}
-  for i in np.unique(indices):
-    counts[int(i)] = len(tokenize.encode_document(tokenizer, src[int(i)], where=f"document {i}"))
+  unique = [int(i) for i in np.unique(indices)]
+  counts = dict(zip(unique, tokenize.document_lengths(tokenizer, (src[i] for i in unique))))
   return {"tokens": int(sum(counts[int(i)] for i in indices)),
           "distinct_tokens": int(sum(counts.values())), "documents": int(indices.size),
           "distinct_documents": len(counts)}
