@@ -181,12 +181,14 @@ def _resume_docs(aligned: bool):
 
 
 def test_batched_document_lengths_equal_one_by_one_encoding():
-  """epoch_tokens counts a stage's data with document_lengths (plain texts in batches through the
-  fast tokenizer); each count must equal len(encode_document(...)): with a BOS the tokenizer adds,
+  """epoch_tokens counts a stage's data with document_lengths and the samples stage draws its
+  prompts from encode_documents (plain texts in batches through the fast tokenizer); each must
+  equal encode_document's ids / their count: with a BOS the tokenizer adds,
   empty and unicode texts, {"text"} records, chat messages, token arrays, and the byte tokenizer."""
   from tokenizers import processors
 
-  from zebra_jax.data.tokenize import ByteTokenizer, document_lengths, encode_document
+  from zebra_jax.data.tokenize import (ByteTokenizer, document_lengths, encode_document,
+                                      encode_documents)
   hf = word_tokenizer()
   hf._tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A",
                                                                 special_tokens=[("<bos>", BOS)])
@@ -197,6 +199,8 @@ def test_batched_document_lengths_equal_one_by_one_encoding():
   want = [len(encode_document(hf, d)) for d in docs]
   assert want[0] == len(docs[0].split()) + 2  # BOS and EOS counted
   assert document_lengths(hf, docs, batch=64) == want
+  for got, d in zip(encode_documents(hf, docs, batch=64), docs):  # the ids themselves too
+    np.testing.assert_array_equal(got, encode_document(hf, d))
   texts = ["héllo wörld 🙂", "", "abc"]
   assert document_lengths(ByteTokenizer(), texts) == [len(encode_document(ByteTokenizer(), t))
                                                        for t in texts]

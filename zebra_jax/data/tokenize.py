@@ -196,13 +196,13 @@ def encode_document(tokenizer, doc: Document, *, where: str = "") -> np.ndarray:
   return _with_eos(tokenizer.encode(doc, add_special_tokens=True), tokenizer)
 
 
-def document_lengths(tokenizer, docs, *, batch: int = 512) -> list[int]:
-  """len(encode_document(tokenizer, d)) for each document, plain texts encoded in batches by a
-  fast (Rust) tokenizer, which spreads a batch over the CPU's cores: counting a stage's data
-  (`pipeline.epoch_tokens`) then costs a fraction of one-by-one encoding. Anything else (chat
-  messages, token arrays, other tokenizers) goes through encode_document, so the counts are equal."""
+def encode_documents(tokenizer, docs, *, batch: int = 512) -> list[np.ndarray]:
+  """[encode_document(tokenizer, d) for d in docs], plain texts encoded in batches by a fast (Rust)
+  tokenizer, which spreads a batch over the CPU's cores (the same ids: the batch call applies the
+  same special tokens). Anything else (chat messages, token arrays, other tokenizers) goes through
+  encode_document one by one."""
   docs = list(docs)
-  out: list[int | None] = [None] * len(docs)
+  out: list[np.ndarray | None] = [None] * len(docs)
   fast = bool(getattr(tokenizer, "is_fast", False))
   texts = []
   for i, d in enumerate(docs):
@@ -210,13 +210,19 @@ def document_lengths(tokenizer, docs, *, batch: int = 512) -> list[int]:
     if fast and isinstance(text, str):
       texts.append((i, text))
     else:
-      out[i] = len(encode_document(tokenizer, d, where=f"document {i}"))
+      out[i] = encode_document(tokenizer, d, where=f"document {i}")
   for j in range(0, len(texts), batch):
     part = texts[j:j + batch]
     ids = tokenizer([t for _, t in part], add_special_tokens=True)["input_ids"]
     for (i, _), row in zip(part, ids):
-      out[i] = len(row) + 1  # + the EOS encode_document appends
+      out[i] = _with_eos(row, tokenizer)
   return out
+
+
+def document_lengths(tokenizer, docs, *, batch: int = 512) -> list[int]:
+  """len(encode_document(tokenizer, d)) for each document (`encode_documents`: batched, all cores);
+  what `pipeline.epoch_tokens` counts a stage's data with."""
+  return [len(ids) for ids in encode_documents(tokenizer, docs, batch=batch)]
 
 
 def _with_eos(ids, tokenizer) -> np.ndarray:

@@ -97,8 +97,11 @@ def make_prompts(cfg, tokenizer, num: int, prompt_tokens: int, seed: int,
   rng = np.random.default_rng(seed)
   eos = tokenize.eos_id(tokenizer)
   prompts = []
-  for doc_index in rng.choice(len(docs), size=num, replace=True):
-    ids = tokenize.encode_document(tokenizer, docs[int(doc_index)], where=f"document {doc_index}")
+  chosen = rng.choice(len(docs), size=num, replace=True)
+  unique = sorted({int(i) for i in chosen})  # each drawn document encoded once, in batches
+  encoded = dict(zip(unique, tokenize.encode_documents(tokenizer, [docs[i] for i in unique])))
+  for doc_index in chosen:
+    ids = encoded[int(doc_index)]
     ids = [int(i) for i in ids if int(i) != eos]  # the document's EOS is not a prompt token
     start = int(rng.integers(0, max(1, len(ids) - prompt_tokens + 1)))
     window = ids[start:start + prompt_tokens]
