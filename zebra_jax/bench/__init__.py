@@ -19,3 +19,15 @@ Each module's `main(argv)` parses its own options (`python scripts/bench.py <sub
 at the top, next to scripts/: it imports from infer/, train/, distill/, eval/, data/ and
 kernels_pallas/, and nothing in the library imports it.
 """
+
+import datetime
+import platform
+
+
+def environment() -> str:
+  """The line every benchmark table starts with: device (backend), jax, flax, python, date."""
+  import flax
+  import jax
+  return (f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, flax "
+          f"{flax.__version__}, python {platform.python_version()}, "
+          f"{datetime.date.today().isoformat()}")

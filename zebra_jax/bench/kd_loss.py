@@ -15,14 +15,13 @@ milliseconds of the jitted value-and-grad; memory: XLA's temporary buffers of th
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from zebra_jax.train import fused_losses, losses
+from zebra_jax.bench import environment
 from zebra_jax.bench.train_step import median_ms
 
 # name: (tokens, student hidden, teacher hidden, vocabulary)
@@ -81,12 +80,8 @@ def run(shapes, chunks, iters: int = 10, tokens_override: int | None = None) -> 
 
 
 def markdown(rows, command: str) -> str:
-  dev = jax.devices()[0]
-  import flax
-  head = (f"### KD head loss: full logits vs chunked (`{command}`)\n\n"
-          f"{dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, flax "
-          f"{flax.__version__}, python {platform.python_version()}, "
-          f"{datetime.date.today().isoformat()}. KL + CE and its gradient (student hidden + head), "
+  head = (f"### KD head loss: full logits vs chunked (`{command}`)\n\n{environment()}. KL + CE "
+          "and its gradient (student hidden + head), "
           "bf16 inputs; temp memory = XLA temporary buffers of the compiled value-and-grad.\n\n"
           "| shape | tokens | impl | ms | vs logits | temp memory (GiB) | vs logits | loss rel. diff |\n"
           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n")

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import platform
 import shlex
 import statistics
 import time
@@ -40,6 +38,7 @@ from flax import nnx
 
 from zebra_jax.cli import HelpFormatter
 from zebra_jax import accounting, presets
+from zebra_jax.bench import environment
 from zebra_jax.config import HybridConfig
 from zebra_jax.models.hybrid import CausalLM
 
@@ -223,11 +222,8 @@ def _ms(x) -> str:
 
 
 def markdown(rows, command: str) -> str:
-  import flax
-  dev = jax.devices()[0]
-  head = (f"### Training step: `{command}`\n\n{dev.device_kind} ({jax.default_backend()}), jax "
-          f"{jax.__version__}, flax {flax.__version__}, python {platform.python_version()}, "
-          f"{datetime.date.today().isoformat()}. Random weights, synthetic tokens; student float32 "
+  head = (f"### Training step: `{command}`\n\n{environment()}. Random weights, synthetic tokens; "
+          "student float32 "
           "parameters, bf16 compute; teacher bf16. MFU counts student fwd+bwd and teacher fwd FLOPs "
           "(`zebra_jax.accounting`; ILD without the LM heads, which it never runs); memory is XLA's "
           "compiled arguments + temporaries + outputs. Breakdown, each part jitted alone: teacher "
