@@ -291,3 +291,21 @@ def test_mamba_in_llama_layer_patterns():
   assert presets.mamba_in_llama(l8, attn_every=None).layer_types() == ("mamba2",) * 32
   with pytest.raises(ConfigError, match="attn_every"):
     presets.mamba_in_llama(l8, attn_every=0)
+
+
+def test_smollm2_student_preset_is_the_run_configs_student(tmp_path):
+  """`zebra_smollm2_135m_9mla21m2` (the benchmark's stand-in for the README main job) is the
+  HybridConfig the smollm2 run builds for its student at run 8's layers, field for field."""
+  import dataclasses
+  from zebra_jax.distill.context import RunContext
+  from tests._runs import load_config_file
+  run_cfg = load_config_file("smollm2_135m")
+  layers = (0, 3, 6, 9, 12, 16, 20, 24, 28)
+  built = RunContext(run_cfg, str(tmp_path), progress=False).student_config(
+      base=presets.get_preset("smollm2-135m-instruct"), mla_layers=layers)
+  preset = presets.get_preset("zebra_smollm2_135m_9mla21m2")
+  diff = {f.name: (getattr(built, f.name), getattr(preset, f.name))
+          for f in dataclasses.fields(built) if getattr(built, f.name) != getattr(preset, f.name)}
+  assert diff == {"dtype": ("bfloat16", "float32")}  # the run computes in bf16; presets keep fp32
+  assert preset.mla_rope_scaling is None and preset.kv_lora_rank == 16
+  assert acc.kv_cache_fraction(preset) == pytest.approx(9 * 48 / (30 * 384))

@@ -83,3 +83,25 @@ def test_unknown_stage_and_vocab_mismatch_are_refused():
     step_bench.build("sft", student, None)
   with pytest.raises(SystemExit, match="vocab"):
     step_bench.build("kd", student, LlamaConfig(**{**SMALL, "vocab_size": 500}))
+
+
+def test_kd_layer_breakdown_counts_each_block_type():
+  """`--layers`: one row per student block type (with its mixer and MLP inside it), the teacher's
+  block, the embedding and the head; the counts are the models' layer counts and the totals are
+  count x each; the markdown's sum leaves out the 'of which' rows."""
+  student = HybridConfig(**{**SMALL, "num_hidden_layers": 3}, **HYBRID)  # 1 MLA + 2 Mamba2
+  teacher = LlamaConfig(**{**SMALL, "num_hidden_layers": 4})
+  rows = step_bench.layer_breakdown("kd", student, teacher, seq_len=32, batch=2, iters=1)
+  by = {r["part"]: r for r in rows}
+  assert by["student mamba2 block (fwd+bwd)"]["count"] == 2
+  assert by["student mla block (fwd+bwd)"]["count"] == 1
+  assert by["  of which the mamba2 mixer"]["count"] == 2
+  assert by["teacher attention block (fwd)"]["count"] == 4
+  assert by["student embedding (fwd+bwd)"]["count"] == 1
+  for r in rows:
+    assert r["ms_each"] > 0 and r["ms_total"] == pytest.approx(r["count"] * r["ms_each"])
+  md = step_bench.layers_markdown(rows, 12.5, "cmd")
+  top = sum(r["ms_total"] for r in rows if not r["part"].startswith("  "))
+  assert f"**{top:.1f}**" in md and "| 12.5 |" in md
+  with pytest.raises(SystemExit, match="kd step"):
+    step_bench.layer_breakdown("ild_mla", student, teacher, seq_len=32, batch=2)

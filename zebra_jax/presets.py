@@ -7,7 +7,8 @@ Teachers (`LlamaConfig`, the public Hugging Face `config.json` shapes):
 Zebra-Llama hybrids (`HybridConfig`, MLA + Mamba2; reference section 9, on the -Instruct teacher):
   zebra_1b_8mla8m2, zebra_1b_6mla10m2, zebra_1b_4mla12m2,
   zebra_3b_14mla14m2, zebra_3b_8mla20m2, zebra_3b_6mla22m2,
-  zebra_8b_16mla16m2, zebra_8b_8mla24m2
+  zebra_8b_16mla16m2, zebra_8b_8mla24m2,
+  zebra_smollm2_135m_9mla21m2 (the README main job's student: configs/smollm2_135m.py, run 8's layers)
 
 X-EcoMLA (every layer MLA, `use_full_kv_head=True`):
   x_ecomla_1b_r64 (r_kv 64, r_q 1424), x_ecomla_3b_r96 (r_kv 96, r_q 2048),
@@ -76,14 +77,17 @@ def smollm2_135m(instruct: bool = True) -> LlamaConfig:
 # ------------------------------------------------------------------------------------------------
 # Zebra-Llama
 # ------------------------------------------------------------------------------------------------
-def zebra_mla_rope_scaling(factor: float) -> dict:
-  """The YaRN dict train_distill.py builds for MLA rope dims (class defaults mscale 1, all_dim 0)."""
+def zebra_mla_rope_scaling(factor: float | None) -> dict | None:
+  """The YaRN dict train_distill.py builds for MLA rope dims (class defaults mscale 1, all_dim 0);
+  None: plain RoPE (a teacher whose context the student keeps, as SmolLM2's 8k)."""
+  if factor is None:
+    return None
   return {"rope_type": "yarn", "factor": float(factor), "original_max_position_embeddings": 8192,
           "beta_fast": 32, "beta_slow": 1}
 
 
 def zebra(base: LlamaConfig, mla_layers, *, q_lora_rank: int, kv_lora_rank: int,
-          yarn_factor: float, **fields) -> HybridConfig:
+          yarn_factor: float | None, **fields) -> HybridConfig:
   """A Zebra-Llama hybrid on `base`: MLA on `mla_layers`, Mamba2 elsewhere.
 
   MLA: d_r = d_n = d_h/2, d_v = d_h, kv_b with the teacher's n_kv heads (use_full_kv_head False),
@@ -115,6 +119,9 @@ _ZEBRA_TABLE = {
     "zebra_8b_16mla16m2": (llama_3_1_8b, _EVEN(32), 2048, 160, 8),
     # The README says r_kv 128 for this model; its config (and the published 2.73% KV) need 160.
     "zebra_8b_8mla24m2": (llama_3_1_8b, (0, 4, 8, 12, 16, 20, 25, 30), 2048, 160, 8),
+    # configs/smollm2_135m.py's student (X-EcoMLA's SmolLM-135M ranks, plain RoPE) with run 8's
+    # SMART layers: the shapes of the README main job, for `scripts/bench.py train`
+    "zebra_smollm2_135m_9mla21m2": (smollm2_135m, (0, 3, 6, 9, 12, 16, 20, 24, 28), 400, 16, None),
 }
 
 

@@ -217,6 +217,90 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
   return rows
 
 
+def layer_breakdown(stage: str, student, teacher, *, seq_len: int, batch: int,
+                    iters: int = 10, loss_impl: str = "logits", chunk: int = 1024) -> list[dict]:
+  """Where a kd step's time goes, part by part, each part jitted and timed alone at the step's
+  shapes: one student block of each mixer type, its mixer and its MLP (forward + backward w.r.t.
+  the block's parameters and input, a random cotangent), one teacher block (forward), the
+  embedding, and the head with the KD loss (forward + backward from the final hidden states).
+  Rows: part, how many the step runs, ms each, ms in all (count x each). The sum misses what XLA
+  overlaps or fuses across parts; it says which part to make faster."""
+  if stage != "kd":
+    raise SystemExit("--layers breaks down the kd step (the other stages run the same blocks)")
+  s_cfg, t_cfg = build(stage, student, teacher)
+  s_model = CausalLM(s_cfg, rngs=nnx.Rngs(0))
+  t_model = CausalLM(t_cfg, rngs=nnx.Rngs(1))
+  dt = jnp.bfloat16
+  key = jax.random.PRNGKey(3)
+  h_BTD = jax.random.normal(key, (batch, seq_len, s_cfg.hidden_size), dt)
+  g_BTD = jax.random.normal(jax.random.fold_in(key, 1), h_BTD.shape, dt)
+  pos_BT = CausalLM.default_positions(jnp.zeros((batch, seq_len), jnp.int32))
+  tokens_BT = synthetic_batch("kd", batch, seq_len, s_cfg.vocab_size)["tokens"]
+  rows = []
+
+  def fwd_bwd(module, apply):
+    """ms of value_and_grad of <apply(module, h), g> w.r.t. the module's params and h."""
+    graph, params, rest = nnx.split(module, nnx.Param, ...)
+
+    def f(p, h):
+      out = apply(nnx.merge(graph, p, rest), h)
+      return jnp.sum(out.astype(jnp.float32) * g_BTD.astype(jnp.float32))
+    return median_ms(jax.jit(jax.value_and_grad(f, argnums=(0, 1))), (params, h_BTD), iters)
+
+  def fwd(module, apply):
+    graph, state = nnx.split(module)
+    return median_ms(jax.jit(lambda st, h: apply(nnx.merge(graph, st), h)), (state, h_BTD), iters)
+
+  def add(part, count, ms):
+    rows.append({"part": part, "count": count, "ms_each": ms, "ms_total": count * ms})
+
+  kinds = s_cfg.layer_types()
+  for kind in sorted(set(kinds)):
+    block = s_model.layers[kinds.index(kind)]
+    n = kinds.count(kind)
+    add(f"student {kind} block (fwd+bwd)", n, fwd_bwd(block, lambda b, h: b(h, pos_BT)[0]))
+    add(f"  of which the {kind} mixer", n,
+        fwd_bwd(block, lambda b, h: b.mixer(b.input_layernorm(h), pos_BT)))
+    add("  of which the MLP", n, fwd_bwd(block, lambda b, h: b.mlp(b.post_attention_layernorm(h))))
+  t_kinds = t_cfg.layer_types()
+  for kind in sorted(set(t_kinds)):
+    block = t_model.layers[t_kinds.index(kind)]
+    add(f"teacher {kind} block (fwd)", t_kinds.count(kind), fwd(block, lambda b, h: b(h, pos_BT)[0]))
+  e_graph, e_params, e_rest = nnx.split(s_model.embed_tokens, nnx.Param, ...)
+  emb = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(e_graph, p, e_rest)(tokens_BT).astype(
+      jnp.float32) * g_BTD.astype(jnp.float32))))
+  add("student embedding (fwd+bwd)", 1, median_ms(emb, (e_params,), iters))
+  from zebra_jax.train import fused_losses, losses
+  ht_BTD = h_BTD * 0.5
+  head_s, head_t = s_model.head_DV(), t_model.head_DV()
+
+  def head_loss(h, w):
+    if loss_impl == "fused":
+      return fused_losses.kd_loss(h, w, ht_BTD, head_t, tokens_BT, kl_weight=1.0, ce_weight=0.0,
+                                  temperature=1.0, chunk=chunk)[0]
+    t_logits = jnp.einsum("btd,dv->btv", ht_BTD, head_t)
+    return losses.forward_kl(t_logits, jnp.einsum("btd,dv->btv", h, w.astype(h.dtype)))
+  add(f"head + KD loss, {loss_impl} (fwd+bwd)", 1,
+      median_ms(jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1))), (h_BTD, head_s), iters))
+  return rows
+
+
+def layers_markdown(rows, step_ms: float | None, command: str) -> str:
+  total = sum(r["ms_total"] for r in rows if not r["part"].startswith("  "))
+  out = [f"### Where the step goes: `{command}`\n",
+         f"{environment()}. Each part jitted and timed alone at the step's shapes (median); "
+         f"'of which' rows are inside the block row above them and not added again.\n",
+         "| part | count | ms each | ms in all | share of the parts' sum |",
+         "| --- | ---: | ---: | ---: | ---: |"]
+  for r in rows:
+    share = "" if r["part"].startswith("  ") else f"{100 * r['ms_total'] / total:.1f}%"
+    out.append(f"| {r['part']} | {r['count']} | {r['ms_each']:.2f} | {r['ms_total']:.1f} | {share} |")
+  out.append(f"| **sum of the parts** | | | **{total:.1f}** | |")
+  if step_ms is not None:
+    out.append(f"| the whole jitted step (for comparison) | | | {step_ms:.1f} | |")
+  return "\n".join(out) + "\n"
+
+
 def _ms(x) -> str:
   return "-" if x is None else f"{x:.1f}"
 
@@ -259,6 +343,9 @@ def main(argv=None) -> str:
   p.add_argument("--ce-weight", type=float, default=0.0)
   p.add_argument("--remat", action="store_true", help="recompute each block in the backward pass")
   p.add_argument("--steps", type=int, default=10, help="timed steps (median)")
+  p.add_argument("--layers", action="store_true",
+                 help="kd: also time each part of the step alone (one block of each type, its "
+                      "mixer and MLP, the teacher's block, the embedding, the head + loss)")
   p.add_argument("--append", default=None, help="append the markdown section to this file")
   a = p.parse_args(argv)
   impls = tuple(i for i in a.loss_impl.split(",") if i)
@@ -267,6 +354,10 @@ def main(argv=None) -> str:
              remat=a.remat)
   cmd = "python scripts/bench.py train " + shlex.join(argv if argv is not None else [])
   md = markdown(rows, cmd.strip())
+  if a.layers:
+    parts = layer_breakdown(a.stage, a.student, a.teacher, seq_len=a.seq_len, batch=a.batch,
+                            iters=a.steps, loss_impl=impls[0], chunk=a.loss_chunk)
+    md += "\n" + layers_markdown(parts, rows[0]["step_ms"], cmd.strip())
   print(md)
   if a.append:
     with open(a.append, "a") as f:
