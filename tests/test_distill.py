@@ -1059,3 +1059,47 @@ def test_every_unset_config_field_can_be_set_from_the_command_line(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   got = json.loads(out.stdout.strip().splitlines()[-1])
   assert {k: tuple(v) if isinstance(v, list) else v for k, v in got.items()} == expect
+
+
+def test_a_newcomers_path_from_a_run_to_transformers(tiny_run, tmp_path):
+  """Issue 17's newcomer, in a fresh HOME with nothing of ours in it: the documented tiny run (the
+  fixture, a subprocess of scripts/distill.py) -> `generate.py`, `evaluate.py perplexity` and
+  `export.py` on its KD model as separate processes with no --tokenizer -> the export loads in
+  plain transformers, whose logits match the saved model's (the JAX forward, float32)."""
+  import torch
+  import transformers
+
+  from zebra_jax.convert.orbax_io import load_model
+  workdir = tiny_run[0]
+  model_dir = str(workdir / "kd" / "model")
+  home = tmp_path / "home"
+  home.mkdir()
+  env = _env(None, HOME=str(home))
+  env.pop("XDG_CACHE_HOME", None)
+
+  def script(name, *args):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", f"{name}.py"), *args],
+                       env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=str(tmp_path))
+    assert r.returncode == 0, (name, r.stdout[-2000:], r.stderr[-3000:])
+    return r.stdout
+
+  out = script("generate", "--checkpoint", model_dir, "--prompt", "To be", "--prompt", "Once upon",
+               "--max-new-tokens", "4")
+  assert out.startswith("[0] ") and "\n[1] " in out, out  # one continuation per prompt
+  (tmp_path / "doc.txt").write_text("To be, or not to be, that is the question.\n" * 4)
+  out = script("evaluate", "perplexity", "--checkpoint", model_dir, "--files",
+               str(tmp_path / "doc.txt"), "--max-length", "64")
+  assert "all: ppl " in out and "over 172 tokens" in out, out  # the byte tokenizer: 4 x 43 bytes
+  export_dir = tmp_path / "hf"
+  script("export", "--checkpoint", model_dir, "--out", str(export_dir))
+  assert not any(home.iterdir()) or all(p.name.startswith(".") for p in home.iterdir())
+
+  tok = transformers.AutoTokenizer.from_pretrained(export_dir, trust_remote_code=True)
+  ids = tok("To be, or not")["input_ids"]
+  hf = transformers.AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True,
+                                                         dtype=torch.float32)
+  with torch.no_grad():
+    hf_logits = hf(torch.tensor([ids])).logits[0].numpy()
+  jax_model = load_model(model_dir)
+  jax_logits = np.asarray(jax_model(np.asarray([ids], np.int32)), np.float32)[0]
+  np.testing.assert_allclose(hf_logits, jax_logits, rtol=2e-3, atol=2e-3)
