@@ -794,7 +794,7 @@ def html_to_text(s: str) -> str:
 
 def render_factbook_country(name: str, data: Mapping) -> str:
   """One country's JSON -> "<name>\n\nBackground: ...\n\nLocation: ..." (the FACTBOOK_FIELDS that exist;
-  a field's "text" and "note"), or "" without a background."""
+  a field's "text" and its "note" on the next line), or "" without a background."""
   parts = []
   for keys, label in FACTBOOK_FIELDS:
     node = data
@@ -803,7 +803,7 @@ def render_factbook_country(name: str, data: Mapping) -> str:
     if not isinstance(node, Mapping):
       continue
     texts = [html_to_text(node[k]) for k in ("text", "note") if isinstance(node.get(k), str)]
-    text = " ".join(t for t in texts if t).strip()
+    text = "\n".join(t for t in texts if t).strip()
     if text:
       text = text[0].upper() + text[1:]
       parts.append(f"{label}: {text if text.endswith(('.', '!', '?', ')')) else text + '.'}")
@@ -838,13 +838,13 @@ FORTUNE_FILES = ("fortunes", "murphy")  # not the offensive (-o), Star Trek, Zip
 
 
 def parse_fortunes(text: str) -> list[str]:
-  """A fortune(6) data file ("%"-separated entries) -> entries: whitespace normalised, each line's
-  layout indentation removed ("\t\t-- Author" -> "-- Author"); entries that are mostly not words
-  (ASCII art, boxes, tables: letters under 70% of the non-space characters, or a line of 4+
-  repeated symbols) and the "$FreeBSD$" tag are dropped."""
+  """A fortune(6) data file ("%"-separated entries) -> entries: whitespace normalised, layout spacing
+  removed from each line (tab-indented "-- Author" lines, tab-aligned dialogue, double spaces); entries
+  that are mostly not words (ASCII art, boxes, tables: letters under 70% of the non-space characters,
+  4+ repeated symbols, "||", "__" or "==") and the "$FreeBSD$" tag are dropped."""
   out = []
   for entry in re.split(r"\n%\n", text.replace("\r\n", "\n")):
-    lines = [ln.strip() for ln in normalize_whitespace(entry).split("\n")]
+    lines = [" ".join(ln.split()) for ln in normalize_whitespace(entry).split("\n")]
     item = "\n".join(lines).strip()
     if not item or "$FreeBSD" in item:
       continue
