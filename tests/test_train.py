@@ -578,3 +578,28 @@ def test_the_progress_bar_starts_after_the_compiled_first_step_fresh_or_resumed(
   # resumed from its step-4 checkpoint with more steps: the bar opens at step 5, counts the rest
   run(tmp_path, "bar", model(), spec(steps=6, checkpoint_every=2, progress=True), Batches(4))
   assert [(b.total, b.initial, b.updates) for b in bars[1:]] == [(6, 5, 1)]
+
+
+def test_a_prepared_checkpointer_saves_the_same_fingerprint(tmp_path):
+  """StageCheckpointer.prepare compiles the fingerprint ahead in a thread (so the first save of a
+  stage does not stall on it); the saved fingerprint equals the numpy sums of the arrays' bits, as
+  without prepare, and a state of another structure still saves (compiled on the spot)."""
+  from zebra_jax.train.checkpoint import StageCheckpointer
+  x = np.arange(12, dtype=np.float32).reshape(3, 4)
+  state = {"trainable": {"w": jnp.asarray(x)}, "opt_state": {"mu": jnp.asarray(2 * x)}}
+  bits = x.view(np.uint32).reshape(-1).astype(np.uint64)
+  want = [int(bits.sum() % 2**32), int((bits * np.arange(1, 13, dtype=np.uint64)).sum() % 2**32)]
+  ck = StageCheckpointer(str(tmp_path / "ck"), async_save=False)
+  ck.prepare(state)
+  ck.save(1, state, {"pos": 1})
+  assert ck._fp_compiled is not None  # the prepared executable was used
+  _, data = ck.restore(1, {k: {n: jax.ShapeDtypeStruct(v.shape, v.dtype) for n, v in d.items()}
+                           for k, d in state.items()})
+  other = {"trainable": {"w": jnp.asarray(x), "b": jnp.zeros(3)}, "opt_state": {}}
+  ck.save(2, other, {"pos": 2})
+  ck.close()
+  with open(tmp_path / "ck" / "1" / "data" / "metadata", encoding="utf-8") as f:
+    saved = json.load(f)
+  assert saved["fingerprint"]["['trainable']['w']"] == want
+  assert data == {"pos": 1}
+  assert StageCheckpointer(str(tmp_path / "ck")).latest_step() == 2

@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import shutil
+import threading
 from typing import Any
 
 import jax
@@ -78,9 +79,10 @@ def _fingerprints(tree):
   return jax.tree.map(_leaf_fingerprint, tree)
 
 
-def fingerprint(tree: Any) -> dict[str, list[int]]:
-  """{leaf path: [two uint32 sums]} of a pytree of arrays (computed where the arrays live)."""
-  fps = jax.device_get(_fingerprints(tree))
+def fingerprint(tree: Any, compiled=None) -> dict[str, list[int]]:
+  """{leaf path: [two uint32 sums]} of a pytree of arrays (computed where the arrays live);
+  `compiled`: `_fingerprints` compiled ahead for this tree (StageCheckpointer.prepare)."""
+  fps = jax.device_get((compiled or _fingerprints)(tree))
   flat = jax.tree_util.tree_flatten_with_path(fps)[0]
   return {jax.tree_util.keystr(path): [int(v) for v in np.asarray(fp)] for path, fp in flat}
 
@@ -94,6 +96,34 @@ class StageCheckpointer:
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data"))
+    self._fp_compiled, self._fp_thread = None, None
+
+  def prepare(self, state: Any) -> None:
+    """Compiles the fingerprint of `state`'s structure in a background thread while the stage
+    compiles its step, so that the first save does not stall the step loop on it (seconds on a
+    GPU for the hundreds of arrays of a model and its optimiser state)."""
+    abstract = abstract_like(state)
+
+    def compile_fingerprints():
+      try:
+        self._fp_compiled = _fingerprints.lower(abstract).compile()
+      except Exception:  # the save then compiles it itself, as without prepare
+        self._fp_compiled = None
+
+    self._fp_thread = threading.Thread(target=compile_fingerprints, daemon=True,
+                                       name="fingerprint-compile")
+    self._fp_thread.start()
+
+  def _fingerprint(self, state: Any) -> dict[str, list[int]]:
+    if self._fp_thread is not None:
+      self._fp_thread.join()
+      self._fp_thread = None
+    if self._fp_compiled is not None:
+      try:
+        return fingerprint(state, self._fp_compiled)
+      except (TypeError, ValueError):  # another structure or placement than prepared
+        self._fp_compiled = None
+    return fingerprint(state)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -107,7 +137,7 @@ class StageCheckpointer:
     if free < need:  # refused before writing: Orbax's writer threads fail noisily on ENOSPC
       raise self._disk_full(step, f"it needs about {need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB "
                                   "are free")
-    data = {"per_process": _gather_json(data_state), "fingerprint": fingerprint(state)}
+    data = {"per_process": _gather_json(data_state), "fingerprint": self._fingerprint(state)}
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)), force=force)

@@ -305,6 +305,8 @@ class StageTrainer:
         say(f"resumed from step {start}")
       else:
         say("no checkpoint could be restored: the stage starts over")
+    if start < spec.steps:
+      ckpt.prepare({"trainable": self.trainable, "opt_state": self.opt_state})
     writer = MetricsWriter(self.dir, resume_step=start)
     peak = peak_flops_per_device()
     tokens_per_step = spec.batch_size * spec.seq_len
