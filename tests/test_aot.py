@@ -70,6 +70,27 @@ def test_teacher_preset_used_when_path_unreadable():
     aot.stage_plans(cfg)
 
 
+def test_the_compiler_reads_each_stage_as_the_run_does():
+  """Issue 19: one StagePlan per stage (distill/plan.py) for the runner and the compiler, so the
+  settings the run trains with are those compiled: KD's loss implementation, frozen groups and
+  per-group learning rates, ILD without LM-head FLOPs (before, the compiler built its own KD loss
+  without `kd.loss_impl` and its optimiser without `kd.lr_scale`)."""
+  cfg = tiny.get_config()
+  cfg.kd.update(freeze=("mlp",), lr_scale={"mixer": 2.0, "embed": 0.5})
+  plans = {p.name: p for p in aot.stage_plans(cfg)}
+  kd = plans["kd"]
+  assert kd.lr_scale(("layers", 0, "mixer", "in_proj", "kernel")) == 2.0
+  assert kd.lr_scale(("embed_tokens", "embedding")) == 0.5
+  assert kd.lr_scale(("layers", 0, "input_layernorm", "scale")) == 1.0
+  assert not kd.trainable(("layers", 0, "mlp", "up_proj", "kernel"), None)
+  assert kd.trainable(("layers", 0, "mixer", "in_proj", "kernel"), None)
+  assert not plans["ild_mla"].heads and kd.heads and kd.data == "kd"
+  assert plans["dpo"].data is None and plans["dpo"].rows_per_sequence == 2
+  cfg.kd.loss_impl = "chunked"
+  with pytest.raises(ValueError, match="loss_impl must be one of"):
+    aot.stage_plans(cfg)
+
+
 # -- compiled for TPU --------------------------------------------------------------------------------
 def _tiny(**mesh):
   cfg = tiny.get_config()

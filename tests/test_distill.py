@@ -827,7 +827,7 @@ def _flat_params(model):
 def _worker_mesh(workdir, out):
   import jax
 
-  from zebra_jax.distill import stages
+  from zebra_jax.distill import objectives
   from zebra_jax.distill.config import RunConfigError
   from zebra_jax.distill.pipeline import run_pipeline
   from zebra_jax.parallel import make_mesh
@@ -855,7 +855,7 @@ def _worker_mesh(workdir, out):
     spec = TrainSpec(steps=3, lr=1e-3, batch_size=8, seq_len=16, grad_accum=2, warmup_frac=0.0,
                      log_every=1, checkpoint_every=100, async_checkpoint=False, progress=False)
     tr = StageTrainer(name=f"kd_{name}", workdir=workdir, model=student,
-                      loss_fn=stages.kd_loss_fn(1.0, 0.5, 1.0), spec=spec, mesh=mesh,
+                      loss_fn=objectives.kd_loss_fn(1.0, 0.5, 1.0), spec=spec, mesh=mesh,
                       teachers={"teacher": teacher})
     if name == "8":
       res["sharded_axes"] = sorted({a for leaf in jax.tree.leaves(tr.trainable)
@@ -885,7 +885,7 @@ def _worker_process(workdir, out, pid, nproc, port):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc,
                                process_id=pid)
-  from zebra_jax.distill import stages
+  from zebra_jax.distill import objectives
   from zebra_jax.parallel import make_mesh
   from zebra_jax.train.metrics import read_metrics
   from zebra_jax.train.trainer import StageTrainer, TrainSpec
@@ -901,7 +901,7 @@ def _worker_process(workdir, out, pid, nproc, port):
   def trainer(workdir):  # a fresh copy of the initial student each time
     student = nnx.clone(student0)
     return student, StageTrainer(name="kd", workdir=workdir, model=student,
-                                 loss_fn=stages.kd_loss_fn(1.0, 0.5, 1.0), spec=spec, mesh=mesh,
+                                 loss_fn=objectives.kd_loss_fn(1.0, 0.5, 1.0), spec=spec, mesh=mesh,
                                  teachers={"teacher": teacher})
 
   # uninterrupted, in its own workdir: the reference of the resumed run below

@@ -141,22 +141,22 @@ def test_stage_losses_fused_equal_logits(tied, stage):
   from flax import nnx
 
   from zebra_jax.config import LlamaConfig
-  from zebra_jax.distill import stages
+  from zebra_jax.distill import objectives
   cfg = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, impl="reference",
              max_position_embeddings=64, tie_word_embeddings=tied)
-  student = stages.CausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(0))
-  other = stages.CausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(1))
+  student = objectives.CausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(0))
+  other = objectives.CausalLM(LlamaConfig(**cfg), rngs=nnx.Rngs(1))
   r = np.random.default_rng(0)
   if stage == "kd":
     batch = {"tokens": jnp.asarray(r.integers(0, 97, (2, 19)), jnp.int32)}
-    make = lambda impl: stages.kd_loss_fn(1.0, 0.4, 1.3, impl, chunk=8)
+    make = lambda impl: objectives.kd_loss_fn(1.0, 0.4, 1.3, impl, chunk=8)
     teachers = {"teacher": other}
   else:
     mask = jnp.asarray(np.arange(19)[None] >= np.array([[5], [9]]), jnp.int32)
     batch = {"chosen": jnp.asarray(r.integers(0, 97, (2, 19)), jnp.int32), "chosen_mask": mask,
              "rejected": jnp.asarray(r.integers(0, 97, (2, 19)), jnp.int32), "rejected_mask": mask}
-    make = lambda impl: stages.dpo_loss_fn(0.5, impl, chunk=8)
+    make = lambda impl: objectives.dpo_loss_fn(0.5, impl, chunk=8)
     teachers = {"reference": other}
   graphdef, params = nnx.split(student, nnx.Param)
 
@@ -172,7 +172,7 @@ def test_stage_losses_fused_equal_logits(tied, stage):
   for a, b in zip(flat_f, flat_n):
     assert _rel(a, b) < 1e-4
   with pytest.raises(ValueError, match="loss_impl"):
-    stages.kd_loss_fn(1.0, 0.0, 1.0, "chunked")
+    objectives.kd_loss_fn(1.0, 0.0, 1.0, "chunked")
 
 
 @pytest.mark.parametrize("temp,chunk,kl_w,ce_w", [(2.0, 16, 1.0, 0.4), (1.0, 5, 0.5, 1.0)])

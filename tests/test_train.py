@@ -449,7 +449,7 @@ def test_update_that_overflows_the_parameters_is_never_checkpointed(tmp_path):
 def test_kd_freeze_groups_train_only_the_named_complement(tmp_path):
   """kd.freeze=("embed", "mlp"): the recipe's KD trains mixers and norms only (MambaInLlama keeps
   the MLPs); every parameter lands in exactly one group, judged by its path here, independently."""
-  from zebra_jax.distill.stages import frozen_filter, param_group
+  from zebra_jax.distill.plan import frozen_filter, param_group
   m = model()
   init = params_np(m)
   expect = {k: ("embed" if k.startswith(("embed_tokens", "lm_head")) else "mlp" if ".mlp." in k
@@ -520,7 +520,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path,
 def test_per_group_learning_rates_scale_each_groups_adam_step(tmp_path):
   """kd.lr_scale: the first AdamW step (no warmup, no decay) moves a parameter by lr * scale *
   g / (|g| + eps), from numpy; a group at 0 does not move; the stage helper maps paths to groups."""
-  from zebra_jax.distill.stages import group_lr_scale
+  from zebra_jax.distill.plan import group_lr_scale
   from zebra_jax.train.optim import make_optimizer
 
   rng = np.random.default_rng(0)

@@ -112,12 +112,12 @@ def build(stage: str, student, teacher):
 
 
 def loss_fn_for(stage: str, impl: str, ce_weight: float, chunk: int):
-  from zebra_jax.distill import stages
+  from zebra_jax.distill import objectives
   if stage == "kd":
-    return stages.kd_loss_fn(1.0, ce_weight, 1.0, impl, chunk)
+    return objectives.kd_loss_fn(1.0, ce_weight, 1.0, impl, chunk)
   if stage == "dpo":
-    return stages.dpo_loss_fn(0.1, impl, chunk)
-  return stages.ild_loss_fn("l2")
+    return objectives.dpo_loss_fn(0.1, impl, chunk)
+  return objectives.ild_loss_fn("l2")
 
 
 def synthetic_batch(stage: str, batch: int, seq_len: int, vocab: int) -> dict:

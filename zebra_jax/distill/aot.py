@@ -28,6 +28,7 @@ import dataclasses
 import math
 import os
 import re
+from dataclasses import replace
 from typing import Any, Callable
 
 _INSTALL = "pip install -e .[tpu-aot]"
@@ -143,19 +144,6 @@ def _make_mesh(cfg, devices):
 # ------------------------------------------------------------------------------------------------
 # Stage plans: what each stage's trainer would be built from, as configs and shapes only
 # ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class StagePlan:
-  name: str
-  student: Any                        # LlamaConfig / HybridConfig (dtypes set)
-  teachers: dict[str, Any]            # loss_fn teacher name -> config
-  loss_fn: Callable
-  trainable: Callable | None          # split_trainable filter
-  spec: Any                           # TrainSpec
-  batch: dict[str, tuple[tuple[int, ...], str]]   # name -> (global (accum, micro, T), dtype)
-  rows_per_sequence: int = 1          # DPO trains on chosen + rejected rows
-  notes: tuple[str, ...] = ()
-
-
 def _teacher_config(tcfg, which: str):
   """The teacher's LlamaConfig without its weights: read from teacher.path when this machine has
   it (config.json / GGUF metadata / saved model), else from the `preset` field."""
@@ -230,29 +218,14 @@ def _student_fields(cfg) -> dict:
   return fields
 
 
-def _spec(cfg, stage_cfg, seq_len: int):
-  from zebra_jax.train.trainer import TrainSpec
-  t = cfg.train
-  return TrainSpec(steps=stage_cfg.steps, lr=stage_cfg.lr, batch_size=stage_cfg.batch_size,
-                   seq_len=seq_len, grad_accum=stage_cfg.grad_accum,
-                   warmup_frac=stage_cfg.get("warmup_frac", t.warmup_frac),
-                   weight_decay=t.weight_decay, grad_clip=t.grad_clip, progress=False)
-
-
-def _tokens(spec, length: int) -> dict:
-  micro = spec.batch_size // spec.grad_accum
-  return {"tokens": ((spec.grad_accum, micro, length), "int32")}
-
-
-def stage_plans(cfg) -> list[StagePlan]:
+def stage_plans(cfg) -> list:
   """One plan per compiled step of the run: ild_mla, ild_mamba, kd, dpo and each stepwise phase
   (teacher, select and assemble train nothing)."""
   from zebra_jax.config import HybridConfig
+  from zebra_jax.distill import plan
   from zebra_jax.distill import select as select_lib
-  from zebra_jax.distill import stages
 
   t = cfg.train
-  T = cfg.data.seq_len
   teacher, teacher_src = _teacher_config(cfg.teacher, "teacher")
   ild_teacher = _with_dtypes(teacher, *_teacher_dtypes(cfg, "teacher"), t.impl)
   student_base = _with_dtypes(teacher, t.dtype, _student_param_dtype(cfg), t.impl)
@@ -283,24 +256,16 @@ def stage_plans(cfg) -> list[StagePlan]:
                f"with the uniform placement {list(layers)}",)
     return student(layers, cfg.model.attn_layers), extra
 
-  plans: list[StagePlan] = []
+  out = []
   final_student = None
   for name in cfg.stages:
     if name in ("ild_mla", "ild_mamba"):
       s = student(tuple(range(L)) if name == "ild_mla" else (), ())
-      spec = _spec(cfg, cfg.ild, T)
-      plans.append(StagePlan(name, s, {"teacher": ild_teacher}, stages.ild_loss_fn(cfg.ild.loss),
-                             stages._not_embedding, spec, _tokens(spec, T), notes=notes))
+      out.append(replace(plan.ild(cfg, name[len("ild_"):], s, ild_teacher), notes=notes))
     elif name == "stepwise":
-      sw = cfg.stepwise
-      for phase, attn_layers in enumerate(sw.schedule):
+      for phase, attn_layers in enumerate(cfg.stepwise.schedule):
         s = student((), attn_layers)
-
-        trainable = stages.frozen_filter(("embed", "mlp") if sw.freeze_mlp else ("embed",))
-        spec = _spec(cfg, sw, T)
-        plans.append(StagePlan(f"stepwise_{phase}", s, {"teacher": ild_teacher},
-                               stages.kd_loss_fn(sw.kl_weight, sw.ce_weight, 1.0), trainable, spec,
-                               _tokens(spec, T), notes=notes))
+        out.append(replace(plan.stepwise(cfg, phase, s, ild_teacher), notes=notes))
         final_student = s
     elif name == "kd":
       if "stepwise" in cfg.stages:
@@ -312,25 +277,14 @@ def stage_plans(cfg) -> list[StagePlan]:
       if tcfg.vocab_size != s.vocab_size:
         raise AOTError(f"kd: teacher vocab_size={tcfg.vocab_size} differs from the student's "
                        f"{s.vocab_size} (kd_teacher.path / kd_teacher.preset)")
-      k = cfg.kd
-      spec = _spec(cfg, k, T)
-      plans.append(StagePlan("kd", s, {"teacher": tcfg},
-                             stages.kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature),
-                             stages.frozen_filter(k.freeze), spec,
-                             _tokens(spec, T), notes=notes + extra + tnote))
+      out.append(replace(plan.kd(cfg, s, tcfg), notes=notes + extra + tnote))
       final_student = s
     elif name == "dpo":
-      d = cfg.dpo
       policy, extra = (final_student, ()) if final_student is not None else assembled()
       # The reference is a frozen copy reloaded with load_model(dtype=train.dtype).
       reference = _with_dtypes(policy, t.dtype, t.dtype, t.impl)
-      spec = _spec(cfg, d, d.max_len)
-      micro = spec.batch_size // spec.grad_accum
-      shape = (spec.grad_accum, micro, d.max_len)
-      batch = {k: (shape, "int32") for k in ("chosen", "chosen_mask", "rejected", "rejected_mask")}
-      plans.append(StagePlan("dpo", policy, {"reference": reference}, stages.dpo_loss_fn(d.beta),
-                             None, spec, batch, rows_per_sequence=2, notes=notes + extra))
-  return plans
+      out.append(replace(plan.dpo(cfg, policy, reference), notes=notes + extra))
+  return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -501,7 +455,7 @@ def _count(state) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(state)))
 
 
-def compile_stage(plan: StagePlan, mesh, chip: ChipSpec, devices_per_chip: int, *, remat: bool,
+def compile_stage(plan, mesh, chip: ChipSpec, devices_per_chip: int, *, remat: bool,
                   rules=None) -> StageReport:
   """Lowers and compiles `plan`'s train step for `mesh`; returns per-device memory and cost."""
   import time
@@ -512,9 +466,8 @@ def compile_stage(plan: StagePlan, mesh, chip: ChipSpec, devices_per_chip: int, 
   from zebra_jax import accounting
   from zebra_jax.ops import dispatch_backend
   from zebra_jax.parallel.sharding import DEFAULT_RULES, param_shardings
-  from zebra_jax.train.optim import make_optimizer
   from zebra_jax.train.trainer import (batch_sharding, build_train_step,
-                                       optimizer_state_shardings, split_trainable)
+                                       optimizer_state_shardings, split_trainable, stage_optimizer)
 
   rules = DEFAULT_RULES if rules is None else rules
   spec = plan.spec
@@ -529,8 +482,7 @@ def compile_stage(plan: StagePlan, mesh, chip: ChipSpec, devices_per_chip: int, 
   tr_shard = param_shardings(tr_state, mesh, rules)
   fr_shard = param_shardings(fr_state, mesh, rules)
   te_shard = {k: param_shardings(st, mesh, rules) for k, (_, st) in teacher_defs.items()}
-  optimizer = make_optimizer(spec.lr, spec.steps, warmup_frac=spec.warmup_frac,
-                             weight_decay=spec.weight_decay, grad_clip=spec.grad_clip)
+  optimizer = stage_optimizer(spec, tr_state, plan.lr_scale)
   opt_shard = optimizer_state_shardings(optimizer, tr_state, tr_shard, mesh)
   opt_state = jax.eval_shape(optimizer.init, tr_state)
   b_shard = batch_sharding(mesh)
@@ -548,6 +500,9 @@ def compile_stage(plan: StagePlan, mesh, chip: ChipSpec, devices_per_chip: int, 
   per_token = accounting.flops_per_token(plan.student, spec.seq_len, training=True)
   per_token += sum(accounting.flops_per_token(c, spec.seq_len, training=False)
                    for c in plan.teachers.values())
+  if not plan.heads:  # ILD runs no LM head (accounting.distill_flops_per_token, as the trainer)
+    per_token -= 3 * accounting.head_flops_per_token(plan.student) + sum(
+        accounting.head_flops_per_token(c) for c in plan.teachers.values())
   n_dev = mesh.devices.size
   model_flops = per_token * tokens / n_dev
   report = StageReport(plan.name, False, hbm, model_flops=model_flops,

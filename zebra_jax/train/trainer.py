@@ -211,6 +211,16 @@ def build_train_step(graphdef, teacher_graphdefs: dict, optimizer: optax.Gradien
       donate_argnums=(0, 1))
 
 
+def stage_optimizer(spec: TrainSpec, trainable_state, lr_scale=None) -> optax.GradientTransformation:
+  """The stage's AdamW (warmup + cosine, clipping); lr_scale(path) -> the learning-rate multiplier
+  of the trainable parameter at that path (None: every one at spec.lr). The trainer and the AOT
+  compiler build it the same way, so both see the same optimiser state."""
+  scales = None if lr_scale is None else jax.tree_util.tree_map_with_path(
+      lambda kp, _: float(lr_scale(key_names(kp))), trainable_state)
+  return make_optimizer(spec.lr, spec.steps, warmup_frac=spec.warmup_frac,
+                        weight_decay=spec.weight_decay, grad_clip=spec.grad_clip, lr_scales=scales)
+
+
 class StageTrainer:
   """Runs one training stage; see the module docstring."""
 
@@ -243,12 +253,7 @@ class StageTrainer:
     self._loss_fn = loss_fn
     self._step_fns = {}  # one jitted step per batch layout ({field: rank}), built on first use
 
-    # lr_scale(path) -> the learning-rate multiplier of the parameter at that path (None: 1)
-    scales = None if lr_scale is None else jax.tree_util.tree_map_with_path(
-        lambda kp, _: float(lr_scale(key_names(kp))), trainable_state)
-    self.optimizer = make_optimizer(spec.lr, spec.steps, warmup_frac=spec.warmup_frac,
-                                    weight_decay=spec.weight_decay, grad_clip=spec.grad_clip,
-                                    lr_scales=scales)
+    self.optimizer = stage_optimizer(spec, trainable_state, lr_scale)
     self.opt_shard = optimizer_state_shardings(self.optimizer, self.trainable, self.tr_shard, mesh)
     self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shard)(self.trainable)
 
