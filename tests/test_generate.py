@@ -106,15 +106,15 @@ def test_incremental_logits_match_full_forward(kind, chunk):
 
 def test_decode_uses_absorbed_mla_kernel_dispatch(monkeypatch):
   """Single-token MLA decode goes through ops.mla.mla_decode (where Pallas kernels register)."""
-  from zebra_jax.infer import decode as decode_mod
+  from zebra_jax.models import mla as mla_mod
   calls = []
-  real = decode_mod.mla_decode
+  real = mla_mod.mla_decode
 
   def spy(*args, **kw):
     calls.append(args[2].shape)
     return real(*args, **kw)
 
-  monkeypatch.setattr(decode_mod, "mla_decode", spy)
+  monkeypatch.setattr(mla_mod, "mla_decode", spy)
   config = CONFIGS["mla"]().replace(vocab_size=V + 8)  # fresh shapes: nothing cached by jit
   model = make_model(config)
   cache = init_cache(config, 2, 16)

@@ -15,7 +15,7 @@ from zebra_jax.config import ConfigError, HybridConfig, LlamaConfig
 from zebra_jax.init import init_hybrid
 from zebra_jax.init.mamba_from_attention import init_mamba2_from_attention
 from zebra_jax.models.hybrid import CausalLM
-from zebra_jax.models.mamba2 import Mamba2
+from zebra_jax.models.mamba2 import Mamba2, MambaState
 from zebra_jax.ops import ssd
 from zebra_jax.ops.dispatch import Kernel
 
@@ -103,7 +103,10 @@ def forward(m, u, ssm0=None, conv0=None, return_state=True):
 
 @nnx.jit
 def step(m, u_BD, ssm, conv):
-  return m.step(u_BD, ssm, conv)
+  """One decode token through the cached forward decode_step runs: (y_BD, ssm, conv)."""
+  y, st, _ = m.cached(u_BD[:, None], None, MambaState(ssm, conv),
+                      n_valid_B=jnp.ones(u_BD.shape[:1], jnp.int32), mode="decode")
+  return y[:, 0], st.ssm, st.conv
 
 
 def random_states(cfg, rng, Bsz):
@@ -189,7 +192,8 @@ def test_step_token_by_token_equals_forward(shape):
   y_ref, ssm_ref, conv_ref = numpy_mamba2(torch_layout(m), cfg, u)
   y_fwd = forward(m, u, return_state=False)  # the plain call DecoderBlock makes
   # From an empty state, every token by step.
-  ssm, conv = m.zero_state(2)
+  st = MambaState.zeros(cfg, 0, 2, T, m.dtype)
+  ssm, conv = st.ssm, st.conv
   ys = []
   for t in range(T):
     y_t, ssm, conv = step(m, u[:, t], ssm, conv)

@@ -1,5 +1,7 @@
 """Decode caches: preallocated pytrees, one entry per layer, plus per-sequence lengths.
 
+Each mixer owns its layer's container and the forward over it (`Attention.cached`, `MLA.cached`,
+`Mamba2.cached`, in models/); this module assembles them into a `Cache` and places it on a mesh.
 Per layer kind (B batch, S max_len):
   attention  KVCache(k, v)           (B, n_kv, S, d_h) each, compute dtype           GQA K/V (K rotated)
   mla        LatentCache(rows)       (B, S, r_kv + d_r), compute dtype               [N_kv(c_kv) | rope(k_pe)]
@@ -24,7 +26,10 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
 from zebra_jax.config import LlamaConfig
+from zebra_jax.models.attention import KVCache
 from zebra_jax.models.layers import dtype_of
+from zebra_jax.models.mamba2 import MambaState
+from zebra_jax.models.mla import LatentCache
 from zebra_jax.parallel.sharding import DEFAULT_RULES, logical_to_pspec
 
 # The cache layout: the parameters' rules except
@@ -36,30 +41,8 @@ from zebra_jax.parallel.sharding import DEFAULT_RULES, logical_to_pspec
 #   state, and splitting it by head keeps each head's recurrence local.
 CACHE_RULES = {**DEFAULT_RULES, "kv_lora": (), "mamba_heads": ("tensor",)}
 
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class KVCache:
-  # (B, G, S, K): heads before length so the decode dot products read the cache in its stored
-  # layout (a (B, S, G, K) cache made XLA transpose the whole cache every step).
-  k: jax.Array  # (B, G, S, K) rotated keys
-  v: jax.Array  # (B, G, S, K)
-  AXES = {"k": ("batch", "kv_heads", "length", None), "v": ("batch", "kv_heads", "length", None)}
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class LatentCache:
-  rows: jax.Array  # (B, S, r_kv + d_r): [kv_a_layernorm(c_kv) | rope(k_pe)]
-  AXES = {"rows": ("batch", "length", "kv_lora")}
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class MambaState:
-  ssm: jax.Array   # (B, nheads, headdim, d_state) float32
-  conv: jax.Array  # (B, d_conv - 1, conv_dim): last pre-conv [x | B | C] inputs, oldest first
-  AXES = {"ssm": ("batch", "mamba_heads", None, None), "conv": ("batch", None, "mamba_conv")}
+# The layer caches, by mixer type: each builds its zeros from the config (`zeros`).
+LAYER_CACHES = {"attention": KVCache, "mla": LatentCache, "mamba2": MambaState}
 
 
 @jax.tree_util.register_dataclass
@@ -74,11 +57,9 @@ class Cache:
 
   @property
   def max_len(self) -> int:
-    for lc in self.layers:
-      if isinstance(lc, KVCache):
-        return int(lc.k.shape[2])
-      if isinstance(lc, LatentCache):
-        return int(lc.rows.shape[1])
+    for arr, axes in _leaves_with_axes(self):
+      if "length" in axes:
+        return int(arr.shape[axes.index("length")])
     return 0  # a pure Mamba2 stack has no length axis
 
 
@@ -97,22 +78,12 @@ def init_cache(config: LlamaConfig, batch_size: int, max_len: int, dtype=None, *
   if batch_size < 1 or max_len < 1:
     raise ValueError(f"need batch_size >= 1 and max_len >= 1, got {batch_size}, {max_len}")
   dt = dtype_of(config.dtype) if dtype is None else jnp.dtype(dtype)
-  B, S = batch_size, max_len
   layers = []
   for i, kind in enumerate(config.layer_types()):
-    if kind == "attention":
-      shape = (B, config.num_key_value_heads, S, config.head_dim)
-      layers.append(KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt)))
-    elif kind == "mla":
-      _, r_kv = config.mla_ranks(i)
-      layers.append(LatentCache(jnp.zeros((B, S, r_kv + config.qk_rope_head_dim), dt)))
-    elif kind == "mamba2":
-      layers.append(MambaState(
-          jnp.zeros((B, config.mamba_nheads, config.headdim, config.d_state), jnp.float32),
-          jnp.zeros((B, config.d_conv - 1, config.mamba_conv_dim), dt)))
-    else:
+    if kind not in LAYER_CACHES:
       raise ValueError(f"unknown mixer type {kind!r} for layer {i}")
-  return Cache(tuple(layers), jnp.zeros((B,), jnp.int32))
+    layers.append(LAYER_CACHES[kind].zeros(config, i, batch_size, max_len, dt))
+  return Cache(tuple(layers), jnp.zeros((batch_size,), jnp.int32))
 
 
 def _leaves_with_axes(cache: Cache):

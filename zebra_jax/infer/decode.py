@@ -1,31 +1,22 @@
 """Prefill and decode over the compressed caches, and `stream` (generation.py holds `generate`).
 
 One function, `forward_chunk(model, cache, tokens_BT, n_valid_B, mode=...)`, runs T new tokens per
-sequence through the stack starting at each sequence's own cache length, writes their cache rows and
-returns logits. Per mixer:
-
-* attention: K/V rows written at positions lengths[b] + t; attention over the cache with the mask
-  key_pos <= query_pos.
-* MLA: the [latent | rotated rope key] rows are written. Prefill ("fresh" / "extend") decompresses
-  them through kv_b_proj and runs ordinary attention (reference 8.2); "decode" uses the absorbed path
-  (reference 1.6): q_nope_h @ W_UK_g into the latent, `ops.mla.mla_decode` over the cache (T = 1;
-  a jnp multi-query version for the T = K+1 tokens of speculative verification), the latent context
-  mapped back through W_UV_g, then out_proj. Query head h uses kv head g = h // (H/G).
-* Mamba2: a masked chunked SSD scan (prefill / verification) or `ssd_step` (decode, T = 1).
+sequence through the stack starting at each sequence's own cache length, and returns logits and the
+new cache. The mixers own their cached forward (`mixer.cached`, models/attention.py, mla.py,
+mamba2.py): each writes its layer's rows or state and attends / scans over it; this module holds
+only the loops around them (the blocks, prefill chunks, the decode loop, sampling).
 
 Ragged batches (design choice): prompts are RIGHT-padded to a common length and each sequence keeps
 its own length. Attention/MLA rows of pad tokens land at positions >= the sequence's length, are never
-read (masks use per-query positions) and are overwritten by the next real tokens. Mamba2 would absorb
-pad tokens into its state, so pad steps are masked out of the scan: their x is set to 0 and their raw
-dt to -1e4, which makes softplus(dt + dt_bias) exactly 0, hence exp(dt*A) = 1 and dt*x*B = 0: the SSM
-state passes through them unchanged, bit for bit. The conv state is taken as the d_conv - 1 pre-conv
-inputs just before each sequence's first pad token (a per-sequence window of [old conv state | chunk]).
-Left padding would instead shift every position and need the same Mamba2 masking anyway.
+read (masks use per-query positions) and are overwritten by the next real tokens; Mamba2 masks pad
+steps out of its scan (models/mamba2.py). Left padding would instead shift every position and need
+the same Mamba2 masking anyway.
 
 Modes: "fresh" (empty cache, e.g. the first prefill chunk: attention only over the chunk itself,
 through `ops.attention.causal_attention`, so prefill kernels apply), "extend" (a later prefill chunk:
 attention over the whole cache with a per-query mask, MLA decompressing the cache), "decode"
-(absorbed MLA; T = 1 uses the single-token Mamba2 step and `mla_decode`).
+(absorbed MLA through `ops.mla.mla_decode`; T = 1 uses the single-token Mamba2 step; T = K+1 is
+speculative verification).
 
 Sharded generation (design choice: placement decides). A model whose parameters are sharded over a
 (data, fsdp, tensor) mesh (`shard_for_inference(model, mesh)`, or `generate(..., mesh=mesh)` which
@@ -50,155 +41,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from zebra_jax.infer.cache import (Cache, KVCache, LatentCache, MambaState, cache_mesh,
-                                   cache_shardings, init_cache, shard_cache)
+from zebra_jax.infer.cache import Cache, cache_mesh, cache_shardings, init_cache, shard_cache
 from zebra_jax.infer.sampling import SamplingConfig, sample
-from zebra_jax.models import rope
-from zebra_jax.models.attention import rope_for
-from zebra_jax.ops.attention import causal_attention
-from zebra_jax.ops.mla import mla_decode
-from zebra_jax.ops.ssd import ssd_scan, ssd_step
 from zebra_jax.parallel import sharding as _sharding
 
 MODES = ("fresh", "extend", "decode")
-# Raw dt of masked Mamba2 steps: softplus(-1e4 + dt_bias) == 0.0 exactly in float32 (and -1e4 is
-# representable in bfloat16 / float16).
-_MASKED_DT = -1e4
-
-
-# ------------------------------------------------------------------------------------------------
-# pieces
-# ------------------------------------------------------------------------------------------------
-def _write_rows(buf_BS, rows_BT, start_B, axis: int = 0):
-  """buf[b, ..., start[b] : start[b] + T (on `axis` of the per-sequence array), ...] = rows[b].
-
-  The caller guarantees start + T <= S (XLA would clamp the start)."""
-  one = lambda buf, rows, s: jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), s,
-                                                                 axis)
-  return jax.vmap(one)(buf_BS, rows_BT, start_B)
-
-
-def _masked_attention(q_BTHK, k_BGSK, v_BGSV, kv_len_BT, scale):
-  """softmax(q k^T * scale) v over the first kv_len[b, t] keys of each query (GQA sharing).
-
-  Keys / values are (B, G, S, K) as the cache stores them."""
-  B, T, H, K = q_BTHK.shape
-  G, S = k_BGSK.shape[1], k_BGSK.shape[2]
-  q = q_BTHK.reshape(B, T, G, H // G, K)
-  scores = jnp.einsum("btgrk,bgsk->bgrts", q, k_BGSK.astype(q.dtype),
-                      preferred_element_type=jnp.float32) * scale
-  valid_BTS = jnp.arange(S)[None, None, :] < kv_len_BT[:, :, None]
-  scores = jnp.where(valid_BTS[:, None, None], scores, -jnp.inf)
-  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-  out = jnp.einsum("bgrts,bgsv->btgrv", probs, v_BGSV.astype(q.dtype))
-  return out.reshape(B, T, H, v_BGSV.shape[-1])
-
-
-def _absorbed_attention(q_latent_BTHR, q_rope_BTHK, cache_BSC, kv_len_BT, scale):
-  """Multi-query absorbed MLA over the latent cache (per-query lengths); the T > 1 twin of mla_decode."""
-  R = q_latent_BTHR.shape[-1]
-  f32 = jnp.float32
-  latent, k_rope = cache_BSC[..., :R].astype(f32), cache_BSC[..., R:].astype(f32)
-  scores = (jnp.einsum("bthr,bsr->bths", q_latent_BTHR.astype(f32), latent)
-            + jnp.einsum("bthk,bsk->bths", q_rope_BTHK.astype(f32), k_rope)) * scale
-  valid = jnp.arange(cache_BSC.shape[1])[None, None, None, :] < kv_len_BT[:, :, None, None]
-  probs = jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1)
-  return jnp.einsum("bths,bsr->bthr", probs, latent).astype(q_latent_BTHR.dtype)
-
-
-def _attention_layer(mixer, x_BTD, positions_BT, kv_len_BT, lc: KVCache, lengths_B, mode):
-  c = mixer.config
-  B, T, _ = x_BTD.shape
-  H, G, K = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-  q = mixer.q_proj(x_BTD).reshape(B, T, H, K)
-  k = mixer.k_proj(x_BTD).reshape(B, T, G, K)
-  v = mixer.v_proj(x_BTD).reshape(B, T, G, K)
-  inv_freq, factor = rope_for(K, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
-  cos, sin = rope.rope_cos_sin(positions_BT, inv_freq, factor)
-  q, k = rope.apply_rope_half(q, cos, sin), rope.apply_rope_half(k, cos, sin)
-  k_BGTK, v_BGTK = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)   # rows in the cache layout
-  new = KVCache(_write_rows(lc.k, k_BGTK, lengths_B, axis=1),
-                _write_rows(lc.v, v_BGTK, lengths_B, axis=1))
-  if mode == "fresh":
-    out = causal_attention(q, k, v, scale=K**-0.5, impl=c.impl)
-  else:
-    out = _masked_attention(q, new.k, new.v, kv_len_BT, K**-0.5)
-  return mixer.o_proj(out.reshape(B, T, H * K)), new
-
-
-def _mla_layer(mixer, x_BTD, positions_BT, kv_len_BT, lc: LatentCache, lengths_B, mode):
-  c = mixer.config
-  B, T, _ = x_BTD.shape
-  H, G, d_n, d_v = c.num_attention_heads, c.mla_kv_heads, c.qk_nope_head_dim, c.v_head_dim
-  cos_sin = mixer.rope_cos_sin(positions_BT)
-  rows_BTC = mixer.latent_cache_rows(x_BTD, positions_BT, cos_sin)
-  new = LatentCache(_write_rows(lc.rows, rows_BTC, lengths_B))
-  q_nope, q_pe = mixer.queries(x_BTD, positions_BT, cos_sin)
-  scale = mixer.softmax_scale
-  if mode in ("fresh", "extend"):
-    k_BSGK, v_BSGV = mixer.decompress(rows_BTC if mode == "fresh" else new.rows)
-    q_BTHK = jnp.concatenate([q_nope, q_pe.astype(q_nope.dtype)], axis=-1)
-    if mode == "fresh":
-      out = causal_attention(q_BTHK, k_BSGK, v_BSGV, scale=scale, impl=c.impl)
-    else:
-      out = _masked_attention(q_BTHK, jnp.swapaxes(k_BSGK, 1, 2), jnp.swapaxes(v_BSGV, 1, 2),
-                              kv_len_BT, scale)
-  else:
-    w_uk, w_uv = mixer.kv_b_views()                      # (r_kv, G, d_n), (r_kv, G, d_v)
-    dt = q_nope.dtype
-    R = w_uk.shape[0]
-    q_nope_g = q_nope.reshape(B, T, G, H // G, d_n)
-    q_latent = jnp.einsum("btgin,rgn->btgir", q_nope_g, w_uk.astype(dt)).reshape(B, T, H, R)
-    if T == 1:
-      ctx = mla_decode(q_latent[:, 0], q_pe[:, 0].astype(dt), new.rows, kv_len_BT[:, 0],
-                       scale=scale, impl=c.impl)[:, None]
-    else:
-      ctx = _absorbed_attention(q_latent, q_pe, new.rows, kv_len_BT, scale)
-    out = jnp.einsum("btgir,rgv->btgiv", ctx.reshape(B, T, G, H // G, R).astype(dt),
-                     w_uv.astype(dt)).reshape(B, T, H, d_v)
-  return mixer.out_proj(out.reshape(B, T, H * d_v)), new
-
-
-def _conv_window(conv_BKC, xBC_BTC, n_B):
-  """The d_conv-1 pre-conv inputs ending just before step n[b] of the chunk (per sequence)."""
-  K1 = conv_BKC.shape[1]
-  full = jnp.concatenate([conv_BKC, xBC_BTC.astype(conv_BKC.dtype)], axis=1)
-  return jax.vmap(lambda f, n: jax.lax.dynamic_slice_in_dim(f, n, K1, 0))(full, n_B)
-
-
-def mamba_scan(mixer, xBC_BTC, dt_BTH, state: MambaState, n_valid_B):
-  """Masked Mamba2 scan of pre-conv inputs from `state`: steps t >= n_valid[b] leave the state untouched.
-
-  Returns (y_BTHP, new MambaState after each sequence's n_valid steps). Also the replay used by
-  speculative decoding (cached per-step inputs from a checkpoint state).
-  """
-  c = mixer.config
-  T = xBC_BTC.shape[1]
-  xBC_conv, _ = mixer.conv1d(xBC_BTC, state.conv)
-  x, Bm, Cm = mixer._split_heads(jax.nn.silu(xBC_conv))
-  valid_BT = jnp.arange(T)[None, :] < n_valid_B[:, None]
-  x = jnp.where(valid_BT[:, :, None, None], x, 0)
-  dt = jnp.where(valid_BT[:, :, None], dt_BTH, jnp.asarray(_MASKED_DT, dt_BTH.dtype))
-  y, ssm = ssd_scan(x, dt, mixer._A(), Bm, Cm, D=mixer.D[...], dt_bias=mixer.dt_bias[...],
-                    dt_softplus=True, initial_state=state.ssm, chunk_size=min(c.chunk_size, T),
-                    return_final_state=True, impl=c.impl)
-  return y, MambaState(ssm, _conv_window(state.conv, xBC_BTC, n_valid_B))
-
-
-def _mamba_layer(mixer, x_BTD, lc: MambaState, n_valid_B, mode):
-  c = mixer.config
-  B, T, _ = x_BTD.shape
-  z, xBC, dt = mixer._split_proj(mixer.in_proj(x_BTD))
-  if mode == "decode" and T == 1:  # every sequence advances by its one token
-    xBC_c, conv = mixer.conv1d.step(xBC[:, 0], lc.conv)
-    x, Bm, Cm = mixer._split_heads(jax.nn.silu(xBC_c))
-    y, ssm = ssd_step(lc.ssm, x, dt[:, 0], mixer._A(), Bm, Cm, D=mixer.D[...],
-                      dt_bias=mixer.dt_bias[...], dt_softplus=True, impl=c.impl)
-    y, new = y[:, None], MambaState(ssm, conv)
-  else:
-    y, new = mamba_scan(mixer, xBC, dt, lc, n_valid_B)
-  out = mixer.out_proj(mixer.norm(y.reshape(B, T, c.d_inner), z))
-  return out, new, (xBC, dt)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,8 +58,8 @@ def forward_chunk(model, cache: Cache, tokens_BT, n_valid_B=None, *, mode: str =
   n_valid_B (default T): how many of the T tokens are real per sequence (right padding); the new
   lengths are lengths + n_valid. `logits`: "all" -> (B, T, V); "last" -> (B, V) at each sequence's
   last valid token; "none" -> None.
-  Returns (logits, new_cache, records): records[l] is (pre-conv xBC (B,T,C), raw dt (B,T,H)) for Mamba2
-  layers and None otherwise (the per-step inputs speculative decoding replays).
+  Returns (logits, new_cache, records): records[l] is what layer l's `mixer.cached` recorded for
+  `mixer.replay` (Mamba2: pre-conv xBC (B,T,C), raw dt (B,T,H)), None for attention / MLA layers.
   """
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} must be one of {MODES}")
@@ -222,19 +69,11 @@ def forward_chunk(model, cache: Cache, tokens_BT, n_valid_B=None, *, mode: str =
   lengths = cache.lengths
   n_valid = jnp.full((B,), T, jnp.int32) if n_valid_B is None else n_valid_B.astype(jnp.int32)
   positions = lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
-  kv_len = positions + 1
   h = model.embed(tokens_BT)
   layers, records = [], []
   for block, lc in zip(model.layers, cache.layers):
-    x = block.input_layernorm(h)
-    kind = block.mixer_type
-    rec = None
-    if kind == "attention":
-      y, lc = _attention_layer(block.mixer, x, positions, kv_len, lc, lengths, mode)
-    elif kind == "mla":
-      y, lc = _mla_layer(block.mixer, x, positions, kv_len, lc, lengths, mode)
-    else:
-      y, lc, rec = _mamba_layer(block.mixer, x, lc, n_valid, mode)
+    y, lc, rec = block.mixer.cached(block.input_layernorm(h), positions, lc, n_valid_B=n_valid,
+                                    mode=mode)
     layers.append(lc)
     records.append(rec)
     h = h + y

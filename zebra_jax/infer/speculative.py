@@ -12,7 +12,7 @@ Both models have processed every emitted token except the last one, `pending`. O
    states: the round starts from one checkpoint (the committed state before the round) and the
    forward passes record only the per-step inputs (pre-conv [x|B|C] and raw dt, O(K * (conv_dim +
    nheads)) per layer); the accepted prefix is then replayed from the checkpoint with the masked
-   scan (`decode.mamba_scan`), which also yields the conv state as a window of [checkpoint | inputs].
+   scan (`Mamba2.replay`), which also yields the conv state as a window of [checkpoint | inputs].
 
 Batches keep per-sequence acceptance lengths; a finished sequence commits 0 tokens per round.
 The whole loop (all rounds) is one jitted `lax.while_loop`.
@@ -29,9 +29,8 @@ import numpy as np
 from flax import nnx
 
 from zebra_jax.infer.cache import Cache, init_cache
-from zebra_jax.infer.decode import (constrain_cache, round_up, forward_chunk, mamba_scan,
-                                    pad_prompts, prefill, shard_for_inference,
-                                    stop_array, truncate_at_stop)
+from zebra_jax.infer.decode import (constrain_cache, forward_chunk, pad_prompts, prefill, round_up,
+                                    shard_for_inference, stop_array, truncate_at_stop)
 from zebra_jax.infer.sampling import SamplingConfig, probs, sample
 from zebra_jax.parallel.sharding import activation_mesh
 
@@ -77,17 +76,13 @@ def accept_greedy(p_logits_BKV, drafts_BK):
 def commit(model, checkpoint: Cache, advanced: Cache, records, n_commit_B) -> Cache:
   """The cache after keeping the first n_commit[b] of the tokens run from `checkpoint` to `advanced`.
 
-  Attention / MLA: the advanced rows with the length set back. Mamba2: replay of the recorded inputs
-  of the first n_commit steps from the checkpoint state.
+  Attention / MLA (no record): the advanced rows with the length set back. Mamba2: its mixer replays
+  the recorded inputs of the first n_commit steps from the checkpoint state (`Mamba2.replay`).
   """
-  layers = []
-  for block, lc0, lc1, rec in zip(model.layers, checkpoint.layers, advanced.layers, records):
-    if block.mixer_type == "mamba2":
-      _, st = mamba_scan(block.mixer, rec[0], rec[1], lc0, n_commit_B)
-      layers.append(st)
-    else:
-      layers.append(lc1)
-  return Cache(tuple(layers), checkpoint.lengths + n_commit_B)
+  layers = tuple(lc1 if rec is None else block.mixer.replay(rec, lc0, n_commit_B)
+                 for block, lc0, lc1, rec in zip(model.layers, checkpoint.layers, advanced.layers,
+                                                 records))
+  return Cache(layers, checkpoint.lengths + n_commit_B)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,7 +166,7 @@ def _spec_loop(t_state, d_state, carry, key, stops_arr, max_new, *, t_graph, d_g
   round_ = functools.partial(_spec_round, target, draft, key=key, stops_arr=stops_arr,
                              max_new=max_new, sampling=sampling, K=K, pad_id=pad_id)
 
-  def body(c):  # with a mesh, both caches stay in their layout (decode._constrain_cache)
+  def body(c):  # with a mesh, both caches stay in their layout (constrain_cache)
     with activation_mesh(mesh):
       c = round_(c)
     return dataclasses.replace(c, t_cache=constrain_cache(c.t_cache, mesh),

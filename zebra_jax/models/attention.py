@@ -1,10 +1,13 @@
-"""GQA self-attention of the Llama teacher (rotate-half RoPE, HF layout)."""
+"""GQA self-attention of the Llama teacher (rotate-half RoPE, HF layout); `Attention.cached` runs it
+over its `KVCache` (prefill, decode, verification). `write_rows` / `masked_attention` serve MLA too."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from zebra_jax.config import LlamaConfig
@@ -24,6 +27,46 @@ def rope_for(dim: int, theta: float, scaling: dict | None, max_pos: int | None):
   return _frequencies(dim, float(theta), items, max_pos)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  # (B, G, S, K): heads before length so the decode dot products read the cache in its stored
+  # layout (a (B, S, G, K) cache made XLA transpose the whole cache every step).
+  k: jax.Array  # (B, G, S, K) rotated keys
+  v: jax.Array  # (B, G, S, K)
+  AXES = {"k": ("batch", "kv_heads", "length", None), "v": ("batch", "kv_heads", "length", None)}
+
+  @classmethod
+  def zeros(cls, config: LlamaConfig, layer_idx: int, batch_size: int, max_len: int, dtype):
+    shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def write_rows(buf_BS, rows_BT, start_B, axis: int = 0):
+  """buf[b, ..., start[b] : start[b] + T (on `axis` of the per-sequence array), ...] = rows[b].
+
+  The caller guarantees start + T <= S (XLA would clamp the start)."""
+  one = lambda buf, rows, s: jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), s,
+                                                                 axis)
+  return jax.vmap(one)(buf_BS, rows_BT, start_B)
+
+
+def masked_attention(q_BTHK, k_BGSK, v_BGSV, kv_len_BT, scale):
+  """softmax(q k^T * scale) v over the first kv_len[b, t] keys of each query (GQA sharing).
+
+  Keys / values are (B, G, S, K) as the cache stores them."""
+  B, T, H, K = q_BTHK.shape
+  G, S = k_BGSK.shape[1], k_BGSK.shape[2]
+  q = q_BTHK.reshape(B, T, G, H // G, K)
+  scores = jnp.einsum("btgrk,bgsk->bgrts", q, k_BGSK.astype(q.dtype),
+                      preferred_element_type=jnp.float32) * scale
+  valid_BTS = jnp.arange(S)[None, None, :] < kv_len_BT[:, :, None]
+  scores = jnp.where(valid_BTS[:, None, None], scores, -jnp.inf)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  out = jnp.einsum("bgrts,bgsv->btgrv", probs, v_BGSV.astype(q.dtype))
+  return out.reshape(B, T, H, v_BGSV.shape[-1])
+
+
 class Attention(nnx.Module):
   """q/k/v/o projections, RoPE on full heads, causal GQA attention."""
 
@@ -37,7 +80,8 @@ class Attention(nnx.Module):
     self.v_proj = Linear(d, G * K, axes=("embed", "kv_heads"), **kw)
     self.o_proj = Linear(H * K, d, axes=("q_heads", "embed"), **kw)
 
-  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array) -> jax.Array:
+  def _qkv(self, x_BTD: jax.Array, positions_BT: jax.Array):
+    """q (B, T, H, K), k and v (B, T, G, K); q and k rotated."""
     c = self.config
     B, T, _ = x_BTD.shape
     H, G, K = c.num_attention_heads, c.num_key_value_heads, c.head_dim
@@ -46,6 +90,28 @@ class Attention(nnx.Module):
     v = self.v_proj(x_BTD).reshape(B, T, G, K)
     inv_freq, factor = rope_for(K, c.rope_theta, c.rope_scaling, c.max_position_embeddings)
     cos, sin = rope.rope_cos_sin(positions_BT, inv_freq, factor)
-    q, k = rope.apply_rope_half(q, cos, sin), rope.apply_rope_half(k, cos, sin)
-    out = causal_attention(q, k, v, scale=K**-0.5, impl=c.impl)
-    return self.o_proj(out.reshape(B, T, H * K))
+    return rope.apply_rope_half(q, cos, sin), rope.apply_rope_half(k, cos, sin), v
+
+  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array) -> jax.Array:
+    q, k, v = self._qkv(x_BTD, positions_BT)
+    out = causal_attention(q, k, v, scale=self.config.head_dim**-0.5, impl=self.config.impl)
+    return self.o_proj(out.reshape(*out.shape[:2], -1))
+
+  def cached(self, x_BTD: jax.Array, positions_BT: jax.Array, cache: KVCache, *, n_valid_B=None,
+             mode: str = "decode"):
+    """(y_BTD, new KVCache, None): no record, a rollback only sets the length back.
+
+    positions_BT[b] = sequence b's cache length + arange(T): the K/V rows are written there and
+    query t reads the keys at positions <= its own. mode "fresh" (empty cache) attends within the
+    chunk (`ops.attention.causal_attention`), "extend" / "decode" over the cache. n_valid_B is
+    unused: rows of pad tokens lie past the new length, are never read and get overwritten."""
+    q, k, v = self._qkv(x_BTD, positions_BT)
+    start_B = positions_BT[:, 0]
+    new = KVCache(write_rows(cache.k, jnp.swapaxes(k, 1, 2), start_B, axis=1),
+                  write_rows(cache.v, jnp.swapaxes(v, 1, 2), start_B, axis=1))
+    scale = self.config.head_dim**-0.5
+    if mode == "fresh":
+      out = causal_attention(q, k, v, scale=scale, impl=self.config.impl)
+    else:
+      out = masked_attention(q, new.k, new.v, positions_BT + 1, scale)
+    return self.o_proj(out.reshape(*out.shape[:2], -1)), new, None

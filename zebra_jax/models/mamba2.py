@@ -18,15 +18,24 @@ Parameter layout and the mapping to the PyTorch reference (mamba_ssm / MambaInLl
   A_log, D, dt_bias (H,)         same, always float32
   norm.weight      (E,)          = norm.weight (RMSNormGated)
   out_proj.kernel  (E, d)        = out_proj.weight.T
-States:
-  ssm_state  (batch, H, headdim, N) float32  = mamba_ssm ssm_state.
-  conv_state (batch, d_conv-1, 2X+E), the last d_conv-1 pre-conv inputs, oldest first, in the
-             compute dtype. mamba_ssm keeps (batch, 2X+E, d_conv) with the newest input last; ours
-             is its [:, :, 1:] transposed to (batch, time, channel) (its first column is shifted
-             out unused at the next step).
+States (`MambaState`, the layer's cache):
+  ssm  (batch, H, headdim, N) float32  = mamba_ssm ssm_state.
+  conv (batch, d_conv-1, 2X+E), the last d_conv-1 pre-conv inputs, oldest first, in the compute
+       dtype. mamba_ssm keeps (batch, 2X+E, d_conv) with the newest input last; ours is its
+       [:, :, 1:] transposed to (batch, time, channel) (its first column is shifted out unused at
+       the next step).
+
+`Mamba2.cached` runs ragged batches (right padding, per-sequence counts n_valid of real tokens) by
+masking the pad steps out of the scan: their x is set to 0 and their raw dt to -1e4, which makes
+softplus(dt + dt_bias) exactly 0, hence exp(dt*A) = 1 and dt*x*B = 0: the SSM state passes through
+them unchanged, bit for bit. The conv state is the window of the d_conv - 1 pre-conv inputs just
+before each sequence's first pad step. `Mamba2.replay` reruns recorded per-step inputs the same way
+(the rollback of speculative decoding).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +45,32 @@ from flax import nnx
 from zebra_jax.config import ConfigError, HybridConfig
 from zebra_jax.models.layers import Linear, dtype_of, param
 from zebra_jax.ops.ssd import ssd_scan, ssd_step
+
+# Raw dt of masked steps: softplus(-1e4 + dt_bias) == 0.0 exactly in float32 (and -1e4 is
+# representable in bfloat16 / float16).
+_MASKED_DT = -1e4
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class MambaState:
+  ssm: jax.Array   # (B, nheads, headdim, d_state) float32
+  conv: jax.Array  # (B, d_conv - 1, conv_dim): last pre-conv [x | B | C] inputs, oldest first
+  AXES = {"ssm": ("batch", "mamba_heads", None, None), "conv": ("batch", None, "mamba_conv")}
+
+  @classmethod
+  def zeros(cls, config: HybridConfig, layer_idx: int, batch_size: int, max_len: int, dtype):
+    """The state of an empty prefix (max_len unused: the state does not grow)."""
+    c = config
+    return cls(jnp.zeros((batch_size, c.mamba_nheads, c.headdim, c.d_state), jnp.float32),
+               jnp.zeros((batch_size, c.d_conv - 1, c.mamba_conv_dim), dtype))
+
+
+def _conv_window(conv_BKC, xBC_BTC, n_B):
+  """The d_conv-1 pre-conv inputs ending just before step n[b] of the chunk (per sequence)."""
+  K1 = conv_BKC.shape[1]
+  full = jnp.concatenate([conv_BKC, xBC_BTC.astype(conv_BKC.dtype)], axis=1)
+  return jax.vmap(lambda f, n: jax.lax.dynamic_slice_in_dim(f, n, K1, 0))(full, n_B)
 
 
 class CausalConv1d(nnx.Module):
@@ -159,12 +194,6 @@ class Mamba2(nnx.Module):
   def _A(self):
     return -jnp.exp(self.A_log[...].astype(jnp.float32))
 
-  def zero_state(self, batch_size: int):
-    """(ssm_state, conv_state) of an empty prefix."""
-    c = self.config
-    return (jnp.zeros((batch_size, c.mamba_nheads, c.headdim, c.d_state), jnp.float32),
-            jnp.zeros((batch_size, c.d_conv - 1, c.mamba_conv_dim), self.dtype))
-
   # -- forward --------------------------------------------------------------------------------
   def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array | None = None, *,
                initial_state: jax.Array | None = None, conv_state: jax.Array | None = None,
@@ -189,13 +218,41 @@ class Mamba2(nnx.Module):
       return y_BTD, (ssm_state, conv_out)
     return y_BTD
 
-  def step(self, x_BD: jax.Array, ssm_state: jax.Array, conv_state: jax.Array):
-    """One decode token: (y_BD, new_ssm_state, new_conv_state); states as in `__call__`."""
+  # -- the forward over the cache (prefill, decode, speculative verification and rollback) -------
+  def cached(self, x_BTD: jax.Array, positions_BT: jax.Array | None, state: MambaState, *,
+             n_valid_B: jax.Array, mode: str = "decode"):
+    """(y_BTD, the MambaState after each sequence's n_valid[b] steps, record = (pre-conv xBC
+    (B, T, conv_dim), raw dt (B, T, H)), the inputs `replay` reruns). "decode" with T = 1 is one
+    `ops.ssd.ssd_step`; anything else the masked `ops.ssd.ssd_scan` (positions are unused)."""
     c = self.config
-    z_BE, xBC_BC, dt_BH = self._split_proj(self.in_proj(x_BD))
-    xBC_BC, conv_state = self.conv1d.step(xBC_BC, conv_state)
-    x_BHP, B_BGN, C_BGN = self._split_heads(jax.nn.silu(xBC_BC))
-    y_BHP, ssm_state = ssd_step(ssm_state, x_BHP, dt_BH, self._A(), B_BGN, C_BGN, D=self.D[...],
-                                dt_bias=self.dt_bias[...], dt_softplus=True, impl=c.impl)
-    y_BE = self.norm(y_BHP.reshape(x_BD.shape[0], c.d_inner), z_BE)
-    return self.out_proj(y_BE), ssm_state, conv_state
+    Bsz, T, _ = x_BTD.shape
+    z_BTE, xBC_BTC, dt_BTH = self._split_proj(self.in_proj(x_BTD))
+    if mode == "decode" and T == 1:
+      xBC_BC, conv = self.conv1d.step(xBC_BTC[:, 0], state.conv)
+      x_BHP, B_BGN, C_BGN = self._split_heads(jax.nn.silu(xBC_BC))
+      y_BHP, ssm = ssd_step(state.ssm, x_BHP, dt_BTH[:, 0], self._A(), B_BGN, C_BGN,
+                            D=self.D[...], dt_bias=self.dt_bias[...], dt_softplus=True, impl=c.impl)
+      y_BTHP, new = y_BHP[:, None], MambaState(ssm, conv)
+    else:
+      y_BTHP, new = self._masked_scan(xBC_BTC, dt_BTH, state, n_valid_B)
+    y_BTD = self.out_proj(self.norm(y_BTHP.reshape(Bsz, T, c.d_inner), z_BTE))
+    return y_BTD, new, (xBC_BTC, dt_BTH)
+
+  def replay(self, record, state: MambaState, n_valid_B: jax.Array) -> MambaState:
+    """The state after the first n_valid[b] steps of a `cached` record, run from the checkpoint
+    `state` (speculative decoding keeps no per-step states)."""
+    return self._masked_scan(*record, state, n_valid_B)[1]
+
+  def _masked_scan(self, xBC_BTC, dt_BTH, state: MambaState, n_valid_B):
+    """Scan of pre-conv inputs from `state`; steps t >= n_valid[b] leave the state untouched."""
+    c = self.config
+    T = xBC_BTC.shape[1]
+    xBC_conv, _ = self.conv1d(xBC_BTC, state.conv)
+    x, Bm, Cm = self._split_heads(jax.nn.silu(xBC_conv))
+    valid_BT = jnp.arange(T)[None, :] < n_valid_B[:, None]
+    x = jnp.where(valid_BT[:, :, None, None], x, 0)
+    dt = jnp.where(valid_BT[:, :, None], dt_BTH, jnp.asarray(_MASKED_DT, dt_BTH.dtype))
+    y, ssm = ssd_scan(x, dt, self._A(), Bm, Cm, D=self.D[...], dt_bias=self.dt_bias[...],
+                      dt_softplus=True, initial_state=state.ssm, chunk_size=min(c.chunk_size, T),
+                      return_final_state=True, impl=c.impl)
+    return y, MambaState(ssm, _conv_window(state.conv, xBC_BTC, n_valid_B))

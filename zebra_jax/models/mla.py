@@ -12,13 +12,14 @@ RoPE is the DeepSeek interleaved pairing (channels 2j, 2j+1) on the d_r rope cha
 frequencies for dimension d_r from `mla_rope_theta` / `mla_rope_scaling` (YaRN multiplies cos/sin by
 its attention factor). G = `config.mla_kv_heads` (n_kv, or H with `use_full_kv_head`).
 
-The helpers `queries`, `latent_cache_rows` and `kv_b_views` are the pieces of the absorbed decode
-path (reference 1.6): the cache holds [N_kv(c) | rope(k)] per token, and W_UK / W_UV are views of
-kv_b_proj's kernel.
+`MLA.cached` is the forward over a per-layer `LatentCache`, which holds [N_kv(c) | rope(k)] per
+token: prefill decompresses it through kv_b_proj (reference 8.2), decode takes the absorbed path
+(reference 1.6) with W_UK / W_UV as views of kv_b_proj's kernel (`kv_b_views`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -27,9 +28,34 @@ from flax import nnx
 
 from zebra_jax.config import ConfigError, HybridConfig
 from zebra_jax.models import rope
-from zebra_jax.models.attention import rope_for
+from zebra_jax.models.attention import masked_attention, rope_for, write_rows
 from zebra_jax.models.layers import Linear, RMSNorm, dtype_of
 from zebra_jax.ops.attention import causal_attention
+from zebra_jax.ops.mla import mla_decode
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LatentCache:
+  rows: jax.Array  # (B, S, r_kv + d_r): [kv_a_layernorm(c_kv) | rope(k_pe)]
+  AXES = {"rows": ("batch", "length", "kv_lora")}
+
+  @classmethod
+  def zeros(cls, config: HybridConfig, layer_idx: int, batch_size: int, max_len: int, dtype):
+    _, r_kv = config.mla_ranks(layer_idx)
+    return cls(jnp.zeros((batch_size, max_len, r_kv + config.qk_rope_head_dim), dtype))
+
+
+def absorbed_attention(q_latent_BTHR, q_rope_BTHK, cache_BSC, kv_len_BT, scale):
+  """Multi-query absorbed MLA over the latent cache (per-query lengths); the T > 1 twin of mla_decode."""
+  R = q_latent_BTHR.shape[-1]
+  f32 = jnp.float32
+  latent, k_rope = cache_BSC[..., :R].astype(f32), cache_BSC[..., R:].astype(f32)
+  scores = (jnp.einsum("bthr,bsr->bths", q_latent_BTHR.astype(f32), latent)
+            + jnp.einsum("bthk,bsk->bths", q_rope_BTHK.astype(f32), k_rope)) * scale
+  valid = jnp.arange(cache_BSC.shape[1])[None, None, None, :] < kv_len_BT[:, :, None, None]
+  probs = jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1)
+  return jnp.einsum("bths,bsr->bthr", probs, latent).astype(q_latent_BTHR.dtype)
 
 
 def mla_softmax_scale(config: HybridConfig) -> float:
@@ -145,14 +171,60 @@ class MLA(nnx.Module):
     k_pe_BSGR = jnp.broadcast_to(k_pe[:, :, None, :].astype(k_nope.dtype), (B, S, G, d_r))
     return jnp.concatenate([k_nope, k_pe_BSGR], axis=-1), v
 
-  # -- training / prefill path ------------------------------------------------------------------
-  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array) -> jax.Array:
+  def _attend(self, q_nope, q_pe, rows_BSC, kv_len_BT=None) -> jax.Array:
+    """Attention over decompressed rows: causal within the chunk (kv_len None, through
+    `ops.attention.causal_attention`) or over the first kv_len[b, t] cache rows per query."""
     c = self.config
-    B, T, _ = x_BTD.shape
-    H, d_v = c.num_attention_heads, c.v_head_dim
+    q_BTHK = jnp.concatenate([q_nope, q_pe.astype(q_nope.dtype)], axis=-1)
+    k_BSGK, v_BSGV = self.decompress(rows_BSC)
+    if kv_len_BT is None:
+      return causal_attention(q_BTHK, k_BSGK, v_BSGV, scale=self.softmax_scale, impl=c.impl)
+    return masked_attention(q_BTHK, jnp.swapaxes(k_BSGK, 1, 2), jnp.swapaxes(v_BSGV, 1, 2),
+                            kv_len_BT, self.softmax_scale)
+
+  def _absorbed(self, q_nope, q_pe, rows_BSC, kv_len_BT) -> jax.Array:
+    """Absorbed attention (reference 1.6) over the latent rows: q_nope_h @ W_UK_g into the latent,
+    `ops.mla.mla_decode` (T = 1) or its jnp multi-query twin, the context back through W_UV_g.
+    Query head h uses kv head g = h // (H/G)."""
+    c = self.config
+    B, T = q_nope.shape[:2]
+    H, G, d_n, d_v = c.num_attention_heads, c.mla_kv_heads, c.qk_nope_head_dim, c.v_head_dim
+    w_uk, w_uv = self.kv_b_views()                      # (r_kv, G, d_n), (r_kv, G, d_v)
+    dt = q_nope.dtype
+    R = w_uk.shape[0]
+    q_nope_g = q_nope.reshape(B, T, G, H // G, d_n)
+    q_latent = jnp.einsum("btgin,rgn->btgir", q_nope_g, w_uk.astype(dt)).reshape(B, T, H, R)
+    if T == 1:
+      ctx = mla_decode(q_latent[:, 0], q_pe[:, 0].astype(dt), rows_BSC, kv_len_BT[:, 0],
+                       scale=self.softmax_scale, impl=c.impl)[:, None]
+    else:
+      ctx = absorbed_attention(q_latent, q_pe, rows_BSC, kv_len_BT, self.softmax_scale)
+    return jnp.einsum("btgir,rgv->btgiv", ctx.reshape(B, T, G, H // G, R).astype(dt),
+                      w_uv.astype(dt)).reshape(B, T, H, d_v)
+
+  # -- training path ----------------------------------------------------------------------------
+  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array) -> jax.Array:
     cos_sin = self.rope_cos_sin(positions_BT)
     q_nope, q_pe = self.queries(x_BTD, positions_BT, cos_sin)
-    q_BTHK = jnp.concatenate([q_nope, q_pe.astype(q_nope.dtype)], axis=-1)
-    k_BTGK, v_BTGV = self.decompress(self.latent_cache_rows(x_BTD, positions_BT, cos_sin))
-    out = causal_attention(q_BTHK, k_BTGK, v_BTGV, scale=self.softmax_scale, impl=c.impl)
-    return self.out_proj(out.reshape(B, T, H * d_v))
+    out = self._attend(q_nope, q_pe, self.latent_cache_rows(x_BTD, positions_BT, cos_sin))
+    return self.out_proj(out.reshape(*out.shape[:2], -1))
+
+  # -- the forward over the cache (prefill, decode, speculative verification) --------------------
+  def cached(self, x_BTD: jax.Array, positions_BT: jax.Array, cache: LatentCache, *,
+             n_valid_B=None, mode: str = "decode"):
+    """(y_BTD, new LatentCache, None): no record, a rollback only sets the length back.
+
+    positions_BT as in `Attention.cached`. mode "fresh": causal attention over the chunk's own
+    decompressed rows; "extend": over the whole cache decompressed; "decode": the absorbed path
+    (T = K+1 for speculative verification)."""
+    cos_sin = self.rope_cos_sin(positions_BT)
+    rows_BTC = self.latent_cache_rows(x_BTD, positions_BT, cos_sin)
+    new = LatentCache(write_rows(cache.rows, rows_BTC, positions_BT[:, 0]))
+    q_nope, q_pe = self.queries(x_BTD, positions_BT, cos_sin)
+    if mode == "fresh":
+      out = self._attend(q_nope, q_pe, rows_BTC)
+    elif mode == "extend":
+      out = self._attend(q_nope, q_pe, new.rows, positions_BT + 1)
+    else:
+      out = self._absorbed(q_nope, q_pe, new.rows, positions_BT + 1)
+    return self.out_proj(out.reshape(*out.shape[:2], -1)), new, None

@@ -1,5 +1,5 @@
 """Absorbed MLA decode attention over the latent cache (see kernels_pallas/mla): the one place that
-picks its implementation; `infer.decode` calls `mla_decode`.
+picks its implementation; `MLA.cached` (models/mla.py) calls `mla_decode`.
 
 "reference": the jnp oracle; "auto": a kernel verified for this backend whose `supports` accepts the
 call, else the reference; "pallas": that kernel or a clear error (never a silent fallback).
