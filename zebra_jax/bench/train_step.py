@@ -262,6 +262,8 @@ def layer_breakdown(stage: str, student, teacher, *, seq_len: int, batch: int,
     add(f"  of which the {kind} mixer", n,
         fwd_bwd(block, lambda b, h: b.mixer(b.input_layernorm(h), pos_BT)))
     add("  of which the MLP", n, fwd_bwd(block, lambda b, h: b.mlp(b.post_attention_layernorm(h))))
+    if kind == "mamba2":
+      add("    of which the SSD scan", n, ssd_fwd_bwd_ms(s_cfg, batch, seq_len, iters))
   t_kinds = t_cfg.layer_types()
   for kind in sorted(set(t_kinds)):
     block = t_model.layers[t_kinds.index(kind)]
@@ -283,6 +285,29 @@ def layer_breakdown(stage: str, student, teacher, *, seq_len: int, batch: int,
   add(f"head + KD loss, {loss_impl} (fwd+bwd)", 1,
       median_ms(jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1))), (h_BTD, head_s), iters))
   return rows
+
+
+def ssd_fwd_bwd_ms(cfg, batch: int, seq_len: int, iters: int) -> float:
+  """ms of the SSD scan's forward + backward (w.r.t. x, dt, B, C) at a Mamba2 layer's shapes, as
+  the mixer calls it (`ops.ssd.ssd_scan` with the config's impl and chunk, bf16 x / B / C, float32
+  dt / A / D / dt_bias): the mixer's time minus this is its projections, conv, gates and norm."""
+  from zebra_jax.ops.ssd import ssd_scan
+  H, P, G, N = cfg.mamba_nheads, cfg.headdim, cfg.ngroups, cfg.d_state
+  k = jax.random.split(jax.random.PRNGKey(5), 6)
+  bf = jnp.bfloat16
+  x = jax.random.normal(k[0], (batch, seq_len, H, P), bf)
+  dt = jax.random.normal(k[1], (batch, seq_len, H), jnp.float32) - 2.0
+  B = jax.random.normal(k[2], (batch, seq_len, G, N), bf)
+  C = jax.random.normal(k[3], (batch, seq_len, G, N), bf)
+  g = jax.random.normal(k[4], (batch, seq_len, H, P), bf)
+  A = -jnp.exp(jax.random.uniform(k[5], (H,), jnp.float32, 0.0, 2.0))
+  D, dt_bias = jnp.ones((H,), jnp.float32), jnp.zeros((H,), jnp.float32)
+
+  def f(x, dt, B, C):
+    y = ssd_scan(x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True,
+                 chunk_size=min(cfg.chunk_size, seq_len), impl=cfg.impl)
+    return jnp.sum(y.astype(jnp.float32) * g.astype(jnp.float32))
+  return median_ms(jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3))), (x, dt, B, C), iters)
 
 
 def layers_markdown(rows, step_ms: float | None, command: str) -> str:
