@@ -433,3 +433,22 @@ def test_extract_fortunes(tmp_path):
   assert R.extract_fortunes(path) == [
     "Anyone can hold the helm when the sea is calm.\n-- Publilius Syrus\n\nBS: You remind me of a man.\n"
     "B: What man?\n\nNothing is as easy as it looks."]
+
+
+def test_the_smollm2_recipe_mixes_run_8s_sources_unless_asked_for_all():
+  """configs/smollm2_135m.py reproduces the published run (run 8's 18 sources: the registry's
+  first 18, so the cross-source dedup is run 8's); ':9,all_sources' mixes every training source
+  (run 9's candidate); an unknown option is one clear error."""
+  import sys
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from _runs import load_config_file
+  from zebra_jax.distill.config import validate
+  train = R.training_sources()
+  committed = load_config_file("smollm2_135m")
+  assert set(committed.data.mix) == set(train[:18]) | {"teacher_samples"}
+  assert {"sotu_addresses", "fortunes"}.isdisjoint(committed.data.mix)
+  every = load_config_file("smollm2_135m", "9,all_sources")
+  assert set(every.data.mix) == set(train) | {"teacher_samples"} and every.model.n_mla == 9
+  validate(every)
+  with pytest.raises(ValueError, match="unknown option"):
+    load_config_file("smollm2_135m", "9,more_data")
