@@ -46,14 +46,14 @@ def family(name: str):
 @family("ssd")
 def bench_ssd(argv: list[str]) -> str:
   """Mamba2 SSD chunked scan: Pallas GPU kernel vs mamba_ssm (Triton) vs the pure-JAX reference."""
-  from zebra_jax.bench import ssd
+  from zebra_jax.bench import ssd  # lazy: --help runs without numpy
   return ssd.main(argv)
 
 
 @family("mla")
 def bench_mla(argv: list[str]) -> str:
   """Absorbed MLA decode: Pallas kernel vs the HBM copy ceiling and an XLA decode."""
-  from zebra_jax.bench import mla
+  from zebra_jax.bench import mla  # lazy: --help runs without jax, numpy
   return mla.main(argv)
 
 
@@ -61,7 +61,7 @@ def bench_mla(argv: list[str]) -> str:
 def bench_attention(argv: list[str]) -> str:
   """Causal prefill/training attention with MLA head sizes: our Pallas GPU flash kernel (autotuned
   over its block presets, `--flash-config` to choose) vs cuDNN, fwd and fwd+bwd TFLOP/s."""
-  from zebra_jax.bench import attention
+  from zebra_jax.bench import attention  # lazy: --help runs without jax, numpy
   return attention.main(argv)
 
 
@@ -69,7 +69,7 @@ def bench_attention(argv: list[str]) -> str:
 def bench_kd_loss(argv: list[str]) -> str:
   """KD output-head loss + gradient: full logits (train/losses.py) vs chunked with a custom VJP
   (train/fused_losses.py), time and XLA temp memory at the smollm2 / Zebra-1B / Zebra-8B heads."""
-  from zebra_jax.bench import kd_loss
+  from zebra_jax.bench import kd_loss  # lazy: --help runs without jax, flax, optax
   return kd_loss.main(argv)
 
 
@@ -104,13 +104,13 @@ def main(argv=None) -> None:
   if args.command == "kernels":
     kernels(args, rest)
   elif args.command == "generate":
-    from zebra_jax.bench import decode
+    from zebra_jax.bench import decode  # lazy: --help runs without jax, flax, optax
     decode.main(rest)
   elif args.command == "train":
-    from zebra_jax.bench import train_step
+    from zebra_jax.bench import train_step  # lazy: --help runs without jax, flax, optax
     train_step.main(rest)
   elif args.command == "speculative":
-    from zebra_jax.bench import speculative
+    from zebra_jax.bench import speculative  # lazy: --help runs without jax, flax, optax
     speculative.main(rest)
 
 

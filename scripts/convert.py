@@ -21,6 +21,8 @@ except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zebra_jax.cli import argument_parser, script_errors  # noqa: E402
+from zebra_jax._paths import check_output  # noqa: E402
+from zebra_jax.cli import ScriptError  # noqa: E402
 
 
 @script_errors()
@@ -37,11 +39,10 @@ def main(argv=None) -> int:
                  help="replace an earlier converted model in --output (never other files)")
   args = p.parse_args(argv)
 
-  from zebra_jax._paths import check_output
-  from zebra_jax.cli import ScriptError
+  # lazy: --help runs without jax, flax, optax
   from zebra_jax.convert import from_pretrained, load_tokenizer, save_model
-  from zebra_jax.convert.model_files import provenance
-  from zebra_jax.convert.orbax_io import SAVED_MODEL_FILES
+  from zebra_jax.convert.model_files import provenance  # lazy: --help runs without jax, flax, optax
+  from zebra_jax.convert.orbax_io import SAVED_MODEL_FILES  # lazy: --help runs without jax, flax, optax
 
   # before anything is read: --output must not be (or hold, or lie inside) an input, and
   # --overwrite replaces only an earlier converted model

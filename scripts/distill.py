@@ -19,6 +19,9 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from zebra_jax.cli import parse_absl_flags, script_errors  # noqa: E402
+from zebra_jax.convert.orbax_io import flatten_dotted  # noqa: E402
+from zebra_jax.distill.aot import aot_report  # noqa: E402
+from zebra_jax.distill.config import base_config  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "python config file with get_config()",
                                           lock_config=True)
@@ -40,9 +43,6 @@ _HELP_ARGS = ("-h", "-?", "--help", "--helpshort", "-help")
 def print_help() -> None:
   """--help: what absl prints, plus every `--config.*` field with its default; exits 0."""
   import textwrap
-
-  from zebra_jax.convert.orbax_io import flatten_dotted
-  from zebra_jax.distill.config import base_config
 
   print(__doc__.strip() + "\n\nflags:")
   for name in ("config", "workdir", "aot_topology", "no_progress", "coordinator", "num_processes",
@@ -72,7 +72,6 @@ def main(argv):
   if cfg is None:
     raise app.UsageError("--config is required, e.g. --config configs/tiny.py")
   if _AOT.value:
-    from zebra_jax.distill.aot import aot_report
     report = aot_report(cfg, _AOT.value)  # AOTError (no libtpu, bad topology): exit 2, one line
     sys.exit(0 if report.fits else 1)  # 1: a stage does not fit (named in the report)
   import jax
@@ -82,7 +81,7 @@ def main(argv):
   elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get(
       "MEGASCALE_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()  # a multi-host TPU slice: jax finds the coordinator itself
-  from zebra_jax.distill.pipeline import run_pipeline
+  from zebra_jax.distill.pipeline import run_pipeline  # lazy: --help runs without grain, orbax
 
   workdir = _WORKDIR.value or cfg.workdir or os.path.join("workdir", cfg.name)
   run_pipeline(cfg, workdir, progress=not _NO_PROGRESS.value)

@@ -30,15 +30,16 @@ except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zebra_jax.cli import ScriptError, argument_parser, script_errors, with_help_formatter  # noqa: E402
+from zebra_jax import presets  # noqa: E402
 
 
 def _load(path, dtype):
-  from zebra_jax.convert import from_pretrained
+  from zebra_jax.convert import from_pretrained  # lazy: --help runs without jax, flax, optax
   return from_pretrained(path, dtype=dtype, progress=True)
 
 
 def _tokenizer(tok, ckpt, fallback=None):
-  from zebra_jax.convert import CheckpointError, load_tokenizer
+  from zebra_jax.convert import CheckpointError, load_tokenizer  # lazy: --help runs without jax, flax, optax
   try:
     return load_tokenizer(tok or ckpt)
   except CheckpointError:
@@ -49,18 +50,19 @@ def _tokenizer(tok, ckpt, fallback=None):
 
 def _config_only(path: str):
   """The model config without reading weights, where the format allows it."""
-  from zebra_jax.convert import resolve_checkpoint
+  from zebra_jax.convert import resolve_checkpoint  # lazy: --help runs without jax, flax, optax
   ck = resolve_checkpoint(path)
   if ck.kind == "saved":
-    from zebra_jax.convert.orbax_io import load_config
+    from zebra_jax.convert.orbax_io import load_config  # lazy: --help runs without jax, flax, optax
     return load_config(ck.path)
   if ck.kind == "hybrid":
+    # lazy: --help runs without jax, flax, optax
     from zebra_jax.convert.hybrid_import import load_hybrid_config
     return load_hybrid_config(ck.path)
   if ck.kind == "hf":
-    from zebra_jax.convert.hf import load_hf_config
+    from zebra_jax.convert.hf import load_hf_config  # lazy: --help runs without jax, flax, optax
     return load_hf_config(ck.path)
-  from zebra_jax.convert.gguf import _reader, gguf_config
+  from zebra_jax.convert.gguf import _reader, gguf_config  # lazy: --help runs without jax, flax, optax
   return gguf_config(_reader(ck.path), ck.path)[0]  # the GGUF's metadata, no tensors read
 
 
@@ -76,7 +78,7 @@ def _dump(res, path):
 
 
 def _texts_to_tokens(tok, files, add_bos=True):
-  from zebra_jax.eval.ppl import encode_text
+  from zebra_jax.eval.ppl import encode_text  # lazy: --help runs without jax, flax, optax
   seqs = []
   for p in files:
     with open(p, encoding="utf-8") as f:
@@ -85,7 +87,7 @@ def _texts_to_tokens(tok, files, add_bos=True):
 
 
 def cmd_perplexity(a):
-  from zebra_jax.eval import perplexity_of_files
+  from zebra_jax.eval import perplexity_of_files  # lazy: zebra_jax.eval's lazy exports pull in jax, flax
   model = _load(a.checkpoint, a.dtype)
   res = perplexity_of_files(model, _tokenizer(a.tokenizer, a.checkpoint), a.files,
                             max_length=a.max_length, stride=a.stride, batch_size=a.batch_size)
@@ -98,7 +100,7 @@ def cmd_perplexity(a):
 
 
 def cmd_agreement(a):
-  from zebra_jax.eval import teacher_agreement
+  from zebra_jax.eval import teacher_agreement  # lazy: zebra_jax.eval's lazy exports pull in jax, flax
   student, teacher = _load(a.checkpoint, a.dtype), _load(a.teacher, a.dtype)
   seqs = _texts_to_tokens(_tokenizer(a.tokenizer, a.checkpoint, fallback=a.teacher), a.files)
   res = teacher_agreement(student, teacher, seqs, max_length=a.max_length, stride=a.stride,
@@ -110,7 +112,7 @@ def cmd_agreement(a):
 
 
 def cmd_kv(a):
-  from zebra_jax import presets
+  # lazy: zebra_jax.eval's lazy exports pull in jax, flax
   from zebra_jax.eval import format_kv_report, kv_cache_report
   if (a.checkpoint is None) == (a.preset is None):
     raise ScriptError("kv: give exactly one of --checkpoint / --preset")
@@ -122,6 +124,7 @@ def cmd_kv(a):
 
 
 def cmd_needle(a):
+  # lazy: zebra_jax.eval's lazy exports pull in jax, flax
   from zebra_jax.eval import format_needle_grid, needle_in_a_haystack
   model = _load(a.checkpoint, a.dtype)
   res = needle_in_a_haystack(model, _tokenizer(a.tokenizer, a.checkpoint), a.lengths, a.depths,
@@ -132,7 +135,7 @@ def cmd_needle(a):
 
 
 def cmd_suite(a):
-  from zebra_jax.eval.suite import recorded_teacher, run_suite
+  from zebra_jax.eval.suite import recorded_teacher, run_suite  # lazy: --help runs without grain, orbax, jax
   students = list(a.checkpoint)
   if a.labels:
     if len(a.labels) != len(students):
@@ -167,7 +170,7 @@ def cmd_suite(a):
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv and argv[0] == "lm-eval":
-    from zebra_jax.eval.lm_eval_adapter import main as lm_main
+    from zebra_jax.eval.lm_eval_adapter import main as lm_main  # lazy: --help runs without lm_eval, jax, flax
     lm_main(argv[1:])
     return 0
   p = argument_parser(__doc__)

@@ -28,6 +28,8 @@ except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zebra_jax.cli import argument_parser, exit_code, script_errors  # noqa: E402
+from zebra_jax.cli import ScriptError  # noqa: E402
+from zebra_jax.export import export_pretrained  # noqa: E402
 
 
 @script_errors()
@@ -52,9 +54,9 @@ def main(argv=None) -> int:
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
   args = p.parse_args(argv)
 
-  from zebra_jax.cli import ScriptError
+  # lazy: --help runs without jax, flax, optax
   from zebra_jax.convert import CheckpointError, from_pretrained, resolve_checkpoint
-  from zebra_jax.export import export_pretrained
+  # lazy: --help runs without jax, flax, optax
   from zebra_jax.export.io import check_out_dir, resolve_tokenizer
 
   # Everything that can fail cheaply fails before a weight is read or written: --out must not be

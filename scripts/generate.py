@@ -34,6 +34,7 @@ except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zebra_jax.cli import argument_parser, script_errors  # noqa: E402
+from zebra_jax.cli import ScriptError  # noqa: E402
 
 
 def _stop_tokens(tokenizer, config, checkpoint: str) -> tuple[int, ...]:
@@ -88,12 +89,14 @@ def main(argv=None) -> int:
                  "device)")
   args = p.parse_args(argv)
 
-  from zebra_jax.cli import ScriptError
+  # lazy: --help runs without jax, flax, optax
   from zebra_jax.convert import from_pretrained, load_tokenizer, resolve_checkpoint
+  # lazy: --help runs without jax, flax, optax
   from zebra_jax.infer import generate, shard_for_inference, stream
 
   mesh = None
   if args.mesh:
+    # lazy: --help runs without jax, flax, optax
     from zebra_jax.parallel.sharding import make_mesh, parse_mesh
     try:
       mesh = make_mesh(*parse_mesh(args.mesh))

@@ -21,6 +21,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zebra_jax.cli import argument_parser, script_errors  # noqa: E402
+import zebra_jax  # noqa: E402
+from zebra_jax import accounting, presets  # noqa: E402
+from zebra_jax._paths import check_output  # noqa: E402
+from zebra_jax.cli import ScriptError  # noqa: E402
+from zebra_jax.config import HybridConfig  # noqa: E402
 
 PROMPTS = [
     "The capital of France is Paris. The capital of Germany is",
@@ -36,7 +41,6 @@ def parse_layers(text: str | None, flag: str = "--mla-layers"):
   try:
     return tuple(int(t) for t in text.split(",") if t.strip() != "")
   except ValueError:
-    from zebra_jax.cli import ScriptError
     raise ScriptError(f"{flag} {text!r}: expected comma-separated whole layer numbers, e.g. "
                       "0,5,10") from None
 
@@ -45,7 +49,6 @@ def uniform_placement(n_layers: int, n_mla: int) -> tuple[int, ...]:
   """Layer 0 and L-2 are MLA, gaps between consecutive MLA layers differ by at most one (the rule
   every released Zebra layout follows; `distill select` picks the gap positions by sensitivity)."""
   if n_mla < 2 or n_mla > n_layers - 1:
-    from zebra_jax.cli import ScriptError
     raise ScriptError(f"a {n_layers}-layer teacher has no room for {n_mla} MLA layers placed "
                       f"uniformly (2 to {n_layers - 1}); pass --mla-layers")
   span = n_layers - 2
@@ -97,13 +100,9 @@ def main(argv=None):
     if getattr(args, flag) is not None and getattr(args, flag) < 1:
       ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
-  import zebra_jax
-  from zebra_jax import accounting, presets
-  from zebra_jax._paths import check_output
-  from zebra_jax.config import HybridConfig
-  from zebra_jax.convert import resolve_checkpoint
-  from zebra_jax.convert.model_files import provenance
-  from zebra_jax.convert.orbax_io import SAVED_MODEL_FILES
+  from zebra_jax.convert import resolve_checkpoint  # lazy: --help runs without jax, flax, optax
+  from zebra_jax.convert.model_files import provenance  # lazy: --help runs without jax, flax, optax
+  from zebra_jax.convert.orbax_io import SAVED_MODEL_FILES  # lazy: --help runs without jax, flax, optax
 
   # before the teacher is read: --output is not the teacher (nor holds it, nor lies inside it),
   # and --overwrite replaces only an earlier saved model

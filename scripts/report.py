@@ -38,6 +38,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from zebra_jax.cli import HELP_ARGS, absl_help, parse_absl_flags, script_errors  # noqa: E402
+from zebra_jax.distill.experiment import plan, run_experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "python config file with get_config()",
                                           lock_config=False)
@@ -85,9 +86,8 @@ def main(argv):
   cfg = _CONFIG.value
   if cfg is None:
     raise app.UsageError("--config is required, e.g. --config configs/smollm2_135m.py")
-  from zebra_jax.convert.orbax_io import load_model
-  from zebra_jax.distill.experiment import plan, run_experiment
-  from zebra_jax.eval import report
+  from zebra_jax.convert.orbax_io import load_model  # lazy: --help runs without jax, flax, optax
+  from zebra_jax.eval import report  # lazy: --help runs without grain, orbax, jax
 
   budgets = _BUDGETS.value or [cfg.model.n_mla]
   variants = plan(budgets, ablations=_ABL_LIST.value if _ABL_LIST.value is not None else _ABL.value)
@@ -111,7 +111,7 @@ def main(argv):
         state["models"][name] = json.load(f)
     else:
       if "teacher" not in state:
-        from zebra_jax.distill.context import RunContext
+        from zebra_jax.distill.context import RunContext  # lazy: --help runs without jax, flax, optax
         ctx = RunContext(cfg, os.path.join(root, "shared"), progress=False)
         state["tok"] = ctx.tokenizer()
         state["heldout"] = report.heldout_sequences(cfg, state["tok"], _HELDOUT.value or None)
@@ -177,7 +177,7 @@ def main(argv):
 
   def run_suite():
     """The multi-domain suite for the teacher and every student (finished models reused)."""
-    from zebra_jax.eval import suite
+    from zebra_jax.eval import suite  # lazy: --help runs without grain, orbax, jax
     print("[report] multi-domain suite", flush=True)
     state["suite"] = suite.run_suite(
         [(v.name, os.path.join(root, v.name, "kd", "model")) for v in variants],

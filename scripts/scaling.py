@@ -48,6 +48,7 @@ except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, ROOT)
 
 from zebra_jax.cli import ScriptError, argument_parser, script_errors  # noqa: E402  (imports nothing heavy)
+from zebra_jax._paths import check_output  # noqa: E402
 
 DISTILL = os.path.join(ROOT, "scripts", "distill.py")
 TRAINING = {"ild_mla": "ild", "ild_mamba": "ild", "kd": "kd", "dpo": "dpo", "stepwise": "stepwise"}
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
   if args.steps < 2:
     p.error("--steps must be >= 2 (the first logged interval includes compilation)")
   cfg = load_config(args.config)  # also puts the checkout on sys.path
-  from zebra_jax.parallel.sharding import parse_mesh
+  from zebra_jax.parallel.sharding import parse_mesh  # lazy: --help runs without jax, flax, optax
   try:
     template = parse_mesh(args.mesh)
   except ValueError as e:
@@ -272,7 +273,6 @@ def main(argv=None) -> int:
   if os.path.exists(workdir) and not args.dry_run:
     # every run starts fresh (resumed runs would skew tokens/s), but only over an earlier
     # scaling workdir: a directory holding anything else is refused, not emptied
-    from zebra_jax._paths import check_output
     check_output(workdir, overwrite=True, owned=("prep", "prep.log", "n[0-9]*", "scaling.json"),
                  out_flag="--workdir", overwrite_flag="a fresh run")
     shutil.rmtree(workdir)
@@ -298,6 +298,7 @@ def main(argv=None) -> int:
                  f"--config.mesh.fsdp={f}", f"--config.mesh.tensor={t}"],
          device_env(platform, n), os.path.join(workdir, f"n{n}.log"), args.dry_run)
     if not args.dry_run:
+      # lazy: --help runs without jax, numpy
       from zebra_jax.train.metrics import read_metrics  # no backend is initialised by this
       rows = read_metrics(os.path.join(run_dir, args.stage))
       if not rows:

@@ -59,6 +59,7 @@ def _is_name(src) -> bool:
   """"byte" and the named checkpoints are read as names before any file of that name."""
   if not isinstance(src, str):
     return False
+  # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.convert import NAMED_CHECKPOINTS
   return src == "byte" or src.lower() in NAMED_CHECKPOINTS
 

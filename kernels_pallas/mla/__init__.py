@@ -16,6 +16,6 @@ def mla_decode(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: float,
   `pltpu.InterpretParams`) runs the TPU kernel in the Pallas TPU interpreter on any backend.
   """
   # Imported here: zebra_jax.ops imports this package's kernels, so not at module level (a cycle).
-  from zebra_jax.ops import mla as ops_mla
+  from zebra_jax.ops import mla as ops_mla  # lazy: zebra_jax.ops imports this package (an import cycle)
   return ops_mla.mla_decode(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, scale=scale,
                             impl=impl, interpret=interpret)

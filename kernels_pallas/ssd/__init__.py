@@ -23,6 +23,7 @@ def ssd_scan(x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True,
     interpret=True runs the TPU kernel in the Pallas TPU interpreter on any backend (CI on CPU).
     """
     # Imported here: zebra_jax.ops imports this package's kernels, so not at module level (a cycle).
+    # lazy: zebra_jax.ops imports this package (an import cycle)
     from zebra_jax.ops import ssd as ops_ssd
     return ops_ssd.ssd_scan(x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
                             initial_state=initial_state, chunk_size=chunk_size,
@@ -33,6 +34,7 @@ def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool =
              impl: str = "auto"):
     """One decode step, `zebra_jax.ops.ssd.ssd_step`: state (b, h, p, n), x (b, h, p), dt (b, h),
     B/C (b, g, n) -> (y (b, h, p) in x.dtype, new_state (b, h, p, n) float32)."""
+    # lazy: zebra_jax.ops imports this package (an import cycle)
     from zebra_jax.ops import ssd as ops_ssd  # (not at module level: see ssd_scan)
     return ops_ssd.ssd_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
                             impl=impl)

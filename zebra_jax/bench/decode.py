@@ -42,6 +42,8 @@ from zebra_jax import presets
 from zebra_jax.eval.throughput import decode_throughput
 from zebra_jax.infer.cache import cache_nbytes, init_cache
 from zebra_jax.models.hybrid import CausalLM
+from zebra_jax.parallel import make_mesh
+from zebra_jax.parallel.sharding import param_shardings
 
 _TINY = presets.llama_3_2_1b().replace(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -74,7 +76,6 @@ def random_model(config, seed: int = 0, mesh=None):
   leaves, treedef = jax.tree.flatten(abs_state)
   out_shardings = None
   if mesh is not None:
-    from zebra_jax.parallel.sharding import param_shardings
     out_shardings = jax.tree.leaves(param_shardings(abs_state, mesh))
 
   @functools.partial(jax.jit, out_shardings=out_shardings)
@@ -179,7 +180,6 @@ def main(argv=None) -> str:
   args = p.parse_args(argv)
   mesh = None
   if args.mesh:
-    from zebra_jax.parallel import make_mesh
     try:
       sizes = tuple(int(x) for x in args.mesh.split(","))
       mesh = make_mesh(*sizes) if len(sizes) == 3 else None

@@ -30,6 +30,9 @@ from flax import nnx
 from zebra_jax.cli import HelpFormatter
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.train.losses import forward_kl
+from zebra_jax.bench.decode import write_report
+from zebra_jax.convert import from_pretrained, load_tokenizer
+from zebra_jax.infer.generation import generate
 
 
 def truncated_draft(model, n_layers: int):
@@ -150,7 +153,6 @@ def speculative_bench(target, draft, prompts, max_new: int, k_values=(2, 4, 6), 
                       log=print):
   """Wall time of plain greedy vs speculative greedy `generate` (compiled first), outputs checked
   equal; returns a list of dicts with the speedup and acceptance statistics per K."""
-  from zebra_jax.infer.generation import generate
 
   def timed(**kw):
     generate(target, prompts, max_new, stop_tokens=(), **kw)  # compile
@@ -228,10 +230,10 @@ def main(argv=None) -> str:
   p.add_argument("--append", default=None, help="append the markdown section to this file")
   args = p.parse_args(argv)
 
-  from zebra_jax.convert import from_pretrained, load_tokenizer
+  # lazy: pulls in grain, orbax, which importing this module does not
   from zebra_jax.distill.samples import make_chat_prompts
+  # lazy: pulls in grain, orbax, which importing this module does not
   from zebra_jax.data.prompts import REPORT_PROMPTS, prompt_ids
-  from zebra_jax.infer.generation import generate
 
   path = args.target  # "smollm2" included: convert.resolve_checkpoint
   target = from_pretrained(path, dtype=args.dtype)
@@ -285,6 +287,5 @@ def main(argv=None) -> str:
           "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
           "date": datetime.date.today().isoformat(), "jax": jax.__version__, "dtype": args.dtype,
           "max_new": args.max_new, "n_prompts": len(bench_prompts), "argv": shlex.join(argv or [])}
-  from zebra_jax.bench.decode import write_report
   return write_report(markdown(record, meta), meta, record, json_path=args.json,
                       append_path=args.append)

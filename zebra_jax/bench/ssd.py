@@ -133,11 +133,15 @@ def inputs_np(b, l, h, p, g, n, seed=0):
 def jax_fns(impl: str, tuning=None):
     """(fwd, fwd+bwd) jitted JAX callables for one implementation."""
     import jax
+    # lazy: pulls in jax, which importing this module does not
     from kernels_pallas.ssd.common import CoreConfig, prepare_and_run
+    # lazy: pulls in jax, which importing this module does not
     from kernels_pallas.ssd.gpu import ssd_scan_gpu
+    # lazy: pulls in jax, which importing this module does not
     from kernels_pallas.ssd.reference import ssd_scan_reference
 
     if tuning is not None:
+        # lazy: pulls in jax, which importing this module does not
         from kernels_pallas.ssd.gpu import ssd_core_gpu
         cfg = CoreConfig(chunk=CHUNK, tuning=tuning)
         scan = lambda x, dt, A, B, C, D, bias: prepare_and_run(

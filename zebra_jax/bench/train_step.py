@@ -41,6 +41,10 @@ from zebra_jax import accounting, presets
 from zebra_jax.bench import environment
 from zebra_jax.config import HybridConfig
 from zebra_jax.models.hybrid import CausalLM
+from zebra_jax.distill import objectives
+from zebra_jax.ops.ssd import ssd_scan
+from zebra_jax.train import fused_losses, losses
+from zebra_jax.train.optim import make_optimizer
 
 STAGES = ("kd", "ild_mla", "ild_mamba", "dpo")
 
@@ -112,7 +116,6 @@ def build(stage: str, student, teacher):
 
 
 def loss_fn_for(stage: str, impl: str, ce_weight: float, chunk: int):
-  from zebra_jax.distill import objectives
   if stage == "kd":
     return objectives.kd_loss_fn(1.0, ce_weight, 1.0, impl, chunk)
   if stage == "dpo":
@@ -137,7 +140,6 @@ def synthetic_batch(stage: str, batch: int, seq_len: int, vocab: int) -> dict:
 def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: int,
         impls=("logits",), ce_weight: float = 0.0, chunk: int = 1024, iters: int = 10,
         remat: bool = False, breakdown: bool = True) -> list[dict]:
-  from zebra_jax.train.optim import make_optimizer
   s_cfg, t_cfg = build(stage, student, teacher)
   s_model = CausalLM(s_cfg, rngs=nnx.Rngs(0))
   s_model.remat = remat
@@ -272,7 +274,6 @@ def layer_breakdown(stage: str, student, teacher, *, seq_len: int, batch: int,
   emb = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(e_graph, p, e_rest)(tokens_BT).astype(
       jnp.float32) * g_BTD.astype(jnp.float32))))
   add("student embedding (fwd+bwd)", 1, median_ms(emb, (e_params,), iters))
-  from zebra_jax.train import fused_losses, losses
   ht_BTD = h_BTD * 0.5
   head_s, head_t = s_model.head_DV(), t_model.head_DV()
 
@@ -291,7 +292,6 @@ def ssd_fwd_bwd_ms(cfg, batch: int, seq_len: int, iters: int) -> float:
   """ms of the SSD scan's forward + backward (w.r.t. x, dt, B, C) at a Mamba2 layer's shapes, as
   the mixer calls it (`ops.ssd.ssd_scan` with the config's impl and chunk, bf16 x / B / C, float32
   dt / A / D / dt_bias): the mixer's time minus this is its projections, conv, gates and norm."""
-  from zebra_jax.ops.ssd import ssd_scan
   H, P, G, N = cfg.mamba_nheads, cfg.headdim, cfg.ngroups, cfg.d_state
   k = jax.random.split(jax.random.PRNGKey(5), 6)
   bf = jnp.bfloat16

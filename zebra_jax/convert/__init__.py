@@ -15,6 +15,9 @@ import glob
 import os
 from typing import NamedTuple
 
+from zebra_jax._paths import remember_source
+from zebra_jax.assets import smollm2_gguf_path
+
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be loaded faithfully. The message lists every problem found."""
@@ -61,7 +64,6 @@ class Checkpoint(NamedTuple):
 def named_checkpoint(spec) -> str | None:
   """The local path of a named checkpoint (fetched into the cache if missing), else None."""
   if isinstance(spec, str) and spec.lower() in NAMED_CHECKPOINTS:
-    from zebra_jax.assets import smollm2_gguf_path
     return smollm2_gguf_path()
   return None
 
@@ -88,6 +90,7 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Checkpoint:
   if gguf_file is not None:
     return Checkpoint("gguf", gguf_file, None)
   if os.path.isdir(path):
+    # lazy: avoids the cycle: zebra_jax.convert.hybrid_import imports zebra_jax.convert
     from zebra_jax.convert.hybrid_import import detect_format
     fmt = detect_format(path)  # exported hybrids, Zebra-Llama reference and MambaInLlama layouts
     if fmt is not None:
@@ -111,18 +114,20 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", param_dtype
   as `dtype`). Parameters are cast on the host while reading.
   `progress` shows a tqdm bar over the tensors.
   """
-  from zebra_jax._paths import remember_source
   ck = resolve_checkpoint(path)
   if ck.kind == "saved":
     model = load_model(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl)
   elif ck.kind == "gguf":
+    # lazy: avoids the cycle: zebra_jax.convert.gguf imports zebra_jax.convert
     from zebra_jax.convert.gguf import from_gguf
     model = from_gguf(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
   elif ck.kind == "hybrid":
+    # lazy: avoids the cycle: zebra_jax.convert.hybrid_import imports zebra_jax.convert
     from zebra_jax.convert.hybrid_import import from_hybrid_directory
     model = from_hybrid_directory(ck.path, ck.format, dtype=dtype, param_dtype=param_dtype,
                                   impl=impl, progress=progress)
   else:
+    # lazy: avoids the cycle: zebra_jax.convert.hf imports zebra_jax.convert
     from zebra_jax.convert.hf import from_hf_directory
     model = from_hf_directory(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl,
                               progress=progress)
@@ -136,6 +141,7 @@ def load_tokenizer(path: str | os.PathLike):
   directory (its own tokenizer files), or an HF tokenizer directory."""
   path = os.fspath(path)
   if path == "byte":
+    # lazy: pulls in grain, orbax, which importing this module does not
     from zebra_jax.data.tokenize import ByteTokenizer
     return ByteTokenizer()
   from transformers import AutoTokenizer
@@ -147,7 +153,9 @@ def load_tokenizer(path: str | os.PathLike):
   if not os.path.isdir(path):
     raise CheckpointError(f"{path}: not a tokenizer directory, a .gguf file, 'byte' or a named "
                           f"checkpoint ({', '.join(NAMED_CHECKPOINTS)})")
+  # lazy: avoids the cycle: zebra_jax.convert.hybrid_import imports zebra_jax.convert
   from zebra_jax.convert.hybrid_import import detect_format
+  # lazy: avoids the cycle: zebra_jax.convert.model_files -> orbax_io -> zebra_jax.convert
   from zebra_jax.convert.model_files import has_tokenizer
   ours = is_saved_model(path) or is_incomplete_saved_model(path) or detect_format(path) is not None
   if ours and not has_tokenizer(path):

@@ -24,6 +24,7 @@ import re
 
 from zebra_jax.config import ConfigError, HybridConfig, llama_config_from_hf
 from zebra_jax.convert import CheckpointError, names
+from zebra_jax.convert.hf import abstract_params, build_model, hf_checkpoint_tensors
 
 FORMATS = ("zebra_hf", "zebra_reference", "mambainllama")
 
@@ -211,7 +212,6 @@ def load_hybrid_config(directory: str, fmt: str | None = None, **overrides) -> H
 # -- tensors -------------------------------------------------------------------------------------
 def check_tensors(config: HybridConfig, tensors, source: str) -> None:
   """One CheckpointError naming every tensor problem, with layer-type-aware torch names."""
-  from zebra_jax.convert.hf import abstract_params
 
   kinds = config.layer_types()
   expected = {}
@@ -264,7 +264,6 @@ def from_hybrid_directory(directory: str, fmt: str | None = None, *, dtype: str 
                           param_dtype: str | None = None, impl: str = "auto",
                           progress: bool = False):
   """Loads a hybrid checkpoint directory (any of FORMATS) as a CausalLM."""
-  from zebra_jax.convert.hf import build_model, hf_checkpoint_tensors
 
   config = load_hybrid_config(directory, fmt, dtype=dtype, param_dtype=param_dtype or dtype,
                               impl=impl)

@@ -20,6 +20,8 @@ import json
 import os
 import subprocess
 
+from zebra_jax import __version__, accounting
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
                    "chat_template.jinja", "chat_template.json")
@@ -105,7 +107,6 @@ def git_commit() -> str | None:
 def provenance(model_config, /, **fields) -> dict:
   """provenance.json: where a model comes from (`fields`: teacher, config (the run config's name),
   data, ...) plus the code version and the model's KV-cache fraction of its teacher's."""
-  from zebra_jax import __version__, accounting
   return {**fields, "layer_types": "".join({"mla": "M", "mamba2": "s", "attention": "A"}[t]
                                            for t in model_config.layer_types()),
           "kv_cache_fraction": accounting.kv_cache_fraction(model_config),

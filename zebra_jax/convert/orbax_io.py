@@ -34,6 +34,9 @@ from flax import nnx
 from zebra_jax.config import CLASS_KEY, ConfigError, LlamaConfig
 from zebra_jax.convert import CheckpointError
 from zebra_jax.convert.model_files import GENERATION_CONFIG, PROVENANCE, TOKENIZER_FILES
+from zebra_jax._paths import check_output, remember_source, source_of
+from zebra_jax.convert.hf import abstract_params, materialise, nonfinite_message, nonfinite_report
+from zebra_jax.convert.model_files import write_model_files
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -126,7 +129,6 @@ def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bo
   In a multi-process run every process must call it (collective); see the module docstring."""
   import orbax.checkpoint as ocp
 
-  from zebra_jax._paths import check_output, source_of
   config = getattr(model, "config", None)
   if not isinstance(config, LlamaConfig):
     raise ValueError("save_model needs a model with a LlamaConfig/HybridConfig in model.config")
@@ -154,7 +156,6 @@ def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bo
       os.makedirs(tmp)
       with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
         f.write(config.to_json())
-      from zebra_jax.convert.model_files import write_model_files
       write_model_files(tmp, config, tokenizer, provenance)
     _sync(f"{directory} prepared")
     with ocp.StandardCheckpointer() as ckptr:
@@ -195,7 +196,6 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
   `impl` overrides the op implementation. Raises CheckpointError naming what is missing or broken.
   """
   import orbax.checkpoint as ocp
-  from zebra_jax.convert.hf import abstract_params, materialise
 
   directory = os.path.abspath(os.fspath(directory))
   if not os.path.isdir(directory):
@@ -243,11 +243,9 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
                           f"incomplete?): {type(e).__name__}: {msg[0] if msg else ''}") from e
 
   values = flatten_dotted(restored)
-  from zebra_jax.convert.hf import nonfinite_message, nonfinite_report
   bad = nonfinite_report(values)
   if bad:
     raise CheckpointError(nonfinite_message(directory, bad))
-  from zebra_jax._paths import remember_source
   if dtype is not None or param_dtype is not None or impl is not None:
     new_dtype = dtype or config.dtype
     new = config.replace(dtype=new_dtype, param_dtype=param_dtype or dtype or config.param_dtype,

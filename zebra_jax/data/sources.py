@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from zebra_jax.data.corpus import default_corpus
+from zebra_jax.data.registry import open_mix, resolve_spec
+
 ARRAY_RECORD_SUFFIX = ".array_record"
 METADATA_FILE = "metadata.json"
 TEXT_SUFFIXES = (".txt", ".md", ".text")
@@ -349,7 +352,6 @@ def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = 
   files. `paragraphs` applies to text files.
   """
   if isinstance(spec, Mapping) or type(spec).__name__ in ("ConfigDict", "FrozenConfigDict"):
-    from zebra_jax.data.registry import open_mix
 
     return open_mix(dict(spec.items()), cache_dir, paragraphs=paragraphs)
   if isinstance(spec, (list, tuple)):
@@ -361,11 +363,9 @@ def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = 
     raise TypeError(f"cannot build a document source from {type(spec).__name__}")
   spec = os.fspath(spec)
   if spec == "default":
-    from zebra_jax.data.corpus import default_corpus
 
     return ListSource(default_corpus(cache_dir), name="default")
   if spec.startswith("source:"):  # a registry source (held-out evaluation sources are refused)
-    from zebra_jax.data.registry import resolve_spec
 
     return resolve_spec(spec, "data.source", cache_dir)
   if spec.startswith("hf:"):

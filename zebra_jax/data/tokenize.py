@@ -109,6 +109,7 @@ def load_tokenizer(spec: Any):
   spec = os.fspath(spec)
   if spec == "byte":
     return ByteTokenizer()
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.convert import NAMED_CHECKPOINTS, load_tokenizer as convert_load_tokenizer
 
   if spec.lower() in NAMED_CHECKPOINTS:

@@ -31,6 +31,9 @@ import re
 from dataclasses import replace
 from typing import Any, Callable
 
+from zebra_jax import accounting, presets
+from zebra_jax.config import HybridConfig, LlamaConfig
+
 _INSTALL = "pip install -e .[tpu-aot]"
 GiB = 1024 ** 3
 
@@ -130,6 +133,7 @@ def _make_mesh(cfg, devices):
   from jax.experimental import mesh_utils
   from jax.sharding import Mesh
 
+  # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
   from zebra_jax.parallel.sharding import MESH_AXES, make_mesh
 
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)  # resolves -1
@@ -149,9 +153,6 @@ def _teacher_config(tcfg, which: str):
   it (config.json / GGUF metadata / saved model), else from the `preset` field."""
   import dataclasses as dc
 
-  from zebra_jax import presets
-  from zebra_jax.config import LlamaConfig
-
   path = tcfg.path
   overrides = dict(tcfg.get("overrides", None) or {})
   preset = tcfg.get("preset", None)
@@ -170,15 +171,19 @@ def _teacher_config(tcfg, which: str):
   if path == "smollm2":
     return from_preset(preset or "smollm2-135m-instruct", "preset (SmolLM2-135M-Instruct shape)")
   if isinstance(path, str) and os.path.exists(path):
+    # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
     from zebra_jax.convert import is_saved_model, resolve_gguf
+    # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
     from zebra_jax.convert.orbax_io import load_config
     if os.path.isdir(path) and is_saved_model(path):
       return load_config(path), f"config of {path}"
     gguf_file = resolve_gguf(path)
     if gguf_file is not None:
+      # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
       from zebra_jax.convert.gguf import _reader, gguf_config
       return gguf_config(_reader(gguf_file), gguf_file)[0], f"GGUF metadata of {gguf_file}"
     if os.path.isdir(path):
+      # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
       from zebra_jax.convert.hf import load_hf_config
       return load_hf_config(path), f"{path}/config.json"
   if preset:
@@ -210,6 +215,7 @@ def _student_param_dtype(cfg) -> str:
 
 
 def _student_fields(cfg) -> dict:
+  # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
   from zebra_jax.distill.context import _STUDENT_FIELDS
   m = cfg.model
   fields = {k: m[k] for k in _STUDENT_FIELDS if m.get(k) is not None}
@@ -221,8 +227,9 @@ def _student_fields(cfg) -> dict:
 def stage_plans(cfg) -> list:
   """One plan per compiled step of the run: ild_mla, ild_mamba, kd, dpo and each stepwise phase
   (teacher, select and assemble train nothing)."""
-  from zebra_jax.config import HybridConfig
+  # lazy: pulls in orbax, jax, flax; jax must start after aot sets libtpu's environment
   from zebra_jax.distill import plan
+  # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
   from zebra_jax.distill import select as select_lib
 
   t = cfg.train
@@ -241,6 +248,7 @@ def stage_plans(cfg) -> list:
                                    attn_layers=tuple(attn_layers))
 
   def kd_teacher():
+    # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
     from zebra_jax.distill.context import same_teacher
     if same_teacher(cfg):  # RunContext.kd_teacher() returns the ILD teacher
       return ild_teacher, ()
@@ -338,6 +346,7 @@ class AOTReport:
 def _abstract_model(config, remat: bool):
   from flax import nnx
 
+  # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
   from zebra_jax.models.hybrid import CausalLM
   model = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
   model.remat = remat
@@ -463,9 +472,11 @@ def compile_stage(plan, mesh, chip: ChipSpec, devices_per_chip: int, *, remat: b
   import jax
   from flax import nnx
 
-  from zebra_jax import accounting
+  # lazy: pulls in jax, numpy; jax must start after aot sets libtpu's environment
   from zebra_jax.ops import dispatch_backend
+  # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
   from zebra_jax.parallel.sharding import DEFAULT_RULES, param_shardings
+  # lazy: pulls in orbax, jax, flax; jax must start after aot sets libtpu's environment
   from zebra_jax.train.trainer import (batch_sharding, build_train_step,
                                        optimizer_state_shardings, split_trainable, stage_optimizer)
 
@@ -631,6 +642,7 @@ def aot_report(cfg, topology_name: str, *, stages: list[str] | None = None,
   a roofline step time. Returns the report; `report.fits` is False when a stage needs more HBM
   than the chip has (scripts/distill.py then exits non-zero naming it). `stages` restricts the
   compiled steps by name (e.g. ["kd"]; stepwise phases are "stepwise_<i>")."""
+  # lazy: pulls in ml_collections, which importing this module does not
   from zebra_jax.distill.config import validate
 
   validate(cfg)

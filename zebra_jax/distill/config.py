@@ -172,6 +172,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if ("select" not in c.stages or c.select.method == "explicit") and "assemble" in c.stages \
       and c.model.mla_layers is None:
     bad("model.mla_layers must be set when the select stage does not choose them")
+  # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.data.registry import check_config_sources, parse_mix  # noqa: PLC0415
   try:
     check_config_sources(c.data.source, c.data.get("mix", ""))

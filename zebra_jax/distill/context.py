@@ -15,6 +15,13 @@ from zebra_jax.config import HybridConfig, LlamaConfig
 from zebra_jax.convert.orbax_io import load_model
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.parallel.sharding import make_mesh
+from zebra_jax import presets
+from zebra_jax.convert import from_pretrained, resolve_gguf
+from zebra_jax.convert.gguf import _reader, gguf_config
+from zebra_jax.convert.hf import load_hf_config
+from zebra_jax.convert.model_files import provenance
+from zebra_jax.convert.orbax_io import is_saved_model, load_config, save_model
+from zebra_jax.distill.preferences import preference_iterator
 
 _STUDENT_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim",
                    "v_head_dim", "use_full_kv_head", "mla_rope_scaling", "d_state", "headdim",
@@ -24,9 +31,6 @@ _STUDENT_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_h
 def teacher_config(tcfg, which: str = "teacher") -> LlamaConfig:
   """A teacher's LlamaConfig without loading its weights (for checks before anything runs): from a
   random preset (+ overrides), a save_model directory, GGUF metadata or an HF config.json."""
-  from zebra_jax import presets
-  from zebra_jax.convert import resolve_gguf
-  from zebra_jax.convert.orbax_io import is_saved_model, load_config
 
   path = tcfg.path
   if isinstance(path, str) and path.startswith("random:"):
@@ -46,9 +50,7 @@ def teacher_config(tcfg, which: str = "teacher") -> LlamaConfig:
     return load_config(path)
   gguf_file = resolve_gguf(path)
   if gguf_file is not None:
-    from zebra_jax.convert.gguf import _reader, gguf_config
     return gguf_config(_reader(gguf_file), gguf_file)[0]
-  from zebra_jax.convert.hf import load_hf_config
   return load_hf_config(path)
 
 
@@ -86,9 +88,6 @@ class RunContext:
     """Loads a teacher from its configured source (path / 'smollm2' / 'random:<preset>')."""
     from flax import nnx
 
-    from zebra_jax import presets
-    from zebra_jax.convert import from_pretrained
-
     path = tcfg.path
     if path is None:
       raise ValueError("teacher.path is not set")
@@ -123,7 +122,6 @@ class RunContext:
     if self._teacher is not None:
       return self._teacher.config
     if os.path.exists(art):
-      from zebra_jax.convert.orbax_io import load_config
       return load_config(art)
     return teacher_config(self.cfg.teacher, "teacher")
 
@@ -141,12 +139,10 @@ class RunContext:
   def save(self, model: CausalLM, path: str, stage: str) -> None:
     """Saves a stage's model with the run's tokenizer files, generation config and provenance
     next to its weights, so that every tool can use the artifact alone."""
-    from zebra_jax.convert.orbax_io import save_model
     save_model(model, path, overwrite=True, tokenizer=self.tokenizer_or_none(),
                provenance=self.provenance(model.config, stage))
 
   def provenance(self, config, stage: str) -> dict:
-    from zebra_jax.convert.model_files import provenance
     c, d = self.cfg, self.cfg.data
 
     def plain(v):  # ConfigDicts and tuples as JSON values
@@ -187,6 +183,7 @@ class RunContext:
   # -- data ----------------------------------------------------------------------------------------
   def tokenizer(self):
     if self._tokenizer is None:
+      # lazy: pulls in grain, orbax, which importing this module does not
       from zebra_jax.data import ByteTokenizer, load_tokenizer
       spec = self.cfg.data.get("tokenizer", None) or self.cfg.teacher.path
       if spec == "byte":
@@ -213,7 +210,9 @@ class RunContext:
   def data_source(self):
     """What the pipeline reads: data.mix as a dict {name or path: weight} ("teacher_samples" replaced
     by the samples stage's artifact) when a mix is set, else data.source (teacher samples resolved)."""
+    # lazy: pulls in grain, orbax, which importing this module does not
     from zebra_jax.data.registry import SAMPLES_TOKEN, parse_mix
+    # lazy: pulls in grain, orbax, which importing this module does not
     from zebra_jax.distill.samples import ARTIFACT, resolve_source
     mix = parse_mix(self.cfg.data.get("mix", ""))
     if not mix:
@@ -234,6 +233,7 @@ class RunContext:
     KD part of the train documents (see data_part; data.ild_fraction 0 or 1: all of them), data
     shards from data.num_shards, a shuffle seed per purpose. With data.mix, each source is split on
     its own document indices and its train documents repeated by its weight (pipeline.mix_indices)."""
+    # lazy: pulls in grain, orbax, which importing this module does not
     from zebra_jax.data import make_iterator
     d = self.cfg.data
     source = self.data_source()  # data.mix / data.source, "teacher_samples" -> the samples artifact
@@ -254,6 +254,7 @@ class RunContext:
     if os.path.exists(path):
       with open(path) as f:
         return json.load(f)
+    # lazy: pulls in grain, orbax, which importing this module does not
     from zebra_jax.data.pipeline import epoch_tokens
     d = self.cfg.data
     counts = epoch_tokens(self.data_source(), self.tokenizer(), split="train",
@@ -262,6 +263,7 @@ class RunContext:
     reads = int(spec.steps) * int(spec.batch_size) * int(spec.seq_len)
     distinct = counts["distinct_tokens"]
     if distinct < int(spec.seq_len):  # every sequence would be the same text, wrapped around
+      # lazy: pulls in ml_collections, which importing this module does not
       from zebra_jax.distill.config import RunConfigError
       raise RunConfigError(
           f"data.seq_len={spec.seq_len} is longer than the {distinct:,} distinct tokens of the "
@@ -285,7 +287,6 @@ class RunContext:
     return [next(it) for _ in range(n)]
 
   def preference_batches(self, batch_size: int):
-    from zebra_jax.distill.preferences import preference_iterator
     d = self.cfg.dpo
     return preference_iterator(self.cfg.data.dpo_path, self.tokenizer(), batch_size=batch_size,
                                max_len=d.max_len, max_prompt_len=d.max_prompt_len,

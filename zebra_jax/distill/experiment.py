@@ -180,6 +180,7 @@ def shared_settings_diff(cfg_a: dict, cfg_b: dict) -> list[str]:
   """The fields read by the shared stages on which two run configs (as JSON dicts) differ, e.g.
   ["ild.lr: 0.0002 != 0.001"]; empty when one root's shared stages can serve the other (the
   placement and the later stages' settings are not read by them: `workdir.stage_reads`)."""
+  # lazy: pulls in ml_collections, which importing this module does not
   from zebra_jax.distill.workdir import changed_fields, stage_reads
 
   return [f"{k}: {a!r} != {b!r}" for k, (a, b) in changed_fields(cfg_a, cfg_b).items()
@@ -190,7 +191,9 @@ def borrow_shared(cfg, root: str, source_root: str) -> dict:
   """Links <root>/shared -> <source_root>/shared after checking that the source's shared stages
   are all finished and were made with the same shared settings; returns the source's summary.
   Raises (creating nothing) otherwise."""
+  # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.distill import stages
+  # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.distill.context import RunContext
 
   root, src = os.path.abspath(root), os.path.abspath(os.path.join(source_root, "shared"))
@@ -229,11 +232,16 @@ def run_experiment(cfg, root: str, variants: list[Variant], *, progress: bool = 
 
   `after_each(name, summary)`, if given, is called once the shared stages ("shared") and then each
   variant are done (scripts/report.py evaluates each model there, before the next one trains)."""
+  # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.distill.pipeline import run_pipeline
 
+  # lazy: pulls in ml_collections, which importing this module does not
   from zebra_jax.distill.config import validate
+  # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.distill.context import RunContext
+  # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.distill.pipeline import preflight
+  # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.distill.select import uniform_placement
 
   root = os.path.abspath(root)

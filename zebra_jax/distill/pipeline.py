@@ -31,6 +31,14 @@ from zebra_jax.distill import stages
 from zebra_jax.distill.config import RunConfigError, validate
 from zebra_jax.distill.context import RunContext, same_teacher, teacher_config
 from zebra_jax.distill.workdir import WorkdirBusy, WorkdirLock, check_settings, check_workdir
+from zebra_jax import presets
+from zebra_jax.config import ConfigError, LlamaConfig
+from zebra_jax.data import sources
+from zebra_jax.data.pipeline import mix_indices, part_indices, splits_parts
+from zebra_jax.distill import select as select_lib
+from zebra_jax.distill.preferences import check_pairs_file
+from zebra_jax.train.metrics import read_metrics
+from zebra_jax.train.trainer import Preempted
 
 TRAINING_STAGES = ("ild_mla", "ild_mamba", "kd", "dpo", "stepwise")
 
@@ -39,8 +47,6 @@ def preflight(ctx: RunContext) -> None:
   """Checks that need the teachers' shapes and the mesh, run before the first stage so that a bad
   config fails before anything is loaded or compiled. Reads configs only (no weights). Raises
   RunConfigError naming the field."""
-  from zebra_jax.config import ConfigError
-  from zebra_jax.distill import select as select_lib
 
   cfg, mesh = ctx.cfg, ctx.mesh
   try:
@@ -82,7 +88,6 @@ def preflight(ctx: RunContext) -> None:
       preset = cfg.kd_teacher.get("preset", None)
       if not preset:  # the kd stage could not load it either: say so before hours of ILD
         raise RunConfigError(f"kd_teacher.path: {e}") from None
-      from zebra_jax import presets
       kd = presets.get_preset(preset)  # the weights may arrive before the kd stage starts
       ctx.log(f"[preflight] {e}; checked the kd stage against kd_teacher.preset={preset!r}")
     vocab = (final or teacher).vocab_size
@@ -91,7 +96,6 @@ def preflight(ctx: RunContext) -> None:
                            f"{vocab} (teacher.path's vocabulary); KD compares logits token for "
                            "token")
   if "dpo" in stages_:
-    from zebra_jax.distill.preferences import check_pairs_file
     if not os.path.isfile(cfg.data.dpo_path):
       raise RunConfigError(f"data.dpo_path={cfg.data.dpo_path!r} does not exist or is not a file")
     try:
@@ -127,8 +131,6 @@ def _check_data_split(ctx: RunContext) -> None:
   """data.num_shards fits the process count; data.ild_fraction is a fraction and leaves both the
   ILD and the KD part non-empty (checked on the corpus when it exists already, so that an empty KD
   part fails now rather than after the ILD stages)."""
-  from zebra_jax.data import sources
-  from zebra_jax.data.pipeline import mix_indices, part_indices, splits_parts
 
   d = ctx.cfg.data
   shards = d.get("num_shards", 0) or 0
@@ -228,7 +230,6 @@ def _sigterm_outside_training(current: dict):
   sampling, selection) it stops the run as a preemption (exit 143 from the scripts) with a message.
   The training loop installs its own handler, which saves the step first, and restores this one."""
   def handler(*_):
-    from zebra_jax.train.trainer import Preempted
     raise Preempted(f"SIGTERM while {current['where']}: stopped before anything of it was saved; "
                     "rerun the same command to continue (finished stages are kept)")
   return handler
@@ -334,7 +335,6 @@ def _stage_times(cfg, ran, prev: dict) -> dict:
 
 
 def _summary(ctx, cfg, ran, skipped, seconds, prev: dict | None = None):
-  from zebra_jax.train.metrics import read_metrics
   prev = prev or {}
   out = {"name": cfg.name, "workdir": ctx.workdir,
          "stages_run": [list(r) for r in ran], "stages_skipped": skipped,
@@ -345,7 +345,6 @@ def _summary(ctx, cfg, ran, skipped, seconds, prev: dict | None = None):
   final = _final_model_stage(ctx, cfg)
   if final:
     with open(os.path.join(stages.artifact(ctx, final), "config.json")) as f:
-      from zebra_jax.config import LlamaConfig
       config = LlamaConfig.from_json(f.read())
     out.update(final_model=stages.artifact(ctx, final),
                mla_layers=list(getattr(config, "mla_layers", ())),

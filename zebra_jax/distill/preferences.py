@@ -50,6 +50,7 @@ def check_pairs_file(path: str, batch_size: int) -> int:
 
 
 def load_pairs(path: str, tokenizer, max_len: int, max_prompt_len: int):
+  # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.data.tokenize import eos_id, render_chat
 
   pairs = []

@@ -38,6 +38,10 @@ from zebra_jax._io import atomic_write
 from zebra_jax.data.prompts import (CHAT_PROMPTS, REPORT_PROMPTS, decode_text, prompt_ids,
                                     real_sources, source_specs)
 from zebra_jax.data.registry import SAMPLES_TOKEN
+from zebra_jax.data import sources, tokenize
+from zebra_jax.data.pipeline import split_indices
+from zebra_jax.data.registry import parse_mix
+from zebra_jax.distill.instructions import instruction_prompts, passage_prompts
 
 ARTIFACT = os.path.join("samples", "teacher_samples.jsonl")
 PROMPT_BUCKET = 128   # prompt lengths and cache sizes are rounded up to multiples of this
@@ -72,9 +76,6 @@ def train_documents(cfg) -> list:
   """The train-split documents of the real sources (what prompts and passages are cut from; never
   a held-out document): with data.mix, every source of the mix but the teacher samples, each split
   on its own document indices as the pipeline splits it; else data.source."""
-  from zebra_jax.data import sources
-  from zebra_jax.data.pipeline import split_indices
-  from zebra_jax.data.registry import parse_mix
 
   mix = parse_mix(cfg.data.get("mix", ""))
   if mix:
@@ -91,7 +92,6 @@ def make_prompts(cfg, tokenizer, num: int, prompt_tokens: int, seed: int,
                  documents: list | None = None) -> list[list[int]]:
   """`num` prompts of at most `prompt_tokens` ids, each a window at a random offset of a random
   train-split document of the real sources (deterministic in `seed`)."""
-  from zebra_jax.data import tokenize
 
   docs = train_documents(cfg) if documents is None else documents
   rng = np.random.default_rng(seed)
@@ -115,7 +115,6 @@ def make_prompts(cfg, tokenizer, num: int, prompt_tokens: int, seed: int,
 def instruction_prompts_for_samples(num: int, seed: int) -> list[str]:
   """`num` user messages (distill/instructions.py), never one of the evaluation prompts (the
   report's samples and the suite's chat prompts; the topics avoid the suite's subjects too)."""
-  from zebra_jax.distill.instructions import instruction_prompts
 
   return instruction_prompts(num, seed, exclude=[p["chat"] for p in REPORT_PROMPTS if "chat" in p]
                              + list(CHAT_PROMPTS))
@@ -126,7 +125,6 @@ def make_chat_prompts(tokenizer, num: int, seed: int, documents: list | None = N
   """`num` user messages in the tokenizer's chat template, as the evaluation's are built: a
   `passage_fraction` of them are tasks about a passage of `documents` (summarise, explain,
   continue, questions; distill/instructions.py), the rest task templates x topics; seeded order."""
-  from zebra_jax.distill.instructions import passage_prompts
 
   n_passage = int(round(num * passage_fraction))
   messages = (instruction_prompts_for_samples(num - n_passage, seed)
@@ -149,6 +147,7 @@ def generate_in_rounds(model, prompts: list[list[int]], max_new_tokens: int, *, 
   few: every call has `batch_size` rows (the last batch of a round padded with copies of its first
   row, discarded), `round_tokens` new tokens, one cache length, prompts in PROMPT_BUCKET buckets.
   """
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.infer.generation import generate
 
   if max_new_tokens % round_tokens:
@@ -189,7 +188,9 @@ def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str,
   call; with `round_tokens` > 0 it is `round_batches` batches generated in rounds
   (`generate_in_rounds`)."""
   chat = list(chat) if chat is not None else [False] * len(prompts)
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.infer.decode import resolve_stop_tokens
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.infer.generation import generate
 
   parts_dir = os.path.join(workdir, "samples", "parts")

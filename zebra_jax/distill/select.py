@@ -18,6 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from zebra_jax.models.hybrid import CausalLM
+from zebra_jax.train.losses import forward_kl
+
 
 def _check_budget(n_layers: int, n_mla: int) -> None:
   if not 2 <= n_mla <= n_layers - 1:
@@ -87,8 +90,6 @@ def sensitivity_scores(teacher, mla_model, mamba_model, batches: Sequence[dict])
   so the L swapped models cost L(L+1)/2 block applications per batch and a handful of compilations
   (not L whole-model compilations).
   """
-  from zebra_jax.models.hybrid import CausalLM
-  from zebra_jax.train.losses import forward_kl
 
   embed = nnx.jit(lambda m, tokens: m.embed(tokens))
   kl_from_hidden = nnx.jit(lambda m, t_logits, h: forward_kl(t_logits, m.logits(h)))

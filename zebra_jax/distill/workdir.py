@@ -150,6 +150,7 @@ def stage_reads(stage: str, field: str) -> bool:
 
 def changed_fields(old: dict, new: dict) -> dict[str, tuple]:
   """{dotted field: (old value, new value)} for every field that differs (bookkeeping excluded)."""
+  # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.convert.orbax_io import flatten_dotted
 
   a, b = flatten_dotted(old), flatten_dotted(new)

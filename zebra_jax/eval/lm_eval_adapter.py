@@ -34,6 +34,8 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from zebra_jax.eval.scoring import TokenScorer
+from zebra_jax.convert import from_pretrained, load_tokenizer
+from zebra_jax.infer import generate
 
 
 def _bool(v) -> bool:
@@ -59,13 +61,11 @@ class ZebraJaxLM(TemplateLM):
     if model is None:
       if checkpoint is None:
         raise ValueError("zebra_jax model needs checkpoint=<path> (or model=<CausalLM>)")
-      from zebra_jax.convert import from_pretrained
       model = from_pretrained(checkpoint, dtype=dtype)  # "smollm2" too (convert.resolve_checkpoint)
     if tokenizer is None or isinstance(tokenizer, str):
       src = tokenizer or checkpoint
       if src is None:
         raise ValueError("zebra_jax model needs tokenizer=<path> when given a model object")
-      from zebra_jax.convert import load_tokenizer
       tokenizer = load_tokenizer(src)  # "byte", "smollm2", a .gguf, a directory
     self.model, self.tokenizer = model, tokenizer
     # "auto" / "auto:N" (lm-eval's batch-size search) fall back to 8: shapes are bucketed anyway
@@ -165,7 +165,6 @@ class ZebraJaxLM(TemplateLM):
 
   # -- generation --------------------------------------------------------------------------------
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-    from zebra_jax.infer import generate
     eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
     prepared = []
     for r in requests:

@@ -81,6 +81,7 @@ def needle_in_a_haystack(model, tokenizer, context_lengths: Sequence[int],
                          generate_fn: Callable | None = None) -> dict:
   """Runs every (length, depth, trial) cell; returns per-trial records and accuracy grids."""
   if generate_fn is None:
+    # lazy: pulls in jax, flax, optax, which importing this module does not
     from zebra_jax.infer import generate
 
     def generate_fn(prompts, n):

@@ -23,12 +23,13 @@ import time
 
 from zebra_jax._io import atomic_write
 from zebra_jax.data.prompts import REPORT_PROMPTS, decode_text, prompt_ids, real_sources
+from zebra_jax import accounting
+from zebra_jax.data import sources, tokenize
+from zebra_jax.data.pipeline import split_indices
 
 def heldout_sequences(cfg, tokenizer, limit_tokens: int | None = None) -> list[list[int]]:
   """Token ids (BOS first when the tokenizer has one) of the held-out documents of data.source's
   real sources, in index order; `limit_tokens` stops after that many tokens (smoke runs)."""
-  from zebra_jax.data import sources, tokenize
-  from zebra_jax.data.pipeline import split_indices
 
   src = sources.open_source(real_sources(cfg))
   bos = getattr(tokenizer, "bos_token_id", None)
@@ -52,9 +53,11 @@ def evaluate_model(model, teacher, tokenizer, heldout, *, seq_len: int, decode_b
   and samples=False leave out the decode-throughput and sample parts. Samples are greedy, and
   also drawn with `sampling` (generate's temperature / top_p / top_k / seed) when given: small
   models loop under greedy decoding, so both are shown, with the same settings for every model."""
-  from zebra_jax import accounting
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.eval.agreement import teacher_agreement
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.eval.throughput import decode_throughput
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.infer.generation import generate
 
   t0 = time.time()
@@ -166,6 +169,7 @@ def markdown(results: dict, chart: str | None = None) -> str:
               + " (the same settings and seed for every model):", ""]
     lines += _sample_lines(models, lambda row: row.get("sampled", {}).get("samples"))
   if results.get("suite"):
+    # lazy: avoids the cycle: zebra_jax.eval.suite imports eval.report
     from zebra_jax.eval.suite import suite_markdown
     lines += ["", suite_markdown(results["suite"], chart=chart)]
   return "\n".join(lines)

@@ -34,6 +34,10 @@ import types
 from typing import Sequence
 
 from zebra_jax.data.prompts import CHAT_PROMPTS, decode_text, prompt_ids
+from zebra_jax.data import load_tokenizer, registry
+from zebra_jax.data.tokenize import encode_document, eos_id
+from zebra_jax.eval.report import heldout_sequences, save_json
+from zebra_jax.eval.tasks import build_tasks
 
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "seed": 0}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,6 +47,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def resolve_checkpoint(spec: str) -> str:
   """A named checkpoint ("smollm2") -> its local path (zebra_jax.convert.named_checkpoint); else
   `spec` as given (from_pretrained resolves the rest)."""
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.convert import named_checkpoint
   return named_checkpoint(spec) or os.fspath(spec)
 
@@ -85,6 +90,7 @@ def tokenizer_spec(cfg=None, teacher: str | None = None, student: str | None = N
   """A tokenizer spec string that both this process and the lm-eval subprocess can load: the
   student checkpoint's own tokenizer files, else the run config's data.tokenizer, else its
   teacher.path, else the teacher checkpoint."""
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.convert.model_files import has_tokenizer
   if student is not None and os.path.isdir(student) and has_tokenizer(student):
     return os.path.abspath(student)
@@ -98,7 +104,6 @@ def tokenizer_spec(cfg=None, teacher: str | None = None, student: str | None = N
 
 
 def _load_tokenizer(spec: str):
-  from zebra_jax.data import load_tokenizer
   return load_tokenizer(spec)
 
 
@@ -113,12 +118,12 @@ def _doc_ids(tokenizer, doc, max_chars: int | None) -> list[int]:
   """Token ids of one document, BOS first when the tokenizer has one, no EOS. Text is cut to
   `max_chars` first (the token cap makes the rest unused); chat / pre-tokenised documents go
   through the pipeline's own encoder (data.tokenize.encode_document)."""
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.eval.ppl import encode_text
   if isinstance(doc, dict) and "text" in doc:
     doc = doc["text"]
   if isinstance(doc, str):
     return encode_text(tokenizer, doc[:max_chars] if max_chars else doc)
-  from zebra_jax.data.tokenize import encode_document, eos_id
   ids = [int(t) for t in encode_document(tokenizer, doc)]
   if ids and ids[-1] == eos_id(tokenizer):
     ids = ids[:-1]
@@ -165,7 +170,6 @@ def domains(tokenizer, *, max_tokens: int | None = 60_000, cache_dir=None, run_c
   validation split of each training source of `run_config.data`; without
   `registry.validation_documents`, the held-out split of data.source as report.heldout_sequences
   cuts it). Each: {"source", "kind", "split", "licence", "sequences"}."""
-  from zebra_jax.data import registry
   out = []
   for src in (_source(registry, x) for x in registry.heldout_sources()):
     docs = registry.source_documents(src.name, cache_dir=cache_dir)
@@ -189,7 +193,6 @@ def domains(tokenizer, *, max_tokens: int | None = 60_000, cache_dir=None, run_c
                   "licence": getattr(s, "licence", None),
                   "sequences": capped_sequences(tokenizer, docs, max_tokens, seed)})
   else:
-    from zebra_jax.eval.report import heldout_sequences
     seqs, n = [], 0
     for s in heldout_sequences(run_config, tokenizer, max_tokens):
       s = s[:max_tokens - n] if max_tokens else s
@@ -208,7 +211,9 @@ def _domain_key(d: dict) -> str:
 def score_domains(model, teacher, doms: list[dict], *, seq_len: int, batch_size: int = 8) -> dict:
   """{domain key: stats}: the teacher's perplexity when `model is teacher`, else student and
   teacher perplexity, top-1 agreement and mean KL(teacher || student)."""
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.eval.agreement import teacher_agreement
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.eval.ppl import perplexity
   out = {}
   for d in doms:
@@ -335,6 +340,7 @@ def retained(student: dict, teacher: dict, metric: str = "acc") -> dict:
 def chat_answers(model, tokenizer, prompts: Sequence[str] = CHAT_PROMPTS, *, max_new_tokens: int = 128,
                  sampling: dict | None = SAMPLING) -> dict:
   """{"greedy": [answer per prompt], "sampled": [...], "settings": sampling} via zebra_jax.generate."""
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.infer.generation import generate
   ids = [prompt_ids(tokenizer, {"chat": p}) for p in prompts]
   stops = set()
@@ -377,6 +383,7 @@ def _normalise_students(students) -> list[tuple[str, str]]:
 
 
 def _load_model(ckpt: str, dtype: str):
+  # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.convert import from_pretrained
   return from_pretrained(resolve_checkpoint(ckpt), dtype=dtype)
 
@@ -385,7 +392,6 @@ def ensure_tasks(task_dir: str, tasks: Sequence[str] | None = None, *, cache_dir
                  log=print) -> dict:
   """{task: index entry} of the lm-eval tasks in task_dir, built there first when missing, when
   `tasks` asks for more, or when the folder was built elsewhere (its YAMLs name absolute paths)."""
-  from zebra_jax.eval.tasks import build_tasks
   index = os.path.join(task_dir, "tasks.json")
   have = {}
   if os.path.exists(index):
@@ -453,7 +459,6 @@ def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | N
     """One model's sections (domains, tasks, chat), each saved to models/<label>.json as soon as it
     is done, so a run cut short keeps what it measured and a rerun computes only what is missing."""
     nonlocal teacher_model
-    from zebra_jax.eval.report import save_json
     path = os.path.join(out_dir, "models", f"{label}.json")
     want = {**settings, "checkpoint": os.path.abspath(ckpt) if os.path.exists(ckpt) else ckpt}
     sections = ["domains"] + (["tasks"] if task_names else []) + (["chat"] if chat else [])
@@ -517,7 +522,6 @@ def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | N
                                                 models["teacher"].get("tasks", {}), "acc_norm")}
                    for label, _ in students},
   }
-  from zebra_jax.eval.report import save_json
   save_json(result, os.path.join(out_dir, "suite.json"))
   png = os.path.join(out_dir, "suite.png")
   if chart and students:

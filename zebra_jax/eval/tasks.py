@@ -341,9 +341,11 @@ def build_tasks(out_dir: str, cache_dir=None, *, max_items: int = MAX_ITEMS,
   """Builds every task from the held-out sources of `zebra_jax.data.registry` into `out_dir` and
   returns their names (`only`: just these). Also writes <out_dir>/tasks.json (names, item counts,
   sources). A task with fewer than `min_items` items is left out (logged)."""
+  # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.data import registry
 
   os.makedirs(out_dir, exist_ok=True)
+  # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.eval.suite import _source
   heldout = [_source(registry, x) for x in registry.heldout_sources()]
   built: dict[str, tuple[list[dict], dict]] = {}

@@ -20,6 +20,9 @@ from __future__ import annotations
 import os
 import shutil
 
+from zebra_jax._paths import source_of
+from zebra_jax.config import LlamaConfig
+
 FORMATS = ("hf", "mambainllama", "zebra_reference")
 
 
@@ -40,9 +43,9 @@ def export_pretrained(model, out_dir: str | os.PathLike, format: str = "hf", dty
   `_name_or_path`), `weights="safetensors"|"pytorch_model.bin"`; zebra_reference extras:
   `base_model`.
   """
-  from zebra_jax.config import LlamaConfig
+  # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.convert.model_files import GENERATION_CONFIG, generation_config
-  from zebra_jax.export import io
+  from zebra_jax.export import io  # lazy: pulls in jax, flax, optax, which importing this module does not
   config = getattr(model, "config", None)
   if not isinstance(config, LlamaConfig):
     raise ValueError("export_pretrained needs a zebra_jax CausalLM (model.config is a LlamaConfig)")
@@ -50,7 +53,6 @@ def export_pretrained(model, out_dir: str | os.PathLike, format: str = "hf", dty
     raise ValueError(f"format={format!r} must be one of {FORMATS}")
   if format == "hf" and kwargs:
     raise TypeError(f"unexpected arguments for format='hf': {sorted(kwargs)}")
-  from zebra_jax._paths import source_of
   # never over the checkpoint the model was read from or the tokenizer's directory
   sources = [source_of(model)] + ([tokenizer] if isinstance(tokenizer, (str, os.PathLike)) else [])
   out_dir = io.check_out_dir(out_dir, overwrite, sources)
@@ -59,15 +61,19 @@ def export_pretrained(model, out_dir: str | os.PathLike, format: str = "hf", dty
 
   def write(tmp: str) -> None:
     if format == "hf" and set(config.layer_types()) == {"attention"}:
+      # lazy: pulls in jax, flax, optax, which importing this module does not
       from zebra_jax.export.hf_llama import export_llama
       export_llama(model, tmp, **common)
     elif format == "hf":
+      # lazy: pulls in jax, flax, optax, which importing this module does not
       from zebra_jax.export.hf_hybrid import export_hybrid
       export_hybrid(model, tmp, **common)
     elif format == "mambainllama":
+      # lazy: pulls in jax, flax, optax, which importing this module does not
       from zebra_jax.export.mambainllama import export_mambainllama
       export_mambainllama(model, tmp, **common, **kwargs)
     else:
+      # lazy: pulls in jax, flax, optax, which importing this module does not
       from zebra_jax.export.hf_hybrid import export_zebra_reference
       export_zebra_reference(model, tmp, **common, **kwargs)
     # The tokenizer's ids are the ones generation must stop at (model_files.generation_config).

@@ -31,6 +31,7 @@ from flax import nnx
 from zebra_jax.config import HybridConfig, LlamaConfig
 from zebra_jax.export import io, params
 from zebra_jax.export.torch_modeling import TEMPLATE_DIR, TEMPLATE_FILES
+from zebra_jax.export.hf_llama import llama_config_json
 
 MODEL_TYPE = "zebra_llama"
 AUTO_MAP = {"AutoConfig": "configuration_zebra.ZebraLlamaConfig",
@@ -120,7 +121,6 @@ def export_zebra_reference(model: nnx.Module, out_dir: str | os.PathLike, *,
                            max_shard_size: int | str = "5GB", overwrite: bool = False) -> str:
   """The Zebra-Llama reference's own layout: a plain HF Llama config.json (`_name_or_path` =
   `base_model` when given) + hybrid_config.json + the same tensors, no remote code."""
-  from zebra_jax.export.hf_llama import llama_config_json
   config = getattr(model, "config", None)
   if not isinstance(config, LlamaConfig):
     raise ValueError("export_zebra_reference needs a CausalLM with a config in model.config")

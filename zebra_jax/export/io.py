@@ -24,6 +24,9 @@ import ml_dtypes
 import numpy as np
 
 from zebra_jax.convert.model_files import TOKENIZER_FILES as _TOKENIZER_FILES
+from zebra_jax._paths import check_output
+from zebra_jax.convert import CheckpointError, load_tokenizer
+from zebra_jax.convert.model_files import has_tokenizer, write_tokenizer
 
 _ST_NAMES = {
     np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
@@ -171,8 +174,6 @@ def resolve_tokenizer(tokenizer):
       raise TypeError("tokenizer must be a transformers tokenizer, a ByteTokenizer or a path, got "
                       f"{type(tokenizer).__name__}")
     return tokenizer
-  from zebra_jax.convert import CheckpointError, load_tokenizer
-  from zebra_jax.convert.model_files import has_tokenizer
   src = os.fspath(tokenizer)
   if os.path.isdir(src) and has_tokenizer(src):
     return src
@@ -186,7 +187,6 @@ def resolve_tokenizer(tokenizer):
 def save_tokenizer(tokenizer, out_dir: str) -> list[str]:
   """Writes what resolve_tokenizer returned: a directory's tokenizer files are copied, a tokenizer
   object is saved as HF files (model_files.write_tokenizer)."""
-  from zebra_jax.convert.model_files import write_tokenizer
   tokenizer = resolve_tokenizer(tokenizer)
   if tokenizer is None:
     return []
@@ -210,7 +210,6 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool, inputs: Iterable 
   """The absolute path of `out_dir` once it may be written: not one of `inputs` (the checkpoint,
   the tokenizer source), inside one or holding one (OutputPathError); empty, or with `overwrite`
   an earlier export (FileExistsError / OutputPathError)."""
-  from zebra_jax._paths import check_output
   return check_output(out_dir, inputs=inputs, overwrite=overwrite, owned=EXPORT_FILES,
                       out_flag=out_flag, overwrite_flag=overwrite_flag)
 

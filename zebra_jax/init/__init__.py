@@ -16,6 +16,7 @@ from flax import nnx
 
 from zebra_jax.config import ConfigError, HybridConfig, LlamaConfig
 from zebra_jax.models.hybrid import CausalLM
+from zebra_jax.init import mamba_from_attention, svd_mla
 
 
 def _copy(dst: nnx.Param, src) -> None:
@@ -59,7 +60,6 @@ def init_hybrid(teacher: CausalLM, config: HybridConfig, *, seed: int = 0,
   `qkv_rank_divisor`); with `fixed_rank_first_last` layers 0 and L-1 keep the config's ranks.
   The random parts (Mamba2 z/dt rows, conv, A_log, D, dt_bias) are drawn from `seed`.
   """
-  from zebra_jax.init import mamba_from_attention, svd_mla
 
   if not isinstance(config, HybridConfig):
     raise ConfigError(f"init_hybrid needs a HybridConfig, got {type(config).__name__}")

@@ -14,17 +14,17 @@ from flax import nnx
 from zebra_jax.config import LlamaConfig
 from zebra_jax.models.layers import MLP, Embed, Linear, RMSNorm, dtype_of
 from zebra_jax.parallel.sharding import constrain_batch
+from zebra_jax.models.attention import Attention
+from zebra_jax.models.mamba2 import Mamba2
+from zebra_jax.models.mla import MLA
 
 
 def make_mixer(config: LlamaConfig, layer_idx: int, kind: str, rngs: nnx.Rngs) -> nnx.Module:
   if kind == "attention":
-    from zebra_jax.models.attention import Attention
     return Attention(config, rngs=rngs)
   if kind == "mla":
-    from zebra_jax.models.mla import MLA
     return MLA(config, layer_idx, rngs=rngs)
   if kind == "mamba2":
-    from zebra_jax.models.mamba2 import Mamba2
     return Mamba2(config, layer_idx, rngs=rngs)
   raise ValueError(f"unknown mixer type {kind!r} for layer {layer_idx}")
 

@@ -32,6 +32,7 @@ from zebra_jax.parallel.sharding import DEFAULT_RULES, activation_mesh, param_sh
 from zebra_jax.train.checkpoint import StageCheckpointer, abstract_like
 from zebra_jax.train.metrics import MetricsWriter, is_writer, peak_flops_per_device, plot_loss_curve
 from zebra_jax.train.optim import make_optimizer
+from zebra_jax.train.optim import lr_schedule
 
 
 class NonFiniteLossError(RuntimeError):
@@ -417,5 +418,4 @@ class StageTrainer:
     return self.model
 
   def optimizer_lr(self, step: int) -> float:
-    from zebra_jax.train.optim import lr_schedule
     return lr_schedule(self.spec.lr, self.spec.steps, self.spec.warmup_frac)(step)
