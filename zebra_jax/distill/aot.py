@@ -282,9 +282,6 @@ def stage_plans(cfg) -> list:
       else:
         s, extra = assembled()
       tcfg, tnote = kd_teacher()
-      if tcfg.vocab_size != s.vocab_size:
-        raise AOTError(f"kd: teacher vocab_size={tcfg.vocab_size} differs from the student's "
-                       f"{s.vocab_size} (kd_teacher.path / kd_teacher.preset)")
       out.append(replace(plan.kd(cfg, s, tcfg), notes=notes + extra + tnote))
       final_student = s
     elif name == "dpo":

@@ -102,7 +102,8 @@ def kd(cfg, student, teacher, progress: bool = False) -> StagePlan:
   k = cfg.kd
   if teacher.vocab_size != student.vocab_size:
     raise ValueError(f"kd: teacher vocab_size={teacher.vocab_size} differs from the student's "
-                     f"{student.vocab_size}; KD compares logits token for token")
+                     f"{student.vocab_size}; KD compares logits token for token "
+                     "(kd_teacher.path / kd_teacher.preset)")
   spec = train_spec(cfg, k, cfg.data.seq_len, progress)
   return StagePlan("kd", student, {"teacher": teacher},
                    kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature, k.loss_impl, k.loss_chunk),
