@@ -21,8 +21,15 @@ def get_config():
   c.data.seq_len = 2048
   c.mesh.update(data=1, fsdp=-1, tensor=1)
   c.train.remat = True
-  c.stepwise.update(steps=2000, lr=8e-5, batch_size=64, kl_weight=1.0, ce_weight=0.1,
-                    schedule=((1, 3, 5, 7, 9, 11, 13, 15), (3, 7, 11, 15)), freeze_mlp=True)
+  c.stepwise.update(
+    steps=2000,
+    lr=8e-5,
+    batch_size=64,
+    kl_weight=1.0,
+    ce_weight=0.1,
+    schedule=((1, 3, 5, 7, 9, 11, 13, 15), (3, 7, 11, 15)),
+    freeze_mlp=True,
+  )
   c.kd.update(steps=4000, lr=4e-5, batch_size=64)
   c.stages = ["teacher", "stepwise", "kd"]
   return c

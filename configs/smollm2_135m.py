@@ -43,10 +43,26 @@ three (the other three within 1%). The main job takes 15.9 min on an H100.
 from zebra_jax.distill.config import base_config
 
 # the training sources of runs 6-8 (every training source the registry held then)
-RUN8_SOURCES = ("shakespeare", "kjv_bible", "oanc", "wikipedia_conll2010", "mendeleev_elements",
-                "chatterbot_english", "cheat_sheets", "django_docs", "salt_docs", "sqlalchemy_docs",
-                "pytest_docs", "astropy_docs", "celery_docs", "sphinx_docs", "docutils_docs",
-                "sympy_docs", "scrapy_docs", "twisted_docs")
+RUN8_SOURCES = (
+  "shakespeare",
+  "kjv_bible",
+  "oanc",
+  "wikipedia_conll2010",
+  "mendeleev_elements",
+  "chatterbot_english",
+  "cheat_sheets",
+  "django_docs",
+  "salt_docs",
+  "sqlalchemy_docs",
+  "pytest_docs",
+  "astropy_docs",
+  "celery_docs",
+  "sphinx_docs",
+  "docutils_docs",
+  "sympy_docs",
+  "scrapy_docs",
+  "twisted_docs",
+)
 
 
 def get_config(arg: str = "9"):
@@ -58,31 +74,41 @@ def get_config(arg: str = "9"):
   except ValueError:
     raise ValueError(f"configs/smollm2_135m.py:<budget> takes an MLA layer count, got {budget!r}") from None
   if set(options) - {"all_sources"}:
-    raise ValueError(f"configs/smollm2_135m.py:<budget>[,all_sources]: unknown option(s) "
-                     f"{sorted(set(options) - {'all_sources'})}")
+    raise ValueError(
+      f"configs/smollm2_135m.py:<budget>[,all_sources]: unknown option(s) "
+      f"{sorted(set(options) - {'all_sources'})}"
+    )
   c = base_config()
   c.name = f"smollm2_135m_mla{n_mla}"
   c.teacher.path = "smollm2"
   c.model.n_mla = n_mla
-  c.model.update(kv_lora_rank=16, q_lora_rank=400, qk_rope_head_dim=32, qk_nope_head_dim=32,
-                 v_head_dim=64)
-  c.model.mla_rope_scaling = None    # SmolLM2 uses plain RoPE (theta 1e5, 8k context)
+  c.model.update(kv_lora_rank=16, q_lora_rank=400, qk_rope_head_dim=32, qk_nope_head_dim=32, v_head_dim=64)
+  c.model.mla_rope_scaling = None  # SmolLM2 uses plain RoPE (theta 1e5, 8k context)
   c.data.source = "source:shakespeare"  # unused when data.mix is set; kept for library callers
   # the committed recipe is the one that produced the published numbers (run 8, docs/results.md)
   if "all_sources" in options:
     from zebra_jax.data.registry import training_sources
+
     sources = tuple(training_sources())
   else:
     sources = RUN8_SOURCES
   c.data.mix = {name: 1.0 for name in sources} | {"teacher_samples": 1.0}
   c.data.seq_len = 2048
-  c.data.heldout_fraction = 0.05   # the validation split of every training source
+  c.data.heldout_fraction = 0.05  # the validation split of every training source
   c.data.ild_fraction = 0.25
   # half plain continuations (temperature 1: the teacher's own distribution), half chat answers
   # at temperature 0.7 (the 135M teacher's temperature-1 answers drift into nonsense),
   # half of them about passages of training documents
-  c.samples.update(num_samples=32768, prompt_tokens=64, max_new_tokens=512, temperature=1.0,
-                   batch_size=512, chat_fraction=0.5, chat_temperature=0.7, passage_fraction=0.5)
+  c.samples.update(
+    num_samples=32768,
+    prompt_tokens=64,
+    max_new_tokens=512,
+    temperature=1.0,
+    batch_size=512,
+    chat_fraction=0.5,
+    chat_temperature=0.7,
+    passage_fraction=0.5,
+  )
   c.train.checkpoint_every = 250
   # ILD lr 3e-3, KD lr 1e-3: the sweeps of docs/results.md (earlier runs, validation perplexity of
   # the Shakespeare split; the reference's 2e-4 / 8e-5 are set for 1-8B students)

@@ -19,9 +19,17 @@ def get_config():
   c.name = "tiny"
   c.teacher.path = "random:smollm2-135m"
   c.teacher.dtype = "float32"
-  c.teacher.overrides = dict(vocab_size=320, hidden_size=64, intermediate_size=128,
-                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                             max_position_embeddings=512, tie_word_embeddings=True)
+  c.teacher.overrides = dict(
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=512,
+    tie_word_embeddings=True,
+  )
   c.model.n_mla = 2
   c.model.kv_lora_rank = 16
   c.model.q_lora_rank = 32

@@ -23,9 +23,15 @@ def get_config():
   c.model.kv_lora_rank = 64
   c.model.q_lora_rank = 1424
   c.model.use_full_kv_head = True
-  c.model.mla_rope_scaling = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32, "beta_slow": 1,
-                              "mscale": 1.0, "mscale_all_dim": 0.0,
-                              "original_max_position_embeddings": 4096}
+  c.model.mla_rope_scaling = {
+    "rope_type": "yarn",
+    "factor": 32.0,
+    "beta_fast": 32,
+    "beta_slow": 1,
+    "mscale": 1.0,
+    "mscale_all_dim": 0.0,
+    "original_max_position_embeddings": 4096,
+  }
   c.data.seq_len = 2048
   c.mesh.update(data=1, fsdp=-1, tensor=1)
   c.train.remat = True

@@ -12,11 +12,24 @@ backend and shape (one registry per op, `zebra_jax.ops.dispatch`). The public en
 themselves never import zebra_jax.
 """
 
-from kernels_pallas.ssd import (ssd_scan, ssd_scan_reference, ssd_sequential_reference, ssd_step,
-                                ssd_step_reference)
+from kernels_pallas.ssd import (
+  ssd_scan,
+  ssd_scan_reference,
+  ssd_sequential_reference,
+  ssd_step,
+  ssd_step_reference,
+)
 from kernels_pallas.mla import mla_decode, mla_decode_reference
 from kernels_pallas.attention import causal_attention_reference, flash_attention
 
-__all__ = ["mla_decode", "mla_decode_reference", "flash_attention", "causal_attention_reference",
-           "ssd_scan", "ssd_step", "ssd_scan_reference", "ssd_sequential_reference",
-           "ssd_step_reference"]
+__all__ = [
+  "mla_decode",
+  "mla_decode_reference",
+  "flash_attention",
+  "causal_attention_reference",
+  "ssd_scan",
+  "ssd_step",
+  "ssd_scan_reference",
+  "ssd_sequential_reference",
+  "ssd_step_reference",
+]

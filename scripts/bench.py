@@ -40,6 +40,7 @@ def family(name: str):
   def register(fn):
     FAMILIES[name] = fn
     return fn
+
   return register
 
 
@@ -47,6 +48,7 @@ def family(name: str):
 def bench_ssd(argv: list[str]) -> str:
   """Mamba2 SSD chunked scan: Pallas GPU kernel vs mamba_ssm (Triton) vs the pure-JAX reference."""
   from zebra_jax.bench import ssd  # lazy: --help runs without numpy
+
   return ssd.main(argv)
 
 
@@ -54,6 +56,7 @@ def bench_ssd(argv: list[str]) -> str:
 def bench_mla(argv: list[str]) -> str:
   """Absorbed MLA decode: Pallas kernel vs the HBM copy ceiling and an XLA decode."""
   from zebra_jax.bench import mla  # lazy: --help runs without jax, numpy
+
   return mla.main(argv)
 
 
@@ -62,6 +65,7 @@ def bench_attention(argv: list[str]) -> str:
   """Causal prefill/training attention with MLA head sizes: our Pallas GPU flash kernel (autotuned
   over its block presets, `--flash-config` to choose) vs cuDNN, fwd and fwd+bwd TFLOP/s."""
   from zebra_jax.bench import attention  # lazy: --help runs without jax, numpy
+
   return attention.main(argv)
 
 
@@ -70,6 +74,7 @@ def bench_kd_loss(argv: list[str]) -> str:
   """KD output-head loss + gradient: full logits (train/losses.py) vs chunked with a custom VJP
   (train/fused_losses.py), time and XLA temp memory at the smollm2 / Zebra-1B / Zebra-8B heads."""
   from zebra_jax.bench import kd_loss  # lazy: --help runs without jax, flax, optax
+
   return kd_loss.main(argv)
 
 
@@ -89,28 +94,43 @@ def main(argv=None) -> None:
   parser = argument_parser(__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
   k = sub.add_parser("kernels", help="kernel benchmarks against their peers")
-  k.add_argument("--family", action="append", choices=sorted(FAMILIES),
-                 help="benchmark family (repeatable; default: all)")
+  k.add_argument(
+    "--family", action="append", choices=sorted(FAMILIES), help="benchmark family (repeatable; default: all)"
+  )
   k.add_argument("--append", default=None, help="append the markdown sections to this file")
-  sub.add_parser("generate", help="decode throughput: teacher vs GQA+Mamba2 vs Zebra "
-                 "(options: python scripts/bench.py generate -h)", add_help=False)
-  sub.add_parser("speculative", help="speculative decoding of a real target with a distilled "
-                 "truncated draft (options: python scripts/bench.py speculative -h)", add_help=False)
-  sub.add_parser("train", help="one distillation step (kd / ild_mla / ild_mamba) at preset shapes "
-                 "with random weights: tokens/s, MFU, memory, breakdown (options: python "
-                 "scripts/bench.py train -h)", add_help=False)
+  sub.add_parser(
+    "generate",
+    help="decode throughput: teacher vs GQA+Mamba2 vs Zebra (options: python scripts/bench.py generate -h)",
+    add_help=False,
+  )
+  sub.add_parser(
+    "speculative",
+    help="speculative decoding of a real target with a distilled "
+    "truncated draft (options: python scripts/bench.py speculative -h)",
+    add_help=False,
+  )
+  sub.add_parser(
+    "train",
+    help="one distillation step (kd / ild_mla / ild_mamba) at preset shapes "
+    "with random weights: tokens/s, MFU, memory, breakdown (options: python "
+    "scripts/bench.py train -h)",
+    add_help=False,
+  )
   with_help_formatter(parser)
   args, rest = parser.parse_known_args(argv)
   if args.command == "kernels":
     kernels(args, rest)
   elif args.command == "generate":
     from zebra_jax.bench import decode  # lazy: --help runs without jax, flax, optax
+
     decode.main(rest)
   elif args.command == "train":
     from zebra_jax.bench import train_step  # lazy: --help runs without jax, flax, optax
+
     train_step.main(rest)
   elif args.command == "speculative":
     from zebra_jax.bench import speculative  # lazy: --help runs without jax, flax, optax
+
     speculative.main(rest)
 
 

@@ -30,13 +30,23 @@ def main(argv=None) -> int:
   p = argument_parser(__doc__)
   p.add_argument("--input", required=True, help="HF checkpoint directory, .gguf file, or .bin directory")
   p.add_argument("--output", required=True, help="directory to write (config.json + params/)")
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                 help="compute and parameter storage dtype of the converted model")
-  p.add_argument("--tokenizer", default=None,
-                 help="tokenizer to store with the model: HF dir, .gguf, smollm2 or byte (default: "
-                 "the input's own; without one the model is saved with a warning)")
-  p.add_argument("--overwrite", action="store_true",
-                 help="replace an earlier converted model in --output (never other files)")
+  p.add_argument(
+    "--dtype",
+    default="float32",
+    choices=("float32", "bfloat16", "float16"),
+    help="compute and parameter storage dtype of the converted model",
+  )
+  p.add_argument(
+    "--tokenizer",
+    default=None,
+    help="tokenizer to store with the model: HF dir, .gguf, smollm2 or byte (default: "
+    "the input's own; without one the model is saved with a warning)",
+  )
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="replace an earlier converted model in --output (never other files)",
+  )
   args = p.parse_args(argv)
 
   # lazy: --help runs without jax, flax, optax
@@ -46,8 +56,14 @@ def main(argv=None) -> int:
 
   # before anything is read: --output must not be (or hold, or lie inside) an input, and
   # --overwrite replaces only an earlier converted model
-  check_output(args.output, inputs=[args.input, args.tokenizer], overwrite=args.overwrite,
-               owned=SAVED_MODEL_FILES, out_flag="--output", overwrite_flag="--overwrite")
+  check_output(
+    args.output,
+    inputs=[args.input, args.tokenizer],
+    overwrite=args.overwrite,
+    owned=SAVED_MODEL_FILES,
+    out_flag="--output",
+    overwrite_flag="--overwrite",
+  )
   model = from_pretrained(args.input, dtype=args.dtype, progress=True)
   try:
     tokenizer = load_tokenizer(args.tokenizer or args.input)
@@ -55,21 +71,37 @@ def main(argv=None) -> int:
     if args.tokenizer:
       raise ScriptError(f"--tokenizer {args.tokenizer}: {type(e).__name__}: {e}") from None
     tokenizer = None
-    print(f"warning: {args.input} has no tokenizer transformers can load ({type(e).__name__}); "
-          "the model is saved without one (pass --tokenizer to store one)", file=sys.stderr)
+    print(
+      f"warning: {args.input} has no tokenizer transformers can load ({type(e).__name__}); "
+      "the model is saved without one (pass --tokenizer to store one)",
+      file=sys.stderr,
+    )
 
   import jax
   from flax import nnx
+
   c = model.config
   n_params = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  print(f"config: {c.num_hidden_layers} layers, hidden {c.hidden_size}, intermediate "
-        f"{c.intermediate_size}, heads {c.num_attention_heads} (kv {c.num_key_value_heads}, head_dim "
-        f"{c.head_dim}), vocab {c.vocab_size}, rope_theta {c.rope_theta}, rope_scaling "
-        f"{c.rope_scaling}, tied embeddings {c.tie_word_embeddings}, dtype {c.param_dtype}")
+  print(
+    f"config: {c.num_hidden_layers} layers, hidden {c.hidden_size}, intermediate "
+    f"{c.intermediate_size}, heads {c.num_attention_heads} (kv {c.num_key_value_heads}, head_dim "
+    f"{c.head_dim}), vocab {c.vocab_size}, rope_theta {c.rope_theta}, rope_scaling "
+    f"{c.rope_scaling}, tied embeddings {c.tie_word_embeddings}, dtype {c.param_dtype}"
+  )
   print(f"parameters: {n_params:,}")
-  out = save_model(model, args.output, overwrite=args.overwrite, tokenizer=tokenizer,
-                   provenance=provenance(c, teacher={"path": args.input}, config="convert",
-                                         stage="convert", tokenizer=args.tokenizer or args.input))
+  out = save_model(
+    model,
+    args.output,
+    overwrite=args.overwrite,
+    tokenizer=tokenizer,
+    provenance=provenance(
+      c,
+      teacher={"path": args.input},
+      config="convert",
+      stage="convert",
+      tokenizer=args.tokenizer or args.input,
+    ),
+  )
   print(f"wrote {out}")
   return 0
 

@@ -23,16 +23,24 @@ from zebra_jax.convert.orbax_io import flatten_dotted  # noqa: E402
 from zebra_jax.distill.aot import aot_report  # noqa: E402
 from zebra_jax.distill.config import base_config  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "python config file with get_config()",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "python config file with get_config()", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: workdir/<config name>)")
-_AOT = flags.DEFINE_string("aot_topology", None,
-                           "ahead-of-time compile every stage for a TPU topology (e.g. v5p:4x4x4) "
-                           "with libtpu on this machine, print per-chip memory, then exit")
+_AOT = flags.DEFINE_string(
+  "aot_topology",
+  None,
+  "ahead-of-time compile every stage for a TPU topology (e.g. v5p:4x4x4) "
+  "with libtpu on this machine, print per-chip memory, then exit",
+)
 flags.DEFINE_alias("aot-topology", "aot_topology")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "disable progress bars")
-_COORD = flags.DEFINE_string("coordinator", None, "multi-process: coordinator host:port "
-                             "(jax.distributed.initialize); on TPU pods leave unset, it is automatic")
+_COORD = flags.DEFINE_string(
+  "coordinator",
+  None,
+  "multi-process: coordinator host:port "
+  "(jax.distributed.initialize); on TPU pods leave unset, it is automatic",
+)
 _NPROC = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes")
 _PID = flags.DEFINE_integer("process_id", None, "multi-process: this process's id")
 
@@ -45,14 +53,23 @@ def print_help() -> None:
   import textwrap
 
   print(__doc__.strip() + "\n\nflags:")
-  for name in ("config", "workdir", "aot_topology", "no_progress", "coordinator", "num_processes",
-               "process_id"):
+  for name in (
+    "config",
+    "workdir",
+    "aot_topology",
+    "no_progress",
+    "coordinator",
+    "num_processes",
+    "process_id",
+  ):
     f = flags.FLAGS[name]
     default = "" if f.default is None else f" (default: {f.default})"
     print(f"  --{name}: {f.help}{default}")
-  print("\n--config.<section>.<field>=VALUE overrides one field of the config file's get_config(), "
-        "e.g. --config.kd.steps=50\n--config.stages=\"('teacher', 'ild_mla')\"; the fields, with "
-        "base_config()'s defaults (a config file sets its own):")
+  print(
+    "\n--config.<section>.<field>=VALUE overrides one field of the config file's get_config(), "
+    "e.g. --config.kd.steps=50\n--config.stages=\"('teacher', 'ild_mla')\"; the fields, with "
+    "base_config()'s defaults (a config file sets its own):"
+  )
   by_section: dict[str, list[str]] = {}
   for k, v in flatten_dotted(base_config().to_dict()).items():
     section, _, field = k.partition(".")
@@ -67,6 +84,7 @@ def print_help() -> None:
 def main(argv):
   del argv
   from absl import logging
+
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   cfg = _CONFIG.value
   if cfg is None:
@@ -75,11 +93,12 @@ def main(argv):
     report = aot_report(cfg, _AOT.value)  # AOTError (no libtpu, bad topology): exit 2, one line
     sys.exit(0 if report.fits else 1)  # 1: a stage does not fit (named in the report)
   import jax
+
   if _COORD.value or _NPROC.value:
-    jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
-                               process_id=_PID.value)
-  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get(
-      "MEGASCALE_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(
+      coordinator_address=_COORD.value, num_processes=_NPROC.value, process_id=_PID.value
+    )
+  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
     jax.distributed.initialize()  # a multi-host TPU slice: jax finds the coordinator itself
   from zebra_jax.distill.pipeline import run_pipeline  # lazy: --help runs without grain, orbax
 

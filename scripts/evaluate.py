@@ -35,11 +35,13 @@ from zebra_jax import presets  # noqa: E402
 
 def _load(path, dtype):
   from zebra_jax.convert import from_pretrained  # lazy: --help runs without jax, flax, optax
+
   return from_pretrained(path, dtype=dtype, progress=True)
 
 
 def _tokenizer(tok, ckpt, fallback=None):
   from zebra_jax.convert import CheckpointError, load_tokenizer  # lazy: --help runs without jax, flax, optax
+
   try:
     return load_tokenizer(tok or ckpt)
   except CheckpointError:
@@ -51,25 +53,32 @@ def _tokenizer(tok, ckpt, fallback=None):
 def _config_only(path: str):
   """The model config without reading weights, where the format allows it."""
   from zebra_jax.convert import resolve_checkpoint  # lazy: --help runs without jax, flax, optax
+
   ck = resolve_checkpoint(path)
   if ck.kind == "saved":
     from zebra_jax.convert.orbax_io import load_config  # lazy: --help runs without jax, flax, optax
+
     return load_config(ck.path)
   if ck.kind == "hybrid":
     # lazy: --help runs without jax, flax, optax
     from zebra_jax.convert.hybrid_import import load_hybrid_config
+
     return load_hybrid_config(ck.path)
   if ck.kind == "hf":
     from zebra_jax.convert.hf import load_hf_config  # lazy: --help runs without jax, flax, optax
+
     return load_hf_config(ck.path)
   from zebra_jax.convert.gguf import _reader, gguf_config  # lazy: --help runs without jax, flax, optax
+
   return gguf_config(_reader(ck.path), ck.path)[0]  # the GGUF's metadata, no tensors read
 
 
 def _dump(res, path):
   if path:
+
     def default(o):
       return o.item() if hasattr(o, "item") else str(o)
+
     if isinstance(res, dict) and any(isinstance(k, tuple) for k in res.get("accuracy", {})):
       res = {**res, "accuracy": {f"{L}@{d}": v for (L, d), v in res["accuracy"].items()}}
     with open(path, "w") as f:
@@ -79,6 +88,7 @@ def _dump(res, path):
 
 def _texts_to_tokens(tok, files, add_bos=True):
   from zebra_jax.eval.ppl import encode_text  # lazy: --help runs without jax, flax, optax
+
   seqs = []
   for p in files:
     with open(p, encoding="utf-8") as f:
@@ -88,32 +98,44 @@ def _texts_to_tokens(tok, files, add_bos=True):
 
 def cmd_perplexity(a):
   from zebra_jax.eval import perplexity_of_files  # lazy: zebra_jax.eval's lazy exports pull in jax, flax
+
   model = _load(a.checkpoint, a.dtype)
-  res = perplexity_of_files(model, _tokenizer(a.tokenizer, a.checkpoint), a.files,
-                            max_length=a.max_length, stride=a.stride, batch_size=a.batch_size)
+  res = perplexity_of_files(
+    model,
+    _tokenizer(a.tokenizer, a.checkpoint),
+    a.files,
+    max_length=a.max_length,
+    stride=a.stride,
+    batch_size=a.batch_size,
+  )
   for e in res["per_sequence"]:
-    print(f"{e['file']}: ppl {e['perplexity']:.4f} over {e['tokens']} tokens, "
-          f"{e['bits_per_byte']:.4f} bits/byte")
-  print(f"all: ppl {res['perplexity']:.4f} over {res['tokens']} tokens, "
-        f"{res['bits_per_byte']:.4f} bits/byte")
+    print(
+      f"{e['file']}: ppl {e['perplexity']:.4f} over {e['tokens']} tokens, {e['bits_per_byte']:.4f} bits/byte"
+    )
+  print(f"all: ppl {res['perplexity']:.4f} over {res['tokens']} tokens, {res['bits_per_byte']:.4f} bits/byte")
   _dump(res, a.json)
 
 
 def cmd_agreement(a):
   from zebra_jax.eval import teacher_agreement  # lazy: zebra_jax.eval's lazy exports pull in jax, flax
+
   student, teacher = _load(a.checkpoint, a.dtype), _load(a.teacher, a.dtype)
   seqs = _texts_to_tokens(_tokenizer(a.tokenizer, a.checkpoint, fallback=a.teacher), a.files)
-  res = teacher_agreement(student, teacher, seqs, max_length=a.max_length, stride=a.stride,
-                          batch_size=a.batch_size)
-  print(f"top-1 agreement {100 * res['top1']:.2f}%, mean KL(teacher||student) {res['kl']:.4f} nats "
-        f"over {res['tokens']} tokens; ppl student {res['student_perplexity']:.3f}, teacher "
-        f"{res['teacher_perplexity']:.3f}")
+  res = teacher_agreement(
+    student, teacher, seqs, max_length=a.max_length, stride=a.stride, batch_size=a.batch_size
+  )
+  print(
+    f"top-1 agreement {100 * res['top1']:.2f}%, mean KL(teacher||student) {res['kl']:.4f} nats "
+    f"over {res['tokens']} tokens; ppl student {res['student_perplexity']:.3f}, teacher "
+    f"{res['teacher_perplexity']:.3f}"
+  )
   _dump(res, a.json)
 
 
 def cmd_kv(a):
   # lazy: zebra_jax.eval's lazy exports pull in jax, flax
   from zebra_jax.eval import format_kv_report, kv_cache_report
+
   if (a.checkpoint is None) == (a.preset is None):
     raise ScriptError("kv: give exactly one of --checkpoint / --preset")
   config = presets.get_preset(a.preset) if a.preset else _config_only(a.checkpoint)
@@ -126,16 +148,26 @@ def cmd_kv(a):
 def cmd_needle(a):
   # lazy: zebra_jax.eval's lazy exports pull in jax, flax
   from zebra_jax.eval import format_needle_grid, needle_in_a_haystack
+
   model = _load(a.checkpoint, a.dtype)
-  res = needle_in_a_haystack(model, _tokenizer(a.tokenizer, a.checkpoint), a.lengths, a.depths,
-                             trials=a.trials, max_new_tokens=a.max_new_tokens, seed=a.seed,
-                             batch_size=a.batch_size, use_cache=not a.no_cache)
+  res = needle_in_a_haystack(
+    model,
+    _tokenizer(a.tokenizer, a.checkpoint),
+    a.lengths,
+    a.depths,
+    trials=a.trials,
+    max_new_tokens=a.max_new_tokens,
+    seed=a.seed,
+    batch_size=a.batch_size,
+    use_cache=not a.no_cache,
+  )
   print(format_needle_grid(res))
   _dump(res, a.json)
 
 
 def cmd_suite(a):
   from zebra_jax.eval.suite import recorded_teacher, run_suite  # lazy: --help runs without grain, orbax, jax
+
   students = list(a.checkpoint)
   if a.labels:
     if len(a.labels) != len(students):
@@ -146,23 +178,37 @@ def cmd_suite(a):
     first = students[0][1] if isinstance(students[0], tuple) else students[0].split("=")[-1]
     teacher = recorded_teacher(first)
     if teacher is None:
-      raise ScriptError("--teacher is required (no teacher recorded next to the checkpoint: "
-                        "<workdir>/teacher/model)")
+      raise ScriptError(
+        "--teacher is required (no teacher recorded next to the checkpoint: <workdir>/teacher/model)"
+      )
     print(f"teacher: {teacher} (recorded next to {first})")
   run_config = None
   if a.run_config:
     import ml_collections
+
     with open(a.run_config) as f:
       run_config = ml_collections.ConfigDict(json.load(f))
-  res = run_suite(students, teacher, a.out, tokenizer=a.tokenizer, max_tokens=a.max_tokens or None,
-                  seq_len=a.seq_len, tasks=a.tasks, chat=not a.no_chat, mc=not a.no_mc,
-                  chat_tokens=a.chat_tokens, dtype=a.dtype, batch_size=a.batch_size,
-                  lm_eval_batch_size=a.lm_eval_batch_size, limit=a.limit, run_config=run_config,
-                  cache_dir=a.cache_dir)
+  res = run_suite(
+    students,
+    teacher,
+    a.out,
+    tokenizer=a.tokenizer,
+    max_tokens=a.max_tokens or None,
+    seq_len=a.seq_len,
+    tasks=a.tasks,
+    chat=not a.no_chat,
+    mc=not a.no_mc,
+    chat_tokens=a.chat_tokens,
+    dtype=a.dtype,
+    batch_size=a.batch_size,
+    lm_eval_batch_size=a.lm_eval_batch_size,
+    limit=a.limit,
+    run_config=run_config,
+    cache_dir=a.cache_dir,
+  )
   with open(os.path.join(a.out, "suite.md")) as f:
     print(f.read())
-  print(f"wrote {os.path.join(a.out, 'suite.json')}, suite.md, suite.png "
-        f"({res['meta']['seconds']:.0f}s)")
+  print(f"wrote {os.path.join(a.out, 'suite.json')}, suite.md, suite.png ({res['meta']['seconds']:.0f}s)")
   _dump(res, a.json)
 
 
@@ -171,6 +217,7 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   if argv and argv[0] == "lm-eval":
     from zebra_jax.eval.lm_eval_adapter import main as lm_main  # lazy: --help runs without lm_eval, jax, flax
+
     lm_main(argv[1:])
     return 0
   p = argument_parser(__doc__)
@@ -178,20 +225,22 @@ def main(argv=None) -> int:
 
   def common(sp, ckpt=True):
     if ckpt:
-      sp.add_argument("--checkpoint", required=True,
-                      help="saved model dir, HF dir, exported hybrid dir, .gguf or smollm2")
-      sp.add_argument("--tokenizer", default=None,
-                      help="HF dir, .gguf, smollm2 or byte (default: the checkpoint's own)")
-      sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="compute dtype")
+      sp.add_argument(
+        "--checkpoint", required=True, help="saved model dir, HF dir, exported hybrid dir, .gguf or smollm2"
+      )
+      sp.add_argument(
+        "--tokenizer", default=None, help="HF dir, .gguf, smollm2 or byte (default: the checkpoint's own)"
+      )
+      sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
     sp.add_argument("--json", default=None, help="also write the results here")
 
   sp = sub.add_parser("perplexity", help="perplexity of text files")
   common(sp)
   sp.add_argument("--files", nargs="+", required=True, help="UTF-8 text files to score")
   sp.add_argument("--max-length", type=int, default=2048, help="tokens per scored window")
-  sp.add_argument("--stride", type=int, default=None,
-                  help="tokens between window starts (None: --max-length, no overlap)")
+  sp.add_argument(
+    "--stride", type=int, default=None, help="tokens between window starts (None: --max-length, no overlap)"
+  )
   sp.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
   sp.set_defaults(fn=cmd_perplexity)
 
@@ -200,8 +249,9 @@ def main(argv=None) -> int:
   sp.add_argument("--teacher", required=True, help="the reference model (any --checkpoint form)")
   sp.add_argument("--files", nargs="+", required=True, help="UTF-8 text files to score")
   sp.add_argument("--max-length", type=int, default=2048, help="tokens per scored window")
-  sp.add_argument("--stride", type=int, default=None,
-                  help="tokens between window starts (None: --max-length, no overlap)")
+  sp.add_argument(
+    "--stride", type=int, default=None, help="tokens between window starts (None: --max-length, no overlap)"
+  )
   sp.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
   sp.set_defaults(fn=cmd_agreement)
 
@@ -210,18 +260,27 @@ def main(argv=None) -> int:
   sp.add_argument("--checkpoint", default=None, help="a model whose config is reported")
   sp.add_argument("--preset", default=None, help="or a preset of zebra_jax.presets")
   sp.add_argument("--teacher-preset", default=None, help="the preset the fractions are taken of")
-  sp.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 8192, 32768, 131072],
-                  help="context lengths (tokens) to report the cache size at")
+  sp.add_argument(
+    "--seq-lens",
+    type=int,
+    nargs="+",
+    default=[2048, 8192, 32768, 131072],
+    help="context lengths (tokens) to report the cache size at",
+  )
   sp.add_argument("--batch", type=int, default=1, help="sequences")
   sp.add_argument("--cache-dtype", default="bfloat16", help="dtype of the cached values")
   sp.set_defaults(fn=cmd_kv)
 
   sp = sub.add_parser("needle", help="needle in a haystack (pass-key retrieval)")
   common(sp)
-  sp.add_argument("--lengths", type=int, nargs="+", required=True,
-                  help="haystack lengths in tokens")
-  sp.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
-                  help="where the pass key sits, as a fraction of the haystack")
+  sp.add_argument("--lengths", type=int, nargs="+", required=True, help="haystack lengths in tokens")
+  sp.add_argument(
+    "--depths",
+    type=float,
+    nargs="+",
+    default=[0.0, 0.25, 0.5, 0.75, 1.0],
+    help="where the pass key sits, as a fraction of the haystack",
+  )
   sp.add_argument("--trials", type=int, default=1, help="pass keys per length and depth")
   sp.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated per answer")
   sp.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
@@ -229,39 +288,65 @@ def main(argv=None) -> int:
   sp.add_argument("--no-cache", action="store_true", help="recompute instead of using the caches")
   sp.set_defaults(fn=cmd_needle)
 
-  sp = sub.add_parser("suite", help="multi-domain held-out evaluation next to the teacher "
-                      "(docs/evaluation.md)")
-  sp.add_argument("--checkpoint", "--checkpoint2", dest="checkpoint", action="extend", nargs="+",
-                  required=True, help="student checkpoint(s), or label=checkpoint; repeatable")
+  sp = sub.add_parser(
+    "suite", help="multi-domain held-out evaluation next to the teacher (docs/evaluation.md)"
+  )
+  sp.add_argument(
+    "--checkpoint",
+    "--checkpoint2",
+    dest="checkpoint",
+    action="extend",
+    nargs="+",
+    required=True,
+    help="student checkpoint(s), or label=checkpoint; repeatable",
+  )
   sp.add_argument("--labels", nargs="+", default=None, help="one label per checkpoint")
-  sp.add_argument("--teacher", default=None, help="teacher checkpoint or 'smollm2' (default: "
-                  "<workdir>/teacher/model recorded next to the first checkpoint)")
-  sp.add_argument("--tokenizer", default=None, help="default: the first checkpoint's own, else the "
-                  "run config's, else the teacher's")
+  sp.add_argument(
+    "--teacher",
+    default=None,
+    help="teacher checkpoint or 'smollm2' (default: "
+    "<workdir>/teacher/model recorded next to the first checkpoint)",
+  )
+  sp.add_argument(
+    "--tokenizer",
+    default=None,
+    help="default: the first checkpoint's own, else the run config's, else the teacher's",
+  )
   sp.add_argument("--out", default="workdir/suite", help="directory for suite.json / .md / .png")
-  sp.add_argument("--max_tokens", "--max-tokens", type=int, default=60_000,
-                  help="tokens scored per domain (0: all)")
+  sp.add_argument(
+    "--max_tokens", "--max-tokens", type=int, default=60_000, help="tokens scored per domain (0: all)"
+  )
   sp.add_argument("--seq_len", "--seq-len", type=int, default=2048, help="tokens per scored window")
   sp.add_argument("--tasks", nargs="+", default=None, help="multiple-choice tasks (default: all)")
   sp.add_argument("--limit", type=int, default=None, help="lm-eval --limit: items per task")
   sp.add_argument("--no_chat", "--no-chat", action="store_true", help="skip the chat answers")
   sp.add_argument("--no_mc", "--no-mc", action="store_true", help="skip the lm-eval tasks")
   sp.add_argument("--chat_tokens", type=int, default=128, help="new tokens per chat answer")
-  sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                  help="compute dtype of every model")
+  sp.add_argument(
+    "--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype of every model"
+  )
   sp.add_argument("--batch_size", type=int, default=8, help="windows per forward pass")
   sp.add_argument("--lm_eval_batch_size", type=int, default=32, help="lm-eval's --batch_size")
-  sp.add_argument("--run_config", default=None, help="a run's config.json for the in-domain rows "
-                  "(default: the one recorded next to the first checkpoint)")
-  sp.add_argument("--cache_dir", default=None,
-                  help="where the sources are cached (default: $ZEBRA_JAX_CACHE, ~/.cache/zebra_jax)")
+  sp.add_argument(
+    "--run_config",
+    default=None,
+    help="a run's config.json for the in-domain rows "
+    "(default: the one recorded next to the first checkpoint)",
+  )
+  sp.add_argument(
+    "--cache_dir",
+    default=None,
+    help="where the sources are cached (default: $ZEBRA_JAX_CACHE, ~/.cache/zebra_jax)",
+  )
   sp.add_argument("--json", default=None, help="also write the results here")
   sp.set_defaults(fn=cmd_suite)
   # lm-eval is not an argparse sub-command (its arguments go to lm-eval's own parser): listed here
-  p.epilog = ("lm-eval: everything after `lm-eval` goes to lm-eval's own command line, with the\n"
-              "zebra_jax model registered (`python scripts/evaluate.py lm-eval --help` lists its options):\n"
-              "  python scripts/evaluate.py lm-eval --model zebra_jax --model_args checkpoint=CKPT \\\n"
-              "      --tasks TASKS")
+  p.epilog = (
+    "lm-eval: everything after `lm-eval` goes to lm-eval's own command line, with the\n"
+    "zebra_jax model registered (`python scripts/evaluate.py lm-eval --help` lists its options):\n"
+    "  python scripts/evaluate.py lm-eval --model zebra_jax --model_args checkpoint=CKPT \\\n"
+    "      --tasks TASKS"
+  )
   with_help_formatter(p)
 
   args = p.parse_args(argv)

@@ -35,27 +35,47 @@ from zebra_jax.export import export_pretrained  # noqa: E402
 @script_errors()
 def main(argv=None) -> int:
   p = argument_parser(__doc__)
-  p.add_argument("--checkpoint", required=True,
-                 help="a save_model directory, HF directory, .gguf file or exported hybrid directory")
+  p.add_argument(
+    "--checkpoint",
+    required=True,
+    help="a save_model directory, HF directory, .gguf file or exported hybrid directory",
+  )
   p.add_argument("--out", required=True, help="directory to write")
-  p.add_argument("--format", default="hf", choices=("hf", "mambainllama", "zebra_reference"),
-                 help="directory layout (docs/export.md)")
-  p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                 help="stored dtype (default: the model's parameter dtype: as saved for a "
-                      "zebra-jax checkpoint, float32 for other sources)")
-  p.add_argument("--tokenizer", default=None,
-                 help="tokenizer to include: an HF tokenizer directory, a .gguf, smollm2 or byte "
-                      "(default: the checkpoint's own)")
+  p.add_argument(
+    "--format",
+    default="hf",
+    choices=("hf", "mambainllama", "zebra_reference"),
+    help="directory layout (docs/export.md)",
+  )
+  p.add_argument(
+    "--dtype",
+    default=None,
+    choices=("float32", "bfloat16", "float16"),
+    help="stored dtype (default: the model's parameter dtype: as saved for a "
+    "zebra-jax checkpoint, float32 for other sources)",
+  )
+  p.add_argument(
+    "--tokenizer",
+    default=None,
+    help="tokenizer to include: an HF tokenizer directory, a .gguf, smollm2 or byte "
+    "(default: the checkpoint's own)",
+  )
   p.add_argument("--max-shard-size", default="5GB", help="split the weights into files of at most this")
-  p.add_argument("--base-model", default=None,
-                 help="mambainllama / zebra_reference: _name_or_path of the base Llama")
-  p.add_argument("--weights", default="safetensors", choices=("safetensors", "pytorch_model.bin"),
-                 help="mambainllama: weight file format")
+  p.add_argument(
+    "--base-model", default=None, help="mambainllama / zebra_reference: _name_or_path of the base Llama"
+  )
+  p.add_argument(
+    "--weights",
+    default="safetensors",
+    choices=("safetensors", "pytorch_model.bin"),
+    help="mambainllama: weight file format",
+  )
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
   args = p.parse_args(argv)
 
   # lazy: --help runs without jax, flax, optax
   from zebra_jax.convert import CheckpointError, from_pretrained, resolve_checkpoint
+
   # lazy: --help runs without jax, flax, optax
   from zebra_jax.export.io import check_out_dir, resolve_tokenizer
 
@@ -72,21 +92,33 @@ def main(argv=None) -> int:
   except ValueError as e:
     if args.tokenizer:
       raise ScriptError(f"--tokenizer: {e}") from None
-    raise ScriptError(f"{args.checkpoint} carries no tokenizer; pass --tokenizer (an HF tokenizer "
-                      "directory, the teacher's .gguf, smollm2 or byte)") from None
+    raise ScriptError(
+      f"{args.checkpoint} carries no tokenizer; pass --tokenizer (an HF tokenizer "
+      "directory, the teacher's .gguf, smollm2 or byte)"
+    ) from None
   # Load in the checkpoint's own dtype: an Orbax dir knows it; other sources load as float32 and
   # --dtype picks the stored dtype.
-  model = from_pretrained(ckpt.path) if ckpt.kind == "saved" else \
-      from_pretrained(ckpt.path, dtype="float32", progress=True)
+  model = (
+    from_pretrained(ckpt.path)
+    if ckpt.kind == "saved"
+    else from_pretrained(ckpt.path, dtype="float32", progress=True)
+  )
   extra = {}
   if args.format == "mambainllama":
     extra = dict(base_model=args.base_model, weights=args.weights)
   elif args.format == "zebra_reference":
     extra = dict(base_model=args.base_model)
   try:
-    out = export_pretrained(model, args.out, format=args.format, dtype=args.dtype,
-                            tokenizer=tokenizer, max_shard_size=args.max_shard_size,
-                            overwrite=args.overwrite, **extra)
+    out = export_pretrained(
+      model,
+      args.out,
+      format=args.format,
+      dtype=args.dtype,
+      tokenizer=tokenizer,
+      max_shard_size=args.max_shard_size,
+      overwrite=args.overwrite,
+      **extra,
+    )
   except ValueError as e:  # a --max-shard-size or --dtype the writer refuses
     if exit_code(e) is not None:
       raise

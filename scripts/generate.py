@@ -41,6 +41,7 @@ def _stop_tokens(tokenizer, config, checkpoint: str) -> tuple[int, ...]:
   """The checkpoint's generation_config.json eos ids (a saved model's are its tokenizer's), else
   the config's; plus the tokenizer's eos."""
   import json
+
   ids = set()
   eos = config.eos_token_id
   gen = os.path.join(checkpoint, "generation_config.json")
@@ -64,12 +65,18 @@ def _decode(tokenizer, ids) -> str:
 @script_errors()
 def main(argv=None) -> int:
   p = argument_parser(__doc__)
-  p.add_argument("--checkpoint", required=True,
-                 help="saved model dir, HF dir, exported hybrid dir, .gguf or smollm2")
-  p.add_argument("--tokenizer", default=None,
-                 help="HF dir, .gguf, smollm2 or 'byte' (default: the checkpoint's own)")
-  p.add_argument("--prompt", required=True, action="append",
-                 help="repeat for a batch of prompts (then printed at the end, not streamed)")
+  p.add_argument(
+    "--checkpoint", required=True, help="saved model dir, HF dir, exported hybrid dir, .gguf or smollm2"
+  )
+  p.add_argument(
+    "--tokenizer", default=None, help="HF dir, .gguf, smollm2 or 'byte' (default: the checkpoint's own)"
+  )
+  p.add_argument(
+    "--prompt",
+    required=True,
+    action="append",
+    help="repeat for a batch of prompts (then printed at the end, not streamed)",
+  )
   p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")
   p.add_argument("--system", default=None, help="optional system message (with --chat)")
   p.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt")
@@ -77,20 +84,26 @@ def main(argv=None) -> int:
   p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
   p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
   p.add_argument("--seed", type=int, default=0, help="seed of the sampling stream")
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                 help="compute dtype")
+  p.add_argument(
+    "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype"
+  )
   p.add_argument("--stream-every", type=int, default=8, help="decode steps per streamed chunk")
   p.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens per prefill call")
   p.add_argument("--draft", default=None, help="draft checkpoint for speculative decoding")
-  p.add_argument("--num-draft-tokens", type=int, default=4,
-                 help="draft tokens proposed per speculative round")
-  p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
-                 help="shard the model and cache over local devices, e.g. 1,1,2 (default: one "
-                 "device)")
+  p.add_argument(
+    "--num-draft-tokens", type=int, default=4, help="draft tokens proposed per speculative round"
+  )
+  p.add_argument(
+    "--mesh",
+    default=None,
+    metavar="DATA,FSDP,TENSOR",
+    help="shard the model and cache over local devices, e.g. 1,1,2 (default: one device)",
+  )
   args = p.parse_args(argv)
 
   # lazy: --help runs without jax, flax, optax
   from zebra_jax.convert import from_pretrained, load_tokenizer, resolve_checkpoint
+
   # lazy: --help runs without jax, flax, optax
   from zebra_jax.infer import generate, shard_for_inference, stream
 
@@ -98,6 +111,7 @@ def main(argv=None) -> int:
   if args.mesh:
     # lazy: --help runs without jax, flax, optax
     from zebra_jax.parallel.sharding import make_mesh, parse_mesh
+
     try:
       mesh = make_mesh(*parse_mesh(args.mesh))
     except ValueError as e:  # a malformed template, or more devices than there are
@@ -111,21 +125,29 @@ def main(argv=None) -> int:
     print(f"[sharded over {dict(mesh.shape)} = {mesh.devices.size} devices]", file=sys.stderr)
 
   if args.chat and not getattr(tokenizer, "chat_template", None):
-    raise ScriptError(f"--chat: the tokenizer of {args.tokenizer or args.checkpoint} has no chat "
-                      "template; drop --chat")
+    raise ScriptError(
+      f"--chat: the tokenizer of {args.tokenizer or args.checkpoint} has no chat template; drop --chat"
+    )
 
   def encode(prompt: str) -> list[int]:
     if not args.chat:
       return list(tokenizer.encode(prompt))
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": prompt}]
+      {"role": "user", "content": prompt}
+    ]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return list(tokenizer.encode(text, add_special_tokens=False))
 
   prompts = [encode(pr) for pr in args.prompt]
   stops = _stop_tokens(tokenizer, model.config, resolve_checkpoint(args.checkpoint).path)
-  kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-            stop_tokens=stops, prefill_chunk=args.prefill_chunk)
+  kw = dict(
+    temperature=args.temperature,
+    top_k=args.top_k,
+    top_p=args.top_p,
+    seed=args.seed,
+    stop_tokens=stops,
+    prefill_chunk=args.prefill_chunk,
+  )
 
   t0 = time.perf_counter()
   if draft is not None or len(prompts) > 1:
@@ -134,10 +156,15 @@ def main(argv=None) -> int:
     for i, o in enumerate(out):
       prefix = f"[{i}] " if len(out) > 1 else ""
       print(prefix + _decode(tokenizer, [t for t in o if t not in stops]))
-    note = (f"; acceptance {stats['acceptance_rate']:.1%}, {stats['tokens_per_round']:.2f} tokens "
-            "per target call" if draft is not None else "")
-    print(f"[{sum(len(o) for o in out)} tokens in {time.perf_counter() - t0:.2f}s including "
-          f"compilation{note}]", file=sys.stderr)
+    note = (
+      f"; acceptance {stats['acceptance_rate']:.1%}, {stats['tokens_per_round']:.2f} tokens per target call"
+      if draft is not None
+      else ""
+    )
+    print(
+      f"[{sum(len(o) for o in out)} tokens in {time.perf_counter() - t0:.2f}s including compilation{note}]",
+      file=sys.stderr,
+    )
     return 0
 
   generated: list[int] = []
@@ -147,11 +174,11 @@ def main(argv=None) -> int:
     text = _decode(tokenizer, [t for t in generated if t not in stops])
     # print only the stable new suffix (a partial UTF-8 sequence decodes to U+FFFD until complete)
     if text.startswith(printed) and not text.endswith("\ufffd"):
-      sys.stdout.write(text[len(printed):])
+      sys.stdout.write(text[len(printed) :])
       sys.stdout.flush()
       printed = text
   if text != printed:
-    sys.stdout.write(text[len(printed):] if text.startswith(printed) else "\n" + text)
+    sys.stdout.write(text[len(printed) :] if text.startswith(printed) else "\n" + text)
   sys.stdout.write("\n")
   dt = time.perf_counter() - t0
   print(f"[{len(generated)} tokens in {dt:.2f}s including compilation]", file=sys.stderr)

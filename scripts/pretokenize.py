@@ -34,7 +34,9 @@ def parse_args(argv=None):
   p.add_argument("--tokenizer", required=True, help="HF tokenizer dir/name, .gguf file, or 'byte'")
   p.add_argument("--output", required=True, help="output directory (created; must not hold shards already)")
   p.add_argument("--num-shards", type=int, default=1, help="ArrayRecord files to spread the documents over")
-  p.add_argument("--paragraphs", action="store_true", help="text files: one document per blank-line paragraph")
+  p.add_argument(
+    "--paragraphs", action="store_true", help="text files: one document per blank-line paragraph"
+  )
   p.add_argument("--prefix", default="data", help="shard file name prefix")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   return p.parse_args(argv)
@@ -63,8 +65,9 @@ def main(argv=None) -> int:
   if os.path.exists(os.path.join(args.output, sources.METADATA_FILE)) or any(
     f.endswith(sources.ARRAY_RECORD_SUFFIX) for f in os.listdir(args.output)
   ):
-    raise ScriptError(f"--output {args.output} already holds shards or metadata.json; choose an empty "
-                      "directory")
+    raise ScriptError(
+      f"--output {args.output} already holds shards or metadata.json; choose an empty directory"
+    )
 
   # Contiguous runs of documents per shard keep the global order when shards are read in sorted order.
   bounds = np.linspace(0, n_docs, args.num_shards + 1).round().astype(int)
@@ -101,7 +104,9 @@ def main(argv=None) -> int:
     "dtype": "<i4",
     "num_documents": n_docs,
     "num_tokens": total_tokens,
-    "shards": [{"file": f, "documents": d, "tokens": t} for f, d, t in zip(shard_names, shard_docs, shard_tokens)],
+    "shards": [
+      {"file": f, "documents": d, "tokens": t} for f, d, t in zip(shard_names, shard_docs, shard_tokens)
+    ],
     "inputs": [str(x) for x in args.input],
     "paragraphs": bool(args.paragraphs),
   }

@@ -87,12 +87,12 @@ def resolve_mesh(template: tuple[int, int, int], n: int) -> tuple[int, int, int]
   sizes = list(template)
   if -1 in sizes:
     if n % known:
-      raise ScriptError(f"--mesh {','.join(map(str, template))}: {n} devices are not a multiple "
-                        f"of {known}")
+      raise ScriptError(f"--mesh {','.join(map(str, template))}: {n} devices are not a multiple of {known}")
     sizes[sizes.index(-1)] = n // known
   if sizes[0] * sizes[1] * sizes[2] != n:
-    raise ScriptError(f"--mesh {','.join(map(str, template))} needs {known} devices, not {n}: use "
-                      "-1 for one axis")
+    raise ScriptError(
+      f"--mesh {','.join(map(str, template))} needs {known} devices, not {n}: use -1 for one axis"
+    )
   return tuple(sizes)
 
 
@@ -102,7 +102,7 @@ def prerequisites(stages, stage: str) -> list[str]:
     raise ScriptError(f"--stage {stage!r} is not in the config's stages {stages}")
   if stage not in TRAINING:
     raise ScriptError(f"--stage {stage!r} is not a training stage ({sorted(TRAINING)})")
-  return stages[:stages.index(stage)]
+  return stages[: stages.index(stage)]
 
 
 def stages_flag(stages) -> str:
@@ -120,23 +120,29 @@ def device_env(platform: str, n: int) -> dict:
     if len(ids) < n:
       raise ScriptError(f"CUDA_VISIBLE_DEVICES={visible} lists fewer than {n} GPUs")
     return {"CUDA_VISIBLE_DEVICES": ",".join(ids[:n]), "NCCL_NVLS_ENABLE": "0"}
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  return {"JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])}
+  flags = [
+    f
+    for f in os.environ.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
+  return {
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={n}"]),
+  }
 
 
 def probe(platform: str, n: int) -> dict:
   """Backend, device count and kind and versions, from a subprocess (this process never
   initialises a backend: on a GPU host it would hold memory the runs need)."""
-  code = ("import json, jax, flax; d = jax.devices(); print(json.dumps({'backend': "
-          "jax.default_backend(), 'count': len(d), 'kind': d[0].device_kind, 'jax': "
-          "jax.__version__, 'flax': flax.__version__}))")
+  code = (
+    "import json, jax, flax; d = jax.devices(); print(json.dumps({'backend': "
+    "jax.default_backend(), 'count': len(d), 'kind': d[0].device_kind, 'jax': "
+    "jax.__version__, 'flax': flax.__version__}))"
+  )
   env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
   if platform != "auto":
     env.update(device_env(platform, n))
-  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                     timeout=300)
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
   if r.returncode != 0:
     raise SystemExit(f"cannot start jax ({platform}): {r.stderr[-2000:]}")
   return json.loads(r.stdout.strip().splitlines()[-1])
@@ -160,10 +166,16 @@ def summarize(results: dict[int, dict]) -> list[dict]:
   out = []
   for n in counts:
     rows = results[n]["rows"]
-    out.append({"devices": n, "mesh": list(results[n]["mesh"]),
-                "tokens_per_s": steady(rows, "tokens_per_s"), "mfu": steady(rows, "mfu"),
-                "final_loss": rows[-1]["loss"] if rows else None,
-                "steps": rows[-1]["step"] if rows else 0})
+    out.append(
+      {
+        "devices": n,
+        "mesh": list(results[n]["mesh"]),
+        "tokens_per_s": steady(rows, "tokens_per_s"),
+        "mfu": steady(rows, "mfu"),
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "steps": rows[-1]["step"] if rows else 0,
+      }
+    )
   base = out[0]
   for r in out:
     tok, tok0 = r["tokens_per_s"], base["tokens_per_s"]
@@ -176,15 +188,19 @@ def summarize(results: dict[int, dict]) -> list[dict]:
 def table(summary: list[dict]) -> str:
   n0 = summary[0]["devices"]
   fmt = lambda v, f: "-" if v is None else format(v, f)
-  lines = ["| devices | mesh (data x fsdp x tensor) | tokens/s | MFU | scaling efficiency "
-           f"vs {n0} | final loss | loss vs {n0} device{'s' if n0 > 1 else ''} |",
-           "|---|---|---|---|---|---|---|"]
+  lines = [
+    "| devices | mesh (data x fsdp x tensor) | tokens/s | MFU | scaling efficiency "
+    f"vs {n0} | final loss | loss vs {n0} device{'s' if n0 > 1 else ''} |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for r in summary:
     mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     eff = "-" if r["efficiency"] is None else f"{100 * r['efficiency']:.1f}%"
-    lines.append(f"| {r['devices']} | {'x'.join(map(str, r['mesh']))} | "
-                 f"{fmt(r['tokens_per_s'], ',.0f')} | {mfu} | {eff} | "
-                 f"{fmt(r['final_loss'], '.6g')} | {fmt(r['loss_rel_diff'], '+.1e')} |")
+    lines.append(
+      f"| {r['devices']} | {'x'.join(map(str, r['mesh']))} | "
+      f"{fmt(r['tokens_per_s'], ',.0f')} | {mfu} | {eff} | "
+      f"{fmt(r['final_loss'], '.6g')} | {fmt(r['loss_rel_diff'], '+.1e')} |"
+    )
   return "\n".join(lines)
 
 
@@ -222,12 +238,23 @@ def main(argv=None) -> int:
   p.add_argument("--stage", required=True, help="the training stage to measure, e.g. ild_mla")
   p.add_argument("--devices", default="1,2", help="device counts, e.g. 1,2,4,8")
   p.add_argument("--steps", type=int, default=30, help="steps of the measured stage per run")
-  p.add_argument("--log-every", type=int, default=None,
-                 help="metric rows every this many steps (default steps/6, at least 1)")
-  p.add_argument("--mesh", default="-1,1,1",
-                 help="data,fsdp,tensor template, one size may be -1 (then write --mesh=-1,1,2)")
-  p.add_argument("--platform", default="auto", choices=("auto", "gpu", "cpu"),
-                 help="where to run (auto: the GPUs when present)")
+  p.add_argument(
+    "--log-every",
+    type=int,
+    default=None,
+    help="metric rows every this many steps (default steps/6, at least 1)",
+  )
+  p.add_argument(
+    "--mesh",
+    default="-1,1,1",
+    help="data,fsdp,tensor template, one size may be -1 (then write --mesh=-1,1,2)",
+  )
+  p.add_argument(
+    "--platform",
+    default="auto",
+    choices=("auto", "gpu", "cpu"),
+    help="where to run (auto: the GPUs when present)",
+  )
   p.add_argument("--workdir", default=None, help="default workdir/scaling_<name>_<stage>")
   p.add_argument("--append", default=None, metavar="FILE", help="append the table as a section")
   p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -236,14 +263,17 @@ def main(argv=None) -> int:
   if bad:
     p.error(f"unrecognised arguments: {bad} (only --config.x.y=v overrides are passed through)")
   if any(a.startswith("--config.stages") for a in passthrough):
-    p.error("--config.stages cannot be overridden here: --stage picks the stage, the config's "
-            "stages before it are the prerequisites")
+    p.error(
+      "--config.stages cannot be overridden here: --stage picks the stage, the config's "
+      "stages before it are the prerequisites"
+    )
 
   counts = parse_devices(args.devices)
   if args.steps < 2:
     p.error("--steps must be >= 2 (the first logged interval includes compilation)")
   cfg = load_config(args.config)  # also puts the checkout on sys.path
   from zebra_jax.parallel.sharding import parse_mesh  # lazy: --help runs without jax, flax, optax
+
   try:
     template = parse_mesh(args.mesh)
   except ValueError as e:
@@ -252,8 +282,7 @@ def main(argv=None) -> int:
   prereq = prerequisites(cfg.stages, args.stage)
   section = TRAINING[args.stage]
   log_every = args.log_every or max(1, args.steps // 6)
-  workdir = os.path.abspath(args.workdir or os.path.join(
-      "workdir", f"scaling_{cfg.name}_{args.stage}"))
+  workdir = os.path.abspath(args.workdir or os.path.join("workdir", f"scaling_{cfg.name}_{args.stage}"))
 
   platform, info = args.platform, None
   if not args.dry_run:
@@ -261,8 +290,10 @@ def main(argv=None) -> int:
     if platform == "auto":
       platform = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}.get(info["backend"])
       if platform is None:
-        raise ScriptError(f"backend {info['backend']!r}: scaling.py splits GPU hosts and the CPU "
-                          "only (a TPU slice cannot be split by environment variable)")
+        raise ScriptError(
+          f"backend {info['backend']!r}: scaling.py splits GPU hosts and the CPU "
+          "only (a TPU slice cannot be split by environment variable)"
+        )
       if platform == "cpu":
         info = probe("cpu", max(counts))
     if info["count"] < max(counts):
@@ -273,33 +304,68 @@ def main(argv=None) -> int:
   if os.path.exists(workdir) and not args.dry_run:
     # every run starts fresh (resumed runs would skew tokens/s), but only over an earlier
     # scaling workdir: a directory holding anything else is refused, not emptied
-    check_output(workdir, overwrite=True, owned=("prep", "prep.log", "n[0-9]*", "scaling.json"),
-                 out_flag="--workdir", overwrite_flag="a fresh run")
+    check_output(
+      workdir,
+      overwrite=True,
+      owned=("prep", "prep.log", "n[0-9]*", "scaling.json"),
+      out_flag="--workdir",
+      overwrite_flag="a fresh run",
+    )
     shutil.rmtree(workdir)
 
   path, colon, arg = args.config.partition(":")  # the runs' cwd is the repository root
-  base = [sys.executable, DISTILL, "--config", os.path.abspath(path) + colon + arg, "--no_progress",
-          *passthrough]
+  base = [
+    sys.executable,
+    DISTILL,
+    "--config",
+    os.path.abspath(path) + colon + arg,
+    "--no_progress",
+    *passthrough,
+  ]
   prep = os.path.join(workdir, "prep")
   if prereq:
     d, f, t = meshes[max(counts)]
-    _run(base + ["--workdir", prep, stages_flag(prereq), f"--config.mesh.data={d}",
-                 f"--config.mesh.fsdp={f}", f"--config.mesh.tensor={t}"],
-         device_env(platform, max(counts)), os.path.join(workdir, "prep.log"), args.dry_run)
+    _run(
+      base
+      + [
+        "--workdir",
+        prep,
+        stages_flag(prereq),
+        f"--config.mesh.data={d}",
+        f"--config.mesh.fsdp={f}",
+        f"--config.mesh.tensor={t}",
+      ],
+      device_env(platform, max(counts)),
+      os.path.join(workdir, "prep.log"),
+      args.dry_run,
+    )
   results = {}
   for n in counts:
     run_dir = os.path.join(workdir, f"n{n}")
     if not args.dry_run:
       _link_prep(prep, run_dir, prereq)
     d, f, t = meshes[n]
-    _run(base + ["--workdir", run_dir, stages_flag(prereq + [args.stage]),
-                 f"--config.{section}.steps={args.steps}", f"--config.train.log_every={log_every}",
-                 f"--config.train.checkpoint_every={args.steps}", f"--config.mesh.data={d}",
-                 f"--config.mesh.fsdp={f}", f"--config.mesh.tensor={t}"],
-         device_env(platform, n), os.path.join(workdir, f"n{n}.log"), args.dry_run)
+    _run(
+      base
+      + [
+        "--workdir",
+        run_dir,
+        stages_flag(prereq + [args.stage]),
+        f"--config.{section}.steps={args.steps}",
+        f"--config.train.log_every={log_every}",
+        f"--config.train.checkpoint_every={args.steps}",
+        f"--config.mesh.data={d}",
+        f"--config.mesh.fsdp={f}",
+        f"--config.mesh.tensor={t}",
+      ],
+      device_env(platform, n),
+      os.path.join(workdir, f"n{n}.log"),
+      args.dry_run,
+    )
     if not args.dry_run:
       # lazy: --help runs without jax, numpy
       from zebra_jax.train.metrics import read_metrics  # no backend is initialised by this
+
       rows = read_metrics(os.path.join(run_dir, args.stage))
       if not rows:
         raise SystemExit(f"{run_dir}/{args.stage}/metrics.jsonl has no rows")
@@ -311,20 +377,31 @@ def main(argv=None) -> int:
   text = table(summary)
   print(text)
   cmd = "python scripts/scaling.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-  record = {"config": args.config, "stage": args.stage, "steps": args.steps,
-            "log_every": log_every, "platform": platform, "device": info, "command": cmd,
-            "date": datetime.date.today().isoformat(), "host": _platform.node(),
-            "summary": summary, "overrides": passthrough}
+  record = {
+    "config": args.config,
+    "stage": args.stage,
+    "steps": args.steps,
+    "log_every": log_every,
+    "platform": platform,
+    "device": info,
+    "command": cmd,
+    "date": datetime.date.today().isoformat(),
+    "host": _platform.node(),
+    "summary": summary,
+    "overrides": passthrough,
+  }
   with open(os.path.join(workdir, "scaling.json"), "w") as f:
     json.dump(record, f, indent=2)
   if args.append:
     with open(args.append, "a") as f:
       counts_text = ", ".join(map(str, counts))
-      f.write(f"\n### {cfg.name}: {args.stage}, {args.steps} steps on {counts_text} x "
-              f"{info['kind']} ({record['date']})\n\n"
-              f"jax {info['jax']}, flax {info['flax']}; tokens/s and MFU: mean over the logged "
-              f"intervals after the first ({log_every} steps each; the first includes "
-              f"compilation). Command:\n\n    {cmd}\n\n{text}\n")
+      f.write(
+        f"\n### {cfg.name}: {args.stage}, {args.steps} steps on {counts_text} x "
+        f"{info['kind']} ({record['date']})\n\n"
+        f"jax {info['jax']}, flax {info['flax']}; tokens/s and MFU: mean over the logged "
+        f"intervals after the first ({log_every} steps each; the first includes "
+        f"compilation). Command:\n\n    {cmd}\n\n{text}\n"
+      )
     print(f"[scaling] appended to {args.append}")
   return 0
 

@@ -14,8 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_script(name: str):
   """scripts/<name>.py as a module (its `main(argv)` runs in this process; each call loads it anew)."""
-  spec = importlib.util.spec_from_file_location(f"_script_{name}",
-                                                os.path.join(ROOT, "scripts", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+    f"_script_{name}", os.path.join(ROOT, "scripts", f"{name}.py")
+  )
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
@@ -23,8 +24,9 @@ def load_script(name: str):
 
 def load_config_file(name: str, arg: str | None = None):
   """configs/<name>.py's get_config([arg]), as `--config configs/<name>.py[:arg]` would build it."""
-  spec = importlib.util.spec_from_file_location(f"_config_{name}",
-                                                os.path.join(ROOT, "configs", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+    f"_config_{name}", os.path.join(ROOT, "configs", f"{name}.py")
+  )
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config(arg) if arg is not None else mod.get_config()
@@ -47,14 +49,14 @@ def metrics_rows(workdir, stage) -> list[dict]:
 
 def signal_at_step(cmd, env, workdir, stage, step, sig, timeout) -> tuple[int, str]:
   """Starts `cmd`, sends `sig` once `stage` has logged `step`; returns (returncode, output)."""
-  p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       cwd=ROOT)
+  p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
   deadline = time.time() + timeout
   try:
     while time.time() < deadline:
       if p.poll() is not None:
-        raise AssertionError(f"run ended (rc {p.returncode}) before {stage} logged step {step}:\n"
-                             f"{p.stdout.read()[-4000:]}")
+        raise AssertionError(
+          f"run ended (rc {p.returncode}) before {stage} logged step {step}:\n{p.stdout.read()[-4000:]}"
+        )
       r = metrics_rows(workdir, stage)
       if r and r[-1]["step"] >= step:
         p.send_signal(sig)

@@ -30,6 +30,7 @@ def smollm2_gguf() -> str:
   """Path of the real SmolLM2-135M-Instruct Q4_1 GGUF (downloaded once per machine into the cache:
   $ZEBRA_JAX_CACHE or ~/.cache/zebra_jax)."""
   from zebra_jax.assets import smollm2_gguf_path
+
   return smollm2_gguf_path()
 
 
@@ -38,5 +39,7 @@ def smollm2_tokenizer(smollm2_gguf):
   """transformers' own tokenizer of the SmolLM2 GGUF, loaded once (converting a GGUF vocabulary takes
   10-20 s on a busy CPU)."""
   from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(os.path.dirname(smollm2_gguf),
-                                       gguf_file=os.path.basename(smollm2_gguf), local_files_only=True)
+
+  return AutoTokenizer.from_pretrained(
+    os.path.dirname(smollm2_gguf), gguf_file=os.path.basename(smollm2_gguf), local_files_only=True
+  )

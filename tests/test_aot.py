@@ -24,17 +24,18 @@ from zebra_jax.distill import aot  # noqa: E402
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(
-    not HAVE_LIBTPU, reason="libtpu is not installed: pip install -e .[tpu-aot] to run the TPU "
-                            "ahead-of-time compile tests")
-MiB = 1024 ** 2
+  not HAVE_LIBTPU,
+  reason="libtpu is not installed: pip install -e .[tpu-aot] to run the TPU ahead-of-time compile tests",
+)
+MiB = 1024**2
 
 
 # -- no libtpu needed ------------------------------------------------------------------------------
 def test_parse_topology():
   chip, dims = aot.parse_topology("v5p:4x4x4")
   assert chip.name == "TPU v5p" and dims == (4, 4, 4)
-  assert aot.parse_topology("v5e:16x16")[0].hbm_bytes == 16 * 1024 ** 3
-  assert aot.parse_topology("v6e:8x8")[0].hbm_bytes == 32 * 1024 ** 3
+  assert aot.parse_topology("v5e:16x16")[0].hbm_bytes == 16 * 1024**3
+  assert aot.parse_topology("v6e:8x8")[0].hbm_bytes == 32 * 1024**3
   with pytest.raises(aot.AOTError, match="form"):
     aot.parse_topology("v5p-128")
   with pytest.raises(aot.AOTError, match="chip"):
@@ -113,7 +114,7 @@ def test_tiny_all_stages_fit_v5e(tiny_v5e):
   assert [s.name for s in report.stages] == ["ild_mla", "ild_mamba", "kd", "dpo"]
   for s in report.stages:
     assert s.error is None
-    assert 0 < s.total_bytes < 0.95 * 16 * 1024 ** 3
+    assert 0 < s.total_bytes < 0.95 * 16 * 1024**3
     assert s.total_bytes >= s.argument_bytes + s.temp_bytes - s.alias_bytes
     assert s.xla_flops and s.xla_flops > 0 and s.roofline_s and s.roofline_s > 0
     assert f"[{s.name}] FITS" in out
@@ -145,11 +146,9 @@ def test_fsdp_shards_params_and_optimizer_state(tiny_v5e):
   cfg.train.impl = "reference"
   r1 = aot.aot_report(cfg, "v5e:2x2", stages=["kd"], print_fn=quiet).stages[0]
   plan = aot.stage_plans(cfg)[2]
-  whole = 4 * (3 * accounting.param_count(plan.student)
-               + accounting.param_count(plan.teachers["teacher"]))
+  whole = 4 * (3 * accounting.param_count(plan.student) + accounting.param_count(plan.teachers["teacher"]))
   assert r1.argument_bytes >= whole / 4
-  assert r1.argument_bytes < 0.45 * replicated.argument_bytes, (r1.argument_bytes,
-                                                                 replicated.argument_bytes)
+  assert r1.argument_bytes < 0.45 * replicated.argument_bytes, (r1.argument_bytes, replicated.argument_bytes)
 
   # Gradient accumulation: same work per step, counted over every micro-batch.
   cfg.kd.grad_accum = 2
@@ -196,8 +195,7 @@ def test_pallas_kernels_compile_in_partitioned_step():
   cfg.data.seq_len = 128
   cfg.train.impl = impl
   lines = []
-  report = aot.aot_report(cfg, "v5e:2x2", stages=["ild_mla", "ild_mamba", "kd"],
-                          print_fn=lines.append)
+  report = aot.aot_report(cfg, "v5e:2x2", stages=["ild_mla", "ild_mamba", "kd"], print_fn=lines.append)
   out = "\n".join(lines)
   assert report.fits and report.mesh_shape == {"data": 1, "fsdp": 2, "tensor": 2}, out
   flash = {"flash_attention_fwd", "flash_attention_dkv", "flash_attention_dq"}
@@ -216,10 +214,17 @@ def test_cli_exits_nonzero_naming_the_stage_that_does_not_fit():
   parameters each (13 GB, x3 with AdamW for the student), replicated on every 16 GiB v5e chip by
   the tiny config's data-parallel mesh: the script exits 1 and names the stage."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "distill.py"),
-         "--config", os.path.join(ROOT, "configs", "tiny.py"), "--aot-topology", "v5e:2x2",
-         "--config.teacher.overrides.hidden_size=8192",
-         "--config.teacher.overrides.intermediate_size=32768", "--config.stages=['teacher','kd']"]
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "scripts", "distill.py"),
+    "--config",
+    os.path.join(ROOT, "configs", "tiny.py"),
+    "--aot-topology",
+    "v5e:2x2",
+    "--config.teacher.overrides.hidden_size=8192",
+    "--config.teacher.overrides.intermediate_size=32768",
+    "--config.stages=['teacher','kd']",
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
   out = proc.stdout + proc.stderr
   assert proc.returncode == 1, out[-3000:]
@@ -228,7 +233,13 @@ def test_cli_exits_nonzero_naming_the_stage_that_does_not_fit():
 
 def test_cli_bad_topology_is_a_clear_error():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "distill.py"),
-         "--config", os.path.join(ROOT, "configs", "tiny.py"), "--aot_topology", "v5p-128"]
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "scripts", "distill.py"),
+    "--config",
+    os.path.join(ROOT, "configs", "tiny.py"),
+    "--aot_topology",
+    "v5p-128",
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
   assert proc.returncode == 2 and "v5p:4x4x4" in proc.stderr, proc.stderr[-2000:]

@@ -63,13 +63,15 @@ def check(fn, q, k, v, do, scale, tol):
 
 
 # ------------------------------------------------------------------------------ TPU interpreter
-@pytest.mark.parametrize("dtype,tol,T,bq,bk", [(jnp.float32, 1e-4, 45, 16, 16),
-                                               (jnp.bfloat16, 1e-2, 40, 8, 16)])
+@pytest.mark.parametrize(
+  "dtype,tol,T,bq,bk", [(jnp.float32, 1e-4, 45, 16, 16), (jnp.bfloat16, 1e-2, 40, 8, 16)]
+)
 def test_flash_tpu_interpret_fwd_bwd(dtype, tol, T, bq, bk):
   rng = np.random.default_rng([T, bq, bk, jnp.dtype(dtype).itemsize])
   q, k, v, do = make(rng, 1, T, 2, 1, 24, 16, dtype)  # GQA 2/1, qk 24 != v 16, odd T
-  fn = lambda q, k, v: flash_tpu.flash_attention_tpu(q, k, v, scale=0.3, block_q=bq, block_k=bk,
-                                                     interpret=True)
+  fn = lambda q, k, v: flash_tpu.flash_attention_tpu(
+    q, k, v, scale=0.3, block_q=bq, block_k=bk, interpret=True
+  )
   check(fn, q, k, v, do, 0.3, tol)
 
 
@@ -94,8 +96,9 @@ def test_public_entry_and_dispatch_on_cpu():
   with pytest.raises(ValueError, match="impl"):
     ops_attention.causal_attention(q, k, v, scale=0.5, impl="flash")
   with pytest.raises(ValueError, match="multiple of kv heads"):
-    flash_tpu.flash_attention_tpu(q, jnp.concatenate([k] * 3, 2), jnp.concatenate([v] * 3, 2),
-                                  scale=0.5, interpret=True)
+    flash_tpu.flash_attention_tpu(
+      q, jnp.concatenate([k] * 3, 2), jnp.concatenate([v] * 3, 2), scale=0.5, interpret=True
+    )
 
 
 # ----------------------------------------------------------------------- TPU ahead-of-time compile
@@ -104,14 +107,17 @@ def test_tpu_kernels_compile_ahead_of_time(topology):
   pytest.importorskip("libtpu", reason="ahead-of-time TPU compilation needs the tpu-aot extra")
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other processes may hold libtpu
   from jax.experimental import topologies
+
   topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
   sharding = jax.sharding.SingleDeviceSharding(topo.devices[0])
   sd = lambda shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=sharding)
   # The gradient program holds the forward kernel too (it makes the residuals), so one compile
   # covers forward, dK/dV and dQ.
   # Ours: GQA 32/8 with MLA widths 192/128 at an odd length; splash: DeepSeek-style 16 heads.
-  cases = [(flash_tpu.flash_attention_tpu, (1, 1000, 32, 8, 192, 128)),
-           (splash.splash_attention_tpu, (1, 2048, 16, 16, 192, 128))]
+  cases = [
+    (flash_tpu.flash_attention_tpu, (1, 1000, 32, 8, 192, 128)),
+    (splash.splash_attention_tpu, (1, 2048, 16, 16, 192, 128)),
+  ]
   for kernel, (B, T, H, G, K, V) in cases:
     args = (sd((B, T, H, K)), sd((B, T, G, K)), sd((B, T, G, V)))
     loss = lambda q, k, v, f=kernel: f(q, k, v, scale=0.1).astype(jnp.float32).sum()
@@ -123,27 +129,31 @@ def test_tpu_kernels_compile_ahead_of_time(topology):
 @on_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("impl", ["cudnn", "pallas", "auto"])
-@pytest.mark.parametrize("B,T,H,G,K,V", [
-    (2, 256, 8, 2, 64, 64),      # Zebra-1B MLA layer heads (GQA, 64/64)
-    (1, 200, 4, 4, 192, 128),    # DeepSeek-style MLA 192/128, odd length
-])
+@pytest.mark.parametrize(
+  "B,T,H,G,K,V",
+  [
+    (2, 256, 8, 2, 64, 64),  # Zebra-1B MLA layer heads (GQA, 64/64)
+    (1, 200, 4, 4, 192, 128),  # DeepSeek-style MLA 192/128, odd length
+  ],
+)
 def test_gpu_dispatch_fwd_bwd(impl, B, T, H, G, K, V):
   rng = np.random.default_rng([B, T, H, K])
   q, k, v, do = make(rng, B, T, H, G, K, V, jnp.bfloat16)
-  fn = lambda q, k, v: ops_attention.causal_attention(q, k, v, scale=K ** -0.5, impl=impl)
+  fn = lambda q, k, v: ops_attention.causal_attention(q, k, v, scale=K**-0.5, impl=impl)
   if impl == "cudnn" and T % 64:
     # cuDNN's flash attention takes only multiples of 64; asked for by name it must say so
     # (impl="auto" falls back instead, checked by the other rows).
     with pytest.raises(NotImplementedError, match="multiples of 64"):
       fn(q, k, v)
     return
-  check(fn, q, k, v, do, K ** -0.5, 1e-2)
+  check(fn, q, k, v, do, K**-0.5, 1e-2)
 
 
 @on_gpu
 @pytest.mark.gpu
 def test_gpu_cudnn_mla_paths_agree():
   from kernels_pallas.attention import cudnn
+
   rng = np.random.default_rng(8)
   q, k, v, do = make(rng, 1, 128, 4, 2, 192, 128, jnp.bfloat16)
   for path in ("native", "pad"):
@@ -159,8 +169,11 @@ def test_gpu_float32_auto_takes_the_next_kernel_and_cudnn_refuses():
   q, k, v, do = make(rng, 1, 33, 2, 1, 16, 8, jnp.float32)
   out = ops_attention.causal_attention(q, k, v, scale=0.2)
   expect = ops_attention.KERNELS.auto_impl("gpu", q, k, v)
-  ref = (kernels_pallas.causal_attention_reference(q, k, v, scale=0.2) if expect == "reference"
-         else ops_attention.KERNELS.kernels[(expect, "gpu")].fn(q, k, v, scale=0.2))
+  ref = (
+    kernels_pallas.causal_attention_reference(q, k, v, scale=0.2)
+    if expect == "reference"
+    else ops_attention.KERNELS.kernels[(expect, "gpu")].fn(q, k, v, scale=0.2)
+  )
   np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
   with pytest.raises(NotImplementedError, match="dtype"):
     ops_attention.causal_attention(q, k, v, scale=0.2, impl="cudnn")

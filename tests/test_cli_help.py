@@ -15,9 +15,13 @@ from zebra_jax.distill.config import base_config
 
 
 def test_distill_help_exits_0_and_lists_every_config_section():
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "distill.py"), "--help"],
-                     env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-                     timeout=300)
+  r = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "scripts", "distill.py"), "--help"],
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   out = r.stdout
   assert "--workdir" in out and "--config.<section>.<field>=VALUE" in out
@@ -35,6 +39,7 @@ def test_a_one_point_loss_curve_is_visible(tmp_path):
   from PIL import Image
 
   from zebra_jax.train.metrics import plot_loss_curve
+
   (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.5}) + "\n")
   img = np.asarray(Image.open(plot_loss_curve(str(tmp_path), "one step")).convert("RGB"))
   # matplotlib's default line colour (C0, #1f77b4) is drawn somewhere inside the axes
@@ -42,8 +47,16 @@ def test_a_one_point_loss_curve_is_visible(tmp_path):
   assert blue.sum() > 10
 
 
-ARGPARSE_SCRIPTS = ("bench", "convert", "evaluate", "export", "generate", "init_hybrid",
-                    "pretokenize", "scaling")
+ARGPARSE_SCRIPTS = (
+  "bench",
+  "convert",
+  "evaluate",
+  "export",
+  "generate",
+  "init_hybrid",
+  "pretokenize",
+  "scaling",
+)
 
 
 class _Parsed(Exception):
@@ -100,15 +113,23 @@ def test_bench_subcommands_and_evaluate_lm_eval_have_help(monkeypatch, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "(default: " in out, mod.__name__
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), "--help"],
-                     env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-                     timeout=300)
+  r = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), "--help"],
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 0 and "lm-eval --model zebra_jax --model_args checkpoint=CKPT" in r.stdout
 
 
 def test_report_help_exits_0_and_lists_its_flags():
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "report.py"), "--help"],
-                     env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-                     timeout=300)
+  r = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "scripts", "report.py"), "--help"],
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   assert "--budgets" in r.stdout and "--ablation_list" in r.stdout

@@ -4,8 +4,14 @@ import pytest
 
 from zebra_jax.config import ConfigError, HybridConfig, LlamaConfig, llama_config_from_hf
 
-BASE = dict(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2)
+BASE = dict(
+  vocab_size=64,
+  hidden_size=64,
+  intermediate_size=96,
+  num_hidden_layers=4,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+)
 
 
 def hybrid(**kw):
@@ -29,7 +35,9 @@ def test_layer_kinds_and_json_round_trip():
   assert hash(c) == hash(LlamaConfig.from_json(c.to_json()))
 
 
-@pytest.mark.parametrize("kw, match", [
+@pytest.mark.parametrize(
+  "kw, match",
+  [
     (dict(mla_layers=(0, 4)), r"mla_layers has layer indices \[4\] out of range"),
     (dict(mla_layers=(1, 1)), r"mla_layers lists layers \[1\] more than once"),
     (dict(mla_layers=(0.7,)), r"mla_layers has indices \[0\.7\] that are not whole layer numbers"),
@@ -44,35 +52,68 @@ def test_layer_kinds_and_json_round_trip():
     (dict(d_state=32, ngroups=4), r"d_inner=64 must equal ngroups\*d_state"),
     (dict(mla_layers=(0,), mla_layer_ranks={1: (32, 16)}), r"mla_layer_ranks has layers \[1\]"),
     (dict(mla_layers=(0,), mla_rope_scaling={"rope_type": "longrope"}), r"rope_type='longrope'"),
-])
+  ],
+)
 def test_impossible_hybrid_configs(kw, match):
   with pytest.raises(ConfigError, match=match):
     hybrid(**kw)
 
 
-@pytest.mark.parametrize("kw, match", [
+@pytest.mark.parametrize(
+  "kw, match",
+  [
     (dict(num_key_value_heads=3), r"num_attention_heads=4 is not a multiple of num_key_value_heads=3"),
     (dict(hidden_size=66, num_attention_heads=4), r"hidden_size=66 is not divisible"),
     (dict(dtype="float64"), r"dtype='float64'"),
     (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), r"needs 'low_freq_factor'"),
-])
+  ],
+)
 def test_impossible_llama_configs(kw, match):
   with pytest.raises(ConfigError, match=match):
     LlamaConfig(**{**BASE, **kw})
 
 
-HF = {"model_type": "llama", "vocab_size": 64, "hidden_size": 64, "intermediate_size": 96,
-      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-      "rms_norm_eps": 1e-5, "hidden_act": "silu", "max_position_embeddings": 128}
+HF = {
+  "model_type": "llama",
+  "vocab_size": 64,
+  "hidden_size": 64,
+  "intermediate_size": 96,
+  "num_hidden_layers": 2,
+  "num_attention_heads": 4,
+  "num_key_value_heads": 2,
+  "rms_norm_eps": 1e-5,
+  "hidden_act": "silu",
+  "max_position_embeddings": 128,
+}
 
 
 def test_hf_config_both_rope_layouts():
-  old = llama_config_from_hf({**HF, "rope_theta": 5e5, "rope_scaling": {
-      "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-      "original_max_position_embeddings": 64}})
-  new = llama_config_from_hf({**HF, "rope_parameters": {
-      "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
-      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}})
+  old = llama_config_from_hf(
+    {
+      **HF,
+      "rope_theta": 5e5,
+      "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+      },
+    }
+  )
+  new = llama_config_from_hf(
+    {
+      **HF,
+      "rope_parameters": {
+        "rope_type": "llama3",
+        "rope_theta": 5e5,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+      },
+    }
+  )
   assert old.rope_theta == new.rope_theta == 5e5
   assert old.rope_scaling["factor"] == new.rope_scaling["factor"] == 8.0
   plain = llama_config_from_hf({**HF, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}})
@@ -80,8 +121,13 @@ def test_hf_config_both_rope_layouts():
 
 
 def test_hf_config_refuses_everything_it_does_not_implement_in_one_error():
-  bad = {**HF, "attention_bias": True, "hidden_act": "gelu", "rope_scaling": {"rope_type": "dynamic",
-         "factor": 2.0}, "some_new_field": 3}
+  bad = {
+    **HF,
+    "attention_bias": True,
+    "hidden_act": "gelu",
+    "rope_scaling": {"rope_type": "dynamic", "factor": 2.0},
+    "some_new_field": 3,
+  }
   with pytest.raises(ConfigError) as e:
     llama_config_from_hf(bad)
   msg = str(e.value)

@@ -29,9 +29,16 @@ from zebra_jax.convert import CheckpointError, from_pretrained, load_model, save
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB, T = 96, 24
-BASE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            rms_norm_eps=1e-5)
+BASE = dict(
+  vocab_size=VOCAB,
+  hidden_size=32,
+  intermediate_size=48,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=128,
+  rms_norm_eps=1e-5,
+)
 
 
 def make_hf(seed: int = 0, **overrides):
@@ -69,14 +76,26 @@ def rel_err(a, ref) -> float:
 
 # -- logit equality over configs and sources --------------------------------------------------------
 CONFIGS = {
-    "gqa_untied": dict(),
-    "mha_tied": dict(num_key_value_heads=4, tie_word_embeddings=True),
-    "head_dim_16": dict(head_dim=16),  # q_proj is 32 -> 64, not hidden/heads = 8
-    "llama3_rope": dict(head_dim=16, rope_theta=100.0, rope_scaling=dict(
-        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-        original_max_position_embeddings=32)),
-    "yarn_rope": dict(num_key_value_heads=1, head_dim=16, rope_theta=100.0, rope_scaling=dict(
-        rope_type="yarn", factor=4.0, original_max_position_embeddings=16)),
+  "gqa_untied": dict(),
+  "mha_tied": dict(num_key_value_heads=4, tie_word_embeddings=True),
+  "head_dim_16": dict(head_dim=16),  # q_proj is 32 -> 64, not hidden/heads = 8
+  "llama3_rope": dict(
+    head_dim=16,
+    rope_theta=100.0,
+    rope_scaling=dict(
+      rope_type="llama3",
+      factor=8.0,
+      low_freq_factor=1.0,
+      high_freq_factor=4.0,
+      original_max_position_embeddings=32,
+    ),
+  ),
+  "yarn_rope": dict(
+    num_key_value_heads=1,
+    head_dim=16,
+    rope_theta=100.0,
+    rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16),
+  ),
 }
 
 
@@ -123,8 +142,9 @@ def test_bf16_safetensors_without_torch_reader(tmp_path):
   ours_bf16 = from_pretrained(tmp_path, dtype="bfloat16")
   kernel = ours_bf16.layers[1].mlp.up_proj.kernel[...]
   assert kernel.dtype == jnp.bfloat16  # kept in bf16, bit-exact
-  np.testing.assert_array_equal(np.asarray(kernel, np.float32),
-                                hf.model.layers[1].mlp.up_proj.weight.detach().numpy().T)
+  np.testing.assert_array_equal(
+    np.asarray(kernel, np.float32), hf.model.layers[1].mlp.up_proj.weight.detach().numpy().T
+  )
 
 
 def test_pytorch_bin_single_and_sharded(tmp_path):
@@ -137,8 +157,10 @@ def test_pytorch_bin_single_and_sharded(tmp_path):
     hf.config.save_pretrained(d)
   torch.save(sd, single / "pytorch_model.bin")
   keys = sorted(sd)
-  parts = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
-           "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2:]}
+  parts = {
+    "pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+    "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2 :],
+  }
   for fname, ks in parts.items():
     torch.save({k: sd[k] for k in ks}, sharded / fname)
   with open(sharded / "pytorch_model.bin.index.json", "w") as f:
@@ -172,8 +194,14 @@ try:
 except CheckpointError as e:
   print("BIN ERROR:", e)
 """
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr
   assert "BIN ERROR:" in proc.stdout and "needs PyTorch" in proc.stdout
   assert rel_err(np.load(tmp_path / "out.npy"), hf_logits(hf, ids)) < 1e-4
@@ -248,8 +276,12 @@ def test_non_finite_weights_are_refused_by_name(tmp_path):
 
 def test_index_naming_a_missing_shard(tmp_path):
   make_hf().save_pretrained(tmp_path, max_shard_size="20KB")
-  os.remove(tmp_path / "model-00002-of-{:05d}.safetensors".format(
-      len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")])))
+  os.remove(
+    tmp_path
+    / "model-00002-of-{:05d}.safetensors".format(
+      len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")])
+    )
+  )
   with pytest.raises(CheckpointError, match="do not exist"):
     from_pretrained(tmp_path)
 
@@ -263,12 +295,15 @@ def _edit_config(tmp_path, **changes):
     json.dump(cfg, f)
 
 
-@pytest.mark.parametrize("changes,pattern", [
+@pytest.mark.parametrize(
+  "changes,pattern",
+  [
     (dict(attention_bias=True), "attention_bias"),
     (dict(qk_layernorm_magic=3), "qk_layernorm_magic"),
     (dict(rope_parameters=dict(rope_type="dynamic", factor=2.0, rope_theta=10000.0)), "dynamic"),
     (dict(rope_parameters=dict(rope_type="longrope", factor=2.0, rope_theta=10000.0)), "longrope"),
-])
+  ],
+)
 def test_unsupported_config_refused_by_name(tmp_path, changes, pattern):
   _edit_config(tmp_path, **changes)
   with pytest.raises(ConfigError, match=pattern):
@@ -286,8 +321,7 @@ def test_no_weights_and_bad_paths(tmp_path):
 # -- GGUF (written here the way llama.cpp's converter writes a Llama) --------------------------------
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
   """convert_hf_to_gguf.py LlamaModel.permute, re-implemented: rotate-half rows -> pair rows."""
-  return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-          .swapaxes(1, 2).reshape(w.shape))
+  return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def llama_cpp_rope_freqs(theta, dim, factor, low, high, old_ctx):
@@ -308,6 +342,7 @@ def llama_cpp_rope_freqs(theta, dim, factor, low, high, old_ctx):
 
 def write_gguf(path, hf, *, extra_kv=None, drop=(), rope_freqs=None):
   import gguf
+
   c = hf.config
   w = gguf.GGUFWriter(str(path), "llama")
   w.add_block_count(c.num_hidden_layers)
@@ -332,15 +367,19 @@ def write_gguf(path, hf, *, extra_kv=None, drop=(), rope_freqs=None):
     names["lm_head.weight"] = "output.weight"
   for i in range(c.num_hidden_layers):
     p = f"model.layers.{i}."
-    names.update({p + "input_layernorm.weight": f"blk.{i}.attn_norm.weight",
-                  p + "post_attention_layernorm.weight": f"blk.{i}.ffn_norm.weight",
-                  p + "self_attn.q_proj.weight": f"blk.{i}.attn_q.weight",
-                  p + "self_attn.k_proj.weight": f"blk.{i}.attn_k.weight",
-                  p + "self_attn.v_proj.weight": f"blk.{i}.attn_v.weight",
-                  p + "self_attn.o_proj.weight": f"blk.{i}.attn_output.weight",
-                  p + "mlp.gate_proj.weight": f"blk.{i}.ffn_gate.weight",
-                  p + "mlp.up_proj.weight": f"blk.{i}.ffn_up.weight",
-                  p + "mlp.down_proj.weight": f"blk.{i}.ffn_down.weight"})
+    names.update(
+      {
+        p + "input_layernorm.weight": f"blk.{i}.attn_norm.weight",
+        p + "post_attention_layernorm.weight": f"blk.{i}.ffn_norm.weight",
+        p + "self_attn.q_proj.weight": f"blk.{i}.attn_q.weight",
+        p + "self_attn.k_proj.weight": f"blk.{i}.attn_k.weight",
+        p + "self_attn.v_proj.weight": f"blk.{i}.attn_v.weight",
+        p + "self_attn.o_proj.weight": f"blk.{i}.attn_output.weight",
+        p + "mlp.gate_proj.weight": f"blk.{i}.ffn_gate.weight",
+        p + "mlp.up_proj.weight": f"blk.{i}.ffn_up.weight",
+        p + "mlp.down_proj.weight": f"blk.{i}.ffn_down.weight",
+      }
+    )
   if rope_freqs is not None:
     w.add_tensor("rope_freqs.weight", rope_freqs)
   for hf_name, g_name in names.items():
@@ -370,10 +409,14 @@ def test_gguf_matches_transformers(tmp_path, tie):
 
 
 def test_gguf_llama3_rope_freqs(tmp_path):
-  scaling = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                 original_max_position_embeddings=8192)
-  hf = make_hf(seed=8, head_dim=16, rope_theta=1e6, max_position_embeddings=32768,
-               rope_scaling=scaling)
+  scaling = dict(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=8192,
+  )
+  hf = make_hf(seed=8, head_dim=16, rope_theta=1e6, max_position_embeddings=32768, rope_scaling=scaling)
   freqs = llama_cpp_rope_freqs(1e6, 16, 8.0, 1.0, 4.0, 8192)
   assert 1.0 < freqs[4] < 8.0  # one frequency sits in the smoothed band
   write_gguf(tmp_path / "m.gguf", hf, rope_freqs=freqs)
@@ -424,6 +467,7 @@ def test_convert_never_writes_over_its_input_or_a_users_files(tmp_path, capsys):
   read; --overwrite replaces an earlier converted model, never a directory holding other files;
   save_model refuses the directory its model was loaded from."""
   from zebra_jax._paths import OutputPathError
+
   d = tmp_path / "D"
   make_hf(seed=13).save_pretrained(d)
   (d / "notes.txt").write_text("mine")
@@ -435,11 +479,19 @@ def test_convert_never_writes_over_its_input_or_a_users_files(tmp_path, capsys):
   other.mkdir()
   (other / "notes.txt").write_text("mine")
   tail = ": an output must not be, hold or lie inside an input; choose another directory"
-  cases = [(d, d, f"is the input itself{tail}"), (d, d / "sub", f"is inside the input {d}{tail}"),
-           (d, tmp_path, f"holds the input {d}{tail}"), (gguf, gguf, f"is the input itself{tail}"),
-           (gguf, gguf.parent, f"holds the input {gguf}{tail}"),
-           (d, other, "holds files zebra-jax did not write (notes.txt); --overwrite replaces only "
-            "an earlier output: move them or choose another directory")]
+  cases = [
+    (d, d, f"is the input itself{tail}"),
+    (d, d / "sub", f"is inside the input {d}{tail}"),
+    (d, tmp_path, f"holds the input {d}{tail}"),
+    (gguf, gguf, f"is the input itself{tail}"),
+    (gguf, gguf.parent, f"holds the input {gguf}{tail}"),
+    (
+      d,
+      other,
+      "holds files zebra-jax did not write (notes.txt); --overwrite replaces only "
+      "an earlier output: move them or choose another directory",
+    ),
+  ]
   script = load_script("convert")
   capsys.readouterr()  # save_pretrained's progress bar
   for src, out, how in cases:
@@ -461,6 +513,7 @@ def test_convert_never_writes_over_its_input_or_a_users_files(tmp_path, capsys):
 
 def _corrupt_copies(src, tmp_path):
   import shutil
+
   cases = {}
   d = tmp_path / "no_config"
   shutil.copytree(src, d)
@@ -508,6 +561,7 @@ def test_corrupted_checkpoint_raises_clear_error(tmp_path):
 # -- CLI --------------------------------------------------------------------------------------------
 def test_convert_cli_end_to_end(tmp_path):
   from tokenizers import Tokenizer as RawTokenizer, models, pre_tokenizers
+
   hf = make_hf(seed=12)
   hf.save_pretrained(tmp_path / "hf")
   raw = RawTokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
@@ -515,8 +569,14 @@ def test_convert_cli_end_to_end(tmp_path):
   tok = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="w0", eos_token="w1")
   tok.save_pretrained(tmp_path / "hf")
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  cmd = [sys.executable, os.path.join(REPO, "scripts", "convert.py"), "--input", str(tmp_path / "hf"),
-         "--output", str(tmp_path / "out")]
+  cmd = [
+    sys.executable,
+    os.path.join(REPO, "scripts", "convert.py"),
+    "--input",
+    str(tmp_path / "hf"),
+    "--output",
+    str(tmp_path / "out"),
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
   assert proc.returncode == 0, proc.stderr
   n_params = sum(p.numel() for p in hf.parameters())
@@ -526,8 +586,10 @@ def test_convert_cli_end_to_end(tmp_path):
   assert rel_err(our_logits(load_model(tmp_path / "out"), ids), hf_logits(hf, ids)) < 1e-4
   # The input's tokenizer is stored with the model (HF files), with the provenance.
   words = "w5 w90 w1"
-  assert transformers.AutoTokenizer.from_pretrained(tmp_path / "out")(words)["input_ids"] == \
-      tok(words)["input_ids"]
+  assert (
+    transformers.AutoTokenizer.from_pretrained(tmp_path / "out")(words)["input_ids"]
+    == tok(words)["input_ids"]
+  )
   with open(tmp_path / "out" / "provenance.json") as f:
     assert json.load(f)["teacher"] == {"path": str(tmp_path / "hf")}
   again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)

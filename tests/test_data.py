@@ -135,7 +135,9 @@ def test_shuffle_deterministic_for_seed_and_differs_across_seeds(tok):
 
 def test_epochs_are_reshuffled(tok):
   docs = [words([5 + i] * 3) for i in range(40)]  # doc i = its id three times + EOS: rows of 4 = one doc
-  it = make_iterator(ListSource(docs), tok, seq_len=4, global_batch=1, seed=0, heldout_fraction=0.0, **common())
+  it = make_iterator(
+    ListSource(docs), tok, seq_len=4, global_batch=1, seed=0, heldout_fraction=0.0, **common()
+  )
   order = [int(b["tokens"][0, 0]) - 5 for b in collect(it, 80)]
   assert sorted(order[:40]) == list(range(40)) and sorted(order[40:]) == list(range(40))
   assert order[:40] != order[40:]
@@ -187,23 +189,27 @@ def test_batched_document_lengths_equal_one_by_one_encoding():
   empty and unicode texts, {"text"} records, chat messages, token arrays, and the byte tokenizer."""
   from tokenizers import processors
 
-  from zebra_jax.data.tokenize import (ByteTokenizer, document_lengths, encode_document,
-                                      encode_documents)
+  from zebra_jax.data.tokenize import ByteTokenizer, document_lengths, encode_document, encode_documents
+
   hf = word_tokenizer()
-  hf._tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A",
-                                                                special_tokens=[("<bos>", BOS)])
+  hf._tokenizer.post_processor = processors.TemplateProcessing(
+    single="<bos> $A", special_tokens=[("<bos>", BOS)]
+  )
   rng = np.random.default_rng(0)
   docs = [words(rng.integers(5, VOCAB, size=int(n))) for n in rng.integers(0, 40, size=700)]
-  docs += ["", {"text": "w5 w6"}, np.array([7, 8, 9]),
-           {"messages": [{"role": "user", "content": "w5"}, {"role": "assistant", "content": "w6 w7"}]}]
+  docs += [
+    "",
+    {"text": "w5 w6"},
+    np.array([7, 8, 9]),
+    {"messages": [{"role": "user", "content": "w5"}, {"role": "assistant", "content": "w6 w7"}]},
+  ]
   want = [len(encode_document(hf, d)) for d in docs]
   assert want[0] == len(docs[0].split()) + 2  # BOS and EOS counted
   assert document_lengths(hf, docs, batch=64) == want
   for got, d in zip(encode_documents(hf, docs, batch=64), docs):  # the ids themselves too
     np.testing.assert_array_equal(got, encode_document(hf, d))
   texts = ["héllo wörld 🙂", "", "abc"]
-  assert document_lengths(ByteTokenizer(), texts) == [len(encode_document(ByteTokenizer(), t))
-                                                       for t in texts]
+  assert document_lengths(ByteTokenizer(), texts) == [len(encode_document(ByteTokenizer(), t)) for t in texts]
 
 
 def test_close_stops_the_prefetch_thread(tok):
@@ -212,8 +218,9 @@ def test_close_stops_the_prefetch_thread(tok):
   import threading
 
   before = set(threading.enumerate())
-  it = make_iterator(ListSource(_resume_docs(True)), tok, seq_len=8, global_batch=2, seed=11,
-                     prefetch=2, **common())
+  it = make_iterator(
+    ListSource(_resume_docs(True)), tok, seq_len=8, global_batch=2, seed=11, prefetch=2, **common()
+  )
   next(it)
   started = [t for t in threading.enumerate() if t not in before and t.is_alive()]
   assert started, "prefetch=2 should read ahead in a background thread"
@@ -311,7 +318,10 @@ def test_text_files_per_file_and_per_paragraph(tmp_path):
   (tmp_path / "b.md").write_text("other file\n")
   (tmp_path / "skip.bin").write_text("not text")
   per_file = TextSource(str(tmp_path))
-  assert [per_file[i] for i in range(len(per_file))] == ["first para\nline two\n\n  \nsecond para\n", "other file\n"]
+  assert [per_file[i] for i in range(len(per_file))] == [
+    "first para\nline two\n\n  \nsecond para\n",
+    "other file\n",
+  ]
   per_par = TextSource(str(tmp_path), paragraphs=True)
   assert [per_par[i] for i in range(len(per_par))] == ["first para\nline two", "second para", "other file"]
 

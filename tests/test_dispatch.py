@@ -80,8 +80,12 @@ def test_mla_and_ssd_auto_tables_per_backend():
 def test_unsupported_shape_falls_through_to_the_next_entry():
   picky = Kernel(lambda *a: "picky", supports=lambda n: None if n % 2 == 0 else f"odd {n}")
   plain = Kernel(lambda *a: "plain")
-  reg = Registry("toy", impls=("auto", "reference", "picky", "plain"),
-                 auto={"tpu": ("picky", "plain"), "cpu": ("plain", "picky")}, verified={})
+  reg = Registry(
+    "toy",
+    impls=("auto", "reference", "picky", "plain"),
+    auto={"tpu": ("picky", "plain"), "cpu": ("plain", "picky")},
+    verified={},
+  )
   reg.register("picky", "tpu", picky)
   reg.register("plain", "tpu", plain)
   reg.register("picky", "cpu", picky)
@@ -95,8 +99,9 @@ def test_unsupported_shape_falls_through_to_the_next_entry():
   assert chosen(reg, "auto", "gpu", 4) is None  # no table for the backend: the reference
 
 
-@pytest.mark.parametrize("registry", [ops_attention.KERNELS, ops_mla.KERNELS,
-                                      ops_ssd.SCAN_KERNELS, ops_ssd.STEP_KERNELS])
+@pytest.mark.parametrize(
+  "registry", [ops_attention.KERNELS, ops_mla.KERNELS, ops_ssd.SCAN_KERNELS, ops_ssd.STEP_KERNELS]
+)
 def test_unknown_impl_names_the_valid_ones(registry):
   with pytest.raises(ValueError) as err:
     chosen(registry, "triton", "cpu")

@@ -30,9 +30,14 @@ ALL_STAGES = ["teacher", "ild_mla", "ild_mamba", "select", "assemble", "kd", "dp
 # configs/tiny.py, shortened; log every step so the first row is the initial model's loss. Two data
 # shards: the batches of a 2-process run, so the 1-process runs here are also its reference.
 FAST = dict(ild_steps=16, kd_steps=16, dpo_steps=4)
-FAST_FLAGS = ["--config.ild.steps=16", "--config.kd.steps=16", "--config.dpo.steps=4",
-              "--config.train.log_every=1", "--config.train.checkpoint_every=4",
-              "--config.data.num_shards=2"]
+FAST_FLAGS = [
+  "--config.ild.steps=16",
+  "--config.kd.steps=16",
+  "--config.dpo.steps=4",
+  "--config.train.log_every=1",
+  "--config.train.checkpoint_every=4",
+  "--config.data.num_shards=2",
+]
 TIMEOUT = 600
 
 
@@ -47,23 +52,35 @@ def _env(cache: str | None = None, **extra) -> dict:
   env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
   env.pop("XLA_FLAGS", None)
   if cache:
-    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.update(
+      JAX_COMPILATION_CACHE_DIR=cache,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
   env.update(extra)
   return env
 
 
 def _cmd(workdir, *flags):
-  return [sys.executable, DISTILL, "--config", os.path.join(ROOT, "configs", "tiny.py"),
-          "--workdir", str(workdir), "--no_progress", *FAST_FLAGS, *flags]
+  return [
+    sys.executable,
+    DISTILL,
+    "--config",
+    os.path.join(ROOT, "configs", "tiny.py"),
+    "--workdir",
+    str(workdir),
+    "--no_progress",
+    *FAST_FLAGS,
+    *flags,
+  ]
 
 
 def distill(workdir, cache, *flags, check=True) -> subprocess.CompletedProcess:
-  r = subprocess.run(_cmd(workdir, *flags), env=_env(cache), capture_output=True, text=True,
-                     timeout=TIMEOUT, cwd=ROOT)
+  r = subprocess.run(
+    _cmd(workdir, *flags), env=_env(cache), capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT
+  )
   if check and r.returncode != 0:
-    raise AssertionError(
-        f"distill.py exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    raise AssertionError(f"distill.py exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
   return r
 
 
@@ -73,8 +90,7 @@ def rows(workdir, stage) -> list[dict]:
 
 def curve(workdir, stage):
   """The metric rows without the timing-dependent throughput."""
-  return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")}
-          for r in rows(workdir, stage)]
+  return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows(workdir, stage)]
 
 
 def kill_when(workdir, cache, stage, step, sig, *flags):
@@ -86,9 +102,11 @@ def load_params(path) -> dict:
   from flax import nnx
 
   from zebra_jax.convert.orbax_io import load_model
+
   m = load_model(path)
-  return {".".join(map(str, p)): np.asarray(v.get_value())
-          for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))}
+  return {
+    ".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))
+  }
 
 
 def assert_same_params(a_path, b_path):
@@ -112,10 +130,14 @@ def devices_worker(tmp_path_factory, jax_cache):
   tmp = tmp_path_factory.mktemp("devices")
   outs = {name: tmp / f"{name}.json" for name in ("mesh", "ranks")}
   log = open(tmp / "worker.log", "w+")
-  p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "devices", str(tmp),
-                        str(outs["mesh"]), str(outs["ranks"])],
-                       env=_env(jax_cache, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-                       stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+  p = subprocess.Popen(
+    [sys.executable, os.path.abspath(__file__), "devices", str(tmp), str(outs["mesh"]), str(outs["ranks"])],
+    env=_env(jax_cache, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    text=True,
+    cwd=ROOT,
+  )
   yield p, log, outs
   if p.poll() is None:
     p.kill()
@@ -176,8 +198,11 @@ def test_summary_reports_cache_params_tokens_and_time(tiny_run):
     final = json.load(f)
   # KV% = N_MLA (r_kv + d_r) / (L 2 n_kv d_h), reference 9.2, from the final model's own config.
   n_mla = len(final["mla_layers"])
-  want = n_mla * (final["kv_lora_rank"] + final["qk_rope_head_dim"]) / (
-      final["num_hidden_layers"] * 2 * final["num_key_value_heads"] * final["head_dim"])
+  want = (
+    n_mla
+    * (final["kv_lora_rank"] + final["qk_rope_head_dim"])
+    / (final["num_hidden_layers"] * 2 * final["num_key_value_heads"] * final["head_dim"])
+  )
   assert summary["kv_cache_fraction"] == pytest.approx(want, rel=1e-12)
   assert summary["mla_layers"] == final["mla_layers"]
   params = load_params(workdir / "dpo" / "model")
@@ -199,22 +224,21 @@ def test_summary_reports_cache_params_tokens_and_time(tiny_run):
     with open(workdir / stage / "data_budget.json") as f:
       budget = json.load(f)
     assert budget["tokens_read"] == summary["training"][stage]["tokens_seen"]
-    assert budget["passes"] == pytest.approx(budget["tokens_read"] / budget["distinct_tokens"],
-                                             abs=1e-3)
+    assert budget["passes"] == pytest.approx(budget["tokens_read"] / budget["distinct_tokens"], abs=1e-3)
     assert 0 < budget["distinct_tokens"] <= budget["tokens"]
 
 
 MODEL_STAGES = ("teacher", "ild_mla", "ild_mamba", "assemble", "kd", "dpo")
 
 
-def test_every_model_carries_its_tokenizer_generation_config_and_provenance(tiny_run, tmp_path,
-                                                                            capsys):
+def test_every_model_carries_its_tokenizer_generation_config_and_provenance(tiny_run, tmp_path, capsys):
   """Each stage's model holds HF tokenizer files that plain transformers loads (the byte tokenizer
   of configs/tiny.py: ids are the UTF-8 bytes), generation_config.json and provenance.json; the
   tools then need no --tokenizer: generate.py, evaluate.py perplexity, export.py (whose directory
   holds the tokenizer too)."""
   from tokenizers import Tokenizer
   from transformers import AutoTokenizer
+
   workdir, summary, _, _ = tiny_run
   text = "Zebra: héllo wörld\n  🙂"
   commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
@@ -222,8 +246,7 @@ def test_every_model_carries_its_tokenizer_generation_config_and_provenance(tiny
     d = workdir / stage / "model"
     tok = AutoTokenizer.from_pretrained(d)
     assert tok(text)["input_ids"] == list(text.encode("utf-8")), stage
-    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == \
-        "<|user|>\nhi\n"
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<|user|>\nhi\n"
     assert json.loads((d / "generation_config.json").read_text())["eos_token_id"] == 257
     prov = json.loads((d / "provenance.json").read_text())
     assert prov["teacher"]["path"] == "random:smollm2-135m" and prov["config"] == "tiny"
@@ -232,16 +255,22 @@ def test_every_model_carries_its_tokenizer_generation_config_and_provenance(tiny
     if commit.returncode == 0:
       assert prov["git_commit"].startswith(commit.stdout.strip())
   assert prov["kv_cache_fraction"] == summary["kv_cache_fraction"]  # dpo: the final model
-  assert json.loads((workdir / "teacher" / "model" / "provenance.json").read_text())[
-      "kv_cache_fraction"] == 1.0
+  assert (
+    json.loads((workdir / "teacher" / "model" / "provenance.json").read_text())["kv_cache_fraction"] == 1.0
+  )
 
   final = str(workdir / "dpo" / "model")
   capsys.readouterr()
-  assert load_script("generate").main(["--checkpoint", final, "--prompt", "The", "--max-new-tokens",
-                                   "3"]) == 0
+  assert (
+    load_script("generate").main(["--checkpoint", final, "--prompt", "The", "--max-new-tokens", "3"]) == 0
+  )
   (tmp_path / "doc.txt").write_text(text * 3)
-  assert load_script("evaluate").main(["perplexity", "--checkpoint", final, "--files",
-                                   str(tmp_path / "doc.txt"), "--max-length", "32"]) == 0
+  assert (
+    load_script("evaluate").main(
+      ["perplexity", "--checkpoint", final, "--files", str(tmp_path / "doc.txt"), "--max-length", "32"]
+    )
+    == 0
+  )
   assert f"over {len(text.encode()) * 3} tokens" in capsys.readouterr().out
   out = tmp_path / "export"
   assert load_script("export").main(["--checkpoint", final, "--out", str(out)]) == 0
@@ -278,6 +307,7 @@ def test_finished_stages_drop_their_checkpoints_unless_kept(tmp_path):
   phase's) once the stage's model is saved; True keeps them."""
   from zebra_jax.distill import pipeline
   from zebra_jax.distill.context import RunContext
+
   for keep in (False, True):
     cfg = _tiny()
     cfg.train.keep_checkpoints = keep
@@ -298,14 +328,22 @@ def test_summary_merge_keeps_skipped_stages_and_replaces_rerun_ones(tmp_path):
   a summary from before stage_time_s existed is read from its stages_run, and wall time adds up."""
   from zebra_jax.distill import pipeline
   from zebra_jax.distill.context import RunContext
+
   cfg = _tiny()
   ctx = RunContext(cfg, str(tmp_path))
-  old = {"stages_run": [["teacher", 1.0], ["ild_mla", 20.0], ["ild_mamba", 21.0]],
-         "stages_skipped": [], "wall_time_s": 42.0}
-  s1 = pipeline._summary(ctx, cfg, [("select", 3.0), ("assemble", 0.5)], ["teacher", "ild_mla"],
-                         4.0, old)
-  assert s1["stage_time_s"] == {"teacher": 1.0, "ild_mla": 20.0, "ild_mamba": 21.0,
-                                "select": 3.0, "assemble": 0.5}
+  old = {
+    "stages_run": [["teacher", 1.0], ["ild_mla", 20.0], ["ild_mamba", 21.0]],
+    "stages_skipped": [],
+    "wall_time_s": 42.0,
+  }
+  s1 = pipeline._summary(ctx, cfg, [("select", 3.0), ("assemble", 0.5)], ["teacher", "ild_mla"], 4.0, old)
+  assert s1["stage_time_s"] == {
+    "teacher": 1.0,
+    "ild_mla": 20.0,
+    "ild_mamba": 21.0,
+    "select": 3.0,
+    "assemble": 0.5,
+  }
   assert list(s1["stage_time_s"]) == ["teacher", "ild_mla", "ild_mamba", "select", "assemble"]
   assert s1["wall_time_s"] == 46.0 and s1["runs"] == 2
   s2 = pipeline._summary(ctx, cfg, [("ild_mla", 7.5)], [], 8.0, json.loads(json.dumps(s1)))
@@ -349,9 +387,15 @@ def test_exploding_lr_stops_with_exit_3_and_keeps_the_good_checkpoint(tmp_path, 
   """Warmup over 8 steps: update 1 uses lr 0 (checkpoint 1 = the initial weights), update 2 uses
   1.25e29 and blows the weights up."""
   work = tmp_path / "nan"
-  r = distill(work, jax_cache, "--config.stages=('teacher', 'ild_mla', 'ild_mamba')",
-              "--config.ild.lr=1e30", "--config.train.warmup_frac=0.5",
-              "--config.train.checkpoint_every=1", check=False)
+  r = distill(
+    work,
+    jax_cache,
+    "--config.stages=('teacher', 'ild_mla', 'ild_mamba')",
+    "--config.ild.lr=1e30",
+    "--config.train.warmup_frac=0.5",
+    "--config.train.checkpoint_every=1",
+    check=False,
+  )
   assert r.returncode == 3, r.stderr[-3000:]
   assert "non-finite metrics at step 2" in r.stderr, r.stderr[-3000:]
   assert "last good checkpoint is step 1" in r.stderr
@@ -360,6 +404,7 @@ def test_exploding_lr_stops_with_exit_3_and_keeps_the_good_checkpoint(tmp_path, 
   assert sorted(int(d) for d in os.listdir(ckdir) if d.isdigit()) == [1]
   # Checkpoint 1 holds finite, sane weights (the teacher-initialised student, as lr(0) = 0).
   import orbax.checkpoint as ocp
+
   with ocp.CheckpointManager(str(ckdir), item_names=("state", "data")) as mgr:
     state = mgr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   leaves = [np.asarray(x) for x in __import__("jax").tree.leaves(state["trainable"])]
@@ -371,6 +416,7 @@ def test_exploding_lr_stops_with_exit_3_and_keeps_the_good_checkpoint(tmp_path, 
 def _tiny(**changes):
   sys.path.insert(0, ROOT)
   from configs.tiny import get_config
+
   c = get_config()
   for key, value in changes.items():
     node = c
@@ -381,20 +427,35 @@ def _tiny(**changes):
   return c
 
 
-@pytest.mark.parametrize("changes,match", [
-    ({"kd_teacher.path": "random:smollm2-135m",
-      "kd_teacher.overrides": dict(vocab_size=256, hidden_size=64, intermediate_size=128,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2)},
-     r"kd_teacher: vocab_size=256 differs from the student's 320"),
-    ({"select.method": "explicit", "model.mla_layers": (0, 7)},
-     r"model.mla_layers.*\[7\] out of range \[0, 4\)"),
+@pytest.mark.parametrize(
+  "changes,match",
+  [
+    (
+      {
+        "kd_teacher.path": "random:smollm2-135m",
+        "kd_teacher.overrides": dict(
+          vocab_size=256,
+          hidden_size=64,
+          intermediate_size=128,
+          num_hidden_layers=2,
+          num_attention_heads=4,
+          num_key_value_heads=2,
+        ),
+      },
+      r"kd_teacher: vocab_size=256 differs from the student's 320",
+    ),
+    (
+      {"select.method": "explicit", "model.mla_layers": (0, 7)},
+      r"model.mla_layers.*\[7\] out of range \[0, 4\)",
+    ),
     ({"model.n_mla": 4}, r"model.n_mla"),
     ({"stages": ["teacher", "ild_mla", "distill"]}, r"stages: unknown stage\(s\) \['distill'\]"),
     ({"data.dpo_path": None}, r"data.dpo_path"),
     ({"data.dpo_path": "/nonexistent/prefs.jsonl"}, r"data.dpo_path=.*does not exist"),
-    ({"stages": ["teacher", "stepwise", "kd"], "stepwise.schedule": ((1, 5),)},
-     r"stepwise.schedule\[0\].*attn_layers.*\[5\] out of range"),
+    (
+      {"stages": ["teacher", "stepwise", "kd"], "stepwise.schedule": ((1, 5),)},
+      r"stepwise.schedule\[0\].*attn_layers.*\[5\] out of range",
+    ),
     ({"model.kv_lora_rank": 12}, r"kv_lora_rank=12 is not a multiple"),
     ({"kd.batch_size": 6, "kd.grad_accum": 4}, r"kd.batch_size=6.*kd.grad_accum=4"),
     ({"kd.lr": float("inf")}, r"kd.lr must be a positive finite number, got inf"),
@@ -404,9 +465,13 @@ def _tiny(**changes):
     ({"data.ild_fraction": 1e-4}, r"data.ild_fraction=0.0001 leaves the ILD part .* empty"),
     ({"data.ild_fraction": 0.99999}, r"data.ild_fraction=0.99999 leaves the KD part .* empty"),
     ({"data.ild_fraction": 1.5}, r"data.ild_fraction=1.5 must be in \[0, 1\]"),
-    ({"data.num_shards": 3}, r"ild.batch_size=8 is not divisible by the 3 data shards "
-                             r"\(data.num_shards\)"),
-])
+    (
+      {"data.num_shards": 3},
+      r"ild.batch_size=8 is not divisible by the 3 data shards "
+      r"\(data.num_shards\)",
+    ),
+  ],
+)
 def test_invalid_config_fails_before_any_stage_runs(tmp_path, monkeypatch, changes, match):
   from zebra_jax.distill import pipeline, stages
   from zebra_jax.distill.config import RunConfigError
@@ -421,16 +486,22 @@ def test_invalid_config_fails_before_any_stage_runs(tmp_path, monkeypatch, chang
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("content,match", [
-    (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n',
-     r"prefs.jsonl:2: expected JSON with 'prompt', 'chosen', 'rejected' \(KeyError"),
+@pytest.mark.parametrize(
+  "content,match",
+  [
+    (
+      b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n',
+      r"prefs.jsonl:2: expected JSON with 'prompt', 'chosen', 'rejected' \(KeyError",
+    ),
     (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\nnot json\n', r"prefs.jsonl:2: expected JSON"),
     (b'{"prompt": "a", "chosen": 3, "rejected": "c"}\n', r"prefs.jsonl:1: 'prompt' must be text"),
     (b"\x80\x81\x00\xff" * 64, r"prefs.jsonl: not UTF-8 text"),
     (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n', r"dpo batch_size=4 exceeds the 1 "),
-])
+  ],
+)
 def test_a_malformed_dpo_file_or_unreadable_kd_teacher_fails_before_any_stage(
-    tmp_path, monkeypatch, content, match):
+  tmp_path, monkeypatch, content, match
+):
   from zebra_jax.distill import pipeline, stages
   from zebra_jax.distill.config import RunConfigError
 
@@ -439,25 +510,37 @@ def test_a_malformed_dpo_file_or_unreadable_kd_teacher_fails_before_any_stage(
   prefs = tmp_path / "prefs.jsonl"
   prefs.write_bytes(content)
   with pytest.raises(RunConfigError, match=r"data.dpo_path: .*" + match):
-    pipeline.run_pipeline(_tiny(**{"data.dpo_path": str(prefs), "dpo.batch_size": 4}),
-                          str(tmp_path / "w"), progress=False)
+    pipeline.run_pipeline(
+      _tiny(**{"data.dpo_path": str(prefs), "dpo.batch_size": 4}), str(tmp_path / "w"), progress=False
+    )
   # a KD teacher that cannot be read (and no preset to check against) fails first too
   with pytest.raises(RunConfigError, match=r"kd_teacher.path: .*missing.gguf"):
-    pipeline.run_pipeline(_tiny(**{"kd_teacher.path": str(tmp_path / "missing.gguf")}),
-                          str(tmp_path / "w"), progress=False)
+    pipeline.run_pipeline(
+      _tiny(**{"kd_teacher.path": str(tmp_path / "missing.gguf")}), str(tmp_path / "w"), progress=False
+    )
   assert not (tmp_path / "w").exists()
 
 
 def test_a_kd_teacher_with_the_same_vocabulary_passes_preflight(tmp_path, monkeypatch):
   from zebra_jax.distill import pipeline, stages
+
   ran = []
   for name in list(stages.RUNNERS):
     monkeypatch.setitem(stages.RUNNERS, name, lambda ctx, name=name: ran.append(name))
   monkeypatch.setattr(pipeline, "_summary", lambda *a: {})
-  c = _tiny(**{"kd_teacher.path": "random:smollm2-135m",
-               "kd_teacher.overrides": dict(vocab_size=320, hidden_size=96, intermediate_size=128,
-                                            num_hidden_layers=2, num_attention_heads=4,
-                                            num_key_value_heads=2)})
+  c = _tiny(
+    **{
+      "kd_teacher.path": "random:smollm2-135m",
+      "kd_teacher.overrides": dict(
+        vocab_size=320,
+        hidden_size=96,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+      ),
+    }
+  )
   pipeline.run_pipeline(c, str(tmp_path / "w"), progress=False)
   assert ran == ALL_STAGES
 
@@ -466,11 +549,11 @@ def test_preference_batches_are_split_by_process():
   """Each of P processes yields its slice of the global DPO batch (not a copy of the whole)."""
   from zebra_jax.data import ByteTokenizer
   from zebra_jax.distill.preferences import preference_iterator
+
   kw = dict(batch_size=4, max_len=64, max_prompt_len=32, seed=3)
   path = os.path.join(ROOT, "configs", "data", "tiny_preferences.jsonl")
   full = preference_iterator(path, ByteTokenizer(), **kw)
-  parts = [preference_iterator(path, ByteTokenizer(), process_index=p, process_count=2, **kw)
-           for p in (0, 1)]
+  parts = [preference_iterator(path, ByteTokenizer(), process_index=p, process_count=2, **kw) for p in (0, 1)]
   for _ in range(7):  # crosses epoch boundaries
     f, a, b = next(full), next(parts[0]), next(parts[1])
     for k in f:
@@ -524,8 +607,19 @@ def test_two_processes_resume_to_the_uninterrupted_losses(tmp_path, jax_cache):
   port = free_port()
   outs = [tmp_path / f"proc{pid}.json" for pid in range(2)]
   logs = [tmp_path / f"proc{pid}.log" for pid in range(2)]
-  cmds = [[sys.executable, os.path.abspath(__file__), "proc", str(tmp_path / "two"), str(out),
-           str(pid), "2", str(port)] for pid, out in enumerate(outs)]
+  cmds = [
+    [
+      sys.executable,
+      os.path.abspath(__file__),
+      "proc",
+      str(tmp_path / "two"),
+      str(out),
+      str(pid),
+      "2",
+      str(port),
+    ]
+    for pid, out in enumerate(outs)
+  ]
   codes = _run_processes(cmds, logs, _env(jax_cache))
   for code, log in zip(codes, logs):
     assert code == 0, _log_text(log)[-5000:]
@@ -578,8 +672,19 @@ def test_whole_pipeline_in_two_processes_matches_one_process(tiny_run, tmp_path,
   two = tmp_path / "two"
   port = free_port()
   # One checkpoint per stage (fewer collective saves; checkpoints do not change the numbers).
-  cmds = [_cmd(two, "--config.train.checkpoint_every=16", "--coordinator", f"127.0.0.1:{port}",
-               "--num_processes", "2", "--process_id", str(pid)) for pid in range(2)]
+  cmds = [
+    _cmd(
+      two,
+      "--config.train.checkpoint_every=16",
+      "--coordinator",
+      f"127.0.0.1:{port}",
+      "--num_processes",
+      "2",
+      "--process_id",
+      str(pid),
+    )
+    for pid in range(2)
+  ]
   logs = [tmp_path / f"distill{pid}.log" for pid in range(2)]
   codes = _run_processes(cmds, logs, _env(jax_cache))
   for code, log in zip(codes, logs):
@@ -597,8 +702,12 @@ def test_whole_pipeline_in_two_processes_matches_one_process(tiny_run, tmp_path,
     steps = {"ild_mla": 16, "ild_mamba": 16, "kd": 16, "dpo": 4}[stage]
     assert [r["step"] for r in rows(two, stage)] == list(range(1, steps + 1)), stage
     assert not (two / stage / "checkpoints").exists(), stage  # dropped once the model is saved
-  leftovers = [os.path.join(d, n) for d, dirs, files in os.walk(two) for n in dirs + files
-               if ".tmp" in n or "orbax-checkpoint-tmp" in n]
+  leftovers = [
+    os.path.join(d, n)
+    for d, dirs, files in os.walk(two)
+    for n in dirs + files
+    if ".tmp" in n or "orbax-checkpoint-tmp" in n
+  ]
   assert not leftovers, leftovers
   with open(two / "config.json") as f:
     assert json.load(f)["data"]["num_shards"] == 2
@@ -662,21 +771,35 @@ def _ids_seen(it, max_batches=None) -> set:
 def test_ild_and_kd_parts_are_disjoint_deterministic_and_keep_out_held_out_documents():
   from zebra_jax.data import ListSource
   from zebra_jax.data.pipeline import make_iterator
+
   n = 2000
   src = ListSource([np.full(3, i, np.int32) for i in range(n)])  # every token is its document id
   held, ild, kd = _expected_parts(n, 0.05, 0.2)
   assert abs(len(ild) / (len(ild) + len(kd)) - 0.2) < 0.03  # the fraction, met on average
   # One epoch, one row per batch: every document of the part is seen (the last row padded).
-  kw = dict(seq_len=4, global_batch=1, split="train", heldout_fraction=0.05, ild_fraction=0.2,
-            num_epochs=1, process_index=0, process_count=1)
-  seen = {part: _ids_seen(make_iterator(src, None, part=part, seed=5, **kw))
-          for part in ("ild", "kd")}
+  kw = dict(
+    seq_len=4,
+    global_batch=1,
+    split="train",
+    heldout_fraction=0.05,
+    ild_fraction=0.2,
+    num_epochs=1,
+    process_index=0,
+    process_count=1,
+  )
+  seen = {part: _ids_seen(make_iterator(src, None, part=part, seed=5, **kw)) for part in ("ild", "kd")}
   assert seen["ild"] == ild and seen["kd"] == kd
   assert not seen["ild"] & seen["kd"] and not (seen["ild"] | seen["kd"]) & held
   # The same parts on every process layout and shuffle seed (a hash of the index, nothing else).
   for part, want in (("ild", ild), ("kd", kd)):
-    per_process = [_ids_seen(make_iterator(src, None, part=part, seed=9, **{
-        **kw, "global_batch": 2, "process_index": p, "process_count": 2})) for p in range(2)]
+    per_process = [
+      _ids_seen(
+        make_iterator(
+          src, None, part=part, seed=9, **{**kw, "global_batch": 2, "process_index": p, "process_count": 2}
+        )
+      )
+      for p in range(2)
+    ]
     assert not per_process[0] & per_process[1]
     # Two rows per batch: a process's last odd row may be dropped, nothing else.
     assert per_process[0] | per_process[1] <= want
@@ -684,8 +807,7 @@ def test_ild_and_kd_parts_are_disjoint_deterministic_and_keep_out_held_out_docum
   # 0 and 1 mean no split: both parts read every train document.
   for fraction in (0.0, 1.0):
     for part in ("ild", "kd"):
-      got = _ids_seen(make_iterator(src, None, part=part, seed=5,
-                                    **{**kw, "ild_fraction": fraction}))
+      got = _ids_seen(make_iterator(src, None, part=part, seed=5, **{**kw, "ild_fraction": fraction}))
       assert got == ild | kd, (fraction, part)
   # A split with an empty side is an error naming the config field, whichever part is asked for.
   for fraction, side in ((1e-6, "ILD"), (1 - 1e-6, "KD")):
@@ -703,6 +825,7 @@ def test_stages_read_their_part_ild_kd_stepwise_and_calibration(tmp_path):
   import re
 
   from zebra_jax.distill.context import RunContext
+
   n = 400
   path = tmp_path / "docs.jsonl"
   path.write_text("".join(json.dumps({"text": f"doc{i:04d} " * 3}) + "\n" for i in range(n)))
@@ -717,8 +840,7 @@ def test_stages_read_their_part_ild_kd_stepwise_and_calibration(tmp_path):
         ids |= {int(m) for m in re.findall(r"doc(\d{4})", text)}
     return ids
 
-  cfg = _tiny(**{"data.source": str(path), "data.heldout_fraction": 0.05,
-                 "data.ild_fraction": 0.2})
+  cfg = _tiny(**{"data.source": str(path), "data.heldout_fraction": 0.05, "data.ild_fraction": 0.2})
   ctx = RunContext(cfg, str(tmp_path / "w"))
   assert seen(ctx, "ild", 12) == ild  # ~3 epochs of the ILD part
   for purpose in ("kd", "stepwise_0"):
@@ -748,8 +870,11 @@ def test_a_sequence_longer_than_the_stage_data_is_refused(tmp_path):
   logged = []
   ctx = RunContext(cfg, str(tmp_path / "w"))
   ctx.log = logged.append
-  with pytest.raises(RunConfigError, match=r"data.seq_len=4096 is longer than the \d+ distinct "
-                                           r"tokens of the ild_mla stage's data \(ild part\)"):
+  with pytest.raises(
+    RunConfigError,
+    match=r"data.seq_len=4096 is longer than the \d+ distinct "
+    r"tokens of the ild_mla stage's data \(ild part\)",
+  ):
     ctx.data_budget("ild_mla", "ild", TrainSpec(steps=2, lr=1e-3, batch_size=2, seq_len=4096))
   got = ctx.data_budget("kd", "kd", TrainSpec(steps=50, lr=1e-3, batch_size=2, seq_len=16))
   assert got["passes"] > 4 and "warning: many repeats" in logged[-1]
@@ -762,7 +887,10 @@ def test_trainer_shards_each_batch_field_by_its_rank(simulated_devices):
   numpy evaluation of the masked loss on the initial model."""
   res = simulated_devices["ranks"]
   assert res["lengths_spec"] == [None, ["data", "fsdp"]] and res["tokens_spec"] == [
-      None, ["data", "fsdp"], None]
+    None,
+    ["data", "fsdp"],
+    None,
+  ]
   one, four = res["losses"]["1"], res["losses"]["4"]
   assert len(one) == len(four) == 3
   for a, b in zip(one, four):
@@ -781,11 +909,18 @@ def _tiny_models(mla_layers=(0,)):
   from zebra_jax.config import HybridConfig, LlamaConfig
   from zebra_jax.init import init_hybrid
   from zebra_jax.models.hybrid import CausalLM
-  tc = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+
+  tc = LlamaConfig(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+  )
   teacher = CausalLM(tc, rngs=nnx.Rngs(0))
-  sc = HybridConfig.from_llama(tc, mla_layers=mla_layers, kv_lora_rank=16, q_lora_rank=16,
-                               chunk_size=8)
+  sc = HybridConfig.from_llama(tc, mla_layers=mla_layers, kv_lora_rank=16, q_lora_rank=16, chunk_size=8)
   return teacher, init_hybrid(teacher, sc, seed=0)
 
 
@@ -806,7 +941,7 @@ class _ProcessBatches:
     g = _global_batch(self.pos, self.batch)
     self.pos += 1
     n = self.batch // self.nproc
-    return {"tokens": g[self.pid * n:(self.pid + 1) * n]}
+    return {"tokens": g[self.pid * n : (self.pid + 1) * n]}
 
   def get_state(self):
     return {"pos": self.pos, "process": self.pid}
@@ -819,8 +954,10 @@ class _ProcessBatches:
 
 def _flat_params(model):
   from flax import nnx
-  leaves = [np.asarray(v.get_value(), np.float64).ravel()
-            for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+
+  leaves = [
+    np.asarray(v.get_value(), np.float64).ravel() for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+  ]
   return np.concatenate(leaves).tolist()
 
 
@@ -852,21 +989,44 @@ def _worker_mesh(workdir, out):
   meshes = {"1": make_mesh(1, 1, 1, devices=jax.devices()[:1]), "8": make_mesh(2, 2, 2)}
   for name, mesh in meshes.items():
     teacher, student = _tiny_models()
-    spec = TrainSpec(steps=3, lr=1e-3, batch_size=8, seq_len=16, grad_accum=2, warmup_frac=0.0,
-                     log_every=1, checkpoint_every=100, async_checkpoint=False, progress=False)
-    tr = StageTrainer(name=f"kd_{name}", workdir=workdir, model=student,
-                      loss_fn=objectives.kd_loss_fn(1.0, 0.5, 1.0), spec=spec, mesh=mesh,
-                      teachers={"teacher": teacher})
+    spec = TrainSpec(
+      steps=3,
+      lr=1e-3,
+      batch_size=8,
+      seq_len=16,
+      grad_accum=2,
+      warmup_frac=0.0,
+      log_every=1,
+      checkpoint_every=100,
+      async_checkpoint=False,
+      progress=False,
+    )
+    tr = StageTrainer(
+      name=f"kd_{name}",
+      workdir=workdir,
+      model=student,
+      loss_fn=objectives.kd_loss_fn(1.0, 0.5, 1.0),
+      spec=spec,
+      mesh=mesh,
+      teachers={"teacher": teacher},
+    )
     if name == "8":
-      res["sharded_axes"] = sorted({a for leaf in jax.tree.leaves(tr.trainable)
-                                    for part in leaf.sharding.spec if part
-                                    for a in ((part,) if isinstance(part, str) else part)})
+      res["sharded_axes"] = sorted(
+        {
+          a
+          for leaf in jax.tree.leaves(tr.trainable)
+          for part in leaf.sharding.spec
+          if part
+          for a in ((part,) if isinstance(part, str) else part)
+        }
+      )
     tr.run(Batches())
     res["losses"][name] = read_metrics(os.path.join(workdir, f"kd_{name}"))
     res["params"][name] = _flat_params(student)
   # Preflight sees the 2 x 2 x 2 mesh: a micro-batch of 6 / 1 rows does not split over 4.
   sys.path.insert(0, ROOT)
   from configs.tiny import get_config
+
   c = get_config()
   c.mesh.update(data=2, fsdp=2, tensor=2)
   c.kd.batch_size = 6
@@ -881,10 +1041,10 @@ def _worker_mesh(workdir, out):
 
 def _worker_process(workdir, out, pid, nproc, port):
   import jax
+
   if nproc > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc,
-                               process_id=pid)
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
   from zebra_jax.distill import objectives
   from zebra_jax.parallel import make_mesh
   from zebra_jax.train.metrics import read_metrics
@@ -892,25 +1052,45 @@ def _worker_process(workdir, out, pid, nproc, port):
 
   assert jax.process_count() == nproc and jax.local_device_count() == 1
   mesh = make_mesh(-1, 1, 1)  # data axis over every process's device
-  spec = TrainSpec(steps=6, lr=1e-3, batch_size=4, seq_len=16, warmup_frac=0.0, log_every=1,
-                   checkpoint_every=2, keep_last=3, async_checkpoint=True, progress=False)
+  spec = TrainSpec(
+    steps=6,
+    lr=1e-3,
+    batch_size=4,
+    seq_len=16,
+    warmup_frac=0.0,
+    log_every=1,
+    checkpoint_every=2,
+    keep_last=3,
+    async_checkpoint=True,
+    progress=False,
+  )
 
   from flax import nnx
+
   teacher, student0 = _tiny_models()
 
   def trainer(workdir):  # a fresh copy of the initial student each time
     student = nnx.clone(student0)
-    return student, StageTrainer(name="kd", workdir=workdir, model=student,
-                                 loss_fn=objectives.kd_loss_fn(1.0, 0.5, 1.0), spec=spec, mesh=mesh,
-                                 teachers={"teacher": teacher})
+    return student, StageTrainer(
+      name="kd",
+      workdir=workdir,
+      model=student,
+      loss_fn=objectives.kd_loss_fn(1.0, 0.5, 1.0),
+      spec=spec,
+      mesh=mesh,
+      teachers={"teacher": teacher},
+    )
 
   # uninterrupted, in its own workdir: the reference of the resumed run below
   student, tr = trainer(os.path.join(workdir, "uninterrupted"))
   tr.run(_ProcessBatches(4, pid, nproc))
-  res = {"process_count": jax.process_count(),
-         "uninterrupted_rows": (read_metrics(os.path.join(workdir, "uninterrupted", "kd"))
-                                if pid == 0 else None),  # process 0 writes the metrics
-         "uninterrupted_params": _flat_params(student)}
+  res = {
+    "process_count": jax.process_count(),
+    "uninterrupted_rows": (
+      read_metrics(os.path.join(workdir, "uninterrupted", "kd")) if pid == 0 else None
+    ),  # process 0 writes the metrics
+    "uninterrupted_params": _flat_params(student),
+  }
   # crash while fetching step 5's batch (checkpoint 4 is the latest), then resume
   _, tr = trainer(workdir)
   try:
@@ -922,8 +1102,9 @@ def _worker_process(workdir, out, pid, nproc, port):
   res["resumed_from"] = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
   student, tr = trainer(workdir)
   tr.run(_ProcessBatches(4, pid, nproc))
-  res.update(rows=read_metrics(os.path.join(workdir, "kd")) if pid == 0 else None,
-             params=_flat_params(student))
+  res.update(
+    rows=read_metrics(os.path.join(workdir, "kd")) if pid == 0 else None, params=_flat_params(student)
+  )
   with open(out, "w") as f:
     json.dump(res, f)
 
@@ -931,6 +1112,7 @@ def _worker_process(workdir, out, pid, nproc, port):
 def _masked_ce_loss(student, teachers, batch):
   """Mean over rows of the next-token CE over each row's first lengths[b] tokens."""
   import jax.numpy as jnp
+
   tokens, lengths = batch["tokens"], batch["lengths"]
   logits = student(tokens, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
   logp = jax_log_softmax(logits[:, :-1].astype(jnp.float32))
@@ -942,6 +1124,7 @@ def _masked_ce_loss(student, teachers, batch):
 
 def jax_log_softmax(x):
   import jax
+
   return jax.nn.log_softmax(x, axis=-1)
 
 
@@ -981,16 +1164,39 @@ def _worker_ranks(workdir, out):
   logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
   tok = np.take_along_axis(logp, b["tokens"][:, 1:, None].astype(np.int64), -1)[..., 0]
   mask = np.arange(16)[None, :] < (b["lengths"][:, None] - 1)
-  res = {"reference_loss": float(np.mean(-(tok * mask).sum(1) / mask.sum(1))),
-         "unmasked_loss": float(np.mean(-tok.mean(1))), "losses": {}, "params": {}}
-  meshes = {"1": make_mesh(1, 1, 1, devices=jax.devices()[:1]),
-            "4": make_mesh(2, 2, 1, devices=jax.devices()[:4])}
+  res = {
+    "reference_loss": float(np.mean(-(tok * mask).sum(1) / mask.sum(1))),
+    "unmasked_loss": float(np.mean(-tok.mean(1))),
+    "losses": {},
+    "params": {},
+  }
+  meshes = {
+    "1": make_mesh(1, 1, 1, devices=jax.devices()[:1]),
+    "4": make_mesh(2, 2, 1, devices=jax.devices()[:4]),
+  }
   for name, mesh in meshes.items():
     _, student = _tiny_models()
-    spec = TrainSpec(steps=3, lr=1e-3, batch_size=8, seq_len=17, grad_accum=2, warmup_frac=0.0,
-                     log_every=1, checkpoint_every=100, async_checkpoint=False, progress=False)
-    tr = StageTrainer(name=f"ranks_{name}", workdir=workdir, model=student,
-                      loss_fn=_masked_ce_loss, spec=spec, mesh=mesh, teachers={})
+    spec = TrainSpec(
+      steps=3,
+      lr=1e-3,
+      batch_size=8,
+      seq_len=17,
+      grad_accum=2,
+      warmup_frac=0.0,
+      log_every=1,
+      checkpoint_every=100,
+      async_checkpoint=False,
+      progress=False,
+    )
+    tr = StageTrainer(
+      name=f"ranks_{name}",
+      workdir=workdir,
+      model=student,
+      loss_fn=_masked_ce_loss,
+      spec=spec,
+      mesh=mesh,
+      teachers={},
+    )
     if name == "4":
       placed = tr._device_batch(_rank_batch(0))
       as_list = lambda spec: [list(a) if isinstance(a, tuple) else a for a in spec]
@@ -1026,6 +1232,7 @@ def test_every_unset_config_field_can_be_set_from_the_command_line(tmp_path):
   from ml_collections.config_dict import FieldReference
 
   from zebra_jax.distill.config import base_config
+
   DICT_FIELDS = {"model.mla_rope_scaling"}
   values = {int: "7", float: "0.5", str: "/some/path", tuple: "(0, 3)"}
   overrides, expect = [], {}
@@ -1048,14 +1255,19 @@ def test_every_unset_config_field_can_be_set_from_the_command_line(tmp_path):
   assert len(expect) >= 15, expect
   script = tmp_path / "show.py"
   script.write_text(
-      "import json\nfrom absl import app\nfrom ml_collections import config_flags\n"
-      "C = config_flags.DEFINE_config_file('config')\n"
-      f"def main(_):\n  print(json.dumps({{k: C.value[k.split('.')[0]][k.split('.', 1)[1]] "
-      f"if '.' in k else C.value[k] for k in {sorted(expect)!r}}}))\n"
-      "app.run(main)\n")
-  out = subprocess.run([sys.executable, str(script), "--config",
-                        os.path.join(ROOT, "configs", "tiny.py"), *overrides],
-                       capture_output=True, text=True, env=_env(), timeout=120)
+    "import json\nfrom absl import app\nfrom ml_collections import config_flags\n"
+    "C = config_flags.DEFINE_config_file('config')\n"
+    f"def main(_):\n  print(json.dumps({{k: C.value[k.split('.')[0]][k.split('.', 1)[1]] "
+    f"if '.' in k else C.value[k] for k in {sorted(expect)!r}}}))\n"
+    "app.run(main)\n"
+  )
+  out = subprocess.run(
+    [sys.executable, str(script), "--config", os.path.join(ROOT, "configs", "tiny.py"), *overrides],
+    capture_output=True,
+    text=True,
+    env=_env(),
+    timeout=120,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   got = json.loads(out.stdout.strip().splitlines()[-1])
   assert {k: tuple(v) if isinstance(v, list) else v for k, v in got.items()} == expect
@@ -1070,6 +1282,7 @@ def test_a_newcomers_path_from_a_run_to_transformers(tiny_run, tmp_path):
   import transformers
 
   from zebra_jax.convert.orbax_io import load_model
+
   workdir = tiny_run[0]
   model_dir = str(workdir / "kd" / "model")
   home = tmp_path / "home"
@@ -1078,17 +1291,40 @@ def test_a_newcomers_path_from_a_run_to_transformers(tiny_run, tmp_path):
   env.pop("XDG_CACHE_HOME", None)
 
   def script(name, *args):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", f"{name}.py"), *args],
-                       env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=str(tmp_path))
+    r = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", f"{name}.py"), *args],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT,
+      cwd=str(tmp_path),
+    )
     assert r.returncode == 0, (name, r.stdout[-2000:], r.stderr[-3000:])
     return r.stdout
 
-  out = script("generate", "--checkpoint", model_dir, "--prompt", "To be", "--prompt", "Once upon",
-               "--max-new-tokens", "4")
+  out = script(
+    "generate",
+    "--checkpoint",
+    model_dir,
+    "--prompt",
+    "To be",
+    "--prompt",
+    "Once upon",
+    "--max-new-tokens",
+    "4",
+  )
   assert out.startswith("[0] ") and "\n[1] " in out, out  # one continuation per prompt
   (tmp_path / "doc.txt").write_text("To be, or not to be, that is the question.\n" * 4)
-  out = script("evaluate", "perplexity", "--checkpoint", model_dir, "--files",
-               str(tmp_path / "doc.txt"), "--max-length", "64")
+  out = script(
+    "evaluate",
+    "perplexity",
+    "--checkpoint",
+    model_dir,
+    "--files",
+    str(tmp_path / "doc.txt"),
+    "--max-length",
+    "64",
+  )
   assert "all: ppl " in out and "over 172 tokens" in out, out  # the byte tokenizer: 4 x 43 bytes
   export_dir = tmp_path / "hf"
   script("export", "--checkpoint", model_dir, "--out", str(export_dir))
@@ -1096,8 +1332,9 @@ def test_a_newcomers_path_from_a_run_to_transformers(tiny_run, tmp_path):
 
   tok = transformers.AutoTokenizer.from_pretrained(export_dir, trust_remote_code=True)
   ids = tok("To be, or not")["input_ids"]
-  hf = transformers.AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True,
-                                                         dtype=torch.float32)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(
+    export_dir, trust_remote_code=True, dtype=torch.float32
+  )
   with torch.no_grad():
     hf_logits = hf(torch.tensor([ids])).logits[0].numpy()
   jax_model = load_model(model_dir)

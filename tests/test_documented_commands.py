@@ -28,8 +28,11 @@ _COMMAND = re.compile(r"(?:^|&&|;|`|\$ )\s*((?:[A-Z_]+=\S+\s+)*python3? scripts/
 
 def documented_commands() -> list[tuple[str, str, list[str]]]:
   """(where, script name, argv) for every parseable command in the docs and script docstrings."""
-  files = ([os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
-           + sorted(glob.glob(os.path.join(ROOT, "scripts", "*.py"))))
+  files = (
+    [os.path.join(ROOT, "README.md")]
+    + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    + sorted(glob.glob(os.path.join(ROOT, "scripts", "*.py")))
+  )
   out = []
   for path in files:
     lines = open(path, encoding="utf-8").read().splitlines()
@@ -115,8 +118,11 @@ def _config_fields(cfg) -> set[str]:
   return out
 
 
-@pytest.mark.parametrize("where, name, argv", [c for c in COMMANDS if c[1] not in ABSL_SCRIPTS],
-                         ids=lambda x: x if isinstance(x, str) else None)
+@pytest.mark.parametrize(
+  "where, name, argv",
+  [c for c in COMMANDS if c[1] not in ABSL_SCRIPTS],
+  ids=lambda x: x if isinstance(x, str) else None,
+)
 def test_documented_argparse_command_parses(where, name, argv, monkeypatch, capsys):
   _stop_after_parsing(monkeypatch, pass_known=(name == "bench"))
   main = load_script(name).main
@@ -127,8 +133,10 @@ def test_documented_argparse_command_parses(where, name, argv, monkeypatch, caps
   except SystemExit as e:
     if e.code == 0 and {"-h", "--help"} & set(argv):  # a documented --help
       return
-    pytest.fail(f"{where}: `{name}.py {' '.join(argv)}` does not parse (exit {e.code}): "
-                f"{capsys.readouterr().err.strip()[-500:]}")
+    pytest.fail(
+      f"{where}: `{name}.py {' '.join(argv)}` does not parse (exit {e.code}): "
+      f"{capsys.readouterr().err.strip()[-500:]}"
+    )
   else:
     pytest.fail(f"{where}: `{name}.py` returned without parsing its command line")
   rest = parsed.rest
@@ -140,7 +148,7 @@ def test_documented_argparse_command_parses(where, name, argv, monkeypatch, caps
     stem = os.path.splitext(os.path.basename(ns.config))[0]
     fields = _config_fields(load_config_file(stem))
     for a in overrides:
-      field = a[len("--config."):].split("=", 1)[0]
+      field = a[len("--config.") :].split("=", 1)[0]
       assert field in fields, f"{where}: {a} names no field of {ns.config}"
 
 
@@ -173,14 +181,23 @@ print(json.dumps(errors))
 def test_documented_absl_commands_parse(name):
   cmds = [(where, argv) for where, n, argv in COMMANDS if n == name]
   assert cmds, f"no documented {name}.py command found"
-  r = subprocess.run([sys.executable, "-c", _ABSL_DRIVER, os.path.join(ROOT, "scripts", f"{name}.py"),
-                      json.dumps([argv for _, argv in cmds])],
-                     cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
-                     capture_output=True, text=True, timeout=600)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      _ABSL_DRIVER,
+      os.path.join(ROOT, "scripts", f"{name}.py"),
+      json.dumps([argv for _, argv in cmds]),
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   errors = json.loads(r.stdout.strip().splitlines()[-1])
-  bad = [f"{where}: `{name}.py {' '.join(argv)}`: {err}"
-         for (where, argv), err in zip(cmds, errors) if err]
+  bad = [f"{where}: `{name}.py {' '.join(argv)}`: {err}" for (where, argv), err in zip(cmds, errors) if err]
   assert not bad, "\n".join(bad)
 
 
@@ -189,17 +206,23 @@ def test_the_readme_library_snippet_runs_as_written(tmp_path, smollm2_gguf):
   state of ours but the download cache, which the other tests share so the 98 MB GGUF is fetched
   once per machine: ZEBRA_JAX_CACHE names the directory the fixture fetched it into)."""
   readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-  section = readme[readme.index("## Using the library"):]
-  code = section[section.index("```python\n") + len("```python\n"):]
-  code = code[:code.index("```")]
-  assert "from_pretrained(\"smollm2\")" in code
+  section = readme[readme.index("## Using the library") :]
+  code = section[section.index("```python\n") + len("```python\n") :]
+  code = code[: code.index("```")]
+  assert 'from_pretrained("smollm2")' in code
   home = tmp_path / "home"
   home.mkdir()
-  env = dict(os.environ, HOME=str(home), PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             ZEBRA_JAX_CACHE=os.path.dirname(smollm2_gguf))
+  env = dict(
+    os.environ,
+    HOME=str(home),
+    PYTHONPATH=ROOT,
+    JAX_PLATFORMS="cpu",
+    ZEBRA_JAX_CACHE=os.path.dirname(smollm2_gguf),
+  )
   env.pop("XDG_CACHE_HOME", None)
-  r = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env, capture_output=True,
-                     text=True, timeout=600)
+  r = subprocess.run(
+    [sys.executable, "-c", code], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   lines = r.stdout.split()
   assert round(float(lines[-1]), 4) == 0.0391, r.stdout  # Zebra-1B's KV fraction, as commented

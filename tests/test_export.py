@@ -40,11 +40,24 @@ from zebra_jax.export.io import PlannedTensor, write_safetensors  # noqa: E402
 from zebra_jax.models.hybrid import CausalLM  # noqa: E402
 
 V = 64
-BASE = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-            num_key_value_heads=2, rms_norm_eps=1e-5, impl="reference", bos_token_id=None,
-            eos_token_id=None)
-LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-              original_max_position_embeddings=32)
+BASE = dict(
+  vocab_size=V,
+  hidden_size=32,
+  intermediate_size=48,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  rms_norm_eps=1e-5,
+  impl="reference",
+  bos_token_id=None,
+  eos_token_id=None,
+)
+LLAMA3 = dict(
+  rope_type="llama3",
+  factor=8.0,
+  low_freq_factor=1.0,
+  high_freq_factor=4.0,
+  original_max_position_embeddings=32,
+)
 YARN = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16)
 
 
@@ -58,16 +71,27 @@ def scaled_model(config, seed=0, scale=2.0):
 
 def mixed_config(**kw):
   """MLA (YaRN, GQA kv_b) + Mamba2 (chunked: T > chunk_size) + GQA attention (llama3 rope)."""
-  fields = dict(num_hidden_layers=4, mla_layers=(0,), attn_layers=(2,), chunk_size=8,
-                q_lora_rank=16, kv_lora_rank=16, mla_rope_scaling=YARN, rope_scaling=LLAMA3,
-                rope_theta=100.0, **BASE)
+  fields = dict(
+    num_hidden_layers=4,
+    mla_layers=(0,),
+    attn_layers=(2,),
+    chunk_size=8,
+    q_lora_rank=16,
+    kv_lora_rank=16,
+    mla_rope_scaling=YARN,
+    rope_scaling=LLAMA3,
+    rope_theta=100.0,
+    **BASE,
+  )
   fields.update(kw)
   return HybridConfig(**fields)
 
 
 def flat(model):
-  return {".".join(map(str, p)): np.asarray(v.get_value())
-          for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  return {
+    ".".join(map(str, p)): np.asarray(v.get_value())
+    for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+  }
 
 
 def assert_bit_identical(a, b):
@@ -89,6 +113,7 @@ def ids_for(seed=0, batch=2, length=21):
 
 def word_tokenizer():
   from tokenizers import Tokenizer, models, pre_tokenizers
+
   tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(V)}, unk_token="w0"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", pad_token="w0")
@@ -137,7 +162,7 @@ def test_llama_export_matches_transformers(tmp_path, kind):
 # ------------------------------------------------------------------------------------------------
 # 2. hybrid -> remote code, run where zebra_jax cannot be imported
 # ------------------------------------------------------------------------------------------------
-CHILD = r'''
+CHILD = r"""
 import json, sys
 spec = json.load(open(sys.argv[1]))
 sys.path.append(spec["site"])
@@ -171,7 +196,7 @@ for job in spec["jobs"]:
         m.save_pretrained(job["resave"])
     results.append(res)
 json.dump(results, open(sys.argv[2], "w"))
-'''
+"""
 
 
 def run_isolated(tmp_path, jobs: list[dict]) -> list[dict]:
@@ -181,11 +206,22 @@ def run_isolated(tmp_path, jobs: list[dict]) -> list[dict]:
   jp, rp, script = tmp_path / "job.json", tmp_path / "result.json", tmp_path / "child.py"
   jp.write_text(json.dumps(job))
   script.write_text(CHILD)
-  env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)),
-         "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1",
-         "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-  proc = subprocess.run([sys.executable, "-I", "-S", str(script), str(jp), str(rp)], cwd=tmp_path,
-                        env=env, capture_output=True, text=True, timeout=300)
+  env = {
+    "PATH": os.environ.get("PATH", ""),
+    "HOME": os.environ.get("HOME", str(tmp_path)),
+    "HF_MODULES_CACHE": str(tmp_path / "hf_modules"),
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "2",
+  }
+  proc = subprocess.run(
+    [sys.executable, "-I", "-S", str(script), str(jp), str(rp)],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(rp.read_text())
 
@@ -212,39 +248,74 @@ def remote(mixed, tmp_path_factory):
   ids = ids_for(2, length=21)  # 21 > chunk_size 8: the chunked scan carries state across chunks
   prompts = [ids[0, :9].tolist(), ids[1, :5].tolist()]
   n = 10
-  jobs = [{"dir": out, "ids": ids.tolist(), "resave": str(tmp / "resaved"),
-           "gen": [{"prompts": prompts[:1], "n": n, "use_cache": True},
-                   {"prompts": prompts[:1], "n": n, "use_cache": False},
-                   {"prompts": prompts, "n": n, "use_cache": True}]},
-          {"dir": broken, "ids": ids.tolist(), "gen": []}]
+  jobs = [
+    {
+      "dir": out,
+      "ids": ids.tolist(),
+      "resave": str(tmp / "resaved"),
+      "gen": [
+        {"prompts": prompts[:1], "n": n, "use_cache": True},
+        {"prompts": prompts[:1], "n": n, "use_cache": False},
+        {"prompts": prompts, "n": n, "use_cache": True},
+      ],
+    },
+    {"dir": broken, "ids": ids.tolist(), "gen": []},
+  ]
   # A tied-embedding hybrid (no lm_head tensor; logits through the embedding matrix).
-  tied = scaled_model(mixed_config(tie_word_embeddings=True, num_hidden_layers=2, attn_layers=()),
-                      seed=1)
+  tied = scaled_model(mixed_config(tie_word_embeddings=True, num_hidden_layers=2, attn_layers=()), seed=1)
   tied_dir = export_pretrained(tied, tmp / "tied")
-  jobs.append({"dir": tied_dir, "ids": ids.tolist(),
-               "gen": [{"prompts": prompts, "n": 4, "use_cache": True},
-                       {"prompts": prompts[:1], "n": 6, "use_cache": True, "beams": 3},
-                       {"prompts": prompts[:1], "n": 6, "use_cache": False, "beams": 3}]})
+  jobs.append(
+    {
+      "dir": tied_dir,
+      "ids": ids.tolist(),
+      "gen": [
+        {"prompts": prompts, "n": 4, "use_cache": True},
+        {"prompts": prompts[:1], "n": 6, "use_cache": True, "beams": 3},
+        {"prompts": prompts[:1], "n": 6, "use_cache": False, "beams": 3},
+      ],
+    }
+  )
   res = run_isolated(tmp, jobs)
-  return dict(ids=ids, prompts=prompts, n=n, good=res[0], broken=res[1], resaved=tmp / "resaved",
-              tied_model=tied, tied=res[2])
+  return dict(
+    ids=ids,
+    prompts=prompts,
+    n=n,
+    good=res[0],
+    broken=res[1],
+    resaved=tmp / "resaved",
+    tied_model=tied,
+    tied=res[2],
+  )
 
 
 def test_hybrid_tensor_names_follow_the_reference(mixed):
   model, out = mixed
   header = read_safetensors_header(os.path.join(out, "model.safetensors"))[0]
-  for name in ("model.layers.0.mla.q_a_proj.weight", "model.layers.0.mla.q_a_layernorm.weight",
-               "model.layers.0.mla.q_b_proj.weight", "model.layers.0.mla.kv_a_proj_with_mqa.weight",
-               "model.layers.0.mla.kv_a_layernorm.weight", "model.layers.0.mla.kv_b_proj.weight",
-               "model.layers.0.mla.out_proj.weight",
-               "model.layers.1.mamba.in_proj.weight", "model.layers.1.mamba.conv1d.weight",
-               "model.layers.1.mamba.conv1d.bias", "model.layers.1.mamba.A_log",
-               "model.layers.1.mamba.D", "model.layers.1.mamba.dt_bias",
-               "model.layers.1.mamba.norm.weight", "model.layers.1.mamba.out_proj.weight",
-               "model.layers.2.self_attn.q_proj.weight", "model.layers.2.self_attn.o_proj.weight",
-               "model.layers.3.mamba.in_proj.weight", "model.layers.3.mlp.gate_proj.weight",
-               "model.layers.3.input_layernorm.weight", "model.embed_tokens.weight",
-               "model.norm.weight", "lm_head.weight"):
+  for name in (
+    "model.layers.0.mla.q_a_proj.weight",
+    "model.layers.0.mla.q_a_layernorm.weight",
+    "model.layers.0.mla.q_b_proj.weight",
+    "model.layers.0.mla.kv_a_proj_with_mqa.weight",
+    "model.layers.0.mla.kv_a_layernorm.weight",
+    "model.layers.0.mla.kv_b_proj.weight",
+    "model.layers.0.mla.out_proj.weight",
+    "model.layers.1.mamba.in_proj.weight",
+    "model.layers.1.mamba.conv1d.weight",
+    "model.layers.1.mamba.conv1d.bias",
+    "model.layers.1.mamba.A_log",
+    "model.layers.1.mamba.D",
+    "model.layers.1.mamba.dt_bias",
+    "model.layers.1.mamba.norm.weight",
+    "model.layers.1.mamba.out_proj.weight",
+    "model.layers.2.self_attn.q_proj.weight",
+    "model.layers.2.self_attn.o_proj.weight",
+    "model.layers.3.mamba.in_proj.weight",
+    "model.layers.3.mlp.gate_proj.weight",
+    "model.layers.3.input_layernorm.weight",
+    "model.embed_tokens.weight",
+    "model.norm.weight",
+    "lm_head.weight",
+  ):
     assert name in header, name
   c = model.config
   assert header["model.layers.1.mamba.conv1d.weight"]["shape"] == [c.mamba_conv_dim, 1, c.d_conv]
@@ -254,10 +325,12 @@ def test_hybrid_tensor_names_follow_the_reference(mixed):
   # conv1d.weight[c, 0, k] == our kernel[k, c]; in_proj.weight == our kernel.T
   t = safetensors_tensors(os.path.join(out, "model.safetensors"))
   p = flat(model)
-  np.testing.assert_array_equal(t["model.layers.1.mamba.conv1d.weight"].load()[:, 0, :],
-                                p["layers.1.mixer.conv1d.kernel"].T)
-  np.testing.assert_array_equal(t["model.layers.1.mamba.in_proj.weight"].load(),
-                                p["layers.1.mixer.in_proj.kernel"].T)
+  np.testing.assert_array_equal(
+    t["model.layers.1.mamba.conv1d.weight"].load()[:, 0, :], p["layers.1.mixer.conv1d.kernel"].T
+  )
+  np.testing.assert_array_equal(
+    t["model.layers.1.mamba.in_proj.weight"].load(), p["layers.1.mixer.in_proj.kernel"].T
+  )
   with open(os.path.join(out, "config.json")) as f:
     cfg = json.load(f)
   assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_zebra.ZebraLlamaForCausalLM"
@@ -266,6 +339,7 @@ def test_hybrid_tensor_names_follow_the_reference(mixed):
 
 def test_hybrid_remote_code_logits_and_generate_match_ours(mixed, remote):
   import zebra_jax
+
   model, _ = mixed
   res = remote["good"]
   assert res["zebra_jax_importable"] is False
@@ -276,18 +350,17 @@ def test_hybrid_remote_code_logits_and_generate_match_ours(mixed, remote):
   ours_gen = zebra_jax.generate(model, prompts, n, temperature=0.0, stop_tokens=())
   oracle = zebra_jax.generate(model, prompts, n, temperature=0.0, stop_tokens=(), use_cache=False)
   assert ours_gen == oracle
-  assert res["gen"][0] == [ours_gen[0]]             # HF generate with the ZebraCache
-  assert res["gen"][1] == [ours_gen[0]]             # HF generate recomputing (no cache)
-  assert res["gen"][2] == ours_gen                  # left-padded batch of two
+  assert res["gen"][0] == [ours_gen[0]]  # HF generate with the ZebraCache
+  assert res["gen"][1] == [ours_gen[0]]  # HF generate recomputing (no cache)
+  assert res["gen"][2] == ours_gen  # left-padded batch of two
 
 
 def test_tied_hybrid_remote_code(remote):
   import zebra_jax
+
   model, res = remote["tied_model"], remote["tied"]
-  assert rel_err(np.asarray(res["logits"]), np.asarray(model(jnp.asarray(remote["ids"])),
-                                                      np.float64)) < 1e-4
-  assert res["gen"][0] == zebra_jax.generate(model, remote["prompts"], 4, temperature=0.0,
-                                             stop_tokens=())
+  assert rel_err(np.asarray(res["logits"]), np.asarray(model(jnp.asarray(remote["ids"])), np.float64)) < 1e-4
+  assert res["gen"][0] == zebra_jax.generate(model, remote["prompts"], 4, temperature=0.0, stop_tokens=())
   assert res["gen"][1] == res["gen"][2]  # beam search: reordered ZebraCache == recomputation
 
 
@@ -334,8 +407,9 @@ def test_round_trip_bit_identical_sharded_and_bf16(mixed, tmp_path):
 def test_reference_layout_export_and_import(mixed, tmp_path):
   """The Zebra-Llama reference layout (plain Llama config.json + hybrid_config.json) both ways."""
   model, out = mixed
-  ref = export_pretrained(model, tmp_path / "reference", format="zebra_reference",
-                          base_model="meta-llama/Llama-3.2-1B-Instruct")
+  ref = export_pretrained(
+    model, tmp_path / "reference", format="zebra_reference", base_model="meta-llama/Llama-3.2-1B-Instruct"
+  )
   assert sorted(os.listdir(ref)) == ["config.json", "hybrid_config.json", "model.safetensors"]
   assert type(transformers.AutoConfig.from_pretrained(ref)).__name__ == "LlamaConfig"
   ours = safetensors_tensors(os.path.join(out, "model.safetensors"))
@@ -358,29 +432,37 @@ def mambainllama_numpy_forward(directory: str, ids: np.ndarray) -> np.ndarray:
   """float64 forward of a MambaInLlama Mamba2 checkpoint from its files (spec sections 1.2, 7)."""
   cfg = json.load(open(os.path.join(directory, "config.json")))
   mc = json.load(open(os.path.join(directory, "mamba_config.json")))
-  W = {k: np.asarray(v.load(), np.float64)
-       for k, v in safetensors_tensors(os.path.join(directory, "model.safetensors")).items()}
+  W = {
+    k: np.asarray(v.load(), np.float64)
+    for k, v in safetensors_tensors(os.path.join(directory, "model.safetensors")).items()
+  }
   H, G = cfg["num_attention_heads"], cfg["num_key_value_heads"]
   K, eps = cfg["head_dim"], cfg["rms_norm_eps"]
   E, X = mc["d_inner"], mc["d_xb"]
   ng, N = mc["ssm_cfg"]["ngroups"], mc["ssm_cfg"]["d_state"]
-  nh, P = ng, N                             # the constructor forces nheads = ngroups, headdim = d_state
+  nh, P = ng, N  # the constructor forces nheads = ngroups, headdim = d_state
   Bsz, T = ids.shape
   inv = 1.0 / cfg["rope_theta"] ** (np.arange(0, K, 2) / K)
   sc = cfg["rope_scaling"]  # llama3 frequency adjustment, HF formula
   if sc:
-    lo_w, hi_w = sc["original_max_position_embeddings"] / sc["low_freq_factor"], \
-        sc["original_max_position_embeddings"] / sc["high_freq_factor"]
+    lo_w, hi_w = (
+      sc["original_max_position_embeddings"] / sc["low_freq_factor"],
+      sc["original_max_position_embeddings"] / sc["high_freq_factor"],
+    )
     wl = 2 * np.pi / inv
-    smooth = (sc["original_max_position_embeddings"] / wl - sc["low_freq_factor"]) / \
-        (sc["high_freq_factor"] - sc["low_freq_factor"])
-    inv = np.where(wl > lo_w, inv / sc["factor"],
-                   np.where(wl < hi_w, inv, (1 - smooth) * inv / sc["factor"] + smooth * inv))
+    smooth = (sc["original_max_position_embeddings"] / wl - sc["low_freq_factor"]) / (
+      sc["high_freq_factor"] - sc["low_freq_factor"]
+    )
+    inv = np.where(
+      wl > lo_w,
+      inv / sc["factor"],
+      np.where(wl < hi_w, inv, (1 - smooth) * inv / sc["factor"] + smooth * inv),
+    )
   ang = np.arange(T)[:, None] * inv[None]
   cos, sin = np.cos(ang), np.sin(ang)
 
   def rope(x):  # (B, T, h, K) rotate-half
-    x1, x2 = x[..., :K // 2], x[..., K // 2:]
+    x1, x2 = x[..., : K // 2], x[..., K // 2 :]
     c, s = cos[None, :, None], sin[None, :, None]
     return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
 
@@ -401,22 +483,23 @@ def mambainllama_numpy_forward(directory: str, ids: np.ndarray) -> np.ndarray:
     else:
       m = p + "mamba."
       zxbcdt = x @ W[m + "in_proj.weight"].T
-      z, xBC, dt = zxbcdt[..., :E], zxbcdt[..., E:2 * E + 2 * X], zxbcdt[..., 2 * E + 2 * X:]
-      w = W[m + "conv1d.weight"][:, 0, :]                      # (C, Kc): torch cross-correlation
+      z, xBC, dt = zxbcdt[..., :E], zxbcdt[..., E : 2 * E + 2 * X], zxbcdt[..., 2 * E + 2 * X :]
+      w = W[m + "conv1d.weight"][:, 0, :]  # (C, Kc): torch cross-correlation
       Kc = w.shape[1]
       xp = np.concatenate([np.zeros((Bsz, Kc - 1, xBC.shape[-1])), xBC], 1)
-      conv = sum(xp[:, j:j + T] * w[:, j] for j in range(Kc)) + W[m + "conv1d.bias"]
+      conv = sum(xp[:, j : j + T] * w[:, j] for j in range(Kc)) + W[m + "conv1d.bias"]
       xBC = conv / (1 + np.exp(-conv))
       xs = np.repeat(xBC[..., :X].reshape(Bsz, T, X // P, P), nh // (X // P), 2)
-      Bs = np.repeat(xBC[..., X:2 * X].reshape(Bsz, T, X // N, N), nh // (X // N), 2)
-      Cs = xBC[..., 2 * X:].reshape(Bsz, T, ng, N)
+      Bs = np.repeat(xBC[..., X : 2 * X].reshape(Bsz, T, X // N, N), nh // (X // N), 2)
+      Cs = xBC[..., 2 * X :].reshape(Bsz, T, ng, N)
       dt = np.log1p(np.exp(dt + W[m + "dt_bias"]))
       A = -np.exp(W[m + "A_log"])
       S = np.zeros((Bsz, nh, P, N))
       ys = []
       for t in range(T):
-        S = np.exp(dt[:, t] * A)[..., None, None] * S + \
-            np.einsum("bh,bhp,bhn->bhpn", dt[:, t], xs[:, t], Bs[:, t])
+        S = np.exp(dt[:, t] * A)[..., None, None] * S + np.einsum(
+          "bh,bhp,bhn->bhpn", dt[:, t], xs[:, t], Bs[:, t]
+        )
         ys.append(np.einsum("bhpn,bhn->bhp", S, Cs[:, t]) + W[m + "D"][:, None] * xs[:, t])
       y = np.stack(ys, 1).reshape(Bsz, T, E) * (z / (1 + np.exp(-z)))
       g = y.reshape(Bsz, T, ng, E // ng)
@@ -434,26 +517,46 @@ def mambainllama_numpy_forward(directory: str, ids: np.ndarray) -> np.ndarray:
 
 
 def test_mambainllama_export_matches_spec_and_round_trips(tmp_path):
-  cfg = HybridConfig(num_hidden_layers=3, attn_layers=(1,), chunk_size=8, rope_theta=100.0,
-                     rope_scaling=LLAMA3, **BASE)
+  cfg = HybridConfig(
+    num_hidden_layers=3, attn_layers=(1,), chunk_size=8, rope_theta=100.0, rope_scaling=LLAMA3, **BASE
+  )
   model = scaled_model(cfg)
   out = export_pretrained(model, tmp_path / "mil", format="mambainllama", base_model="my/base")
   hf_cfg = transformers.AutoConfig.from_pretrained(out)
-  assert type(hf_cfg).__name__ == "LlamaConfig"   # config.json stays a plain Llama config
+  assert type(hf_cfg).__name__ == "LlamaConfig"  # config.json stays a plain Llama config
   with open(os.path.join(out, "config.json")) as f:
     assert json.load(f)["_name_or_path"] == "my/base"
   with open(os.path.join(out, "mamba_config.json")) as f:
     mc = json.load(f)
-  assert mc == {"d_model": 32, "ssm_cfg": {"expand": 1, "ngroups": 4, "d_state": 8},
-                "rms_norm_eps": 1e-5, "vocab_size": None, "d_inner": 32, "d_xb": 16,
-                "intermediate_size": 48, "hidden_act": "silu", "n_layer": 3, "attn_layers": [1]}
+  assert mc == {
+    "d_model": 32,
+    "ssm_cfg": {"expand": 1, "ngroups": 4, "d_state": 8},
+    "rms_norm_eps": 1e-5,
+    "vocab_size": None,
+    "d_inner": 32,
+    "d_xb": 16,
+    "intermediate_size": 48,
+    "hidden_act": "silu",
+    "n_layer": 3,
+    "attn_layers": [1],
+  }
   header = read_safetensors_header(os.path.join(out, "model.safetensors"))[0]
-  want = {"in_proj.weight": [2 * 32 + 2 * 16 + 4, 32], "conv1d.weight": [64, 1, 4],
-          "conv1d.bias": [64], "dt_bias": [4], "A_log": [4], "D": [4], "norm.weight": [32],
-          "out_proj.weight": [32, 32]}
+  want = {
+    "in_proj.weight": [2 * 32 + 2 * 16 + 4, 32],
+    "conv1d.weight": [64, 1, 4],
+    "conv1d.bias": [64],
+    "dt_bias": [4],
+    "A_log": [4],
+    "D": [4],
+    "norm.weight": [32],
+    "out_proj.weight": [32, 32],
+  }
   for i in (0, 2):
-    got = {k[len(f"model.layers.{i}.mamba."):]: v["shape"] for k, v in header.items()
-           if k.startswith(f"model.layers.{i}.mamba.")}
+    got = {
+      k[len(f"model.layers.{i}.mamba.") :]: v["shape"]
+      for k, v in header.items()
+      if k.startswith(f"model.layers.{i}.mamba.")
+    }
     assert got == want
   assert {f"model.layers.1.self_attn.{n}_proj.weight" for n in "qkvo"} <= set(header)
 
@@ -462,8 +565,7 @@ def test_mambainllama_export_matches_spec_and_round_trips(tmp_path):
   assert rel_err(np.asarray(model(jnp.asarray(ids)), np.float64), ref) < 1e-4
   assert_bit_identical(model, from_pretrained(out))
 
-  out_bin = export_pretrained(model, tmp_path / "mil_bin", format="mambainllama",
-                              weights="pytorch_model.bin")
+  out_bin = export_pretrained(model, tmp_path / "mil_bin", format="mambainllama", weights="pytorch_model.bin")
   assert os.path.exists(os.path.join(out_bin, "pytorch_model.bin"))
   assert_bit_identical(model, from_pretrained(out_bin))
 
@@ -483,6 +585,7 @@ def test_mambainllama_refuses_what_it_cannot_represent(mixed, tmp_path):
 # ------------------------------------------------------------------------------------------------
 def _copy_dir(src, dst):
   import shutil
+
   shutil.copytree(src, dst)
   return str(dst)
 
@@ -513,8 +616,11 @@ def _rewrite_weights(directory, drop=(), replace=None):
 def test_error_missing_and_misshaped_tensors(mixed, tmp_path):
   _, out = mixed
   d = _copy_dir(out, tmp_path / "a")
-  _rewrite_weights(d, drop=("model.layers.1.mamba.dt_bias",),
-                   replace={"model.layers.0.mla.kv_b_proj.weight": lambda x: x[:, :4]})
+  _rewrite_weights(
+    d,
+    drop=("model.layers.1.mamba.dt_bias",),
+    replace={"model.layers.0.mla.kv_b_proj.weight": lambda x: x[:, :4]},
+  )
   with pytest.raises(CheckpointError) as e:
     from_pretrained(d)
   msg = str(e.value)
@@ -563,6 +669,7 @@ def test_error_incomplete_directories(mixed, tmp_path):
   ref = _copy_dir(out, tmp_path / "ref")
   os.remove(os.path.join(ref, "config.json"))
   from zebra_jax.export.hf_llama import llama_config_json
+
   with open(os.path.join(ref, "config.json"), "w") as f:
     json.dump(llama_config_json(model.config, "float32"), f)
   _edit_json(os.path.join(ref, "hybrid_config.json"), attention_sink=True)
@@ -619,19 +726,25 @@ def test_export_never_writes_over_its_input_or_a_users_files(mixed, tmp_path, ca
   from zebra_jax._paths import OutputPathError
   from zebra_jax.convert import save_model
   from zebra_jax.data.tokenize import ByteTokenizer
+
   model, _ = mixed
   d = tmp_path / "D"
   save_model(model, d, tokenizer=ByteTokenizer())
   (d / "notes.txt").write_text("mine")
   before = sorted(os.listdir(d))
   script = load_script("export")
-  for out, how in ((d, "is the input itself"), (d / "sub", f"is inside the input {d}"),
-                   (tmp_path, f"holds the input {d}")):
+  for out, how in (
+    (d, "is the input itself"),
+    (d / "sub", f"is inside the input {d}"),
+    (tmp_path, f"holds the input {d}"),
+  ):
     with pytest.raises(SystemExit) as e:
       script.main(["--checkpoint", str(d), "--out", str(out), "--overwrite"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err == (f"error: --out {out} {how}: an output must not be, hold "
-                                         "or lie inside an input; choose another directory\n")
+    assert e.value.code == 2 and err == (
+      f"error: --out {out} {how}: an output must not be, hold "
+      "or lie inside an input; choose another directory\n"
+    )
   assert sorted(os.listdir(d)) == before and (d / "notes.txt").read_text() == "mine"
   with pytest.raises(OutputPathError, match="is the input itself"):
     export_pretrained(from_pretrained(d), d, overwrite=True)
@@ -651,6 +764,7 @@ def test_one_resolver_for_every_checkpoint_kind(mixed, tmp_path, monkeypatch, ca
   else gets one error that lists what was tried."""
   from zebra_jax.assets import SMOLLM2_FILE
   from zebra_jax.convert import resolve_checkpoint, save_model
+
   model, out = mixed
   assert resolve_checkpoint(out) == ("hybrid", out, "zebra_hf")
   saved = save_model(model, tmp_path / "saved")
@@ -686,13 +800,27 @@ def test_export_script(mixed, tmp_path):
   dst = tmp_path / "script_out"
   tok = word_tokenizer()
   tok.save_pretrained(tmp_path / "tok")
-  proc = subprocess.run([sys.executable, os.path.join(repo, "scripts", "export.py"), "--checkpoint",
-                         out, "--out", str(dst), "--dtype", "bfloat16", "--tokenizer",
-                         str(tmp_path / "tok")],
-                        capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  proc = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(repo, "scripts", "export.py"),
+      "--checkpoint",
+      out,
+      "--out",
+      str(dst),
+      "--dtype",
+      "bfloat16",
+      "--tokenizer",
+      str(tmp_path / "tok"),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   from tokenizers import Tokenizer
+
   words = "w3 w17 w63 w0"
   assert Tokenizer.from_file(str(dst / "tokenizer.json")).encode(words).ids == tok(words)["input_ids"]
   hdr = read_safetensors_header(os.path.join(dst, "model.safetensors"))[0]

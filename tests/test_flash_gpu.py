@@ -32,8 +32,8 @@ def reference_f64(q, k, v, do, scale):
   q, k, v, do = (np.asarray(jnp.asarray(x, jnp.float32), np.float64) for x in (q, k, v, do))
   B, T, H, _ = q.shape
   G = k.shape[2]
-  group = np.arange(H) // (H // G)                 # kv head read by each query head
-  kh, vh = k[:, :, group], v[:, :, group]          # (B, T, H, .)
+  group = np.arange(H) // (H // G)  # kv head read by each query head
+  kh, vh = k[:, :, group], v[:, :, group]  # (B, T, H, .)
   logits = np.einsum("bqhd,bkhd->bhqk", q, kh) * scale
   visible = np.arange(T)[:, None] >= np.arange(T)[None, :]
   logits = np.where(visible, logits, -np.inf)
@@ -46,7 +46,7 @@ def reference_f64(q, k, v, do, scale):
   dk_h = scale * np.einsum("bhqk,bqhd->bkhd", dlogits, q)
   dv_h = np.einsum("bhqk,bqhd->bkhd", w, do)
   dk, dv = np.zeros_like(k), np.zeros_like(v)
-  np.add.at(dk, (slice(None), slice(None), group), dk_h)   # sum over each group's query heads
+  np.add.at(dk, (slice(None), slice(None), group), dk_h)  # sum over each group's query heads
   np.add.at(dv, (slice(None), slice(None), group), dv_h)
   return out, (dq, dk, dv)
 
@@ -59,8 +59,10 @@ def rel_err(x, ref):
 
 def inputs(seed, B, T, H, G, K, V, dtype):
   rng = np.random.default_rng(seed)
-  return [jnp.asarray(rng.standard_normal(s), dtype)
-          for s in ((B, T, H, K), (B, T, G, K), (B, T, G, V), (B, T, H, V))]
+  return [
+    jnp.asarray(rng.standard_normal(s), dtype)
+    for s in ((B, T, H, K), (B, T, G, K), (B, T, G, V), (B, T, H, V))
+  ]
 
 
 def check(fn, q, k, v, do, scale, tol):
@@ -95,13 +97,13 @@ def test_reference_f64_matches_jax_autodiff():
 
 # ---------------------------------------------------------------------------------- interpreter
 CASES = [
-    # dtype, tol, (B, T, H, G, K, V), config: odd T, GQA 4/2, qk 96 = 64 + 32 segments, v 64,
-    # q blocks twice the kv blocks forward and the other way round backward
-    (jnp.float32, 1e-4, (1, 45, 4, 2, 96, 64), "fwd=32x16x4x1,dkv=16x32x4x1,dq=16x32x4x1"),
-    # batch 2, qk 24 padded to 32 and v 8 padded to 16, MQA (one kv head), square blocks
-    (jnp.float32, 1e-4, (2, 37, 2, 1, 24, 8), "fwd=16x16x4x1,dkv=16x16x4x1,dq=16x16x4x1"),
-    # bf16, qk 48 = 32 + 16 and v 80 = 64 + 16 (v wider than qk), kv blocks twice the q blocks
-    (jnp.bfloat16, 1e-2, (1, 50, 3, 1, 48, 80), "fwd=16x32x4x1,dkv=32x16x4x1,dq=16x32x4x1"),
+  # dtype, tol, (B, T, H, G, K, V), config: odd T, GQA 4/2, qk 96 = 64 + 32 segments, v 64,
+  # q blocks twice the kv blocks forward and the other way round backward
+  (jnp.float32, 1e-4, (1, 45, 4, 2, 96, 64), "fwd=32x16x4x1,dkv=16x32x4x1,dq=16x32x4x1"),
+  # batch 2, qk 24 padded to 32 and v 8 padded to 16, MQA (one kv head), square blocks
+  (jnp.float32, 1e-4, (2, 37, 2, 1, 24, 8), "fwd=16x16x4x1,dkv=16x16x4x1,dq=16x16x4x1"),
+  # bf16, qk 48 = 32 + 16 and v 80 = 64 + 16 (v wider than qk), kv blocks twice the q blocks
+  (jnp.bfloat16, 1e-2, (1, 50, 3, 1, 48, 80), "fwd=16x32x4x1,dkv=32x16x4x1,dq=16x32x4x1"),
 ]
 
 
@@ -109,9 +111,8 @@ CASES = [
 def test_interpret_fwd_bwd(dtype, tol, shape, config):
   B, T, H, G, K, V = shape
   q, k, v, do = inputs(list(shape), B, T, H, G, K, V, dtype)
-  scale = K ** -0.5
-  fn = lambda q, k, v: flash_gpu.flash_attention_gpu(q, k, v, scale=scale, config=config,
-                                                     interpret=True)
+  scale = K**-0.5
+  fn = lambda q, k, v: flash_gpu.flash_attention_gpu(q, k, v, scale=scale, config=config, interpret=True)
   check(fn, q, k, v, do, scale, tol)
 
 
@@ -129,8 +130,9 @@ def test_presets_lower_to_triton_for_cuda(preset):
   Triton lowering rejects e.g. non-power-of-two tensors and unsupported primitives here."""
   dtype = jnp.float32 if preset == "F32" else jnp.bfloat16
   sd = lambda s: jax.ShapeDtypeStruct(s, dtype)
-  loss = lambda q, k, v: flash_gpu.flash_attention_gpu(
-      q, k, v, scale=0.1, config=preset).astype(jnp.float32).sum()
+  loss = lambda q, k, v: (
+    flash_gpu.flash_attention_gpu(q, k, v, scale=0.1, config=preset).astype(jnp.float32).sum()
+  )
   grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
   # DeepSeek-style 192/128 (two segments each side) with GQA 32/8 at an odd length.
   traced = grad.trace(sd((1, 1000, 32, 192)), sd((1, 1000, 8, 192)), sd((1, 1000, 8, 128)))
@@ -168,14 +170,14 @@ def test_config_parsing_and_fit():
 def test_supports_names_the_problem():
   s = lambda *shape, dt=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dt)
   assert flash_gpu.supports(s(2, 64, 8, 192), s(2, 64, 2, 192), s(2, 64, 2, 128)) is None
-  assert "multiple of kv heads" in flash_gpu.supports(s(1, 8, 6, 64), s(1, 8, 4, 64),
-                                                      s(1, 8, 4, 64))
+  assert "multiple of kv heads" in flash_gpu.supports(s(1, 8, 6, 64), s(1, 8, 4, 64), s(1, 8, 4, 64))
   assert "at most 256" in flash_gpu.supports(s(1, 8, 2, 320), s(1, 8, 2, 320), s(1, 8, 2, 64))
   assert "dtype" in flash_gpu.supports(*(s(1, 8, 2, 64, dt=jnp.int8),) * 3)
   assert "self-attention" in flash_gpu.supports(s(1, 8, 2, 64), s(1, 9, 2, 64), s(1, 9, 2, 64))
   with pytest.raises(ValueError, match="flash_attention_gpu: .*head dim"):
-    flash_gpu.flash_attention_gpu(jnp.zeros((1, 8, 2, 64)), jnp.zeros((1, 8, 2, 32)),
-                                  jnp.zeros((1, 8, 2, 64)), scale=1.0, interpret=True)
+    flash_gpu.flash_attention_gpu(
+      jnp.zeros((1, 8, 2, 64)), jnp.zeros((1, 8, 2, 32)), jnp.zeros((1, 8, 2, 64)), scale=1.0, interpret=True
+    )
 
 
 def test_dispatch_table_registers_ours_and_cudnn_on_gpu():
@@ -192,8 +194,9 @@ def test_dispatch_table_registers_ours_and_cudnn_on_gpu():
   assert kernels.auto_impl("gpu", *zebra) == kernels.auto["gpu"][0]
   # float32 is outside cuDNN: auto takes the next verified kernel in the order, else the reference.
   fp32 = (f32(1, 33, 2, 16), f32(1, 33, 1, 16), f32(1, 33, 1, 8))
-  expect = next((n for n in kernels.auto["gpu"]
-                 if kernels.kernels[(n, "gpu")].supports(*fp32) is None), "reference")
+  expect = next(
+    (n for n in kernels.auto["gpu"] if kernels.kernels[(n, "gpu")].supports(*fp32) is None), "reference"
+  )
   assert kernels.auto_impl("gpu", *fp32) == expect == "pallas"
   odd = (bf(1, 1000, 6, 128), bf(1, 1000, 2, 128), bf(1, 1000, 2, 128))  # T % 64 != 0: not cuDNN
   assert kernels.auto_impl("gpu", *odd) == "pallas"
@@ -202,13 +205,13 @@ def test_dispatch_table_registers_ours_and_cudnn_on_gpu():
 
 # ------------------------------------------------------------------------------- real GPU kernel
 GPU_CASES = [
-    (jnp.bfloat16, 1e-2, (2, 300, 8, 2, 64, 64)),     # Zebra-1B MLA heads (GQA 4:1), odd T
-    (jnp.bfloat16, 1e-2, (1, 1000, 6, 2, 128, 128)),  # Zebra-3B MLA heads, several blocks
-    (jnp.bfloat16, 1e-2, (1, 200, 4, 4, 192, 128)),   # DeepSeek-style 128 + 64 / 128
-    (jnp.bfloat16, 1e-2, (1, 257, 8, 2, 96, 64)),     # 64 + 32 / 64, GQA
-    (jnp.float16, 1e-2, (1, 130, 4, 1, 40, 24)),      # padded head dims (48 / 32), fp16
-    (jnp.float32, 1e-4, (1, 100, 4, 2, 96, 64)),      # fp32 (IEEE dots, F32 preset)
-    (jnp.float32, 1e-4, (1, 70, 2, 1, 192, 128)),
+  (jnp.bfloat16, 1e-2, (2, 300, 8, 2, 64, 64)),  # Zebra-1B MLA heads (GQA 4:1), odd T
+  (jnp.bfloat16, 1e-2, (1, 1000, 6, 2, 128, 128)),  # Zebra-3B MLA heads, several blocks
+  (jnp.bfloat16, 1e-2, (1, 200, 4, 4, 192, 128)),  # DeepSeek-style 128 + 64 / 128
+  (jnp.bfloat16, 1e-2, (1, 257, 8, 2, 96, 64)),  # 64 + 32 / 64, GQA
+  (jnp.float16, 1e-2, (1, 130, 4, 1, 40, 24)),  # padded head dims (48 / 32), fp16
+  (jnp.float32, 1e-4, (1, 100, 4, 2, 96, 64)),  # fp32 (IEEE dots, F32 preset)
+  (jnp.float32, 1e-4, (1, 70, 2, 1, 192, 128)),
 ]
 
 
@@ -218,14 +221,15 @@ GPU_CASES = [
 def test_gpu_kernel_default_config(dtype, tol, shape):
   B, T, H, G, K, V = shape
   q, k, v, do = inputs(list(shape), B, T, H, G, K, V, dtype)
-  fn = lambda q, k, v: flash_gpu.flash_attention_gpu(q, k, v, scale=K ** -0.5)
-  check(fn, q, k, v, do, K ** -0.5, tol)
+  fn = lambda q, k, v: flash_gpu.flash_attention_gpu(q, k, v, scale=K**-0.5)
+  check(fn, q, k, v, do, K**-0.5, tol)
 
 
 # Each preset at the head sizes it is meant for (B's 128 x 128 tiles are for head dims <= 128; at
 # 192/128 it may exceed shared memory, which the benchmark records as an error row).
-PRESET_CASES = ([(p, (1, 384, 8, 2, 128, 128)) for p in ("A", "B", "C", "D")]
-                + [(p, (1, 512, 4, 1, 192, 128)) for p in ("A", "C", "D")])
+PRESET_CASES = [(p, (1, 384, 8, 2, 128, 128)) for p in ("A", "B", "C", "D")] + [
+  (p, (1, 512, 4, 1, 192, 128)) for p in ("A", "C", "D")
+]
 
 
 @on_gpu
@@ -248,6 +252,7 @@ def test_gpu_dispatch_pallas_is_ours_and_cudnn_stays():
     check(fn, q, k, v, do, 0.1, 1e-2)
   # impl="pallas" is our kernel (bitwise: same deterministic kernel), not cuDNN.
   ours = jax.jit(lambda q, k, v: flash_gpu.flash_attention_gpu(q, k, v, scale=0.1))(q, k, v)
-  dispatched = jax.jit(lambda q, k, v: ops_attention.causal_attention(
-      q, k, v, scale=0.1, impl="pallas"))(q, k, v)
+  dispatched = jax.jit(lambda q, k, v: ops_attention.causal_attention(q, k, v, scale=0.1, impl="pallas"))(
+    q, k, v
+  )
   np.testing.assert_array_equal(np.asarray(dispatched, np.float32), np.asarray(ours, np.float32))

@@ -18,24 +18,42 @@ from flax import nnx
 
 from zebra_jax import accounting, presets
 from zebra_jax.config import HybridConfig, LlamaConfig
-from zebra_jax.infer import (cache_bytes_per_token, cache_nbytes, decode_step, filter_logits,
-                             generate, init_cache, prefill, sample, state_bytes_per_sequence,
-                             stream)
+from zebra_jax.infer import (
+  cache_bytes_per_token,
+  cache_nbytes,
+  decode_step,
+  filter_logits,
+  generate,
+  init_cache,
+  prefill,
+  sample,
+  state_bytes_per_sequence,
+  stream,
+)
 from zebra_jax.infer.decode import pad_prompts
 from zebra_jax.infer.sampling import SamplingConfig
 from zebra_jax.models.hybrid import CausalLM
 
 V = 64
-LLAMA = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-             num_key_value_heads=2, rms_norm_eps=1e-5, impl="reference")
+LLAMA = dict(
+  vocab_size=V,
+  hidden_size=32,
+  intermediate_size=48,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  rms_norm_eps=1e-5,
+  impl="reference",
+)
 MLA = dict(q_lora_rank=16, kv_lora_rank=16)
 CONFIGS = {
-    "llama": lambda: LlamaConfig(num_hidden_layers=2, **LLAMA),
-    "mla": lambda: HybridConfig(num_hidden_layers=2, mla_layers=(0, 1), use_lora_layer_norm=True,
-                                **MLA, **LLAMA),
-    "mamba2": lambda: HybridConfig(num_hidden_layers=2, chunk_size=4, **LLAMA),
-    "mixed": lambda: HybridConfig(num_hidden_layers=3, mla_layers=(0,), attn_layers=(2,),
-                                  chunk_size=4, **MLA, **LLAMA),
+  "llama": lambda: LlamaConfig(num_hidden_layers=2, **LLAMA),
+  "mla": lambda: HybridConfig(
+    num_hidden_layers=2, mla_layers=(0, 1), use_lora_layer_norm=True, **MLA, **LLAMA
+  ),
+  "mamba2": lambda: HybridConfig(num_hidden_layers=2, chunk_size=4, **LLAMA),
+  "mixed": lambda: HybridConfig(
+    num_hidden_layers=3, mla_layers=(0,), attn_layers=(2,), chunk_size=4, **MLA, **LLAMA
+  ),
 }
 PROMPT_LENS = (7, 13, 2)  # ragged
 
@@ -69,8 +87,8 @@ def full_logits(model, seq, pad_to=32):
   (the model is causal, so positions < len(seq) do not see the padding)."""
   graphdef, state = nnx.split(model)
   tokens = np.zeros((1, pad_to), np.int32)
-  tokens[0, :len(seq)] = seq
-  return np.asarray(_forward(state, jnp.asarray(tokens), graphdef=graphdef)[0, :len(seq)], np.float64)
+  tokens[0, : len(seq)] = seq
+  return np.asarray(_forward(state, jnp.asarray(tokens), graphdef=graphdef)[0, : len(seq)], np.float64)
 
 
 def rel(a, ref):
@@ -107,6 +125,7 @@ def test_incremental_logits_match_full_forward(kind, chunk):
 def test_decode_uses_absorbed_mla_kernel_dispatch(monkeypatch):
   """Single-token MLA decode goes through ops.mla.mla_decode (where Pallas kernels register)."""
   from zebra_jax.models import mla as mla_mod
+
   calls = []
   real = mla_mod.mla_decode
 
@@ -127,8 +146,9 @@ def test_decode_uses_absorbed_mla_kernel_dispatch(monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # generate: cached == uncached oracle, stop tokens, streaming
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.9, top_k=20, top_p=0.9, seed=3)],
-                         ids=["greedy", "sampled"])
+@pytest.mark.parametrize(
+  "sampling", [dict(), dict(temperature=0.9, top_k=20, top_p=0.9, seed=3)], ids=["greedy", "sampled"]
+)
 def test_generate_cache_equals_no_cache(sampling):
   model = shared_model("mixed")
   prompts = prompts_for(PROMPT_LENS, seed=2)
@@ -166,13 +186,33 @@ def test_generation_in_rounds_equals_one_call_and_stopped_rows_leave():
   prompts = prompts_for((5, 3, 9), seed=6)
   free = generate(model, prompts, 6, stop_tokens=())
   stop = free[0][2]  # prompt 0 stops in round 2; the others may too, wherever `stop` comes
-  expected = [o[:o.index(stop) + 1] if stop in o else o for o in free]
-  got = generate_in_rounds(model, prompts, 6, round_tokens=2, batch_size=2, temperature=1.0,
-                           top_p=None, top_k=1, seed=0, stop_tokens=[stop])
+  expected = [o[: o.index(stop) + 1] if stop in o else o for o in free]
+  got = generate_in_rounds(
+    model,
+    prompts,
+    6,
+    round_tokens=2,
+    batch_size=2,
+    temperature=1.0,
+    top_p=None,
+    top_k=1,
+    seed=0,
+    stop_tokens=[stop],
+  )
   assert got == expected
   with pytest.raises(ValueError, match="must divide"):
-    generate_in_rounds(model, prompts, 6, round_tokens=4, batch_size=2, temperature=1.0,
-                       top_p=None, top_k=1, seed=0, stop_tokens=[stop])
+    generate_in_rounds(
+      model,
+      prompts,
+      6,
+      round_tokens=4,
+      batch_size=2,
+      temperature=1.0,
+      top_p=None,
+      top_k=1,
+      seed=0,
+      stop_tokens=[stop],
+    )
 
 
 def test_stop_tokens_and_streaming():
@@ -194,8 +234,10 @@ def test_stop_tokens_and_streaming():
 # ------------------------------------------------------------------------------------------------
 # cache memory == accounting formula
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["llama-3.2-1b", "zebra_1b_4mla12m2", "zebra_8b_8mla24m2",
-                                  "x_ecomla_1b_r64", "mamba2_in_llama_8b_attn25"])
+@pytest.mark.parametrize(
+  "name",
+  ["llama-3.2-1b", "zebra_1b_4mla12m2", "zebra_8b_8mla24m2", "x_ecomla_1b_r64", "mamba2_in_llama_8b_attn25"],
+)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_cache_bytes_match_accounting(name, dtype):
   config = presets.get_preset(name)
@@ -215,12 +257,16 @@ def test_cache_bytes_match_accounting(name, dtype):
 
 
 def test_cache_bytes_per_layer_ranks_real_arrays():
-  config = HybridConfig(num_hidden_layers=3, mla_layers=(0, 2), attn_layers=(1,),
-                        mla_layer_ranks={2: (None, 8)}, **MLA, **LLAMA)
+  config = HybridConfig(
+    num_hidden_layers=3, mla_layers=(0, 2), attn_layers=(1,), mla_layer_ranks={2: (None, 8)}, **MLA, **LLAMA
+  )
   cache = init_cache(config, 2, 8)
   assert cache.layers[0].rows.shape == (2, 8, 16 + 4) and cache.layers[2].rows.shape == (2, 8, 8 + 4)
-  assert cache_bytes_per_token(cache) == accounting.kv_bytes_per_token(config, "float32") == \
-      (20 + 2 * 2 * 8 + 12) * 4
+  assert (
+    cache_bytes_per_token(cache)
+    == accounting.kv_bytes_per_token(config, "float32")
+    == (20 + 2 * 2 * 8 + 12) * 4
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,8 +297,9 @@ def np_filter(logits, temperature, top_k, top_p):
   return out
 
 
-@pytest.mark.parametrize("t,k,p", [(1.0, 5, None), (0.7, None, 0.8), (1.3, 12, 0.5), (1.0, 1, None),
-                                   (2.0, None, 0.05)])
+@pytest.mark.parametrize(
+  "t,k,p", [(1.0, 5, None), (0.7, None, 0.8), (1.3, 12, 0.5), (1.0, 1, None), (2.0, None, 0.05)]
+)
 def test_filter_logits_matches_numpy(t, k, p):
   logits = np.random.default_rng(0).normal(size=(4, 30)).astype(np.float32) * 3
   ours = np.asarray(filter_logits(jnp.asarray(logits), t, k, p))
@@ -286,26 +333,45 @@ def test_greedy_matches_transformers(tmp_path):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   from zebra_jax.convert import from_pretrained
-  cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 max_position_embeddings=128, rms_norm_eps=1e-5, eos_token_id=5,
-                                 bos_token_id=1, rope_theta=10000.0)
+
+  cfg = transformers.LlamaConfig(
+    vocab_size=V,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    eos_token_id=5,
+    bos_token_id=1,
+    rope_theta=10000.0,
+  )
   torch.manual_seed(0)
   hf = transformers.LlamaForCausalLM(cfg).eval()
   g = torch.Generator().manual_seed(1)
   with torch.no_grad():
     for name, p in hf.named_parameters():
-      p.copy_((1.0 + 0.2 * torch.randn(p.shape, generator=g)) if "norm" in name
-              else 0.3 * torch.randn(p.shape, generator=g))
+      p.copy_(
+        (1.0 + 0.2 * torch.randn(p.shape, generator=g))
+        if "norm" in name
+        else 0.3 * torch.randn(p.shape, generator=g)
+      )
   hf.save_pretrained(tmp_path)
   model = from_pretrained(str(tmp_path))
   prompts = prompts_for((6, 11, 3), seed=4)
   ours = generate(model, prompts, 12)  # stops at the config's eos (5), as transformers does
   for b, p in enumerate(prompts):
     with torch.no_grad():
-      out = hf.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, eos_token_id=5,
-                        pad_token_id=0, attention_mask=torch.ones(1, len(p), dtype=torch.long))
-    assert ours[b] == out[0, len(p):].tolist(), f"prompt {b}"
+      out = hf.generate(
+        torch.tensor([p]),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=5,
+        pad_token_id=0,
+        attention_mask=torch.ones(1, len(p), dtype=torch.long),
+      )
+    assert ours[b] == out[0, len(p) :].tolist(), f"prompt {b}"
 
 
 def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, monkeypatch):
@@ -334,7 +400,7 @@ def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, mo
   monkeypatch.setattr(throughput, "decode_loop", observed)
   r = throughput.decode_throughput(model, 2, 64, steps=4, warmup=4)
   assert r["steps"] == 4 and r["tokens_per_s"] > 0
-  assert calls[-1][0] == 8, calls            # the timed call runs to warmup + steps
+  assert calls[-1][0] == 8, calls  # the timed call runs to warmup + steps
   assert calls[-1][1] == 0, f"the timed decode call compiled: {calls}"
 
 
@@ -351,5 +417,4 @@ def test_bad_prompts_are_refused_with_a_message():
     generate(model, [[1] * 4], limit - 3)
   with pytest.raises(ValueError, match=f"exceeds max_position_embeddings={limit}"):
     list(stream(model, [[1] * 4], limit - 3))
-  assert generate(model, [[1.0, 2.0]], 2, stop_tokens=()) == generate(model, [[1, 2]], 2,
-                                                                      stop_tokens=())
+  assert generate(model, [[1.0, 2.0]], 2, stop_tokens=()) == generate(model, [[1, 2]], 2, stop_tokens=())

@@ -34,9 +34,12 @@ S = 88  # cache max_len in the layout / collective checks
 
 
 def _env(**extra) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
   env.update(extra)
   return env
 
@@ -49,10 +52,17 @@ def both(tmp_path_factory) -> dict:
   tmp = tmp_path_factory.mktemp("sharded_gen")
   outs = {group: tmp / f"{group}.json" for group in ("meshes", "extras")}
   logs = {group: open(tmp / f"{group}.log", "w+") for group in outs}
-  procs = {group: subprocess.Popen([sys.executable, os.path.abspath(__file__), group, str(out)],
-                                   stdout=logs[group], stderr=subprocess.STDOUT, text=True,
-                                   env=_env(), cwd=ROOT)
-           for group, out in outs.items()}
+  procs = {
+    group: subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), group, str(out)],
+      stdout=logs[group],
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=_env(),
+      cwd=ROOT,
+    )
+    for group, out in outs.items()
+  }
   try:
     for group, p in procs.items():
       p.wait(timeout=600)
@@ -109,16 +119,29 @@ def test_sharded_prefill_and_decode_step_logits_match_the_full_forward(res):
 # channels over tensor; the latent rows split by batch only.
 B = ("data", "fsdp")
 EXPECTED = {
-    "8x1x1": {"latent": ["data", None, None], "ssm": ["data", None, None, None],
-              "conv": ["data", None, None], "k": ["data", None, None, None],
-              "lengths": ["data"]},
-    "2x2x2": {"latent": [B, None, None], "ssm": [B, "tensor", None, None],
-              "conv": [B, None, "tensor"], "k": [B, "tensor", None, None], "lengths": [B]},
-    # tensor only: the batch cannot be split and every head group reads the whole latent cache,
-    # so the latent rows and lengths are replicated there (by design, see infer/cache.py).
-    "1x1x8": {"latent": [None, None, None], "ssm": [None, "tensor", None, None],
-              "conv": [None, None, "tensor"], "k": [None, "tensor", None, None],
-              "lengths": [None]},
+  "8x1x1": {
+    "latent": ["data", None, None],
+    "ssm": ["data", None, None, None],
+    "conv": ["data", None, None],
+    "k": ["data", None, None, None],
+    "lengths": ["data"],
+  },
+  "2x2x2": {
+    "latent": [B, None, None],
+    "ssm": [B, "tensor", None, None],
+    "conv": [B, None, "tensor"],
+    "k": [B, "tensor", None, None],
+    "lengths": [B],
+  },
+  # tensor only: the batch cannot be split and every head group reads the whole latent cache,
+  # so the latent rows and lengths are replicated there (by design, see infer/cache.py).
+  "1x1x8": {
+    "latent": [None, None, None],
+    "ssm": [None, "tensor", None, None],
+    "conv": [None, None, "tensor"],
+    "k": [None, "tensor", None, None],
+    "lengths": [None],
+  },
 }
 
 
@@ -170,19 +193,38 @@ def test_decode_benchmark_runs_sharded(extras):
 
 def test_generate_cli_with_mesh_prints_the_unsharded_text(tmp_path):
   ckpt = tmp_path / "model"
-  r = subprocess.run([sys.executable, os.path.abspath(__file__), "save", str(ckpt)],
-                     capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
+  r = subprocess.run(
+    [sys.executable, os.path.abspath(__file__), "save", str(ckpt)],
+    capture_output=True,
+    text=True,
+    env=_env(),
+    timeout=300,
+    cwd=ROOT,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "generate.py"), "--checkpoint", str(ckpt),
-         "--tokenizer", "byte", "--prompt", "To be, or not", "--prompt", "Once", "--max-new-tokens",
-         "10"]
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "scripts", "generate.py"),
+    "--checkpoint",
+    str(ckpt),
+    "--tokenizer",
+    "byte",
+    "--prompt",
+    "To be, or not",
+    "--prompt",
+    "Once",
+    "--max-new-tokens",
+    "10",
+  ]
   # the three runs at once (CI has two cores); small outputs, so pipes are fine
-  procs = [subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(), cwd=ROOT)
-           for extra in ([], ["--mesh", "2,1,4"], ["--mesh", "3,1,1"])]
+  procs = [
+    subprocess.Popen(
+      cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
+    )
+    for extra in ([], ["--mesh", "2,1,4"], ["--mesh", "3,1,1"])
+  ]
   try:
-    one, mesh, bad = [subprocess.CompletedProcess(p.args, 0, *p.communicate(timeout=300))
-                      for p in procs]
+    one, mesh, bad = [subprocess.CompletedProcess(p.args, 0, *p.communicate(timeout=300)) for p in procs]
     for r, p in zip((one, mesh, bad), procs):
       r.returncode = p.returncode
   finally:
@@ -201,10 +243,23 @@ def test_generate_cli_with_mesh_prints_the_unsharded_text(tmp_path):
 # ------------------------------------------------------------------------------------------ worker
 def _config(impl="reference", **kw):
   from zebra_jax.config import HybridConfig
+
   # 8 query / kv / Mamba2 heads and 192 conv channels: a tensor axis of 8 divides them all.
-  fields = dict(vocab_size=64, hidden_size=64, intermediate_size=96, num_attention_heads=8,
-                num_key_value_heads=8, head_dim=8, num_hidden_layers=3, mla_layers=(0,),
-                attn_layers=(2,), q_lora_rank=16, kv_lora_rank=16, chunk_size=4, impl=impl)
+  fields = dict(
+    vocab_size=64,
+    hidden_size=64,
+    intermediate_size=96,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    head_dim=8,
+    num_hidden_layers=3,
+    mla_layers=(0,),
+    attn_layers=(2,),
+    q_lora_rank=16,
+    kv_lora_rank=16,
+    chunk_size=4,
+    impl=impl,
+  )
   fields.update(kw)
   return HybridConfig(**fields)
 
@@ -214,6 +269,7 @@ def _model(config, seed=0):
   from flax import nnx
 
   from zebra_jax.models.hybrid import CausalLM
+
   model = CausalLM(config, rngs=nnx.Rngs(seed))
   state = nnx.state(model, nnx.Param)
   # scaled-up matrices: sharp attention, logits far from uniform (as tests/test_generate.py)
@@ -227,6 +283,7 @@ def _spec(arr):
 
 def _cache_specs(cache):
   from zebra_jax.infer import KVCache, LatentCache, MambaState
+
   out = {"lengths": _spec(cache.lengths)}
   for lc in cache.layers:
     if isinstance(lc, LatentCache):
@@ -241,10 +298,16 @@ def _cache_specs(cache):
 
 def _shards(cache):
   from zebra_jax.infer import LatentCache, MambaState
+
   out = {}
   for lc in cache.layers:
-    arrs = ({"latent": lc.rows} if isinstance(lc, LatentCache) else
-            {"ssm": lc.ssm, "conv": lc.conv} if isinstance(lc, MambaState) else {"k": lc.k})
+    arrs = (
+      {"latent": lc.rows}
+      if isinstance(lc, LatentCache)
+      else {"ssm": lc.ssm, "conv": lc.conv}
+      if isinstance(lc, MambaState)
+      else {"k": lc.k}
+    )
     for k, a in arrs.items():
       out[k] = (list(a.shape), list(a.addressable_shards[0].data.shape))
   return out
@@ -252,9 +315,13 @@ def _shards(cache):
 
 def _collectives(hlo_text: str):
   import re
+
   out = []
-  for m in re.finditer(r"= \(?([a-z0-9]+)\[([0-9,]*)\][^ ]* (all-gather|all-to-all|"
-                       r"collective-permute|all-reduce|reduce-scatter)\(", hlo_text):
+  for m in re.finditer(
+    r"= \(?([a-z0-9]+)\[([0-9,]*)\][^ ]* (all-gather|all-to-all|"
+    r"collective-permute|all-reduce|reduce-scatter)\(",
+    hlo_text,
+  ):
     dims = [int(d) for d in m.group(2).split(",") if d]
     out.append({"op": m.group(3), "shape": dims})
   return out
@@ -267,8 +334,7 @@ def _worker(out_path: str) -> None:
   from flax import nnx
   from jax.sharding import NamedSharding, PartitionSpec as P
 
-  from zebra_jax.infer import (decode_step, generate, init_cache, model_mesh, prefill,
-                               shard_for_inference)
+  from zebra_jax.infer import decode_step, generate, init_cache, model_mesh, prefill, shard_for_inference
   from zebra_jax.infer import decode as D
   from zebra_jax.infer.sampling import SamplingConfig
   from zebra_jax.parallel import make_mesh
@@ -277,8 +343,14 @@ def _worker(out_path: str) -> None:
   config = _config()
   rng = np.random.default_rng(PROMPT_SEED)
   prompts = [rng.integers(0, 64, n).tolist() for n in PROMPT_LENS]
-  res = {"tokens": {}, "tokens_presharded": {}, "cache": {}, "collectives": {},
-         "gather_control": {}, "step_rel_err": {}}
+  res = {
+    "tokens": {},
+    "tokens_presharded": {},
+    "cache": {},
+    "collectives": {},
+    "gather_control": {},
+    "step_rel_err": {},
+  }
 
   # Oracle: the unsharded model, no cache (full forward every step), on one device.
   ref_model = _model(config)
@@ -292,7 +364,7 @@ def _worker(out_path: str) -> None:
   gaps = []
   for p, o in zip(prompts, res["oracle"]):
     seq = np.zeros((1, 32), np.int32)
-    seq[0, :len(p) + len(o)] = p + o
+    seq[0, : len(p) + len(o)] = p + o
     lg = np.asarray(fwd(state, jnp.asarray(seq))[0], np.float64)
     full.append(lg)
     for t in range(len(p) - 1, len(p) + len(o) - 1):
@@ -303,7 +375,7 @@ def _worker(out_path: str) -> None:
   lens = np.asarray(PROMPT_LENS)
   tokens = np.zeros((8, 16), np.int32)
   for b, p in enumerate(prompts):
-    tokens[b, :len(p)] = p
+    tokens[b, : len(p)] = p
   for name, sizes in MESHES.items():
     mesh = make_mesh(*sizes)
     res["tokens"][name] = generate(_model(config), prompts, NEW, stop_tokens=(), mesh=mesh)
@@ -316,13 +388,16 @@ def _worker(out_path: str) -> None:
     cache = init_cache(config, 8, S, mesh=mesh)
     specs = {"init": _cache_specs(cache)}
     logits, cache = prefill(model, cache, tokens, lens, chunk=8)
-    errs = [np.abs(np.asarray(logits)[b] - full[b][lens[b] - 1]).max() / np.abs(full[b]).max()
-            for b in range(8)]
+    errs = [
+      np.abs(np.asarray(logits)[b] - full[b][lens[b] - 1]).max() / np.abs(full[b]).max() for b in range(8)
+    ]
     for step in range(3):
       tok = np.asarray([o[step] for o in res["oracle"]], np.int32)
       logits, cache = decode_step(model, cache, tok)
-      errs += [np.abs(np.asarray(logits)[b] - full[b][lens[b] + step]).max()
-               / np.abs(full[b]).max() for b in range(8)]
+      errs += [
+        np.abs(np.asarray(logits)[b] - full[b][lens[b] + step]).max() / np.abs(full[b]).max()
+        for b in range(8)
+      ]
     res["step_rel_err"][name] = float(max(errs))
     specs["after_decode"] = _cache_specs(cache)
     specs["shards"] = _shards(cache)
@@ -330,17 +405,26 @@ def _worker(out_path: str) -> None:
 
     # The compiled decode loop: which collectives does it run, on which shapes?
     g, st = nnx.split(model)
-    carry = D.DecodeCarry(jnp.int32(0), cache, logits, jnp.zeros((8,), bool),
-                     jnp.zeros((8, NEW), jnp.int32))
-    hlo = D.decode_loop.lower(st, carry, jnp.int32(NEW), jax.random.PRNGKey(0),
-                               D.stop_array(()), graphdef=g,
-                               sampling=SamplingConfig(0.0, None, None),
-                               pad_id=0, mesh=mesh).compile().as_text()
+    carry = D.DecodeCarry(jnp.int32(0), cache, logits, jnp.zeros((8,), bool), jnp.zeros((8, NEW), jnp.int32))
+    hlo = (
+      D.decode_loop.lower(
+        st,
+        carry,
+        jnp.int32(NEW),
+        jax.random.PRNGKey(0),
+        D.stop_array(()),
+        graphdef=g,
+        sampling=SamplingConfig(0.0, None, None),
+        pad_id=0,
+        mesh=mesh,
+      )
+      .compile()
+      .as_text()
+    )
     res["collectives"][name] = _collectives(hlo)
     # negative control: every cache array pinned replicated, i.e. gathered onto each device
     everywhere = NamedSharding(mesh, P())
-    gather = jax.jit(lambda c: jax.tree.map(
-        lambda a: jax.lax.with_sharding_constraint(a * 2, everywhere), c))
+    gather = jax.jit(lambda c: jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a * 2, everywhere), c))
     res["gather_control"][name] = _collectives(gather.lower(cache).compile().as_text())
   with open(out_path, "w") as f:
     json.dump(res, f)
@@ -349,6 +433,7 @@ def _worker(out_path: str) -> None:
 def _extras_worker(out_path: str) -> None:
   import jax
   import numpy as np
+
   assert len(jax.devices()) == 8, jax.devices()
   rng = np.random.default_rng(PROMPT_SEED)  # the prompts of _worker
   prompts = [rng.integers(0, 64, n).tolist() for n in PROMPT_LENS]
@@ -371,7 +456,7 @@ def _extras(res, config, prompts):
   lens = np.asarray(PROMPT_LENS)
   tokens = np.zeros((8, 16), np.int32)
   for b, p in enumerate(prompts):
-    tokens[b, :len(p)] = p
+    tokens[b, : len(p)] = p
   # impl="auto": the absorbed MLA decode goes through shard_map under the mesh.
   mesh = make_mesh(2, 2, 2)
   auto = shard_for_inference(_model(_config(impl="auto")), mesh)
@@ -379,9 +464,9 @@ def _extras(res, config, prompts):
   cache = init_cache(auto.config, 8, S, mesh=mesh)
   _, cache = prefill(auto, cache, tokens, lens)
   g, st = nnx.split(auto)
-  jaxpr = jax.make_jaxpr(lambda s, c, t: D._chunk_jit(s, c, t, None, graphdef=g, mode="decode",
-                                                       logits="last", mesh=mesh))(
-      st, cache, jnp.zeros((8, 1), jnp.int32))
+  jaxpr = jax.make_jaxpr(
+    lambda s, c, t: D._chunk_jit(s, c, t, None, graphdef=g, mode="decode", logits="last", mesh=mesh)
+  )(st, cache, jnp.zeros((8, 1), jnp.int32))
   res["auto_has_shard_map"] = "shard_map" in str(jaxpr)
 
   # Speculative decoding on the mesh: the draft is the target's first 2 layers (MLA, Mamba2).
@@ -392,23 +477,32 @@ def _extras(res, config, prompts):
     nnx.update(draft.layers[i], nnx.state(target.layers[i]))
   nnx.update(draft.embed_tokens, nnx.state(target.embed_tokens))
   nnx.update(draft.norm, nnx.state(target.norm))
-  toks, stats = generate(target, prompts, NEW, stop_tokens=(), draft=draft, num_draft_tokens=3,
-                         return_stats=True, mesh=mesh)
-  res["speculative"] = {"tokens": toks, "acceptance_rate": stats["acceptance_rate"],
-                        "draft_on_mesh": model_mesh(draft) == mesh}
+  toks, stats = generate(
+    target, prompts, NEW, stop_tokens=(), draft=draft, num_draft_tokens=3, return_stats=True, mesh=mesh
+  )
+  res["speculative"] = {
+    "tokens": toks,
+    "acceptance_rate": stats["acceptance_rate"],
+    "draft_on_mesh": model_mesh(draft) == mesh,
+  }
 
   # The decode benchmark (scripts/bench.py generate --mesh): weights and cache made sharded.
   from zebra_jax.bench import decode as bench
+
   mesh = make_mesh(8, 1, 1)
   bench_model = bench.random_model(config, mesh=mesh)
   r = bench.decode_throughput(bench_model, 8, 16, 2, warmup=1, mesh=mesh)
-  res["bench"] = {"on_mesh": model_mesh(bench_model) == mesh, "cache_bytes": r["cache_bytes"],
-                  "device0_cache_bytes": r["device0_cache_bytes"],
-                  "tokens_per_s": r["tokens_per_s"]}
+  res["bench"] = {
+    "on_mesh": model_mesh(bench_model) == mesh,
+    "cache_bytes": r["cache_bytes"],
+    "device0_cache_bytes": r["device0_cache_bytes"],
+    "tokens_per_s": r["tokens_per_s"],
+  }
 
 
 def _save(path: str) -> None:
   from zebra_jax.convert.orbax_io import save_model
+
   # vocab 320 > the byte tokenizer's 258 ids; no eos in the config (the tokenizer's 257 stops)
   config = _config(vocab_size=320, eos_token_id=None)
   save_model(_model(config), path)

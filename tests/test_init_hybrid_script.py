@@ -14,8 +14,16 @@ from zebra_jax.convert import load_model, save_model
 from zebra_jax.data.tokenize import load_tokenizer
 from zebra_jax.models.hybrid import CausalLM
 
-TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=2, eos_token_id=257, bos_token_id=256)
+TINY = dict(
+  vocab_size=320,
+  hidden_size=64,
+  intermediate_size=96,
+  num_hidden_layers=3,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  eos_token_id=257,
+  bos_token_id=256,
+)
 
 
 def test_init_hybrid_writes_a_complete_model(tmp_path, capsys):
@@ -23,11 +31,21 @@ def test_init_hybrid_writes_a_complete_model(tmp_path, capsys):
   from transformers import AutoTokenizer
 
   teacher_dir, out = tmp_path / "teacher", tmp_path / "hybrid"
-  save_model(CausalLM(LlamaConfig(**TINY), rngs=nnx.Rngs(0)), teacher_dir,
-             tokenizer=load_tokenizer("byte"))
-  assert load_script("init_hybrid").main(["--teacher", str(teacher_dir), "--mla-layers", "0",
-                                          "--kv-lora-rank", "8", "--q-lora-rank", "32",
-                                          "--output", str(out)]) in (None, 0)
+  save_model(CausalLM(LlamaConfig(**TINY), rngs=nnx.Rngs(0)), teacher_dir, tokenizer=load_tokenizer("byte"))
+  assert load_script("init_hybrid").main(
+    [
+      "--teacher",
+      str(teacher_dir),
+      "--mla-layers",
+      "0",
+      "--kv-lora-rank",
+      "8",
+      "--q-lora-rank",
+      "32",
+      "--output",
+      str(out),
+    ]
+  ) in (None, 0)
   student = load_model(out)
   assert tuple(student.config.layer_types()) == ("mla", "mamba2", "mamba2")
   text = "Zebra: héllo"
@@ -41,5 +59,6 @@ def test_init_hybrid_writes_a_complete_model(tmp_path, capsys):
   assert report["kv_cache_fraction"] == prov["kv_cache_fraction"]
   capsys.readouterr()
   # the next tool needs no --tokenizer
-  assert load_script("generate").main(["--checkpoint", str(out), "--prompt", "Ze",
-                                       "--max-new-tokens", "2"]) == 0
+  assert (
+    load_script("generate").main(["--checkpoint", str(out), "--prompt", "Ze", "--max-new-tokens", "2"]) == 0
+  )

@@ -63,8 +63,9 @@ def test_forward_kl_matches_numpy(temperature):
   log_p = _log_softmax64(t_logits / temperature)
   log_q = _log_softmax64(s_logits / temperature)
   want = np.mean((np.exp(log_p) * (log_p - log_q)).sum(-1))
-  got = losses.forward_kl(jnp.asarray(t_logits, jnp.float32), jnp.asarray(s_logits, jnp.float32),
-                          temperature=temperature)
+  got = losses.forward_kl(
+    jnp.asarray(t_logits, jnp.float32), jnp.asarray(s_logits, jnp.float32), temperature=temperature
+  )
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
@@ -84,10 +85,10 @@ def test_forward_kl_is_torch_batchmean_divided_by_seq_len():
   F = torch.nn.functional
   B, T, V = 3, 6, 13
   t_logits, s_logits = RNG.normal(size=(B, T, V)) * 2, RNG.normal(size=(B, T, V)) * 2
-  ref = F.kl_div(F.log_softmax(torch.tensor(s_logits), -1), F.softmax(torch.tensor(t_logits), -1),
-                 reduction="batchmean").item()
-  got = float(losses.forward_kl(jnp.asarray(t_logits, jnp.float32),
-                                jnp.asarray(s_logits, jnp.float32)))
+  ref = F.kl_div(
+    F.log_softmax(torch.tensor(s_logits), -1), F.softmax(torch.tensor(t_logits), -1), reduction="batchmean"
+  ).item()
+  got = float(losses.forward_kl(jnp.asarray(t_logits, jnp.float32), jnp.asarray(s_logits, jnp.float32)))
   np.testing.assert_allclose(got, ref / T, rtol=1e-5)
 
 
@@ -109,8 +110,7 @@ def test_cross_entropy_matches_numpy():
   np.testing.assert_allclose(float(got), want, rtol=1e-6)
   mask = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1]])
   nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
-  got_m = losses.cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(targets),
-                               jnp.asarray(mask))
+  got_m = losses.cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(targets), jnp.asarray(mask))
   np.testing.assert_allclose(float(got_m), (nll * mask).sum() / mask.sum(), rtol=1e-6)
 
 
@@ -119,8 +119,7 @@ def test_sequence_logprob_sums_masked_target_logprobs():
   mask = (RNG.random((3, 5)) > 0.4).astype(np.float32)
   tok = np.take_along_axis(_log_softmax64(logits), targets[..., None], -1)[..., 0]
   want = (tok * mask).sum(-1)
-  got = losses.sequence_logprob(jnp.asarray(logits, jnp.float32), jnp.asarray(targets),
-                                jnp.asarray(mask))
+  got = losses.sequence_logprob(jnp.asarray(logits, jnp.float32), jnp.asarray(targets), jnp.asarray(mask))
   assert got.shape == (3,)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
 
@@ -130,12 +129,10 @@ def test_dpo_sigmoid_loss_matches_the_formula():
   beta = 0.1
   z = beta * ((pc - rc) - (pr - rr))
   want = np.mean(np.log1p(np.exp(-z)))  # -log sigmoid(z)
-  loss, metrics = losses.dpo_sigmoid_loss(*(jnp.asarray(a, jnp.float32) for a in (pc, pr, rc, rr)),
-                                          beta)
+  loss, metrics = losses.dpo_sigmoid_loss(*(jnp.asarray(a, jnp.float32) for a in (pc, pr, rc, rr)), beta)
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
   np.testing.assert_allclose(float(metrics["reward_chosen"]), np.mean(beta * (pc - rc)), rtol=1e-5)
-  np.testing.assert_allclose(float(metrics["reward_rejected"]), np.mean(beta * (pr - rr)),
-                             rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["reward_rejected"]), np.mean(beta * (pr - rr)), rtol=1e-5)
   np.testing.assert_allclose(float(metrics["reward_accuracy"]), np.mean(z > 0))
 
 

@@ -19,8 +19,15 @@ from zebra_jax.models.mamba2 import Mamba2, MambaState
 from zebra_jax.ops import ssd
 from zebra_jax.ops.dispatch import Kernel
 
-LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-             num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5)
+LLAMA = dict(
+  vocab_size=64,
+  hidden_size=32,
+  intermediate_size=48,
+  num_hidden_layers=3,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  rms_norm_eps=1e-5,
+)
 # Zebra shape: ngroups = nheads = H, headdim = d_state = head_dim, d_xb = n_kv*head_dim.
 ZEBRA = dict(chunk_size=16)
 # headdim 4, d_state 16: nheads 8, ngroups 2 (< nheads), x in 4 kv groups, B in 1 group.
@@ -37,9 +44,16 @@ def hybrid(**kw):
 def torch_layout(m: Mamba2) -> dict:
   """The mixer's weights as mamba_ssm stores them, via the mapping documented in mamba2.py."""
   f = lambda a: np.asarray(a[...], np.float64)
-  return dict(in_proj=f(m.in_proj.kernel).T, conv_w=f(m.conv1d.kernel).T[:, None, :],
-              conv_b=f(m.conv1d.bias), A_log=f(m.A_log), D=f(m.D), dt_bias=f(m.dt_bias),
-              norm_w=f(m.norm.weight), out_proj=f(m.out_proj.kernel).T)
+  return dict(
+    in_proj=f(m.in_proj.kernel).T,
+    conv_w=f(m.conv1d.kernel).T[:, None, :],
+    conv_b=f(m.conv1d.bias),
+    A_log=f(m.A_log),
+    D=f(m.D),
+    dt_bias=f(m.dt_bias),
+    norm_w=f(m.norm.weight),
+    out_proj=f(m.out_proj.kernel).T,
+  )
 
 
 def numpy_conv(xBC, conv_w, conv_b, left):
@@ -50,7 +64,7 @@ def numpy_conv(xBC, conv_w, conv_b, left):
   for t in range(xBC.shape[1]):
     for k in range(K):
       out[:, t] += conv_w[:, 0, k] * xp[:, t + k]
-  return out + conv_b, xp[:, xp.shape[1] - (K - 1):]
+  return out + conv_b, xp[:, xp.shape[1] - (K - 1) :]
 
 
 def numpy_mamba2(p, cfg, u, ssm0=None, conv0=None):
@@ -59,23 +73,23 @@ def numpy_mamba2(p, cfg, u, ssm0=None, conv0=None):
   E, X, P, N, G, K = cfg.d_inner, cfg.d_xb, cfg.headdim, cfg.d_state, cfg.ngroups, cfg.d_conv
   H = E // P
   proj = u @ p["in_proj"].T
-  z, xBC, dt = proj[..., :E], proj[..., E:2 * E + 2 * X], proj[..., 2 * E + 2 * X:]
+  z, xBC, dt = proj[..., :E], proj[..., E : 2 * E + 2 * X], proj[..., 2 * E + 2 * X :]
   assert dt.shape[-1] == H
   left = np.zeros((Bsz, K - 1, xBC.shape[-1])) if conv0 is None else np.asarray(conv0, np.float64)
   conv, conv_state = numpy_conv(xBC, p["conv_w"], p["conv_b"], left)
   act = conv / (1.0 + np.exp(-conv))
-  xs, Bs, Cs = act[..., :X], act[..., X:2 * X], act[..., 2 * X:]
+  xs, Bs, Cs = act[..., :X], act[..., X : 2 * X], act[..., 2 * X :]
   dt = np.logaddexp(0.0, dt + p["dt_bias"])
   A = -np.exp(p["A_log"])
   S = np.zeros((Bsz, H, P, N)) if ssm0 is None else np.asarray(ssm0, np.float64).copy()
   y = np.zeros((Bsz, T, H, P))
   x_groups, b_groups = X // P, X // N
   for h in range(H):
-    xi = h // (H // x_groups)          # value (kv) group of this head
-    gi = h // (H // G)                 # B/C group of this head after B's repeat to G groups
-    bi = gi // (G // b_groups)         # B's original group
-    xh = xs[..., xi * P:(xi + 1) * P]
-    Bh, Ch = Bs[..., bi * N:(bi + 1) * N], Cs[..., gi * N:(gi + 1) * N]
+    xi = h // (H // x_groups)  # value (kv) group of this head
+    gi = h // (H // G)  # B/C group of this head after B's repeat to G groups
+    bi = gi // (G // b_groups)  # B's original group
+    xh = xs[..., xi * P : (xi + 1) * P]
+    Bh, Ch = Bs[..., bi * N : (bi + 1) * N], Cs[..., gi * N : (gi + 1) * N]
     for t in range(T):
       d = dt[:, t, h][:, None, None]
       S[:, h] = np.exp(d * A[h]) * S[:, h] + d * xh[:, t, :, None] * Bh[:, t, None, :]
@@ -104,8 +118,9 @@ def forward(m, u, ssm0=None, conv0=None, return_state=True):
 @nnx.jit
 def step(m, u_BD, ssm, conv):
   """One decode token through the cached forward decode_step runs: (y_BD, ssm, conv)."""
-  y, st, _ = m.cached(u_BD[:, None], None, MambaState(ssm, conv),
-                      n_valid_B=jnp.ones(u_BD.shape[:1], jnp.int32), mode="decode")
+  y, st, _ = m.cached(
+    u_BD[:, None], None, MambaState(ssm, conv), n_valid_B=jnp.ones(u_BD.shape[:1], jnp.int32), mode="decode"
+  )
   return y[:, 0], st.ssm, st.conv
 
 
@@ -125,9 +140,11 @@ def close(a, b, tol=2e-5):
 # Forward against the oracle
 # --------------------------------------------------------------------------------------------- #
 # T = 37: two full chunks of 16 and a partial one; T = 7: shorter than one chunk.
-@pytest.mark.parametrize("shape,T,with_state", [
-    (ZEBRA, 37, False), (ZEBRA, 7, True), (GROUPED, 37, True), (GROUPED, 7, False)],
-    ids=["zebra-37", "zebra-7-state", "grouped-37-state", "grouped-7"])
+@pytest.mark.parametrize(
+  "shape,T,with_state",
+  [(ZEBRA, 37, False), (ZEBRA, 7, True), (GROUPED, 37, True), (GROUPED, 7, False)],
+  ids=["zebra-37", "zebra-7-state", "grouped-37-state", "grouped-7"],
+)
 def test_forward_matches_numpy_oracle(shape, T, with_state):
   cfg = hybrid(**shape)
   if shape is GROUPED:
@@ -152,9 +169,13 @@ def test_numpy_conv_matches_torch_conv1d():
   x = np.random.default_rng(0).standard_normal((2, 11, cfg.mamba_conv_dim))
   ours, _ = numpy_conv(x, p["conv_w"], p["conv_b"], np.zeros((2, cfg.d_conv - 1, x.shape[-1])))
   C = x.shape[-1]
-  theirs = torch.nn.functional.conv1d(torch.from_numpy(x).transpose(1, 2),
-                                      torch.from_numpy(p["conv_w"]), torch.from_numpy(p["conv_b"]),
-                                      padding=cfg.d_conv - 1, groups=C)[..., :11].transpose(1, 2)
+  theirs = torch.nn.functional.conv1d(
+    torch.from_numpy(x).transpose(1, 2),
+    torch.from_numpy(p["conv_w"]),
+    torch.from_numpy(p["conv_b"]),
+    padding=cfg.d_conv - 1,
+    groups=C,
+  )[..., :11].transpose(1, 2)
   np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-12, atol=1e-12)
   # And the module itself (no state) against torch.
   y, _ = m.conv1d(jnp.asarray(x, jnp.float32))
@@ -352,18 +373,17 @@ def _a(v):
 
 @pytest.mark.parametrize("attn_layers", [(), (1,)], ids=["all_mamba", "mixed"])
 def test_init_from_attention_copies_qkvo_and_keeps_mamba_defaults(teacher, attn_layers):
-  cfg = HybridConfig.from_llama(teacher.config, mla_layers=(), attn_layers=attn_layers,
-                                chunk_size=8)
+  cfg = HybridConfig.from_llama(teacher.config, mla_layers=(), attn_layers=attn_layers, chunk_size=8)
   student = init_hybrid(teacher, cfg, seed=3)
   E, X, H = cfg.d_inner, cfg.d_xb, cfg.mamba_nheads
   assert cfg.layer_types() == tuple("attention" if i in attn_layers else "mamba2" for i in range(3))
   for i, (s, t) in enumerate(zip(student.layers, teacher.layers)):
     np.testing.assert_array_equal(_a(s.input_layernorm.weight), _a(t.input_layernorm.weight))
-    np.testing.assert_array_equal(_a(s.post_attention_layernorm.weight),
-                                  _a(t.post_attention_layernorm.weight))
+    np.testing.assert_array_equal(
+      _a(s.post_attention_layernorm.weight), _a(t.post_attention_layernorm.weight)
+    )
     for name in ("gate_proj", "up_proj", "down_proj"):
-      np.testing.assert_array_equal(_a(getattr(s.mlp, name).kernel),
-                                    _a(getattr(t.mlp, name).kernel))
+      np.testing.assert_array_equal(_a(getattr(s.mlp, name).kernel), _a(getattr(t.mlp, name).kernel))
     if i in attn_layers:
       assert isinstance(s.mixer, type(t.mixer))
       continue
@@ -371,13 +391,13 @@ def test_init_from_attention_copies_qkvo_and_keeps_mamba_defaults(teacher, attn_
     assert isinstance(mx, Mamba2)
     w_in = _a(mx.in_proj.kernel)
     # torch in_proj.weight rows = our columns: [z | x | B | C | dt].
-    np.testing.assert_array_equal(w_in[:, E:E + X], _a(at.v_proj.kernel))
-    np.testing.assert_array_equal(w_in[:, E + X:E + 2 * X], _a(at.k_proj.kernel))
-    np.testing.assert_array_equal(w_in[:, E + 2 * X:2 * E + 2 * X], _a(at.q_proj.kernel))
+    np.testing.assert_array_equal(w_in[:, E : E + X], _a(at.v_proj.kernel))
+    np.testing.assert_array_equal(w_in[:, E + X : E + 2 * X], _a(at.k_proj.kernel))
+    np.testing.assert_array_equal(w_in[:, E + 2 * X : 2 * E + 2 * X], _a(at.q_proj.kernel))
     np.testing.assert_array_equal(_a(mx.out_proj.kernel), _a(at.o_proj.kernel))
     # z and dt columns keep torch Linear's default U(+-1/sqrt(d)) init.
     bound = 1 / np.sqrt(cfg.hidden_size)
-    for cols in (w_in[:, :E], w_in[:, 2 * E + 2 * X:]):
+    for cols in (w_in[:, :E], w_in[:, 2 * E + 2 * X :]):
       assert np.abs(cols).max() <= bound and cols.std() > bound / 4
     A = -np.exp(_a(mx.A_log))
     assert A.shape == (H,) and (A >= -16.0).all() and (A <= -1.0).all()
@@ -385,8 +405,7 @@ def test_init_from_attention_copies_qkvo_and_keeps_mamba_defaults(teacher, attn_
     dt = np.logaddexp(0.0, _a(mx.dt_bias).astype(np.float64))
     assert (dt >= 1e-3 * (1 - 1e-5)).all() and (dt <= 1e-1 * (1 + 1e-5)).all()
     np.testing.assert_array_equal(_a(mx.norm.weight), 1.0)
-  np.testing.assert_array_equal(_a(student.embed_tokens.embedding),
-                                _a(teacher.embed_tokens.embedding))
+  np.testing.assert_array_equal(_a(student.embed_tokens.embedding), _a(teacher.embed_tokens.embedding))
   np.testing.assert_array_equal(_a(student.norm.weight), _a(teacher.norm.weight))
   # Tokens run through the hybrid.
   logits = student(jnp.asarray(np.arange(10).reshape(2, 5) % LLAMA["vocab_size"]))

@@ -20,22 +20,37 @@ from zebra_jax.config import HybridConfig
 from zebra_jax.models.attention import rope_for
 from zebra_jax.models.mla import MLA
 
-YARN32 = {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 8192,
-          "beta_fast": 32.0, "beta_slow": 1.0}
+YARN32 = {
+  "rope_type": "yarn",
+  "factor": 32.0,
+  "original_max_position_embeddings": 8192,
+  "beta_fast": 32.0,
+  "beta_slow": 1.0,
+}
 YARN8 = dict(YARN32, factor=8.0)
 
-BASE = dict(vocab_size=32, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=500000.0,
-            mla_layers=(0, 1), q_lora_rank=32, kv_lora_rank=24)
+BASE = dict(
+  vocab_size=32,
+  hidden_size=64,
+  intermediate_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  head_dim=16,
+  rope_theta=500000.0,
+  mla_layers=(0, 1),
+  q_lora_rank=32,
+  kv_lora_rank=24,
+)
 
 CASES = {
-    "gqa": dict(),
-    "full_kv_head": dict(use_full_kv_head=True),
-    "q_proj": dict(q_lora_rank=None),
-    "lora_norm": dict(use_lora_layer_norm=True, lora_layer_norm_eps=1e-5),
-    "odd_dims": dict(qk_nope_head_dim=12, qk_rope_head_dim=4, v_head_dim=8, num_key_value_heads=1),
-    "yarn": dict(mla_rope_scaling=YARN32, use_lora_layer_norm=True),
-    "per_layer_ranks": dict(mla_layer_ranks={1: (None, 16)}),
+  "gqa": dict(),
+  "full_kv_head": dict(use_full_kv_head=True),
+  "q_proj": dict(q_lora_rank=None),
+  "lora_norm": dict(use_lora_layer_norm=True, lora_layer_norm_eps=1e-5),
+  "odd_dims": dict(qk_nope_head_dim=12, qk_rope_head_dim=4, v_head_dim=8, num_key_value_heads=1),
+  "yarn": dict(mla_rope_scaling=YARN32, use_lora_layer_norm=True),
+  "per_layer_ranks": dict(mla_layer_ranks={1: (None, 16)}),
 }
 
 
@@ -48,9 +63,13 @@ def _hf_inv_freq(d_r, theta, scaling):
   if scaling is None:
     return 1.0 / theta ** (np.arange(0, d_r, 2, dtype=np.float64) / d_r), 1.0
   params = {"rope_theta": theta, **scaling}
-  hf = HFLlamaConfig(hidden_size=4 * d_r, num_attention_heads=4, head_dim=d_r,
-                     max_position_embeddings=int(scaling["factor"] * scaling["original_max_position_embeddings"]),
-                     rope_parameters=params)
+  hf = HFLlamaConfig(
+    hidden_size=4 * d_r,
+    num_attention_heads=4,
+    head_dim=d_r,
+    max_position_embeddings=int(scaling["factor"] * scaling["original_max_position_embeddings"]),
+    rope_parameters=params,
+  )
   inv, factor = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf, "cpu")
   return inv.numpy().astype(np.float64), float(factor)
 
@@ -79,7 +98,7 @@ def _deepseek_rope(x_BHTR, pos_BT, inv_freq, mscale):
   freqs = pos_BT[:, None, :, None].astype(np.float64) * inv_freq  # (B, 1, T, R/2)
   emb = np.concatenate([freqs, freqs], axis=-1)
   cos, sin = np.cos(emb) * mscale, np.sin(emb) * mscale
-  rot = np.concatenate([-x[..., R // 2:], x[..., :R // 2]], axis=-1)
+  rot = np.concatenate([-x[..., R // 2 :], x[..., : R // 2]], axis=-1)
   return x * cos + rot * sin
 
 
@@ -154,11 +173,17 @@ def test_parameter_shapes_and_axes():
   assert mla.kv_b_proj.kernel.shape == (24, G * (8 + 16))
   assert mla.out_proj.kernel.shape == (H * 16, d)
   assert mla.q_a_layernorm.weight.shape == (32,) and mla.kv_a_layernorm.weight.shape == (24,)
-  axes = {n: getattr(mla, n).kernel.get_metadata()["out_sharding"]
-          for n in ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "out_proj")}
-  assert axes == {"q_a_proj": ("embed", "q_lora"), "q_b_proj": ("q_lora", "q_heads"),
-                  "kv_a_proj_with_mqa": ("embed", "kv_lora"), "kv_b_proj": ("kv_lora", "kv_heads"),
-                  "out_proj": ("q_heads", "embed")}
+  axes = {
+    n: getattr(mla, n).kernel.get_metadata()["out_sharding"]
+    for n in ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "out_proj")
+  }
+  assert axes == {
+    "q_a_proj": ("embed", "q_lora"),
+    "q_b_proj": ("q_lora", "q_heads"),
+    "kv_a_proj_with_mqa": ("embed", "kv_lora"),
+    "kv_b_proj": ("kv_lora", "kv_heads"),
+    "out_proj": ("q_heads", "embed"),
+  }
   assert mla.kv_a_layernorm.weight.get_metadata()["out_sharding"] == ("norm",)
   full = MLA(_config(q_lora_rank=None, use_full_kv_head=True), 0, rngs=nnx.Rngs(0))
   assert full.q_a_proj is None and full.q_proj.kernel.shape == (d, H * 16)
@@ -179,14 +204,14 @@ def test_yarn_frequencies_match_transformers(factor, expected, d_r):
 
 
 def test_softmax_scale():
-  assert MLA(_config(mla_rope_scaling=YARN32), 0, rngs=nnx.Rngs(0)).softmax_scale == pytest.approx(16 ** -0.5)
+  assert MLA(_config(mla_rope_scaling=YARN32), 0, rngs=nnx.Rngs(0)).softmax_scale == pytest.approx(16**-0.5)
   odd = MLA(_config(qk_nope_head_dim=12, qk_rope_head_dim=4, v_head_dim=8), 0, rngs=nnx.Rngs(0))
-  assert odd.softmax_scale == pytest.approx(16 ** -0.5)
+  assert odd.softmax_scale == pytest.approx(16**-0.5)
   odd2 = MLA(_config(qk_nope_head_dim=4, qk_rope_head_dim=8), 0, rngs=nnx.Rngs(0))
-  assert odd2.softmax_scale == pytest.approx(12 ** -0.5)
+  assert odd2.softmax_scale == pytest.approx(12**-0.5)
   # DeepSeek's correction exists only for a non-zero mscale_all_dim, which Zebra never sets
   ds = MLA(_config(mla_rope_scaling=dict(YARN32, mscale=1.0, mscale_all_dim=1.0)), 0, rngs=nnx.Rngs(0))
-  assert ds.softmax_scale == pytest.approx(16 ** -0.5 * (0.1 * math.log(32) + 1) ** 2)
+  assert ds.softmax_scale == pytest.approx(16**-0.5 * (0.1 * math.log(32) + 1) ** 2)
 
 
 def test_causal():
@@ -231,7 +256,7 @@ def test_latent_cache_rows_and_absorbed_attention():
   np.testing.assert_allclose(rows[..., :r_kv], c, atol=1e-5)
   # our interleaved rope, permuted to [even | odd], is DeepSeek's rotated vector
   k_ref = _deepseek_rope(ckv[..., r_kv:][:, None], pos, inv_freq, mscale)[:, 0]
-  ours = np.concatenate([rows[..., r_kv::2], rows[..., r_kv + 1::2]], -1)
+  ours = np.concatenate([rows[..., r_kv::2], rows[..., r_kv + 1 :: 2]], -1)
   np.testing.assert_allclose(ours, k_ref, atol=2e-4 * np.abs(k_ref).max())
 
   w_uk, w_uv = (np.asarray(w, np.float64) for w in mla.kv_b_views())
@@ -239,8 +264,9 @@ def test_latent_cache_rows_and_absorbed_attention():
   q_nope, q_pe = (np.asarray(a, np.float64) for a in mla.queries(jnp.asarray(x), jnp.asarray(pos)))
   g_of_h = np.arange(H) // (H // G)
   q_lat = np.einsum("bthn,chn->bthc", q_nope, w_uk[:, g_of_h])  # q_nope mapped into latent space
-  s = (np.einsum("bthc,bsc->bhts", q_lat, rows[..., :r_kv])
-       + np.einsum("bthr,bsr->bhts", q_pe, rows[..., r_kv:])) * mla.softmax_scale
+  s = (
+    np.einsum("bthc,bsc->bhts", q_lat, rows[..., :r_kv]) + np.einsum("bthr,bsr->bhts", q_pe, rows[..., r_kv:])
+  ) * mla.softmax_scale
   s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
   p = np.exp(s - s.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)

@@ -57,8 +57,7 @@ def test_tpu_kernel_interpret_matches_f64(dtype, tol, S, block_s):
   ql, qr, cache = make(rng, B, H, R, K, S, dtype)
   lengths = jnp.array([1, S, S // 2 + 3, 0], jnp.int32)
   scale = (R + K) ** -0.5 * 2.0  # sharper than uniform: errors in the softmax show
-  out = decode_tpu.mla_decode_tpu(ql, qr, cache, lengths, scale=scale, block_s=block_s,
-                                  interpret=True)
+  out = decode_tpu.mla_decode_tpu(ql, qr, cache, lengths, scale=scale, block_s=block_s, interpret=True)
   assert out.shape == (B, H, R) and out.dtype == ql.dtype
   ref = decode_f64(ql, qr, cache, lengths, scale)
   assert np.all(np.asarray(out[3], np.float32) == 0.0), "length 0 must give zeros"
@@ -81,8 +80,7 @@ def test_public_entry_and_dispatch_on_cpu():
   ql, qr, cache = make(rng, 2, 4, 32, 16, 20, jnp.float32)
   lengths = jnp.array([7, 20], jnp.int32)
   ref = decode_f64(ql, qr, cache, lengths, 0.3)
-  assert rel_err(kernels_pallas.mla_decode(ql, qr, cache, lengths, scale=0.3, interpret=True),
-                 ref) < 1e-4
+  assert rel_err(kernels_pallas.mla_decode(ql, qr, cache, lengths, scale=0.3, interpret=True), ref) < 1e-4
   assert rel_err(kernels_pallas.mla_decode(ql, qr, cache, lengths, scale=0.3), ref) < 1e-4
   if jax.default_backend() == "cpu":
     with pytest.raises(NotImplementedError, match="cpu"):
@@ -116,11 +114,13 @@ def test_split_combine_matches_f64():
   lsum[0, 2] = 0.0
   w = np.where(np.isfinite(m), np.exp2(m - m.max(1, keepdims=True)), 0.0)
   ref = (w[..., None] * acc).sum(1) / (w * lsum).sum(1)[..., None]
-  out = decode_gpu.combine_splits(jnp.asarray(acc, jnp.float32), jnp.asarray(m, jnp.float32),
-                                  jnp.asarray(lsum, jnp.float32))
+  out = decode_gpu.combine_splits(
+    jnp.asarray(acc, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(lsum, jnp.float32)
+  )
   assert rel_err(out, ref) < 1e-5
-  empty = decode_gpu.combine_splits(jnp.zeros((1, 2, H, C)), jnp.full((1, 2, H), -jnp.inf),
-                                    jnp.zeros((1, 2, H)))
+  empty = decode_gpu.combine_splits(
+    jnp.zeros((1, 2, H, C)), jnp.full((1, 2, H), -jnp.inf), jnp.zeros((1, 2, H))
+  )
   assert np.all(np.asarray(empty) == 0.0)
 
 
@@ -130,15 +130,19 @@ def test_tpu_kernel_compiles_ahead_of_time(topology):
   pytest.importorskip("libtpu", reason="ahead-of-time TPU compilation needs the tpu-aot extra")
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other processes may hold libtpu
   from jax.experimental import topologies
+
   topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
   sharding = jax.sharding.SingleDeviceSharding(topo.devices[0])
   sd = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)
-  for B, H, R, K, S, dt in [(64, 32, 128, 32, 8192, jnp.bfloat16),   # Zebra-1B layers
-                            (64, 32, 160, 64, 32768, jnp.bfloat16),  # Zebra-8B layers
-                            (4, 9, 32, 32, 1001, jnp.float32)]:      # SmolLM2 heads, odd s, fp32
+  for B, H, R, K, S, dt in [
+    (64, 32, 128, 32, 8192, jnp.bfloat16),  # Zebra-1B layers
+    (64, 32, 160, 64, 32768, jnp.bfloat16),  # Zebra-8B layers
+    (4, 9, 32, 32, 1001, jnp.float32),
+  ]:  # SmolLM2 heads, odd s, fp32
     fn = jax.jit(lambda a, b, c, l: decode_tpu.mla_decode_tpu(a, b, c, l, scale=0.1))
-    compiled = fn.lower(sd((B, H, R), dt), sd((B, H, K), dt), sd((B, S, R + K), dt),
-                        sd((B,), jnp.int32)).compile()
+    compiled = fn.lower(
+      sd((B, H, R), dt), sd((B, H, K), dt), sd((B, S, R + K), dt), sd((B,), jnp.int32)
+    ).compile()
     assert compiled.memory_analysis() is not None
 
 
@@ -146,19 +150,23 @@ def test_tpu_kernel_compiles_ahead_of_time(topology):
 @on_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-@pytest.mark.parametrize("B,H,R,K,S,block_s,stages,splits", [
-    (4, 32, 128, 32, 1001, 64, 4, None),   # Zebra-1B layer, odd s
-    (3, 32, 160, 64, 777, 128, 3, 3),      # Zebra-8B layer, explicit splits
-    (5, 9, 32, 32, 64, 64, 2, 1),          # SmolLM2 heads, one block
-    (2, 64, 192, 64, 4100, 64, 3, 4),      # 64 heads, 256-wide rows
-])
+@pytest.mark.parametrize(
+  "B,H,R,K,S,block_s,stages,splits",
+  [
+    (4, 32, 128, 32, 1001, 64, 4, None),  # Zebra-1B layer, odd s
+    (3, 32, 160, 64, 777, 128, 3, 3),  # Zebra-8B layer, explicit splits
+    (5, 9, 32, 32, 64, 64, 2, 1),  # SmolLM2 heads, one block
+    (2, 64, 192, 64, 4100, 64, 3, 4),  # 64 heads, 256-wide rows
+  ],
+)
 def test_gpu_kernel_matches_f64(dtype, B, H, R, K, S, block_s, stages, splits):
   rng = np.random.default_rng([B, H, R, S])
   ql, qr, cache = make(rng, B, H, R, K, S, dtype)
   lengths = jnp.asarray(np.r_[[1, S], rng.integers(1, S + 1, B - 2)][:B], jnp.int32)
   scale = (R + K) ** -0.5 * 2.0
-  out = decode_gpu.mla_decode_gpu(ql, qr, cache, lengths, scale=scale, block_s=block_s,
-                                  num_stages=stages, num_splits=splits)
+  out = decode_gpu.mla_decode_gpu(
+    ql, qr, cache, lengths, scale=scale, block_s=block_s, num_stages=stages, num_splits=splits
+  )
   assert out.shape == (B, H, R) and out.dtype == ql.dtype
   assert rel_err(out, decode_f64(ql, qr, cache, lengths, scale)) < 1e-2
 
@@ -170,8 +178,10 @@ def test_gpu_dispatch_uses_kernel_and_zero_length():
   ql, qr, cache = make(rng, 3, 32, 128, 32, 300, jnp.bfloat16)
   lengths = jnp.array([0, 300, 17], jnp.int32)
   ref = decode_f64(ql, qr, cache, lengths, 0.1)
-  for out in (kernels_pallas.mla_decode(ql, qr, cache, lengths, scale=0.1, impl="pallas"),
-              ops_mla.mla_decode(ql, qr, cache, lengths, scale=0.1, impl="pallas")):
+  for out in (
+    kernels_pallas.mla_decode(ql, qr, cache, lengths, scale=0.1, impl="pallas"),
+    ops_mla.mla_decode(ql, qr, cache, lengths, scale=0.1, impl="pallas"),
+  ):
     assert np.all(np.asarray(out[0], np.float32) == 0.0)
     assert rel_err(out[1:], ref[1:]) < 1e-2
   # float32 is outside the GPU kernel: "auto" runs the reference, "pallas" says why not.

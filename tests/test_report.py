@@ -16,11 +16,11 @@ from flax import nnx
 from zebra_jax.convert.orbax_io import load_model
 from zebra_jax.data import ByteTokenizer
 from zebra_jax.data.prompts import REPORT_PROMPTS, prompt_ids
-from zebra_jax.distill.experiment import (Variant, plan, run_experiment, shared_settings_diff,
-                                         variant_config)
+from zebra_jax.distill.experiment import Variant, plan, run_experiment, shared_settings_diff, variant_config
 from zebra_jax.distill.select import uniform_placement
 from zebra_jax.eval import report
 from zebra_jax.init import init_hybrid
+
 
 def _tiny():
   c = load_config_file("tiny")
@@ -78,8 +78,11 @@ def test_kd_sweeps_change_one_kd_setting_of_the_main_variant():
   not exist, or a value equal to the config's, is refused by name."""
   cfg = _tiny()
   variants = plan([3], ablations=["kd:ce_weight=0.1", "kd:lr_scale.mixer=2"])
-  assert [v.name for v in variants] == ["mla3_smart", "mla3_smart_kd_ce_weight0p1",
-                                        "mla3_smart_kd_lr_scale_mixer2"]
+  assert [v.name for v in variants] == [
+    "mla3_smart",
+    "mla3_smart_kd_ce_weight0p1",
+    "mla3_smart_kd_lr_scale_mixer2",
+  ]
   assert variants[1].kind == "sweep: kd.ce_weight=0.1"
   ce = variant_config(cfg, variants[1])
   assert ce.kd.ce_weight == 0.1 and cfg.kd.ce_weight == 0.0  # the base config is not modified
@@ -121,8 +124,9 @@ def test_shared_from_links_a_finished_root_and_refuses_other_settings(experiment
   before = {p: os.path.getmtime(p) for p in shared.rglob("*") if p.is_file()}
   sweep = _tiny()
   sweep.kd.lr = cfg.kd.lr * 3
-  out = run_experiment(sweep, str(tmp_path / "lr3x"), plan([2], ablations=False), progress=False,
-                       shared_from=str(root))
+  out = run_experiment(
+    sweep, str(tmp_path / "lr3x"), plan([2], ablations=False), progress=False, shared_from=str(root)
+  )
   assert os.path.islink(tmp_path / "lr3x" / "shared")
   assert os.path.realpath(tmp_path / "lr3x" / "shared") == str(shared)
   assert [s for s, _ in out["mla2_smart"]["stages_run"]] == ["select", "assemble", "kd"]
@@ -133,24 +137,39 @@ def test_shared_from_links_a_finished_root_and_refuses_other_settings(experiment
   other = _tiny()
   other.ild.lr = cfg.ild.lr * 2
   with pytest.raises(ValueError, match=r"ild\.lr"):
-    run_experiment(other, str(tmp_path / "bad"), plan([2], ablations=False), progress=False,
-                   shared_from=str(root))
+    run_experiment(
+      other, str(tmp_path / "bad"), plan([2], ablations=False), progress=False, shared_from=str(root)
+    )
   assert not os.path.lexists(tmp_path / "bad" / "shared")
   with pytest.raises(FileNotFoundError, match="not finished"):
-    run_experiment(sweep, str(tmp_path / "c"), plan([2], ablations=False), progress=False,
-                   shared_from=str(tmp_path / "nothing_here"))
+    run_experiment(
+      sweep,
+      str(tmp_path / "c"),
+      plan([2], ablations=False),
+      progress=False,
+      shared_from=str(tmp_path / "nothing_here"),
+    )
 
 
 def test_shared_settings_diff_ignores_only_what_the_shared_stages_never_read():
-  a = {"name": "x", "kd": {"lr": 1.0}, "model": {"n_mla": 9, "kv_lora_rank": 16},
-       "samples": {"temperature": 1.0}, "select": {"method": "smart"}}
-  b = {"name": "y", "kd": {"lr": 2.0}, "model": {"n_mla": 4, "kv_lora_rank": 16},
-       "samples": {"temperature": 1.0}, "select": {"method": "uniform"}}
+  a = {
+    "name": "x",
+    "kd": {"lr": 1.0},
+    "model": {"n_mla": 9, "kv_lora_rank": 16},
+    "samples": {"temperature": 1.0},
+    "select": {"method": "smart"},
+  }
+  b = {
+    "name": "y",
+    "kd": {"lr": 2.0},
+    "model": {"n_mla": 4, "kv_lora_rank": 16},
+    "samples": {"temperature": 1.0},
+    "select": {"method": "uniform"},
+  }
   assert shared_settings_diff(a, b) == []
   b["samples"]["temperature"] = 0.7
   b["model"]["kv_lora_rank"] = 32
-  assert shared_settings_diff(a, b) == ["model.kv_lora_rank: 16 != 32",
-                                        "samples.temperature: 1.0 != 0.7"]
+  assert shared_settings_diff(a, b) == ["model.kv_lora_rank: 16 != 32", "samples.temperature: 1.0 != 0.7"]
 
 
 def test_placements(experiment):
@@ -170,8 +189,10 @@ def test_blocks_come_from_ild_students_or_the_initialisers(experiment):
   no_ild = load_model(str(root / "mla3_smart_no_ild" / "assemble" / "model"), dtype="float32")
   # The initialisers on the all-MLA / all-Mamba2 shapes of the ILD students (random parts such as
   # A_log are drawn per model shape, so the reference uses those shapes).
-  init = {"mla": init_hybrid(teacher, ild_mla.config, seed=cfg.seed),
-          "mamba2": init_hybrid(teacher, ild_mamba.config, seed=cfg.seed)}
+  init = {
+    "mla": init_hybrid(teacher, ild_mla.config, seed=cfg.seed),
+    "mamba2": init_hybrid(teacher, ild_mamba.config, seed=cfg.seed),
+  }
   for i, kind in enumerate(with_ild.config.layer_types()):
     src = _flat(ild_mla if kind == "mla" else ild_mamba, i)
     for p, v in _flat(with_ild, i).items():
@@ -189,16 +210,24 @@ def test_evaluation_rows(experiment):
   assert heldout and sum(map(len, heldout)) >= 300
   teacher = load_model(str(root / "shared" / "teacher" / "model"), dtype="float32")
   student = load_model(str(root / "mla3_smart" / "kd" / "model"), dtype="float32")
-  kw = dict(seq_len=cfg.data.seq_len, decode_batch=2, contexts=[16], decode_steps=2,
-            sample_tokens=3, prompts=REPORT_PROMPTS[:2])
+  kw = dict(
+    seq_len=cfg.data.seq_len,
+    decode_batch=2,
+    contexts=[16],
+    decode_steps=2,
+    sample_tokens=3,
+    prompts=REPORT_PROMPTS[:2],
+  )
   t = report.evaluate_model(teacher, teacher, tok, heldout, **kw)
   draw = dict(temperature=0.7, top_p=0.9, seed=0)
   s = report.evaluate_model(student, teacher, tok, heldout, sampling=draw, **kw)
   assert "sampled" not in t and s["sampled"]["settings"] == draw
   ids = [prompt_ids(tok, p) for p in REPORT_PROMPTS[:2]]
   from zebra_jax.infer.generation import generate
+
   assert [x["completion"] for x in s["sampled"]["samples"]] == [
-      tok.decode(g) for g in generate(student, ids, 3, **draw)]
+    tok.decode(g) for g in generate(student, ids, 3, **draw)
+  ]
   assert t["top1"] == 1.0 and abs(t["kl"]) < 1e-6 and t["kv_fraction"] == 1.0
   assert t["perplexity"] == pytest.approx(s["teacher_perplexity"], rel=1e-6)
   # cache formula: an MLA layer caches kv_lora_rank + qk_rope_head_dim values per token, an
@@ -206,8 +235,11 @@ def test_evaluation_rows(experiment):
   c = student.config
   n_mla = sum(t_ == "mla" for t_ in c.layer_types())
   o = cfg.teacher.overrides
-  want = n_mla * (c.kv_lora_rank + c.qk_rope_head_dim) / (
-      o["num_hidden_layers"] * 2 * o["num_key_value_heads"] * o["head_dim"])
+  want = (
+    n_mla
+    * (c.kv_lora_rank + c.qk_rope_head_dim)
+    / (o["num_hidden_layers"] * 2 * o["num_key_value_heads"] * o["head_dim"])
+  )
   assert s["kv_fraction"] == pytest.approx(want)
   assert s["decode"][0]["tokens_per_s"] > 0 and len(s["samples"]) == 2
   assert 0.0 <= s["top1"] <= 1.0 and s["kl"] > 0
@@ -215,20 +247,31 @@ def test_evaluation_rows(experiment):
 
 def test_markdown_shows_greedy_and_drawn_samples_for_every_model():
   def row(ppl, tag, drawn=True):
-    r = {"perplexity": ppl, "teacher_perplexity": 10.0, "top1": 0.5, "kl": 0.1, "kv_fraction": 0.04,
-         "heldout_tokens": 100, "decode": [], "eval_seconds": 1.0,
-         "samples": [{"prompt": "P1", "completion": f"greedy {tag}"}]}
+    r = {
+      "perplexity": ppl,
+      "teacher_perplexity": 10.0,
+      "top1": 0.5,
+      "kl": 0.1,
+      "kv_fraction": 0.04,
+      "heldout_tokens": 100,
+      "decode": [],
+      "eval_seconds": 1.0,
+      "samples": [{"prompt": "P1", "completion": f"greedy {tag}"}],
+    }
     if drawn:
-      r["sampled"] = {"settings": {"temperature": 0.7, "top_p": 0.9, "seed": 0},
-                      "samples": [{"prompt": "P1", "completion": f"drawn {tag}\nline 2"}]}
+      r["sampled"] = {
+        "settings": {"temperature": 0.7, "top_p": 0.9, "seed": 0},
+        "samples": [{"prompt": "P1", "completion": f"drawn {tag}\nline 2"}],
+      }
     return r
 
-  results = {"environment": {"device": "cpu", "date": "d", "jax": "j", "flax": "f"},
-             "meta": {"command": "c", "decode_batch": 2, "contexts": [16]},
-             "models": {"teacher": row(10.0, "T"), "mla1": row(12.0, "S"),
-                        "ablation": row(13.0, "X", drawn=False)},
-             "variants": {"mla1": {"kind": "main"}, "ablation": {"kind": "ablation"}},
-             "timings": {"train": 1.0}}
+  results = {
+    "environment": {"device": "cpu", "date": "d", "jax": "j", "flax": "f"},
+    "meta": {"command": "c", "decode_batch": 2, "contexts": [16]},
+    "models": {"teacher": row(10.0, "T"), "mla1": row(12.0, "S"), "ablation": row(13.0, "X", drawn=False)},
+    "variants": {"mla1": {"kind": "main"}, "ablation": {"kind": "ablation"}},
+    "timings": {"train": 1.0},
+  }
   md = report.markdown(results)
   greedy, drawn = md.split("Samples drawn with temperature 0.7, top_p 0.9, seed 0")
   assert "- *teacher*: greedy T" in greedy and "- *mla1*: greedy S" in greedy
@@ -239,18 +282,36 @@ def test_markdown_shows_greedy_and_drawn_samples_for_every_model():
 def test_markdown_without_decode_contexts_is_a_quality_only_table():
   """`--contexts ''` (quality only, e.g. a learning-rate sweep): no decode or speed-up columns,
   and every row has as many cells as the header (the first version indexed contexts[-1])."""
-  def row(ppl):
-    return {"perplexity": ppl, "teacher_perplexity": 10.0, "top1": 0.5, "kl": 0.1,
-            "kv_fraction": 0.04, "heldout_tokens": 100, "decode": [], "eval_seconds": 1.0,
-            "samples": []}
 
-  results = {"environment": {"device": "cpu", "date": "d", "jax": "j", "flax": "f"},
-             "meta": {"command": "c", "decode_batch": 2, "contexts": []},
-             "models": {"teacher": row(10.0), "mla1": row(12.5)},
-             "variants": {"mla1": {"kind": "main"}}, "timings": {"train": 1.0}}
+  def row(ppl):
+    return {
+      "perplexity": ppl,
+      "teacher_perplexity": 10.0,
+      "top1": 0.5,
+      "kl": 0.1,
+      "kv_fraction": 0.04,
+      "heldout_tokens": 100,
+      "decode": [],
+      "eval_seconds": 1.0,
+      "samples": [],
+    }
+
+  results = {
+    "environment": {"device": "cpu", "date": "d", "jax": "j", "flax": "f"},
+    "meta": {"command": "c", "decode_batch": 2, "contexts": []},
+    "models": {"teacher": row(10.0), "mla1": row(12.5)},
+    "variants": {"mla1": {"kind": "main"}},
+    "timings": {"train": 1.0},
+  }
   md = report.markdown(results)
-  table = [line for line in md.splitlines() if line.startswith("| ") and "held-out ppl" in line
-           or line.startswith("| teacher |") or line.startswith("| mla1 |")]
+  table = [
+    line
+    for line in md.splitlines()
+    if line.startswith("| ")
+    and "held-out ppl" in line
+    or line.startswith("| teacher |")
+    or line.startswith("| mla1 |")
+  ]
   assert len(table) == 3 and "decode" not in table[0] and "speed-up" not in table[0]
   assert {line.count("|") for line in table} == {9}
   assert "| 12.50 | +25.0% |" in table[2]

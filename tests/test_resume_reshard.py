@@ -34,33 +34,57 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILL = os.path.join(ROOT, "scripts", "distill.py")
 STEPS = 12
 KILL_AT = 5
-FLAGS = ["--config.stages=('teacher', 'ild_mla')", f"--config.ild.steps={STEPS}",
-         "--config.train.log_every=1", "--config.train.checkpoint_every=4",
-         "--config.train.async_checkpoint=False"]
+FLAGS = [
+  "--config.stages=('teacher', 'ild_mla')",
+  f"--config.ild.steps={STEPS}",
+  "--config.train.log_every=1",
+  "--config.train.checkpoint_every=4",
+  "--config.train.async_checkpoint=False",
+]
 MESHES = {4: (2, 2, 1), 2: (1, 2, 1), 8: (1, 4, 2)}  # devices -> (data, fsdp, tensor)
 COMPARED = ("loss", "block_loss", "mixer_loss", "grad_norm", "param_norm")
 TIMEOUT = 600
 
 
 def _env(devices: int, cache: str) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    JAX_COMPILATION_CACHE_DIR=cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   return env
 
 
 def _cmd(workdir, devices: int):
   d, f, t = MESHES[devices]
-  return [sys.executable, DISTILL, "--config", os.path.join(ROOT, "configs", "tiny.py"),
-          "--workdir", str(workdir), "--no_progress", *FLAGS, f"--config.mesh.data={d}",
-          f"--config.mesh.fsdp={f}", f"--config.mesh.tensor={t}"]
+  return [
+    sys.executable,
+    DISTILL,
+    "--config",
+    os.path.join(ROOT, "configs", "tiny.py"),
+    "--workdir",
+    str(workdir),
+    "--no_progress",
+    *FLAGS,
+    f"--config.mesh.data={d}",
+    f"--config.mesh.fsdp={f}",
+    f"--config.mesh.tensor={t}",
+  ]
 
 
 def _run(workdir, devices, cache) -> subprocess.CompletedProcess:
-  r = subprocess.run(_cmd(workdir, devices), env=_env(devices, cache), capture_output=True,
-                     text=True, timeout=TIMEOUT, cwd=ROOT)
+  r = subprocess.run(
+    _cmd(workdir, devices),
+    env=_env(devices, cache),
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    cwd=ROOT,
+  )
   assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
   return r
 
@@ -71,17 +95,20 @@ def _rows(workdir) -> list[dict]:
 
 def _kill_at(workdir, devices, cache, step):
   """Runs distill.py and sends SIGTERM once ild_mla has logged `step`: (returncode, output)."""
-  return signal_at_step(_cmd(workdir, devices), _env(devices, cache), workdir, "ild_mla", step,
-                        signal.SIGTERM, TIMEOUT)
+  return signal_at_step(
+    _cmd(workdir, devices), _env(devices, cache), workdir, "ild_mla", step, signal.SIGTERM, TIMEOUT
+  )
 
 
 def _params(path) -> dict:
   from flax import nnx
 
   from zebra_jax.convert.orbax_io import load_model
+
   m = load_model(path)
-  return {".".join(map(str, k)): np.asarray(v.get_value())
-          for k, v in nnx.to_flat_state(nnx.state(m, nnx.Param))}
+  return {
+    ".".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(m, nnx.Param))
+  }
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +131,9 @@ def runs(tmp_path_factory):
     work = base / f"resumed{devices}"
     shutil.copytree(killed, work)
     out, err = open(base / f"resumed{devices}.out", "w+"), open(base / f"resumed{devices}.err", "w+")
-    p = subprocess.Popen(_cmd(work, devices), env=_env(devices, cache), stdout=out, stderr=err,
-                         text=True, cwd=ROOT)
+    p = subprocess.Popen(
+      _cmd(work, devices), env=_env(devices, cache), stdout=out, stderr=err, text=True, cwd=ROOT
+    )
     resumed[devices] = (work, p, out, err)
   done = {}
   try:
@@ -113,8 +141,7 @@ def runs(tmp_path_factory):
       p.wait(timeout=TIMEOUT)
       out.seek(0)
       err.seek(0)
-      done[devices] = (work, subprocess.CompletedProcess(p.args, p.returncode, out.read(),
-                                                         err.read()))
+      done[devices] = (work, subprocess.CompletedProcess(p.args, p.returncode, out.read(), err.read()))
   finally:
     for work, p, out, err in resumed.values():
       if p.poll() is None:
@@ -122,8 +149,7 @@ def runs(tmp_path_factory):
         p.wait()
       out.close()
       err.close()
-  return {"base": base, "cache": cache, "ref": ref, "killed": killed, "saved": saved,
-          "resumed": done}
+  return {"base": base, "cache": cache, "ref": ref, "killed": killed, "saved": saved, "resumed": done}
 
 
 def _check_resume(runs, devices):
@@ -142,7 +168,7 @@ def _check_resume(runs, devices):
         assert b[k] == pytest.approx(a[k], rel=1e-5), (k, a, b)
   # the check has teeth: the curve moves by far more than the tolerance from step to step
   losses = [x["loss"] for x in ref]
-  assert min(abs(x - y) / abs(y) for x, y in zip(losses[saved:], losses[saved - 1:])) > 1e-3
+  assert min(abs(x - y) / abs(y) for x, y in zip(losses[saved:], losses[saved - 1 :])) > 1e-3
   a, b = _params(runs["ref"] / "ild_mla" / "model"), _params(work / "ild_mla" / "model")
   assert a.keys() == b.keys()
   for k in a:

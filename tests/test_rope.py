@@ -11,14 +11,38 @@ import jax.numpy as jnp
 from zebra_jax.models import rope
 
 CASES = [
-    ("default", None),
-    ("linear", {"rope_type": "linear", "factor": 4.0}),
-    ("llama3", {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-    ("yarn", {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 8192,
-              "beta_fast": 32.0, "beta_slow": 1.0}),
-    ("yarn", {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096,
-              "mscale": 1.0, "mscale_all_dim": 1.0}),
+  ("default", None),
+  ("linear", {"rope_type": "linear", "factor": 4.0}),
+  (
+    "llama3",
+    {
+      "rope_type": "llama3",
+      "factor": 32.0,
+      "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192,
+    },
+  ),
+  (
+    "yarn",
+    {
+      "rope_type": "yarn",
+      "factor": 32.0,
+      "original_max_position_embeddings": 8192,
+      "beta_fast": 32.0,
+      "beta_slow": 1.0,
+    },
+  ),
+  (
+    "yarn",
+    {
+      "rope_type": "yarn",
+      "factor": 8.0,
+      "original_max_position_embeddings": 4096,
+      "mscale": 1.0,
+      "mscale_all_dim": 1.0,
+    },
+  ),
 ]
 
 
@@ -26,8 +50,13 @@ CASES = [
 @pytest.mark.parametrize("dim", [32, 64, 128])
 def test_frequencies_match_transformers(rope_type, scaling, dim):
   params = {"rope_type": rope_type, "rope_theta": 500000.0, **(scaling or {})}
-  hf = HFLlamaConfig(hidden_size=dim * 4, num_attention_heads=4, head_dim=dim,
-                     max_position_embeddings=131072, rope_parameters=params)
+  hf = HFLlamaConfig(
+    hidden_size=dim * 4,
+    num_attention_heads=4,
+    head_dim=dim,
+    max_position_embeddings=131072,
+    rope_parameters=params,
+  )
   fn = ROPE_INIT_FUNCTIONS[rope_type] if rope_type != "default" else None
   if fn is None:
     ref_inv = 1.0 / (500000.0 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
@@ -41,8 +70,9 @@ def test_frequencies_match_transformers(rope_type, scaling, dim):
 
 def test_yarn_mscale_values_of_the_reference():
   for factor, expected in ((32.0, 1.3466), (8.0, 1.2079)):
-    _, f = rope.rope_frequencies(32, 5e5, {"rope_type": "yarn", "factor": factor,
-                                           "original_max_position_embeddings": 8192})
+    _, f = rope.rope_frequencies(
+      32, 5e5, {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": 8192}
+    )
     assert f == pytest.approx(expected, abs=1e-4)
 
 

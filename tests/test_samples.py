@@ -22,8 +22,7 @@ from zebra_jax.distill.pipeline import run_pipeline
 def _tiny_config():
   c = load_config_file("tiny")
   c.data.source = ("default", "teacher_samples")
-  c.samples.update(num_samples=5, batch_size=2, prompt_tokens=12, max_new_tokens=6,
-                   temperature=1.0, top_k=1)
+  c.samples.update(num_samples=5, batch_size=2, prompt_tokens=12, max_new_tokens=6, temperature=1.0, top_k=1)
   c.stages = ("teacher", "samples")
   return c
 
@@ -36,11 +35,12 @@ def _greedy(model, prompt, n_new):
     ids.append(nxt)
     if nxt == model.config.eos_token_id:
       break
-  return ids[len(prompt):]
+  return ids[len(prompt) :]
 
 
-@pytest.mark.parametrize("rounds", [dict(), dict(round_tokens=2, round_batches=2)],
-                         ids=["one_call_per_batch", "in_rounds"])
+@pytest.mark.parametrize(
+  "rounds", [dict(), dict(round_tokens=2, round_batches=2)], ids=["one_call_per_batch", "in_rounds"]
+)
 def test_samples_stage_writes_greedy_continuations_of_train_prompts(tmp_path, rounds):
   """In rounds (2 new tokens per round, batches of 2 regrouped over parts of 2 batches), greedy
   continuations are the same as in one call: a continuation depends on its prefix only."""
@@ -52,12 +52,14 @@ def test_samples_stage_writes_greedy_continuations_of_train_prompts(tmp_path, ro
   assert len(rows) == cfg.samples.num_samples
 
   tok = ByteTokenizer()
-  prompts = samples_lib.make_prompts(cfg, tok, cfg.samples.num_samples, cfg.samples.prompt_tokens,
-                                     cfg.seed + 7)
+  prompts = samples_lib.make_prompts(
+    cfg, tok, cfg.samples.num_samples, cfg.samples.prompt_tokens, cfg.seed + 7
+  )
   docs = default_corpus()
   train = split_indices(len(docs), "train", cfg.data.heldout_fraction)
   train_text = "\x00".join(docs[i] for i in train)
   from zebra_jax.convert.orbax_io import load_model
+
   teacher = load_model(str(tmp_path / "teacher" / "model"), dtype="float32")
   eos = teacher.config.eos_token_id
   for prompt, row in zip(prompts, rows):
@@ -89,10 +91,13 @@ def test_training_reads_the_samples(tmp_path):
   src = samples_lib.resolve_source(cfg, str(tmp_path))
   assert src[0] == "default" and src[1] == str(tmp_path / samples_lib.ARTIFACT)
   from zebra_jax.data import open_source
+
   assert len(open_source(src)) == len(default_corpus()) + cfg.samples.num_samples
 
 
-@pytest.mark.parametrize("change, field", [
+@pytest.mark.parametrize(
+  "change, field",
+  [
     (dict(stages=("teacher", "ild_mla")), "'samples' stage"),
     (dict(stages=("teacher", "ild_mla", "samples")), "must come before"),
     (dict(source=("teacher_samples",)), "only 'teacher_samples'"),
@@ -102,15 +107,22 @@ def test_training_reads_the_samples(tmp_path):
     (dict(chat_temperature=0.0), "samples.chat_temperature"),
     (dict(round_tokens=4), "samples.round_tokens must be 0 \\(off\\) or divide"),  # 6 % 4
     (dict(round_tokens=2, round_batches=0), "samples.round_batches"),
-])
+  ],
+)
 def test_bad_samples_configs_name_the_field(change, field):
   cfg = _tiny_config()
   if "stages" in change:
     cfg.stages = change["stages"]
   if "source" in change:
     cfg.data.source = change["source"]
-  for k in ("num_samples", "temperature", "chat_fraction", "chat_temperature", "round_tokens",
-            "round_batches"):
+  for k in (
+    "num_samples",
+    "temperature",
+    "chat_fraction",
+    "chat_temperature",
+    "round_tokens",
+    "round_batches",
+  ):
     if k in change:
       cfg.samples[k] = change[k]
   with pytest.raises(RunConfigError, match=field):
@@ -130,7 +142,7 @@ def test_instruction_prompts_are_seeded_and_never_an_evaluation_prompt():
 
   a = instruction_prompts(50, seed=3)
   assert a == instruction_prompts(50, seed=3) and a != instruction_prompts(50, seed=4)
-  assert len(set(a)) == 50                       # no repeats before the pool is used up
+  assert len(set(a)) == 50  # no repeats before the pool is used up
   pool = len(TEMPLATES) * len(TOPICS)
   assert len(instruction_prompts(pool + 5, seed=0)) == pool + 5
   banned = "Write a haiku about volcanoes."
@@ -154,7 +166,7 @@ def test_chat_prompts_need_a_chat_template():
 
 def test_chat_fraction_mixes_chat_prompts_into_the_samples(tmp_path, monkeypatch):
   cfg = _tiny_config()
-  cfg.samples.update(num_samples=5, chat_fraction=0.4)   # round(5 * 0.4) = 2 chat prompts
+  cfg.samples.update(num_samples=5, chat_fraction=0.4)  # round(5 * 0.4) = 2 chat prompts
   marks = [list(b"@CHAT-A@"), list(b"@CHAT-B@")]
   monkeypatch.setattr(samples_lib, "make_chat_prompts", lambda tok, n, seed, *rest: marks[:n])
   run_pipeline(cfg, str(tmp_path), progress=False)
@@ -166,6 +178,7 @@ def test_chat_fraction_mixes_chat_prompts_into_the_samples(tmp_path, monkeypatch
 
 def test_chat_temperature_samples_chat_prompts_at_their_own_temperature(tmp_path, monkeypatch):
   import zebra_jax.infer.generation as decode_lib
+
   cfg = _tiny_config()
   cfg.samples.update(num_samples=5, chat_fraction=0.4, temperature=1.0, chat_temperature=0.25)
   marks = [list(b"@CHAT-A@"), list(b"@CHAT-B@")]
@@ -202,17 +215,19 @@ def test_chat_samples_keep_the_template_markers_through_the_real_tokenizer(smoll
 
 def test_passage_prompts_wrap_a_passage_of_a_training_document():
   from zebra_jax.distill.instructions import PASSAGE_TEMPLATES, cut_passage, passage_prompts
+
   docs = [("Paragraph %d of document %d. " % (p, d)) * 12 + "\n\n" for d in range(5) for p in range(4)]
-  docs = ["".join(docs[i:i + 4]) for i in range(0, 20, 4)] + [{"messages": []}, "too short"]
+  docs = ["".join(docs[i : i + 4]) for i in range(0, 20, 4)] + [{"messages": []}, "too short"]
   out = passage_prompts(docs, 40, seed=3)
   assert out == passage_prompts(docs, 40, seed=3) and out != passage_prompts(docs, 40, seed=4)
   used = set()
   for msg in out:
-    tpl = next(t for t in PASSAGE_TEMPLATES
-               if msg.startswith(t.split("{p}")[0]) and msg.endswith(t.split("{p}")[1]))
+    tpl = next(
+      t for t in PASSAGE_TEMPLATES if msg.startswith(t.split("{p}")[0]) and msg.endswith(t.split("{p}")[1])
+    )
     used.add(tpl)
     head, tail = tpl.split("{p}")
-    passage = msg[len(head):len(msg) - len(tail)]
+    passage = msg[len(head) : len(msg) - len(tail)]
     assert 300 <= len(passage) <= 1200 and any(passage in d for d in docs if isinstance(d, str))
   assert len(used) >= 5  # the tasks vary
   assert cut_passage("short", np.random.default_rng(0)) == ""
@@ -227,17 +242,18 @@ def test_passage_fraction_builds_chat_prompts_from_train_documents_only(tmp_path
   corpus = default_corpus()
   held = set(split_indices(len(corpus), "heldout", cfg.data.heldout_fraction))
   assert len(docs) == len(corpus) - len(held) and all(corpus[i] not in docs for i in held)
-  ids = samples_lib.make_chat_prompts(ByteTokenizer(), 6, seed=0, documents=docs,
-                                      passage_fraction=0.5)
+  ids = samples_lib.make_chat_prompts(ByteTokenizer(), 6, seed=0, documents=docs, passage_fraction=0.5)
   texts = [ByteTokenizer().decode(i) for i in ids]
-  from_docs = [t for t in texts if any(line and line in d for d in docs
-                                       for line in t.split("\n")[2:3] if len(line) > 40)]
+  from_docs = [
+    t for t in texts if any(line and line in d for d in docs for line in t.split("\n")[2:3] if len(line) > 40)
+  ]
   assert len(texts) == 6 and len(from_docs) >= 1
 
 
 def test_instruction_topics_avoid_the_suites_chat_prompts():
   from zebra_jax.distill.instructions import TOPICS
   from zebra_jax.data.prompts import CHAT_PROMPTS
+
   words = {w.strip("?.,:").lower() for p in CHAT_PROMPTS for w in p.split() if len(w) > 6}
   for topic in TOPICS:
     assert not ({w.lower() for w in topic.split() if len(w) > 6} & words), topic

@@ -37,10 +37,31 @@ def _rows(path):
 def test_cpu_smoke_run_measures_both_device_counts_and_appends_the_table(tmp_path):
   work, doc = tmp_path / "scal", tmp_path / "bench.md"
   doc.write_text("# Benchmarks\n")
-  r = subprocess.run([sys.executable, SCRIPT, "--config", os.path.join(ROOT, "configs", "tiny.py"),
-                      "--devices", "1,2", "--stage", "ild_mla", "--steps", "3", "--platform", "cpu",
-                      "--workdir", str(work), "--append", str(doc)],
-                     capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
+  r = subprocess.run(
+    [
+      sys.executable,
+      SCRIPT,
+      "--config",
+      os.path.join(ROOT, "configs", "tiny.py"),
+      "--devices",
+      "1,2",
+      "--stage",
+      "ild_mla",
+      "--steps",
+      "3",
+      "--platform",
+      "cpu",
+      "--workdir",
+      str(work),
+      "--append",
+      str(doc),
+    ],
+    capture_output=True,
+    text=True,
+    env=_env(),
+    timeout=600,
+    cwd=ROOT,
+  )
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   rec = json.loads((work / "scaling.json").read_text())
   s = {row["devices"]: row for row in rec["summary"]}
@@ -69,41 +90,65 @@ def test_cpu_smoke_run_measures_both_device_counts_and_appends_the_table(tmp_pat
 
 def test_dry_run_prints_the_gpu_commands_and_runs_nothing(tmp_path):
   work = tmp_path / "dry"
-  r = subprocess.run([sys.executable, SCRIPT, "--config", os.path.join(ROOT, "configs",
-                                                                        "smollm2_135m.py"),
-                      "--devices", "1,2,4", "--stage", "ild_mla", "--steps", "30", "--mesh",
-                      "1,-1,1", "--platform", "gpu", "--dry-run", "--workdir", str(work),
-                      "--config.samples.num_samples=64"],
-                     capture_output=True, text=True, env=_env(), timeout=120, cwd=ROOT)
+  r = subprocess.run(
+    [
+      sys.executable,
+      SCRIPT,
+      "--config",
+      os.path.join(ROOT, "configs", "smollm2_135m.py"),
+      "--devices",
+      "1,2,4",
+      "--stage",
+      "ild_mla",
+      "--steps",
+      "30",
+      "--mesh",
+      "1,-1,1",
+      "--platform",
+      "gpu",
+      "--dry-run",
+      "--workdir",
+      str(work),
+      "--config.samples.num_samples=64",
+    ],
+    capture_output=True,
+    text=True,
+    env=_env(),
+    timeout=120,
+    cwd=ROOT,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   cmds = [line for line in r.stdout.splitlines() if line.startswith("$ ")]
   assert len(cmds) == 4  # the prep (teacher, samples) and one run per count
   assert "CUDA_VISIBLE_DEVICES=0,1,2,3 NCCL_NVLS_ENABLE=0" in cmds[0]
-  assert "'--config.stages=(\"teacher\", \"samples\")'" in cmds[0]
+  assert '\'--config.stages=("teacher", "samples")\'' in cmds[0]
   for cmd, n in zip(cmds[1:], (1, 2, 4)):
     assert f"CUDA_VISIBLE_DEVICES={','.join(map(str, range(n)))} NCCL_NVLS_ENABLE=0" in cmd
     assert f"--config.mesh.fsdp={n}" in cmd and "--config.mesh.data=1" in cmd
     assert "--config.ild.steps=30" in cmd and "--config.samples.num_samples=64" in cmd
-    assert "\"ild_mla\")" in cmd
+    assert '"ild_mla")' in cmd
   assert not work.exists()
 
 
 def test_summary_arithmetic_and_argument_errors():
   sc = _module()
-  rows = lambda toks, loss: [{"step": i + 1, "tokens_per_s": t, "loss": loss}
-                             for i, t in enumerate(toks)]
+  rows = lambda toks, loss: [{"step": i + 1, "tokens_per_s": t, "loss": loss} for i, t in enumerate(toks)]
   # the first interval (compilation) is left out; the smallest count is the baseline
-  out = sc.summarize({2: {"rows": rows([5.0, 100.0, 100.0], 2.0), "mesh": (2, 1, 1)},
-                      4: {"rows": rows([1.0, 170.0, 190.0], 2.002), "mesh": (2, 2, 1)}})
+  out = sc.summarize(
+    {
+      2: {"rows": rows([5.0, 100.0, 100.0], 2.0), "mesh": (2, 1, 1)},
+      4: {"rows": rows([1.0, 170.0, 190.0], 2.002), "mesh": (2, 2, 1)},
+    }
+  )
   assert out[0]["tokens_per_s"] == 100.0 and out[1]["tokens_per_s"] == 180.0
   assert out[1]["efficiency"] == pytest.approx(180.0 / (2 * 100.0))
   assert out[1]["loss_rel_diff"] == pytest.approx(0.001)
   assert "| 4 | 2x2x1 | 180 | - | 90.0% | 2.002 | +1.0e-03 |" in sc.table(out)
   assert sc.resolve_mesh((1, -1, 2), 8) == (1, 4, 2)
   from zebra_jax.cli import ScriptError
+
   with pytest.raises(ScriptError, match="needs 2 devices, not 1"):
     sc.resolve_mesh((2, 1, 1), 1)
   with pytest.raises(ScriptError, match="not a training stage"):
     sc.prerequisites(("teacher", "select", "kd"), "select")
-  assert sc.prerequisites(("teacher", "samples", "ild_mla", "kd"), "ild_mla") == ["teacher",
-                                                                                   "samples"]
+  assert sc.prerequisites(("teacher", "samples", "ild_mla", "kd"), "ild_mla") == ["teacher", "samples"]

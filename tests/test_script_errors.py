@@ -18,10 +18,26 @@ from _runs import ROOT, load_config_file, load_script
 from zebra_jax.cli import EXIT_ERROR, ScriptError, script_errors
 from zebra_jax.config import LlamaConfig
 
-SCRIPTS = ("bench", "convert", "distill", "evaluate", "export", "generate", "init_hybrid",
-           "pretokenize", "report", "scaling")
-TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2)
+SCRIPTS = (
+  "bench",
+  "convert",
+  "distill",
+  "evaluate",
+  "export",
+  "generate",
+  "init_hybrid",
+  "pretokenize",
+  "report",
+  "scaling",
+)
+TINY = dict(
+  vocab_size=64,
+  hidden_size=32,
+  intermediate_size=48,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+)
 
 
 def _fails(capsys, main, argv) -> str:
@@ -38,13 +54,21 @@ def _fails(capsys, main, argv) -> str:
 HF = {"model_type": "llama", **TINY, "hidden_act": "silu"}
 
 
-@pytest.mark.parametrize("config, needle", [
+@pytest.mark.parametrize(
+  "config, needle",
+  [
     ([1, 2], "config.json: a config must be a JSON object of fields, got a list"),
-    ({k: v for k, v in HF.items() if k != "vocab_size"}, "config.json: HF config cannot be "
-     "converted faithfully: missing field(s) ['vocab_size']"),
-    ({**HF, "tie_word_embeddings": "false"}, "config.json: tie_word_embeddings must be true or "
-     "false, got 'false'"),
-], ids=["json_list", "no_vocab_size", "tie_string"])
+    (
+      {k: v for k, v in HF.items() if k != "vocab_size"},
+      "config.json: HF config cannot be converted faithfully: missing field(s) ['vocab_size']",
+    ),
+    (
+      {**HF, "tie_word_embeddings": "false"},
+      "config.json: tie_word_embeddings must be true or false, got 'false'",
+    ),
+  ],
+  ids=["json_list", "no_vocab_size", "tie_string"],
+)
 def test_a_bad_hf_config_is_one_line_naming_the_file_and_field(tmp_path, capsys, config, needle):
   """A config.json that is a list (was a TypeError traceback), one without vocab_size (a KeyError
   traceback), `tie_word_embeddings: "false"` (read as true: a confusing error about tied weights).
@@ -52,10 +76,8 @@ def test_a_bad_hf_config_is_one_line_naming_the_file_and_field(tmp_path, capsys,
   d = tmp_path / "hf"
   d.mkdir()
   (d / "config.json").write_text(json.dumps(config))
-  line = _fails(capsys, load_script("convert").main, ["--input", str(d), "--output",
-                                                  str(tmp_path / "out")])
-  assert line == f"error: {d}/{needle}" + (" (a Llama config needs them)" if "missing" in needle
-                                            else "")
+  line = _fails(capsys, load_script("convert").main, ["--input", str(d), "--output", str(tmp_path / "out")])
+  assert line == f"error: {d}/{needle}" + (" (a Llama config needs them)" if "missing" in needle else "")
   assert not (tmp_path / "out").exists()
 
 
@@ -64,24 +86,31 @@ def test_a_saved_directory_without_params_says_so(tmp_path, capsys):
   d = tmp_path / "saved"
   d.mkdir()
   (d / "config.json").write_text(LlamaConfig(**TINY).to_json())
-  line = _fails(capsys, load_script("generate").main, ["--checkpoint", str(d), "--prompt", "hi",
-                                                   "--tokenizer", "byte"])
-  assert line == (f"error: {d}: a save_model directory without its parameter checkpoint params/ "
-                  "(the save did not finish, or params/ was moved)")
+  line = _fails(
+    capsys, load_script("generate").main, ["--checkpoint", str(d), "--prompt", "hi", "--tokenizer", "byte"]
+  )
+  assert line == (
+    f"error: {d}: a save_model directory without its parameter checkpoint params/ "
+    "(the save did not finish, or params/ was moved)"
+  )
 
 
 def test_a_binary_data_file_is_named(tmp_path, capsys):
   """A binary file given as text was a UnicodeDecodeError naming no file."""
   data = tmp_path / "corpus.txt"
   data.write_bytes(bytes([0xF8, 0x00, 0x9C]) + os.urandom(256))
-  line = _fails(capsys, load_script("pretokenize").main, ["--input", str(data), "--tokenizer", "byte",
-                                                      "--output", str(tmp_path / "shards")])
+  line = _fails(
+    capsys,
+    load_script("pretokenize").main,
+    ["--input", str(data), "--tokenizer", "byte", "--output", str(tmp_path / "shards")],
+  )
   assert line.startswith(f"error: {data}: not UTF-8 text (byte 0xf8 at offset 0)")
 
 
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
   """`--workdir` naming a file was a FileExistsError traceback after the preflight."""
   from zebra_jax.distill.pipeline import run_pipeline
+
   path = tmp_path / "notes.txt"
   path.write_text("mine")
   cfg = load_config_file("tiny")
@@ -89,8 +118,7 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
     run_pipeline(cfg, str(path), progress=False)
   err = capsys.readouterr().err
   assert e.value.code == EXIT_ERROR and "Traceback" not in err
-  assert err == (f"error: workdir {path} exists and is not a directory; choose another "
-                 "--workdir\n")
+  assert err == (f"error: workdir {path} exists and is not a directory; choose another --workdir\n")
   assert path.read_text() == "mine"
 
 
@@ -98,13 +126,19 @@ def test_distill_names_a_config_override_that_is_no_field():
   """`--config.foo.bar=1` was a KeyError traceback from ml_collections (absl parses the flags
   before main, so this one runs the script)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "distill.py"), "--config",
-         os.path.join(ROOT, "configs", "tiny.py")]
-  r = subprocess.run(cmd + ["--config.foo.bar=1", "--config.kd.stepz=5"], env=env,
-                     capture_output=True, text=True, timeout=300)
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "scripts", "distill.py"),
+    "--config",
+    os.path.join(ROOT, "configs", "tiny.py"),
+  ]
+  r = subprocess.run(
+    cmd + ["--config.foo.bar=1", "--config.kd.stepz=5"], env=env, capture_output=True, text=True, timeout=300
+  )
   assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-  assert r.stderr.strip() == ("error: --config.foo.bar=1: the config has no field 'foo' (--help "
-                              "lists the fields)")
+  assert r.stderr.strip() == (
+    "error: --config.foo.bar=1: the config has no field 'foo' (--help lists the fields)"
+  )
 
 
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
@@ -114,13 +148,31 @@ def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   bad = tmp_path / "bad.py"
   bad.write_text("def get_config():\n  raise ValueError('boom')\n")
-  for config, want in [(str(tmp_path / "missing.py"), f"error: --config {tmp_path / 'missing.py'}: "
-                        "the config file did not load (no such file)"),
-                       (str(bad), f"error: flag --config={bad}: Error whilst parsing config file: "
-                        "ValueError: boom (ZEBRA_JAX_DEBUG=1 shows the traceback)")]:
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "distill.py"), "--config",
-                        config, "--workdir", str(tmp_path / "w")], env=env, capture_output=True,
-                       text=True, timeout=300)
+  for config, want in [
+    (
+      str(tmp_path / "missing.py"),
+      f"error: --config {tmp_path / 'missing.py'}: the config file did not load (no such file)",
+    ),
+    (
+      str(bad),
+      f"error: flag --config={bad}: Error whilst parsing config file: "
+      "ValueError: boom (ZEBRA_JAX_DEBUG=1 shows the traceback)",
+    ),
+  ]:
+    r = subprocess.run(
+      [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "distill.py"),
+        "--config",
+        config,
+        "--workdir",
+        str(tmp_path / "w"),
+      ],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert r.returncode == 2 and r.stderr.strip() == want, r.stderr[-2000:]
   assert not (tmp_path / "w").exists()
 
@@ -129,17 +181,22 @@ def test_a_tokenizer_name_that_is_nothing_is_refused_at_once(tmp_path, capsys):
   """`--tokenizer nope` went to the hub (a minute of retries offline) and ended in a traceback."""
   data = tmp_path / "corpus.txt"
   data.write_text("some text\n")
-  line = _fails(capsys, load_script("pretokenize").main, ["--input", str(data), "--tokenizer", "nope",
-                                                      "--output", str(tmp_path / "shards")])
-  assert line.startswith("error: could not load a tokenizer from 'nope': expected 'byte', a named "
-                         "checkpoint (smollm2")
+  line = _fails(
+    capsys,
+    load_script("pretokenize").main,
+    ["--input", str(data), "--tokenizer", "nope", "--output", str(tmp_path / "shards")],
+  )
+  assert line.startswith(
+    "error: could not load a tokenizer from 'nope': expected 'byte', a named checkpoint (smollm2"
+  )
 
 
 def test_init_hybrid_refuses_a_zero_rank(tmp_path, capsys):
   """`--kv-lora-rank 0` was read as "the default" and a hybrid was saved."""
   with pytest.raises(SystemExit) as e:
-    load_script("init_hybrid").main(["--teacher", "smollm2", "--kv-lora-rank", "0", "--output",
-                                     str(tmp_path / "out")])
+    load_script("init_hybrid").main(
+      ["--teacher", "smollm2", "--kv-lora-rank", "0", "--output", str(tmp_path / "out")]
+    )
   assert e.value.code == 2
   assert capsys.readouterr().err.strip().endswith("error: --kv-lora-rank must be >= 1, got 0")
   assert not (tmp_path / "out").exists()
@@ -148,6 +205,7 @@ def test_init_hybrid_refuses_a_zero_rank(tmp_path, capsys):
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(monkeypatch, capsys):
   """ZEBRA_JAX_DEBUG=1: the traceback, then the line, same exit code. An error that is not one of
   ours (a bug) is not turned into a line."""
+
   def bad():
     raise ScriptError("--x 3: must be even")
 

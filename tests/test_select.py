@@ -14,14 +14,14 @@ from zebra_jax.models.hybrid import CausalLM
 
 # Released Zebra mla_layers (reference section 6): (L, layout).
 RELEASED = [
-    (16, (0, 2, 4, 6, 8, 10, 12, 14)),
-    (16, (0, 2, 5, 8, 11, 14)),
-    (16, (0, 5, 10, 14)),
-    (28, tuple(range(0, 27, 2))),
-    (28, (0, 3, 7, 10, 14, 18, 22, 26)),
-    (28, (0, 5, 10, 16, 21, 26)),
-    (32, tuple(range(0, 31, 2))),
-    (32, (0, 4, 8, 12, 16, 20, 25, 30)),
+  (16, (0, 2, 4, 6, 8, 10, 12, 14)),
+  (16, (0, 2, 5, 8, 11, 14)),
+  (16, (0, 5, 10, 14)),
+  (28, tuple(range(0, 27, 2))),
+  (28, (0, 3, 7, 10, 14, 18, 22, 26)),
+  (28, (0, 5, 10, 16, 21, 26)),
+  (32, tuple(range(0, 31, 2))),
+  (32, (0, 4, 8, 12, 16, 20, 25, 30)),
 ]
 
 
@@ -53,8 +53,24 @@ def test_released_layouts_follow_the_rule():
     assert valid(layout, L, len(layout)), (L, layout)
 
 
-@pytest.mark.parametrize("L,N", [(4, 2), (5, 3), (8, 3), (9, 4), (10, 4), (11, 5), (12, 4),
-                                 (12, 6), (13, 5), (14, 4), (16, 6), (16, 4), (7, 6)])
+@pytest.mark.parametrize(
+  "L,N",
+  [
+    (4, 2),
+    (5, 3),
+    (8, 3),
+    (9, 4),
+    (10, 4),
+    (11, 5),
+    (12, 4),
+    (12, 6),
+    (13, 5),
+    (14, 4),
+    (16, 6),
+    (16, 4),
+    (7, 6),
+  ],
+)
 def test_smart_placement_maximises_score_over_all_valid_layouts(L, N):
   rng = np.random.default_rng(L * 100 + N)
   for trial in range(5):
@@ -98,8 +114,15 @@ def test_budget_out_of_range_is_rejected(L, N):
 
 
 # -- sensitivity ---------------------------------------------------------------------------------
-BASE = dict(vocab_size=48, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+BASE = dict(
+  vocab_size=48,
+  hidden_size=32,
+  intermediate_size=48,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=64,
+)
 HYB = dict(kv_lora_rank=16, q_lora_rank=16, chunk_size=8)
 
 
@@ -108,6 +131,7 @@ def _kl64(t_logits, s_logits):
     x = np.asarray(x, np.float64)
     m = x.max(-1, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
   lp, lq = ls(t_logits), ls(s_logits)
   return float(np.mean((np.exp(lp) * (lp - lq)).sum(-1)))
 
@@ -141,8 +165,7 @@ def test_sensitivity_scores_equal_direct_kl_differences():
     return np.mean([_kl64(tl, np.asarray(forward(t))) for tl, t in zip(t_logits, tokens)])
 
   base = kl(mamba_model)
-  want = np.array([base - kl(lambda t: _forward_swapped(mla_model, mamba_model, l, t))
-                   for l in range(2)])
+  want = np.array([base - kl(lambda t: _forward_swapped(mla_model, mamba_model, l, t)) for l in range(2)])
   assert scores.shape == (2,)
   assert np.ptp(want) > 1e-4  # the layers really differ, so a permuted answer would fail
   np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-6)

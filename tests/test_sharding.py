@@ -15,9 +15,19 @@ from zebra_jax.config import HybridConfig
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.parallel import DEFAULT_RULES, MESH_AXES, logical_to_pspec, make_mesh
 
-CFG = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-           num_attention_heads=4, num_key_value_heads=2, kv_lora_rank=16, q_lora_rank=16,
-           mla_layers=(0,), attn_layers=(2,), chunk_size=4)
+CFG = dict(
+  vocab_size=64,
+  hidden_size=32,
+  intermediate_size=64,
+  num_hidden_layers=3,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  kv_lora_rank=16,
+  q_lora_rank=16,
+  mla_layers=(0,),
+  attn_layers=(2,),
+  chunk_size=4,
+)
 
 
 def test_every_parameter_has_logical_axes_known_to_the_rules():
@@ -39,18 +49,32 @@ def test_rules_skip_axes_that_do_not_divide_or_repeat():
 
 
 # A tiny hybrid (MLA with q/kv LoRA, Mamba2, GQA attention) whose widths 8 divides.
-CFG8 = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-            num_attention_heads=8, num_key_value_heads=8, kv_lora_rank=16, q_lora_rank=32,
-            mla_layers=(0,), attn_layers=(2,), chunk_size=8)
+CFG8 = dict(
+  vocab_size=128,
+  hidden_size=64,
+  intermediate_size=128,
+  num_hidden_layers=3,
+  num_attention_heads=8,
+  num_key_value_heads=8,
+  kv_lora_rank=16,
+  q_lora_rank=32,
+  mla_layers=(0,),
+  attn_layers=(2,),
+  chunk_size=8,
+)
 
 
 def _specs(config, mesh_sizes):
   """{path: (shape, PartitionSpec)} of every parameter on an abstract (data, fsdp, tensor) mesh."""
   model = nnx.eval_shape(lambda: CausalLM(HybridConfig(**config), rngs=nnx.Rngs(0)))
   mesh = AbstractMesh(tuple(mesh_sizes), MESH_AXES)
-  return {".".join(map(str, path)): (var.shape, logical_to_pspec(
-      var.get_metadata()["out_sharding"], var.shape, mesh))
-          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  return {
+    ".".join(map(str, path)): (
+      var.shape,
+      logical_to_pspec(var.get_metadata()["out_sharding"], var.shape, mesh),
+    )
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+  }
 
 
 def test_no_sizeable_parameter_is_replicated_on_fsdp8():
@@ -79,10 +103,10 @@ def test_batch_rule_splits_over_data_and_fsdp_together():
   """A rule candidate may be a tuple of mesh axes: the batch of activations and caches is split
   over data x fsdp (as the trainer's batch), else over whichever one divides it."""
   mesh = AbstractMesh((2, 4, 1), MESH_AXES)
-  assert logical_to_pspec(("batch", "length", "kv_lora"), (16, 8, 32), mesh) == \
-      P(("data", "fsdp"), None, None)
-  assert logical_to_pspec(("batch", "length", "kv_lora"), (6, 8, 32), mesh) == \
-      P("data", None, "fsdp")
+  assert logical_to_pspec(("batch", "length", "kv_lora"), (16, 8, 32), mesh) == P(
+    ("data", "fsdp"), None, None
+  )
+  assert logical_to_pspec(("batch", "length", "kv_lora"), (6, 8, 32), mesh) == P("data", None, "fsdp")
   assert logical_to_pspec(("batch",), (4,), AbstractMesh((1, 4, 2), MESH_AXES)) == P("fsdp")
 
 
@@ -106,6 +130,11 @@ def test_sharded_forward_matches_unsharded():
       assert err < 1e-5, err
       print("ok", err)
   """)
-  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                     env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+  r = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"},
+    timeout=300,
+  )
   assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

@@ -30,6 +30,7 @@ DECODE_STEPS = 6
 def ours(smollm2_gguf):
   # The named checkpoint, as the README's snippet loads it (the same file, from the cache).
   from zebra_jax.convert import resolve_checkpoint
+
   assert resolve_checkpoint("smollm2").path == smollm2_gguf
   return from_pretrained("smollm2")
 
@@ -37,16 +38,22 @@ def ours(smollm2_gguf):
 @pytest.fixture(scope="module")
 def reference(smollm2_gguf):
   from transformers import AutoModelForCausalLM
+
   return AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(smollm2_gguf), gguf_file=os.path.basename(smollm2_gguf),
-      dtype=torch.float32, local_files_only=True).eval()
+    os.path.dirname(smollm2_gguf),
+    gguf_file=os.path.basename(smollm2_gguf),
+    dtype=torch.float32,
+    local_files_only=True,
+  ).eval()
 
 
 @pytest.fixture(scope="module")
 def prompt_ids(smollm2_tokenizer) -> list[int]:
   tok = smollm2_tokenizer  # transformers' own GGUF tokenizer = load_tokenizer(<the .gguf>)
-  messages = [{"role": "system", "content": "You are a concise assistant."},
-              {"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+  messages = [
+    {"role": "system", "content": "You are a concise assistant."},
+    {"role": "user", "content": "What is the capital of France? Answer in one sentence."},
+  ]
   text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
   assert "<|im_start|>assistant" in text  # the GGUF's own chat template was applied
   ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -56,8 +63,13 @@ def prompt_ids(smollm2_tokenizer) -> list[int]:
 
 def test_config_from_gguf_metadata(ours):
   c = ours.config
-  assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
-          c.vocab_size) == (30, 576, 9, 3, 49152)
+  assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == (
+    30,
+    576,
+    9,
+    3,
+    49152,
+  )
   assert (c.head_dim, c.intermediate_size, c.rope_theta) == (64, 1536, 100000.0)
   assert c.tie_word_embeddings and ours.lm_head is None
 
@@ -100,19 +112,30 @@ def _tiny_on_smollm2_vocab():
 
   from zebra_jax.config import LlamaConfig
   from zebra_jax.models.hybrid import CausalLM
-  return CausalLM(LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32,
-                              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                              bos_token_id=1, eos_token_id=2, tie_word_embeddings=True),
-                  rngs=nnx.Rngs(0))
+
+  return CausalLM(
+    LlamaConfig(
+      vocab_size=49152,
+      hidden_size=16,
+      intermediate_size=32,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      num_key_value_heads=1,
+      bos_token_id=1,
+      eos_token_id=2,
+      tie_word_embeddings=True,
+    ),
+    rngs=nnx.Rngs(0),
+  )
 
 
 def _same_tokenizer(got, want):
   for t in TEXTS:
     assert list(got(t)["input_ids"]) == list(want(t)["input_ids"]), t
-  assert got.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == \
-      want.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
-  assert (got.bos_token_id, got.eos_token_id, len(got)) == (want.bos_token_id, want.eos_token_id,
-                                                            len(want))
+  assert got.apply_chat_template(
+    CHAT, tokenize=False, add_generation_prompt=True
+  ) == want.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+  assert (got.bos_token_id, got.eos_token_id, len(got)) == (want.bos_token_id, want.eos_token_id, len(want))
 
 
 def test_gguf_tokenizer_is_saved_and_exported_as_hf_files(smollm2_gguf, smollm2_tokenizer, tmp_path):
@@ -124,9 +147,14 @@ def test_gguf_tokenizer_is_saved_and_exported_as_hf_files(smollm2_gguf, smollm2_
   from transformers import AutoTokenizer
 
   from zebra_jax.convert import save_model
+
   model = _tiny_on_smollm2_vocab()
-  saved = save_model(model, tmp_path / "saved", tokenizer=smollm2_tokenizer,
-                     provenance=provenance(model.config, teacher={"path": "smollm2"}))
+  saved = save_model(
+    model,
+    tmp_path / "saved",
+    tokenizer=smollm2_tokenizer,
+    provenance=provenance(model.config, teacher={"path": "smollm2"}),
+  )
   _same_tokenizer(AutoTokenizer.from_pretrained(saved), smollm2_tokenizer)
   with open(os.path.join(saved, "tokenizer_config.json")) as f:
     assert json.load(f)["chat_template"] == smollm2_tokenizer.chat_template  # for transformers 4.x
@@ -137,8 +165,7 @@ def test_gguf_tokenizer_is_saved_and_exported_as_hf_files(smollm2_gguf, smollm2_
   script = load_script("export")
   bare = save_model(model, tmp_path / "bare")
   assert not os.path.exists(os.path.join(bare, "tokenizer.json"))
-  assert script.main(["--checkpoint", bare, "--out", str(tmp_path / "out"), "--tokenizer",
-                      smollm2_gguf]) == 0
+  assert script.main(["--checkpoint", bare, "--out", str(tmp_path / "out"), "--tokenizer", smollm2_gguf]) == 0
   _same_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "out"), smollm2_tokenizer)
 
 

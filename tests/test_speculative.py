@@ -24,12 +24,23 @@ from zebra_jax.infer.speculative import accept_drafts, accept_greedy, commit
 from zebra_jax.models.hybrid import CausalLM
 
 V = 64
-BASE = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-            num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=True, chunk_size=4,
-            q_lora_rank=16, kv_lora_rank=16, impl="reference", eos_token_id=None)
+BASE = dict(
+  vocab_size=V,
+  hidden_size=32,
+  intermediate_size=48,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  rms_norm_eps=1e-5,
+  tie_word_embeddings=True,
+  chunk_size=4,
+  q_lora_rank=16,
+  kv_lora_rank=16,
+  impl="reference",
+  eos_token_id=None,
+)
 TARGETS = {  # kind: (config fields, draft layers)
-    "hybrid": (dict(num_hidden_layers=4, mla_layers=(0,), attn_layers=(3,)), 2),  # MLA, M2, M2, GQA
-    "mamba2": (dict(num_hidden_layers=4), 3),                                     # pure Mamba2
+  "hybrid": (dict(num_hidden_layers=4, mla_layers=(0,), attn_layers=(3,)), 2),  # MLA, M2, M2, GQA
+  "mamba2": (dict(num_hidden_layers=4), 3),  # pure Mamba2
 }
 PROMPTS = [np.random.default_rng(0).integers(0, V, n).tolist() for n in (5, 11, 2)]
 
@@ -45,8 +56,11 @@ def make_target(kind):
 def truncated(model, n_layers):
   """A smaller draft: the target's first `n_layers` blocks, embedding and final norm."""
   c = model.config
-  dc = c.replace(num_hidden_layers=n_layers, mla_layers=tuple(i for i in c.mla_layers if i < n_layers),
-                 attn_layers=tuple(i for i in c.attn_layers if i < n_layers))
+  dc = c.replace(
+    num_hidden_layers=n_layers,
+    mla_layers=tuple(i for i in c.mla_layers if i < n_layers),
+    attn_layers=tuple(i for i in c.attn_layers if i < n_layers),
+  )
   draft = CausalLM(dc, rngs=nnx.Rngs(1))
   for i in range(n_layers):
     nnx.update(draft.layers[i], nnx.state(model.layers[i]))
@@ -76,8 +90,9 @@ def test_speculative_greedy_equals_target_greedy(kind):
   assert sum(h > 0 for h in stats["accept_hist"]) >= 3, stats
   # a stop token that some sequences emit mid-round: cut exactly where plain greedy cuts
   stop = plain[1][6]
-  assert generate(target, PROMPTS, 16, draft=draft, num_draft_tokens=3, stop_tokens=[stop]) == \
-      generate(target, PROMPTS, 16, stop_tokens=[stop])
+  assert generate(target, PROMPTS, 16, draft=draft, num_draft_tokens=3, stop_tokens=[stop]) == generate(
+    target, PROMPTS, 16, stop_tokens=[stop]
+  )
 
 
 def test_draft_identical_to_target_accepts_everything():
@@ -87,8 +102,9 @@ def test_draft_identical_to_target_accepts_everything():
   assert spec == plain and stats["acceptance_rate"] == 1.0
   assert stats["target_calls"] == 2  # 1 token from the prefill + 2 rounds of 4 + 1
   # sampling: p == q, so every draft is accepted (up to float noise between the two paths)
-  out, stats = generate(target, PROMPTS, 9, draft=target, num_draft_tokens=4, temperature=1.0,
-                        top_k=30, seed=1, return_stats=True)
+  out, stats = generate(
+    target, PROMPTS, 9, draft=target, num_draft_tokens=4, temperature=1.0, top_k=30, seed=1, return_stats=True
+  )
   assert stats["acceptance_rate"] > 0.95 and all(len(o) == 9 for o in out)
 
 
@@ -104,9 +120,12 @@ def test_accept_drafts_output_distribution_is_the_target():
   N = 60000
   rng = np.random.default_rng(0)
   drafts = np.stack([rng.choice(4, N, p=q[0]), rng.choice(4, N, p=q[1])], axis=1)
-  n_acc, nxt = jax.jit(accept_drafts)(jnp.asarray(np.broadcast_to(p, (N, 3, 4)), jnp.float32),
-                                      jnp.asarray(np.broadcast_to(q, (N, 2, 4)), jnp.float32),
-                                      jnp.asarray(drafts, jnp.int32), jax.random.PRNGKey(0))
+  n_acc, nxt = jax.jit(accept_drafts)(
+    jnp.asarray(np.broadcast_to(p, (N, 3, 4)), jnp.float32),
+    jnp.asarray(np.broadcast_to(q, (N, 2, 4)), jnp.float32),
+    jnp.asarray(drafts, jnp.int32),
+    jax.random.PRNGKey(0),
+  )
   n_acc, nxt = np.asarray(n_acc), np.asarray(nxt)
   emitted = np.where(np.arange(3)[None] < n_acc[:, None], np.pad(drafts, ((0, 0), (0, 1))), -1)
   emitted[np.arange(N), n_acc] = nxt
@@ -145,7 +164,8 @@ def test_commit_replays_accepted_prefix():
   rolled = verify_and_commit(target, cache, chunk, keep)
   # oracle: run only the kept prefix (masked per sequence) from the same starting cache
   direct = nnx.jit(lambda m, c, t, n: forward_chunk(m, c, t, n, mode="extend", logits="none")[1])(
-      target, cache, chunk, keep)
+    target, cache, chunk, keep
+  )
   np.testing.assert_array_equal(np.asarray(rolled.lengths), lengths + np.asarray(keep))
   for l, kind in enumerate(target.config.layer_types()):
     if kind == "mamba2":
@@ -153,14 +173,14 @@ def test_commit_replays_accepted_prefix():
         a, b = getattr(rolled.layers[l], name), getattr(direct.layers[l], name)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)  # MLA paths differ
       # nothing kept -> the checkpoint state itself
-      np.testing.assert_array_equal(np.asarray(rolled.layers[l].ssm[0]),
-                                    np.asarray(cache.layers[l].ssm[0]))
+      np.testing.assert_array_equal(np.asarray(rolled.layers[l].ssm[0]), np.asarray(cache.layers[l].ssm[0]))
   # continuing from the rolled-back cache == the full forward over prompt + kept tokens
   nxt = jnp.asarray([7, 8, 9], jnp.int32)
   logits = nnx.jit(lambda m, c, t: forward_chunk(m, c, t, mode="decode", logits="last")[0])(
-      target, rolled, nxt[:, None])
+    target, rolled, nxt[:, None]
+  )
   for b, p in enumerate(PROMPTS):
-    seq = p + np.asarray(chunk[b, :int(keep[b])]).tolist() + [int(nxt[b])]
+    seq = p + np.asarray(chunk[b, : int(keep[b])]).tolist() + [int(nxt[b])]
     ref = np.asarray(nnx.jit(lambda m, t: m(t))(target, jnp.asarray([seq]))[0, -1])
     np.testing.assert_allclose(np.asarray(logits[b]), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
@@ -170,6 +190,7 @@ def test_commit_replays_accepted_prefix():
 # ------------------------------------------------------------------------------------------------
 def test_truncated_draft_is_the_targets_first_layers():
   from zebra_jax.bench.speculative import truncated_draft
+
   target = make_target("hybrid")
   tokens = jnp.asarray([PROMPTS[1]])
   got = truncated_draft(target, 2)(tokens)
@@ -182,6 +203,7 @@ def test_truncated_draft_is_the_targets_first_layers():
 
 def test_distill_draft_lowers_kl_and_keeps_speculative_greedy_exact():
   from zebra_jax.bench.speculative import distill_draft, draft_kl, pack_rows, truncated_draft
+
   target = make_target("hybrid")
   rng = np.random.default_rng(3)
   prompts = [rng.integers(0, V, 4).tolist() for _ in range(48)]
@@ -194,8 +216,12 @@ def test_distill_draft_lowers_kl_and_keeps_speculative_greedy_exact():
   # draft_kl against float64 numpy on the same logits
   t64 = np.asarray(target(jnp.asarray(held[0])), np.float64)
   d64 = np.asarray(draft(jnp.asarray(held[0])), np.float64)
-  lp = t64 - np.log(np.exp(t64 - t64.max(-1, keepdims=True)).sum(-1, keepdims=True)) - t64.max(-1, keepdims=True)
-  lq = d64 - np.log(np.exp(d64 - d64.max(-1, keepdims=True)).sum(-1, keepdims=True)) - d64.max(-1, keepdims=True)
+  lp = (
+    t64 - np.log(np.exp(t64 - t64.max(-1, keepdims=True)).sum(-1, keepdims=True)) - t64.max(-1, keepdims=True)
+  )
+  lq = (
+    d64 - np.log(np.exp(d64 - d64.max(-1, keepdims=True)).sum(-1, keepdims=True)) - d64.max(-1, keepdims=True)
+  )
   kl_np = ((np.exp(lp) * (lp - lq)).sum(-1) * held[1]).sum() / held[1].sum()
   kl0 = draft_kl(target, draft, *held, batch_size=3)
   np.testing.assert_allclose(kl0, kl_np, rtol=1e-4)
@@ -215,14 +241,22 @@ def test_distill_draft_lowers_kl_and_keeps_speculative_greedy_exact():
 
 def test_distill_draft_refuses_too_few_rows():
   from zebra_jax.bench.speculative import distill_draft, truncated_draft
+
   target = make_target("mamba2")
   with pytest.raises(ValueError, match="at least batch_size=8 rows"):
-    distill_draft(target, truncated_draft(target, 1), np.zeros((4, 8), np.int32),
-                  np.ones((4, 8), np.float32), steps=2, batch_size=8)
+    distill_draft(
+      target,
+      truncated_draft(target, 1),
+      np.zeros((4, 8), np.int32),
+      np.ones((4, 8), np.float32),
+      steps=2,
+      batch_size=8,
+    )
 
 
 def test_agreeing_prefix():
   from zebra_jax.bench.speculative import agreeing_prefix
+
   assert agreeing_prefix([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 5]]) == 1.0
   assert agreeing_prefix([[1, 9, 3], [4, 5]], [[1, 2, 3], [4, 5]]) == 3 / 5  # 1 of 3, 2 of 2
   assert agreeing_prefix([[1, 2]], [[1, 2, 3, 4]]) == 0.5  # stopped early

@@ -9,17 +9,44 @@ from zebra_jax import accounting
 from zebra_jax.config import HybridConfig, LlamaConfig
 from zebra_jax.bench import train_step as step_bench
 
-SMALL = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, impl="reference", eos_token_id=None)
-HYBRID = dict(mla_layers=(0,), q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
-              qk_nope_head_dim=8, v_head_dim=16, d_state=16, headdim=16, chunk_size=16)
+SMALL = dict(
+  vocab_size=384,
+  hidden_size=64,
+  intermediate_size=128,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  impl="reference",
+  eos_token_id=None,
+)
+HYBRID = dict(
+  mla_layers=(0,),
+  q_lora_rank=32,
+  kv_lora_rank=16,
+  qk_rope_head_dim=8,
+  qk_nope_head_dim=8,
+  v_head_dim=16,
+  d_state=16,
+  headdim=16,
+  chunk_size=16,
+)
 
 
 def test_kd_step_bench_rows_and_equal_first_losses():
   student = HybridConfig(**SMALL, **HYBRID)
   teacher = LlamaConfig(**{**SMALL, "num_hidden_layers": 3})
-  rows = step_bench.run("kd", student, teacher, seq_len=32, batch=2, impls=("logits", "fused"),
-                        ce_weight=0.5, chunk=24, iters=2, breakdown=False)
+  rows = step_bench.run(
+    "kd",
+    student,
+    teacher,
+    seq_len=32,
+    batch=2,
+    impls=("logits", "fused"),
+    ce_weight=0.5,
+    chunk=24,
+    iters=2,
+    breakdown=False,
+  )
   assert [r["impl"] for r in rows] == ["logits", "fused"]
   # same weights, same tokens: the first step's loss agrees (bf16 logits vs float32 accumulation)
   assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=2e-2)
@@ -43,16 +70,18 @@ def test_dpo_step_bench_starts_at_log_2_and_counts_both_sequences():
   """The reference is a bf16 copy of the policy, so the first DPO loss is -log sigmoid(0) = log 2
   (up to bf16 log-probs); tokens/s and the MFU's FLOPs count the chosen and the rejected rows."""
   import math
+
   student = HybridConfig(**SMALL, **HYBRID)
-  rows = step_bench.run("dpo", student, None, seq_len=32, batch=2, impls=("logits", "fused"),
-                        chunk=24, iters=1)
+  rows = step_bench.run(
+    "dpo", student, None, seq_len=32, batch=2, impls=("logits", "fused"), chunk=24, iters=1
+  )
   assert [r["impl"] for r in rows] == ["logits", "fused"]
   for r in rows:
     assert r["loss"] == pytest.approx(math.log(2), rel=1e-2)
     assert r["tokens_per_s"] == pytest.approx(2 * 2 * 32 / (r["step_ms"] / 1e3))
     assert r["teacher"] == "a frozen copy" and r["teacher_fwd_ms"] > 0
   b = step_bench.synthetic_batch("dpo", 2, 32, 384)
-  assert (b["chosen"][:, :8] == b["rejected"][:, :8]).all()        # a shared prompt
+  assert (b["chosen"][:, :8] == b["rejected"][:, :8]).all()  # a shared prompt
   assert (b["chosen"][:, 8:] != b["rejected"][:, 8:]).any()
   assert b["chosen_mask"][:, :8].sum() == 0 and b["chosen_mask"][:, 8:].all()
 
@@ -60,6 +89,7 @@ def test_dpo_step_bench_starts_at_log_2_and_counts_both_sequences():
 def test_mfu_uses_accounting_flops_and_the_device_peak():
   class Dev:
     device_kind = "NVIDIA H200"
+
   assert step_bench.peak_flops(Dev()) == 989e12
   Dev.device_kind = "TPU v5 lite"
   assert step_bench.peak_flops(Dev()) == 197e12
@@ -74,7 +104,8 @@ def test_mfu_uses_accounting_flops_and_the_device_peak():
   # ILD runs no LM head: 2 * vocab * hidden per token out of both forwards (x3 for the student)
   head = 2 * 384 * 64
   assert accounting.distill_flops_per_token(s, t, 32, heads=False) == pytest.approx(
-      3 * (fwd - head) + (t_fwd - head))
+    3 * (fwd - head) + (t_fwd - head)
+  )
 
 
 def test_unknown_stage_and_vocab_mismatch_are_refused():

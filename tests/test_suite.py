@@ -30,13 +30,24 @@ from zebra_jax.data import ByteTokenizer  # noqa: E402
 from zebra_jax.eval import suite, tasks  # noqa: E402
 from zebra_jax.models.hybrid import CausalLM  # noqa: E402
 
-BASE = dict(vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, impl="reference",
-            bos_token_id=256, eos_token_id=257, max_position_embeddings=512)
+BASE = dict(
+  vocab_size=258,
+  hidden_size=32,
+  intermediate_size=64,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  rms_norm_eps=1e-5,
+  impl="reference",
+  bos_token_id=256,
+  eos_token_id=257,
+  max_position_embeddings=512,
+)
 
 
 def _model(seed, scale=2.0):
   import jax
+
   model = CausalLM(LlamaConfig(**BASE), rngs=nnx.Rngs(seed))
   state = nnx.state(model, nnx.Param)
   nnx.update(model, jax.tree.map(lambda p: p * scale if p.ndim >= 2 else p, state))
@@ -59,8 +70,8 @@ def _logits(model, ids):
   64 positions (op by op, every new length would compile each op again); the model is causal, so
   the first len(ids) positions do not see the padding."""
   padded = np.zeros((1, -(-len(ids) // 64) * 64), np.int32)
-  padded[0, :len(ids)] = ids
-  return np.asarray(_forward(model, jnp.asarray(padded))[0, :len(ids)], np.float64)
+  padded[0, : len(ids)] = ids
+  return np.asarray(_forward(model, jnp.asarray(padded))[0, : len(ids)], np.float64)
 
 
 # -- fake held-out data ----------------------------------------------------------------------------
@@ -87,8 +98,16 @@ def fake_synsets(n=2800, seed=0):
     gloss = " ".join(_word(rng, rng.randint(2, 7)) for _ in range(rng.randint(4, 10)))
     examples = [f"the {_word(rng, 4)} {_word(rng, 5)} {lemmas[0]} {_word(rng, 3)}"] if i % 2 else []
     hyp = [rng.choice(nouns)] if pos == "n" and nouns else []
-    out.append({"offset": 1000 + i, "pos": pos, "lemmas": lemmas, "gloss": gloss,
-                "examples": examples, "hypernyms": hyp})
+    out.append(
+      {
+        "offset": 1000 + i,
+        "pos": pos,
+        "lemmas": lemmas,
+        "gloss": gloss,
+        "examples": examples,
+        "hypernyms": hyp,
+      }
+    )
     if pos == "n":
       nouns.append(1000 + i)
   return out
@@ -118,17 +137,26 @@ def fake_registry(monkeypatch):
   docs = {"novels": fake_documents(seed=1), "manuals": fake_documents(seed=2)}
   syn = fake_synsets()
   reg = types.ModuleType("zebra_jax.data.registry")
-  reg.SOURCES = {s.name: s for s in (_Src("wordnet", "reference"), _Src("novels", "literature"),
-                                      _Src("manuals", "technical"), _Src("default", "literature"))}
+  reg.SOURCES = {
+    s.name: s
+    for s in (
+      _Src("wordnet", "reference"),
+      _Src("novels", "literature"),
+      _Src("manuals", "technical"),
+      _Src("default", "literature"),
+    )
+  }
   reg.heldout_sources = lambda: ["wordnet", "novels", "manuals"]  # names, as the registry lists
   reg.training_sources = lambda: ["default"]
   reg.wordnet_synsets = lambda cache_dir=None: [dict(s) for s in syn]
   reg.source_documents = lambda name, cache_dir=None: (
-      docs[name] if name in docs else [s["gloss"] for s in syn[:200]])
+    docs[name] if name in docs else [s["gloss"] for s in syn[:200]]
+  )
   reg.validation_documents = lambda data_cfg, cache_dir=None: {"default": fake_documents(20, seed=3)}
   monkeypatch.setitem(sys.modules, "zebra_jax.data.registry", reg)
   monkeypatch.setattr(zebra_jax.data, "registry", reg, raising=False)
   from zebra_jax.eval import suite as suite_module
+
   monkeypatch.setattr(suite_module, "registry", reg)  # bound at its import
   return reg
 
@@ -195,9 +223,9 @@ def test_cloze_task_from_fake_documents():
 
 def test_build_tasks_writes_lm_eval_tasks(fake_registry, tmp_path):
   import yaml
+
   names = tasks.build_tasks(str(tmp_path))
-  assert names == ["wn_definitions", "wn_hypernyms", "wn_examples", "cloze_novels",
-                   "cloze_manuals"]
+  assert names == ["wn_definitions", "wn_hypernyms", "wn_examples", "cloze_novels", "cloze_manuals"]
   for n in names:
     cfg = yaml.safe_load((tmp_path / f"{n}.yaml").read_text())
     assert cfg["task"] == n and cfg["output_type"] == "multiple_choice"
@@ -219,6 +247,7 @@ def test_ensure_tasks_rebuilds_a_moved_task_folder(fake_registry, tmp_path):
   GPU run once did) is rebuilt in place instead of pointing lm-eval at files that are not there."""
   import shutil
   import yaml
+
   built = tmp_path / "built"
   tasks.build_tasks(str(built), only=["wn_definitions"])
   moved = tmp_path / "moved"
@@ -237,10 +266,16 @@ def test_ensure_tasks_rebuilds_a_moved_task_folder(fake_registry, tmp_path):
 
 # -- retained % ------------------------------------------------------------------------------------
 def test_retained_arithmetic():
-  teacher = {"a": {"acc": 0.50, "acc_norm": 0.40}, "b": {"acc": 0.80, "acc_norm": 0.60},
-             "c": {"acc": 0.0, "acc_norm": 0.2}}
-  student = {"a": {"acc": 0.40, "acc_norm": 0.40}, "b": {"acc": 0.60, "acc_norm": 0.30},
-             "c": {"acc": 0.1, "acc_norm": 0.2}}
+  teacher = {
+    "a": {"acc": 0.50, "acc_norm": 0.40},
+    "b": {"acc": 0.80, "acc_norm": 0.60},
+    "c": {"acc": 0.0, "acc_norm": 0.2},
+  }
+  student = {
+    "a": {"acc": 0.40, "acc_norm": 0.40},
+    "b": {"acc": 0.60, "acc_norm": 0.30},
+    "c": {"acc": 0.1, "acc_norm": 0.2},
+  }
   r = suite.retained(student, teacher, "acc")
   assert r["per_task"]["a"] == pytest.approx(80.0) and r["per_task"]["b"] == pytest.approx(75.0)
   assert r["per_task"]["c"] is None  # the teacher got none right
@@ -254,9 +289,9 @@ def test_retained_arithmetic():
 
 # -- multiple choice through the real lm-eval command line -----------------------------------------
 MC_ITEMS = [
-    {"context": "The sky is", "choices": ["blue", "green", "loud", "made of cheese"], "answer": 0},
-    {"context": "Two plus two is", "choices": ["five", "four", "seven", "a fish"], "answer": 1},
-    {"context": "Opposite of up:", "choices": ["left", "down", "fast", "upward"], "answer": 1},
+  {"context": "The sky is", "choices": ["blue", "green", "loud", "made of cheese"], "answer": 0},
+  {"context": "Two plus two is", "choices": ["five", "four", "seven", "a fish"], "answer": 1},
+  {"context": "Opposite of up:", "choices": ["left", "down", "fast", "upward"], "answer": 1},
 ]
 
 
@@ -274,8 +309,16 @@ def test_mc_accuracy_through_the_lm_eval_cli_matches_numpy(tmp_path):
   model = _model(0)
   ckpt = save_model(model, tmp_path / "ckpt")
   tasks.write_task(str(tmp_path / "tasks"), "zj_three", MC_ITEMS)
-  res = suite.run_lm_eval(ckpt, ["zj_three"], str(tmp_path / "tasks"), str(tmp_path / "out"),
-                          tokenizer="byte", batch_size=4, log_samples=True, log=lambda *_: None)
+  res = suite.run_lm_eval(
+    ckpt,
+    ["zj_three"],
+    str(tmp_path / "tasks"),
+    str(tmp_path / "out"),
+    tokenizer="byte",
+    batch_size=4,
+    log_samples=True,
+    log=lambda *_: None,
+  )
   r = res["zj_three"]
   acc = acc_norm = 0
   for it, sample in zip(MC_ITEMS, sorted(r["samples"], key=lambda s: s["doc_id"])):
@@ -312,17 +355,31 @@ def test_suite_end_to_end(fake_registry, tmp_path):
   """Teacher + one student: the per-domain table against numpy perplexity, the lm-eval tasks (3
   items each), chat answers, suite.json / suite.md / suite.png, and the per-model cache."""
   import ml_collections
+
   teacher, student = _model(0), _model(1, scale=1.5)
   t_ckpt = save_model(teacher, tmp_path / "teacher")
   s_ckpt = save_model(student, tmp_path / "student")
-  run_cfg = ml_collections.ConfigDict({"data": {"source": "default", "tokenizer": "byte"},
-                                       "teacher": {"path": "byte"}})
+  run_cfg = ml_collections.ConfigDict(
+    {"data": {"source": "default", "tokenizer": "byte"}, "teacher": {"path": "byte"}}
+  )
   out = tmp_path / "suite"
-  kw = dict(max_tokens=400, seq_len=512, tasks=["wn_definitions", "cloze_novels"], limit=3,
-            chat_tokens=4, run_config=run_cfg, log=lambda *_: None, lm_eval_batch_size=8)
+  kw = dict(
+    max_tokens=400,
+    seq_len=512,
+    tasks=["wn_definitions", "cloze_novels"],
+    limit=3,
+    chat_tokens=4,
+    run_config=run_cfg,
+    log=lambda *_: None,
+    lm_eval_batch_size=8,
+  )
   res = suite.run_suite([("small", s_ckpt)], t_ckpt, str(out), **kw)
-  assert [d["key"] for d in res["domains"]] == ["held-out:wordnet", "held-out:novels",
-                                                "held-out:manuals", "in-domain:default"]
+  assert [d["key"] for d in res["domains"]] == [
+    "held-out:wordnet",
+    "held-out:novels",
+    "held-out:manuals",
+    "in-domain:default",
+  ]
   tok = ByteTokenizer()
   docs = fake_registry.source_documents("novels")
   seqs = suite.capped_sequences(tok, docs, 400)
@@ -342,7 +399,8 @@ def test_suite_end_to_end(fake_registry, tmp_path):
     assert t_tasks[t]["n"] == 3 and 0 <= s_tasks[t]["acc"] <= 1
     if t_tasks[t]["acc"]:
       assert res["retained"]["small"]["acc"]["per_task"][t] == pytest.approx(
-          100 * s_tasks[t]["acc"] / t_tasks[t]["acc"])
+        100 * s_tasks[t]["acc"] / t_tasks[t]["acc"]
+      )
   chat = res["models"]["small"]["chat"]
   assert len(chat["greedy"]) == len(suite.CHAT_PROMPTS) == len(chat["sampled"])
   md = (out / "suite.md").read_text()
@@ -351,11 +409,20 @@ def test_suite_end_to_end(fake_registry, tmp_path):
   assert "Chat answers (greedy" in md and "- *small*:" in md and (out / "suite.png").stat().st_size
   assert json.loads((out / "suite.json").read_text())["tasks"] == ["wn_definitions", "cloze_novels"]
   from zebra_jax.eval import report
-  doc = report.markdown({"environment": {"device": "cpu", "date": "d", "jax": "j", "flax": "f"},
-                         "meta": {"command": "c", "decode_batch": 2, "contexts": []},
-                         "models": {"teacher": {"perplexity": 9.0, "top1": 1.0, "kl": 0.0,
-                                                "kv_fraction": 1.0, "heldout_tokens": 10}},
-                         "variants": {}, "timings": {}, "suite": res}, chart="suite/suite.png")
+
+  doc = report.markdown(
+    {
+      "environment": {"device": "cpu", "date": "d", "jax": "j", "flax": "f"},
+      "meta": {"command": "c", "decode_batch": 2, "contexts": []},
+      "models": {
+        "teacher": {"perplexity": 9.0, "top1": 1.0, "kl": 0.0, "kv_fraction": 1.0, "heldout_tokens": 10}
+      },
+      "variants": {},
+      "timings": {},
+      "suite": res,
+    },
+    chart="suite/suite.png",
+  )
   assert "Multi-domain evaluation" in doc and "](suite/suite.png)" in doc
   # a second call reuses every finished model (no lm-eval run: its output stays untouched)
   stamp = os.path.getmtime(out / "models" / "small.json")
@@ -368,17 +435,18 @@ def test_suite_cut_short_keeps_finished_sections(fake_registry, tmp_path, monkey
   """A suite killed during a model's chat answers keeps that model's domain rows on disk; the
   rerun computes only the chat answers (the device's time limit cut the first GPU suite there)."""
   import ml_collections
+
   t_ckpt = save_model(_model(0), tmp_path / "teacher")
   s_ckpt = save_model(_model(1, scale=1.5), tmp_path / "student")
-  run_cfg = ml_collections.ConfigDict({"data": {"source": "default", "tokenizer": "byte"},
-                                       "teacher": {"path": "byte"}})
+  run_cfg = ml_collections.ConfigDict(
+    {"data": {"source": "default", "tokenizer": "byte"}, "teacher": {"path": "byte"}}
+  )
   out = tmp_path / "suite"
-  kw = dict(max_tokens=200, seq_len=256, mc=False, chat_tokens=2, run_config=run_cfg,
-            log=lambda *_: None)
+  kw = dict(max_tokens=200, seq_len=256, mc=False, chat_tokens=2, run_config=run_cfg, log=lambda *_: None)
   real_chat = suite.chat_answers
 
   def cut(model, *a, **k):
-    if cut.calls == 1:   # the second chat call (the student's): the job is killed
+    if cut.calls == 1:  # the second chat call (the student's): the job is killed
       raise KeyboardInterrupt
     cut.calls += 1
     return real_chat(model, *a, **k)

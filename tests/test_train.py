@@ -22,8 +22,15 @@ from zebra_jax.train.metrics import MetricsWriter, read_metrics
 from zebra_jax.train.optim import lr_schedule, make_optimizer
 from zebra_jax.train.trainer import NonFiniteLossError, Preempted, StageTrainer, TrainSpec
 
-CFG = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+CFG = LlamaConfig(
+  vocab_size=64,
+  hidden_size=32,
+  intermediate_size=64,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=64,
+)
 T = 12
 MESH = None
 
@@ -40,8 +47,9 @@ def model(seed=0):
 
 
 def params_np(m):
-  return {".".join(map(str, p)): np.asarray(v.get_value())
-          for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))}
+  return {
+    ".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))
+  }
 
 
 def ce_loss(student, teachers, batch):
@@ -75,17 +83,26 @@ class Batches:
 
 
 def spec(**kw):
-  base = dict(steps=3, lr=1e-3, batch_size=4, seq_len=T, warmup_frac=0.0, grad_clip=None,
-              log_every=1, checkpoint_every=100, keep_last=2, async_checkpoint=False,
-              progress=False)
+  base = dict(
+    steps=3,
+    lr=1e-3,
+    batch_size=4,
+    seq_len=T,
+    warmup_frac=0.0,
+    grad_clip=None,
+    log_every=1,
+    checkpoint_every=100,
+    keep_last=2,
+    async_checkpoint=False,
+    progress=False,
+  )
   base.update(kw)
   return TrainSpec(**base)
 
 
 def run(tmp, name, m, sp, data, loss_fn=ce_loss, **kw):
   """Runs one stage; returns its metrics rows (the model is updated in place)."""
-  tr = StageTrainer(name=name, workdir=str(tmp), model=m, loss_fn=loss_fn, spec=sp, mesh=mesh1(),
-                    **kw)
+  tr = StageTrainer(name=name, workdir=str(tmp), model=m, loss_fn=loss_fn, spec=sp, mesh=mesh1(), **kw)
   tr.run(data)
   return read_metrics(os.path.join(str(tmp), name))
 
@@ -111,8 +128,7 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
   results = {}
   for accum in (1, 2):
     m = model()
-    results[accum] = (run(tmp_path, f"accum{accum}", m, spec(grad_accum=accum), Batches(4)),
-                      params_np(m))
+    results[accum] = (run(tmp_path, f"accum{accum}", m, spec(grad_accum=accum), Batches(4)), params_np(m))
   rows1, p1 = results[1]
   np.testing.assert_allclose(rows1[0]["loss"], float(loss1), rtol=1e-6)
   np.testing.assert_allclose(rows1[0]["grad_norm"], float(optax.global_norm(g1)), rtol=1e-5)
@@ -129,8 +145,14 @@ def test_grad_accumulation_equals_one_big_batch(tmp_path):
 
 def test_batch_must_split_into_micro_batches(tmp_path):
   with pytest.raises(ValueError, match="grad_accum"):
-    StageTrainer(name="bad", workdir=str(tmp_path), model=model(), loss_fn=ce_loss,
-                 spec=spec(batch_size=6, grad_accum=4), mesh=mesh1())
+    StageTrainer(
+      name="bad",
+      workdir=str(tmp_path),
+      model=model(),
+      loss_fn=ce_loss,
+      spec=spec(batch_size=6, grad_accum=4),
+      mesh=mesh1(),
+    )
 
 
 # -- trainable filter ----------------------------------------------------------------------------
@@ -156,8 +178,15 @@ def test_trainable_filter_leaves_frozen_parameters_bitwise_unchanged(tmp_path):
 
 def test_trainable_filter_selecting_nothing_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="selects no parameters"):
-    StageTrainer(name="none", workdir=str(tmp_path), model=model(), loss_fn=ce_loss, spec=spec(),
-                 mesh=mesh1(), trainable=lambda path, var: False)
+    StageTrainer(
+      name="none",
+      workdir=str(tmp_path),
+      model=model(),
+      loss_fn=ce_loss,
+      spec=spec(),
+      mesh=mesh1(),
+      trainable=lambda path, var: False,
+    )
 
 
 # -- learning-rate schedule ----------------------------------------------------------------------
@@ -168,14 +197,14 @@ def _hf_cosine(lr, total, warmup, t):
   return lr * 0.5 * (1.0 + math.cos(math.pi * (t - warmup) / (total - warmup)))
 
 
-@pytest.mark.parametrize("total,frac,warmup", [(100, 0.1, 10), (50, 0.01, 1), (1000, 0.01, 10),
-                                               (20, 0.0, 0)])
+@pytest.mark.parametrize("total,frac,warmup", [(100, 0.1, 10), (50, 0.01, 1), (1000, 0.01, 10), (20, 0.0, 0)])
 def test_lr_schedule_is_linear_warmup_then_cosine_to_zero(total, frac, warmup):
   lr = 3e-4
   sched = lr_schedule(lr, total, frac)
   for t in range(total + 1):
-    np.testing.assert_allclose(float(sched(t)), _hf_cosine(lr, total, warmup, t), rtol=1e-5,
-                               atol=lr * 1e-6, err_msg=f"step {t}")
+    np.testing.assert_allclose(
+      float(sched(t)), _hf_cosine(lr, total, warmup, t), rtol=1e-5, atol=lr * 1e-6, err_msg=f"step {t}"
+    )
 
 
 def test_adamw_applies_the_schedule_from_the_first_update():
@@ -207,12 +236,15 @@ def test_checkpoints_keep_last_k(tmp_path, async_save):
   ckdir = tmp_path / "ck" / "checkpoints"
   assert _checkpoint_steps(ckdir) == [4, 5]
   # The newest checkpoint holds the final parameters and the data position.
-  tr = StageTrainer(name="ck", workdir=str(tmp_path), model=model(), loss_fn=ce_loss,
-                    spec=spec(steps=5), mesh=mesh1())
+  tr = StageTrainer(
+    name="ck", workdir=str(tmp_path), model=model(), loss_fn=ce_loss, spec=spec(steps=5), mesh=mesh1()
+  )
   ck = StageCheckpointer(str(ckdir), keep_last=2, async_save=False)
   from zebra_jax.train.checkpoint import abstract_like
-  restored, data_state = ck.restore(5, {"trainable": abstract_like(tr.trainable),
-                                        "opt_state": abstract_like(tr.opt_state)})
+
+  restored, data_state = ck.restore(
+    5, {"trainable": abstract_like(tr.trainable), "opt_state": abstract_like(tr.opt_state)}
+  )
   ck.close()
   assert data_state == {"pos": 5}
   final = params_np(m)
@@ -302,8 +334,11 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, d
   size = os.path.getsize(biggest)
   if damage == "values":
     data_dir = stage_dir / "checkpoints" / "6" / "data"
-    [meta] = [str(data_dir / f) for f in os.listdir(data_dir)
-              if "fingerprint" in (data_dir / f).read_text(errors="ignore")]
+    [meta] = [
+      str(data_dir / f)
+      for f in os.listdir(data_dir)
+      if "fingerprint" in (data_dir / f).read_text(errors="ignore")
+    ]
     with open(meta) as f:
       saved = json.load(f)
     key = sorted(saved["fingerprint"])[0]
@@ -329,12 +364,15 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, d
 
 def test_fingerprints_are_exact_and_see_any_changed_value():
   from zebra_jax.train.checkpoint import fingerprint
+
   x = np.arange(12, dtype=np.float32).reshape(3, 4)
   tree = {"a": jnp.asarray(x), "b": jnp.asarray(x, jnp.bfloat16), "n": jnp.int32(7)}
   fp = fingerprint(tree)
   bits = x.view(np.uint32).reshape(-1).astype(np.uint64)  # the same sums in numpy, mod 2**32
-  assert fp["['a']"] == [int(bits.sum() % 2**32),
-                         int((bits * np.arange(1, 13, dtype=np.uint64)).sum() % 2**32)]
+  assert fp["['a']"] == [
+    int(bits.sum() % 2**32),
+    int((bits * np.arange(1, 13, dtype=np.uint64)).sum() % 2**32),
+  ]
   y = x.copy()
   y[1, 2] = np.nextafter(y[1, 2], np.float32(100))  # one ulp
   assert fingerprint({"a": jnp.asarray(y)})["['a']"] != fp["['a']"]
@@ -368,8 +406,12 @@ def test_metrics_resume_drops_rows_after_the_checkpoint_and_a_torn_last_line(tmp
   w = MetricsWriter(str(tmp_path), resume_step=3)
   w.write(4, {"loss": 0.5})
   w.close()
-  assert [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path))] == \
-      [(1, 1.0), (2, 0.5), (3, 1.0 / 3), (4, 0.5)]
+  assert [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path))] == [
+    (1, 1.0),
+    (2, 0.5),
+    (3, 1.0 / 3),
+    (4, 0.5),
+  ]
 
 
 # -- non-finite guard ----------------------------------------------------------------------------
@@ -390,8 +432,10 @@ def test_nan_loss_stops_before_checkpointing_the_bad_state(tmp_path):
   # The surviving step-4 checkpoint is bitwise the one a clean run writes.
   run(tmp_path / "good", "stage", model(), sp, Batches(4, poison_at=10**9), loss_fn=poisoned_loss)
   from zebra_jax.train.checkpoint import abstract_like
-  tr = StageTrainer(name="x", workdir=str(tmp_path / "x"), model=model(), loss_fn=ce_loss, spec=sp,
-                    mesh=mesh1())
+
+  tr = StageTrainer(
+    name="x", workdir=str(tmp_path / "x"), model=model(), loss_fn=ce_loss, spec=sp, mesh=mesh1()
+  )
   target = {"trainable": abstract_like(tr.trainable), "opt_state": abstract_like(tr.opt_state)}
   got = []
   for d in (bad_dir, tmp_path / "good" / "stage"):
@@ -419,21 +463,27 @@ def test_rows_are_read_one_step_late_and_equal_the_synchronous_ones(tmp_path, mo
 
   dispatched = []
   orig_batch = trainer_lib.StageTrainer._device_batch
-  monkeypatch.setattr(trainer_lib.StageTrainer, "_device_batch",
-                      lambda self, b: dispatched.append(1) or orig_batch(self, b))
+  monkeypatch.setattr(
+    trainer_lib.StageTrainer, "_device_batch", lambda self, b: dispatched.append(1) or orig_batch(self, b)
+  )
   monkeypatch.setattr(trainer_lib.jax, "device_get", spy)
   lagged = run(tmp_path / "lag", "s", model(), spec(steps=7, log_every=2), Batches(4))
   monkeypatch.setattr(trainer_lib.jax, "device_get", real)
   assert [r["step"] for r in lagged] == [2, 4, 6, 7]
   # step 2's metrics are read once step 3's batch was placed (dispatched), not before
   assert order[0] == ("get", 3)
-  every = run(tmp_path / "sync", "s", model(), spec(steps=7, log_every=1, checkpoint_every=1),
-              Batches(4))
+  every = run(tmp_path / "sync", "s", model(), spec(steps=7, log_every=1, checkpoint_every=1), Batches(4))
   by_step = {r["step"]: r for r in curve(every)}
   assert curve(lagged) == [by_step[s] for s in (2, 4, 6, 7)]
   with pytest.raises(NonFiniteLossError, match="step 4"):
-    run(tmp_path / "nan", "s", model(), spec(steps=7, log_every=2),
-        Batches(4, poison_at=4), loss_fn=poisoned_loss)
+    run(
+      tmp_path / "nan",
+      "s",
+      model(),
+      spec(steps=7, log_every=2),
+      Batches(4, poison_at=4),
+      loss_fn=poisoned_loss,
+    )
 
 
 def test_update_that_overflows_the_parameters_is_never_checkpointed(tmp_path):
@@ -450,12 +500,22 @@ def test_kd_freeze_groups_train_only_the_named_complement(tmp_path):
   """kd.freeze=("embed", "mlp"): the recipe's KD trains mixers and norms only (MambaInLlama keeps
   the MLPs); every parameter lands in exactly one group, judged by its path here, independently."""
   from zebra_jax.distill.plan import frozen_filter, param_group
+
   m = model()
   init = params_np(m)
-  expect = {k: ("embed" if k.startswith(("embed_tokens", "lm_head")) else "mlp" if ".mlp." in k
-                else "mixer" if ".mixer." in k else "norm") for k in init}
-  got = {".".join(map(str, p)): param_group(p)
-         for p, _ in nnx.to_flat_state(nnx.state(m, nnx.Param))}
+  expect = {
+    k: (
+      "embed"
+      if k.startswith(("embed_tokens", "lm_head"))
+      else "mlp"
+      if ".mlp." in k
+      else "mixer"
+      if ".mixer." in k
+      else "norm"
+    )
+    for k in init
+  }
+  got = {".".join(map(str, p)): param_group(p) for p, _ in nnx.to_flat_state(nnx.state(m, nnx.Param))}
   assert got == expect and set(expect.values()) == {"embed", "mlp", "mixer", "norm"}
   run(tmp_path, "kd_freeze", m, spec(steps=2), Batches(4), trainable=frozen_filter(("embed", "mlp")))
   after = params_np(m)
@@ -467,6 +527,7 @@ def test_kd_freeze_groups_train_only_the_named_complement(tmp_path):
 
 def test_kd_freeze_config_is_validated():
   from zebra_jax.distill.config import RunConfigError, base_config, validate
+
   c = base_config()
   c.model.n_mla = 1
   c.kd.freeze = ("embed", "attention")
@@ -491,8 +552,11 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path,
   ck.wait()
   # not enough free space for the next step: refused before anything is written
   monkeypatch.setattr(C, "_free_bytes", lambda path: 1000)
-  with pytest.raises(C.DiskFull, match=r"disk full while saving step 2 to .*ck \(it needs about .*"
-                                       r"the last checkpoint, step 1, is intact"):
+  with pytest.raises(
+    C.DiskFull,
+    match=r"disk full while saving step 2 to .*ck \(it needs about .*"
+    r"the last checkpoint, step 1, is intact",
+  ):
     ck.save(2, state, {"pos": 2})
   monkeypatch.undo()
   # the disk fills while the writer runs (Orbax wraps the OSError)
@@ -524,12 +588,13 @@ def test_per_group_learning_rates_scale_each_groups_adam_step(tmp_path):
   from zebra_jax.train.optim import make_optimizer
 
   rng = np.random.default_rng(0)
-  params = {"a": jnp.asarray(rng.normal(size=5), jnp.float32),
-            "b": jnp.asarray(rng.normal(size=5), jnp.float32)}
+  params = {
+    "a": jnp.asarray(rng.normal(size=5), jnp.float32),
+    "b": jnp.asarray(rng.normal(size=5), jnp.float32),
+  }
   g = {k: jnp.asarray(rng.normal(size=5), jnp.float32) for k in params}
   lr, eps = 1e-2, 1e-8
-  opt = make_optimizer(lr, 10, warmup_frac=0.0, grad_clip=None, eps=eps,
-                       lr_scales={"a": 0.25, "b": 1.0})
+  opt = make_optimizer(lr, 10, warmup_frac=0.0, grad_clip=None, eps=eps, lr_scales={"a": 0.25, "b": 1.0})
   updates, _ = opt.update(g, opt.init(params), params)
   for k, s in (("a", 0.25), ("b", 1.0)):
     gk = np.asarray(g[k], np.float64)
@@ -539,8 +604,7 @@ def test_per_group_learning_rates_scale_each_groups_adam_step(tmp_path):
   m0, m1 = model(), model()
   before = params_np(m0)
   run(tmp_path, "plain", m0, spec(steps=2), Batches(4))
-  run(tmp_path, "scaled", m1, spec(steps=2), Batches(4),
-      lr_scale=group_lr_scale({"embed": 0.0, "mlp": 1.0}))
+  run(tmp_path, "scaled", m1, spec(steps=2), Batches(4), lr_scale=group_lr_scale({"embed": 0.0, "mlp": 1.0}))
   plain, scaled = params_np(m0), params_np(m1)
   for name in before:
     if "embed_tokens" in name or "lm_head" in name:  # the "embed" group
@@ -550,8 +614,7 @@ def test_per_group_learning_rates_scale_each_groups_adam_step(tmp_path):
       assert not np.array_equal(scaled[name], before[name]), name
 
 
-def test_the_progress_bar_starts_after_the_compiled_first_step_fresh_or_resumed(tmp_path,
-                                                                                  monkeypatch):
+def test_the_progress_bar_starts_after_the_compiled_first_step_fresh_or_resumed(tmp_path, monkeypatch):
   """Issue 17 item 5: the bar's clock (rate, ETA) starts once the first step of this process is
   dispatched, so the compile is not counted; a resumed stage starts it at the restored step + 1."""
   import tqdm.auto
@@ -585,6 +648,7 @@ def test_a_prepared_checkpointer_saves_the_same_fingerprint(tmp_path):
   stage does not stall on it); the saved fingerprint equals the numpy sums of the arrays' bits, as
   without prepare, and a state of another structure still saves (compiled on the spot)."""
   from zebra_jax.train.checkpoint import StageCheckpointer
+
   x = np.arange(12, dtype=np.float32).reshape(3, 4)
   state = {"trainable": {"w": jnp.asarray(x)}, "opt_state": {"mu": jnp.asarray(2 * x)}}
   bits = x.view(np.uint32).reshape(-1).astype(np.uint64)
@@ -593,8 +657,9 @@ def test_a_prepared_checkpointer_saves_the_same_fingerprint(tmp_path):
   ck.prepare(state)
   ck.save(1, state, {"pos": 1})
   assert ck._fp_compiled is not None  # the prepared executable was used
-  _, data = ck.restore(1, {k: {n: jax.ShapeDtypeStruct(v.shape, v.dtype) for n, v in d.items()}
-                           for k, d in state.items()})
+  _, data = ck.restore(
+    1, {k: {n: jax.ShapeDtypeStruct(v.shape, v.dtype) for n, v in d.items()} for k, d in state.items()}
+  )
   other = {"trainable": {"w": jnp.asarray(x), "b": jnp.zeros(3)}, "opt_state": {}}
   ck.save(2, other, {"pos": 2})
   ck.close()

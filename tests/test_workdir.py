@@ -76,29 +76,31 @@ def test_changed_settings_under_an_interrupted_stage_are_refused(tmp_path):
   wd = str(tmp_path)
   _interrupted_ild(wd, _cfg(lr=3e-3))
   before = open(os.path.join(wd, "config.json")).read()
-  with pytest.raises(RunConfigError, match=r"ild_mla.*ild\.lr: 0\.003 -> 0\.001.*"
-                                           r"accept_config_changes"):
+  with pytest.raises(
+    RunConfigError,
+    match=r"ild_mla.*ild\.lr: 0\.003 -> 0\.001.*"
+    r"accept_config_changes",
+  ):
     run_pipeline(_cfg(lr=1e-3), wd, progress=False)
   assert open(os.path.join(wd, "config.json")).read() == before  # the record is kept
-  assert not os.path.exists(os.path.join(wd, ".lock"))           # and the lock released
+  assert not os.path.exists(os.path.join(wd, ".lock"))  # and the lock released
 
 
 def test_settings_no_finished_stage_read_may_change(tmp_path):
   wd = str(tmp_path)
   _interrupted_ild(wd, _cfg(lr=3e-3))
   c = _cfg(lr=3e-3)
-  c.kd.lr = 5e-4                 # kd has not started
-  c.model.n_mla = 3              # the placement: read by select / assemble, not by the ILD students
-  c.train.log_every = 1          # bookkeeping
-  c.train.prefetch = 0           # bookkeeping too: read ahead or not, the same batches
+  c.kd.lr = 5e-4  # kd has not started
+  c.model.n_mla = 3  # the placement: read by select / assemble, not by the ILD students
+  c.train.log_every = 1  # bookkeeping
+  c.train.prefetch = 0  # bookkeeping too: read ahead or not, the same batches
   with open(os.path.join(wd, "config.json")) as f:
     old = json.load(f)
   fields = workdir_lib.changed_fields(old, json.loads(c.to_json()))
   assert set(fields) == {"kd.lr", "model.n_mla"}
   assert workdir_lib.affected_stages(fields, old["stages"], lambda s: s == "ild_mla") == []
   # the same fields under a started select stage: select and everything after it
-  assert workdir_lib.affected_stages(fields, old["stages"], lambda s: True) == [
-      "select", "assemble", "kd"]
+  assert workdir_lib.affected_stages(fields, old["stages"], lambda s: True) == ["select", "assemble", "kd"]
   run_pipeline(c, wd, progress=False)  # runs the teacher stage
   assert json.load(open(os.path.join(wd, "config.json")))["kd"]["lr"] == 5e-4
 
@@ -126,10 +128,22 @@ def test_distill_script_prints_one_line_and_exits_2_on_a_busy_workdir(tmp_path):
   try:
     _write_lock(tmp_path, live.pid)
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "distill.py"), "--config",
-                        os.path.join(ROOT, "configs", "tiny.py"), "--workdir", str(tmp_path),
-                        "--config.stages=('teacher',)", "--no_progress"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+      [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "distill.py"),
+        "--config",
+        os.path.join(ROOT, "configs", "tiny.py"),
+        "--workdir",
+        str(tmp_path),
+        "--config.stages=('teacher',)",
+        "--no_progress",
+      ],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
   finally:
     live.kill()
     live.wait()
@@ -145,10 +159,22 @@ def test_sigterm_during_a_stages_setup_exits_143_with_a_message(tmp_path):
   import time
 
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  p = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "distill.py"), "--config",
-                        os.path.join(ROOT, "configs", "tiny.py"), "--workdir", str(tmp_path),
-                        "--config.stages=('teacher', 'ild_mla')", "--no_progress"],
-                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  p = subprocess.Popen(
+    [
+      sys.executable,
+      os.path.join(ROOT, "scripts", "distill.py"),
+      "--config",
+      os.path.join(ROOT, "configs", "tiny.py"),
+      "--workdir",
+      str(tmp_path),
+      "--config.stages=('teacher', 'ild_mla')",
+      "--no_progress",
+    ],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   out = []
   try:
     for line in p.stdout:

@@ -56,11 +56,12 @@ def _within(path: str, root: str) -> bool:
 
 
 def _is_name(src) -> bool:
-  """"byte" and the named checkpoints are read as names before any file of that name."""
+  """ "byte" and the named checkpoints are read as names before any file of that name."""
   if not isinstance(src, str):
     return False
   # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.convert import NAMED_CHECKPOINTS
+
   return src == "byte" or src.lower() in NAMED_CHECKPOINTS
 
 
@@ -81,14 +82,22 @@ def overlap(out, src) -> str | None:
 
 def unowned(directory: str, owned: Sequence[str]) -> list[str]:
   """The entries of `directory` that match none of the `owned` names / fnmatch patterns."""
-  return sorted(e + ("/" if os.path.isdir(os.path.join(directory, e)) else "")
-                for e in os.listdir(directory)
-                if not any(fnmatch.fnmatchcase(e, p) for p in owned))
+  return sorted(
+    e + ("/" if os.path.isdir(os.path.join(directory, e)) else "")
+    for e in os.listdir(directory)
+    if not any(fnmatch.fnmatchcase(e, p) for p in owned)
+  )
 
 
-def check_output(out: str | os.PathLike, *, inputs: Iterable = (), overwrite: bool = False,
-                 owned: Sequence[str] | None = None, out_flag: str | None = None,
-                 overwrite_flag: str = "overwrite=True") -> str:
+def check_output(
+  out: str | os.PathLike,
+  *,
+  inputs: Iterable = (),
+  overwrite: bool = False,
+  owned: Sequence[str] | None = None,
+  out_flag: str | None = None,
+  overwrite_flag: str = "overwrite=True",
+) -> str:
   """The absolute path of output directory `out` once it may be written; raises OutputPathError
   (an input would be lost, or files the tool did not write) or FileExistsError (not a directory;
   not empty without `overwrite`). `owned`: the names the tool writes (None: any, for callers that
@@ -98,10 +107,14 @@ def check_output(out: str | os.PathLike, *, inputs: Iterable = (), overwrite: bo
   for src in inputs:
     how = overlap(path, src)
     if how:
-      where = {"is": "is the input itself", "is inside": f"is inside the input {_real(src)}",
-               "holds": f"holds the input {_real(src)}"}[how]
-      raise OutputPathError(f"{name} {where}: an output must not be, hold or lie inside an "
-                            "input; choose another directory")
+      where = {
+        "is": "is the input itself",
+        "is inside": f"is inside the input {_real(src)}",
+        "holds": f"holds the input {_real(src)}",
+      }[how]
+      raise OutputPathError(
+        f"{name} {where}: an output must not be, hold or lie inside an input; choose another directory"
+      )
   if os.path.lexists(path):
     if not os.path.isdir(path):
       raise FileExistsError(f"{name} exists and is not a directory")
@@ -111,9 +124,11 @@ def check_output(out: str | os.PathLike, *, inputs: Iterable = (), overwrite: bo
       stray = unowned(path, owned) if owned is not None else []
       if stray:
         shown = ", ".join(stray[:8]) + (f" and {len(stray) - 8} more" if len(stray) > 8 else "")
-        raise OutputPathError(f"{name} holds files zebra-jax did not write ({shown}); "
-                              f"{overwrite_flag} replaces only an earlier output: move them or "
-                              "choose another directory")
+        raise OutputPathError(
+          f"{name} holds files zebra-jax did not write ({shown}); "
+          f"{overwrite_flag} replaces only an earlier output: move them or "
+          "choose another directory"
+        )
   return path
 
 

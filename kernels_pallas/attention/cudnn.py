@@ -33,6 +33,7 @@ def supports(q_BTHK, k_BSGK, v_BSGV) -> str | None:
 
 def _native_mla(q, k, v, scale):
   from jax._src.cudnn.fused_attention_stablehlo import MaskType, dot_product_attention
+
   return dot_product_attention(q, k, v, scale=scale, mask_type=MaskType.CAUSAL)
 
 
@@ -42,8 +43,9 @@ def cudnn_attention(q_BTHK, k_BSGK, v_BSGV, *, scale: float, mla_path: str = "au
     raise ValueError(f"cudnn_attention: {why}")
   K, V = q_BTHK.shape[-1], v_BSGV.shape[-1]
   if K == V:
-    return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGV, scale=scale, is_causal=True,
-                                        implementation="cudnn")
+    return jax.nn.dot_product_attention(
+      q_BTHK, k_BSGK, v_BSGV, scale=scale, is_causal=True, implementation="cudnn"
+    )
   if mla_path in ("auto", "native"):
     try:
       return _native_mla(q_BTHK, k_BSGK, v_BSGV, scale)
@@ -53,6 +55,7 @@ def cudnn_attention(q_BTHK, k_BSGK, v_BSGV, *, scale: float, mla_path: str = "au
   if V > K:
     raise ValueError(f"cudnn_attention(mla_path='pad') needs v head dim {V} <= qk head dim {K}")
   v_pad = jnp.pad(v_BSGV, ((0, 0), (0, 0), (0, 0), (0, K - V)))
-  out = jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_pad, scale=scale, is_causal=True,
-                                     implementation="cudnn")
+  out = jax.nn.dot_product_attention(
+    q_BTHK, k_BSGK, v_pad, scale=scale, is_causal=True, implementation="cudnn"
+  )
   return out[..., :V]

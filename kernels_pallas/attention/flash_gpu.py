@@ -55,8 +55,16 @@ from jax.experimental.pallas import triton as pltriton
 
 from kernels_pallas.attention.reference import self_attention_shape_problem
 
-__all__ = ["flash_attention_gpu", "supports", "FlashConfig", "Tiles", "PRESETS", "default_config",
-           "parse_config", "head_segments"]
+__all__ = [
+  "flash_attention_gpu",
+  "supports",
+  "FlashConfig",
+  "Tiles",
+  "PRESETS",
+  "default_config",
+  "parse_config",
+  "head_segments",
+]
 
 f32 = jnp.float32
 LOG2E = math.log2(math.e)
@@ -68,6 +76,7 @@ MAX_HEAD_DIM = 256
 
 class Tiles(NamedTuple):
   """One kernel's launch shape: q rows per block, k/v rows per block, warps, pipeline stages."""
+
   block_q: int
   block_k: int
   num_warps: int
@@ -77,13 +86,15 @@ class Tiles(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class FlashConfig:
   """Tiles of the forward, dK/dV and dQ kernels (hashable: a static argument of the custom VJP)."""
+
   fwd: Tiles
   dkv: Tiles
   dq: Tiles
 
   def spec(self) -> str:
-    return ",".join(f"{n}={'x'.join(map(str, t))}" for n, t in
-                    (("fwd", self.fwd), ("dkv", self.dkv), ("dq", self.dq)))
+    return ",".join(
+      f"{n}={'x'.join(map(str, t))}" for n, t in (("fwd", self.fwd), ("dkv", self.dkv), ("dq", self.dq))
+    )
 
   def fit(self, T: int) -> "FlashConfig":
     """Blocks clipped to the padded length of a short sequence (power of two, at least 16)."""
@@ -100,16 +111,16 @@ class FlashConfig:
 # Block configurations the benchmark autotunes over (`scripts/bench.py kernels --family attention`
 # times each one next to cuDNN). (block_q, block_k, warps, stages) per kernel.
 PRESETS: dict[str, FlashConfig] = {
-    # balanced: 128-row q tiles forward, square 64 tiles backward
-    "A": FlashConfig(Tiles(128, 64, 4, 3), Tiles(64, 64, 4, 3), Tiles(64, 64, 4, 3)),
-    # big tiles, 8 warps (head dims <= 128)
-    "B": FlashConfig(Tiles(128, 128, 8, 2), Tiles(64, 128, 8, 2), Tiles(128, 64, 8, 2)),
-    # small tiles (large head dims: 192/128 holds q, k and v segments in shared memory)
-    "C": FlashConfig(Tiles(64, 64, 4, 2), Tiles(32, 64, 4, 2), Tiles(64, 32, 4, 2)),
-    # narrow kv / q strips with deep pipelining (the Triton tutorial's shape of tiles)
-    "D": FlashConfig(Tiles(128, 32, 4, 4), Tiles(32, 128, 4, 4), Tiles(128, 32, 4, 4)),
-    # float32 inputs: fp32 tiles take twice the shared memory of bf16 ones
-    "F32": FlashConfig(Tiles(32, 32, 4, 2), Tiles(32, 32, 4, 2), Tiles(32, 32, 4, 2)),
+  # balanced: 128-row q tiles forward, square 64 tiles backward
+  "A": FlashConfig(Tiles(128, 64, 4, 3), Tiles(64, 64, 4, 3), Tiles(64, 64, 4, 3)),
+  # big tiles, 8 warps (head dims <= 128)
+  "B": FlashConfig(Tiles(128, 128, 8, 2), Tiles(64, 128, 8, 2), Tiles(128, 64, 8, 2)),
+  # small tiles (large head dims: 192/128 holds q, k and v segments in shared memory)
+  "C": FlashConfig(Tiles(64, 64, 4, 2), Tiles(32, 64, 4, 2), Tiles(64, 32, 4, 2)),
+  # narrow kv / q strips with deep pipelining (the Triton tutorial's shape of tiles)
+  "D": FlashConfig(Tiles(128, 32, 4, 4), Tiles(32, 128, 4, 4), Tiles(128, 32, 4, 4)),
+  # float32 inputs: fp32 tiles take twice the shared memory of bf16 ones
+  "F32": FlashConfig(Tiles(32, 32, 4, 2), Tiles(32, 32, 4, 2), Tiles(32, 32, 4, 2)),
 }
 
 # Default preset per padded max(K, V) for 16-bit inputs. Not tuned on a GPU yet: replace with the
@@ -139,8 +150,7 @@ def parse_config(text: str) -> FlashConfig:
       raise ValueError(f"flash config {item!r}: blocks must be powers of two >= 16")
     parts[name] = Tiles(*nums)
   if set(parts) != {"fwd", "dkv", "dq"}:
-    raise ValueError(f"flash config {text!r} must give fwd, dkv and dq "
-                     f"(or name one of {list(PRESETS)})")
+    raise ValueError(f"flash config {text!r} must give fwd, dkv and dq (or name one of {list(PRESETS)})")
   return FlashConfig(**parts)
 
 
@@ -177,8 +187,7 @@ def _mm(a, b, dims, precision):
 
 
 # ---------------------------------------------------------------------------------------- forward
-def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, c2, bq, bk, nq, ksegs, vsegs, mm_dtype,
-                precision):
+def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, c2, bq, bk, nq, ksegs, vsegs, mm_dtype, precision):
   i = nq - 1 - pl.program_id(0)  # heaviest q blocks launch first
   qs = [q_ref[:, pl.ds(a, n)] for a, n in ksegs]
 
@@ -200,14 +209,19 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, c2, bq, bk, nq, ksegs, v
     p = jnp.exp2(s - m_new[:, None])
     l = alpha * l + jnp.sum(p, axis=1)
     p = p.astype(mm_dtype)
-    accs = tuple(alpha[:, None] * acc + _mm(p, v_ref[pl.ds(start, bk), pl.ds(a, n)], _NN, precision)
-                 for acc, (a, n) in zip(accs, vsegs))
+    accs = tuple(
+      alpha[:, None] * acc + _mm(p, v_ref[pl.ds(start, bk), pl.ds(a, n)], _NN, precision)
+      for acc, (a, n) in zip(accs, vsegs)
+    )
     return m_new, l, accs
 
-  n_full = (i * bq) // bk                  # kv blocks entirely before the first query row
-  n_all = ((i + 1) * bq + bk - 1) // bk    # kv blocks with a key at or before the last row
-  carry = (jnp.full((bq,), -jnp.inf, f32), jnp.zeros((bq,), f32),
-           tuple(jnp.zeros((bq, n), f32) for _, n in vsegs))
+  n_full = (i * bq) // bk  # kv blocks entirely before the first query row
+  n_all = ((i + 1) * bq + bk - 1) // bk  # kv blocks with a key at or before the last row
+  carry = (
+    jnp.full((bq,), -jnp.inf, f32),
+    jnp.zeros((bq,), f32),
+    tuple(jnp.zeros((bq, n), f32) for _, n in vsegs),
+  )
   carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), carry)
   m, l, accs = lax.fori_loop(n_full, n_all, functools.partial(step, masked=True), carry)
   inv_l = 1.0 / l
@@ -227,24 +241,56 @@ def _fwd(q, k, v, *, scale, cfg: FlashConfig, interpret):
   own = lambda i, h, b: (b, nq - 1 - i, h, 0)
   kv = lambda i, h, b: (b, 0, h // R, 0)
   return pl.pallas_call(
-      functools.partial(_fwd_kernel, c2=scale * LOG2E, bq=bq, bk=bk, nq=nq,
-                        ksegs=head_segments(K), vsegs=head_segments(V), mm_dtype=mm_dtype,
-                        precision=precision),
-      grid=(nq, H, B),
-      in_specs=[pl.BlockSpec((None, bq, None, K), own),
-                pl.BlockSpec((None, Tp, None, K), kv),
-                pl.BlockSpec((None, Tp, None, V), kv)],
-      out_specs=[pl.BlockSpec((None, bq, None, V), own),
-                 pl.BlockSpec((None, None, bq), lambda i, h, b: (b, h, nq - 1 - i))],
-      out_shape=[jax.ShapeDtypeStruct((B, Tp, H, V), q.dtype),
-                 jax.ShapeDtypeStruct((B, H, Tp), f32)],
-      compiler_params=_params(t), interpret=interpret, name="flash_attention_gpu_fwd",
+    functools.partial(
+      _fwd_kernel,
+      c2=scale * LOG2E,
+      bq=bq,
+      bk=bk,
+      nq=nq,
+      ksegs=head_segments(K),
+      vsegs=head_segments(V),
+      mm_dtype=mm_dtype,
+      precision=precision,
+    ),
+    grid=(nq, H, B),
+    in_specs=[
+      pl.BlockSpec((None, bq, None, K), own),
+      pl.BlockSpec((None, Tp, None, K), kv),
+      pl.BlockSpec((None, Tp, None, V), kv),
+    ],
+    out_specs=[
+      pl.BlockSpec((None, bq, None, V), own),
+      pl.BlockSpec((None, None, bq), lambda i, h, b: (b, h, nq - 1 - i)),
+    ],
+    out_shape=[jax.ShapeDtypeStruct((B, Tp, H, V), q.dtype), jax.ShapeDtypeStruct((B, H, Tp), f32)],
+    compiler_params=_params(t),
+    interpret=interpret,
+    name="flash_attention_gpu_fwd",
   )(q, k, v)
 
 
 # --------------------------------------------------------------------------------------- backward
-def _dkv_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref, *, c2, scale, bq,
-                bk, nq, R, ksegs, vsegs, mm_dtype, precision):
+def _dkv_kernel(
+  q_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  k_ref,
+  v_ref,
+  dk_ref,
+  dv_ref,
+  *,
+  c2,
+  scale,
+  bq,
+  bk,
+  nq,
+  R,
+  ksegs,
+  vsegs,
+  mm_dtype,
+  precision,
+):
   j = pl.program_id(0)  # kv block; the first ones see the most queries and launch first
   ks = [k_ref[:, pl.ds(a, n)] for a, n in ksegs]
   vs = [v_ref[:, pl.ds(a, n)] for a, n in vsegs]
@@ -276,15 +322,14 @@ def _dkv_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref,
     dks = tuple(acc + _mm(dsT, q, _NN, precision) for acc, q in zip(dks, qs))
     return dks, dvs
 
-  i_lo = (j * bk) // bq                                    # first q block reaching key j * bk
+  i_lo = (j * bk) // bq  # first q block reaching key j * bk
   i_full = jnp.minimum((j * bk + bk - 1 + bq - 1) // bq, nq)  # first q block seeing all keys
 
   def head(r, carry):
     carry = lax.fori_loop(i_lo, i_full, functools.partial(step, r=r, masked=True), carry)
     return lax.fori_loop(i_full, nq, functools.partial(step, r=r, masked=False), carry)
 
-  carry = (tuple(jnp.zeros((bk, n), f32) for _, n in ksegs),
-           tuple(jnp.zeros((bk, n), f32) for _, n in vsegs))
+  carry = (tuple(jnp.zeros((bk, n), f32) for _, n in ksegs), tuple(jnp.zeros((bk, n), f32) for _, n in vsegs))
   dks, dvs = lax.fori_loop(0, R, head, carry)
   for acc, (a, n) in zip(dks, ksegs):
     dk_ref[:, pl.ds(a, n)] = (acc * scale).astype(dk_ref.dtype)
@@ -292,8 +337,25 @@ def _dkv_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref,
     dv_ref[:, pl.ds(a, n)] = acc.astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dq_ref, *, c2, scale, bq, bk, nq,
-               ksegs, vsegs, mm_dtype, precision):
+def _dq_kernel(
+  q_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  k_ref,
+  v_ref,
+  dq_ref,
+  *,
+  c2,
+  scale,
+  bq,
+  bk,
+  nq,
+  ksegs,
+  vsegs,
+  mm_dtype,
+  precision,
+):
   i = nq - 1 - pl.program_id(0)
   qs = [q_ref[:, pl.ds(a, n)] for a, n in ksegs]
   dos = [do_ref[:, pl.ds(a, n)] for a, n in vsegs]
@@ -336,27 +398,31 @@ def _bwd(q, k, v, o, lse, do, *, scale, cfg: FlashConfig, interpret):
   mm_dtype, precision = _compute(q.dtype)
   ksegs, vsegs = head_segments(K), head_segments(V)
   delta = jnp.einsum("bthv,bthv->bht", o.astype(f32), do.astype(f32))
-  common = dict(c2=scale * LOG2E, scale=scale, ksegs=ksegs, vsegs=vsegs, mm_dtype=mm_dtype,
-                precision=precision)
+  common = dict(
+    c2=scale * LOG2E, scale=scale, ksegs=ksegs, vsegs=vsegs, mm_dtype=mm_dtype, precision=precision
+  )
 
   t = cfg.dkv
   bq, bk = t.block_q, t.block_k
-  grp = lambda j, g, b: (b, 0, g, 0)      # the group's R query heads, whole sequence
+  grp = lambda j, g, b: (b, 0, g, 0)  # the group's R query heads, whole sequence
   grp_row = lambda j, g, b: (b, g, 0)
   own_kv = lambda j, g, b: (b, j, g, 0)
   dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, bq=bq, bk=bk, nq=Tp // bq, R=R, **common),
-      grid=(Tp // bk, G, B),
-      in_specs=[pl.BlockSpec((None, Tp, R, K), grp),
-                pl.BlockSpec((None, Tp, R, V), grp),
-                pl.BlockSpec((None, R, Tp), grp_row),
-                pl.BlockSpec((None, R, Tp), grp_row),
-                pl.BlockSpec((None, bk, None, K), own_kv),
-                pl.BlockSpec((None, bk, None, V), own_kv)],
-      out_specs=[pl.BlockSpec((None, bk, None, K), own_kv),
-                 pl.BlockSpec((None, bk, None, V), own_kv)],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      compiler_params=_params(t), interpret=interpret, name="flash_attention_gpu_dkv",
+    functools.partial(_dkv_kernel, bq=bq, bk=bk, nq=Tp // bq, R=R, **common),
+    grid=(Tp // bk, G, B),
+    in_specs=[
+      pl.BlockSpec((None, Tp, R, K), grp),
+      pl.BlockSpec((None, Tp, R, V), grp),
+      pl.BlockSpec((None, R, Tp), grp_row),
+      pl.BlockSpec((None, R, Tp), grp_row),
+      pl.BlockSpec((None, bk, None, K), own_kv),
+      pl.BlockSpec((None, bk, None, V), own_kv),
+    ],
+    out_specs=[pl.BlockSpec((None, bk, None, K), own_kv), pl.BlockSpec((None, bk, None, V), own_kv)],
+    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    compiler_params=_params(t),
+    interpret=interpret,
+    name="flash_attention_gpu_dkv",
   )(q, do, lse, delta, k, v)
 
   t = cfg.dq
@@ -366,17 +432,21 @@ def _bwd(q, k, v, o, lse, do, *, scale, cfg: FlashConfig, interpret):
   own_row = lambda i, h, b: (b, h, nq - 1 - i)
   kv = lambda i, h, b: (b, 0, h // R, 0)
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, bq=bq, bk=bk, nq=nq, **common),
-      grid=(nq, H, B),
-      in_specs=[pl.BlockSpec((None, bq, None, K), own),
-                pl.BlockSpec((None, bq, None, V), own),
-                pl.BlockSpec((None, None, bq), own_row),
-                pl.BlockSpec((None, None, bq), own_row),
-                pl.BlockSpec((None, Tp, None, K), kv),
-                pl.BlockSpec((None, Tp, None, V), kv)],
-      out_specs=pl.BlockSpec((None, bq, None, K), own),
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=_params(t), interpret=interpret, name="flash_attention_gpu_dq",
+    functools.partial(_dq_kernel, bq=bq, bk=bk, nq=nq, **common),
+    grid=(nq, H, B),
+    in_specs=[
+      pl.BlockSpec((None, bq, None, K), own),
+      pl.BlockSpec((None, bq, None, V), own),
+      pl.BlockSpec((None, None, bq), own_row),
+      pl.BlockSpec((None, None, bq), own_row),
+      pl.BlockSpec((None, Tp, None, K), kv),
+      pl.BlockSpec((None, Tp, None, V), kv),
+    ],
+    out_specs=pl.BlockSpec((None, bq, None, K), own),
+    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    compiler_params=_params(t),
+    interpret=interpret,
+    name="flash_attention_gpu_dq",
   )(q, do, lse, delta, k, v)
   return dq, dk, dv
 
@@ -422,8 +492,9 @@ def supports(q_BTHK, k_BSGK, v_BSGV) -> str | None:
   return None
 
 
-def flash_attention_gpu(q_BTHK, k_BSGK, v_BSGV, *, scale: float,
-                        config: FlashConfig | str | None = None, interpret: bool = False):
+def flash_attention_gpu(
+  q_BTHK, k_BSGK, v_BSGV, *, scale: float, config: FlashConfig | str | None = None, interpret: bool = False
+):
   """Causal flash attention (Pallas, Triton lowering), differentiable; same arguments and result
   as `causal_attention_reference(q, k, v, scale=scale)`.
 
@@ -435,14 +506,18 @@ def flash_attention_gpu(q_BTHK, k_BSGK, v_BSGV, *, scale: float,
     raise ValueError(f"flash_attention_gpu: {why}")
   B, T, H, K = q_BTHK.shape
   V = v_BSGV.shape[3]
-  cfg = (default_config(K, V, q_BTHK.dtype) if config is None
-         else parse_config(config) if isinstance(config, str) else config).fit(T)
+  cfg = (
+    default_config(K, V, q_BTHK.dtype)
+    if config is None
+    else parse_config(config)
+    if isinstance(config, str)
+    else config
+  ).fit(T)
   Tp, Kp, Vp = _round_up(T, cfg.period), _round_up(K, 16), _round_up(V, 16)
 
   def pad(x, d):
     widths = ((0, 0), (0, Tp - T), (0, 0), (0, d - x.shape[3]))
     return x if Tp == T and d == x.shape[3] else jnp.pad(x, widths)
 
-  o = _flash(pad(q_BTHK, Kp), pad(k_BSGK, Kp), pad(v_BSGV, Vp), float(scale), cfg,
-             bool(interpret))
+  o = _flash(pad(q_BTHK, Kp), pad(k_BSGK, Kp), pad(v_BSGV, Vp), float(scale), cfg, bool(interpret))
   return o if Tp == T and Vp == V else o[:, :T, :, :V]

@@ -46,8 +46,7 @@ def _row_to_col(row_1N):
 
 
 # ------------------------------------------------------------------------------------------ fwd
-def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *, scale, bq, bk,
-                precision):
+def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *, scale, bq, bk, precision):
   i, j = pl.program_id(2), pl.program_id(3)
 
   @pl.when(j == 0)
@@ -59,8 +58,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *, scal
   @pl.when(j * bk <= i * bq + bq - 1)  # any key of this block at or before the last query
   def _step():
     q, k, v = q_ref[0, 0], k_ref[0, 0], v_ref[0, 0]
-    s = jax.lax.dot_general(q, k, NT, preferred_element_type=jnp.float32,
-                            precision=precision) * scale
+    s = jax.lax.dot_general(q, k, NT, preferred_element_type=jnp.float32, precision=precision) * scale
     q_pos = i * bq + jax.lax.broadcasted_iota(jnp.int32, s.shape, 0)
     k_pos = j * bk + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
     s = jnp.where(q_pos >= k_pos, s, -jnp.inf)
@@ -70,9 +68,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *, scal
     p = jnp.exp(s - m_new)
     l_sc[...] = alpha * l_sc[...] + p.sum(axis=1, keepdims=True)
     m_sc[...] = m_new
-    acc_sc[...] = alpha * acc_sc[...] + jnp.dot(p.astype(v.dtype), v,
-                                                preferred_element_type=jnp.float32,
-                                                precision=precision)
+    acc_sc[...] = alpha * acc_sc[...] + jnp.dot(
+      p.astype(v.dtype), v, preferred_element_type=jnp.float32, precision=precision
+    )
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _finish():
@@ -92,30 +90,37 @@ def _fwd(q, k, v, *, scale, bq, bk, interpret):
     last = jax.lax.div((i + 1) * bq - 1, bk)
     return b, jax.lax.div(h, R), jnp.minimum(j, last), 0
 
-  kernel = functools.partial(_fwd_kernel, scale=scale, bq=bq, bk=bk,
-                             precision=_precision(q.dtype))
+  kernel = functools.partial(_fwd_kernel, scale=scale, bq=bq, bk=bk, precision=_precision(q.dtype))
   return pl.pallas_call(
-      kernel,
-      out_shape=(jax.ShapeDtypeStruct((B, H, T, V), q.dtype),
-                 jax.ShapeDtypeStruct((B, H, 1, T), jnp.float32)),
-      grid=(B, H, nq, nk),
-      in_specs=[pl.BlockSpec((1, 1, bq, K), lambda b, h, i, j: (b, h, i, 0)),
-                pl.BlockSpec((1, 1, bk, K), kv_index),
-                pl.BlockSpec((1, 1, bk, V), kv_index)],
-      out_specs=(pl.BlockSpec((1, 1, bq, V), lambda b, h, i, j: (b, h, i, 0)),
-                 pl.BlockSpec((1, 1, 1, bq), lambda b, h, i, j: (b, h, 0, i))),
-      scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
-                      pltpu.VMEM((bq, V), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
-      interpret=_interpret(interpret),
-      name="flash_attention_fwd",
+    kernel,
+    out_shape=(jax.ShapeDtypeStruct((B, H, T, V), q.dtype), jax.ShapeDtypeStruct((B, H, 1, T), jnp.float32)),
+    grid=(B, H, nq, nk),
+    in_specs=[
+      pl.BlockSpec((1, 1, bq, K), lambda b, h, i, j: (b, h, i, 0)),
+      pl.BlockSpec((1, 1, bk, K), kv_index),
+      pl.BlockSpec((1, 1, bk, V), kv_index),
+    ],
+    out_specs=(
+      pl.BlockSpec((1, 1, bq, V), lambda b, h, i, j: (b, h, i, 0)),
+      pl.BlockSpec((1, 1, 1, bq), lambda b, h, i, j: (b, h, 0, i)),
+    ),
+    scratch_shapes=[
+      pltpu.VMEM((bq, 1), jnp.float32),
+      pltpu.VMEM((bq, 1), jnp.float32),
+      pltpu.VMEM((bq, V), jnp.float32),
+    ],
+    compiler_params=pltpu.CompilerParams(
+      dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
+    ),
+    interpret=_interpret(interpret),
+    name="flash_attention_fwd",
   )(q, k, v)
 
 
 # ------------------------------------------------------------------------------------------ bwd
-def _dkv_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref, dk_sc, dv_sc,
-                *, scale, bq, bk, precision):
+def _dkv_kernel(
+  q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref, dk_sc, dv_sc, *, scale, bq, bk, precision
+):
   j, r, i = pl.program_id(2), pl.program_id(3), pl.program_id(4)
 
   @pl.when((r == 0) & (i == 0))
@@ -127,18 +132,16 @@ def _dkv_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref,
   def _step():
     q, do, k, v = q_ref[0, 0], do_ref[0, 0], k_ref[0, 0], v_ref[0, 0]
     lse, delta = lse_ref[0, 0], delta_ref[0, 0]  # (1, bq)
-    s_t = jax.lax.dot_general(k, q, NT, preferred_element_type=jnp.float32,
-                              precision=precision) * scale  # (bk, bq)
+    s_t = (
+      jax.lax.dot_general(k, q, NT, preferred_element_type=jnp.float32, precision=precision) * scale
+    )  # (bk, bq)
     k_pos = j * bk + jax.lax.broadcasted_iota(jnp.int32, s_t.shape, 0)
     q_pos = i * bq + jax.lax.broadcasted_iota(jnp.int32, s_t.shape, 1)
     p_t = jnp.where(q_pos >= k_pos, jnp.exp(s_t - lse), 0.0)
-    dv_sc[...] += jnp.dot(p_t.astype(do.dtype), do, preferred_element_type=jnp.float32,
-                          precision=precision)
-    dp_t = jax.lax.dot_general(v, do, NT, preferred_element_type=jnp.float32,
-                               precision=precision)
+    dv_sc[...] += jnp.dot(p_t.astype(do.dtype), do, preferred_element_type=jnp.float32, precision=precision)
+    dp_t = jax.lax.dot_general(v, do, NT, preferred_element_type=jnp.float32, precision=precision)
     ds_t = p_t * (dp_t - delta)
-    dk_sc[...] += jnp.dot(ds_t.astype(q.dtype), q, preferred_element_type=jnp.float32,
-                          precision=precision)
+    dk_sc[...] += jnp.dot(ds_t.astype(q.dtype), q, preferred_element_type=jnp.float32, precision=precision)
 
   @pl.when((r == pl.num_programs(3) - 1) & (i == pl.num_programs(4) - 1))
   def _finish():
@@ -146,8 +149,23 @@ def _dkv_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref,
     dv_ref[0, 0] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dq_ref, lse_sc, delta_sc, dq_sc,
-               *, scale, bq, bk, precision):
+def _dq_kernel(
+  q_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  k_ref,
+  v_ref,
+  dq_ref,
+  lse_sc,
+  delta_sc,
+  dq_sc,
+  *,
+  scale,
+  bq,
+  bk,
+  precision,
+):
   i, j = pl.program_id(2), pl.program_id(3)
 
   @pl.when(j == 0)
@@ -159,15 +177,13 @@ def _dq_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dq_ref, lse_sc, 
   @pl.when(j * bk <= i * bq + bq - 1)
   def _step():
     q, do, k, v = q_ref[0, 0], do_ref[0, 0], k_ref[0, 0], v_ref[0, 0]
-    s = jax.lax.dot_general(q, k, NT, preferred_element_type=jnp.float32,
-                            precision=precision) * scale
+    s = jax.lax.dot_general(q, k, NT, preferred_element_type=jnp.float32, precision=precision) * scale
     q_pos = i * bq + jax.lax.broadcasted_iota(jnp.int32, s.shape, 0)
     k_pos = j * bk + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
     p = jnp.where(q_pos >= k_pos, jnp.exp(s - lse_sc[...]), 0.0)
     dp = jax.lax.dot_general(do, v, NT, preferred_element_type=jnp.float32, precision=precision)
     ds = p * (dp - delta_sc[...])
-    dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32,
-                          precision=precision)
+    dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32, precision=precision)
 
   @pl.when(j == pl.num_programs(3) - 1)
   def _finish():
@@ -194,21 +210,24 @@ def _bwd(q, k, v, o, lse, do, *, scale, bq, bk, interpret):
 
   kv_own = lambda b, g, j, r, i: (b, g, j, 0)
   dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, scale=scale, bq=bq, bk=bk, precision=precision),
-      out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-      grid=(B, G, nk, R, nq),
-      in_specs=[pl.BlockSpec((1, 1, bq, K), q_index),
-                pl.BlockSpec((1, 1, bq, V), q_index),
-                pl.BlockSpec((1, 1, 1, bq), row_index),
-                pl.BlockSpec((1, 1, 1, bq), row_index),
-                pl.BlockSpec((1, 1, bk, K), kv_own),
-                pl.BlockSpec((1, 1, bk, V), kv_own)],
-      out_specs=(pl.BlockSpec((1, 1, bk, K), kv_own), pl.BlockSpec((1, 1, bk, V), kv_own)),
-      scratch_shapes=[pltpu.VMEM((bk, K), jnp.float32), pltpu.VMEM((bk, V), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary", "arbitrary")),
-      interpret=_interpret(interpret),
-      name="flash_attention_dkv",
+    functools.partial(_dkv_kernel, scale=scale, bq=bq, bk=bk, precision=precision),
+    out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
+    grid=(B, G, nk, R, nq),
+    in_specs=[
+      pl.BlockSpec((1, 1, bq, K), q_index),
+      pl.BlockSpec((1, 1, bq, V), q_index),
+      pl.BlockSpec((1, 1, 1, bq), row_index),
+      pl.BlockSpec((1, 1, 1, bq), row_index),
+      pl.BlockSpec((1, 1, bk, K), kv_own),
+      pl.BlockSpec((1, 1, bk, V), kv_own),
+    ],
+    out_specs=(pl.BlockSpec((1, 1, bk, K), kv_own), pl.BlockSpec((1, 1, bk, V), kv_own)),
+    scratch_shapes=[pltpu.VMEM((bk, K), jnp.float32), pltpu.VMEM((bk, V), jnp.float32)],
+    compiler_params=pltpu.CompilerParams(
+      dimension_semantics=("parallel", "parallel", "parallel", "arbitrary", "arbitrary")
+    ),
+    interpret=_interpret(interpret),
+    name="flash_attention_dkv",
   )(q, do, lse, delta, k, v)
 
   def kv_index(b, h, i, j):
@@ -218,22 +237,28 @@ def _bwd(q, k, v, o, lse, do, *, scale, bq, bk, interpret):
   own = lambda b, h, i, j: (b, h, i, 0)
   own_row = lambda b, h, i, j: (b, h, 0, i)
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, scale=scale, bq=bq, bk=bk, precision=precision),
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      grid=(B, H, nq, nk),
-      in_specs=[pl.BlockSpec((1, 1, bq, K), own),
-                pl.BlockSpec((1, 1, bq, V), own),
-                pl.BlockSpec((1, 1, 1, bq), own_row),
-                pl.BlockSpec((1, 1, 1, bq), own_row),
-                pl.BlockSpec((1, 1, bk, K), kv_index),
-                pl.BlockSpec((1, 1, bk, V), kv_index)],
-      out_specs=pl.BlockSpec((1, 1, bq, K), own),
-      scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
-                      pltpu.VMEM((bq, K), jnp.float32)],
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
-      interpret=_interpret(interpret),
-      name="flash_attention_dq",
+    functools.partial(_dq_kernel, scale=scale, bq=bq, bk=bk, precision=precision),
+    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    grid=(B, H, nq, nk),
+    in_specs=[
+      pl.BlockSpec((1, 1, bq, K), own),
+      pl.BlockSpec((1, 1, bq, V), own),
+      pl.BlockSpec((1, 1, 1, bq), own_row),
+      pl.BlockSpec((1, 1, 1, bq), own_row),
+      pl.BlockSpec((1, 1, bk, K), kv_index),
+      pl.BlockSpec((1, 1, bk, V), kv_index),
+    ],
+    out_specs=pl.BlockSpec((1, 1, bq, K), own),
+    scratch_shapes=[
+      pltpu.VMEM((bq, 1), jnp.float32),
+      pltpu.VMEM((bq, 1), jnp.float32),
+      pltpu.VMEM((bq, K), jnp.float32),
+    ],
+    compiler_params=pltpu.CompilerParams(
+      dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
+    ),
+    interpret=_interpret(interpret),
+    name="flash_attention_dq",
   )(q, do, lse, delta, k, v)
   return dq, dk, dv
 
@@ -272,8 +297,9 @@ def supports(q_BTHK, k_BSGK, v_BSGV) -> str | None:
   return None
 
 
-def flash_attention_tpu(q_BTHK, k_BSGK, v_BSGV, *, scale: float, block_q: int = 512,
-                        block_k: int = 512, interpret=False):
+def flash_attention_tpu(
+  q_BTHK, k_BSGK, v_BSGV, *, scale: float, block_q: int = 512, block_k: int = 512, interpret=False
+):
   """Causal flash attention (Mosaic TPU), differentiable; same arguments and result as
   `causal_attention_reference(q, k, v, scale=scale)`.
 
@@ -290,6 +316,5 @@ def flash_attention_tpu(q_BTHK, k_BSGK, v_BSGV, *, scale: float, block_q: int = 
   period = math.lcm(bq, bk)
   Tp = -(-T // period) * period
   to_hmajor = lambda x: jnp.pad(x, ((0, 0), (0, Tp - T), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
-  o = _flash_hmajor(to_hmajor(q_BTHK), to_hmajor(k_BSGK), to_hmajor(v_BSGV), float(scale), bq, bk,
-                    interpret)
+  o = _flash_hmajor(to_hmajor(q_BTHK), to_hmajor(k_BSGK), to_hmajor(v_BSGV), float(scale), bq, bk, interpret)
   return o.transpose(0, 2, 1, 3)[:, :T]

@@ -14,8 +14,10 @@ def self_attention_shape_problem(q_BTHK, k_BSGK, v_BSGV) -> str | None:
     return "q, k, v must be 4-D (batch, seq, heads, head_dim)"
   B, T = q_BTHK.shape[:2]
   if k_BSGK.shape[:2] != (B, T) or v_BSGV.shape[:3] != k_BSGK.shape[:3]:
-    return (f"self-attention only: q {q_BTHK.shape}, k {k_BSGK.shape}, v {v_BSGV.shape} must share "
-            f"batch and sequence")
+    return (
+      f"self-attention only: q {q_BTHK.shape}, k {k_BSGK.shape}, v {v_BSGV.shape} must share "
+      f"batch and sequence"
+    )
   return None
 
 

@@ -15,8 +15,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from kernels_pallas.attention.flash_tpu import supports  # same shape contract
 
 
-def splash_attention_tpu(q_BTHK, k_BSGK, v_BSGV, *, scale: float, block: int = 512,
-                         interpret: bool = False):
+def splash_attention_tpu(q_BTHK, k_BSGK, v_BSGV, *, scale: float, block: int = 512, interpret: bool = False):
   """Causal attention through splash; same arguments and result as `causal_attention_reference`."""
   if (why := supports(q_BTHK, k_BSGK, v_BSGV)) is not None:
     raise ValueError(f"splash_attention_tpu: {why}")
@@ -30,9 +29,16 @@ def splash_attention_tpu(q_BTHK, k_BSGK, v_BSGV, *, scale: float, block: int = 5
   Tp = -(-T // blk) * blk
   pad = lambda x: jnp.pad(x, ((0, 0), (0, Tp - T), (0, 0), (0, 0)))
   mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((Tp, Tp)) for _ in range(R)])
-  sizes = splash.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk,
-                            block_kv_dkv=blk, block_kv_dkv_compute=blk, block_q_dq=blk,
-                            block_kv_dq=blk)
+  sizes = splash.BlockSizes(
+    block_q=blk,
+    block_kv=blk,
+    block_kv_compute=blk,
+    block_q_dkv=blk,
+    block_kv_dkv=blk,
+    block_kv_dkv_compute=blk,
+    block_q_dq=blk,
+    block_kv_dq=blk,
+  )
   kernel = splash.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
   q_BGRTK = (pad(q_BTHK) * jnp.asarray(scale, q_BTHK.dtype)).reshape(B, Tp, G, R, K)
   q_BGRTK = q_BGRTK.transpose(0, 2, 3, 1, 4)

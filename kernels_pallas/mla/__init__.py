@@ -6,8 +6,9 @@ from kernels_pallas.mla.reference import mla_decode_reference
 __all__ = ["mla_decode", "mla_decode_reference"]
 
 
-def mla_decode(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: float,
-               impl: str = "auto", interpret=False):
+def mla_decode(
+  q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: float, impl: str = "auto", interpret=False
+):
   """softmax((q_latent . c_kv + q_rope . k_pe) * scale) . c_kv over the first lengths[b] cache rows:
   `zebra_jax.ops.mla.mla_decode`, which chooses the kernel ("auto", "reference", "pallas").
 
@@ -17,5 +18,7 @@ def mla_decode(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: float,
   """
   # Imported here: zebra_jax.ops imports this package's kernels, so not at module level (a cycle).
   from zebra_jax.ops import mla as ops_mla  # lazy: zebra_jax.ops imports this package (an import cycle)
-  return ops_mla.mla_decode(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, scale=scale,
-                            impl=impl, interpret=interpret)
+
+  return ops_mla.mla_decode(
+    q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, scale=scale, impl=impl, interpret=interpret
+  )

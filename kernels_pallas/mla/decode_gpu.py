@@ -78,12 +78,13 @@ def default_splits(batch: int, seq: int, block_s: int, row: int, num_stages: int
   return max(1, min(slots // batch, most))
 
 
-def _kernel(*refs, q_cols, seq, scale_log2, chunk, block_s, num_stages, dtype, kv_transforms,
-            out_rows, acc_cols):
+def _kernel(
+  *refs, q_cols, seq, scale_log2, chunk, block_s, num_stages, dtype, kv_transforms, out_rows, acc_cols
+):
   # refs: q pieces (gmem), cache, lengths, acc/m/l outputs, q pieces (smem), q barriers, kv barriers.
   n_q = len(q_cols)
-  q_gmems, (cache_gmem, len_gmem, acc_gmem, m_gmem, l_gmem) = refs[:n_q], refs[n_q:n_q + 5]
-  q_smems, q_bars, kv_bars = refs[n_q + 5:2 * n_q + 5], refs[2 * n_q + 5], refs[2 * n_q + 6]
+  q_gmems, (cache_gmem, len_gmem, acc_gmem, m_gmem, l_gmem) = refs[:n_q], refs[n_q : n_q + 5]
+  q_smems, q_bars, kv_bars = refs[n_q + 5 : 2 * n_q + 5], refs[2 * n_q + 5], refs[2 * n_q + 6]
   split, b = lax.axis_index("split"), lax.axis_index("batch")
   length = jnp.clip(len_gmem[b], 0, seq)
   start = split * chunk
@@ -95,8 +96,9 @@ def _kernel(*refs, q_cols, seq, scale_log2, chunk, block_s, num_stages, dtype, k
     """The online softmax over this CTA's cache blocks; kv_smem is the TMA ring."""
 
     def fetch(i, slot):
-      plgpu.copy_gmem_to_smem(cache_gmem.at[b, pl.ds(start + i * block_s, block_s)],
-                              kv_smem.at[slot], kv_bars.at[slot])
+      plgpu.copy_gmem_to_smem(
+        cache_gmem.at[b, pl.ds(start + i * block_s, block_s)], kv_smem.at[slot], kv_bars.at[slot]
+      )
 
     heads = q_gmems[0].shape[1]
     if heads < HEAD_TILE:  # padding rows hold zeros, not stale memory (they never leave the SM)
@@ -138,12 +140,14 @@ def _kernel(*refs, q_cols, seq, scale_log2, chunk, block_s, num_stages, dtype, k
       pl.when(nxt < n_blocks)(lambda: fetch(nxt, slot))  # the slot is free again: refill it
       return acc, m_new, l
 
-    init = (jnp.zeros((HEAD_TILE, acc_cols), jnp.float32),
-            jnp.full((HEAD_TILE,), -jnp.inf, jnp.float32), jnp.zeros((HEAD_TILE,), jnp.float32))
+    init = (
+      jnp.zeros((HEAD_TILE, acc_cols), jnp.float32),
+      jnp.full((HEAD_TILE,), -jnp.inf, jnp.float32),
+      jnp.zeros((HEAD_TILE,), jnp.float32),
+    )
     return lax.fori_loop(0, n_blocks, body, init)
 
-  acc, m, l = pl.run_scoped(
-      stream, plgpu.SMEM((num_stages, block_s, C), dtype, transforms=kv_transforms))
+  acc, m, l = pl.run_scoped(stream, plgpu.SMEM((num_stages, block_s, C), dtype, transforms=kv_transforms))
 
   def store(acc_smem, m_smem, l_smem):  # scoped after the ring is released: reuses its memory
     acc_smem[...] = acc
@@ -156,12 +160,25 @@ def _kernel(*refs, q_cols, seq, scale_log2, chunk, block_s, num_stages, dtype, k
     plgpu.copy_smem_to_gmem(l_smem, l_gmem.at[b, split])
     plgpu.wait_smem_to_gmem(0)
 
-  pl.run_scoped(store, plgpu.SMEM((HEAD_TILE, acc_cols), jnp.float32),
-                plgpu.SMEM((HEAD_TILE,), jnp.float32), plgpu.SMEM((HEAD_TILE,), jnp.float32))
+  pl.run_scoped(
+    store,
+    plgpu.SMEM((HEAD_TILE, acc_cols), jnp.float32),
+    plgpu.SMEM((HEAD_TILE,), jnp.float32),
+    plgpu.SMEM((HEAD_TILE,), jnp.float32),
+  )
 
 
-def mla_decode_gpu(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: float,
-                   block_s: int = 128, num_stages: int = 3, num_splits: int | None = None):
+def mla_decode_gpu(
+  q_latent_BHR,
+  q_rope_BHK,
+  cache_BSC,
+  lengths_B,
+  *,
+  scale: float,
+  block_s: int = 128,
+  num_stages: int = 3,
+  num_splits: int | None = None,
+):
   """Absorbed MLA decode as a Mosaic GPU kernel (Hopper); same arguments and result as
   `mla_decode_reference`. Raises ValueError for shapes outside `supports`.
 
@@ -172,9 +189,11 @@ def mla_decode_gpu(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: flo
   K = q_rope_BHK.shape[-1]
   S, C = cache_BSC.shape[1], cache_BSC.shape[2]
   if C != R + K or cache_BSC.shape[0] != B or lengths_B.shape != (B,):
-    raise ValueError(f"mla_decode_gpu: shapes q_latent {q_latent_BHR.shape}, q_rope "
-                     f"{q_rope_BHK.shape}, cache {cache_BSC.shape}, lengths {lengths_B.shape} "
-                     f"do not agree")
+    raise ValueError(
+      f"mla_decode_gpu: shapes q_latent {q_latent_BHR.shape}, q_rope "
+      f"{q_rope_BHK.shape}, cache {cache_BSC.shape}, lengths {lengths_B.shape} "
+      f"do not agree"
+    )
   if (why := supports(q_latent_BHR, q_rope_BHK, cache_BSC)) is not None:
     raise ValueError(f"mla_decode_gpu does not support {why}")
   if block_s % 64 or block_s > 256:
@@ -205,24 +224,36 @@ def mla_decode_gpu(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: flo
   rows = -(-H // 8) * 8  # heads rounded up to whole 8-row tiles
   # P . rows over the latent columns only when they end on a swizzle tile, else over the whole row.
   acc_cols = R if R % tile == 0 else C
-  kernel = functools.partial(_kernel, q_cols=q_cols, seq=S,
-                             scale_log2=float(scale) * math.log2(math.e), chunk=chunk,
-                             block_s=block_s, num_stages=num_stages, dtype=dtype,
-                             kv_transforms=transforms, out_rows=rows, acc_cols=acc_cols)
+  kernel = functools.partial(
+    _kernel,
+    q_cols=q_cols,
+    seq=S,
+    scale_log2=float(scale) * math.log2(math.e),
+    chunk=chunk,
+    block_s=block_s,
+    num_stages=num_stages,
+    dtype=dtype,
+    kv_transforms=transforms,
+    out_rows=rows,
+    acc_cols=acc_cols,
+  )
   acc, m, l = plgpu.kernel(
-      kernel,
-      out_type=(jax.ShapeDtypeStruct((B, splits, rows, acc_cols), f32),
-                jax.ShapeDtypeStruct((B, splits, HEAD_TILE), f32),
-                jax.ShapeDtypeStruct((B, splits, HEAD_TILE), f32)),
-      grid=(splits, B),
-      grid_names=("split", "batch"),
-      scratch_types=(
-          *[plgpu.SMEM((HEAD_TILE, w), dtype, transforms=transforms) for _, w in q_cols],
-          plgpu.Barrier(num_barriers=len(q_cols)),
-          plgpu.Barrier(num_barriers=num_stages),
-      ),
-      compiler_params=plgpu.CompilerParams(
-          approx_math=True, lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+    kernel,
+    out_type=(
+      jax.ShapeDtypeStruct((B, splits, rows, acc_cols), f32),
+      jax.ShapeDtypeStruct((B, splits, HEAD_TILE), f32),
+      jax.ShapeDtypeStruct((B, splits, HEAD_TILE), f32),
+    ),
+    grid=(splits, B),
+    grid_names=("split", "batch"),
+    scratch_types=(
+      *[plgpu.SMEM((HEAD_TILE, w), dtype, transforms=transforms) for _, w in q_cols],
+      plgpu.Barrier(num_barriers=len(q_cols)),
+      plgpu.Barrier(num_barriers=num_stages),
+    ),
+    compiler_params=plgpu.CompilerParams(
+      approx_math=True, lowering_semantics=plgpu.LoweringSemantics.Warpgroup
+    ),
   )(*q_pieces, cache_BSC, lengths_B.astype(jnp.int32))
   out = combine_splits(acc, m[:, :, :rows], l[:, :, :rows])[:, :H, :R]
   return out.astype(q_latent_BHR.dtype)
@@ -235,5 +266,4 @@ def combine_splits(acc_BPHC, m_BPH, l_BPH):
   w_BPH = jnp.exp2(m_BPH - m_max)  # empty splits have m = -inf: weight 0
   den_BH = jnp.sum(w_BPH * l_BPH, axis=1)
   num_BHC = jnp.sum(w_BPH[..., None] * acc_BPHC, axis=1)  # elementwise: no TF32 matmul
-  return jnp.where(den_BH[..., None] > 0, num_BHC / jnp.where(den_BH > 0, den_BH, 1.0)[..., None],
-                   0.0)
+  return jnp.where(den_BH[..., None] > 0, num_BHC / jnp.where(den_BH > 0, den_BH, 1.0)[..., None], 0.0)

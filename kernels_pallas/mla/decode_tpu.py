@@ -28,8 +28,7 @@ def _check_shapes(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B):
   B, H, R = q_latent_BHR.shape
   K = q_rope_BHK.shape[-1]
   if cache_BSC.ndim != 3 or cache_BSC.shape[0] != B or cache_BSC.shape[2] != R + K:
-    raise ValueError(f"cache must have shape (batch={B}, seq, r_kv + d_r = {R + K}), got "
-                     f"{cache_BSC.shape}")
+    raise ValueError(f"cache must have shape (batch={B}, seq, r_kv + d_r = {R + K}), got {cache_BSC.shape}")
   if q_rope_BHK.shape[:2] != (B, H):
     raise ValueError(f"q_rope must have shape ({B}, {H}, d_r), got {q_rope_BHK.shape}")
   if lengths_B.shape != (B,):
@@ -48,8 +47,7 @@ def _block_rows(seq: int, block_s: int, dtype) -> int:
   return block_s
 
 
-def _decode_kernel(len_ref, q_ref, kv_ref, o_ref, m_sc, l_sc, acc_sc, *, scale, block_s, r_kv,
-                   precision):
+def _decode_kernel(len_ref, q_ref, kv_ref, o_ref, m_sc, l_sc, acc_sc, *, scale, block_s, r_kv, precision):
   b, j = pl.program_id(0), pl.program_id(1)
   length = len_ref[b]
   start = j * block_s
@@ -68,8 +66,12 @@ def _decode_kernel(len_ref, q_ref, kv_ref, o_ref, m_sc, l_sc, acc_sc, *, scale, 
     # NaN included: zero them so 0-probability rows contribute exactly 0.
     row_ids = start + jax.lax.broadcasted_iota(jnp.int32, (rows_SC.shape[0], 1), 0)
     rows_SC = jnp.where(row_ids < length, rows_SC, jnp.zeros_like(rows_SC))
-    s_HS = jax.lax.dot_general(q_HC, rows_SC, (((1,), (1,)), ((), ())),
-                               preferred_element_type=jnp.float32, precision=precision) * scale
+    s_HS = (
+      jax.lax.dot_general(
+        q_HC, rows_SC, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32, precision=precision
+      )
+      * scale
+    )
     col_ids = start + jax.lax.broadcasted_iota(jnp.int32, s_HS.shape, 1)
     s_HS = jnp.where(col_ids < length, s_HS, -jnp.inf)
     m_prev = m_sc[...]
@@ -78,9 +80,9 @@ def _decode_kernel(len_ref, q_ref, kv_ref, o_ref, m_sc, l_sc, acc_sc, *, scale, 
     p_HS = jnp.exp(s_HS - m_new)
     l_sc[...] = alpha * l_sc[...] + p_HS.sum(axis=1, keepdims=True)
     m_sc[...] = m_new
-    acc_sc[...] = alpha * acc_sc[...] + jnp.dot(p_HS.astype(rows_SC.dtype), rows_SC,
-                                                preferred_element_type=jnp.float32,
-                                                precision=precision)
+    acc_sc[...] = alpha * acc_sc[...] + jnp.dot(
+      p_HS.astype(rows_SC.dtype), rows_SC, preferred_element_type=jnp.float32, precision=precision
+    )
 
   @pl.when(j == pl.num_programs(1) - 1)
   def _finish():
@@ -89,8 +91,16 @@ def _decode_kernel(len_ref, q_ref, kv_ref, o_ref, m_sc, l_sc, acc_sc, *, scale, 
     o_ref[0] = (acc_sc[...] * inv)[:, :r_kv].astype(o_ref.dtype)
 
 
-def mla_decode_tpu(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: float,
-                   block_s: int = DEFAULT_BLOCK_S, interpret=False):
+def mla_decode_tpu(
+  q_latent_BHR,
+  q_rope_BHK,
+  cache_BSC,
+  lengths_B,
+  *,
+  scale: float,
+  block_s: int = DEFAULT_BLOCK_S,
+  interpret=False,
+):
   """Absorbed MLA decode as a Mosaic TPU kernel; same arguments and result as
   `mla_decode_reference`.
 
@@ -103,8 +113,7 @@ def mla_decode_tpu(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: flo
   # One query tile [latent | rope] per head, in the cache's dtype so the MXU runs at its rate
   # (bf16 cache: bf16 operands, f32 accumulation).
   q_BHC = jnp.concatenate([q_latent_BHR, q_rope_BHK.astype(q_latent_BHR.dtype)], -1).astype(dtype)
-  precision = (jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32
-               else jax.lax.Precision.DEFAULT)
+  precision = jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
   bs = _block_rows(S, block_s, dtype)
   n_blocks = pl.cdiv(S, bs)
   lengths_B = jnp.clip(lengths_B.astype(jnp.int32), 0, S)
@@ -115,24 +124,25 @@ def mla_decode_tpu(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: flo
     last = jax.lax.div(jnp.maximum(len_ref[b] - 1, 0), jnp.int32(bs))
     return b, jnp.minimum(j, last), 0
 
-  kernel = functools.partial(_decode_kernel, scale=float(scale), block_s=bs, r_kv=R,
-                             precision=precision)
+  kernel = functools.partial(_decode_kernel, scale=float(scale), block_s=bs, r_kv=R, precision=precision)
   if interpret is True:
     interpret = pltpu.InterpretParams()
   out = pl.pallas_call(
-      kernel,
-      out_shape=jax.ShapeDtypeStruct((B, H, R), q_latent_BHR.dtype),
-      grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=1,
-          grid=(B, n_blocks),
-          in_specs=[pl.BlockSpec((1, H, C), lambda b, j, len_ref: (b, 0, 0)),
-                    pl.BlockSpec((1, bs, C), kv_index)],
-          out_specs=pl.BlockSpec((1, H, R), lambda b, j, len_ref: (b, 0, 0)),
-          scratch_shapes=[pltpu.VMEM((H, 1), jnp.float32),
-                          pltpu.VMEM((H, 1), jnp.float32),
-                          pltpu.VMEM((H, C), jnp.float32)]),
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
-      interpret=interpret or False,
-      name="mla_decode_tpu",
+    kernel,
+    out_shape=jax.ShapeDtypeStruct((B, H, R), q_latent_BHR.dtype),
+    grid_spec=pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=1,
+      grid=(B, n_blocks),
+      in_specs=[pl.BlockSpec((1, H, C), lambda b, j, len_ref: (b, 0, 0)), pl.BlockSpec((1, bs, C), kv_index)],
+      out_specs=pl.BlockSpec((1, H, R), lambda b, j, len_ref: (b, 0, 0)),
+      scratch_shapes=[
+        pltpu.VMEM((H, 1), jnp.float32),
+        pltpu.VMEM((H, 1), jnp.float32),
+        pltpu.VMEM((H, C), jnp.float32),
+      ],
+    ),
+    compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+    interpret=interpret or False,
+    name="mla_decode_tpu",
   )(lengths_B, q_BHC, cache_BSC)
   return out

@@ -15,18 +15,17 @@ def mla_decode_reference(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scal
   B, H, R = q_latent_BHR.shape
   K = q_rope_BHK.shape[-1]
   if cache_BSC.ndim != 3 or cache_BSC.shape[0] != B or cache_BSC.shape[2] != R + K:
-    raise ValueError(f"cache must have shape (batch={B}, seq, r_kv + d_r = {R + K}), got "
-                     f"{cache_BSC.shape}")
+    raise ValueError(f"cache must have shape (batch={B}, seq, r_kv + d_r = {R + K}), got {cache_BSC.shape}")
   if q_rope_BHK.shape[:2] != (B, H):
     raise ValueError(f"q_rope must have shape ({B}, {H}, d_r), got {q_rope_BHK.shape}")
   if lengths_B.shape != (B,):
     raise ValueError(f"lengths must have shape ({B},), got {lengths_B.shape}")
   f32 = jnp.float32
   latent, k_rope = cache_BSC[..., :R].astype(f32), cache_BSC[..., R:].astype(f32)
-  scores = (jnp.einsum("bhr,bsr->bhs", q_latent_BHR.astype(f32), latent,
-                       precision=jax.lax.Precision.HIGHEST)
-            + jnp.einsum("bhk,bsk->bhs", q_rope_BHK.astype(f32), k_rope,
-                         precision=jax.lax.Precision.HIGHEST)) * scale
+  scores = (
+    jnp.einsum("bhr,bsr->bhs", q_latent_BHR.astype(f32), latent, precision=jax.lax.Precision.HIGHEST)
+    + jnp.einsum("bhk,bsk->bhs", q_rope_BHK.astype(f32), k_rope, precision=jax.lax.Precision.HIGHEST)
+  ) * scale
   valid = jnp.arange(cache_BSC.shape[1])[None, None, :] < lengths_B[:, None, None]
   scores = jnp.where(valid, scores, -jnp.inf)
   probs = jax.nn.softmax(scores, axis=-1)

@@ -42,68 +42,87 @@ __all__ = ["CoreConfig", "make_scan", "pad_len"]
 
 @dataclasses.dataclass(frozen=True)
 class CoreConfig:
-    """Static description of one core call (hashable: it is a nondiff argument of the VJP)."""
+  """Static description of one core call (hashable: it is a nondiff argument of the VJP)."""
 
-    chunk: int
-    interpret: bool = False
-    # Backend-specific tuning (e.g. heads per block on TPU, sub-block on GPU); None = default.
-    tuning: Optional[tuple] = None
+  chunk: int
+  interpret: bool = False
+  # Backend-specific tuning (e.g. heads per block on TPU, sub-block on GPU); None = default.
+  tuning: Optional[tuple] = None
 
 
 def pad_len(l: int, chunk: int) -> int:
-    return -(-l // chunk) * chunk
+  return -(-l // chunk) * chunk
 
 
 def make_scan(fwd: Callable, bwd: Callable) -> Callable:
-    """Builds `core(cfg, x, B, C, dt, acum, D, s0) -> (y, s_final)` with a custom VJP."""
+  """Builds `core(cfg, x, B, C, dt, acum, D, s0) -> (y, s_final)` with a custom VJP."""
 
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-    def core(cfg, x, B, C, dt, acum, D, s0):
-        y, s_final, _ = fwd(cfg, x, B, C, dt, acum, D, s0, False)
-        return y, s_final
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+  def core(cfg, x, B, C, dt, acum, D, s0):
+    y, s_final, _ = fwd(cfg, x, B, C, dt, acum, D, s0, False)
+    return y, s_final
 
-    def core_fwd(cfg, x, B, C, dt, acum, D, s0):
-        y, s_final, states = fwd(cfg, x, B, C, dt, acum, D, s0, True)
-        return (y, s_final), (x, B, C, dt, acum, D, s0, states)
+  def core_fwd(cfg, x, B, C, dt, acum, D, s0):
+    y, s_final, states = fwd(cfg, x, B, C, dt, acum, D, s0, True)
+    return (y, s_final), (x, B, C, dt, acum, D, s0, states)
 
-    def core_bwd(cfg, res, cts):
-        x, B, C, dt, acum, D, s0, states = res
-        dy, ds_final = cts
-        dy = dy.astype(x.dtype)
-        ds_final = ds_final.astype(jnp.float32)
-        dx, dB_h, dC_h, ddt, dacum, dD, ds0 = bwd(cfg, x, B, C, dt, acum, D, states, dy, ds_final)
-        b, L, g, n = B.shape
-        h = x.shape[2]
-        r = h // g
-        # Sum the per-head B/C gradients over the heads sharing a group (float32 when r > 1).
-        dB = dB_h.astype(jnp.float32).reshape(b, L, g, r, n).sum(3) if r > 1 else dB_h
-        dC = dC_h.astype(jnp.float32).reshape(b, L, g, r, n).sum(3) if r > 1 else dC_h
-        return (dx.astype(x.dtype), dB.astype(B.dtype), dC.astype(C.dtype),
-                ddt.astype(dt.dtype), dacum.astype(acum.dtype), dD.astype(D.dtype),
-                ds0.astype(s0.dtype))
+  def core_bwd(cfg, res, cts):
+    x, B, C, dt, acum, D, s0, states = res
+    dy, ds_final = cts
+    dy = dy.astype(x.dtype)
+    ds_final = ds_final.astype(jnp.float32)
+    dx, dB_h, dC_h, ddt, dacum, dD, ds0 = bwd(cfg, x, B, C, dt, acum, D, states, dy, ds_final)
+    b, L, g, n = B.shape
+    h = x.shape[2]
+    r = h // g
+    # Sum the per-head B/C gradients over the heads sharing a group (float32 when r > 1).
+    dB = dB_h.astype(jnp.float32).reshape(b, L, g, r, n).sum(3) if r > 1 else dB_h
+    dC = dC_h.astype(jnp.float32).reshape(b, L, g, r, n).sum(3) if r > 1 else dC_h
+    return (
+      dx.astype(x.dtype),
+      dB.astype(B.dtype),
+      dC.astype(C.dtype),
+      ddt.astype(dt.dtype),
+      dacum.astype(acum.dtype),
+      dD.astype(D.dtype),
+      ds0.astype(s0.dtype),
+    )
 
-    core.defvjp(core_fwd, core_bwd)
-    return core
+  core.defvjp(core_fwd, core_bwd)
+  return core
 
 
-def prepare_and_run(core: Callable, cfg: CoreConfig, x, dt, A, B, C, *, D, dt_bias, dt_softplus,
-                    initial_state, return_final_state) -> Any:
-    """Validates like the reference, builds the core inputs (padding to whole chunks), runs it."""
-    b, l, h, p, g, n = _validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, cfg.chunk)
-    Q = cfg.chunk
-    L = pad_len(l, Q)
-    f32 = jnp.float32
-    # Softplus before padding so padded steps get dt_eff = 0: no decay and no input, so the
-    # final state is the one after the last real token (as in the reference).
-    dt_eff = _effective_dt(dt, dt_bias, dt_softplus)                  # (b, l, h)
-    if L != l:
-        pad_t = lambda a: jnp.pad(a, [(0, 0), (0, L - l)] + [(0, 0)] * (a.ndim - 2))
-        x, B, C, dt_eff = map(pad_t, (x, B, C, dt_eff))
-    dt_T = jnp.transpose(dt_eff, (0, 2, 1))                            # (b, h, L)
-    a = dt_T * A.astype(f32)[None, :, None]
-    acum = jnp.cumsum(a.reshape(b, h, L // Q, Q), axis=-1).reshape(b, h, L)
-    D32 = jnp.zeros((h,), f32) if D is None else D.astype(f32)
-    s0 = jnp.zeros((b, h, p, n), f32) if initial_state is None else initial_state.astype(f32)
-    y, s_final = core(cfg, x, B, C, dt_T, acum, D32, s0)
-    y = y[:, :l] if L != l else y
-    return (y, s_final) if return_final_state else y
+def prepare_and_run(
+  core: Callable,
+  cfg: CoreConfig,
+  x,
+  dt,
+  A,
+  B,
+  C,
+  *,
+  D,
+  dt_bias,
+  dt_softplus,
+  initial_state,
+  return_final_state,
+) -> Any:
+  """Validates like the reference, builds the core inputs (padding to whole chunks), runs it."""
+  b, l, h, p, g, n = _validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, cfg.chunk)
+  Q = cfg.chunk
+  L = pad_len(l, Q)
+  f32 = jnp.float32
+  # Softplus before padding so padded steps get dt_eff = 0: no decay and no input, so the
+  # final state is the one after the last real token (as in the reference).
+  dt_eff = _effective_dt(dt, dt_bias, dt_softplus)  # (b, l, h)
+  if L != l:
+    pad_t = lambda a: jnp.pad(a, [(0, 0), (0, L - l)] + [(0, 0)] * (a.ndim - 2))
+    x, B, C, dt_eff = map(pad_t, (x, B, C, dt_eff))
+  dt_T = jnp.transpose(dt_eff, (0, 2, 1))  # (b, h, L)
+  a = dt_T * A.astype(f32)[None, :, None]
+  acum = jnp.cumsum(a.reshape(b, h, L // Q, Q), axis=-1).reshape(b, h, L)
+  D32 = jnp.zeros((h,), f32) if D is None else D.astype(f32)
+  s0 = jnp.zeros((b, h, p, n), f32) if initial_state is None else initial_state.astype(f32)
+  y, s_final = core(cfg, x, B, C, dt_T, acum, D32, s0)
+  y = y[:, :l] if L != l else y
+  return (y, s_final) if return_final_state else y

@@ -28,6 +28,9 @@ def environment() -> str:
   """The line every benchmark table starts with: device (backend), jax, flax, python, date."""
   import flax
   import jax
-  return (f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, flax "
-          f"{flax.__version__}, python {platform.python_version()}, "
-          f"{datetime.date.today().isoformat()}")
+
+  return (
+    f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, flax "
+    f"{flax.__version__}, python {platform.python_version()}, "
+    f"{datetime.date.today().isoformat()}"
+  )

@@ -35,10 +35,10 @@ from zebra_jax.bench.mla import markdown_table, time_ms, versions
 # name -> (label, heads, kv heads, qk head dim, v head dim). Zebra MLA layers keep the teacher's 8
 # kv heads and d_qk = d_nope + d_rope = d_h/2 + d_h/2, d_v = d_h (zebra_jax/presets.py).
 SHAPES = {
-    "zebra-1b": ("zebra-1b mla", 32, 8, 64, 64),       # Llama-3.2-1B heads
-    "zebra-3b": ("zebra-3b mla", 24, 8, 128, 128),     # Llama-3.2-3B heads
-    "deepseek": ("deepseek-style mla", 16, 16, 192, 128),
-    "mla-96": ("mla qk 64+32 v64", 32, 8, 96, 64),      # a non-power-of-two qk head dim
+  "zebra-1b": ("zebra-1b mla", 32, 8, 64, 64),  # Llama-3.2-1B heads
+  "zebra-3b": ("zebra-3b mla", 24, 8, 128, 128),  # Llama-3.2-3B heads
+  "deepseek": ("deepseek-style mla", 16, 16, 192, 128),
+  "mla-96": ("mla qk 64+32 v64", 32, 8, 96, 64),  # a non-power-of-two qk head dim
 }
 DEFAULT_SHAPES = ("zebra-1b", "zebra-3b", "deepseek")
 DEFAULT_CONFIGS = tuple(n for n in flash_gpu.PRESETS if n != "F32")
@@ -61,12 +61,22 @@ def _impls(backend, K, V, T, configs, interpret):
       fn = functools.partial(flash_gpu.flash_attention_gpu, config=cfg, interpret=interpret)
       out.append((f"pallas-gpu[{name}]", fn, True))
   if backend == "gpu" and T <= 2048:
-    out.append(("xla", lambda q, k, v, scale: jax.nn.dot_product_attention(
-        q, k, v, scale=scale, is_causal=True, implementation="xla") if K == V
-        else causal_attention_reference(q, k, v, scale=scale), False))
+    out.append(
+      (
+        "xla",
+        lambda q, k, v, scale: (
+          jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation="xla")
+          if K == V
+          else causal_attention_reference(q, k, v, scale=scale)
+        ),
+        False,
+      )
+    )
   if backend == "tpu":
-    out += [("pallas-tpu", flash_tpu.flash_attention_tpu, False),
-            ("splash", splash.splash_attention_tpu, False)]
+    out += [
+      ("pallas-tpu", flash_tpu.flash_attention_tpu, False),
+      ("splash", splash.splash_attention_tpu, False),
+    ]
   if backend not in ("gpu", "tpu"):
     out.append(("reference", causal_attention_reference, False))
   return out
@@ -77,8 +87,14 @@ def _rel(a, b):
   return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-def run(seqlens=(2048, 4096, 8192), tokens: int = 16384, iters: int = 10,
-        shapes=DEFAULT_SHAPES, configs=None, interpret: bool = False):
+def run(
+  seqlens=(2048, 4096, 8192),
+  tokens: int = 16384,
+  iters: int = 10,
+  shapes=DEFAULT_SHAPES,
+  configs=None,
+  interpret: bool = False,
+):
   """Rows of the main table (dicts) for every shape x seqlen x implementation x pass."""
   backend = jax.default_backend()
   configs = configs or [(n, flash_gpu.PRESETS[n]) for n in DEFAULT_CONFIGS]
@@ -94,7 +110,7 @@ def run(seqlens=(2048, 4096, 8192), tokens: int = 16384, iters: int = 10,
       k = jax.random.normal(k2, (B, T, G, K), dt)
       v = jax.random.normal(k3, (B, T, G, V), dt)
       do = jax.random.normal(k4, (B, T, H, V), dt)
-      scale = K ** -0.5
+      scale = K**-0.5
       label = f"{name} b{B} t{T} h{H}/{G} qk{K} v{V}"
       here, base, cudnn_out = [], {}, None
       for impl, fn, ours in _impls(backend, K, V, T, configs, interpret):
@@ -138,10 +154,17 @@ def best_configs(rows) -> list[dict]:
       k = (r["shape"], r["pass_"])
       if k not in best or r["tflops"] > best[k]["tflops"]:
         best[k] = r
-  return [dict(shape=s, pass_=p, best=r["impl"], tflops=r["tflops"],
-               vs_cudnn=r.get("vs_cudnn", ""), faster_than_cudnn=(
-                   "" if "vs_cudnn" not in r else "yes" if r["vs_cudnn"] >= 1.0 else "no"))
-          for (s, p), r in best.items()]
+  return [
+    dict(
+      shape=s,
+      pass_=p,
+      best=r["impl"],
+      tflops=r["tflops"],
+      vs_cudnn=r.get("vs_cudnn", ""),
+      faster_than_cudnn=("" if "vs_cudnn" not in r else "yes" if r["vs_cudnn"] >= 1.0 else "no"),
+    )
+    for (s, p), r in best.items()
+  ]
 
 
 COLUMNS = ["shape", "impl", "pass_", "ms", "tflops", "vs_cudnn", "err_vs_cudnn", "error"]
@@ -150,24 +173,26 @@ BEST_COLUMNS = ["shape", "pass_", "best", "tflops", "vs_cudnn", "faster_than_cud
 
 def report(rows, configs, tokens: int = 16384) -> str:
   spec = "; ".join(f"{n} = {c.spec()}" for n, c in configs)
-  text = ("### kernels --family attention: causal prefill/training attention, MLA head sizes\n\n"
-          f"bf16, batch x seqlen = {tokens} tokens. {versions()}.\n"
-          "tflops counts the causal half (backward with recomputed scores); vs_cudnn = tflops / "
-          "cuDNN's in the same run. pallas-gpu[X] is our Triton-lowered flash kernel "
-          f"(kernels_pallas/attention/flash_gpu.py) with block configuration X ({spec}).\n\n"
-          + markdown_table(rows, COLUMNS))
+  text = (
+    "### kernels --family attention: causal prefill/training attention, MLA head sizes\n\n"
+    f"bf16, batch x seqlen = {tokens} tokens. {versions()}.\n"
+    "tflops counts the causal half (backward with recomputed scores); vs_cudnn = tflops / "
+    "cuDNN's in the same run. pallas-gpu[X] is our Triton-lowered flash kernel "
+    f"(kernels_pallas/attention/flash_gpu.py) with block configuration X ({spec}).\n\n"
+    + markdown_table(rows, COLUMNS)
+  )
   best = best_configs(rows)
   if best:
-    text += ("\n\nOur best configuration per shape and pass (pick `flash_gpu` defaults and the "
-             "GPU \"auto\" order in zebra_jax/ops/attention.py from this):\n\n"
-             + markdown_table(best, BEST_COLUMNS))
+    text += (
+      "\n\nOur best configuration per shape and pass (pick `flash_gpu` defaults and the "
+      'GPU "auto" order in zebra_jax/ops/attention.py from this):\n\n' + markdown_table(best, BEST_COLUMNS)
+    )
   return text
 
 
 def _configs(args) -> list[tuple[str, flash_gpu.FlashConfig]]:
   names = args.flash_config or list(DEFAULT_CONFIGS)
-  return [(n if n in flash_gpu.PRESETS else f"c{i}", flash_gpu.parse_config(n))
-          for i, n in enumerate(names)]
+  return [(n if n in flash_gpu.PRESETS else f"c{i}", flash_gpu.parse_config(n)) for i, n in enumerate(names)]
 
 
 def main(argv=None):
@@ -175,22 +200,27 @@ def main(argv=None):
   p.add_argument("--seqlens", default="2048,4096,8192")
   p.add_argument("--tokens", type=int, default=16384)
   p.add_argument("--iters", type=int, default=10)
-  p.add_argument("--attn-shapes", default=",".join(DEFAULT_SHAPES),
-                 help=f"comma list of {list(SHAPES)}")
-  p.add_argument("--flash-config", action="append", default=None,
-                 help=f"our kernel's block config to time (repeatable): a preset of "
-                      f"{list(flash_gpu.PRESETS)} or fwd=BQxBKxWxS,dkv=...,dq=...; default: "
-                      f"{list(DEFAULT_CONFIGS)}")
-  p.add_argument("--interpret", action="store_true",
-                 help="off GPU, also run our GPU kernel in the Pallas interpreter (smoke test)")
+  p.add_argument("--attn-shapes", default=",".join(DEFAULT_SHAPES), help=f"comma list of {list(SHAPES)}")
+  p.add_argument(
+    "--flash-config",
+    action="append",
+    default=None,
+    help=f"our kernel's block config to time (repeatable): a preset of "
+    f"{list(flash_gpu.PRESETS)} or fwd=BQxBKxWxS,dkv=...,dq=...; default: "
+    f"{list(DEFAULT_CONFIGS)}",
+  )
+  p.add_argument(
+    "--interpret",
+    action="store_true",
+    help="off GPU, also run our GPU kernel in the Pallas interpreter (smoke test)",
+  )
   p.add_argument("--out", default=None)
   a, _ = p.parse_known_args(argv)  # options of other families are ignored
   shapes = tuple(s for s in a.attn_shapes.split(",") if s)
   if unknown := [s for s in shapes if s not in SHAPES]:
     raise SystemExit(f"--attn-shapes: unknown {unknown}; known: {list(SHAPES)}")
   configs = _configs(a)
-  rows = run(tuple(int(s) for s in a.seqlens.split(",")), a.tokens, a.iters, shapes, configs,
-             a.interpret)
+  rows = run(tuple(int(s) for s in a.seqlens.split(",")), a.tokens, a.iters, shapes, configs, a.interpret)
   text = report(rows, configs, a.tokens)
   print(text)
   if a.out:

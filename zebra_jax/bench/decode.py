@@ -45,27 +45,45 @@ from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.parallel import make_mesh
 from zebra_jax.parallel.sharding import param_shardings
 
-_TINY = presets.llama_3_2_1b().replace(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                      vocab_size=256)
+_TINY = presets.llama_3_2_1b().replace(
+  hidden_size=64,
+  intermediate_size=128,
+  num_hidden_layers=4,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  head_dim=16,
+  vocab_size=256,
+)
 SIZES = {
-    # name: (teacher, MambaInLlama-style hybrid, Zebra hybrid); same teacher shape, same 4:12 mix
-    "1b": (lambda: presets.llama_3_2_1b(instruct=True),
-           lambda: presets.mamba_in_llama(presets.llama_3_2_1b(instruct=True), attn_every=4),
-           lambda: presets.get_preset("zebra_1b_4mla12m2")),
-    # a CPU smoke test of the harness
-    "tiny": (lambda: _TINY, lambda: presets.mamba_in_llama(_TINY, attn_every=4),
-             lambda: presets.zebra(_TINY, (0,), q_lora_rank=32, kv_lora_rank=16, yarn_factor=32)),
-    "3b": (lambda: presets.llama_3_2_3b(instruct=True),
-           lambda: presets.mamba_in_llama(presets.llama_3_2_3b(instruct=True), attn_every=2),
-           lambda: presets.get_preset("zebra_3b_14mla14m2")),
-    "8b": (lambda: presets.llama_3_1_8b(instruct=True),
-           lambda: presets.mamba_in_llama(presets.llama_3_1_8b(instruct=True), attn_every=4),
-           lambda: presets.get_preset("zebra_8b_8mla24m2")),
+  # name: (teacher, MambaInLlama-style hybrid, Zebra hybrid); same teacher shape, same 4:12 mix
+  "1b": (
+    lambda: presets.llama_3_2_1b(instruct=True),
+    lambda: presets.mamba_in_llama(presets.llama_3_2_1b(instruct=True), attn_every=4),
+    lambda: presets.get_preset("zebra_1b_4mla12m2"),
+  ),
+  # a CPU smoke test of the harness
+  "tiny": (
+    lambda: _TINY,
+    lambda: presets.mamba_in_llama(_TINY, attn_every=4),
+    lambda: presets.zebra(_TINY, (0,), q_lora_rank=32, kv_lora_rank=16, yarn_factor=32),
+  ),
+  "3b": (
+    lambda: presets.llama_3_2_3b(instruct=True),
+    lambda: presets.mamba_in_llama(presets.llama_3_2_3b(instruct=True), attn_every=2),
+    lambda: presets.get_preset("zebra_3b_14mla14m2"),
+  ),
+  "8b": (
+    lambda: presets.llama_3_1_8b(instruct=True),
+    lambda: presets.mamba_in_llama(presets.llama_3_1_8b(instruct=True), attn_every=4),
+    lambda: presets.get_preset("zebra_8b_8mla24m2"),
+  ),
 }
 MODEL_NAMES = ("teacher", "mil", "zebra")
-LABELS = {"teacher": "Llama teacher (GQA)", "mil": "MambaInLlama-style (GQA + Mamba2)",
-          "zebra": "Zebra (MLA + Mamba2)"}
+LABELS = {
+  "teacher": "Llama teacher (GQA)",
+  "mil": "MambaInLlama-style (GQA + Mamba2)",
+  "zebra": "Zebra (MLA + Mamba2)",
+}
 
 
 def random_model(config, seed: int = 0, mesh=None):
@@ -86,8 +104,7 @@ def random_model(config, seed: int = 0, mesh=None):
       if leaf.ndim >= 2:
         out.append((0.02 * jax.random.normal(k, leaf.shape, jnp.float32)).astype(leaf.dtype))
       else:  # norms, A_log, D, dt_bias, biases
-        out.append(jnp.ones(leaf.shape, leaf.dtype) + 0.01 * jax.random.normal(k, leaf.shape,
-                                                                               leaf.dtype))
+        out.append(jnp.ones(leaf.shape, leaf.dtype) + 0.01 * jax.random.normal(k, leaf.shape, leaf.dtype))
     return out
 
   return nnx.merge(graphdef, jax.tree.unflatten(treedef, make(jax.random.PRNGKey(seed))))
@@ -110,13 +127,15 @@ def _gib(x):
 
 
 def markdown(results, meta) -> str:
-  lines = [f"## Decode throughput ({meta['size']} shapes, {meta['dtype']}, random weights and "
-           f"random context)", "",
-           f"{meta['device']}{meta.get('mesh_note', '')}; jax {meta['jax']}; {meta['date']}. "
-           f"`python scripts/bench.py generate "
-           f"{meta['argv']}`. Greedy decode steps of the jitted loop after a compiling warm-up; "
-           f"{meta['steps']} timed steps per point; prefill skipped (reference `random_context`).",
-           ""]
+  lines = [
+    f"## Decode throughput ({meta['size']} shapes, {meta['dtype']}, random weights and random context)",
+    "",
+    f"{meta['device']}{meta.get('mesh_note', '')}; jax {meta['jax']}; {meta['date']}. "
+    f"`python scripts/bench.py generate "
+    f"{meta['argv']}`. Greedy decode steps of the jitted loop after a compiling warm-up; "
+    f"{meta['steps']} timed steps per point; prefill skipped (reference `random_context`).",
+    "",
+  ]
   for sweep, key in (("context sweep", "context"), ("batch sweep", "batch")):
     rows = [r for r in results if r.get("sweep") == sweep]
     if not rows:
@@ -124,10 +143,13 @@ def markdown(results, meta) -> str:
     fixed = "batch" if key == "context" else "context"
     sharded = bool(meta.get("mesh_note"))
     dev0 = " device0 cache GiB |" if sharded else ""
-    lines += [f"### {sweep} ({fixed} {rows[0][fixed]})", "",
-              f"| {key} | model | tokens/s | ms/step | vs teacher | vs MambaInLlama | cache GiB |"
-              f"{dev0} cache B/token (= formula) | peak GiB |",
-              "|---|---|---|---|---|---|---|---|---|" + ("---|" if sharded else "")]
+    lines += [
+      f"### {sweep} ({fixed} {rows[0][fixed]})",
+      "",
+      f"| {key} | model | tokens/s | ms/step | vs teacher | vs MambaInLlama | cache GiB |"
+      f"{dev0} cache B/token (= formula) | peak GiB |",
+      "|---|---|---|---|---|---|---|---|---|" + ("---|" if sharded else ""),
+    ]
     for v in sorted({r[key] for r in rows}):
       at = {r["model"]: r for r in rows if r[key] == v}
       for m in MODEL_NAMES:
@@ -135,16 +157,18 @@ def markdown(results, meta) -> str:
         if r is None:
           continue
         if "error" in r:
-          lines.append(f"| {v} | {LABELS[m]} | {r['error'][:60]} | | | | | | |"
-                       + (" |" if sharded else ""))
+          lines.append(f"| {v} | {LABELS[m]} | {r['error'][:60]} | | | | | | |" + (" |" if sharded else ""))
           continue
-        ratio = lambda o: (f"{r['tokens_per_s'] / at[o]['tokens_per_s']:.2f}x"
-                           if o in at and "tokens_per_s" in at[o] else "-")
+        ratio = lambda o: (
+          f"{r['tokens_per_s'] / at[o]['tokens_per_s']:.2f}x" if o in at and "tokens_per_s" in at[o] else "-"
+        )
         ok = "✓" if r["cache_bytes_per_token"] == r["formula_bytes_per_token"] else "✗"
-        lines.append(f"| {v} | {LABELS[m]} | {r['tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} | "
-                     f"{ratio('teacher')} | {ratio('mil')} | {_gib(r['cache_bytes'])} | "
-                     + (f"{_gib(r.get('device0_cache_bytes'))} | " if sharded else "")
-                     + f"{r['cache_bytes_per_token']} {ok} | {_gib(r['peak_bytes'])} |")
+        lines.append(
+          f"| {v} | {LABELS[m]} | {r['tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} | "
+          f"{ratio('teacher')} | {ratio('mil')} | {_gib(r['cache_bytes'])} | "
+          + (f"{_gib(r.get('device0_cache_bytes'))} | " if sharded else "")
+          + f"{r['cache_bytes_per_token']} {ok} | {_gib(r['peak_bytes'])} |"
+        )
     lines.append("")
   return "\n".join(lines)
 
@@ -163,8 +187,9 @@ def write_report(md: str, meta: dict, results, *, json_path=None, append_path=No
 
 
 def main(argv=None) -> str:
-  p = argparse.ArgumentParser(prog="bench.py generate", description=__doc__.splitlines()[0],
-                              formatter_class=HelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="bench.py generate", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+  )
   p.add_argument("--size", default="1b", choices=sorted(SIZES))
   p.add_argument("--models", default=",".join(MODEL_NAMES))
   p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
@@ -175,8 +200,12 @@ def main(argv=None) -> str:
   p.add_argument("--steps", type=int, default=64)
   p.add_argument("--json", default=None, help="write every result as JSON here")
   p.add_argument("--append", default=None, help="append the markdown section to this file")
-  p.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
-                 help="shard weights and cache over local devices (default: one device)")
+  p.add_argument(
+    "--mesh",
+    default=None,
+    metavar="DATA,FSDP,TENSOR",
+    help="shard weights and cache over local devices (default: one device)",
+  )
   args = p.parse_args(argv)
   mesh = None
   if args.mesh:
@@ -199,37 +228,45 @@ def main(argv=None) -> str:
   for name in models:  # all resident: every sweep point measures the three models back to back
     config = builders[name]().replace(dtype=args.dtype, param_dtype=args.dtype)
     built[name] = random_model(config, mesh=mesh)
-    print(f"# {name}: {LABELS[name]}, {config.num_hidden_layers} layers {config.layer_types()}",
-          flush=True)
+    print(f"# {name}: {LABELS[name]}, {config.num_hidden_layers} layers {config.layer_types()}", flush=True)
   limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
-  param_bytes = sum(x.size * x.dtype.itemsize for m in built.values()
-                    for x in jax.tree.leaves(nnx.state(m)))
+  param_bytes = sum(x.size * x.dtype.itemsize for m in built.values() for x in jax.tree.leaves(nnx.state(m)))
   n_dev = 1 if mesh is None else mesh.devices.size
   results = []
-  points = ([("context sweep", args.batch, c) for c in contexts]
-            + [("batch sweep", b, args.batch_context) for b in batches])
+  points = [("context sweep", args.batch, c) for c in contexts] + [
+    ("batch sweep", b, args.batch_context) for b in batches
+  ]
   for sweep, batch, ctx in points:
     for name, model in built.items():
       config = model.config
       shapes = jax.eval_shape(lambda: init_cache(config, batch, ctx + 4 + args.steps))
       # per device; sharded: assumes an even split (replicated parts make it an underestimate)
-      need = ((cache_nbytes(shapes) + param_bytes) / n_dev + 4 * batch * config.vocab_size * 4
-              + 2**31)
+      need = (cache_nbytes(shapes) + param_bytes) / n_dev + 4 * batch * config.vocab_size * 4 + 2**31
       t0 = time.perf_counter()
       if limit and need > limit:  # would not fit: say so instead of spending minutes failing
-        r = {"batch": batch, "context": ctx, "steps": args.steps, "model": name,
-             "error": f"skipped: needs ~{need / 2**30:.0f} GiB of {limit / 2**30:.0f} GiB"}
+        r = {
+          "batch": batch,
+          "context": ctx,
+          "steps": args.steps,
+          "model": name,
+          "error": f"skipped: needs ~{need / 2**30:.0f} GiB of {limit / 2**30:.0f} GiB",
+        }
         results.append(r)
         print(json.dumps(r), flush=True)
       else:
         r = _run(name, model, batch, ctx, args.steps, results, mesh=mesh)
       r["sweep"] = sweep
       r["wall_s"] = time.perf_counter() - t0
-  meta = {"size": args.size, "dtype": args.dtype, "steps": args.steps,
-          "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
-          "jax": jax.__version__, "date": datetime.date.today().isoformat(),
-          "argv": shlex.join(argv or []),
-          "mesh_note": "" if mesh is None else
-          f" x {n_dev}, mesh data x fsdp x tensor = {'x'.join(map(str, mesh.devices.shape))}"}
-  return write_report(markdown(results, meta), meta, results, json_path=args.json,
-                      append_path=args.append)
+  meta = {
+    "size": args.size,
+    "dtype": args.dtype,
+    "steps": args.steps,
+    "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+    "jax": jax.__version__,
+    "date": datetime.date.today().isoformat(),
+    "argv": shlex.join(argv or []),
+    "mesh_note": ""
+    if mesh is None
+    else f" x {n_dev}, mesh data x fsdp x tensor = {'x'.join(map(str, mesh.devices.shape))}",
+  }
+  return write_report(markdown(results, meta), meta, results, json_path=args.json, append_path=args.append)

@@ -26,9 +26,9 @@ from zebra_jax.bench.train_step import median_ms
 
 # name: (tokens, student hidden, teacher hidden, vocabulary)
 SHAPES = {
-    "smollm2": (16 * 2048, 576, 576, 49152),        # the smollm2 KD step (teacher = student width)
-    "zebra-1b": (8 * 2048, 2048, 4096, 128256),     # Llama-3.2-1B student, Llama-3.1-8B teacher
-    "zebra-8b": (4 * 2048, 4096, 4096, 128256),     # Llama-3.1-8B student and teacher
+  "smollm2": (16 * 2048, 576, 576, 49152),  # the smollm2 KD step (teacher = student width)
+  "zebra-1b": (8 * 2048, 2048, 4096, 128256),  # Llama-3.2-1B student, Llama-3.1-8B teacher
+  "zebra-8b": (4 * 2048, 4096, 4096, 128256),  # Llama-3.1-8B student and teacher
 }
 
 
@@ -44,7 +44,7 @@ def _inputs(n, ds, dt, v, seed=0):
 
 
 def _logits_loss(hs, ws, ht, wt, tokens):
-  s = jnp.einsum("btd,dv->btv", hs, ws)        # bf16 logits, as the models compute them
+  s = jnp.einsum("btd,dv->btv", hs, ws)  # bf16 logits, as the models compute them
   t = jax.lax.stop_gradient(jnp.einsum("btd,dv->btv", ht, wt))
   return losses.forward_kl(t, s) + losses.cross_entropy(s[:, :-1], tokens[:, 1:])
 
@@ -52,6 +52,7 @@ def _logits_loss(hs, ws, ht, wt, tokens):
 def _fused_loss(chunk):
   def f(hs, ws, ht, wt, tokens):
     return fused_losses.kd_loss(hs, ws, ht, wt, tokens, ce_weight=1.0, chunk=chunk)[0]
+
   return f
 
 
@@ -71,33 +72,44 @@ def run(shapes, chunks, iters: int = 10, tokens_override: int | None = None) -> 
       ms = median_ms(compiled, args, iters)
       val = float(compiled(*args)[0])
       base = base or (ms, temp, val)
-      rows.append({"shape": name, "tokens": n, "impl": label, "ms": ms,
-                   "temp_gib": None if temp is None else temp / 2**30, "loss": val,
-                   "speedup": base[0] / ms,
-                   "mem_ratio": None if not (temp and base[1]) else temp / base[1],
-                   "loss_rel_diff": abs(val - base[2]) / abs(base[2])})
+      rows.append(
+        {
+          "shape": name,
+          "tokens": n,
+          "impl": label,
+          "ms": ms,
+          "temp_gib": None if temp is None else temp / 2**30,
+          "loss": val,
+          "speedup": base[0] / ms,
+          "mem_ratio": None if not (temp and base[1]) else temp / base[1],
+          "loss_rel_diff": abs(val - base[2]) / abs(base[2]),
+        }
+      )
   return rows
 
 
 def markdown(rows, command: str) -> str:
-  head = (f"### KD head loss: full logits vs chunked (`{command}`)\n\n{environment()}. KL + CE "
-          "and its gradient (student hidden + head), "
-          "bf16 inputs; temp memory = XLA temporary buffers of the compiled value-and-grad.\n\n"
-          "| shape | tokens | impl | ms | vs logits | temp memory (GiB) | vs logits | loss rel. diff |\n"
-          "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n")
+  head = (
+    f"### KD head loss: full logits vs chunked (`{command}`)\n\n{environment()}. KL + CE "
+    "and its gradient (student hidden + head), "
+    "bf16 inputs; temp memory = XLA temporary buffers of the compiled value-and-grad.\n\n"
+    "| shape | tokens | impl | ms | vs logits | temp memory (GiB) | vs logits | loss rel. diff |\n"
+    "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n"
+  )
   lines = []
   for r in rows:
     mem = "-" if r["temp_gib"] is None else f"{r['temp_gib']:.2f}"
     ratio = "-" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}x"
-    lines.append(f"| {r['shape']} | {r['tokens']:,} | {r['impl']} | {r['ms']:.2f} | "
-                 f"{r['speedup']:.2f}x | {mem} | {ratio} | {r['loss_rel_diff']:.1e} |")
+    lines.append(
+      f"| {r['shape']} | {r['tokens']:,} | {r['impl']} | {r['ms']:.2f} | "
+      f"{r['speedup']:.2f}x | {mem} | {ratio} | {r['loss_rel_diff']:.1e} |"
+    )
   return head + "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> str:
   p = argparse.ArgumentParser(description="KD head loss: full logits vs chunked")
-  p.add_argument("--loss-shapes", default="smollm2,zebra-1b,zebra-8b",
-                 help=f"comma list of {sorted(SHAPES)}")
+  p.add_argument("--loss-shapes", default="smollm2,zebra-1b,zebra-8b", help=f"comma list of {sorted(SHAPES)}")
   p.add_argument("--chunks", default="1024,4096", help="token chunk sizes of the fused loss")
   p.add_argument("--loss-tokens", type=int, default=None, help="tokens per step (smoke runs)")
   p.add_argument("--iters", type=int, default=10)

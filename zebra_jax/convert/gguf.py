@@ -24,12 +24,24 @@ from zebra_jax.models import rope
 
 # `{arch}.` metadata keys this converter understands (the rest of `{arch}.*` is refused by name).
 _USED_KEYS = {
-    "block_count", "embedding_length", "feed_forward_length", "attention.head_count",
-    "attention.head_count_kv", "attention.key_length", "attention.value_length",
-    "attention.layer_norm_rms_epsilon", "rope.dimension_count", "rope.freq_base", "context_length",
-    "vocab_size", "rope.scaling.type", "rope.scaling.factor", "rope.scaling.original_context_length",
-    "rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow",
-    "rope.scaling.finetuned",  # bookkeeping: whether the model was fine-tuned at the scaled length
+  "block_count",
+  "embedding_length",
+  "feed_forward_length",
+  "attention.head_count",
+  "attention.head_count_kv",
+  "attention.key_length",
+  "attention.value_length",
+  "attention.layer_norm_rms_epsilon",
+  "rope.dimension_count",
+  "rope.freq_base",
+  "context_length",
+  "vocab_size",
+  "rope.scaling.type",
+  "rope.scaling.factor",
+  "rope.scaling.original_context_length",
+  "rope.scaling.yarn_beta_fast",
+  "rope.scaling.yarn_beta_slow",
+  "rope.scaling.finetuned",  # bookkeeping: whether the model was fine-tuned at the scaled length
 }
 # Keys that are harmless at their neutral value.
 _NEUTRAL = {"expert_count": 0, "expert_used_count": 0}
@@ -57,6 +69,7 @@ def gguf_tensors(reader) -> dict[str, LazyTensor]:
   def loader(t, shape):
     def load():
       return np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(shape)
+
     return load
 
   out = {}
@@ -78,8 +91,13 @@ def _fit_llama3(divisors: np.ndarray, head_dim: int, theta: float) -> dict | Non
       for high in (4.0, 8.0, 2.0, 16.0):
         if high <= low:
           continue
-        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
-                   "high_freq_factor": high, "original_max_position_embeddings": orig}
+        scaling = {
+          "rope_type": "llama3",
+          "factor": factor,
+          "low_freq_factor": low,
+          "high_freq_factor": high,
+          "original_max_position_embeddings": orig,
+        }
         got = rope.rope_frequencies(head_dim, theta, scaling)[0]
         if np.allclose(got, target, rtol=1e-5, atol=0):
           return scaling
@@ -97,8 +115,9 @@ def gguf_config(reader, path: str, **overrides) -> tuple[LlamaConfig, set[str]]:
     raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
   split_count = fields.get("split.count")
   if split_count is not None and int(_value(split_count)) > 1:
-    raise CheckpointError(f"{path}: split GGUF files are not supported; merge them first "
-                          "(llama-gguf-split --merge)")
+    raise CheckpointError(
+      f"{path}: split GGUF files are not supported; merge them first (llama-gguf-split --merge)"
+    )
 
   meta, problems = {}, []
   prefix = f"{arch}."
@@ -108,7 +127,7 @@ def gguf_config(reader, path: str, **overrides) -> tuple[LlamaConfig, set[str]]:
     if not key.startswith(prefix):
       problems.append(f"metadata key {key!r} is not understood")
       continue
-    short = key[len(prefix):]
+    short = key[len(prefix) :]
     if short in _USED_KEYS:
       meta[short] = _value(field)
     elif short in _NEUTRAL and _value(field) == _NEUTRAL[short]:
@@ -122,11 +141,16 @@ def gguf_config(reader, path: str, **overrides) -> tuple[LlamaConfig, set[str]]:
       return None
     return meta[k]
 
-  n_layers, d, ffn, heads = (need("block_count"), need("embedding_length"),
-                             need("feed_forward_length"), need("attention.head_count"))
+  n_layers, d, ffn, heads = (
+    need("block_count"),
+    need("embedding_length"),
+    need("feed_forward_length"),
+    need("attention.head_count"),
+  )
   if problems:
-    raise CheckpointError(f"{path}: GGUF metadata cannot be converted faithfully:\n  - " +
-                          "\n  - ".join(problems))
+    raise CheckpointError(
+      f"{path}: GGUF metadata cannot be converted faithfully:\n  - " + "\n  - ".join(problems)
+    )
   kv_heads = meta.get("attention.head_count_kv", heads)
   if isinstance(kv_heads, list):
     if len(set(kv_heads)) != 1:
@@ -136,8 +160,10 @@ def gguf_config(reader, path: str, **overrides) -> tuple[LlamaConfig, set[str]]:
   if int(meta.get("attention.value_length", head_dim)) != head_dim:
     problems.append(f"attention.value_length={meta['attention.value_length']} != key_length={head_dim}")
   if int(meta.get("rope.dimension_count", head_dim)) != head_dim:
-    problems.append(f"rope.dimension_count={meta['rope.dimension_count']} != head_dim={head_dim} "
-                    "(partial RoPE is not implemented)")
+    problems.append(
+      f"rope.dimension_count={meta['rope.dimension_count']} != head_dim={head_dim} "
+      "(partial RoPE is not implemented)"
+    )
   theta = float(meta.get("rope.freq_base", 10000.0))
 
   tensor_names = {t.name for t in reader.tensors}
@@ -157,8 +183,10 @@ def gguf_config(reader, path: str, **overrides) -> tuple[LlamaConfig, set[str]]:
     rope_scaling = {"rope_type": "yarn", "factor": float(meta.get("rope.scaling.factor", 1.0))}
     if "rope.scaling.original_context_length" in meta:
       rope_scaling["original_max_position_embeddings"] = int(meta["rope.scaling.original_context_length"])
-    for k, hf_k in (("rope.scaling.yarn_beta_fast", "beta_fast"),
-                    ("rope.scaling.yarn_beta_slow", "beta_slow")):
+    for k, hf_k in (
+      ("rope.scaling.yarn_beta_fast", "beta_fast"),
+      ("rope.scaling.yarn_beta_slow", "beta_slow"),
+    ):
       if k in meta:
         rope_scaling[hf_k] = float(meta[k])
   elif scaling_type != "none":
@@ -167,6 +195,7 @@ def gguf_config(reader, path: str, **overrides) -> tuple[LlamaConfig, set[str]]:
     consumed.add("rope_freqs.weight")
     t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
     from gguf.quants import dequantize
+
     divisors = np.asarray(dequantize(t.data, t.tensor_type), np.float64).reshape(-1)
     if divisors.shape != (head_dim // 2,):
       problems.append(f"rope_freqs.weight has shape {divisors.shape}, expected ({head_dim // 2},)")
@@ -175,28 +204,38 @@ def gguf_config(reader, path: str, **overrides) -> tuple[LlamaConfig, set[str]]:
     else:
       fitted = _fit_llama3(divisors, head_dim, theta)
       if fitted == {}:
-        problems.append("rope_freqs.weight (per-frequency RoPE divisors) matches no llama3 rope "
-                        "scaling with common parameters; not supported")
+        problems.append(
+          "rope_freqs.weight (per-frequency RoPE divisors) matches no llama3 rope "
+          "scaling with common parameters; not supported"
+        )
       elif fitted is not None:
         rope_scaling = fitted
   if problems:
-    raise CheckpointError(f"{path}: GGUF metadata cannot be converted faithfully:\n  - " +
-                          "\n  - ".join(problems))
+    raise CheckpointError(
+      f"{path}: GGUF metadata cannot be converted faithfully:\n  - " + "\n  - ".join(problems)
+    )
 
   def tok(key):
     f = fields.get(f"tokenizer.ggml.{key}")
     return None if f is None else int(_value(f))
 
   hf = {
-      "model_type": "llama", "vocab_size": vocab, "hidden_size": int(d),
-      "intermediate_size": int(ffn), "num_hidden_layers": int(n_layers),
-      "num_attention_heads": int(heads), "num_key_value_heads": int(kv_heads), "head_dim": head_dim,
-      "rms_norm_eps": float(meta.get("attention.layer_norm_rms_epsilon", 1e-5)), "rope_theta": theta,
-      "rope_scaling": rope_scaling,
-      "max_position_embeddings": int(meta.get("context_length", 2048)),
-      "tie_word_embeddings": "output.weight" not in tensor_names,
-      "bos_token_id": tok("bos_token_id"), "eos_token_id": tok("eos_token_id"),
-      "pad_token_id": tok("padding_token_id"),
+    "model_type": "llama",
+    "vocab_size": vocab,
+    "hidden_size": int(d),
+    "intermediate_size": int(ffn),
+    "num_hidden_layers": int(n_layers),
+    "num_attention_heads": int(heads),
+    "num_key_value_heads": int(kv_heads),
+    "head_dim": head_dim,
+    "rms_norm_eps": float(meta.get("attention.layer_norm_rms_epsilon", 1e-5)),
+    "rope_theta": theta,
+    "rope_scaling": rope_scaling,
+    "max_position_embeddings": int(meta.get("context_length", 2048)),
+    "tie_word_embeddings": "output.weight" not in tensor_names,
+    "bos_token_id": tok("bos_token_id"),
+    "eos_token_id": tok("eos_token_id"),
+    "pad_token_id": tok("padding_token_id"),
   }
   try:
     return llama_config_from_hf(hf, **overrides), consumed
@@ -204,8 +243,14 @@ def gguf_config(reader, path: str, **overrides) -> tuple[LlamaConfig, set[str]]:
     raise ConfigError(f"{path}: {e}") from None
 
 
-def from_gguf(path: str, *, dtype: str = "float32", param_dtype: str | None = None,
-              impl: str = "auto", progress: bool = False):
+def from_gguf(
+  path: str,
+  *,
+  dtype: str = "float32",
+  param_dtype: str | None = None,
+  impl: str = "auto",
+  progress: bool = False,
+):
   reader = _reader(path)
   config, consumed = gguf_config(reader, path, dtype=dtype, param_dtype=param_dtype or dtype, impl=impl)
   tensors = gguf_tensors(reader)
@@ -214,8 +259,9 @@ def from_gguf(path: str, *, dtype: str = "float32", param_dtype: str | None = No
     hit = names.match(names.GGUF_TO_HF, name)
     if hit is not None:
       pre[name] = hit
-  return build_model(config, tensors, source=os.path.basename(path), pre=pre, ignore=consumed,
-                     progress=progress)
+  return build_model(
+    config, tensors, source=os.path.basename(path), pre=pre, ignore=consumed, progress=progress
+  )
 
 
 __all__ = ["from_gguf", "gguf_config", "gguf_tensors"]

@@ -41,9 +41,18 @@ class LazyTensor:
 
 # -- safetensors (torch-free) ----------------------------------------------------------------------
 _ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
+  "F8_E4M3": ml_dtypes.float8_e4m3fn,
+  "F8_E5M2": ml_dtypes.float8_e5m2,
 }
 
 
@@ -86,6 +95,7 @@ def safetensors_tensors(path: str) -> dict[str, LazyTensor]:
         return np.zeros(shape, dt)
       x = np.memmap(path, dtype=dt, mode="r", offset=data_start + begin, shape=shape)
       return x if sys.byteorder == "little" else x.byteswap()  # the format is little-endian
+
     return load
 
   return {name: LazyTensor(tuple(info["shape"]), loader(info), path) for name, info in header.items()}
@@ -96,8 +106,10 @@ def torch_bin_tensors(path: str) -> dict[str, LazyTensor]:
   try:
     import torch
   except ImportError:
-    raise CheckpointError(f"{path} is a torch pickle (.bin); reading it needs PyTorch, which is not "
-                          "installed (pip install torch), or convert the checkpoint to safetensors") from None
+    raise CheckpointError(
+      f"{path} is a torch pickle (.bin); reading it needs PyTorch, which is not "
+      "installed (pip install torch), or convert the checkpoint to safetensors"
+    ) from None
   try:
     sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
   except Exception as e:  # torch raises many types for bad pickles / zip archives
@@ -111,10 +123,12 @@ def torch_bin_tensors(path: str) -> dict[str, LazyTensor]:
       if t32.dtype in (torch.bfloat16, torch.float16):  # numpy has no bf16; float32 holds both exactly
         t32 = t32.float()
       return t32.numpy()
+
     return load
 
-  return {k: LazyTensor(tuple(v.shape), loader(v), path) for k, v in sd.items()
-          if isinstance(v, torch.Tensor)}
+  return {
+    k: LazyTensor(tuple(v.shape), loader(v), path) for k, v in sd.items() if isinstance(v, torch.Tensor)
+  }
 
 
 # -- checkpoint directories ------------------------------------------------------------------------
@@ -123,11 +137,9 @@ def _sharded(directory: str, index_name: str, reader) -> dict[str, LazyTensor]:
     weight_map = json.load(f).get("weight_map")
   if not isinstance(weight_map, dict):
     raise CheckpointError(f"{directory}/{index_name} has no 'weight_map'")
-  missing_files = sorted({f for f in weight_map.values()
-                          if not os.path.exists(os.path.join(directory, f))})
+  missing_files = sorted({f for f in weight_map.values() if not os.path.exists(os.path.join(directory, f))})
   if missing_files:
-    raise CheckpointError(f"{directory}/{index_name} names shard file(s) that do not exist: "
-                          f"{missing_files}")
+    raise CheckpointError(f"{directory}/{index_name} names shard file(s) that do not exist: {missing_files}")
   out: dict[str, LazyTensor] = {}
   problems = []
   for shard in sorted(set(weight_map.values())):
@@ -156,8 +168,9 @@ def hf_checkpoint_tensors(directory: str) -> dict[str, LazyTensor]:
   if os.path.exists(j("pytorch_model.bin")):
     return torch_bin_tensors(j("pytorch_model.bin"))
   raise CheckpointError(
-      f"{directory}: no weights found (looked for model.safetensors, model.safetensors.index.json, "
-      f"pytorch_model.bin, pytorch_model.bin.index.json); files present: {sorted(os.listdir(directory))}")
+    f"{directory}: no weights found (looked for model.safetensors, model.safetensors.index.json, "
+    f"pytorch_model.bin, pytorch_model.bin.index.json); files present: {sorted(os.listdir(directory))}"
+  )
 
 
 def load_hf_config(directory: str, **overrides) -> LlamaConfig:
@@ -182,9 +195,11 @@ def abstract_params(config: LlamaConfig) -> tuple:
   abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
   graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
   if nnx.to_flat_state(rest):
-    raise NotImplementedError("the model has non-Param variables "
-                              f"{[names.path_str(p) for p, _ in nnx.to_flat_state(rest)]}; "
-                              "conversion fills nnx.Param only")
+    raise NotImplementedError(
+      "the model has non-Param variables "
+      f"{[names.path_str(p) for p, _ in nnx.to_flat_state(rest)]}; "
+      "conversion fills nnx.Param only"
+    )
   flat = {names.path_str(p): v.get_value() for p, v in nnx.to_flat_state(state)}
   return graphdef, state, rest, flat
 
@@ -197,20 +212,31 @@ def materialise(config: LlamaConfig, values: Mapping[str, jax.Array], abstract=N
   graphdef, state, rest, flat = abstract if abstract is not None else abstract_params(config)
   missing = sorted(set(flat) - set(values))
   extra = sorted(set(values) - set(flat))
-  bad = [f"{k}: got {tuple(values[k].shape)}, expected {tuple(flat[k].shape)}"
-         for k in flat if k in values and tuple(values[k].shape) != tuple(flat[k].shape)]
+  bad = [
+    f"{k}: got {tuple(values[k].shape)}, expected {tuple(flat[k].shape)}"
+    for k in flat
+    if k in values and tuple(values[k].shape) != tuple(flat[k].shape)
+  ]
   if missing or extra or bad:
-    raise CheckpointError("parameters do not match the model:\n  - " + "\n  - ".join(
-        [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in extra] + bad))
+    raise CheckpointError(
+      "parameters do not match the model:\n  - "
+      + "\n  - ".join([f"missing {k}" for k in missing] + [f"unexpected {k}" for k in extra] + bad)
+    )
   for path, var in nnx.to_flat_state(state):
     var.set_value(jnp.asarray(values[names.path_str(path)], dtype=flat[names.path_str(path)].dtype))
   return nnx.merge(graphdef, state, rest)
 
 
-def build_model(config: LlamaConfig, tensors: Mapping[str, LazyTensor], *, source: str,
-                rules: Iterable[names.Rule] = names.HF_TO_NNX,
-                pre: Mapping[str, tuple[str, str]] | None = None,
-                ignore: Iterable[str] = (), progress: bool = False) -> CausalLM:
+def build_model(
+  config: LlamaConfig,
+  tensors: Mapping[str, LazyTensor],
+  *,
+  source: str,
+  rules: Iterable[names.Rule] = names.HF_TO_NNX,
+  pre: Mapping[str, tuple[str, str]] | None = None,
+  ignore: Iterable[str] = (),
+  progress: bool = False,
+) -> CausalLM:
   """Fills a CausalLM of `config` from HF-named tensors, or raises ONE CheckpointError listing all.
 
   `pre` optionally renames a source tensor before the HF map: {source name: (HF name, transform)}
@@ -219,8 +245,7 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, LazyTensor], *, sourc
   rules = tuple(rules)
   abstract = abstract_params(config)
   expected = abstract[3]
-  ctx = {"num_attention_heads": config.num_attention_heads,
-         "num_key_value_heads": config.num_key_value_heads}
+  ctx = {"num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads}
   ignore = set(ignore)
 
   plan: dict[str, tuple[str, list[str], LazyTensor]] = {}  # nnx path -> (source, transforms, tensor)
@@ -268,20 +293,27 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, LazyTensor], *, sourc
     missing.append(f"{back[0]} (for {path})" if back else path)
   if missing or unexpected or misshaped or duplicated:
     parts = []
-    for title, items in (("missing", missing), ("unexpected", unexpected),
-                         ("wrong shape", misshaped), ("duplicated", duplicated)):
+    for title, items in (
+      ("missing", missing),
+      ("unexpected", unexpected),
+      ("wrong shape", misshaped),
+      ("duplicated", duplicated),
+    ):
       if items:
         parts.append(f"{len(items)} {title} tensor(s):\n    " + "\n    ".join(items))
-    raise CheckpointError(f"checkpoint {source} does not match the Llama config "
-                          f"({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-                          f"heads {config.num_attention_heads}/{config.num_key_value_heads}, "
-                          f"vocab {config.vocab_size}):\n  " + "\n  ".join(parts))
+    raise CheckpointError(
+      f"checkpoint {source} does not match the Llama config "
+      f"({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+      f"heads {config.num_attention_heads}/{config.num_key_value_heads}, "
+      f"vocab {config.vocab_size}):\n  " + "\n  ".join(parts)
+    )
 
   values: dict[str, jax.Array] = {}
   nonfinite: list[str] = []
   order = sorted(plan, key=_natural_key)
-  bar = _progress(len(order) + (tied_head is not None),
-                  f"reading {os.path.basename(os.path.normpath(source))}", progress)
+  bar = _progress(
+    len(order) + (tied_head is not None), f"reading {os.path.basename(os.path.normpath(source))}", progress
+  )
   for path in order:
     src_name, chain, t = plan[path]
     x = t.load()
@@ -303,8 +335,10 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, LazyTensor], *, sourc
     emb = np.asarray(emb, np.float32)
     if head.shape != emb.shape or not np.array_equal(head, emb):
       bar.close()
-      raise CheckpointError(f"checkpoint {source}: tie_word_embeddings is true but {name} differs from "
-                            f"{names.HF_EMBEDDING}; set tie_word_embeddings=false to keep both")
+      raise CheckpointError(
+        f"checkpoint {source}: tie_word_embeddings is true but {name} differs from "
+        f"{names.HF_EMBEDDING}; set tie_word_embeddings=false to keep both"
+      )
     bar.update(1)
   bar.close()
   if nonfinite:
@@ -313,7 +347,7 @@ def build_model(config: LlamaConfig, tensors: Mapping[str, LazyTensor], *, sourc
 
 
 def nonfinite_report(arrays: Mapping[str, object]) -> list[str]:
-  """"name: k of n values are NaN / inf" for every array holding any (a corrupt or badly converted
+  """ "name: k of n values are NaN / inf" for every array holding any (a corrupt or badly converted
   checkpoint would otherwise load and give NaN logits)."""
   out = []
   for name, x in arrays.items():
@@ -330,8 +364,10 @@ def nonfinite_report(arrays: Mapping[str, object]) -> list[str]:
 
 def nonfinite_message(source: str, items: list[str]) -> str:
   shown = items[:10] + ([f"... and {len(items) - 10} more"] if len(items) > 10 else [])
-  return (f"checkpoint {source} holds non-finite weights in {len(items)} tensor(s) (corrupted "
-          "file or a broken conversion):\n  " + "\n  ".join(shown))
+  return (
+    f"checkpoint {source} holds non-finite weights in {len(items)} tensor(s) (corrupted "
+    "file or a broken conversion):\n  " + "\n  ".join(shown)
+  )
 
 
 def _natural_key(path: str):
@@ -350,15 +386,31 @@ def _progress(total: int, desc: str, enabled: bool):
   if not enabled:
     return _NoBar()
   from tqdm.auto import tqdm
+
   return tqdm(total=total, desc=desc, unit="tensor")
 
 
-def from_hf_directory(directory: str, *, dtype: str = "float32", param_dtype: str | None = None,
-                      impl: str = "auto", progress: bool = False) -> CausalLM:
+def from_hf_directory(
+  directory: str,
+  *,
+  dtype: str = "float32",
+  param_dtype: str | None = None,
+  impl: str = "auto",
+  progress: bool = False,
+) -> CausalLM:
   config = load_hf_config(directory, dtype=dtype, param_dtype=param_dtype or dtype, impl=impl)
   return build_model(config, hf_checkpoint_tensors(directory), source=directory, progress=progress)
 
 
-__all__ = ["LazyTensor", "build_model", "materialise", "abstract_params", "from_hf_directory",
-           "hf_checkpoint_tensors", "safetensors_tensors", "torch_bin_tensors", "load_hf_config",
-           "ConfigError"]
+__all__ = [
+  "LazyTensor",
+  "build_model",
+  "materialise",
+  "abstract_params",
+  "from_hf_directory",
+  "hf_checkpoint_tensors",
+  "safetensors_tensors",
+  "torch_bin_tensors",
+  "load_hf_config",
+  "ConfigError",
+]

@@ -29,11 +29,30 @@ from zebra_jax.convert.hf import abstract_params, build_model, hf_checkpoint_ten
 FORMATS = ("zebra_hf", "zebra_reference", "mambainllama")
 
 # Our config.json: HybridConfig fields stored under their own names (hf_hybrid.HYBRID_FIELDS).
-_OUR_HYBRID_FIELDS = ("mla_layers", "attn_layers", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
-                      "qk_nope_head_dim", "v_head_dim", "use_full_kv_head", "use_lora_layer_norm",
-                      "lora_layer_norm_eps", "mla_rope_theta", "mla_rope_scaling", "mla_layer_ranks",
-                      "d_state", "headdim", "ngroups", "d_conv", "chunk_size", "d_inner", "d_xb",
-                      "conv_bias", "gated_norm_eps")
+_OUR_HYBRID_FIELDS = (
+  "mla_layers",
+  "attn_layers",
+  "q_lora_rank",
+  "kv_lora_rank",
+  "qk_rope_head_dim",
+  "qk_nope_head_dim",
+  "v_head_dim",
+  "use_full_kv_head",
+  "use_lora_layer_norm",
+  "lora_layer_norm_eps",
+  "mla_rope_theta",
+  "mla_rope_scaling",
+  "mla_layer_ranks",
+  "d_state",
+  "headdim",
+  "ngroups",
+  "d_conv",
+  "chunk_size",
+  "d_inner",
+  "d_xb",
+  "conv_bias",
+  "gated_norm_eps",
+)
 _OUR_BOOKKEEPING = ("auto_map", "model_type", "architectures")
 
 _LAYER_TENSOR = re.compile(r"model\.layers\.(\d+)\.(mla|mamba|self_attn)\.")
@@ -109,16 +128,43 @@ def config_zebra_hf(directory: str, **overrides) -> HybridConfig:
 
 
 # hybrid_config.json (reference names) -> HybridConfig fields; entries checked against config.json.
-_REF_DIRECT = ("mla_layers", "attn_layers", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
-               "qk_nope_head_dim", "v_head_dim", "use_full_kv_head", "use_lora_layer_norm",
-               "qkv_rank_divisor", "d_inner", "d_xb", "gated_norm_eps")
-_REF_RENAMED = {"rope_theta": "mla_rope_theta", "rope_scaling": "mla_rope_scaling",
-                "layer_rank_list": "mla_layer_ranks"}
-_REF_CHECKED = {"d_model": "hidden_size", "n_layer": "num_hidden_layers",
-                "intermediate_size": "intermediate_size", "rms_norm_eps": "rms_norm_eps",
-                "vocab_size": "vocab_size"}
-_SSM_KEYS = {"expand", "ngroups", "d_state", "headdim", "d_conv", "chunk_size", "conv_bias",
-             "repeat_kv_before_conv"}
+_REF_DIRECT = (
+  "mla_layers",
+  "attn_layers",
+  "q_lora_rank",
+  "kv_lora_rank",
+  "qk_rope_head_dim",
+  "qk_nope_head_dim",
+  "v_head_dim",
+  "use_full_kv_head",
+  "use_lora_layer_norm",
+  "qkv_rank_divisor",
+  "d_inner",
+  "d_xb",
+  "gated_norm_eps",
+)
+_REF_RENAMED = {
+  "rope_theta": "mla_rope_theta",
+  "rope_scaling": "mla_rope_scaling",
+  "layer_rank_list": "mla_layer_ranks",
+}
+_REF_CHECKED = {
+  "d_model": "hidden_size",
+  "n_layer": "num_hidden_layers",
+  "intermediate_size": "intermediate_size",
+  "rms_norm_eps": "rms_norm_eps",
+  "vocab_size": "vocab_size",
+}
+_SSM_KEYS = {
+  "expand",
+  "ngroups",
+  "d_state",
+  "headdim",
+  "d_conv",
+  "chunk_size",
+  "conv_bias",
+  "repeat_kv_before_conv",
+}
 
 
 def _ssm_fields(ssm: dict, where: str, problems: list[str], *, d_inner) -> dict:
@@ -129,15 +175,22 @@ def _ssm_fields(ssm: dict, where: str, problems: list[str], *, d_inner) -> dict:
   if unknown:
     problems.append(f"{where}: ssm_cfg field(s) {unknown} are not implemented")
   if ssm.get("repeat_kv_before_conv"):
-    problems.append(f"{where}: ssm_cfg.repeat_kv_before_conv=true is not implemented (the conv "
-                    "runs on the un-repeated x|B|C)")
+    problems.append(
+      f"{where}: ssm_cfg.repeat_kv_before_conv=true is not implemented (the conv "
+      "runs on the un-repeated x|B|C)"
+    )
   if "ngroups" not in ssm or "d_state" not in ssm:
-    problems.append(f"{where}: ssm_cfg has no ngroups / d_state: a Mamba1 (MambaInLlama v1) "
-                    "checkpoint, which is not implemented (only Mamba2 hybrids)")
+    problems.append(
+      f"{where}: ssm_cfg has no ngroups / d_state: a Mamba1 (MambaInLlama v1) "
+      "checkpoint, which is not implemented (only Mamba2 hybrids)"
+    )
     return {}
-  out = {"ngroups": int(ssm["ngroups"]), "d_state": int(ssm["d_state"]),
-         # the reference constructors force headdim = d_state
-         "headdim": int(ssm.get("headdim", ssm["d_state"]))}
+  out = {
+    "ngroups": int(ssm["ngroups"]),
+    "d_state": int(ssm["d_state"]),
+    # the reference constructors force headdim = d_state
+    "headdim": int(ssm.get("headdim", ssm["d_state"])),
+  }
   for k in ("d_conv", "chunk_size", "conv_bias"):
     if k in ssm:
       out[k] = ssm[k]
@@ -146,8 +199,7 @@ def _ssm_fields(ssm: dict, where: str, problems: list[str], *, d_inner) -> dict:
 
 def config_zebra_reference(directory: str, **overrides) -> HybridConfig:
   where = os.path.join(directory, "hybrid_config.json")
-  base = _llama(_read_json(directory, "config.json"), os.path.join(directory, "config.json"),
-                **overrides)
+  base = _llama(_read_json(directory, "config.json"), os.path.join(directory, "config.json"), **overrides)
   ref = _read_json(directory, "hybrid_config.json")
   problems: list[str] = []
   fields = {k: ref[k] for k in _REF_DIRECT if ref.get(k) is not None}
@@ -170,8 +222,7 @@ def config_zebra_reference(directory: str, **overrides) -> HybridConfig:
 
 def config_mambainllama(directory: str, **overrides) -> HybridConfig:
   where = os.path.join(directory, "mamba_config.json")
-  base = _llama(_read_json(directory, "config.json"), os.path.join(directory, "config.json"),
-                **overrides)
+  base = _llama(_read_json(directory, "config.json"), os.path.join(directory, "config.json"), **overrides)
   mc = _read_json(directory, "mamba_config.json")
   problems: list[str] = []
   for k, ours in _REF_CHECKED.items():
@@ -179,8 +230,7 @@ def config_mambainllama(directory: str, **overrides) -> HybridConfig:
       problems.append(f"{where}: {k}={mc[k]} disagrees with config.json {ours}={getattr(base, ours)}")
   if mc.get("hidden_act") not in (None, "silu"):
     problems.append(f"{where}: hidden_act={mc['hidden_act']!r} (only silu is implemented)")
-  unknown = sorted(set(mc) - set(_REF_CHECKED) - {"ssm_cfg", "hidden_act", "d_inner", "d_xb",
-                                                  "attn_layers"})
+  unknown = sorted(set(mc) - set(_REF_CHECKED) - {"ssm_cfg", "hidden_act", "d_inner", "d_xb", "attn_layers"})
   if unknown:
     problems.append(f"{where}: field(s) {unknown} are not implemented")
   if "attn_layers" not in mc:
@@ -193,13 +243,15 @@ def config_mambainllama(directory: str, **overrides) -> HybridConfig:
     fields["d_xb"] = mc["d_xb"]
   fields["attn_layers"] = mc.get("attn_layers") or ()
   if problems:
-    raise CheckpointError("MambaInLlama config cannot be read faithfully:\n  - " +
-                          "\n  - ".join(problems))
+    raise CheckpointError("MambaInLlama config cannot be read faithfully:\n  - " + "\n  - ".join(problems))
   return _hybrid(base, fields, where)
 
 
-_CONFIG_READERS = {"zebra_hf": config_zebra_hf, "zebra_reference": config_zebra_reference,
-                   "mambainllama": config_mambainllama}
+_CONFIG_READERS = {
+  "zebra_hf": config_zebra_hf,
+  "zebra_reference": config_zebra_reference,
+  "mambainllama": config_mambainllama,
+}
 
 
 def load_hybrid_config(directory: str, fmt: str | None = None, **overrides) -> HybridConfig:
@@ -229,9 +281,11 @@ def check_tensors(config: HybridConfig, tensors, source: str) -> None:
     if m:
       i, kind = int(m.group(1)), _PREFIX_KIND[m.group(2)]
       if i < len(kinds) and kinds[i] != kind:
-        wrong_kind[i] = (f"layer {i} holds {m.group(2)}.* ({kind}) tensors but the config makes it "
-                         f"{kinds[i]!r} (mla_layers={list(config.mla_layers)}, "
-                         f"attn_layers={list(config.attn_layers)})")
+        wrong_kind[i] = (
+          f"layer {i} holds {m.group(2)}.* ({kind}) tensors but the config makes it "
+          f"{kinds[i]!r} (mla_layers={list(config.mla_layers)}, "
+          f"attn_layers={list(config.attn_layers)})"
+        )
         continue
     if name not in expected:
       unexpected.append(f"{name} {tuple(t.shape)}")
@@ -243,16 +297,19 @@ def check_tensors(config: HybridConfig, tensors, source: str) -> None:
     if n not in tensors and not (m and int(m.group(1)) in wrong_kind):  # else reported above
       missing.append(n)
   parts = []
-  for title, items in (("layer type mismatch", [wrong_kind[i] for i in sorted(wrong_kind)]),
-                       ("missing tensor(s)", missing), ("unexpected tensor(s)", unexpected),
-                       ("wrong shape", misshaped)):
+  for title, items in (
+    ("layer type mismatch", [wrong_kind[i] for i in sorted(wrong_kind)]),
+    ("missing tensor(s)", missing),
+    ("unexpected tensor(s)", unexpected),
+    ("wrong shape", misshaped),
+  ):
     if items:
       parts.append(f"{len(items)} {title}:\n    " + "\n    ".join(items))
   if parts:
     raise CheckpointError(
-        f"checkpoint {source} does not match its hybrid config ({config.num_hidden_layers} layers: "
-        f"{_pattern(kinds)}, hidden {config.hidden_size}, vocab {config.vocab_size}):\n  " +
-        "\n  ".join(parts))
+      f"checkpoint {source} does not match its hybrid config ({config.num_hidden_layers} layers: "
+      f"{_pattern(kinds)}, hidden {config.hidden_size}, vocab {config.vocab_size}):\n  " + "\n  ".join(parts)
+    )
 
 
 def _pattern(kinds) -> str:
@@ -260,18 +317,30 @@ def _pattern(kinds) -> str:
   return "".join(short[k] for k in kinds) + " (A attention, L MLA, M Mamba2)"
 
 
-def from_hybrid_directory(directory: str, fmt: str | None = None, *, dtype: str = "float32",
-                          param_dtype: str | None = None, impl: str = "auto",
-                          progress: bool = False):
+def from_hybrid_directory(
+  directory: str,
+  fmt: str | None = None,
+  *,
+  dtype: str = "float32",
+  param_dtype: str | None = None,
+  impl: str = "auto",
+  progress: bool = False,
+):
   """Loads a hybrid checkpoint directory (any of FORMATS) as a CausalLM."""
 
-  config = load_hybrid_config(directory, fmt, dtype=dtype, param_dtype=param_dtype or dtype,
-                              impl=impl)
+  config = load_hybrid_config(directory, fmt, dtype=dtype, param_dtype=param_dtype or dtype, impl=impl)
   tensors = hf_checkpoint_tensors(directory)
   check_tensors(config, tensors, directory)
-  return build_model(config, tensors, source=directory, rules=names.HYBRID_TO_NNX,
-                     progress=progress)
+  return build_model(config, tensors, source=directory, rules=names.HYBRID_TO_NNX, progress=progress)
 
 
-__all__ = ["FORMATS", "detect_format", "load_hybrid_config", "from_hybrid_directory",
-           "check_tensors", "config_zebra_hf", "config_zebra_reference", "config_mambainllama"]
+__all__ = [
+  "FORMATS",
+  "detect_format",
+  "load_hybrid_config",
+  "from_hybrid_directory",
+  "check_tensors",
+  "config_zebra_hf",
+  "config_zebra_reference",
+  "config_mambainllama",
+]

@@ -22,9 +22,17 @@ import subprocess
 
 from zebra_jax import __version__, accounting
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                   "chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = (
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "tokenizer.model",
+  "vocab.json",
+  "merges.txt",
+  "added_tokens.json",
+  "chat_template.jinja",
+  "chat_template.json",
+)
 GENERATION_CONFIG = "generation_config.json"
 PROVENANCE = "provenance.json"
 _SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -32,8 +40,9 @@ _SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 def has_tokenizer(directory: str) -> bool:
   """Whether `directory` holds tokenizer files transformers can load."""
-  return any(os.path.isfile(os.path.join(directory, f))
-             for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+  return any(
+    os.path.isfile(os.path.join(directory, f)) for f in ("tokenizer.json", "tokenizer.model", "vocab.json")
+  )
 
 
 def write_tokenizer(tokenizer, directory: str) -> list[str]:
@@ -70,11 +79,15 @@ def generation_config(config, tokenizer=None) -> dict:
   on a tokenizer other than the teacher config's, e.g. bytes, must not stop at the config's ids);
   the config's other eos ids are kept when they are the tokenizer's special tokens (Llama 3's
   end-of-turn ids)."""
+
   def ids(v):
     return [] if v is None else [int(v)] if isinstance(v, int) else [int(i) for i in v]
 
-  out = {"bos_token_id": config.bos_token_id, "eos_token_id": ids(config.eos_token_id),
-         "pad_token_id": config.pad_token_id}
+  out = {
+    "bos_token_id": config.bos_token_id,
+    "eos_token_id": ids(config.eos_token_id),
+    "pad_token_id": config.pad_token_id,
+  }
   if tokenizer is not None:
     special = set(getattr(tokenizer, "all_special_ids", None) or [])
     eos = ids(getattr(tokenizer, "eos_token_id", None))
@@ -93,12 +106,15 @@ def git_commit() -> str | None:
   outside a git checkout."""
   here = os.path.dirname(os.path.abspath(__file__))
   try:
-    sha = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
-                         timeout=10)
+    sha = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
     if sha.returncode != 0:
       return None
-    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=30)
+    dirty = subprocess.run(
+      ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+      capture_output=True,
+      text=True,
+      timeout=30,
+    )
   except (OSError, subprocess.TimeoutExpired):
     return None
   return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -107,11 +123,16 @@ def git_commit() -> str | None:
 def provenance(model_config, /, **fields) -> dict:
   """provenance.json: where a model comes from (`fields`: teacher, config (the run config's name),
   data, ...) plus the code version and the model's KV-cache fraction of its teacher's."""
-  return {**fields, "layer_types": "".join({"mla": "M", "mamba2": "s", "attention": "A"}[t]
-                                           for t in model_config.layer_types()),
-          "kv_cache_fraction": accounting.kv_cache_fraction(model_config),
-          "zebra_jax_version": __version__, "git_commit": git_commit(),
-          "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  return {
+    **fields,
+    "layer_types": "".join(
+      {"mla": "M", "mamba2": "s", "attention": "A"}[t] for t in model_config.layer_types()
+    ),
+    "kv_cache_fraction": accounting.kv_cache_fraction(model_config),
+    "zebra_jax_version": __version__,
+    "git_commit": git_commit(),
+    "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
 
 
 def write_model_files(directory: str, config, tokenizer=None, provenance: dict | None = None) -> None:
@@ -131,5 +152,14 @@ def _write_json(path: str, obj) -> None:
     f.write("\n")
 
 
-__all__ = ["TOKENIZER_FILES", "GENERATION_CONFIG", "PROVENANCE", "has_tokenizer", "write_tokenizer",
-           "generation_config", "git_commit", "provenance", "write_model_files"]
+__all__ = [
+  "TOKENIZER_FILES",
+  "GENERATION_CONFIG",
+  "PROVENANCE",
+  "has_tokenizer",
+  "write_tokenizer",
+  "generation_config",
+  "git_commit",
+  "provenance",
+  "write_model_files",
+]

@@ -18,29 +18,36 @@ import numpy as np
 
 
 class Rule(NamedTuple):
-  pattern: str   # full-match regex over the source name
-  target: str    # format string over the regex groups
+  pattern: str  # full-match regex over the source name
+  target: str  # format string over the regex groups
   transform: str  # key of TRANSFORMS (applied source -> target)
 
 
 # HF LlamaForCausalLM state-dict names -> CausalLM parameter paths. torch's nn.Linear stores
 # (out, in); our Linear kernels are (in, out), hence "transpose".
 HF_TO_NNX: tuple[Rule, ...] = (
-    Rule(r"model\.embed_tokens\.weight", "embed_tokens.embedding", "identity"),
-    Rule(r"model\.layers\.(\d+)\.self_attn\.(q|k|v|o)_proj\.weight",
-         "layers.{0}.mixer.{1}_proj.kernel", "transpose"),
-    Rule(r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight",
-         "layers.{0}.mlp.{1}_proj.kernel", "transpose"),
-    Rule(r"model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight",
-         "layers.{0}.{1}.weight", "identity"),
-    Rule(r"model\.norm\.weight", "norm.weight", "identity"),
-    Rule(r"lm_head\.weight", "lm_head.kernel", "transpose"),
+  Rule(r"model\.embed_tokens\.weight", "embed_tokens.embedding", "identity"),
+  Rule(
+    r"model\.layers\.(\d+)\.self_attn\.(q|k|v|o)_proj\.weight",
+    "layers.{0}.mixer.{1}_proj.kernel",
+    "transpose",
+  ),
+  Rule(
+    r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", "layers.{0}.mlp.{1}_proj.kernel", "transpose"
+  ),
+  Rule(
+    r"model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight",
+    "layers.{0}.{1}.weight",
+    "identity",
+  ),
+  Rule(r"model\.norm\.weight", "norm.weight", "identity"),
+  Rule(r"lm_head\.weight", "lm_head.kernel", "transpose"),
 )
 
 # Tensors that checkpoints sometimes carry but that hold nothing we need (recomputed buffers).
 HF_HARMLESS_EXTRAS: tuple[str, ...] = (
-    r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
-    r"model\.rotary_emb\.inv_freq",
+  r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+  r"model\.rotary_emb\.inv_freq",
 )
 
 # The separate LM head of a tied checkpoint (torch state_dicts list the shared tensor twice).
@@ -50,19 +57,18 @@ HF_EMBEDDING = "model.embed_tokens.weight"
 # llama.cpp GGUF names (arch "llama") -> HF names. llama.cpp's converter permutes the rows of
 # attn_q / attn_k from HF's rotate-half order to adjacent pairs; "unpermute_q"/"unpermute_k" undo it.
 GGUF_TO_HF: tuple[Rule, ...] = (
-    Rule(r"token_embd\.weight", "model.embed_tokens.weight", "identity"),
-    Rule(r"output_norm\.weight", "model.norm.weight", "identity"),
-    Rule(r"output\.weight", "lm_head.weight", "identity"),
-    Rule(r"blk\.(\d+)\.attn_norm\.weight", "model.layers.{0}.input_layernorm.weight", "identity"),
-    Rule(r"blk\.(\d+)\.ffn_norm\.weight", "model.layers.{0}.post_attention_layernorm.weight",
-         "identity"),
-    Rule(r"blk\.(\d+)\.attn_q\.weight", "model.layers.{0}.self_attn.q_proj.weight", "unpermute_q"),
-    Rule(r"blk\.(\d+)\.attn_k\.weight", "model.layers.{0}.self_attn.k_proj.weight", "unpermute_k"),
-    Rule(r"blk\.(\d+)\.attn_v\.weight", "model.layers.{0}.self_attn.v_proj.weight", "identity"),
-    Rule(r"blk\.(\d+)\.attn_output\.weight", "model.layers.{0}.self_attn.o_proj.weight", "identity"),
-    Rule(r"blk\.(\d+)\.ffn_gate\.weight", "model.layers.{0}.mlp.gate_proj.weight", "identity"),
-    Rule(r"blk\.(\d+)\.ffn_up\.weight", "model.layers.{0}.mlp.up_proj.weight", "identity"),
-    Rule(r"blk\.(\d+)\.ffn_down\.weight", "model.layers.{0}.mlp.down_proj.weight", "identity"),
+  Rule(r"token_embd\.weight", "model.embed_tokens.weight", "identity"),
+  Rule(r"output_norm\.weight", "model.norm.weight", "identity"),
+  Rule(r"output\.weight", "lm_head.weight", "identity"),
+  Rule(r"blk\.(\d+)\.attn_norm\.weight", "model.layers.{0}.input_layernorm.weight", "identity"),
+  Rule(r"blk\.(\d+)\.ffn_norm\.weight", "model.layers.{0}.post_attention_layernorm.weight", "identity"),
+  Rule(r"blk\.(\d+)\.attn_q\.weight", "model.layers.{0}.self_attn.q_proj.weight", "unpermute_q"),
+  Rule(r"blk\.(\d+)\.attn_k\.weight", "model.layers.{0}.self_attn.k_proj.weight", "unpermute_k"),
+  Rule(r"blk\.(\d+)\.attn_v\.weight", "model.layers.{0}.self_attn.v_proj.weight", "identity"),
+  Rule(r"blk\.(\d+)\.attn_output\.weight", "model.layers.{0}.self_attn.o_proj.weight", "identity"),
+  Rule(r"blk\.(\d+)\.ffn_gate\.weight", "model.layers.{0}.mlp.gate_proj.weight", "identity"),
+  Rule(r"blk\.(\d+)\.ffn_up\.weight", "model.layers.{0}.mlp.up_proj.weight", "identity"),
+  Rule(r"blk\.(\d+)\.ffn_down\.weight", "model.layers.{0}.mlp.down_proj.weight", "identity"),
 )
 
 # GGUF tensors consumed by the config builder rather than mapped to a parameter.
@@ -74,36 +80,50 @@ GGUF_CONFIG_TENSORS: tuple[str, ...] = (r"rope_freqs\.weight",)
 # (torch tensor suffix, NNX path under `layers.N.mixer`, transform torch -> NNX). Optional entries
 # (q_proj without q_lora, the LoRA layernorms, conv bias) only exist when the config has them.
 HYBRID_MIXER_NAMES: dict[str, tuple[str, tuple[tuple[str, str, str], ...]]] = {
-    "attention": ("self_attn", (
-        ("q_proj.weight", "q_proj.kernel", "transpose"),
-        ("k_proj.weight", "k_proj.kernel", "transpose"),
-        ("v_proj.weight", "v_proj.kernel", "transpose"),
-        ("o_proj.weight", "o_proj.kernel", "transpose"))),
-    "mla": ("mla", (
-        ("q_proj.weight", "q_proj.kernel", "transpose"),
-        ("q_a_proj.weight", "q_a_proj.kernel", "transpose"),
-        ("q_a_layernorm.weight", "q_a_layernorm.weight", "identity"),
-        ("q_b_proj.weight", "q_b_proj.kernel", "transpose"),
-        ("kv_a_proj_with_mqa.weight", "kv_a_proj_with_mqa.kernel", "transpose"),
-        ("kv_a_layernorm.weight", "kv_a_layernorm.weight", "identity"),
-        ("kv_b_proj.weight", "kv_b_proj.kernel", "transpose"),
-        ("out_proj.weight", "out_proj.kernel", "transpose"))),
-    "mamba2": ("mamba", (
-        ("in_proj.weight", "in_proj.kernel", "transpose"),        # rows [z | x | B | C | dt]
-        ("conv1d.weight", "conv1d.kernel", "conv_weight"),        # (C, 1, K) <-> (K, C)
-        ("conv1d.bias", "conv1d.bias", "identity"),
-        ("A_log", "A_log", "identity"),
-        ("D", "D", "identity"),
-        ("dt_bias", "dt_bias", "identity"),
-        ("norm.weight", "norm.weight", "identity"),
-        ("out_proj.weight", "out_proj.kernel", "transpose"))),
+  "attention": (
+    "self_attn",
+    (
+      ("q_proj.weight", "q_proj.kernel", "transpose"),
+      ("k_proj.weight", "k_proj.kernel", "transpose"),
+      ("v_proj.weight", "v_proj.kernel", "transpose"),
+      ("o_proj.weight", "o_proj.kernel", "transpose"),
+    ),
+  ),
+  "mla": (
+    "mla",
+    (
+      ("q_proj.weight", "q_proj.kernel", "transpose"),
+      ("q_a_proj.weight", "q_a_proj.kernel", "transpose"),
+      ("q_a_layernorm.weight", "q_a_layernorm.weight", "identity"),
+      ("q_b_proj.weight", "q_b_proj.kernel", "transpose"),
+      ("kv_a_proj_with_mqa.weight", "kv_a_proj_with_mqa.kernel", "transpose"),
+      ("kv_a_layernorm.weight", "kv_a_layernorm.weight", "identity"),
+      ("kv_b_proj.weight", "kv_b_proj.kernel", "transpose"),
+      ("out_proj.weight", "out_proj.kernel", "transpose"),
+    ),
+  ),
+  "mamba2": (
+    "mamba",
+    (
+      ("in_proj.weight", "in_proj.kernel", "transpose"),  # rows [z | x | B | C | dt]
+      ("conv1d.weight", "conv1d.kernel", "conv_weight"),  # (C, 1, K) <-> (K, C)
+      ("conv1d.bias", "conv1d.bias", "identity"),
+      ("A_log", "A_log", "identity"),
+      ("D", "D", "identity"),
+      ("dt_bias", "dt_bias", "identity"),
+      ("norm.weight", "norm.weight", "identity"),
+      ("out_proj.weight", "out_proj.kernel", "transpose"),
+    ),
+  ),
 }
 
 # Torch name -> NNX path rules for hybrids: the Llama table plus the MLA / Mamba2 mixers.
 HYBRID_TO_NNX: tuple[Rule, ...] = HF_TO_NNX + tuple(
-    Rule(rf"model\.layers\.(\d+)\.{prefix}\.{re.escape(src)}", "layers.{0}.mixer." + dst, tf)
-    for kind, (prefix, entries) in HYBRID_MIXER_NAMES.items() if kind != "attention"
-    for src, dst, tf in entries)
+  Rule(rf"model\.layers\.(\d+)\.{prefix}\.{re.escape(src)}", "layers.{0}.mixer." + dst, tf)
+  for kind, (prefix, entries) in HYBRID_MIXER_NAMES.items()
+  if kind != "attention"
+  for src, dst, tf in entries
+)
 
 
 # -- transforms ----------------------------------------------------------------------------------
@@ -124,21 +144,19 @@ def unpermute_rope_rows(w_OI: np.ndarray, n_heads: int) -> np.ndarray:
 # name -> (function(array, ctx) -> array, function(target shape) -> source shape). `ctx` carries
 # the head counts the GGUF permutations need.
 TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
-    "identity": (lambda x, ctx: x, lambda s: tuple(s)),
-    "transpose": (lambda x, ctx: x.T, lambda s: tuple(reversed(s))),
-    "unpermute_q": (lambda x, ctx: unpermute_rope_rows(x, ctx["num_attention_heads"]),
-                    lambda s: tuple(s)),
-    "unpermute_k": (lambda x, ctx: unpermute_rope_rows(x, ctx["num_key_value_heads"]),
-                    lambda s: tuple(s)),
-    # torch depthwise Conv1d weight (C, 1, K) -> our conv kernel (K, C).
-    "conv_weight": (lambda x, ctx: x[:, 0, :].T, lambda s: (s[1], 1, s[0])),
+  "identity": (lambda x, ctx: x, lambda s: tuple(s)),
+  "transpose": (lambda x, ctx: x.T, lambda s: tuple(reversed(s))),
+  "unpermute_q": (lambda x, ctx: unpermute_rope_rows(x, ctx["num_attention_heads"]), lambda s: tuple(s)),
+  "unpermute_k": (lambda x, ctx: unpermute_rope_rows(x, ctx["num_key_value_heads"]), lambda s: tuple(s)),
+  # torch depthwise Conv1d weight (C, 1, K) -> our conv kernel (K, C).
+  "conv_weight": (lambda x, ctx: x[:, 0, :].T, lambda s: (s[1], 1, s[0])),
 }
 
 # Inverse of TRANSFORMS (NNX -> torch): (array fn, NNX shape -> torch shape).
 INVERSE: dict[str, tuple[Callable, Callable]] = {
-    "identity": (lambda x: x, lambda s: tuple(s)),
-    "transpose": (lambda x: x.T, lambda s: tuple(reversed(s))),
-    "conv_weight": (lambda x: x.T[:, None, :], lambda s: (s[1], 1, s[0])),
+  "identity": (lambda x: x, lambda s: tuple(s)),
+  "transpose": (lambda x: x.T, lambda s: tuple(reversed(s))),
+  "conv_weight": (lambda x: x.T[:, None, :], lambda s: (s[1], 1, s[0])),
 }
 
 

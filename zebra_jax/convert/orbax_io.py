@@ -42,8 +42,14 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 # What a save_model directory may hold (init_report.json: scripts/init_hybrid.py); overwrite=True
 # refuses a directory holding anything else (zebra_jax/_paths.py).
-SAVED_MODEL_FILES = (CONFIG_FILE, PARAMS_DIR, GENERATION_CONFIG, PROVENANCE, "init_report.json",
-                     *TOKENIZER_FILES)
+SAVED_MODEL_FILES = (
+  CONFIG_FILE,
+  PARAMS_DIR,
+  GENERATION_CONFIG,
+  PROVENANCE,
+  "init_report.json",
+  *TOKENIZER_FILES,
+)
 
 
 def _ours(cfg_path: str) -> bool:
@@ -60,14 +66,14 @@ def _ours(cfg_path: str) -> bool:
 
 def is_saved_model(directory: str) -> bool:
   """True for a directory written by `save_model` (HF directories also have config.json)."""
-  return os.path.isdir(os.path.join(directory, PARAMS_DIR)) and \
-      _ours(os.path.join(directory, CONFIG_FILE))
+  return os.path.isdir(os.path.join(directory, PARAMS_DIR)) and _ours(os.path.join(directory, CONFIG_FILE))
 
 
 def is_incomplete_saved_model(directory: str) -> bool:
   """save_model's config.json without its params/ (read as an HF config it only confuses)."""
-  return not os.path.isdir(os.path.join(directory, PARAMS_DIR)) and \
-      _ours(os.path.join(directory, CONFIG_FILE))
+  return not os.path.isdir(os.path.join(directory, PARAMS_DIR)) and _ours(
+    os.path.join(directory, CONFIG_FILE)
+  )
 
 
 def _param_tree(model: nnx.Module) -> dict:
@@ -98,6 +104,7 @@ def _sync(tag: str) -> None:
   """A barrier over every process (no-op in a single-process run)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(f"zebra_jax.save_model: {tag}")
 
 
@@ -113,12 +120,19 @@ def _global_replicated(x) -> jax.Array:
 def _savable(tree: dict) -> dict:
   if jax.process_count() == 1:
     return tree
-  return jax.tree.map(lambda x: x if isinstance(x, jax.Array) and not x.is_fully_addressable
-                      else _global_replicated(x), tree)
+  return jax.tree.map(
+    lambda x: x if isinstance(x, jax.Array) and not x.is_fully_addressable else _global_replicated(x), tree
+  )
 
 
-def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bool = False,
-               tokenizer=None, provenance: dict | None = None) -> str:
+def save_model(
+  model: nnx.Module,
+  directory: str | os.PathLike,
+  *,
+  overwrite: bool = False,
+  tokenizer=None,
+  provenance: dict | None = None,
+) -> str:
   """Writes `model.config` and the model's nnx.Param state to `directory`; returns its path.
 
   `tokenizer` (a transformers tokenizer or ByteTokenizer) is written as HF tokenizer files next to
@@ -133,10 +147,12 @@ def save_model(model: nnx.Module, directory: str | os.PathLike, *, overwrite: bo
   if not isinstance(config, LlamaConfig):
     raise ValueError("save_model needs a model with a LlamaConfig/HybridConfig in model.config")
   # never over the checkpoint the model was read from, nor over files save_model did not write
-  directory = check_output(directory, inputs=[source_of(model)], overwrite=overwrite,
-                           owned=SAVED_MODEL_FILES)
-  other = {p: type(v).__name__ for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))
-           if not isinstance(v, nnx.RngState)}
+  directory = check_output(directory, inputs=[source_of(model)], overwrite=overwrite, owned=SAVED_MODEL_FILES)
+  other = {
+    p: type(v).__name__
+    for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))
+    if not isinstance(v, nnx.RngState)
+  }
   if other:
     raise ValueError(f"save_model stores nnx.Param only; the model also has {other}")
 
@@ -188,8 +204,13 @@ def load_config(directory: str) -> LlamaConfig:
     raise CheckpointError(f"{path}: cannot be read as a model config ({type(e).__name__}: {e})") from None
 
 
-def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
-               param_dtype: str | None = None, impl: str | None = None):
+def load_model(
+  directory: str | os.PathLike,
+  dtype: str | None = None,
+  *,
+  param_dtype: str | None = None,
+  impl: str | None = None,
+):
   """Restores a `save_model` directory into a CausalLM built abstractly (no random init).
 
   `dtype` overrides the compute dtype (and, unless `param_dtype` is given, the parameter dtype);
@@ -225,13 +246,18 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
       tree_meta = getattr(meta, "item_metadata", meta)
       tree_meta = getattr(tree_meta, "tree", tree_meta)
       if not isinstance(tree_meta, Mapping):
-        raise CheckpointError(f"{params_dir}: the Orbax checkpoint metadata is missing or unreadable "
-                              "(corrupted or incomplete checkpoint)")
+        raise CheckpointError(
+          f"{params_dir}: the Orbax checkpoint metadata is missing or unreadable "
+          "(corrupted or incomplete checkpoint)"
+        )
       saved = {k: tuple(v.shape) for k, v in flatten_dotted(dict(tree_meta)).items()}
       problems = [f"missing {k}" for k in sorted(set(expected) - set(saved))]
       problems += [f"unexpected {k}" for k in sorted(set(saved) - set(expected))]
-      problems += [f"{k}: saved shape {saved[k]}, config needs {tuple(expected[k].shape)}"
-                   for k in sorted(set(saved) & set(expected)) if saved[k] != tuple(expected[k].shape)]
+      problems += [
+        f"{k}: saved shape {saved[k]}, config needs {tuple(expected[k].shape)}"
+        for k in sorted(set(saved) & set(expected))
+        if saved[k] != tuple(expected[k].shape)
+      ]
       if problems:
         raise CheckpointError(f"{params_dir} does not match {CONFIG_FILE}:\n  - " + "\n  - ".join(problems))
       restored = ckptr.restore(params_dir, target)
@@ -239,8 +265,10 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
     raise
   except Exception as e:  # orbax / tensorstore raise many types for truncated or missing files
     msg = str(e).strip().splitlines()
-    raise CheckpointError(f"{params_dir}: cannot restore the Orbax checkpoint (corrupted or "
-                          f"incomplete?): {type(e).__name__}: {msg[0] if msg else ''}") from e
+    raise CheckpointError(
+      f"{params_dir}: cannot restore the Orbax checkpoint (corrupted or "
+      f"incomplete?): {type(e).__name__}: {msg[0] if msg else ''}"
+    ) from e
 
   values = flatten_dotted(restored)
   bad = nonfinite_report(values)
@@ -248,8 +276,9 @@ def load_model(directory: str | os.PathLike, dtype: str | None = None, *,
     raise CheckpointError(nonfinite_message(directory, bad))
   if dtype is not None or param_dtype is not None or impl is not None:
     new_dtype = dtype or config.dtype
-    new = config.replace(dtype=new_dtype, param_dtype=param_dtype or dtype or config.param_dtype,
-                         impl=impl or config.impl)
+    new = config.replace(
+      dtype=new_dtype, param_dtype=param_dtype or dtype or config.param_dtype, impl=impl or config.impl
+    )
     if new != config:
       return remember_source(materialise(new, values), directory)
   return remember_source(materialise(config, values, abstract), directory)

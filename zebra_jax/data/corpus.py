@@ -32,9 +32,9 @@ HELDOUT_FRACTION = 0.05
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> str:
-    """cache_dir, else $ZEBRA_JAX_CACHE, else ~/.cache/zebra_jax (shared with zebra_jax.assets)."""
+  """cache_dir, else $ZEBRA_JAX_CACHE, else ~/.cache/zebra_jax (shared with zebra_jax.assets)."""
 
-    return resolve_cache_dir(cache_dir)
+  return resolve_cache_dir(cache_dir)
 
 
 def _clean(text: str) -> str:

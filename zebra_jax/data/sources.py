@@ -40,9 +40,11 @@ def _read_text(path: str) -> str:
     with open(path, encoding="utf-8") as f:
       return f.read()
   except UnicodeDecodeError as e:
-    raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                    f"data files are UTF-8 *.jsonl / *.txt / *.md, or *{ARRAY_RECORD_SUFFIX} shards "
-                    "from scripts/pretokenize.py") from None
+    raise DataError(
+      f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+      f"data files are UTF-8 *.jsonl / *.txt / *.md, or *{ARRAY_RECORD_SUFFIX} shards "
+      "from scripts/pretokenize.py"
+    ) from None
 
 
 class ListSource:
@@ -72,7 +74,11 @@ def _validate_messages(messages: Any, where: str) -> None:
   if not isinstance(messages, list) or not messages:
     raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
   for i, m in enumerate(messages):
-    if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+    if (
+      not isinstance(m, Mapping)
+      or not isinstance(m.get("role"), str)
+      or not isinstance(m.get("content"), str)
+    ):
       raise DataError(f"{where}: message {i} must have string 'role' and 'content', got {m!r}")
 
 
@@ -352,7 +358,6 @@ def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = 
   files. `paragraphs` applies to text files.
   """
   if isinstance(spec, Mapping) or type(spec).__name__ in ("ConfigDict", "FrozenConfigDict"):
-
     return open_mix(dict(spec.items()), cache_dir, paragraphs=paragraphs)
   if isinstance(spec, (list, tuple)):
     srcs = [open_source(s, paragraphs=paragraphs, cache_dir=cache_dir) for s in spec]
@@ -363,10 +368,8 @@ def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = 
     raise TypeError(f"cannot build a document source from {type(spec).__name__}")
   spec = os.fspath(spec)
   if spec == "default":
-
     return ListSource(default_corpus(cache_dir), name="default")
   if spec.startswith("source:"):  # a registry source (held-out evaluation sources are refused)
-
     return resolve_spec(spec, "data.source", cache_dir)
   if spec.startswith("hf:"):
     name, _, split = spec[3:].partition(":")

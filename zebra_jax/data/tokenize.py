@@ -70,12 +70,14 @@ class ByteTokenizer:
     as the special tokens). Lets a model trained on bytes carry ordinary HF tokenizer files."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
     chars = _bytes_to_unicode()
     tok = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
-                                   pad_token="<|eos|>")
+    fast = PreTrainedTokenizerFast(
+      tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|eos|>"
+    )
     fast.chat_template = self.JINJA_TEMPLATE
     return fast
 
@@ -85,8 +87,11 @@ class ByteTokenizer:
 
 def _bytes_to_unicode() -> dict[int, str]:
   """GPT-2's byte -> printable character table (what the ByteLevel pre-tokenizer emits)."""
-  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-      range(ord("®"), ord("ÿ") + 1))
+  bs = (
+    list(range(ord("!"), ord("~") + 1))
+    + list(range(ord("¡"), ord("¬") + 1))
+    + list(range(ord("®"), ord("ÿ") + 1))
+  )
   cs, n = list(bs), 0
   for b in range(256):
     if b not in bs:
@@ -124,17 +129,21 @@ def load_tokenizer(spec: Any):
     raise DataError(f"{spec} is a file: pass the tokenizer's directory, or a .gguf file")
   if os.path.isdir(os.path.expanduser(spec)):
     return convert_load_tokenizer(spec)
-  accepted = (f"'byte', a named checkpoint ({', '.join(sorted(NAMED_CHECKPOINTS))}), a .gguf file, "
-              "a local directory or a Hugging Face hub id (owner/name)")
+  accepted = (
+    f"'byte', a named checkpoint ({', '.join(sorted(NAMED_CHECKPOINTS))}), a .gguf file, "
+    "a local directory or a Hugging Face hub id (owner/name)"
+  )
   if "/" not in spec:  # not a hub id either: no network round trip (and its retries) for a typo
     raise DataError(f"could not load a tokenizer from {spec!r}: expected {accepted}")
   from transformers import AutoTokenizer
+
   try:
     return AutoTokenizer.from_pretrained(spec)
   except OSError as e:  # transformers' hub / offline errors run over several lines
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise DataError(f"could not load a tokenizer from {spec!r} as a Hugging Face hub id: {first} "
-                    f"(expected {accepted})") from e
+    raise DataError(
+      f"could not load a tokenizer from {spec!r} as a Hugging Face hub id: {first} (expected {accepted})"
+    ) from e
 
 
 def vocab_size(tokenizer) -> int:
@@ -145,7 +154,9 @@ def vocab_size(tokenizer) -> int:
 def eos_id(tokenizer) -> int:
   eos = getattr(tokenizer, "eos_token_id", None)
   if eos is None:
-    raise DataError(f"tokenizer {tokenizer_name(tokenizer)!r} has no eos_token_id; documents are separated by EOS")
+    raise DataError(
+      f"tokenizer {tokenizer_name(tokenizer)!r} has no eos_token_id; documents are separated by EOS"
+    )
   return int(eos)
 
 
@@ -153,8 +164,9 @@ def tokenizer_name(tokenizer) -> str:
   return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
-def render_chat(tokenizer, messages: Sequence[Mapping[str, Any]], *, where: str = "",
-                add_generation_prompt: bool = False) -> str:
+def render_chat(
+  tokenizer, messages: Sequence[Mapping[str, Any]], *, where: str = "", add_generation_prompt: bool = False
+) -> str:
   """Renders a conversation with the tokenizer's chat template (with add_generation_prompt, ending
   where the assistant's answer starts)."""
   if not getattr(tokenizer, "chat_template", None):
@@ -213,7 +225,7 @@ def encode_documents(tokenizer, docs, *, batch: int = 512) -> list[np.ndarray]:
     else:
       out[i] = encode_document(tokenizer, d, where=f"document {i}")
   for j in range(0, len(texts), batch):
-    part = texts[j:j + batch]
+    part = texts[j : j + batch]
     ids = tokenizer([t for _, t in part], add_special_tokens=True)["input_ids"]
     for (i, _), row in zip(part, ids):
       out[i] = _with_eos(row, tokenizer)

@@ -35,7 +35,7 @@ from zebra_jax import accounting, presets
 from zebra_jax.config import HybridConfig, LlamaConfig
 
 _INSTALL = "pip install -e .[tpu-aot]"
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -44,6 +44,7 @@ GiB = 1024 ** 3
 @dataclasses.dataclass(frozen=True)
 class ChipSpec:
   """Per-chip numbers (public spec sheets): HBM capacity, dense bf16 peak and HBM bandwidth."""
+
   name: str
   hbm_bytes: float
   peak_bf16_flops: float
@@ -51,10 +52,10 @@ class ChipSpec:
 
 
 CHIPS: dict[str, ChipSpec] = {
-    "v4": ChipSpec("TPU v4", 32 * GiB, 275e12, 1228e9),
-    "v5e": ChipSpec("TPU v5e", 16 * GiB, 197e12, 819e9),
-    "v5p": ChipSpec("TPU v5p", 95 * GiB, 459e12, 2765e9),
-    "v6e": ChipSpec("TPU v6e", 32 * GiB, 918e12, 1640e9),
+  "v4": ChipSpec("TPU v4", 32 * GiB, 275e12, 1228e9),
+  "v5e": ChipSpec("TPU v5e", 16 * GiB, 197e12, 819e9),
+  "v5p": ChipSpec("TPU v5p", 95 * GiB, 459e12, 2765e9),
+  "v6e": ChipSpec("TPU v6e", 32 * GiB, 918e12, 1640e9),
 }
 _CHIP_ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e", "v6": "v6e"}
 # libtpu's own pattern for topology names, e.g. v5p:4x4x4, v5e:16x16, v6e_8x8_twisted.
@@ -71,13 +72,14 @@ def parse_topology(name: str) -> tuple[ChipSpec, tuple[int, ...]]:
   """('v5p:4x4x4') -> (ChipSpec of v5p, (4, 4, 4)): the chip generation and chip grid."""
   m = _TOPOLOGY_RE.match(name.strip())
   if not m:
-    raise AOTError(f"topology {name!r} is not of the form <chip>:<AxBxC>, e.g. v5p:4x4x4, v5e:16x16, "
-                   "v6e:8x8")
+    raise AOTError(f"topology {name!r} is not of the form <chip>:<AxBxC>, e.g. v5p:4x4x4, v5e:16x16, v6e:8x8")
   gen = m.group(1).strip().lower().replace(" ", "")
   gen = _CHIP_ALIASES.get(gen, gen)
   if gen not in CHIPS:
-    raise AOTError(f"topology {name!r}: chip {m.group(1)!r} has no HBM / peak table here; known: "
-                   f"{', '.join(sorted(CHIPS))}")
+    raise AOTError(
+      f"topology {name!r}: chip {m.group(1)!r} has no HBM / peak table here; known: "
+      f"{', '.join(sorted(CHIPS))}"
+    )
   return CHIPS[gen], tuple(int(d) for d in m.group(2).split("x"))
 
 
@@ -90,9 +92,13 @@ def _quiet_libtpu_env():
   # ALLOW_MULTIPLE_LIBTPU_LOAD: compile-only use needs no exclusive TPU lock, so several AOT runs
   # (or test workers) may load libtpu at once.
   added = []
-  for k, v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
-               ("TPU_WORKER_ID", "0"), ("TPU_ACCELERATOR_TYPE", "v5p-8"),
-               ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+  for k, v in (
+    ("TPU_SKIP_MDS_QUERY", "1"),
+    ("TPU_WORKER_HOSTNAMES", "localhost"),
+    ("TPU_WORKER_ID", "0"),
+    ("TPU_ACCELERATOR_TYPE", "v5p-8"),
+    ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
+  ):
     if k not in os.environ:
       os.environ[k] = v
       added.append(k)
@@ -108,8 +114,10 @@ def topology_devices(topology_name: str) -> list:
   try:
     import libtpu  # noqa: F401
   except ImportError:
-    raise AOTError(f"--aot_topology needs libtpu to compile for TPUs on this machine: {_INSTALL} "
-                   "(jax 0.10.2 pairs with libtpu 0.0.42.*)") from None
+    raise AOTError(
+      f"--aot_topology needs libtpu to compile for TPUs on this machine: {_INSTALL} "
+      "(jax 0.10.2 pairs with libtpu 0.0.42.*)"
+    ) from None
   import jax
   from jax.experimental import topologies
 
@@ -173,24 +181,30 @@ def _teacher_config(tcfg, which: str):
   if isinstance(path, str) and os.path.exists(path):
     # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
     from zebra_jax.convert import is_saved_model, resolve_gguf
+
     # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
     from zebra_jax.convert.orbax_io import load_config
+
     if os.path.isdir(path) and is_saved_model(path):
       return load_config(path), f"config of {path}"
     gguf_file = resolve_gguf(path)
     if gguf_file is not None:
       # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
       from zebra_jax.convert.gguf import _reader, gguf_config
+
       return gguf_config(_reader(gguf_file), gguf_file)[0], f"GGUF metadata of {gguf_file}"
     if os.path.isdir(path):
       # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
       from zebra_jax.convert.hf import load_hf_config
+
       return load_hf_config(path), f"{path}/config.json"
   if preset:
     return from_preset(preset, f"preset {preset!r} ({which}.path not readable here)")
-  raise AOTError(f"{which}.path={path!r} cannot be read on this machine and {which}.preset is not set; "
-                 f"set --config.{which}.preset to a zebra_jax.presets name (e.g. "
-                 "llama-3.1-8b-instruct) to compile with that shape")
+  raise AOTError(
+    f"{which}.path={path!r} cannot be read on this machine and {which}.preset is not set; "
+    f"set --config.{which}.preset to a zebra_jax.presets name (e.g. "
+    "llama-3.1-8b-instruct) to compile with that shape"
+  )
 
 
 def _with_dtypes(config, dtype: str, param_dtype: str, impl: str):
@@ -217,6 +231,7 @@ def _student_param_dtype(cfg) -> str:
 def _student_fields(cfg) -> dict:
   # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
   from zebra_jax.distill.context import _STUDENT_FIELDS
+
   m = cfg.model
   fields = {k: m[k] for k in _STUDENT_FIELDS if m.get(k) is not None}
   if fields.get("mla_rope_scaling") is not None:
@@ -229,6 +244,7 @@ def stage_plans(cfg) -> list:
   (teacher, select and assemble train nothing)."""
   # lazy: pulls in orbax, jax, flax; jax must start after aot sets libtpu's environment
   from zebra_jax.distill import plan
+
   # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
   from zebra_jax.distill import select as select_lib
 
@@ -240,16 +256,20 @@ def stage_plans(cfg) -> list:
   L = teacher.num_hidden_layers
   notes = (f"teacher shape: {teacher_src}",)
   if cfg.model.get("kv_energy_ratio") or cfg.model.get("q_energy_ratio"):
-    notes += ("energy-ratio (dynamic) MLA ranks depend on the teacher's weights; compiled with the "
-              "configured kv_lora_rank / q_lora_rank",)
+    notes += (
+      "energy-ratio (dynamic) MLA ranks depend on the teacher's weights; compiled with the "
+      "configured kv_lora_rank / q_lora_rank",
+    )
 
   def student(mla_layers, attn_layers):
-    return HybridConfig.from_llama(student_base, **fields, mla_layers=tuple(mla_layers),
-                                   attn_layers=tuple(attn_layers))
+    return HybridConfig.from_llama(
+      student_base, **fields, mla_layers=tuple(mla_layers), attn_layers=tuple(attn_layers)
+    )
 
   def kd_teacher():
     # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
     from zebra_jax.distill.context import same_teacher
+
     if same_teacher(cfg):  # RunContext.kd_teacher() returns the ILD teacher
       return ild_teacher, ()
     config, src = _teacher_config(cfg.kd_teacher, "kd_teacher")
@@ -260,8 +280,10 @@ def stage_plans(cfg) -> list:
     layers, extra = cfg.model.mla_layers, ()
     if layers is None:
       layers = select_lib.uniform_placement(L, cfg.model.n_mla)
-      extra = (f"select places model.n_mla={cfg.model.n_mla} MLA layers at run time; compiled "
-               f"with the uniform placement {list(layers)}",)
+      extra = (
+        f"select places model.n_mla={cfg.model.n_mla} MLA layers at run time; compiled "
+        f"with the uniform placement {list(layers)}",
+      )
     return student(layers, cfg.model.attn_layers), extra
 
   out = []
@@ -269,7 +291,7 @@ def stage_plans(cfg) -> list:
   for name in cfg.stages:
     if name in ("ild_mla", "ild_mamba"):
       s = student(tuple(range(L)) if name == "ild_mla" else (), ())
-      out.append(replace(plan.ild(cfg, name[len("ild_"):], s, ild_teacher), notes=notes))
+      out.append(replace(plan.ild(cfg, name[len("ild_") :], s, ild_teacher), notes=notes))
     elif name == "stepwise":
       for phase, attn_layers in enumerate(cfg.stepwise.schedule):
         s = student((), attn_layers)
@@ -299,21 +321,21 @@ def stage_plans(cfg) -> list:
 class StageReport:
   name: str
   fits: bool
-  hbm_bytes: float                    # per device
+  hbm_bytes: float  # per device
   argument_bytes: int = 0
   output_bytes: int = 0
   alias_bytes: int = 0
   temp_bytes: int = 0
   code_bytes: int = 0
-  total_bytes: int = 0                # arguments + outputs - aliased (donated) + temporaries + code
-  xla_flops: float | None = None      # per device, from cost_analysis
-  xla_bytes: float | None = None      # per device HBM traffic, from cost_analysis
-  model_flops: float | None = None    # per device per step, accounting.flops_per_token
-  exec_flops: float = 0.0             # per device per step, matmuls of the traced step (+ remat)
+  total_bytes: int = 0  # arguments + outputs - aliased (donated) + temporaries + code
+  xla_flops: float | None = None  # per device, from cost_analysis
+  xla_bytes: float | None = None  # per device HBM traffic, from cost_analysis
+  model_flops: float | None = None  # per device per step, accounting.flops_per_token
+  exec_flops: float = 0.0  # per device per step, matmuls of the traced step (+ remat)
   pallas_calls: dict = dataclasses.field(default_factory=dict)  # TPU kernels in the step
   roofline_s: float | None = None
   bound: str = ""
-  model_step_s: float | None = None   # model FLOPs at peak
+  model_step_s: float | None = None  # model FLOPs at peak
   params_trainable: int = 0
   params_frozen: int = 0
   tokens_per_step: int = 0
@@ -345,6 +367,7 @@ def _abstract_model(config, remat: bool):
 
   # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
   from zebra_jax.models.hybrid import CausalLM
+
   model = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
   model.remat = remat
   return model
@@ -352,8 +375,8 @@ def _abstract_model(config, remat: bool):
 
 def _sds(state, shardings):
   import jax
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
-                      shardings)
+
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 
 def _cost(compiled) -> tuple[float | None, float | None]:
@@ -378,8 +401,9 @@ def _optimizer_cost(optimizer, tr_state, opt_state, tr_shard, opt_shard):
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates), opt_state, optax.global_norm(grads)
 
-  grads = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=sh),
-                       tr_state, tr_shard)
+  grads = jax.tree.map(
+    lambda x, sh: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=sh), tr_state, tr_shard
+  )
   fn = jax.jit(tail, out_shardings=(tr_shard, opt_shard, None), donate_argnums=(0, 1))
   return _cost(fn.lower(_sds(tr_state, tr_shard), _sds(opt_state, opt_shard), grads).compile())
 
@@ -389,7 +413,7 @@ def _sub_jaxprs(value):
   if isinstance(value, (list, tuple)):
     for v in value:
       yield from _sub_jaxprs(v)
-  elif hasattr(value, "eqns"):          # Jaxpr
+  elif hasattr(value, "eqns"):  # Jaxpr
     yield value
   elif hasattr(getattr(value, "jaxpr", None), "eqns"):  # ClosedJaxpr
     yield value.jaxpr
@@ -425,8 +449,11 @@ def jaxpr_matmul_flops(jaxpr) -> float:
     elif name == "pallas_call":
       estimate = getattr(eqn.params.get("cost_estimate"), "flops", None)
       grid = tuple(getattr(eqn.params.get("grid_mapping"), "grid", ()) or ())
-      total += (float(estimate) if estimate else
-                jaxpr_matmul_flops(eqn.params["jaxpr"]) * math.prod(int(g) for g in grid))
+      total += (
+        float(estimate)
+        if estimate
+        else jaxpr_matmul_flops(eqn.params["jaxpr"]) * math.prod(int(g) for g in grid)
+      )
     else:
       sub = sum(jaxpr_matmul_flops(j) for v in eqn.params.values() for j in _sub_jaxprs(v))
       if name == "scan":
@@ -458,11 +485,13 @@ def _pallas_calls(jaxpr) -> dict[str, int]:
 
 def _count(state) -> int:
   import jax
+
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(state)))
 
 
-def compile_stage(plan, mesh, chip: ChipSpec, devices_per_chip: int, *, remat: bool,
-                  rules=None) -> StageReport:
+def compile_stage(
+  plan, mesh, chip: ChipSpec, devices_per_chip: int, *, remat: bool, rules=None
+) -> StageReport:
   """Lowers and compiles `plan`'s train step for `mesh`; returns per-device memory and cost."""
   import time
 
@@ -471,11 +500,18 @@ def compile_stage(plan, mesh, chip: ChipSpec, devices_per_chip: int, *, remat: b
 
   # lazy: pulls in jax, numpy; jax must start after aot sets libtpu's environment
   from zebra_jax.ops import dispatch_backend
+
   # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
   from zebra_jax.parallel.sharding import DEFAULT_RULES, param_shardings
+
   # lazy: pulls in orbax, jax, flax; jax must start after aot sets libtpu's environment
-  from zebra_jax.train.trainer import (batch_sharding, build_train_step,
-                                       optimizer_state_shardings, split_trainable, stage_optimizer)
+  from zebra_jax.train.trainer import (
+    batch_sharding,
+    build_train_step,
+    optimizer_state_shardings,
+    split_trainable,
+    stage_optimizer,
+  )
 
   rules = DEFAULT_RULES if rules is None else rules
   spec = plan.spec
@@ -494,34 +530,59 @@ def compile_stage(plan, mesh, chip: ChipSpec, devices_per_chip: int, *, remat: b
   opt_shard = optimizer_state_shardings(optimizer, tr_state, tr_shard, mesh)
   opt_state = jax.eval_shape(optimizer.init, tr_state)
   b_shard = batch_sharding(mesh)
+
   def make_step():
-    return build_train_step(graphdef, {k: gd for k, (gd, _) in teacher_defs.items()}, optimizer,
-                            plan.loss_fn, spec.grad_accum, trainable_shardings=tr_shard,
-                            opt_shardings=opt_shard, frozen_shardings=fr_shard,
-                            teacher_shardings=te_shard, batch_shardings=b_shard)
-  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=b_shard)
-           for k, (shape, dtype) in plan.batch.items()}
+    return build_train_step(
+      graphdef,
+      {k: gd for k, (gd, _) in teacher_defs.items()},
+      optimizer,
+      plan.loss_fn,
+      spec.grad_accum,
+      trainable_shardings=tr_shard,
+      opt_shardings=opt_shard,
+      frozen_shardings=fr_shard,
+      teacher_shardings=te_shard,
+      batch_shardings=b_shard,
+    )
+
+  batch = {
+    k: jax.ShapeDtypeStruct(shape, dtype, sharding=b_shard) for k, (shape, dtype) in plan.batch.items()
+  }
 
   # Model FLOPs (the trainer's MFU convention): student fwd+bwd plus each teacher's forward.
   rows = spec.batch_size * plan.rows_per_sequence
   tokens = rows * spec.seq_len
   per_token = accounting.flops_per_token(plan.student, spec.seq_len, training=True)
-  per_token += sum(accounting.flops_per_token(c, spec.seq_len, training=False)
-                   for c in plan.teachers.values())
+  per_token += sum(
+    accounting.flops_per_token(c, spec.seq_len, training=False) for c in plan.teachers.values()
+  )
   if not plan.heads:  # ILD runs no LM head (accounting.distill_flops_per_token, as the trainer)
     per_token -= 3 * accounting.head_flops_per_token(plan.student) + sum(
-        accounting.head_flops_per_token(c) for c in plan.teachers.values())
+      accounting.head_flops_per_token(c) for c in plan.teachers.values()
+    )
   n_dev = mesh.devices.size
   model_flops = per_token * tokens / n_dev
-  report = StageReport(plan.name, False, hbm, model_flops=model_flops,
-                       model_step_s=model_flops / (chip.peak_bf16_flops / devices_per_chip),
-                       params_trainable=_count(tr_state), params_frozen=_count(fr_state),
-                       tokens_per_step=tokens, notes=plan.notes)
+  report = StageReport(
+    plan.name,
+    False,
+    hbm,
+    model_flops=model_flops,
+    model_step_s=model_flops / (chip.peak_bf16_flops / devices_per_chip),
+    params_trainable=_count(tr_state),
+    params_frozen=_count(fr_state),
+    tokens_per_step=tokens,
+    notes=plan.notes,
+  )
 
   t0 = time.perf_counter()
   try:
-    args = (_sds(tr_state, tr_shard), _sds(opt_state, opt_shard), _sds(fr_state, fr_shard),
-            {k: _sds(st, te_shard[k]) for k, (_, st) in teacher_defs.items()}, batch)
+    args = (
+      _sds(tr_state, tr_shard),
+      _sds(opt_state, opt_shard),
+      _sds(fr_state, fr_shard),
+      {k: _sds(st, te_shard[k]) for k, (_, st) in teacher_defs.items()},
+      batch,
+    )
     # Kernels are chosen for the TPU, not this host's CPU, so impl="auto" picks the kernels a pod
     # run would; the ops call them through shard_map under the step's activation mesh (Mosaic
     # refuses kernels that GSPMD would have to partition). train.impl="reference" still forces
@@ -547,8 +608,9 @@ def compile_stage(plan, mesh, chip: ChipSpec, devices_per_chip: int, *, remat: b
   report.alias_bytes = int(mem.alias_size_in_bytes)
   report.temp_bytes = int(mem.temp_size_in_bytes)
   report.code_bytes = int(getattr(mem, "generated_code_size_in_bytes", 0) or 0)
-  report.total_bytes = (report.argument_bytes + report.output_bytes - report.alias_bytes
-                        + report.temp_bytes + report.code_bytes)
+  report.total_bytes = (
+    report.argument_bytes + report.output_bytes - report.alias_bytes + report.temp_bytes + report.code_bytes
+  )
   report.fits = report.total_bytes <= USABLE_HBM_FRACTION * hbm
 
   flops, nbytes = _cost(compiled)
@@ -584,7 +646,7 @@ def _gib(n) -> str:
 
 
 def _bytes(n) -> str:
-  for unit, size in (("GiB", GiB), ("MiB", 1024 ** 2), ("KiB", 1024)):
+  for unit, size in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
     if n >= size:
       return f"{n / size:.2f} {unit}"
   return f"{int(n)} B"
@@ -608,33 +670,44 @@ def _params(n) -> str:
 
 
 def format_stage(r: StageReport) -> str:
-  lines = [f"[{r.name}] {'FITS' if r.fits else 'DOES NOT FIT'}"
-           f"  (compiled in {r.compile_s:.0f}s; trainable {_params(r.params_trainable)}, "
-           f"frozen {_params(r.params_frozen)} params; {r.tokens_per_step} tokens/step)"]
+  lines = [
+    f"[{r.name}] {'FITS' if r.fits else 'DOES NOT FIT'}"
+    f"  (compiled in {r.compile_s:.0f}s; trainable {_params(r.params_trainable)}, "
+    f"frozen {_params(r.params_frozen)} params; {r.tokens_per_step} tokens/step)"
+  ]
   if r.error:
     lines.append(f"  compiler: {r.error}")
   else:
-    lines.append(f"  per-chip memory: arguments {_bytes(r.argument_bytes)}, outputs "
-                 f"{_bytes(r.output_bytes)} (donated/aliased {_bytes(r.alias_bytes)}), temporaries "
-                 f"{_bytes(r.temp_bytes)}, code {_bytes(r.code_bytes)}")
-    lines.append(f"  total {_bytes(r.total_bytes)} of {_bytes(r.hbm_bytes)} HBM "
-                 f"({100 * r.total_bytes / r.hbm_bytes:.1f}%; limit "
-                 f"{100 * USABLE_HBM_FRACTION:.0f}%)")
-    lines.append(f"  FLOPs per chip per step: model {_fmt_flops(r.model_flops)} "
-                 f"(accounting.flops_per_token), executed matmuls {_fmt_flops(r.exec_flops)} "
-                 f"(traced step incl. remat), XLA cost analysis {_fmt_flops(r.xla_flops)}")
+    lines.append(
+      f"  per-chip memory: arguments {_bytes(r.argument_bytes)}, outputs "
+      f"{_bytes(r.output_bytes)} (donated/aliased {_bytes(r.alias_bytes)}), temporaries "
+      f"{_bytes(r.temp_bytes)}, code {_bytes(r.code_bytes)}"
+    )
+    lines.append(
+      f"  total {_bytes(r.total_bytes)} of {_bytes(r.hbm_bytes)} HBM "
+      f"({100 * r.total_bytes / r.hbm_bytes:.1f}%; limit "
+      f"{100 * USABLE_HBM_FRACTION:.0f}%)"
+    )
+    lines.append(
+      f"  FLOPs per chip per step: model {_fmt_flops(r.model_flops)} "
+      f"(accounting.flops_per_token), executed matmuls {_fmt_flops(r.exec_flops)} "
+      f"(traced step incl. remat), XLA cost analysis {_fmt_flops(r.xla_flops)}"
+    )
     if r.roofline_s is not None:
-      lines.append(f"  roofline step time {_secs(r.roofline_s)} ({r.bound}-bound; HBM traffic "
-                   f"{_bytes(r.xla_bytes)}); model FLOPs at peak {_secs(r.model_step_s)} "
-                   f"-> MFU <= {100 * r.model_step_s / r.roofline_s:.0f}%")
+      lines.append(
+        f"  roofline step time {_secs(r.roofline_s)} ({r.bound}-bound; HBM traffic "
+        f"{_bytes(r.xla_bytes)}); model FLOPs at peak {_secs(r.model_step_s)} "
+        f"-> MFU <= {100 * r.model_step_s / r.roofline_s:.0f}%"
+      )
   kernels = ", ".join(f"{k} x{n}" for k, n in sorted(r.pallas_calls.items()))
   lines.append(f"  Pallas TPU kernels traced: {kernels or 'none (pure-JAX ops)'}")
   lines += [f"  note: {n}" for n in r.notes]
   return "\n".join(lines)
 
 
-def aot_report(cfg, topology_name: str, *, stages: list[str] | None = None,
-               print_fn: Callable[[str], Any] = print) -> AOTReport:
+def aot_report(
+  cfg, topology_name: str, *, stages: list[str] | None = None, print_fn: Callable[[str], Any] = print
+) -> AOTReport:
   """AOT-compiles every training stage of `cfg` for `topology_name` and prints per-chip memory and
   a roofline step time. Returns the report; `report.fits` is False when a stage needs more HBM
   than the chip has (scripts/distill.py then exits non-zero naming it). `stages` restricts the
@@ -649,25 +722,30 @@ def aot_report(cfg, topology_name: str, *, stages: list[str] | None = None,
   devices_per_chip = max(1, len(devices) // chips) if len(devices) % chips == 0 else 1
   mesh = _make_mesh(cfg, devices)
   kind = getattr(devices[0], "device_kind", chip.name)
-  print_fn(f"AOT {cfg.name} for {topology_name}: {len(devices)} x {kind} "
-           f"({chips} chips, {devices_per_chip} device(s) per chip; {_gib(chip.hbm_bytes)} HBM, "
-           f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16, {chip.hbm_bytes_per_s / 1e9:.0f} GB/s "
-           f"per chip); mesh {dict(mesh.shape)}; seq_len {cfg.data.seq_len}; remat "
-           f"{bool(cfg.train.remat)}")
+  print_fn(
+    f"AOT {cfg.name} for {topology_name}: {len(devices)} x {kind} "
+    f"({chips} chips, {devices_per_chip} device(s) per chip; {_gib(chip.hbm_bytes)} HBM, "
+    f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16, {chip.hbm_bytes_per_s / 1e9:.0f} GB/s "
+    f"per chip); mesh {dict(mesh.shape)}; seq_len {cfg.data.seq_len}; remat "
+    f"{bool(cfg.train.remat)}"
+  )
   plans = stage_plans(cfg)
   if stages is not None:
     unknown = sorted(set(stages) - {p.name for p in plans})
     if unknown:
-      raise AOTError(f"stages {unknown} are not compiled steps of this config; have "
-                     f"{[p.name for p in plans]}")
+      raise AOTError(
+        f"stages {unknown} are not compiled steps of this config; have {[p.name for p in plans]}"
+      )
     plans = [p for p in plans if p.name in stages]
   if not plans:
     print_fn("no training stage to compile")
   results = []
   for plan in plans:
     s = plan.spec
-    print_fn(f"[{plan.name}] compiling: batch {s.batch_size} = {s.grad_accum} x "
-             f"{s.batch_size // s.grad_accum} sequences of {s.seq_len} tokens ...")
+    print_fn(
+      f"[{plan.name}] compiling: batch {s.batch_size} = {s.grad_accum} x "
+      f"{s.batch_size // s.grad_accum} sequences of {s.seq_len} tokens ..."
+    )
     r = compile_stage(plan, mesh, chip, devices_per_chip, remat=bool(cfg.train.remat))
     results.append(r)
     print_fn(format_stage(r))
@@ -675,6 +753,8 @@ def aot_report(cfg, topology_name: str, *, stages: list[str] | None = None,
   if report.fits:
     print_fn(f"all {len(results)} compiled stage(s) fit {topology_name}")
   else:
-    print_fn(f"does not fit {topology_name}: stage(s) {', '.join(report.failed)} (reduce the "
-             "micro-batch with <stage>.grad_accum, turn on train.remat, or use more chips)")
+    print_fn(
+      f"does not fit {topology_name}: stage(s) {', '.join(report.failed)} (reduce the "
+      "micro-batch with <stage>.grad_accum, turn on train.remat, or use more chips)"
+    )
   return report

@@ -58,8 +58,9 @@ STAGES = ("teacher", "samples", "ild_mla", "ild_mamba", "select", "assemble", "k
 
 
 def _stage(steps, lr, batch_size, grad_accum=1, **extra):
-  return ml_collections.ConfigDict(dict(steps=steps, lr=lr, batch_size=batch_size,
-                                        grad_accum=grad_accum, **extra))
+  return ml_collections.ConfigDict(
+    dict(steps=steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, **extra)
+  )
 
 
 def _unset(kind):
@@ -76,47 +77,115 @@ def base_config() -> ml_collections.ConfigDict:
   # a rerun whose settings differ from the workdir's config.json under stages that already hold
   # artifacts or checkpoints is refused unless this is True (distill/workdir.py)
   c.accept_config_changes = False
-  c.teacher = ml_collections.ConfigDict(dict(path="smollm2", dtype="bfloat16", overrides={},
-                                               preset=_unset(str)))
-  c.kd_teacher = ml_collections.ConfigDict(dict(path=_unset(str), dtype="bfloat16", overrides={},
-                                                  preset=_unset(str)))
-  c.model = ml_collections.ConfigDict(dict(
-      mla_layers=_unset(tuple), n_mla=_unset(int), attn_layers=(), kv_lora_rank=_unset(int),
-      q_lora_rank=_unset(int), qk_rope_head_dim=_unset(int), qk_nope_head_dim=_unset(int),
-      v_head_dim=_unset(int), use_full_kv_head=False, mla_rope_scaling=None, d_state=_unset(int),
-      headdim=_unset(int), ngroups=_unset(int), chunk_size=256, kv_energy_ratio=_unset(float),
-      q_energy_ratio=_unset(float)))
+  c.teacher = ml_collections.ConfigDict(
+    dict(path="smollm2", dtype="bfloat16", overrides={}, preset=_unset(str))
+  )
+  c.kd_teacher = ml_collections.ConfigDict(
+    dict(path=_unset(str), dtype="bfloat16", overrides={}, preset=_unset(str))
+  )
+  c.model = ml_collections.ConfigDict(
+    dict(
+      mla_layers=_unset(tuple),
+      n_mla=_unset(int),
+      attn_layers=(),
+      kv_lora_rank=_unset(int),
+      q_lora_rank=_unset(int),
+      qk_rope_head_dim=_unset(int),
+      qk_nope_head_dim=_unset(int),
+      v_head_dim=_unset(int),
+      use_full_kv_head=False,
+      mla_rope_scaling=None,
+      d_state=_unset(int),
+      headdim=_unset(int),
+      ngroups=_unset(int),
+      chunk_size=256,
+      kv_energy_ratio=_unset(float),
+      q_energy_ratio=_unset(float),
+    )
+  )
   # type_safe=False: data.source is a spec string or a tuple of them (("default", "teacher_samples"));
   # data.mix is "" (no mix), a dict {name: weight} (recipes) or "name=w,name=w" (command line).
-  c.data = ml_collections.ConfigDict(dict(
-      source="default", mix="", seq_len=2048, heldout_fraction=0.02, shuffle_seed=42,
-      ild_fraction=0.2, num_shards=0, dpo_path=_unset(str), tokenizer=_unset(str)),
-      type_safe=False)
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source="default",
+      mix="",
+      seq_len=2048,
+      heldout_fraction=0.02,
+      shuffle_seed=42,
+      ild_fraction=0.2,
+      num_shards=0,
+      dpo_path=_unset(str),
+      tokenizer=_unset(str),
+    ),
+    type_safe=False,
+  )
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.train = ml_collections.ConfigDict(dict(
-      dtype="bfloat16", param_dtype="float32", warmup_frac=0.01, weight_decay=0.0,
-      grad_clip=1.0, log_every=10, checkpoint_every=200, keep_last=2, async_checkpoint=True,
-      keep_checkpoints=False, remat=False, impl="auto", eval_batches=4,
+  c.train = ml_collections.ConfigDict(
+    dict(
+      dtype="bfloat16",
+      param_dtype="float32",
+      warmup_frac=0.01,
+      weight_decay=0.0,
+      grad_clip=1.0,
+      log_every=10,
+      checkpoint_every=200,
+      keep_last=2,
+      async_checkpoint=True,
+      keep_checkpoints=False,
+      remat=False,
+      impl="auto",
+      eval_batches=4,
       # batches tokenised and packed ahead in a background thread (0: in the step loop)
-      prefetch=2))
+      prefetch=2,
+    )
+  )
   c.ild = _stage(1000, 2e-4, 96, loss="l2")
   c.select = ml_collections.ConfigDict(dict(method="smart", calib_batches=4, batch_size=8))
-  c.samples = ml_collections.ConfigDict(dict(
-      num_samples=0, prompt_tokens=64, max_new_tokens=960, temperature=1.0, top_p=_unset(float),
-      top_k=_unset(int), batch_size=256, chat_fraction=0.0, chat_temperature=_unset(float),
-      passage_fraction=0.0, round_tokens=0, round_batches=8))
+  c.samples = ml_collections.ConfigDict(
+    dict(
+      num_samples=0,
+      prompt_tokens=64,
+      max_new_tokens=960,
+      temperature=1.0,
+      top_p=_unset(float),
+      top_k=_unset(int),
+      batch_size=256,
+      chat_fraction=0.0,
+      chat_temperature=_unset(float),
+      passage_fraction=0.0,
+      round_tokens=0,
+      round_batches=8,
+    )
+  )
   # kd.freeze: parameter groups KD leaves as assembled ("embed", "mlp", "norm", "mixer"; stages.py)
   # loss_impl: "logits" builds both models' full logits; "fused" computes the same losses from the
   # final hidden states loss_chunk tokens at a time (train/fused_losses.py; no (B, T, V) tensor)
   # kd.lr_scale: a learning-rate multiplier per parameter group (1: kd.lr; 0: as frozen, but with
   # optimizer state); MambaInLlama-style gentler embeddings / MLPs without freezing them
-  c.kd = _stage(1000, 8e-5, 192, kl_weight=1.0, ce_weight=0.0, temperature=1.0, freeze=(),
-                loss_impl="logits", loss_chunk=1024,
-                lr_scale=ml_collections.ConfigDict({g: 1.0 for g in PARAM_GROUPS}))
-  c.dpo = _stage(100, 5e-7, 32, beta=0.01, max_len=1024, max_prompt_len=512, warmup_frac=0.1,
-                 loss_impl="logits", loss_chunk=1024)
-  c.stepwise = _stage(1000, 8e-5, 64, kl_weight=1.0, ce_weight=0.0,
-                      schedule=(), freeze_mlp=True)
+  c.kd = _stage(
+    1000,
+    8e-5,
+    192,
+    kl_weight=1.0,
+    ce_weight=0.0,
+    temperature=1.0,
+    freeze=(),
+    loss_impl="logits",
+    loss_chunk=1024,
+    lr_scale=ml_collections.ConfigDict({g: 1.0 for g in PARAM_GROUPS}),
+  )
+  c.dpo = _stage(
+    100,
+    5e-7,
+    32,
+    beta=0.01,
+    max_len=1024,
+    max_prompt_len=512,
+    warmup_frac=0.1,
+    loss_impl="logits",
+    loss_chunk=1024,
+  )
+  c.stepwise = _stage(1000, 8e-5, 64, kl_weight=1.0, ce_weight=0.0, schedule=(), freeze_mlp=True)
   # A tuple, so `--config.stages="('teacher', 'ild_mla')"` works (ml_collections cannot override
   # list fields); recipes may still assign lists, which become tuples.
   c.stages = ("teacher", "ild_mla", "ild_mamba", "select", "assemble", "kd")
@@ -143,8 +212,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not (s.lr > 0 and math.isfinite(s.lr)):
       bad(f"{name}.lr must be a positive finite number, got {s.lr}")
     if s.batch_size <= 0 or s.batch_size % s.grad_accum:
-      bad(f"{name}.batch_size={s.batch_size} must be a positive multiple of "
-          f"{name}.grad_accum={s.grad_accum}")
+      bad(f"{name}.batch_size={s.batch_size} must be a positive multiple of {name}.grad_accum={s.grad_accum}")
   for name in ("kd", "dpo"):
     if c[name].loss_impl not in ("logits", "fused"):
       bad(f"{name}.loss_impl must be 'logits' or 'fused', got {c[name].loss_impl!r}")
@@ -167,13 +235,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.select.method not in ("smart", "explicit", "uniform"):
     bad(f"select.method must be 'smart', 'explicit' or 'uniform', got {c.select.method!r}")
   if "select" in c.stages and c.select.method != "explicit" and not c.model.n_mla:
-    bad("model.n_mla (the MLA layer budget) must be set when select.method is "
-        f"{c.select.method!r}")
-  if ("select" not in c.stages or c.select.method == "explicit") and "assemble" in c.stages \
-      and c.model.mla_layers is None:
+    bad(f"model.n_mla (the MLA layer budget) must be set when select.method is {c.select.method!r}")
+  if (
+    ("select" not in c.stages or c.select.method == "explicit")
+    and "assemble" in c.stages
+    and c.model.mla_layers is None
+  ):
     bad("model.mla_layers must be set when the select stage does not choose them")
   # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.data.registry import check_config_sources, parse_mix  # noqa: PLC0415
+
   try:
     check_config_sources(c.data.source, c.data.get("mix", ""))
     mix = parse_mix(c.data.get("mix", ""))
@@ -195,8 +266,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if "samples" in c.stages:
     s = c.samples
     if s.num_samples <= 0 or s.batch_size <= 0 or s.prompt_tokens <= 0 or s.max_new_tokens <= 0:
-      bad("samples.num_samples, samples.batch_size, samples.prompt_tokens and "
-          "samples.max_new_tokens must be positive when the samples stage runs")
+      bad(
+        "samples.num_samples, samples.batch_size, samples.prompt_tokens and "
+        "samples.max_new_tokens must be positive when the samples stage runs"
+      )
     if not s.temperature > 0:
       bad(f"samples.temperature must be positive (sampling, not greedy), got {s.temperature}")
     if not 0.0 <= s.chat_fraction <= 1.0:
@@ -204,19 +277,26 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not 0.0 <= s.passage_fraction <= 1.0:
       bad(f"samples.passage_fraction must be in [0, 1], got {s.passage_fraction}")
     if s.round_tokens < 0 or (s.round_tokens and s.max_new_tokens % s.round_tokens):
-      bad(f"samples.round_tokens must be 0 (off) or divide samples.max_new_tokens="
-          f"{s.max_new_tokens}, got {s.round_tokens}")
+      bad(
+        f"samples.round_tokens must be 0 (off) or divide samples.max_new_tokens="
+        f"{s.max_new_tokens}, got {s.round_tokens}"
+      )
     if s.round_batches < 1:
       bad(f"samples.round_batches must be >= 1, got {s.round_batches}")
     if s.chat_temperature is not None and not s.chat_temperature > 0:
-      bad(f"samples.chat_temperature must be positive or None (= samples.temperature), "
-          f"got {s.chat_temperature}")
+      bad(
+        f"samples.chat_temperature must be positive or None (= samples.temperature), got {s.chat_temperature}"
+      )
     if "teacher_samples" not in srcs_or_mix:
-      bad("stages has 'samples' but neither data.source nor data.mix lists 'teacher_samples' to "
-          "train on them")
+      bad(
+        "stages has 'samples' but neither data.source nor data.mix lists 'teacher_samples' to train on them"
+      )
     order = list(c.stages)
-    late = [t for t in ("ild_mla", "ild_mamba", "kd", "stepwise") if t in order
-            and order.index(t) < order.index("samples")]
+    late = [
+      t
+      for t in ("ild_mla", "ild_mamba", "kd", "stepwise")
+      if t in order and order.index(t) < order.index("samples")
+    ]
     if late:
       bad(f"stages: 'samples' must come before {late}, which read its data")
   if "dpo" in c.stages and not c.data.dpo_path:

@@ -23,9 +23,19 @@ from zebra_jax.convert.model_files import provenance
 from zebra_jax.convert.orbax_io import is_saved_model, load_config, save_model
 from zebra_jax.distill.preferences import preference_iterator
 
-_STUDENT_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim",
-                   "v_head_dim", "use_full_kv_head", "mla_rope_scaling", "d_state", "headdim",
-                   "ngroups", "chunk_size")
+_STUDENT_FIELDS = (
+  "kv_lora_rank",
+  "q_lora_rank",
+  "qk_rope_head_dim",
+  "qk_nope_head_dim",
+  "v_head_dim",
+  "use_full_kv_head",
+  "mla_rope_scaling",
+  "d_state",
+  "headdim",
+  "ngroups",
+  "chunk_size",
+)
 
 
 def teacher_config(tcfg, which: str = "teacher") -> LlamaConfig:
@@ -44,8 +54,10 @@ def teacher_config(tcfg, which: str = "teacher") -> LlamaConfig:
   if path == "smollm2":
     return presets.get_preset("smollm2-135m-instruct")
   if not isinstance(path, str) or not os.path.exists(path):
-    raise ValueError(f"{which}.path={path!r} does not exist (expected an HF directory, a .gguf, "
-                     "a saved zebra-jax model, 'smollm2' or 'random:<preset>')")
+    raise ValueError(
+      f"{which}.path={path!r} does not exist (expected an HF directory, a .gguf, "
+      "a saved zebra-jax model, 'smollm2' or 'random:<preset>')"
+    )
   if os.path.isdir(path) and is_saved_model(path):
     return load_config(path)
   gguf_file = resolve_gguf(path)
@@ -64,7 +76,6 @@ def same_teacher(cfg) -> bool:
 
 
 class RunContext:
-
   def __init__(self, cfg, workdir: str, *, progress: bool = True, mesh=None):
     self.cfg = cfg
     self.workdir = os.path.abspath(workdir)
@@ -139,8 +150,13 @@ class RunContext:
   def save(self, model: CausalLM, path: str, stage: str) -> None:
     """Saves a stage's model with the run's tokenizer files, generation config and provenance
     next to its weights, so that every tool can use the artifact alone."""
-    save_model(model, path, overwrite=True, tokenizer=self.tokenizer_or_none(),
-               provenance=self.provenance(model.config, stage))
+    save_model(
+      model,
+      path,
+      overwrite=True,
+      tokenizer=self.tokenizer_or_none(),
+      provenance=self.provenance(model.config, stage),
+    )
 
   def provenance(self, config, stage: str) -> dict:
     c, d = self.cfg, self.cfg.data
@@ -149,13 +165,23 @@ class RunContext:
       return v.to_dict() if hasattr(v, "to_dict") else list(v) if isinstance(v, tuple) else v
 
     def source(t):
-      return None if t.path in (None, "") else {
-          "path": t.path, "overrides": plain(t.overrides) or None, "dtype": t.dtype}
+      return (
+        None
+        if t.path in (None, "")
+        else {"path": t.path, "overrides": plain(t.overrides) or None, "dtype": t.dtype}
+      )
 
-    return provenance(config, teacher=source(c.teacher), kd_teacher=source(c.kd_teacher),
-                      tokenizer=d.get("tokenizer", None) or c.teacher.path, config=c.name,
-                      stage=stage, data={"source": plain(d.source), "mix": plain(d.get("mix", ""))},
-                      seed=c.seed, workdir=self.workdir)
+    return provenance(
+      config,
+      teacher=source(c.teacher),
+      kd_teacher=source(c.kd_teacher),
+      tokenizer=d.get("tokenizer", None) or c.teacher.path,
+      config=c.name,
+      stage=stage,
+      data={"source": plain(d.source), "mix": plain(d.get("mix", ""))},
+      seed=c.seed,
+      workdir=self.workdir,
+    )
 
   def tokenizer_or_none(self):
     """The run's tokenizer, or None (logged) for a random teacher without data.tokenizer."""
@@ -177,20 +203,21 @@ class RunContext:
 
   def flops_per_token(self, student_cfg, teacher_cfg, heads: bool = True) -> float:
     """Training FLOPs per token: student fwd+bwd plus the teacher's forward (heads=False: ILD)."""
-    return accounting.distill_flops_per_token(student_cfg, teacher_cfg, self.cfg.data.seq_len,
-                                              heads=heads)
+    return accounting.distill_flops_per_token(student_cfg, teacher_cfg, self.cfg.data.seq_len, heads=heads)
 
   # -- data ----------------------------------------------------------------------------------------
   def tokenizer(self):
     if self._tokenizer is None:
       # lazy: pulls in grain, orbax, which importing this module does not
       from zebra_jax.data import ByteTokenizer, load_tokenizer
+
       spec = self.cfg.data.get("tokenizer", None) or self.cfg.teacher.path
       if spec == "byte":
         self._tokenizer = ByteTokenizer()
       elif isinstance(spec, str) and spec.startswith("random:"):
-        raise ValueError("a random teacher has no tokenizer: set data.tokenizer ('byte', a GGUF or "
-                         "an HF directory)")
+        raise ValueError(
+          "a random teacher has no tokenizer: set data.tokenizer ('byte', a GGUF or an HF directory)"
+        )
       else:
         self._tokenizer = load_tokenizer(spec)  # "smollm2", a .gguf, a directory
     return self._tokenizer
@@ -212,8 +239,10 @@ class RunContext:
     by the samples stage's artifact) when a mix is set, else data.source (teacher samples resolved)."""
     # lazy: pulls in grain, orbax, which importing this module does not
     from zebra_jax.data.registry import SAMPLES_TOKEN, parse_mix
+
     # lazy: pulls in grain, orbax, which importing this module does not
     from zebra_jax.distill.samples import ARTIFACT, resolve_source
+
     mix = parse_mix(self.cfg.data.get("mix", ""))
     if not mix:
       return resolve_source(self.cfg, self.workdir)  # "teacher_samples" -> the samples artifact
@@ -222,8 +251,10 @@ class RunContext:
       if name == SAMPLES_TOKEN:
         path = os.path.join(self.workdir, ARTIFACT)
         if not os.path.exists(path):
-          raise FileNotFoundError(f"data.mix names {SAMPLES_TOKEN!r} but {path} does not exist: add "
-                                  "'samples' to stages before the training stages")
+          raise FileNotFoundError(
+            f"data.mix names {SAMPLES_TOKEN!r} but {path} does not exist: add "
+            "'samples' to stages before the training stages"
+          )
         name = path
       out[name] = w
     return out
@@ -235,15 +266,24 @@ class RunContext:
     its own document indices and its train documents repeated by its weight (pipeline.mix_indices)."""
     # lazy: pulls in grain, orbax, which importing this module does not
     from zebra_jax.data import make_iterator
+
     d = self.cfg.data
     source = self.data_source()  # data.mix / data.source, "teacher_samples" -> the samples artifact
     kwargs.setdefault("num_shards", d.get("num_shards", 0) or None)  # 0: one shard per process
     if purpose != "calibration":  # training: the next batches are prepared while the device runs
       kwargs.setdefault("prefetch", int(self.cfg.train.get("prefetch", 0) or 0))
-    return make_iterator(source, self.tokenizer(), seq_len=d.seq_len, global_batch=batch_size,
-                         split=split, heldout_fraction=d.heldout_fraction,
-                         part=self.data_part(purpose, split), ild_fraction=d.ild_fraction,
-                         seed=self._seed_for(purpose), **kwargs)
+    return make_iterator(
+      source,
+      self.tokenizer(),
+      seq_len=d.seq_len,
+      global_batch=batch_size,
+      split=split,
+      heldout_fraction=d.heldout_fraction,
+      part=self.data_part(purpose, split),
+      ild_fraction=d.ild_fraction,
+      seed=self._seed_for(purpose),
+      **kwargs,
+    )
 
   def data_budget(self, stage: str, purpose: str, spec) -> dict:
     """How many passes a training stage makes over its data: the tokens it reads (steps x batch x
@@ -256,24 +296,35 @@ class RunContext:
         return json.load(f)
     # lazy: pulls in grain, orbax, which importing this module does not
     from zebra_jax.data.pipeline import epoch_tokens
+
     d = self.cfg.data
-    counts = epoch_tokens(self.data_source(), self.tokenizer(), split="train",
-                          part=self.data_part(purpose), heldout_fraction=d.heldout_fraction,
-                          ild_fraction=d.ild_fraction)
+    counts = epoch_tokens(
+      self.data_source(),
+      self.tokenizer(),
+      split="train",
+      part=self.data_part(purpose),
+      heldout_fraction=d.heldout_fraction,
+      ild_fraction=d.ild_fraction,
+    )
     reads = int(spec.steps) * int(spec.batch_size) * int(spec.seq_len)
     distinct = counts["distinct_tokens"]
     if distinct < int(spec.seq_len):  # every sequence would be the same text, wrapped around
       # lazy: pulls in ml_collections, which importing this module does not
       from zebra_jax.distill.config import RunConfigError
+
       raise RunConfigError(
-          f"data.seq_len={spec.seq_len} is longer than the {distinct:,} distinct tokens of the "
-          f"{stage} stage's data ({self.data_part(purpose) or 'train'} part): every sequence would "
-          "repeat the same text; lower data.seq_len or add data")
+        f"data.seq_len={spec.seq_len} is longer than the {distinct:,} distinct tokens of the "
+        f"{stage} stage's data ({self.data_part(purpose) or 'train'} part): every sequence would "
+        "repeat the same text; lower data.seq_len or add data"
+      )
     budget = {**counts, "tokens_read": reads, "passes": round(reads / max(1, distinct), 3)}
-    self.log(f"[{stage}] reads {reads:,} tokens of a part with {distinct:,} "
-             f"distinct tokens: {budget['passes']:.2f} passes"
-             + (" (warning: many repeats; more data or fewer steps generalise better)"
-                if budget["passes"] > 4 else ""))
+    self.log(
+      f"[{stage}] reads {reads:,} tokens of a part with {distinct:,} "
+      f"distinct tokens: {budget['passes']:.2f} passes"
+      + (
+        " (warning: many repeats; more data or fewer steps generalise better)" if budget["passes"] > 4 else ""
+      )
+    )
     if jax.process_index() == 0:
       write_json(path, budget)
     return budget
@@ -282,13 +333,20 @@ class RunContext:
     # The same batches on every process (not a per-process shard), so that every process measures
     # the same sensitivities and picks the same layout. Train documents (the KD part), never the
     # held-out split: the evaluation must not have helped choose the layer positions.
-    it = self.batches("calibration", batch_size, split="train", process_index=0, process_count=1,
-                      num_shards=1)
+    it = self.batches(
+      "calibration", batch_size, split="train", process_index=0, process_count=1, num_shards=1
+    )
     return [next(it) for _ in range(n)]
 
   def preference_batches(self, batch_size: int):
     d = self.cfg.dpo
-    return preference_iterator(self.cfg.data.dpo_path, self.tokenizer(), batch_size=batch_size,
-                               max_len=d.max_len, max_prompt_len=d.max_prompt_len,
-                               seed=self._seed_for("dpo"), process_index=jax.process_index(),
-                               process_count=jax.process_count())
+    return preference_iterator(
+      self.cfg.data.dpo_path,
+      self.tokenizer(),
+      batch_size=batch_size,
+      max_len=d.max_len,
+      max_prompt_len=d.max_prompt_len,
+      seed=self._seed_for("dpo"),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )

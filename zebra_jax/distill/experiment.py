@@ -33,18 +33,22 @@ SHARED_STAGES = ("teacher", "samples", "ild_mla", "ild_mamba")
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  budget: int               # MLA layers
-  placement: str            # "smart" | "uniform"
-  ild: bool = True          # False: blocks from the initialisers (placement from the SMART variant)
-  kd_all: bool = False      # True: KD trains every parameter group (kd.freeze=())
-  kd_freeze: bool = False   # True: KD freezes embeddings and MLPs (MambaInLlama; kd.freeze=KD_FREEZE)
-  kd_set: tuple = ()        # ((field under kd, value), ...): a KD setting swept ("kd:field=value")
+  budget: int  # MLA layers
+  placement: str  # "smart" | "uniform"
+  ild: bool = True  # False: blocks from the initialisers (placement from the SMART variant)
+  kd_all: bool = False  # True: KD trains every parameter group (kd.freeze=())
+  kd_freeze: bool = False  # True: KD freezes embeddings and MLPs (MambaInLlama; kd.freeze=KD_FREEZE)
+  kd_set: tuple = ()  # ((field under kd, value), ...): a KD setting swept ("kd:field=value")
 
   @property
   def name(self) -> str:
-    return (f"mla{self.budget}_{self.placement}" + ("" if self.ild else "_no_ild")
-            + ("_kd_all" if self.kd_all else "") + ("_kd_freeze" if self.kd_freeze else "")
-            + "".join(f"_kd_{_slug(k)}{_slug(v)}" for k, v in self.kd_set))
+    return (
+      f"mla{self.budget}_{self.placement}"
+      + ("" if self.ild else "_no_ild")
+      + ("_kd_all" if self.kd_all else "")
+      + ("_kd_freeze" if self.kd_freeze else "")
+      + "".join(f"_kd_{_slug(k)}{_slug(v)}" for k, v in self.kd_set)
+    )
 
   @property
   def kind(self) -> str:
@@ -64,13 +68,16 @@ SWEEP_PREFIX = "kd:"  # "kd:ce_weight=0.1", "kd:lr_scale.mixer=2": one KD settin
 
 
 def _slug(x) -> str:
-  return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(x)).replace(".", "p") if not isinstance(x, str) \
-      else re.sub(r"[^A-Za-z0-9+-]+", "_", x)
+  return (
+    re.sub(r"[^A-Za-z0-9.+-]+", "_", str(x)).replace(".", "p")
+    if not isinstance(x, str)
+    else re.sub(r"[^A-Za-z0-9+-]+", "_", x)
+  )
 
 
 def parse_sweep(name: str) -> tuple:
-  """"kd:field=value" -> (("field", value),), value read as a Python literal (else a string)."""
-  body = name[len(SWEEP_PREFIX):]
+  """ "kd:field=value" -> (("field", value),), value read as a Python literal (else a string)."""
+  body = name[len(SWEEP_PREFIX) :]
   field, eq, text = body.partition("=")
   if not eq or not field or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", field):
     raise ValueError(f"sweep {name!r}: expected kd:<field>=<value>, e.g. kd:ce_weight=0.1")
@@ -79,6 +86,8 @@ def parse_sweep(name: str) -> tuple:
   except (ValueError, SyntaxError):
     value = text
   return ((field, value),)
+
+
 KD_FREEZE = ("embed", "mlp")  # the kd_freeze ablation: MambaInLlama trains only the new mixers
 
 
@@ -93,16 +102,19 @@ def plan(budgets, ablations=True) -> list[Variant]:
     raise ValueError("at least one MLA budget is needed")
   if len(set(budgets)) != len(budgets):
     raise ValueError(f"budgets {budgets} repeat a value")
-  names = (("uniform", "no_ild") if ablations is True else () if ablations is False
-           else tuple(ablations))
+  names = ("uniform", "no_ild") if ablations is True else () if ablations is False else tuple(ablations)
   unknown = [a for a in names if a not in ABLATIONS and not a.startswith(SWEEP_PREFIX)]
   if unknown:
-    raise ValueError(f"unknown ablation(s) {unknown}; known: {list(ABLATIONS)} and "
-                     f"{SWEEP_PREFIX}<field>=<value>")
+    raise ValueError(
+      f"unknown ablation(s) {unknown}; known: {list(ABLATIONS)} and {SWEEP_PREFIX}<field>=<value>"
+    )
   b0 = budgets[0]
-  made = {"uniform": Variant(b0, "uniform"), "no_ild": Variant(b0, "smart", ild=False),
-          "kd_all": Variant(b0, "smart", kd_all=True),
-          "kd_freeze": Variant(b0, "smart", kd_freeze=True)}
+  made = {
+    "uniform": Variant(b0, "uniform"),
+    "no_ild": Variant(b0, "smart", ild=False),
+    "kd_all": Variant(b0, "smart", kd_all=True),
+    "kd_freeze": Variant(b0, "smart", kd_freeze=True),
+  }
   out = [Variant(b, "smart") for b in budgets]
   for a in names:
     out.append(made[a] if a in made else Variant(b0, "smart", kd_set=parse_sweep(a)))
@@ -129,8 +141,10 @@ def variant_config(cfg, v: Variant, smart_layers=None):
   if v.kd_all or v.kd_freeze:
     freeze = () if v.kd_all else KD_FREEZE
     if tuple(cfg.kd.freeze) == freeze:
-      raise ValueError(f"ablation {v.name}: the config already has kd.freeze={freeze}, so it would "
-                       f"train the main variant again; use the other KD ablation (kd_all / kd_freeze)")
+      raise ValueError(
+        f"ablation {v.name}: the config already has kd.freeze={freeze}, so it would "
+        f"train the main variant again; use the other KD ablation (kd_all / kd_freeze)"
+      )
     c.kd.freeze = freeze
   for field, value in v.kd_set:
     *parents, leaf = field.split(".")
@@ -142,8 +156,9 @@ def variant_config(cfg, v: Variant, smart_layers=None):
     if leaf not in node:
       raise ValueError(f"sweep {v.name}: the config has no field kd.{field}")
     if node[leaf] == value:
-      raise ValueError(f"sweep {v.name}: kd.{field} is already {value!r}, so it would train the "
-                       "main variant again")
+      raise ValueError(
+        f"sweep {v.name}: kd.{field} is already {value!r}, so it would train the main variant again"
+      )
     with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
       node[leaf] = value
   shared = _shared_stages(cfg)
@@ -171,8 +186,9 @@ def link_shared(root: str, workdir: str, stages) -> None:
         continue
       os.remove(dst)
     elif os.path.exists(dst):
-      raise FileExistsError(f"{dst} exists and is not the link to the shared {stage!r} stage; "
-                            "remove it or use another --root")
+      raise FileExistsError(
+        f"{dst} exists and is not the link to the shared {stage!r} stage; remove it or use another --root"
+      )
     os.symlink(target, dst)
 
 
@@ -183,8 +199,11 @@ def shared_settings_diff(cfg_a: dict, cfg_b: dict) -> list[str]:
   # lazy: pulls in ml_collections, which importing this module does not
   from zebra_jax.distill.workdir import changed_fields, stage_reads
 
-  return [f"{k}: {a!r} != {b!r}" for k, (a, b) in changed_fields(cfg_a, cfg_b).items()
-          if any(stage_reads(s, k) for s in SHARED_STAGES)]
+  return [
+    f"{k}: {a!r} != {b!r}"
+    for k, (a, b) in changed_fields(cfg_a, cfg_b).items()
+    if any(stage_reads(s, k) for s in SHARED_STAGES)
+  ]
 
 
 def borrow_shared(cfg, root: str, source_root: str) -> dict:
@@ -193,6 +212,7 @@ def borrow_shared(cfg, root: str, source_root: str) -> dict:
   Raises (creating nothing) otherwise."""
   # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.distill import stages
+
   # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.distill.context import RunContext
 
@@ -202,14 +222,16 @@ def borrow_shared(cfg, root: str, source_root: str) -> dict:
   ctx = RunContext(shared_config(cfg), src, progress=False)
   missing = [s for s in _shared_stages(cfg) if not os.path.exists(stages.artifact(ctx, s))]
   if missing:
-    raise FileNotFoundError(f"{src}: shared stages {missing} are not finished; run that "
-                            "experiment first (or drop shared_from)")
+    raise FileNotFoundError(
+      f"{src}: shared stages {missing} are not finished; run that experiment first (or drop shared_from)"
+    )
   with open(os.path.join(src, "config.json")) as f:
     theirs = json.load(f)
   diff = shared_settings_diff(json.loads(cfg.to_json()), theirs)
   if diff:
-    raise ValueError(f"{src} was made with other settings for the shared stages (this config != "
-                     f"that one): {'; '.join(diff)}")
+    raise ValueError(
+      f"{src} was made with other settings for the shared stages (this config != that one): {'; '.join(diff)}"
+    )
   dst = os.path.join(root, "shared")
   if not (os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src)):
     if os.path.lexists(dst):
@@ -225,8 +247,16 @@ def placement(workdir: str) -> list[int]:
     return list(json.load(f)["mla_layers"])
 
 
-def run_experiment(cfg, root: str, variants: list[Variant], *, progress: bool = True,
-                   log=print, after_each=None, shared_from: str | None = None) -> dict:
+def run_experiment(
+  cfg,
+  root: str,
+  variants: list[Variant],
+  *,
+  progress: bool = True,
+  log=print,
+  after_each=None,
+  shared_from: str | None = None,
+) -> dict:
   """Runs the shared stages and every variant; returns {variant name: its summary} plus "shared".
   With `shared_from`, the shared stages of that root are linked instead (module docstring).
 
@@ -237,10 +267,13 @@ def run_experiment(cfg, root: str, variants: list[Variant], *, progress: bool = 
 
   # lazy: pulls in ml_collections, which importing this module does not
   from zebra_jax.distill.config import validate
+
   # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.distill.context import RunContext
+
   # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.distill.pipeline import preflight
+
   # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.distill.select import uniform_placement
 
@@ -248,21 +281,27 @@ def run_experiment(cfg, root: str, variants: list[Variant], *, progress: bool = 
   # Every variant's config is checked before the first stage runs (a bad budget fails in seconds,
   # not after the shared ILD stages).
   for v in variants:
-    stand_in = None if v.ild else uniform_placement(
-        RunContext(cfg, root, progress=False).teacher_config().num_hidden_layers, v.budget)
+    stand_in = (
+      None
+      if v.ild
+      else uniform_placement(
+        RunContext(cfg, root, progress=False).teacher_config().num_hidden_layers, v.budget
+      )
+    )
     vcfg = variant_config(cfg, v, smart_layers=stand_in)
     validate(vcfg)
     preflight(RunContext(vcfg, os.path.join(root, v.name), progress=False))
   summaries = {}
   if shared_from:
     summaries["shared"] = borrow_shared(cfg, root, shared_from)
-    log(f"[experiment] shared stages {list(_shared_stages(cfg))} linked from "
-        f"{os.path.realpath(os.path.join(root, 'shared'))}")
+    log(
+      f"[experiment] shared stages {list(_shared_stages(cfg))} linked from "
+      f"{os.path.realpath(os.path.join(root, 'shared'))}"
+    )
   else:
     os.makedirs(root, exist_ok=True)
     log(f"[experiment] shared stages {list(_shared_stages(cfg))} in {root}/shared")
-    summaries["shared"] = run_pipeline(shared_config(cfg), os.path.join(root, "shared"),
-                                       progress=progress)
+    summaries["shared"] = run_pipeline(shared_config(cfg), os.path.join(root, "shared"), progress=progress)
   if after_each is not None:
     after_each("shared", summaries["shared"])
   smart = {}

@@ -45,8 +45,13 @@ def ild_loss_fn(kind: str):
   return loss_fn
 
 
-def kd_loss_fn(kl_weight: float, ce_weight: float, temperature: float, impl: str = "logits",
-               chunk: int = fused_losses.DEFAULT_CHUNK):
+def kd_loss_fn(
+  kl_weight: float,
+  ce_weight: float,
+  temperature: float,
+  impl: str = "logits",
+  chunk: int = fused_losses.DEFAULT_CHUNK,
+):
   """KL on every position of the packed row (no targets needed); CE on next-token targets. The
   whole row is the input so the sequence length stays the configured one (kernel-friendly).
   impl "logits": both models' full logits, then the losses (train/losses.py); "fused": the same
@@ -60,9 +65,16 @@ def kd_loss_fn(kl_weight: float, ce_weight: float, temperature: float, impl: str
     if impl == "fused":
       ht = jax.lax.stop_gradient(teacher.final_hidden(tokens, pos))
       loss, kl, ce = fused_losses.kd_loss(
-          student.final_hidden(tokens, pos), student.head_DV(), ht,
-          jax.lax.stop_gradient(teacher.head_DV()), tokens, kl_weight=kl_weight,
-          ce_weight=ce_weight, temperature=temperature, chunk=chunk)
+        student.final_hidden(tokens, pos),
+        student.head_DV(),
+        ht,
+        jax.lax.stop_gradient(teacher.head_DV()),
+        tokens,
+        kl_weight=kl_weight,
+        ce_weight=ce_weight,
+        temperature=temperature,
+        chunk=chunk,
+      )
       return loss, {"kl": kl, "ce": ce}
     t_logits = jax.lax.stop_gradient(teacher(tokens, pos))
     s_logits = student(tokens, pos)
@@ -86,8 +98,9 @@ def dpo_loss_fn(beta: float, impl: str = "logits", chunk: int = fused_losses.DEF
   def logps(model, tokens, mask):
     if impl == "fused":
       h = model.final_hidden(tokens, _positions(tokens))[:, :-1]
-      return fused_losses.sequence_logprob(h, model.head_DV(), tokens[:, 1:],
-                                           mask[:, 1:].astype(jnp.float32), chunk=chunk)
+      return fused_losses.sequence_logprob(
+        h, model.head_DV(), tokens[:, 1:], mask[:, 1:].astype(jnp.float32), chunk=chunk
+      )
     logits = model(tokens, _positions(tokens))[:, :-1]
     return losses.sequence_logprob(logits, tokens[:, 1:], mask[:, 1:].astype(jnp.float32))
 

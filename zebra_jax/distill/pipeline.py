@@ -76,8 +76,9 @@ def preflight(ctx: RunContext) -> None:
         raise RunConfigError(f"model.n_mla: {e}") from None
     else:
       layers = tuple(m.mla_layers)
-    final = student("model.mla_layers / model.attn_layers", mla_layers=layers,
-                    attn_layers=tuple(m.attn_layers))
+    final = student(
+      "model.mla_layers / model.attn_layers", mla_layers=layers, attn_layers=tuple(m.attn_layers)
+    )
   if "stepwise" in stages_:
     for phase, attn in enumerate(cfg.stepwise.schedule):
       final = student(f"stepwise.schedule[{phase}]", mla_layers=(), attn_layers=tuple(attn))
@@ -92,9 +93,11 @@ def preflight(ctx: RunContext) -> None:
       ctx.log(f"[preflight] {e}; checked the kd stage against kd_teacher.preset={preset!r}")
     vocab = (final or teacher).vocab_size
     if kd.vocab_size != vocab:
-      raise RunConfigError(f"kd_teacher: vocab_size={kd.vocab_size} differs from the student's "
-                           f"{vocab} (teacher.path's vocabulary); KD compares logits token for "
-                           "token")
+      raise RunConfigError(
+        f"kd_teacher: vocab_size={kd.vocab_size} differs from the student's "
+        f"{vocab} (teacher.path's vocabulary); KD compares logits token for "
+        "token"
+      )
   if "dpo" in stages_:
     if not os.path.isfile(cfg.data.dpo_path):
       raise RunConfigError(f"data.dpo_path={cfg.data.dpo_path!r} does not exist or is not a file")
@@ -112,15 +115,19 @@ def preflight(ctx: RunContext) -> None:
     micro = s.batch_size // s.grad_accum
     if micro % shards:
       raise RunConfigError(
-          f"{name}.batch_size={s.batch_size} / {name}.grad_accum={s.grad_accum} = micro-batch "
-          f"{micro} is not divisible by the mesh's data x fsdp = {mesh.shape.get('data', 1)} x "
-          f"{mesh.shape.get('fsdp', 1)} = {shards} (mesh.data, mesh.fsdp)")
+        f"{name}.batch_size={s.batch_size} / {name}.grad_accum={s.grad_accum} = micro-batch "
+        f"{micro} is not divisible by the mesh's data x fsdp = {mesh.shape.get('data', 1)} x "
+        f"{mesh.shape.get('fsdp', 1)} = {shards} (mesh.data, mesh.fsdp)"
+      )
     if s.batch_size % jax.process_count():
-      raise RunConfigError(f"{name}.batch_size={s.batch_size} is not divisible by the "
-                           f"{jax.process_count()} processes")
+      raise RunConfigError(
+        f"{name}.batch_size={s.batch_size} is not divisible by the {jax.process_count()} processes"
+      )
     if stage != "dpo" and s.batch_size % _num_shards(cfg):
-      raise RunConfigError(f"{name}.batch_size={s.batch_size} is not divisible by the "
-                           f"{_num_shards(cfg)} data shards (data.num_shards)")
+      raise RunConfigError(
+        f"{name}.batch_size={s.batch_size} is not divisible by the "
+        f"{_num_shards(cfg)} data shards (data.num_shards)"
+      )
 
 
 def _num_shards(cfg) -> int:
@@ -135,13 +142,17 @@ def _check_data_split(ctx: RunContext) -> None:
   d = ctx.cfg.data
   shards = d.get("num_shards", 0) or 0
   if not isinstance(shards, int) or shards < 0 or shards % jax.process_count():
-    raise RunConfigError(f"data.num_shards={shards!r} must be 0 (one per process) or a positive "
-                         f"multiple of the {jax.process_count()} processes")
+    raise RunConfigError(
+      f"data.num_shards={shards!r} must be 0 (one per process) or a positive "
+      f"multiple of the {jax.process_count()} processes"
+    )
   try:
     split = splits_parts(float(d.ild_fraction))
   except (TypeError, ValueError):
-    raise RunConfigError(f"data.ild_fraction={d.ild_fraction!r} must be in [0, 1] (0 or 1: no "
-                         "ILD / KD split, both read all train data)") from None
+    raise RunConfigError(
+      f"data.ild_fraction={d.ild_fraction!r} must be in [0, 1] (0 or 1: no "
+      "ILD / KD split, both read all train data)"
+    ) from None
   if not split or not {"ild_mla", "ild_mamba", "kd", "stepwise"} & set(ctx.cfg.stages):
     return
   try:
@@ -151,8 +162,9 @@ def _check_data_split(ctx: RunContext) -> None:
   try:
     src = sources.open_source(source)
     if hasattr(src, "mix_fingerprint"):  # a weighted mix: split per source (pipeline.mix_indices)
-      mix_indices(src.lengths, src.weights, "train", "ild", d.heldout_fraction, d.ild_fraction,
-                  names=src.names)
+      mix_indices(
+        src.lengths, src.weights, "train", "ild", d.heldout_fraction, d.ild_fraction, names=src.names
+      )
     else:
       part_indices(len(src), "ild", d.heldout_fraction, d.ild_fraction)
   except ValueError as e:
@@ -162,6 +174,7 @@ def _check_data_split(ctx: RunContext) -> None:
 def _sync(tag: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(f"zebra_jax.pipeline: {tag}")
 
 
@@ -180,8 +193,10 @@ def _previous_summary(ctx: RunContext) -> dict:
       prev = json.load(f)
     return prev if isinstance(prev, dict) else {}
   except (OSError, ValueError) as e:
-    ctx.log(f"[summary] ignoring the unreadable {path} ({type(e).__name__}: {e}); earlier runs' "
-            "stage timings are lost")
+    ctx.log(
+      f"[summary] ignoring the unreadable {path} ({type(e).__name__}: {e}); earlier runs' "
+      "stage timings are lost"
+    )
     return {}
 
 
@@ -201,14 +216,20 @@ def run_pipeline(cfg, workdir: str, *, progress: bool = True, mesh=None) -> dict
   except WorkdirBusy as e:
     busy = e
   if not _all_agree(busy is None):
-    raise busy or WorkdirBusy(f"{ctx.workdir}: process 0 could not take the workdir lock (its "
-                              "message says whose it is)")
+    raise busy or WorkdirBusy(
+      f"{ctx.workdir}: process 0 could not take the workdir lock (its message says whose it is)"
+    )
   try:
     if hasattr(cfg, "to_json"):
       # every process reads config.json before process 0 rewrites it, so all refuse together
-      check_settings(ctx.workdir, cfg.to_json(), list(cfg.stages),
-                     bool(cfg.get("accept_config_changes", False)), log=ctx.log,
-                     keep_old=jax.process_index() == 0)
+      check_settings(
+        ctx.workdir,
+        cfg.to_json(),
+        list(cfg.stages),
+        bool(cfg.get("accept_config_changes", False)),
+        log=ctx.log,
+        keep_old=jax.process_index() == 0,
+      )
       _sync("settings checked")
       _write_json(os.path.join(ctx.workdir, "config.json"), cfg.to_json(indent=2))
     return _run_stages(ctx, cfg)
@@ -222,6 +243,7 @@ def _all_agree(ok: bool) -> bool:
     return ok
   import numpy as np
   from jax.experimental import multihost_utils
+
   return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
@@ -229,9 +251,13 @@ def _sigterm_outside_training(current: dict):
   """A SIGTERM handler for the whole run: outside a stage's training loop (loading, compiling,
   sampling, selection) it stops the run as a preemption (exit 143 from the scripts) with a message.
   The training loop installs its own handler, which saves the step first, and restores this one."""
+
   def handler(*_):
-    raise Preempted(f"SIGTERM while {current['where']}: stopped before anything of it was saved; "
-                    "rerun the same command to continue (finished stages are kept)")
+    raise Preempted(
+      f"SIGTERM while {current['where']}: stopped before anything of it was saved; "
+      "rerun the same command to continue (finished stages are kept)"
+    )
+
   return handler
 
 
@@ -283,8 +309,7 @@ def stage_dirs(ctx, stage: str) -> list[str]:
   """The directories a stage writes: <stage>/, and stepwise_<phase>/ for stepwise."""
   dirs = [os.path.join(ctx.workdir, stage)]
   if stage == "stepwise":
-    dirs += [os.path.join(ctx.workdir, f"stepwise_{i}")
-             for i in range(len(ctx.cfg.stepwise.schedule))]
+    dirs += [os.path.join(ctx.workdir, f"stepwise_{i}") for i in range(len(ctx.cfg.stepwise.schedule))]
   return [d for d in dirs if os.path.isdir(d)]
 
 
@@ -299,8 +324,10 @@ def drop_checkpoints(ctx, stage: str) -> None:
     if os.path.isdir(ck):
       freed = dir_bytes(ck)
       shutil.rmtree(ck, ignore_errors=True)
-      ctx.log(f"[{stage}] deleted the optimizer-state checkpoints in {ck} ({freed / 1e6:,.0f} MB; "
-              "train.keep_checkpoints=True keeps them)")
+      ctx.log(
+        f"[{stage}] deleted the optimizer-state checkpoints in {ck} ({freed / 1e6:,.0f} MB; "
+        "train.keep_checkpoints=True keeps them)"
+      )
 
 
 def dir_bytes(path: str) -> int:
@@ -336,22 +363,27 @@ def _stage_times(cfg, ran, prev: dict) -> dict:
 
 def _summary(ctx, cfg, ran, skipped, seconds, prev: dict | None = None):
   prev = prev or {}
-  out = {"name": cfg.name, "workdir": ctx.workdir,
-         "stages_run": [list(r) for r in ran], "stages_skipped": skipped,
-         "stage_time_s": _stage_times(cfg, ran, prev),
-         "wall_time_s": round(float(prev.get("wall_time_s") or 0.0) + seconds, 1),
-         "runs": int(prev.get("runs") or (1 if prev else 0)) + 1,
-         "processes": jax.process_count()}
+  out = {
+    "name": cfg.name,
+    "workdir": ctx.workdir,
+    "stages_run": [list(r) for r in ran],
+    "stages_skipped": skipped,
+    "stage_time_s": _stage_times(cfg, ran, prev),
+    "wall_time_s": round(float(prev.get("wall_time_s") or 0.0) + seconds, 1),
+    "runs": int(prev.get("runs") or (1 if prev else 0)) + 1,
+    "processes": jax.process_count(),
+  }
   final = _final_model_stage(ctx, cfg)
   if final:
     with open(os.path.join(stages.artifact(ctx, final), "config.json")) as f:
       config = LlamaConfig.from_json(f.read())
-    out.update(final_model=stages.artifact(ctx, final),
-               mla_layers=list(getattr(config, "mla_layers", ())),
-               layer_types="".join({"mla": "M", "mamba2": "s", "attention": "A"}[t]
-                                   for t in config.layer_types()),
-               kv_cache_fraction=accounting.kv_cache_fraction(config),
-               params=accounting.param_count(config))
+    out.update(
+      final_model=stages.artifact(ctx, final),
+      mla_layers=list(getattr(config, "mla_layers", ())),
+      layer_types="".join({"mla": "M", "mamba2": "s", "attention": "A"}[t] for t in config.layer_types()),
+      kv_cache_fraction=accounting.kv_cache_fraction(config),
+      params=accounting.param_count(config),
+    )
   tokens = {}
   for name in os.listdir(ctx.workdir):
     rows = read_metrics(os.path.join(ctx.workdir, name))
@@ -360,12 +392,16 @@ def _summary(ctx, cfg, ran, skipped, seconds, prev: dict | None = None):
       if stage_cfg is not None and "batch_size" in stage_cfg:
         # DPO reads a chosen and a rejected row of max_len per pair; the others seq_len rows.
         row_tokens = 2 * cfg.dpo.max_len if name == "dpo" else cfg.data.seq_len
-        tokens[name] = {"steps": rows[-1]["step"], "last_loss": rows[-1].get("loss"),
-                        "tokens_seen": rows[-1]["step"] * stage_cfg.batch_size * row_tokens}
+        tokens[name] = {
+          "steps": rows[-1]["step"],
+          "last_loss": rows[-1].get("loss"),
+          "tokens_seen": rows[-1]["step"] * stage_cfg.batch_size * row_tokens,
+        }
   out["training"] = tokens
   out["tokens_seen"] = sum(t["tokens_seen"] for t in tokens.values())
   # What each stage's directories hold now (a stage linked in from elsewhere counts where it is).
-  out["disk_bytes"] = {s: sum(dir_bytes(d) for d in stage_dirs(ctx, s)) for s in cfg.stages
-                       if stage_dirs(ctx, s)}
+  out["disk_bytes"] = {
+    s: sum(dir_bytes(d) for d in stage_dirs(ctx, s)) for s in cfg.stages if stage_dirs(ctx, s)
+  }
   out["disk_bytes_total"] = dir_bytes(ctx.workdir)
   return out

@@ -24,16 +24,16 @@ from zebra_jax.train.trainer import TrainSpec
 @dataclasses.dataclass(frozen=True)
 class StagePlan:
   name: str
-  student: Any                        # the trained model's LlamaConfig / HybridConfig
-  teachers: dict[str, Any]            # loss role ("teacher" / "reference") -> config
-  loss_fn: Callable                   # (student, {role: model}, batch) -> (loss, metrics)
-  trainable: Callable | None          # (path, variable) -> trained?; None: every parameter
+  student: Any  # the trained model's LlamaConfig / HybridConfig
+  teachers: dict[str, Any]  # loss role ("teacher" / "reference") -> config
+  loss_fn: Callable  # (student, {role: model}, batch) -> (loss, metrics)
+  trainable: Callable | None  # (path, variable) -> trained?; None: every parameter
   spec: TrainSpec
-  batch: dict[str, tuple[tuple[int, ...], str]]   # name -> (global (accum, micro, T), dtype)
-  data: str | None = None             # RunContext.batches purpose; None: preference pairs (dpo)
-  lr_scale: Callable | None = None    # parameter path -> learning-rate multiplier
-  heads: bool = True                  # the step runs the LM heads (ILD does not): FLOPs count them
-  rows_per_sequence: int = 1          # DPO trains on chosen + rejected rows
+  batch: dict[str, tuple[tuple[int, ...], str]]  # name -> (global (accum, micro, T), dtype)
+  data: str | None = None  # RunContext.batches purpose; None: preference pairs (dpo)
+  lr_scale: Callable | None = None  # parameter path -> learning-rate multiplier
+  heads: bool = True  # the step runs the LM heads (ILD does not): FLOPs count them
+  rows_per_sequence: int = 1  # DPO trains on chosen + rejected rows
   notes: tuple[str, ...] = ()
 
 
@@ -77,12 +77,21 @@ def train_spec(cfg, stage_cfg, seq_len: int, progress: bool = False) -> TrainSpe
   """A stage's TrainSpec from its config section (steps, lr, batch, accumulation, warmup) and the
   run's `train` section (decay, clipping, logging, checkpoints)."""
   t = cfg.train
-  return TrainSpec(steps=stage_cfg.steps, lr=stage_cfg.lr, batch_size=stage_cfg.batch_size,
-                   seq_len=seq_len, grad_accum=stage_cfg.grad_accum,
-                   warmup_frac=stage_cfg.get("warmup_frac", t.warmup_frac),
-                   weight_decay=t.weight_decay, grad_clip=t.grad_clip, log_every=t.log_every,
-                   checkpoint_every=t.checkpoint_every, keep_last=t.keep_last,
-                   async_checkpoint=t.async_checkpoint, progress=progress)
+  return TrainSpec(
+    steps=stage_cfg.steps,
+    lr=stage_cfg.lr,
+    batch_size=stage_cfg.batch_size,
+    seq_len=seq_len,
+    grad_accum=stage_cfg.grad_accum,
+    warmup_frac=stage_cfg.get("warmup_frac", t.warmup_frac),
+    weight_decay=t.weight_decay,
+    grad_clip=t.grad_clip,
+    log_every=t.log_every,
+    checkpoint_every=t.checkpoint_every,
+    keep_last=t.keep_last,
+    async_checkpoint=t.async_checkpoint,
+    progress=progress,
+  )
 
 
 def token_batch(spec: TrainSpec, length: int) -> dict:
@@ -93,31 +102,54 @@ def token_batch(spec: TrainSpec, length: int) -> dict:
 # -- one function per stage ------------------------------------------------------------------------
 def ild(cfg, mixer: str, student, teacher, progress: bool = False) -> StagePlan:
   spec = train_spec(cfg, cfg.ild, cfg.data.seq_len, progress)
-  return StagePlan(f"ild_{mixer}", student, {"teacher": teacher}, ild_loss_fn(cfg.ild.loss),
-                   not_embedding, spec, token_batch(spec, cfg.data.seq_len), data="ild",
-                   heads=False)
+  return StagePlan(
+    f"ild_{mixer}",
+    student,
+    {"teacher": teacher},
+    ild_loss_fn(cfg.ild.loss),
+    not_embedding,
+    spec,
+    token_batch(spec, cfg.data.seq_len),
+    data="ild",
+    heads=False,
+  )
 
 
 def kd(cfg, student, teacher, progress: bool = False) -> StagePlan:
   k = cfg.kd
   if teacher.vocab_size != student.vocab_size:
-    raise ValueError(f"kd: teacher vocab_size={teacher.vocab_size} differs from the student's "
-                     f"{student.vocab_size}; KD compares logits token for token "
-                     "(kd_teacher.path / kd_teacher.preset)")
+    raise ValueError(
+      f"kd: teacher vocab_size={teacher.vocab_size} differs from the student's "
+      f"{student.vocab_size}; KD compares logits token for token "
+      "(kd_teacher.path / kd_teacher.preset)"
+    )
   spec = train_spec(cfg, k, cfg.data.seq_len, progress)
-  return StagePlan("kd", student, {"teacher": teacher},
-                   kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature, k.loss_impl, k.loss_chunk),
-                   frozen_filter(k.freeze), spec, token_batch(spec, cfg.data.seq_len), data="kd",
-                   lr_scale=group_lr_scale(k.get("lr_scale", None)))
+  return StagePlan(
+    "kd",
+    student,
+    {"teacher": teacher},
+    kd_loss_fn(k.kl_weight, k.ce_weight, k.temperature, k.loss_impl, k.loss_chunk),
+    frozen_filter(k.freeze),
+    spec,
+    token_batch(spec, cfg.data.seq_len),
+    data="kd",
+    lr_scale=group_lr_scale(k.get("lr_scale", None)),
+  )
 
 
 def stepwise(cfg, phase: int, student, teacher, progress: bool = False) -> StagePlan:
   s = cfg.stepwise
   spec = train_spec(cfg, s, cfg.data.seq_len, progress)
-  return StagePlan(f"stepwise_{phase}", student, {"teacher": teacher},
-                   kd_loss_fn(s.kl_weight, s.ce_weight, 1.0),
-                   frozen_filter(("embed", "mlp") if s.freeze_mlp else ("embed",)), spec,
-                   token_batch(spec, cfg.data.seq_len), data=f"stepwise_{phase}")
+  return StagePlan(
+    f"stepwise_{phase}",
+    student,
+    {"teacher": teacher},
+    kd_loss_fn(s.kl_weight, s.ce_weight, 1.0),
+    frozen_filter(("embed", "mlp") if s.freeze_mlp else ("embed",)),
+    spec,
+    token_batch(spec, cfg.data.seq_len),
+    data=f"stepwise_{phase}",
+  )
 
 
 def dpo(cfg, policy, reference, progress: bool = False) -> StagePlan:
@@ -125,10 +157,29 @@ def dpo(cfg, policy, reference, progress: bool = False) -> StagePlan:
   spec = train_spec(cfg, d, d.max_len, progress)
   shape = (spec.grad_accum, spec.batch_size // spec.grad_accum, d.max_len)
   batch = {k: (shape, "int32") for k in ("chosen", "chosen_mask", "rejected", "rejected_mask")}
-  return StagePlan("dpo", policy, {"reference": reference},
-                   dpo_loss_fn(d.beta, d.loss_impl, d.get("loss_chunk", fused_losses.DEFAULT_CHUNK)),
-                   None, spec, batch, data=None, rows_per_sequence=2)
+  return StagePlan(
+    "dpo",
+    policy,
+    {"reference": reference},
+    dpo_loss_fn(d.beta, d.loss_impl, d.get("loss_chunk", fused_losses.DEFAULT_CHUNK)),
+    None,
+    spec,
+    batch,
+    data=None,
+    rows_per_sequence=2,
+  )
 
 
-__all__ = ["StagePlan", "param_group", "group_lr_scale", "frozen_filter", "not_embedding",
-           "train_spec", "token_batch", "ild", "kd", "stepwise", "dpo"]
+__all__ = [
+  "StagePlan",
+  "param_group",
+  "group_lr_scale",
+  "frozen_filter",
+  "not_embedding",
+  "train_spec",
+  "token_batch",
+  "ild",
+  "kd",
+  "stepwise",
+  "dpo",
+]

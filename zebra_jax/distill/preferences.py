@@ -26,16 +26,18 @@ def _records(path: str):
           rec = json.loads(line)
           prompt, chosen, rejected = rec["prompt"], rec["chosen"], rec["rejected"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-          raise ValueError(f"{path}:{n}: expected JSON with 'prompt', 'chosen', 'rejected' "
-                           f"({type(e).__name__}: {e})") from None
-        if not (isinstance(prompt, (str, list)) and isinstance(chosen, str)
-                and isinstance(rejected, str)):
-          raise ValueError(f"{path}:{n}: 'prompt' must be text or a list of chat messages and "
-                           "'chosen' / 'rejected' text")
+          raise ValueError(
+            f"{path}:{n}: expected JSON with 'prompt', 'chosen', 'rejected' ({type(e).__name__}: {e})"
+          ) from None
+        if not (isinstance(prompt, (str, list)) and isinstance(chosen, str) and isinstance(rejected, str)):
+          raise ValueError(
+            f"{path}:{n}: 'prompt' must be text or a list of chat messages and 'chosen' / 'rejected' text"
+          )
         yield n, prompt, chosen, rejected
   except UnicodeDecodeError:
-    raise ValueError(f"{path}: not UTF-8 text (expected JSON lines with 'prompt', 'chosen', "
-                     "'rejected')") from None
+    raise ValueError(
+      f"{path}: not UTF-8 text (expected JSON lines with 'prompt', 'chosen', 'rejected')"
+    ) from None
 
 
 def check_pairs_file(path: str, batch_size: int) -> int:
@@ -65,7 +67,7 @@ def load_pairs(path: str, tokenizer, max_len: int, max_prompt_len: int):
       ids = np.zeros(max_len, np.int32)
       mask = np.zeros(max_len, np.int32)
       ids[: len(p) + len(r)] = p + r
-      mask[len(p): len(p) + len(r)] = 1
+      mask[len(p) : len(p) + len(r)] = 1
       rows.append((ids, mask))
     pairs.append(rows)
   if not pairs:
@@ -77,8 +79,7 @@ class PreferenceIterator:
   """Deterministic shuffled epochs over the pairs; state = (epoch, position). `batch_size` is the
   global batch: process p of P yields rows [p*B/P, (p+1)*B/P) of each global batch."""
 
-  def __init__(self, pairs, batch_size: int, seed: int, process_index: int = 0,
-               process_count: int = 1):
+  def __init__(self, pairs, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
     if batch_size > len(pairs):
       raise ValueError(f"dpo batch_size={batch_size} exceeds the {len(pairs)} preference pairs")
     if batch_size % process_count:
@@ -93,14 +94,17 @@ class PreferenceIterator:
   def __next__(self):
     if self.pos + self.batch_size > len(self.pairs):
       self.epoch, self.pos = self.epoch + 1, 0
-    idx = self._order()[self.pos: self.pos + self.batch_size]
+    idx = self._order()[self.pos : self.pos + self.batch_size]
     self.pos += self.batch_size
     local = self.batch_size // self.process_count
-    idx = idx[self.process_index * local:(self.process_index + 1) * local]
+    idx = idx[self.process_index * local : (self.process_index + 1) * local]
     pick = [self.pairs[i] for i in idx]
-    return {"chosen": np.stack([p[0][0] for p in pick]), "chosen_mask": np.stack([p[0][1] for p in pick]),
-            "rejected": np.stack([p[1][0] for p in pick]),
-            "rejected_mask": np.stack([p[1][1] for p in pick])}
+    return {
+      "chosen": np.stack([p[0][0] for p in pick]),
+      "chosen_mask": np.stack([p[0][1] for p in pick]),
+      "rejected": np.stack([p[1][0] for p in pick]),
+      "rejected_mask": np.stack([p[1][1] for p in pick]),
+    }
 
   def get_state(self):
     return {"epoch": self.epoch, "pos": self.pos}
@@ -109,7 +113,17 @@ class PreferenceIterator:
     self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
-def preference_iterator(path, tokenizer, *, batch_size, max_len, max_prompt_len, seed,
-                        process_index: int = 0, process_count: int = 1):
-  return PreferenceIterator(load_pairs(path, tokenizer, max_len, max_prompt_len), batch_size, seed,
-                            process_index, process_count)
+def preference_iterator(
+  path,
+  tokenizer,
+  *,
+  batch_size,
+  max_len,
+  max_prompt_len,
+  seed,
+  process_index: int = 0,
+  process_count: int = 1,
+):
+  return PreferenceIterator(
+    load_pairs(path, tokenizer, max_len, max_prompt_len), batch_size, seed, process_index, process_count
+  )

@@ -35,8 +35,14 @@ import time
 import numpy as np
 
 from zebra_jax._io import atomic_write
-from zebra_jax.data.prompts import (CHAT_PROMPTS, REPORT_PROMPTS, decode_text, prompt_ids,
-                                    real_sources, source_specs)
+from zebra_jax.data.prompts import (
+  CHAT_PROMPTS,
+  REPORT_PROMPTS,
+  decode_text,
+  prompt_ids,
+  real_sources,
+  source_specs,
+)
 from zebra_jax.data.registry import SAMPLES_TOKEN
 from zebra_jax.data import sources, tokenize
 from zebra_jax.data.pipeline import split_indices
@@ -44,7 +50,7 @@ from zebra_jax.data.registry import parse_mix
 from zebra_jax.distill.instructions import instruction_prompts, passage_prompts
 
 ARTIFACT = os.path.join("samples", "teacher_samples.jsonl")
-PROMPT_BUCKET = 128   # prompt lengths and cache sizes are rounded up to multiples of this
+PROMPT_BUCKET = 128  # prompt lengths and cache sizes are rounded up to multiples of this
 
 
 def _round_up(n: int, m: int) -> int:
@@ -55,8 +61,7 @@ def _cache_len(prompts, max_new_tokens: int) -> int:
   """The cache length for `prompts` padded to PROMPT_BUCKET plus `max_new_tokens`, so batches whose
   longest prompts differ by a few tokens share one compiled prefill / decode loop (each new shape
   costs seconds of compilation)."""
-  return _round_up(_round_up(max(len(p) for p in prompts), PROMPT_BUCKET) + max_new_tokens,
-                   PROMPT_BUCKET)
+  return _round_up(_round_up(max(len(p) for p in prompts), PROMPT_BUCKET) + max_new_tokens, PROMPT_BUCKET)
 
 
 def resolve_source(cfg, workdir: str):
@@ -66,8 +71,10 @@ def resolve_source(cfg, workdir: str):
     return cfg.data.source
   path = os.path.join(workdir, ARTIFACT)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"data.source names {SAMPLES_TOKEN!r} but {path} does not exist: add "
-                            "'samples' to stages before the training stages")
+    raise FileNotFoundError(
+      f"data.source names {SAMPLES_TOKEN!r} but {path} does not exist: add "
+      "'samples' to stages before the training stages"
+    )
   out = [path if s == SAMPLES_TOKEN else s for s in specs]
   return out[0] if len(out) == 1 else out
 
@@ -88,8 +95,9 @@ def train_documents(cfg) -> list:
   return [src[int(i)] for i in split_indices(len(src), "train", cfg.data.heldout_fraction)]
 
 
-def make_prompts(cfg, tokenizer, num: int, prompt_tokens: int, seed: int,
-                 documents: list | None = None) -> list[list[int]]:
+def make_prompts(
+  cfg, tokenizer, num: int, prompt_tokens: int, seed: int, documents: list | None = None
+) -> list[list[int]]:
   """`num` prompts of at most `prompt_tokens` ids, each a window at a random offset of a random
   train-split document of the real sources (deterministic in `seed`)."""
 
@@ -104,7 +112,7 @@ def make_prompts(cfg, tokenizer, num: int, prompt_tokens: int, seed: int,
     ids = encoded[int(doc_index)]
     ids = [int(i) for i in ids if int(i) != eos]  # the document's EOS is not a prompt token
     start = int(rng.integers(0, max(1, len(ids) - prompt_tokens + 1)))
-    window = ids[start:start + prompt_tokens]
+    window = ids[start : start + prompt_tokens]
     if window:
       prompts.append(window)
   if not prompts:
@@ -116,26 +124,39 @@ def instruction_prompts_for_samples(num: int, seed: int) -> list[str]:
   """`num` user messages (distill/instructions.py), never one of the evaluation prompts (the
   report's samples and the suite's chat prompts; the topics avoid the suite's subjects too)."""
 
-  return instruction_prompts(num, seed, exclude=[p["chat"] for p in REPORT_PROMPTS if "chat" in p]
-                             + list(CHAT_PROMPTS))
+  return instruction_prompts(
+    num, seed, exclude=[p["chat"] for p in REPORT_PROMPTS if "chat" in p] + list(CHAT_PROMPTS)
+  )
 
 
-def make_chat_prompts(tokenizer, num: int, seed: int, documents: list | None = None,
-                      passage_fraction: float = 0.0) -> list[list[int]]:
+def make_chat_prompts(
+  tokenizer, num: int, seed: int, documents: list | None = None, passage_fraction: float = 0.0
+) -> list[list[int]]:
   """`num` user messages in the tokenizer's chat template, as the evaluation's are built: a
   `passage_fraction` of them are tasks about a passage of `documents` (summarise, explain,
   continue, questions; distill/instructions.py), the rest task templates x topics; seeded order."""
 
   n_passage = int(round(num * passage_fraction))
-  messages = (instruction_prompts_for_samples(num - n_passage, seed)
-              + passage_prompts(documents or [], n_passage, seed + 1))
+  messages = instruction_prompts_for_samples(num - n_passage, seed) + passage_prompts(
+    documents or [], n_passage, seed + 1
+  )
   order = np.random.default_rng(seed + 2).permutation(len(messages))
   return [prompt_ids(tokenizer, {"chat": messages[int(i)]}) for i in order]
 
 
-def generate_in_rounds(model, prompts: list[list[int]], max_new_tokens: int, *, round_tokens: int,
-                       batch_size: int, temperature: float, top_p, top_k, seed: int,
-                       stop_tokens) -> list[list[int]]:
+def generate_in_rounds(
+  model,
+  prompts: list[list[int]],
+  max_new_tokens: int,
+  *,
+  round_tokens: int,
+  batch_size: int,
+  temperature: float,
+  top_p,
+  top_k,
+  seed: int,
+  stop_tokens,
+) -> list[list[int]]:
   """Sampled continuations of `prompts` (each as `generate` returns it: a stop token, when produced,
   last), `round_tokens` new tokens per round: after each round the sequences that stopped leave,
   and the rest, prompt + what they have so far, are regrouped into full batches for the next round.
@@ -151,8 +172,9 @@ def generate_in_rounds(model, prompts: list[list[int]], max_new_tokens: int, *, 
   from zebra_jax.infer.generation import generate
 
   if max_new_tokens % round_tokens:
-    raise ValueError(f"samples.round_tokens={round_tokens} must divide samples.max_new_tokens="
-                     f"{max_new_tokens}")
+    raise ValueError(
+      f"samples.round_tokens={round_tokens} must divide samples.max_new_tokens={max_new_tokens}"
+    )
   stops = set(stop_tokens)
   max_len = _cache_len(prompts, max_new_tokens)
   new = [[] for _ in prompts]
@@ -160,12 +182,21 @@ def generate_in_rounds(model, prompts: list[list[int]], max_new_tokens: int, *, 
   for r in range(max_new_tokens // round_tokens):
     still = []
     for c, c0 in enumerate(range(0, len(active), batch_size)):
-      rows = active[c0:c0 + batch_size]
+      rows = active[c0 : c0 + batch_size]
       inputs = [list(prompts[i]) + new[i] for i in rows]
       inputs += [inputs[0]] * (batch_size - len(rows))
-      got = generate(model, inputs, round_tokens, temperature=temperature, top_p=top_p,
-                     top_k=top_k, seed=seed + 7_919 * r + c, stop_tokens=tuple(stops),
-                     pad_multiple=PROMPT_BUCKET, max_len=max_len)
+      got = generate(
+        model,
+        inputs,
+        round_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed + 7_919 * r + c,
+        stop_tokens=tuple(stops),
+        pad_multiple=PROMPT_BUCKET,
+        max_len=max_len,
+      )
       for i, g in zip(rows, got):
         new[i] += g
         if not (g and g[-1] in stops):
@@ -176,11 +207,26 @@ def generate_in_rounds(model, prompts: list[list[int]], max_new_tokens: int, *, 
   return new
 
 
-def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str, *, batch_size: int,
-                     max_new_tokens: int, temperature: float, top_p, top_k, seed: int,
-                     process_index: int = 0, process_count: int = 1, log=print,
-                     chat: list[bool] | None = None, chat_temperature: float | None = None,
-                     round_tokens: int = 0, round_batches: int = 8) -> list[str]:
+def generate_samples(
+  teacher,
+  tokenizer,
+  prompts: list[list[int]],
+  workdir: str,
+  *,
+  batch_size: int,
+  max_new_tokens: int,
+  temperature: float,
+  top_p,
+  top_k,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  log=print,
+  chat: list[bool] | None = None,
+  chat_temperature: float | None = None,
+  round_tokens: int = 0,
+  round_batches: int = 8,
+) -> list[str]:
   """Generates this process's parts into part files (skipping existing ones); returns the paths
   of all part files in order. `chat[i]` marks chat-template prompts (kept with their turn markers
   in the text); they are sampled at `chat_temperature` (None: `temperature`), the rows of a part
@@ -190,6 +236,7 @@ def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str,
   chat = list(chat) if chat is not None else [False] * len(prompts)
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.infer.decode import resolve_stop_tokens
+
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.infer.generation import generate
 
@@ -205,22 +252,40 @@ def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str,
     if os.path.exists(paths[b]):
       continue
     t0 = time.time()
-    part = prompts[b * part_size:(b + 1) * part_size]
-    temps = [chat_temperature if chat_temperature is not None and chat[b * part_size + j]
-             else temperature for j in range(len(part))]
+    part = prompts[b * part_size : (b + 1) * part_size]
+    temps = [
+      chat_temperature if chat_temperature is not None and chat[b * part_size + j] else temperature
+      for j in range(len(part))
+    ]
     outs = [None] * len(part)
     for k, temp in enumerate(sorted(set(temps))):
       rows = [j for j, t in enumerate(temps) if t == temp]
       if round_tokens:
-        got = generate_in_rounds(teacher, [part[j] for j in rows], max_new_tokens,
-                                 round_tokens=round_tokens, batch_size=batch_size,
-                                 temperature=temp, top_p=top_p, top_k=top_k,
-                                 seed=seed + 1_000 * b + 1_000_003 * k, stop_tokens=stops)
+        got = generate_in_rounds(
+          teacher,
+          [part[j] for j in rows],
+          max_new_tokens,
+          round_tokens=round_tokens,
+          batch_size=batch_size,
+          temperature=temp,
+          top_p=top_p,
+          top_k=top_k,
+          seed=seed + 1_000 * b + 1_000_003 * k,
+          stop_tokens=stops,
+        )
       else:
         batch = [part[j] for j in rows]
-        got = generate(teacher, batch, max_new_tokens, temperature=temp, top_p=top_p,
-                       top_k=top_k, seed=seed + b + 1_000_003 * k, pad_multiple=PROMPT_BUCKET,
-                       max_len=_cache_len(batch, max_new_tokens))
+        got = generate(
+          teacher,
+          batch,
+          max_new_tokens,
+          temperature=temp,
+          top_p=top_p,
+          top_k=top_k,
+          seed=seed + b + 1_000_003 * k,
+          pad_multiple=PROMPT_BUCKET,
+          max_len=_cache_len(batch, max_new_tokens),
+        )
       for j, o in zip(rows, got):
         outs[j] = o
     n_new = 0
@@ -231,8 +296,10 @@ def generate_samples(teacher, tokenizer, prompts: list[list[int]], workdir: str,
         text = decode_text(tokenizer, prompt + new, keep_special=chat[b * part_size + j])
         f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
     dt = time.time() - t0
-    log(f"[samples] part {b + 1}/{n_parts}: {n_new} new tokens in {dt:.1f}s "
-        f"({n_new / max(dt, 1e-9):,.0f} tokens/s)")
+    log(
+      f"[samples] part {b + 1}/{n_parts}: {n_new} new tokens in {dt:.1f}s "
+      f"({n_new / max(dt, 1e-9):,.0f} tokens/s)"
+    )
   return paths
 
 
@@ -246,13 +313,15 @@ def run_samples(ctx) -> None:
   teacher = ctx.teacher()
   n_chat = int(round(s.num_samples * s.chat_fraction))
   documents = train_documents(ctx.cfg)
-  prompts = make_prompts(ctx.cfg, tokenizer, s.num_samples - n_chat, s.prompt_tokens,
-                         ctx.cfg.seed + 7, documents) if s.num_samples > n_chat else []
+  prompts = (
+    make_prompts(ctx.cfg, tokenizer, s.num_samples - n_chat, s.prompt_tokens, ctx.cfg.seed + 7, documents)
+    if s.num_samples > n_chat
+    else []
+  )
   chat = [False] * len(prompts)
   chat_temperature = None if s.chat_temperature == s.temperature else s.chat_temperature
   if n_chat:
-    chat_prompts = make_chat_prompts(tokenizer, n_chat, ctx.cfg.seed + 13, documents,
-                                     s.passage_fraction)
+    chat_prompts = make_chat_prompts(tokenizer, n_chat, ctx.cfg.seed + 13, documents, s.passage_fraction)
     both = prompts + chat_prompts
     kinds = chat + [True] * n_chat
     if chat_temperature is None:
@@ -264,13 +333,27 @@ def run_samples(ctx) -> None:
       order = np.arange(len(both))
     prompts, chat = [both[i] for i in order], [kinds[i] for i in order]
   paths = generate_samples(
-      teacher, tokenizer, prompts, ctx.workdir, batch_size=s.batch_size,
-      max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-      seed=ctx.cfg.seed + 11, process_index=jax.process_index(), process_count=jax.process_count(),
-      log=ctx.log, chat=chat, chat_temperature=chat_temperature,
-      round_tokens=s.get("round_tokens", 0) or 0, round_batches=s.get("round_batches", 8))
+    teacher,
+    tokenizer,
+    prompts,
+    ctx.workdir,
+    batch_size=s.batch_size,
+    max_new_tokens=s.max_new_tokens,
+    temperature=s.temperature,
+    top_p=s.top_p,
+    top_k=s.top_k,
+    seed=ctx.cfg.seed + 11,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    log=ctx.log,
+    chat=chat,
+    chat_temperature=chat_temperature,
+    round_tokens=s.get("round_tokens", 0) or 0,
+    round_batches=s.get("round_batches", 8),
+  )
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices("zebra_jax samples: all parts written")
   if jax.process_index() == 0:
     out = os.path.join(ctx.workdir, ARTIFACT)
@@ -284,4 +367,5 @@ def run_samples(ctx) -> None:
     ctx.log(f"[samples] {n} teacher samples -> {out}")
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices("zebra_jax samples: artifact written")

@@ -24,8 +24,10 @@ from zebra_jax.train.losses import forward_kl
 
 def _check_budget(n_layers: int, n_mla: int) -> None:
   if not 2 <= n_mla <= n_layers - 1:
-    raise ValueError(f"the MLA budget n_mla={n_mla} must be in [2, {n_layers - 1}] for {n_layers} "
-                     "layers (terminal preservation puts MLA at layers 0 and L-2)")
+    raise ValueError(
+      f"the MLA budget n_mla={n_mla} must be in [2, {n_layers - 1}] for {n_layers} "
+      "layers (terminal preservation puts MLA at layers 0 and L-2)"
+    )
 
 
 def uniform_placement(n_layers: int, n_mla: int) -> tuple[int, ...]:
@@ -109,7 +111,7 @@ def sensitivity_scores(teacher, mla_model, mamba_model, batches: Sequence[dict])
     kls = []
     for l in range(L):
       h = _apply_block(*mla_blocks[l], hidden[l], pos)
-      for g, st in mamba_blocks[l + 1:]:
+      for g, st in mamba_blocks[l + 1 :]:
         h = _apply_block(g, st, h, pos)
       kls.append(kl_from_hidden(mamba_model, t_logits, h))  # no host sync inside the loop
     swapped += np.array([float(k) for k in kls])

@@ -45,11 +45,23 @@ def train(ctx: RunContext, plan: plans.StagePlan, student: CausalLM, teachers: d
   student as the stage's artifact."""
   ctx.set_remat(student)
   # DPO's step runs a chosen and a rejected row per example: its MFU is not logged
-  flops = None if plan.rows_per_sequence != 1 else ctx.flops_per_token(
-      student.config, teachers["teacher"].config, heads=plan.heads)
-  trainer = StageTrainer(name=plan.name, workdir=ctx.workdir, model=student, loss_fn=plan.loss_fn,
-                         spec=plan.spec, mesh=ctx.mesh, teachers=teachers,
-                         trainable=plan.trainable, flops_per_token=flops, lr_scale=plan.lr_scale)
+  flops = (
+    None
+    if plan.rows_per_sequence != 1
+    else ctx.flops_per_token(student.config, teachers["teacher"].config, heads=plan.heads)
+  )
+  trainer = StageTrainer(
+    name=plan.name,
+    workdir=ctx.workdir,
+    model=student,
+    loss_fn=plan.loss_fn,
+    spec=plan.spec,
+    mesh=ctx.mesh,
+    teachers=teachers,
+    trainable=plan.trainable,
+    flops_per_token=flops,
+    lr_scale=plan.lr_scale,
+  )
   if plan.data in ("ild", "kd"):
     ctx.data_budget(plan.name, plan.data, plan.spec)
   if plan.data is None:
@@ -73,11 +85,19 @@ def run_ild(ctx: RunContext, mixer: str) -> None:
   mla_layers = tuple(range(L)) if mixer == "mla" else ()
   config = ctx.student_config(mla_layers=mla_layers, attn_layers=())
   m = ctx.cfg.model
-  student = init_hybrid(teacher, config, seed=ctx.cfg.seed,
-                        q_energy_ratio=m.q_energy_ratio if mixer == "mla" else None,
-                        kv_energy_ratio=m.kv_energy_ratio if mixer == "mla" else None)
-  train(ctx, plans.ild(ctx.cfg, mixer, student.config, teacher.config, ctx.progress), student,
-        {"teacher": teacher})
+  student = init_hybrid(
+    teacher,
+    config,
+    seed=ctx.cfg.seed,
+    q_energy_ratio=m.q_energy_ratio if mixer == "mla" else None,
+    kv_energy_ratio=m.kv_energy_ratio if mixer == "mla" else None,
+  )
+  train(
+    ctx,
+    plans.ild(ctx.cfg, mixer, student.config, teacher.config, ctx.progress),
+    student,
+    {"teacher": teacher},
+  )
 
 
 # -- layer selection -------------------------------------------------------------------------------
@@ -96,8 +116,11 @@ def run_select(ctx: RunContext) -> None:
     calib = ctx.calibration_batches(cfg.select.calib_batches, cfg.select.batch_size)
     scores = select_lib.sensitivity_scores(teacher, mla_model, mamba_model, calib)
     layers = select_lib.smart_placement(scores, cfg.model.n_mla)
-  out = {"method": method, "mla_layers": [int(i) for i in layers],
-         "scores": None if scores is None else [float(s) for s in scores]}
+  out = {
+    "method": method,
+    "mla_layers": [int(i) for i in layers],
+    "scores": None if scores is None else [float(s) for s in scores],
+  }
   path = artifact(ctx, "select")
   if jax.process_index() == 0:  # every process chose the same layout; the pipeline then syncs
     write_json(path, out)
@@ -105,8 +128,9 @@ def run_select(ctx: RunContext) -> None:
 
 
 # -- assemble --------------------------------------------------------------------------------------
-def assemble_hybrid(teacher: CausalLM, mla_model: CausalLM, mamba_model: CausalLM,
-                    config: HybridConfig) -> CausalLM:
+def assemble_hybrid(
+  teacher: CausalLM, mla_model: CausalLM, mamba_model: CausalLM, config: HybridConfig
+) -> CausalLM:
   """Layer l's whole block (mixer, MLP, norms) from the MLA or Mamba2 ILD student; embeddings, final
   norm and LM head from the teacher (reference 4.5)."""
   for src, kind in ((mla_model, "mla"), (mamba_model, "mamba2")):
@@ -119,12 +143,16 @@ def assemble_hybrid(teacher: CausalLM, mla_model: CausalLM, mamba_model: CausalL
       raise ValueError(f"assemble: layers {missing} need a {kind} block but the ILD student has none")
   if config.mla_layers:
     for i in config.mla_layers:  # MLA shapes (ranks) must match the ILD run
-      config = dataclasses.replace(config, mla_layer_ranks={
-          **(config.mla_layer_ranks or {}), i: mla_model.config.mla_ranks(i)})
+      config = dataclasses.replace(
+        config, mla_layer_ranks={**(config.mla_layer_ranks or {}), i: mla_model.config.mla_ranks(i)}
+      )
   hybrid = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0)))
   state = nnx.state(hybrid)
-  src_states = {"mla": mla_model and nnx.state(mla_model),
-                "mamba2": mamba_model and nnx.state(mamba_model), "teacher": nnx.state(teacher)}
+  src_states = {
+    "mla": mla_model and nnx.state(mla_model),
+    "mamba2": mamba_model and nnx.state(mamba_model),
+    "teacher": nnx.state(teacher),
+  }
   flat = {}
   for path, var in nnx.to_flat_state(state):
     if path[0] == "layers":
@@ -134,11 +162,11 @@ def assemble_hybrid(teacher: CausalLM, mla_model: CausalLM, mamba_model: CausalL
       src = src_states["teacher"]
     value = _lookup(src, path)
     if tuple(value.shape) != tuple(var.shape):
-      raise ValueError(f"assemble: {'.'.join(map(str, path))} has shape {value.shape} in its source, "
-                       f"expected {var.shape}")
+      raise ValueError(
+        f"assemble: {'.'.join(map(str, path))} has shape {value.shape} in its source, expected {var.shape}"
+      )
     flat[path] = value
-  nnx.update(hybrid, nnx.from_flat_state([(p, v.replace(flat[p])) for p, v in
-                                          nnx.to_flat_state(state)]))
+  nnx.update(hybrid, nnx.from_flat_state([(p, v.replace(flat[p])) for p, v in nnx.to_flat_state(state)]))
   return hybrid
 
 
@@ -163,10 +191,14 @@ def run_assemble(ctx: RunContext) -> None:
     if stage in ctx.cfg.stages:
       return ctx.load_artifact(stage)
     L = teacher.config.num_hidden_layers
-    all_layers = ctx.student_config(mla_layers=tuple(range(L)) if kind == "mla" else (),
-                                    attn_layers=())
-    return init_hybrid(teacher, all_layers, seed=ctx.cfg.seed, q_energy_ratio=m.q_energy_ratio,
-                       kv_energy_ratio=m.kv_energy_ratio)
+    all_layers = ctx.student_config(mla_layers=tuple(range(L)) if kind == "mla" else (), attn_layers=())
+    return init_hybrid(
+      teacher,
+      all_layers,
+      seed=ctx.cfg.seed,
+      q_energy_ratio=m.q_energy_ratio,
+      kv_energy_ratio=m.kv_energy_ratio,
+    )
 
   kinds = set(config.layer_types())
   mla_model = source("mla") if "mla" in kinds else None
@@ -180,8 +212,7 @@ def run_kd(ctx: RunContext) -> None:
   source_stage = "stepwise" if "stepwise" in ctx.cfg.stages else "assemble"
   student = ctx.load_artifact(source_stage)
   teacher = ctx.kd_teacher()
-  train(ctx, plans.kd(ctx.cfg, student.config, teacher.config, ctx.progress), student,
-        {"teacher": teacher})
+  train(ctx, plans.kd(ctx.cfg, student.config, teacher.config, ctx.progress), student, {"teacher": teacher})
 
 
 # -- DPO ---------------------------------------------------------------------------------------------
@@ -189,8 +220,9 @@ def run_dpo(ctx: RunContext) -> None:
   source = "kd" if os.path.exists(artifact(ctx, "kd")) else "assemble"
   policy = ctx.load_artifact(source)
   reference = ctx.load_artifact(source)  # a frozen copy of the distilled model (reference 7)
-  train(ctx, plans.dpo(ctx.cfg, policy.config, reference.config, ctx.progress), policy,
-        {"reference": reference})
+  train(
+    ctx, plans.dpo(ctx.cfg, policy.config, reference.config, ctx.progress), policy, {"reference": reference}
+  )
 
 
 # -- MambaInLlama stepwise replacement -------------------------------------------------------------
@@ -212,20 +244,24 @@ def run_stepwise(ctx: RunContext) -> None:
       for i, (dst, src) in enumerate(zip(student.layers, previous.layers)):
         if dst.mixer_type == "mamba2" and src.mixer_type == "mamba2":
           nnx.update(dst, nnx.state(src))
-    train(ctx, plans.stepwise(ctx.cfg, phase, student.config, teacher.config, ctx.progress),
-          student, {"teacher": teacher})
+    train(
+      ctx,
+      plans.stepwise(ctx.cfg, phase, student.config, teacher.config, ctx.progress),
+      student,
+      {"teacher": teacher},
+    )
     previous = student
   ctx.save(previous, artifact(ctx, "stepwise"), "stepwise")
 
 
 RUNNERS = {
-    "teacher": run_teacher,
-    "samples": samples_lib.run_samples,
-    "ild_mla": lambda ctx: run_ild(ctx, "mla"),
-    "ild_mamba": lambda ctx: run_ild(ctx, "mamba"),
-    "select": run_select,
-    "assemble": run_assemble,
-    "kd": run_kd,
-    "dpo": run_dpo,
-    "stepwise": run_stepwise,
+  "teacher": run_teacher,
+  "samples": samples_lib.run_samples,
+  "ild_mla": lambda ctx: run_ild(ctx, "mla"),
+  "ild_mamba": lambda ctx: run_ild(ctx, "mamba"),
+  "select": run_select,
+  "assemble": run_assemble,
+  "kd": run_kd,
+  "dpo": run_dpo,
+  "stepwise": run_stepwise,
 }

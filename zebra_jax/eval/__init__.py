@@ -15,18 +15,18 @@ CLI: scripts/evaluate.py. See docs/export.md.
 import importlib
 
 _EXPORTS = {
-    "TokenScorer": "zebra_jax.eval.scoring",
-    "rolling_windows": "zebra_jax.eval.scoring",
-    "perplexity": "zebra_jax.eval.ppl",
-    "perplexity_of_files": "zebra_jax.eval.ppl",
-    "teacher_agreement": "zebra_jax.eval.agreement",
-    "kv_cache_report": "zebra_jax.eval.kv_report",
-    "format_kv_report": "zebra_jax.eval.kv_report",
-    "needle_in_a_haystack": "zebra_jax.eval.needle",
-    "make_needle_prompt": "zebra_jax.eval.needle",
-    "format_needle_grid": "zebra_jax.eval.needle",
-    "run_suite": "zebra_jax.eval.suite",
-    "build_tasks": "zebra_jax.eval.tasks",
+  "TokenScorer": "zebra_jax.eval.scoring",
+  "rolling_windows": "zebra_jax.eval.scoring",
+  "perplexity": "zebra_jax.eval.ppl",
+  "perplexity_of_files": "zebra_jax.eval.ppl",
+  "teacher_agreement": "zebra_jax.eval.agreement",
+  "kv_cache_report": "zebra_jax.eval.kv_report",
+  "format_kv_report": "zebra_jax.eval.kv_report",
+  "needle_in_a_haystack": "zebra_jax.eval.needle",
+  "make_needle_prompt": "zebra_jax.eval.needle",
+  "format_needle_grid": "zebra_jax.eval.needle",
+  "run_suite": "zebra_jax.eval.suite",
+  "build_tasks": "zebra_jax.eval.tasks",
 }
 
 __all__ = sorted(_EXPORTS)

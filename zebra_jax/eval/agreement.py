@@ -32,13 +32,22 @@ def _pair_stats(s_state, t_state, tokens_BT, *, s_graphdef, t_graphdef):
   return kl, top1, nll_s, nll_t
 
 
-def teacher_agreement(student, teacher, sequences: Sequence[Sequence[int]], *,
-                      max_length: int = 2048, stride: int | None = None,
-                      batch_size: int = 4, length_multiple: int = 64) -> dict:
+def teacher_agreement(
+  student,
+  teacher,
+  sequences: Sequence[Sequence[int]],
+  *,
+  max_length: int = 2048,
+  stride: int | None = None,
+  batch_size: int = 4,
+  length_multiple: int = 64,
+) -> dict:
   """{"top1", "kl", "tokens", "student_nll", "teacher_nll"} averaged over predicted positions."""
   if student.config.vocab_size != teacher.config.vocab_size:
-    raise ValueError(f"student vocab {student.config.vocab_size} != teacher vocab "
-                     f"{teacher.config.vocab_size}: the distributions are not comparable")
+    raise ValueError(
+      f"student vocab {student.config.vocab_size} != teacher vocab "
+      f"{teacher.config.vocab_size}: the distributions are not comparable"
+    )
   s_graphdef, s_state = nnx.split(student)
   t_graphdef, t_state = nnx.split(teacher)
   # (tokens of the window, number of scored positions at its end)
@@ -55,20 +64,26 @@ def teacher_agreement(student, teacher, sequences: Sequence[Sequence[int]], *,
   # per length bucket costs far more than the padding on an accelerator).
   T = _bucket(max(len(w) for w, _ in items), length_multiple)
   for start in range(0, len(items), batch_size):
-    chunk = items[start:start + batch_size]
+    chunk = items[start : start + batch_size]
     tokens = np.zeros((batch_size, T), np.int32)
     mask = np.zeros((batch_size, T), bool)
     for row, (w, k) in enumerate(chunk):
-      tokens[row, :len(w)] = w
-      mask[row, len(w) - 1 - k:len(w) - 1] = True  # positions predicting the last k tokens
-    stats = _pair_stats(s_state, t_state, jnp.asarray(tokens), s_graphdef=s_graphdef,
-                        t_graphdef=t_graphdef)
+      tokens[row, : len(w)] = w
+      mask[row, len(w) - 1 - k : len(w) - 1] = True  # positions predicting the last k tokens
+    stats = _pair_stats(s_state, t_state, jnp.asarray(tokens), s_graphdef=s_graphdef, t_graphdef=t_graphdef)
     for j, x in enumerate(stats):
       sums[j] += float(np.asarray(x, np.float64)[mask].sum())
     count += int(mask.sum())
   kl, top1, nll_s, nll_t = sums / count
-  return {"top1": top1, "kl": kl, "tokens": count, "student_nll": nll_s, "teacher_nll": nll_t,
-          "student_perplexity": float(np.exp(nll_s)), "teacher_perplexity": float(np.exp(nll_t))}
+  return {
+    "top1": top1,
+    "kl": kl,
+    "tokens": count,
+    "student_nll": nll_s,
+    "teacher_nll": nll_t,
+    "student_perplexity": float(np.exp(nll_s)),
+    "teacher_perplexity": float(np.exp(nll_t)),
+  }
 
 
 __all__ = ["teacher_agreement"]

@@ -13,15 +13,24 @@ from zebra_jax import accounting
 from zebra_jax.config import LlamaConfig
 
 
-def kv_cache_report(config: LlamaConfig, teacher: LlamaConfig | None = None, *,
-                    seq_lens: Sequence[int] = (2048, 8192, 32768, 131072), batch: int = 1,
-                    dtype: str = "bfloat16") -> dict:
+def kv_cache_report(
+  config: LlamaConfig,
+  teacher: LlamaConfig | None = None,
+  *,
+  seq_lens: Sequence[int] = (2048, 8192, 32768, 131072),
+  batch: int = 1,
+  dtype: str = "bfloat16",
+) -> dict:
   types = config.layer_types()
-  per_layer = [{"layer": i, "type": t,
-                "elements_per_token": accounting.layer_kv_cache_elements(config, i)}
-               for i, t in enumerate(types)]
-  teacher_per_token = (accounting.teacher_kv_cache_elements_per_token(config) if teacher is None
-                       else accounting.kv_cache_elements_per_token(teacher))
+  per_layer = [
+    {"layer": i, "type": t, "elements_per_token": accounting.layer_kv_cache_elements(config, i)}
+    for i, t in enumerate(types)
+  ]
+  teacher_per_token = (
+    accounting.teacher_kv_cache_elements_per_token(config)
+    if teacher is None
+    else accounting.kv_cache_elements_per_token(teacher)
+  )
   per_token = accounting.kv_cache_elements_per_token(config)
   item = accounting._itemsize(dtype)
   state = accounting.mamba_state_elements(config)
@@ -29,21 +38,20 @@ def kv_cache_report(config: LlamaConfig, teacher: LlamaConfig | None = None, *,
   for T in seq_lens:
     ours = accounting.cache_bytes(config, batch, T, dtype)
     ref = batch * T * teacher_per_token * item
-    rows.append({"seq_len": int(T), "batch": batch, "bytes": ours, "teacher_bytes": ref,
-                 "ratio": ours / ref})
+    rows.append({"seq_len": int(T), "batch": batch, "bytes": ours, "teacher_bytes": ref, "ratio": ours / ref})
   return {
-      "layers": {k: types.count(k) for k in ("attention", "mla", "mamba2")},
-      "per_layer": per_layer,
-      "kv_elements_per_token": per_token,
-      "teacher_kv_elements_per_token": teacher_per_token,
-      "kv_cache_fraction": per_token / teacher_per_token,
-      "kv_cache_percent": 100.0 * per_token / teacher_per_token,
-      "dtype": dtype,
-      "kv_bytes_per_token": per_token * item,
-      "teacher_kv_bytes_per_token": teacher_per_token * item,
-      "mamba_state_elements_per_sequence": state,
-      "mamba_state_bytes_per_sequence": state * item,
-      "by_length": rows,
+    "layers": {k: types.count(k) for k in ("attention", "mla", "mamba2")},
+    "per_layer": per_layer,
+    "kv_elements_per_token": per_token,
+    "teacher_kv_elements_per_token": teacher_per_token,
+    "kv_cache_fraction": per_token / teacher_per_token,
+    "kv_cache_percent": 100.0 * per_token / teacher_per_token,
+    "dtype": dtype,
+    "kv_bytes_per_token": per_token * item,
+    "teacher_kv_bytes_per_token": teacher_per_token * item,
+    "mamba_state_elements_per_sequence": state,
+    "mamba_state_bytes_per_sequence": state * item,
+    "by_length": rows,
   }
 
 
@@ -52,18 +60,21 @@ def _mib(n: float) -> str:
 
 
 def format_kv_report(r: dict) -> str:
-  lines = [f"layers: {r['layers']['attention']} attention, {r['layers']['mla']} MLA, "
-           f"{r['layers']['mamba2']} Mamba2",
-           f"KV cache per token: {r['kv_elements_per_token']:,} elements ({r['kv_bytes_per_token']:,} "
-           f"bytes in {r['dtype']}) vs teacher {r['teacher_kv_elements_per_token']:,} "
-           f"-> {r['kv_cache_percent']:.2f}% of the GQA teacher",
-           f"Mamba2 state per sequence (constant in length): "
-           f"{r['mamba_state_elements_per_sequence']:,} elements "
-           f"({_mib(r['mamba_state_bytes_per_sequence'])})",
-           f"{'seq_len':>9} {'batch':>5} {'cache':>14} {'teacher':>14} {'ratio':>8}"]
+  lines = [
+    f"layers: {r['layers']['attention']} attention, {r['layers']['mla']} MLA, {r['layers']['mamba2']} Mamba2",
+    f"KV cache per token: {r['kv_elements_per_token']:,} elements ({r['kv_bytes_per_token']:,} "
+    f"bytes in {r['dtype']}) vs teacher {r['teacher_kv_elements_per_token']:,} "
+    f"-> {r['kv_cache_percent']:.2f}% of the GQA teacher",
+    f"Mamba2 state per sequence (constant in length): "
+    f"{r['mamba_state_elements_per_sequence']:,} elements "
+    f"({_mib(r['mamba_state_bytes_per_sequence'])})",
+    f"{'seq_len':>9} {'batch':>5} {'cache':>14} {'teacher':>14} {'ratio':>8}",
+  ]
   for row in r["by_length"]:
-    lines.append(f"{row['seq_len']:>9} {row['batch']:>5} {_mib(row['bytes']):>14} "
-                 f"{_mib(row['teacher_bytes']):>14} {100 * row['ratio']:>7.2f}%")
+    lines.append(
+      f"{row['seq_len']:>9} {row['batch']:>5} {_mib(row['bytes']):>14} "
+      f"{_mib(row['teacher_bytes']):>14} {100 * row['ratio']:>7.2f}%"
+    )
   return "\n".join(lines)
 
 

@@ -27,7 +27,8 @@ import time
 from typing import Sequence
 
 import lm_eval.models  # noqa: F401  registers the built-in models first: lm-eval only does so
-                        # lazily when its registry is empty, which ours would not be
+
+# lazily when its registry is empty, which ours would not be
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -48,11 +49,20 @@ def _bool(v) -> bool:
 class ZebraJaxLM(TemplateLM):
   """A zebra_jax CausalLM (Llama or hybrid) behind the lm-eval `LM` interface."""
 
-  def __init__(self, checkpoint: str | None = None, model=None, tokenizer=None,
-               dtype: str = "float32", batch_size: int | str = 8, max_length: int | None = None,
-               max_gen_toks: int = 256, use_cache: bool | str = True,
-               add_bos_token: bool | str | None = None, prefix_token_id: int | None = None,
-               **kwargs):
+  def __init__(
+    self,
+    checkpoint: str | None = None,
+    model=None,
+    tokenizer=None,
+    dtype: str = "float32",
+    batch_size: int | str = 8,
+    max_length: int | None = None,
+    max_gen_toks: int = 256,
+    use_cache: bool | str = True,
+    add_bos_token: bool | str | None = None,
+    prefix_token_id: int | None = None,
+    **kwargs,
+  ):
     super().__init__()
     # lm-eval passes device / max_batch_size etc. to every model; they mean nothing here.
     ignored = set(kwargs) - {"device", "max_batch_size", "trust_remote_code", "parallelize"}
@@ -72,8 +82,7 @@ class ZebraJaxLM(TemplateLM):
     bs = 8 if batch_size is None or str(batch_size).startswith("auto") else int(batch_size)
     self._batch_size = bs
     self.scorer = TokenScorer(model, batch_size=bs)
-    self._max_length = int(max_length) if max_length else min(
-        int(model.config.max_position_embeddings), 4096)
+    self._max_length = int(max_length) if max_length else min(int(model.config.max_position_embeddings), 4096)
     self.max_gen_toks = int(max_gen_toks)
     self.use_cache = _bool(use_cache)
     self.add_bos_token = None if add_bos_token is None else _bool(add_bos_token)
@@ -104,8 +113,9 @@ class ZebraJaxLM(TemplateLM):
   def batch_size(self) -> int:
     return self._batch_size
 
-  def tok_encode(self, string: str, add_special_tokens: bool | None = None,
-                 left_truncate_len: int | None = None, **kwargs) -> list[int]:
+  def tok_encode(
+    self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs
+  ) -> list[int]:
     kw = {}
     if add_special_tokens is not None:
       kw["add_special_tokens"] = add_special_tokens
@@ -130,15 +140,18 @@ class ZebraJaxLM(TemplateLM):
     for _, ctx, cont in requests:
       if not cont:
         raise ValueError("empty continuation in a loglikelihood request")
-      seq = (list(ctx) + list(cont))[-(self.max_length + 1):]
+      seq = (list(ctx) + list(cont))[-(self.max_length + 1) :]
       seqs.append(seq)
       n_cont.append(len(cont))
     out = []
     t0 = time.time()
     scored = self.scorer.logprobs(seqs)
     # to the log (suite.run_lm_eval keeps it): where an lm-eval run spends its time
-    print(f"[zebra_jax] scored {len(seqs)} requests ({sum(map(len, seqs)):,} tokens) in "
-          f"{time.time() - t0:.1f}s", file=sys.stderr, flush=True)
+    print(
+      f"[zebra_jax] scored {len(seqs)} requests ({sum(map(len, seqs)):,} tokens) in {time.time() - t0:.1f}s",
+      file=sys.stderr,
+      flush=True,
+    )
     for (lp, greedy), k in zip(scored, n_cont):
       res = (float(lp[-k:].sum()), bool(greedy[-k:].all()))
       out.append(res)
@@ -150,9 +163,15 @@ class ZebraJaxLM(TemplateLM):
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
     windows, owner = [], []
     for i, (string,) in enumerate(tqdm([r.args for r in requests], disable=disable_tqdm)):
-      for ctx, pred in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
-          token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-          max_seq_len=self.max_length, context_len=1)):
+      for ctx, pred in map(
+        lm_utils.make_disjoint_window,
+        lm_utils.get_rolling_token_windows(
+          token_list=self.tok_encode(string),
+          prefix_token=self.prefix_token_id,
+          max_seq_len=self.max_length,
+          context_len=1,
+        ),
+      ):
         windows.append((None, ctx, pred))
         owner.append(i)
     scores = self._loglikelihood_tokens(windows) if windows else []
@@ -189,9 +208,15 @@ class ZebraJaxLM(TemplateLM):
     bar = tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until")
     for (n, temp), idx in groups.items():
       for s in range(0, len(idx), self.batch_size):
-        chunk = idx[s:s + self.batch_size]
-        outs = generate(self.model, [prepared[i][0] for i in chunk], n, temperature=temp,
-                        use_cache=self.use_cache, stop_tokens=(self.eot_token_id,))
+        chunk = idx[s : s + self.batch_size]
+        outs = generate(
+          self.model,
+          [prepared[i][0] for i in chunk],
+          n,
+          temperature=temp,
+          use_cache=self.use_cache,
+          stop_tokens=(self.eot_token_id,),
+        )
         for i, toks in zip(chunk, outs):
           text = self.tok_decode(toks, skip_special_tokens=False)
           for term in prepared[i][2]:
@@ -208,6 +233,7 @@ def main(argv=None) -> None:
   """lm-eval's command line with the "zebra_jax" model registered."""
   import sys
   from lm_eval.__main__ import cli_evaluate
+
   if argv is not None:
     sys.argv = [sys.argv[0]] + list(argv)
   cli_evaluate()

@@ -21,10 +21,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. "
-         "Find it and memorize it. I will quiz you about it.\n")
-FILLER = ("The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ",
-          "There and back again. ")
+INTRO = (
+  "There is an important piece of information hidden inside a lot of irrelevant text. "
+  "Find it and memorize it. I will quiz you about it.\n"
+)
+FILLER = (
+  "The grass is green. ",
+  "The sky is blue. ",
+  "The sun is yellow. ",
+  "Here we go. ",
+  "There and back again. ",
+)
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = "\nWhat is the pass key? The pass key is"
 
@@ -54,8 +61,10 @@ def make_needle_prompt(tokenizer, context_length: int, depth: float, key: str) -
 
   base = len(_encode(tokenizer, build(0)[0]))
   if base > context_length:
-    raise ValueError(f"context_length={context_length} is shorter than the prompt without any "
-                     f"filler ({base} tokens: instructions, needle and question)")
+    raise ValueError(
+      f"context_length={context_length} is shorter than the prompt without any "
+      f"filler ({base} tokens: instructions, needle and question)"
+    )
   per = max(1e-9, (len(_encode(tokenizer, build(50)[0])) - base) / 50)  # tokens per sentence
   n = max(0, int((context_length - base) / per))
   text, pos = build(n)
@@ -70,15 +79,22 @@ def make_needle_prompt(tokenizer, context_length: int, depth: float, key: str) -
     if len(ids2) > context_length:
       break
     n, text, pos, ids = n + 1, t2, p2, ids2
-  return {"ids": ids, "text": text, "needle_char": pos, "depth": depth, "key": key,
-          "filler_sentences": n}
+  return {"ids": ids, "text": text, "needle_char": pos, "depth": depth, "key": key, "filler_sentences": n}
 
 
-def needle_in_a_haystack(model, tokenizer, context_lengths: Sequence[int],
-                         depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), *,
-                         trials: int = 1, max_new_tokens: int = 12, seed: int = 0,
-                         batch_size: int = 8, use_cache: bool = True,
-                         generate_fn: Callable | None = None) -> dict:
+def needle_in_a_haystack(
+  model,
+  tokenizer,
+  context_lengths: Sequence[int],
+  depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+  *,
+  trials: int = 1,
+  max_new_tokens: int = 12,
+  seed: int = 0,
+  batch_size: int = 8,
+  use_cache: bool = True,
+  generate_fn: Callable | None = None,
+) -> dict:
   """Runs every (length, depth, trial) cell; returns per-trial records and accuracy grids."""
   if generate_fn is None:
     # lazy: pulls in jax, flax, optax, which importing this module does not
@@ -94,10 +110,18 @@ def needle_in_a_haystack(model, tokenizer, context_lengths: Sequence[int],
       for t in range(trials):
         key = str(int(rng.integers(10000, 100000)))
         p = make_needle_prompt(tokenizer, int(L), float(d), key)
-        cells.append({"context_length": int(L), "depth": float(d), "trial": t, "key": key,
-                      "prompt_tokens": len(p["ids"]), "ids": p["ids"]})
+        cells.append(
+          {
+            "context_length": int(L),
+            "depth": float(d),
+            "trial": t,
+            "key": key,
+            "prompt_tokens": len(p["ids"]),
+            "ids": p["ids"],
+          }
+        )
   for start in range(0, len(cells), batch_size):
-    chunk = cells[start:start + batch_size]
+    chunk = cells[start : start + batch_size]
     outs = generate_fn([c["ids"] for c in chunk], max_new_tokens)
     for c, o in zip(chunk, outs):
       c["output"] = tokenizer.decode(list(o), skip_special_tokens=True)
@@ -108,12 +132,21 @@ def needle_in_a_haystack(model, tokenizer, context_lengths: Sequence[int],
   for c in cells:
     grid.setdefault((c["context_length"], c["depth"]), []).append(c["correct"])
   acc = {k: float(np.mean(v)) for k, v in grid.items()}
-  by_len = {L: float(np.mean([c["correct"] for c in cells if c["context_length"] == L]))
-            for L in dict.fromkeys(int(x) for x in context_lengths)}
-  by_depth = {float(d): float(np.mean([c["correct"] for c in cells if c["depth"] == float(d)]))
-              for d in dict.fromkeys(float(x) for x in depths)}
-  return {"trials": cells, "accuracy": acc, "by_length": by_len, "by_depth": by_depth,
-          "overall": float(np.mean([c["correct"] for c in cells]))}
+  by_len = {
+    L: float(np.mean([c["correct"] for c in cells if c["context_length"] == L]))
+    for L in dict.fromkeys(int(x) for x in context_lengths)
+  }
+  by_depth = {
+    float(d): float(np.mean([c["correct"] for c in cells if c["depth"] == float(d)]))
+    for d in dict.fromkeys(float(x) for x in depths)
+  }
+  return {
+    "trials": cells,
+    "accuracy": acc,
+    "by_length": by_len,
+    "by_depth": by_depth,
+    "overall": float(np.mean([c["correct"] for c in cells])),
+  }
 
 
 def format_needle_grid(res: dict) -> str:
@@ -126,5 +159,4 @@ def format_needle_grid(res: dict) -> str:
   return "\n".join(lines)
 
 
-__all__ = ["make_needle_prompt", "needle_in_a_haystack", "format_needle_grid", "FILLER", "NEEDLE",
-           "QUESTION"]
+__all__ = ["make_needle_prompt", "needle_in_a_haystack", "format_needle_grid", "FILLER", "NEEDLE", "QUESTION"]

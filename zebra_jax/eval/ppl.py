@@ -10,8 +10,9 @@ from typing import Sequence
 from zebra_jax.eval.scoring import TokenScorer, rolling_windows
 
 
-def sequence_nll(scorer: TokenScorer, tokens: Sequence[int], *, max_length: int,
-                 stride: int | None = None) -> tuple[float, int]:
+def sequence_nll(
+  scorer: TokenScorer, tokens: Sequence[int], *, max_length: int, stride: int | None = None
+) -> tuple[float, int]:
   """(summed negative log-likelihood, number of predicted tokens) of tokens[1:] given the prefix."""
   tokens = [int(t) for t in tokens]
   windows = list(rolling_windows(len(tokens), max_length, stride))
@@ -22,8 +23,14 @@ def sequence_nll(scorer: TokenScorer, tokens: Sequence[int], *, max_length: int,
   return nll, sum(k for _, _, k in windows)
 
 
-def perplexity(model, sequences: Sequence[Sequence[int]], *, max_length: int = 2048,
-               stride: int | None = None, batch_size: int = 8) -> dict:
+def perplexity(
+  model,
+  sequences: Sequence[Sequence[int]],
+  *,
+  max_length: int = 2048,
+  stride: int | None = None,
+  batch_size: int = 8,
+) -> dict:
   """Token-level perplexity over several sequences: exp(total NLL / total predicted tokens).
 
   Each sequence's first token is context only (prepend a BOS to score it). Returns
@@ -38,8 +45,12 @@ def perplexity(model, sequences: Sequence[Sequence[int]], *, max_length: int = 2
     total_n += n
   if total_n == 0:
     raise ValueError("nothing to score: every sequence has fewer than 2 tokens")
-  return {"perplexity": math.exp(total_nll / total_n), "nll": total_nll, "tokens": total_n,
-          "per_sequence": per}
+  return {
+    "perplexity": math.exp(total_nll / total_n),
+    "nll": total_nll,
+    "tokens": total_n,
+    "per_sequence": per,
+  }
 
 
 def encode_text(tokenizer, text: str, add_bos: bool = True) -> list[int]:
@@ -51,9 +62,16 @@ def encode_text(tokenizer, text: str, add_bos: bool = True) -> list[int]:
   return ids
 
 
-def perplexity_of_files(model, tokenizer, paths: Sequence[str | os.PathLike], *,
-                        max_length: int = 2048, stride: int | None = None, batch_size: int = 8,
-                        add_bos: bool = True) -> dict:
+def perplexity_of_files(
+  model,
+  tokenizer,
+  paths: Sequence[str | os.PathLike],
+  *,
+  max_length: int = 2048,
+  stride: int | None = None,
+  batch_size: int = 8,
+  add_bos: bool = True,
+) -> dict:
   """Perplexity of each UTF-8 text file (one document each) and of all of them together.
 
   Also reports bits per byte (NLL in bits / UTF-8 bytes), which does not depend on the tokenizer.

@@ -59,11 +59,11 @@ class TokenScorer:
         raise ValueError(f"sequence {i} has token ids {bad[:5]} outside [0, {self.vocab_size})")
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a bucket
     for start in range(0, len(order), self.batch_size):
-      idx = order[start:start + self.batch_size]
+      idx = order[start : start + self.batch_size]
       T = _bucket(max(len(seqs[i]) for i in idx), self.length_multiple)
       tokens = np.zeros((self.batch_size, T), np.int32)
       for row, i in enumerate(idx):
-        tokens[row, :len(seqs[i])] = seqs[i]
+        tokens[row, : len(seqs[i])] = seqs[i]
       lp, greedy = _next_token_logprobs(self.state, jnp.asarray(tokens), graphdef=self.graphdef)
       lp, greedy = np.asarray(lp, np.float64), np.asarray(greedy)
       for row, i in enumerate(idx):

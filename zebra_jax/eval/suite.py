@@ -49,6 +49,7 @@ def resolve_checkpoint(spec: str) -> str:
   `spec` as given (from_pretrained resolves the rest)."""
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.convert import named_checkpoint
+
   return named_checkpoint(spec) or os.fspath(spec)
 
 
@@ -68,6 +69,7 @@ def run_config_of(ckpt: str):
   if wd is None or not os.path.isfile(os.path.join(wd, "config.json")):
     return None
   import ml_collections
+
   with open(os.path.join(wd, "config.json")) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -92,6 +94,7 @@ def tokenizer_spec(cfg=None, teacher: str | None = None, student: str | None = N
   teacher.path, else the teacher checkpoint."""
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.convert.model_files import has_tokenizer
+
   if student is not None and os.path.isdir(student) and has_tokenizer(student):
     return os.path.abspath(student)
   spec = None
@@ -120,6 +123,7 @@ def _doc_ids(tokenizer, doc, max_chars: int | None) -> list[int]:
   through the pipeline's own encoder (data.tokenize.encode_document)."""
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.eval.ppl import encode_text
+
   if isinstance(doc, dict) and "text" in doc:
     doc = doc["text"]
   if isinstance(doc, str):
@@ -131,8 +135,9 @@ def _doc_ids(tokenizer, doc, max_chars: int | None) -> list[int]:
   return ([bos] if bos is not None and (not ids or ids[0] != bos) else []) + ids
 
 
-def capped_sequences(tokenizer, documents: Sequence, max_tokens: int | None,
-                     seed: int = 0) -> list[list[int]]:
+def capped_sequences(
+  tokenizer, documents: Sequence, max_tokens: int | None, seed: int = 0
+) -> list[list[int]]:
   """Token ids (BOS first when the tokenizer has one) of documents taken in a fixed-seed random
   order until `max_tokens` tokens (the last one cut to fit); None: all of them."""
   order = list(range(len(documents)))
@@ -145,7 +150,7 @@ def capped_sequences(tokenizer, documents: Sequence, max_tokens: int | None,
     # no token is longer than 16 characters
     ids = _doc_ids(tokenizer, doc, max(64, (max_tokens - n) * 16) if max_tokens else None)
     if max_tokens and n + len(ids) > max_tokens:
-      ids = ids[:max_tokens - n]
+      ids = ids[: max_tokens - n]
     if len(ids) >= 2:
       seqs.append(ids)
       n += len(ids)
@@ -159,13 +164,17 @@ def _source(registry, x):
   if isinstance(x, str):
     known = getattr(registry, "SOURCES", {})
     src = known.get(x) or (known.get("shakespeare") if x == "default" else None)  # the default corpus
-    return (types.SimpleNamespace(name=x, kind=src.kind, licence=src.licence) if src is not None
-            else types.SimpleNamespace(name=x, kind="?", licence=None))
+    return (
+      types.SimpleNamespace(name=x, kind=src.kind, licence=src.licence)
+      if src is not None
+      else types.SimpleNamespace(name=x, kind="?", licence=None)
+    )
   return x
 
 
-def domains(tokenizer, *, max_tokens: int | None = 60_000, cache_dir=None, run_config=None,
-            seed: int = 0, log=print) -> list[dict]:
+def domains(
+  tokenizer, *, max_tokens: int | None = 60_000, cache_dir=None, run_config=None, seed: int = 0, log=print
+) -> list[dict]:
   """The scored domains: each held-out source of the registry, then the in-domain rows (the
   validation split of each training source of `run_config.data`; without
   `registry.validation_documents`, the held-out split of data.source as report.heldout_sequences
@@ -173,9 +182,15 @@ def domains(tokenizer, *, max_tokens: int | None = 60_000, cache_dir=None, run_c
   out = []
   for src in (_source(registry, x) for x in registry.heldout_sources()):
     docs = registry.source_documents(src.name, cache_dir=cache_dir)
-    out.append({"source": src.name, "kind": getattr(src, "kind", "?"), "split": "held-out",
-                "licence": getattr(src, "licence", None),
-                "sequences": capped_sequences(tokenizer, docs, max_tokens, seed)})
+    out.append(
+      {
+        "source": src.name,
+        "kind": getattr(src, "kind", "?"),
+        "split": "held-out",
+        "licence": getattr(src, "licence", None),
+        "sequences": capped_sequences(tokenizer, docs, max_tokens, seed),
+      }
+    )
   if run_config is None:
     return out
   val = None
@@ -183,24 +198,36 @@ def domains(tokenizer, *, max_tokens: int | None = 60_000, cache_dir=None, run_c
     try:
       val = registry.validation_documents(run_config.data, cache_dir=cache_dir)
     except (NotImplementedError, KeyError, ValueError, FileNotFoundError) as e:
-      log(f"[suite] registry.validation_documents failed ({e}); using the held-out split of "
-          "data.source")
+      log(f"[suite] registry.validation_documents failed ({e}); using the held-out split of data.source")
   if val is not None:
     for name, docs in val.items():
       s = _source(registry, name)
       kind = getattr(s, "kind", "?")
-      out.append({"source": name, "kind": "training" if kind == "?" else kind, "split": "in-domain",
-                  "licence": getattr(s, "licence", None),
-                  "sequences": capped_sequences(tokenizer, docs, max_tokens, seed)})
+      out.append(
+        {
+          "source": name,
+          "kind": "training" if kind == "?" else kind,
+          "split": "in-domain",
+          "licence": getattr(s, "licence", None),
+          "sequences": capped_sequences(tokenizer, docs, max_tokens, seed),
+        }
+      )
   else:
     seqs, n = [], 0
     for s in heldout_sequences(run_config, tokenizer, max_tokens):
-      s = s[:max_tokens - n] if max_tokens else s
+      s = s[: max_tokens - n] if max_tokens else s
       if len(s) >= 2:
         seqs.append(s)
         n += len(s)
-    out.append({"source": str(run_config.data.source), "kind": "training data (held-out split)",
-                "split": "in-domain", "licence": None, "sequences": seqs})
+    out.append(
+      {
+        "source": str(run_config.data.source),
+        "kind": "training data (held-out split)",
+        "split": "in-domain",
+        "licence": None,
+        "sequences": seqs,
+      }
+    )
   return [d for d in out if d["sequences"]]
 
 
@@ -213,36 +240,65 @@ def score_domains(model, teacher, doms: list[dict], *, seq_len: int, batch_size:
   teacher perplexity, top-1 agreement and mean KL(teacher || student)."""
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.eval.agreement import teacher_agreement
+
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.eval.ppl import perplexity
+
   out = {}
   for d in doms:
     if model is teacher:
       r = perplexity(model, d["sequences"], max_length=seq_len, batch_size=batch_size)
       out[_domain_key(d)] = {"perplexity": r["perplexity"], "nll": r["nll"], "tokens": r["tokens"]}
     else:
-      r = teacher_agreement(model, teacher, d["sequences"], max_length=seq_len,
-                            batch_size=max(1, batch_size // 2))
-      out[_domain_key(d)] = {"perplexity": r["student_perplexity"],
-                             "teacher_perplexity": r["teacher_perplexity"], "top1": r["top1"],
-                             "kl": r["kl"], "tokens": r["tokens"]}
+      r = teacher_agreement(
+        model, teacher, d["sequences"], max_length=seq_len, batch_size=max(1, batch_size // 2)
+      )
+      out[_domain_key(d)] = {
+        "perplexity": r["student_perplexity"],
+        "teacher_perplexity": r["teacher_perplexity"],
+        "top1": r["top1"],
+        "kl": r["kl"],
+        "tokens": r["tokens"],
+      }
   return out
 
 
 # -- multiple choice through the lm-eval command line ----------------------------------------------
-def lm_eval_command(checkpoint: str, tasks: Sequence[str], include_path: str, output_path: str, *,
-                    tokenizer: str | None = None, dtype: str = "float32", batch_size: int = 16,
-                    max_length: int | None = None, limit: int | None = None,
-                    log_samples: bool = False) -> list[str]:
+def lm_eval_command(
+  checkpoint: str,
+  tasks: Sequence[str],
+  include_path: str,
+  output_path: str,
+  *,
+  tokenizer: str | None = None,
+  dtype: str = "float32",
+  batch_size: int = 16,
+  max_length: int | None = None,
+  limit: int | None = None,
+  log_samples: bool = False,
+) -> list[str]:
   margs = [f"checkpoint={resolve_checkpoint(checkpoint)}", f"dtype={dtype}"]
   if tokenizer:
     margs.append(f"tokenizer={tokenizer}")
   if max_length:
     margs.append(f"max_length={max_length}")
-  cmd = [sys.executable, "-m", "zebra_jax.eval.lm_eval_adapter", "--model", "zebra_jax",
-         "--model_args", ",".join(margs), "--tasks", ",".join(tasks), "--include_path",
-         os.path.abspath(include_path), "--output_path", os.path.abspath(output_path),
-         "--batch_size", str(batch_size)]
+  cmd = [
+    sys.executable,
+    "-m",
+    "zebra_jax.eval.lm_eval_adapter",
+    "--model",
+    "zebra_jax",
+    "--model_args",
+    ",".join(margs),
+    "--tasks",
+    ",".join(tasks),
+    "--include_path",
+    os.path.abspath(include_path),
+    "--output_path",
+    os.path.abspath(output_path),
+    "--batch_size",
+    str(batch_size),
+  ]
   if limit:
     cmd += ["--limit", str(limit)]
   if log_samples:
@@ -261,8 +317,9 @@ def _float(x):
 def parse_lm_eval_output(output_path: str, tasks: Sequence[str]) -> dict:
   """{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}} (plus "samples": the
   logged per-item records when --log_samples was on) from lm-eval's newest results_*.json."""
-  found = sorted(glob.glob(os.path.join(output_path, "**", "results_*.json"), recursive=True),
-                 key=os.path.getmtime)
+  found = sorted(
+    glob.glob(os.path.join(output_path, "**", "results_*.json"), recursive=True), key=os.path.getmtime
+  )
   if not found:
     raise FileNotFoundError(f"lm-eval wrote no results_*.json under {output_path}")
   with open(found[-1]) as f:
@@ -273,20 +330,32 @@ def parse_lm_eval_output(output_path: str, tasks: Sequence[str]) -> dict:
     if r is None:
       raise KeyError(f"lm-eval results have no task {t!r} (got {sorted(res['results'])})")
     n = res.get("n-samples", {}).get(t, {})
-    out[t] = {"acc": _float(r.get("acc,none")), "acc_stderr": _float(r.get("acc_stderr,none")),
-              "acc_norm": _float(r.get("acc_norm,none")),
-              "acc_norm_stderr": _float(r.get("acc_norm_stderr,none")),
-              "n": n.get("effective", n.get("original"))}
-    samples = sorted(glob.glob(os.path.join(os.path.dirname(found[-1]), f"samples_{t}_*.jsonl")),
-                     key=os.path.getmtime)
+    out[t] = {
+      "acc": _float(r.get("acc,none")),
+      "acc_stderr": _float(r.get("acc_stderr,none")),
+      "acc_norm": _float(r.get("acc_norm,none")),
+      "acc_norm_stderr": _float(r.get("acc_norm_stderr,none")),
+      "n": n.get("effective", n.get("original")),
+    }
+    samples = sorted(
+      glob.glob(os.path.join(os.path.dirname(found[-1]), f"samples_{t}_*.jsonl")), key=os.path.getmtime
+    )
     if samples:
       with open(samples[-1]) as f:
         out[t]["samples"] = [json.loads(line) for line in f if line.strip()]
   return out
 
 
-def run_lm_eval(checkpoint: str, tasks: Sequence[str], include_path: str, output_path: str, *,
-                log=print, timeout: float | None = None, **kw) -> dict:
+def run_lm_eval(
+  checkpoint: str,
+  tasks: Sequence[str],
+  include_path: str,
+  output_path: str,
+  *,
+  log=print,
+  timeout: float | None = None,
+  **kw,
+) -> dict:
   """Runs lm-eval's command line in a subprocess for one model; returns parse_lm_eval_output.
 
   The child gets XLA_PYTHON_CLIENT_PREALLOCATE=false (this process may already hold most of the
@@ -305,13 +374,15 @@ def run_lm_eval(checkpoint: str, tasks: Sequence[str], include_path: str, output
   with open(log_path, "w") as f:  # written as the child runs, so a killed run leaves its log
     f.write(f"$ {' '.join(cmd)}\n")
     f.flush()
-    proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                          cwd=REPO, env=env)
+    proc = subprocess.run(
+      cmd, stdout=f, stderr=subprocess.STDOUT, text=True, timeout=timeout, cwd=REPO, env=env
+    )
   if proc.returncode != 0:
     with open(log_path) as f:
       tail = "\n".join(f.read().strip().splitlines()[-25:])
-    raise RuntimeError(f"lm-eval exited {proc.returncode} after {time.time() - t0:.0f}s "
-                       f"({log_path}):\n{tail}")
+    raise RuntimeError(
+      f"lm-eval exited {proc.returncode} after {time.time() - t0:.0f}s ({log_path}):\n{tail}"
+    )
   log(f"[suite] lm-eval done in {time.time() - t0:.0f}s")
   return parse_lm_eval_output(output_path, tasks)
 
@@ -330,18 +401,28 @@ def retained(student: dict, teacher: dict, metric: str = "acc") -> dict:
     t_acc.append(tr[metric])
     per[t] = 100.0 * sr[metric] / tr[metric] if tr[metric] > 0 else None
   vals = [v for v in per.values() if v is not None]
-  return {"per_task": per, "mean_of_ratios": sum(vals) / len(vals) if vals else None,
-          "of_average": (100.0 * sum(s_acc) / sum(t_acc)) if t_acc and sum(t_acc) > 0 else None,
-          "student_average": sum(s_acc) / len(s_acc) if s_acc else None,
-          "teacher_average": sum(t_acc) / len(t_acc) if t_acc else None}
+  return {
+    "per_task": per,
+    "mean_of_ratios": sum(vals) / len(vals) if vals else None,
+    "of_average": (100.0 * sum(s_acc) / sum(t_acc)) if t_acc and sum(t_acc) > 0 else None,
+    "student_average": sum(s_acc) / len(s_acc) if s_acc else None,
+    "teacher_average": sum(t_acc) / len(t_acc) if t_acc else None,
+  }
 
 
 # -- chat ------------------------------------------------------------------------------------------
-def chat_answers(model, tokenizer, prompts: Sequence[str] = CHAT_PROMPTS, *, max_new_tokens: int = 128,
-                 sampling: dict | None = SAMPLING) -> dict:
+def chat_answers(
+  model,
+  tokenizer,
+  prompts: Sequence[str] = CHAT_PROMPTS,
+  *,
+  max_new_tokens: int = 128,
+  sampling: dict | None = SAMPLING,
+) -> dict:
   """{"greedy": [answer per prompt], "sampled": [...], "settings": sampling} via zebra_jax.generate."""
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.infer.generation import generate
+
   ids = [prompt_ids(tokenizer, {"chat": p}) for p in prompts]
   stops = set()
   eos = model.config.eos_token_id
@@ -385,11 +466,11 @@ def _normalise_students(students) -> list[tuple[str, str]]:
 def _load_model(ckpt: str, dtype: str):
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.convert import from_pretrained
+
   return from_pretrained(resolve_checkpoint(ckpt), dtype=dtype)
 
 
-def ensure_tasks(task_dir: str, tasks: Sequence[str] | None = None, *, cache_dir=None,
-                 log=print) -> dict:
+def ensure_tasks(task_dir: str, tasks: Sequence[str] | None = None, *, cache_dir=None, log=print) -> dict:
   """{task: index entry} of the lm-eval tasks in task_dir, built there first when missing, when
   `tasks` asks for more, or when the folder was built elsewhere (its YAMLs name absolute paths)."""
   index = os.path.join(task_dir, "tasks.json")
@@ -408,12 +489,29 @@ def ensure_tasks(task_dir: str, tasks: Sequence[str] | None = None, *, cache_dir
   return have
 
 
-def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | None = None,
-              max_tokens: int | None = 60_000, seq_len: int = 2048, tasks: Sequence[str] | None = None,
-              chat: bool = True, chat_tokens: int = 128, dtype: str = "float32",
-              batch_size: int = 8, lm_eval_batch_size: int = 32, lm_eval_dtype: str | None = None,
-              limit: int | None = None, run_config=None, cache_dir=None, mc: bool = True,
-              seed: int = 0, chart: bool = True, log=print) -> dict:
+def run_suite(
+  students,
+  teacher: str | None,
+  out_dir: str,
+  *,
+  tokenizer: str | None = None,
+  max_tokens: int | None = 60_000,
+  seq_len: int = 2048,
+  tasks: Sequence[str] | None = None,
+  chat: bool = True,
+  chat_tokens: int = 128,
+  dtype: str = "float32",
+  batch_size: int = 8,
+  lm_eval_batch_size: int = 32,
+  lm_eval_dtype: str | None = None,
+  limit: int | None = None,
+  run_config=None,
+  cache_dir=None,
+  mc: bool = True,
+  seed: int = 0,
+  chart: bool = True,
+  log=print,
+) -> dict:
   """Evaluates the teacher and every student (see the module docstring); returns suite.json's dict.
 
   students: a checkpoint, a list of checkpoints / (label, checkpoint) pairs / "label=checkpoint",
@@ -437,8 +535,7 @@ def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | N
   os.makedirs(os.path.join(out_dir, "models"), exist_ok=True)
   t_start = time.time()
 
-  doms = domains(tok, max_tokens=max_tokens, cache_dir=cache_dir, run_config=run_config, seed=seed,
-                 log=log)
+  doms = domains(tok, max_tokens=max_tokens, cache_dir=cache_dir, run_config=run_config, seed=seed, log=log)
   task_names: list[str] = []
   task_dir = os.path.join(out_dir, "tasks")
   if mc:
@@ -447,11 +544,21 @@ def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | N
     missing = set(tasks or ()) - set(task_names)
     if missing:
       log(f"[suite] tasks {sorted(missing)} could not be built; left out")
-  settings = {"max_tokens": max_tokens, "seq_len": seq_len, "tasks": task_names, "chat": chat,
-              "chat_tokens": chat_tokens, "dtype": dtype, "limit": limit, "seed": seed,
-              "tokenizer": tok_spec, "teacher": os.path.abspath(resolve_checkpoint(teacher))
-              if os.path.exists(resolve_checkpoint(teacher)) else teacher,
-              "domains": [[_domain_key(d), sum(map(len, d["sequences"]))] for d in doms]}
+  settings = {
+    "max_tokens": max_tokens,
+    "seq_len": seq_len,
+    "tasks": task_names,
+    "chat": chat,
+    "chat_tokens": chat_tokens,
+    "dtype": dtype,
+    "limit": limit,
+    "seed": seed,
+    "tokenizer": tok_spec,
+    "teacher": os.path.abspath(resolve_checkpoint(teacher))
+    if os.path.exists(resolve_checkpoint(teacher))
+    else teacher,
+    "domains": [[_domain_key(d), sum(map(len, d["sequences"]))] for d in doms],
+  }
 
   teacher_model = None
 
@@ -485,15 +592,24 @@ def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | N
 
     if "domains" not in row:
       log(f"[suite] {label}: domains")
-      row["domains"] = score_domains(models_loaded(), teacher_model, doms, seq_len=seq_len,
-                                     batch_size=batch_size)
+      row["domains"] = score_domains(
+        models_loaded(), teacher_model, doms, seq_len=seq_len, batch_size=batch_size
+      )
       save_json(row, path)
     if task_names and "tasks" not in row:
       log(f"[suite] {label}: {len(task_names)} lm-eval tasks")
-      row["tasks"] = run_lm_eval(ckpt, task_names, task_dir, os.path.join(out_dir, "lm_eval", label),
-                                 tokenizer=tok_spec, dtype=lm_eval_dtype or dtype,
-                                 batch_size=lm_eval_batch_size, max_length=seq_len, limit=limit,
-                                 log=log)
+      row["tasks"] = run_lm_eval(
+        ckpt,
+        task_names,
+        task_dir,
+        os.path.join(out_dir, "lm_eval", label),
+        tokenizer=tok_spec,
+        dtype=lm_eval_dtype or dtype,
+        batch_size=lm_eval_batch_size,
+        max_length=seq_len,
+        limit=limit,
+        log=log,
+      )
       save_json(row, path)
     if chat and "chat" not in row:
       log(f"[suite] {label}: chat answers")
@@ -506,21 +622,39 @@ def run_suite(students, teacher: str | None, out_dir: str, *, tokenizer: str | N
   for label, ckpt in students:
     models[label] = evaluate(label, ckpt)
   result = {
-      "meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"), "teacher": teacher,
-               "students": {label: c for label, c in students}, "tokenizer": tok_spec,
-               "max_tokens": max_tokens, "seq_len": seq_len, "dtype": dtype, "limit": limit,
-               "chat_prompts": list(CHAT_PROMPTS) if chat else [], "sampling": SAMPLING,
-               "seconds": round(time.time() - t_start, 1)},
-      "domains": [{"key": _domain_key(d), "source": d["source"], "kind": d["kind"],
-                   "split": d["split"], "licence": d["licence"],
-                   "tokens": models["teacher"]["domains"][_domain_key(d)]["tokens"]} for d in doms],
-      "tasks": task_names,
-      "models": models,
-      "retained": {label: {"acc": retained(models[label].get("tasks", {}),
-                                           models["teacher"].get("tasks", {}), "acc"),
-                           "acc_norm": retained(models[label].get("tasks", {}),
-                                                models["teacher"].get("tasks", {}), "acc_norm")}
-                   for label, _ in students},
+    "meta": {
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "teacher": teacher,
+      "students": {label: c for label, c in students},
+      "tokenizer": tok_spec,
+      "max_tokens": max_tokens,
+      "seq_len": seq_len,
+      "dtype": dtype,
+      "limit": limit,
+      "chat_prompts": list(CHAT_PROMPTS) if chat else [],
+      "sampling": SAMPLING,
+      "seconds": round(time.time() - t_start, 1),
+    },
+    "domains": [
+      {
+        "key": _domain_key(d),
+        "source": d["source"],
+        "kind": d["kind"],
+        "split": d["split"],
+        "licence": d["licence"],
+        "tokens": models["teacher"]["domains"][_domain_key(d)]["tokens"],
+      }
+      for d in doms
+    ],
+    "tasks": task_names,
+    "models": models,
+    "retained": {
+      label: {
+        "acc": retained(models[label].get("tasks", {}), models["teacher"].get("tasks", {}), "acc"),
+        "acc_norm": retained(models[label].get("tasks", {}), models["teacher"].get("tasks", {}), "acc_norm"),
+      }
+      for label, _ in students
+    },
   }
   save_json(result, os.path.join(out_dir, "suite.json"))
   png = os.path.join(out_dir, "suite.png")
@@ -562,41 +696,79 @@ def domain_rows(suite: dict) -> list[dict]:
       s = m["domains"].get(d["key"])
       if s is None:
         continue
-      rows.append({"source": d["source"], "kind": d["kind"], "split": d["split"],
-                   "tokens": d["tokens"], "teacher_ppl": tppl, "model": label,
-                   "student_ppl": s["perplexity"], "ratio": s["perplexity"] / tppl,
-                   "kept": 100.0 * tppl / s["perplexity"], "top1": s["top1"], "kl": s["kl"]})
+      rows.append(
+        {
+          "source": d["source"],
+          "kind": d["kind"],
+          "split": d["split"],
+          "tokens": d["tokens"],
+          "teacher_ppl": tppl,
+          "model": label,
+          "student_ppl": s["perplexity"],
+          "ratio": s["perplexity"] / tppl,
+          "kept": 100.0 * tppl / s["perplexity"],
+          "top1": s["top1"],
+          "kl": s["kl"],
+        }
+      )
   return rows
 
 
 def suite_markdown(suite: dict, chart: str | None = None, heading: str = "###") -> str:
   models, meta = suite["models"], suite["meta"]
   students = [m for m in models if m != "teacher"]
-  cap = (f"at most {meta['max_tokens']:,} tokens per domain" if meta.get("max_tokens")
-         else "every token of each domain")
-  lines = [f"{heading} Multi-domain evaluation", "",
-           f"Teacher `{meta['teacher']}`; students: {', '.join(students) or '-'}; {cap} (windows "
-           f"of {meta['seq_len']} tokens, {meta['dtype']}). Held-out sources are never trained on; "
-           "in-domain rows are the validation split of the training sources. ratio = student ppl / "
-           "teacher ppl; top-1 = argmax agreement with the teacher; KL = mean KL(teacher || "
-           "student) in nats per token.", ""]
-  lines += ["| source | kind | split | tokens | teacher ppl | model | student ppl | ratio | top-1 | "
-            "KL |", "|" + " --- |" * 10]
+  cap = (
+    f"at most {meta['max_tokens']:,} tokens per domain"
+    if meta.get("max_tokens")
+    else "every token of each domain"
+  )
+  lines = [
+    f"{heading} Multi-domain evaluation",
+    "",
+    f"Teacher `{meta['teacher']}`; students: {', '.join(students) or '-'}; {cap} (windows "
+    f"of {meta['seq_len']} tokens, {meta['dtype']}). Held-out sources are never trained on; "
+    "in-domain rows are the validation split of the training sources. ratio = student ppl / "
+    "teacher ppl; top-1 = argmax agreement with the teacher; KL = mean KL(teacher || "
+    "student) in nats per token.",
+    "",
+  ]
+  lines += [
+    "| source | kind | split | tokens | teacher ppl | model | student ppl | ratio | top-1 | KL |",
+    "|" + " --- |" * 10,
+  ]
   last = None
   for r in domain_rows(suite):
     first = (r["split"], r["source"]) != last
     last = (r["split"], r["source"])
-    lines.append("| " + " | ".join([
-        r["source"] if first else "", r["kind"] if first else "", r["split"] if first else "",
-        f"{r['tokens']:,}" if first else "", _f(r["teacher_ppl"]) if first else "", r["model"],
-        _f(r["student_ppl"]), f"{r['ratio']:.3f}", f"{100 * r['top1']:.1f}%", f"{r['kl']:.3f}"])
-        + " |")
+    lines.append(
+      "| "
+      + " | ".join(
+        [
+          r["source"] if first else "",
+          r["kind"] if first else "",
+          r["split"] if first else "",
+          f"{r['tokens']:,}" if first else "",
+          _f(r["teacher_ppl"]) if first else "",
+          r["model"],
+          _f(r["student_ppl"]),
+          f"{r['ratio']:.3f}",
+          f"{100 * r['top1']:.1f}%",
+          f"{r['kl']:.3f}",
+        ]
+      )
+      + " |"
+    )
   tasks = suite.get("tasks") or []
   if tasks:
     lim = f" (first {meta['limit']} items each)" if meta.get("limit") else ""
-    lines += ["", f"{heading}# Zero-shot multiple choice (lm-eval){lim}", "",
-              "Accuracy in % (± standard error) through the lm-eval command line; retained = "
-              "student / teacher accuracy. Chance is 25%.", ""]
+    lines += [
+      "",
+      f"{heading}# Zero-shot multiple choice (lm-eval){lim}",
+      "",
+      "Accuracy in % (± standard error) through the lm-eval command line; retained = "
+      "student / teacher accuracy. Chance is 25%.",
+      "",
+    ]
     head = ["task", "items", "teacher acc", "teacher acc_norm"]
     for s in students:
       head += [f"{s} acc (retained)", f"{s} acc_norm (retained)"]
@@ -611,7 +783,10 @@ def suite_markdown(suite: dict, chart: str | None = None, heading: str = "###") 
           ret = suite["retained"][s][metric]["per_task"].get(t)
           cells.append(f"{_acc(sr, metric)} ({'-' if ret is None else f'{ret:.1f}%'})")
       lines.append("| " + " | ".join(cells) + " |")
-    cells = ["**average**", "", ]
+    cells = [
+      "**average**",
+      "",
+    ]
     for metric in ("acc", "acc_norm"):
       ta = None
       for s in students[:1]:
@@ -623,14 +798,19 @@ def suite_markdown(suite: dict, chart: str | None = None, heading: str = "###") 
         sa = r["student_average"]
         cells.append(f"{_f(None if sa is None else 100 * sa, '.1f')} (**{_f(r['of_average'], '.1f')}%**)")
     lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Retained on average is 100 × (the student's mean accuracy) / (the teacher's), "
-              "the Zebra-Llama headline; the mean of the per-task ratios is in suite.json."]
+    lines += [
+      "",
+      "Retained on average is 100 × (the student's mean accuracy) / (the teacher's), "
+      "the Zebra-Llama headline; the mean of the per-task ratios is in suite.json.",
+    ]
   if chart:
     lines += ["", f"![what each student keeps of the teacher, per domain and per task]({chart})"]
   first = models["teacher"].get("chat")
   if first:
-    for kind, title in (("greedy", "greedy"), ("sampled", "sampled with " + ", ".join(
-        f"{k} {v}" for k, v in (first.get("settings") or {}).items()))):
+    for kind, title in (
+      ("greedy", "greedy"),
+      ("sampled", "sampled with " + ", ".join(f"{k} {v}" for k, v in (first.get("settings") or {}).items())),
+    ):
       if kind not in first:
         continue
       lines += ["", f"{heading}# Chat answers ({title}, at most {first['max_new_tokens']} tokens)", ""]
@@ -649,6 +829,7 @@ def suite_chart(suite: dict, path: str) -> str:
   """PNG: per domain teacher ppl / student ppl (%) and per task student acc / teacher acc (%) for
   each student, teacher = 100%."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
@@ -659,16 +840,21 @@ def suite_chart(suite: dict, path: str) -> str:
   dom_names = [f"{d['source']}\n({d['split']})" for d in suite["domains"]]
   tasks = suite.get("tasks") or []
   ncols = 2 if tasks else 1
-  fig, axes = plt.subplots(1, ncols, figsize=(max(6, 1.1 * len(doms) + 3) + (
-      max(6, 1.1 * len(tasks) + 3) if tasks else 0), 4.8), squeeze=False)
+  fig, axes = plt.subplots(
+    1,
+    ncols,
+    figsize=(max(6, 1.1 * len(doms) + 3) + (max(6, 1.1 * len(tasks) + 3) if tasks else 0), 4.8),
+    squeeze=False,
+  )
   width = 0.8 / max(1, len(students))
 
   def bars(ax, names, values, title):
     x = np.arange(len(names))
     for i, s in enumerate(students):
       v = [values[s].get(n) for n in range(len(names))]
-      ax.bar(x + (i - (len(students) - 1) / 2) * width, [np.nan if y is None else y for y in v],
-             width, label=s)
+      ax.bar(
+        x + (i - (len(students) - 1) / 2) * width, [np.nan if y is None else y for y in v], width, label=s
+      )
     ax.axhline(100, color="black", lw=1, ls="--", label="teacher = 100%")
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
@@ -681,8 +867,9 @@ def suite_chart(suite: dict, path: str) -> str:
     dv[r["model"]][doms.index(f"{r['split']}:{r['source']}")] = r["kept"]
   bars(axes[0][0], dom_names, dv, "perplexity kept (teacher ppl / student ppl)")
   if tasks:
-    tv = {s: {i: suite["retained"][s]["acc"]["per_task"].get(t) for i, t in enumerate(tasks)}
-          for s in students}
+    tv = {
+      s: {i: suite["retained"][s]["acc"]["per_task"].get(t) for i, t in enumerate(tasks)} for s in students
+    }
     bars(axes[0][1], tasks, tv, "accuracy kept (student acc / teacher acc)")
   axes[0][-1].legend(fontsize=8, loc="lower right")
   fig.tight_layout()
@@ -691,7 +878,23 @@ def suite_chart(suite: dict, path: str) -> str:
   return path
 
 
-__all__ = ["run_suite", "CHAT_PROMPTS", "SAMPLING", "domains", "capped_sequences", "score_domains",
-           "run_lm_eval", "lm_eval_command", "parse_lm_eval_output", "retained", "chat_answers",
-           "suite_markdown", "suite_chart", "domain_rows", "recorded_teacher", "run_config_of",
-           "tokenizer_spec", "resolve_checkpoint"]
+__all__ = [
+  "run_suite",
+  "CHAT_PROMPTS",
+  "SAMPLING",
+  "domains",
+  "capped_sequences",
+  "score_domains",
+  "run_lm_eval",
+  "lm_eval_command",
+  "parse_lm_eval_output",
+  "retained",
+  "chat_answers",
+  "suite_markdown",
+  "suite_chart",
+  "domain_rows",
+  "recorded_teacher",
+  "run_config_of",
+  "tokenizer_spec",
+  "resolve_checkpoint",
+]

@@ -36,8 +36,19 @@ MAX_ITEMS = 600
 MIN_ITEMS = 500
 N_CHOICES = 4
 
-_POS = {"n": "noun", "v": "verb", "a": "adj", "s": "adj", "r": "adv", "noun": "noun",
-        "verb": "verb", "adj": "adj", "adjective": "adj", "adv": "adv", "adverb": "adv"}
+_POS = {
+  "n": "noun",
+  "v": "verb",
+  "a": "adj",
+  "s": "adj",
+  "r": "adv",
+  "noun": "noun",
+  "verb": "verb",
+  "adj": "adj",
+  "adjective": "adj",
+  "adv": "adv",
+  "adverb": "adv",
+}
 _LEMMA_RE = re.compile(r"^[a-z][a-z' -]*[a-z]$")
 _WORD_RE = re.compile(r"^[A-Za-z][a-z]+$")  # the last word of a cloze sentence (no acronyms)
 
@@ -67,10 +78,16 @@ class _Lexicon:
         continue
       lemmas = [_lemma(x) for x in s.get("lemmas") or []]
       if lemmas:
-        rows.append({"offset": s["offset"], "pos": pos, "lemmas": lemmas,
-                     "gloss": str(s.get("gloss") or "").strip(),
-                     "examples": [str(e) for e in s.get("examples") or []],
-                     "hypernyms": list(s.get("hypernyms") or [])})
+        rows.append(
+          {
+            "offset": s["offset"],
+            "pos": pos,
+            "lemmas": lemmas,
+            "gloss": str(s.get("gloss") or "").strip(),
+            "examples": [str(e) for e in s.get("examples") or []],
+            "hypernyms": list(s.get("hypernyms") or []),
+          }
+        )
     rows.sort(key=lambda r: (r["pos"], str(r["offset"])))
     self.rows = rows
     self.by_key = {(r["pos"], r["offset"]): r for r in rows}
@@ -85,7 +102,7 @@ class _Lexicon:
     # (proper names such as "Wilson" stay out: their capital would give them away once lowered)
     self.pool: dict[str, list[str]] = {}
     lower = {(r["pos"], x) for r in rows for x in r["lemmas"] if x == x.lower()}
-    for (pos, lem) in sorted(self.polysemy):
+    for pos, lem in sorted(self.polysemy):
       if _LEMMA_RE.match(lem) and (pos, lem) in lower:
         self.pool.setdefault(pos, []).append(lem)
     self._by_len: dict = {}
@@ -112,8 +129,9 @@ class _Lexicon:
         stack.extend(hr["hypernyms"])
     return seen
 
-  def distractors(self, rng: random.Random, pos: str, answer: str, exclude: set[str],
-                  k: int = N_CHOICES - 1) -> list[str] | None:
+  def distractors(
+    self, rng: random.Random, pos: str, answer: str, exclude: set[str], k: int = N_CHOICES - 1
+  ) -> list[str] | None:
     """k lemmas of `pos`, none in `exclude` (lower case), with about the answer's length and
     polysemy: candidates of the same length (then +-1, +-2, ...) closest in log-polysemy."""
     target_p = math.log(self.polysemy.get((pos, answer.lower()), 1))
@@ -127,7 +145,7 @@ class _Lexicon:
       return None
     rng.shuffle(cands)  # ties (most lemmas name one synset) broken at random, not alphabetically
     cands.sort(key=lambda c: abs(math.log(self.polysemy[(pos, c)]) - target_p))
-    near = cands[:max(20, k)]
+    near = cands[: max(20, k)]
     return rng.sample(near, k)
 
 
@@ -139,8 +157,7 @@ def _item(rng: random.Random, context: str, answer: str, distractors: Sequence[s
 
 def _valid(item: dict) -> bool:
   ch = item["choices"]
-  return (len(ch) == N_CHOICES and len({c.lower() for c in ch}) == N_CHOICES
-          and all(c.strip() for c in ch))
+  return len(ch) == N_CHOICES and len({c.lower() for c in ch}) == N_CHOICES and all(c.strip() for c in ch)
 
 
 def _select(rng: random.Random, candidates: list, max_items: int) -> list:
@@ -155,30 +172,36 @@ def _contains_word(text: str, word: str) -> bool:
   return re.search(r"\b" + re.escape(word) + r"\b", text, re.IGNORECASE) is not None
 
 
-def wn_definition_items(synsets, *, max_items: int = MAX_ITEMS, seed: int = SEED,
-                        lexicon: _Lexicon | None = None) -> list[dict]:
-  """"Definition: <gloss>\\nWord:" -> the first lemma (glosses that spell the lemma are skipped)."""
+def wn_definition_items(
+  synsets, *, max_items: int = MAX_ITEMS, seed: int = SEED, lexicon: _Lexicon | None = None
+) -> list[dict]:
+  """ "Definition: <gloss>\\nWord:" -> the first lemma (glosses that spell the lemma are skipped)."""
   lex = lexicon or _Lexicon(synsets)
   rng = random.Random(f"{seed}:wn_definitions")
-  cands = [r for r in lex.rows if r["gloss"] and _LEMMA_RE.match(r["lemmas"][0].lower())
-           and r["lemmas"][0] == r["lemmas"][0].lower()
-           and not _contains_word(r["gloss"], r["lemmas"][0])]
+  cands = [
+    r
+    for r in lex.rows
+    if r["gloss"]
+    and _LEMMA_RE.match(r["lemmas"][0].lower())
+    and r["lemmas"][0] == r["lemmas"][0].lower()
+    and not _contains_word(r["gloss"], r["lemmas"][0])
+  ]
   items = []
   for r in _select(rng, cands, max_items * 2):
     ans = r["lemmas"][0]
     ds = lex.distractors(rng, r["pos"], ans, {x.lower() for x in r["lemmas"]})
     if ds is None:
       continue
-    it = _item(rng, f"Definition: {r['gloss']}\nWord:", ans, ds, pos=r["pos"],
-               offset=str(r["offset"]))
+    it = _item(rng, f"Definition: {r['gloss']}\nWord:", ans, ds, pos=r["pos"], offset=str(r["offset"]))
     if _valid(it):
       items.append(it)
   return _select(rng, items, max_items)
 
 
-def wn_hypernym_items(synsets, *, max_items: int = MAX_ITEMS, seed: int = SEED,
-                      lexicon: _Lexicon | None = None) -> list[dict]:
-  """"<lemma> is a kind of" -> a hypernym's first lemma vs nouns that are no ancestor of the synset."""
+def wn_hypernym_items(
+  synsets, *, max_items: int = MAX_ITEMS, seed: int = SEED, lexicon: _Lexicon | None = None
+) -> list[dict]:
+  """ "<lemma> is a kind of" -> a hypernym's first lemma vs nouns that are no ancestor of the synset."""
   lex = lexicon or _Lexicon(synsets)
   rng = random.Random(f"{seed}:wn_hypernyms")
   cands = []
@@ -201,15 +224,22 @@ def wn_hypernym_items(synsets, *, max_items: int = MAX_ITEMS, seed: int = SEED,
     ds = lex.distractors(rng, "noun", h["lemmas"][0], banned)
     if ds is None:
       continue
-    it = _item(rng, f"{r['lemmas'][0]} is a kind of", h["lemmas"][0], ds, offset=str(r["offset"]),
-               hypernym=str(h["offset"]))
+    it = _item(
+      rng,
+      f"{r['lemmas'][0]} is a kind of",
+      h["lemmas"][0],
+      ds,
+      offset=str(r["offset"]),
+      hypernym=str(h["offset"]),
+    )
     if _valid(it):
       items.append(it)
   return _select(rng, items, max_items)
 
 
-def wn_example_items(synsets, *, max_items: int = MAX_ITEMS, seed: int = SEED,
-                     lexicon: _Lexicon | None = None) -> list[dict]:
+def wn_example_items(
+  synsets, *, max_items: int = MAX_ITEMS, seed: int = SEED, lexicon: _Lexicon | None = None
+) -> list[dict]:
   """A usage example cut just before the synset's lemma -> the lemma (inflected uses are skipped)."""
   lex = lexicon or _Lexicon(synsets)
   rng = random.Random(f"{seed}:wn_examples")
@@ -220,8 +250,8 @@ def wn_example_items(synsets, *, max_items: int = MAX_ITEMS, seed: int = SEED,
         continue
       for ex in r["examples"]:
         m = re.search(r"\b" + re.escape(lem) + r"\b", ex)
-        if m and len(ex[:m.start()].split()) >= 3:
-          cands.append((r, lem, ex[:m.start()].rstrip()))
+        if m and len(ex[: m.start()].split()) >= 3:
+          cands.append((r, lem, ex[: m.start()].rstrip()))
           break
       else:
         continue
@@ -247,8 +277,15 @@ def sentences(text: str) -> list[str]:
   return [s.strip() for s in _SENT_RE.split(text) if s.strip()]
 
 
-def cloze_items(documents: Sequence[str], *, max_items: int = MAX_ITEMS, seed: int = SEED,
-                name: str = "cloze", min_words: int = 8, max_context_words: int = 60) -> list[dict]:
+def cloze_items(
+  documents: Sequence[str],
+  *,
+  max_items: int = MAX_ITEMS,
+  seed: int = SEED,
+  name: str = "cloze",
+  min_words: int = 8,
+  max_context_words: int = 60,
+) -> list[dict]:
   """Previous sentence + a sentence without its last word -> that word, vs 3 words of the same
   documents with the nearest corpus frequency (rank), in the answer's capitalisation."""
   rng = random.Random(f"{seed}:{name}")
@@ -256,8 +293,7 @@ def cloze_items(documents: Sequence[str], *, max_items: int = MAX_ITEMS, seed: i
   for doc in documents:
     for w in re.findall(r"[A-Za-z]+", doc):
       counts[w.lower()] += 1
-  vocab = sorted((w for w, c in counts.items() if c >= 2 and len(w) >= 3),
-                 key=lambda w: (-counts[w], w))
+  vocab = sorted((w for w, c in counts.items() if c >= 2 and len(w) >= 3), key=lambda w: (-counts[w], w))
   rank = {w: i for i, w in enumerate(vocab)}
   cands = []
   for d, doc in enumerate(documents):
@@ -278,7 +314,7 @@ def cloze_items(documents: Sequence[str], *, max_items: int = MAX_ITEMS, seed: i
   items = []
   for context, last, d in _select(rng, cands, max_items * 2):
     r = rank[last.lower()]
-    window = [w for w in vocab[max(0, r - 25):r + 26] if w != last.lower()]
+    window = [w for w in vocab[max(0, r - 25) : r + 26] if w != last.lower()]
     if len(window) < N_CHOICES - 1:
       continue
     ds = rng.sample(window, N_CHOICES - 1)
@@ -294,24 +330,27 @@ def cloze_items(documents: Sequence[str], *, max_items: int = MAX_ITEMS, seed: i
 def task_config(name: str, data_file: str) -> dict:
   """The lm-eval 0.4 task YAML of a {"context", "choices", "answer"} jsonl file."""
   return {
-      "task": name,
-      "dataset_path": "json",
-      "dataset_kwargs": {"data_files": {"test": os.path.abspath(data_file)}},
-      "test_split": "test",
-      "output_type": "multiple_choice",
-      "doc_to_text": "{{context}}",
-      "doc_to_choice": "{{choices}}",
-      "doc_to_target": "{{answer}}",
-      "target_delimiter": " ",
-      "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-                      {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
-      "metadata": {"version": 1.0},
+    "task": name,
+    "dataset_path": "json",
+    "dataset_kwargs": {"data_files": {"test": os.path.abspath(data_file)}},
+    "test_split": "test",
+    "output_type": "multiple_choice",
+    "doc_to_text": "{{context}}",
+    "doc_to_choice": "{{choices}}",
+    "doc_to_target": "{{answer}}",
+    "target_delimiter": " ",
+    "metric_list": [
+      {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+      {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+    ],
+    "metadata": {"version": 1.0},
   }
 
 
 def write_task(out_dir: str, name: str, items: Sequence[dict], meta: dict | None = None) -> str:
   """Writes <out_dir>/<name>.jsonl and <out_dir>/<name>.yaml; returns the YAML's path."""
   import yaml
+
   os.makedirs(out_dir, exist_ok=True)
   data = os.path.join(os.path.abspath(out_dir), f"{name}.jsonl")
   with open(data, "w", encoding="utf-8") as f:
@@ -327,17 +366,27 @@ def write_task(out_dir: str, name: str, items: Sequence[dict], meta: dict | None
 
 
 def _is_wordnet(src) -> bool:
-  return "wordnet" in str(getattr(src, "name", "")).lower() or \
-      str(getattr(src, "kind", "")).lower() in ("wordnet", "lexicon", "dictionary")
+  return "wordnet" in str(getattr(src, "name", "")).lower() or str(getattr(src, "kind", "")).lower() in (
+    "wordnet",
+    "lexicon",
+    "dictionary",
+  )
 
 
 def _task_name(source_name: str) -> str:
   return "cloze_" + re.sub(r"[^a-z0-9]+", "_", source_name.lower()).strip("_")
 
 
-def build_tasks(out_dir: str, cache_dir=None, *, max_items: int = MAX_ITEMS,
-                min_items: int = MIN_ITEMS, seed: int = SEED, only: Sequence[str] | None = None,
-                log=print) -> list[str]:
+def build_tasks(
+  out_dir: str,
+  cache_dir=None,
+  *,
+  max_items: int = MAX_ITEMS,
+  min_items: int = MIN_ITEMS,
+  seed: int = SEED,
+  only: Sequence[str] | None = None,
+  log=print,
+) -> list[str]:
   """Builds every task from the held-out sources of `zebra_jax.data.registry` into `out_dir` and
   returns their names (`only`: just these). Also writes <out_dir>/tasks.json (names, item counts,
   sources). A task with fewer than `min_items` items is left out (logged)."""
@@ -347,6 +396,7 @@ def build_tasks(out_dir: str, cache_dir=None, *, max_items: int = MAX_ITEMS,
   os.makedirs(out_dir, exist_ok=True)
   # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.eval.suite import _source
+
   heldout = [_source(registry, x) for x in registry.heldout_sources()]
   built: dict[str, tuple[list[dict], dict]] = {}
   want = (lambda n: True) if not only else (lambda n: n in set(only))
@@ -356,8 +406,11 @@ def build_tasks(out_dir: str, cache_dir=None, *, max_items: int = MAX_ITEMS,
     src = wn[0]
     lex = _Lexicon(registry.wordnet_synsets(cache_dir=cache_dir))
     meta = {"source": src.name, "kind": getattr(src, "kind", None)}
-    for name, fn in (("wn_definitions", wn_definition_items), ("wn_hypernyms", wn_hypernym_items),
-                     ("wn_examples", wn_example_items)):
+    for name, fn in (
+      ("wn_definitions", wn_definition_items),
+      ("wn_hypernyms", wn_hypernym_items),
+      ("wn_examples", wn_example_items),
+    ):
       if want(name):
         built[name] = (fn(None, max_items=max_items, seed=seed, lexicon=lex), meta)
   for src in heldout:
@@ -367,8 +420,10 @@ def build_tasks(out_dir: str, cache_dir=None, *, max_items: int = MAX_ITEMS,
     if not want(name):
       continue
     docs = registry.source_documents(src.name, cache_dir=cache_dir)
-    built[name] = (cloze_items(docs, max_items=max_items, seed=seed, name=name),
-                   {"source": src.name, "kind": getattr(src, "kind", None)})
+    built[name] = (
+      cloze_items(docs, max_items=max_items, seed=seed, name=name),
+      {"source": src.name, "kind": getattr(src, "kind", None)},
+    )
   names, index = [], {}
   for name, (items, meta) in built.items():
     if len(items) < min_items:
@@ -380,10 +435,20 @@ def build_tasks(out_dir: str, cache_dir=None, *, max_items: int = MAX_ITEMS,
   with open(os.path.join(out_dir, "tasks.json"), "w") as f:
     # "dir": the task YAMLs name their data files by absolute path, so a copied or moved task
     # folder must be rebuilt where it now is (suite.ensure_tasks checks this)
-    json.dump({"seed": seed, "max_items": max_items, "dir": os.path.abspath(out_dir),
-               "tasks": index}, f, indent=2)
+    json.dump(
+      {"seed": seed, "max_items": max_items, "dir": os.path.abspath(out_dir), "tasks": index}, f, indent=2
+    )
   return names
 
 
-__all__ = ["build_tasks", "cloze_items", "wn_definition_items", "wn_hypernym_items",
-           "wn_example_items", "write_task", "task_config", "sentences", "normalise_pos"]
+__all__ = [
+  "build_tasks",
+  "cloze_items",
+  "wn_definition_items",
+  "wn_hypernym_items",
+  "wn_example_items",
+  "write_task",
+  "task_config",
+  "sentences",
+  "normalise_pos",
+]

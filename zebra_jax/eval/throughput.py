@@ -15,14 +15,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zebra_jax import accounting
-from zebra_jax.infer.cache import (Cache, cache_bytes_per_token, cache_nbytes, cache_shardings,
-                                   init_cache, state_bytes_per_sequence)
+from zebra_jax.infer.cache import (
+  Cache,
+  cache_bytes_per_token,
+  cache_nbytes,
+  cache_shardings,
+  init_cache,
+  state_bytes_per_sequence,
+)
 from zebra_jax.infer.decode import DecodeCarry, decode_loop, stop_array
 from zebra_jax.infer.sampling import SamplingConfig
 
 
-def random_cache(config, batch: int, max_len: int, context: int, seed: int = 1,
-                 mesh=None) -> Cache:
+def random_cache(config, batch: int, max_len: int, context: int, seed: int = 1, mesh=None) -> Cache:
   """Cache of pseudo-random rows / states (the reference fills randn) with every length = context; with a
   mesh, made in its sharded layout (`cache_shardings`)."""
   shapes = jax.eval_shape(lambda: init_cache(config, batch, max_len))
@@ -31,8 +36,12 @@ def random_cache(config, batch: int, max_len: int, context: int, seed: int = 1,
 
   @functools.partial(jax.jit, out_shardings=out_shardings)
   def make(salt):
-    out = [_pattern_fill(l.shape, l.dtype, salt + i) if jnp.issubdtype(l.dtype, jnp.floating)
-           else jnp.full(l.shape, context, l.dtype) for i, l in enumerate(leaves)]
+    out = [
+      _pattern_fill(l.shape, l.dtype, salt + i)
+      if jnp.issubdtype(l.dtype, jnp.floating)
+      else jnp.full(l.shape, context, l.dtype)
+      for i, l in enumerate(leaves)
+    ]
     return jax.tree.unflatten(treedef, out)
 
   return make(jnp.float32(seed))
@@ -67,8 +76,7 @@ def _compiled_count():
   return size() if callable(size) else None
 
 
-def decode_throughput(model, batch: int, context: int, steps: int, warmup: int = 4,
-                      mesh=None) -> dict:
+def decode_throughput(model, batch: int, context: int, steps: int, warmup: int = 4, mesh=None) -> dict:
   """Times `steps` greedy decode steps at `context` (after `warmup` steps that compile); with a
   mesh (the model sharded on it) the cache and the loop are sharded too."""
   config = model.config
@@ -78,10 +86,12 @@ def decode_throughput(model, batch: int, context: int, steps: int, warmup: int =
   nbytes = cache_nbytes(cache)
   device0 = _device0_bytes(cache)
   graphdef, state = nnx.split(model)
-  logits = jax.random.normal(jax.random.PRNGKey(2), (batch, config.vocab_size), jnp.float32
-                             ).astype(config.dtype)
-  carry = DecodeCarry(jnp.int32(0), cache, logits, jnp.zeros((batch,), bool),
-                 jnp.zeros((batch, warmup + steps), jnp.int32))
+  logits = jax.random.normal(jax.random.PRNGKey(2), (batch, config.vocab_size), jnp.float32).astype(
+    config.dtype
+  )
+  carry = DecodeCarry(
+    jnp.int32(0), cache, logits, jnp.zeros((batch,), bool), jnp.zeros((batch, warmup + steps), jnp.int32)
+  )
   kw = dict(graphdef=graphdef, sampling=SamplingConfig(), pad_id=0, mesh=mesh)
   stops, key = stop_array(()), jax.random.PRNGKey(0)
   t0 = time.perf_counter()
@@ -100,12 +110,23 @@ def decode_throughput(model, batch: int, context: int, steps: int, warmup: int =
   dt = time.perf_counter() - t0
   assert int(carry.i) == warmup + steps
   if _compiled_count() != compiled_before:
-    raise RuntimeError("decode_throughput: the timed decode loop recompiled, so its time would "
-                       "include compilation; the warm-up must match the timed call's inputs")
+    raise RuntimeError(
+      "decode_throughput: the timed decode loop recompiled, so its time would "
+      "include compilation; the warm-up must match the timed call's inputs"
+    )
   stats = jax.devices()[0].memory_stats() or {}
-  return {"batch": batch, "context": context, "steps": steps, "seconds": dt,
-          "tokens_per_s": batch * steps / dt, "ms_per_step": 1e3 * dt / steps,
-          "cache_bytes": nbytes, "cache_bytes_per_token": per_token, "device0_cache_bytes": device0,
-          "formula_bytes_per_token": accounting.kv_bytes_per_token(config, config.dtype),
-          "state_bytes_per_seq": state_bytes_per_sequence(cache),
-          "peak_bytes": stats.get("peak_bytes_in_use"), "warmup_compile_s": compile_s}
+  return {
+    "batch": batch,
+    "context": context,
+    "steps": steps,
+    "seconds": dt,
+    "tokens_per_s": batch * steps / dt,
+    "ms_per_step": 1e3 * dt / steps,
+    "cache_bytes": nbytes,
+    "cache_bytes_per_token": per_token,
+    "device0_cache_bytes": device0,
+    "formula_bytes_per_token": accounting.kv_bytes_per_token(config, config.dtype),
+    "state_bytes_per_seq": state_bytes_per_sequence(cache),
+    "peak_bytes": stats.get("peak_bytes_in_use"),
+    "warmup_compile_s": compile_s,
+  }

@@ -26,9 +26,17 @@ from zebra_jax.config import LlamaConfig
 FORMATS = ("hf", "mambainllama", "zebra_reference")
 
 
-def export_pretrained(model, out_dir: str | os.PathLike, format: str = "hf", dtype: str | None = None,
-                      tokenizer=None, *, max_shard_size: int | str = "5GB", overwrite: bool = False,
-                      **kwargs) -> str:
+def export_pretrained(
+  model,
+  out_dir: str | os.PathLike,
+  format: str = "hf",
+  dtype: str | None = None,
+  tokenizer=None,
+  *,
+  max_shard_size: int | str = "5GB",
+  overwrite: bool = False,
+  **kwargs,
+) -> str:
   """Writes `model` as a PyTorch checkpoint directory; returns its absolute path.
 
   `dtype` (None: the model's parameter dtype; "float32" / "bfloat16" / "float16") is the stored
@@ -46,6 +54,7 @@ def export_pretrained(model, out_dir: str | os.PathLike, format: str = "hf", dty
   # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.convert.model_files import GENERATION_CONFIG, generation_config
   from zebra_jax.export import io  # lazy: pulls in jax, flax, optax, which importing this module does not
+
   config = getattr(model, "config", None)
   if not isinstance(config, LlamaConfig):
     raise ValueError("export_pretrained needs a zebra_jax CausalLM (model.config is a LlamaConfig)")
@@ -63,18 +72,22 @@ def export_pretrained(model, out_dir: str | os.PathLike, format: str = "hf", dty
     if format == "hf" and set(config.layer_types()) == {"attention"}:
       # lazy: pulls in jax, flax, optax, which importing this module does not
       from zebra_jax.export.hf_llama import export_llama
+
       export_llama(model, tmp, **common)
     elif format == "hf":
       # lazy: pulls in jax, flax, optax, which importing this module does not
       from zebra_jax.export.hf_hybrid import export_hybrid
+
       export_hybrid(model, tmp, **common)
     elif format == "mambainllama":
       # lazy: pulls in jax, flax, optax, which importing this module does not
       from zebra_jax.export.mambainllama import export_mambainllama
+
       export_mambainllama(model, tmp, **common, **kwargs)
     else:
       # lazy: pulls in jax, flax, optax, which importing this module does not
       from zebra_jax.export.hf_hybrid import export_zebra_reference
+
       export_zebra_reference(model, tmp, **common, **kwargs)
     # The tokenizer's ids are the ones generation must stop at (model_files.generation_config).
     src_gen = os.path.join(tokenizer, GENERATION_CONFIG) if isinstance(tokenizer, str) else None

@@ -34,15 +34,36 @@ from zebra_jax.export.torch_modeling import TEMPLATE_DIR, TEMPLATE_FILES
 from zebra_jax.export.hf_llama import llama_config_json
 
 MODEL_TYPE = "zebra_llama"
-AUTO_MAP = {"AutoConfig": "configuration_zebra.ZebraLlamaConfig",
-            "AutoModelForCausalLM": "modeling_zebra.ZebraLlamaForCausalLM"}
+AUTO_MAP = {
+  "AutoConfig": "configuration_zebra.ZebraLlamaConfig",
+  "AutoModelForCausalLM": "modeling_zebra.ZebraLlamaForCausalLM",
+}
 
 # HybridConfig fields written to config.json (names unchanged); the import reads the same list.
-HYBRID_FIELDS = ("mla_layers", "attn_layers", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
-                 "qk_nope_head_dim", "v_head_dim", "use_full_kv_head", "use_lora_layer_norm",
-                 "lora_layer_norm_eps", "mla_rope_theta", "mla_rope_scaling", "mla_layer_ranks",
-                 "d_state", "headdim", "ngroups", "d_conv", "chunk_size", "d_inner", "d_xb",
-                 "conv_bias", "gated_norm_eps")
+HYBRID_FIELDS = (
+  "mla_layers",
+  "attn_layers",
+  "q_lora_rank",
+  "kv_lora_rank",
+  "qk_rope_head_dim",
+  "qk_nope_head_dim",
+  "v_head_dim",
+  "use_full_kv_head",
+  "use_lora_layer_norm",
+  "lora_layer_norm_eps",
+  "mla_rope_theta",
+  "mla_rope_scaling",
+  "mla_layer_ranks",
+  "d_state",
+  "headdim",
+  "ngroups",
+  "d_conv",
+  "chunk_size",
+  "d_inner",
+  "d_xb",
+  "conv_bias",
+  "gated_norm_eps",
+)
 
 
 def _as_hybrid(config: LlamaConfig) -> HybridConfig:
@@ -68,9 +89,14 @@ def hybrid_fields(config: HybridConfig) -> dict:
 
 def hybrid_config_json(config: LlamaConfig, dtype: str) -> dict:
   h = _as_hybrid(config)
-  return {"architectures": ["ZebraLlamaForCausalLM"], "model_type": MODEL_TYPE,
-          "auto_map": dict(AUTO_MAP), **params.hf_llama_fields(h), **hybrid_fields(h),
-          "torch_dtype": dtype}
+  return {
+    "architectures": ["ZebraLlamaForCausalLM"],
+    "model_type": MODEL_TYPE,
+    "auto_map": dict(AUTO_MAP),
+    **params.hf_llama_fields(h),
+    **hybrid_fields(h),
+    "torch_dtype": dtype,
+  }
 
 
 def reference_hybrid_config(config: LlamaConfig) -> dict:
@@ -78,26 +104,49 @@ def reference_hybrid_config(config: LlamaConfig) -> dict:
   h = _as_hybrid(config)
   ranks = {str(i): list(h.mla_ranks(i)) for i in h.mla_layers}
   return {
-      "mla_layers": list(h.mla_layers), "attn_layers": list(h.attn_layers),
-      "q_lora_rank": h.q_lora_rank, "kv_lora_rank": h.kv_lora_rank,
-      "qk_rope_head_dim": h.qk_rope_head_dim, "qk_nope_head_dim": h.qk_nope_head_dim,
-      "v_head_dim": h.v_head_dim, "use_full_kv_head": h.use_full_kv_head,
-      "use_lora_layer_norm": h.use_lora_layer_norm, "qkv_rank_divisor": h.qkv_rank_divisor,
-      "rope_theta": h.mla_rope_theta,
-      "rope_scaling": dict(h.mla_rope_scaling) if h.mla_rope_scaling else None,
-      "layer_rank_list": ranks if h.mla_layer_ranks else None,
-      "d_model": h.hidden_size, "d_inner": h.d_inner, "d_xb": h.d_xb,
-      "ssm_cfg": {"expand": 1, "ngroups": h.ngroups, "d_state": h.d_state, "headdim": h.headdim,
-                  "d_conv": h.d_conv, "chunk_size": h.chunk_size, "conv_bias": h.conv_bias,
-                  "repeat_kv_before_conv": False},
-      "rms_norm_eps": h.rms_norm_eps, "gated_norm_eps": h.gated_norm_eps,
-      "intermediate_size": h.intermediate_size, "hidden_act": "silu",
-      "n_layer": h.num_hidden_layers,
+    "mla_layers": list(h.mla_layers),
+    "attn_layers": list(h.attn_layers),
+    "q_lora_rank": h.q_lora_rank,
+    "kv_lora_rank": h.kv_lora_rank,
+    "qk_rope_head_dim": h.qk_rope_head_dim,
+    "qk_nope_head_dim": h.qk_nope_head_dim,
+    "v_head_dim": h.v_head_dim,
+    "use_full_kv_head": h.use_full_kv_head,
+    "use_lora_layer_norm": h.use_lora_layer_norm,
+    "qkv_rank_divisor": h.qkv_rank_divisor,
+    "rope_theta": h.mla_rope_theta,
+    "rope_scaling": dict(h.mla_rope_scaling) if h.mla_rope_scaling else None,
+    "layer_rank_list": ranks if h.mla_layer_ranks else None,
+    "d_model": h.hidden_size,
+    "d_inner": h.d_inner,
+    "d_xb": h.d_xb,
+    "ssm_cfg": {
+      "expand": 1,
+      "ngroups": h.ngroups,
+      "d_state": h.d_state,
+      "headdim": h.headdim,
+      "d_conv": h.d_conv,
+      "chunk_size": h.chunk_size,
+      "conv_bias": h.conv_bias,
+      "repeat_kv_before_conv": False,
+    },
+    "rms_norm_eps": h.rms_norm_eps,
+    "gated_norm_eps": h.gated_norm_eps,
+    "intermediate_size": h.intermediate_size,
+    "hidden_act": "silu",
+    "n_layer": h.num_hidden_layers,
   }
 
 
-def export_hybrid(model: nnx.Module, out_dir: str | os.PathLike, *, dtype: str | None = None,
-                  tokenizer=None, max_shard_size: int | str = "5GB", overwrite: bool = False) -> str:
+def export_hybrid(
+  model: nnx.Module,
+  out_dir: str | os.PathLike,
+  *,
+  dtype: str | None = None,
+  tokenizer=None,
+  max_shard_size: int | str = "5GB",
+  overwrite: bool = False,
+) -> str:
   """Writes the remote-code directory; returns its absolute path."""
   config = getattr(model, "config", None)
   if not isinstance(config, LlamaConfig):
@@ -116,9 +165,16 @@ def export_hybrid(model: nnx.Module, out_dir: str | os.PathLike, *, dtype: str |
   return out_dir
 
 
-def export_zebra_reference(model: nnx.Module, out_dir: str | os.PathLike, *,
-                           dtype: str | None = None, tokenizer=None, base_model: str | None = None,
-                           max_shard_size: int | str = "5GB", overwrite: bool = False) -> str:
+def export_zebra_reference(
+  model: nnx.Module,
+  out_dir: str | os.PathLike,
+  *,
+  dtype: str | None = None,
+  tokenizer=None,
+  base_model: str | None = None,
+  max_shard_size: int | str = "5GB",
+  overwrite: bool = False,
+) -> str:
   """The Zebra-Llama reference's own layout: a plain HF Llama config.json (`_name_or_path` =
   `base_model` when given) + hybrid_config.json + the same tensors, no remote code."""
   config = getattr(model, "config", None)
@@ -139,5 +195,12 @@ def export_zebra_reference(model: nnx.Module, out_dir: str | os.PathLike, *,
   return out_dir
 
 
-__all__ = ["export_hybrid", "export_zebra_reference", "hybrid_config_json", "reference_hybrid_config", "HYBRID_FIELDS",
-           "MODEL_TYPE", "AUTO_MAP"]
+__all__ = [
+  "export_hybrid",
+  "export_zebra_reference",
+  "hybrid_config_json",
+  "reference_hybrid_config",
+  "HYBRID_FIELDS",
+  "MODEL_TYPE",
+  "AUTO_MAP",
+]

@@ -19,20 +19,33 @@ from zebra_jax.export import io, params
 
 
 def llama_config_json(config: LlamaConfig, dtype: str) -> dict:
-  out = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-         **params.hf_llama_fields(config), "torch_dtype": dtype}
+  out = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    **params.hf_llama_fields(config),
+    "torch_dtype": dtype,
+  }
   return out
 
 
-def export_llama(model: nnx.Module, out_dir: str | os.PathLike, *, dtype: str | None = None,
-                 tokenizer=None, max_shard_size: int | str = "5GB", overwrite: bool = False) -> str:
+def export_llama(
+  model: nnx.Module,
+  out_dir: str | os.PathLike,
+  *,
+  dtype: str | None = None,
+  tokenizer=None,
+  max_shard_size: int | str = "5GB",
+  overwrite: bool = False,
+) -> str:
   """Writes the HF directory; returns its absolute path."""
   config = getattr(model, "config", None)
   if not isinstance(config, LlamaConfig):
     raise ValueError("export_llama needs a CausalLM with a LlamaConfig in model.config")
   if is_hybrid(config) and set(config.layer_types()) != {"attention"}:
-    raise ValueError("export_llama exports plain Llamas; this model has MLA / Mamba2 layers "
-                     "(use format='hf' through export_pretrained, or format='mambainllama')")
+    raise ValueError(
+      "export_llama exports plain Llamas; this model has MLA / Mamba2 layers "
+      "(use format='hf' through export_pretrained, or format='mambainllama')"
+    )
   dt = params.resolve_dtype(model, dtype)
   plan = params.tensor_plan(model, dtype=dtype)
   out_dir = io.prepare_out_dir(out_dir, overwrite)

@@ -29,13 +29,22 @@ from zebra_jax.convert import CheckpointError, load_tokenizer
 from zebra_jax.convert.model_files import has_tokenizer, write_tokenizer
 
 _ST_NAMES = {
-    np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
-    np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.int64): "I64", np.dtype(np.int32): "I32",
-    np.dtype(np.int16): "I16", np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8",
-    np.dtype(np.bool_): "BOOL",
+  np.dtype(np.float64): "F64",
+  np.dtype(np.float32): "F32",
+  np.dtype(np.float16): "F16",
+  np.dtype(ml_dtypes.bfloat16): "BF16",
+  np.dtype(np.int64): "I64",
+  np.dtype(np.int32): "I32",
+  np.dtype(np.int16): "I16",
+  np.dtype(np.int8): "I8",
+  np.dtype(np.uint8): "U8",
+  np.dtype(np.bool_): "BOOL",
 }
-_NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-              "float16": np.dtype(np.float16)}
+_NP_DTYPES = {
+  "float32": np.dtype(np.float32),
+  "bfloat16": np.dtype(ml_dtypes.bfloat16),
+  "float16": np.dtype(np.float16),
+}
 
 
 def np_dtype(name: str) -> np.dtype:
@@ -68,8 +77,17 @@ def parse_size(size: int | str) -> int:
   if not m:
     raise ValueError(f"cannot parse size {size!r} (use e.g. 5GB, 500MB, 2GiB or a byte count)")
   value, unit = float(m.group(1)), (m.group(2) or "B").upper()
-  mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
-          "GIB": 2**30, "TIB": 2**40}[unit]
+  mult = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+  }[unit]
   return max(1, int(value * mult))
 
 
@@ -79,8 +97,11 @@ def _header_bytes(tensors: Sequence[PlannedTensor]) -> bytes:
   for t in tensors:
     if t.dtype not in _ST_NAMES:
       raise ValueError(f"tensor {t.name}: dtype {t.dtype} cannot be stored in safetensors")
-    header[t.name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape),
-                      "data_offsets": [offset, offset + t.nbytes]}
+    header[t.name] = {
+      "dtype": _ST_NAMES[t.dtype],
+      "shape": list(t.shape),
+      "data_offsets": [offset, offset + t.nbytes],
+    }
     offset += t.nbytes
   raw = json.dumps(header, separators=(",", ":")).encode()
   return raw + b" " * (-len(raw) % 8)
@@ -115,8 +136,13 @@ def shard_plan(tensors: Sequence[PlannedTensor], max_shard_size: int) -> list[li
   return shards
 
 
-def write_weights(out_dir: str, tensors: Sequence[PlannedTensor], *, max_shard_size: int | str = "5GB",
-                  basename: str = "model") -> list[str]:
+def write_weights(
+  out_dir: str,
+  tensors: Sequence[PlannedTensor],
+  *,
+  max_shard_size: int | str = "5GB",
+  basename: str = "model",
+) -> list[str]:
   """`model.safetensors`, or `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`
   when the total exceeds `max_shard_size` (the transformers naming). Returns the files written."""
   names = [t.name for t in tensors]
@@ -171,8 +197,10 @@ def resolve_tokenizer(tokenizer):
   are loaded into one). Raises ValueError naming the source."""
   if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
     if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
-      raise TypeError("tokenizer must be a transformers tokenizer, a ByteTokenizer or a path, got "
-                      f"{type(tokenizer).__name__}")
+      raise TypeError(
+        "tokenizer must be a transformers tokenizer, a ByteTokenizer or a path, got "
+        f"{type(tokenizer).__name__}"
+      )
     return tokenizer
   src = os.fspath(tokenizer)
   if os.path.isdir(src) and has_tokenizer(src):
@@ -200,18 +228,40 @@ def save_tokenizer(tokenizer, out_dir: str) -> list[str]:
 
 # What an export directory may hold; overwrite=True refuses one holding anything else
 # (zebra_jax/_paths.py): an export replaces an earlier export, never a user's own files.
-EXPORT_FILES = ("config.json", "hybrid_config.json", "mamba_config.json", "generation_config.json",
-                "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
-                "pytorch_model.bin", "modeling_*.py", "configuration_*.py", *_TOKENIZER_FILES)
+EXPORT_FILES = (
+  "config.json",
+  "hybrid_config.json",
+  "mamba_config.json",
+  "generation_config.json",
+  "model.safetensors",
+  "model-*-of-*.safetensors",
+  "model.safetensors.index.json",
+  "pytorch_model.bin",
+  "modeling_*.py",
+  "configuration_*.py",
+  *_TOKENIZER_FILES,
+)
 
 
-def check_out_dir(out_dir: str | os.PathLike, overwrite: bool, inputs: Iterable = (), *,
-                  out_flag: str | None = None, overwrite_flag: str = "overwrite=True") -> str:
+def check_out_dir(
+  out_dir: str | os.PathLike,
+  overwrite: bool,
+  inputs: Iterable = (),
+  *,
+  out_flag: str | None = None,
+  overwrite_flag: str = "overwrite=True",
+) -> str:
   """The absolute path of `out_dir` once it may be written: not one of `inputs` (the checkpoint,
   the tokenizer source), inside one or holding one (OutputPathError); empty, or with `overwrite`
   an earlier export (FileExistsError / OutputPathError)."""
-  return check_output(out_dir, inputs=inputs, overwrite=overwrite, owned=EXPORT_FILES,
-                      out_flag=out_flag, overwrite_flag=overwrite_flag)
+  return check_output(
+    out_dir,
+    inputs=inputs,
+    overwrite=overwrite,
+    owned=EXPORT_FILES,
+    out_flag=out_flag,
+    overwrite_flag=overwrite_flag,
+  )
 
 
 def write_aside(out_dir: str, write: Callable[[str], object]) -> str:
@@ -248,6 +298,19 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> str:
   return out_dir
 
 
-__all__ = ["PlannedTensor", "parse_size", "write_safetensors", "write_weights", "write_pytorch_bin",
-           "shard_plan", "save_tokenizer", "resolve_tokenizer", "write_json", "prepare_out_dir",
-           "check_out_dir", "write_aside", "np_dtype", "EXPORT_FILES"]
+__all__ = [
+  "PlannedTensor",
+  "parse_size",
+  "write_safetensors",
+  "write_weights",
+  "write_pytorch_bin",
+  "shard_plan",
+  "save_tokenizer",
+  "resolve_tokenizer",
+  "write_json",
+  "prepare_out_dir",
+  "check_out_dir",
+  "write_aside",
+  "np_dtype",
+  "EXPORT_FILES",
+]

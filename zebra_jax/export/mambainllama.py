@@ -34,22 +34,28 @@ def _check_representable(config: LlamaConfig) -> HybridConfig:
     config = HybridConfig.from_llama(config, attn_layers=tuple(range(config.num_hidden_layers)))
   problems = []
   if config.mla_layers:
-    problems.append(f"it has MLA layers {list(config.mla_layers)} (MambaInLlama has attention and "
-                    "Mamba2 layers only; use format='hf')")
+    problems.append(
+      f"it has MLA layers {list(config.mla_layers)} (MambaInLlama has attention and "
+      "Mamba2 layers only; use format='hf')"
+    )
   if config.mamba_layers:
     if config.headdim != config.d_state:
-      problems.append(f"headdim={config.headdim} != d_state={config.d_state} (MambaInLlama forces "
-                      "headdim = d_state)")
+      problems.append(
+        f"headdim={config.headdim} != d_state={config.d_state} (MambaInLlama forces headdim = d_state)"
+      )
     if config.mamba_nheads != config.ngroups:
-      problems.append(f"Mamba2 heads={config.mamba_nheads} != ngroups={config.ngroups} (MambaInLlama "
-                      "forces nheads = ngroups)")
+      problems.append(
+        f"Mamba2 heads={config.mamba_nheads} != ngroups={config.ngroups} (MambaInLlama "
+        "forces nheads = ngroups)"
+      )
     if not config.conv_bias:
       problems.append("conv_bias=False (MambaInLlama's conv1d always has a bias)")
     if abs(config.gated_norm_eps - 1e-5) > 1e-12:
       problems.append(f"gated_norm_eps={config.gated_norm_eps} (MambaInLlama uses 1e-5)")
   if problems:
-    raise ValueError("the model cannot be exported in the MambaInLlama layout:\n  - " +
-                     "\n  - ".join(problems))
+    raise ValueError(
+      "the model cannot be exported in the MambaInLlama layout:\n  - " + "\n  - ".join(problems)
+    )
   return config
 
 
@@ -58,15 +64,31 @@ def mamba_config_json(config: LlamaConfig) -> dict:
   ssm_cfg = {"expand": 1, "ngroups": h.ngroups, "d_state": h.d_state}
   if h.d_conv != 4:  # the constructor default; ssm_cfg entries are passed to it as keywords
     ssm_cfg["d_conv"] = h.d_conv
-  return {"d_model": h.hidden_size, "ssm_cfg": ssm_cfg, "rms_norm_eps": h.rms_norm_eps,
-          "vocab_size": None, "d_inner": h.d_inner, "d_xb": h.d_xb,
-          "intermediate_size": h.intermediate_size, "hidden_act": "silu",
-          "n_layer": h.num_hidden_layers, "attn_layers": list(h.attn_layers)}
+  return {
+    "d_model": h.hidden_size,
+    "ssm_cfg": ssm_cfg,
+    "rms_norm_eps": h.rms_norm_eps,
+    "vocab_size": None,
+    "d_inner": h.d_inner,
+    "d_xb": h.d_xb,
+    "intermediate_size": h.intermediate_size,
+    "hidden_act": "silu",
+    "n_layer": h.num_hidden_layers,
+    "attn_layers": list(h.attn_layers),
+  }
 
 
-def export_mambainllama(model: nnx.Module, out_dir: str | os.PathLike, *, dtype: str | None = None,
-                        tokenizer=None, base_model: str | None = None, weights: str = "safetensors",
-                        max_shard_size: int | str = "5GB", overwrite: bool = False) -> str:
+def export_mambainllama(
+  model: nnx.Module,
+  out_dir: str | os.PathLike,
+  *,
+  dtype: str | None = None,
+  tokenizer=None,
+  base_model: str | None = None,
+  weights: str = "safetensors",
+  max_shard_size: int | str = "5GB",
+  overwrite: bool = False,
+) -> str:
   """Writes the MambaInLlama directory; returns its absolute path."""
   config = getattr(model, "config", None)
   if not isinstance(config, LlamaConfig):

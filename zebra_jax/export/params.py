@@ -27,8 +27,7 @@ KEEP_FLOAT32 = ("A_log", "D", "dt_bias")
 
 def flat_params(model: nnx.Module) -> dict[str, jax.Array]:
   """{dotted NNX path: array} of every nnx.Param."""
-  return {names.path_str(p): v.get_value()
-          for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  return {names.path_str(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 def _cast(x: np.ndarray, dt: np.dtype) -> np.ndarray:
@@ -39,8 +38,9 @@ def _cast(x: np.ndarray, dt: np.dtype) -> np.ndarray:
   return x.astype(dt)
 
 
-def tensor_plan(model: nnx.Module, *, dtype: str | None = None,
-                rename: Callable[[str], str] | None = None) -> list[PlannedTensor]:
+def tensor_plan(
+  model: nnx.Module, *, dtype: str | None = None, rename: Callable[[str], str] | None = None
+) -> list[PlannedTensor]:
   """Every parameter as a PlannedTensor with its torch name, shape and dtype, in layer order.
 
   `dtype` None keeps each parameter's dtype; otherwise floating tensors are cast to it (except
@@ -76,28 +76,28 @@ def hf_llama_fields(config: LlamaConfig) -> dict:
   """The Llama part of a config.json, in Hugging Face field names."""
   eos = config.eos_token_id
   return {
-      "vocab_size": config.vocab_size,
-      "hidden_size": config.hidden_size,
-      "intermediate_size": config.intermediate_size,
-      "num_hidden_layers": config.num_hidden_layers,
-      "num_attention_heads": config.num_attention_heads,
-      "num_key_value_heads": config.num_key_value_heads,
-      "head_dim": config.head_dim,
-      "hidden_act": "silu",
-      "max_position_embeddings": config.max_position_embeddings,
-      "rms_norm_eps": config.rms_norm_eps,
-      "rope_theta": config.rope_theta,
-      "rope_scaling": dict(config.rope_scaling) if config.rope_scaling else None,
-      "tie_word_embeddings": bool(config.tie_word_embeddings),
-      "attention_bias": False,
-      "mlp_bias": False,
-      "attention_dropout": 0.0,
-      "pretraining_tp": 1,
-      "initializer_range": 0.02,
-      "use_cache": True,
-      "bos_token_id": config.bos_token_id,
-      "eos_token_id": list(eos) if isinstance(eos, (tuple, list)) else eos,
-      "pad_token_id": config.pad_token_id,
+    "vocab_size": config.vocab_size,
+    "hidden_size": config.hidden_size,
+    "intermediate_size": config.intermediate_size,
+    "num_hidden_layers": config.num_hidden_layers,
+    "num_attention_heads": config.num_attention_heads,
+    "num_key_value_heads": config.num_key_value_heads,
+    "head_dim": config.head_dim,
+    "hidden_act": "silu",
+    "max_position_embeddings": config.max_position_embeddings,
+    "rms_norm_eps": config.rms_norm_eps,
+    "rope_theta": config.rope_theta,
+    "rope_scaling": dict(config.rope_scaling) if config.rope_scaling else None,
+    "tie_word_embeddings": bool(config.tie_word_embeddings),
+    "attention_bias": False,
+    "mlp_bias": False,
+    "attention_dropout": 0.0,
+    "pretraining_tp": 1,
+    "initializer_range": 0.02,
+    "use_cache": True,
+    "bos_token_id": config.bos_token_id,
+    "eos_token_id": list(eos) if isinstance(eos, (tuple, list)) else eos,
+    "pad_token_id": config.pad_token_id,
   }
 
 
@@ -111,12 +111,22 @@ def resolve_dtype(model: nnx.Module, dtype: str | None) -> str:
 
 def generation_config(config: LlamaConfig) -> dict:
   eos = config.eos_token_id
-  out = {"bos_token_id": config.bos_token_id,
-         "eos_token_id": list(eos) if isinstance(eos, (tuple, list)) else eos}
+  out = {
+    "bos_token_id": config.bos_token_id,
+    "eos_token_id": list(eos) if isinstance(eos, (tuple, list)) else eos,
+  }
   if config.pad_token_id is not None:
     out["pad_token_id"] = config.pad_token_id
   return {k: v for k, v in out.items() if v is not None}
 
 
-__all__ = ["flat_params", "torch_name", "tensor_plan", "hf_llama_fields", "resolve_dtype",
-           "generation_config", "INVERSE", "KEEP_FLOAT32"]
+__all__ = [
+  "flat_params",
+  "torch_name",
+  "tensor_plan",
+  "hf_llama_fields",
+  "resolve_dtype",
+  "generation_config",
+  "INVERSE",
+  "KEEP_FLOAT32",
+]

@@ -8,17 +8,55 @@
 See docs/inference.md.
 """
 
-from zebra_jax.infer.cache import (CACHE_RULES, Cache, KVCache, LatentCache, MambaState,
-                                   cache_bytes_per_token, cache_logical_axes, cache_mesh,
-                                   cache_nbytes, cache_shardings, init_cache, shard_cache,
-                                   state_bytes_per_sequence)
-from zebra_jax.infer.decode import (decode_step, forward_chunk, model_mesh, prefill,
-                                    shard_for_inference, stream)
+from zebra_jax.infer.cache import (
+  CACHE_RULES,
+  Cache,
+  KVCache,
+  LatentCache,
+  MambaState,
+  cache_bytes_per_token,
+  cache_logical_axes,
+  cache_mesh,
+  cache_nbytes,
+  cache_shardings,
+  init_cache,
+  shard_cache,
+  state_bytes_per_sequence,
+)
+from zebra_jax.infer.decode import (
+  decode_step,
+  forward_chunk,
+  model_mesh,
+  prefill,
+  shard_for_inference,
+  stream,
+)
 from zebra_jax.infer.generation import generate
 from zebra_jax.infer.sampling import SamplingConfig, filter_logits, probs, sample
 
-__all__ = ["CACHE_RULES", "Cache", "KVCache", "LatentCache", "MambaState", "cache_bytes_per_token",
-           "cache_logical_axes", "cache_mesh", "cache_nbytes", "cache_shardings", "init_cache",
-           "shard_cache", "state_bytes_per_sequence", "decode_step", "forward_chunk", "generate",
-           "model_mesh", "prefill", "shard_for_inference", "stream",
-           "SamplingConfig", "filter_logits", "probs", "sample"]
+__all__ = [
+  "CACHE_RULES",
+  "Cache",
+  "KVCache",
+  "LatentCache",
+  "MambaState",
+  "cache_bytes_per_token",
+  "cache_logical_axes",
+  "cache_mesh",
+  "cache_nbytes",
+  "cache_shardings",
+  "init_cache",
+  "shard_cache",
+  "state_bytes_per_sequence",
+  "decode_step",
+  "forward_chunk",
+  "generate",
+  "model_mesh",
+  "prefill",
+  "shard_for_inference",
+  "stream",
+  "SamplingConfig",
+  "filter_logits",
+  "probs",
+  "sample",
+]

@@ -63,8 +63,9 @@ class Cache:
     return 0  # a pure Mamba2 stack has no length axis
 
 
-def init_cache(config: LlamaConfig, batch_size: int, max_len: int, dtype=None, *, mesh=None,
-               rules=None) -> Cache:
+def init_cache(
+  config: LlamaConfig, batch_size: int, max_len: int, dtype=None, *, mesh=None, rules=None
+) -> Cache:
   """Zero cache for `batch_size` sequences of up to `max_len` tokens (lengths 0).
 
   `dtype` (default: the config's compute dtype) is the element type of the K/V / latent rows and of the
@@ -107,8 +108,11 @@ def cache_bytes_per_token(cache: Cache) -> int:
 
 def state_bytes_per_sequence(cache: Cache) -> int:
   """Bytes per sequence of the arrays without a length axis (Mamba2 SSM and conv states)."""
-  return sum(arr.size * arr.dtype.itemsize // arr.shape[0]
-             for arr, axes in _leaves_with_axes(cache) if "length" not in axes)
+  return sum(
+    arr.size * arr.dtype.itemsize // arr.shape[0]
+    for arr, axes in _leaves_with_axes(cache)
+    if "length" not in axes
+  )
 
 
 def cache_nbytes(cache: Cache) -> int:
@@ -128,8 +132,12 @@ def cache_shardings(cache: Cache, mesh, rules=None) -> Cache:
   rules = CACHE_RULES if rules is None else rules
   axes = cache_logical_axes(cache)
   is_axes = lambda x: isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
-  return jax.tree.map(lambda a, arr: NamedSharding(mesh, logical_to_pspec(a, arr.shape, mesh, rules)),
-                      axes, cache, is_leaf=is_axes)
+  return jax.tree.map(
+    lambda a, arr: NamedSharding(mesh, logical_to_pspec(a, arr.shape, mesh, rules)),
+    axes,
+    cache,
+    is_leaf=is_axes,
+  )
 
 
 def shard_cache(cache: Cache, mesh, rules=None) -> Cache:

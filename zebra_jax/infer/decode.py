@@ -51,8 +51,9 @@ MODES = ("fresh", "extend", "decode")
 # ------------------------------------------------------------------------------------------------
 # the cached forward
 # ------------------------------------------------------------------------------------------------
-def forward_chunk(model, cache: Cache, tokens_BT, n_valid_B=None, *, mode: str = "decode",
-                  logits: str = "all"):
+def forward_chunk(
+  model, cache: Cache, tokens_BT, n_valid_B=None, *, mode: str = "decode", logits: str = "all"
+):
   """Runs tokens_BT (B, T) at positions cache.lengths[b] + t through `model` with the cache.
 
   n_valid_B (default T): how many of the T tokens are real per sequence (right padding); the new
@@ -72,8 +73,7 @@ def forward_chunk(model, cache: Cache, tokens_BT, n_valid_B=None, *, mode: str =
   h = model.embed(tokens_BT)
   layers, records = [], []
   for block, lc in zip(model.layers, cache.layers):
-    y, lc, rec = block.mixer.cached(block.input_layernorm(h), positions, lc, n_valid_B=n_valid,
-                                    mode=mode)
+    y, lc, rec = block.mixer.cached(block.input_layernorm(h), positions, lc, n_valid_B=n_valid, mode=mode)
     layers.append(lc)
     records.append(rec)
     h = h + y
@@ -100,19 +100,19 @@ def shard_for_inference(model, mesh: Mesh, rules=None):
   logical-axis rules (default `parallel.DEFAULT_RULES`, the training layout), in place; returns it.
   prefill / decode_step / generate / stream then keep the cache on the same mesh."""
   if not isinstance(mesh, Mesh) or tuple(mesh.axis_names) != _sharding.MESH_AXES:
-    raise ValueError(f"mesh must be a parallel.make_mesh mesh with axes {_sharding.MESH_AXES}, "
-                     f"got {mesh!r}")
+    raise ValueError(f"mesh must be a parallel.make_mesh mesh with axes {_sharding.MESH_AXES}, got {mesh!r}")
   return _sharding.shard_model(model, mesh, _sharding.DEFAULT_RULES if rules is None else rules)
 
 
 def model_mesh(model) -> Mesh | None:
   """The mesh of `model`'s parameters when they are sharded over several devices, else None."""
   shardings = (getattr(x, "sharding", None) for x in jax.tree.leaves(nnx.state(model)))
-  meshes = {s.mesh for s in shardings
-            if isinstance(s, NamedSharding) and s.mesh.devices.size > 1}
+  meshes = {s.mesh for s in shardings if isinstance(s, NamedSharding) and s.mesh.devices.size > 1}
   if len(meshes) > 1:
-    raise ValueError(f"the model's parameters are spread over {len(meshes)} different meshes; "
-                     "place them on one (shard_for_inference)")
+    raise ValueError(
+      f"the model's parameters are spread over {len(meshes)} different meshes; "
+      "place them on one (shard_for_inference)"
+    )
   return meshes.pop() if meshes else None
 
 
@@ -134,8 +134,9 @@ def constrain_cache(cache: Cache, mesh: Mesh | None) -> Cache:
   return jax.lax.with_sharding_constraint(cache, cache_shardings(cache, mesh))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mode", "logits", "mesh"),
-                   donate_argnames=("cache",))
+@functools.partial(
+  jax.jit, static_argnames=("graphdef", "mode", "logits", "mesh"), donate_argnames=("cache",)
+)
 def _chunk_jit(state, cache, tokens_BT, n_valid_B, *, graphdef, mode, logits, mesh=None):
   model = nnx.merge(graphdef, state)
   with _sharding.activation_mesh(mesh):
@@ -143,8 +144,7 @@ def _chunk_jit(state, cache, tokens_BT, n_valid_B, *, graphdef, mode, logits, me
   return out, constrain_cache(cache, mesh)
 
 
-def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = None,
-            all_logits: bool = False):
+def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = None, all_logits: bool = False):
   """Processes right-padded prompts (B, T) with true lengths, `chunk` tokens per call (None: one pass).
 
   Returns (logits, cache): logits (B, V) at each sequence's last prompt token, or (B, T, V) for every
@@ -172,11 +172,19 @@ def prefill(model, cache: Cache, tokens_BT, lengths_B, *, chunk: int | None = No
   fresh = not start.any()
   outs, last = [], None
   for c0 in range(0, T, chunk):
-    tk = tokens_BT[:, c0:c0 + chunk]
+    tk = tokens_BT[:, c0 : c0 + chunk]
     n_valid = np.clip(lengths_B - c0, 0, tk.shape[1]).astype(np.int32)
     mode = "fresh" if (c0 == 0 and fresh) else "extend"
-    out, cache = _chunk_jit(state, cache, tk, jnp.asarray(n_valid), graphdef=graphdef, mode=mode,
-                            logits="all" if all_logits else "last", mesh=mesh)
+    out, cache = _chunk_jit(
+      state,
+      cache,
+      tk,
+      jnp.asarray(n_valid),
+      graphdef=graphdef,
+      mode=mode,
+      logits="all" if all_logits else "last",
+      mesh=mesh,
+    )
     if all_logits:
       outs.append(out)
     else:
@@ -188,8 +196,16 @@ def decode_step(model, cache: Cache, tokens_B):
   """One token per sequence at position cache.lengths[b]: (logits (B, V), new cache)."""
   mesh, cache = _mesh_for(model, cache)
   graphdef, state = nnx.split(model)
-  return _chunk_jit(state, cache, jnp.asarray(tokens_B, jnp.int32)[:, None], None,
-                    graphdef=graphdef, mode="decode", logits="last", mesh=mesh)
+  return _chunk_jit(
+    state,
+    cache,
+    jnp.asarray(tokens_B, jnp.int32)[:, None],
+    None,
+    graphdef=graphdef,
+    mode="decode",
+    logits="last",
+    mesh=mesh,
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,11 +214,11 @@ def decode_step(model, cache: Cache, tokens_B):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DecodeCarry:
-  i: jax.Array          # next step index
+  i: jax.Array  # next step index
   cache: Cache
-  logits: jax.Array     # (B, V) logits for step i
-  done: jax.Array       # (B,) bool
-  out: jax.Array        # (B, max_new) generated tokens (pad after a stop token)
+  logits: jax.Array  # (B, V) logits for step i
+  done: jax.Array  # (B,) bool
+  out: jax.Array  # (B, max_new) generated tokens (pad after a stop token)
 
 
 def stop_array(stop_tokens) -> jax.Array:
@@ -211,10 +227,10 @@ def stop_array(stop_tokens) -> jax.Array:
   return jnp.asarray(list(stop_tokens) + [-1] * (n - len(stop_tokens)), jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "pad_id", "mesh"),
-                   donate_argnames=("carry",))
-def decode_loop(state, carry: DecodeCarry, i_end, key, stops, *, graphdef, sampling, pad_id,
-                 mesh=None):
+@functools.partial(
+  jax.jit, static_argnames=("graphdef", "sampling", "pad_id", "mesh"), donate_argnames=("carry",)
+)
+def decode_loop(state, carry: DecodeCarry, i_end, key, stops, *, graphdef, sampling, pad_id, mesh=None):
   """Steps i .. i_end-1 (fewer if every sequence stopped): sample, record, feed the token back.
   With a mesh the carried cache is pinned to its layout in every iteration (never gathered)."""
   model = nnx.merge(graphdef, state)
@@ -248,8 +264,15 @@ def resolve_stop_tokens(config, stop_tokens) -> tuple[int, ...]:
   return tuple(sorted({int(t) for t in stop_tokens}))
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_id: int = 0,
-                multiple: int = 1, *, new_tokens: int = 0, max_positions: int | None = None):
+def pad_prompts(
+  prompts: Sequence[Sequence[int]],
+  vocab_size: int,
+  pad_id: int = 0,
+  multiple: int = 1,
+  *,
+  new_tokens: int = 0,
+  max_positions: int | None = None,
+):
   """Right-pads token-id lists into (B, T) int32 (T rounded up to `multiple`) and their lengths.
 
   With `max_positions` (the model's max_position_embeddings), the longest prompt plus `new_tokens`
@@ -258,15 +281,19 @@ def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_id: int =
   if isinstance(prompts, (str, bytes)) or not len(prompts):
     raise ValueError("prompts must be a non-empty list of token-id lists")
   if all(np.ndim(p) == 0 for p in prompts):
-    raise ValueError(f"prompts must be a list of token-id lists, got a flat list of "
-                     f"{len(prompts)} numbers; for one prompt pass [[...]]")
+    raise ValueError(
+      f"prompts must be a list of token-id lists, got a flat list of "
+      f"{len(prompts)} numbers; for one prompt pass [[...]]"
+    )
   rows = []
   for i, p in enumerate(prompts):
     a = np.asarray(p)
-    if a.size and not (np.issubdtype(a.dtype, np.integer)
-                       or (np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)))):
-      raise ValueError(f"prompt {i} holds non-integer token ids (dtype {a.dtype}); token ids are "
-                       "whole numbers")
+    if a.size and not (
+      np.issubdtype(a.dtype, np.integer) or (np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)))
+    ):
+      raise ValueError(
+        f"prompt {i} holds non-integer token ids (dtype {a.dtype}); token ids are whole numbers"
+      )
     rows.append(a.astype(np.int64).reshape(-1))
   for i, r in enumerate(rows):
     if r.size == 0:
@@ -275,13 +302,15 @@ def pad_prompts(prompts: Sequence[Sequence[int]], vocab_size: int, pad_id: int =
       raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size})")
   lengths = np.asarray([r.size for r in rows], np.int32)
   if max_positions and int(lengths.max()) + int(new_tokens) > max_positions:
-    raise ValueError(f"the longest prompt ({lengths.max()} tokens) + max_new_tokens ({new_tokens}) "
-                     f"exceeds max_position_embeddings={max_positions}; shorten the prompt or ask "
-                     "for fewer tokens")
+    raise ValueError(
+      f"the longest prompt ({lengths.max()} tokens) + max_new_tokens ({new_tokens}) "
+      f"exceeds max_position_embeddings={max_positions}; shorten the prompt or ask "
+      "for fewer tokens"
+    )
   T = -(-int(lengths.max()) // multiple) * multiple
   tokens = np.full((len(rows), T), pad_id, np.int32)
   for i, r in enumerate(rows):
-    tokens[i, :r.size] = r
+    tokens[i, : r.size] = r
   return tokens, lengths
 
 
@@ -316,11 +345,24 @@ def inference_mesh(model, mesh) -> Mesh | None:
   return mesh
 
 
-def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_k=None,
-           top_p=None, seed: int = 0, stop_tokens=None, max_len: int | None = None,
-           prefill_chunk: int | None = 512, every: int = 16, pad_id: int = 0,
-           cache_dtype=None, mesh: Mesh | None = None,
-           pad_multiple: int = 8) -> Iterator[list[list[int]]]:
+def stream(
+  model,
+  prompts,
+  max_new_tokens: int,
+  *,
+  temperature: float = 0.0,
+  top_k=None,
+  top_p=None,
+  seed: int = 0,
+  stop_tokens=None,
+  max_len: int | None = None,
+  prefill_chunk: int | None = 512,
+  every: int = 16,
+  pad_id: int = 0,
+  cache_dtype=None,
+  mesh: Mesh | None = None,
+  pad_multiple: int = 8,
+) -> Iterator[list[list[int]]]:
   """Yields, every `every` steps, the new tokens of each sequence (lists; empty once it stopped).
 
   Same arguments and the same token stream as `generate(..., use_cache=True)` (without a draft).
@@ -332,16 +374,20 @@ def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top
   config = model.config
   sampling = SamplingConfig(temperature, top_k, top_p)
   stops = resolve_stop_tokens(config, stop_tokens)
-  tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id, multiple=int(pad_multiple),
-                                new_tokens=max_new_tokens,
-                                max_positions=config.max_position_embeddings)
+  tokens, lengths = pad_prompts(
+    prompts,
+    config.vocab_size,
+    pad_id,
+    multiple=int(pad_multiple),
+    new_tokens=max_new_tokens,
+    max_positions=config.max_position_embeddings,
+  )
   B, T = tokens.shape
   need = int(lengths.max()) + int(max_new_tokens)
   if max_len is None:  # room for whole prefill chunks too (one compiled chunk shape)
     max_len = round_up(max(need, round_up(T, prefill_chunk or T)), 64)
   elif max_len < need:
-    raise ValueError(f"max_len={max_len} < longest prompt {lengths.max()} + max_new_tokens "
-                     f"{max_new_tokens}")
+    raise ValueError(f"max_len={max_len} < longest prompt {lengths.max()} + max_new_tokens {max_new_tokens}")
   if T > max_len:  # the 8-multiple padding must fit too
     tokens = tokens[:, :max_len]
     T = max_len
@@ -349,14 +395,24 @@ def stream(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top
   logits, cache = prefill(model, cache, tokens, lengths, chunk=prefill_chunk)
   graphdef, state = nnx.split(model)
   key = jax.random.PRNGKey(seed)
-  carry = DecodeCarry(jnp.int32(0), cache, logits, jnp.zeros((B,), bool),
-                 jnp.full((B, max_new_tokens), pad_id, jnp.int32))
+  carry = DecodeCarry(
+    jnp.int32(0), cache, logits, jnp.zeros((B,), bool), jnp.full((B, max_new_tokens), pad_id, jnp.int32)
+  )
   finished = [False] * B
   i0 = 0
   while i0 < max_new_tokens:
     i1 = min(i0 + max(1, int(every)), max_new_tokens)
-    carry = decode_loop(state, carry, jnp.int32(i1), key, stop_array(stops), graphdef=graphdef,
-                         sampling=sampling, pad_id=pad_id, mesh=mesh)
+    carry = decode_loop(
+      state,
+      carry,
+      jnp.int32(i1),
+      key,
+      stop_array(stops),
+      graphdef=graphdef,
+      sampling=sampling,
+      pad_id=pad_id,
+      mesh=mesh,
+    )
     out = np.asarray(carry.out[:, i0:i1])
     chunk = []
     for b in range(B):
@@ -382,12 +438,17 @@ _sample_jit = jax.jit(sample, static_argnames=("sampling",))
 def generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad_id):
   """The oracle: every step reruns the model over the whole (right-padded) sequence."""
   config = model.config
-  tokens, lengths = pad_prompts(prompts, config.vocab_size, pad_id, new_tokens=max_new_tokens,
-                                max_positions=config.max_position_embeddings)
+  tokens, lengths = pad_prompts(
+    prompts,
+    config.vocab_size,
+    pad_id,
+    new_tokens=max_new_tokens,
+    max_positions=config.max_position_embeddings,
+  )
   B = tokens.shape[0]
   S = int(lengths.max()) + int(max_new_tokens)
   buf = np.full((B, S), pad_id, np.int32)
-  buf[:, :tokens.shape[1]] = tokens
+  buf[:, : tokens.shape[1]] = tokens
   buf, lengths = jnp.asarray(buf), jnp.asarray(lengths)
   graphdef, state = nnx.split(model)
   key = jax.random.PRNGKey(seed)

@@ -5,17 +5,38 @@ from __future__ import annotations
 
 from jax.sharding import Mesh
 
-from zebra_jax.infer.decode import (check_generate_args, generate_no_cache, inference_mesh,
-                                    resolve_stop_tokens, stream)
+from zebra_jax.infer.decode import (
+  check_generate_args,
+  generate_no_cache,
+  inference_mesh,
+  resolve_stop_tokens,
+  stream,
+)
 from zebra_jax.infer.sampling import SamplingConfig
 from zebra_jax.infer.speculative import speculative_generate
 
 
-def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_k=None,
-             top_p=None, seed: int = 0, use_cache: bool = True, draft=None, num_draft_tokens: int = 4,
-             stop_tokens=None, max_len: int | None = None, prefill_chunk: int | None = 512,
-             pad_id: int = 0, return_stats: bool = False, cache_dtype=None,
-             mesh: Mesh | None = None, pad_multiple: int = 8):
+def generate(
+  model,
+  prompts,
+  max_new_tokens: int,
+  *,
+  temperature: float = 0.0,
+  top_k=None,
+  top_p=None,
+  seed: int = 0,
+  use_cache: bool = True,
+  draft=None,
+  num_draft_tokens: int = 4,
+  stop_tokens=None,
+  max_len: int | None = None,
+  prefill_chunk: int | None = 512,
+  pad_id: int = 0,
+  return_stats: bool = False,
+  cache_dtype=None,
+  mesh: Mesh | None = None,
+  pad_multiple: int = 8,
+):
   """Generates up to `max_new_tokens` tokens after each prompt (a list of token-id lists).
 
   Returns a list of generated token-id lists (a stop token, when produced, is the last element), or
@@ -39,16 +60,42 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
   if draft is not None:
     if not use_cache:
       raise ValueError("speculative decoding (draft=...) needs use_cache=True")
-    out, stats = speculative_generate(model, draft, prompts, max_new_tokens, sampling=sampling,
-                                      seed=seed, num_draft_tokens=num_draft_tokens, stops=stops,
-                                      max_len=max_len, prefill_chunk=prefill_chunk, pad_id=pad_id,
-                                      cache_dtype=cache_dtype, mesh=mesh)
+    out, stats = speculative_generate(
+      model,
+      draft,
+      prompts,
+      max_new_tokens,
+      sampling=sampling,
+      seed=seed,
+      num_draft_tokens=num_draft_tokens,
+      stops=stops,
+      max_len=max_len,
+      prefill_chunk=prefill_chunk,
+      pad_id=pad_id,
+      cache_dtype=cache_dtype,
+      mesh=mesh,
+    )
     return (out, stats) if return_stats else out
   if use_cache:
-    pieces = list(stream(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
-                         top_p=top_p, seed=seed, stop_tokens=stops, max_len=max_len,
-                         prefill_chunk=prefill_chunk, every=max_new_tokens, pad_id=pad_id,
-                         cache_dtype=cache_dtype, mesh=mesh, pad_multiple=pad_multiple))
+    pieces = list(
+      stream(
+        model,
+        prompts,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_tokens=stops,
+        max_len=max_len,
+        prefill_chunk=prefill_chunk,
+        every=max_new_tokens,
+        pad_id=pad_id,
+        cache_dtype=cache_dtype,
+        mesh=mesh,
+        pad_multiple=pad_multiple,
+      )
+    )
     out = [sum((p[b] for p in pieces), []) for b in range(len(prompts))]
   else:
     out = generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad_id)

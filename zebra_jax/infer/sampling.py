@@ -35,8 +35,9 @@ class SamplingConfig:
     return self.temperature == 0.0
 
 
-def filter_logits(logits_BV: jax.Array, temperature: float, top_k: int | None = None,
-                  top_p: float | None = None) -> jax.Array:
+def filter_logits(
+  logits_BV: jax.Array, temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> jax.Array:
   """float32 logits / temperature with tokens outside top-k, then outside top-p, set to -inf.
 
   top-k keeps the k largest (ties at the k-th value are all kept, as transformers does); top-p keeps
@@ -51,11 +52,11 @@ def filter_logits(logits_BV: jax.Array, temperature: float, top_k: int | None = 
     kth = jax.lax.top_k(x, top_k)[0][..., -1:]
     x = jnp.where(x < kth, neg, x)
   if top_p is not None and top_p < 1.0:
-    order = jnp.argsort(-x, axis=-1)                      # most likely first
+    order = jnp.argsort(-x, axis=-1)  # most likely first
     sorted_x = jnp.take_along_axis(x, order, axis=-1)
     p_sorted = jax.nn.softmax(sorted_x, axis=-1)
     mass_before = jnp.cumsum(p_sorted, axis=-1) - p_sorted
-    keep_sorted = mass_before < top_p                     # the first token always has 0 before it
+    keep_sorted = mass_before < top_p  # the first token always has 0 before it
     keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), axis=-1)  # unsort
     x = jnp.where(keep, x, neg)
   return x
@@ -65,8 +66,9 @@ def probs(logits_BV: jax.Array, sampling: SamplingConfig) -> jax.Array:
   """The float32 distribution a token is drawn from (one-hot of the argmax when greedy)."""
   if sampling.greedy:
     return jax.nn.one_hot(jnp.argmax(logits_BV, axis=-1), logits_BV.shape[-1], dtype=jnp.float32)
-  return jax.nn.softmax(filter_logits(logits_BV, sampling.temperature, sampling.top_k,
-                                      sampling.top_p), axis=-1)
+  return jax.nn.softmax(
+    filter_logits(logits_BV, sampling.temperature, sampling.top_k, sampling.top_p), axis=-1
+  )
 
 
 def sample(logits_BV: jax.Array, key: jax.Array, sampling: SamplingConfig) -> jax.Array:

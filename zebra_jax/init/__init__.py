@@ -41,18 +41,28 @@ def copy_attention(dst, src) -> None:
 
 def check_compatible(teacher_config: LlamaConfig, config: HybridConfig) -> None:
   """The hybrid must keep the teacher's Llama shape (it reuses its embeddings, MLPs and norms)."""
-  diffs = [f.name for f in dataclasses.fields(LlamaConfig)
-           if f.name not in ("dtype", "param_dtype", "impl")
-           and getattr(teacher_config, f.name) != getattr(config, f.name)]
+  diffs = [
+    f.name
+    for f in dataclasses.fields(LlamaConfig)
+    if f.name not in ("dtype", "param_dtype", "impl")
+    and getattr(teacher_config, f.name) != getattr(config, f.name)
+  ]
   if diffs:
-    raise ConfigError(f"hybrid config differs from the teacher in Llama field(s) {diffs}; build it "
-                      "with HybridConfig.from_llama(teacher.config, ...)")
+    raise ConfigError(
+      f"hybrid config differs from the teacher in Llama field(s) {diffs}; build it "
+      "with HybridConfig.from_llama(teacher.config, ...)"
+    )
 
 
-def init_hybrid(teacher: CausalLM, config: HybridConfig, *, seed: int = 0,
-                q_energy_ratio: float | None = None,
-                kv_energy_ratio: float | None = None,
-                fixed_rank_first_last: bool = True) -> CausalLM:
+def init_hybrid(
+  teacher: CausalLM,
+  config: HybridConfig,
+  *,
+  seed: int = 0,
+  q_energy_ratio: float | None = None,
+  kv_energy_ratio: float | None = None,
+  fixed_rank_first_last: bool = True,
+) -> CausalLM:
   """Initialise a hybrid from `teacher` by the Zebra-Llama / MambaInLlama recipes.
 
   q_energy_ratio / kv_energy_ratio turn on X-EcoMLA dynamic ranks: each MLA layer keeps the
@@ -69,9 +79,13 @@ def init_hybrid(teacher: CausalLM, config: HybridConfig, *, seed: int = 0,
   if config.mla_layers:
     svd_mla.check_teacher_shapes(config)
   if q_energy_ratio is not None or kv_energy_ratio is not None:
-    ranks = svd_mla.dynamic_ranks(teacher, config, q_energy_ratio=q_energy_ratio,
-                                  kv_energy_ratio=kv_energy_ratio,
-                                  fixed_rank_first_last=fixed_rank_first_last)
+    ranks = svd_mla.dynamic_ranks(
+      teacher,
+      config,
+      q_energy_ratio=q_energy_ratio,
+      kv_energy_ratio=kv_energy_ratio,
+      fixed_rank_first_last=fixed_rank_first_last,
+    )
     config = dataclasses.replace(config, mla_layer_ranks=ranks)
 
   student = CausalLM(config, rngs=nnx.Rngs(seed))

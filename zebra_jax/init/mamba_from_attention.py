@@ -20,11 +20,14 @@ def check_attention_shapes(config: HybridConfig) -> None:
   H, G, K = config.num_attention_heads, config.num_key_value_heads, config.head_dim
   problems = []
   if config.d_inner != H * K:
-    problems.append(f"d_inner={config.d_inner} != num_attention_heads*head_dim={H}*{K}={H * K} "
-                    "(C <- W_Q and out_proj <- W_O)")
+    problems.append(
+      f"d_inner={config.d_inner} != num_attention_heads*head_dim={H}*{K}={H * K} "
+      "(C <- W_Q and out_proj <- W_O)"
+    )
   if config.d_xb != G * K:
-    problems.append(f"d_xb={config.d_xb} != num_key_value_heads*head_dim={G}*{K}={G * K} "
-                    "(x <- W_V and B <- W_K)")
+    problems.append(
+      f"d_xb={config.d_xb} != num_key_value_heads*head_dim={G}*{K}={G * K} (x <- W_V and B <- W_K)"
+    )
   if problems:
     raise ConfigError("cannot initialise Mamba2 from attention: " + "; ".join(problems))
 
@@ -32,8 +35,10 @@ def check_attention_shapes(config: HybridConfig) -> None:
 def _kernel(linear, name: str, shape: tuple[int, int]):
   w = linear.kernel[...]
   if tuple(w.shape) != shape:
-    raise ConfigError(f"attention {name} kernel has shape {tuple(w.shape)}, expected {shape} "
-                      "(teacher and hybrid configs disagree)")
+    raise ConfigError(
+      f"attention {name} kernel has shape {tuple(w.shape)}, expected {shape} "
+      "(teacher and hybrid configs disagree)"
+    )
   return w
 
 
@@ -48,15 +53,17 @@ def init_mamba2_from_attention(mamba, attn, config: HybridConfig) -> None:
 
   w_in = mamba.in_proj.kernel[...]
   if tuple(w_in.shape) != (d, config.mamba_in_proj_dim):
-    raise ConfigError(f"Mamba2 in_proj kernel has shape {tuple(w_in.shape)}, expected "
-                      f"{(d, config.mamba_in_proj_dim)}")
+    raise ConfigError(
+      f"Mamba2 in_proj kernel has shape {tuple(w_in.shape)}, expected {(d, config.mamba_in_proj_dim)}"
+    )
   dtype = w_in.dtype
   # Column blocks [z | x | B | C | dt] = [E, X, X, E, H].
-  w_in = w_in.at[:, E:E + X].set(W_v.astype(dtype))
-  w_in = w_in.at[:, E + X:E + 2 * X].set(W_k.astype(dtype))
-  w_in = w_in.at[:, E + 2 * X:2 * E + 2 * X].set(W_q.astype(dtype))
+  w_in = w_in.at[:, E : E + X].set(W_v.astype(dtype))
+  w_in = w_in.at[:, E + X : E + 2 * X].set(W_k.astype(dtype))
+  w_in = w_in.at[:, E + 2 * X : 2 * E + 2 * X].set(W_q.astype(dtype))
   mamba.in_proj.kernel[...] = w_in
   if tuple(mamba.out_proj.kernel.shape) != (E, d):
-    raise ConfigError(f"Mamba2 out_proj kernel has shape {tuple(mamba.out_proj.kernel.shape)}, "
-                      f"expected {(E, d)}")
+    raise ConfigError(
+      f"Mamba2 out_proj kernel has shape {tuple(mamba.out_proj.kernel.shape)}, expected {(E, d)}"
+    )
   mamba.out_proj.kernel[...] = jnp.asarray(W_o, mamba.out_proj.kernel[...].dtype)

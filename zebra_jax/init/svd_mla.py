@@ -40,33 +40,48 @@ def check_teacher_shapes(config: HybridConfig) -> None:
   H, n_kv, G = c.num_attention_heads, c.num_key_value_heads, c.mla_kv_heads
   problems = []
   if d_n + d_r > d_h:
-    problems.append(f"qk_nope_head_dim + qk_rope_head_dim = {d_n} + {d_r} = {d_n + d_r} exceeds the "
-                    f"teacher head_dim={d_h} (nope rows [0, d_n) and rope rows [d_h-d_r, d_h) of one "
-                    "teacher head must not overlap)")
+    problems.append(
+      f"qk_nope_head_dim + qk_rope_head_dim = {d_n} + {d_r} = {d_n + d_r} exceeds the "
+      f"teacher head_dim={d_h} (nope rows [0, d_n) and rope rows [d_h-d_r, d_h) of one "
+      "teacher head must not overlap)"
+    )
   if d_v != d_h:
-    problems.append(f"v_head_dim={d_v} must equal the teacher head_dim={d_h}: V rows are copied "
-                    f"whole, and out_proj (num_attention_heads*v_head_dim = {H * d_v} inputs) is "
-                    f"copied from o_proj ({H * d_h} inputs)")
+    problems.append(
+      f"v_head_dim={d_v} must equal the teacher head_dim={d_h}: V rows are copied "
+      f"whole, and out_proj (num_attention_heads*v_head_dim = {H * d_v} inputs) is "
+      f"copied from o_proj ({H * d_h} inputs)"
+    )
   if G % n_kv:
-    problems.append(f"MLA kv heads {G} (use_full_kv_head={c.use_full_kv_head}) are not a multiple "
-                    f"of the teacher's num_key_value_heads={n_kv}")
+    problems.append(
+      f"MLA kv heads {G} (use_full_kv_head={c.use_full_kv_head}) are not a multiple "
+      f"of the teacher's num_key_value_heads={n_kv}"
+    )
   for i in c.mla_layers:
     r_q, r_kv = c.mla_ranks(i)
     if r_q is not None and r_q > min(H * d_h, c.hidden_size):
-      problems.append(f"MLA layer {i}: q_lora_rank={r_q} exceeds the rank bound of W_Q "
-                      f"min(num_attention_heads*head_dim={H * d_h}, hidden_size={c.hidden_size})")
+      problems.append(
+        f"MLA layer {i}: q_lora_rank={r_q} exceeds the rank bound of W_Q "
+        f"min(num_attention_heads*head_dim={H * d_h}, hidden_size={c.hidden_size})"
+      )
     if r_kv > min(2 * G * d_h, c.hidden_size):
-      problems.append(f"MLA layer {i}: kv_lora_rank={r_kv} exceeds the rank bound of [W_K; W_V] "
-                      f"min(2*kv_heads*head_dim={2 * G * d_h}, hidden_size={c.hidden_size})")
+      problems.append(
+        f"MLA layer {i}: kv_lora_rank={r_kv} exceeds the rank bound of [W_K; W_V] "
+        f"min(2*kv_heads*head_dim={2 * G * d_h}, hidden_size={c.hidden_size})"
+      )
   if problems:
-    raise ConfigError("MLA cannot be initialised from the teacher's attention:\n  - "
-                      + "\n  - ".join(problems))
+    raise ConfigError(
+      "MLA cannot be initialised from the teacher's attention:\n  - " + "\n  - ".join(problems)
+    )
 
 
 def _teacher_mats(attn, config: HybridConfig):
   """W_Q (H d_h x d), W_K, W_V (n_kv d_h x d), W_O (d x H d_h) in float64, torch layout."""
-  return (_np64(attn.q_proj.kernel).T, _np64(attn.k_proj.kernel).T, _np64(attn.v_proj.kernel).T,
-          _np64(attn.o_proj.kernel).T)
+  return (
+    _np64(attn.q_proj.kernel).T,
+    _np64(attn.k_proj.kernel).T,
+    _np64(attn.v_proj.kernel).T,
+    _np64(attn.o_proj.kernel).T,
+  )
 
 
 def kv_stack(w_k: np.ndarray, w_v: np.ndarray, config: HybridConfig) -> np.ndarray:
@@ -91,8 +106,10 @@ def init_mla_from_attention(mla, attn, config: HybridConfig, layer_idx: int) -> 
   d_h, d_n, d_r = c.head_dim, c.qk_nope_head_dim, c.qk_rope_head_dim
   r_q, r_kv = c.mla_ranks(layer_idx)
   if (r_q, r_kv) != (mla.r_q, mla.r_kv):
-    raise ConfigError(f"MLA layer {layer_idx} was built with ranks (q_lora_rank, kv_lora_rank)="
-                      f"{(mla.r_q, mla.r_kv)} but the config gives {(r_q, r_kv)}")
+    raise ConfigError(
+      f"MLA layer {layer_idx} was built with ranks (q_lora_rank, kv_lora_rank)="
+      f"{(mla.r_q, mla.r_kv)} but the config gives {(r_q, r_kv)}"
+    )
   w_q, w_k, w_v, w_o = _teacher_mats(attn, c)
   rows = _qk_rows(c)
   d = w_q.shape[1]
@@ -108,10 +125,13 @@ def init_mla_from_attention(mla, attn, config: HybridConfig, layer_idx: int) -> 
   # Key / value: joint SVD of the (repeated) stack; the shared rope key is the teacher head average.
   k_bar = w_k.reshape(n_kv, d_h, d).mean(axis=0)
   u, s, vt = np.linalg.svd(kv_stack(w_k, w_v, c), full_matrices=False)
-  _set(mla.kv_a_proj_with_mqa.kernel,
-       np.concatenate([s[:r_kv, None] * vt[:r_kv], k_bar[d_h - d_r:]], axis=0), "kv_a_proj_with_mqa")
-  u_k = u[:G * d_h, :r_kv].reshape(G, d_h, r_kv)[:, :d_n]
-  u_v = u[G * d_h:, :r_kv].reshape(G, d_h, r_kv)
+  _set(
+    mla.kv_a_proj_with_mqa.kernel,
+    np.concatenate([s[:r_kv, None] * vt[:r_kv], k_bar[d_h - d_r :]], axis=0),
+    "kv_a_proj_with_mqa",
+  )
+  u_k = u[: G * d_h, :r_kv].reshape(G, d_h, r_kv)[:, :d_n]
+  u_v = u[G * d_h :, :r_kv].reshape(G, d_h, r_kv)
   _set(mla.kv_b_proj.kernel, np.concatenate([u_k, u_v], axis=1).reshape(-1, r_kv), "kv_b_proj")
 
   _set(mla.out_proj.kernel, w_o, "out_proj")
@@ -130,9 +150,14 @@ def energy_rank(singular_values: np.ndarray, ratio: float, divisor: int, max_ran
   return min(k, (max_rank // divisor) * divisor)
 
 
-def dynamic_ranks(teacher, config: HybridConfig, *, q_energy_ratio: float | None,
-                  kv_energy_ratio: float | None,
-                  fixed_rank_first_last: bool = True) -> dict[int, tuple[int | None, int]]:
+def dynamic_ranks(
+  teacher,
+  config: HybridConfig,
+  *,
+  q_energy_ratio: float | None,
+  kv_energy_ratio: float | None,
+  fixed_rank_first_last: bool = True,
+) -> dict[int, tuple[int | None, int]]:
   """Per-MLA-layer (q_lora_rank, kv_lora_rank) by the energy rule (reference section 2, X-EcoMLA).
 
   A None ratio keeps the config's rank for that projection; with `fixed_rank_first_last`, layers 0
@@ -155,10 +180,10 @@ def dynamic_ranks(teacher, config: HybridConfig, *, q_energy_ratio: float | None
     if not (fixed_rank_first_last and i in (0, last)):
       w_q, w_k, w_v, _ = _teacher_mats(teacher.layers[i].mixer, c)
       if q_energy_ratio is not None:
-        r_q = energy_rank(np.linalg.svd(w_q, compute_uv=False), q_energy_ratio,
-                          c.qkv_rank_divisor, max_q)
+        r_q = energy_rank(np.linalg.svd(w_q, compute_uv=False), q_energy_ratio, c.qkv_rank_divisor, max_q)
       if kv_energy_ratio is not None:
-        r_kv = energy_rank(np.linalg.svd(kv_stack(w_k, w_v, c), compute_uv=False),
-                           kv_energy_ratio, c.qkv_rank_divisor, max_kv)
+        r_kv = energy_rank(
+          np.linalg.svd(kv_stack(w_k, w_v, c), compute_uv=False), kv_energy_ratio, c.qkv_rank_divisor, max_kv
+        )
     ranks[i] = (r_q, r_kv)
   return ranks

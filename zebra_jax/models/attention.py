@@ -46,8 +46,7 @@ def write_rows(buf_BS, rows_BT, start_B, axis: int = 0):
   """buf[b, ..., start[b] : start[b] + T (on `axis` of the per-sequence array), ...] = rows[b].
 
   The caller guarantees start + T <= S (XLA would clamp the start)."""
-  one = lambda buf, rows, s: jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), s,
-                                                                 axis)
+  one = lambda buf, rows, s: jax.lax.dynamic_update_slice_in_dim(buf, rows.astype(buf.dtype), s, axis)
   return jax.vmap(one)(buf_BS, rows_BT, start_B)
 
 
@@ -58,8 +57,9 @@ def masked_attention(q_BTHK, k_BGSK, v_BGSV, kv_len_BT, scale):
   B, T, H, K = q_BTHK.shape
   G, S = k_BGSK.shape[1], k_BGSK.shape[2]
   q = q_BTHK.reshape(B, T, G, H // G, K)
-  scores = jnp.einsum("btgrk,bgsk->bgrts", q, k_BGSK.astype(q.dtype),
-                      preferred_element_type=jnp.float32) * scale
+  scores = (
+    jnp.einsum("btgrk,bgsk->bgrts", q, k_BGSK.astype(q.dtype), preferred_element_type=jnp.float32) * scale
+  )
   valid_BTS = jnp.arange(S)[None, None, :] < kv_len_BT[:, :, None]
   scores = jnp.where(valid_BTS[:, None, None], scores, -jnp.inf)
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
@@ -72,8 +72,7 @@ class Attention(nnx.Module):
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
     self.config = config
-    d, H, G, K = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
-                  config.head_dim)
+    d, H, G, K = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim)
     kw = dict(rngs=rngs, dtype=dtype_of(config.dtype), param_dtype=dtype_of(config.param_dtype))
     self.q_proj = Linear(d, H * K, axes=("embed", "q_heads"), **kw)
     self.k_proj = Linear(d, G * K, axes=("embed", "kv_heads"), **kw)
@@ -97,8 +96,9 @@ class Attention(nnx.Module):
     out = causal_attention(q, k, v, scale=self.config.head_dim**-0.5, impl=self.config.impl)
     return self.o_proj(out.reshape(*out.shape[:2], -1))
 
-  def cached(self, x_BTD: jax.Array, positions_BT: jax.Array, cache: KVCache, *, n_valid_B=None,
-             mode: str = "decode"):
+  def cached(
+    self, x_BTD: jax.Array, positions_BT: jax.Array, cache: KVCache, *, n_valid_B=None, mode: str = "decode"
+  ):
     """(y_BTD, new KVCache, None): no record, a rollback only sets the length back.
 
     positions_BT[b] = sequence b's cache length + arange(T): the K/V rows are written there and
@@ -107,8 +107,10 @@ class Attention(nnx.Module):
     unused: rows of pad tokens lie past the new length, are never read and get overwritten."""
     q, k, v = self._qkv(x_BTD, positions_BT)
     start_B = positions_BT[:, 0]
-    new = KVCache(write_rows(cache.k, jnp.swapaxes(k, 1, 2), start_B, axis=1),
-                  write_rows(cache.v, jnp.swapaxes(v, 1, 2), start_B, axis=1))
+    new = KVCache(
+      write_rows(cache.k, jnp.swapaxes(k, 1, 2), start_B, axis=1),
+      write_rows(cache.v, jnp.swapaxes(v, 1, 2), start_B, axis=1),
+    )
     scale = self.config.head_dim**-0.5
     if mode == "fresh":
       out = causal_attention(q, k, v, scale=scale, impl=self.config.impl)

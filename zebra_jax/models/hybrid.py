@@ -61,12 +61,15 @@ class CausalLM(nnx.Module):
     pd, dt = dtype_of(config.param_dtype), dtype_of(config.dtype)
     d = config.hidden_size
     self.embed_tokens = Embed(config.vocab_size, d, rngs=rngs, dtype=dt, param_dtype=pd)
-    self.layers = nnx.List([DecoderBlock(config, i, rngs=rngs)
-                            for i in range(config.num_hidden_layers)])
+    self.layers = nnx.List([DecoderBlock(config, i, rngs=rngs) for i in range(config.num_hidden_layers)])
     self.norm = RMSNorm(d, eps=config.rms_norm_eps, param_dtype=pd)
-    self.lm_head = (None if config.tie_word_embeddings else
-                    Linear(d, config.vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dt,
-                           param_dtype=pd, init_std=0.02))
+    self.lm_head = (
+      None
+      if config.tie_word_embeddings
+      else Linear(
+        d, config.vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dt, param_dtype=pd, init_std=0.02
+      )
+    )
 
   # -- pieces (used by distillation) -----------------------------------------------------------
   def embed(self, tokens_BT: jax.Array) -> jax.Array:
@@ -94,6 +97,7 @@ class CausalLM(nnx.Module):
   def _block_fn(self):
     def apply(block, h, positions):
       return block(h, positions)
+
     # graph_updates=False: blocks hold no mutable state, and writing their (unchanged) Params back
     # from inside the checkpoint trace fails under jit/grad (TraceContextError).
     return nnx.remat(apply, graph_updates=False) if self.remat else apply

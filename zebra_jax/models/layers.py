@@ -31,9 +31,18 @@ def param(value: jax.Array, axes: Axes) -> nnx.Param:
 class Linear(nnx.Module):
   """y = x @ W (+ b); W is (in_features, out_features) with logical axes `axes`."""
 
-  def __init__(self, in_features: int, out_features: int, *, axes: Axes, rngs: nnx.Rngs,
-               use_bias: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
-               init_std: float | None = None):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    axes: Axes,
+    rngs: nnx.Rngs,
+    use_bias: bool = False,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    init_std: float | None = None,
+  ):
     self.in_features, self.out_features = in_features, out_features
     self.dtype = dtype
     # torch's nn.Linear default (kaiming-uniform, a=sqrt(5)) is U(-1/sqrt(in), 1/sqrt(in)).
@@ -43,8 +52,11 @@ class Linear(nnx.Module):
     else:
       w = init_std * jax.random.normal(rngs.params(), (in_features, out_features), param_dtype)
     self.kernel = param(w, axes)
-    self.bias = (param(jax.random.uniform(rngs.params(), (out_features,), param_dtype, -bound, bound),
-                       (axes[1],)) if use_bias else None)
+    self.bias = (
+      param(jax.random.uniform(rngs.params(), (out_features,), param_dtype, -bound, bound), (axes[1],))
+      if use_bias
+      else None
+    )
 
   def __call__(self, x_BTI: jax.Array) -> jax.Array:
     y = jnp.einsum("...i,io->...o", x_BTI.astype(self.dtype), self.kernel[...].astype(self.dtype))
@@ -69,11 +81,20 @@ class RMSNorm(nnx.Module):
 class Embed(nnx.Module):
   """Token embedding table (vocab, embed); `attend` is the tied output head."""
 
-  def __init__(self, vocab: int, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32, init_std: float = 0.02):
+  def __init__(
+    self,
+    vocab: int,
+    dim: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    init_std: float = 0.02,
+  ):
     self.dtype = dtype
-    self.embedding = param(init_std * jax.random.normal(rngs.params(), (vocab, dim), param_dtype),
-                           ("vocab", "embed"))
+    self.embedding = param(
+      init_std * jax.random.normal(rngs.params(), (vocab, dim), param_dtype), ("vocab", "embed")
+    )
 
   def __call__(self, tokens_BT: jax.Array) -> jax.Array:
     return jnp.take(self.embedding[...], tokens_BT, axis=0).astype(self.dtype)
@@ -85,8 +106,7 @@ class Embed(nnx.Module):
 class MLP(nnx.Module):
   """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32):
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.gate_proj = Linear(dim, hidden, axes=("embed", "mlp"), **kw)
     self.up_proj = Linear(dim, hidden, axes=("embed", "mlp"), **kw)

@@ -54,7 +54,7 @@ _MASKED_DT = -1e4
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class MambaState:
-  ssm: jax.Array   # (B, nheads, headdim, d_state) float32
+  ssm: jax.Array  # (B, nheads, headdim, d_state) float32
   conv: jax.Array  # (B, d_conv - 1, conv_dim): last pre-conv [x | B | C] inputs, oldest first
   AXES = {"ssm": ("batch", "mamba_heads", None, None), "conv": ("batch", None, "mamba_conv")}
 
@@ -62,8 +62,10 @@ class MambaState:
   def zeros(cls, config: HybridConfig, layer_idx: int, batch_size: int, max_len: int, dtype):
     """The state of an empty prefix (max_len unused: the state does not grow)."""
     c = config
-    return cls(jnp.zeros((batch_size, c.mamba_nheads, c.headdim, c.d_state), jnp.float32),
-               jnp.zeros((batch_size, c.d_conv - 1, c.mamba_conv_dim), dtype))
+    return cls(
+      jnp.zeros((batch_size, c.mamba_nheads, c.headdim, c.d_state), jnp.float32),
+      jnp.zeros((batch_size, c.d_conv - 1, c.mamba_conv_dim), dtype),
+    )
 
 
 def _conv_window(conv_BKC, xBC_BTC, n_B):
@@ -76,15 +78,21 @@ def _conv_window(conv_BKC, xBC_BTC, n_B):
 class CausalConv1d(nnx.Module):
   """Depthwise causal conv over time; kernel (d_conv, channels), see the module docstring."""
 
-  def __init__(self, channels: int, d_conv: int, *, rngs: nnx.Rngs, use_bias: bool = True,
-               param_dtype=jnp.float32):
+  def __init__(
+    self, channels: int, d_conv: int, *, rngs: nnx.Rngs, use_bias: bool = True, param_dtype=jnp.float32
+  ):
     self.channels, self.d_conv = channels, d_conv
     # torch Conv1d default: U(+-1/sqrt(fan_in)), fan_in = (in_channels / groups) * d_conv = d_conv.
     bound = 1.0 / d_conv**0.5
-    self.kernel = param(jax.random.uniform(rngs.params(), (d_conv, channels), param_dtype,
-                                           -bound, bound), ("conv_kernel", "mamba_conv"))
-    self.bias = (param(jax.random.uniform(rngs.params(), (channels,), param_dtype, -bound, bound),
-                       ("mamba_conv",)) if use_bias else None)
+    self.kernel = param(
+      jax.random.uniform(rngs.params(), (d_conv, channels), param_dtype, -bound, bound),
+      ("conv_kernel", "mamba_conv"),
+    )
+    self.bias = (
+      param(jax.random.uniform(rngs.params(), (channels,), param_dtype, -bound, bound), ("mamba_conv",))
+      if use_bias
+      else None
+    )
 
   def __call__(self, x_BTC: jax.Array, state_BKC: jax.Array | None = None):
     """Returns (conv(x) before the activation, in x.dtype; the new state (B, d_conv-1, C))."""
@@ -93,12 +101,14 @@ class CausalConv1d(nnx.Module):
     if state_BKC is None:
       state_BKC = jnp.zeros((Bsz, K - 1, C), x_BTC.dtype)
     elif tuple(state_BKC.shape) != (Bsz, K - 1, C):
-      raise ValueError(f"conv_state must have shape (batch, d_conv-1, conv_dim)={(Bsz, K - 1, C)}, "
-                       f"got {tuple(state_BKC.shape)}")
-    xpad = jnp.concatenate([state_BKC.astype(x_BTC.dtype), x_BTC], axis=1)   # (B, K-1+T, C)
+      raise ValueError(
+        f"conv_state must have shape (batch, d_conv-1, conv_dim)={(Bsz, K - 1, C)}, "
+        f"got {tuple(state_BKC.shape)}"
+      )
+    xpad = jnp.concatenate([state_BKC.astype(x_BTC.dtype), x_BTC], axis=1)  # (B, K-1+T, C)
     # d_conv is tiny (4): K shifted multiply-adds, accumulated in float32 like causal_conv1d.
     w_KC = self.kernel[...].astype(jnp.float32)
-    out = sum(xpad[:, k:k + T].astype(jnp.float32) * w_KC[k] for k in range(K))
+    out = sum(xpad[:, k : k + T].astype(jnp.float32) * w_KC[k] for k in range(K))
     if self.bias is not None:
       out = out + self.bias[...].astype(jnp.float32)
     return out.astype(x_BTC.dtype), xpad[:, T:]
@@ -131,8 +141,9 @@ class Mamba2(nnx.Module):
 
   def __init__(self, config: HybridConfig, layer_idx: int, *, rngs: nnx.Rngs):
     if not isinstance(config, HybridConfig):
-      raise ConfigError(f"Mamba2 needs a HybridConfig (d_state, headdim, ngroups, ...), got "
-                        f"{type(config).__name__}")
+      raise ConfigError(
+        f"Mamba2 needs a HybridConfig (d_state, headdim, ngroups, ...), got {type(config).__name__}"
+      )
     c = config
     self.config, self.layer_idx = c, layer_idx
     d, E, X, N = c.hidden_size, c.d_inner, c.d_xb, c.d_state
@@ -140,13 +151,18 @@ class Mamba2(nnx.Module):
     # HybridConfig validates these when the config has Mamba2 layers; a config without any (e.g. a
     # pure-MLA one used to build a stray Mamba2) skipped that, so check what the forward relies on.
     for ok, msg in (
-        (E % P == 0, f"d_inner={E} is not a multiple of headdim={P}"),
-        (E == G * N, f"d_inner={E} must equal ngroups*d_state={G}*{N}"),
-        (X % P == 0 and H % (X // P) == 0,
-         f"d_xb={X} must split into headdim={P} groups that divide the {H} heads"),
-        (X % N == 0 and G % (X // N) == 0,
-         f"d_xb={X} must split into d_state={N} groups that divide ngroups={G}"),
-        (H % G == 0, f"Mamba2 heads={H} (d_inner/headdim) are not a multiple of ngroups={G}")):
+      (E % P == 0, f"d_inner={E} is not a multiple of headdim={P}"),
+      (E == G * N, f"d_inner={E} must equal ngroups*d_state={G}*{N}"),
+      (
+        X % P == 0 and H % (X // P) == 0,
+        f"d_xb={X} must split into headdim={P} groups that divide the {H} heads",
+      ),
+      (
+        X % N == 0 and G % (X // N) == 0,
+        f"d_xb={X} must split into d_state={N} groups that divide ngroups={G}",
+      ),
+      (H % G == 0, f"Mamba2 heads={H} (d_inner/headdim) are not a multiple of ngroups={G}"),
+    ):
       if not ok:
         raise ConfigError(f"Mamba2 layer {layer_idx}: {msg}")
     self.x_groups, self.b_groups = X // P, X // N
@@ -155,8 +171,7 @@ class Mamba2(nnx.Module):
 
     kw = dict(rngs=rngs, dtype=dt, param_dtype=pd)
     self.in_proj = Linear(d, c.mamba_in_proj_dim, axes=("embed", "mamba_in"), **kw)
-    self.conv1d = CausalConv1d(c.mamba_conv_dim, c.d_conv, rngs=rngs, use_bias=c.conv_bias,
-                               param_dtype=pd)
+    self.conv1d = CausalConv1d(c.mamba_conv_dim, c.d_conv, rngs=rngs, use_bias=c.conv_bias, param_dtype=pd)
     # mamba_ssm defaults; tiny and precision-critical, so float32 whatever param_dtype is.
     lo, hi = c.A_init_range
     A = jax.random.uniform(rngs.params(), (H,), jnp.float32, lo, hi)
@@ -165,7 +180,7 @@ class Mamba2(nnx.Module):
     u = jax.random.uniform(rngs.params(), (H,), jnp.float32)
     dt0 = jnp.exp(u * (np.log(c.dt_max) - np.log(c.dt_min)) + np.log(c.dt_min))
     dt0 = jnp.maximum(dt0, c.dt_init_floor)
-    self.dt_bias = param(dt0 + jnp.log(-jnp.expm1(-dt0)), ("mamba_heads",))   # softplus^-1(dt0)
+    self.dt_bias = param(dt0 + jnp.log(-jnp.expm1(-dt0)), ("mamba_heads",))  # softplus^-1(dt0)
     self.norm = GatedRMSNorm(E, group_size=E // G, eps=c.gated_norm_eps, param_dtype=pd)
     self.out_proj = Linear(E, d, axes=("mamba_inner", "embed"), **kw)
 
@@ -174,8 +189,8 @@ class Mamba2(nnx.Module):
     c = self.config
     E, X = c.d_inner, c.d_xb
     z = zxbcdt[..., :E]
-    xBC = zxbcdt[..., E:2 * E + 2 * X]
-    dt = zxbcdt[..., 2 * E + 2 * X:]
+    xBC = zxbcdt[..., E : 2 * E + 2 * X]
+    dt = zxbcdt[..., 2 * E + 2 * X :]
     return z, xBC, dt
 
   def _split_heads(self, xBC):
@@ -184,8 +199,8 @@ class Mamba2(nnx.Module):
     X, H, P, G, N = c.d_xb, c.mamba_nheads, c.headdim, c.ngroups, c.d_state
     lead = xBC.shape[:-1]
     x = xBC[..., :X].reshape(*lead, self.x_groups, P)
-    B = xBC[..., X:2 * X].reshape(*lead, self.b_groups, N)
-    C = xBC[..., 2 * X:].reshape(*lead, G, N)
+    B = xBC[..., X : 2 * X].reshape(*lead, self.b_groups, N)
+    C = xBC[..., 2 * X :].reshape(*lead, G, N)
     # GQA: each kv group feeds H/x_groups consecutive heads (B likewise to the G groups).
     x = jnp.repeat(x, H // self.x_groups, axis=-2)
     B = jnp.repeat(B, G // self.b_groups, axis=-2)
@@ -195,9 +210,15 @@ class Mamba2(nnx.Module):
     return -jnp.exp(self.A_log[...].astype(jnp.float32))
 
   # -- forward --------------------------------------------------------------------------------
-  def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array | None = None, *,
-               initial_state: jax.Array | None = None, conv_state: jax.Array | None = None,
-               return_state: bool = False):
+  def __call__(
+    self,
+    x_BTD: jax.Array,
+    positions_BT: jax.Array | None = None,
+    *,
+    initial_state: jax.Array | None = None,
+    conv_state: jax.Array | None = None,
+    return_state: bool = False,
+  ):
     """y_BTD, or (y_BTD, (ssm_state, conv_state)) after the last token when `return_state`.
 
     `initial_state` (B, H, headdim, d_state) and `conv_state` (B, d_conv-1, conv_dim) continue a
@@ -208,9 +229,20 @@ class Mamba2(nnx.Module):
     z_BTE, xBC_BTC, dt_BTH = self._split_proj(self.in_proj(x_BTD))
     xBC_BTC, conv_out = self.conv1d(xBC_BTC, conv_state)
     x_BTHP, B_BTGN, C_BTGN = self._split_heads(jax.nn.silu(xBC_BTC))
-    out = ssd_scan(x_BTHP, dt_BTH, self._A(), B_BTGN, C_BTGN, D=self.D[...],
-                   dt_bias=self.dt_bias[...], dt_softplus=True, initial_state=initial_state,
-                   chunk_size=c.chunk_size, return_final_state=return_state, impl=c.impl)
+    out = ssd_scan(
+      x_BTHP,
+      dt_BTH,
+      self._A(),
+      B_BTGN,
+      C_BTGN,
+      D=self.D[...],
+      dt_bias=self.dt_bias[...],
+      dt_softplus=True,
+      initial_state=initial_state,
+      chunk_size=c.chunk_size,
+      return_final_state=return_state,
+      impl=c.impl,
+    )
     y_BTHP, ssm_state = out if return_state else (out, None)
     y_BTE = self.norm(y_BTHP.reshape(Bsz, T, c.d_inner), z_BTE)
     y_BTD = self.out_proj(y_BTE)
@@ -219,8 +251,15 @@ class Mamba2(nnx.Module):
     return y_BTD
 
   # -- the forward over the cache (prefill, decode, speculative verification and rollback) -------
-  def cached(self, x_BTD: jax.Array, positions_BT: jax.Array | None, state: MambaState, *,
-             n_valid_B: jax.Array, mode: str = "decode"):
+  def cached(
+    self,
+    x_BTD: jax.Array,
+    positions_BT: jax.Array | None,
+    state: MambaState,
+    *,
+    n_valid_B: jax.Array,
+    mode: str = "decode",
+  ):
     """(y_BTD, the MambaState after each sequence's n_valid[b] steps, record = (pre-conv xBC
     (B, T, conv_dim), raw dt (B, T, H)), the inputs `replay` reruns). "decode" with T = 1 is one
     `ops.ssd.ssd_step`; anything else the masked `ops.ssd.ssd_scan` (positions are unused)."""
@@ -230,8 +269,18 @@ class Mamba2(nnx.Module):
     if mode == "decode" and T == 1:
       xBC_BC, conv = self.conv1d.step(xBC_BTC[:, 0], state.conv)
       x_BHP, B_BGN, C_BGN = self._split_heads(jax.nn.silu(xBC_BC))
-      y_BHP, ssm = ssd_step(state.ssm, x_BHP, dt_BTH[:, 0], self._A(), B_BGN, C_BGN,
-                            D=self.D[...], dt_bias=self.dt_bias[...], dt_softplus=True, impl=c.impl)
+      y_BHP, ssm = ssd_step(
+        state.ssm,
+        x_BHP,
+        dt_BTH[:, 0],
+        self._A(),
+        B_BGN,
+        C_BGN,
+        D=self.D[...],
+        dt_bias=self.dt_bias[...],
+        dt_softplus=True,
+        impl=c.impl,
+      )
       y_BTHP, new = y_BHP[:, None], MambaState(ssm, conv)
     else:
       y_BTHP, new = self._masked_scan(xBC_BTC, dt_BTH, state, n_valid_B)
@@ -252,7 +301,18 @@ class Mamba2(nnx.Module):
     valid_BT = jnp.arange(T)[None, :] < n_valid_B[:, None]
     x = jnp.where(valid_BT[:, :, None, None], x, 0)
     dt = jnp.where(valid_BT[:, :, None], dt_BTH, jnp.asarray(_MASKED_DT, dt_BTH.dtype))
-    y, ssm = ssd_scan(x, dt, self._A(), Bm, Cm, D=self.D[...], dt_bias=self.dt_bias[...],
-                      dt_softplus=True, initial_state=state.ssm, chunk_size=min(c.chunk_size, T),
-                      return_final_state=True, impl=c.impl)
+    y, ssm = ssd_scan(
+      x,
+      dt,
+      self._A(),
+      Bm,
+      Cm,
+      D=self.D[...],
+      dt_bias=self.dt_bias[...],
+      dt_softplus=True,
+      initial_state=state.ssm,
+      chunk_size=min(c.chunk_size, T),
+      return_final_state=True,
+      impl=c.impl,
+    )
     return y, MambaState(ssm, _conv_window(state.conv, xBC_BTC, n_valid_B))

@@ -51,8 +51,10 @@ def absorbed_attention(q_latent_BTHR, q_rope_BTHK, cache_BSC, kv_len_BT, scale):
   R = q_latent_BTHR.shape[-1]
   f32 = jnp.float32
   latent, k_rope = cache_BSC[..., :R].astype(f32), cache_BSC[..., R:].astype(f32)
-  scores = (jnp.einsum("bthr,bsr->bths", q_latent_BTHR.astype(f32), latent)
-            + jnp.einsum("bthk,bsk->bths", q_rope_BTHK.astype(f32), k_rope)) * scale
+  scores = (
+    jnp.einsum("bthr,bsr->bths", q_latent_BTHR.astype(f32), latent)
+    + jnp.einsum("bthk,bsk->bths", q_rope_BTHK.astype(f32), k_rope)
+  ) * scale
   valid = jnp.arange(cache_BSC.shape[1])[None, None, None, :] < kv_len_BT[:, :, None, None]
   probs = jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1)
   return jnp.einsum("bths,bsr->bthr", probs, latent).astype(q_latent_BTHR.dtype)
@@ -61,7 +63,7 @@ def absorbed_attention(q_latent_BTHR, q_rope_BTHK, cache_BSC, kv_len_BT, scale):
 def mla_softmax_scale(config: HybridConfig) -> float:
   """(d_n + d_r)^-1/2, times mscale(factor, mscale_all_dim)^2 only if mla_rope_scaling sets a
   non-zero `mscale_all_dim` (DeepSeek's correction; Zebra and X-EcoMLA never set it, reference 1.4)."""
-  scale = config.qk_head_dim ** -0.5
+  scale = config.qk_head_dim**-0.5
   scaling = config.mla_rope_scaling
   if scaling and scaling.get("mscale_all_dim"):
     factor = float(scaling["factor"])
@@ -112,8 +114,9 @@ class MLA(nnx.Module):
     if c.qk_rope_head_dim == 0:
       empty = jnp.zeros((*positions_BT.shape, 0), jnp.float32)
       return empty, empty
-    inv_freq, factor = rope_for(c.qk_rope_head_dim, c.mla_rope_theta, c.mla_rope_scaling,
-                                c.max_position_embeddings)
+    inv_freq, factor = rope_for(
+      c.qk_rope_head_dim, c.mla_rope_theta, c.mla_rope_scaling, c.max_position_embeddings
+    )
     return rope.rope_cos_sin(positions_BT, inv_freq, factor)
 
   def _rope(self, x_BTHR: jax.Array, cos_sin) -> jax.Array:
@@ -143,7 +146,7 @@ class MLA(nnx.Module):
     if cos_sin is None:
       cos_sin = self.rope_cos_sin(positions_BT)
     kv_a = self.kv_a_proj_with_mqa(x_BTD)
-    c_kv, k_pe = kv_a[..., :self.r_kv], kv_a[..., self.r_kv:]
+    c_kv, k_pe = kv_a[..., : self.r_kv], kv_a[..., self.r_kv :]
     if self.kv_a_layernorm is not None:
       c_kv = self.kv_a_layernorm(c_kv)
     k_pe = self._rope(k_pe[:, :, None, :], cos_sin)[:, :, 0, :]
@@ -165,7 +168,7 @@ class MLA(nnx.Module):
     c = self.config
     B, S, _ = cache_BSL.shape
     G, d_n, d_r = c.mla_kv_heads, c.qk_nope_head_dim, c.qk_rope_head_dim
-    c_kv, k_pe = cache_BSL[..., :self.r_kv], cache_BSL[..., self.r_kv:]
+    c_kv, k_pe = cache_BSL[..., : self.r_kv], cache_BSL[..., self.r_kv :]
     kv = self.kv_b_proj(c_kv).reshape(B, S, G, d_n + c.v_head_dim)
     k_nope, v = kv[..., :d_n], kv[..., d_n:]
     k_pe_BSGR = jnp.broadcast_to(k_pe[:, :, None, :].astype(k_nope.dtype), (B, S, G, d_r))
@@ -179,8 +182,9 @@ class MLA(nnx.Module):
     k_BSGK, v_BSGV = self.decompress(rows_BSC)
     if kv_len_BT is None:
       return causal_attention(q_BTHK, k_BSGK, v_BSGV, scale=self.softmax_scale, impl=c.impl)
-    return masked_attention(q_BTHK, jnp.swapaxes(k_BSGK, 1, 2), jnp.swapaxes(v_BSGV, 1, 2),
-                            kv_len_BT, self.softmax_scale)
+    return masked_attention(
+      q_BTHK, jnp.swapaxes(k_BSGK, 1, 2), jnp.swapaxes(v_BSGV, 1, 2), kv_len_BT, self.softmax_scale
+    )
 
   def _absorbed(self, q_nope, q_pe, rows_BSC, kv_len_BT) -> jax.Array:
     """Absorbed attention (reference 1.6) over the latent rows: q_nope_h @ W_UK_g into the latent,
@@ -189,18 +193,25 @@ class MLA(nnx.Module):
     c = self.config
     B, T = q_nope.shape[:2]
     H, G, d_n, d_v = c.num_attention_heads, c.mla_kv_heads, c.qk_nope_head_dim, c.v_head_dim
-    w_uk, w_uv = self.kv_b_views()                      # (r_kv, G, d_n), (r_kv, G, d_v)
+    w_uk, w_uv = self.kv_b_views()  # (r_kv, G, d_n), (r_kv, G, d_v)
     dt = q_nope.dtype
     R = w_uk.shape[0]
     q_nope_g = q_nope.reshape(B, T, G, H // G, d_n)
     q_latent = jnp.einsum("btgin,rgn->btgir", q_nope_g, w_uk.astype(dt)).reshape(B, T, H, R)
     if T == 1:
-      ctx = mla_decode(q_latent[:, 0], q_pe[:, 0].astype(dt), rows_BSC, kv_len_BT[:, 0],
-                       scale=self.softmax_scale, impl=c.impl)[:, None]
+      ctx = mla_decode(
+        q_latent[:, 0],
+        q_pe[:, 0].astype(dt),
+        rows_BSC,
+        kv_len_BT[:, 0],
+        scale=self.softmax_scale,
+        impl=c.impl,
+      )[:, None]
     else:
       ctx = absorbed_attention(q_latent, q_pe, rows_BSC, kv_len_BT, self.softmax_scale)
-    return jnp.einsum("btgir,rgv->btgiv", ctx.reshape(B, T, G, H // G, R).astype(dt),
-                      w_uv.astype(dt)).reshape(B, T, H, d_v)
+    return jnp.einsum(
+      "btgir,rgv->btgiv", ctx.reshape(B, T, G, H // G, R).astype(dt), w_uv.astype(dt)
+    ).reshape(B, T, H, d_v)
 
   # -- training path ----------------------------------------------------------------------------
   def __call__(self, x_BTD: jax.Array, positions_BT: jax.Array) -> jax.Array:
@@ -210,8 +221,15 @@ class MLA(nnx.Module):
     return self.out_proj(out.reshape(*out.shape[:2], -1))
 
   # -- the forward over the cache (prefill, decode, speculative verification) --------------------
-  def cached(self, x_BTD: jax.Array, positions_BT: jax.Array, cache: LatentCache, *,
-             n_valid_B=None, mode: str = "decode"):
+  def cached(
+    self,
+    x_BTD: jax.Array,
+    positions_BT: jax.Array,
+    cache: LatentCache,
+    *,
+    n_valid_B=None,
+    mode: str = "decode",
+  ):
     """(y_BTD, new LatentCache, None): no record, a rollback only sets the length back.
 
     positions_BT as in `Attention.cached`. mode "fresh": causal attention over the chunk's own

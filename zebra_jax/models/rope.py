@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def rope_frequencies(dim: int, theta: float, scaling: dict | None = None,
-                     max_position_embeddings: int | None = None) -> tuple[np.ndarray, float]:
+def rope_frequencies(
+  dim: int, theta: float, scaling: dict | None = None, max_position_embeddings: int | None = None
+) -> tuple[np.ndarray, float]:
   """Returns (inv_freq (dim//2,) float64, attention_factor) for a rope of `dim` channels."""
   inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
   if scaling is None:

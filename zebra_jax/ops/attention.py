@@ -50,22 +50,21 @@ _VERIFIED = {"pallas": ("tpu", "gpu"), "splash": ("tpu",), "cudnn": ("gpu",)}
 # XLA reference at 0.05-0.2x cuDNN. impl="pallas" selects it everywhere it applies.
 _AUTO = {"tpu": ("pallas",), "gpu": ("cudnn", "pallas")}
 
-KERNELS = Registry("attention", impls=("auto", "reference", "pallas", "splash", "cudnn"),
-                   auto=_AUTO, verified=_VERIFIED)
+KERNELS = Registry(
+  "attention", impls=("auto", "reference", "pallas", "splash", "cudnn"), auto=_AUTO, verified=_VERIFIED
+)
 KERNELS.register("pallas", "tpu", Kernel(_flash_tpu.flash_attention_tpu, _flash_tpu.supports))
 KERNELS.register("splash", "tpu", Kernel(_splash.splash_attention_tpu, _flash_tpu.supports))
 KERNELS.register("cudnn", "gpu", Kernel(_cudnn.cudnn_attention, _cudnn.supports))
 KERNELS.register("pallas", "gpu", Kernel(_flash_gpu.flash_attention_gpu, _flash_gpu.supports))
 
 
-def causal_attention(q_BTHK, k_BSGK, v_BSGV, *, scale: float, impl: str = "auto",
-                     interpret=False):
+def causal_attention(q_BTHK, k_BSGK, v_BSGV, *, scale: float, impl: str = "auto", interpret=False):
   """Dispatch point for training/prefill attention (see the module docstring for `impl`).
 
   interpret=True runs the TPU kernel of `impl` in the Pallas TPU interpreter
   (`Registry.resolve`)."""
-  kernel = KERNELS.resolve(impl, q_BTHK, k_BSGK, v_BSGV, caller="causal_attention",
-                           interpret=interpret)
+  kernel = KERNELS.resolve(impl, q_BTHK, k_BSGK, v_BSGV, caller="causal_attention", interpret=interpret)
   if kernel is None:
     return causal_attention_reference(q_BTHK, k_BSGK, v_BSGV, scale=scale)
   return _call_kernel(kernel.fn, q_BTHK, k_BSGK, v_BSGV, scale=scale)
@@ -82,5 +81,6 @@ def _call_kernel(fn, q_BTHK, k_BSGK, v_BSGV, *, scale: float):
   # kv heads they read (h // (H/G)), so each shard is a smaller GQA problem of the same ratio.
   spec = P(b, None, h, None)
   per_shard = lambda q, k, v: fn(q, k, v, scale=scale)
-  return _sharding.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec),
-                             out_specs=spec)(q_BTHK, k_BSGK, v_BSGV)
+  return _sharding.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)(
+    q_BTHK, k_BSGK, v_BSGV
+  )

@@ -29,8 +29,7 @@ import jax
 
 __all__ = ["Kernel", "Registry", "dispatch_backend", "current_backend"]
 
-_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("dispatch_backend",
-                                                                     default=None)
+_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("dispatch_backend", default=None)
 
 
 @contextlib.contextmanager
@@ -86,8 +85,7 @@ class Registry:
     """The impl "auto" runs on `backend` for this call: a registered kernel or "reference"."""
     for name in self.auto.get(backend, ()):
       kernel = self.kernels.get((name, backend))
-      if kernel is not None and (kernel.supports is None
-                                 or kernel.supports(*call, **call_kw) is None):
+      if kernel is not None and (kernel.supports is None or kernel.supports(*call, **call_kw) is None):
         return name
     return "reference"
 
@@ -105,8 +103,10 @@ class Registry:
       name = "pallas" if impl == "auto" else impl
       kernel = self.kernels.get((name, "tpu"))
       if kernel is None:
-        raise NotImplementedError(f"{caller}(impl={impl!r}, interpret=True): no {name!r} TPU "
-                                  f"kernel to interpret; use impl='reference' or 'auto'")
+        raise NotImplementedError(
+          f"{caller}(impl={impl!r}, interpret=True): no {name!r} TPU "
+          f"kernel to interpret; use impl='reference' or 'auto'"
+        )
       return Kernel(functools.partial(kernel.fn, interpret=interpret), kernel.supports)
     backend = current_backend()
     if impl == "auto":
@@ -114,8 +114,9 @@ class Registry:
       return None if name == "reference" else self.kernels[(name, backend)]
     kernel = self.kernels.get((impl, backend))
     if kernel is None:
-      why = self.missing.format(impl=impl, op=self.op, backend=backend,
-                                available=", ".join(self.available(backend)))
+      why = self.missing.format(
+        impl=impl, op=self.op, backend=backend, available=", ".join(self.available(backend))
+      )
     else:
       why = kernel.supports(*call, **call_kw) if kernel.supports else None
     if why is None:

@@ -28,16 +28,20 @@ from zebra_jax.parallel import sharding as _sharding
 __all__ = ["mla_decode", "mla_decode_reference", "KERNELS"]
 
 # Any backend may register a "pallas" kernel; "auto" takes it where `supports` agrees.
-KERNELS = Registry("MLA decode", impls=("auto", "reference", "pallas"),
-                   auto={"tpu": ("pallas",), "gpu": ("pallas",), "cpu": ("pallas",)},
-                   verified={"pallas": ("tpu", "gpu")},
-                   missing="no Pallas MLA decode kernel is registered for backend {backend!r}")
+KERNELS = Registry(
+  "MLA decode",
+  impls=("auto", "reference", "pallas"),
+  auto={"tpu": ("pallas",), "gpu": ("pallas",), "cpu": ("pallas",)},
+  verified={"pallas": ("tpu", "gpu")},
+  missing="no Pallas MLA decode kernel is registered for backend {backend!r}",
+)
 KERNELS.register("pallas", "tpu", Kernel(_decode_tpu.mla_decode_tpu))
 KERNELS.register("pallas", "gpu", Kernel(_decode_gpu.mla_decode_gpu, _decode_gpu.supports))
 
 
-def mla_decode(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: float,
-               impl: str = "auto", interpret=False):
+def mla_decode(
+  q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: float, impl: str = "auto", interpret=False
+):
   """softmax((q_latent . c_kv + q_rope . k_pe) * scale) . c_kv over the first lengths[b] cache rows.
 
   q_latent (b, h, r_kv), q_rope (b, h, d_r), cache (b, s, r_kv + d_r) rows [latent | rope key],
@@ -51,12 +55,14 @@ def mla_decode(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale: float,
   b = _sharding.batch_axes(mesh, q_latent_BHR.shape[0])
   h = _sharding.head_axis(mesh, q_latent_BHR.shape[1])
   q_spec = P(b, h, None)
-  return _sharding.shard_map(call, mesh=mesh, in_specs=(q_spec, q_spec, P(b, None, None), P(b)),
-                             out_specs=q_spec)(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B)
+  return _sharding.shard_map(
+    call, mesh=mesh, in_specs=(q_spec, q_spec, P(b, None, None), P(b)), out_specs=q_spec
+  )(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B)
 
 
 def _dispatch(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, *, scale, impl, interpret):
-  kernel = KERNELS.resolve(impl, q_latent_BHR, q_rope_BHK, cache_BSC, caller="mla_decode",
-                           interpret=interpret)
+  kernel = KERNELS.resolve(
+    impl, q_latent_BHR, q_rope_BHK, cache_BSC, caller="mla_decode", interpret=interpret
+  )
   fn = mla_decode_reference if kernel is None else kernel.fn
   return fn(q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, scale=scale)

@@ -38,15 +38,21 @@ from kernels_pallas.ssd.tpu import ssd_scan_tpu, tpu_supports
 from zebra_jax.ops.dispatch import Kernel, Registry, current_backend
 from zebra_jax.parallel import sharding as _sharding
 
-__all__ = ["ssd_scan", "ssd_step", "ssd_scan_reference", "ssd_step_reference", "SCAN_KERNELS",
-           "STEP_KERNELS", "available_impls"]
+__all__ = [
+  "ssd_scan",
+  "ssd_step",
+  "ssd_scan_reference",
+  "ssd_step_reference",
+  "SCAN_KERNELS",
+  "STEP_KERNELS",
+  "available_impls",
+]
 
 IMPLS = ("auto", "reference", "pallas")
 # Any backend may register a "pallas" kernel; "auto" takes it where `supports` agrees.
 _AUTO = {"tpu": ("pallas",), "gpu": ("pallas",), "cpu": ("pallas",)}
 _VERIFIED = {"pallas": ("tpu", "gpu")}
-_MISSING = ("no Pallas SSD {op} kernel is registered for backend {backend!r} yet "
-            "(available here: {available})")
+_MISSING = "no Pallas SSD {op} kernel is registered for backend {backend!r} yet (available here: {available})"
 
 # Scan kernels take `ssd_scan_reference`'s arguments; `supports(**call)` sees them by name.
 SCAN_KERNELS = Registry("scan", IMPLS, _AUTO, _VERIFIED, missing=_MISSING)
@@ -64,26 +70,44 @@ def available_impls(backend: str | None = None) -> tuple[str, ...]:
   return SCAN_KERNELS.available(backend or current_backend())
 
 
-def ssd_scan(x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True,
-             initial_state=None, chunk_size: int = 256, return_final_state: bool = False,
-             impl: str = "auto", interpret=False):
+def ssd_scan(
+  x,
+  dt,
+  A,
+  B,
+  C,
+  *,
+  D=None,
+  dt_bias=None,
+  dt_softplus: bool = True,
+  initial_state=None,
+  chunk_size: int = 256,
+  return_final_state: bool = False,
+  impl: str = "auto",
+  interpret=False,
+):
   """Chunked SSD scan. Returns y (b, l, h, p) in x.dtype, plus the float32 final state
   (b, h, p, n) when `return_final_state`. interpret=True runs the TPU kernel in the Pallas TPU
   interpreter on any backend (`Registry.resolve`)."""
-  kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, initial_state=initial_state,
-            chunk_size=chunk_size, return_final_state=return_final_state)
-  kernel = SCAN_KERNELS.resolve(impl, caller="ssd_scan", interpret=interpret,
-                               x=x, dt=dt, A=A, B=B, C=C, **kw)
+  kw = dict(
+    D=D,
+    dt_bias=dt_bias,
+    dt_softplus=dt_softplus,
+    initial_state=initial_state,
+    chunk_size=chunk_size,
+    return_final_state=return_final_state,
+  )
+  kernel = SCAN_KERNELS.resolve(impl, caller="ssd_scan", interpret=interpret, x=x, dt=dt, A=A, B=B, C=C, **kw)
   if kernel is None:  # pure JAX: GSPMD partitions it like the rest of the step
     return ssd_scan_reference(x, dt, A, B, C, **kw)
   return _scan_per_shard(kernel.fn, x, dt, A, B, C, **kw)
 
 
-def _scan_per_shard(fn, x, dt, A, B, C, *, D, dt_bias, dt_softplus, initial_state, chunk_size,
-                    return_final_state):
+def _scan_per_shard(
+  fn, x, dt, A, B, C, *, D, dt_bias, dt_softplus, initial_state, chunk_size, return_final_state
+):
   """fn(x, dt, A, B, C, ...), per shard under the trainer's activation mesh (module docstring)."""
-  static = dict(dt_softplus=dt_softplus, chunk_size=chunk_size,
-                return_final_state=return_final_state)
+  static = dict(dt_softplus=dt_softplus, chunk_size=chunk_size, return_final_state=return_final_state)
   mesh = _sharding.kernel_mesh()
   if mesh is None:
     return fn(x, dt, A, B, C, D=D, dt_bias=dt_bias, initial_state=initial_state, **static)
@@ -92,14 +116,19 @@ def _scan_per_shard(fn, x, dt, A, B, C, *, D, dt_bias, dt_softplus, initial_stat
   # Head i reads group i // (h/g): contiguous head blocks read contiguous group blocks when the
   # tensor size divides g (same ratio per shard); with one group every shard reads it whole.
   h = _sharding.head_axis(mesh, n_heads, n_groups) or (
-      _sharding.head_axis(mesh, n_heads) if n_groups == 1 else None)
+    _sharding.head_axis(mesh, n_heads) if n_groups == 1 else None
+  )
   g = h if h is not None and n_groups > 1 else None
   head_vec = P(h)
-  optional = {"D": (D, head_vec), "dt_bias": (dt_bias, head_vec),
-              "initial_state": (initial_state, P(b, h, None, None))}
+  optional = {
+    "D": (D, head_vec),
+    "dt_bias": (dt_bias, head_vec),
+    "initial_state": (initial_state, P(b, h, None, None)),
+  }
   names = [k for k, (v, _) in optional.items() if v is not None]
-  in_specs = (P(b, None, h, None), P(b, None, h), head_vec, P(b, None, g, None),
-              P(b, None, g, None)) + tuple(optional[k][1] for k in names)
+  in_specs = (P(b, None, h, None), P(b, None, h), head_vec, P(b, None, g, None), P(b, None, g, None)) + tuple(
+    optional[k][1] for k in names
+  )
   y_spec = P(b, None, h, None)
   out_specs = (y_spec, P(b, h, None, None)) if return_final_state else y_spec
 
@@ -107,18 +136,16 @@ def _scan_per_shard(fn, x, dt, A, B, C, *, D, dt_bias, dt_softplus, initial_stat
     return fn(x, dt, A, B, C, **dict(zip(names, opt)), **static)
 
   return _sharding.shard_map(per_shard, mesh=mesh, in_specs=in_specs, out_specs=out_specs)(
-      x, dt, A, B, C, *(optional[k][0] for k in names))
+    x, dt, A, B, C, *(optional[k][0] for k in names)
+  )
 
 
-def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True,
-             impl: str = "auto"):
+def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True, impl: str = "auto"):
   """One decode step: state (b, h, p, n), x (b, h, p), dt (b, h), B/C (b, g, n).
 
   Returns (y (b, h, p) in x.dtype, new_state (b, h, p, n) float32)."""
   kw = dict(D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
   # (No shard_map here: every registered step is the pure-JAX reference update.)
-  kernel = STEP_KERNELS.resolve(impl, caller="ssd_step", state=state, x=x, dt=dt, A=A, B=B, C=C,
-                               **kw)
+  kernel = STEP_KERNELS.resolve(impl, caller="ssd_step", state=state, x=x, dt=dt, A=A, B=B, C=C, **kw)
   fn = ssd_step_reference if kernel is None else kernel.fn
   return fn(state, x, dt, A, B, C, **kw)
-

@@ -26,25 +26,25 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> candidate mesh axes, in order of preference.
 DEFAULT_RULES: dict[str, tuple[str, ...]] = {
-    "vocab": ("tensor",),
-    "embed": ("fsdp",),
-    "mlp": ("tensor",),
-    "q_heads": ("tensor",),
-    "kv_heads": ("tensor",),
-    # The low-rank MLA dims: fsdp first, so q_b_proj / kv_b_proj (lora, heads) are split over fsdp
-    # on their input dim like every other projection (heads over tensor); q_a / kv_a (embed, lora)
-    # have fsdp on embed already and keep their layout (q_lora -> tensor there).
-    "q_lora": ("fsdp", "tensor"),
-    "kv_lora": ("fsdp",),
-    "mamba_in": ("tensor",),
-    "mamba_inner": ("tensor",),
-    "mamba_conv": ("tensor",),
-    "mamba_heads": (),
-    "conv_kernel": (),
-    "norm": (),
-    # activations
-    "batch": (("data", "fsdp"), "data", "fsdp"),   # as batch_sharding / constrain_batch
-    "length": (),
+  "vocab": ("tensor",),
+  "embed": ("fsdp",),
+  "mlp": ("tensor",),
+  "q_heads": ("tensor",),
+  "kv_heads": ("tensor",),
+  # The low-rank MLA dims: fsdp first, so q_b_proj / kv_b_proj (lora, heads) are split over fsdp
+  # on their input dim like every other projection (heads over tensor); q_a / kv_a (embed, lora)
+  # have fsdp on embed already and keep their layout (q_lora -> tensor there).
+  "q_lora": ("fsdp", "tensor"),
+  "kv_lora": ("fsdp",),
+  "mamba_in": ("tensor",),
+  "mamba_inner": ("tensor",),
+  "mamba_conv": ("tensor",),
+  "mamba_heads": (),
+  "conv_kernel": (),
+  "norm": (),
+  # activations
+  "batch": (("data", "fsdp"), "data", "fsdp"),  # as batch_sharding / constrain_batch
+  "length": (),
 }
 
 
@@ -55,8 +55,10 @@ def parse_mesh(text: str) -> tuple[int, int, int]:
   except ValueError:
     sizes = ()
   if len(sizes) != 3 or any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
-    raise ValueError(f"--mesh {text!r}: expected data,fsdp,tensor sizes such as 1,1,2 (positive; "
-                     "one of them may be -1 for the remaining devices)")
+    raise ValueError(
+      f"--mesh {text!r}: expected data,fsdp,tensor sizes such as 1,1,2 (positive; "
+      "one of them may be -1 for the remaining devices)"
+    )
   return sizes
 
 
@@ -72,19 +74,25 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
       raise ValueError(f"{len(devices)} devices cannot be split into mesh sizes {sizes}")
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "
-                     f"{int(np.prod(sizes))} devices, have {len(devices)}")
+    raise ValueError(
+      f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "
+      f"{int(np.prod(sizes))} devices, have {len(devices)}"
+    )
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def logical_to_pspec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                     rules: Mapping[str, Sequence[str | tuple[str, ...]]] = DEFAULT_RULES) -> P:
+def logical_to_pspec(
+  axes: Sequence[str | None],
+  shape: Sequence[int],
+  mesh: Mesh,
+  rules: Mapping[str, Sequence[str | tuple[str, ...]]] = DEFAULT_RULES,
+) -> P:
   """PartitionSpec of one array from its logical axes (see the module docstring)."""
   used: set[str] = set()
   spec = []
   for name, dim in zip(axes, shape):
     chosen = None
-    for cand in (rules.get(name, ()) if name else ()):
+    for cand in rules.get(name, ()) if name else ():
       group = (cand,) if isinstance(cand, str) else tuple(cand)
       group = tuple(a for a in group if mesh.shape.get(a, 1) > 1)  # size-1 axes split nothing
       size = int(np.prod([mesh.shape[a] for a in group])) if group else 1
@@ -121,8 +129,7 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.Modul
 
 
 # -- activations -----------------------------------------------------------------------------------
-_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("zebra_activation_mesh",
-                                                                  default=None)
+_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("zebra_activation_mesh", default=None)
 
 
 @contextlib.contextmanager
@@ -184,4 +191,5 @@ def shard_map(f, *, mesh: Mesh, in_specs, out_specs):
   if new is not None:
     return new(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
   from jax.experimental.shard_map import shard_map as legacy  # jax < 0.8
+
   return legacy(f, mesh, in_specs, out_specs, check_rep=False)

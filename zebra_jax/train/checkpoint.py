@@ -32,8 +32,11 @@ DISK_MARGIN_BYTES = 64 << 20
 
 
 def _tree_bytes(tree: Any) -> int:
-  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(tree) if hasattr(x, "shape") and hasattr(x, "dtype"))
+  return sum(
+    int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+    for x in jax.tree.leaves(tree)
+    if hasattr(x, "shape") and hasattr(x, "dtype")
+  )
 
 
 def _free_bytes(path: str) -> int:
@@ -92,10 +95,10 @@ class StageCheckpointer:
 
   def __init__(self, directory: str, *, keep_last: int = 2, async_save: bool = True):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep_last, create=True,
-                                           enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data"))
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep_last, create=True, enable_async_checkpointing=async_save
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
     self._fp_compiled, self._fp_thread = None, None
 
   def prepare(self, state: Any) -> None:
@@ -110,8 +113,7 @@ class StageCheckpointer:
       except Exception:  # the save then compiles it itself, as without prepare
         self._fp_compiled = None
 
-    self._fp_thread = threading.Thread(target=compile_fingerprints, daemon=True,
-                                       name="fingerprint-compile")
+    self._fp_thread = threading.Thread(target=compile_fingerprints, daemon=True, name="fingerprint-compile")
     self._fp_thread.start()
 
   def _fingerprint(self, state: Any) -> dict[str, list[int]]:
@@ -135,12 +137,14 @@ class StageCheckpointer:
     need = _tree_bytes(state) // jax.process_count() + DISK_MARGIN_BYTES
     free = _free_bytes(self.directory)
     if free < need:  # refused before writing: Orbax's writer threads fail noisily on ENOSPC
-      raise self._disk_full(step, f"it needs about {need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB "
-                                  "are free")
+      raise self._disk_full(step, f"it needs about {need / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free")
     data = {"per_process": _gather_json(data_state), "fingerprint": self._fingerprint(state)}
     try:
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)), force=force)
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
+        force=force,
+      )
     except Exception as e:
       if _is_disk_full(e):
         raise self._disk_full(step, "the disk filled while writing") from e
@@ -151,34 +155,43 @@ class StageCheckpointer:
     last = [s for s in self.manager.all_steps() if s != step]
     kept = f"the last checkpoint, step {max(last)}, is intact" if last else "no checkpoint was lost"
     what = f"step {step}" if step is not None else "a checkpoint"
-    return DiskFull(f"disk full while saving {what} to {self.directory} ({why}); {kept}. "
-                    "Free space and rerun the same command to resume")
+    return DiskFull(
+      f"disk full while saving {what} to {self.directory} ({why}); {kept}. "
+      "Free space and rerun the same command to resume"
+    )
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
     """Restores into `abstract_state` (a pytree of jax.ShapeDtypeStruct with shardings)."""
     try:
-      out = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      out = self.manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+      )
     except Exception as e:  # orbax raises many types; name the directory and step for the user
       first = str(e).strip().splitlines()
-      raise CheckpointCorrupt(f"cannot restore checkpoint step {step} from {self.directory}: "
-                              f"{type(e).__name__}: {first[0] if first else ''}") from e
+      raise CheckpointCorrupt(
+        f"cannot restore checkpoint step {step} from {self.directory}: "
+        f"{type(e).__name__}: {first[0] if first else ''}"
+      ) from e
     data = out["data"]
     saved_fp = data.get("fingerprint") if isinstance(data, dict) else None
     if saved_fp is not None:  # checkpoints written before fingerprints have none
       got = fingerprint(out["state"])
       bad = sorted(k for k in set(saved_fp) | set(got) if saved_fp.get(k) != got.get(k))
       if bad:
-        raise CheckpointCorrupt(f"checkpoint step {step} in {self.directory} does not match its "
-                                f"fingerprint in {len(bad)} array(s) (e.g. {bad[0]}): its files "
-                                "were damaged after it was written")
+        raise CheckpointCorrupt(
+          f"checkpoint step {step} in {self.directory} does not match its "
+          f"fingerprint in {len(bad)} array(s) (e.g. {bad[0]}): its files "
+          "were damaged after it was written"
+        )
     if isinstance(data, dict) and "per_process" in data:
       states = data["per_process"]
       if len(states) != jax.process_count():
         raise RuntimeError(
-            f"checkpoint step {step} in {self.directory} was written by {len(states)} processes, "
-            f"this run has {jax.process_count()}: each process's data position cannot be carried "
-            "over to a different process count. Rerun with the original process count.")
+          f"checkpoint step {step} in {self.directory} was written by {len(states)} processes, "
+          f"this run has {jax.process_count()}: each process's data position cannot be carried "
+          "over to a different process count. Rerun with the original process count."
+        )
       data = states[jax.process_index()]
     return out["state"], data
 
@@ -208,6 +221,7 @@ class StageCheckpointer:
       os.rename(os.path.join(self.directory, str(step)), dst)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f"zebra_jax checkpoint {step} set aside")
     self.manager.reload()
 
@@ -231,16 +245,18 @@ def _gather_json(obj: Any) -> list:
   if jax.process_count() == 1:
     return [obj]
   from jax.experimental import multihost_utils
+
   raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
   sizes = multihost_utils.process_allgather(np.asarray([raw.size], np.int32))
   sizes = np.asarray(sizes).reshape(-1)
   buf = np.zeros(int(sizes.max()), np.uint8)
-  buf[:raw.size] = raw
+  buf[: raw.size] = raw
   every = np.asarray(multihost_utils.process_allgather(buf))
-  return [json.loads(every[i, :int(n)].tobytes().decode()) for i, n in enumerate(sizes)]
+  return [json.loads(every[i, : int(n)].tobytes().decode()) for i, n in enumerate(sizes)]
 
 
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a pytree of arrays, as a restore target."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+  )

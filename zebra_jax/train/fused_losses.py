@@ -48,14 +48,14 @@ def _grad_matmuls(dw_DV, h_CD, w_DV, dlogits_CV):
   bf16 gradients, as the full-logits path does), accumulated in float32."""
   d = dlogits_CV.astype(w_DV.dtype)
   dh = jnp.einsum("cv,dv->cd", d, w_DV, preferred_element_type=jnp.float32)
-  return dw_DV + jnp.einsum("cd,cv->dv", h_CD.astype(w_DV.dtype), d,
-                            preferred_element_type=jnp.float32), dh
+  return dw_DV + jnp.einsum("cd,cv->dv", h_CD.astype(w_DV.dtype), d, preferred_element_type=jnp.float32), dh
 
 
 def _check(h_ND, w_DV, what: str):
   if h_ND.ndim != 2 or w_DV.ndim != 2 or h_ND.shape[1] != w_DV.shape[0]:
-    raise ValueError(f"{what}: hidden {h_ND.shape} and head {w_DV.shape} do not form "
-                     f"(tokens, D) @ (D, vocab)")
+    raise ValueError(
+      f"{what}: hidden {h_ND.shape} and head {w_DV.shape} do not form (tokens, D) @ (D, vocab)"
+    )
 
 
 def _check_pair(hs_ND, ws_DV, ht_ND, wt_DV):
@@ -63,8 +63,10 @@ def _check_pair(hs_ND, ws_DV, ht_ND, wt_DV):
   _check(hs_ND, ws_DV, "student")
   _check(ht_ND, wt_DV, "teacher")
   if ht_ND.shape[0] != hs_ND.shape[0] or wt_DV.shape[1] != ws_DV.shape[1]:
-    raise ValueError(f"teacher hidden {ht_ND.shape} / head {wt_DV.shape} do not match the student's "
-                     f"{hs_ND.shape} / {ws_DV.shape} (same tokens, same vocabulary)")
+    raise ValueError(
+      f"teacher hidden {ht_ND.shape} / head {wt_DV.shape} do not match the student's "
+      f"{hs_ND.shape} / {ws_DV.shape} (same tokens, same vocabulary)"
+    )
 
 
 # -- per-token log-probabilities (CE, DPO) ---------------------------------------------------------
@@ -101,9 +103,16 @@ def _logprobs_bwd(chunk, res, g_N):
     dlogits = g[:, None] * (onehot - soft)
     return _grad_matmuls(dw_DV, h, w_DV, dlogits)
 
-  dw, dh = jax.lax.scan(one, jnp.zeros(w_DV.shape, jnp.float32),
-                        (_chunked(h_ND, chunk), _chunked(targets_N, chunk), _chunked(lse_N, chunk),
-                         _chunked(g_N.astype(jnp.float32), chunk)))
+  dw, dh = jax.lax.scan(
+    one,
+    jnp.zeros(w_DV.shape, jnp.float32),
+    (
+      _chunked(h_ND, chunk),
+      _chunked(targets_N, chunk),
+      _chunked(lse_N, chunk),
+      _chunked(g_N.astype(jnp.float32), chunk),
+    ),
+  )
   dh = dh.reshape(-1, h_ND.shape[1])[:n]
   return dh.astype(h_ND.dtype), dw.astype(w_DV.dtype), None
 
@@ -113,8 +122,9 @@ token_logprobs.defvjp(_logprobs_fwd, _logprobs_bwd)
 
 # -- KL(teacher || student) and the student's log-probabilities, from one pass over the chunks -------
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def kl_and_logprobs(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, temperature: float = 1.0,
-                    chunk: int = DEFAULT_CHUNK):
+def kl_and_logprobs(
+  hs_ND, ws_DV, ht_ND, wt_DV, targets_N, temperature: float = 1.0, chunk: int = DEFAULT_CHUNK
+):
   """Per token: (KL(softmax(t/T) || softmax(s/T)), log softmax(s)[target]), both (N,) float32, with
   s = hs @ ws (student) and t = ht @ wt (teacher; no gradient)."""
   return _kl_fwd(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, temperature, chunk)[0]
@@ -136,8 +146,7 @@ def _kl_fwd(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, temperature, chunk):
     lp = jnp.take_along_axis(s, tgt[:, None], axis=-1)[:, 0] - lse_s1
     return kl, lp, jnp.stack([lse_s1, lse_sT, lse_tT], axis=-1)
 
-  kl, lp, lse = jax.lax.map(one, (_chunked(hs_ND, chunk), _chunked(ht_ND, chunk),
-                                  _chunked(targets_N, chunk)))
+  kl, lp, lse = jax.lax.map(one, (_chunked(hs_ND, chunk), _chunked(ht_ND, chunk), _chunked(targets_N, chunk)))
   kl, lp, lse = kl.reshape(-1)[:n], lp.reshape(-1)[:n], lse.reshape(-1, 3)[:n]
   return (kl, lp), (hs_ND, ws_DV, ht_ND, wt_DV, targets_N, lse)
 
@@ -159,9 +168,18 @@ def _kl_bwd(temperature, chunk, res, g):
     return _grad_matmuls(dw_DV, hs, ws_DV, dlogits)
 
   f32 = lambda x: _chunked(x.astype(jnp.float32), chunk)
-  dw, dh = jax.lax.scan(one, jnp.zeros(ws_DV.shape, jnp.float32),
-                        (_chunked(hs_ND, chunk), _chunked(ht_ND, chunk), _chunked(targets_N, chunk),
-                         _chunked(lse_N3, chunk), f32(g_kl), f32(g_lp)))
+  dw, dh = jax.lax.scan(
+    one,
+    jnp.zeros(ws_DV.shape, jnp.float32),
+    (
+      _chunked(hs_ND, chunk),
+      _chunked(ht_ND, chunk),
+      _chunked(targets_N, chunk),
+      _chunked(lse_N3, chunk),
+      f32(g_kl),
+      f32(g_lp),
+    ),
+  )
   dh = dh.reshape(-1, hs_ND.shape[1])[:n]
   return dh.astype(hs_ND.dtype), dw.astype(ws_DV.dtype), None, None, None
 
@@ -171,14 +189,13 @@ kl_and_logprobs.defvjp(_kl_fwd, _kl_bwd)
 
 # -- the KD step's weighted loss: gradients formed in the forward pass ------------------------------
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def _kd_loss(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, ce_mask_N, kl_weight, ce_weight, temperature,
-             chunk):
-  return _kd_loss_fwd(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, ce_mask_N, kl_weight, ce_weight,
-                      temperature, chunk)[0]
+def _kd_loss(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, ce_mask_N, kl_weight, ce_weight, temperature, chunk):
+  return _kd_loss_fwd(
+    hs_ND, ws_DV, ht_ND, wt_DV, targets_N, ce_mask_N, kl_weight, ce_weight, temperature, chunk
+  )[0]
 
 
-def _kd_loss_fwd(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, ce_mask_N, kl_weight, ce_weight,
-                 temperature, chunk):
+def _kd_loss_fwd(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, ce_mask_N, kl_weight, ce_weight, temperature, chunk):
   """The loss kl_weight * mean KL + ce_weight * masked mean CE is a fixed linear function of the
   per-token terms, so its gradient is known before any cotangent arrives: form d loss / d logits
   per chunk here and multiply it straight into d hidden and d W (4 head matmuls in all, as the
@@ -206,9 +223,10 @@ def _kd_loss_fwd(hs_ND, ws_DV, ht_ND, wt_DV, targets_N, ce_mask_N, kl_weight, ce
 
   # padded rows have zero hidden states (uniform = uniform: KL 0, no KL gradient) and CE mask 0
   dw, (kl, lp, dh) = jax.lax.scan(
-      one, jnp.zeros(ws_DV.shape, jnp.float32),
-      (_chunked(hs_ND, chunk), _chunked(ht_ND, chunk), _chunked(targets_N, chunk),
-       _chunked(ce_mask_N, chunk)))
+    one,
+    jnp.zeros(ws_DV.shape, jnp.float32),
+    (_chunked(hs_ND, chunk), _chunked(ht_ND, chunk), _chunked(targets_N, chunk), _chunked(ce_mask_N, chunk)),
+  )
   kl, lp = kl.reshape(-1)[:n], lp.reshape(-1)[:n]
   dh = dh.reshape(-1, hs_ND.shape[1])[:n]
   kl_mean = jnp.mean(kl)
@@ -226,8 +244,18 @@ def _kd_loss_bwd(kl_weight, ce_weight, temperature, chunk, res, g):
 _kd_loss.defvjp(_kd_loss_fwd, _kd_loss_bwd)
 
 
-def kd_loss(hs_BTD, ws_DV, ht_BTD, wt_DV, tokens_BT, *, kl_weight: float = 1.0,
-            ce_weight: float = 0.0, temperature: float = 1.0, chunk: int = DEFAULT_CHUNK):
+def kd_loss(
+  hs_BTD,
+  ws_DV,
+  ht_BTD,
+  wt_DV,
+  tokens_BT,
+  *,
+  kl_weight: float = 1.0,
+  ce_weight: float = 0.0,
+  temperature: float = 1.0,
+  chunk: int = DEFAULT_CHUNK,
+):
   """(loss, kl, ce) of the KD step: loss = kl_weight * KL + ce_weight * CE, with KL =
   `losses.forward_kl(t_logits, s_logits, temperature=T)` over every position and CE =
   `losses.cross_entropy(s_logits[:, :-1], tokens[:, 1:])`. Only `loss` is differentiable (kl and
@@ -235,9 +263,18 @@ def kd_loss(hs_BTD, ws_DV, ht_BTD, wt_DV, tokens_BT, *, kl_weight: float = 1.0,
   B, T = tokens_BT.shape
   targets_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros((B, 1), tokens_BT.dtype)], axis=1)
   ce_mask = jnp.broadcast_to(jnp.arange(T) < T - 1, (B, T)).reshape(-1)
-  loss, kl, ce = _kd_loss(_flat(hs_BTD), ws_DV, _flat(jax.lax.stop_gradient(ht_BTD)),
-                          jax.lax.stop_gradient(wt_DV), targets_BT.reshape(-1), ce_mask,
-                          float(kl_weight), float(ce_weight), float(temperature), int(chunk))
+  loss, kl, ce = _kd_loss(
+    _flat(hs_BTD),
+    ws_DV,
+    _flat(jax.lax.stop_gradient(ht_BTD)),
+    jax.lax.stop_gradient(wt_DV),
+    targets_BT.reshape(-1),
+    ce_mask,
+    float(kl_weight),
+    float(ce_weight),
+    float(temperature),
+    int(chunk),
+  )
   return loss, jax.lax.stop_gradient(kl), jax.lax.stop_gradient(ce)
 
 
@@ -253,26 +290,41 @@ def _masked_mean(x, mask):
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def kd_kl_ce(hs_BTD, ws_DV, ht_BTD, wt_DV, tokens_BT, *, temperature: float = 1.0,
-             chunk: int = DEFAULT_CHUNK):
+def kd_kl_ce(
+  hs_BTD, ws_DV, ht_BTD, wt_DV, tokens_BT, *, temperature: float = 1.0, chunk: int = DEFAULT_CHUNK
+):
   """(KL, CE) of the KD step, equal to `losses.forward_kl(t_logits, s_logits, temperature=T)` and
   `losses.cross_entropy(s_logits[:, :-1], tokens[:, 1:])`: KL over every position, CE on the
   next token of every position but the last."""
   B, T = tokens_BT.shape
   targets_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros((B, 1), tokens_BT.dtype)], axis=1)
-  kl, lp = kl_and_logprobs(_flat(hs_BTD), ws_DV, _flat(jax.lax.stop_gradient(ht_BTD)),
-                           jax.lax.stop_gradient(wt_DV), targets_BT.reshape(-1), temperature, chunk)
+  kl, lp = kl_and_logprobs(
+    _flat(hs_BTD),
+    ws_DV,
+    _flat(jax.lax.stop_gradient(ht_BTD)),
+    jax.lax.stop_gradient(wt_DV),
+    targets_BT.reshape(-1),
+    temperature,
+    chunk,
+  )
   ce_mask = jnp.broadcast_to(jnp.arange(T) < T - 1, (B, T)).reshape(-1)
   return jnp.mean(kl), _masked_mean(-lp, ce_mask)
 
 
-def forward_kl(hs_BTD, ws_DV, ht_BTD, wt_DV, *, temperature: float = 1.0, mask_BT=None,
-               chunk: int = DEFAULT_CHUNK):
+def forward_kl(
+  hs_BTD, ws_DV, ht_BTD, wt_DV, *, temperature: float = 1.0, mask_BT=None, chunk: int = DEFAULT_CHUNK
+):
   """`losses.forward_kl` on the logits hs @ ws and ht @ wt, without building them."""
   B, T = hs_BTD.shape[:2]
-  kl, _ = kl_and_logprobs(_flat(hs_BTD), ws_DV, _flat(jax.lax.stop_gradient(ht_BTD)),
-                          jax.lax.stop_gradient(wt_DV), jnp.zeros((B * T,), jnp.int32),
-                          temperature, chunk)
+  kl, _ = kl_and_logprobs(
+    _flat(hs_BTD),
+    ws_DV,
+    _flat(jax.lax.stop_gradient(ht_BTD)),
+    jax.lax.stop_gradient(wt_DV),
+    jnp.zeros((B * T,), jnp.int32),
+    temperature,
+    chunk,
+  )
   return _masked_mean(kl, None if mask_BT is None else mask_BT.reshape(-1))
 
 
@@ -289,5 +341,13 @@ def sequence_logprob(h_BTD, w_DV, targets_BT, mask_BT, *, chunk: int = DEFAULT_C
   return jnp.sum(lp * mask_BT, axis=-1)
 
 
-__all__ = ["token_logprobs", "kl_and_logprobs", "kd_loss", "kd_kl_ce", "forward_kl", "cross_entropy",
-           "sequence_logprob", "DEFAULT_CHUNK"]
+__all__ = [
+  "token_logprobs",
+  "kl_and_logprobs",
+  "kd_loss",
+  "kd_kl_ce",
+  "forward_kl",
+  "cross_entropy",
+  "sequence_logprob",
+  "DEFAULT_CHUNK",
+]

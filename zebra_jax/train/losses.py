@@ -24,8 +24,9 @@ def ild_distance(student_BTD: jax.Array, teacher_BTD: jax.Array, kind: str = "l2
   raise ValueError(f"ILD loss kind must be 'l2' or 'mse', got {kind!r}")
 
 
-def forward_kl(teacher_logits_BTV, student_logits_BTV, *, temperature: float = 1.0,
-               mask_BT: jax.Array | None = None) -> jax.Array:
+def forward_kl(
+  teacher_logits_BTV, student_logits_BTV, *, temperature: float = 1.0, mask_BT: jax.Array | None = None
+) -> jax.Array:
   """Per-token mean of KL(p_teacher || q_student) at `temperature` (the reference uses 1).
 
   The reference's `batchmean` equals this times the sequence length; we report the per-token mean so
@@ -61,9 +62,9 @@ def dpo_sigmoid_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, b
   margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
   loss = -jnp.mean(jax.nn.log_sigmoid(beta * margin))
   metrics = {
-      "reward_chosen": jnp.mean(beta * (policy_chosen - ref_chosen)),
-      "reward_rejected": jnp.mean(beta * (policy_rejected - ref_rejected)),
-      "reward_accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
+    "reward_chosen": jnp.mean(beta * (policy_chosen - ref_chosen)),
+    "reward_rejected": jnp.mean(beta * (policy_rejected - ref_rejected)),
+    "reward_accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
   }
   return loss, metrics
 

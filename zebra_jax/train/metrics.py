@@ -15,9 +15,17 @@ from zebra_jax._io import atomic_write
 
 # Dense bf16 peak FLOP/s per chip, for MFU. Unknown devices (CPU) report no MFU.
 PEAK_BF16_FLOPS = {
-    "H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+  "H100": 989e12,
+  "H200": 989e12,
+  "A100": 312e12,
+  "B200": 2250e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
 }
 
 
@@ -46,12 +54,12 @@ class MetricsWriter:
     # On resume drop lines past the restored step, so the curve has no duplicated or orphan points.
     # A line torn by a hard kill mid-write is dropped too.
     if os.path.exists(self.path):
-      kept = [json.dumps(r) + "\n" for r in _parse_rows(self.path)
-              if r.get("step", 0) <= resume_step]
+      kept = [json.dumps(r) + "\n" for r in _parse_rows(self.path) if r.get("step", 0) <= resume_step]
       with atomic_write(self.path) as f:
         f.writelines(kept)
     try:
       from tensorboardX import SummaryWriter
+
       self._tb = SummaryWriter(os.path.join(directory, "tensorboard"))
     except ImportError:
       self._tb = None
@@ -101,14 +109,16 @@ def plot_loss_curve(directory: str, title: str, key: str = "loss") -> str | None
     return None
   try:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:
     return None
   fig, ax = plt.subplots(figsize=(6, 3.5))
   # markers when there are few points: a one-point line is invisible
-  ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1.2,
-          marker="o" if len(rows) < 30 else None, ms=4)
+  ax.plot(
+    [r["step"] for r in rows], [r[key] for r in rows], lw=1.2, marker="o" if len(rows) < 30 else None, ms=4
+  )
   ax.set_xlabel("step")
   ax.set_ylabel(key)
   ax.set_title(title)

@@ -27,7 +27,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zebra_jax.cli import (  # noqa: F401  (the exit codes, kept importable from here)
-    EXIT_DISK_FULL, EXIT_NON_FINITE, EXIT_PREEMPTED, script_errors)
+  EXIT_DISK_FULL,
+  EXIT_NON_FINITE,
+  EXIT_PREEMPTED,
+  script_errors,
+)
 from zebra_jax.parallel.sharding import DEFAULT_RULES, activation_mesh, param_shardings
 from zebra_jax.train.checkpoint import StageCheckpointer, abstract_like
 from zebra_jax.train.metrics import MetricsWriter, is_writer, peak_flops_per_device, plot_loss_curve
@@ -59,9 +63,9 @@ class BatchIterator(Protocol):
 class TrainSpec:
   steps: int
   lr: float
-  batch_size: int                 # sequences per optimiser step (global)
+  batch_size: int  # sequences per optimiser step (global)
   seq_len: int
-  grad_accum: int = 1             # micro-batches per step; batch_size % grad_accum == 0
+  grad_accum: int = 1  # micro-batches per step; batch_size % grad_accum == 0
   warmup_frac: float = 0.01
   weight_decay: float = 0.0
   grad_clip: float | None = 1.0
@@ -74,6 +78,7 @@ class TrainSpec:
   def validate(self, mesh: Mesh, where: str) -> None:
     def bad(msg):
       raise ValueError(f"{where}: {msg}")
+
     if self.steps <= 0:
       bad(f"steps must be positive, got {self.steps}")
     if self.batch_size <= 0 or self.grad_accum <= 0 or self.batch_size % self.grad_accum:
@@ -81,8 +86,10 @@ class TrainSpec:
     micro = self.batch_size // self.grad_accum
     shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
     if micro % shards:
-      bad(f"micro-batch {micro} (batch_size/grad_accum) is not divisible by the mesh's "
-          f"data x fsdp = {shards} devices")
+      bad(
+        f"micro-batch {micro} (batch_size/grad_accum) is not divisible by the mesh's "
+        f"data x fsdp = {shards} devices"
+      )
     if not self.lr > 0 or not math.isfinite(self.lr):
       bad(f"lr must be a positive number, got {self.lr}")
 
@@ -136,8 +143,9 @@ def batch_shardings(mesh: Mesh, batch: dict) -> dict:
   return {k: batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
 
 
-def optimizer_state_shardings(optimizer: optax.GradientTransformation, trainable_state,
-                              trainable_shardings, mesh: Mesh):
+def optimizer_state_shardings(
+  optimizer: optax.GradientTransformation, trainable_state, trainable_shardings, mesh: Mesh
+):
   """Shardings of `optimizer.init(trainable_state)`: every parameter-shaped leaf (Adam mu/nu) is
   sharded like its parameter, everything else (step counts) replicated. `trainable_state` may be
   abstract (ShapeDtypeStructs). Without this, jit places the zeros of `optimizer.init` on one
@@ -145,13 +153,23 @@ def optimizer_state_shardings(optimizer: optax.GradientTransformation, trainable
   abstract = jax.eval_shape(optimizer.init, trainable_state)
   replicated = NamedSharding(mesh, P())
   return optax.tree_utils.tree_map_params(
-      optimizer, lambda _, s: s, abstract, trainable_shardings,
-      transform_non_params=lambda _: replicated)
+    optimizer, lambda _, s: s, abstract, trainable_shardings, transform_non_params=lambda _: replicated
+  )
 
 
-def build_train_step(graphdef, teacher_graphdefs: dict, optimizer: optax.GradientTransformation,
-                     loss_fn: LossFn, grad_accum: int, *, trainable_shardings, opt_shardings,
-                     frozen_shardings, teacher_shardings: dict, batch_shardings):
+def build_train_step(
+  graphdef,
+  teacher_graphdefs: dict,
+  optimizer: optax.GradientTransformation,
+  loss_fn: LossFn,
+  grad_accum: int,
+  *,
+  trainable_shardings,
+  opt_shardings,
+  frozen_shardings,
+  teacher_shardings: dict,
+  batch_shardings,
+):
   """The jitted optimiser step `StageTrainer` runs, built from graphdefs and shardings alone, so it
   can be lowered for abstract (nnx.eval_shape) models and compile-only devices (distill/aot.py).
 
@@ -195,8 +213,7 @@ def build_train_step(graphdef, teacher_graphdefs: dict, optimizer: optax.Gradien
     trainable = optax.apply_updates(trainable, updates)
     # param_norm is inf/NaN when an update overflowed the weights (loss and grads still finite):
     # the non-finite check then stops the run before that state is checkpointed.
-    out = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.global_norm(trainable),
-           **metrics}
+    out = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.global_norm(trainable), **metrics}
     return trainable, opt_state, out
 
   def step_on_mesh(*args):
@@ -205,31 +222,50 @@ def build_train_step(graphdef, teacher_graphdefs: dict, optimizer: optax.Gradien
       return step(*args)
 
   return jax.jit(
-      step_on_mesh,
-      in_shardings=(trainable_shardings, opt_shardings, frozen_shardings, teacher_shardings,
-                    batch_shardings),
-      out_shardings=(trainable_shardings, opt_shardings, None),
-      donate_argnums=(0, 1))
+    step_on_mesh,
+    in_shardings=(trainable_shardings, opt_shardings, frozen_shardings, teacher_shardings, batch_shardings),
+    out_shardings=(trainable_shardings, opt_shardings, None),
+    donate_argnums=(0, 1),
+  )
 
 
 def stage_optimizer(spec: TrainSpec, trainable_state, lr_scale=None) -> optax.GradientTransformation:
   """The stage's AdamW (warmup + cosine, clipping); lr_scale(path) -> the learning-rate multiplier
   of the trainable parameter at that path (None: every one at spec.lr). The trainer and the AOT
   compiler build it the same way, so both see the same optimiser state."""
-  scales = None if lr_scale is None else jax.tree_util.tree_map_with_path(
-      lambda kp, _: float(lr_scale(key_names(kp))), trainable_state)
-  return make_optimizer(spec.lr, spec.steps, warmup_frac=spec.warmup_frac,
-                        weight_decay=spec.weight_decay, grad_clip=spec.grad_clip, lr_scales=scales)
+  scales = (
+    None
+    if lr_scale is None
+    else jax.tree_util.tree_map_with_path(lambda kp, _: float(lr_scale(key_names(kp))), trainable_state)
+  )
+  return make_optimizer(
+    spec.lr,
+    spec.steps,
+    warmup_frac=spec.warmup_frac,
+    weight_decay=spec.weight_decay,
+    grad_clip=spec.grad_clip,
+    lr_scales=scales,
+  )
 
 
 class StageTrainer:
   """Runs one training stage; see the module docstring."""
 
-  def __init__(self, *, name: str, workdir: str, model: nnx.Module, loss_fn: LossFn,
-               spec: TrainSpec, mesh: Mesh, teachers: dict[str, nnx.Module] | None = None,
-               trainable: Callable[[tuple, Any], bool] | None = None,
-               flops_per_token: float | None = None, rules=DEFAULT_RULES,
-               lr_scale: Callable[[tuple], float] | None = None):
+  def __init__(
+    self,
+    *,
+    name: str,
+    workdir: str,
+    model: nnx.Module,
+    loss_fn: LossFn,
+    spec: TrainSpec,
+    mesh: Mesh,
+    teachers: dict[str, nnx.Module] | None = None,
+    trainable: Callable[[tuple, Any], bool] | None = None,
+    flops_per_token: float | None = None,
+    rules=DEFAULT_RULES,
+    lr_scale: Callable[[tuple], float] | None = None,
+  ):
     spec.validate(mesh, f"stage {name!r}")
     self.name, self.spec, self.mesh, self.rules = name, spec, mesh, rules
     self.dir = os.path.join(workdir, name)
@@ -265,11 +301,17 @@ class StageTrainer:
     key = tuple(sorted((k, len(v.shape)) for k, v in batch.items()))
     if key not in self._step_fns:
       self._step_fns[key] = build_train_step(
-          self.graphdef, {k: gd for k, (gd, _) in self.teacher_defs.items()}, self.optimizer,
-          self._loss_fn, self.spec.grad_accum, trainable_shardings=self.tr_shard,
-          opt_shardings=self.opt_shard, frozen_shardings=self.fr_shard,
-          teacher_shardings=jax.tree.map(lambda x: x.sharding, self.teacher_states),
-          batch_shardings=batch_shardings(self.mesh, batch))
+        self.graphdef,
+        {k: gd for k, (gd, _) in self.teacher_defs.items()},
+        self.optimizer,
+        self._loss_fn,
+        self.spec.grad_accum,
+        trainable_shardings=self.tr_shard,
+        opt_shardings=self.opt_shard,
+        frozen_shardings=self.fr_shard,
+        teacher_shardings=jax.tree.map(lambda x: x.sharding, self.teacher_states),
+        batch_shardings=batch_shardings(self.mesh, batch),
+      )
     return self._step_fns[key]
 
   # -- the loop ----------------------------------------------------------------------------------
@@ -281,8 +323,10 @@ class StageTrainer:
     rows = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in batch.items()}
     n = next(iter(rows.values()), None)
     if any(r is None or r != n for r in rows.values()):
-      raise ValueError(f"[{self.name}] every batch field needs the same leading row axis; got "
-                       f"rows {rows} (a per-batch scalar has no row to shard)")
+      raise ValueError(
+        f"[{self.name}] every batch field needs the same leading row axis; got "
+        f"rows {rows} (a per-batch scalar has no row to shard)"
+      )
 
     def shape(x):
       x = np.asarray(x)
@@ -298,8 +342,9 @@ class StageTrainer:
 
   def run(self, data: BatchIterator) -> nnx.Module:
     spec = self.spec
-    ckpt = StageCheckpointer(os.path.join(self.dir, "checkpoints"), keep_last=spec.keep_last,
-                             async_save=spec.async_checkpoint)
+    ckpt = StageCheckpointer(
+      os.path.join(self.dir, "checkpoints"), keep_last=spec.keep_last, async_save=spec.async_checkpoint
+    )
     start = 0
     if ckpt.latest_step():
       target = {"trainable": abstract_like(self.trainable), "opt_state": abstract_like(self.opt_state)}
@@ -343,9 +388,10 @@ class StageTrainer:
         if not all(math.isfinite(v) for v in m.values()):
           bad = {k: v for k, v in m.items() if not math.isfinite(v)}
           raise NonFiniteLossError(
-              f"[{self.name}] non-finite metrics at step {s}: {bad}. Stopped without saving; the last "
-              f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower the learning "
-              "rate or check the data, then rerun the same command to resume from it.")
+            f"[{self.name}] non-finite metrics at step {s}: {bad}. Stopped without saving; the last "
+            f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower the learning "
+            "rate or check the data, then rerun the same command to resume from it."
+          )
         last = (s, m)
       if last is None or not write:
         return None
@@ -362,8 +408,9 @@ class StageTrainer:
       writer.write(s, m)
       t_last, steps_since = time.perf_counter(), steps_since - steps_done
       if bar is not None:
-        bar.set_postfix({k: f"{v:.4g}" for k, v in m.items()
-                         if k in ("loss", "tokens_per_s", "mfu", "grad_norm")})
+        bar.set_postfix(
+          {k: f"{v:.4g}" for k, v in m.items() if k in ("loss", "tokens_per_s", "mfu", "grad_norm")}
+        )
       return m
 
     step = start
@@ -373,7 +420,8 @@ class StageTrainer:
         # the next batch is read and placed while the device still runs the step before
         batch = self._device_batch(next(data))
         self.trainable, self.opt_state, metrics = self._step_fn(batch)(
-            self.trainable, self.opt_state, self.frozen, self.teacher_states, batch)
+          self.trainable, self.opt_state, self.frozen, self.teacher_states, batch
+        )
         step += 1
         steps_since += 1
         pending.append((step, metrics))
@@ -381,6 +429,7 @@ class StageTrainer:
           bar.update(1)
         elif show_bar:
           from tqdm.auto import tqdm
+
           bar = tqdm(total=spec.steps, initial=step, desc=self.name, dynamic_ncols=True)
         stop = preempted["flag"]  # read once: the signal may land anywhere in this iteration
         at_ckpt = step % spec.checkpoint_every == 0 or step == spec.steps or stop
@@ -396,12 +445,14 @@ class StageTrainer:
         elif at_log:
           log_due = step
         if at_ckpt:
-          ckpt.save(step, {"trainable": self.trainable, "opt_state": self.opt_state},
-                    data.get_state(), force=True)
+          ckpt.save(
+            step, {"trainable": self.trainable, "opt_state": self.opt_state}, data.get_state(), force=True
+          )
         if stop:
           ckpt.wait()
-          raise Preempted(f"[{self.name}] SIGTERM: saved step {step} to {ckpt.directory}; rerun the "
-                          "same command to resume")
+          raise Preempted(
+            f"[{self.name}] SIGTERM: saved step {step} to {ckpt.directory}; rerun the same command to resume"
+          )
       ckpt.wait()
     finally:
       if bar is not None:
@@ -411,8 +462,10 @@ class StageTrainer:
       if old_handler is not None:
         signal.signal(signal.SIGTERM, old_handler)
     if preempted["flag"]:  # SIGTERM after the last step: its checkpoint is saved, stop anyway
-      raise Preempted(f"[{self.name}] SIGTERM: finished and saved step {step} to {ckpt.directory}; "
-                      "rerun the same command to resume")
+      raise Preempted(
+        f"[{self.name}] SIGTERM: finished and saved step {step} to {ckpt.directory}; "
+        "rerun the same command to resume"
+      )
     plot_loss_curve(self.dir, f"{self.name} loss")
     nnx.update(self.model, self.trainable)
     return self.model

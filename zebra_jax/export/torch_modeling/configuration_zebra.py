@@ -12,22 +12,53 @@ class ZebraLlamaConfig(PretrainedConfig):
   model_type = "zebra_llama"
   keys_to_ignore_at_inference = ["past_key_values"]
 
-  def __init__(self, vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-               num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None,
-               head_dim=None, hidden_act="silu", rms_norm_eps=1e-6, rope_theta=10000.0,
-               rope_scaling=None, max_position_embeddings=2048, initializer_range=0.02,
-               use_cache=True, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
-               pad_token_id=None,
-               # layer pattern
-               mla_layers=(), attn_layers=(),
-               # MLA
-               q_lora_rank=None, kv_lora_rank=None, qk_rope_head_dim=None, qk_nope_head_dim=None,
-               v_head_dim=None, use_full_kv_head=False, use_lora_layer_norm=False,
-               lora_layer_norm_eps=1e-6, mla_rope_theta=None, mla_rope_scaling=None,
-               mla_layer_ranks=None,
-               # Mamba2
-               d_state=None, headdim=None, ngroups=None, d_conv=4, chunk_size=256, d_inner=None,
-               d_xb=None, conv_bias=True, gated_norm_eps=1e-5, **kwargs):
+  def __init__(
+    self,
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=None,
+    head_dim=None,
+    hidden_act="silu",
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    rope_scaling=None,
+    max_position_embeddings=2048,
+    initializer_range=0.02,
+    use_cache=True,
+    tie_word_embeddings=False,
+    bos_token_id=None,
+    eos_token_id=None,
+    pad_token_id=None,
+    # layer pattern
+    mla_layers=(),
+    attn_layers=(),
+    # MLA
+    q_lora_rank=None,
+    kv_lora_rank=None,
+    qk_rope_head_dim=None,
+    qk_nope_head_dim=None,
+    v_head_dim=None,
+    use_full_kv_head=False,
+    use_lora_layer_norm=False,
+    lora_layer_norm_eps=1e-6,
+    mla_rope_theta=None,
+    mla_rope_scaling=None,
+    mla_layer_ranks=None,
+    # Mamba2
+    d_state=None,
+    headdim=None,
+    ngroups=None,
+    d_conv=4,
+    chunk_size=256,
+    d_inner=None,
+    d_xb=None,
+    conv_bias=True,
+    gated_norm_eps=1e-5,
+    **kwargs,
+  ):
     if hidden_act != "silu":
       raise ValueError(f"hidden_act={hidden_act!r}: only silu (SwiGLU) is implemented")
     self.vocab_size = vocab_size
@@ -50,16 +81,16 @@ class ZebraLlamaConfig(PretrainedConfig):
     self.q_lora_rank = q_lora_rank
     self.kv_lora_rank = kv_lora_rank
     self.qk_rope_head_dim = self.head_dim // 2 if qk_rope_head_dim is None else qk_rope_head_dim
-    self.qk_nope_head_dim = (self.head_dim - self.qk_rope_head_dim if qk_nope_head_dim is None
-                             else qk_nope_head_dim)
+    self.qk_nope_head_dim = (
+      self.head_dim - self.qk_rope_head_dim if qk_nope_head_dim is None else qk_nope_head_dim
+    )
     self.v_head_dim = self.head_dim if v_head_dim is None else v_head_dim
     self.use_full_kv_head = use_full_kv_head
     self.use_lora_layer_norm = use_lora_layer_norm
     self.lora_layer_norm_eps = lora_layer_norm_eps
     self.mla_rope_theta = rope_theta if mla_rope_theta is None else mla_rope_theta
     self.mla_rope_scaling = mla_rope_scaling
-    self.mla_layer_ranks = ({str(k): list(v) for k, v in mla_layer_ranks.items()}
-                            if mla_layer_ranks else None)
+    self.mla_layer_ranks = {str(k): list(v) for k, v in mla_layer_ranks.items()} if mla_layer_ranks else None
     self.d_state = self.head_dim if d_state is None else d_state
     self.headdim = self.head_dim if headdim is None else headdim
     self.d_inner = num_attention_heads * self.head_dim if d_inner is None else d_inner
@@ -72,8 +103,13 @@ class ZebraLlamaConfig(PretrainedConfig):
     both = set(self.mla_layers) & set(self.attn_layers)
     if both:
       raise ValueError(f"layers {sorted(both)} are in both mla_layers and attn_layers")
-    super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                     tie_word_embeddings=tie_word_embeddings, **kwargs)
+    super().__init__(
+      bos_token_id=bos_token_id,
+      eos_token_id=eos_token_id,
+      pad_token_id=pad_token_id,
+      tie_word_embeddings=tie_word_embeddings,
+      **kwargs,
+    )
     self.tie_word_embeddings = tie_word_embeddings
 
   def to_dict(self):

@@ -74,8 +74,7 @@ def rope_inv_freq(dim, theta, scaling, max_position_embeddings):
     att = scaling.get("attention_factor")
     if att is None:
       m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
-      att = (_yarn_mscale(factor, m) / _yarn_mscale(factor, m_all) if m and m_all
-             else _yarn_mscale(factor))
+      att = _yarn_mscale(factor, m) / _yarn_mscale(factor, m_all) if m and m_all else _yarn_mscale(factor)
 
     def corr(rot):
       return dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(theta))
@@ -177,7 +176,7 @@ def grouped_attention(q, k, v, scale, q_index, key_valid):
   qg = q.float().reshape(B, T, G, H // G, q.shape[-1])
   scores = torch.einsum("btgrk,bsgk->bgrts", qg, k.float()) * scale
   s_idx = torch.arange(S, device=q.device)
-  causal = s_idx[None, :] <= q_index[:, None]                               # (T, S)
+  causal = s_idx[None, :] <= q_index[:, None]  # (T, S)
   allowed = (causal[None] & key_valid[:, None, :]) | (s_idx[None, None, :] == q_index[None, :, None])
   scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
   probs = scores.softmax(dim=-1)
@@ -193,8 +192,7 @@ class ZebraAttention(nn.Module):
 
   def __init__(self, config, layer_idx):
     super().__init__()
-    d, H, G, K = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
-                  config.head_dim)
+    d, H, G, K = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim)
     self.H, self.G, self.K = H, G, K
     self.q_proj = nn.Linear(d, H * K, bias=False)
     self.k_proj = nn.Linear(d, G * K, bias=False)
@@ -211,7 +209,7 @@ class ZebraAttention(nn.Module):
     q, k = rope_rotate_half(q, cos, sin), rope_rotate_half(k, cos, sin)
     if entry is not None:
       k, v = torch.cat([entry[0], k], dim=1), torch.cat([entry[1], v], dim=1)
-    out = grouped_attention(q, k, v, self.K ** -0.5, q_index, key_valid)
+    out = grouped_attention(q, k, v, self.K**-0.5, q_index, key_valid)
     return self.o_proj(out.reshape(B, T, self.H * self.K)), (k, v)
 
 
@@ -240,7 +238,7 @@ class ZebraMLA(nn.Module):
     self.kv_b_proj = nn.Linear(r_kv, G * (self.d_n + self.d_v), bias=False)
     self.out_proj = nn.Linear(H * self.d_v, d, bias=False)
     self.rope = Rope(self.d_r, c.mla_rope_theta, c.mla_rope_scaling, c.max_position_embeddings)
-    self.scale = d_qk ** -0.5
+    self.scale = d_qk**-0.5
     scaling = c.mla_rope_scaling
     if scaling and scaling.get("mscale_all_dim"):  # DeepSeek's softmax correction (never in Zebra)
       m = _yarn_mscale(float(scaling["factor"]), float(scaling["mscale_all_dim"]))
@@ -257,9 +255,9 @@ class ZebraMLA(nn.Module):
         q_lat = self.q_a_layernorm(q_lat)
       q = self.q_b_proj(q_lat)
     q = q.view(B, T, self.H, self.d_n + self.d_r)
-    q_nope, q_pe = q[..., :self.d_n], q[..., self.d_n:]
+    q_nope, q_pe = q[..., : self.d_n], q[..., self.d_n :]
     kv_a = self.kv_a_proj_with_mqa(x)
-    c_kv, k_pe = kv_a[..., :self.r_kv], kv_a[..., self.r_kv:]
+    c_kv, k_pe = kv_a[..., : self.r_kv], kv_a[..., self.r_kv :]
     if hasattr(self, "kv_a_layernorm"):
       c_kv = self.kv_a_layernorm(c_kv)
     if self.d_r:
@@ -269,9 +267,9 @@ class ZebraMLA(nn.Module):
     if entry is not None:
       rows = torch.cat([entry, rows], dim=1)
     S = rows.shape[1]
-    kv = self.kv_b_proj(rows[..., :self.r_kv]).view(B, S, self.G, self.d_n + self.d_v)
-    k_nope, v = kv[..., :self.d_n], kv[..., self.d_n:]
-    k_pe_all = rows[..., self.r_kv:][:, :, None].to(k_nope.dtype).expand(B, S, self.G, self.d_r)
+    kv = self.kv_b_proj(rows[..., : self.r_kv]).view(B, S, self.G, self.d_n + self.d_v)
+    k_nope, v = kv[..., : self.d_n], kv[..., self.d_n :]
+    k_pe_all = rows[..., self.r_kv :][:, :, None].to(k_nope.dtype).expand(B, S, self.G, self.d_r)
     k = torch.cat([k_nope, k_pe_all], dim=-1)
     qf = torch.cat([q_nope, q_pe.to(q_nope.dtype)], dim=-1)
     out = grouped_attention(qf, k, v, self.scale, q_index, key_valid)
@@ -295,13 +293,13 @@ def ssd_chunked(x, dt, A, Bm, Cm, chunk, state):
   dt = dt.reshape(b, nc, L, h)
   Bm = Bm.reshape(b, nc, L, h, n)
   Cm = Cm.reshape(b, nc, L, h, n)
-  a_cum = torch.cumsum(dt * A, dim=2)                                          # (b, c, L, h)
-  seg = a_cum[:, :, :, None, :] - a_cum[:, :, None, :, :]                      # (b, c, t, s, h)
+  a_cum = torch.cumsum(dt * A, dim=2)  # (b, c, L, h)
+  seg = a_cum[:, :, :, None, :] - a_cum[:, :, None, :, :]  # (b, c, t, s, h)
   causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
   decay = torch.exp(seg.masked_fill(~causal[None, None, :, :, None], float("-inf")))
   scores = torch.einsum("bcthn,bcshn->bctsh", Cm, Bm)
   y = torch.einsum("bctsh,bcsh,bcshp->bcthp", scores * decay, dt, x)
-  to_end = torch.exp(a_cum[:, :, -1:, :] - a_cum)                              # (b, c, L, h)
+  to_end = torch.exp(a_cum[:, :, -1:, :] - a_cum)  # (b, c, L, h)
   chunk_states = torch.einsum("bclh,bclhp,bclhn->bchpn", to_end * dt, x, Bm)
   y_prev = []
   for ci in range(nc):  # carry the state across chunks
@@ -325,8 +323,7 @@ class ZebraMamba2(nn.Module):
     self.chunk = c.chunk_size
     self.conv_dim = 2 * self.X + self.E
     self.in_proj = nn.Linear(d, 2 * self.E + 2 * self.X + self.H, bias=False)
-    self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.K, groups=self.conv_dim,
-                            bias=c.conv_bias)
+    self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.K, groups=self.conv_dim, bias=c.conv_bias)
     self.A_log = nn.Parameter(torch.zeros(self.H))
     self.D = nn.Parameter(torch.ones(self.H))
     self.dt_bias = nn.Parameter(torch.zeros(self.H))
@@ -337,7 +334,7 @@ class ZebraMamba2(nn.Module):
     Bsz, T, _ = u.shape
     E, X = self.E, self.X
     zxbcdt = self.in_proj(u)
-    z, xBC, dt = zxbcdt[..., :E], zxbcdt[..., E:2 * E + 2 * X], zxbcdt[..., 2 * E + 2 * X:]
+    z, xBC, dt = zxbcdt[..., :E], zxbcdt[..., E : 2 * E + 2 * X], zxbcdt[..., 2 * E + 2 * X :]
     if token_valid is not None:  # pad steps: zero conv input, zero dt (state passes unchanged)
       xBC = xBC * token_valid[..., None].to(xBC.dtype)
       dt = dt.masked_fill(~token_valid[..., None], _MASKED_DT)
@@ -346,15 +343,16 @@ class ZebraMamba2(nn.Module):
       ssm_state = u.new_zeros(Bsz, self.H, self.P, self.N, dtype=torch.float32)
     else:
       conv_state, ssm_state = entry
-    xpad = torch.cat([conv_state.to(xBC.dtype), xBC], dim=1)                  # (B, K-1+T, C)
-    xc = F.conv1d(xpad.transpose(1, 2), self.conv1d.weight, self.conv1d.bias,
-                  groups=self.conv_dim).transpose(1, 2)
-    new_conv_state = xpad[:, xpad.shape[1] - (self.K - 1):]
+    xpad = torch.cat([conv_state.to(xBC.dtype), xBC], dim=1)  # (B, K-1+T, C)
+    xc = F.conv1d(xpad.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim).transpose(
+      1, 2
+    )
+    new_conv_state = xpad[:, xpad.shape[1] - (self.K - 1) :]
     xc = F.silu(xc)
     x = xc[..., :X].reshape(Bsz, T, X // self.P, self.P)
-    Bm = xc[..., X:2 * X].reshape(Bsz, T, X // self.N, self.N)
-    Cm = xc[..., 2 * X:].reshape(Bsz, T, self.G, self.N)
-    x = x.repeat_interleave(self.H // x.shape[2], dim=2)                        # GQA: group g -> heads
+    Bm = xc[..., X : 2 * X].reshape(Bsz, T, X // self.N, self.N)
+    Cm = xc[..., 2 * X :].reshape(Bsz, T, self.G, self.N)
+    x = x.repeat_interleave(self.H // x.shape[2], dim=2)  # GQA: group g -> heads
     Bm = Bm.repeat_interleave(self.G // Bm.shape[2], dim=2)
     Bm = Bm.repeat_interleave(self.H // self.G, dim=2)
     Cm = Cm.repeat_interleave(self.H // self.G, dim=2)
@@ -362,9 +360,10 @@ class ZebraMamba2(nn.Module):
     A = -torch.exp(self.A_log.float())
     xf = x.float()
     if T == 1:  # one decode step
-      dA = torch.exp(dt[:, 0] * A)                                              # (B, H)
-      ssm_state = (dA[:, :, None, None] * ssm_state
-                   + torch.einsum("bh,bhp,bhn->bhpn", dt[:, 0], xf[:, 0], Bm[:, 0].float()))
+      dA = torch.exp(dt[:, 0] * A)  # (B, H)
+      ssm_state = dA[:, :, None, None] * ssm_state + torch.einsum(
+        "bh,bhp,bhn->bhpn", dt[:, 0], xf[:, 0], Bm[:, 0].float()
+      )
       y = torch.einsum("bhpn,bhn->bhp", ssm_state, Cm[:, 0].float())[:, None]
     else:
       y, ssm_state = ssd_chunked(xf, dt, A, Bm.float(), Cm.float(), self.chunk, ssm_state)
@@ -395,6 +394,7 @@ class ZebraCache:
       if isinstance(x, tuple):
         return tuple(pick(t) for t in x)
       return x.index_select(0, beam_idx.to(x.device))
+
     self.entries = [pick(e) for e in self.entries]
     self.key_valid = pick(self.key_valid)
 
@@ -452,8 +452,7 @@ class ZebraLlamaModel(ZebraPreTrainedModel):
   def __init__(self, config):
     super().__init__(config)
     self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-    self.layers = nn.ModuleList([ZebraDecoderLayer(config, i)
-                                 for i in range(config.num_hidden_layers)])
+    self.layers = nn.ModuleList([ZebraDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
     self.norm = ZebraRMSNorm(config.hidden_size, config.rms_norm_eps)
     self.post_init()
 
@@ -474,8 +473,11 @@ class ZebraLlamaModel(ZebraPreTrainedModel):
       if attention_mask.dim() != 2 or attention_mask.shape[0] != B:
         raise ValueError(f"attention_mask must be (batch, length), got {tuple(attention_mask.shape)}")
       new_valid = attention_mask[:, -T:].to(dev).bool()
-    key_valid = new_valid if cache is None or cache.key_valid is None else \
-        torch.cat([cache.key_valid, new_valid], dim=1)
+    key_valid = (
+      new_valid
+      if cache is None or cache.key_valid is None
+      else torch.cat([cache.key_valid, new_valid], dim=1)
+    )
     if position_ids is None:  # count real tokens only: left padding keeps positions 0, 1, ...
       position_ids = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
     q_index = torch.arange(past, past + T, device=dev)
@@ -510,16 +512,27 @@ class ZebraLlamaForCausalLM(ZebraPreTrainedModel, GenerationMixin):
   def _supports_default_dynamic_cache(cls):
     return False  # our own ZebraCache is created in forward
 
-  def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-              use_cache=None, labels=None, logits_to_keep=0, return_dict=None, **kwargs):
+  def forward(
+    self,
+    input_ids=None,
+    attention_mask=None,
+    position_ids=None,
+    past_key_values=None,
+    use_cache=None,
+    labels=None,
+    logits_to_keep=0,
+    return_dict=None,
+    **kwargs,
+  ):
     if input_ids is None:
       raise ValueError("input_ids is required (inputs_embeds is not supported)")
     use_cache = self.config.use_cache if use_cache is None else use_cache
     cache = past_key_values if isinstance(past_key_values, ZebraCache) else None
     if cache is None and use_cache:
       cache = ZebraCache(self.config.num_hidden_layers)
-    h = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   cache=cache if use_cache else None)
+    h = self.model(
+      input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache if use_cache else None
+    )
     if logits_to_keep:
       h = h[:, -logits_to_keep:]
     if hasattr(self, "lm_head"):
@@ -528,17 +541,22 @@ class ZebraLlamaForCausalLM(ZebraPreTrainedModel, GenerationMixin):
       logits = F.linear(h, self.model.embed_tokens.weight)
     loss = None
     if labels is not None:
-      loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                             labels[:, 1:].reshape(-1), ignore_index=-100)
-    return CausalLMOutputWithPast(loss=loss, logits=logits,
-                                  past_key_values=cache if use_cache else None)
+      loss = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+      )
+    return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
 
-  def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                    use_cache=True, **kwargs):
+  def prepare_inputs_for_generation(
+    self, input_ids, past_key_values=None, attention_mask=None, use_cache=True, **kwargs
+  ):
     cache = past_key_values if isinstance(past_key_values, ZebraCache) else None
     seen = 0 if cache is None else cache.get_seq_length()
-    return {"input_ids": input_ids[:, seen:], "past_key_values": cache,
-            "attention_mask": attention_mask, "use_cache": use_cache}
+    return {
+      "input_ids": input_ids[:, seen:],
+      "past_key_values": cache,
+      "attention_mask": attention_mask,
+      "use_cache": use_cache,
+    }
 
   def _reorder_cache(self, past_key_values, beam_idx):
     past_key_values.reorder_cache(beam_idx)
