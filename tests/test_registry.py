@@ -148,6 +148,32 @@ def test_cleaning_functions():
   assert text.strip() == "body"
 
 
+def test_the_guard_removes_a_short_quotation_of_held_out_text_and_keeps_the_rest():
+  """Run 9's case: a collection of fortunes quoted four lines of Alice (each quotation well under
+  the old guard's 100-character paragraphs). A paragraph sharing 13 consecutive words with held-out
+  text goes, whatever its case and punctuation; 12 shared words are not enough; the rest of the
+  document stays verbatim; a document that is mostly held-out text is dropped whole."""
+  alice = (
+    "'You are old, Father William,' the young man said, 'And your hair has become very white; "
+    "And yet you incessantly stand on your head-- Do you think, at your age, it is right?'"
+  )
+  guard = R.guard_ngrams([alice])
+  words = R._guard_words(alice)
+  quote = "YOU ARE OLD father william the young man said... and your hair has become\n-- Lewis Carroll"
+  near = " ".join(words[:12]) + " and then something else entirely"  # 12 shared words only
+  clean_a = "Anyone can hold the helm when the sea is calm.\n-- Publilius Syrus " + "x" * 200
+  clean_b = "Nothing is as easy as it looks, said somebody who had tried it. " * 4
+  doc = "\n\n".join([clean_a, quote, near, clean_b])
+  mostly = "\n\n".join([alice, alice.upper(), "A short clean tail."])
+  kept, dropped, removed = R.contamination_filter([doc, mostly, clean_b], guard)
+  assert kept == ["\n\n".join([clean_a, near, clean_b]), clean_b]
+  assert (dropped, removed) == (1, 1)
+  # the spans are those of a plain word list: an independent count of the quote's shared spans
+  qw = R._guard_words(quote)
+  shared = [i for i in range(len(qw) - 12) if " ".join(qw[i : i + 13]) in " ".join(words)]
+  assert shared and len(qw) < 20
+
+
 def test_dedup_and_contamination_guard(tmp_path):
   reg, cache = _fake_registry(tmp_path)
   ev = R.source_documents("ev", cache, registry=reg)
@@ -157,8 +183,20 @@ def test_dedup_and_contamination_guard(tmp_path):
   assert [R.text_hash(d) for d in a] == [R.text_hash(P_X), R.text_hash(P_Z)]  # dup and contaminated gone
   assert [R.text_hash(d) for d in b] == [R.text_hash(P_Y)]  # X already in a (earlier training source)
   ia, ib = R.source_info("a", cache, registry=reg), R.source_info("b", cache, registry=reg)
-  assert ia["dedup"] == {"extracted": 4, "duplicates_within": 1, "duplicates_across": 0, "contaminated": 1}
-  assert ib["dedup"] == {"extracted": 2, "duplicates_within": 0, "duplicates_across": 1, "contaminated": 0}
+  assert ia["dedup"] == {
+    "extracted": 4,
+    "duplicates_within": 1,
+    "duplicates_across": 0,
+    "contaminated": 1,
+    "contaminated_paragraphs_removed": 0,
+  }
+  assert ib["dedup"] == {
+    "extracted": 2,
+    "duplicates_within": 0,
+    "duplicates_across": 1,
+    "contaminated": 0,
+    "contaminated_paragraphs_removed": 0,
+  }
   for key in (
     "package",
     "version",
@@ -539,20 +577,26 @@ def test_extract_fortunes(tmp_path):
   ]
 
 
-def test_the_smollm2_recipe_mixes_run_8s_sources_unless_asked_for_all():
-  """configs/smollm2_135m.py reproduces the published run (run 8's 18 sources: the registry's
-  first 18, so the cross-source dedup is run 8's); ':9,all_sources' mixes every training source
-  (run 9's candidate); an unknown option is one clear error."""
+def test_the_smollm2_recipe_mixes_run_9s_sources_in_registry_order():
+  """configs/smollm2_135m.py reproduces the published run (run 9's 24 sources, named in the config
+  so a source added to the registry later does not change it; in the registry's order, so the
+  cross-source dedup is run 9's); ':9,all_sources' mixes every training source the registry holds;
+  an unknown option is one clear error."""
   import sys
 
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from _runs import load_config_file
   from zebra_jax.distill.config import validate
 
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+  import smollm2_135m
+
   train = R.training_sources()
+  assert list(smollm2_135m.RUN9_SOURCES) == train[: len(smollm2_135m.RUN9_SOURCES)]
+  assert smollm2_135m.RUN9_SOURCES[:18] == smollm2_135m.RUN8_SOURCES
   committed = load_config_file("smollm2_135m")
-  assert set(committed.data.mix) == set(train[:18]) | {"teacher_samples"}
-  assert {"sotu_addresses", "fortunes"}.isdisjoint(committed.data.mix)
+  assert set(committed.data.mix) == set(train[:24]) | {"teacher_samples"}
+  assert {"sotu_addresses", "fortunes", "botchan"} <= set(committed.data.mix)
   every = load_config_file("smollm2_135m", "9,all_sources")
   assert set(every.data.mix) == set(train) | {"teacher_samples"} and every.model.n_mla == 9
   validate(every)

@@ -11,8 +11,9 @@ copy the `sources/` directory (or the whole cache) to an offline machine.
 
 Training sources and held-out (evaluation-only) sources. Held-out sources are never trained on: the
 config's `validate()` and the pipeline's source resolution refuse them, and every training source is
-built with a contamination guard that drops any document sharing a normalised paragraph (>= 100
-characters) with a held-out source. Exact duplicates (normalised text) are dropped within a source and
+built with a contamination guard: a paragraph that shares a span of GUARD_NGRAM (13) words with a
+held-out source is removed (a quotation of Alice in a collection of fortunes), and a document that
+loses more than half its text that way is dropped whole. Exact duplicates (normalised text) are dropped within a source and
 across training sources (a document already in an earlier training source, in registry order).
 
 Public API
@@ -61,14 +62,16 @@ from zebra_jax.data.fetch import fetch_distribution
 from zebra_jax.assets import resolve_cache_dir, smollm2_gguf_path
 from zebra_jax.data.corpus import documents_from_wheel
 
-CLEANING_VERSION = 1  # bump when extraction / cleaning / dedup change, so caches are rebuilt
+CLEANING_VERSION = 2  # bump when extraction / cleaning / dedup change, so caches are rebuilt
 KINDS = ("literature", "technical", "reference", "conversational", "instructional", "news", "reviews")
 DOCUMENTS_FILE = "documents.jsonl"
 INFO_FILE = "info.json"
 MIN_CHARS = 200  # shorter documents are dropped (short items are merged first)
 TARGET_CHARS = 4000  # short items (sentences, dialogue pairs, synsets) are merged up to about this size
 MAX_CHARS = 20000  # longer texts are split at paragraph boundaries
-GUARD_MIN_CHARS = 100  # paragraphs at least this long take part in the contamination guard
+# a training paragraph sharing this many consecutive words with held-out text is removed: GPT-3's
+# decontamination length, long enough that common phrases ("on the other hand, it is not ...") pass
+GUARD_NGRAM = 13
 SAMPLES_TOKEN = "teacher_samples"  # the samples stage's artifact (distill/samples.py), mixable by name
 SOURCE_PREFIX = "source:"
 
@@ -408,11 +411,6 @@ def text_hash(text: str) -> str:
   return hashlib.sha1(normalized_key(text).encode("utf-8")).hexdigest()
 
 
-def paragraphs(text: str, min_chars: int = GUARD_MIN_CHARS) -> list[str]:
-  """Blank-line-separated paragraphs of at least min_chars (after normalisation)."""
-  return [p for p in re.split(r"\n\s*\n", text) if len(normalized_key(p)) >= min_chars]
-
-
 def dedup_documents(docs: Sequence[str], seen: set[str] | None = None) -> tuple[list[str], int]:
   """Drops exact duplicates (normalised text) within docs and of hashes in `seen` (updated in place).
   Returns (kept documents, number dropped)."""
@@ -426,15 +424,42 @@ def dedup_documents(docs: Sequence[str], seen: set[str] | None = None) -> tuple[
   return kept, len(docs) - len(kept)
 
 
-def guard_hashes(docs: Sequence[str]) -> set[str]:
-  """Hashes of the normalised paragraphs (>= GUARD_MIN_CHARS) of held-out documents."""
-  return {text_hash(p) for d in docs for p in paragraphs(d)}
+def _guard_words(text: str) -> list[str]:
+  """What the guard compares: lower-case runs of letters and digits (punctuation and layout ignored)."""
+  return re.findall(r"[^\W_]+", text.lower())
 
 
-def contamination_filter(docs: Sequence[str], guard: set[str]) -> tuple[list[str], int]:
-  """Drops every document that shares a normalised paragraph (>= GUARD_MIN_CHARS) with the guard set."""
-  kept = [d for d in docs if not any(text_hash(p) in guard for p in paragraphs(d))]
-  return kept, len(docs) - len(kept)
+def _word_spans(words: Sequence[str], n: int = GUARD_NGRAM) -> Iterator[int]:
+  # hash() of str is salted per process: the set is built and probed in one process, never stored
+  return (hash(" ".join(words[i : i + n])) for i in range(len(words) - n + 1))
+
+
+def guard_ngrams(texts: Sequence[str]) -> set[int]:
+  """The GUARD_NGRAM-word spans of held-out texts (hashed), spans across their paragraphs included."""
+  spans: set[int] = set()
+  for t in texts:
+    spans.update(_word_spans(_guard_words(t)))
+  return spans
+
+
+def contamination_filter(docs: Sequence[str], guard: set[int]) -> tuple[list[str], int, int]:
+  """Removes every paragraph (blank-line separated) that shares a GUARD_NGRAM-word span with the
+  guard; a document that loses more than half its characters, or falls under MIN_CHARS, is dropped.
+  Returns (kept documents, documents dropped, paragraphs removed from kept documents)."""
+  kept, dropped, removed = [], 0, 0
+  for d in docs:
+    parts = re.split(r"\n\s*\n", d)
+    clean = [p for p in parts if not any(h in guard for h in _word_spans(_guard_words(p)))]
+    if len(clean) == len(parts):
+      kept.append(d)
+      continue
+    text = "\n\n".join(clean)
+    if len(text) < max(MIN_CHARS, len(d) / 2):
+      dropped += 1
+    else:
+      kept.append(text)
+      removed += len(parts) - len(clean)
+  return kept, dropped, removed
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1672,20 +1697,20 @@ def _build(src: Source, registry: Mapping[str, Source], cache_dir) -> str:
   root = sources_root(cache_dir)
   final = os.path.join(root, _dir_name(src))
   deps = _dependencies(src, registry)
-  guard: set[str] = set()
+  guard: set[int] = set()
   seen: set[str] = set()
   for dep in deps:  # built (or read from the cache) before this source's own download
     d = registry[dep]
     if d.heldout:
-      guard |= guard_hashes(_guard_texts(d, registry, cache_dir))
+      guard |= guard_ngrams(_guard_texts(d, registry, cache_dir))
     else:
       seen |= {text_hash(t) for t in source_documents(dep, cache_dir, registry=registry)}
   archive = src.fetch(cache_dir)
   raw = finalize(src.extract(archive))
   docs, dup_within = dedup_documents(raw)
-  dup_across = contaminated = 0
+  dup_across = contaminated = redacted = 0
   if not src.heldout:
-    docs, contaminated = contamination_filter(docs, guard)
+    docs, contaminated, redacted = contamination_filter(docs, guard)
     before = len(docs)
     docs = [d for d in docs if text_hash(d) not in seen]
     dup_across = before - len(docs)
@@ -1720,6 +1745,7 @@ def _build(src: Source, registry: Mapping[str, Source], cache_dir) -> str:
         "duplicates_within": dup_within,
         "duplicates_across": dup_across,
         "contaminated": contaminated,
+        "contaminated_paragraphs_removed": redacted,
       },
       "depends_on": _fingerprint(src, registry),
       "cleaning_version": CLEANING_VERSION,
