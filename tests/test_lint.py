@@ -88,3 +88,24 @@ def test_project_imports_are_at_module_level_unless_a_comment_says_why():
     "function-level project imports without a `# lazy: <why>` comment "
     "(move them to module level or say why they cannot be):\n  " + "\n  ".join(unexplained)
   )
+
+
+def test_the_architecture_map_names_only_modules_that_exist():
+  """docs/architecture.md is the newcomer's path from scripts/distill.py and generate to a kernel:
+  every module it names must exist, so a move or rename that forgets the map fails here."""
+  import re
+
+  text = open(os.path.join(ROOT, "docs", "architecture.md")).read()
+  named = set(
+    re.findall(r"\b((?:zebra_jax|kernels_pallas|models|ops|infer|scripts)/[\w/]*\w(?:\.py)?)", text)
+  )
+  assert len(named) > 20, named
+  # "ops/ssd.ssd_scan" names ops/ssd.py's ssd_scan
+  missing = [
+    p
+    for p in sorted(named)
+    if not any(
+      os.path.exists(os.path.join(ROOT, b, p + ext)) for b in ("", "zebra_jax") for ext in ("", ".py")
+    )
+  ]
+  assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
