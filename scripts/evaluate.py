@@ -87,13 +87,10 @@ def _dump(res, path):
 
 
 def _texts_to_tokens(tok, files, add_bos=True):
-  from zebra_jax.eval.ppl import encode_text  # lazy: --help runs without jax, flax, optax
+  """One token sequence per document: a text file, or each {"text"} row of a *.jsonl file."""
+  from zebra_jax.eval.ppl import encode_text, file_documents  # lazy: --help runs without jax, flax, optax
 
-  seqs = []
-  for p in files:
-    with open(p, encoding="utf-8") as f:
-      seqs.append(encode_text(tok, f.read(), add_bos))
-  return seqs
+  return [encode_text(tok, d, add_bos) for p in files for d in file_documents(p)]
 
 
 def cmd_perplexity(a):
@@ -173,6 +170,10 @@ def cmd_suite(a):
     if len(a.labels) != len(students):
       raise ScriptError(f"{len(a.labels)} --labels for {len(students)} checkpoints")
     students = list(zip(a.labels, students))
+  for s in students:  # before the teacher's lookup, whose message would hide a mistyped path
+    path = s[1] if isinstance(s, tuple) else s.split("=")[-1]
+    if os.sep in path and not os.path.exists(path):
+      raise ScriptError(f"--checkpoint {path}: no such file or directory")
   teacher = a.teacher
   if teacher is None:
     first = students[0][1] if isinstance(students[0], tuple) else students[0].split("=")[-1]

@@ -135,6 +135,38 @@ def test_perplexity_matches_transformers(llama, tmp_path):
   assert abs(fres["bits_per_byte"] - loss * (n - 1) / math.log(2) / len(TEXT.encode())) < 1e-6
 
 
+def test_a_jsonl_file_is_scored_row_by_row_not_as_json_text(llama, tmp_path):
+  """`evaluate.py perplexity --files data.jsonl` scores each {"text"} row as a document (as the
+  training data reads the file), not the file's JSON syntax; the NLL is transformers' summed
+  per-row loss. A row that is not text is a one-line DataError naming the line."""
+  import json
+
+  from zebra_jax.data.sources import DataError
+
+  model, out, tok = llama
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  rows = [TEXT, TEXT[:60]]
+  ref_nll = 0.0
+  with torch.no_grad():
+    for r in rows:
+      ids = tok.encode(r)
+      ref_nll += hf(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item() * (len(ids) - 1)
+  p = tmp_path / "rows.jsonl"
+  p.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows) + "\n")
+  res = perplexity_of_files(model, tok, [p], max_length=256)
+  (entry,) = res["per_sequence"]
+  assert entry["documents"] == 2 and abs(entry["nll"] - ref_nll) < 1e-4 * ref_nll
+  assert entry["bytes"] == sum(len(r.encode()) for r in rows)
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"text": "fine"}\n{"text": 5}\n')
+  with pytest.raises(DataError, match=r"bad.jsonl:2: 'text' must be a string"):
+    perplexity_of_files(model, tok, [bad], max_length=256)
+  chat = tmp_path / "chat.jsonl"
+  chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+  with pytest.raises(DataError, match=r"chat.jsonl:1: a chat 'messages' row"):
+    perplexity_of_files(model, tok, [chat], max_length=256)
+
+
 # ------------------------------------------------------------------------------------------------
 # teacher agreement
 # ------------------------------------------------------------------------------------------------

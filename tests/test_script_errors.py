@@ -95,6 +95,18 @@ def test_a_saved_directory_without_params_says_so(tmp_path, capsys):
   )
 
 
+def test_the_suite_names_a_mistyped_checkpoint_before_anything_else(tmp_path, capsys):
+  """It said "--teacher is required (no teacher recorded next to the checkpoint)", hiding the typo."""
+  missing = tmp_path / "wokrdir" / "kd" / "model"
+  line = _fails(
+    capsys,
+    load_script("evaluate").main,
+    ["suite", "--checkpoint", str(missing), "--out", str(tmp_path / "s")],
+  )
+  assert line == f"error: --checkpoint {missing}: no such file or directory"
+  assert not (tmp_path / "s").exists()
+
+
 def test_a_binary_data_file_is_named(tmp_path, capsys):
   """A binary file given as text was a UnicodeDecodeError naming no file."""
   data = tmp_path / "corpus.txt"
@@ -144,11 +156,25 @@ def test_distill_names_a_config_override_that_is_no_field():
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
   """A missing `--config` file was a chained traceback from deep in the run (ml_collections keeps
   a placeholder that raises on first use); a config whose get_config() raises was its traceback
-  inside the flag error. Both: one line naming the flag and file, exit 2."""
+  inside the flag error; a file that does not compile or import was a raw traceback. All: one
+  line naming the flag and file, exit 2."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   bad = tmp_path / "bad.py"
   bad.write_text("def get_config():\n  raise ValueError('boom')\n")
+  typo, missing_import = tmp_path / "typo.py", tmp_path / "imports.py"
+  typo.write_text("def get_config()\n  return None\n")
+  missing_import.write_text("import no_such_module_zj\n")
   for config, want in [
+    (
+      str(typo),
+      f"error: --config {typo}: the config file did not load (SyntaxError: expected ':', line 1; "
+      "ZEBRA_JAX_DEBUG=1 shows the traceback)",
+    ),
+    (
+      str(missing_import),
+      f"error: --config {missing_import}: the config file did not load (ModuleNotFoundError: No module "
+      "named 'no_such_module_zj'; ZEBRA_JAX_DEBUG=1 shows the traceback)",
+    ),
     (
       str(tmp_path / "missing.py"),
       f"error: --config {tmp_path / 'missing.py'}: the config file did not load (no such file)",

@@ -182,6 +182,16 @@ def _check_config_files(flag_values) -> None:
     sys.exit(EXIT_ERROR)
 
 
+def _config_arg(argv: list[str]) -> str:
+  """The FILE of `--config FILE` / `--config=FILE` in argv ("?" when absent)."""
+  for i, a in enumerate(argv):
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+  return "?"
+
+
 def parse_absl_flags(argv: list[str]) -> list[str]:
   """`app.run(main, flags_parser=parse_absl_flags)`: a bad flag, or a `--config.x.y=v` override
   that names no config field (ml_collections raises KeyError / AttributeError, a traceback under
@@ -202,6 +212,16 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
       print(f"error: {first}: {last} ({DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
     else:
       print(f"error: {text} (--help lists the flags)", file=sys.stderr)
+  except (SyntaxError, ImportError, NameError) as e:  # the config file itself does not run
+    if debug():
+      traceback.print_exc()
+    where = f", line {e.lineno}" if isinstance(e, SyntaxError) and e.lineno else ""
+    reason = (e.msg if isinstance(e, SyntaxError) else str(e)) or type(e).__name__
+    print(
+      f"error: --config {_config_arg(argv)}: the config file did not load "
+      f"({type(e).__name__}: {reason}{where}; {DEBUG_ENV}=1 shows the traceback)",
+      file=sys.stderr,
+    )
   except (KeyError, AttributeError) as e:
     if debug():
       traceback.print_exc()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Sequence
 
-
+from zebra_jax.data import sources
 from zebra_jax.eval.scoring import TokenScorer, rolling_windows
 
 
@@ -62,6 +63,34 @@ def encode_text(tokenizer, text: str, add_bos: bool = True) -> list[int]:
   return ids
 
 
+def file_documents(path: str | os.PathLike) -> list[str]:
+  """The documents of one file, as the training data reads them: each {"text": ...} row of a
+  *.jsonl / *.json file, the whole text of anything else. A row that is not a text (a chat
+  "messages" row, a missing or non-string "text") is a DataError naming the file and line, so a
+  JSON file is never scored as one document of JSON syntax."""
+  path = os.fspath(path)
+  if not path.endswith(sources.JSONL_SUFFIXES):
+    with open(path, encoding="utf-8") as f:
+      return [f.read()]
+  docs = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{lineno}"
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise sources.DataError(f"{where}: invalid JSON ({e.msg})") from None
+      doc = sources.parse_record(obj, where)
+      if not isinstance(doc, str):
+        raise sources.DataError(f"{where}: a chat 'messages' row; perplexity scores {{\"text\": ...}} rows")
+      docs.append(doc)
+  if not docs:
+    raise sources.DataError(f"{path}: no rows to score")
+  return docs
+
+
 def perplexity_of_files(
   model,
   tokenizer,
@@ -72,25 +101,36 @@ def perplexity_of_files(
   batch_size: int = 8,
   add_bos: bool = True,
 ) -> dict:
-  """Perplexity of each UTF-8 text file (one document each) and of all of them together.
+  """Perplexity of each UTF-8 file and of all of them together. A text file is one document; each
+  row of a *.jsonl / *.json file ({"text": ...}) is one (`file_documents`), scored on its own.
 
   Also reports bits per byte (NLL in bits / UTF-8 bytes), which does not depend on the tokenizer.
+  "per_sequence" has one entry per file (its documents summed).
   """
-  docs = []
-  for p in paths:
-    with open(p, encoding="utf-8") as f:
-      docs.append(f.read())
-  seqs = [encode_text(tokenizer, d, add_bos) for d in docs]
+  docs_per_file = [file_documents(p) for p in paths]
+  seqs = [encode_text(tokenizer, d, add_bos) for docs in docs_per_file for d in docs]
   res = perplexity(model, seqs, max_length=max_length, stride=stride, batch_size=batch_size)
-  total_bytes = 0
-  for entry, p, d in zip(res["per_sequence"], paths, docs):
-    entry["file"] = os.fspath(p)
-    entry["bytes"] = len(d.encode("utf-8"))
-    entry["bits_per_byte"] = entry["nll"] / math.log(2) / max(1, entry["bytes"])
-    total_bytes += entry["bytes"]
+  per_doc, per_file, total_bytes = iter(res["per_sequence"]), [], 0
+  for p, docs in zip(paths, docs_per_file):
+    scored = [next(per_doc) for _ in docs]
+    nll, n = sum(e["nll"] for e in scored), sum(e["tokens"] for e in scored)
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    per_file.append(
+      {
+        "file": os.fspath(p),
+        "documents": len(docs),
+        "nll": nll,
+        "tokens": n,
+        "perplexity": math.exp(nll / n) if n else float("nan"),
+        "bytes": n_bytes,
+        "bits_per_byte": nll / math.log(2) / max(1, n_bytes),
+      }
+    )
+    total_bytes += n_bytes
+  res["per_sequence"] = per_file
   res["bits_per_byte"] = res["nll"] / math.log(2) / max(1, total_bytes)
   res["max_length"], res["stride"] = max_length, stride
   return res
 
 
-__all__ = ["perplexity", "perplexity_of_files", "sequence_nll", "encode_text"]
+__all__ = ["perplexity", "perplexity_of_files", "file_documents", "sequence_nll", "encode_text"]
