@@ -163,7 +163,7 @@ def test_a_jsonl_file_is_scored_row_by_row_not_as_json_text(llama, tmp_path):
     perplexity_of_files(model, tok, [bad], max_length=256)
   chat = tmp_path / "chat.jsonl"
   chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
-  with pytest.raises(DataError, match=r"chat.jsonl:1: a chat 'messages' row"):
+  with pytest.raises(DataError, match=r"chat.jsonl: row 1 is a chat 'messages' row"):
     perplexity_of_files(model, tok, [chat], max_length=256)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Sequence
@@ -65,27 +64,19 @@ def encode_text(tokenizer, text: str, add_bos: bool = True) -> list[int]:
 
 def file_documents(path: str | os.PathLike) -> list[str]:
   """The documents of one file, as the training data reads them: each {"text": ...} row of a
-  *.jsonl / *.json file, the whole text of anything else. A row that is not a text (a chat
-  "messages" row, a missing or non-string "text") is a DataError naming the file and line, so a
-  JSON file is never scored as one document of JSON syntax."""
+  *.jsonl / *.json file (`data.sources.JsonlSource`: a bad row is a DataError naming its line), the
+  whole text of anything else. A chat "messages" row is refused, so a JSON file is never scored as
+  one document of JSON syntax."""
   path = os.fspath(path)
   if not path.endswith(sources.JSONL_SUFFIXES):
     with open(path, encoding="utf-8") as f:
       return [f.read()]
-  docs = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise sources.DataError(f"{where}: invalid JSON ({e.msg})") from None
-      doc = sources.parse_record(obj, where)
-      if not isinstance(doc, str):
-        raise sources.DataError(f"{where}: a chat 'messages' row; perplexity scores {{\"text\": ...}} rows")
-      docs.append(doc)
+  docs = list(sources.JsonlSource(path))
+  for i, d in enumerate(docs):
+    if not isinstance(d, str):
+      raise sources.DataError(
+        f"{path}: row {i + 1} is a chat 'messages' row; perplexity scores {{\"text\": ...}} rows"
+      )
   if not docs:
     raise sources.DataError(f"{path}: no rows to score")
   return docs
