@@ -22,6 +22,7 @@ import time
 import numpy as np
 import pytest
 from _runs import load_script, metrics_rows, signal_at_step
+from zebra_jax.train.trainer import TIMING_KEYS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISTILL = os.path.join(ROOT, "scripts", "distill.py")
@@ -90,7 +91,7 @@ def rows(workdir, stage) -> list[dict]:
 
 def curve(workdir, stage):
   """The metric rows without the timing-dependent throughput."""
-  return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows(workdir, stage)]
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows(workdir, stage)]
 
 
 def kill_when(workdir, cache, stage, step, sig, *flags):

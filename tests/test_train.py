@@ -3,7 +3,9 @@ keep-last-K checkpoints, metrics on resume, and the non-finite guard."""
 
 import json
 import math
+import gc
 import os
+import time
 import signal
 
 import jax
@@ -20,7 +22,7 @@ from zebra_jax.train import losses
 from zebra_jax.train.checkpoint import StageCheckpointer
 from zebra_jax.train.metrics import MetricsWriter, read_metrics
 from zebra_jax.train.optim import lr_schedule, make_optimizer
-from zebra_jax.train.trainer import NonFiniteLossError, Preempted, StageTrainer, TrainSpec
+from zebra_jax.train.trainer import TIMING_KEYS, NonFiniteLossError, Preempted, StageTrainer, TrainSpec
 
 CFG = LlamaConfig(
   vocab_size=64,
@@ -109,7 +111,7 @@ def run(tmp, name, m, sp, data, loss_fn=ce_loss, **kw):
 
 def curve(rows):
   """Metric rows without the timing-dependent throughput."""
-  return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 # -- gradient accumulation ------------------------------------------------------------------------
@@ -484,6 +486,32 @@ def test_rows_are_read_one_step_late_and_equal_the_synchronous_ones(tmp_path, mo
       Batches(4, poison_at=4),
       loss_fn=poisoned_loss,
     )
+
+
+class SlowBatches(Batches):
+  """Batches whose 5th read waits 0.3 s and runs a full garbage collection (a stalled loader)."""
+
+  def __next__(self):
+    if self.pos == 4:
+      time.sleep(0.3)
+      gc.collect()
+    return super().__next__()
+
+
+def test_each_row_says_how_long_the_host_waited_for_data_and_for_the_garbage_collector(tmp_path):
+  """host_data_s / host_gc_s: the seconds of a log window spent in next(data) and in Python's
+  collector, so a slow window of a GPU run says whether the loader or a collection stalled it. The
+  window with the stalled read shows >= 0.3 s of data wait and the collection; the others do not;
+  the collector's state is as before the run (no callback left, nothing frozen)."""
+  callbacks = list(gc.callbacks)
+  rows = run(tmp_path, "s", model(), spec(steps=8, log_every=2), SlowBatches(4))
+  assert [r["step"] for r in rows] == [2, 4, 6, 8]
+  by_step = {r["step"]: r for r in rows}
+  # the 5th batch is read for step 5, before the row of step 4 is written (one step late)
+  assert by_step[4]["host_data_s"] >= 0.3 and by_step[4]["host_gc_s"] > 0
+  assert all(by_step[s]["host_data_s"] < 0.3 for s in (2, 6, 8))
+  assert all(r["host_gc_s"] >= 0 and r["host_data_s"] >= 0 for r in rows)
+  assert gc.callbacks == callbacks and gc.get_freeze_count() == 0
 
 
 def test_update_that_overflows_the_parameters_is_never_checkpointed(tmp_path):

@@ -13,6 +13,7 @@ checkpointed with the parameters and there is no other randomness.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import signal
@@ -248,6 +249,32 @@ def stage_optimizer(spec: TrainSpec, trainable_state, lr_scale=None) -> optax.Gr
   )
 
 
+# Metrics that measure time, not the model: they differ between two runs of the same steps.
+TIMING_KEYS = ("tokens_per_s", "mfu", "host_data_s", "host_gc_s")
+
+
+class _HostTimes:
+  """Host seconds of one log window spent waiting for the next batch and in Python's garbage
+  collector: either delays the dispatch of the next step, so a window slower than its neighbours
+  shows which one it was (docs/benchmarks.md "Stalls")."""
+
+  def __init__(self):
+    self.data = self.gc = 0.0
+    self._gc_start = None
+
+  def on_gc(self, phase: str, info: dict) -> None:  # gc.callbacks' signature
+    if phase == "start":
+      self._gc_start = time.perf_counter()
+    elif self._gc_start is not None:
+      self.gc += time.perf_counter() - self._gc_start
+      self._gc_start = None
+
+  def take(self) -> dict[str, float]:
+    out = {"host_data_s": self.data, "host_gc_s": self.gc}
+    self.data = self.gc = 0.0
+    return out
+
+
 class StageTrainer:
   """Runs one training stage; see the module docstring."""
 
@@ -374,6 +401,7 @@ class StageTrainer:
     bar, show_bar = None, spec.progress and is_writer()
     pending: list[tuple[int, dict]] = []
     t_last, steps_since = time.perf_counter(), 0
+    host = _HostTimes()
 
     def flush(upto, write=True):
       """Fetch the pending metrics of steps <= `upto`, stop on non-finite loss, log the row of the
@@ -401,6 +429,7 @@ class StageTrainer:
       dt = time.perf_counter() - t_last
       tok_s = tokens_per_step * steps_done / dt if dt > 0 else 0.0
       m["tokens_per_s"] = tok_s
+      m.update(host.take())
       m["lr"] = float(self.optimizer_lr(s))
       if peak and self.flops_per_token:
         # per chip of this stage's mesh (not jax.device_count(): a stage may run on a sub-mesh)
@@ -415,10 +444,17 @@ class StageTrainer:
 
     step = start
     log_due = None  # a log step whose row is written one step later (see below)
+    # Everything built so far (models, data, compiled code) lives for the whole stage: frozen, it
+    # is left out of the collector's full passes, which otherwise walk it every few dozen steps.
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(host.on_gc)
     try:
       while step < spec.steps:
         # the next batch is read and placed while the device still runs the step before
+        t_data = time.perf_counter()
         batch = self._device_batch(next(data))
+        host.data += time.perf_counter() - t_data
         self.trainable, self.opt_state, metrics = self._step_fn(batch)(
           self.trainable, self.opt_state, self.frozen, self.teacher_states, batch
         )
@@ -455,6 +491,8 @@ class StageTrainer:
           )
       ckpt.wait()
     finally:
+      gc.callbacks.remove(host.on_gc)
+      gc.unfreeze()  # what the stage leaves behind is collectable again
       if bar is not None:
         bar.close()
       writer.close()
