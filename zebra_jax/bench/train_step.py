@@ -312,9 +312,10 @@ def layer_breakdown(
     n = kinds.count(kind)
     add(f"student {kind} block (fwd+bwd)", n, fwd_bwd(block, lambda b, h: b(h, pos_BT)[0]))
     add(f"  of which the {kind} mixer", n, fwd_bwd(block, lambda b, h: b.mixer(b.input_layernorm(h), pos_BT)))
-    add("  of which the MLP", n, fwd_bwd(block, lambda b, h: b.mlp(b.post_attention_layernorm(h))))
     if kind == "mamba2":
-      add("    of which the SSD scan", n, ssd_fwd_bwd_ms(s_cfg, batch, seq_len, iters))
+      for part, ms in mamba2_piece_ms(block.mixer, s_cfg, batch, seq_len, iters):
+        add(f"    of which {part}", n, ms)
+    add("  of which the MLP", n, fwd_bwd(block, lambda b, h: b.mlp(b.post_attention_layernorm(h))))
   t_kinds = t_cfg.layer_types()
   for kind in sorted(set(t_kinds)):
     block = t_model.layers[t_kinds.index(kind)]
@@ -345,6 +346,41 @@ def layer_breakdown(
     median_ms(jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1))), (h_BTD, head_s), iters),
   )
   return rows
+
+
+def module_fwd_bwd_ms(module, apply, args, iters: int, seed: int = 7) -> float:
+  """ms of value_and_grad of <apply(module, *args), g> w.r.t. the module's params and every arg,
+  g a fixed random cotangent of the output's shape."""
+  graph, params, rest = nnx.split(module, nnx.Param, ...)
+  call = lambda p, *a: apply(nnx.merge(graph, p, rest), *a)  # noqa: E731
+  out = jax.eval_shape(call, params, *args)
+  g = jax.random.normal(jax.random.PRNGKey(seed), out.shape, out.dtype)
+
+  def f(p, *a):
+    return jnp.sum(call(p, *a).astype(jnp.float32) * g.astype(jnp.float32))
+
+  grad = jax.value_and_grad(f, argnums=tuple(range(1 + len(args))))
+  return median_ms(jax.jit(grad), (params, *args), iters)
+
+
+def mamba2_piece_ms(mixer, cfg, batch: int, seq_len: int, iters: int) -> list[tuple[str, float]]:
+  """(piece, ms of its fwd+bwd) for the pieces of one Mamba2 mixer at the step's shapes, in the
+  order the mixer runs them: the input projection, the causal conv with its SiLU, the SSD scan,
+  the gated RMSNorm, the output projection. What the mixer row has beyond their sum is the glue
+  between them (splits, the grouped heads' repeat, reshapes) and what XLA fuses across them."""
+  bf = jnp.bfloat16
+  k = jax.random.split(jax.random.PRNGKey(11), 4)
+  E, conv_dim = cfg.d_inner, cfg.mamba_conv_dim
+  h = jax.random.normal(k[0], (batch, seq_len, cfg.hidden_size), bf)
+  xBC = jax.random.normal(k[1], (batch, seq_len, conv_dim), bf)
+  y, z = (jax.random.normal(kk, (batch, seq_len, E), bf) for kk in jax.random.split(k[2]))
+  return [
+    ("in_proj", module_fwd_bwd_ms(mixer.in_proj, lambda m, a: m(a), (h,), iters)),
+    ("the conv + SiLU", module_fwd_bwd_ms(mixer.conv1d, lambda m, a: jax.nn.silu(m(a)[0]), (xBC,), iters)),
+    ("the SSD scan", ssd_fwd_bwd_ms(cfg, batch, seq_len, iters)),
+    ("the gated norm", module_fwd_bwd_ms(mixer.norm, lambda m, a, b: m(a, b), (y, z), iters)),
+    ("out_proj", module_fwd_bwd_ms(mixer.out_proj, lambda m, a: m(a), (y,), iters)),
+  ]
 
 
 def ssd_fwd_bwd_ms(cfg, batch: int, seq_len: int, iters: int) -> float:
