@@ -46,8 +46,17 @@ def test_kd_step_bench_rows_and_equal_first_losses():
     chunk=24,
     iters=2,
     breakdown=False,
+    remat=(False, "dots"),
   )
-  assert [r["impl"] for r in rows] == ["logits", "fused"]
+  # one row per (remat, impl), remat outermost; remat changes what is recomputed, not the loss
+  assert [(r["remat"], r["impl"]) for r in rows] == [
+    ("none", "logits"),
+    ("none", "fused"),
+    ("dots", "logits"),
+    ("dots", "fused"),
+  ]
+  assert rows[2]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-6)
+  rows = rows[:2]
   # same weights, same tokens: the first step's loss agrees (bf16 logits vs float32 accumulation)
   assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=2e-2)
   for r in rows:
@@ -139,3 +148,10 @@ def test_kd_layer_breakdown_counts_each_block_type():
   assert f"**{top:.1f}**" in md and "| 12.5 |" in md
   with pytest.raises(SystemExit, match="kd step"):
     step_bench.layer_breakdown("ild_mla", student, teacher, seq_len=32, batch=2)
+
+
+def test_an_unknown_remat_setting_is_refused_before_anything_runs():
+  from zebra_jax.cli import ScriptError
+
+  with pytest.raises(ScriptError, match=r"--remat: unknown setting\(s\) \['everything'\]"):
+    step_bench.main(["--student", "zebra_smollm2_135m_9mla21m2", "--remat", "full,everything"])

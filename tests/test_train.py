@@ -5,6 +5,7 @@ import json
 import math
 import gc
 import os
+import re
 import time
 import signal
 
@@ -696,3 +697,69 @@ def test_a_prepared_checkpointer_saves_the_same_fingerprint(tmp_path):
   assert saved["fingerprint"]["['trainable']['w']"] == want
   assert data == {"pos": 1}
   assert StageCheckpointer(str(tmp_path / "ck")).latest_step() == 2
+
+
+def test_every_remat_policy_keeps_the_gradients_and_a_bad_name_is_refused():
+  """train.remat_policy only changes what the backward recomputes: the float32 gradients of a
+  hybrid (MLA + two Mamba2 blocks) equal the unrematerialised ones for every policy, the traced
+  gradient holds one checkpoint per block (so the policy is really applied), and an unknown
+  policy is refused by name, by the model and by the run config's validation."""
+  from zebra_jax.config import REMAT_POLICIES, ConfigError, HybridConfig
+  from zebra_jax.distill.config import RunConfigError, base_config, remat_setting, validate
+
+  cfg = HybridConfig(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    impl="reference",
+    eos_token_id=None,
+    mla_layers=(0,),
+    q_lora_rank=16,
+    kv_lora_rank=8,
+    qk_rope_head_dim=4,
+    qk_nope_head_dim=4,
+    v_head_dim=8,
+    d_state=8,
+    headdim=8,
+    chunk_size=8,
+  )
+  m = CausalLM(cfg, rngs=nnx.Rngs(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 16)), jnp.int32)
+  graph, params, rest = nnx.split(m, nnx.Param, ...)
+
+  def grads(remat):
+    m.remat = remat
+    graph, _, rest = nnx.split(m, nnx.Param, ...)
+
+    def loss(p):
+      return losses.cross_entropy(nnx.merge(graph, p, rest)(tokens)[:, :-1], tokens[:, 1:])
+
+    g = jax.grad(loss)
+    # each rematerialised block is one remat equation whose params name the policy
+    policies = re.findall(r"policy=([^\s\]]+)", str(jax.make_jaxpr(g)(params)))
+    return jax.tree.leaves(jax.jit(g)(params)), policies
+
+  ref, none = grads(False)
+  assert none == []
+  # (how the policy prints may change between jax versions; its class name "Dots..." has not)
+  want = {True: "None", "full": "None", "dots": "Dots"}
+  assert set(want) - {True} == set(REMAT_POLICIES)
+  for policy in (True, *REMAT_POLICIES):
+    got, policies = grads(policy)
+    assert len(policies) == 3 and all(p.startswith(want[policy]) for p in policies), (policy, policies)
+    for a, b in zip(ref, got):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+  m.remat = "everything"
+  with pytest.raises(ConfigError, match="remat policy 'everything'"):
+    m(tokens)
+  c = base_config()
+  c.train.remat, c.train.remat_policy = True, "dots"
+  assert remat_setting(c) == "dots"
+  c.train.remat = False
+  assert remat_setting(c) is False
+  c.train.remat_policy = "everything"
+  with pytest.raises(RunConfigError, match="train.remat_policy must be one of"):
+    validate(c)

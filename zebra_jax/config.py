@@ -76,6 +76,14 @@ def _validate_rope_scaling(name: str, scaling: dict | None) -> None:
       _check(k in scaling, f"{name}: rope_type='llama3' needs {k!r}")
 
 
+# What a rematerialised decoder block keeps from its forward pass for the backward pass
+# (`train.remat_policy`; models/hybrid.py maps each name to a jax.checkpoint policy):
+#   "full": only the block's input; everything inside is recomputed (least memory);
+#   "dots": also the outputs of its matmuls without batch dimensions (the projections), so the
+#           backward recomputes only the elementwise work and the attention / scan in between.
+REMAT_POLICIES = ("full", "dots")
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
   """A Llama decoder (HF field names). `head_dim=None` means hidden_size // num_attention_heads."""

@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from zebra_jax.cli import HelpFormatter
+from zebra_jax.cli import HelpFormatter, ScriptError
 from zebra_jax import accounting, presets
 from zebra_jax.bench import environment
-from zebra_jax.config import HybridConfig
+from zebra_jax.config import REMAT_POLICIES, HybridConfig
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.distill import objectives
 from zebra_jax.ops.ssd import ssd_scan
@@ -157,12 +157,14 @@ def run(
   ce_weight: float = 0.0,
   chunk: int = 1024,
   iters: int = 10,
-  remat: bool = False,
+  remat: str | bool | tuple = False,
   breakdown: bool = True,
 ) -> list[dict]:
+  """One row per (remat setting, loss impl): `remat` is False, True ("full"), a REMAT_POLICIES
+  name, or a tuple of those to compare side by side in one run."""
+  remats = remat if isinstance(remat, (tuple, list)) else (remat,)
   s_cfg, t_cfg = build(stage, student, teacher)
   s_model = CausalLM(s_cfg, rngs=nnx.Rngs(0))
-  s_model.remat = remat
   t_model = CausalLM(t_cfg, rngs=nnx.Rngs(1))
   t_graph, t_state = nnx.split(t_model)
   if stage == "dpo":  # the reference starts as the policy: its weights, in bf16
@@ -179,7 +181,9 @@ def run(
   opt = make_optimizer(1e-4, 1000)
   rows = []
   with_impls = stage in ("kd", "dpo")
-  for impl in impls if with_impls else ("-",):
+  cases = [(r, i) for r in remats for i in (impls if with_impls else ("-",))]
+  for remat_now, impl in cases:
+    s_model.remat = remat_now
     loss_fn = loss_fn_for(stage, impl if with_impls else "logits", ce_weight, chunk)
     graph, params, rest = nnx.split(s_model, nnx.Param, ...)
     params = jax.tree.map(jnp.copy, params)  # the step donates its parameters: keep the model's
@@ -223,6 +227,7 @@ def run(
       "seq_len": seq_len,
       "batch": batch,
       "impl": impl,
+      "remat": "full" if remat_now is True else (remat_now or "none"),
       "step_ms": step_ms,
       "tokens_per_s": tps,
       "mfu": None if peak is None else flops / (step_ms / 1e3) / peak,
@@ -447,9 +452,9 @@ def markdown(rows, command: str) -> str:
     "compiled arguments + temporaries + outputs. Breakdown, each part jitted alone: teacher "
     "forward; student forward + backward + loss (the loss's value_and_grad minus the teacher "
     "forward it contains); optimizer update.\n\n"
-    "| stage | student | teacher | batch x seq | loss impl | step ms | tokens/s | MFU | "
+    "| stage | student | teacher | batch x seq | loss impl | remat | step ms | tokens/s | MFU | "
     "memory GiB | teacher fwd ms | student fwd+bwd ms | optimizer ms |\n"
-    "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
   )
   out = []
   for r in rows:
@@ -457,7 +462,7 @@ def markdown(rows, command: str) -> str:
     mem = "-" if r["memory_gib"] is None else f"{r['memory_gib']:.1f}"
     out.append(
       f"| {r['stage']} | {r['student']} | {r['teacher']} | {r['batch']} x {r['seq_len']} | "
-      f"{r['impl']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mem} | "
+      f"{r['impl']} | {r['remat']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {mfu} | {mem} | "
       f"{_ms(r['teacher_fwd_ms'])} | {_ms(r['student_fwd_bwd_ms'])} | "
       f"{_ms(r['optimizer_ms'])} |"
     )
@@ -481,7 +486,15 @@ def main(argv=None) -> str:
   p.add_argument("--loss-impl", default="logits,fused", help="kd / dpo: comma list of logits / fused")
   p.add_argument("--loss-chunk", type=int, default=1024)
   p.add_argument("--ce-weight", type=float, default=0.0)
-  p.add_argument("--remat", action="store_true", help="recompute each block in the backward pass")
+  p.add_argument(
+    "--remat",
+    nargs="?",
+    const="full",
+    default="none",
+    help="recompute each student block in the backward pass: a comma list of none / "
+    f"{' / '.join(REMAT_POLICIES)} (zebra_jax.config.REMAT_POLICIES), one row each; "
+    "--remat alone is full",
+  )
   p.add_argument("--steps", type=int, default=10, help="timed steps (median)")
   p.add_argument(
     "--layers",
@@ -492,6 +505,11 @@ def main(argv=None) -> str:
   p.add_argument("--append", default=None, help="append the markdown section to this file")
   a = p.parse_args(argv)
   impls = tuple(i for i in a.loss_impl.split(",") if i)
+  remats = tuple(r for r in a.remat.split(",") if r)
+  unknown = [r for r in remats if r not in ("none", *REMAT_POLICIES)]
+  if unknown or not remats:
+    raise ScriptError(f"--remat: unknown setting(s) {unknown}; choose from none, {', '.join(REMAT_POLICIES)}")
+  remats = tuple(False if r == "none" else r for r in remats)
   rows = run(
     a.stage,
     a.student,
@@ -502,7 +520,7 @@ def main(argv=None) -> str:
     ce_weight=a.ce_weight,
     chunk=a.loss_chunk,
     iters=a.steps,
-    remat=a.remat,
+    remat=remats,
   )
   cmd = "python scripts/bench.py train " + shlex.join(argv if argv is not None else [])
   md = markdown(rows, cmd.strip())

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from zebra_jax import accounting, presets
 from zebra_jax.config import HybridConfig, LlamaConfig
+from zebra_jax.distill.config import remat_setting
 
 _INSTALL = "pip install -e .[tpu-aot]"
 GiB = 1024**3
@@ -362,7 +363,7 @@ class AOTReport:
     return [s.name for s in self.stages if not s.fits]
 
 
-def _abstract_model(config, remat: bool):
+def _abstract_model(config, remat: str | bool):
   from flax import nnx
 
   # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
@@ -490,7 +491,7 @@ def _count(state) -> int:
 
 
 def compile_stage(
-  plan, mesh, chip: ChipSpec, devices_per_chip: int, *, remat: bool, rules=None
+  plan, mesh, chip: ChipSpec, devices_per_chip: int, *, remat: str | bool, rules=None
 ) -> StageReport:
   """Lowers and compiles `plan`'s train step for `mesh`; returns per-device memory and cost."""
   import time
@@ -727,7 +728,7 @@ def aot_report(
     f"({chips} chips, {devices_per_chip} device(s) per chip; {_gib(chip.hbm_bytes)} HBM, "
     f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16, {chip.hbm_bytes_per_s / 1e9:.0f} GB/s "
     f"per chip); mesh {dict(mesh.shape)}; seq_len {cfg.data.seq_len}; remat "
-    f"{bool(cfg.train.remat)}"
+    f"{remat_setting(cfg) or False}"
   )
   plans = stage_plans(cfg)
   if stages is not None:
@@ -746,7 +747,7 @@ def aot_report(
       f"[{plan.name}] compiling: batch {s.batch_size} = {s.grad_accum} x "
       f"{s.batch_size // s.grad_accum} sequences of {s.seq_len} tokens ..."
     )
-    r = compile_stage(plan, mesh, chip, devices_per_chip, remat=bool(cfg.train.remat))
+    r = compile_stage(plan, mesh, chip, devices_per_chip, remat=remat_setting(cfg))
     results.append(r)
     print_fn(format_stage(r))
   report = AOTReport(topology_name, chip, len(devices), devices_per_chip, dict(mesh.shape), results)

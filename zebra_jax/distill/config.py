@@ -26,6 +26,9 @@ Fields
                       Held-out evaluation sources (registry.heldout_sources()) are refused.
   mesh.data/fsdp/tensor
   train.*             defaults shared by all training stages (dtype, clip, warmup, logging, ckpt);
+                      remat: recompute each student block in the backward pass, remat_policy:
+                      what such a block keeps ("full": only its input, "dots": also its
+                      projections' outputs; `scripts/bench.py train --remat full,dots` compares);
                       keep_checkpoints: keep a stage's optimizer-state checkpoints once its model
                       is saved (False, the default: deleted, a finished stage is skipped on its
                       model alone; True: kept, e.g. to continue training a stage by hand)
@@ -51,6 +54,8 @@ from __future__ import annotations
 import math
 
 import ml_collections
+
+from zebra_jax.config import REMAT_POLICIES
 
 # Parameter groups a stage can freeze (`kd.freeze`); distill/stages.py maps paths to them.
 PARAM_GROUPS = ("embed", "mlp", "norm", "mixer")
@@ -133,6 +138,8 @@ def base_config() -> ml_collections.ConfigDict:
       async_checkpoint=True,
       keep_checkpoints=False,
       remat=False,
+      # what a rematerialised block keeps for the backward (zebra_jax.config.REMAT_POLICIES)
+      remat_policy="full",
       impl="auto",
       eval_batches=4,
       # batches tokenised and packed ahead in a background thread (0: in the step loop)
@@ -196,6 +203,11 @@ class RunConfigError(ValueError):
   """A run config that cannot work; the message names the field."""
 
 
+def remat_setting(c: ml_collections.ConfigDict) -> str | bool:
+  """What the trainer sets as a student's `remat`: False, or the train.remat_policy name."""
+  return str(c.train.get("remat_policy", "full")) if c.train.remat else False
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   def bad(msg):
     raise RunConfigError(msg)
@@ -218,6 +230,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       bad(f"{name}.loss_impl must be 'logits' or 'fused', got {c[name].loss_impl!r}")
     if c[name].loss_chunk < 1:
       bad(f"{name}.loss_chunk must be >= 1 token, got {c[name].loss_chunk}")
+  if c.train.get("remat_policy", "full") not in REMAT_POLICIES:
+    bad(f"train.remat_policy must be one of {list(REMAT_POLICIES)}, got {c.train.remat_policy!r}")
   bad_groups = [g for g in c.kd.freeze if g not in PARAM_GROUPS]
   if bad_groups:
     bad(f"kd.freeze: unknown parameter group(s) {bad_groups}; groups: {list(PARAM_GROUPS)}")

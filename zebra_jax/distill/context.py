@@ -21,6 +21,7 @@ from zebra_jax.convert.gguf import _reader, gguf_config
 from zebra_jax.convert.hf import load_hf_config
 from zebra_jax.convert.model_files import provenance
 from zebra_jax.convert.orbax_io import is_saved_model, load_config, save_model
+from zebra_jax.distill.config import remat_setting
 from zebra_jax.distill.preferences import preference_iterator
 
 _STUDENT_FIELDS = (
@@ -199,7 +200,7 @@ class RunContext:
     return load_model(path, dtype=self.cfg.train.dtype, param_dtype=self.cfg.train.param_dtype)
 
   def set_remat(self, model: CausalLM) -> None:
-    model.remat = bool(self.cfg.train.remat)
+    model.remat = remat_setting(self.cfg)
 
   def flops_per_token(self, student_cfg, teacher_cfg, heads: bool = True) -> float:
     """Training FLOPs per token: student fwd+bwd plus the teacher's forward (heads=False: ILD)."""

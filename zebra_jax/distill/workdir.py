@@ -37,10 +37,11 @@ STAGE_SECTIONS = {
     "dpo": ("teacher", "data", "train", "model", "dpo", "seed"),
     "stepwise": ("teacher", "kd_teacher", "data", "train", "model", "stepwise", "seed"),
 }
-# fields that change how a run is run or logged, never what it computes
+# fields that change how a run is run or logged, never what it computes (remat_policy: which
+# activations the backward recomputes rather than keeps; added after workdirs already existed)
 BOOKKEEPING = ("name", "workdir", "stages", "mesh", "accept_config_changes", "train.log_every",
                "train.checkpoint_every", "train.keep_last", "train.async_checkpoint",
-               "train.eval_batches", "train.keep_checkpoints", "train.prefetch")
+               "train.eval_batches", "train.keep_checkpoints", "train.prefetch", "train.remat_policy")
 
 
 class WorkdirBusy(RuntimeError):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from zebra_jax.config import LlamaConfig
+from zebra_jax.config import REMAT_POLICIES, ConfigError, LlamaConfig
 from zebra_jax.models.layers import MLP, Embed, Linear, RMSNorm, dtype_of
 from zebra_jax.parallel.sharding import constrain_batch
 from zebra_jax.models.attention import Attention
@@ -49,6 +49,11 @@ class DecoderBlock(nnx.Module):
     return constrain_batch(h_BTD), mixer_out
 
 
+# REMAT_POLICIES (zebra_jax/config.py says what each keeps) as jax.checkpoint policies
+_REMAT_POLICY_FNS = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+assert tuple(_REMAT_POLICY_FNS) == REMAT_POLICIES
+
+
 class CausalLM(nnx.Module):
   """Embedding -> decoder blocks -> final RMSNorm -> LM head (tied to the embedding or separate).
 
@@ -57,7 +62,9 @@ class CausalLM(nnx.Module):
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.remat = False  # recompute each block in the backward pass (set by the trainer)
+    # recompute each block in the backward pass: False, True ("full") or a REMAT_POLICIES name
+    # (set by the trainer from train.remat / train.remat_policy)
+    self.remat = False
     pd, dt = dtype_of(config.param_dtype), dtype_of(config.dtype)
     d = config.hidden_size
     self.embed_tokens = Embed(config.vocab_size, d, rngs=rngs, dtype=dt, param_dtype=pd)
@@ -98,9 +105,14 @@ class CausalLM(nnx.Module):
     def apply(block, h, positions):
       return block(h, positions)
 
+    if not self.remat:
+      return apply
+    name = "full" if self.remat is True else self.remat
+    if name not in _REMAT_POLICY_FNS:
+      raise ConfigError(f"remat policy {name!r} is not one of {list(REMAT_POLICIES)}")
     # graph_updates=False: blocks hold no mutable state, and writing their (unchanged) Params back
     # from inside the checkpoint trace fails under jit/grad (TraceContextError).
-    return nnx.remat(apply, graph_updates=False) if self.remat else apply
+    return nnx.remat(apply, graph_updates=False, policy=_REMAT_POLICY_FNS[name])
 
   # -- full forward ----------------------------------------------------------------------------
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None) -> jax.Array:
