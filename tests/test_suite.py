@@ -462,3 +462,25 @@ def test_suite_cut_short_keeps_finished_sections(fake_registry, tmp_path, monkey
   res = suite.run_suite([("small", s_ckpt)], t_ckpt, str(out), **kw)
   assert res["models"]["small"]["domains"] == saved["domains"]
   assert len(res["models"]["small"]["chat"]["greedy"]) == len(suite.CHAT_PROMPTS)
+
+
+def test_chat_repetition_is_the_share_of_repeated_word_4grams_and_is_reported_per_model():
+  """The chat section's loop measure: a text that never repeats scores 0; "a b c d a b c d a b"
+  has 7 4-grams (abcd bcda cdab dabc abcd bcda cdab) of which the last 3 occurred earlier: 3/7;
+  fewer than 4 words score 0. The markdown gives each model's mean over the prompts."""
+  assert suite.repeated_ngram_share("the quick brown fox jumps over the lazy dog") == 0.0
+  assert suite.repeated_ngram_share("A b c d a B c d a b") == pytest.approx(3 / 7)
+  assert suite.repeated_ngram_share("too short") == 0.0
+  chat = lambda answers: {"prompts": ["p1", "p2"], "greedy": answers, "max_new_tokens": 8}  # noqa: E731
+  res = {
+    "meta": {"teacher": "t", "seq_len": 8, "dtype": "float32"},
+    "domains": [],
+    "tasks": [],
+    "models": {
+      "teacher": {"label": "teacher", "chat": chat(["one two three four five", "six seven eight nine"])},
+      "student": {"label": "student", "chat": chat(["a b c d a b c d a b", "x y z w"])},
+    },
+    "retained": {},
+  }
+  md = suite.suite_markdown(res)
+  assert "teacher 0%, student 21%." in md  # (3/7 + 0) / 2

@@ -670,6 +670,14 @@ def _f(x, spec=".2f"):
   return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def repeated_ngram_share(text: str, n: int = 4) -> float:
+  """The share of a text's word n-grams (lower case, split on whitespace) that already occurred
+  earlier in it: 0 for a text that never repeats itself, near 1 for one caught in a loop."""
+  words = text.lower().split()
+  grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+  return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def _printable(text: str) -> str:
   """One markdown line: newlines as " / ", other control characters and U+FFFD dropped."""
   text = text.strip().replace("\r", "").replace("\n", " / ").replace("\t", " ")
@@ -814,6 +822,16 @@ def suite_markdown(suite: dict, chart: str | None = None, heading: str = "###") 
       if kind not in first:
         continue
       lines += ["", f"{heading}# Chat answers ({title}, at most {first['max_new_tokens']} tokens)", ""]
+      loops = [
+        f"{label} {100 * sum(map(repeated_ngram_share, ans)) / len(ans):.0f}%"
+        for label, m in models.items()
+        if (ans := (m.get("chat") or {}).get(kind))
+      ]
+      lines += [
+        "Repetition (the share of an answer's word 4-grams that already occurred in it, mean over "
+        "the prompts; a loop scores high): " + ", ".join(loops) + ".",
+        "",
+      ]
       for i, p in enumerate(first["prompts"]):
         lines += [f"**{p}**", ""]
         for label, m in models.items():
