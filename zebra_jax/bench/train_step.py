@@ -296,13 +296,7 @@ def layer_breakdown(
 
   def fwd_bwd(module, apply):
     """ms of value_and_grad of <apply(module, h), g> w.r.t. the module's params and h."""
-    graph, params, rest = nnx.split(module, nnx.Param, ...)
-
-    def f(p, h):
-      out = apply(nnx.merge(graph, p, rest), h)
-      return jnp.sum(out.astype(jnp.float32) * g_BTD.astype(jnp.float32))
-
-    return median_ms(jax.jit(jax.value_and_grad(f, argnums=(0, 1))), (params, h_BTD), iters)
+    return module_fwd_bwd_ms(module, apply, (h_BTD,), iters)
 
   def fwd(module, apply):
     graph, state = nnx.split(module)
