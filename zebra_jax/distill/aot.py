@@ -728,7 +728,7 @@ def aot_report(
     f"({chips} chips, {devices_per_chip} device(s) per chip; {_gib(chip.hbm_bytes)} HBM, "
     f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16, {chip.hbm_bytes_per_s / 1e9:.0f} GB/s "
     f"per chip); mesh {dict(mesh.shape)}; seq_len {cfg.data.seq_len}; remat "
-    f"{remat_setting(cfg) or False}"
+    f"{remat_setting(cfg)}"
   )
   plans = stage_plans(cfg)
   if stages is not None:
