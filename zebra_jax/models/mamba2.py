@@ -44,6 +44,7 @@ from flax import nnx
 
 from zebra_jax.config import ConfigError, HybridConfig
 from zebra_jax.models.layers import Linear, dtype_of, param
+from zebra_jax.ops.conv import causal_conv1d
 from zebra_jax.ops.ssd import ssd_scan, ssd_step
 
 # Raw dt of masked steps: softplus(-1e4 + dt_bias) == 0.0 exactly in float32 (and -1e4 is
@@ -105,13 +106,7 @@ class CausalConv1d(nnx.Module):
         f"conv_state must have shape (batch, d_conv-1, conv_dim)={(Bsz, K - 1, C)}, "
         f"got {tuple(state_BKC.shape)}"
       )
-    xpad = jnp.concatenate([state_BKC.astype(x_BTC.dtype), x_BTC], axis=1)  # (B, K-1+T, C)
-    # d_conv is tiny (4): K shifted multiply-adds, accumulated in float32 like causal_conv1d.
-    w_KC = self.kernel[...].astype(jnp.float32)
-    out = sum(xpad[:, k : k + T].astype(jnp.float32) * w_KC[k] for k in range(K))
-    if self.bias is not None:
-      out = out + self.bias[...].astype(jnp.float32)
-    return out.astype(x_BTC.dtype), xpad[:, T:]
+    return causal_conv1d(x_BTC, self.kernel[...], None if self.bias is None else self.bias[...], state_BKC)
 
   def step(self, x_BC: jax.Array, state_BKC: jax.Array):
     y, new_state = self(x_BC[:, None], state_BKC)
