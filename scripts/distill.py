@@ -94,6 +94,9 @@ def main(argv):
     sys.exit(0 if report.fits else 1)  # 1: a stage does not fit (named in the report)
   import jax
 
+  from zebra_jax.assets import use_compilation_cache
+
+  use_compilation_cache()  # a resumed run, a rerun and later stages read compiled steps back
   if _COORD.value or _NPROC.value:
     jax.distributed.initialize(
       coordinator_address=_COORD.value, num_processes=_NPROC.value, process_id=_PID.value

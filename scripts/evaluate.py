@@ -351,6 +351,9 @@ def main(argv=None) -> int:
   with_help_formatter(p)
 
   args = p.parse_args(argv)
+  from zebra_jax.assets import use_compilation_cache
+
+  use_compilation_cache()  # exported as $JAX_COMPILATION_CACHE_DIR: the lm-eval subprocesses share it
   args.fn(args)
   return 0
 

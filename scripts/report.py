@@ -102,8 +102,11 @@ def main(argv):
   cfg = _CONFIG.value
   if cfg is None:
     raise app.UsageError("--config is required, e.g. --config configs/smollm2_135m.py")
+  from zebra_jax.assets import use_compilation_cache
   from zebra_jax.convert.orbax_io import load_model  # lazy: --help runs without jax, flax, optax
   from zebra_jax.eval import report  # lazy: --help runs without grain, orbax, jax
+
+  use_compilation_cache()  # the students of a sweep and their evaluations share compiled programs
 
   budgets = _BUDGETS.value or [cfg.model.n_mla]
   variants = plan(budgets, ablations=_ABL_LIST.value if _ABL_LIST.value is not None else _ABL.value)

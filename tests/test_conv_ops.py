@@ -38,8 +38,12 @@ def numpy_conv_silu_grads(x, w, b, dy):
 
 def _inputs(seed, Bsz=2, T=13, C=6, K=4):
   r = np.random.default_rng(seed)
-  return (r.normal(size=(Bsz, T, C)), 0.5 * r.normal(size=(K, C)), 0.3 * r.normal(size=(C,)),
-          r.normal(size=(Bsz, T, C)))
+  return (
+    r.normal(size=(Bsz, T, C)),
+    0.5 * r.normal(size=(K, C)),
+    0.3 * r.normal(size=(C,)),
+    r.normal(size=(Bsz, T, C)),
+  )
 
 
 @pytest.mark.parametrize("impl", ["reference", "fused"])
@@ -67,11 +71,16 @@ def test_fused_in_bfloat16_is_as_close_to_float64_as_the_reference():
     # activations in bf16, parameters in float32 as the model keeps them
     y, vjp = jax.vjp(
       lambda x, w, b: conv_ops.causal_conv1d_silu(x, w, b, impl=impl),
-      bf(x), jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))
+      bf(x),
+      jnp.asarray(w, jnp.float32),
+      jnp.asarray(b, jnp.float32),
+    )
     got = (y,) + vjp(bf(dy))
     assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.bfloat16 and got[2].dtype == jnp.float32
-    errs[impl] = [float(np.linalg.norm(np.asarray(a, np.float64) - r) / np.linalg.norm(r))
-                  for a, r in zip(got, (y64,) + grads64)]
+    errs[impl] = [
+      float(np.linalg.norm(np.asarray(a, np.float64) - r) / np.linalg.norm(r))
+      for a, r in zip(got, (y64,) + grads64)
+    ]
   for e_fused, e_ref in zip(errs["fused"], errs["reference"]):
     assert e_fused < 1.5 * e_ref + 1e-3, errs
 
@@ -81,12 +90,13 @@ def test_no_bias_and_the_cached_conv_agree_with_numpy():
   zero = np.zeros(w.shape[1])
   y_ref, pre_ref = numpy_conv_silu(x, w, zero)
   f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-  np.testing.assert_allclose(np.asarray(conv_ops.causal_conv1d_silu(f32(x), f32(w), impl="fused")), y_ref,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(conv_ops.causal_conv1d_silu(f32(x), f32(w), impl="fused")), y_ref, rtol=1e-5, atol=1e-5
+  )
   # the model's cached path: the pre-activation and the carried state (last K-1 inputs)
   pre, state = conv_ops.causal_conv1d(f32(x), f32(w))
   np.testing.assert_allclose(np.asarray(pre), pre_ref, rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(state), np.asarray(f32(x))[:, -(w.shape[0] - 1):])
+  np.testing.assert_array_equal(np.asarray(state), np.asarray(f32(x))[:, -(w.shape[0] - 1) :])
 
 
 def test_bad_calls_name_the_problem():

@@ -379,9 +379,17 @@ def mamba2_piece_ms(mixer, cfg, batch: int, seq_len: int, iters: int) -> list[tu
     ("the conv + SiLU", module_fwd_bwd_ms(mixer.conv1d, lambda m, a: jax.nn.silu(m(a)[0]), (xBC,), iters)),
     # the same piece with ops.conv's hand-written backward (not what the mixer runs yet: the
     # measurement that decides it)
-    ("the conv + SiLU, fused VJP (ops.conv impl='fused'; not in the step)", module_fwd_bwd_ms(
-      mixer.conv1d, lambda m, a: conv_ops.causal_conv1d_silu(
-        a, m.kernel[...], None if m.bias is None else m.bias[...], impl="fused"), (xBC,), iters)),
+    (
+      "the conv + SiLU, fused VJP (ops.conv impl='fused'; not in the step)",
+      module_fwd_bwd_ms(
+        mixer.conv1d,
+        lambda m, a: conv_ops.causal_conv1d_silu(
+          a, m.kernel[...], None if m.bias is None else m.bias[...], impl="fused"
+        ),
+        (xBC,),
+        iters,
+      ),
+    ),
     ("the SSD scan", ssd_fwd_bwd_ms(cfg, batch, seq_len, iters)),
     ("the gated norm", module_fwd_bwd_ms(mixer.norm, lambda m, a, b: m(a, b), (y, z), iters)),
     ("out_proj", module_fwd_bwd_ms(mixer.out_proj, lambda m, a: m(a), (y,), iters)),
