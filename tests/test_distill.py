@@ -279,6 +279,27 @@ def test_every_model_carries_its_tokenizer_generation_config_and_provenance(tiny
   assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 257
 
 
+def test_each_training_stage_says_where_its_time_went(tiny_run):
+  """The log line and summary.json split a training stage's wall time into its phases; they add
+  up to the stage's time (setup is the remainder, never negative)."""
+  _, summary, r, _ = tiny_run
+  ran = dict(summary["stages_run"])
+  phases = summary["stage_phases_s"]
+  assert set(phases) == set(TRAINED), phases
+  for stage in TRAINED:
+    p = phases[stage]
+    want = (
+      ["setup"]
+      + (["counting data"] if stage != "dpo" else [])
+      + ["checkpointer", "compile", "steps", "saving"]
+    )
+    assert list(p) == want, (stage, p)
+    assert all(v >= 0 for v in p.values()) and p["compile"] > 0 and p["steps"] > 0
+    assert abs(sum(p.values()) - ran[stage]) <= 0.1 * len(p), (stage, p, ran[stage])
+    line = [x for x in r.stdout.splitlines() if x.startswith(f"[{stage}] done in")][0]
+    assert f"(setup {p['setup']:.1f}, " in line and f"compile {p['compile']:.1f}" in line, line
+
+
 def test_rerun_skips_every_stage_and_keeps_the_stage_timings(tiny_run, jax_cache):
   workdir, first, _, _ = tiny_run
   before = {s: os.path.getmtime(workdir / s) for s in ALL_STAGES}
@@ -294,6 +315,7 @@ def test_rerun_skips_every_stage_and_keeps_the_stage_timings(tiny_run, jax_cache
   # Every stage keeps the seconds it took in the first run; wall time adds this run's.
   ran = {s: t for s, t in first["stages_run"]}
   assert summary["stage_time_s"] == first["stage_time_s"] == ran
+  assert summary["stage_phases_s"] == first["stage_phases_s"] != {}
   assert sum(ran.values()) > 1.0
   extra = summary["wall_time_s"] - first["wall_time_s"]
   assert 0 <= extra <= rerun_seconds + 0.1, (first["wall_time_s"], summary["wall_time_s"])

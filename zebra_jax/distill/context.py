@@ -3,9 +3,11 @@ student configs and artifacts of earlier stages."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import time
 
 import jax
 
@@ -85,6 +87,18 @@ class RunContext:
     self._teacher = None
     self._kd_teacher = None
     self._tokenizer = None
+    # seconds of the named phases of the running stage (counting its data, compiling, stepping,
+    # saving), reset by the pipeline at each stage: where a stage's time goes beyond its steps
+    self.phase_s: dict[str, float] = {}
+
+  @contextlib.contextmanager
+  def timed(self, phase: str):
+    """Adds the block's wall seconds to `phase_s[phase]`."""
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.phase_s[phase] = self.phase_s.get(phase, 0.0) + time.perf_counter() - t0
 
   # -- logging -----------------------------------------------------------------------------------
   def log(self, msg: str) -> None:

@@ -281,6 +281,7 @@ def _run_stage_loop(ctx: RunContext, cfg, current: dict) -> dict:
   _sync("start")  # the workdir exists and every process has read the previous summary
   t0 = time.time()
   ran, skipped = [], []
+  phase_s = dict(prev.get("stage_phases_s") or {}) if prev else {}
   summary_path = os.path.join(ctx.workdir, "summary.json")
   for stage in cfg.stages:
     if os.path.exists(stages.artifact(ctx, stage)):
@@ -291,14 +292,18 @@ def _run_stage_loop(ctx: RunContext, cfg, current: dict) -> dict:
     ctx.log(f"[{stage}] starting")
     current["where"] = f"in stage {stage!r} (outside its training steps)"
     ts = time.time()
+    ctx.phase_s = {}
     stages.RUNNERS[stage](ctx)
     ran.append((stage, round(time.time() - ts, 1)))
-    ctx.log(f"[{stage}] done in {time.time() - ts:.1f}s")
+    phases = stage_phases(ctx.phase_s, time.time() - ts)
+    if phases:
+      phase_s[stage] = phases
+    ctx.log(f"[{stage}] done in {time.time() - ts:.1f}s{describe_phases(phases)}")
     _sync(f"{stage} done")
     drop_checkpoints(ctx, stage)
     # After every stage, so that a run stopped later keeps the timings of the stages it finished.
-    _write_json(summary_path, _summary(ctx, cfg, ran, skipped, time.time() - t0, prev))
-  summary = _summary(ctx, cfg, ran, skipped, time.time() - t0, prev)
+    _write_json(summary_path, _summary(ctx, cfg, ran, skipped, time.time() - t0, prev, phase_s))
+  summary = _summary(ctx, cfg, ran, skipped, time.time() - t0, prev, phase_s)
   ctx.log(json.dumps(summary, indent=2))
   _write_json(summary_path, summary)
   _sync("summary written")
@@ -361,7 +366,20 @@ def _stage_times(cfg, ran, prev: dict) -> dict:
   return {s: times[s] for s in cfg.stages if s in times}
 
 
-def _summary(ctx, cfg, ran, skipped, seconds, prev: dict | None = None):
+def stage_phases(phase_s: dict, total_s: float) -> dict:
+  """A stage's phases rounded, with "setup" = what the named phases leave of its wall time
+  (loading and building models, placement); {} for a stage that names none."""
+  if not phase_s:
+    return {}
+  out = {"setup": max(0.0, total_s - sum(phase_s.values()))} | dict(phase_s)
+  return {k: round(v, 1) for k, v in out.items()}
+
+
+def describe_phases(phases: dict) -> str:
+  return " (" + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + ")" if phases else ""
+
+
+def _summary(ctx, cfg, ran, skipped, seconds, prev: dict | None = None, phase_s: dict | None = None):
   prev = prev or {}
   out = {
     "name": cfg.name,
@@ -369,6 +387,7 @@ def _summary(ctx, cfg, ran, skipped, seconds, prev: dict | None = None):
     "stages_run": [list(r) for r in ran],
     "stages_skipped": skipped,
     "stage_time_s": _stage_times(cfg, ran, prev),
+    "stage_phases_s": phase_s or {},
     "wall_time_s": round(float(prev.get("wall_time_s") or 0.0) + seconds, 1),
     "runs": int(prev.get("runs") or (1 if prev else 0)) + 1,
     "processes": jax.process_count(),

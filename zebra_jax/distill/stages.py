@@ -63,13 +63,19 @@ def train(ctx: RunContext, plan: plans.StagePlan, student: CausalLM, teachers: d
     lr_scale=plan.lr_scale,
   )
   if plan.data in ("ild", "kd"):
-    ctx.data_budget(plan.name, plan.data, plan.spec)
-  if plan.data is None:
-    trainer.run(ctx.preference_batches(plan.spec.batch_size))
-  else:
-    with contextlib.closing(ctx.batches(plan.data, plan.spec.batch_size)) as data:
-      trainer.run(data)
-  ctx.save(student, artifact(ctx, plan.name), plan.name)
+    with ctx.timed("counting data"):
+      ctx.data_budget(plan.name, plan.data, plan.spec)
+  try:
+    if plan.data is None:
+      trainer.run(ctx.preference_batches(plan.spec.batch_size))
+    else:
+      with contextlib.closing(ctx.batches(plan.data, plan.spec.batch_size)) as data:
+        trainer.run(data)
+  finally:
+    for phase, sec in getattr(trainer, "phase_s", {}).items():
+      ctx.phase_s[phase] = ctx.phase_s.get(phase, 0.0) + sec
+  with ctx.timed("saving"):
+    ctx.save(student, artifact(ctx, plan.name), plan.name)
 
 
 # -- teacher ---------------------------------------------------------------------------------------

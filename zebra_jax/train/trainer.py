@@ -369,6 +369,7 @@ class StageTrainer:
 
   def run(self, data: BatchIterator) -> nnx.Module:
     spec = self.spec
+    t_run = time.perf_counter()
     ckpt = StageCheckpointer(
       os.path.join(self.dir, "checkpoints"), keep_last=spec.keep_last, async_save=spec.async_checkpoint
     )
@@ -386,6 +387,10 @@ class StageTrainer:
     if start < spec.steps:
       ckpt.prepare({"trainable": self.trainable, "opt_state": self.opt_state})
     writer = MetricsWriter(self.dir, resume_step=start)
+    # wall seconds of this run: opening (and resuming from) the checkpoints, the first step's
+    # dispatch (its compile), the remaining steps
+    self.phase_s = {"checkpointer": time.perf_counter() - t_run}
+    t_first = None
     peak = peak_flops_per_device()
     tokens_per_step = spec.batch_size * spec.seq_len
 
@@ -458,6 +463,9 @@ class StageTrainer:
         self.trainable, self.opt_state, metrics = self._step_fn(batch)(
           self.trainable, self.opt_state, self.frozen, self.teacher_states, batch
         )
+        if t_first is None:
+          t_first = time.perf_counter()
+          self.phase_s["compile"] = t_first - t_run - self.phase_s["checkpointer"]
         step += 1
         steps_since += 1
         pending.append((step, metrics))
@@ -490,6 +498,8 @@ class StageTrainer:
             f"[{self.name}] SIGTERM: saved step {step} to {ckpt.directory}; rerun the same command to resume"
           )
       ckpt.wait()
+      if t_first is not None:
+        self.phase_s["steps"] = time.perf_counter() - t_first
     finally:
       gc.callbacks.remove(host.on_gc)
       gc.unfreeze()  # what the stage leaves behind is collectable again
