@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from zebra_jax.assets import use_compilation_cache  # noqa: E402
 from zebra_jax.cli import parse_absl_flags, script_errors  # noqa: E402
 from zebra_jax.convert.orbax_io import flatten_dotted  # noqa: E402
 from zebra_jax.distill.aot import aot_report  # noqa: E402
@@ -93,8 +94,6 @@ def main(argv):
     report = aot_report(cfg, _AOT.value)  # AOTError (no libtpu, bad topology): exit 2, one line
     sys.exit(0 if report.fits else 1)  # 1: a stage does not fit (named in the report)
   import jax
-
-  from zebra_jax.assets import use_compilation_cache
 
   use_compilation_cache()  # a resumed run, a rerun and later stages read compiled steps back
   if _COORD.value or _NPROC.value:

@@ -29,6 +29,7 @@ try:
 except ImportError:  # running from a source checkout without installation
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from zebra_jax.assets import use_compilation_cache  # noqa: E402
 from zebra_jax.cli import ScriptError, argument_parser, script_errors, with_help_formatter  # noqa: E402
 from zebra_jax import presets  # noqa: E402
 
@@ -351,8 +352,6 @@ def main(argv=None) -> int:
   with_help_formatter(p)
 
   args = p.parse_args(argv)
-  from zebra_jax.assets import use_compilation_cache
-
   use_compilation_cache()  # exported as $JAX_COMPILATION_CACHE_DIR: the lm-eval subprocesses share it
   args.fn(args)
   return 0

@@ -37,6 +37,7 @@ except ImportError:
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from zebra_jax.assets import use_compilation_cache  # noqa: E402
 from zebra_jax.cli import HELP_ARGS, absl_help, parse_absl_flags, script_errors  # noqa: E402
 from zebra_jax.distill.experiment import plan, run_experiment  # noqa: E402
 
@@ -102,7 +103,6 @@ def main(argv):
   cfg = _CONFIG.value
   if cfg is None:
     raise app.UsageError("--config is required, e.g. --config configs/smollm2_135m.py")
-  from zebra_jax.assets import use_compilation_cache
   from zebra_jax.convert.orbax_io import load_model  # lazy: --help runs without jax, flax, optax
   from zebra_jax.eval import report  # lazy: --help runs without grain, orbax, jax
 

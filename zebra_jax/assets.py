@@ -7,7 +7,6 @@ included), with no model-hub access.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -34,7 +33,6 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> str:
 
 
 COMPILATION_CACHE_ENV = "ZEBRA_JAX_COMPILATION_CACHE"
-COMPILATION_CACHE_MAX_BYTES = 4 << 30
 
 
 def use_compilation_cache() -> str | None:
@@ -45,8 +43,10 @@ def use_compilation_cache() -> str | None:
   cache (and XLA's per-fusion GPU autotuning results, which JAX keeps beside it) they are read
   back. Where: $JAX_COMPILATION_CACHE_DIR when set (JAX reads it itself), else
   <cache dir>/xla (`resolve_cache_dir`), exported as $JAX_COMPILATION_CACHE_DIR for subprocesses;
-  $ZEBRA_JAX_COMPILATION_CACHE=0 turns it off. Call before
-  the first compilation: JAX fixes the cache when it first compiles."""
+  $ZEBRA_JAX_COMPILATION_CACHE=0 turns it off. Unbounded, as JAX's default (JAX's size bound
+  evicts under a file lock that races when several processes share the folder): delete the folder
+  to reclaim it (a few MB per compiled step). Call before the first compilation: JAX fixes the
+  cache when it first compiles."""
   if os.environ.get(COMPILATION_CACHE_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
     return None
   import jax
@@ -56,10 +56,6 @@ def use_compilation_cache() -> str | None:
   d = os.path.join(resolve_cache_dir(), "xla")
   os.makedirs(d, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", d)
-  if jax.config.jax_compilation_cache_max_size < 0 and importlib.util.find_spec("filelock"):
-    # unbounded by default; with a bound the least recently used entries go (JAX locks the
-    # directory with filelock, a dependency of transformers)
-    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
   os.environ["JAX_COMPILATION_CACHE_DIR"] = d  # subprocesses (the lm-eval CLI) use it too
   return d
 
