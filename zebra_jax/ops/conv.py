@@ -7,12 +7,14 @@
 * "reference": K shifted multiply-adds accumulated in float32 (like mamba_ssm's causal_conv1d),
   differentiated by JAX. Any carried state; the model's cached paths (prefill, decode, verify) use
   it through `causal_conv1d`.
-* "fused": the same forward with the SiLU, and a hand-written backward (`jax.custom_vjp`) that
-  recomputes `pre` from x instead of keeping it, and takes dw and dbias in one reduction over
-  (batch, time): the autodiff backward of the reference materialises the padded input, `pre`,
-  its SiLU derivative and K separate weight reductions, each a pass over a (B, T, C) tensor of an
-  op that is all memory traffic (docs/benchmarks.md "The Mamba2 mixer split": 1.03 ms of the
-  smollm2 mixer's 4.30). Zero initial state only (the training forward).
+* "fused": the same forward with the SiLU in float32, and a hand-written backward
+  (`jax.custom_vjp`) that keeps only x (the pre-activation is recomputed: K multiply-adds per
+  element against writing and reading a float32 (B, T, C) tensor) and computes the SiLU
+  derivative, dx and the K + 1 weight / bias reductions from it, for XLA to fuse. The op is all
+  memory traffic (docs/benchmarks.md "The Mamba2 mixer split": 1.03 ms of the smollm2 mixer's
+  4.30 on an H100); whether this beats the autodiff backward is for a GPU to say (on a CPU, XLA's
+  cost model counts 3.1 GB accessed against the reference's 2.5 at the smollm2 step's shapes).
+  Zero initial state only (the training forward).
 
 `causal_conv1d_silu(..., impl="auto")` is the reference until a GPU measurement shows the fused
 one faster (`python scripts/bench.py train --layers` prints both rows side by side).
@@ -76,11 +78,11 @@ def _fused_bwd(res, dy_BTC):
   gpad = jnp.pad(g, ((0, 0), (0, K - 1), (0, 0)))
   w = w_KC.astype(jnp.float32)
   dx = sum(gpad[:, K - 1 - k : K - 1 - k + T] * w[k] for k in range(K))
-  # dw[k] = sum_{b,t} x[t + k - (K-1)] g[t]; dbias = sum g: one reduction over (batch, time)
-  xpad = jnp.pad(x_BTC, ((0, 0), (K - 1, 0), (0, 0))).astype(jnp.float32)
-  taps = jnp.stack([xpad[:, k : k + T] * g for k in range(K)] + [g], axis=0)  # (K+1, B, T, C)
-  red = jnp.sum(taps, axis=(1, 2))
-  return dx.astype(x_BTC.dtype), red[:K].astype(w_KC.dtype), red[K].astype(bias_C.dtype)
+  # dw[k] = sum_{b,t} x[t + k - (K-1)] g[t]; dbias = sum g: K+1 sibling reductions of the same
+  # inputs, which XLA may fuse into one pass (a stacked (K+1, B, T, C) operand would be written out)
+  xpad = jnp.pad(x_BTC, ((0, 0), (K - 1, 0), (0, 0)))
+  dw = jnp.stack([jnp.sum(xpad[:, k : k + T].astype(jnp.float32) * g, axis=(0, 1)) for k in range(K)])
+  return dx.astype(x_BTC.dtype), dw.astype(w_KC.dtype), jnp.sum(g, axis=(0, 1)).astype(bias_C.dtype)
 
 
 _conv_silu_fused.defvjp(_fused_fwd, _fused_bwd)
