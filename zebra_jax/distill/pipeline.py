@@ -281,7 +281,7 @@ def _run_stage_loop(ctx: RunContext, cfg, current: dict) -> dict:
   _sync("start")  # the workdir exists and every process has read the previous summary
   t0 = time.time()
   ran, skipped = [], []
-  phase_s = dict(prev.get("stage_phases_s") or {}) if prev else {}
+  phase_s = dict((prev or {}).get("stage_phases_s") or {})
   summary_path = os.path.join(ctx.workdir, "summary.json")
   for stage in cfg.stages:
     if os.path.exists(stages.artifact(ctx, stage)):
@@ -294,11 +294,12 @@ def _run_stage_loop(ctx: RunContext, cfg, current: dict) -> dict:
     ts = time.time()
     ctx.phase_s = {}
     stages.RUNNERS[stage](ctx)
-    ran.append((stage, round(time.time() - ts, 1)))
-    phases = stage_phases(ctx.phase_s, time.time() - ts)
+    took = time.time() - ts
+    ran.append((stage, round(took, 1)))
+    phases = stage_phases(ctx.phase_s, took)
     if phases:
       phase_s[stage] = phases
-    ctx.log(f"[{stage}] done in {time.time() - ts:.1f}s{describe_phases(phases)}")
+    ctx.log(f"[{stage}] done in {took:.1f}s{describe_phases(phases)}")
     _sync(f"{stage} done")
     drop_checkpoints(ctx, stage)
     # After every stage, so that a run stopped later keeps the timings of the stages it finished.

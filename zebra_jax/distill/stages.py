@@ -72,7 +72,7 @@ def train(ctx: RunContext, plan: plans.StagePlan, student: CausalLM, teachers: d
       with contextlib.closing(ctx.batches(plan.data, plan.spec.batch_size)) as data:
         trainer.run(data)
   finally:
-    for phase, sec in getattr(trainer, "phase_s", {}).items():
+    for phase, sec in trainer.phase_s.items():
       ctx.phase_s[phase] = ctx.phase_s.get(phase, 0.0) + sec
   with ctx.timed("saving"):
     ctx.save(student, artifact(ctx, plan.name), plan.name)

@@ -41,19 +41,22 @@ def causal_conv1d(x_BTC, w_KC, bias_C=None, state_BKC=None):
   if state_BKC is None:
     state_BKC = jnp.zeros((Bsz, K - 1, C), x_BTC.dtype)
   xpad = jnp.concatenate([state_BKC.astype(x_BTC.dtype), x_BTC], axis=1)  # (B, K-1+T, C)
-  w = w_KC.astype(jnp.float32)
-  out = sum(xpad[:, k : k + T].astype(jnp.float32) * w[k] for k in range(K))
+  out = _taps_f32(xpad, w_KC, T)
   if bias_C is not None:
     out = out + bias_C.astype(jnp.float32)
   return out.astype(x_BTC.dtype), xpad[:, T:]
 
 
+def _taps_f32(xpad_BSC, w_KC, T: int):
+  """sum_k xpad[:, t + k] * w[k] for t < T, accumulated in float32 (xpad holds K-1 steps before t=0)."""
+  w = w_KC.astype(jnp.float32)
+  return sum(xpad_BSC[:, k : k + T].astype(jnp.float32) * w[k] for k in range(w_KC.shape[0]))
+
+
 def _pre_f32(x_BTC, w_KC, bias_C):
   """float32 pre-activation, zero initial state."""
-  K, T = w_KC.shape[0], x_BTC.shape[1]
-  xpad = jnp.pad(x_BTC, ((0, 0), (K - 1, 0), (0, 0)))
-  w = w_KC.astype(jnp.float32)
-  return sum(xpad[:, k : k + T].astype(jnp.float32) * w[k] for k in range(K)) + bias_C.astype(jnp.float32)
+  xpad = jnp.pad(x_BTC, ((0, 0), (w_KC.shape[0] - 1, 0), (0, 0)))
+  return _taps_f32(xpad, w_KC, x_BTC.shape[1]) + bias_C.astype(jnp.float32)
 
 
 @jax.custom_vjp

@@ -294,6 +294,7 @@ class StageTrainer:
     lr_scale: Callable[[tuple], float] | None = None,
   ):
     spec.validate(mesh, f"stage {name!r}")
+    self.phase_s: dict[str, float] = {}  # run()'s wall seconds by phase (checkpointer, compile, steps)
     self.name, self.spec, self.mesh, self.rules = name, spec, mesh, rules
     self.dir = os.path.join(workdir, name)
     self.model = model
