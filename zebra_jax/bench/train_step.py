@@ -42,7 +42,6 @@ from zebra_jax.bench import environment
 from zebra_jax.config import REMAT_POLICIES, HybridConfig
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.distill import objectives
-from zebra_jax.ops import conv as conv_ops
 from zebra_jax.ops.ssd import ssd_scan
 from zebra_jax.train import fused_losses, losses
 from zebra_jax.train.optim import make_optimizer
@@ -377,19 +376,6 @@ def mamba2_piece_ms(mixer, cfg, batch: int, seq_len: int, iters: int) -> list[tu
   return [
     ("in_proj", module_fwd_bwd_ms(mixer.in_proj, lambda m, a: m(a), (h,), iters)),
     ("the conv + SiLU", module_fwd_bwd_ms(mixer.conv1d, lambda m, a: jax.nn.silu(m(a)[0]), (xBC,), iters)),
-    # the same piece with ops.conv's hand-written backward (not what the mixer runs yet: the
-    # measurement that decides it)
-    (
-      "the conv + SiLU, fused VJP (ops.conv impl='fused'; not in the step)",
-      module_fwd_bwd_ms(
-        mixer.conv1d,
-        lambda m, a: conv_ops.causal_conv1d_silu(
-          a, m.kernel[...], None if m.bias is None else m.bias[...], impl="fused"
-        ),
-        (xBC,),
-        iters,
-      ),
-    ),
     ("the SSD scan", ssd_fwd_bwd_ms(cfg, batch, seq_len, iters)),
     ("the gated norm", module_fwd_bwd_ms(mixer.norm, lambda m, a, b: m(a, b), (y, z), iters)),
     ("out_proj", module_fwd_bwd_ms(mixer.out_proj, lambda m, a: m(a), (y,), iters)),
