@@ -404,6 +404,19 @@ def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, mo
   assert calls[-1][1] == 0, f"the timed decode call compiled: {calls}"
 
 
+def test_the_decode_bench_has_the_readme_main_jobs_shapes():
+  """`bench.py generate --size smollm2`: the teacher the samples stage decodes with (SmolLM2-135M:
+  30 layers, hidden 576, 3 KV heads of 64) and configs/smollm2_135m.py's 9 MLA + 21 Mamba2 student,
+  with the KV-cache bytes per token those shapes imply (2 x 30 x 3 x 64 bf16 for the teacher)."""
+  from zebra_jax.bench import decode as bench
+  from zebra_jax.infer.cache import cache_nbytes, init_cache
+
+  teacher, _, zebra = (make() for make in bench.SIZES["smollm2"])
+  assert (teacher.num_hidden_layers, teacher.hidden_size, teacher.num_key_value_heads) == (30, 576, 3)
+  assert zebra.mla_layers == (0, 3, 6, 9, 12, 16, 20, 24, 28) and zebra.num_hidden_layers == 30
+  assert cache_nbytes(init_cache(teacher, 1, 1, jnp.bfloat16)) == 2 * 30 * 3 * 64 * 2
+
+
 def test_bad_prompts_are_refused_with_a_message():
   """Issue 18 item 6: a flat list is not three prompts, float ids are not truncated, and positions
   past max_position_embeddings are not silently extrapolated."""

@@ -55,11 +55,18 @@ _TINY = presets.llama_3_2_1b().replace(
   vocab_size=256,
 )
 SIZES = {
-  # name: (teacher, MambaInLlama-style hybrid, Zebra hybrid); same teacher shape, same 4:12 mix
+  # name: (teacher, MambaInLlama-style hybrid, Zebra hybrid) built from one teacher shape
   "1b": (
     lambda: presets.llama_3_2_1b(instruct=True),
     lambda: presets.mamba_in_llama(presets.llama_3_2_1b(instruct=True), attn_every=4),
     lambda: presets.get_preset("zebra_1b_4mla12m2"),
+  ),
+  # the README main job's shapes: the samples stage decodes with this teacher (~500-token contexts,
+  # batch 512); its student is configs/smollm2_135m.py's 9 MLA + 21 Mamba2 hybrid
+  "smollm2": (
+    lambda: presets.smollm2_135m(instruct=True),
+    lambda: presets.mamba_in_llama(presets.smollm2_135m(instruct=True), attn_every=4),
+    lambda: presets.get_preset("zebra_smollm2_135m_9mla21m2"),
   ),
   # a CPU smoke test of the harness
   "tiny": (
