@@ -189,7 +189,13 @@ def cmd_suite(a):
     import ml_collections
 
     with open(a.run_config) as f:
-      run_config = ml_collections.ConfigDict(json.load(f))
+      try:
+        run_config = json.load(f)
+      except ValueError as e:
+        raise ScriptError(f"--run_config {a.run_config}: not JSON ({e})") from None
+    if not isinstance(run_config, dict):
+      raise ScriptError(f"--run_config {a.run_config}: not a run's config.json (a JSON object)")
+    run_config = ml_collections.ConfigDict(run_config)
   res = run_suite(
     students,
     teacher,

@@ -38,7 +38,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from zebra_jax.assets import use_compilation_cache  # noqa: E402
-from zebra_jax.cli import HELP_ARGS, absl_help, parse_absl_flags, script_errors  # noqa: E402
+from zebra_jax.cli import HELP_ARGS, ScriptError, absl_help, parse_absl_flags, script_errors  # noqa: E402
 from zebra_jax.distill.experiment import plan, run_experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -110,6 +110,14 @@ def main(argv):
 
   budgets = _BUDGETS.value or [cfg.model.n_mla]
   variants = plan(budgets, ablations=_ABL_LIST.value if _ABL_LIST.value is not None else _ABL.value)
+  if _SUITE.value:  # the suite runs once every variant is trained: its settings are checked now
+    from zebra_jax.eval.tasks import task_names  # lazy: --help runs without grain, orbax, jax
+
+    unknown = [t for t in _SUITE_TASKS.value or () if t not in task_names()]
+    if unknown:
+      raise ScriptError(f"--suite_tasks: unknown task(s) {unknown}; tasks: {task_names()}")
+    if _SUITE_LIMIT.value < 0:
+      raise ScriptError(f"--suite_limit must be >= 0 items per task (0: all), got {_SUITE_LIMIT.value}")
   root = os.path.abspath(_ROOT.value or os.path.join("workdir", f"{cfg.name}_report"))
   command = "python scripts/report.py " + " ".join(sys.argv[1:])
   eval_dir = os.path.join(root, "eval")

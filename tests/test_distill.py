@@ -483,6 +483,19 @@ def _tiny(**changes):
     ({"kd.batch_size": 6, "kd.grad_accum": 4}, r"kd.batch_size=6.*kd.grad_accum=4"),
     ({"kd.lr": float("inf")}, r"kd.lr must be a positive finite number, got inf"),
     ({"kd.lr_scale.embed": -0.5}, r"kd.lr_scale.embed must be a finite number >= 0, got -0.5"),
+    # a hostile pass (2026-12-07): each of these was accepted, or failed later with a traceback
+    (
+      {"kd.freeze": ("mixer",), "kd.lr_scale.mixer": 2.0},
+      r"kd.lr_scale.mixer=2.0 scales a group that kd.freeze freezes; drop one of the two",
+    ),
+    (
+      {"kd.freeze": ("embed", "mlp", "norm"), "kd.lr_scale.mixer": 0.0},
+      r"kd.freeze and kd.lr_scale \(0\) leave no parameter group training",
+    ),
+    ({"model.n_mla": 0}, r"model.n_mla \(the MLA layer budget\) must be a positive layer count .*got 0"),
+    ({"data.mix": "shakespeare=inf"}, r"data.mix\['shakespeare'\] = inf: a weight must be a finite number"),
+    ({"data.mix": ","}, r"data.mix ',' names no source"),
+    ({"data.mix": "shakespeare=1,source:shakespeare=2"}, r"data.mix names 'shakespeare' twice"),
     # 781 scenes, 766 train: a 1e-4 fraction puts none in the ILD part (a KD part too small
     # would only come after hours of ILD: both are checked before anything runs).
     ({"data.ild_fraction": 1e-4}, r"data.ild_fraction=0.0001 leaves the ILD part .* empty"),

@@ -661,7 +661,11 @@ def test_extract_wiki_summaries(tmp_path):
     },
     "Abacus": {"title": "Abacus", "extract": "Also in gensim's dump.", "topic": "Mathematics"},
     "Algebra": {"title": "Algebra", "extract": "Algebra is a branch of mathematics.", "topic": "Mathematics"},
-    "Lewis_Carroll": {"title": "Lewis Carroll", "extract": "About a held-out source's author.", "topic": "Arts"},
+    "Lewis_Carroll": {
+      "title": "Lewis Carroll",
+      "extract": "About a held-out source's author.",
+      "topic": "Arts",
+    },
     "Empty": {"title": "Empty", "extract": "", "topic": "Mathematics"},
     "0": {"title": "0", "extract": "0 is a number.", "topic": "Uncategorized"},
   }
@@ -783,3 +787,67 @@ def test_prose_sources_come_after_run_9s():
   assert train[-len(new) :] == new and train.index("fortunes") == len(train) - len(new) - 1
   assert [R.SOURCES[n].kind for n in new] == ["literature", "reference", "reference", "instructional", "news"]
   assert not any(n in R.SOURCES[m].description.lower() for m in new for n in ("alice", "wordnet", "flask"))
+
+
+def test_a_mix_with_an_impossible_weight_or_a_source_twice_is_refused(tmp_path, monkeypatch):
+  """A hostile pass (2026-12-07): an infinite weight passed validation and ended in an
+  OverflowError traceback when a stage read the data; "," was taken as no mix (data.source
+  instead); a source named twice (`a=1,a=2`, `a=1,source:a=2`) kept one weight or trained it
+  twice; a missing `corpus.jsonl` in the working directory was "unknown source 'corpus.jsonl'"."""
+  for value, needle in (
+    ("shakespeare=inf", "data.mix['shakespeare'] = inf: a weight must be a finite number >= 0"),
+    ({"shakespeare": float("inf")}, "data.mix['shakespeare'] = inf: a weight must be a finite number >= 0"),
+    (",", "data.mix ',' names no source (expected name=weight,...; '' for no mix)"),
+    ("shakespeare=1,shakespeare=2", "data.mix names 'shakespeare' twice (give each source one weight)"),
+    (
+      "shakespeare=1,source:shakespeare=2",
+      "data.mix names 'shakespeare' twice (shakespeare and source:shakespeare are one source)",
+    ),
+  ):
+    with pytest.raises(ValueError) as e:
+      R.check_config_sources("default", value)
+    assert str(e.value) == needle
+  assert R.parse_mix("  ") == {} and R.parse_mix("shakespeare=1,") == {"shakespeare": 1.0}
+  from zebra_jax.data import ListSource
+  from zebra_jax.data.pipeline import repeat_indices
+
+  with pytest.raises(ValueError, match="a weight must be a finite number >= 0"):
+    R.MixSource(["x"], [ListSource(["a b c"])], [float("inf")])
+  with pytest.raises(ValueError, match=r"data.mix names \['x'\] more than once"):
+    R.MixSource(["x", "x"], [ListSource(["a"]), ListSource(["b"])], [1.0, 1.0])
+  with pytest.raises(ValueError, match="a mix weight must be a finite number >= 0, got inf"):
+    repeat_indices(np.arange(3), float("inf"), 3, 0)
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(Exception, match="jsonl file not found: corpus.jsonl"):
+    R.open_mix({"corpus.jsonl": 1.0}, str(tmp_path / "cache"))
+
+
+def test_a_damaged_cached_source_is_rebuilt_not_read_short(tmp_path, capsys):
+  """A hostile pass (2026-12-07): documents.jsonl cut at a line boundary was read as fewer
+  documents without a word, cut mid-line (or a damaged info.json) was a JSONDecodeError
+  traceback. The entry is rebuilt (a message names the file); a line garbled in place is one
+  error naming the file, line and what to delete."""
+  reg, cache = _fake_registry(tmp_path)
+  a = R.source_documents("a", cache, registry=reg)
+  d = os.path.dirname(R.source_path("a", cache, registry=reg))
+  docs, info = os.path.join(d, "documents.jsonl"), os.path.join(d, "info.json")
+  whole = open(docs, encoding="utf-8").read()
+  assert len(a) == 2
+  capsys.readouterr()
+  open(docs, "w", encoding="utf-8").write(whole.splitlines(keepends=True)[0])  # one of two lines
+  assert R.source_documents("a", cache, registry=reg) == a
+  assert f"{docs}: 1 lines where info.json counts 2 documents (truncated?); rebuilding 'a'" in (
+    capsys.readouterr().err
+  )
+  open(docs, "w", encoding="utf-8").write(whole[:50])  # cut mid-line
+  assert R.source_documents("a", cache, registry=reg) == a
+  text = open(info).read()
+  open(info, "w").write(text[: len(text) // 2])
+  assert R.source_documents("a", cache, registry=reg) == a
+  assert f"{info}: damaged (JSONDecodeError: " in capsys.readouterr().err
+  assert open(docs, encoding="utf-8").read() == whole and open(info).read() == text
+  open(docs, "w", encoding="utf-8").write('{"text": broken\n' + whole.splitlines(keepends=True)[1])
+  with pytest.raises(ValueError) as e:
+    R.source_documents("a", cache, registry=reg)
+  assert str(e.value).startswith(f"{docs}:1: damaged cache file (JSONDecodeError: ")
+  assert str(e.value).endswith(f"; delete {d} to rebuild it")

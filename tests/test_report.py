@@ -99,6 +99,20 @@ def test_kd_sweeps_change_one_kd_setting_of_the_main_variant():
     plan([3], ablations=["kd:ce_weight=0.1", "kd:ce_weight=0.1"])
 
 
+def test_a_sweep_value_of_another_type_and_a_budget_that_is_no_number_are_one_line():
+  """A hostile pass (2026-12-07): `--ablation_list=kd:lr=abc` and `--budgets=abc` (or 2.5) ended
+  in a TypeError / ValueError traceback from ml_collections and int()."""
+  with pytest.raises(ValueError) as e:
+    variant_config(_tiny(), plan([3], ablations=["kd:lr=abc"])[1])
+  assert str(e.value) == "sweep mla3_smart_kd_lrabc: kd.lr takes a float, got 'abc'"
+  with pytest.raises(ValueError, match=r"kd.lr_scale.mixer takes a float, got 'x'"):
+    variant_config(_tiny(), plan([3], ablations=["kd:lr_scale.mixer=x"])[1])
+  for budgets in (["abc"], ["2.5"]):
+    with pytest.raises(ValueError) as e:
+      plan(budgets)
+    assert str(e.value) == f"budgets {budgets}: each must be an MLA layer count (a whole number)"
+
+
 def test_shared_stages_run_once_and_are_linked(experiment):
   cfg, root, variants, summaries = experiment
   assert (root / "shared" / "ild_mla" / "model").exists()

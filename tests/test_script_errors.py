@@ -107,6 +107,57 @@ def test_the_suite_names_a_mistyped_checkpoint_before_anything_else(tmp_path, ca
   assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize(
+  "args, needle",
+  [
+    (["--tasks", "wn_definitionz"], "error: tasks: unknown task(s) ['wn_definitionz']; tasks: ['wn_"),
+    (["--limit", "0"], "error: limit must be a whole number >= 1, got 0"),
+    (["--max_tokens", "-1"], "error: max_tokens must be >= 0 tokens per domain (0 or None: all), got -1"),
+    (["--seq_len", "0"], "error: seq_len must be a whole number >= 2, got 0"),
+    (["--batch_size", "0"], "error: batch_size must be a whole number >= 1, got 0"),
+    (["--chat_tokens", "0"], "error: chat_tokens must be a whole number >= 1, got 0"),
+  ],
+)
+def test_suite_settings_that_cannot_work_are_refused_before_anything_runs(tmp_path, capsys, args, needle):
+  """A hostile pass (2026-12-07): a mistyped task was left out after every model was scored (exit
+  0), `--limit 0` ran every item, `--max_tokens -1` scored 63 tokens a domain, and a zero
+  --seq_len / --batch_size / --chat_tokens failed only after the teacher's domains were scored,
+  naming an internal argument."""
+  line = _fails(
+    capsys,
+    load_script("evaluate").main,
+    ["suite", "--checkpoint", str(tmp_path), "--teacher", str(tmp_path / "t"), "--tokenizer", "byte"]
+    + ["--out", str(tmp_path / "s"), *args],
+  )
+  assert line.startswith(needle)
+  assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+  "text, needle",
+  [('{"data": ', "not JSON (Expecting value"), ("[1, 2]", "not a run's config.json (a JSON object)")],
+)
+def test_a_suite_run_config_that_is_not_a_config_is_one_line(tmp_path, capsys, text, needle):
+  """It was a JSONDecodeError / AttributeError traceback."""
+  rc = tmp_path / "config.json"
+  rc.write_text(text)
+  line = _fails(
+    capsys,
+    load_script("evaluate").main,
+    ["suite", "--checkpoint", str(tmp_path), "--teacher", "smollm2", "--run_config", str(rc)]
+    + ["--out", str(tmp_path / "s")],
+  )
+  assert line.startswith(f"error: --run_config {rc}: {needle}")
+
+
+@pytest.mark.parametrize("flag", ["--batch", "--seq-len", "--steps"])
+def test_bench_train_refuses_a_zero_size_before_building_models(capsys, flag):
+  """`--batch 0` was a ZeroDivisionError traceback after both models were built."""
+  small = ["--student", "zebra_smollm2_135m_9mla21m2", "--teacher", "smollm2-135m-instruct"]
+  line = _fails(capsys, load_script("bench").main, ["train", *small, flag, "0"])
+  assert line == f"error: {flag} must be >= 1, got 0"
+
+
 def test_a_binary_data_file_is_named(tmp_path, capsys):
   """A binary file given as text was a UnicodeDecodeError naming no file."""
   data = tmp_path / "corpus.txt"
@@ -151,6 +202,18 @@ def test_distill_names_a_config_override_that_is_no_field():
   assert r.stderr.strip() == (
     "error: --config.foo.bar=1: the config has no field 'foo' (--help lists the fields)"
   )
+
+
+def test_report_checks_the_suite_tasks_before_training(tmp_path):
+  """`report.py --suite_tasks=bogus` trained every variant, then left the task out of the suite
+  with a log line (exit 0); it is refused before the first stage."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(ROOT, "scripts", "report.py"), "--config"]
+  cmd += [os.path.join(ROOT, "configs", "tiny.py"), "--root", str(tmp_path / "r"), "--suite_tasks=bogus"]
+  r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert r.stderr.strip().startswith("error: --suite_tasks: unknown task(s) ['bogus']; tasks: ['wn_")
+  assert not (tmp_path / "r").exists()
 
 
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path):

@@ -242,6 +242,18 @@ def test_build_tasks_writes_lm_eval_tasks(fake_registry, tmp_path):
   assert (tmp_path / "again" / "wn_definitions.jsonl").read_text() == first
 
 
+def test_a_suite_run_for_a_few_tasks_does_not_shrink_the_task_folder(fake_registry, tmp_path):
+  """A hostile pass (2026-12-07): `suite --tasks wn_definitions` rewrote tasks.json with that task
+  alone, so a later full run on the same --out silently ran one task of five."""
+  every = ["wn_definitions", "wn_hypernyms", "wn_examples", "cloze_novels", "cloze_manuals"]
+  assert list(suite.ensure_tasks(str(tmp_path / "a"), ["wn_definitions"])) == ["wn_definitions"]
+  assert list(suite.ensure_tasks(str(tmp_path / "a"))) == every
+  tasks.build_tasks(str(tmp_path / "b"))
+  tasks.build_tasks(str(tmp_path / "b"), only=["cloze_novels"])
+  assert sorted(suite.ensure_tasks(str(tmp_path / "b"))) == sorted(every)
+  assert json.loads((tmp_path / "b" / "tasks.json").read_text())["complete"] is True
+
+
 def test_ensure_tasks_rebuilds_a_moved_task_folder(fake_registry, tmp_path):
   """Task YAMLs name their data by absolute path: a folder built elsewhere and copied in (as a
   GPU run once did) is rebuilt in place instead of pointing lm-eval at files that are not there."""

@@ -498,6 +498,9 @@ def main(argv=None) -> str:
   )
   p.add_argument("--append", default=None, help="append the markdown section to this file")
   a = p.parse_args(argv)
+  for flag, value in (("--batch", a.batch), ("--seq-len", a.seq_len), ("--steps", a.steps)):
+    if value < 1:
+      raise ScriptError(f"{flag} must be >= 1, got {value}")
   impls = tuple(i for i in a.loss_impl.split(",") if i)
   remats = tuple(r for r in a.remat.split(",") if r)
   unknown = [r for r in remats if r not in ("none", *REMAT_POLICIES)]

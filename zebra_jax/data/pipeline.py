@@ -114,8 +114,8 @@ def repeat_indices(indices: np.ndarray, weight: float, num_documents: int, salt:
   """`indices` (original document indices of one source) repeated `weight` times: floor(weight) full
   copies, plus the documents whose hash of (salt, original index) falls below the fractional part
   (a fixed, hash-chosen subset: weight 0.25 = a quarter, 2.0 = every document twice)."""
-  if not weight >= 0:
-    raise ValueError(f"a mix weight must be >= 0, got {weight}")
+  if not (weight >= 0 and np.isfinite(weight)):
+    raise ValueError(f"a mix weight must be a finite number >= 0, got {weight}")
   full, frac = int(np.floor(weight)), float(weight - np.floor(weight))
   parts = [indices] * full
   if frac > 0:

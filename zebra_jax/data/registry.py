@@ -48,10 +48,12 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
 import sqlite3
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -2082,19 +2084,55 @@ def _fingerprint(src: Source, registry: Mapping[str, Source]) -> list[str]:
 
 
 def _read_jsonl(path: str) -> list[str]:
+  out = []
   with open(path, encoding="utf-8") as f:
-    return [json.loads(line)["text"] for line in f if line.strip()]
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        out.append(json.loads(line)["text"])
+      except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+          f"{path}:{i}: damaged cache file ({type(e).__name__}: {e}); delete "
+          f"{os.path.dirname(path)} to rebuild it"
+        ) from None
+  return out
+
+
+def _count_lines(path: str) -> int:
+  n = 0
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      n += block.count(b"\n")
+  return n
 
 
 def _cached(src: Source, registry, cache_dir) -> str | None:
+  """The source's cache directory when it is built for this registry and whole, else None (build
+  it). A damaged entry (info.json that does not read, documents.jsonl with another number of lines
+  than info.json's documents: a truncated copy) is rebuilt, with a message on stderr."""
   final = os.path.join(sources_root(cache_dir), _dir_name(src))
   info_path = os.path.join(final, INFO_FILE)
-  if not os.path.exists(os.path.join(final, DOCUMENTS_FILE)) or not os.path.exists(info_path):
+  docs_path = os.path.join(final, DOCUMENTS_FILE)
+  if not os.path.exists(docs_path) or not os.path.exists(info_path):
     return None
-  with open(info_path) as f:
-    info = json.load(f)
+  try:
+    with open(info_path) as f:
+      info = json.load(f)
+    documents = int(info["documents"])
+  except (ValueError, KeyError, TypeError) as e:
+    print(f"{info_path}: damaged ({type(e).__name__}: {e}); rebuilding {src.name!r}", file=sys.stderr)
+    return None
   if info.get("sha256") != src.sha256 or info.get("depends_on") != _fingerprint(src, registry):
     return None  # the registry changed around it: rebuild
+  lines = _count_lines(docs_path)
+  if lines != documents:
+    print(
+      f"{docs_path}: {lines} lines where {INFO_FILE} counts {documents} documents (truncated?); "
+      f"rebuilding {src.name!r}",
+      file=sys.stderr,
+    )
+    return None
   return final
 
 
@@ -2247,8 +2285,11 @@ class MixSource:
     if not names:
       raise ValueError("data.mix is empty")
     for n, w in zip(names, weights):
-      if not (isinstance(w, (int, float)) and w >= 0):
-        raise ValueError(f"data.mix[{n!r}] = {w!r}: a weight must be a number >= 0")
+      if not (isinstance(w, (int, float)) and w >= 0 and math.isfinite(w)):
+        raise ValueError(f"data.mix[{n!r}] = {w!r}: a weight must be a finite number >= 0")
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    if twice:
+      raise ValueError(f"data.mix names {twice} more than once (give each source one weight)")
     if not any(w > 0 for w in weights):
       raise ValueError("data.mix: every weight is 0")
     self.names = list(names)
@@ -2303,9 +2344,7 @@ def open_mix(mix: Mapping[str, float], cache_dir=None, *, paragraphs: bool = Fal
         "data.mix names 'teacher_samples': the run context replaces it by the samples "
         "stage's artifact; a library caller passes that jsonl path instead"
       )
-    elif (
-      key == "default" or os.path.sep in key or os.path.exists(key) or "://" in key or key.startswith("hf:")
-    ):
+    elif key == "default" or _is_path_spec(key) or os.path.exists(key):
       srcs.append(open_source(key, paragraphs=paragraphs, cache_dir=cache_dir))
     else:
       check_trainable([bare], "data.mix", allow=(SAMPLES_TOKEN, "default"))
@@ -2314,10 +2353,18 @@ def open_mix(mix: Mapping[str, float], cache_dir=None, *, paragraphs: bool = Fal
   return MixSource(names, srcs, weights)
 
 
+_PATH_SUFFIXES = (".jsonl", ".json", ".txt", ".md")
+
+
+def _is_path_spec(key: str) -> bool:
+  """A data.mix key that is a file / URL / HF spec, not a registry name."""
+  return os.path.sep in key or key.endswith(_PATH_SUFFIXES) or "://" in key or key.startswith("hf:")
+
+
 def parse_mix(value) -> dict[str, float]:
   """data.mix in any of its forms -> {name: weight}: a dict / ConfigDict, a string
   "shakespeare=1,django_docs=0.5" (the command-line form), or empty ("", None, {}: no mix)."""
-  if value is None or value == "" or value == {}:
+  if value is None or value == {} or (isinstance(value, str) and not value.strip()):
     return {}
   if isinstance(value, str):
     out = {}
@@ -2325,10 +2372,14 @@ def parse_mix(value) -> dict[str, float]:
       if not item.strip():
         continue
       name, eq, w = item.partition("=")
+      if name.strip() in out:
+        raise ValueError(f"data.mix names {name.strip()!r} twice (give each source one weight)")
       try:
         out[name.strip()] = float(w) if eq else 1.0
       except ValueError:
         raise ValueError(f"data.mix: bad weight in {item.strip()!r} (expected name=number)") from None
+    if not out:
+      raise ValueError(f"data.mix {value!r} names no source (expected name=weight,...; '' for no mix)")
     return out
   if hasattr(value, "items"):
     out = {}
@@ -2351,12 +2402,12 @@ def check_config_sources(source, mix) -> None:
   m = parse_mix(mix)
   names = []
   for k, w in m.items():
-    if not w >= 0:
-      raise ValueError(f"data.mix[{k!r}] = {w}: a weight must be >= 0")
+    if not (w >= 0 and math.isfinite(w)):
+      raise ValueError(f"data.mix[{k!r}] = {w}: a weight must be a finite number >= 0")
     bare = k[len(SOURCE_PREFIX) :] if k.startswith(SOURCE_PREFIX) else k
-    if not (
-      os.path.sep in k or k.endswith((".jsonl", ".json", ".txt", ".md")) or "://" in k or k.startswith("hf:")
-    ):
+    if not _is_path_spec(k):
+      if bare in names:
+        raise ValueError(f"data.mix names {bare!r} twice ({bare} and {SOURCE_PREFIX}{bare} are one source)")
       names.append(bare)
   check_trainable(names, "data.mix", allow=(SAMPLES_TOKEN, "default"))
   if m and not any(w > 0 for w in m.values()):

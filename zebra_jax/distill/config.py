@@ -244,12 +244,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for g, v in scales.items():
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
       bad(f"kd.lr_scale.{g} must be a finite number >= 0, got {v!r}")
+  scaled_frozen = [g for g in c.kd.freeze if scales.get(g, 1.0) not in (0.0, 1.0)]
+  if scaled_frozen:
+    g = scaled_frozen[0]
+    bad(f"kd.lr_scale.{g}={scales[g]!r} scales a group that kd.freeze freezes; drop one of the two")
+  if all(g in c.kd.freeze or scales.get(g, 1.0) == 0 for g in PARAM_GROUPS):
+    bad("kd.freeze and kd.lr_scale (0) leave no parameter group training; nothing would train")
   if c.ild.loss not in ("l2", "mse"):
     bad(f"ild.loss must be 'l2' or 'mse', got {c.ild.loss!r}")
   if c.select.method not in ("smart", "explicit", "uniform"):
     bad(f"select.method must be 'smart', 'explicit' or 'uniform', got {c.select.method!r}")
   if "select" in c.stages and c.select.method != "explicit" and not c.model.n_mla:
-    bad(f"model.n_mla (the MLA layer budget) must be set when select.method is {c.select.method!r}")
+    bad(
+      f"model.n_mla (the MLA layer budget) must be a positive layer count when select.method is "
+      f"{c.select.method!r}, got {c.model.n_mla!r}"
+    )
   if (
     ("select" not in c.stages or c.select.method == "explicit")
     and "assemble" in c.stages

@@ -97,7 +97,10 @@ def plan(budgets, ablations=True) -> list[Variant]:
   every parameter, "kd_freeze": KD freezes embeddings and MLPs; whichever differs from the
   config's kd.freeze measures what freezing buys or costs) and of KD sweeps "kd:field=value" (one
   KD setting changed from the config's; same shared stages and placement rule)."""
-  budgets = [int(b) for b in budgets]
+  try:
+    budgets = [int(b) for b in budgets]
+  except ValueError:
+    raise ValueError(f"budgets {list(budgets)}: each must be an MLA layer count (a whole number)") from None
   if not budgets:
     raise ValueError("at least one MLA budget is needed")
   if len(set(budgets)) != len(budgets):
@@ -160,7 +163,12 @@ def variant_config(cfg, v: Variant, smart_layers=None):
         f"sweep {v.name}: kd.{field} is already {value!r}, so it would train the main variant again"
       )
     with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
-      node[leaf] = value
+      try:
+        node[leaf] = value
+      except TypeError:  # ml_collections refuses another type: "kd:lr=abc"
+        raise ValueError(
+          f"sweep {v.name}: kd.{field} takes a {type(node[leaf]).__name__}, got {value!r}"
+        ) from None
   shared = _shared_stages(cfg)
   tail = ("select", "assemble", "kd")
   if v.ild:

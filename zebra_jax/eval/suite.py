@@ -38,6 +38,7 @@ from zebra_jax.data import load_tokenizer, registry
 from zebra_jax.data.tokenize import encode_document, eos_id
 from zebra_jax.eval.report import heldout_sequences, save_json
 from zebra_jax.eval.tasks import build_tasks
+from zebra_jax.eval.tasks import task_names as known_tasks
 
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "seed": 0}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -474,15 +475,16 @@ def ensure_tasks(task_dir: str, tasks: Sequence[str] | None = None, *, cache_dir
   """{task: index entry} of the lm-eval tasks in task_dir, built there first when missing, when
   `tasks` asks for more, or when the folder was built elsewhere (its YAMLs name absolute paths)."""
   index = os.path.join(task_dir, "tasks.json")
-  have = {}
+  have, complete = {}, False
   if os.path.exists(index):
     with open(index) as f:
       saved = json.load(f)
     if saved.get("dir") == os.path.abspath(task_dir):
-      have = saved["tasks"]
+      have, complete = saved["tasks"], saved.get("complete", True)
     else:
       log(f"[suite] {task_dir} was built in {saved.get('dir')}; rebuilding its tasks here")
-  if not have or (tasks and not set(tasks) <= set(have)):
+  # every task wanted (tasks=None) from a folder built for a few of them: build the rest
+  if not have or (tasks and not set(tasks) <= set(have)) or (not tasks and not complete):
     build_tasks(task_dir, cache_dir=cache_dir, only=tasks, log=log)
     with open(index) as f:
       have = json.load(f)["tasks"]
@@ -522,6 +524,21 @@ def run_suite(
   data section gives the in-domain rows (default: the first student's recorded one). tasks: task
   names to run (default: every task build_tasks makes); mc=False skips the lm-eval part, chat=False
   the chat answers; limit: lm-eval --limit (items per task, smoke runs)."""
+  # settings that cannot work are refused before anything is loaded or scored
+  if tasks is not None:
+    known = known_tasks()
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+      raise ValueError(f"tasks: unknown task(s) {unknown}; tasks: {known}")
+  sizes = {"seq_len": (seq_len, 2), "batch_size": (batch_size, 1)}
+  sizes.update({"chat_tokens": (chat_tokens, 1)} if chat else {})
+  sizes.update({"lm_eval_batch_size": (lm_eval_batch_size, 1)} if mc else {})
+  sizes.update({"limit": (limit, 1)} if limit is not None else {})
+  for name, (value, least) in sizes.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+  if max_tokens is not None and not (isinstance(max_tokens, int) and max_tokens >= 0):
+    raise ValueError(f"max_tokens must be >= 0 tokens per domain (0 or None: all), got {max_tokens!r}")
   students = _normalise_students(students)
   if teacher is None:
     teacher = next((recorded_teacher(c) for _, c in students if recorded_teacher(c)), None)

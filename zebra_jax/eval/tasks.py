@@ -377,6 +377,19 @@ def _task_name(source_name: str) -> str:
   return "cloze_" + re.sub(r"[^a-z0-9]+", "_", source_name.lower()).strip("_")
 
 
+def task_names() -> list[str]:
+  """The names of the tasks build_tasks makes from the registry's held-out sources."""
+  # lazy: pulls in grain, orbax, jax, which importing this module does not
+  from zebra_jax.data import registry
+
+  # lazy: pulls in grain, orbax, jax, which importing this module does not
+  from zebra_jax.eval.suite import _source
+
+  heldout = [_source(registry, x) for x in registry.heldout_sources()]
+  wn = ["wn_definitions", "wn_hypernyms", "wn_examples"] if any(map(_is_wordnet, heldout)) else []
+  return wn + [_task_name(s.name) for s in heldout if not _is_wordnet(s)]
+
+
 def build_tasks(
   out_dir: str,
   cache_dir=None,
@@ -432,17 +445,30 @@ def build_tasks(
     write_task(out_dir, name, items, meta)
     names.append(name)
     index[name] = {"items": len(items), **meta}
-  with open(os.path.join(out_dir, "tasks.json"), "w") as f:
+  head = {"seed": seed, "max_items": max_items, "dir": os.path.abspath(out_dir)}
+  path = os.path.join(out_dir, "tasks.json")
+  complete = not only  # every task was asked for; "complete": False makes ensure_tasks build the rest
+  if only and os.path.exists(path):  # keep the index entries of the tasks not rebuilt now
+    with open(path) as f:
+      saved = json.load(f)
+    if all(saved.get(k) == v for k, v in head.items()):
+      kept = {
+        n: e
+        for n, e in saved.get("tasks", {}).items()
+        if n not in set(only) and os.path.exists(os.path.join(out_dir, f"{n}.yaml"))
+      }
+      index = {**kept, **index}
+      complete = bool(saved.get("complete", True)) and set(kept) == set(saved.get("tasks", {})) - set(only)
+  with open(path, "w") as f:
     # "dir": the task YAMLs name their data files by absolute path, so a copied or moved task
     # folder must be rebuilt where it now is (suite.ensure_tasks checks this)
-    json.dump(
-      {"seed": seed, "max_items": max_items, "dir": os.path.abspath(out_dir), "tasks": index}, f, indent=2
-    )
+    json.dump({**head, "complete": complete, "tasks": index}, f, indent=2)
   return names
 
 
 __all__ = [
   "build_tasks",
+  "task_names",
   "cloze_items",
   "wn_definition_items",
   "wn_hypernym_items",
