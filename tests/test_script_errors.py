@@ -150,6 +150,21 @@ def test_a_suite_run_config_that_is_not_a_config_is_one_line(tmp_path, capsys, t
   assert line.startswith(f"error: --run_config {rc}: {needle}")
 
 
+def test_a_damaged_run_config_next_to_the_checkpoint_is_one_line(tmp_path, capsys):
+  """<workdir>/config.json that does not parse was a JSONDecodeError traceback."""
+  model = tmp_path / "wd" / "kd" / "model"
+  model.mkdir(parents=True)
+  (tmp_path / "wd" / "config.json").write_text('{"data": {')
+  line = _fails(
+    capsys,
+    load_script("evaluate").main,
+    ["suite", "--checkpoint", str(model), "--teacher", str(tmp_path / "t"), "--tokenizer", "byte"]
+    + ["--out", str(tmp_path / "s")],
+  )
+  recorded = tmp_path / "wd" / "config.json"
+  assert line.startswith(f"error: {recorded}: the run config recorded next to {model} is not JSON (")
+
+
 @pytest.mark.parametrize("flag", ["--batch", "--seq-len", "--steps"])
 def test_bench_train_refuses_a_zero_size_before_building_models(capsys, flag):
   """`--batch 0` was a ZeroDivisionError traceback after both models were built."""

@@ -2393,8 +2393,8 @@ def parse_mix(value) -> dict[str, float]:
 
 def check_config_sources(source, mix) -> None:
   """What validate() checks: data.source's "source:NAME" entries and data.mix's names are known
-  training sources (or, in the mix, "teacher_samples", "default" or a path); weights are >= 0 and not
-  all 0. ValueError with a one-line message otherwise."""
+  training sources (or, in the mix, "teacher_samples", "default" or a path), each once; weights are
+  finite, >= 0 and not all 0. ValueError with a one-line message otherwise."""
   specs = list(source) if isinstance(source, (list, tuple)) else [source]
   for spec in specs:
     if isinstance(spec, str) and spec.startswith(SOURCE_PREFIX):

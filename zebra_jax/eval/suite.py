@@ -71,8 +71,15 @@ def run_config_of(ckpt: str):
     return None
   import ml_collections
 
-  with open(os.path.join(wd, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  path = os.path.join(wd, "config.json")
+  with open(path) as f:
+    try:
+      recorded = json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path}: the run config recorded next to {ckpt} is not JSON ({e})") from None
+  if not isinstance(recorded, dict):
+    raise ValueError(f"{path}: the run config recorded next to {ckpt} is not a JSON object")
+  return ml_collections.ConfigDict(recorded)
 
 
 def recorded_teacher(ckpt: str) -> str | None:
