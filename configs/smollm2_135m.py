@@ -79,7 +79,8 @@ RUN9_SOURCES = RUN8_SOURCES + (
 
 def get_config(arg: str = "9"):
   """arg: "<budget>" or "<budget>,all_sources": every training source the registry holds instead of
-  RUN9_SOURCES (the same 24 today; the way to try a source added to the registry since)."""
+  RUN9_SOURCES (29 today: run 9's 24 and the five prose sources added after run 11; the way to try
+  sources added to the registry since)."""
   budget, *options = arg.split(",")
   try:
     n_mla = int(budget)
