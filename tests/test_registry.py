@@ -798,6 +798,11 @@ def test_a_mix_with_an_impossible_weight_or_a_source_twice_is_refused(tmp_path, 
     ("shakespeare=inf", "data.mix['shakespeare'] = inf: a weight must be a finite number >= 0"),
     ({"shakespeare": float("inf")}, "data.mix['shakespeare'] = inf: a weight must be a finite number >= 0"),
     (",", "data.mix ',' names no source (expected name=weight,...; '' for no mix)"),
+    (
+      "shakespeare=1e9",
+      "data.mix['shakespeare'] = 1e+09: a weight is passes over the source per epoch, at most 1000 "
+      "(an epoch's index list holds weight x documents entries)",
+    ),
     ("shakespeare=1,shakespeare=2", "data.mix names 'shakespeare' twice (give each source one weight)"),
     (
       "shakespeare=1,source:shakespeare=2",
@@ -813,6 +818,8 @@ def test_a_mix_with_an_impossible_weight_or_a_source_twice_is_refused(tmp_path, 
 
   with pytest.raises(ValueError, match="a weight must be a finite number >= 0"):
     R.MixSource(["x"], [ListSource(["a b c"])], [float("inf")])
+  with pytest.raises(ValueError, match=r"data.mix\['x'\] = 1e\+09: a weight is passes over the source"):
+    R.MixSource(["x"], [ListSource(["a b c"])], [1e9])
   with pytest.raises(ValueError, match=r"data.mix names \['x'\] more than once"):
     R.MixSource(["x", "x"], [ListSource(["a"]), ListSource(["b"])], [1.0, 1.0])
   with pytest.raises(ValueError, match="a mix weight must be a finite number >= 0, got inf"):

@@ -2287,6 +2287,8 @@ class MixSource:
     for n, w in zip(names, weights):
       if not (isinstance(w, (int, float)) and w >= 0 and math.isfinite(w)):
         raise ValueError(f"data.mix[{n!r}] = {w!r}: a weight must be a finite number >= 0")
+      if w > MAX_MIX_WEIGHT:
+        raise ValueError(_too_heavy(n, w))
     twice = sorted({n for n in names if list(names).count(n) > 1})
     if twice:
       raise ValueError(f"data.mix names {twice} more than once (give each source one weight)")
@@ -2353,6 +2355,18 @@ def open_mix(mix: Mapping[str, float], cache_dir=None, *, paragraphs: bool = Fal
   return MixSource(names, srcs, weights)
 
 
+# a weight is passes over the source per epoch; the epoch's index list holds weight x documents
+# entries, so a runaway weight (1e9) would exhaust host memory before anything says why
+MAX_MIX_WEIGHT = 1000.0
+
+
+def _too_heavy(name: str, w: float) -> str:
+  return (
+    f"data.mix[{name!r}] = {w:g}: a weight is passes over the source per epoch, at most "
+    f"{MAX_MIX_WEIGHT:g} (an epoch's index list holds weight x documents entries)"
+  )
+
+
 _PATH_SUFFIXES = (".jsonl", ".json", ".txt", ".md")
 
 
@@ -2394,7 +2408,7 @@ def parse_mix(value) -> dict[str, float]:
 def check_config_sources(source, mix) -> None:
   """What validate() checks: data.source's "source:NAME" entries and data.mix's names are known
   training sources (or, in the mix, "teacher_samples", "default" or a path), each once; weights are
-  finite, >= 0 and not all 0. ValueError with a one-line message otherwise."""
+  finite, >= 0, at most MAX_MIX_WEIGHT and not all 0. ValueError with a one-line message otherwise."""
   specs = list(source) if isinstance(source, (list, tuple)) else [source]
   for spec in specs:
     if isinstance(spec, str) and spec.startswith(SOURCE_PREFIX):
@@ -2404,6 +2418,8 @@ def check_config_sources(source, mix) -> None:
   for k, w in m.items():
     if not (w >= 0 and math.isfinite(w)):
       raise ValueError(f"data.mix[{k!r}] = {w}: a weight must be a finite number >= 0")
+    if w > MAX_MIX_WEIGHT:
+      raise ValueError(_too_heavy(k, w))
     bare = k[len(SOURCE_PREFIX) :] if k.startswith(SOURCE_PREFIX) else k
     if not _is_path_spec(k):
       if bare in names:
