@@ -164,7 +164,8 @@ def cmd_needle(a):
 
 
 def cmd_suite(a):
-  from zebra_jax.eval.suite import recorded_teacher, run_suite  # lazy: --help runs without grain, orbax, jax
+  # lazy: --help runs without grain, orbax, jax
+  from zebra_jax.eval.suite import read_run_config, recorded_teacher, run_suite
 
   students = list(a.checkpoint)
   if a.labels:
@@ -186,16 +187,10 @@ def cmd_suite(a):
     print(f"teacher: {teacher} (recorded next to {first})")
   run_config = None
   if a.run_config:
-    import ml_collections
-
-    with open(a.run_config) as f:
-      try:
-        run_config = json.load(f)
-      except ValueError as e:
-        raise ScriptError(f"--run_config {a.run_config}: not JSON ({e})") from None
-    if not isinstance(run_config, dict):
-      raise ScriptError(f"--run_config {a.run_config}: not a run's config.json (a JSON object)")
-    run_config = ml_collections.ConfigDict(run_config)
+    try:
+      run_config = read_run_config(a.run_config)
+    except ValueError as e:
+      raise ScriptError(f"--run_config {a.run_config}: {e}") from None
   res = run_suite(
     students,
     teacher,

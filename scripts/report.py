@@ -111,13 +111,12 @@ def main(argv):
   budgets = _BUDGETS.value or [cfg.model.n_mla]
   variants = plan(budgets, ablations=_ABL_LIST.value if _ABL_LIST.value is not None else _ABL.value)
   if _SUITE.value:  # the suite runs once every variant is trained: its settings are checked now
-    from zebra_jax.eval.tasks import task_names  # lazy: --help runs without grain, orbax, jax
+    from zebra_jax.eval.suite import check_settings  # lazy: --help runs without grain, orbax, jax
 
-    unknown = [t for t in _SUITE_TASKS.value or () if t not in task_names()]
-    if unknown:
-      raise ScriptError(f"--suite_tasks: unknown task(s) {unknown}; tasks: {task_names()}")
-    if _SUITE_LIMIT.value < 0:
-      raise ScriptError(f"--suite_limit must be >= 0 items per task (0: all), got {_SUITE_LIMIT.value}")
+    try:
+      check_settings(tasks=_SUITE_TASKS.value or None, limit=_SUITE_LIMIT.value or None)
+    except ValueError as e:  # "tasks: ..." / "limit ..." -> the flag's name
+      raise ScriptError(f"--suite_{e}") from None
   root = os.path.abspath(_ROOT.value or os.path.join("workdir", f"{cfg.name}_report"))
   command = "python scripts/report.py " + " ".join(sys.argv[1:])
   eval_dir = os.path.join(root, "eval")

@@ -69,16 +69,25 @@ def run_config_of(ckpt: str):
   wd = _workdir_of(ckpt)
   if wd is None or not os.path.isfile(os.path.join(wd, "config.json")):
     return None
+  path = os.path.join(wd, "config.json")
+  try:
+    return read_run_config(path)
+  except ValueError as e:
+    raise ValueError(f"{path}: the run config recorded next to {ckpt} is {e}") from None
+
+
+def read_run_config(path: str):
+  """A run's config.json as a ConfigDict; ValueError saying what it is not ("not JSON (...)", "not a
+  run's config.json (a JSON object)") for the caller to put after its own name for the file."""
   import ml_collections
 
-  path = os.path.join(wd, "config.json")
   with open(path) as f:
     try:
       recorded = json.load(f)
     except ValueError as e:
-      raise ValueError(f"{path}: the run config recorded next to {ckpt} is not JSON ({e})") from None
+      raise ValueError(f"not JSON ({e})") from None
   if not isinstance(recorded, dict):
-    raise ValueError(f"{path}: the run config recorded next to {ckpt} is not a JSON object")
+    raise ValueError("not a run's config.json (a JSON object)")
   return ml_collections.ConfigDict(recorded)
 
 
@@ -498,6 +507,36 @@ def ensure_tasks(task_dir: str, tasks: Sequence[str] | None = None, *, cache_dir
   return have
 
 
+def check_settings(
+  *,
+  tasks: Sequence[str] | None = None,
+  seq_len: int = 2048,
+  batch_size: int = 8,
+  chat: bool = True,
+  chat_tokens: int = 128,
+  mc: bool = True,
+  lm_eval_batch_size: int = 32,
+  limit: int | None = None,
+  max_tokens: int | None = None,
+) -> None:
+  """run_suite's settings that cannot work, refused before anything is loaded or scored (and by
+  report.py before it trains): ValueError "<argument> ...", the argument named first."""
+  if tasks is not None:
+    known = known_tasks()
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+      raise ValueError(f"tasks: unknown task(s) {unknown}; tasks: {known}")
+  sizes = {"seq_len": (seq_len, 2), "batch_size": (batch_size, 1)}
+  sizes.update({"chat_tokens": (chat_tokens, 1)} if chat else {})
+  sizes.update({"lm_eval_batch_size": (lm_eval_batch_size, 1)} if mc else {})
+  sizes.update({"limit": (limit, 1)} if limit is not None else {})
+  for name, (value, least) in sizes.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+  if max_tokens is not None and not (isinstance(max_tokens, int) and max_tokens >= 0):
+    raise ValueError(f"max_tokens must be >= 0 tokens per domain (0 or None: all), got {max_tokens!r}")
+
+
 def run_suite(
   students,
   teacher: str | None,
@@ -531,21 +570,17 @@ def run_suite(
   data section gives the in-domain rows (default: the first student's recorded one). tasks: task
   names to run (default: every task build_tasks makes); mc=False skips the lm-eval part, chat=False
   the chat answers; limit: lm-eval --limit (items per task, smoke runs)."""
-  # settings that cannot work are refused before anything is loaded or scored
-  if tasks is not None:
-    known = known_tasks()
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-      raise ValueError(f"tasks: unknown task(s) {unknown}; tasks: {known}")
-  sizes = {"seq_len": (seq_len, 2), "batch_size": (batch_size, 1)}
-  sizes.update({"chat_tokens": (chat_tokens, 1)} if chat else {})
-  sizes.update({"lm_eval_batch_size": (lm_eval_batch_size, 1)} if mc else {})
-  sizes.update({"limit": (limit, 1)} if limit is not None else {})
-  for name, (value, least) in sizes.items():
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-      raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
-  if max_tokens is not None and not (isinstance(max_tokens, int) and max_tokens >= 0):
-    raise ValueError(f"max_tokens must be >= 0 tokens per domain (0 or None: all), got {max_tokens!r}")
+  check_settings(
+    tasks=tasks,
+    seq_len=seq_len,
+    batch_size=batch_size,
+    chat=chat,
+    chat_tokens=chat_tokens,
+    mc=mc,
+    lm_eval_batch_size=lm_eval_batch_size,
+    limit=limit,
+    max_tokens=max_tokens,
+  )
   students = _normalise_students(students)
   if teacher is None:
     teacher = next((recorded_teacher(c) for _, c in students if recorded_teacher(c)), None)
@@ -922,6 +957,7 @@ def suite_chart(suite: dict, path: str) -> str:
 
 __all__ = [
   "run_suite",
+  "check_settings",
   "CHAT_PROMPTS",
   "SAMPLING",
   "domains",
@@ -937,6 +973,7 @@ __all__ = [
   "domain_rows",
   "recorded_teacher",
   "run_config_of",
+  "read_run_config",
   "tokenizer_spec",
   "resolve_checkpoint",
 ]

@@ -377,16 +377,22 @@ def _task_name(source_name: str) -> str:
   return "cloze_" + re.sub(r"[^a-z0-9]+", "_", source_name.lower()).strip("_")
 
 
+# the three WordNet tasks, by name, in the order build_tasks makes them
+WN_TASKS = {
+  "wn_definitions": wn_definition_items,
+  "wn_hypernyms": wn_hypernym_items,
+  "wn_examples": wn_example_items,
+}
+
+
 def task_names() -> list[str]:
   """The names of the tasks build_tasks makes from the registry's held-out sources."""
   # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.data import registry
-
-  # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.eval.suite import _source
 
   heldout = [_source(registry, x) for x in registry.heldout_sources()]
-  wn = ["wn_definitions", "wn_hypernyms", "wn_examples"] if any(map(_is_wordnet, heldout)) else []
+  wn = list(WN_TASKS) if any(map(_is_wordnet, heldout)) else []
   return wn + [_task_name(s.name) for s in heldout if not _is_wordnet(s)]
 
 
@@ -415,15 +421,11 @@ def build_tasks(
   want = (lambda n: True) if not only else (lambda n: n in set(only))
 
   wn = [s for s in heldout if _is_wordnet(s)]
-  if wn and any(want(n) for n in ("wn_definitions", "wn_hypernyms", "wn_examples")):
+  if wn and any(want(n) for n in WN_TASKS):
     src = wn[0]
     lex = _Lexicon(registry.wordnet_synsets(cache_dir=cache_dir))
     meta = {"source": src.name, "kind": getattr(src, "kind", None)}
-    for name, fn in (
-      ("wn_definitions", wn_definition_items),
-      ("wn_hypernyms", wn_hypernym_items),
-      ("wn_examples", wn_example_items),
-    ):
+    for name, fn in WN_TASKS.items():
       if want(name):
         built[name] = (fn(None, max_items=max_items, seed=seed, lexicon=lex), meta)
   for src in heldout:
