@@ -389,6 +389,8 @@ def task_names() -> list[str]:
   """The names of the tasks build_tasks makes from the registry's held-out sources."""
   # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.data import registry
+
+  # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.eval.suite import _source
 
   heldout = [_source(registry, x) for x in registry.heldout_sources()]
