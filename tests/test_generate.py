@@ -8,6 +8,7 @@ transformers. Weights are scaled up so attention is sharp and the logits are far
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -24,6 +25,7 @@ from zebra_jax.infer import (
   decode_step,
   filter_logits,
   generate,
+  grow_cache,
   init_cache,
   prefill,
   sample,
@@ -229,6 +231,134 @@ def test_stop_tokens_and_streaming():
   pieces = list(stream(model, prompts, 10, stop_tokens=[stop], every=3))
   assert [sum((p[b] for p in pieces), []) for b in range(len(prompts))] == expected
   assert len(pieces[0][0]) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# the windowed decode cache (cache_window): grown in whole windows, same tokens
+# ------------------------------------------------------------------------------------------------
+# prompts 7, 13, 2 (padded to 16; prefill chunk 4 -> 4 whole chunks), window 8, 20 new tokens: the
+# cache starts at 16 rows and grows to 24, 32, 40 (steps 3, 11, 19 write at 13 + j >= the length)
+WIN, NEW = 8, 20
+
+
+def record_decode_loops(monkeypatch):
+  """Wraps decode.decode_loop: [(cache rows, first step, end step)] per call."""
+  from zebra_jax.infer import decode as decode_lib
+
+  calls, real = [], decode_lib.decode_loop
+
+  def spy(state, carry, i_end, *args, **kw):
+    calls.append((carry.cache.max_len, int(carry.i), int(i_end)))
+    return real(state, carry, i_end, *args, **kw)
+
+  monkeypatch.setattr(decode_lib, "decode_loop", spy)
+  return calls
+
+
+@pytest.mark.parametrize(
+  "kind,sampling",
+  [
+    ("llama", dict()),
+    ("mixed", dict()),
+    ("mamba2", dict()),
+    ("llama", dict(temperature=1.0, top_k=8, seed=5)),
+    ("mixed", dict(temperature=1.0, top_k=8, seed=5)),
+  ],
+  ids=["llama-greedy", "mixed-greedy", "mamba2-greedy", "llama-sampled", "mixed-sampled"],
+)
+def test_windowed_cache_generates_the_tokens_of_the_oracle_and_the_full_cache(kind, sampling):
+  model = shared_model(kind)
+  prompts = prompts_for(PROMPT_LENS, seed=7)
+  kw = dict(stop_tokens=(), prefill_chunk=4, **sampling)
+  windowed = generate(model, prompts, NEW, cache_window=WIN, **kw)
+  assert windowed == generate(model, prompts, NEW, use_cache=False, **kw)
+  assert windowed == generate(model, prompts, NEW, cache_window=None, **kw)
+  assert all(len(o) == NEW for o in windowed) and len({tuple(o) for o in windowed}) == len(prompts)
+
+
+def test_windowed_cache_grows_in_whole_windows_up_to_max_len(monkeypatch):
+  model = shared_model("mixed")
+  prompts = prompts_for(PROMPT_LENS, seed=7)
+  kw = dict(stop_tokens=(), prefill_chunk=4)
+  calls = record_decode_loops(monkeypatch)
+  full = generate(model, prompts, NEW, cache_window=None, **kw)
+  assert calls == [(64, 0, NEW)]  # the default max_len: 13 + 20 rounded up to 64, from the start
+  calls.clear()
+  assert generate(model, prompts, NEW, cache_window=WIN, **kw) == full
+  assert calls == [(16, 0, 3), (24, 3, 11), (32, 11, 19), (40, 19, 20)]
+  # step j writes at 13 + j at most: each segment's last step fits, and no window is wasted
+  assert all(13 + i1 <= n < 13 + i1 + WIN for n, _, i1 in calls)
+  # max_len (36) not a multiple of the window: the last growth stops at it
+  calls.clear()
+  assert generate(model, prompts, NEW, cache_window=WIN, max_len=36, **kw) == full
+  assert calls == [(16, 0, 3), (24, 3, 11), (32, 11, 19), (36, 19, 20)]
+  # streaming: yields every 5 steps as before; segments end at yields and at full caches
+  calls.clear()
+  pieces = list(stream(model, prompts, NEW, every=5, cache_window=WIN, **kw))
+  assert [len(p[0]) for p in pieces] == [5, 5, 5, 5]
+  assert [sum((p[b] for p in pieces), []) for b in range(len(prompts))] == full
+  segments = [(0, 3), (3, 5), (5, 10), (10, 11), (11, 15), (15, 19), (19, 20)]
+  assert calls == [(rows, *s) for rows, s in zip((16, 24, 24, 24, 32, 32, 40), segments)]
+  # a prefill that pads the prompt to whole chunks (16 -> 24 with chunks of 12) gets room for them
+  calls.clear()
+  assert generate(model, prompts, NEW, stop_tokens=(), prefill_chunk=12, cache_window=WIN) == full
+  assert calls[0] == (24, 0, 11)
+
+
+def test_windowed_cache_stop_tokens_end_rows_and_stop_the_growth(monkeypatch):
+  model = shared_model("mixed")
+  prompts = prompts_for(PROMPT_LENS, seed=7)
+  free = generate(model, prompts, NEW, stop_tokens=(), prefill_chunk=4, cache_window=None)
+  stops = {o[4] for o in free}  # every row stops by its 5th token (step 4)
+  expected = [o[: min(i for i, t in enumerate(o) if t in stops) + 1] for o in free]
+  calls = record_decode_loops(monkeypatch)
+  assert generate(model, prompts, NEW, stop_tokens=stops, prefill_chunk=4, cache_window=WIN) == expected
+  assert calls == [(16, 0, 3), (24, 3, 11)]  # all rows stopped in the second segment: no growth after
+  calls.clear()
+  one = {free[1][6]}  # only some rows stop; the rest run on through every window
+  expected = [o[: o.index(free[1][6]) + 1] if free[1][6] in o else o for o in free]
+  assert any(len(o) < NEW for o in expected) and any(len(o) == NEW for o in expected)
+  assert generate(model, prompts, NEW, stop_tokens=one, prefill_chunk=4, cache_window=WIN) == expected
+  assert generate(model, prompts, NEW, stop_tokens=one, prefill_chunk=4, use_cache=False) == expected
+
+
+def test_grow_cache_appends_zero_rows_and_keeps_the_states():
+  config = CONFIGS["mixed"]()  # layer 0 MLA, layer 1 Mamba2, layer 2 attention
+  B, S, N = 3, 8, 20
+  cache = init_cache(config, B, S)
+  rng = np.random.default_rng(0)
+  filled = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), cache)
+  filled = dataclasses.replace(filled, lengths=jnp.asarray([3, 8, 1], jnp.int32))
+  before = jax.tree.map(np.asarray, filled)
+  grown = grow_cache(filled, N)
+  (latent, mamba, kv), (latent0, mamba0, kv0) = grown.layers, before.layers
+  r = config.kv_lora_rank + config.qk_rope_head_dim
+  assert latent.rows.shape == (B, N, r) and kv.k.shape == kv.v.shape == (B, 2, N, config.head_dim)
+  assert grown.max_len == N
+  np.testing.assert_array_equal(np.asarray(latent.rows)[:, :S], latent0.rows)
+  assert not np.asarray(latent.rows)[:, S:].any()
+  for new, old in ((kv.k, kv0.k), (kv.v, kv0.v)):
+    np.testing.assert_array_equal(np.asarray(new)[:, :, :S], old)
+    assert not np.asarray(new)[:, :, S:].any()
+  for new, old in ((mamba.ssm, mamba0.ssm), (mamba.conv, mamba0.conv)):
+    assert new.shape == old.shape
+    np.testing.assert_array_equal(np.asarray(new), old)
+  np.testing.assert_array_equal(np.asarray(grown.lengths), [3, 8, 1])
+  assert grow_cache(grown, N) is grown
+  with pytest.raises(ValueError, match="new_len=8"):
+    grow_cache(grown, S)
+  # a pure Mamba2 stack has no length axis: nothing to grow
+  pure = init_cache(CONFIGS["mamba2"](), B, S)
+  assert pure.max_len == 0 and grow_cache(pure, N) is pure
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "8", True])
+def test_bad_cache_window_is_refused(bad):
+  model = shared_model("mixed")
+  with pytest.raises(ValueError, match="cache_window"):
+    generate(model, [[1, 2]], 2, cache_window=bad)
+  with pytest.raises(ValueError, match="cache_window"):
+    list(stream(model, [[1, 2]], 2, cache_window=bad))
 
 
 # ------------------------------------------------------------------------------------------------

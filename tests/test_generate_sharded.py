@@ -145,26 +145,41 @@ EXPECTED = {
 }
 
 
+def _check_specs(specs, name, stage):
+  for arr, want in EXPECTED[name].items():
+    have = [tuple(p) if isinstance(p, list) else p for p in specs[arr]]
+    have += [None] * (len(want) - len(have))
+    assert have == want, (name, stage, arr, have, want)
+
+
 @pytest.mark.parametrize("name", list(MESHES))
 def test_cache_is_created_and_kept_sharded(res, name):
   got = res["cache"][name]
-  for stage in ("init", "after_decode"):
-    specs = got[stage]
-    for arr, want in EXPECTED[name].items():
-      have = [tuple(p) if isinstance(p, list) else p for p in specs[arr]]
-      have += [None] * (len(want) - len(have))
-      assert have == want, (name, stage, arr, have, want)
+  for stage in ("init", "after_decode", "after_grow"):  # grow: cache.grow_cache(cache, S + 8)
+    _check_specs(got[stage], name, stage)
   # each device holds only its part: the global shape divided by the mesh axes of the spec
   sizes = dict(zip(("data", "fsdp", "tensor"), MESHES[name]))
-  for arr, (global_shape, shard_shape) in got["shards"].items():
-    want = []
-    for dim, part in zip(global_shape, EXPECTED[name][arr]):
-      axes = () if part is None else (part,) if isinstance(part, str) else part
-      n = 1
-      for a in axes:
-        n *= sizes[a]
-      want.append(dim // n)
-    assert shard_shape == want, (name, arr, global_shape, shard_shape, want)
+  assert got["shards_grown"]["latent"][0][1] == got["shards"]["latent"][0][1] + 8
+  for stage in ("shards", "shards_grown"):
+    for arr, (global_shape, shard_shape) in got[stage].items():
+      want = []
+      for dim, part in zip(global_shape, EXPECTED[name][arr]):
+        axes = () if part is None else (part,) if isinstance(part, str) else part
+        n = 1
+        for a in axes:
+          n *= sizes[a]
+        want.append(dim // n)
+      assert shard_shape == want, (name, stage, arr, global_shape, shard_shape, want)
+
+
+def test_sharded_windowed_cache_grows_in_its_layout_with_the_same_tokens(extras):
+  """stream's cache_window on the 2x2x2 mesh: prompts padded to 16, longest 13, 12 new tokens,
+  window 8 -> the decode loop runs on 16, 24, 32 rows, every one in the cache layout."""
+  got = extras["windowed"]
+  assert got["tokens"] == extras["oracle"]
+  assert [loop["rows"] for loop in got["loops"]] == [16, 24, 32]
+  for loop in got["loops"]:
+    _check_specs(loop["specs"], "2x2x2", f"decode loop on {loop['rows']} rows")
 
 
 @pytest.mark.parametrize("name", list(MESHES))
@@ -334,7 +349,15 @@ def _worker(out_path: str) -> None:
   from flax import nnx
   from jax.sharding import NamedSharding, PartitionSpec as P
 
-  from zebra_jax.infer import decode_step, generate, init_cache, model_mesh, prefill, shard_for_inference
+  from zebra_jax.infer import (
+    decode_step,
+    generate,
+    grow_cache,
+    init_cache,
+    model_mesh,
+    prefill,
+    shard_for_inference,
+  )
   from zebra_jax.infer import decode as D
   from zebra_jax.infer.sampling import SamplingConfig
   from zebra_jax.parallel import make_mesh
@@ -426,6 +449,8 @@ def _worker(out_path: str) -> None:
     everywhere = NamedSharding(mesh, P())
     gather = jax.jit(lambda c: jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a * 2, everywhere), c))
     res["gather_control"][name] = _collectives(gather.lower(cache).compile().as_text())
+    grown = grow_cache(cache, S + 8)
+    specs["after_grow"], specs["shards_grown"] = _cache_specs(grown), _shards(grown)
   with open(out_path, "w") as f:
     json.dump(res, f)
 
@@ -485,6 +510,20 @@ def _extras(res, config, prompts):
     "acceptance_rate": stats["acceptance_rate"],
     "draft_on_mesh": model_mesh(draft) == mesh,
   }
+
+  # stream's growing cache (cache_window=8) on the mesh: the rows and layout each decode loop gets
+  loops, real = [], D.decode_loop
+
+  def spy(state, carry, *args, **kw):
+    loops.append({"rows": carry.cache.max_len, "specs": _cache_specs(carry.cache)})
+    return real(state, carry, *args, **kw)
+
+  D.decode_loop = spy
+  try:
+    toks = generate(target, prompts, NEW, stop_tokens=(), cache_window=8, mesh=mesh)
+  finally:
+    D.decode_loop = real
+  res["windowed"] = {"tokens": toks, "loops": loops}
 
   # The decode benchmark (scripts/bench.py generate --mesh): weights and cache made sharded.
   from zebra_jax.bench import decode as bench

@@ -15,11 +15,15 @@ Every array has logical axis names (`cache_logical_axes`), mapped to a mesh by `
 (`cache_shardings`): the parameters' table with two changes, see below. Batch over data x fsdp (else
 whichever divides it), kv heads, Mamba2 heads and conv channels over tensor. `init_cache(...,
 mesh=mesh)` allocates the cache directly in that layout (no device ever holds the whole cache).
+
+`grow_cache(cache, new_len)` appends zero rows on the length axis (the decode loop of `stream` grows
+its cache window by window, as the decode attention reads every allocated row).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -152,3 +156,43 @@ def cache_mesh(cache: Cache):
   if isinstance(s, NamedSharding) and s.mesh.devices.size > 1:
     return s.mesh
   return None
+
+
+def grow_cache(cache: Cache, new_len: int, mesh=None) -> Cache:
+  """`cache` with every array that has a "length" axis zero-padded to `new_len` rows (old rows kept).
+
+  Mamba2 states and `lengths` are passed through as they are (no copy). A sharded cache (on its own
+  mesh, or `mesh`) comes back in its `cache_shardings` layout, the one the decode loop pins its carry
+  to. The old length-axis arrays are not donated: a buffer cannot alias a larger one (XLA would warn
+  and keep it), so they are freed when the caller drops the old cache."""
+  old = cache.max_len
+  if not old or int(new_len) == old:  # nothing has a length axis / already that long
+    return cache
+  if int(new_len) < old:
+    raise ValueError(f"grow_cache: new_len={new_len} < the cache's max_len={old}")
+  mesh = cache_mesh(cache) if mesh is None else mesh
+  shardings = None if mesh is None else cache_shardings(cache, mesh)
+  where, arrs, axes, specs = [], [], [], []
+  for i, lc in enumerate(cache.layers):
+    for name, names in type(lc).AXES.items():
+      if "length" in names:
+        where.append((i, name))
+        arrs.append(getattr(lc, name))
+        axes.append(names.index("length"))
+        specs.append(None if shardings is None else getattr(shardings.layers[i], name))
+  grown = _pad_length(tuple(arrs), axes=tuple(axes), new_len=int(new_len), shardings=tuple(specs))
+  layers = list(cache.layers)
+  for (i, name), arr in zip(where, grown):
+    layers[i] = dataclasses.replace(layers[i], **{name: arr})
+  return Cache(tuple(layers), cache.lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("axes", "new_len", "shardings"))
+def _pad_length(arrs, *, axes, new_len, shardings):
+  out = []
+  for arr, ax, sh in zip(arrs, axes, shardings):
+    pad = [(0, 0)] * arr.ndim
+    pad[ax] = (0, new_len - arr.shape[ax])
+    arr = jnp.pad(arr, pad)
+    out.append(arr if sh is None else jax.lax.with_sharding_constraint(arr, sh))
+  return tuple(out)

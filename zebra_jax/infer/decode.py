@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from zebra_jax.infer.cache import Cache, cache_mesh, cache_shardings, init_cache, shard_cache
+from zebra_jax.infer.cache import Cache, cache_mesh, cache_shardings, grow_cache, init_cache, shard_cache
 from zebra_jax.infer.sampling import SamplingConfig, sample
 from zebra_jax.parallel import sharding as _sharding
 
@@ -327,6 +327,15 @@ def round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
+def check_cache_window(cache_window) -> int:
+  """`cache_window` of generate / stream as an int (0 = no windowing)."""
+  if cache_window is None:
+    return 0
+  if isinstance(cache_window, bool) or not isinstance(cache_window, (int, np.integer)) or cache_window < 0:
+    raise ValueError(f"cache_window must be None or an int >= 0, got {cache_window!r}")
+  return int(cache_window)
+
+
 def check_generate_args(model, max_new_tokens, pad_id):
   if not hasattr(model, "config") or not hasattr(model, "layers"):
     raise ValueError("model must be a zebra_jax CausalLM")
@@ -362,13 +371,20 @@ def stream(
   cache_dtype=None,
   mesh: Mesh | None = None,
   pad_multiple: int = 8,
+  cache_window: int | None = 128,
 ) -> Iterator[list[list[int]]]:
   """Yields, every `every` steps, the new tokens of each sequence (lists; empty once it stopped).
 
   Same arguments and the same token stream as `generate(..., use_cache=True)` (without a draft).
+  `cache_window`: the decode loop's cache is only as long as the positions written so far need,
+  grown (zero rows appended, `cache.grow_cache`) in multiples of this many rows up to `max_len`,
+  because each decode step's attention reads the whole allocated cache; the loop runs one segment
+  per cache length, so at most ceil(max_len / cache_window) compiled shapes. None or 0: the whole
+  `max_len` from the start.
   """
   if int(pad_multiple) < 1:
     raise ValueError(f"pad_multiple must be >= 1, got {pad_multiple}")
+  window = check_cache_window(cache_window)
   check_generate_args(model, max_new_tokens, pad_id)
   mesh = inference_mesh(model, mesh)
   config = model.config
@@ -391,28 +407,50 @@ def stream(
   if T > max_len:  # the 8-multiple padding must fit too
     tokens = tokens[:, :max_len]
     T = max_len
-  cache = init_cache(config, B, max_len, cache_dtype, mesh=mesh)
+
+  def fit(n: int) -> int:  # the cache length that holds n positions: whole windows, at most max_len
+    return min(round_up(n, window), max_len) if window else max_len
+
+  # the prefill pads the prompt to whole chunks when the cache has room for them with max_len rows;
+  # allocate that room too, so the prefill runs the same chunks as on a full-length cache
+  prefill_len = T
+  if prefill_chunk and T > prefill_chunk and round_up(T, prefill_chunk) <= max_len:
+    prefill_len = round_up(T, prefill_chunk)
+  cache = init_cache(config, B, fit(prefill_len), cache_dtype, mesh=mesh)
   logits, cache = prefill(model, cache, tokens, lengths, chunk=prefill_chunk)
   graphdef, state = nnx.split(model)
   key = jax.random.PRNGKey(seed)
   carry = DecodeCarry(
     jnp.int32(0), cache, logits, jnp.zeros((B,), bool), jnp.full((B, max_new_tokens), pad_id, jnp.int32)
   )
+  longest = int(lengths.max())
   finished = [False] * B
   i0 = 0
   while i0 < max_new_tokens:
     i1 = min(i0 + max(1, int(every)), max_new_tokens)
-    carry = decode_loop(
-      state,
-      carry,
-      jnp.int32(i1),
-      key,
-      stop_array(stops),
-      graphdef=graphdef,
-      sampling=sampling,
-      pad_id=pad_id,
-      mesh=mesh,
-    )
+    j = i0
+    while True:
+      # step j writes its fed-back token at position lengths[b] + j; a cache without a length axis
+      # (pure Mamba2) never grows
+      cache_len = carry.cache.max_len or max_len
+      if longest + j >= cache_len:
+        carry = dataclasses.replace(carry, cache=grow_cache(carry.cache, fit(longest + j + 1), mesh))
+        cache_len = carry.cache.max_len
+      end = min(i1, cache_len - longest)  # segments end where the cache is full: one shape each
+      carry = decode_loop(
+        state,
+        carry,
+        jnp.int32(end),
+        key,
+        stop_array(stops),
+        graphdef=graphdef,
+        sampling=sampling,
+        pad_id=pad_id,
+        mesh=mesh,
+      )
+      if end == i1 or bool(jnp.all(carry.done)):  # no growing for rows that all stopped
+        break
+      j = end
     out = np.asarray(carry.out[:, i0:i1])
     chunk = []
     for b in range(B):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from jax.sharding import Mesh
 
 from zebra_jax.infer.decode import (
+  check_cache_window,
   check_generate_args,
   generate_no_cache,
   inference_mesh,
@@ -36,6 +37,7 @@ def generate(
   cache_dtype=None,
   mesh: Mesh | None = None,
   pad_multiple: int = 8,
+  cache_window: int | None = 128,
 ):
   """Generates up to `max_new_tokens` tokens after each prompt (a list of token-id lists).
 
@@ -52,8 +54,13 @@ def generate(
   `mesh` (a `parallel.make_mesh` mesh): shards the model's parameters over it (in place, by
   `shard_for_inference`) and the cache with them; None keeps the model where it is (sharded
   parameters -> sharded generation on their mesh).
+  `cache_window` (cached decoding without a draft): the cache starts at the prefill's length and
+  grows by whole windows of this many rows up to `max_len` as tokens are written, since every decode
+  step's attention reads the whole allocated cache (see `stream`); None or 0 allocates `max_len`
+  from the start. Speculative decoding keeps the full `max_len` cache.
   """
   check_generate_args(model, max_new_tokens, pad_id)
+  check_cache_window(cache_window)
   mesh = inference_mesh(model, mesh)
   sampling = SamplingConfig(temperature, top_k, top_p)
   stops = resolve_stop_tokens(model.config, stop_tokens)
@@ -94,6 +101,7 @@ def generate(
         cache_dtype=cache_dtype,
         mesh=mesh,
         pad_multiple=pad_multiple,
+        cache_window=cache_window,
       )
     )
     out = [sum((p[b] for p in pieces), []) for b in range(len(prompts))]
