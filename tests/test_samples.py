@@ -70,6 +70,29 @@ def test_samples_stage_writes_greedy_continuations_of_train_prompts(tmp_path, ro
     assert row["text"] == tok.decode(prompt + new)
 
 
+def test_a_samples_cache_window_writes_the_same_samples_from_a_shorter_cache(tmp_path, monkeypatch):
+  """samples.cache_window reaches generate: the decode loop runs on the prefill's 128 rows instead of
+  max_len's 256 (prompts padded to PROMPT_BUCKET), and the samples are the ones the full cache writes."""
+  from zebra_jax.infer import decode as decode_lib
+
+  rows_seen, real = [], decode_lib.decode_loop
+
+  def spy(state, carry, *args, **kw):
+    rows_seen.append(carry.cache.max_len)
+    return real(state, carry, *args, **kw)
+
+  monkeypatch.setattr(decode_lib, "decode_loop", spy)
+  full_cfg, win_cfg = _tiny_config(), _tiny_config()
+  win_cfg.samples.cache_window = 16
+  run_pipeline(full_cfg, str(tmp_path / "full"), progress=False)
+  assert set(rows_seen) == {256}
+  rows_seen.clear()
+  run_pipeline(win_cfg, str(tmp_path / "win"), progress=False)
+  assert set(rows_seen) == {128}
+  read = lambda d: (tmp_path / d / samples_lib.ARTIFACT).read_text()
+  assert read("win") == read("full")
+
+
 def test_samples_resume_regenerates_only_missing_parts(tmp_path):
   cfg = _tiny_config()
   run_pipeline(cfg, str(tmp_path), progress=False)
@@ -107,6 +130,7 @@ def test_training_reads_the_samples(tmp_path):
     (dict(chat_temperature=0.0), "samples.chat_temperature"),
     (dict(round_tokens=4), "samples.round_tokens must be 0 \\(off\\) or divide"),  # 6 % 4
     (dict(round_tokens=2, round_batches=0), "samples.round_batches"),
+    (dict(cache_window=-1), "samples.cache_window"),
   ],
 )
 def test_bad_samples_configs_name_the_field(change, field):
@@ -122,6 +146,7 @@ def test_bad_samples_configs_name_the_field(change, field):
     "chat_temperature",
     "round_tokens",
     "round_batches",
+    "cache_window",
   ):
     if k in change:
       cfg.samples[k] = change[k]

@@ -43,8 +43,10 @@ Fields
                       passage_fraction (share of chat prompts that are tasks about a passage of
                       a training document: summarise, explain, continue, questions),
                       round_tokens (0: one generate call per batch; else new tokens per round,
-                      the finished rows leaving between rounds) and round_batches (batches per
-                      part when generating in rounds);
+                      the finished rows leaving between rounds), round_batches (batches per
+                      part when generating in rounds) and cache_window (0: off; else each batch's
+                      decode cache grows in windows of that many rows, `generate`'s cache_window:
+                      the same tokens, bookkeeping);
                       used when data.source lists "teacher_samples"
   stages              ordered list of stages to run
 """
@@ -162,6 +164,7 @@ def base_config() -> ml_collections.ConfigDict:
       passage_fraction=0.0,
       round_tokens=0,
       round_batches=8,
+      cache_window=0,
     )
   )
   # kd.freeze: parameter groups KD leaves as assembled ("embed", "mlp", "norm", "mixer"; stages.py)
@@ -306,6 +309,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       )
     if s.round_batches < 1:
       bad(f"samples.round_batches must be >= 1, got {s.round_batches}")
+    if s.get("cache_window", 0) < 0:
+      bad(f"samples.cache_window must be 0 (off) or a positive number of rows, got {s.cache_window}")
     if s.chat_temperature is not None and not s.chat_temperature > 0:
       bad(
         f"samples.chat_temperature must be positive or None (= samples.temperature), got {s.chat_temperature}"

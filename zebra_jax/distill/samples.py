@@ -226,13 +226,15 @@ def generate_samples(
   chat_temperature: float | None = None,
   round_tokens: int = 0,
   round_batches: int = 8,
+  cache_window: int = 0,
 ) -> list[str]:
   """Generates this process's parts into part files (skipping existing ones); returns the paths
   of all part files in order. `chat[i]` marks chat-template prompts (kept with their turn markers
   in the text); they are sampled at `chat_temperature` (None: `temperature`), the rows of a part
   with one temperature together. A part is one batch of `batch_size` prompts in one `generate`
   call; with `round_tokens` > 0 it is `round_batches` batches generated in rounds
-  (`generate_in_rounds`)."""
+  (`generate_in_rounds`). `cache_window` (0: off) grows each batch's decode cache in windows of that
+  many rows (`generate`'s argument; the same tokens)."""
   chat = list(chat) if chat is not None else [False] * len(prompts)
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.infer.decode import resolve_stop_tokens
@@ -285,6 +287,7 @@ def generate_samples(
           seed=seed + b + 1_000_003 * k,
           pad_multiple=PROMPT_BUCKET,
           max_len=_cache_len(batch, max_new_tokens),
+          cache_window=cache_window or None,
         )
       for j, o in zip(rows, got):
         outs[j] = o
@@ -350,6 +353,7 @@ def run_samples(ctx) -> None:
     chat_temperature=chat_temperature,
     round_tokens=s.get("round_tokens", 0) or 0,
     round_batches=s.get("round_batches", 8),
+    cache_window=s.get("cache_window", 0) or 0,
   )
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils

@@ -41,7 +41,8 @@ STAGE_SECTIONS = {
 # activations the backward recomputes rather than keeps; added after workdirs already existed)
 BOOKKEEPING = ("name", "workdir", "stages", "mesh", "accept_config_changes", "train.log_every",
                "train.checkpoint_every", "train.keep_last", "train.async_checkpoint",
-               "train.eval_batches", "train.keep_checkpoints", "train.prefetch", "train.remat_policy")
+               "train.eval_batches", "train.keep_checkpoints", "train.prefetch", "train.remat_policy",
+               "samples.cache_window")
 
 
 class WorkdirBusy(RuntimeError):

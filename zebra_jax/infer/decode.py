@@ -371,7 +371,7 @@ def stream(
   cache_dtype=None,
   mesh: Mesh | None = None,
   pad_multiple: int = 8,
-  cache_window: int | None = 128,
+  cache_window: int | None = None,
 ) -> Iterator[list[list[int]]]:
   """Yields, every `every` steps, the new tokens of each sequence (lists; empty once it stopped).
 

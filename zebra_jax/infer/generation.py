@@ -37,7 +37,7 @@ def generate(
   cache_dtype=None,
   mesh: Mesh | None = None,
   pad_multiple: int = 8,
-  cache_window: int | None = 128,
+  cache_window: int | None = None,
 ):
   """Generates up to `max_new_tokens` tokens after each prompt (a list of token-id lists).
 
