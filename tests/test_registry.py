@@ -277,7 +277,9 @@ def test_mix_pipeline_and_state(tmp_path, monkeypatch):
     make_iterator({"a": 1.0, "ev": 1.0}, ByteTokenizer(), **kw)
   with pytest.raises(ValueError, match="held-out evaluation source"):
     make_iterator("source:ev", ByteTokenizer(), **kw)
-  with pytest.raises(ValueError, match="unknown source 'nope'; known sources: ev, a, b"):
+  with pytest.raises(
+    ValueError, match="unknown source 'nope'; known training sources: a, b, teacher_samples, default$"
+  ):
     R.open_mix({"nope": 1.0}, cache)
   assert isinstance(R.resolve_spec("source:a", cache_dir=cache), ListSource)
 
@@ -322,7 +324,9 @@ def test_validate_refuses_heldout_sources():
     validate(c)
   c.data.source = "default"
   c.data.mix = {"nope": 1.0}
-  with pytest.raises(RunConfigError, match="unknown source 'nope'; known sources: wordnet"):
+  with pytest.raises(
+    RunConfigError, match="unknown source 'nope'; known training sources: shakespeare, kjv_bible"
+  ):
     validate(c)
   c.data.mix = {"shakespeare": 1.0, "teacher_samples": 1.0}
   with pytest.raises(RunConfigError, match="no 'samples' stage"):
@@ -827,6 +831,56 @@ def test_a_mix_with_an_impossible_weight_or_a_source_twice_is_refused(tmp_path, 
   monkeypatch.chdir(tmp_path)
   with pytest.raises(Exception, match="jsonl file not found: corpus.jsonl"):
     R.open_mix({"corpus.jsonl": 1.0}, str(tmp_path / "cache"))
+
+
+def test_a_held_out_sources_guard_file_cut_short_is_rebuilt(tmp_path, capsys):
+  """A held-out source with guard texts of its own (WordNet's) counts them in info.json: a guard
+  file cut at a line boundary would guard training text with less, without a word. It is rebuilt."""
+  import dataclasses
+
+  reg, cache = _fake_registry(tmp_path)
+  reg["ev"] = dataclasses.replace(reg["ev"], guard=lambda path: ["guard one " * 30, "guard two " * 30])
+  R.source_documents("ev", cache, registry=reg)
+  d = R.source_dir("ev", cache, registry=reg)
+  guard = os.path.join(d, "guard.jsonl")
+  whole = open(guard, encoding="utf-8").read()
+  assert json.load(open(os.path.join(d, "info.json")))["guard_texts"] == 2
+  capsys.readouterr()
+  open(guard, "w", encoding="utf-8").write(whole.splitlines(keepends=True)[0])
+  R.source_documents("ev", cache, registry=reg)
+  assert f"{guard}: 1 lines where info.json counts 2 guard texts (truncated?); rebuilding 'ev'" in (
+    capsys.readouterr().err
+  )
+  assert open(guard, encoding="utf-8").read() == whole
+
+
+def test_the_wordnet_synsets_cache_cut_short_is_rebuilt(tmp_path, monkeypatch, capsys):
+  """The WordNet synsets the zero-shot tasks are built from carry their count next to them: a file
+  cut at a line boundary is rebuilt, not read short; one written before the count is taken as is."""
+  built = [
+    {"offset": f"{i:08d}", "pos": "n", "lemmas": [f"w{i}"], "gloss": "g", "examples": [], "hypernyms": []}
+    for i in range(3)
+  ]
+  calls = []
+  monkeypatch.setattr(R, "wordnet_synsets_from_archive", lambda path: calls.append(path) or list(built))
+  monkeypatch.setattr(R.Source, "fetch", lambda self, cache_dir=None: "archive")
+  cache = str(tmp_path / "cache")
+  assert R.wordnet_synsets(cache) == built and len(calls) == 1
+  path = [
+    os.path.join(R.sources_root(cache), n) for n in os.listdir(R.sources_root(cache)) if n.endswith(".jsonl")
+  ][0]
+  assert open(path + ".count").read() == "3\n"
+  assert R.wordnet_synsets(cache) == built and len(calls) == 1  # read from the cache
+  whole = open(path, encoding="utf-8").read()
+  capsys.readouterr()
+  open(path, "w", encoding="utf-8").write("".join(whole.splitlines(keepends=True)[:2]))
+  assert R.wordnet_synsets(cache) == built and len(calls) == 2
+  assert (
+    f"{path}: 2 lines where {path}.count counts 3 synsets (truncated?); rebuilding" in capsys.readouterr().err
+  )
+  os.remove(path + ".count")  # a cache from before the count: read as it is, and counted from now on
+  assert R.wordnet_synsets(cache) == built and len(calls) == 2
+  assert open(path + ".count").read() == "3\n"
 
 
 def test_a_damaged_cached_source_is_rebuilt_not_read_short(tmp_path, capsys):

@@ -67,6 +67,7 @@ from zebra_jax.data.corpus import documents_from_wheel
 CLEANING_VERSION = 2  # bump when extraction / cleaning / dedup change, so caches are rebuilt
 KINDS = ("literature", "technical", "reference", "conversational", "instructional", "news", "reviews")
 DOCUMENTS_FILE = "documents.jsonl"
+GUARD_FILE = "guard.jsonl"  # a held-out source's guard texts, when it has its own (WordNet)
 INFO_FILE = "info.json"
 MIN_CHARS = 200  # shorter documents are dropped (short items are merged first)
 TARGET_CHARS = 4000  # short items (sentences, dialogue pairs, synsets) are merged up to about this size
@@ -2042,9 +2043,9 @@ def check_trainable(
     if name in allow:
       continue
     src = registry.get(name)
-    if src is None:
-      known = ", ".join(list(registry) + list(allow))
-      raise ValueError(f"{field} names unknown source {name!r}; known sources: {known}")
+    if src is None:  # the names it may hold: held-out sources are refused below, so not listed
+      known = ", ".join([n for n, s in registry.items() if not s.heldout] + list(allow))
+      raise ValueError(f"{field} names unknown source {name!r}; known training sources: {known}")
     if src.heldout:
       raise ValueError(
         f"{field} includes {name!r}, a held-out evaluation source; evaluation sources are "
@@ -2125,14 +2126,17 @@ def _cached(src: Source, registry, cache_dir) -> str | None:
     return None
   if info.get("sha256") != src.sha256 or info.get("depends_on") != _fingerprint(src, registry):
     return None  # the registry changed around it: rebuild
-  lines = _count_lines(docs_path)
-  if lines != documents:
-    print(
-      f"{docs_path}: {lines} lines where {INFO_FILE} counts {documents} documents (truncated?); "
-      f"rebuilding {src.name!r}",
-      file=sys.stderr,
-    )
-    return None
+  counted = [(docs_path, documents, "documents")]
+  if src.guard is not None and "guard_texts" in info:
+    counted.append((os.path.join(final, GUARD_FILE), int(info["guard_texts"]), "guard texts"))
+  for path, want, what in counted:
+    lines = _count_lines(path) if os.path.exists(path) else 0
+    if lines != want:
+      print(
+        f"{path}: {lines} lines where {INFO_FILE} counts {want} {what} (truncated?); rebuilding {src.name!r}",
+        file=sys.stderr,
+      )
+      return None
   return final
 
 
@@ -2169,7 +2173,7 @@ def _guard_texts(src: Source, registry, cache_dir) -> list[str]:
   """What a held-out source guards with: its guard texts (e.g. all of WordNet), else its documents."""
   if src.guard is None:
     return source_documents(src.name, cache_dir, registry=registry)
-  gpath = os.path.join(source_dir(src.name, cache_dir, registry=registry), "guard.jsonl")
+  gpath = os.path.join(source_dir(src.name, cache_dir, registry=registry), GUARD_FILE)
   return _read_jsonl(gpath)
 
 
@@ -2202,9 +2206,12 @@ def _build(src: Source, registry: Mapping[str, Source], cache_dir) -> str:
     with open(os.path.join(tmp, DOCUMENTS_FILE), "w", encoding="utf-8") as f:
       for d in docs:
         f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+    n_guard = None
     if src.guard is not None:
-      with open(os.path.join(tmp, "guard.jsonl"), "w", encoding="utf-8") as f:
-        for d in src.guard(archive):
+      guard_texts = src.guard(archive)
+      n_guard = len(guard_texts)
+      with open(os.path.join(tmp, GUARD_FILE), "w", encoding="utf-8") as f:
+        for d in guard_texts:
           f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
     info = {
       "name": src.name,
@@ -2230,6 +2237,8 @@ def _build(src: Source, registry: Mapping[str, Source], cache_dir) -> str:
       "depends_on": _fingerprint(src, registry),
       "cleaning_version": CLEANING_VERSION,
     }
+    if n_guard is not None:
+      info["guard_texts"] = n_guard  # checked like "documents" (a cache built before it has none)
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
       json.dump(info, f, indent=2)
     os.chmod(tmp, 0o755)
@@ -2258,14 +2267,38 @@ def wordnet_synsets(cache_dir=None) -> list[dict]:
   src = SOURCES["wordnet"]
   root = sources_root(cache_dir)
   path = os.path.join(root, f"wordnet-synsets-{src.version}-v{CLEANING_VERSION}.jsonl")
-  if not os.path.exists(path):
-    synsets = wordnet_synsets_from_archive(src.fetch(cache_dir))
-    with atomic_write(path) as f:
-      for s in synsets:
-        f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    return synsets
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  count_path = path + ".count"  # the number of synsets written: a file cut at a line reads short
+  if os.path.exists(path):
+    lines = _count_lines(path)
+    try:
+      with open(count_path) as f:
+        want = int(f.read())
+    except FileNotFoundError:  # written before the count was: take it as it is, from now on checked
+      want = lines
+      with atomic_write(count_path) as f:
+        f.write(f"{lines}\n")
+    except ValueError:
+      want = -1
+    if lines == want:
+      synsets = []
+      with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+          try:
+            synsets.append(json.loads(line))
+          except ValueError as e:
+            raise ValueError(f"{path}:{i}: damaged cache file ({e}); delete it to rebuild it") from None
+      return synsets
+    print(
+      f"{path}: {lines} lines where {count_path} counts {want} synsets (truncated?); rebuilding",
+      file=sys.stderr,
+    )
+  synsets = wordnet_synsets_from_archive(src.fetch(cache_dir))
+  with atomic_write(path) as f:
+    for s in synsets:
+      f.write(json.dumps(s, ensure_ascii=False) + "\n")
+  with atomic_write(count_path) as f:
+    f.write(f"{len(synsets)}\n")
+  return synsets
 
 
 # ------------------------------------------------------------------------------------------------
