@@ -11,7 +11,22 @@ skipped and an interrupted stage continues from its last checkpoint. SIGTERM sav
 from __future__ import annotations
 
 import os
+import signal
 import sys
+
+
+def _sigterm_while_starting(*_):
+  # a preemption before the run's own handler exists (importing jax takes seconds): one line and
+  # exit 143 like any other SIGTERM, not a silent -15; the pipeline installs its handler later
+  print(
+    "SIGTERM while starting the run: stopped before any stage ran; rerun the same command to "
+    "continue (finished stages are kept)",
+    file=sys.stderr,
+  )
+  sys.exit(143)
+
+
+signal.signal(signal.SIGTERM, _sigterm_while_starting)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

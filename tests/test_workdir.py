@@ -152,6 +152,35 @@ def test_distill_script_prints_one_line_and_exits_2_on_a_busy_workdir(tmp_path):
   assert f"error: {tmp_path} is in use by pid {live.pid}" in p.stderr
 
 
+def test_sigterm_while_the_script_starts_exits_143_with_a_message(tmp_path):
+  """A SIGTERM while distill.py still imports jax (before the pipeline's handler exists) used to end
+  the process with -15 and no word (found by tests/resume_trials.py, 2026-12-07)."""
+  import signal
+  import time
+
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "scripts", "distill.py"),
+    "--config",
+    os.path.join(ROOT, "configs", "tiny.py"),
+    "--workdir",
+    str(tmp_path / "w"),
+    "--no_progress",
+  ]
+  p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    time.sleep(1.0)  # the interpreter is up, jax and the project are still importing
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+  finally:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+  assert p.returncode == 143, out[-3000:]
+  assert "SIGTERM while starting the run: stopped before any stage ran" in out and "Traceback" not in out
+
+
 def test_sigterm_during_a_stages_setup_exits_143_with_a_message(tmp_path):
   """Issue 18 item 8: SIGTERM while ild_mla loads and compiles (before its first step, where the
   trainer's own handler is not installed yet) used to kill the run with -15 and no word."""
