@@ -123,23 +123,22 @@ def test_the_shared_stages_read_what_the_pipeline_check_says_they_read():
   assert shared_settings_diff(a, b) == ["model.kv_lora_rank: 16 != 32"]
 
 
+# scripts/distill.py on the tiny config, as its own process (the CPU, the repository importable)
+TINY_ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+
+
+def tiny_distill_cmd(workdir, *flags) -> list[str]:
+  script, config = os.path.join(ROOT, "scripts", "distill.py"), os.path.join(ROOT, "configs", "tiny.py")
+  return [sys.executable, script, "--config", config, "--workdir", str(workdir), "--no_progress", *flags]
+
+
 def test_distill_script_prints_one_line_and_exits_2_on_a_busy_workdir(tmp_path):
   live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
   try:
     _write_lock(tmp_path, live.pid)
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
     p = subprocess.run(
-      [
-        sys.executable,
-        os.path.join(ROOT, "scripts", "distill.py"),
-        "--config",
-        os.path.join(ROOT, "configs", "tiny.py"),
-        "--workdir",
-        str(tmp_path),
-        "--config.stages=('teacher',)",
-        "--no_progress",
-      ],
-      env=env,
+      tiny_distill_cmd(tmp_path, "--config.stages=('teacher',)"),
+      env=TINY_ENV,
       capture_output=True,
       text=True,
       timeout=300,
@@ -158,17 +157,13 @@ def test_sigterm_while_the_script_starts_exits_143_with_a_message(tmp_path):
   import signal
   import time
 
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  cmd = [
-    sys.executable,
-    os.path.join(ROOT, "scripts", "distill.py"),
-    "--config",
-    os.path.join(ROOT, "configs", "tiny.py"),
-    "--workdir",
-    str(tmp_path / "w"),
-    "--no_progress",
-  ]
-  p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  p = subprocess.Popen(
+    tiny_distill_cmd(tmp_path / "w"),
+    env=TINY_ENV,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   try:
     time.sleep(1.0)  # the interpreter is up, jax and the project are still importing
     p.send_signal(signal.SIGTERM)
@@ -187,19 +182,9 @@ def test_sigterm_during_a_stages_setup_exits_143_with_a_message(tmp_path):
   import signal
   import time
 
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   p = subprocess.Popen(
-    [
-      sys.executable,
-      os.path.join(ROOT, "scripts", "distill.py"),
-      "--config",
-      os.path.join(ROOT, "configs", "tiny.py"),
-      "--workdir",
-      str(tmp_path),
-      "--config.stages=('teacher', 'ild_mla')",
-      "--no_progress",
-    ],
-    env=env,
+    tiny_distill_cmd(tmp_path, "--config.stages=('teacher', 'ild_mla')"),
+    env=TINY_ENV,
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,

@@ -40,18 +40,17 @@ def _teacher_intermediates(teacher, tokens, pos):
   """(inputs_LBTD, mixer_outs_LBTD, last_BTD): every block's input hidden state and mixer output,
   stacked, and the last block's output (before the final norm); a scan over uniform blocks."""
   stacked = stacked_blocks(teacher.layers)
-  apply = teacher._block_fn()
-  h0 = teacher.embed(tokens)
   if stacked is None:
     _, hidden, mixer_outs = teacher.forward_with_intermediates(tokens, pos)
     return jnp.stack(hidden[:-1]), jnp.stack(mixer_outs), hidden[-1]
   graphdef, state_L = stacked
+  apply = teacher._block_fn()
 
   def body(h, state):
     h_out, m_out = apply(nnx.merge(graphdef, state), h, pos)
     return h_out, (h, m_out)
 
-  last, (inputs, mixer_outs) = jax.lax.scan(body, h0, state_L)
+  last, (inputs, mixer_outs) = jax.lax.scan(body, teacher.embed(tokens), state_L)
   return inputs, mixer_outs, last
 
 
@@ -73,8 +72,8 @@ def ild_loss_fn(kind: str):
       jax.lax.stop_gradient, _teacher_intermediates(teacher, tokens, pos)
     )
     L = len(student.layers)
-    # block l's target is block l+1's input; the last block's is the teacher's last output, normed
-    targets = jnp.concatenate([inputs[1:], last[None]], axis=0)
+    # block l < L-1 is compared with block l+1's input (inputs[l + 1]); the last block with the
+    # teacher's last output, both normed
     apply = student._block_fn()  # honours train.remat like the full forward
     dist = lambda a, b: losses.ild_distance(a, b, kind)
     block_loss, mixer_loss = jnp.float32(0.0), jnp.float32(0.0)
@@ -87,12 +86,12 @@ def ild_loss_fn(kind: str):
         h_out, m_out = apply(nnx.merge(graphdef, state), h_in, pos)
         return (acc[0] + dist(h_out, target), acc[1] + dist(m_out, m_target)), None
 
-      xs = (state_L, inputs[: L - 1], targets[: L - 1], mixer_outs[: L - 1])
+      xs = (state_L, inputs[: L - 1], inputs[1:L], mixer_outs[: L - 1])
       (block_loss, mixer_loss), _ = jax.lax.scan(body, (block_loss, mixer_loss), xs)
     else:
       for l in range(L - 1):
         h_out, m_out = apply(student.layers[l], inputs[l], pos)
-        block_loss = block_loss + dist(h_out, targets[l])
+        block_loss = block_loss + dist(h_out, inputs[l + 1])
         mixer_loss = mixer_loss + dist(m_out, mixer_outs[l])
     h_out, m_out = apply(student.layers[L - 1], inputs[L - 1], pos)
     block_loss = block_loss + dist(student.norm(h_out), jax.lax.stop_gradient(teacher.norm(last)))
