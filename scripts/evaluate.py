@@ -346,7 +346,7 @@ def main(argv=None) -> int:
   # lm-eval is not an argparse sub-command (its arguments go to lm-eval's own parser): listed here
   p.epilog = (
     "lm-eval: everything after `lm-eval` goes to lm-eval's own command line, with the\n"
-    "zebra_jax model registered (`python scripts/evaluate.py lm-eval --help` lists its options):\n"
+    "zebra_jax model registered (`python scripts/evaluate.py lm-eval run --help` lists its options):\n"
     "  python scripts/evaluate.py lm-eval --model zebra_jax --model_args checkpoint=CKPT \\\n"
     "      --tasks TASKS"
   )

@@ -1,10 +1,27 @@
 """Every `python scripts/<name>.py ...` command written in README.md, docs/*.md and the scripts'
-own docstrings parses as written (issue 17 item 5): its sub-command and flags exist, and each
-`--config.x.y=v` override names a config field. Nothing runs: argparse scripts stop right after
-parsing (in this process), the absl ones (distill.py, report.py) parse their flags and build their
-config in one subprocess each. Commands with shell variables or placeholders (`$O`, `<dir>`, `...`,
-`[--opt]`, `a|b`) cannot be parsed as written and are left out; the tiny run that README shows is
-run for real by tests/test_distill.py's fixture."""
+own docstrings parses as written, and the fast ones run as written (issue 17 item 5).
+
+Parsing: its sub-command and flags exist, and each `--config.x.y=v` override names a config field.
+argparse scripts stop right after parsing (in this process), the absl ones (distill.py, report.py)
+parse their flags and build their config in one subprocess each. Commands with shell variables or
+placeholders (`$O`, `<dir>`, `...`, `[--opt]`, `a|b`) cannot be parsed as written and are left out.
+
+Running: RULES classifies every extracted command, first matching rule wins: RUN (fast on a 2-core
+CPU: no GPU / TPU, no model bigger than SmolLM2-135M, no run's output) or not run, with the reason
+(a GPU, a 1B-8B model, a full smollm2 distillation, a placeholder path, or a test elsewhere that
+runs the same: the tiny run is tests/test_distill.py's fixture, the CPU scaling smoke run
+tests/test_scaling.py's). A new documented command that no rule matches fails
+`test_every_documented_command_is_classified` until its author adds a rule. The RUN commands (today
+`evaluate.py lm-eval run --help`, `evaluate.py kv --preset ...`, `generate.py --checkpoint smollm2 ...
+--chat` and `init_hybrid.py --teacher smollm2 ...`, about 75 s together on 2 cores) run as
+subprocesses with their argv as written, in a fresh directory holding symlinks `scripts` and
+`configs` to the repo's (so relative paths resolve and outputs such as `workdir/...` land there),
+with a fresh HOME and the shared download cache ($ZEBRA_JAX_CACHE: `smollm2` resolves without
+network), PYTHONPATH the repo (as a clone's root would give), JAX on the CPU and JAX's persistent
+compilation cache off (it would write into the shared cache). Two things differ from a reader's
+paste: an absolute `/tmp/...` path in a command is rewritten into the test's temporary directory,
+and a `VAR=value` prefix is applied to the environment. Each must exit 0 and print or write one
+thing it promises (`_CHECKS`)."""
 
 from __future__ import annotations
 
@@ -16,6 +33,7 @@ import re
 import shlex
 import subprocess
 import sys
+from typing import Callable
 
 import pytest
 
@@ -51,12 +69,19 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
           words = shlex.split(command, comments=True)
         except ValueError:  # an unbalanced quote: prose, not a command
           continue
+        env = {}
         while words and re.match(r"[A-Z_]+=", words[0]):  # VAR=value prefixes
-          words.pop(0)
+          env.update([words.pop(0).split("=", 1)])
         if any(a == "--config" and re.fullmatch(r"[A-Z_]+", b) for a, b in zip(words, words[1:])):
           continue  # `--config CONFIG`: a placeholder for the reader's config file
-        out.append((f"{os.path.relpath(path, ROOT)}:{start + 1}", name, words[2:]))
+        where = f"{os.path.relpath(path, ROOT)}:{start + 1}"
+        out.append((where, name, words[2:]))
+        if env:
+          ENV_PREFIXES[(where, name, tuple(words[2:]))] = env
   return out
+
+
+ENV_PREFIXES: dict[tuple[str, str, tuple[str, ...]], dict[str, str]] = {}  # a command's `VAR=value`s
 
 
 COMMANDS = documented_commands()
@@ -227,3 +252,175 @@ def test_the_readme_library_snippet_runs_as_written(tmp_path, smollm2_gguf):
   lines = r.stdout.split()
   assert round(float(lines[-1]), 4) == 0.0391, r.stdout  # Zebra-1B's KV fraction, as commented
   assert 0 < float(lines[-2]) < 1, r.stdout
+
+
+# -- running the fast ones -------------------------------------------------------------------------
+def _check_lm_eval_help(r, argv, cwd):
+  assert "--model_args" in r.stdout, r.stdout[-2000:]  # lm-eval's own parser lists a run's options
+
+
+def _check_kv(r, argv, cwd):
+  m = re.search(r"KV cache per token: .* -> ([\d.]+)% of the GQA teacher", r.stdout)
+  assert m and 0 < float(m.group(1)) < 100, r.stdout[-2000:]
+
+
+def _check_generate(r, argv, cwd):
+  assert "Paris" in r.stdout, r.stdout[-2000:]  # greedy SmolLM2 answers the documented question
+
+
+def _check_init_hybrid(r, argv, cwd):
+  out = cwd / argv[argv.index("--output") + 1]
+  for name in ("params", "config.json", "tokenizer.json", "generation_config.json", "provenance.json"):
+    assert (out / name).exists(), f"{out} has no {name}: {sorted(os.listdir(out))}"
+  assert json.loads((out / "provenance.json").read_text())["stage"] == "init"
+
+
+_TINY_RUN = "the tiny run (every stage, ~2 min on 2 cores): tests/test_distill.py's tiny_run fixture runs it"
+_PLACEHOLDER_PATH = "a placeholder path for the reader's own"
+# (script, pattern searched in shlex.join(argv), verdict): a check function = RUN it and check its
+# output; a string = not run, and why. The first rule that matches a command decides.
+RULES: list[tuple[str, str, Callable | str]] = [
+  ("evaluate", r"^lm-eval run --help$", _check_lm_eval_help),
+  ("evaluate", r"^kv --preset [\w.-]+$", _check_kv),
+  ("evaluate", r"^suite ", "scores a distilled checkpoint on lm-eval tasks whose datasets it downloads"),
+  ("evaluate", r"^(agreement|needle) --checkpoint (CKPT|STUDENT) ", f"{_PLACEHOLDER_PATH} checkpoint"),
+  ("generate", r"^--checkpoint smollm2 --prompt '[^']+' --chat$", _check_generate),
+  (
+    "generate",
+    r"^--checkpoint /tmp/zebra_tiny/kd/model .*--mesh 2,1,1$",
+    "a tiny run's KD model (a 2-min run) on 2 simulated devices: tests/test_generate_sharded.py::"
+    "test_generate_cli_with_mesh_prints_the_unsharded_text runs generate.py --mesh on CPU devices, "
+    "tests/test_distill.py::test_a_newcomers_path_from_a_run_to_transformers on the tiny KD model",
+  ),
+  ("generate", r"^--checkpoint saved_hybrid/ ", f"{_PLACEHOLDER_PATH} checkpoint"),
+  ("init_hybrid", r"^--teacher smollm2 --output [\w./-]+$", _check_init_hybrid),
+  ("init_hybrid", r"^--teacher /path/to/", f"{_PLACEHOLDER_PATH} 1B Llama teacher"),
+  (
+    "distill",
+    r"--aot-topology ",
+    "TPU AOT compilation of a 3B / 8B config for a pod slice (minutes and GBs of host memory per "
+    "stage); tests/test_aot.py compiles the tiny config",
+  ),
+  ("distill", r"--config configs/zebra_(3b|8b)\.py", "a 3B / 8B distillation on a TPU pod or 8 GPUs"),
+  (
+    "distill",
+    r"--config configs/smollm2_135m\.py",
+    "a smollm2 distillation (49k teacher samples, up to 1,900 steps of a 135M student: a GPU)",
+  ),
+  ("distill", r"^--config configs/tiny\.py --workdir ", _TINY_RUN),
+  ("report", r"", "a whole report: several smollm2 distillations and their evaluations (a GPU, hours)"),
+  (
+    "scaling",
+    r"^--config configs/tiny\.py .*--platform cpu$",
+    "tests/test_scaling.py::test_cpu_smoke_run_measures_both_device_counts_and_appends_the_table "
+    "runs it (3 steps instead of 6)",
+  ),
+  ("scaling", r"^--config configs/smollm2_135m\.py ", "a smollm2 stage on 1 to 8 GPUs"),
+  ("bench", r"^kernels ", "a GPU kernel benchmark (Pallas / Triton kernels)"),
+  ("bench", r"^generate --size 1b ", "decode throughput of a 1B model (a GPU)"),
+  ("bench", r"^speculative\b", "distils a SmolLM2 draft for hundreds of steps, then times decoding (a GPU)"),
+  ("bench", r"^train .*--student PRESET$", f"{_PLACEHOLDER_PATH} preset (PRESET)"),
+  ("bench", r"^train ", "a training-step benchmark of a 135M-1B student at 2048 tokens (a GPU)"),
+  ("pretokenize", r"--input corpus\.jsonl ", f"{_PLACEHOLDER_PATH} corpus and teacher"),
+  (
+    "export",
+    r"^--checkpoint runs/zebra_1b/",
+    "a 1B run's output; tests/test_distill.py::test_a_newcomers_path_from_a_run_to_transformers "
+    "exports the tiny run's KD model",
+  ),
+]
+
+
+def _rule(name: str, argv: list[str]) -> int | None:
+  """The index in RULES of the first rule that matches (None: no rule does)."""
+  text = shlex.join(argv)
+  return next((i for i, (n, pattern, _) in enumerate(RULES) if n == name and re.search(pattern, text)), None)
+
+
+def classify(name: str, argv: list[str]) -> Callable | str | None:
+  """The verdict of the first rule that matches (None: no rule does)."""
+  i = _rule(name, argv)
+  return None if i is None else RULES[i][2]
+
+
+def _kind(name, argv):
+  return f"{name} {argv[0]}" if argv and not argv[0].startswith("-") else name
+
+
+def _run_commands() -> list[tuple[str, str, list[str]]]:
+  """The RUN commands, each distinct one once, named by every place that documents it."""
+  seen: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+  for where, name, argv in COMMANDS:
+    if callable(classify(name, argv)):
+      seen.setdefault((name, tuple(argv)), []).append(where)
+  return [(",".join(wheres), name, list(argv)) for (name, argv), wheres in seen.items()]
+
+
+RUN_COMMANDS = _run_commands()
+
+
+def test_every_documented_command_is_classified():
+  """A command no rule matches fails here: decide whether it runs in CI (a check in RULES) or not
+  (the reason). Every rule still decides a command, and the RUN set holds the kinds expected."""
+  unclassified = [
+    f"{where}: python scripts/{name}.py {shlex.join(argv)}"
+    for where, name, argv in COMMANDS
+    if classify(name, argv) is None
+  ]
+  assert not unclassified, "add a rule to RULES for each of these documented commands:\n" + "\n".join(
+    unclassified
+  )
+  used = {_rule(name, argv) for _, name, argv in COMMANDS}
+  unused = [RULES[i][:2] for i in range(len(RULES)) if i not in used]
+  assert not unused, f"rules that decide no documented command (remove them): {unused}"
+  assert {_kind(name, argv) for _, name, argv in RUN_COMMANDS} == {
+    "evaluate lm-eval",
+    "evaluate kv",
+    "generate",
+    "init_hybrid",
+  }
+
+
+def _into(tmp, word: str) -> str:
+  """`word` with an absolute /tmp/... path (alone or after `=`) moved under `tmp`."""
+  return re.sub(r"(^|=)/tmp/", lambda m: f"{m.group(1)}{tmp}/", word)
+
+
+def test_absolute_tmp_paths_move_into_the_test_directory():
+  assert _into("/x", "/tmp/zebra_tiny") == "/x/zebra_tiny"
+  assert _into("/x", "--out=/tmp/a/b") == "--out=/x/a/b"
+  assert _into("/x", "workdir/tmp/a") == "workdir/tmp/a" and _into("/x", "/tmpfoo") == "/tmpfoo"
+
+
+@pytest.mark.parametrize("where, name, argv", RUN_COMMANDS, ids=lambda x: x if isinstance(x, str) else None)
+def test_documented_fast_command_runs_as_written(where, name, argv, tmp_path, smollm2_gguf):
+  """The command's own argv, from a fresh directory with `scripts` and `configs` linked to the repo's
+  and a fresh HOME; /tmp/... paths rewritten into the test's directory (see the module docstring)."""
+  cwd, home = tmp_path / "cwd", tmp_path / "home"
+  for d in (cwd, home, tmp_path / "tmp"):
+    d.mkdir()
+  for d in ("scripts", "configs"):
+    os.symlink(os.path.join(ROOT, d), cwd / d)
+  check = classify(name, argv)
+  prefix = ENV_PREFIXES.get((where.split(",")[0], name, tuple(argv)), {})
+  argv = [_into(tmp_path / "tmp", a) for a in argv]
+  env = dict(
+    os.environ,
+    HOME=str(home),
+    PYTHONPATH=ROOT,
+    JAX_PLATFORMS="cpu",
+    ZEBRA_JAX_CACHE=os.path.dirname(smollm2_gguf),
+    ZEBRA_JAX_COMPILATION_CACHE="0",  # it would live in the shared download cache
+  )
+  env.pop("XDG_CACHE_HOME", None)
+  env.update({k: _into(tmp_path / "tmp", v) for k, v in prefix.items()})
+  r = subprocess.run(
+    [sys.executable, f"scripts/{name}.py", *argv],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert r.returncode == 0, f"{where}: exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+  check(r, argv, cwd)
