@@ -17,13 +17,17 @@ import sys
 
 def _sigterm_while_starting(*_):
   # a preemption before the run's own handler exists (importing jax takes seconds): one line and
-  # exit 143 like any other SIGTERM, not a silent -15; the pipeline installs its handler later
+  # exit 143 like any other SIGTERM, not a silent -15; the pipeline installs its handler later.
+  # os._exit, not sys.exit: a SystemExit raised inside an import can be swallowed by a library's
+  # bare `except:` (seen under load: the run went on to finish with 0). Nothing is written yet but
+  # config.json (atomically) and the workdir lock (a dead pid's lock is taken over).
   print(
     "SIGTERM while starting the run: stopped before any stage ran; rerun the same command to "
     "continue (finished stages are kept)",
     file=sys.stderr,
+    flush=True,
   )
-  sys.exit(143)
+  os._exit(143)
 
 
 signal.signal(signal.SIGTERM, _sigterm_while_starting)

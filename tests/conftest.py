@@ -24,6 +24,11 @@ if importlib.util.find_spec("libtpu") is not None:
 if os.environ.get("JAX_PLATFORMS") == "cpu":
   os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
+# Two pytest-xdist workers (pyproject's addopts) on one GPU: XLA would preallocate 75% of its memory
+# in each; they allocate as they go instead.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 # The scripts turn on a persistent compilation cache in ~/.cache/zebra_jax/xla; a test that calls a
 # script's main() in this process would leave it on for every later test. Tests that want a cache
 # pass $JAX_COMPILATION_CACHE_DIR to their subprocesses (test_distill.py's jax_cache).

@@ -912,3 +912,24 @@ def test_a_damaged_cached_source_is_rebuilt_not_read_short(tmp_path, capsys):
     R.source_documents("a", cache, registry=reg)
   assert str(e.value).startswith(f"{docs}:1: damaged cache file (JSONDecodeError: ")
   assert str(e.value).endswith(f"; delete {d} to rebuild it")
+
+
+def test_a_source_built_meanwhile_by_another_process_is_kept_not_replaced(tmp_path):
+  """Two processes (parallel test workers, two runs) that find a source missing both build it; the
+  one that finishes second used to delete the first one's entry, which the first may be reading,
+  and put its own in its place. It now keeps the entry it finds whole."""
+  reg, cache = _fake_registry(tmp_path)
+  d = os.path.dirname(R.source_path("a", cache, registry=reg))  # "the other process" built it
+  first = os.stat(os.path.join(d, "documents.jsonl")).st_ino
+  # this process found it missing a moment earlier and builds it too
+  assert R._build(reg["a"], reg, cache) == d
+  assert os.stat(os.path.join(d, "documents.jsonl")).st_ino == first
+  assert not [n for n in os.listdir(os.path.dirname(d)) if n.startswith(".building-")]
+  # a stale entry (another registry's) is still replaced
+  info = os.path.join(d, "info.json")
+  stale = json.load(open(info))
+  stale["depends_on"] = ["something else"]
+  json.dump(stale, open(info, "w"))
+  assert R._build(reg["a"], reg, cache) == d
+  assert os.stat(os.path.join(d, "documents.jsonl")).st_ino != first
+  assert json.load(open(info))["depends_on"] == R._fingerprint(reg["a"], reg)

@@ -2242,6 +2242,8 @@ def _build(src: Source, registry: Mapping[str, Source], cache_dir) -> str:
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
       json.dump(info, f, indent=2)
     os.chmod(tmp, 0o755)
+    if _cached(src, registry, cache_dir) is not None:
+      return final  # another process (a parallel test worker, a second run) built it meanwhile
     if os.path.exists(final):  # a stale build (the registry changed around it)
       shutil.rmtree(final, ignore_errors=True)
     try:
