@@ -116,6 +116,12 @@ def main(argv=None) -> None:
     "scripts/bench.py train -h)",
     add_help=False,
   )
+  sub.add_parser(
+    "samples",
+    help="the samples stage's generate call with and without the windowed cache "
+    "(options: python scripts/bench.py samples -h)",
+    add_help=False,
+  )
   with_help_formatter(parser)
   args, rest = parser.parse_known_args(argv)
   if args.command == "kernels":
@@ -128,6 +134,10 @@ def main(argv=None) -> None:
     from zebra_jax.bench import train_step  # lazy: --help runs without jax, flax, optax
 
     train_step.main(rest)
+  elif args.command == "samples":
+    from zebra_jax.bench import samples  # lazy: --help runs without jax, flax, optax
+
+    samples.main(rest)
   elif args.command == "speculative":
     from zebra_jax.bench import speculative  # lazy: --help runs without jax, flax, optax
 
