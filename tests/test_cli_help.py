@@ -105,9 +105,9 @@ def test_every_option_of_every_script_says_what_it_is(name, monkeypatch):
 
 
 def test_bench_subcommands_and_evaluate_lm_eval_have_help(monkeypatch, capsys):
-  from zebra_jax.bench import decode, speculative, train_step
+  from zebra_jax.bench import decode, samples, speculative, train_step
 
-  for mod in (decode, speculative, train_step):
+  for mod in (decode, samples, speculative, train_step):
     with pytest.raises(SystemExit) as e:
       mod.main(["--help"])
     assert e.value.code == 0

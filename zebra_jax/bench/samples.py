@@ -25,12 +25,12 @@ import jax
 import numpy as np
 
 from zebra_jax import presets
-from zebra_jax.bench.decode import random_model, write_report
+from zebra_jax.bench.decode import _TINY, random_model, write_report
 from zebra_jax.cli import HelpFormatter
 from zebra_jax.distill.samples import PROMPT_BUCKET, _cache_len
 from zebra_jax.infer.generation import generate
 
-TEACHERS = {"smollm2": lambda: presets.smollm2_135m(instruct=True)}
+TEACHERS = {"smollm2": lambda: presets.smollm2_135m(instruct=True), "tiny": lambda: _TINY}  # tiny: tests
 
 
 def _prompts(batch: int, prompt_len: int, longest: int, vocab: int, seed: int) -> list[list[int]]:
@@ -88,7 +88,7 @@ def markdown(rows, meta) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> str:
+def main(argv=None) -> tuple[str, list[dict]]:
   p = argparse.ArgumentParser(
     prog="bench.py samples", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
   )
@@ -127,9 +127,10 @@ def main(argv=None) -> str:
     "date": datetime.date.today().isoformat(),
     "argv": shlex.join(argv or []),
   }
-  return write_report(
+  md = write_report(
     markdown(rows, meta),
     meta,
     [{k: v for k, v in r.items() if k != "tokens"} for r in rows],
     append_path=args.append,
   )
+  return md, rows
