@@ -69,9 +69,9 @@ def _config_only(path: str):
     from zebra_jax.convert.hf import load_hf_config  # lazy: --help runs without jax, flax, optax
 
     return load_hf_config(ck.path)
-  from zebra_jax.convert.gguf import _reader, gguf_config  # lazy: --help runs without jax, flax, optax
+  from zebra_jax.convert.gguf import gguf_reader, gguf_config  # lazy: --help runs without jax, flax, optax
 
-  return gguf_config(_reader(ck.path), ck.path)[0]  # the GGUF's metadata, no tensors read
+  return gguf_config(gguf_reader(ck.path), ck.path)[0]  # the GGUF's metadata, no tensors read
 
 
 def _dump(res, path):

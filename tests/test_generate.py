@@ -516,7 +516,7 @@ def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, mo
 
   if not hasattr(decode_loop, "_cache_size"):
     pytest.skip("this jax does not expose the jit cache size")
-  cfg = presets.zebra(bench._TINY, (0,), q_lora_rank=32, kv_lora_rank=16, yarn_factor=32)
+  cfg = presets.zebra(bench.TINY, (0,), q_lora_rank=32, kv_lora_rank=16, yarn_factor=32)
   save_model(bench.random_model(cfg), str(tmp_path / "m"))
   model = load_model(str(tmp_path / "m"), dtype="bfloat16")
   calls = []

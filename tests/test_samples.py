@@ -108,6 +108,54 @@ def test_samples_resume_regenerates_only_missing_parts(tmp_path):
   assert all(os.path.getmtime(p) == t for p, t in kept.items())
 
 
+def _repeats(text: str) -> float:
+  """Independent of samples.repeated_ngram_fraction: word 4-grams seen before, over all 4-grams."""
+  import collections
+
+  w = text.split()
+  counts = collections.Counter(" ".join(w[i : i + 4]) for i in range(len(w) - 3))
+  total = sum(counts.values())
+  return sum(c - 1 for c in counts.values()) / total if total > 1 else 0.0
+
+
+def test_repeated_ngram_fraction_counts_the_loops():
+  assert samples_lib.repeated_ngram_fraction("a b c d a b c d a b c d") == pytest.approx(5 / 9)
+  assert samples_lib.repeated_ngram_fraction("one two three four five six") == 0.0
+  assert samples_lib.repeated_ngram_fraction("too short") == 0.0
+  text = "I am so glad to have you here. " * 6 + "And then something else happens at the end."
+  assert samples_lib.repeated_ngram_fraction(text) == pytest.approx(_repeats(text)) and _repeats(text) > 0.5
+
+
+def test_max_repetition_drops_looping_samples_from_the_parts_without_generating(tmp_path):
+  """A workdir holding the parts of an earlier run (here written by hand: the tiny byte-level
+  teacher writes no words), with samples.max_repetition set: the stage generates nothing (the parts
+  stay as they are) and writes the artifact without the samples that repeat more of their word
+  4-grams than the limit, in part order."""
+  normal = [
+    f"Sample {i} reads like prose: the river bends north past the mill and the old bridge." for i in range(3)
+  ]
+  loops = [f"Loop {i}: " + "I am so glad to have you here. " * 8 for i in range(2)]
+  rows = [[normal[0], loops[0]], [loops[1], normal[1]], [normal[2]]]  # 5 samples in batches of 2
+  assert all(_repeats(t) < 0.1 for t in normal) and all(_repeats(t) > 0.6 for t in loops)
+  parts = tmp_path / "samples" / "parts"
+  parts.mkdir(parents=True)
+  for b, texts in enumerate(rows):
+    (parts / f"part-{b:05d}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  times = {p: os.path.getmtime(p) for p in parts.iterdir()}
+  cfg = _tiny_config()
+  cfg.samples.max_repetition = 0.3
+  run_pipeline(cfg, str(tmp_path), progress=False)
+  got = [json.loads(l)["text"] for l in (tmp_path / samples_lib.ARTIFACT).read_text().splitlines()]
+  assert got == normal
+  assert {p: os.path.getmtime(p) for p in parts.iterdir()} == times
+  # and 0 keeps every sample
+  stats = samples_lib.write_artifact(
+    sorted(parts.iterdir()), str(tmp_path / "all.jsonl"), 0.0, log=lambda *_: None
+  )
+  assert stats["kept"] == 5 and stats["dropped"] == 0
+  assert (tmp_path / "all.jsonl").read_text() == "".join(p.read_text() for p in sorted(parts.iterdir()))
+
+
 def test_training_reads_the_samples(tmp_path):
   cfg = _tiny_config()
   run_pipeline(cfg, str(tmp_path), progress=False)
@@ -131,6 +179,8 @@ def test_training_reads_the_samples(tmp_path):
     (dict(round_tokens=4), "samples.round_tokens must be 0 \\(off\\) or divide"),  # 6 % 4
     (dict(round_tokens=2, round_batches=0), "samples.round_batches"),
     (dict(cache_window=-1), "samples.cache_window"),
+    (dict(max_repetition=1.0), "samples.max_repetition"),
+    (dict(max_repetition=-0.1), "samples.max_repetition"),
   ],
 )
 def test_bad_samples_configs_name_the_field(change, field):
@@ -147,6 +197,7 @@ def test_bad_samples_configs_name_the_field(change, field):
     "round_tokens",
     "round_batches",
     "cache_window",
+    "max_repetition",
   ):
     if k in change:
       cfg.samples[k] = change[k]

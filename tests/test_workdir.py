@@ -105,6 +105,20 @@ def test_settings_no_finished_stage_read_may_change(tmp_path):
   assert json.load(open(os.path.join(wd, "config.json")))["kd"]["lr"] == 5e-4
 
 
+def test_a_field_added_since_the_run_is_a_change_only_off_its_default():
+  """A workdir's config.json from before a field existed (samples.max_repetition was added on
+  2026-12-07): the field at its default is the behaviour that run had, so no change; set to
+  anything else, it is one."""
+  c = _cfg(lr=3e-3)
+  old = json.loads(c.to_json())
+  del old["samples"]["max_repetition"]
+  assert workdir_lib.changed_fields(old, json.loads(c.to_json())) == {}
+  c.samples.max_repetition = 0.3
+  assert workdir_lib.changed_fields(old, json.loads(c.to_json())) == {
+    "samples.max_repetition": ("<unset>", 0.3)
+  }
+
+
 def test_accept_config_changes_keeps_the_earlier_config(tmp_path):
   wd = str(tmp_path)
   _interrupted_ild(wd, _cfg(lr=3e-3))

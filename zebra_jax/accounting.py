@@ -28,7 +28,7 @@ _ITEMSIZE = {
 }
 
 
-def _itemsize(dtype) -> int:
+def itemsize(dtype) -> int:
   """Bytes per element of a dtype name ("bfloat16") or any dtype object numpy/jax understand."""
   if isinstance(dtype, str) and dtype in _ITEMSIZE:
     return _ITEMSIZE[dtype]
@@ -68,7 +68,7 @@ def kv_cache_elements_per_token(config: LlamaConfig) -> int:
 
 
 def kv_bytes_per_token(config: LlamaConfig, dtype="bfloat16") -> int:
-  return kv_cache_elements_per_token(config) * _itemsize(dtype)
+  return kv_cache_elements_per_token(config) * itemsize(dtype)
 
 
 def teacher_kv_cache_elements_per_token(config: LlamaConfig) -> int:
@@ -109,7 +109,7 @@ def mamba_state_elements(config: LlamaConfig) -> int:
 def cache_bytes(config: LlamaConfig, batch: int, seq_len: int, dtype="bfloat16") -> int:
   """Total decode-cache bytes: batch * (seq_len * per-token KV + Mamba2 state), one dtype."""
   return (
-    batch * (seq_len * kv_cache_elements_per_token(config) + mamba_state_elements(config)) * _itemsize(dtype)
+    batch * (seq_len * kv_cache_elements_per_token(config) + mamba_state_elements(config)) * itemsize(dtype)
   )
 
 
@@ -295,7 +295,7 @@ def summary(config: LlamaConfig, seq_len: int = 2048, dtype="bfloat16") -> dict:
     "kv_cache_fraction": kv_cache_fraction(config),
     "kv_cache_percent": 100.0 * kv_cache_fraction(config),
     "mamba_state_elements_per_sequence": mamba_state_elements(config),
-    f"mamba_state_bytes_per_sequence_{dtype}": mamba_state_elements(config) * _itemsize(dtype),
+    f"mamba_state_bytes_per_sequence_{dtype}": mamba_state_elements(config) * itemsize(dtype),
     "seq_len": seq_len,
     "flops_per_token_forward": flops_per_token(config, seq_len, training=False),
     "flops_per_token_training": flops_per_token(config, seq_len, training=True),

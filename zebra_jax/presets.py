@@ -155,7 +155,8 @@ def zebra(
 
 _EVEN = lambda n: tuple(range(0, n, 2))
 
-_ZEBRA_TABLE = {
+# the Zebra presets (PRESETS below); the ILD benchmark reads a preset's teacher builder from it
+ZEBRA_TABLE = {
   # name: (teacher builder, mla_layers, r_q, r_kv, yarn factor)
   "zebra_1b_8mla8m2": (llama_3_2_1b, _EVEN(16), 1344, 128, 32),
   "zebra_1b_6mla10m2": (llama_3_2_1b, (0, 2, 5, 8, 11, 14), 1344, 128, 32),
@@ -173,7 +174,7 @@ _ZEBRA_TABLE = {
 
 
 def _zebra_preset(name: str) -> HybridConfig:
-  base_fn, layers, r_q, r_kv, factor = _ZEBRA_TABLE[name]
+  base_fn, layers, r_q, r_kv, factor = ZEBRA_TABLE[name]
   return zebra(base_fn(instruct=True), layers, q_lora_rank=r_q, kv_lora_rank=r_kv, yarn_factor=factor)
 
 
@@ -261,7 +262,7 @@ PRESETS: dict[str, Callable[[], LlamaConfig]] = {
   "llama-3.1-8b-instruct": lambda: llama_3_1_8b(instruct=True),
   "smollm2-135m": lambda: smollm2_135m(instruct=False),
   "smollm2-135m-instruct": lambda: smollm2_135m(instruct=True),
-  **{name: (lambda n=name: _zebra_preset(n)) for name in _ZEBRA_TABLE},
+  **{name: (lambda n=name: _zebra_preset(n)) for name in ZEBRA_TABLE},
   "x_ecomla_1b_r64": lambda: x_ecomla(llama_3_2_1b(), q_lora_rank=1424, kv_lora_rank=64, yarn_factor=32),
   "x_ecomla_3b_r96": lambda: x_ecomla(llama_3_2_3b(), q_lora_rank=2048, kv_lora_rank=96, yarn_factor=32),
   "x_ecomla_smollm2_135m_r16": lambda: x_ecomla(

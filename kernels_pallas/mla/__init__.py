@@ -16,8 +16,12 @@ def mla_decode(
   lengths (b,) int -> latent context (b, h, r_kv) in q_latent's dtype. interpret=True (or a
   `pltpu.InterpretParams`) runs the TPU kernel in the Pallas TPU interpreter on any backend.
   """
-  # Imported here: zebra_jax.ops imports this package's kernels, so not at module level (a cycle).
-  from zebra_jax.ops import mla as ops_mla  # lazy: zebra_jax.ops imports this package (an import cycle)
+  # zebra_jax.ops.mla imports this package's kernels (decode_gpu, decode_tpu, reference), and importing
+  # one runs this __init__ first, so importing ops here at module level would close the cycle
+  # kernels_pallas.mla -> zebra_jax.ops.mla -> kernels_pallas.mla.decode_gpu -> (parent) kernels_pallas.mla;
+  # called, the entry finds both loaded (`import kernels_pallas` loads no zebra_jax)
+  # lazy: the import cycle kernels_pallas.mla <-> zebra_jax.ops.mla named above
+  from zebra_jax.ops import mla as ops_mla
 
   return ops_mla.mla_decode(
     q_latent_BHR, q_rope_BHK, cache_BSC, lengths_B, scale=scale, impl=impl, interpret=interpret

@@ -34,8 +34,11 @@ def ssd_scan(
   `return_final_state`. Differentiable in every array (custom VJP on the kernels).
   interpret=True runs the TPU kernel in the Pallas TPU interpreter on any backend (CI on CPU).
   """
-  # Imported here: zebra_jax.ops imports this package's kernels, so not at module level (a cycle).
-  # lazy: zebra_jax.ops imports this package (an import cycle)
+  # zebra_jax.ops.ssd imports this package's kernels (tpu, gpu, reference), and importing one runs this
+  # __init__ first, so importing ops here at module level would close the cycle
+  # kernels_pallas.ssd -> zebra_jax.ops.ssd -> kernels_pallas.ssd.tpu -> (parent) kernels_pallas.ssd;
+  # called, the entry finds both loaded (`import kernels_pallas` loads no zebra_jax)
+  # lazy: the import cycle kernels_pallas.ssd <-> zebra_jax.ops.ssd named above
   from zebra_jax.ops import ssd as ops_ssd
 
   return ops_ssd.ssd_scan(
@@ -58,7 +61,7 @@ def ssd_scan(
 def ssd_step(state, x, dt, A, B, C, *, D=None, dt_bias=None, dt_softplus: bool = True, impl: str = "auto"):
   """One decode step, `zebra_jax.ops.ssd.ssd_step`: state (b, h, p, n), x (b, h, p), dt (b, h),
   B/C (b, g, n) -> (y (b, h, p) in x.dtype, new_state (b, h, p, n) float32)."""
-  # lazy: zebra_jax.ops imports this package (an import cycle)
-  from zebra_jax.ops import ssd as ops_ssd  # (not at module level: see ssd_scan)
+  # lazy: the import cycle kernels_pallas.ssd <-> zebra_jax.ops.ssd (see ssd_scan)
+  from zebra_jax.ops import ssd as ops_ssd
 
   return ops_ssd.ssd_step(state, x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, impl=impl)

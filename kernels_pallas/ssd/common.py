@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas.ssd.reference import _effective_dt, _validate_scan
+from kernels_pallas.ssd.reference import effective_dt, validate_scan
 
 __all__ = ["CoreConfig", "make_scan", "pad_len"]
 
@@ -108,13 +108,13 @@ def prepare_and_run(
   return_final_state,
 ) -> Any:
   """Validates like the reference, builds the core inputs (padding to whole chunks), runs it."""
-  b, l, h, p, g, n = _validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, cfg.chunk)
+  b, l, h, p, g, n = validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, cfg.chunk)
   Q = cfg.chunk
   L = pad_len(l, Q)
   f32 = jnp.float32
   # Softplus before padding so padded steps get dt_eff = 0: no decay and no input, so the
   # final state is the one after the last real token (as in the reference).
-  dt_eff = _effective_dt(dt, dt_bias, dt_softplus)  # (b, l, h)
+  dt_eff = effective_dt(dt, dt_bias, dt_softplus)  # (b, l, h)
   if L != l:
     pad_t = lambda a: jnp.pad(a, [(0, 0), (0, L - l)] + [(0, 0)] * (a.ndim - 2))
     x, B, C, dt_eff = map(pad_t, (x, B, C, dt_eff))

@@ -65,7 +65,9 @@ def _check_groups(h: int, B, C, g_axis: int) -> int:
   return g
 
 
-def _validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size) -> Tuple[int, ...]:
+def validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size) -> Tuple[int, ...]:
+  """Checks the shapes of an SSD scan's inputs (ValueError naming the first that is wrong) and returns
+  (batch, seqlen, heads, headdim, groups, dstate); the references and the kernels check alike."""
   _check_ndim("x", x, 4, "(batch, seqlen, heads, headdim)")
   b, l, h, p = _shape(x)
   _check_ndim("dt", dt, 3, "(batch, seqlen, heads)")
@@ -87,7 +89,9 @@ def _validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size) -> Tup
   return b, l, h, p, g, n
 
 
-def _effective_dt(dt: Array, dt_bias: Optional[Array], dt_softplus: bool) -> Array:
+def effective_dt(dt: Array, dt_bias: Optional[Array], dt_softplus: bool) -> Array:
+  """The step size the scan uses, in float32: softplus(dt + dt_bias) (without softplus when
+  `dt_softplus` is False); shared by the references and the kernels."""
   dt = dt.astype(jnp.float32)
   if dt_bias is not None:
     dt = dt + dt_bias.astype(jnp.float32)
@@ -121,7 +125,7 @@ def ssd_scan_reference(
     y (b, l, h, p) in x.dtype, plus the float32 final state (b, h, p, n)
     after the last real token when ``return_final_state``.
   """
-  b, l, h, p, g, n = _validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size)
+  b, l, h, p, g, n = validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size)
   r = h // g
   Q = chunk_size
   nc = -(-l // Q)
@@ -130,7 +134,7 @@ def ssd_scan_reference(
   f32 = jnp.float32
   # Softplus BEFORE padding so padded steps get dt_eff = 0 exactly: exp(0*A) = 1
   # (no decay) and 0 * x*B (no input), so the final state is the last real one.
-  dt_eff = _effective_dt(dt, dt_bias, dt_softplus)
+  dt_eff = effective_dt(dt, dt_bias, dt_softplus)
   xf, Bf, Cf = x.astype(f32), B.astype(f32), C.astype(f32)
   if pad:
     pad_t = lambda a: jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
@@ -225,7 +229,7 @@ def ssd_step_reference(
   r = h // g
 
   f32 = jnp.float32
-  dt_eff = _effective_dt(dt, dt_bias, dt_softplus).reshape(b, g, r)
+  dt_eff = effective_dt(dt, dt_bias, dt_softplus).reshape(b, g, r)
   xg = x.astype(f32).reshape(b, g, r, p)
   Sg = state.astype(f32).reshape(b, g, r, p, n)
   dA = jnp.exp(dt_eff * A.astype(f32).reshape(g, r))  # (b, g, r)
@@ -255,7 +259,7 @@ def ssd_sequential_reference(
 
   Same signature/returns as ssd_scan_reference (chunk_size is only validated).
   """
-  b, l, h, p, g, n = _validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size)
+  b, l, h, p, g, n = validate_scan(x, dt, A, B, C, D, dt_bias, initial_state, chunk_size)
   s0 = jnp.zeros((b, h, p, n), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
 
   def step(state, inp):

@@ -45,7 +45,8 @@ from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.parallel import make_mesh
 from zebra_jax.parallel.sharding import param_shardings
 
-_TINY = presets.llama_3_2_1b().replace(
+# a 4-layer Llama of width 64 with a 256-token vocabulary: the CPU tests' teacher shape (`--size tiny`)
+TINY = presets.llama_3_2_1b().replace(
   hidden_size=64,
   intermediate_size=128,
   num_hidden_layers=4,
@@ -70,9 +71,9 @@ SIZES = {
   ),
   # a CPU smoke test of the harness
   "tiny": (
-    lambda: _TINY,
-    lambda: presets.mamba_in_llama(_TINY, attn_every=4),
-    lambda: presets.zebra(_TINY, (0,), q_lora_rank=32, kv_lora_rank=16, yarn_factor=32),
+    lambda: TINY,
+    lambda: presets.mamba_in_llama(TINY, attn_every=4),
+    lambda: presets.zebra(TINY, (0,), q_lora_rank=32, kv_lora_rank=16, yarn_factor=32),
   ),
   "3b": (
     lambda: presets.llama_3_2_3b(instruct=True),

@@ -4,7 +4,7 @@
 The samples stage (`distill/samples.py`) makes one `generate` call per part: `--batch` prompts
 (continuation prompts of `--prompt-len` tokens; chat parts have prompts of many lengths, the
 longest setting the cache: `--longest` gives one row that length), `--new-tokens` sampled tokens
-each, the cache `_cache_len(prompts, new_tokens)` rows long. Every decode step's attention reads
+each, the cache `cache_len(prompts, new_tokens)` rows long. Every decode step's attention reads
 the whole allocated cache, so `generate(..., cache_window=W)` starts the cache at the prefill's
 length and grows it by W rows at a time; each new cache length compiles another decode loop. This
 benchmark runs that call with random teacher weights (the speed does not depend on them; no stop
@@ -25,12 +25,12 @@ import jax
 import numpy as np
 
 from zebra_jax import presets
-from zebra_jax.bench.decode import _TINY, random_model, write_report
+from zebra_jax.bench.decode import TINY, random_model, write_report
 from zebra_jax.cli import HelpFormatter
-from zebra_jax.distill.samples import PROMPT_BUCKET, _cache_len
+from zebra_jax.distill.samples import PROMPT_BUCKET, cache_len
 from zebra_jax.infer.generation import generate
 
-TEACHERS = {"smollm2": lambda: presets.smollm2_135m(instruct=True), "tiny": lambda: _TINY}  # tiny: tests
+TEACHERS = {"smollm2": lambda: presets.smollm2_135m(instruct=True), "tiny": lambda: TINY}  # tiny: tests
 
 
 def _prompts(batch: int, prompt_len: int, longest: int, vocab: int, seed: int) -> list[list[int]]:
@@ -55,7 +55,7 @@ def run_window(model, prompts, new_tokens: int, window: int, seed: int = 0) -> d
       seed=seed,
       stop_tokens=(),
       pad_multiple=PROMPT_BUCKET,
-      max_len=_cache_len(prompts, new_tokens),
+      max_len=cache_len(prompts, new_tokens),
       cache_window=window or None,
     )
     out[f"{name}_s"] = time.perf_counter() - t0
@@ -121,7 +121,7 @@ def main(argv=None) -> tuple[str, list[dict]]:
     "prompt_len": args.prompt_len,
     "longest": args.longest,
     "new_tokens": args.new_tokens,
-    "cache_len": _cache_len(prompts, args.new_tokens),
+    "cache_len": cache_len(prompts, args.new_tokens),
     "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
     "jax": jax.__version__,
     "date": datetime.date.today().isoformat(),

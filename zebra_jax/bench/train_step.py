@@ -79,7 +79,7 @@ def median_ms(fn, args, iters):
 
 def _base_of(student: str):
   """The Llama a Zebra preset is built from (the ILD teacher)."""
-  table = presets._ZEBRA_TABLE
+  table = presets.ZEBRA_TABLE
   if student.lower() not in table:
     raise SystemExit(f"--stage ild_* needs a Zebra student preset (one of {sorted(table)}), got {student!r}")
   return table[student.lower()][0](instruct=True)

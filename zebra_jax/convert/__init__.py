@@ -17,14 +17,12 @@ from typing import NamedTuple
 
 from zebra_jax._paths import remember_source
 from zebra_jax.assets import smollm2_gguf_path
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be loaded faithfully. The message lists every problem found."""
-
-
-# Imported after CheckpointError: the submodules import it from here.
-from zebra_jax.convert.orbax_io import (  # noqa: E402
+from zebra_jax.convert.errors import CheckpointError
+from zebra_jax.convert.gguf import from_gguf
+from zebra_jax.convert.hf import from_hf_directory
+from zebra_jax.convert.hybrid_import import detect_format, from_hybrid_directory
+from zebra_jax.convert.model_files import has_tokenizer
+from zebra_jax.convert.orbax_io import (
   PARAMS_DIR,
   is_incomplete_saved_model,
   is_saved_model,
@@ -105,9 +103,6 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Checkpoint:
   if gguf_file is not None:
     return Checkpoint("gguf", gguf_file, None)
   if os.path.isdir(path):
-    # lazy: avoids the cycle: zebra_jax.convert.hybrid_import imports zebra_jax.convert
-    from zebra_jax.convert.hybrid_import import detect_format
-
     fmt = detect_format(path)  # exported hybrids, Zebra-Llama reference and MambaInLlama layouts
     if fmt is not None:
       return Checkpoint("hybrid", path, fmt)
@@ -140,21 +135,12 @@ def from_pretrained(
   if ck.kind == "saved":
     model = load_model(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl)
   elif ck.kind == "gguf":
-    # lazy: avoids the cycle: zebra_jax.convert.gguf imports zebra_jax.convert
-    from zebra_jax.convert.gguf import from_gguf
-
     model = from_gguf(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
   elif ck.kind == "hybrid":
-    # lazy: avoids the cycle: zebra_jax.convert.hybrid_import imports zebra_jax.convert
-    from zebra_jax.convert.hybrid_import import from_hybrid_directory
-
     model = from_hybrid_directory(
       ck.path, ck.format, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress
     )
   else:
-    # lazy: avoids the cycle: zebra_jax.convert.hf imports zebra_jax.convert
-    from zebra_jax.convert.hf import from_hf_directory
-
     model = from_hf_directory(ck.path, dtype=dtype, param_dtype=param_dtype, impl=impl, progress=progress)
   # save_model / export_pretrained refuse to write over it (zebra_jax/_paths.py)
   return remember_source(model, ck.path)
@@ -185,12 +171,6 @@ def load_tokenizer(path: str | os.PathLike):
       f"{path}: not a tokenizer directory, a .gguf file, 'byte' or a named "
       f"checkpoint ({', '.join(NAMED_CHECKPOINTS)})"
     )
-  # lazy: avoids the cycle: zebra_jax.convert.hybrid_import imports zebra_jax.convert
-  from zebra_jax.convert.hybrid_import import detect_format
-
-  # lazy: avoids the cycle: zebra_jax.convert.model_files -> orbax_io -> zebra_jax.convert
-  from zebra_jax.convert.model_files import has_tokenizer
-
   ours = is_saved_model(path) or is_incomplete_saved_model(path) or detect_format(path) is not None
   if ours and not has_tokenizer(path):
     raise CheckpointError(

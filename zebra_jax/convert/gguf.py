@@ -18,7 +18,8 @@ import os
 import numpy as np
 
 from zebra_jax.config import ConfigError, LlamaConfig, llama_config_from_hf
-from zebra_jax.convert import CheckpointError, names
+from zebra_jax.convert import names
+from zebra_jax.convert.errors import CheckpointError
 from zebra_jax.convert.hf import LazyTensor, build_model
 from zebra_jax.models import rope
 
@@ -48,7 +49,9 @@ _NEUTRAL = {"expert_count": 0, "expert_used_count": 0}
 _IGNORED_PREFIXES = ("general.", "tokenizer.", "GGUF.", "quantize.", "split.")
 
 
-def _reader(path: str):
+def gguf_reader(path: str):
+  """A `gguf.GGUFReader` over `path` (metadata parsed, tensors read on use); CheckpointError when
+  the `gguf` package is missing or the file is not a readable GGUF."""
   try:
     from gguf import GGUFReader
   except ImportError:
@@ -251,7 +254,7 @@ def from_gguf(
   impl: str = "auto",
   progress: bool = False,
 ):
-  reader = _reader(path)
+  reader = gguf_reader(path)
   config, consumed = gguf_config(reader, path, dtype=dtype, param_dtype=param_dtype or dtype, impl=impl)
   tensors = gguf_tensors(reader)
   pre = {}

@@ -26,7 +26,8 @@ import numpy as np
 from flax import nnx
 
 from zebra_jax.config import ConfigError, LlamaConfig, llama_config_from_hf
-from zebra_jax.convert import CheckpointError, names
+from zebra_jax.convert import names
+from zebra_jax.convert.errors import CheckpointError
 from zebra_jax.models.hybrid import CausalLM
 
 

@@ -23,7 +23,8 @@ import os
 import re
 
 from zebra_jax.config import ConfigError, HybridConfig, llama_config_from_hf
-from zebra_jax.convert import CheckpointError, names
+from zebra_jax.convert import names
+from zebra_jax.convert.errors import CheckpointError
 from zebra_jax.convert.hf import abstract_params, build_model, hf_checkpoint_tensors
 
 FORMATS = ("zebra_hf", "zebra_reference", "mambainllama")

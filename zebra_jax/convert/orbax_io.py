@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from zebra_jax.config import CLASS_KEY, ConfigError, LlamaConfig
-from zebra_jax.convert import CheckpointError
+from zebra_jax.convert.errors import CheckpointError
 from zebra_jax.convert.model_files import GENERATION_CONFIG, PROVENANCE, TOKENIZER_FILES
 from zebra_jax._paths import check_output, remember_source, source_of
 from zebra_jax.convert.hf import abstract_params, materialise, nonfinite_message, nonfinite_report

@@ -1,8 +1,11 @@
 """Prompts and the text <-> ids helpers that the samples stage, the report, the suite and the
-speculative benchmark share. Kept here, below all of them, so none imports another for them."""
+speculative benchmark share (with the held-out sequences the report and the suite score). Kept
+here, below all of them, so none imports another for them."""
 
 from __future__ import annotations
 
+from zebra_jax.data import sources, tokenize
+from zebra_jax.data.pipeline import split_indices
 from zebra_jax.data.registry import SAMPLES_TOKEN
 from zebra_jax.data.tokenize import render_chat
 
@@ -69,4 +72,31 @@ def real_sources(cfg):
   return specs[0] if len(specs) == 1 else specs
 
 
-__all__ = ["REPORT_PROMPTS", "CHAT_PROMPTS", "prompt_ids", "decode_text", "source_specs", "real_sources"]
+def heldout_sequences(cfg, tokenizer, limit_tokens: int | None = None) -> list[list[int]]:
+  """Token ids (BOS first when the tokenizer has one) of the held-out documents of data.source's
+  real sources, in index order; `limit_tokens` stops after that many tokens (smoke runs)."""
+
+  src = sources.open_source(real_sources(cfg))
+  bos = getattr(tokenizer, "bos_token_id", None)
+  eos = tokenize.eos_id(tokenizer)
+  seqs, n = [], 0
+  for i in split_indices(len(src), "heldout", cfg.data.heldout_fraction):
+    ids = [int(t) for t in tokenize.encode_document(tokenizer, src[int(i)]) if int(t) != eos]
+    if bos is not None and (not ids or ids[0] != bos):
+      ids = [bos] + ids  # the first word is scored too
+    seqs.append(ids)
+    n += len(ids)
+    if limit_tokens and n >= limit_tokens:
+      break
+  return seqs
+
+
+__all__ = [
+  "REPORT_PROMPTS",
+  "CHAT_PROMPTS",
+  "prompt_ids",
+  "decode_text",
+  "source_specs",
+  "real_sources",
+  "heldout_sequences",
+]

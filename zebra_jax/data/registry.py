@@ -63,6 +63,9 @@ from zebra_jax._io import atomic_write
 from zebra_jax.data.fetch import fetch_distribution
 from zebra_jax.assets import resolve_cache_dir, smollm2_gguf_path
 from zebra_jax.data.corpus import documents_from_wheel
+from zebra_jax.data.pipeline import heldout_mask
+from zebra_jax.data.sources import ConcatSource, ListSource, open_source
+from zebra_jax.data.tokenize import load_tokenizer
 
 CLEANING_VERSION = 2  # bump when extraction / cleaning / dedup change, so caches are rebuilt
 KINDS = ("literature", "technical", "reference", "conversational", "instructional", "news", "reviews")
@@ -2314,9 +2317,6 @@ class MixSource:
   are parallel lists; document i of source k is global index offsets[k] + i."""
 
   def __init__(self, names: Sequence[str], sources: Sequence, weights: Sequence[float]):
-    # lazy: avoids the cycle: zebra_jax.data.sources imports data.registry
-    from zebra_jax.data.sources import ConcatSource
-
     if not names:
       raise ValueError("data.mix is empty")
     for n, w in zip(names, weights):
@@ -2354,9 +2354,6 @@ class MixSource:
 def resolve_spec(spec: str, field: str = "data.source", cache_dir=None):
   """A "source:NAME" spec (or a bare registry name inside data.mix) -> ListSource of its documents;
   held-out / unknown names are refused."""
-  # lazy: avoids the cycle: zebra_jax.data.sources imports data.registry
-  from zebra_jax.data.sources import ListSource
-
   name = spec[len(SOURCE_PREFIX) :] if spec.startswith(SOURCE_PREFIX) else spec
   check_trainable([name], field)
   return ListSource(source_documents(name, cache_dir), name=f"{SOURCE_PREFIX}{name}")
@@ -2367,9 +2364,6 @@ def open_mix(mix: Mapping[str, float], cache_dir=None, *, paragraphs: bool = Fal
   "default" (the Shakespeare corpus, same as "shakespeare" before dedup), or any other open_source spec
   (a jsonl path, e.g. the teacher-samples artifact that the run context substitutes for
   "teacher_samples")."""
-  # lazy: avoids the cycle: zebra_jax.data.sources imports data.registry
-  from zebra_jax.data.sources import open_source
-
   names, srcs, weights = [], [], []
   for key, w in mix.items():
     key = str(key)
@@ -2479,12 +2473,6 @@ def validation_documents(cfg_data, cache_dir=None, teacher_samples: str | None =
   NAME); a list of specs is one corpus and is keyed by the joined specs."""
   import numpy as np
 
-  # lazy: avoids the cycle: zebra_jax.data.pipeline -> data.sources -> data.registry
-  from zebra_jax.data.pipeline import heldout_mask
-
-  # lazy: avoids the cycle: zebra_jax.data.sources imports data.registry
-  from zebra_jax.data.sources import open_source
-
   frac = float(cfg_data.get("heldout_fraction", 0.02))
   split_seed = int(cfg_data.get("split_seed", 0) or 0)
   mix = _mix_of(cfg_data)
@@ -2582,9 +2570,6 @@ def main(argv=None) -> None:
   if args.stats:
     tok = None
     if not args.words_only:
-      # lazy: avoids the cycle: zebra_jax.data (package) imports data.registry through data.sources
-      from zebra_jax.data import load_tokenizer
-
       tok = load_tokenizer(smollm2_gguf_path())
     print(stats_table(args.cache_dir, tok, args.max_token_chars))
 

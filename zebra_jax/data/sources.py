@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from zebra_jax.data.corpus import default_corpus
-from zebra_jax.data.registry import open_mix, resolve_spec
 
 ARRAY_RECORD_SUFFIX = ".array_record"
 METADATA_FILE = "metadata.json"
@@ -357,8 +356,13 @@ def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = 
   *.txt/*.md file; an ArrayRecord shard, glob or directory with shards (also cloud URLs); a directory of text
   files. `paragraphs` applies to text files.
   """
+  # open_source and registry.open_mix call each other (a dict spec is a mix; a mix's path entries are
+  # opened here), and data.registry imports ConcatSource, ListSource and open_source from here
+  # lazy: at module level, the import cycle zebra_jax.data.sources <-> zebra_jax.data.registry
+  from zebra_jax.data import registry
+
   if isinstance(spec, Mapping) or type(spec).__name__ in ("ConfigDict", "FrozenConfigDict"):
-    return open_mix(dict(spec.items()), cache_dir, paragraphs=paragraphs)
+    return registry.open_mix(dict(spec.items()), cache_dir, paragraphs=paragraphs)
   if isinstance(spec, (list, tuple)):
     srcs = [open_source(s, paragraphs=paragraphs, cache_dir=cache_dir) for s in spec]
     return srcs[0] if len(srcs) == 1 else ConcatSource(srcs)
@@ -370,7 +374,7 @@ def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = 
   if spec == "default":
     return ListSource(default_corpus(cache_dir), name="default")
   if spec.startswith("source:"):  # a registry source (held-out evaluation sources are refused)
-    return resolve_spec(spec, "data.source", cache_dir)
+    return registry.resolve_spec(spec, "data.source", cache_dir)
   if spec.startswith("hf:"):
     name, _, split = spec[3:].partition(":")
     return HFDatasetSource(name, split or "train")

@@ -191,9 +191,9 @@ def _teacher_config(tcfg, which: str):
     gguf_file = resolve_gguf(path)
     if gguf_file is not None:
       # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
-      from zebra_jax.convert.gguf import _reader, gguf_config
+      from zebra_jax.convert.gguf import gguf_reader, gguf_config
 
-      return gguf_config(_reader(gguf_file), gguf_file)[0], f"GGUF metadata of {gguf_file}"
+      return gguf_config(gguf_reader(gguf_file), gguf_file)[0], f"GGUF metadata of {gguf_file}"
     if os.path.isdir(path):
       # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
       from zebra_jax.convert.hf import load_hf_config
@@ -231,10 +231,10 @@ def _student_param_dtype(cfg) -> str:
 
 def _student_fields(cfg) -> dict:
   # lazy: pulls in jax, flax, optax; jax must start after aot sets libtpu's environment
-  from zebra_jax.distill.context import _STUDENT_FIELDS
+  from zebra_jax.distill.context import STUDENT_FIELDS
 
   m = cfg.model
-  fields = {k: m[k] for k in _STUDENT_FIELDS if m.get(k) is not None}
+  fields = {k: m[k] for k in STUDENT_FIELDS if m.get(k) is not None}
   if fields.get("mla_rope_scaling") is not None:
     fields["mla_rope_scaling"] = dict(fields["mla_rope_scaling"])
   return fields

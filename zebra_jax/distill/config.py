@@ -46,7 +46,9 @@ Fields
                       the finished rows leaving between rounds), round_batches (batches per
                       part when generating in rounds) and cache_window (0: off; else each batch's
                       decode cache grows in windows of that many rows, `generate`'s cache_window:
-                      the same tokens, bookkeeping);
+                      the same tokens, bookkeeping) and max_repetition (0: keep every sample;
+                      else drop the samples whose text repeats more of its word 4-grams than
+                      this fraction: the teacher's loops);
                       used when data.source lists "teacher_samples"
   stages              ordered list of stages to run
 """
@@ -165,6 +167,7 @@ def base_config() -> ml_collections.ConfigDict:
       round_tokens=0,
       round_batches=8,
       cache_window=0,
+      max_repetition=0.0,
     )
   )
   # kd.freeze: parameter groups KD leaves as assembled ("embed", "mlp", "norm", "mixer"; stages.py)
@@ -309,6 +312,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       )
     if s.round_batches < 1:
       bad(f"samples.round_batches must be >= 1, got {s.round_batches}")
+    if not 0.0 <= s.get("max_repetition", 0.0) < 1.0:
+      bad(f"samples.max_repetition must be in [0, 1) (0: keep every sample), got {s.max_repetition}")
     if s.get("cache_window", 0) < 0:
       bad(f"samples.cache_window must be 0 (off) or a positive number of rows, got {s.cache_window}")
     if s.chat_temperature is not None and not s.chat_temperature > 0:

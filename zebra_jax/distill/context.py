@@ -19,14 +19,16 @@ from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.parallel.sharding import make_mesh
 from zebra_jax import presets
 from zebra_jax.convert import from_pretrained, resolve_gguf
-from zebra_jax.convert.gguf import _reader, gguf_config
+from zebra_jax.convert.gguf import gguf_reader, gguf_config
 from zebra_jax.convert.hf import load_hf_config
 from zebra_jax.convert.model_files import provenance
 from zebra_jax.convert.orbax_io import is_saved_model, load_config, save_model
 from zebra_jax.distill.config import remat_setting
 from zebra_jax.distill.preferences import preference_iterator
 
-_STUDENT_FIELDS = (
+# the run config's model fields that shape a student (MLA ranks and head sizes, Mamba2 state): what
+# RunContext and the compile check (distill/aot.py) pass to the student's config when set
+STUDENT_FIELDS = (
   "kv_lora_rank",
   "q_lora_rank",
   "qk_rope_head_dim",
@@ -65,7 +67,7 @@ def teacher_config(tcfg, which: str = "teacher") -> LlamaConfig:
     return load_config(path)
   gguf_file = resolve_gguf(path)
   if gguf_file is not None:
-    return gguf_config(_reader(gguf_file), gguf_file)[0]
+    return gguf_config(gguf_reader(gguf_file), gguf_file)[0]
   return load_hf_config(path)
 
 
@@ -155,7 +157,7 @@ class RunContext:
     """The student's HybridConfig on the teacher's shape (`base`: a teacher config to use instead
     of loading the teacher)."""
     m = self.cfg.model
-    fields = {k: m[k] for k in _STUDENT_FIELDS if m.get(k) is not None}
+    fields = {k: m[k] for k in STUDENT_FIELDS if m.get(k) is not None}
     if fields.get("mla_rope_scaling") is not None:
       fields["mla_rope_scaling"] = dict(fields["mla_rope_scaling"])
     base = base if base is not None else self.teacher().config

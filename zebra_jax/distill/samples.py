@@ -57,7 +57,7 @@ def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
-def _cache_len(prompts, max_new_tokens: int) -> int:
+def cache_len(prompts, max_new_tokens: int) -> int:
   """The cache length for `prompts` padded to PROMPT_BUCKET plus `max_new_tokens`, so batches whose
   longest prompts differ by a few tokens share one compiled prefill / decode loop (each new shape
   costs seconds of compilation)."""
@@ -176,7 +176,7 @@ def generate_in_rounds(
       f"samples.round_tokens={round_tokens} must divide samples.max_new_tokens={max_new_tokens}"
     )
   stops = set(stop_tokens)
-  max_len = _cache_len(prompts, max_new_tokens)
+  max_len = cache_len(prompts, max_new_tokens)
   new = [[] for _ in prompts]
   active = list(range(len(prompts)))
   for r in range(max_new_tokens // round_tokens):
@@ -286,7 +286,7 @@ def generate_samples(
           top_k=top_k,
           seed=seed + b + 1_000_003 * k,
           pad_multiple=PROMPT_BUCKET,
-          max_len=_cache_len(batch, max_new_tokens),
+          max_len=cache_len(batch, max_new_tokens),
           cache_window=cache_window or None,
         )
       for j, o in zip(rows, got):
@@ -304,6 +304,45 @@ def generate_samples(
       f"({n_new / max(dt, 1e-9):,.0f} tokens/s)"
     )
   return paths
+
+
+def repeated_ngram_fraction(text: str, n: int = 4) -> float:
+  """The share of the text's word n-grams that repeat an earlier one: 1 - distinct / all (0 for a
+  text of fewer than n + 1 words). A 135M teacher sampling chat answers at temperature 0.7 loops
+  ("I'm so glad to have you. ... I'm so glad to have you."): of run 12's 49,152 samples, 2,124 of
+  the 16,384 chat samples and 14 of the 32,768 continuations repeat more than 0.3 of their
+  4-grams (5.9% of the characters); 300-word windows of the training sources do in 0.36% of
+  cases (docs/data.md)."""
+  words = text.split()
+  grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+  return 1.0 - len(set(grams)) / len(grams) if len(grams) > 1 else 0.0
+
+
+def write_artifact(part_paths, out: str, max_repetition: float = 0.0, log=print) -> dict:
+  """Joins the part files into the samples artifact; with max_repetition > 0, without the samples
+  whose whole text (prompt and answer) repeats more than that share of its word 4-grams. The
+  parts keep every sample, so a new max_repetition rewrites the artifact without generating.
+  Returns {"kept", "dropped", "dropped_chars", "chars"}."""
+  kept = dropped = dropped_chars = chars = 0
+  with atomic_write(out) as f:
+    for p in part_paths:
+      with open(p, encoding="utf-8") as part:
+        for line in part:
+          text = json.loads(line)["text"]
+          chars += len(text)
+          if max_repetition > 0 and repeated_ngram_fraction(text) > max_repetition:
+            dropped += 1
+            dropped_chars += len(text)
+            continue
+          f.write(line)
+          kept += 1
+  log(f"[samples] {kept} teacher samples -> {out}")
+  if max_repetition > 0:
+    log(
+      f"[samples] dropped {dropped} samples that repeat more than {max_repetition:g} of their word "
+      f"4-grams ({dropped_chars / max(chars, 1):.1%} of the samples' characters)"
+    )
+  return {"kept": kept, "dropped": dropped, "dropped_chars": dropped_chars, "chars": chars}
 
 
 def run_samples(ctx) -> None:
@@ -360,15 +399,7 @@ def run_samples(ctx) -> None:
 
     multihost_utils.sync_global_devices("zebra_jax samples: all parts written")
   if jax.process_index() == 0:
-    out = os.path.join(ctx.workdir, ARTIFACT)
-    n = 0
-    with atomic_write(out) as f:
-      for p in paths:
-        with open(p, encoding="utf-8") as part:
-          for line in part:
-            f.write(line)
-            n += 1
-    ctx.log(f"[samples] {n} teacher samples -> {out}")
+    write_artifact(paths, os.path.join(ctx.workdir, ARTIFACT), s.get("max_repetition", 0.0), ctx.log)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 

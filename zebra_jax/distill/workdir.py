@@ -27,22 +27,34 @@ LOCK = ".lock"
 
 # the config sections each stage reads (its own section plus what builds its models and data)
 STAGE_SECTIONS = {
-    "teacher": ("teacher",),
-    "samples": ("teacher", "samples", "data", "seed"),
-    "ild_mla": ("teacher", "data", "train", "model", "ild", "seed"),
-    "ild_mamba": ("teacher", "data", "train", "model", "ild", "seed"),
-    "select": ("teacher", "data", "model", "select", "seed"),
-    "assemble": ("teacher", "model", "select"),
-    "kd": ("teacher", "kd_teacher", "data", "train", "model", "kd", "seed"),
-    "dpo": ("teacher", "data", "train", "model", "dpo", "seed"),
-    "stepwise": ("teacher", "kd_teacher", "data", "train", "model", "stepwise", "seed"),
+  "teacher": ("teacher",),
+  "samples": ("teacher", "samples", "data", "seed"),
+  "ild_mla": ("teacher", "data", "train", "model", "ild", "seed"),
+  "ild_mamba": ("teacher", "data", "train", "model", "ild", "seed"),
+  "select": ("teacher", "data", "model", "select", "seed"),
+  "assemble": ("teacher", "model", "select"),
+  "kd": ("teacher", "kd_teacher", "data", "train", "model", "kd", "seed"),
+  "dpo": ("teacher", "data", "train", "model", "dpo", "seed"),
+  "stepwise": ("teacher", "kd_teacher", "data", "train", "model", "stepwise", "seed"),
 }
 # fields that change how a run is run or logged, never what it computes (remat_policy: which
 # activations the backward recomputes rather than keeps; added after workdirs already existed)
-BOOKKEEPING = ("name", "workdir", "stages", "mesh", "accept_config_changes", "train.log_every",
-               "train.checkpoint_every", "train.keep_last", "train.async_checkpoint",
-               "train.eval_batches", "train.keep_checkpoints", "train.prefetch", "train.remat_policy",
-               "samples.cache_window")
+BOOKKEEPING = (
+  "name",
+  "workdir",
+  "stages",
+  "mesh",
+  "accept_config_changes",
+  "train.log_every",
+  "train.checkpoint_every",
+  "train.keep_last",
+  "train.async_checkpoint",
+  "train.eval_batches",
+  "train.keep_checkpoints",
+  "train.prefetch",
+  "train.remat_policy",
+  "samples.cache_window",
+)
 
 
 class WorkdirBusy(RuntimeError):
@@ -81,8 +93,14 @@ class WorkdirLock:
     except FileExistsError:
       return False
     with os.fdopen(fd, "w") as f:
-      json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                 "since": datetime.datetime.now().isoformat(timespec="seconds")}, f)
+      json.dump(
+        {
+          "pid": os.getpid(),
+          "host": socket.gethostname(),
+          "since": datetime.datetime.now().isoformat(timespec="seconds"),
+        },
+        f,
+      )
     return True
 
   def acquire(self) -> None:
@@ -100,19 +118,22 @@ class WorkdirLock:
         owner, pid, host, since = None, None, None, None
       if owner is None:
         # a lock being written this instant, or a torn one: do not guess
-        raise WorkdirBusy(f"{self.path} exists but cannot be read; if no run is using "
-                          f"{os.path.dirname(self.path)}, remove it and rerun")
+        raise WorkdirBusy(
+          f"{self.path} exists but cannot be read; if no run is using "
+          f"{os.path.dirname(self.path)}, remove it and rerun"
+        )
       if host == socket.gethostname() and not _pid_alive(pid):
-        self.log(f"[workdir] taking over the stale lock of pid {pid} (started {since}, no longer "
-                 "running)")
+        self.log(f"[workdir] taking over the stale lock of pid {pid} (started {since}, no longer running)")
         try:
           os.remove(self.path)
         except FileNotFoundError:
           pass
         continue
       where = "this host" if host == socket.gethostname() else f"host {host}"
-      raise WorkdirBusy(f"{os.path.dirname(self.path)} is in use by pid {pid} on {where} since "
-                        f"{since}; wait for that run to end (or remove {self.path} if it is gone)")
+      raise WorkdirBusy(
+        f"{os.path.dirname(self.path)} is in use by pid {pid} on {where} since "
+        f"{since}; wait for that run to end (or remove {self.path} if it is gone)"
+      )
     raise WorkdirBusy(f"{self.path}: another run took the workdir while this one started")
 
   def release(self) -> None:
@@ -151,13 +172,25 @@ def stage_reads(stage: str, field: str) -> bool:
 
 
 def changed_fields(old: dict, new: dict) -> dict[str, tuple]:
-  """{dotted field: (old value, new value)} for every field that differs (bookkeeping excluded)."""
+  """{dotted field: (old value, new value)} for every field that differs (bookkeeping excluded). A
+  field the earlier run's config.json lacks (added to the code since) and that holds its default
+  now is no change: that run ran with the default's behaviour."""
   # lazy: pulls in jax, flax, optax, which importing this module does not
   from zebra_jax.convert.orbax_io import flatten_dotted
 
+  # lazy: pulls in ml_collections, which importing this module does not
+  from zebra_jax.distill.config import base_config
+
   a, b = flatten_dotted(old), flatten_dotted(new)
-  return {k: (a.get(k, "<unset>"), b.get(k, "<unset>")) for k in sorted(set(a) | set(b))
-          if not _is(k, BOOKKEEPING) and a.get(k, "<unset>") != b.get(k, "<unset>")}
+  defaults = flatten_dotted(json.loads(base_config().to_json()))
+  for k in set(b) - set(a):
+    if k in defaults and b[k] == defaults[k]:
+      a[k] = b[k]
+  return {
+    k: (a.get(k, "<unset>"), b.get(k, "<unset>"))
+    for k in sorted(set(a) | set(b))
+    if not _is(k, BOOKKEEPING) and a.get(k, "<unset>") != b.get(k, "<unset>")
+  }
 
 
 def affected_stages(fields, stages: list[str], has_state) -> list[str]:
@@ -171,8 +204,9 @@ def affected_stages(fields, stages: list[str], has_state) -> list[str]:
   return out
 
 
-def check_settings(workdir: str, new_json: str, stages: list[str], accept: bool, log=print,
-                   keep_old: bool = True) -> None:
+def check_settings(
+  workdir: str, new_json: str, stages: list[str], accept: bool, log=print, keep_old: bool = True
+) -> None:
   """Refuses (RunConfigError) a rerun whose settings differ from config.json's under stages with
   state on disk; with accept=True continues, keeping the old config as config.<n>.json when
   `keep_old` (process 0 of a multi-process run). Call before config.json is rewritten."""
@@ -183,9 +217,11 @@ def check_settings(workdir: str, new_json: str, stages: list[str], accept: bool,
     with open(path) as f:
       old = json.load(f)
   except (OSError, ValueError) as e:
-    raise RunConfigError(f"{path} cannot be read ({type(e).__name__}: {e}), so the settings of the "
-                         "earlier run are unknown; use a new workdir, or move the file away to "
-                         "accept the existing artifacts as they are") from None
+    raise RunConfigError(
+      f"{path} cannot be read ({type(e).__name__}: {e}), so the settings of the "
+      "earlier run are unknown; use a new workdir, or move the file away to "
+      "accept the existing artifacts as they are"
+    ) from None
   new = json.loads(new_json)
   fields = changed_fields(old, new)
   if not fields:
@@ -202,14 +238,17 @@ def check_settings(workdir: str, new_json: str, stages: list[str], accept: bool,
   diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in fields.items())
   if not accept:
     raise RunConfigError(
-        f"{workdir} holds stage(s) {hit} made with other settings ({diff}); rerun with the "
-        "earlier settings, use a new workdir, or add --config.accept_config_changes=True to "
-        "continue with the new ones")
+      f"{workdir} holds stage(s) {hit} made with other settings ({diff}); rerun with the "
+      "earlier settings, use a new workdir, or add --config.accept_config_changes=True to "
+      "continue with the new ones"
+    )
   if not keep_old:
     return
   n = 1
   while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
     n += 1
   os.replace(path, os.path.join(workdir, f"config.{n}.json"))
-  log(f"[workdir] settings changed under stage(s) {hit} ({diff}); continuing as asked "
-      f"(accept_config_changes); the earlier settings are kept in config.{n}.json")
+  log(
+    f"[workdir] settings changed under stage(s) {hit} ({diff}); continuing as asked "
+    f"(accept_config_changes); the earlier settings are kept in config.{n}.json"
+  )

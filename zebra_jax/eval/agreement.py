@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from zebra_jax.eval.scoring import _bucket, rolling_windows
+from zebra_jax.eval.scoring import bucket_length, rolling_windows
 
 
 @functools.partial(jax.jit, static_argnames=("s_graphdef", "t_graphdef"))
@@ -62,7 +62,7 @@ def teacher_agreement(
   count = 0
   # One padded length for every batch: one compilation of the teacher + student pair (a compile
   # per length bucket costs far more than the padding on an accelerator).
-  T = _bucket(max(len(w) for w, _ in items), length_multiple)
+  T = bucket_length(max(len(w) for w, _ in items), length_multiple)
   for start in range(0, len(items), batch_size):
     chunk = items[start : start + batch_size]
     tokens = np.zeros((batch_size, T), np.int32)

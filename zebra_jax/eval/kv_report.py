@@ -32,7 +32,7 @@ def kv_cache_report(
     else accounting.kv_cache_elements_per_token(teacher)
   )
   per_token = accounting.kv_cache_elements_per_token(config)
-  item = accounting._itemsize(dtype)
+  item = accounting.itemsize(dtype)
   state = accounting.mamba_state_elements(config)
   rows = []
   for T in seq_lens:

@@ -15,36 +15,20 @@ eval/suite.py) adds the multi-domain section: held-out sources, zero-shot tasks,
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import platform
 import time
 
-from zebra_jax._io import atomic_write
-from zebra_jax.data.prompts import REPORT_PROMPTS, decode_text, prompt_ids, real_sources
 from zebra_jax import accounting
-from zebra_jax.data import sources, tokenize
-from zebra_jax.data.pipeline import split_indices
+from zebra_jax._io import atomic_write
+from zebra_jax.data.prompts import REPORT_PROMPTS, decode_text, prompt_ids
+from zebra_jax.eval.suite import suite_markdown
 
-
-def heldout_sequences(cfg, tokenizer, limit_tokens: int | None = None) -> list[list[int]]:
-  """Token ids (BOS first when the tokenizer has one) of the held-out documents of data.source's
-  real sources, in index order; `limit_tokens` stops after that many tokens (smoke runs)."""
-
-  src = sources.open_source(real_sources(cfg))
-  bos = getattr(tokenizer, "bos_token_id", None)
-  eos = tokenize.eos_id(tokenizer)
-  seqs, n = [], 0
-  for i in split_indices(len(src), "heldout", cfg.data.heldout_fraction):
-    ids = [int(t) for t in tokenize.encode_document(tokenizer, src[int(i)]) if int(t) != eos]
-    if bos is not None and (not ids or ids[0] != bos):
-      ids = [bos] + ids  # the first word is scored too
-    seqs.append(ids)
-    n += len(ids)
-    if limit_tokens and n >= limit_tokens:
-      break
-  return seqs
+# the held-out rows and the results files, shared with the suite (which this module renders, so the
+# suite cannot import them from here); scripts/report.py reaches them as report.<name>
+from zebra_jax._io import save_json as save_json
+from zebra_jax.data.prompts import heldout_sequences as heldout_sequences
 
 
 def evaluate_model(
@@ -243,9 +227,6 @@ def markdown(results: dict, chart: str | None = None) -> str:
     ]
     lines += _sample_lines(models, lambda row: row.get("sampled", {}).get("samples"))
   if results.get("suite"):
-    # lazy: avoids the cycle: zebra_jax.eval.suite imports eval.report
-    from zebra_jax.eval.suite import suite_markdown
-
     lines += ["", suite_markdown(results["suite"], chart=chart)]
   return "\n".join(lines)
 
@@ -278,8 +259,3 @@ def write_doc(path: str, body: str) -> None:
     text = (text.rstrip() + "\n\n" if text else "# Results\n\n") + block + "\n"
   with atomic_write(path) as f:
     f.write(text)
-
-
-def save_json(obj, path: str) -> None:
-  with atomic_write(path) as f:
-    json.dump(obj, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 
-def _bucket(n: int, multiple: int) -> int:
+def bucket_length(n: int, multiple: int) -> int:
   """The smallest `multiple * 2**k` >= n."""
   b = multiple
   while b < n:
@@ -60,7 +60,7 @@ class TokenScorer:
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a bucket
     for start in range(0, len(order), self.batch_size):
       idx = order[start : start + self.batch_size]
-      T = _bucket(max(len(seqs[i]) for i in idx), self.length_multiple)
+      T = bucket_length(max(len(seqs[i]) for i in idx), self.length_multiple)
       tokens = np.zeros((self.batch_size, T), np.int32)
       for row, i in enumerate(idx):
         tokens[row, : len(seqs[i])] = seqs[i]

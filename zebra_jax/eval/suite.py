@@ -30,14 +30,13 @@ import random
 import subprocess
 import sys
 import time
-import types
 from typing import Sequence
 
-from zebra_jax.data.prompts import CHAT_PROMPTS, decode_text, prompt_ids
+from zebra_jax._io import save_json
+from zebra_jax.data.prompts import CHAT_PROMPTS, decode_text, heldout_sequences, prompt_ids
 from zebra_jax.data import load_tokenizer, registry
 from zebra_jax.data.tokenize import encode_document, eos_id
-from zebra_jax.eval.report import heldout_sequences, save_json
-from zebra_jax.eval.tasks import build_tasks
+from zebra_jax.eval.tasks import build_tasks, describe_source
 from zebra_jax.eval.tasks import task_names as known_tasks
 
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "seed": 0}
@@ -176,19 +175,6 @@ def capped_sequences(
   return seqs
 
 
-def _source(registry, x):
-  """A registry Source from a name (the registry lists names) or the object itself."""
-  if isinstance(x, str):
-    known = getattr(registry, "SOURCES", {})
-    src = known.get(x) or (known.get("shakespeare") if x == "default" else None)  # the default corpus
-    return (
-      types.SimpleNamespace(name=x, kind=src.kind, licence=src.licence)
-      if src is not None
-      else types.SimpleNamespace(name=x, kind="?", licence=None)
-    )
-  return x
-
-
 def domains(
   tokenizer, *, max_tokens: int | None = 60_000, cache_dir=None, run_config=None, seed: int = 0, log=print
 ) -> list[dict]:
@@ -197,7 +183,7 @@ def domains(
   `registry.validation_documents`, the held-out split of data.source as report.heldout_sequences
   cuts it). Each: {"source", "kind", "split", "licence", "sequences"}."""
   out = []
-  for src in (_source(registry, x) for x in registry.heldout_sources()):
+  for src in (describe_source(registry, x) for x in registry.heldout_sources()):
     docs = registry.source_documents(src.name, cache_dir=cache_dir)
     out.append(
       {
@@ -218,7 +204,7 @@ def domains(
       log(f"[suite] registry.validation_documents failed ({e}); using the held-out split of data.source")
   if val is not None:
     for name, docs in val.items():
-      s = _source(registry, name)
+      s = describe_source(registry, name)
       kind = getattr(s, "kind", "?")
       out.append(
         {

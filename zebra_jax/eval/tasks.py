@@ -29,6 +29,7 @@ import math
 import os
 import random
 import re
+import types
 from typing import Iterable, Sequence
 
 SEED = 1234
@@ -62,6 +63,21 @@ def normalise_pos(pos) -> str:
 
 def _lemma(text: str) -> str:
   return str(text).replace("_", " ").strip()
+
+
+def describe_source(registry, x):
+  """A registry Source from a name (the registry lists names) or the object itself: name, kind and
+  licence of a held-out source, for the tasks built from it and the suite's domain rows. `registry`
+  is the module (or a stand-in with SOURCES)."""
+  if isinstance(x, str):
+    known = getattr(registry, "SOURCES", {})
+    src = known.get(x) or (known.get("shakespeare") if x == "default" else None)  # the default corpus
+    return (
+      types.SimpleNamespace(name=x, kind=src.kind, licence=src.licence)
+      if src is not None
+      else types.SimpleNamespace(name=x, kind="?", licence=None)
+    )
+  return x
 
 
 # -- WordNet ---------------------------------------------------------------------------------------
@@ -390,10 +406,7 @@ def task_names() -> list[str]:
   # lazy: pulls in grain, orbax, jax, which importing this module does not
   from zebra_jax.data import registry
 
-  # lazy: pulls in grain, orbax, jax, which importing this module does not
-  from zebra_jax.eval.suite import _source
-
-  heldout = [_source(registry, x) for x in registry.heldout_sources()]
+  heldout = [describe_source(registry, x) for x in registry.heldout_sources()]
   wn = list(WN_TASKS) if any(map(_is_wordnet, heldout)) else []
   return wn + [_task_name(s.name) for s in heldout if not _is_wordnet(s)]
 
@@ -415,10 +428,7 @@ def build_tasks(
   from zebra_jax.data import registry
 
   os.makedirs(out_dir, exist_ok=True)
-  # lazy: pulls in grain, orbax, jax, which importing this module does not
-  from zebra_jax.eval.suite import _source
-
-  heldout = [_source(registry, x) for x in registry.heldout_sources()]
+  heldout = [describe_source(registry, x) for x in registry.heldout_sources()]
   built: dict[str, tuple[list[dict], dict]] = {}
   want = (lambda n: True) if not only else (lambda n: n in set(only))
 
