@@ -319,6 +319,12 @@ RULES: list[tuple[str, str, Callable | str]] = [
   ("bench", r"^kernels ", "a GPU kernel benchmark (Pallas / Triton kernels)"),
   ("bench", r"^generate --size 1b ", "decode throughput of a 1B model (a GPU)"),
   ("bench", r"^speculative\b", "distils a SmolLM2 draft for hundreds of steps, then times decoding (a GPU)"),
+  (
+    "bench",
+    r"^samples\b",
+    "times the samples stage's decode of a 135M teacher, 256 x 960 tokens per call (a GPU); "
+    "tests/test_bench_samples.py runs it on a tiny teacher",
+  ),
   ("bench", r"^train .*--student PRESET$", f"{_PLACEHOLDER_PATH} preset (PRESET)"),
   ("bench", r"^train ", "a training-step benchmark of a 135M-1B student at 2048 tokens (a GPU)"),
   ("pretokenize", r"--input corpus\.jsonl ", f"{_PLACEHOLDER_PATH} corpus and teacher"),
