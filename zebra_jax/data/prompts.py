@@ -100,3 +100,13 @@ __all__ = [
   "real_sources",
   "heldout_sequences",
 ]
+
+
+def repeated_ngram_share(text: str, n: int = 4) -> float:
+  """The share of a text's word n-grams (lower case, split on whitespace) that already occurred
+  earlier in it: 0 for a text that never repeats itself, near 1 for one caught in a loop. The
+  suite scores chat answers with it; the samples stage leaves out looping teacher samples
+  (`samples.max_repetition`)."""
+  words = text.lower().split()
+  grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+  return 1.0 - len(set(grams)) / len(grams) if grams else 0.0

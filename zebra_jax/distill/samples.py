@@ -41,6 +41,7 @@ from zebra_jax.data.prompts import (
   decode_text,
   prompt_ids,
   real_sources,
+  repeated_ngram_share,
   source_specs,
 )
 from zebra_jax.data.registry import SAMPLES_TOKEN
@@ -306,22 +307,15 @@ def generate_samples(
   return paths
 
 
-def repeated_ngram_fraction(text: str, n: int = 4) -> float:
-  """The share of the text's word n-grams that repeat an earlier one: 1 - distinct / all (0 for a
-  text of fewer than n + 1 words). A 135M teacher sampling chat answers at temperature 0.7 loops
-  ("I'm so glad to have you. ... I'm so glad to have you."): of run 12's 49,152 samples, 2,124 of
-  the 16,384 chat samples and 14 of the 32,768 continuations repeat more than 0.3 of their
-  4-grams (5.9% of the characters); 300-word windows of the training sources do in 0.36% of
-  cases (docs/data.md)."""
-  words = text.split()
-  grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-  return 1.0 - len(set(grams)) / len(grams) if len(grams) > 1 else 0.0
-
-
 def write_artifact(part_paths, out: str, max_repetition: float = 0.0, log=print) -> dict:
   """Joins the part files into the samples artifact; with max_repetition > 0, without the samples
-  whose whole text (prompt and answer) repeats more than that share of its word 4-grams. The
-  parts keep every sample, so a new max_repetition rewrites the artifact without generating.
+  whose whole text (prompt and answer) repeats more than that share of its word 4-grams
+  (`repeated_ngram_share`): the teacher's loops. A 135M teacher sampling chat answers at
+  temperature 0.7 loops ("I'm so glad to have you. ... I'm so glad to have you."): of run 12's
+  49,152 samples, 2,162 of the 16,384 chat samples and 15 of the 32,768 continuations repeat more than
+  0.3 of their 4-grams (6.1% of the characters); 300-word windows of the training sources do in
+  0.36% of cases (docs/data.md). The parts keep every sample, so a new max_repetition rewrites the
+  artifact without generating.
   Returns {"kept", "dropped", "dropped_chars", "chars"}."""
   kept = dropped = dropped_chars = chars = 0
   with atomic_write(out) as f:
@@ -330,7 +324,7 @@ def write_artifact(part_paths, out: str, max_repetition: float = 0.0, log=print)
         for line in part:
           text = json.loads(line)["text"]
           chars += len(text)
-          if max_repetition > 0 and repeated_ngram_fraction(text) > max_repetition:
+          if max_repetition > 0 and repeated_ngram_share(text) > max_repetition:
             dropped += 1
             dropped_chars += len(text)
             continue

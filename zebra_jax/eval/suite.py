@@ -33,7 +33,13 @@ import time
 from typing import Sequence
 
 from zebra_jax._io import save_json
-from zebra_jax.data.prompts import CHAT_PROMPTS, decode_text, heldout_sequences, prompt_ids
+from zebra_jax.data.prompts import (
+  CHAT_PROMPTS,
+  decode_text,
+  heldout_sequences,
+  prompt_ids,
+  repeated_ngram_share,
+)
 from zebra_jax.data import load_tokenizer, registry
 from zebra_jax.data.tokenize import encode_document, eos_id
 from zebra_jax.eval.tasks import build_tasks, describe_source
@@ -713,14 +719,6 @@ def run_suite(
 # -- markdown and chart ----------------------------------------------------------------------------
 def _f(x, spec=".2f"):
   return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def repeated_ngram_share(text: str, n: int = 4) -> float:
-  """The share of a text's word n-grams (lower case, split on whitespace) that already occurred
-  earlier in it: 0 for a text that never repeats itself, near 1 for one caught in a loop."""
-  words = text.lower().split()
-  grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-  return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def _printable(text: str) -> str:
