@@ -226,6 +226,21 @@ def test_documented_absl_commands_parse(name):
   assert not bad, "\n".join(bad)
 
 
+def _fresh_home_env(home, smollm2_gguf, **extra) -> dict:
+  """A newcomer's environment: a fresh HOME, the repo importable, JAX on the CPU, and the shared
+  download cache (so `smollm2` resolves without the network)."""
+  env = dict(
+    os.environ,
+    HOME=str(home),
+    PYTHONPATH=ROOT,
+    JAX_PLATFORMS="cpu",
+    ZEBRA_JAX_CACHE=os.path.dirname(smollm2_gguf),
+    **extra,
+  )
+  env.pop("XDG_CACHE_HOME", None)
+  return env
+
+
 def test_the_readme_library_snippet_runs_as_written(tmp_path, smollm2_gguf):
   """README.md's "Using the library" block, run as a newcomer would paste it: a fresh HOME (no
   state of ours but the download cache, which the other tests share so the 98 MB GGUF is fetched
@@ -237,14 +252,7 @@ def test_the_readme_library_snippet_runs_as_written(tmp_path, smollm2_gguf):
   assert 'from_pretrained("smollm2")' in code
   home = tmp_path / "home"
   home.mkdir()
-  env = dict(
-    os.environ,
-    HOME=str(home),
-    PYTHONPATH=ROOT,
-    JAX_PLATFORMS="cpu",
-    ZEBRA_JAX_CACHE=os.path.dirname(smollm2_gguf),
-  )
-  env.pop("XDG_CACHE_HOME", None)
+  env = _fresh_home_env(home, smollm2_gguf)
   r = subprocess.run(
     [sys.executable, "-c", code], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600
   )
@@ -410,15 +418,7 @@ def test_documented_fast_command_runs_as_written(where, name, argv, tmp_path, sm
   check = classify(name, argv)
   prefix = ENV_PREFIXES.get((where.split(",")[0], name, tuple(argv)), {})
   argv = [_into(tmp_path / "tmp", a) for a in argv]
-  env = dict(
-    os.environ,
-    HOME=str(home),
-    PYTHONPATH=ROOT,
-    JAX_PLATFORMS="cpu",
-    ZEBRA_JAX_CACHE=os.path.dirname(smollm2_gguf),
-    ZEBRA_JAX_COMPILATION_CACHE="0",  # it would live in the shared download cache
-  )
-  env.pop("XDG_CACHE_HOME", None)
+  env = _fresh_home_env(home, smollm2_gguf, ZEBRA_JAX_COMPILATION_CACHE="0")  # not in the shared cache
   env.update({k: _into(tmp_path / "tmp", v) for k, v in prefix.items()})
   r = subprocess.run(
     [sys.executable, f"scripts/{name}.py", *argv],
