@@ -37,6 +37,7 @@ except ImportError:
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from zebra_jax._io import write_json  # noqa: E402
 from zebra_jax.assets import use_compilation_cache  # noqa: E402
 from zebra_jax.cli import HELP_ARGS, ScriptError, absl_help, parse_absl_flags, script_errors  # noqa: E402
 from zebra_jax.distill.experiment import plan, run_experiment  # noqa: E402
@@ -104,6 +105,7 @@ def main(argv):
   if cfg is None:
     raise app.UsageError("--config is required, e.g. --config configs/smollm2_135m.py")
   from zebra_jax.convert.orbax_io import load_model  # lazy: --help runs without jax, flax, optax
+  from zebra_jax.data.prompts import heldout_sequences  # lazy: --help runs without grain, orbax, jax
   from zebra_jax.eval import report  # lazy: --help runs without grain, orbax, jax
 
   use_compilation_cache()  # the students of a sweep and their evaluations share compiled programs
@@ -144,7 +146,7 @@ def main(argv):
 
         ctx = RunContext(cfg, os.path.join(root, "shared"), progress=False)
         state["tok"] = ctx.tokenizer()
-        state["heldout"] = report.heldout_sequences(cfg, state["tok"], _HELDOUT.value or None)
+        state["heldout"] = heldout_sequences(cfg, state["tok"], _HELDOUT.value or None)
         state["teacher"] = load_model(os.path.join(root, "shared", "teacher", "model"), dtype=_DTYPE.value)
       teacher = state["teacher"]
       model = teacher if name == "teacher" else load_model(model_dir, dtype=_DTYPE.value)
@@ -162,7 +164,7 @@ def main(argv):
         flush=True,
       )
       os.makedirs(eval_dir, exist_ok=True)
-      report.save_json(row, path)
+      write_json(path, row)
       state["models"][name] = row
     write()
 
@@ -208,7 +210,7 @@ def main(argv):
     if "suite" in state:
       results["suite"] = state["suite"]
       timings["suite (all models)"] = state["suite"]["meta"]["seconds"]
-    report.save_json(results, os.path.join(root, "results.json"))
+    write_json(os.path.join(root, "results.json"), results)
     md = report.markdown(results, chart=os.path.join("suite", "suite.png"))
     with open(os.path.join(root, "results.md"), "w") as f:
       f.write(md + "\n")

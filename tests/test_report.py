@@ -15,7 +15,7 @@ from flax import nnx
 
 from zebra_jax.convert.orbax_io import load_model
 from zebra_jax.data import ByteTokenizer
-from zebra_jax.data.prompts import REPORT_PROMPTS, prompt_ids
+from zebra_jax.data.prompts import REPORT_PROMPTS, heldout_sequences, prompt_ids
 from zebra_jax.distill.experiment import Variant, plan, run_experiment, shared_settings_diff, variant_config
 from zebra_jax.distill.select import uniform_placement
 from zebra_jax.eval import report
@@ -220,7 +220,7 @@ def test_blocks_come_from_ild_students_or_the_initialisers(experiment):
 def test_evaluation_rows(experiment):
   cfg, root, variants, _ = experiment
   tok = ByteTokenizer()
-  heldout = report.heldout_sequences(cfg, tok, limit_tokens=300)
+  heldout = heldout_sequences(cfg, tok, limit_tokens=300)
   assert heldout and sum(map(len, heldout)) >= 300
   teacher = load_model(str(root / "shared" / "teacher" / "model"), dtype="float32")
   student = load_model(str(root / "mla3_smart" / "kd" / "model"), dtype="float32")

@@ -26,14 +26,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     raise
 
 
+def _plain(o):
+  # numpy / jax scalars as numbers, anything else JSON cannot write as its str (results rows)
+  return o.item() if hasattr(o, "item") else str(o)
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-  """`obj` as JSON (a str is written as it is), atomically."""
+  """`obj` as JSON (a str is written as it is), atomically; numpy scalars as numbers."""
   with atomic_write(path) as f:
-    f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=indent))
-
-
-def save_json(obj: Any, path: str | os.PathLike) -> None:
-  """`obj` as indented JSON, atomically, numpy scalars as numbers (anything else JSON cannot write as
-  its str): the report's and the suite's results."""
-  with atomic_write(path) as f:
-    json.dump(obj, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=indent, default=_plain))

@@ -16,11 +16,9 @@ def flash_attention(q_BTHK, k_BSGK, v_BSGV, *, scale: float, impl: str = "auto",
   kernel of `impl` ("pallas" or "splash") in the Pallas TPU interpreter on any backend (the GPU
   kernel's interpreter: `flash_gpu.flash_attention_gpu(..., interpret=True)`).
   """
-  # zebra_jax.ops.attention imports this package's kernels (flash_tpu, flash_gpu, splash, cudnn), and
-  # importing one runs this __init__ first, so importing ops here at module level would close the cycle
-  # kernels_pallas.attention -> zebra_jax.ops.attention -> kernels_pallas.attention.flash_tpu -> (parent)
-  # kernels_pallas.attention; called, the entry finds both loaded (`import kernels_pallas` loads no zebra_jax)
-  # lazy: the import cycle kernels_pallas.attention <-> zebra_jax.ops.attention named above
+  # ops imports this package's kernel modules, and importing one runs this __init__ first
+  # (`import kernels_pallas` alone loads no zebra_jax)
+  # lazy: the import cycle kernels_pallas.attention <-> zebra_jax.ops.attention
   from zebra_jax.ops import attention as ops_attention
 
   return ops_attention.causal_attention(q_BTHK, k_BSGK, v_BSGV, scale=scale, impl=impl, interpret=interpret)

@@ -16,11 +16,9 @@ def mla_decode(
   lengths (b,) int -> latent context (b, h, r_kv) in q_latent's dtype. interpret=True (or a
   `pltpu.InterpretParams`) runs the TPU kernel in the Pallas TPU interpreter on any backend.
   """
-  # zebra_jax.ops.mla imports this package's kernels (decode_gpu, decode_tpu, reference), and importing
-  # one runs this __init__ first, so importing ops here at module level would close the cycle
-  # kernels_pallas.mla -> zebra_jax.ops.mla -> kernels_pallas.mla.decode_gpu -> (parent) kernels_pallas.mla;
-  # called, the entry finds both loaded (`import kernels_pallas` loads no zebra_jax)
-  # lazy: the import cycle kernels_pallas.mla <-> zebra_jax.ops.mla named above
+  # ops imports this package's kernel modules, and importing one runs this __init__ first
+  # (`import kernels_pallas` alone loads no zebra_jax)
+  # lazy: the import cycle kernels_pallas.mla <-> zebra_jax.ops.mla
   from zebra_jax.ops import mla as ops_mla
 
   return ops_mla.mla_decode(

@@ -34,11 +34,9 @@ def ssd_scan(
   `return_final_state`. Differentiable in every array (custom VJP on the kernels).
   interpret=True runs the TPU kernel in the Pallas TPU interpreter on any backend (CI on CPU).
   """
-  # zebra_jax.ops.ssd imports this package's kernels (tpu, gpu, reference), and importing one runs this
-  # __init__ first, so importing ops here at module level would close the cycle
-  # kernels_pallas.ssd -> zebra_jax.ops.ssd -> kernels_pallas.ssd.tpu -> (parent) kernels_pallas.ssd;
-  # called, the entry finds both loaded (`import kernels_pallas` loads no zebra_jax)
-  # lazy: the import cycle kernels_pallas.ssd <-> zebra_jax.ops.ssd named above
+  # ops imports this package's kernel modules, and importing one runs this __init__ first
+  # (`import kernels_pallas` alone loads no zebra_jax)
+  # lazy: the import cycle kernels_pallas.ssd <-> zebra_jax.ops.ssd
   from zebra_jax.ops import ssd as ops_ssd
 
   return ops_ssd.ssd_scan(

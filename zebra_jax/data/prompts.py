@@ -91,17 +91,6 @@ def heldout_sequences(cfg, tokenizer, limit_tokens: int | None = None) -> list[l
   return seqs
 
 
-__all__ = [
-  "REPORT_PROMPTS",
-  "CHAT_PROMPTS",
-  "prompt_ids",
-  "decode_text",
-  "source_specs",
-  "real_sources",
-  "heldout_sequences",
-]
-
-
 def repeated_ngram_share(text: str, n: int = 4) -> float:
   """The share of a text's word n-grams (lower case, split on whitespace) that already occurred
   earlier in it: 0 for a text that never repeats itself, near 1 for one caught in a loop. The
@@ -110,3 +99,15 @@ def repeated_ngram_share(text: str, n: int = 4) -> float:
   words = text.lower().split()
   grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
   return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+__all__ = [
+  "REPORT_PROMPTS",
+  "CHAT_PROMPTS",
+  "prompt_ids",
+  "decode_text",
+  "source_specs",
+  "real_sources",
+  "heldout_sequences",
+  "repeated_ngram_share",
+]

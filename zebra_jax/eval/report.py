@@ -25,11 +25,6 @@ from zebra_jax._io import atomic_write
 from zebra_jax.data.prompts import REPORT_PROMPTS, decode_text, prompt_ids
 from zebra_jax.eval.suite import suite_markdown
 
-# the held-out rows and the results files, shared with the suite (which this module renders, so the
-# suite cannot import them from here); scripts/report.py reaches them as report.<name>
-from zebra_jax._io import save_json as save_json
-from zebra_jax.data.prompts import heldout_sequences as heldout_sequences
-
 
 def evaluate_model(
   model,

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Sequence
 
-from zebra_jax._io import save_json
+from zebra_jax._io import write_json
 from zebra_jax.data.prompts import (
   CHAT_PROMPTS,
   decode_text,
@@ -186,7 +186,7 @@ def domains(
 ) -> list[dict]:
   """The scored domains: each held-out source of the registry, then the in-domain rows (the
   validation split of each training source of `run_config.data`; without
-  `registry.validation_documents`, the held-out split of data.source as report.heldout_sequences
+  `registry.validation_documents`, the held-out split of data.source as prompts.heldout_sequences
   cuts it). Each: {"source", "kind", "split", "licence", "sequences"}."""
   out = []
   for src in (describe_source(registry, x) for x in registry.heldout_sources()):
@@ -646,7 +646,7 @@ def run_suite(
       row["domains"] = score_domains(
         models_loaded(), teacher_model, doms, seq_len=seq_len, batch_size=batch_size
       )
-      save_json(row, path)
+      write_json(path, row)
     if task_names and "tasks" not in row:
       log(f"[suite] {label}: {len(task_names)} lm-eval tasks")
       row["tasks"] = run_lm_eval(
@@ -661,12 +661,12 @@ def run_suite(
         limit=limit,
         log=log,
       )
-      save_json(row, path)
+      write_json(path, row)
     if chat and "chat" not in row:
       log(f"[suite] {label}: chat answers")
       row["chat"] = chat_answers(models_loaded(), tok, max_new_tokens=chat_tokens)
     row["seconds"] = round(row.get("seconds", 0.0) + time.time() - t0, 1)
-    save_json(row, path)
+    write_json(path, row)
     return row
 
   models = {"teacher": evaluate("teacher", teacher)}
@@ -707,7 +707,7 @@ def run_suite(
       for label, _ in students
     },
   }
-  save_json(result, os.path.join(out_dir, "suite.json"))
+  write_json(os.path.join(out_dir, "suite.json"), result)
   png = os.path.join(out_dir, "suite.png")
   if chart and students:
     suite_chart(result, png)
