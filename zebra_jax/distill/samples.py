@@ -316,18 +316,19 @@ def write_artifact(part_paths, out: str, max_repetition: float = 0.0, log=print)
   0.3 of their 4-grams (6.1% of the characters); 300-word windows of the training sources do in
   0.36% of cases (docs/data.md). The parts keep every sample, so a new max_repetition rewrites the
   artifact without generating.
-  Returns {"kept", "dropped", "dropped_chars", "chars"}."""
+  Returns {"kept", "dropped", "dropped_chars", "chars"} (the characters are counted when filtering)."""
   kept = dropped = dropped_chars = chars = 0
   with atomic_write(out) as f:
     for p in part_paths:
       with open(p, encoding="utf-8") as part:
         for line in part:
-          text = json.loads(line)["text"]
-          chars += len(text)
-          if max_repetition > 0 and repeated_ngram_share(text) > max_repetition:
-            dropped += 1
-            dropped_chars += len(text)
-            continue
+          if max_repetition > 0:  # off: the lines are copied as they are, unparsed
+            text = json.loads(line)["text"]
+            chars += len(text)
+            if repeated_ngram_share(text) > max_repetition:
+              dropped += 1
+              dropped_chars += len(text)
+              continue
           f.write(line)
           kept += 1
   log(f"[samples] {kept} teacher samples -> {out}")
