@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zebra_jax.cli import ScriptError, argument_parser, script_errors  # noqa: E402
-from zebra_jax.data import sources, tokenize  # noqa: E402
+from zebra_jax.data import sources, specs, tokenize  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
   if args.num_shards < 1:
     raise ScriptError(f"--num-shards must be >= 1, got {args.num_shards}")
-  src = sources.open_source(args.input, paragraphs=args.paragraphs)
+  src = specs.open_source(args.input, paragraphs=args.paragraphs)
   n_docs = len(src)
   if n_docs == 0:
     raise ScriptError(f"--input {' '.join(args.input)}: no documents (empty corpus)")

@@ -13,7 +13,9 @@ import tarfile
 import numpy as np
 import pytest
 
+from zebra_jax.data import pipeline as P
 from zebra_jax.data import registry as R
+from zebra_jax.data import specs as S
 from zebra_jax.data.fetch import FetchError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -258,7 +260,7 @@ def test_mix_pipeline_and_state(tmp_path, monkeypatch):
   jsonl = tmp_path / "samples.jsonl"
   jsonl.write_text("".join(json.dumps({"text": f"sample {i} " * 30}) + "\n" for i in range(20)))
   mix = {"a": 2.0, "source:b": 1.0, str(jsonl): 0.5}
-  src = R.open_mix(mix, cache)
+  src = S.open_mix(mix, cache)
   assert src.names == ["a", "b", str(jsonl)] and src.lengths == [2, 1, 20]
   kw = dict(seq_len=32, global_batch=2, heldout_fraction=0.0, seed=1, process_index=0, process_count=1)
   it = make_iterator(mix, ByteTokenizer(), **kw)
@@ -280,8 +282,8 @@ def test_mix_pipeline_and_state(tmp_path, monkeypatch):
   with pytest.raises(
     ValueError, match="unknown source 'nope'; known training sources: a, b, teacher_samples, default$"
   ):
-    R.open_mix({"nope": 1.0}, cache)
-  assert isinstance(R.resolve_spec("source:a", cache_dir=cache), ListSource)
+    S.open_mix({"nope": 1.0}, cache)
+  assert isinstance(S.resolve_spec("source:a", cache_dir=cache), ListSource)
 
 
 def test_validation_documents(tmp_path, monkeypatch):
@@ -291,10 +293,10 @@ def test_validation_documents(tmp_path, monkeypatch):
   monkeypatch.setattr(R, "SOURCES", reg)
   a = R.source_documents("a", cache)
   cfg = {"mix": {"a": 3.0, "b": 1.0, "teacher_samples": 1.0}, "heldout_fraction": 0.5, "split_seed": 3}
-  got = R.validation_documents(cfg, cache)
+  got = P.validation_documents(cfg, cache)
   assert set(got) == {"a", "b"}
   assert got["a"] == [d for d, h in zip(a, heldout_mask(len(a), 0.5, 3)) if h]
-  got = R.validation_documents({"source": "source:a", "heldout_fraction": 0.5, "split_seed": 3}, cache)
+  got = P.validation_documents({"source": "source:a", "heldout_fraction": 0.5, "split_seed": 3}, cache)
   assert list(got) == ["a"]
 
 
@@ -821,16 +823,16 @@ def test_a_mix_with_an_impossible_weight_or_a_source_twice_is_refused(tmp_path, 
   from zebra_jax.data.pipeline import repeat_indices
 
   with pytest.raises(ValueError, match="a weight must be a finite number >= 0"):
-    R.MixSource(["x"], [ListSource(["a b c"])], [float("inf")])
+    S.MixSource(["x"], [ListSource(["a b c"])], [float("inf")])
   with pytest.raises(ValueError, match=r"data.mix\['x'\] = 1e\+09: a weight is passes over the source"):
-    R.MixSource(["x"], [ListSource(["a b c"])], [1e9])
+    S.MixSource(["x"], [ListSource(["a b c"])], [1e9])
   with pytest.raises(ValueError, match=r"data.mix names \['x'\] more than once"):
-    R.MixSource(["x", "x"], [ListSource(["a"]), ListSource(["b"])], [1.0, 1.0])
+    S.MixSource(["x", "x"], [ListSource(["a"]), ListSource(["b"])], [1.0, 1.0])
   with pytest.raises(ValueError, match="a mix weight must be a finite number >= 0, got inf"):
     repeat_indices(np.arange(3), float("inf"), 3, 0)
   monkeypatch.chdir(tmp_path)
   with pytest.raises(Exception, match="jsonl file not found: corpus.jsonl"):
-    R.open_mix({"corpus.jsonl": 1.0}, str(tmp_path / "cache"))
+    S.open_mix({"corpus.jsonl": 1.0}, str(tmp_path / "cache"))
 
 
 def test_a_held_out_sources_guard_file_cut_short_is_rebuilt(tmp_path, capsys):

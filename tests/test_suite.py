@@ -152,12 +152,16 @@ def fake_registry(monkeypatch):
   reg.source_documents = lambda name, cache_dir=None: (
     docs[name] if name in docs else [s["gloss"] for s in syn[:200]]
   )
-  reg.validation_documents = lambda data_cfg, cache_dir=None: {"default": fake_documents(20, seed=3)}
   monkeypatch.setitem(sys.modules, "zebra_jax.data.registry", reg)
   monkeypatch.setattr(zebra_jax.data, "registry", reg, raising=False)
   from zebra_jax.eval import suite as suite_module
 
   monkeypatch.setattr(suite_module, "registry", reg)  # bound at its import
+  monkeypatch.setattr(
+    suite_module,
+    "validation_documents",
+    lambda data_cfg, cache_dir=None: {"default": fake_documents(20, seed=3)},
+  )
   return reg
 
 

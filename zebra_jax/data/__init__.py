@@ -1,6 +1,6 @@
 """Data for distillation: document sources, tokenisation, packing and the resumable Grain pipeline.
 
-See docs/data.md. Main entry points: make_iterator / make_dataset (pipeline), open_source (sources),
+See docs/data.md. Main entry points: make_iterator / make_dataset (pipeline), open_source (specs),
 load_tokenizer / ByteTokenizer (tokenize), default_corpus (corpus).
 """
 
@@ -25,8 +25,8 @@ from zebra_jax.data.sources import (
   JsonlSource,
   ListSource,
   TextSource,
-  open_source,
 )
+from zebra_jax.data.specs import MixSource, open_mix, open_source
 from zebra_jax.data.tokenize import ByteTokenizer, encode_document, load_tokenizer
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
   "HFDatasetSource",
   "JsonlSource",
   "ListSource",
+  "MixSource",
   "PipelineIterator",
   "TextSource",
   "default_corpus",
@@ -47,6 +48,7 @@ __all__ = [
   "load_tokenizer",
   "make_dataset",
   "make_iterator",
+  "open_mix",
   "open_source",
   "pack",
   "restore_iterator",

@@ -9,7 +9,7 @@ tokenise (+EOS) -> concatenate-then-split packing -> batches of (global_batch //
 Held-out split: document i is held out iff a splitmix64 hash of (split_seed, i) falls below heldout_fraction.
 It depends only on the document's index, so it is identical for every seed/process count, for the jsonl and
 the pre-tokenised ArrayRecord form of the same corpus, and stays put when documents are appended.
-Weighted mixes (`source={"shakespeare": 1.0, "django_docs": 0.5}`, registry.MixSource): each source is
+Weighted mixes (`source={"shakespeare": 1.0, "django_docs": 0.5}`, specs.MixSource): each source is
 split on its own document indices first, then its train documents are repeated by its weight (passes
 per epoch; fractional parts keep a hash-chosen subset), so a repeated document is never held out.
 ILD / KD parts of the train split (`part="ild"|"kd"`, `ild_fraction`): a second hash of the index, salted
@@ -35,7 +35,7 @@ import grain
 import numpy as np
 
 from zebra_jax._io import write_json
-from zebra_jax.data import packing, sources, tokenize
+from zebra_jax.data import packing, registry, specs, tokenize
 
 STATE_VERSION = 1
 SPLITS = ("train", "heldout")
@@ -192,6 +192,45 @@ def split_indices(num_documents: int, split: str, heldout_fraction: float, split
   return idx
 
 
+def validation_documents(cfg_data, cache_dir=None, teacher_samples: str | None = None) -> dict[str, list]:
+  """{source name: its validation documents} for the training sources of data.mix (data.source when
+  the mix is empty): the documents of each source whose ORIGINAL index the held-out split puts aside
+  (split_indices(len(source), "heldout", cfg_data.heldout_fraction, cfg_data.split_seed or
+  0)), which training never reads. "teacher_samples" is included only when its artifact path is given
+  (teacher_samples=...). A plain data.source is keyed by its spec ("default", a path, "source:NAME" ->
+  NAME); a list of specs is one corpus and is keyed by the joined specs."""
+  frac = float(cfg_data.get("heldout_fraction", 0.02))
+  split_seed = int(cfg_data.get("split_seed", 0) or 0)
+  mix = registry.parse_mix(
+    cfg_data.get("mix", None) if hasattr(cfg_data, "get") else getattr(cfg_data, "mix", None)
+  )
+  out: dict[str, list] = {}
+  if mix:
+    entries = {}
+    for k, w in mix.items():
+      if k == registry.SAMPLES_TOKEN:
+        if teacher_samples is None or not float(w) > 0:
+          continue
+        entries[teacher_samples] = w
+      elif float(w) > 0:
+        entries[k] = w
+    m = specs.open_mix(entries, cache_dir)
+    for name, src in zip(m.names, m.sources):
+      key = registry.SAMPLES_TOKEN if teacher_samples is not None and name == teacher_samples else name
+      idx = np.flatnonzero(heldout_mask(len(src), frac, split_seed))  # may be empty for a tiny source
+      out[key] = [src[int(i)] for i in idx]
+    return out
+  spec = cfg_data.get("source", "default")
+  spec_list = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+  spec_list = [s for s in spec_list if s != registry.SAMPLES_TOKEN]
+  src = specs.open_source(spec_list if len(spec_list) > 1 else spec_list[0], cache_dir=cache_dir)
+  key = "+".join(
+    s[len(registry.SOURCE_PREFIX) :] if s.startswith(registry.SOURCE_PREFIX) else s for s in spec_list
+  )
+  out[key] = [src[int(i)] for i in np.flatnonzero(heldout_mask(len(src), frac, split_seed))]
+  return out
+
+
 def process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   """(index, count) of this process; defaults to jax.process_index()/process_count()."""
   if process_index is None or process_count is None:
@@ -288,7 +327,7 @@ def selected_indices(
   split_seed: int = 0,
 ) -> np.ndarray:
   """The document indices of `src` that one epoch of `split` / `part` reads (repeated by mix weight)."""
-  if hasattr(src, "mix_fingerprint"):  # a weighted mix (registry.MixSource): split per source, then repeat
+  if hasattr(src, "mix_fingerprint"):  # a weighted mix (specs.MixSource): split per source, then repeat
     return mix_indices(
       src.lengths,
       src.weights,
@@ -318,7 +357,7 @@ def epoch_tokens(
   """Tokens in one epoch of what make_dataset reads with these arguments (EOS included): "tokens"
   counts repeated documents each time, "distinct_tokens" once. A stage reading T tokens makes
   T / distinct_tokens passes over its data (docs/data.md: the recipe keeps that at most 2)."""
-  src = sources.open_source(source, paragraphs=paragraphs)
+  src = specs.open_source(source, paragraphs=paragraphs)
   tokenizer = tokenize.load_tokenizer(tokenizer) if tokenizer is not None else None
   indices = selected_indices(src, split, part, heldout_fraction, ild_fraction, split_seed)
   unique = [int(i) for i in np.unique(indices)]
@@ -353,7 +392,7 @@ def make_dataset(
 ) -> grain.IterDataset:
   """The packed, sharded, shuffled batch dataset; iterate it for a PipelineIterator.
 
-  source: a source object or a spec for sources.open_source (path, list of paths, "default", "hf:NAME",
+  source: a source object or a spec for specs.open_source (path, list of paths, "default", "hf:NAME",
     "source:NAME" of the registry, or a dict {name or spec: weight} for a weighted mix; see mix_indices).
   tokenizer: the teacher's tokenizer (or a spec for tokenize.load_tokenizer); may be None only when every
     document is already tokenised (ArrayRecord shards).
@@ -382,7 +421,7 @@ def make_dataset(
     raise ValueError(f"part={part!r} splits the train documents; split={split!r} has no parts")
   if num_epochs is not None and int(num_epochs) <= 0:
     raise ValueError(f"num_epochs must be positive or None, got {num_epochs}")
-  src = sources.open_source(source, paragraphs=paragraphs)
+  src = specs.open_source(source, paragraphs=paragraphs)
   if len(src) == 0:
     raise ValueError(f"empty corpus: {getattr(src, 'name', src)!r} has no documents")
   if tokenizer is not None:

@@ -4,7 +4,8 @@ here, below all of them, so none imports another for them."""
 
 from __future__ import annotations
 
-from zebra_jax.data import sources, tokenize
+from zebra_jax.data import tokenize
+from zebra_jax.data.specs import open_source
 from zebra_jax.data.pipeline import split_indices
 from zebra_jax.data.registry import SAMPLES_TOKEN
 from zebra_jax.data.tokenize import render_chat
@@ -76,7 +77,7 @@ def heldout_sequences(cfg, tokenizer, limit_tokens: int | None = None) -> list[l
   """Token ids (BOS first when the tokenizer has one) of the held-out documents of data.source's
   real sources, in index order; `limit_tokens` stops after that many tokens (smoke runs)."""
 
-  src = sources.open_source(real_sources(cfg))
+  src = open_source(real_sources(cfg))
   bos = getattr(tokenizer, "bos_token_id", None)
   eos = tokenize.eos_id(tokenizer)
   seqs, n = [], 0

@@ -27,11 +27,9 @@ Public API
   wordnet_synsets(cache_dir=None) -> list[dict]              WordNet 3.3 synsets: offset, pos, lemmas,
                                                              gloss, examples, hypernyms (same-pos offsets)
   check_trainable(names, field="data.mix")                   ValueError for held-out / unknown names
-  open_mix(mix: dict[str, float], cache_dir=None) -> MixSource   documents of several sources + weights
-  validation_documents(cfg_data, cache_dir=None, teacher_samples=None) -> dict[str, list[str]]
-      for each training source of data.mix (or data.source), its validation-split documents (the
-      held-out split of that source's own document indices under cfg_data.heldout_fraction and
-      cfg_data.split_seed (default 0)), exactly the documents the pipeline never trains on.
+  parse_mix(value) -> {name: weight}; check_config_sources(source, mix)   data.mix as validate() reads it
+Opening a mix (`specs.open_mix`, `specs.open_source`) and a mix's validation documents
+(`pipeline.validation_documents`) sit above this module, which imports neither.
 
 Mixing (`data.mix = {"shakespeare": 1.0, "django_docs": 0.5, "teacher_samples": 1.0}`): a weight is the
 number of passes per epoch over the source's train documents (see pipeline.mix_indices). The held-out
@@ -63,8 +61,6 @@ from zebra_jax._io import atomic_write
 from zebra_jax.data.fetch import fetch_distribution
 from zebra_jax.assets import resolve_cache_dir, smollm2_gguf_path
 from zebra_jax.data.corpus import documents_from_wheel
-from zebra_jax.data.pipeline import heldout_mask
-from zebra_jax.data.sources import ConcatSource, ListSource, open_source
 from zebra_jax.data.tokenize import load_tokenizer
 
 CLEANING_VERSION = 2  # bump when extraction / cleaning / dedup change, so caches are rebuilt
@@ -2311,85 +2307,12 @@ def wordnet_synsets(cache_dir=None) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 
 
-class MixSource:
-  """Documents of several sources, one after the other, with a weight per source (passes per epoch
-  over its train documents; see pipeline.mix_indices). `names`, `weights`, `lengths` and `sources`
-  are parallel lists; document i of source k is global index offsets[k] + i."""
-
-  def __init__(self, names: Sequence[str], sources: Sequence, weights: Sequence[float]):
-    if not names:
-      raise ValueError("data.mix is empty")
-    for n, w in zip(names, weights):
-      if not (isinstance(w, (int, float)) and w >= 0 and math.isfinite(w)):
-        raise ValueError(f"data.mix[{n!r}] = {w!r}: a weight must be a finite number >= 0")
-      if w > MAX_MIX_WEIGHT:
-        raise ValueError(_too_heavy(n, w))
-    twice = sorted({n for n in names if list(names).count(n) > 1})
-    if twice:
-      raise ValueError(f"data.mix names {twice} more than once (give each source one weight)")
-    if not any(w > 0 for w in weights):
-      raise ValueError("data.mix: every weight is 0")
-    self.names = list(names)
-    self.weights = [float(w) for w in weights]
-    self.sources = list(sources)
-    self.lengths = [len(s) for s in self.sources]
-    self._concat = ConcatSource(self.sources)
-    self.offsets = [int(x) for x in self._concat._offsets[:-1]]
-    self.metadata = self._concat.metadata
-    self.name = "mix(" + ", ".join(f"{n}={w:g}" for n, w in zip(self.names, self.weights)) + ")"
-
-  def __len__(self) -> int:
-    return len(self._concat)
-
-  def __getitem__(self, index: int):
-    return self._concat[index]
-
-  def mix_fingerprint(self) -> list:
-    return [[n, w, ln] for n, w, ln in zip(self.names, self.weights, self.lengths)]
-
-  def __repr__(self) -> str:
-    return f"MixSource({self.name}, {len(self)} documents)"
-
-
-def resolve_spec(spec: str, field: str = "data.source", cache_dir=None):
-  """A "source:NAME" spec (or a bare registry name inside data.mix) -> ListSource of its documents;
-  held-out / unknown names are refused."""
-  name = spec[len(SOURCE_PREFIX) :] if spec.startswith(SOURCE_PREFIX) else spec
-  check_trainable([name], field)
-  return ListSource(source_documents(name, cache_dir), name=f"{SOURCE_PREFIX}{name}")
-
-
-def open_mix(mix: Mapping[str, float], cache_dir=None, *, paragraphs: bool = False) -> MixSource:
-  """data.mix -> MixSource. A key is a registry source name ("django_docs" or "source:django_docs"),
-  "default" (the Shakespeare corpus, same as "shakespeare" before dedup), or any other open_source spec
-  (a jsonl path, e.g. the teacher-samples artifact that the run context substitutes for
-  "teacher_samples")."""
-  names, srcs, weights = [], [], []
-  for key, w in mix.items():
-    key = str(key)
-    bare = key[len(SOURCE_PREFIX) :] if key.startswith(SOURCE_PREFIX) else key
-    if bare in SOURCES or key.startswith(SOURCE_PREFIX):
-      srcs.append(resolve_spec(bare, "data.mix", cache_dir))
-    elif key == SAMPLES_TOKEN:
-      raise ValueError(
-        "data.mix names 'teacher_samples': the run context replaces it by the samples "
-        "stage's artifact; a library caller passes that jsonl path instead"
-      )
-    elif key == "default" or _is_path_spec(key) or os.path.exists(key):
-      srcs.append(open_source(key, paragraphs=paragraphs, cache_dir=cache_dir))
-    else:
-      check_trainable([bare], "data.mix", allow=(SAMPLES_TOKEN, "default"))
-    names.append(bare)
-    weights.append(w)
-  return MixSource(names, srcs, weights)
-
-
 # a weight is passes over the source per epoch; the epoch's index list holds weight x documents
 # entries, so a runaway weight (1e9) would exhaust host memory before anything says why
 MAX_MIX_WEIGHT = 1000.0
 
 
-def _too_heavy(name: str, w: float) -> str:
+def mix_weight_error(name: str, w: float) -> str:
   return (
     f"data.mix[{name!r}] = {w:g}: a weight is passes over the source per epoch, at most "
     f"{MAX_MIX_WEIGHT:g} (an epoch's index list holds weight x documents entries)"
@@ -2399,7 +2322,7 @@ def _too_heavy(name: str, w: float) -> str:
 _PATH_SUFFIXES = (".jsonl", ".json", ".txt", ".md")
 
 
-def _is_path_spec(key: str) -> bool:
+def is_path_spec(key: str) -> bool:
   """A data.mix key that is a file / URL / HF spec, not a registry name."""
   return os.path.sep in key or key.endswith(_PATH_SUFFIXES) or "://" in key or key.startswith("hf:")
 
@@ -2448,57 +2371,15 @@ def check_config_sources(source, mix) -> None:
     if not (w >= 0 and math.isfinite(w)):
       raise ValueError(f"data.mix[{k!r}] = {w}: a weight must be a finite number >= 0")
     if w > MAX_MIX_WEIGHT:
-      raise ValueError(_too_heavy(k, w))
+      raise ValueError(mix_weight_error(k, w))
     bare = k[len(SOURCE_PREFIX) :] if k.startswith(SOURCE_PREFIX) else k
-    if not _is_path_spec(k):
+    if not is_path_spec(k):
       if bare in names:
         raise ValueError(f"data.mix names {bare!r} twice ({bare} and {SOURCE_PREFIX}{bare} are one source)")
       names.append(bare)
   check_trainable(names, "data.mix", allow=(SAMPLES_TOKEN, "default"))
   if m and not any(w > 0 for w in m.values()):
     raise ValueError("data.mix: every weight is 0")
-
-
-def _mix_of(cfg_data) -> dict:
-  mix = cfg_data.get("mix", None) if hasattr(cfg_data, "get") else getattr(cfg_data, "mix", None)
-  return parse_mix(mix)
-
-
-def validation_documents(cfg_data, cache_dir=None, teacher_samples: str | None = None) -> dict[str, list]:
-  """{source name: its validation documents} for the training sources of data.mix (data.source when
-  the mix is empty): the documents of each source whose ORIGINAL index the held-out split puts aside
-  (pipeline.split_indices(len(source), "heldout", cfg_data.heldout_fraction, cfg_data.split_seed or
-  0)), which training never reads. "teacher_samples" is included only when its artifact path is given
-  (teacher_samples=...). A plain data.source is keyed by its spec ("default", a path, "source:NAME" ->
-  NAME); a list of specs is one corpus and is keyed by the joined specs."""
-  import numpy as np
-
-  frac = float(cfg_data.get("heldout_fraction", 0.02))
-  split_seed = int(cfg_data.get("split_seed", 0) or 0)
-  mix = _mix_of(cfg_data)
-  out: dict[str, list] = {}
-  if mix:
-    entries = {}
-    for k, w in mix.items():
-      if k == SAMPLES_TOKEN:
-        if teacher_samples is None or not float(w) > 0:
-          continue
-        entries[teacher_samples] = w
-      elif float(w) > 0:
-        entries[k] = w
-    m = open_mix(entries, cache_dir)
-    for name, src in zip(m.names, m.sources):
-      key = SAMPLES_TOKEN if teacher_samples is not None and name == teacher_samples else name
-      idx = np.flatnonzero(heldout_mask(len(src), frac, split_seed))  # may be empty for a tiny source
-      out[key] = [src[int(i)] for i in idx]
-    return out
-  spec = cfg_data.get("source", "default")
-  specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-  specs = [s for s in specs if s != SAMPLES_TOKEN]
-  src = open_source(specs if len(specs) > 1 else specs[0], cache_dir=cache_dir)
-  key = "+".join(s[len(SOURCE_PREFIX) :] if s.startswith(SOURCE_PREFIX) else s for s in specs)
-  out[key] = [src[int(i)] for i in np.flatnonzero(heldout_mask(len(src), frac, split_seed))]
-  return out
 
 
 # ------------------------------------------------------------------------------------------------

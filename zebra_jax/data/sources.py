@@ -8,7 +8,7 @@ Each source has `__len__`, `__getitem__(i) -> document` and `name`; a document i
 - ArrayRecordSource: shards written by scripts/pretokenize.py (local paths or etils.epath URLs such as gs://).
 - HFDatasetSource: a Hugging Face `datasets` dataset (hub name, local `save_to_disk` dir, or a loaded object).
 - ListSource / ConcatSource: in-memory lists, and several sources read one after the other.
-`open_source(spec)` builds one from a path, a list of paths, "default" or "hf:NAME[:SPLIT]".
+`zebra_jax.data.specs.open_source(spec)` builds one from a spec (a path, a list, a mix, "default", ...).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from zebra_jax.data.corpus import default_corpus
 
 ARRAY_RECORD_SUFFIX = ".array_record"
 METADATA_FILE = "metadata.json"
@@ -345,51 +344,3 @@ class ConcatSource:
 
   def __repr__(self) -> str:
     return f"ConcatSource({self.sources!r})"
-
-
-def open_source(spec: Any, *, paragraphs: bool = False, cache_dir: str | None = None):
-  """Builds a document source from a spec.
-
-  spec: a source object (returned as is); a list of specs (concatenated); a dict {name or spec: weight}
-  (a weighted mix, zebra_jax.data.registry.open_mix); "default" (the embedded default corpus, see
-  zebra_jax.data.corpus); "source:NAME" (a source of zebra_jax.data.registry; held-out ones refused); "hf:NAME[:SPLIT]" (Hugging Face datasets); a *.jsonl/*.json file; a
-  *.txt/*.md file; an ArrayRecord shard, glob or directory with shards (also cloud URLs); a directory of text
-  files. `paragraphs` applies to text files.
-  """
-  # open_source and registry.open_mix call each other (a dict spec is a mix; a mix's path entries are
-  # opened here), and data.registry imports ConcatSource, ListSource and open_source from here
-  # lazy: at module level, the import cycle zebra_jax.data.sources <-> zebra_jax.data.registry
-  from zebra_jax.data import registry
-
-  if isinstance(spec, Mapping) or type(spec).__name__ in ("ConfigDict", "FrozenConfigDict"):
-    return registry.open_mix(dict(spec.items()), cache_dir, paragraphs=paragraphs)
-  if isinstance(spec, (list, tuple)):
-    srcs = [open_source(s, paragraphs=paragraphs, cache_dir=cache_dir) for s in spec]
-    return srcs[0] if len(srcs) == 1 else ConcatSource(srcs)
-  if not isinstance(spec, (str, os.PathLike)):
-    if hasattr(spec, "__len__") and hasattr(spec, "__getitem__"):
-      return spec
-    raise TypeError(f"cannot build a document source from {type(spec).__name__}")
-  spec = os.fspath(spec)
-  if spec == "default":
-    return ListSource(default_corpus(cache_dir), name="default")
-  if spec.startswith("source:"):  # a registry source (held-out evaluation sources are refused)
-    return registry.resolve_spec(spec, "data.source", cache_dir)
-  if spec.startswith("hf:"):
-    name, _, split = spec[3:].partition(":")
-    return HFDatasetSource(name, split or "train")
-  if "://" in spec or ARRAY_RECORD_SUFFIX in spec:
-    return ArrayRecordSource(spec)
-  if spec.endswith(JSONL_SUFFIXES):
-    return JsonlSource(spec)
-  if spec.endswith(TEXT_SUFFIXES):
-    return TextSource(spec, paragraphs=paragraphs)
-  if os.path.isdir(spec):
-    if any(f.endswith(ARRAY_RECORD_SUFFIX) for f in os.listdir(spec)):
-      return ArrayRecordSource(spec)
-    return TextSource(spec, paragraphs=paragraphs)
-  _check_exists(spec, "data source")
-  raise DataError(
-    f"cannot tell the format of {spec}: use *.jsonl, *.txt/*.md, *{ARRAY_RECORD_SUFFIX}, a directory, "
-    "'default', 'source:NAME' or 'hf:NAME'"
-  )

@@ -45,7 +45,8 @@ from zebra_jax.data.prompts import (
   source_specs,
 )
 from zebra_jax.data.registry import SAMPLES_TOKEN
-from zebra_jax.data import sources, tokenize
+from zebra_jax.data import tokenize
+from zebra_jax.data.specs import open_source
 from zebra_jax.data.pipeline import split_indices
 from zebra_jax.data.registry import parse_mix
 from zebra_jax.distill.instructions import instruction_prompts, passage_prompts
@@ -89,10 +90,10 @@ def train_documents(cfg) -> list:
   if mix:
     out = []
     for name in (n for n in mix if n != SAMPLES_TOKEN):
-      src = sources.open_source(name if os.path.exists(name) else f"source:{name}")
+      src = open_source(name if os.path.exists(name) else f"source:{name}")
       out += [src[int(i)] for i in split_indices(len(src), "train", cfg.data.heldout_fraction)]
     return out
-  src = sources.open_source(real_sources(cfg))
+  src = open_source(real_sources(cfg))
   return [src[int(i)] for i in split_indices(len(src), "train", cfg.data.heldout_fraction)]
 
 

@@ -41,6 +41,7 @@ from zebra_jax.data.prompts import (
   repeated_ngram_share,
 )
 from zebra_jax.data import load_tokenizer, registry
+from zebra_jax.data.pipeline import validation_documents
 from zebra_jax.data.tokenize import encode_document, eos_id
 from zebra_jax.eval.tasks import build_tasks, describe_source
 from zebra_jax.eval.tasks import task_names as known_tasks
@@ -186,7 +187,7 @@ def domains(
 ) -> list[dict]:
   """The scored domains: each held-out source of the registry, then the in-domain rows (the
   validation split of each training source of `run_config.data`; without
-  `registry.validation_documents`, the held-out split of data.source as prompts.heldout_sequences
+  `pipeline.validation_documents`, the held-out split of data.source as prompts.heldout_sequences
   cuts it). Each: {"source", "kind", "split", "licence", "sequences"}."""
   out = []
   for src in (describe_source(registry, x) for x in registry.heldout_sources()):
@@ -203,11 +204,10 @@ def domains(
   if run_config is None:
     return out
   val = None
-  if hasattr(registry, "validation_documents"):
-    try:
-      val = registry.validation_documents(run_config.data, cache_dir=cache_dir)
-    except (NotImplementedError, KeyError, ValueError, FileNotFoundError) as e:
-      log(f"[suite] registry.validation_documents failed ({e}); using the held-out split of data.source")
+  try:
+    val = validation_documents(run_config.data, cache_dir=cache_dir)
+  except (NotImplementedError, KeyError, ValueError, FileNotFoundError) as e:
+    log(f"[suite] validation_documents failed ({e}); using the held-out split of data.source")
   if val is not None:
     for name, docs in val.items():
       s = describe_source(registry, name)
