@@ -2,7 +2,7 @@ r"""Generate text with a zebra-jax model (Llama teacher or MLA / Mamba2 hybrid),
 
     python scripts/generate.py --checkpoint smollm2 --prompt "What is the capital of France?" --chat
     python scripts/generate.py --checkpoint path/to/hf_dir_or.gguf --prompt "Once upon a time" \
-        [--max-new-tokens 128] [--temperature 0.7 --top-p 0.9 --top-k 50 --seed 0]
+        [--max-new-tokens 128] [--temperature 0.7 --top-p 0.9 --top-k 50 --repetition-penalty 1.2 --seed 0]
     python scripts/generate.py --checkpoint saved_hybrid/ --tokenizer path/to/teacher_hf_dir ...
     python scripts/generate.py --checkpoint smollm2 --draft path/to/small --num-draft-tokens 4 ...
     python scripts/generate.py --checkpoint saved_hybrid/ --tokenizer byte --mesh 1,1,2 --prompt "..."
@@ -83,6 +83,12 @@ def main(argv=None) -> int:
   p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
   p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
   p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+  p.add_argument(
+    "--repetition-penalty",
+    type=float,
+    default=1.0,
+    help="> 1 discourages tokens already in the text, prompt included (as transformers'; 1 = off)",
+  )
   p.add_argument("--seed", type=int, default=0, help="seed of the sampling stream")
   p.add_argument(
     "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="compute dtype"
@@ -100,6 +106,12 @@ def main(argv=None) -> int:
     help="shard the model and cache over local devices, e.g. 1,1,2 (default: one device)",
   )
   args = p.parse_args(argv)
+  if not 0 < args.repetition_penalty < float("inf"):
+    raise ScriptError(
+      f"--repetition-penalty {args.repetition_penalty}: must be a finite number > 0 (1 = off)"
+    )
+  if args.draft and args.repetition_penalty != 1.0:
+    raise ScriptError("--repetition-penalty with --draft: speculative decoding has none; drop one of them")
 
   # lazy: --help runs without jax, flax, optax
   from zebra_jax.convert import from_pretrained, load_tokenizer, resolve_checkpoint
@@ -144,6 +156,7 @@ def main(argv=None) -> int:
     temperature=args.temperature,
     top_k=args.top_k,
     top_p=args.top_p,
+    repetition_penalty=args.repetition_penalty,
     seed=args.seed,
     stop_tokens=stops,
     prefill_chunk=args.prefill_chunk,

@@ -149,7 +149,13 @@ def test_decode_uses_absorbed_mla_kernel_dispatch(monkeypatch):
 # generate: cached == uncached oracle, stop tokens, streaming
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-  "sampling", [dict(), dict(temperature=0.9, top_k=20, top_p=0.9, seed=3)], ids=["greedy", "sampled"]
+  "sampling",
+  [
+    dict(),
+    dict(temperature=0.9, top_k=20, top_p=0.9, seed=3),
+    dict(temperature=0.9, top_p=0.9, repetition_penalty=1.4, seed=3),
+  ],
+  ids=["greedy", "sampled", "sampled_penalty"],
 )
 def test_generate_cache_equals_no_cache(sampling):
   model = shared_model("mixed")
@@ -456,6 +462,35 @@ def test_sampling_distribution_and_greedy():
     SamplingConfig(top_p=0.0)
 
 
+@pytest.mark.parametrize("penalty", [1.3, 0.7])
+def test_repetition_penalty_matches_transformers_processor(penalty):
+  """The penalised logits equal transformers' RepetitionPenaltyLogitsProcessor on the same ids
+  (repeated ids, negative and positive logits); padding after a row's length is not counted."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from zebra_jax.infer.sampling import penalize_repeats, seen_tokens
+
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 30, size=(3, 9))
+  logits = (rng.normal(size=(3, 30)) * 3).astype(np.float32)
+  proc = transformers.RepetitionPenaltyLogitsProcessor(penalty)
+  ref = proc(torch.tensor(ids), torch.tensor(logits)).numpy()
+  cfg = SamplingConfig(repetition_penalty=penalty)
+  seen = seen_tokens(ids, np.full(3, 9), 30, cfg)
+  np.testing.assert_allclose(np.asarray(penalize_repeats(jnp.asarray(logits), seen, penalty)), ref, rtol=1e-6)
+  assert not np.allclose(ref, logits)  # the case changes something
+  # row 0 counts only its first 4 ids: the tokens after them (padding) keep their logits
+  short = np.asarray(seen_tokens(ids, np.array([4, 9, 9]), 30, cfg))
+  ref0 = proc(torch.tensor(ids[:1, :4]), torch.tensor(logits[:1])).numpy()
+  np.testing.assert_allclose(
+    np.asarray(penalize_repeats(jnp.asarray(logits[:1]), short[:1], penalty)), ref0, rtol=1e-6
+  )
+  assert seen_tokens(ids, np.full(3, 9), 30, SamplingConfig()).shape == (3, 0)  # off: no history
+  for bad in (0.0, -1.0, float("inf"), float("nan")):
+    with pytest.raises(ValueError, match="repetition_penalty"):
+      SamplingConfig(repetition_penalty=bad)
+
+
 # ------------------------------------------------------------------------------------------------
 # a converted Llama's greedy generation == transformers greedy generation
 # ------------------------------------------------------------------------------------------------
@@ -490,18 +525,28 @@ def test_greedy_matches_transformers(tmp_path):
   hf.save_pretrained(tmp_path)
   model = from_pretrained(str(tmp_path))
   prompts = prompts_for((6, 11, 3), seed=4)
-  ours = generate(model, prompts, 12)  # stops at the config's eos (5), as transformers does
-  for b, p in enumerate(prompts):
-    with torch.no_grad():
-      out = hf.generate(
-        torch.tensor([p]),
-        max_new_tokens=12,
-        do_sample=False,
-        eos_token_id=5,
-        pad_token_id=0,
-        attention_mask=torch.ones(1, len(p), dtype=torch.long),
-      )
-    assert ours[b] == out[0, len(p) :].tolist(), f"prompt {b}"
+  # the batch is ragged (padded rows); transformers runs each prompt alone
+  for penalty in (1.0, 1.8):
+    ours = generate(model, prompts, 12, repetition_penalty=penalty)  # stops at eos (5), as transformers
+    oracle = generate(model, prompts, 12, repetition_penalty=penalty, use_cache=False)
+    assert ours == oracle
+    for b, p in enumerate(prompts):
+      with torch.no_grad():
+        out = hf.generate(
+          torch.tensor([p]),
+          max_new_tokens=12,
+          do_sample=False,
+          repetition_penalty=penalty,
+          eos_token_id=5,
+          pad_token_id=0,
+          attention_mask=torch.ones(1, len(p), dtype=torch.long),
+        )
+      assert ours[b] == out[0, len(p) :].tolist(), f"penalty {penalty}, prompt {b}"
+    if penalty == 1.0:
+      plain = ours
+  assert ours != plain  # the penalty changed the greedy text, so the comparison above can fail
+  with pytest.raises(ValueError, match="speculative"):
+    generate(model, prompts, 4, repetition_penalty=1.2, draft=model)
 
 
 def test_decode_throughput_times_no_compilation_for_restored_models(tmp_path, monkeypatch):

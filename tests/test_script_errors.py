@@ -95,6 +95,21 @@ def test_a_saved_directory_without_params_says_so(tmp_path, capsys):
   )
 
 
+@pytest.mark.parametrize(
+  "extra, needle",
+  [
+    (["--repetition-penalty", "0"], "--repetition-penalty 0.0: must be a finite number > 0 (1 = off)"),
+    (
+      ["--repetition-penalty", "1.2", "--draft", "x"],
+      "--repetition-penalty with --draft: speculative decoding has none; drop one of them",
+    ),
+  ],
+)
+def test_generate_refuses_an_impossible_repetition_penalty_before_loading(extra, needle, capsys):
+  line = _fails(capsys, load_script("generate").main, ["--checkpoint", "nowhere", "--prompt", "hi", *extra])
+  assert line == f"error: {needle}"
+
+
 def test_the_suite_names_a_mistyped_checkpoint_before_anything_else(tmp_path, capsys):
   """It said "--teacher is required (no teacher recorded next to the checkpoint)", hiding the typo."""
   missing = tmp_path / "wokrdir" / "kd" / "model"

@@ -42,7 +42,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from zebra_jax.infer.cache import Cache, cache_mesh, cache_shardings, grow_cache, init_cache, shard_cache
-from zebra_jax.infer.sampling import SamplingConfig, sample
+from zebra_jax.infer.sampling import SamplingConfig, mark_seen, sample, seen_tokens
 from zebra_jax.parallel import sharding as _sharding
 
 MODES = ("fresh", "extend", "decode")
@@ -219,6 +219,7 @@ class DecodeCarry:
   logits: jax.Array  # (B, V) logits for step i
   done: jax.Array  # (B,) bool
   out: jax.Array  # (B, max_new) generated tokens (pad after a stop token)
+  seen: jax.Array  # (B, V) bool tokens in each sequence so far (repetition penalty), else (B, 0)
 
 
 def stop_array(stop_tokens) -> jax.Array:
@@ -239,13 +240,13 @@ def decode_loop(state, carry: DecodeCarry, i_end, key, stops, *, graphdef, sampl
     return (c.i < i_end) & ~jnp.all(c.done)
 
   def body(c):
-    tok = sample(c.logits, jax.random.fold_in(key, c.i), sampling)
+    tok = sample(c.logits, jax.random.fold_in(key, c.i), sampling, c.seen)
     tok = jnp.where(c.done, pad_id, tok)
     out = jax.lax.dynamic_update_slice_in_dim(c.out, tok[:, None], c.i, axis=1)
     done = c.done | jnp.isin(tok, stops)
     with _sharding.activation_mesh(mesh):
       logits, cache, _ = forward_chunk(model, c.cache, tok[:, None], mode="decode", logits="last")
-    return DecodeCarry(c.i + 1, constrain_cache(cache, mesh), logits, done, out)
+    return DecodeCarry(c.i + 1, constrain_cache(cache, mesh), logits, done, out, mark_seen(c.seen, tok))
 
   carry = dataclasses.replace(carry, cache=constrain_cache(carry.cache, mesh))
   return jax.lax.while_loop(cond, body, carry)
@@ -362,6 +363,7 @@ def stream(
   temperature: float = 0.0,
   top_k=None,
   top_p=None,
+  repetition_penalty: float = 1.0,
   seed: int = 0,
   stop_tokens=None,
   max_len: int | None = None,
@@ -388,7 +390,7 @@ def stream(
   check_generate_args(model, max_new_tokens, pad_id)
   mesh = inference_mesh(model, mesh)
   config = model.config
-  sampling = SamplingConfig(temperature, top_k, top_p)
+  sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
   stops = resolve_stop_tokens(config, stop_tokens)
   tokens, lengths = pad_prompts(
     prompts,
@@ -421,7 +423,12 @@ def stream(
   graphdef, state = nnx.split(model)
   key = jax.random.PRNGKey(seed)
   carry = DecodeCarry(
-    jnp.int32(0), cache, logits, jnp.zeros((B,), bool), jnp.full((B, max_new_tokens), pad_id, jnp.int32)
+    jnp.int32(0),
+    cache,
+    logits,
+    jnp.zeros((B,), bool),
+    jnp.full((B, max_new_tokens), pad_id, jnp.int32),
+    seen_tokens(tokens, lengths, logits.shape[-1], sampling),
   )
   longest = int(lengths.max())
   finished = [False] * B
@@ -495,7 +502,8 @@ def generate_no_cache(model, prompts, max_new_tokens, sampling, seed, stops, pad
   outs = []
   for i in range(max_new_tokens):
     logits = _full_forward_at(state, buf, lengths - 1, graphdef=graphdef)
-    tok = jnp.where(done, pad_id, _sample_jit(logits, jax.random.fold_in(key, i), sampling))
+    seen = seen_tokens(buf, lengths, logits.shape[-1], sampling)
+    tok = jnp.where(done, pad_id, _sample_jit(logits, jax.random.fold_in(key, i), sampling, seen))
     outs.append(tok)
     done = done | jnp.isin(tok, stops_arr)
     buf = buf.at[jnp.arange(B), lengths].set(tok)

@@ -25,6 +25,7 @@ def generate(
   temperature: float = 0.0,
   top_k=None,
   top_p=None,
+  repetition_penalty: float = 1.0,
   seed: int = 0,
   use_cache: bool = True,
   draft=None,
@@ -42,8 +43,9 @@ def generate(
   """Generates up to `max_new_tokens` tokens after each prompt (a list of token-id lists).
 
   Returns a list of generated token-id lists (a stop token, when produced, is the last element), or
-  (tokens, stats) when `return_stats`. temperature 0 is greedy; top_k / top_p filter sampling; `seed`
-  fixes the random stream. `stop_tokens` None means the config's eos_token_id, () never stops early.
+  (tokens, stats) when `return_stats`. temperature 0 is greedy; top_k / top_p filter sampling;
+  `repetition_penalty` > 1 discourages every token already in the sequence, prompt included (as
+  transformers' `repetition_penalty`; 1.0 = off; not with a draft); `seed` fixes the random stream. `stop_tokens` None means the config's eos_token_id, () never stops early.
   use_cache=False recomputes the full sequence every step (oracle; same sampling stream).
   `draft` (a smaller CausalLM with the same vocabulary) turns on speculative decoding with
   `num_draft_tokens` proposals per round; stats then hold the acceptance statistics.
@@ -62,9 +64,11 @@ def generate(
   check_generate_args(model, max_new_tokens, pad_id)
   check_cache_window(cache_window)
   mesh = inference_mesh(model, mesh)
-  sampling = SamplingConfig(temperature, top_k, top_p)
+  sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty)
   stops = resolve_stop_tokens(model.config, stop_tokens)
   if draft is not None:
+    if sampling.penalizes:
+      raise ValueError("speculative decoding (draft=...) has no repetition_penalty: leave it at 1.0")
     if not use_cache:
       raise ValueError("speculative decoding (draft=...) needs use_cache=True")
     out, stats = speculative_generate(
@@ -92,6 +96,7 @@ def generate(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        repetition_penalty=repetition_penalty,
         seed=seed,
         stop_tokens=stops,
         max_len=max_len,
