@@ -50,6 +50,10 @@ Fields
                       else drop the samples whose text repeats more of its word 4-grams than
                       this fraction: the teacher's loops);
                       used when data.source lists "teacher_samples"
+  pairs.*             DPO pairs made by the run (the `pairs` stage; distill/pairs.py): the
+                      teacher's answer (chosen) and the kd student's (rejected) to num_pairs chat
+                      prompts; batch_size, max_new_tokens, temperature (0: greedy), top_p,
+                      passage_fraction; data.dpo_path = "pairs" trains dpo on them
   stages              ordered list of stages to run
 """
 
@@ -63,7 +67,18 @@ from zebra_jax.config import REMAT_POLICIES
 
 # Parameter groups a stage can freeze (`kd.freeze`); distill/stages.py maps paths to them.
 PARAM_GROUPS = ("embed", "mlp", "norm", "mixer")
-STAGES = ("teacher", "samples", "ild_mla", "ild_mamba", "select", "assemble", "kd", "dpo", "stepwise")
+STAGES = (
+  "teacher",
+  "samples",
+  "ild_mla",
+  "ild_mamba",
+  "select",
+  "assemble",
+  "kd",
+  "pairs",
+  "dpo",
+  "stepwise",
+)
 
 
 def _stage(steps, lr, batch_size, grad_accum=1, **extra):
@@ -169,6 +184,9 @@ def base_config() -> ml_collections.ConfigDict:
       cache_window=0,
       max_repetition=0.0,
     )
+  )
+  c.pairs = ml_collections.ConfigDict(
+    dict(num_pairs=1024, batch_size=64, max_new_tokens=256, temperature=0.7, top_p=0.9, passage_fraction=0.5)
   )
   # kd.freeze: parameter groups KD leaves as assembled ("embed", "mlp", "norm", "mixer"; stages.py)
   # loss_impl: "logits" builds both models' full logits; "fused" computes the same losses from the
@@ -333,7 +351,28 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if late:
       bad(f"stages: 'samples' must come before {late}, which read its data")
   if "dpo" in c.stages and not c.data.dpo_path:
-    bad("data.dpo_path (a local jsonl of {prompt, chosen, rejected}) is required by the dpo stage")
+    bad(
+      "data.dpo_path (a local jsonl of {prompt, chosen, rejected}, or 'pairs') is required by the dpo stage"
+    )
+  if "pairs" in c.stages:
+    p = c.pairs
+    if p.num_pairs <= 0 or p.batch_size <= 0 or p.max_new_tokens <= 0:
+      bad(
+        "pairs.num_pairs, pairs.batch_size and pairs.max_new_tokens must be positive when the pairs stage runs"
+      )
+    if not p.temperature >= 0:
+      bad(f"pairs.temperature must be >= 0 (0: greedy), got {p.temperature}")
+    if p.top_p is not None and not 0.0 < p.top_p <= 1.0:
+      bad(f"pairs.top_p must be in (0, 1] or None, got {p.top_p}")
+    if not 0.0 <= p.passage_fraction <= 1.0:
+      bad(f"pairs.passage_fraction must be in [0, 1], got {p.passage_fraction}")
+    order = list(c.stages)
+    if "dpo" in order and order.index("dpo") < order.index("pairs"):
+      bad("stages: 'pairs' must come before 'dpo', which trains on its pairs")
+    if "kd" in order and order.index("kd") > order.index("pairs"):
+      bad("stages: 'pairs' must come after 'kd': the student it answers with is the kd stage's")
+  if c.data.dpo_path == "pairs" and "dpo" in c.stages and "pairs" not in c.stages:
+    bad("data.dpo_path = 'pairs' names the pairs stage's artifact, but stages has no 'pairs' stage")
   if "stepwise" in c.stages and not c.stepwise.schedule:
     bad("stepwise.schedule must list the attention layers to keep at each phase")
   for k in ("data", "fsdp", "tensor"):

@@ -356,9 +356,12 @@ class RunContext:
     return [next(it) for _ in range(n)]
 
   def preference_batches(self, batch_size: int):
+    # lazy: pulls in grain, orbax, which importing this module does not
+    from zebra_jax.distill.pairs import dpo_path
+
     d = self.cfg.dpo
     return preference_iterator(
-      self.cfg.data.dpo_path,
+      dpo_path(self.cfg, self.workdir),
       self.tokenizer(),
       batch_size=batch_size,
       max_len=d.max_len,

@@ -36,6 +36,7 @@ from zebra_jax.config import ConfigError, LlamaConfig
 from zebra_jax.data import specs
 from zebra_jax.data.pipeline import mix_indices, part_indices, splits_parts
 from zebra_jax.distill import select as select_lib
+from zebra_jax.distill.pairs import PAIRS_TOKEN
 from zebra_jax.distill.preferences import check_pairs_file
 from zebra_jax.train.metrics import read_metrics
 from zebra_jax.train.trainer import Preempted
@@ -98,7 +99,8 @@ def preflight(ctx: RunContext) -> None:
         f"{vocab} (teacher.path's vocabulary); KD compares logits token for "
         "token"
       )
-  if "dpo" in stages_:
+  if "dpo" in stages_ and not (cfg.data.dpo_path == PAIRS_TOKEN and "pairs" in stages_):
+    # (the pairs stage's artifact is checked when the dpo stage reads it)
     if not os.path.isfile(cfg.data.dpo_path):
       raise RunConfigError(f"data.dpo_path={cfg.data.dpo_path!r} does not exist or is not a file")
     try:

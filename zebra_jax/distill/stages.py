@@ -8,6 +8,7 @@ writes one artifact (a saved model or a JSON file); the pipeline skips a stage w
   select     SMART placement of the MLA layers        -> select/placement.json
   assemble   hybrid blocks from the two ILD students  -> assemble/model
   kd         end-to-end forward KL (+ CE)             -> kd/model
+  pairs      teacher vs kd-student answers (optional)  -> pairs/pairs.jsonl (DPO pairs)
   dpo        sigmoid DPO against a frozen copy        -> dpo/model
   stepwise   MambaInLlama: attention -> Mamba2 in phases, MLPs frozen -> stepwise/model
 """
@@ -25,9 +26,12 @@ from flax import nnx
 from zebra_jax._io import write_json
 from zebra_jax.config import HybridConfig
 from zebra_jax.distill import plan as plans
+from zebra_jax.distill import pairs as pairs_lib
 from zebra_jax.distill import samples as samples_lib
 from zebra_jax.distill import select as select_lib
+from zebra_jax.distill.config import RunConfigError
 from zebra_jax.distill.context import RunContext
+from zebra_jax.distill.preferences import check_pairs_file
 from zebra_jax.init import init_hybrid
 from zebra_jax.models.hybrid import CausalLM
 from zebra_jax.train.trainer import StageTrainer
@@ -36,6 +40,8 @@ from zebra_jax.train.trainer import StageTrainer
 def artifact(ctx: RunContext, stage: str) -> str:
   if stage == "samples":
     return os.path.join(ctx.workdir, samples_lib.ARTIFACT)
+  if stage == "pairs":
+    return os.path.join(ctx.workdir, pairs_lib.ARTIFACT)
   name = "placement.json" if stage == "select" else "model"
   return os.path.join(ctx.workdir, stage, name)
 
@@ -223,6 +229,12 @@ def run_kd(ctx: RunContext) -> None:
 
 # -- DPO ---------------------------------------------------------------------------------------------
 def run_dpo(ctx: RunContext) -> None:
+  if ctx.cfg.data.dpo_path == pairs_lib.PAIRS_TOKEN:  # made by this run: checked as a given file is
+    path = pairs_lib.dpo_path(ctx.cfg, ctx.workdir)
+    try:
+      check_pairs_file(path, ctx.cfg.dpo.batch_size)
+    except ValueError as e:
+      raise RunConfigError(f"data.dpo_path = 'pairs' ({path}): {e}") from None
   source = "kd" if os.path.exists(artifact(ctx, "kd")) else "assemble"
   policy = ctx.load_artifact(source)
   reference = ctx.load_artifact(source)  # a frozen copy of the distilled model (reference 7)
@@ -268,6 +280,7 @@ RUNNERS = {
   "select": run_select,
   "assemble": run_assemble,
   "kd": run_kd,
+  "pairs": pairs_lib.run_pairs,
   "dpo": run_dpo,
   "stepwise": run_stepwise,
 }

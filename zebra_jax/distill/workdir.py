@@ -34,6 +34,7 @@ STAGE_SECTIONS = {
   "select": ("teacher", "data", "model", "select", "seed"),
   "assemble": ("teacher", "model", "select"),
   "kd": ("teacher", "kd_teacher", "data", "train", "model", "kd", "seed"),
+  "pairs": ("teacher", "pairs", "data", "seed"),
   "dpo": ("teacher", "data", "train", "model", "dpo", "seed"),
   "stepwise": ("teacher", "kd_teacher", "data", "train", "model", "stepwise", "seed"),
 }
