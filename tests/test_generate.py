@@ -485,7 +485,7 @@ def test_repetition_penalty_matches_transformers_processor(penalty):
   np.testing.assert_allclose(
     np.asarray(penalize_repeats(jnp.asarray(logits[:1]), short[:1], penalty)), ref0, rtol=1e-6
   )
-  assert seen_tokens(ids, np.full(3, 9), 30, SamplingConfig()).shape == (3, 0)  # off: no history
+  assert seen_tokens(ids, np.full(3, 9), 30, SamplingConfig()) is None  # off: no history
   for bad in (0.0, -1.0, float("inf"), float("nan")):
     with pytest.raises(ValueError, match="repetition_penalty"):
       SamplingConfig(repetition_penalty=bad)

@@ -10,9 +10,11 @@ import json
 import math
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from _runs import load_config_file, metrics_rows
 
 from zebra_jax.data import ByteTokenizer
@@ -35,11 +37,17 @@ def _tiny_config():
   return c
 
 
-def _greedy(model, prompt, n_new):
+def _greedy(model, prompt, n_new, width=512):
+  """Greedy tokens by the model's full forward over a fixed-width buffer (one compile per model;
+  positions after the sequence are padding a causal model never reads), argmax in float64."""
+  graphdef, state = nnx.split(model)
+  forward = jax.jit(lambda st, ids: nnx.merge(graphdef, st)(ids))
   ids = list(prompt)
   for _ in range(n_new):
-    logits = model(jnp.asarray([ids], jnp.int32))
-    nxt = int(np.argmax(np.asarray(logits[0, -1], np.float64)))
+    buf = np.zeros((1, width), np.int32)
+    buf[0, : len(ids)] = ids
+    logits = forward(state, jnp.asarray(buf))
+    nxt = int(np.argmax(np.asarray(logits[0, len(ids) - 1], np.float64)))
     ids.append(nxt)
     if nxt == model.config.eos_token_id:
       break

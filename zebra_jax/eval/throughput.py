@@ -95,7 +95,6 @@ def decode_throughput(model, batch: int, context: int, steps: int, warmup: int =
     logits,
     jnp.zeros((batch,), bool),
     jnp.zeros((batch, warmup + steps), jnp.int32),
-    jnp.zeros((batch, 0), bool),  # greedy, no repetition penalty: no history
   )
   kw = dict(graphdef=graphdef, sampling=SamplingConfig(), pad_id=0, mesh=mesh)
   stops, key = stop_array(()), jax.random.PRNGKey(0)

@@ -219,7 +219,7 @@ class DecodeCarry:
   logits: jax.Array  # (B, V) logits for step i
   done: jax.Array  # (B,) bool
   out: jax.Array  # (B, max_new) generated tokens (pad after a stop token)
-  seen: jax.Array  # (B, V) bool tokens in each sequence so far (repetition penalty), else (B, 0)
+  seen: jax.Array | None = None  # (B, V) bool: tokens in each sequence so far (repetition penalty only)
 
 
 def stop_array(stop_tokens) -> jax.Array:

@@ -81,13 +81,13 @@ def filter_logits(
   return x
 
 
-def seen_tokens(tokens_BT, lengths_B, vocab_size: int, sampling: SamplingConfig) -> jax.Array:
+def seen_tokens(tokens_BT, lengths_B, vocab_size: int, sampling: SamplingConfig) -> jax.Array | None:
   """(B, V) bool: the tokens among each row's first lengths[b] entries (its prompt, not the padding);
-  (B, 0) when `sampling` needs no history, so the decode loops carry nothing for it."""
+  None when `sampling` needs no history, so the decode loops carry nothing for it."""
+  if not sampling.penalizes:
+    return None
   tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
   B, T = tokens_BT.shape
-  if not sampling.penalizes:
-    return jnp.zeros((B, 0), bool)
   valid_BT = jnp.arange(T)[None, :] < jnp.asarray(lengths_B)[:, None]
   rows = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
   # padding goes to an extra column that is dropped
@@ -95,10 +95,10 @@ def seen_tokens(tokens_BT, lengths_B, vocab_size: int, sampling: SamplingConfig)
   return jnp.zeros((B, vocab_size + 1), bool).at[rows, cols].set(True)[:, :vocab_size]
 
 
-def mark_seen(seen_BV: jax.Array, tokens_B: jax.Array) -> jax.Array:
-  """`seen_BV` with each row's new token marked (unchanged when it carries no history)."""
-  if seen_BV.shape[-1] == 0:
-    return seen_BV
+def mark_seen(seen_BV: jax.Array | None, tokens_B: jax.Array) -> jax.Array | None:
+  """`seen_BV` with each row's new token marked (None, no history, stays None)."""
+  if seen_BV is None:
+    return None
   return seen_BV.at[jnp.arange(seen_BV.shape[0]), tokens_B].set(True)
 
 
