@@ -26,6 +26,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     raise
 
 
+def join_lines(part_paths, out: str | os.PathLike) -> int:
+  """Writes the lines of `part_paths`, in order, to `out` atomically; returns how many."""
+  n = 0
+  with atomic_write(out) as f:
+    for path in part_paths:
+      with open(path, encoding="utf-8") as part:
+        for line in part:
+          f.write(line)
+          n += 1
+  return n
+
+
 def _plain(o):
   # numpy / jax scalars as numbers, anything else JSON cannot write as its str (results rows)
   return o.item() if hasattr(o, "item") else str(o)

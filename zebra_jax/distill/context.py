@@ -208,6 +208,11 @@ class RunContext:
       self.log(f"[save] the model is saved without tokenizer files: {e}")
       return None
 
+  def distilled_stage(self) -> str:
+    """The stage whose model is the distilled student that DPO and its pairs start from: kd, or
+    assemble when the run has no kd model."""
+    return "kd" if os.path.exists(os.path.join(self.workdir, "kd", "model")) else "assemble"
+
   def load_artifact(self, stage: str) -> CausalLM:
     path = os.path.join(self.workdir, stage, "model")
     if not os.path.exists(path):

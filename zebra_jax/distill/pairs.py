@@ -24,7 +24,7 @@ import json
 import os
 import time
 
-from zebra_jax._io import atomic_write
+from zebra_jax._io import atomic_write, join_lines
 from zebra_jax.data.prompts import decode_text
 from zebra_jax.distill.samples import PROMPT_BUCKET, cache_len, make_chat_prompts, train_documents
 
@@ -109,7 +109,7 @@ def run_pairs(ctx) -> None:
   p = ctx.cfg.pairs
   tokenizer = ctx.tokenizer()
   teacher = ctx.teacher()
-  source = "kd" if os.path.exists(os.path.join(ctx.workdir, "kd", "model")) else "assemble"
+  source = ctx.distilled_stage()
   student = ctx.load_artifact(source)
   ctx.log(
     f"[pairs] {p.num_pairs} chat prompts answered by the teacher (chosen) and the {source} model (rejected)"
@@ -136,13 +136,7 @@ def run_pairs(ctx) -> None:
   if jax.process_index() != 0:
     multihost_utils.sync_global_devices("zebra_jax pairs: artifact written")
     return
-  n = 0
-  with atomic_write(os.path.join(ctx.workdir, ARTIFACT)) as out:
-    for path in paths:
-      with open(path, encoding="utf-8") as f:
-        for line in f:
-          out.write(line)
-          n += 1
+  n = join_lines(paths, os.path.join(ctx.workdir, ARTIFACT))
   if n == 0:
     raise ValueError(
       "pairs: the teacher and the student gave the same answer to every prompt; no preference pairs"

@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from zebra_jax._io import atomic_write
+from zebra_jax._io import atomic_write, join_lines
 from zebra_jax.data.prompts import (
   CHAT_PROMPTS,
   REPORT_PROMPTS,
@@ -319,19 +319,21 @@ def write_artifact(part_paths, out: str, max_repetition: float = 0.0, log=print)
   artifact without generating.
   Returns {"kept", "dropped", "dropped_chars", "chars"} (the characters are counted when filtering)."""
   kept = dropped = dropped_chars = chars = 0
-  with atomic_write(out) as f:
-    for p in part_paths:
-      with open(p, encoding="utf-8") as part:
-        for line in part:
-          if max_repetition > 0:  # off: the lines are copied as they are, unparsed
+  if max_repetition <= 0:  # off: the lines are copied as they are, unparsed
+    kept = join_lines(part_paths, out)
+  else:
+    with atomic_write(out) as f:
+      for p in part_paths:
+        with open(p, encoding="utf-8") as part:
+          for line in part:
             text = json.loads(line)["text"]
             chars += len(text)
             if repeated_ngram_share(text) > max_repetition:
               dropped += 1
               dropped_chars += len(text)
               continue
-          f.write(line)
-          kept += 1
+            f.write(line)
+            kept += 1
   log(f"[samples] {kept} teacher samples -> {out}")
   if max_repetition > 0:
     log(

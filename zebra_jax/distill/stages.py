@@ -235,7 +235,7 @@ def run_dpo(ctx: RunContext) -> None:
       check_pairs_file(path, ctx.cfg.dpo.batch_size)
     except ValueError as e:
       raise RunConfigError(f"data.dpo_path = 'pairs' ({path}): {e}") from None
-  source = "kd" if os.path.exists(artifact(ctx, "kd")) else "assemble"
+  source = ctx.distilled_stage()
   policy = ctx.load_artifact(source)
   reference = ctx.load_artifact(source)  # a frozen copy of the distilled model (reference 7)
   train(

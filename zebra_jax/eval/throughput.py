@@ -90,11 +90,7 @@ def decode_throughput(model, batch: int, context: int, steps: int, warmup: int =
     config.dtype
   )
   carry = DecodeCarry(
-    jnp.int32(0),
-    cache,
-    logits,
-    jnp.zeros((batch,), bool),
-    jnp.zeros((batch, warmup + steps), jnp.int32),
+    jnp.int32(0), cache, logits, jnp.zeros((batch,), bool), jnp.zeros((batch, warmup + steps), jnp.int32)
   )
   kw = dict(graphdef=graphdef, sampling=SamplingConfig(), pad_id=0, mesh=mesh)
   stops, key = stop_array(()), jax.random.PRNGKey(0)

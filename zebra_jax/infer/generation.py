@@ -45,7 +45,8 @@ def generate(
   Returns a list of generated token-id lists (a stop token, when produced, is the last element), or
   (tokens, stats) when `return_stats`. temperature 0 is greedy; top_k / top_p filter sampling;
   `repetition_penalty` > 1 discourages every token already in the sequence, prompt included (as
-  transformers' `repetition_penalty`; 1.0 = off; not with a draft); `seed` fixes the random stream. `stop_tokens` None means the config's eos_token_id, () never stops early.
+  transformers' `repetition_penalty`; 1.0 = off; not with a draft); `seed` fixes the random stream.
+  `stop_tokens` None means the config's eos_token_id, () never stops early.
   use_cache=False recomputes the full sequence every step (oracle; same sampling stream).
   `draft` (a smaller CausalLM with the same vocabulary) turns on speculative decoding with
   `num_draft_tokens` proposals per round; stats then hold the acceptance statistics.
