@@ -9,6 +9,8 @@
     python scripts/evaluate.py lm-eval --model zebra_jax --model_args checkpoint=CKPT --tasks ...
     python scripts/evaluate.py suite --checkpoint CKPT [CKPT ...] [--teacher T|smollm2] [--out DIR]
         [--max_tokens 60000] [--tasks wn_definitions ...] [--no_chat] [--no_mc] [--limit N]
+    python scripts/evaluate.py chat-validation --checkpoint kd=WD/kd/model dpo=WD/dpo/model
+        [--teacher WD/teacher/model] [--num 128] [--max-new-tokens 256] [--json out.json]
 
 CKPT is anything `zebra_jax.from_pretrained` reads (saved dir, HF dir, GGUF, exported hybrid, or
 smollm2). The tokenizer defaults to the checkpoint's own files (a distilled model carries its
@@ -16,6 +18,8 @@ teacher's; `agreement` falls back to the teacher's, `suite` to the run config's)
 lm-eval's own command line with the "zebra_jax" model registered. Results print as text; --json
 also writes them as JSON. `suite` is the multi-domain held-out evaluation of docs/evaluation.md
 (students next to their teacher; writes suite.json, suite.md and suite.png under --out).
+`chat-validation` answers chat prompts about passages of the run's VALIDATION documents (never the
+suite's prompts) and reports each model's repetition: the chat signal to choose a recipe on.
 """
 
 from __future__ import annotations
@@ -215,6 +219,37 @@ def cmd_suite(a):
   _dump(res, a.json)
 
 
+def cmd_chat_validation(a):
+  # lazy: --help runs without grain, orbax, jax
+  from zebra_jax.eval.chat_validation import chat_validation, validation_chat_prompts
+  from zebra_jax.eval.suite import read_run_config, recorded_teacher, run_config_of
+
+  students = []
+  for spec in a.checkpoint:
+    label, _, path = spec.rpartition("=")
+    if not os.path.exists(path):
+      raise ScriptError(f"--checkpoint {path}: no such file or directory")
+    students.append((label or os.path.basename(os.path.dirname(os.path.abspath(path))), path))
+  first = students[0][1]
+  teacher = a.teacher or recorded_teacher(first)
+  if teacher is None:
+    raise ScriptError(
+      "--teacher is required (no teacher recorded next to the checkpoint: <workdir>/teacher/model)"
+    )
+  try:
+    cfg = read_run_config(a.run_config) if a.run_config else run_config_of(first)
+  except ValueError as e:
+    raise ScriptError(f"--run_config {a.run_config or first}: {e}") from None
+  if cfg is None:
+    raise ScriptError(f"--run_config is required ({first} is not a run's <workdir>/<stage>/model)")
+  tokenizer = _tokenizer(a.tokenizer, first, fallback=teacher)
+  prompts = validation_chat_prompts(cfg, tokenizer, a.num)
+  models = {"teacher": _load(teacher, a.dtype)} | {label: _load(path, a.dtype) for label, path in students}
+  res = chat_validation(models, tokenizer, prompts, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size)
+  res = {"settings": {"num": a.num, "max_new_tokens": a.max_new_tokens, "seed": int(cfg.seed)}, "models": res}
+  _dump(res, a.json)
+
+
 @script_errors()
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
@@ -290,6 +325,25 @@ def main(argv=None) -> int:
   sp.add_argument("--seed", type=int, default=0, help="seed of the pass keys and filler")
   sp.add_argument("--no-cache", action="store_true", help="recompute instead of using the caches")
   sp.set_defaults(fn=cmd_needle)
+
+  sp = sub.add_parser("chat-validation", help="repetition of chat answers about validation passages")
+  sp.add_argument(
+    "--checkpoint",
+    nargs="+",
+    required=True,
+    help="student checkpoint(s) <workdir>/<stage>/model, or label=path",
+  )
+  sp.add_argument(
+    "--teacher", default=None, help="default: <workdir>/teacher/model next to the first checkpoint"
+  )
+  sp.add_argument("--tokenizer", default=None, help="default: the first checkpoint's own, else the teacher's")
+  sp.add_argument("--run_config", default=None, help="default: the config.json next to the first checkpoint")
+  sp.add_argument("--num", type=int, default=128, help="prompts")
+  sp.add_argument("--max-new-tokens", type=int, default=256, help="new tokens per answer")
+  sp.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
+  sp.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"), help="compute dtype")
+  sp.add_argument("--json", default=None, help="also write the results (answers included) here")
+  sp.set_defaults(fn=cmd_chat_validation)
 
   sp = sub.add_parser(
     "suite", help="multi-domain held-out evaluation next to the teacher (docs/evaluation.md)"
