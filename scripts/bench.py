@@ -60,6 +60,15 @@ def bench_mla(argv: list[str]) -> str:
   return mla.main(argv)
 
 
+@family("decode_attention")
+def bench_decode_attention(argv: list[str]) -> str:
+  """GQA decode step over the [v | k] cache: the latent decode kernel (rows below each length) vs
+  the XLA path (every allocated row), at the samples stage's and a Llama-3.1-8B layer's shapes."""
+  from zebra_jax.bench import decode_attention  # lazy: --help runs without jax, numpy
+
+  return decode_attention.main(argv)
+
+
 @family("attention")
 def bench_attention(argv: list[str]) -> str:
   """Causal prefill/training attention with MLA head sizes: our Pallas GPU flash kernel (autotuned

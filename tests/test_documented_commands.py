@@ -292,6 +292,11 @@ RULES: list[tuple[str, str, Callable | str]] = [
   ("evaluate", r"^kv --preset [\w.-]+$", _check_kv),
   ("evaluate", r"^suite ", "scores a distilled checkpoint on lm-eval tasks whose datasets it downloads"),
   ("evaluate", r"^(agreement|needle) --checkpoint (CKPT|STUDENT) ", f"{_PLACEHOLDER_PATH} checkpoint"),
+  (
+    "evaluate",
+    r"^chat-validation --checkpoint kd=WD/kd/model ",
+    f"{_PLACEHOLDER_PATH} workdir (a run's kd and dpo models; tests/test_chat_validation.py checks the parts)",
+  ),
   ("generate", r"^--checkpoint smollm2 --prompt '[^']+' --chat$", _check_generate),
   (
     "generate",

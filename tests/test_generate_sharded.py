@@ -123,14 +123,14 @@ EXPECTED = {
     "latent": ["data", None, None],
     "ssm": ["data", None, None, None],
     "conv": ["data", None, None],
-    "k": ["data", None, None, None],
+    "kv": ["data", None, None, None],
     "lengths": ["data"],
   },
   "2x2x2": {
     "latent": [B, None, None],
     "ssm": [B, "tensor", None, None],
     "conv": [B, None, "tensor"],
-    "k": [B, "tensor", None, None],
+    "kv": [B, "tensor", None, None],
     "lengths": [B],
   },
   # tensor only: the batch cannot be split and every head group reads the whole latent cache,
@@ -139,7 +139,7 @@ EXPECTED = {
     "latent": [None, None, None],
     "ssm": [None, "tensor", None, None],
     "conv": [None, None, "tensor"],
-    "k": [None, "tensor", None, None],
+    "kv": [None, "tensor", None, None],
     "lengths": [None],
   },
 }
@@ -306,8 +306,7 @@ def _cache_specs(cache):
     elif isinstance(lc, MambaState):
       out["ssm"], out["conv"] = _spec(lc.ssm), _spec(lc.conv)
     elif isinstance(lc, KVCache):
-      out["k"] = _spec(lc.k)
-      assert lc.v.sharding == lc.k.sharding
+      out["kv"] = _spec(lc.rows)
   return out
 
 
@@ -321,7 +320,7 @@ def _shards(cache):
       if isinstance(lc, LatentCache)
       else {"ssm": lc.ssm, "conv": lc.conv}
       if isinstance(lc, MambaState)
-      else {"k": lc.k}
+      else {"kv": lc.rows}
     )
     for k, a in arrs.items():
       out[k] = (list(a.shape), list(a.addressable_shards[0].data.shape))

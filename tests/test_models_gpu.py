@@ -4,7 +4,8 @@ A hybrid with one MLA, two Mamba2 and one GQA layer, at head sizes every GPU ker
 / v 64 and a 96-value latent row; Mamba2 headdim 64, dstate 64, chunk 64; GQA head 64), the same
 weights in both models. Checked: the training/prefill forward (flash_gpu attention for MLA and GQA,
 the SSD scan kernel) at an odd length, its parameter gradients, and incremental decoding (the
-absorbed-MLA decode kernel reading the latent cache) after a ragged prefill. Each impl="pallas"
+absorbed-MLA decode kernel reading the latent cache, and the same kernel reading the GQA layer's
+[v | k] rows, `ops.attention.decode_attention`) after a ragged prefill. Each impl="pallas"
 output is compared with the reference model run in the same dtype: float32 at 1e-4 relative
 (Frobenius norm; both at IEEE float32 matmul precision), bfloat16 logits at 2e-2, and bfloat16
 gradients by their distance to the float32 gradient, which must not exceed the bf16 reference's.

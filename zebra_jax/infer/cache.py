@@ -3,7 +3,7 @@
 Each mixer owns its layer's container and the forward over it (`Attention.cached`, `MLA.cached`,
 `Mamba2.cached`, in models/); this module assembles them into a `Cache` and places it on a mesh.
 Per layer kind (B batch, S max_len):
-  attention  KVCache(k, v)           (B, n_kv, S, d_h) each, compute dtype           GQA K/V (K rotated)
+  attention  KVCache(rows)           (B, n_kv, S, 2 d_h), compute dtype              [v | rope(k)] per kv head
   mla        LatentCache(rows)       (B, S, r_kv + d_r), compute dtype               [N_kv(c_kv) | rope(k_pe)]
   mamba2     MambaState(ssm, conv)   ssm (B, nheads, headdim, d_state) float32,
                                      conv (B, d_conv - 1, conv_dim) compute dtype     the last pre-conv inputs

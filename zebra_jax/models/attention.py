@@ -1,5 +1,5 @@
 """GQA self-attention of the Llama teacher (rotate-half RoPE, HF layout); `Attention.cached` runs it
-over its `KVCache` (prefill, decode, verification). `write_rows` / `masked_attention` serve MLA too."""
+over its `KVCache` (prefill, decode, verification). `write_rows` serves MLA too, `masked_attention` is MLA's (k and v apart)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flax import nnx
 from zebra_jax.config import LlamaConfig
 from zebra_jax.models import rope
 from zebra_jax.models.layers import Linear, dtype_of
-from zebra_jax.ops.attention import causal_attention
+from zebra_jax.ops.attention import causal_attention, decode_attention, kv_rows_attention_reference
 
 
 @functools.lru_cache(maxsize=64)
@@ -30,16 +30,27 @@ def rope_for(dim: int, theta: float, scaling: dict | None, max_pos: int | None):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-  # (B, G, S, K): heads before length so the decode dot products read the cache in its stored
-  # layout (a (B, S, G, K) cache made XLA transpose the whole cache every step).
-  k: jax.Array  # (B, G, S, K) rotated keys
-  v: jax.Array  # (B, G, S, K)
-  AXES = {"k": ("batch", "kv_heads", "length", None), "v": ("batch", "kv_heads", "length", None)}
+  # (B, G, S, V + K): one row per kv head and position, the value first, the rotated key last. One
+  # array read row by row is what the decode kernels stream (a [v | k] row is a latent row of the MLA
+  # decode kernels, `ops.attention.decode_attention`); heads before length so a sequence's rows of a
+  # head are contiguous (a (B, S, G, .) cache made XLA transpose the whole cache every step).
+  rows: jax.Array
+  AXES = {"rows": ("batch", "kv_heads", "length", None)}
 
   @classmethod
   def zeros(cls, config: LlamaConfig, layer_idx: int, batch_size: int, max_len: int, dtype):
-    shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
-    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    shape = (batch_size, config.num_key_value_heads, max_len, 2 * config.head_dim)
+    return cls(jnp.zeros(shape, dtype))
+
+  @property
+  def k(self) -> jax.Array:
+    """(B, G, S, K) rotated keys (a slice: for tests and inspection, not the decode path)."""
+    return self.rows[..., self.rows.shape[-1] // 2 :]
+
+  @property
+  def v(self) -> jax.Array:
+    """(B, G, S, V) values (a slice, as `k`)."""
+    return self.rows[..., : self.rows.shape[-1] // 2]
 
 
 def write_rows(buf_BS, rows_BT, start_B, axis: int = 0):
@@ -106,14 +117,14 @@ class Attention(nnx.Module):
     chunk (`ops.attention.causal_attention`), "extend" / "decode" over the cache. n_valid_B is
     unused: rows of pad tokens lie past the new length, are never read and get overwritten."""
     q, k, v = self._qkv(x_BTD, positions_BT)
-    start_B = positions_BT[:, 0]
-    new = KVCache(
-      write_rows(cache.k, jnp.swapaxes(k, 1, 2), start_B, axis=1),
-      write_rows(cache.v, jnp.swapaxes(v, 1, 2), start_B, axis=1),
-    )
+    rows_BTGC = jnp.concatenate([v, k.astype(v.dtype)], axis=-1)  # [v | k] per kv head
+    new = KVCache(write_rows(cache.rows, jnp.swapaxes(rows_BTGC, 1, 2), positions_BT[:, 0], axis=1))
     scale = self.config.head_dim**-0.5
     if mode == "fresh":
       out = causal_attention(q, k, v, scale=scale, impl=self.config.impl)
-    else:
-      out = masked_attention(q, new.k, new.v, positions_BT + 1, scale)
+    elif mode == "decode" and q.shape[1] == 1:
+      out = decode_attention(q[:, 0], new.rows, positions_BT[:, 0] + 1, scale=scale, impl=self.config.impl)
+      out = out[:, None]
+    else:  # extend (chunked prefill) or speculative verification: T queries over the cache
+      out = kv_rows_attention_reference(q, new.rows, positions_BT + 1, scale=scale)
     return self.o_proj(out.reshape(*out.shape[:2], -1)), new, None
