@@ -11,6 +11,8 @@
         [--max_tokens 60000] [--tasks wn_definitions ...] [--no_chat] [--no_mc] [--limit N]
     python scripts/evaluate.py chat-validation --checkpoint kd=WD/kd/model dpo=WD/dpo/model
         [--teacher WD/teacher/model] [--num 128] [--max-new-tokens 256] [--json out.json]
+    python scripts/evaluate.py compare A/suite.json:LABEL B/suite.json:LABEL [--criterion chat
+        --chat A.json:LABEL B.json:LABEL] [--min-gain 0.004] [--json out.json]
 
 CKPT is anything `zebra_jax.from_pretrained` reads (saved dir, HF dir, GGUF, exported hybrid, or
 smollm2). The tokenizer defaults to the checkpoint's own files (a distilled model carries its
@@ -20,6 +22,8 @@ also writes them as JSON. `suite` is the multi-domain held-out evaluation of doc
 (students next to their teacher; writes suite.json, suite.md and suite.png under --out).
 `chat-validation` answers chat prompts about passages of the run's VALIDATION documents (never the
 suite's prompts) and reports each model's repetition: the chat signal to choose a recipe on.
+`compare` is the choice rule (zebra_jax/eval/compare.py): recipe B over A on the validation splits
+only, the held-out rows printed after the decision.
 """
 
 from __future__ import annotations
@@ -219,6 +223,53 @@ def cmd_suite(a):
   _dump(res, a.json)
 
 
+def _labelled(spec: str, what: str):
+  """(parsed JSON, label) of a FILE.json:LABEL argument."""
+  path, sep, label = spec.rpartition(":")
+  if not sep or not path or not label:
+    raise ScriptError(f"{what} {spec!r}: expected FILE.json:LABEL")
+  try:
+    with open(path) as f:
+      return json.load(f), label
+  except OSError as e:
+    raise ScriptError(f"{what} {path}: {e.strerror or e}") from None
+  except ValueError as e:
+    raise ScriptError(f"{what} {path}: not JSON ({e})") from None
+
+
+def cmd_compare(a):
+  from zebra_jax.eval.compare import (
+    compare,
+    markdown,
+    model_domains,
+  )  # lazy: stdlib only, kept with the others
+
+  (suite_a, label_a), (suite_b, label_b) = (_labelled(s, "suite") for s in (a.a, a.b))
+  chats = [None, None]
+  if a.chat:
+    if len(a.chat) != 2:
+      raise ScriptError("--chat takes two FILE.json:LABEL arguments (A's and B's chat-validation results)")
+    for i, spec in enumerate(a.chat):
+      res, label = _labelled(spec, "--chat")
+      models = res.get("models", {})
+      if label not in models:
+        raise ScriptError(f"--chat {spec}: no model {label!r} (it has: {', '.join(models) or 'none'})")
+      chats[i] = models[label]
+  try:
+    res = compare(
+      model_domains(suite_a, label_a),
+      model_domains(suite_b, label_b),
+      criterion=a.criterion,
+      min_gain=a.min_gain,
+      chat_a=chats[0],
+      chat_b=chats[1],
+    )
+  except ValueError as e:
+    raise ScriptError(str(e)) from None
+  print(markdown(res, label_a, label_b))
+  _dump(res, a.json)
+
+
 def cmd_chat_validation(a):
   # lazy: --help runs without grain, orbax, jax
   from zebra_jax.eval.chat_validation import chat_validation, validation_chat_prompts
@@ -325,6 +376,15 @@ def main(argv=None) -> int:
   sp.add_argument("--seed", type=int, default=0, help="seed of the pass keys and filler")
   sp.add_argument("--no-cache", action="store_true", help="recompute instead of using the caches")
   sp.set_defaults(fn=cmd_needle)
+
+  sp = sub.add_parser("compare", help="recipe B vs A on the validation splits (held-out rows after)")
+  sp.add_argument("a", help="the current recipe's suite.json:LABEL")
+  sp.add_argument("b", help="the candidate's suite.json:LABEL")
+  sp.add_argument("--criterion", default="perplexity", choices=("perplexity", "chat"), help="what decides")
+  sp.add_argument("--chat", nargs="+", default=None, help="A's and B's chat-validation FILE.json:LABEL")
+  sp.add_argument("--min-gain", type=float, default=0.004, help="pooled ratio difference taken as noise")
+  sp.add_argument("--json", default=None, help="also write the decision and the numbers here")
+  sp.set_defaults(fn=cmd_compare)
 
   sp = sub.add_parser("chat-validation", help="repetition of chat answers about validation passages")
   sp.add_argument(

@@ -294,6 +294,11 @@ RULES: list[tuple[str, str, Callable | str]] = [
   ("evaluate", r"^(agreement|needle) --checkpoint (CKPT|STUDENT) ", f"{_PLACEHOLDER_PATH} checkpoint"),
   (
     "evaluate",
+    r"^compare A/suite.json:(LABEL|kd) B/suite.json:(LABEL|dpo)",
+    f"{_PLACEHOLDER_PATH} suites; tests/test_compare.py runs it on the recorded run 10 / 11 suites",
+  ),
+  (
+    "evaluate",
     r"^chat-validation --checkpoint kd=WD/kd/model ",
     f"{_PLACEHOLDER_PATH} workdir (a run's kd and dpo models; tests/test_chat_validation.py checks the parts)",
   ),

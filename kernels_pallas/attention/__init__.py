@@ -1,6 +1,7 @@
 """Causal training/prefill attention with MLA head sizes: jnp oracle, Pallas flash kernels for TPU
 (Mosaic, `flash_tpu`) and GPU (Triton lowering, `flash_gpu`), splash (TPU) and cuDNN (GPU) options;
-`flash_attention` is the public entry."""
+`flash_attention` is the public entry. GQA decode over [v | k] cache rows runs on the latent decode
+kernels (`decode_latent`), next to its oracle `reference.kv_rows_attention_reference`."""
 
 from kernels_pallas.attention.reference import causal_attention_reference
 
