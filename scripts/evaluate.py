@@ -40,6 +40,7 @@ except ImportError:  # running from a source checkout without installation
 from zebra_jax.assets import use_compilation_cache  # noqa: E402
 from zebra_jax.cli import ScriptError, argument_parser, script_errors, with_help_formatter  # noqa: E402
 from zebra_jax import presets  # noqa: E402
+from zebra_jax.eval.compare import compare, markdown, model_domains  # noqa: E402
 
 
 def _load(path, dtype):
@@ -238,12 +239,6 @@ def _labelled(spec: str, what: str):
 
 
 def cmd_compare(a):
-  from zebra_jax.eval.compare import (
-    compare,
-    markdown,
-    model_domains,
-  )  # lazy: stdlib only, kept with the others
-
   (suite_a, label_a), (suite_b, label_b) = (_labelled(s, "suite") for s in (a.a, a.b))
   chats = [None, None]
   if a.chat:
@@ -273,6 +268,8 @@ def cmd_compare(a):
 def cmd_chat_validation(a):
   # lazy: --help runs without grain, orbax, jax
   from zebra_jax.eval.chat_validation import chat_validation, validation_chat_prompts
+
+  # lazy: as above (the suite module loads ml_collections)
   from zebra_jax.eval.suite import read_run_config, recorded_teacher, run_config_of
 
   students = []
