@@ -278,6 +278,10 @@ def cmd_chat_validation(a):
     if not os.path.exists(path):
       raise ScriptError(f"--checkpoint {path}: no such file or directory")
     students.append((label or os.path.basename(os.path.dirname(os.path.abspath(path))), path))
+  if a.num < 1 or a.max_new_tokens < 1 or a.batch_size < 1:
+    raise ScriptError(
+      f"--num {a.num}, --max-new-tokens {a.max_new_tokens}, --batch-size {a.batch_size}: each must be >= 1"
+    )
   first = students[0][1]
   teacher = a.teacher or recorded_teacher(first)
   if teacher is None:

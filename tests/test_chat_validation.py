@@ -121,6 +121,10 @@ def test_cli_refuses_a_missing_checkpoint_and_a_checkpoint_outside_a_run(tmp_pat
   assert "no such file or directory" in capsys.readouterr().err
   (tmp_path / "model").mkdir()
   with pytest.raises(SystemExit) as e:
+    evaluate.main(["chat-validation", "--checkpoint", str(tmp_path / "model"), "--num", "0"])
+  assert e.value.code != 0
+  assert "each must be >= 1" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
     evaluate.main(["chat-validation", "--checkpoint", str(tmp_path / "model"), "--teacher", "smollm2"])
   assert e.value.code != 0
   assert "--run_config is required" in capsys.readouterr().err

@@ -73,6 +73,11 @@ def test_refusals():
     compare({"held-out:wiki": A["held-out:wiki"]}, B)
   with pytest.raises(ValueError, match="criterion='loops'"):
     compare(A, B, criterion="loops")
+  broken = {**B, "in-domain:docs": {"perplexity": 11.5, "tokens": 3000}}
+  with pytest.raises(
+    ValueError, match="suite row 'in-domain:docs' has no numeric teacher_perplexity, top1, kl"
+  ):
+    compare(A, broken)
   with pytest.raises(ValueError, match=r"no model 'x' .* \(it has: s\)"):
     model_domains({"models": {"teacher": {}, "s": {"domains": A}}}, "x")
 

@@ -27,9 +27,20 @@ NOISE = 0.004  # run 10's recipe scored on guarded and unguarded data: x1.169 vs
 CRITERIA = ("perplexity", "chat")
 
 
+ROW_FIELDS = ("perplexity", "teacher_perplexity", "top1", "kl", "tokens")
+
+
+def _check_rows(domains: dict, keys) -> None:
+  for k in keys:
+    missing = [f for f in ROW_FIELDS if not isinstance(domains[k].get(f), (int, float))]
+    if missing:
+      raise ValueError(f"suite row {k!r} has no numeric {', '.join(missing)} (not a suite.json domain row)")
+
+
 def pooled(domains: dict, keys) -> dict:
   """Token-weighted pool of suite domain rows: ratio = exp(mean log(ppl / teacher ppl)), top-1, KL."""
   keys = list(keys)
+  _check_rows(domains, keys)
   tokens = sum(domains[k]["tokens"] for k in keys)
   if not keys or tokens <= 0:
     raise ValueError("nothing to pool: no rows with tokens")
@@ -73,6 +84,9 @@ def compare(
   shared = sorted(k for k in domains_a if k.startswith(VALIDATION) and k in domains_b)
   if not shared:
     raise ValueError("the two suites share no validation split (in-domain:<source> rows)")
+  held = sorted(k for k in domains_a if k.startswith(HELD_OUT) and k in domains_b)
+  for d in (domains_a, domains_b):
+    _check_rows(d, shared + held)
   ratio = lambda d, k: d[k]["perplexity"] / d[k]["teacher_perplexity"]
   splits = [
     {"split": k[len(VALIDATION) :], "ratio_a": ratio(domains_a, k), "ratio_b": ratio(domains_b, k)}
@@ -91,7 +105,6 @@ def compare(
       f"(B must be lower) with the pooled validation ratio x{pb['ratio']:.4f} vs x{pa['ratio']:.4f} "
       f"(B at most {min_gain} worse)"
     )
-  held = sorted(k for k in domains_a if k.startswith(HELD_OUT) and k in domains_b)
   held_out = None
   if held:
     held_out = {
