@@ -500,3 +500,33 @@ def test_chat_repetition_is_the_share_of_repeated_word_4grams_and_is_reported_pe
   }
   md = suite.suite_markdown(res)
   assert "teacher 0%, student 21%." in md  # (3/7 + 0) / 2
+
+
+def test_a_rerun_keeps_the_sections_whose_settings_did_not_change(fake_registry, tmp_path, monkeypatch):
+  """A domains-only suite (no tasks, no chat: what a recipe decision needs) rerun with the chat
+  answers keeps its domain rows and computes only the chat; a rerun with another token budget
+  scores the domains again (they depend on it) and keeps the chat (it does not)."""
+  import ml_collections
+
+  t_ckpt = save_model(_model(0), tmp_path / "teacher")
+  s_ckpt = save_model(_model(1, scale=1.5), tmp_path / "student")
+  run_cfg = ml_collections.ConfigDict(
+    {"data": {"source": "default", "tokenizer": "byte"}, "teacher": {"path": "byte"}}
+  )
+  out = tmp_path / "suite"
+  kw = dict(seq_len=256, mc=False, chat_tokens=2, run_config=run_cfg, log=lambda *_: None)
+  first = suite.run_suite([("small", s_ckpt)], t_ckpt, str(out), max_tokens=200, chat=False, **kw)
+  assert "chat" not in first["models"]["small"]
+  real_domains, real_chat = suite.score_domains, suite.chat_answers
+  monkeypatch.setattr(suite, "score_domains", lambda *a, **k: pytest.fail("domains recomputed"))
+  second = suite.run_suite([("small", s_ckpt)], t_ckpt, str(out), max_tokens=200, chat=True, **kw)
+  assert second["models"]["small"]["domains"] == first["models"]["small"]["domains"]
+  assert len(second["models"]["small"]["chat"]["greedy"]) == len(suite.CHAT_PROMPTS)
+  calls = []
+  monkeypatch.setattr(suite, "score_domains", lambda *a, **k: calls.append(1) or real_domains(*a, **k))
+  monkeypatch.setattr(suite, "chat_answers", lambda *a, **k: pytest.fail("chat recomputed"))
+  third = suite.run_suite([("small", s_ckpt)], t_ckpt, str(out), max_tokens=120, chat=True, **kw)
+  assert len(calls) == 2  # teacher and student, at the new budget
+  assert third["models"]["small"]["chat"] == second["models"]["small"]["chat"]
+  assert third["models"]["small"]["domains"] != first["models"]["small"]["domains"]
+  monkeypatch.setattr(suite, "chat_answers", real_chat)

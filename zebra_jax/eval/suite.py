@@ -529,6 +529,15 @@ def check_settings(
     raise ValueError(f"max_tokens must be >= 0 tokens per domain (0 or None: all), got {max_tokens!r}")
 
 
+# What each saved section of a model's row depends on: a rerun reuses a section whose settings are
+# unchanged, whatever else changed (run_suite's per-model cache).
+SECTION_SETTINGS = {
+  "domains": ("max_tokens", "seq_len", "dtype", "seed", "tokenizer", "teacher", "domains", "checkpoint"),
+  "tasks": ("tasks", "limit", "seq_len", "dtype", "tokenizer", "checkpoint"),
+  "chat": ("chat_tokens", "dtype", "seed", "tokenizer", "checkpoint"),
+}
+
+
 def run_suite(
   students,
   teacher: str | None,
@@ -624,11 +633,22 @@ def run_suite(
     if os.path.exists(path):
       with open(path) as f:
         saved = json.load(f)
-      if saved.get("settings") == json.loads(json.dumps(want)):
-        row = saved
-        if all(k in row for k in sections):
-          log(f"[suite] {label}: reusing {path}")
-          return row
+      old, new = saved.get("settings") or {}, json.loads(json.dumps(want))
+      # a section is reused when the settings it depends on are unchanged, so a rerun that adds
+      # the tasks or the chat answers to a domains-only suite keeps its domain rows
+      kept = [
+        s
+        for s in SECTION_SETTINGS
+        if s in saved and all(old.get(k) == new.get(k) for k in SECTION_SETTINGS[s])
+      ]
+      row.update({s: saved[s] for s in kept})
+      row["seconds"] = saved.get("seconds", 0.0) if kept else 0.0
+      if all(k in row for k in sections):
+        log(f"[suite] {label}: reusing {path}")
+        if old != new:
+          write_json(path, row)
+        return row
+      if kept:
         log(f"[suite] {label}: reusing {[k for k in sections if k in row]} from {path}")
     t0 = time.time()
     model = None
