@@ -592,5 +592,33 @@ class HybridConfig(LlamaConfig):
     return LlamaConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LlamaConfig)})
 
 
+# The HybridConfig fields a saved hybrid's config.json holds under their own names, next to the
+# Llama ones: export (export/hf_hybrid.py) writes them, the import (convert/hybrid_import.py) reads them.
+HYBRID_CONFIG_JSON_FIELDS = (
+  "mla_layers",
+  "attn_layers",
+  "q_lora_rank",
+  "kv_lora_rank",
+  "qk_rope_head_dim",
+  "qk_nope_head_dim",
+  "v_head_dim",
+  "use_full_kv_head",
+  "use_lora_layer_norm",
+  "lora_layer_norm_eps",
+  "mla_rope_theta",
+  "mla_rope_scaling",
+  "mla_layer_ranks",
+  "d_state",
+  "headdim",
+  "ngroups",
+  "d_conv",
+  "chunk_size",
+  "d_inner",
+  "d_xb",
+  "conv_bias",
+  "gated_norm_eps",
+)
+
+
 def is_hybrid(config: LlamaConfig) -> bool:
   return isinstance(config, HybridConfig)

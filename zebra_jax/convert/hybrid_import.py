@@ -22,38 +22,13 @@ import json
 import os
 import re
 
-from zebra_jax.config import ConfigError, HybridConfig, llama_config_from_hf
+from zebra_jax.config import HYBRID_CONFIG_JSON_FIELDS, ConfigError, HybridConfig, llama_config_from_hf
 from zebra_jax.convert import names
 from zebra_jax.convert.errors import CheckpointError
 from zebra_jax.convert.hf import abstract_params, build_model, hf_checkpoint_tensors
 
 FORMATS = ("zebra_hf", "zebra_reference", "mambainllama")
 
-# Our config.json: HybridConfig fields stored under their own names (hf_hybrid.HYBRID_FIELDS).
-_OUR_HYBRID_FIELDS = (
-  "mla_layers",
-  "attn_layers",
-  "q_lora_rank",
-  "kv_lora_rank",
-  "qk_rope_head_dim",
-  "qk_nope_head_dim",
-  "v_head_dim",
-  "use_full_kv_head",
-  "use_lora_layer_norm",
-  "lora_layer_norm_eps",
-  "mla_rope_theta",
-  "mla_rope_scaling",
-  "mla_layer_ranks",
-  "d_state",
-  "headdim",
-  "ngroups",
-  "d_conv",
-  "chunk_size",
-  "d_inner",
-  "d_xb",
-  "conv_bias",
-  "gated_norm_eps",
-)
 _OUR_BOOKKEEPING = ("auto_map", "model_type", "architectures")
 
 _LAYER_TENSOR = re.compile(r"model\.layers\.(\d+)\.(mla|mamba|self_attn)\.")
@@ -119,7 +94,7 @@ def _hybrid(base, fields: dict, where: str) -> HybridConfig:
 def config_zebra_hf(directory: str, **overrides) -> HybridConfig:
   where = os.path.join(directory, "config.json")
   cfg = _read_json(directory, "config.json")
-  hybrid = {k: cfg.pop(k) for k in _OUR_HYBRID_FIELDS if k in cfg}
+  hybrid = {k: cfg.pop(k) for k in HYBRID_CONFIG_JSON_FIELDS if k in cfg}
   if "attn_rope_scaling" in cfg:  # a config re-saved by transformers (our class stores it so)
     cfg.setdefault("rope_scaling", cfg.pop("attn_rope_scaling"))
   for k in _OUR_BOOKKEEPING:

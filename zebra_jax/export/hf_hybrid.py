@@ -28,7 +28,7 @@ import shutil
 
 from flax import nnx
 
-from zebra_jax.config import HybridConfig, LlamaConfig
+from zebra_jax.config import HYBRID_CONFIG_JSON_FIELDS, HybridConfig, LlamaConfig
 from zebra_jax.export import io, params
 from zebra_jax.export.torch_modeling import TEMPLATE_DIR, TEMPLATE_FILES
 from zebra_jax.export.hf_llama import llama_config_json
@@ -40,30 +40,7 @@ AUTO_MAP = {
 }
 
 # HybridConfig fields written to config.json (names unchanged); the import reads the same list.
-HYBRID_FIELDS = (
-  "mla_layers",
-  "attn_layers",
-  "q_lora_rank",
-  "kv_lora_rank",
-  "qk_rope_head_dim",
-  "qk_nope_head_dim",
-  "v_head_dim",
-  "use_full_kv_head",
-  "use_lora_layer_norm",
-  "lora_layer_norm_eps",
-  "mla_rope_theta",
-  "mla_rope_scaling",
-  "mla_layer_ranks",
-  "d_state",
-  "headdim",
-  "ngroups",
-  "d_conv",
-  "chunk_size",
-  "d_inner",
-  "d_xb",
-  "conv_bias",
-  "gated_norm_eps",
-)
+HYBRID_FIELDS = HYBRID_CONFIG_JSON_FIELDS
 
 
 def _as_hybrid(config: LlamaConfig) -> HybridConfig:
