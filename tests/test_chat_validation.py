@@ -2,15 +2,15 @@
 answers, repetition statistics.
 
 The prompts are checked against the held-out split's documents (and kept apart from the train
-split's), the answers against a greedy loop written here over the model's full forward, the
+split's), the answers against a greedy loop (tests/_oracles.py) over the model's full forward, the
 statistics against word 4-gram counts done by hand.
 """
 
 import numpy as np
 import jax
-import jax.numpy as jnp
 import pytest
 from flax import nnx
+from _oracles import greedy_by_full_forward
 from _runs import load_config_file, load_script
 
 from zebra_jax.config import HybridConfig
@@ -69,21 +69,6 @@ def test_answer_stats_count_repeated_word_4grams_by_hand():
 V, EOS = 64, 5
 
 
-def _greedy_reference(model, prompt, n_new, width=160):
-  """Greedy tokens by the full forward over a fixed-width buffer, argmax in float64."""
-  graphdef, state = nnx.split(model)
-  forward = jax.jit(lambda st, ids: nnx.merge(graphdef, st)(ids))
-  ids = list(prompt)
-  for _ in range(n_new):
-    buf = np.zeros((1, width), np.int32)
-    buf[0, : len(ids)] = ids
-    nxt = int(np.argmax(np.asarray(forward(state, jnp.asarray(buf))[0, len(ids) - 1], np.float64)))
-    ids.append(nxt)
-    if nxt == EOS:
-      break
-  return ids[len(prompt) :]
-
-
 class _NoEosTokenizer:
   eos_token_id = None
 
@@ -110,7 +95,7 @@ def test_greedy_answers_equal_a_full_forward_greedy_loop_across_batches():
   rng = np.random.default_rng(0)
   prompts = [rng.integers(6, V, n).tolist() for n in (9, 3, 14, 6, 11)]
   got = greedy_answers(model, _NoEosTokenizer(), prompts, max_new_tokens=12, batch_size=2)  # 3 batches
-  assert got == [_greedy_reference(model, p, 12) for p in prompts]
+  assert got == [greedy_by_full_forward(model, p, 12, width=160) for p in prompts]
 
 
 def test_cli_refuses_a_missing_checkpoint_and_a_checkpoint_outside_a_run(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """The `pairs` stage: DPO pairs made by the run (distill/pairs.py), the teacher's answer chosen over
 the student's own.
 
-The answers are checked against a greedy loop written here over each model's full forward (pairs
+The answers are checked against a greedy loop (tests/_oracles.py) over each model's full forward (pairs
 are generated with the cached decode loop), the prompts against the train split's documents and the
 chat template, DPO's first loss against log 2 (policy = reference), and resume against part mtimes.
 """
@@ -10,11 +10,8 @@ import json
 import math
 import os
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
-from flax import nnx
+from _oracles import greedy_by_full_forward
 from _runs import load_config_file, metrics_rows
 
 from zebra_jax.data import ByteTokenizer
@@ -35,23 +32,6 @@ def _tiny_config():
   c.train.log_every = 1
   c.stages = ("teacher", "ild_mla", "ild_mamba", "select", "assemble", "pairs", "dpo")
   return c
-
-
-def _greedy(model, prompt, n_new, width=512):
-  """Greedy tokens by the model's full forward over a fixed-width buffer (one compile per model;
-  positions after the sequence are padding a causal model never reads), argmax in float64."""
-  graphdef, state = nnx.split(model)
-  forward = jax.jit(lambda st, ids: nnx.merge(graphdef, st)(ids))
-  ids = list(prompt)
-  for _ in range(n_new):
-    buf = np.zeros((1, width), np.int32)
-    buf[0, : len(ids)] = ids
-    logits = forward(state, jnp.asarray(buf))
-    nxt = int(np.argmax(np.asarray(logits[0, len(ids) - 1], np.float64)))
-    ids.append(nxt)
-    if nxt == model.config.eos_token_id:
-      break
-  return ids[len(prompt) :]
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +57,8 @@ def test_pairs_are_the_teachers_and_the_students_greedy_answers_to_chat_prompts(
     # one user turn in the (byte) chat template: "<|user|>\n{message}\n"
     assert row["prompt"].startswith("<|user|>\n") and row["prompt"].endswith("\n")
     assert row["prompt"].count("<|") == 1
-    assert row["chosen"] == tok.decode(_greedy(teacher, prompt, cfg.pairs.max_new_tokens))
-    assert row["rejected"] == tok.decode(_greedy(student, prompt, cfg.pairs.max_new_tokens))
+    assert row["chosen"] == tok.decode(greedy_by_full_forward(teacher, prompt, cfg.pairs.max_new_tokens))
+    assert row["rejected"] == tok.decode(greedy_by_full_forward(student, prompt, cfg.pairs.max_new_tokens))
     assert row["chosen"] != row["rejected"]
 
 

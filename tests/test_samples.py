@@ -1,15 +1,15 @@
 """The `samples` stage: teacher-generated training text (distill/samples.py).
 
-The continuation is checked against a greedy loop written here over the model's full forward (top_k=1
+The continuation is checked against a greedy loop (tests/_oracles.py) over the model's full forward (top_k=1
 makes sampling greedy), the prompts against the train split, and resume against part-file mtimes.
 """
 
 import json
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from _oracles import greedy_by_full_forward
 from _runs import load_config_file
 
 from zebra_jax.data import ByteTokenizer, default_corpus
@@ -25,17 +25,6 @@ def _tiny_config():
   c.samples.update(num_samples=5, batch_size=2, prompt_tokens=12, max_new_tokens=6, temperature=1.0, top_k=1)
   c.stages = ("teacher", "samples")
   return c
-
-
-def _greedy(model, prompt, n_new):
-  ids = list(prompt)
-  for _ in range(n_new):
-    logits = model(jnp.asarray([ids], jnp.int32))
-    nxt = int(np.argmax(np.asarray(logits[0, -1], np.float64)))
-    ids.append(nxt)
-    if nxt == model.config.eos_token_id:
-      break
-  return ids[len(prompt) :]
 
 
 @pytest.mark.parametrize(
@@ -66,7 +55,7 @@ def test_samples_stage_writes_greedy_continuations_of_train_prompts(tmp_path, ro
     ptext = tok.decode(prompt)
     assert len(prompt) == cfg.samples.prompt_tokens
     assert ptext in train_text, "prompt is not a window of a training document"
-    new = [t for t in _greedy(teacher, prompt, cfg.samples.max_new_tokens) if t != eos]
+    new = [t for t in greedy_by_full_forward(teacher, prompt, cfg.samples.max_new_tokens) if t != eos]
     assert row["text"] == tok.decode(prompt + new)
 
 
