@@ -6,6 +6,7 @@ r"""Benchmarks of zebra-jax.
     python scripts/bench.py speculative [--append docs/benchmarks.md]   # speculative decoding
     python scripts/bench.py train --stage kd --student zebra_1b_4mla12m2 --teacher llama-3.1-8b-instruct \
         --seq-len 2048 --batch 8 [--append docs/benchmarks.md]         # one distillation step
+    python scripts/bench.py samples --windows 0,256 [--append docs/benchmarks.md]  # the samples stage's decode
 
 `kernels` runs one or more kernel families (`--family` may repeat) and prints one markdown section
 per family: a table of shape, implementation, time, GB/s (or TFLOP/s) and the ratio to the peer
