@@ -276,6 +276,11 @@ def _check_generate(r, argv, cwd):
   assert "Paris" in r.stdout, r.stdout[-2000:]  # greedy SmolLM2 answers the documented question
 
 
+def _check_compare(r, argv, cwd):
+  # run 11 was kept over run 10 on the validation splits (docs/results.md)
+  assert "chosen on validation data: **mixer_lr2**" in r.stdout, r.stdout[-2000:]
+
+
 def _check_init_hybrid(r, argv, cwd):
   out = cwd / argv[argv.index("--output") + 1]
   for name in ("params", "config.json", "tokenizer.json", "generation_config.json", "provenance.json"):
@@ -292,6 +297,7 @@ RULES: list[tuple[str, str, Callable | str]] = [
   ("evaluate", r"^kv --preset [\w.-]+$", _check_kv),
   ("evaluate", r"^suite ", "scores a distilled checkpoint on lm-eval tasks whose datasets it downloads"),
   ("evaluate", r"^(agreement|needle) --checkpoint (CKPT|STUDENT) ", f"{_PLACEHOLDER_PATH} checkpoint"),
+  ("evaluate", r"^compare docs/results/smollm2_135m_h100_run10_suite.json:mla9_smart ", _check_compare),
   (
     "evaluate",
     r"^compare A/suite.json:(LABEL|kd) B/suite.json:(LABEL|dpo)",
@@ -400,6 +406,7 @@ def test_every_documented_command_is_classified():
   assert {_kind(name, argv) for _, name, argv in RUN_COMMANDS} == {
     "evaluate lm-eval",
     "evaluate kv",
+    "evaluate compare",
     "generate",
     "init_hybrid",
   }
@@ -423,7 +430,7 @@ def test_documented_fast_command_runs_as_written(where, name, argv, tmp_path, sm
   cwd, home = tmp_path / "cwd", tmp_path / "home"
   for d in (cwd, home, tmp_path / "tmp"):
     d.mkdir()
-  for d in ("scripts", "configs"):
+  for d in ("scripts", "configs", "docs"):  # docs: the recorded results some commands read
     os.symlink(os.path.join(ROOT, d), cwd / d)
   check = classify(name, argv)
   prefix = ENV_PREFIXES.get((where.split(",")[0], name, tuple(argv)), {})
