@@ -1,5 +1,6 @@
 """GQA self-attention of the Llama teacher (rotate-half RoPE, HF layout); `Attention.cached` runs it
-over its `KVCache` (prefill, decode, verification). `write_rows` serves MLA too, `masked_attention` is MLA's (k and v apart)."""
+over its `KVCache` (prefill, decode, verification). `write_rows` serves MLA too; `masked_attention`
+(k and v as separate arrays) is MLA's extend path."""
 
 from __future__ import annotations
 
