@@ -139,6 +139,8 @@ def test_kd_layer_breakdown_counts_each_block_type():
   # the mixer's pieces, inside the mixer row, not summed again
   for piece in ("in_proj", "the conv + SiLU", "the SSD scan", "the gated norm", "out_proj"):
     assert by[f"    of which {piece}"]["count"] == 2
+  candidate = [p for p in by if p.startswith("    candidate in place of in_proj")]
+  assert len(candidate) == 1 and by[candidate[0]]["count"] == 2
   assert by["teacher attention block (fwd)"]["count"] == 4
   assert by["student embedding (fwd+bwd)"]["count"] == 1
   for r in rows:

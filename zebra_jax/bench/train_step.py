@@ -313,7 +313,7 @@ def layer_breakdown(
     add(f"  of which the {kind} mixer", n, fwd_bwd(block, lambda b, h: b.mixer(b.input_layernorm(h), pos_BT)))
     if kind == "mamba2":
       for part, ms in mamba2_piece_ms(block.mixer, s_cfg, batch, seq_len, iters):
-        add(f"    of which {part}", n, ms)
+        add(f"    {part}" if part.startswith("candidate") else f"    of which {part}", n, ms)
     add("  of which the MLP", n, fwd_bwd(block, lambda b, h: b.mlp(b.post_attention_layernorm(h))))
   t_kinds = t_cfg.layer_types()
   for kind in sorted(set(t_kinds)):
@@ -349,14 +349,16 @@ def layer_breakdown(
 
 def module_fwd_bwd_ms(module, apply, args, iters: int, seed: int = 7) -> float:
   """ms of value_and_grad of <apply(module, *args), g> w.r.t. the module's params and every arg,
-  g a fixed random cotangent of the output's shape."""
+  g a fixed random cotangent of the output's shape (of each output, when apply returns several)."""
   graph, params, rest = nnx.split(module, nnx.Param, ...)
   call = lambda p, *a: apply(nnx.merge(graph, p, rest), *a)  # noqa: E731
-  out = jax.eval_shape(call, params, *args)
-  g = jax.random.normal(jax.random.PRNGKey(seed), out.shape, out.dtype)
+  outs = jax.tree.leaves(jax.eval_shape(call, params, *args))  # one output, or several
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(outs))
+  gs = [jax.random.normal(k, o.shape, o.dtype) for k, o in zip(keys, outs)]
 
   def f(p, *a):
-    return jnp.sum(call(p, *a).astype(jnp.float32) * g.astype(jnp.float32))
+    ys = jax.tree.leaves(call(p, *a))
+    return sum(jnp.sum(y.astype(jnp.float32) * g.astype(jnp.float32)) for y, g in zip(ys, gs))
 
   grad = jax.value_and_grad(f, argnums=tuple(range(1 + len(args))))
   return median_ms(jax.jit(grad), (params, *args), iters)
@@ -365,7 +367,8 @@ def module_fwd_bwd_ms(module, apply, args, iters: int, seed: int = 7) -> float:
 def mamba2_piece_ms(mixer, cfg, batch: int, seq_len: int, iters: int) -> list[tuple[str, float]]:
   """(piece, ms of its fwd+bwd) for the pieces of one Mamba2 mixer at the step's shapes, in the
   order the mixer runs them: the input projection, the causal conv with its SiLU, the SSD scan,
-  the gated RMSNorm, the output projection. What the mixer row has beyond their sum is the glue
+  the gated RMSNorm, the output projection; and, after the input projection, the same product
+  split at the dt columns (two aligned products instead of one of odd width: a candidate row). What the mixer row has beyond their sum is the glue
   between them (splits, the grouped heads' repeat, reshapes) and what XLA fuses across them."""
   bf = jnp.bfloat16
   k = jax.random.split(jax.random.PRNGKey(11), 4)
@@ -373,8 +376,19 @@ def mamba2_piece_ms(mixer, cfg, batch: int, seq_len: int, iters: int) -> list[tu
   h = jax.random.normal(k[0], (batch, seq_len, cfg.hidden_size), bf)
   xBC = jax.random.normal(k[1], (batch, seq_len, conv_dim), bf)
   y, z = (jax.random.normal(kk, (batch, seq_len, E), bf) for kk in jax.random.split(k[2]))
+  n_zxbc = 2 * E + 2 * cfg.d_xb  # [z | x | B | C]; the H dt columns after them make the width odd
+
+  def in_proj_split(m, a):  # a candidate, measured beside the mixer's own product; not in the model
+    w = m.kernel[...].astype(bf)
+    return jnp.einsum("btd,dn->btn", a, w[:, :n_zxbc]), jnp.einsum("btd,dn->btn", a, w[:, n_zxbc:])
+
   return [
     ("in_proj", module_fwd_bwd_ms(mixer.in_proj, lambda m, a: m(a), (h,), iters)),
+    (
+      f"candidate in place of in_proj (not in the model): [z|x|B|C] ({n_zxbc} columns) and dt "
+      f"({cfg.mamba_nheads}) as two products",
+      module_fwd_bwd_ms(mixer.in_proj, in_proj_split, (h,), iters),
+    ),
     ("the conv + SiLU", module_fwd_bwd_ms(mixer.conv1d, lambda m, a: jax.nn.silu(m(a)[0]), (xBC,), iters)),
     ("the SSD scan", ssd_fwd_bwd_ms(cfg, batch, seq_len, iters)),
     ("the gated norm", module_fwd_bwd_ms(mixer.norm, lambda m, a, b: m(a, b), (y, z), iters)),
