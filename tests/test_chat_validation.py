@@ -69,10 +69,6 @@ def test_answer_stats_count_repeated_word_4grams_by_hand():
 V, EOS = 64, 5
 
 
-class _NoEosTokenizer:
-  eos_token_id = None
-
-
 def test_greedy_answers_equal_a_full_forward_greedy_loop_across_batches():
   config = HybridConfig(
     vocab_size=V,
@@ -94,7 +90,7 @@ def test_greedy_answers_equal_a_full_forward_greedy_loop_across_batches():
   nnx.update(model, jax.tree.map(lambda p: p * 2.0 if p.ndim >= 2 else p, state))  # sharp logits
   rng = np.random.default_rng(0)
   prompts = [rng.integers(6, V, n).tolist() for n in (9, 3, 14, 6, 11)]
-  got = greedy_answers(model, _NoEosTokenizer(), prompts, max_new_tokens=12, batch_size=2)  # 3 batches
+  got = greedy_answers(model, prompts, 12, stops=(EOS,), batch_size=2)  # 3 batches
   assert got == [greedy_by_full_forward(model, p, 12, width=160) for p in prompts]
 
 

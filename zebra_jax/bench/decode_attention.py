@@ -10,7 +10,7 @@ Shapes: "samples" is the samples stage's teacher step (SmolLM2: 512 rows, 9 head
 4,096-8,192). Rows per implementation: time, GB/s over the bytes of the written rows (sum of
 lengths x 2 x head_dim x 2 bytes x kv heads), GB/s over the allocated cache, error against the
 float32 reference, and "vs xla": the XLA path's time over the row's. Implementations: "xla" (the
-decode path's default, `kv_rows_attention_reference`), "xla-kv" (the same attention over separate
+decode path's default, `decode_attention(impl="reference")`), "xla-kv" (the same attention over separate
 k / v arrays as the cache held them before the [v | k] layout: the layout's own cost) and, on a GPU,
 "pallas" (`decode_attention_gpu`), on a TPU "pallas-tpu".
 """
@@ -27,6 +27,7 @@ import numpy as np
 from kernels_pallas.attention import decode_latent
 from kernels_pallas.attention.reference import kv_rows_attention_reference
 from zebra_jax.bench.mla import markdown_table, time_ms, versions
+from zebra_jax.ops.attention import decode_attention
 
 # name: (batch, heads, kv heads, head_dim, allocated rows, (shortest, longest) length)
 SHAPES = {
@@ -34,10 +35,6 @@ SHAPES = {
   "llama8b": (64, 32, 8, 128, 8192, (4096, 8192)),
   "tiny": (4, 4, 2, 16, 64, (5, 64)),  # CPU smoke
 }
-
-
-def _xla(q_BHK, rows_BGSC, lengths_B, *, scale):
-  return kv_rows_attention_reference(q_BHK[:, None], rows_BGSC, lengths_B[:, None], scale=scale)[:, 0]
 
 
 def _xla_kv(q_BHK, k_BGSK, v_BGSK, lengths_B, *, scale):
@@ -71,7 +68,11 @@ def run(shapes=("samples", "llama8b"), iters: int = 20, seed: int = 0) -> list[d
       q[:, None].astype(jnp.float32), cache.astype(jnp.float32), lengths[:, None]
     )[:, 0]
     impls = [
-      ("xla", jax.jit(functools.partial(_xla, scale=scale)), (q, cache, lengths)),
+      (
+        "xla",
+        jax.jit(functools.partial(decode_attention, scale=scale, impl="reference")),
+        (q, cache, lengths),
+      ),
       ("xla-kv", jax.jit(functools.partial(_xla_kv, scale=scale)), (q, k, v, lengths)),
     ]
     if backend == "gpu":
@@ -90,7 +91,7 @@ def run(shapes=("samples", "llama8b"), iters: int = 20, seed: int = 0) -> list[d
           (q, cache, lengths),
         )
       )
-    times = {}
+    times, shape_rows = {}, []
     for impl, fn, args in impls:
       shape = f"{name} b{B} h{H}/{G} d{K} s{S} len {lo}-{hi}"
       try:
@@ -98,12 +99,12 @@ def run(shapes=("samples", "llama8b"), iters: int = 20, seed: int = 0) -> list[d
         err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
         ms = time_ms(fn, *args, iters=iters)
       except Exception as e:  # reported, not fatal
-        rows.append(
+        shape_rows.append(
           dict(shape=shape, impl=impl, error=type(e).__name__ + ": " + str(e).splitlines()[0][:120])
         )
         continue
       times[impl] = ms
-      rows.append(
+      shape_rows.append(
         {
           "shape": shape,
           "impl": impl,
@@ -113,9 +114,10 @@ def run(shapes=("samples", "llama8b"), iters: int = 20, seed: int = 0) -> list[d
           "rel err": err,
         }
       )
-    for r in rows:
-      if r.get("impl") in times and r["shape"].startswith(name) and "xla" in times:
+    for r in shape_rows:
+      if r["impl"] in times and "xla" in times:
         r["vs xla"] = f"{times['xla'] / times[r['impl']]:.2f}x"
+    rows += shape_rows
   return rows
 
 

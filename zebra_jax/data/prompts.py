@@ -92,6 +92,16 @@ def heldout_sequences(cfg, tokenizer, limit_tokens: int | None = None) -> list[l
   return seqs
 
 
+def chat_stop_tokens(config, tokenizer) -> tuple[int, ...]:
+  """Where a chat answer ends: the model config's EOS id(s) and the tokenizer's EOS (a GGUF or HF
+  chat model may name its end-of-turn token in only one of them)."""
+  eos = config.eos_token_id
+  stops = set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
+  if getattr(tokenizer, "eos_token_id", None) is not None:
+    stops.add(int(tokenizer.eos_token_id))
+  return tuple(sorted(int(s) for s in stops))
+
+
 def repeated_ngram_share(text: str, n: int = 4) -> float:
   """The share of a text's word n-grams (lower case, split on whitespace) that already occurred
   earlier in it: 0 for a text that never repeats itself, near 1 for one caught in a loop. The
@@ -111,4 +121,5 @@ __all__ = [
   "real_sources",
   "heldout_sequences",
   "repeated_ngram_share",
+  "chat_stop_tokens",
 ]

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from zebra_jax.data.pipeline import validation_documents
-from zebra_jax.data.prompts import decode_text, prompt_ids, repeated_ngram_share
+from zebra_jax.data.prompts import chat_stop_tokens, decode_text, prompt_ids, repeated_ngram_share
 from zebra_jax.distill.instructions import passage_prompts
 from zebra_jax.distill.samples import PROMPT_BUCKET, cache_len
 
@@ -44,21 +44,12 @@ def validation_chat_prompts(
   return [prompt_ids(tokenizer, {"chat": m}) for m in messages]
 
 
-def _stops(model, tokenizer) -> tuple[int, ...]:
-  eos = model.config.eos_token_id
-  stops = set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
-  if getattr(tokenizer, "eos_token_id", None) is not None:
-    stops.add(int(tokenizer.eos_token_id))
-  return tuple(sorted(int(s) for s in stops))
-
-
-def greedy_answers(model, tokenizer, prompts, max_new_tokens: int, batch_size: int = 64) -> list[list[int]]:
+def greedy_answers(model, prompts, max_new_tokens: int, stops, batch_size: int = 64) -> list[list[int]]:
   """Greedy answers (token ids, a stop token last when one was produced), `batch_size` prompts per
   generate call, prompt and cache lengths bucketed so the batches share compiled loops."""
   # lazy: pulls in flax, optax, which importing this module does not
   from zebra_jax.infer.generation import generate
 
-  stops = _stops(model, tokenizer)
   out = []
   for b in range(0, len(prompts), batch_size):
     batch = prompts[b : b + batch_size]
@@ -94,8 +85,9 @@ def chat_validation(
   """{label: answer_stats} for each model of `models` ({label: model}) answering `prompts`."""
   out = {}
   for label, model in models.items():
-    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size)
-    out[label] = answer_stats(answers, tokenizer, _stops(model, tokenizer))
+    stops = chat_stop_tokens(model.config, tokenizer)
+    answers = greedy_answers(model, prompts, max_new_tokens, stops, batch_size)
+    out[label] = answer_stats(answers, tokenizer, stops)
     r = out[label]
     log(
       f"[chat-validation] {label}: repetition {100 * r['repetition']:.1f}%, loops {100 * r['loops']:.1f}%, "

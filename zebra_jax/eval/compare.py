@@ -85,14 +85,13 @@ def compare(
   if not shared:
     raise ValueError("the two suites share no validation split (in-domain:<source> rows)")
   held = sorted(k for k in domains_a if k.startswith(HELD_OUT) and k in domains_b)
-  for d in (domains_a, domains_b):
-    _check_rows(d, shared + held)
+  pa, pb = pooled(domains_a, shared), pooled(domains_b, shared)  # each checks the rows it reads
+  held_a, held_b = (pooled(d, held) if held else None for d in (domains_a, domains_b))
   ratio = lambda d, k: d[k]["perplexity"] / d[k]["teacher_perplexity"]
   splits = [
     {"split": k[len(VALIDATION) :], "ratio_a": ratio(domains_a, k), "ratio_b": ratio(domains_b, k)}
     for k in shared
   ]
-  pa, pb = pooled(domains_a, shared), pooled(domains_b, shared)
   if criterion == "perplexity":
     choose_b = pb["ratio"] < pa["ratio"] - min_gain
     why = (
@@ -108,8 +107,8 @@ def compare(
   held_out = None
   if held:
     held_out = {
-      "a": pooled(domains_a, held),
-      "b": pooled(domains_b, held),
+      "a": held_a,
+      "b": held_b,
       "sources": [
         {"source": k[len(HELD_OUT) :], "ratio_a": ratio(domains_a, k), "ratio_b": ratio(domains_b, k)}
         for k in held

@@ -35,6 +35,7 @@ from typing import Sequence
 from zebra_jax._io import write_json
 from zebra_jax.data.prompts import (
   CHAT_PROMPTS,
+  chat_stop_tokens,
   decode_text,
   heldout_sequences,
   prompt_ids,
@@ -433,12 +434,7 @@ def chat_answers(
   from zebra_jax.infer.generation import generate
 
   ids = [prompt_ids(tokenizer, {"chat": p}) for p in prompts]
-  stops = set()
-  eos = model.config.eos_token_id
-  stops |= set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
-  if getattr(tokenizer, "eos_token_id", None) is not None:
-    stops.add(int(tokenizer.eos_token_id))
-  stops = tuple(sorted(int(s) for s in stops))
+  stops = chat_stop_tokens(model.config, tokenizer)
 
   def run(**kw):
     gens = generate(model, ids, max_new_tokens, stop_tokens=stops, **kw)
